@@ -1,0 +1,130 @@
+"""One typed event stream for a run: the CLI progress bar, the server's WebSocket and tests all read it.
+
+Events are small frozen dataclasses. An :class:`EventBus` fans them out to subscribers; the executor
+only ever calls ``bus.emit(event)`` and costs nothing extra when nobody listens.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+EventListener = Callable[["Event"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    prompt_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionStarted(Event):
+    """A prompt began; ``nodes`` is how many nodes it plans to consider."""
+    nodes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodesCached(Event):
+    """Nodes whose results came from the cache without running."""
+    node_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStarted(Event):
+    node_id: str = ""
+    class_type: str = ""
+    display_node: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProgress(Event):
+    node_id: str = ""
+    value: int = 0
+    max: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodePreview(Event):
+    """A preview image from inside a running node: ``image`` is a float ``[H,W,C]`` tensor 0..1."""
+    node_id: str = ""
+    image: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFinished(Event):
+    """A node finished (or was served from cache); ``ui`` is what it shows / stores in history."""
+    node_id: str = ""
+    class_type: str = ""
+    display_node: str = ""
+    seconds: float = 0.0
+    cached: bool = False
+    ui: dict | None = None
+    output_node: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFailed(Event):
+    node_id: str = ""
+    class_type: str = ""
+    exception_type: str = ""
+    exception_message: str = ""
+    traceback: tuple[str, ...] = ()
+    inputs: dict[str, list[str]] = field(default_factory=dict)
+    executed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionInterrupted(Event):
+    node_id: str | None = None
+    class_type: str | None = None
+    executed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionDone(Event):
+    """The last event of every run: ``status`` is ``success``, ``error`` or ``interrupted``."""
+    status: str = "success"
+    seconds: float = 0.0
+    executed: int = 0
+    cached: int = 0
+
+
+class EventBus:
+    """Fan-out of events to listeners. Thread-safe subscribe/unsubscribe; emit is lock-free."""
+
+    def __init__(self) -> None:
+        self._listeners: tuple[EventListener, ...] = ()
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners = self._listeners + (listener,)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners = tuple(l for l in self._listeners if l is not listener)
+        return unsubscribe
+
+    @property
+    def active(self) -> bool:
+        return bool(self._listeners)
+
+    def emit(self, event: Event) -> None:
+        for listener in self._listeners:
+            listener(event)
+
+
+class EventRecorder:
+    """A listener that keeps every event, for tests and reports."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def of(self, kind: type) -> list:
+        return [e for e in self.events if isinstance(e, kind)]
