@@ -1,0 +1,568 @@
+"""The executor: runs a validated :class:`~nodegraph.plan.Plan`.
+
+It follows the ``graphlib.TopologicalSorter`` protocol — hand ready nodes to workers, mark them done,
+repeat — over a graph that may grow while it runs:
+
+* only what the output nodes need is requested; a node whose signature is cached is served from the
+  cache and its ancestors are never requested;
+* lazy inputs are requested only when the node's ``check_lazy`` asks for them;
+* a node fed lists runs once per item (unless it ``takes_lists``), as in ComfyUI;
+* a node may return ``NodeResult(expand=graph)``: the sub-graph is validated, added and run, and the
+  node's outputs are taken from it;
+* independent ready nodes run concurrently on a bounded thread pool; a lone ready node runs inline on
+  the dispatching thread (no hand-off cost on chains);
+* the first failure or an interrupt stops new scheduling; in-flight nodes are allowed to finish.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .cache import OutputCache
+from .context import NodeContext, Paths, RunContext, pick_device
+from .errors import ExecutionFailed, Interrupted, NodeFailure, ValidationFailed
+from .events import (EventBus, EventListener, ExecutionDone, ExecutionInterrupted, ExecutionStarted,
+                     NodeFailed, NodeFinished, NodesCached, NodeStarted)
+from .node import Node, NodeResult
+from .plan import Plan, PlannedNode
+from .registry import NodeRegistry, default_registry
+from .signature import compute_signatures
+from .validation import topological_order, validate, validate_node
+from .workflow.api_format import Link, Workflow, WorkflowNode, parse_input_value
+
+NodeOutputs = tuple  # one list per declared output
+
+
+@dataclass
+class RunResult:
+    """What a run produced. ``values[node_id]`` holds one list per output (one item per call)."""
+
+    prompt_id: str
+    status: str
+    outputs: dict[str, dict] = field(default_factory=dict)
+    values: dict[str, NodeOutputs] = field(default_factory=dict)
+    executed: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    failure: NodeFailure | None = None
+    interrupted_at: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+    def value(self, node_id: str, output: int = 0) -> Any:
+        """Output ``output`` of a node: the single item, or the list when the node ran several times."""
+        items = self.values[str(node_id)][output]
+        return items[0] if len(items) == 1 else items
+
+    def raise_for_status(self) -> "RunResult":
+        if self.failure is not None:
+            raise ExecutionFailed(self.failure)
+        if self.status == "interrupted":
+            raise Interrupted(f"run {self.prompt_id} was interrupted")
+        return self
+
+
+@dataclass(slots=True)
+class _Outcome:
+    node_id: str
+    outputs: NodeOutputs = ()
+    ui: dict | None = None
+    expansions: list[tuple[int, Any, tuple]] | None = None
+    error: BaseException | None = None
+    trace: list[str] | None = None
+    inputs: dict[str, list] | None = None
+    seconds: float = 0.0
+
+
+class ExpansionError(Exception):
+    """A node's run-time expansion is not a valid graph."""
+
+
+class Engine:
+    """Holds what lasts between runs (registry, cache, worker pool, services) and runs workflows."""
+
+    def __init__(self, registry: NodeRegistry | None = None, *, cache: OutputCache | None = None,
+                 paths: Paths | None = None, device: str | None = None, workers: int = 2,
+                 services: dict[str, Any] | None = None) -> None:
+        self.registry = registry if registry is not None else default_registry()
+        self.cache = cache if cache is not None else OutputCache()
+        self.paths = paths or Paths()
+        self.device = pick_device(device)
+        self.workers = max(1, int(workers))
+        self.services = dict(services or {})
+        self.bus = EventBus()
+        self._pool: ThreadPoolExecutor | None = None
+        self._run_lock = threading.Lock()
+        self._current: tuple[str, threading.Event] | None = None
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def validate(self, workflow: Workflow | dict, targets: Iterable[str] | None = None) -> Plan:
+        return validate(workflow, self.registry, targets)
+
+    def run(self, workflow: Workflow | dict | Any, *, prompt_id: str | None = None,
+            extra_data: dict | None = None, targets: Iterable[str] | None = None,
+            listeners: Iterable[EventListener] = ()) -> RunResult:
+        """Validate and run. Raises :class:`ValidationFailed`; node failures are in the result."""
+        if hasattr(workflow, "to_api") and not isinstance(workflow, Workflow):
+            workflow = workflow.to_api()
+        plan = self.validate(workflow, targets)
+        return self.execute(plan, prompt_id=prompt_id, extra_data=extra_data, listeners=listeners)
+
+    def execute(self, plan: Plan, *, prompt_id: str | None = None, extra_data: dict | None = None,
+                listeners: Iterable[EventListener] = ()) -> RunResult:
+        prompt_id = prompt_id or uuid.uuid4().hex
+        unsubscribe = [self.bus.subscribe(listener) for listener in listeners]
+        try:
+            with self._run_lock:
+                interrupt = threading.Event()
+                self._current = (prompt_id, interrupt)
+                try:
+                    run = RunContext(prompt_id, self.bus, interrupt, self.paths, self.device, self.services)
+                    return _Run(self, plan, run, extra_data or {}).execute()
+                finally:
+                    self._current = None
+        finally:
+            for undo in unsubscribe:
+                undo()
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupt the running prompt (only if it is ``prompt_id``, when given)."""
+        current = self._current
+        if current is None or (prompt_id is not None and current[0] != prompt_id):
+            return False
+        current[1].set()
+        return True
+
+    @property
+    def running_prompt(self) -> str | None:
+        current = self._current
+        return current[0] if current else None
+
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="nodegraph")
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+class _Run:
+    """The state of one run; all bookkeeping happens on the dispatching thread."""
+
+    def __init__(self, engine: Engine, plan: Plan, run: RunContext, extra_data: dict) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.run = run
+        self.extra_data = extra_data
+        self.bus = run.bus
+        self.cache = engine.cache
+        self.signatures = compute_signatures(plan.nodes, plan.order)
+        self.results: dict[str, NodeOutputs] = {}
+        self.ui: dict[str, dict] = {}
+        self.requested: set[str] = set()
+        self.waiting: dict[str, set[str]] = {}
+        self.dependents: dict[str, list[str]] = {}
+        self.ready: list[str] = []
+        self.instances: dict[str, Node] = {}
+        self.expansions: dict[str, list[tuple[int, Any, tuple]]] = {}
+        self.done = queue.SimpleQueue()
+        self.in_flight = 0
+        self.result = RunResult(run.prompt_id, "success")
+        self.stop = False
+        self._prompt_json: dict | None = None
+
+    # -- main loop --------------------------------------------------------------------------------
+
+    def execute(self) -> RunResult:
+        start = time.perf_counter()
+        bus = self.bus
+        if bus.active:
+            bus.emit(ExecutionStarted(self.run.prompt_id, len(self.plan.nodes)))
+        self.request(self.plan.outputs, initial=True)
+        self.loop()
+        self.result.values = self.results
+        self.result.seconds = time.perf_counter() - start
+        if bus.active:
+            bus.emit(ExecutionDone(self.run.prompt_id, self.result.status, self.result.seconds,
+                                   len(self.result.executed), len(self.result.cached)))
+        return self.result
+
+    def loop(self) -> None:
+        interrupt = self.run.interrupt
+        workers = self.engine.workers
+        while True:
+            while self.ready and not self.stop and self.in_flight < workers:
+                if interrupt.is_set():
+                    self.mark_interrupted(None)
+                    break
+                node_id = self.ready.pop()
+                if node_id in self.expansions:
+                    self.finish_expansion(node_id)
+                    continue
+                task = self.prepare(node_id)
+                if task is None:
+                    continue
+                if self.in_flight == 0 and not self.ready:
+                    self.complete(self.call(*task))
+                else:
+                    self.in_flight += 1
+                    self.engine.pool().submit(self._call_async, task)
+            if self.in_flight == 0:
+                if not self.ready or self.stop:
+                    break
+                continue
+            self.complete(self.done.get())
+            self.in_flight -= 1
+
+    def _call_async(self, task: tuple) -> None:
+        self.done.put(self.call(*task))
+
+    # -- requesting ---------------------------------------------------------------------------
+
+    def request(self, roots: Iterable[str], initial: bool = False) -> None:
+        """Make ``roots`` and what they eagerly need come to exist (from cache or by running)."""
+        nodes = self.plan.nodes
+        fresh: list[str] = []
+        cached: list[str] = []
+        stack = list(roots)
+        while stack:
+            node_id = stack.pop()
+            if node_id in self.results or node_id in self.requested:
+                continue
+            if self.serve_from_cache(node_id):
+                cached.append(node_id)
+                continue
+            self.requested.add(node_id)
+            fresh.append(node_id)
+            for _, link in nodes[node_id].eager_links:
+                stack.append(link.node_id)
+        for node_id in fresh:
+            pending = {l.node_id for _, l in nodes[node_id].eager_links if l.node_id not in self.results}
+            self.wait_for(node_id, pending)
+        if cached and self.bus.active:
+            self.bus.emit(NodesCached(self.run.prompt_id, tuple(cached)))
+            for node_id in cached:
+                self.emit_finished(node_id, 0.0, cached=True)
+
+    def wait_for(self, node_id: str, pending: set[str]) -> None:
+        if not pending:
+            self.ready.append(node_id)
+            return
+        self.waiting[node_id] = pending
+        for producer in pending:
+            self.dependents.setdefault(producer, []).append(node_id)
+
+    def serve_from_cache(self, node_id: str) -> bool:
+        entry = self.cache.get(self.signatures[node_id])
+        if entry is None:
+            return False
+        self.results[node_id] = entry.outputs
+        if entry.ui is not None:
+            self.ui[node_id] = entry.ui
+            if self.plan.nodes[node_id].cls.output_node:
+                self.result.outputs[node_id] = entry.ui
+        self.result.cached.append(node_id)
+        return True
+
+    # -- one node ---------------------------------------------------------------------------------
+
+    def instance(self, node: PlannedNode) -> Node:
+        inst = self.instances.get(node.id)
+        if inst is None:
+            ctx = NodeContext(self.run, node.id, node.class_type, node.display_node)
+            inst = self.instances[node.id] = node.cls(ctx)
+        return inst
+
+    def gather(self, node: PlannedNode) -> dict[str, list]:
+        kwargs: dict[str, list] = {name: [value] for name, value in node.constants.items()}
+        results = self.results
+        for name, link in node.links.items():
+            produced = results.get(link.node_id)
+            kwargs[name] = produced[link.output] if produced is not None else [None]
+        for hidden in node.cls.hidden:
+            if hidden == "prompt":
+                if self._prompt_json is None:
+                    self._prompt_json = self.plan.to_api()
+                kwargs["prompt"] = [self._prompt_json]
+            elif hidden == "extra_pnginfo":
+                kwargs["extra_pnginfo"] = [self.extra_data.get("extra_pnginfo")]
+            elif hidden == "unique_id":
+                kwargs["unique_id"] = [node.id]
+        return kwargs
+
+    def prepare(self, node_id: str) -> tuple | None:
+        """Return the call to make, or ``None`` when the node now waits for lazy inputs."""
+        node = self.plan.nodes[node_id]
+        instance = self.instance(node)
+        kwargs = self.gather(node)
+        if node.lazy_links:
+            first = {k: (v if node.cls.takes_lists else (v[0] if v else None)) for k, v in kwargs.items()}
+            wanted = instance.check_lazy(**first)
+            pending = {node.lazy_links[name].node_id for name in wanted
+                       if name in node.lazy_links and node.lazy_links[name].node_id not in self.results}
+            if pending:
+                self.request(pending)
+                pending = {p for p in pending if p not in self.results}
+                if pending:
+                    self.wait_for(node_id, pending)
+                    return None
+                kwargs = self.gather(node)
+        if self.bus.active:
+            self.bus.emit(NodeStarted(self.run.prompt_id, node_id, node.class_type, node.display_node))
+        return node, instance, kwargs
+
+    def call(self, node: PlannedNode, instance: Node, kwargs: dict[str, list]) -> _Outcome:
+        start = time.perf_counter()
+        try:
+            if self.run.interrupt.is_set():
+                instance.ctx.check_interrupted()
+            returned = _call_mapped(instance, node.cls, kwargs)
+            outputs, ui, expansions = _merge_returns(node, returned)
+            return _Outcome(node.id, outputs, ui, expansions, seconds=time.perf_counter() - start)
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported, none kills the engine
+            return _Outcome(node.id, error=exc, trace=traceback.format_exception(exc), inputs=kwargs,
+                            seconds=time.perf_counter() - start)
+
+    def complete(self, outcome: _Outcome) -> None:
+        node_id = outcome.node_id
+        if outcome.error is not None:
+            if isinstance(outcome.error, Interrupted):
+                self.mark_interrupted(node_id)
+            else:
+                self.mark_failed(outcome)
+            return
+        self.result.timings[node_id] = outcome.seconds
+        self.result.executed.append(node_id)
+        if outcome.expansions:
+            try:
+                self.expand(node_id, outcome)
+            except ExpansionError as exc:
+                self.mark_failed(_Outcome(node_id, error=exc, trace=[f"ExpansionError: {exc}\n"],
+                                          inputs={}, seconds=outcome.seconds))
+            return
+        self.finish(node_id, outcome.outputs, outcome.ui, outcome.seconds)
+
+    def finish(self, node_id: str, outputs: NodeOutputs, ui: dict | None, seconds: float) -> None:
+        self.results[node_id] = outputs
+        node = self.plan.nodes[node_id]
+        if ui is not None:
+            self.ui[node_id] = ui
+            if node.cls.output_node:
+                self.result.outputs[node_id] = ui
+        self.cache.put(self.signatures[node_id], outputs, ui)
+        if self.bus.active:
+            self.emit_finished(node_id, seconds, cached=False)
+        for consumer in self.dependents.pop(node_id, ()):
+            pending = self.waiting[consumer]
+            pending.discard(node_id)
+            if not pending:
+                del self.waiting[consumer]
+                self.ready.append(consumer)
+
+    def emit_finished(self, node_id: str, seconds: float, cached: bool) -> None:
+        node = self.plan.nodes[node_id]
+        self.bus.emit(NodeFinished(self.run.prompt_id, node_id, node.class_type, node.display_node,
+                                   seconds, cached, self.ui.get(node_id), node.cls.output_node))
+
+    def mark_interrupted(self, node_id: str | None) -> None:
+        if self.result.status == "interrupted":
+            return
+        self.stop = True
+        self.result.status = "interrupted"
+        self.result.interrupted_at = node_id
+        if self.bus.active:
+            node = self.plan.nodes.get(node_id) if node_id else None
+            self.bus.emit(ExecutionInterrupted(self.run.prompt_id, node_id,
+                                               node.class_type if node else None,
+                                               tuple(self.result.executed)))
+
+    def mark_failed(self, outcome: _Outcome) -> None:
+        self.stop = True
+        if self.result.failure is not None:
+            return
+        node = self.plan.nodes[outcome.node_id]
+        exc = outcome.error
+        exc_type = type(exc)
+        qualified = exc_type.__name__ if exc_type.__module__ == "builtins" else \
+            f"{exc_type.__module__}.{exc_type.__name__}"
+        failure = NodeFailure(outcome.node_id, node.class_type, qualified, str(exc), outcome.trace or [],
+                              summarize_inputs(outcome.inputs or {}))
+        self.result.failure = failure
+        self.result.status = "error"
+        if self.bus.active:
+            self.bus.emit(NodeFailed(self.run.prompt_id, failure.node_id, failure.class_type,
+                                     failure.exception_type, failure.exception_message,
+                                     tuple(failure.traceback), failure.inputs,
+                                     tuple(self.result.executed)))
+
+    # -- run-time expansion -----------------------------------------------------------------------
+
+    def expand(self, parent_id: str, outcome: _Outcome) -> None:
+        parent = self.plan.nodes[parent_id]
+        added: dict[str, WorkflowNode] = {}
+        calls: list[tuple[int, Any, tuple]] = []
+        for call_index, graph, outs in outcome.expansions or ():
+            prefix = f"{parent_id}.{call_index}."
+            sub = Workflow.from_api(graph.to_api() if hasattr(graph, "to_api") else graph)
+            local = set(sub.nodes)
+
+            def relink(value: Any) -> Any:
+                value = parse_input_value(value) if isinstance(value, list) else value
+                if isinstance(value, Link) and value.node_id in local:
+                    return Link(prefix + value.node_id, value.output)
+                return value
+
+            for local_id, wn in sub.nodes.items():
+                new_id = prefix + local_id
+                if new_id in self.plan.nodes or new_id in added:
+                    raise ExpansionError(f"node {parent_id} expanded into id '{new_id}', which exists")
+                added[new_id] = WorkflowNode(new_id, wn.class_type, {k: relink(v) for k, v in wn.inputs.items()},
+                                             wn.title, wn.is_changed, wn.problem, parent_id, parent.display_node)
+            calls.append((call_index, None, tuple(relink(v) for v in outs)))
+        planned = self.plan_expansion(parent_id, added)
+        wanted = [l.node_id for _, _, outs in calls for l in outs if isinstance(l, Link)]
+        wanted += [nid for nid, p in planned.items() if p.cls.output_node]
+        for nid in wanted:
+            if nid not in self.plan.nodes:
+                raise ExpansionError(f"node {parent_id} returned a link to '{nid}', which is neither in "
+                                     "its expansion nor in the workflow")
+        self.expansions[parent_id] = calls
+        self.request(wanted)
+        self.wait_for(parent_id, {nid for nid in wanted if nid not in self.results})
+
+    def plan_expansion(self, parent_id: str, added: dict[str, WorkflowNode]) -> dict[str, PlannedNode]:
+        view = Workflow({**{nid: WorkflowNode(nid, n.class_type) for nid, n in self.plan.nodes.items()},
+                         **added})
+        planned: dict[str, PlannedNode] = {}
+        problems: list[str] = []
+        for nid, wn in added.items():
+            for _, link in wn.links():
+                if link.node_id not in added and link.node_id not in self.results:
+                    problems.append(f"node {nid} links to '{link.node_id}', which is neither in the "
+                                    "expansion nor an already computed node")
+            p, errors = validate_node(wn, view, self.engine.registry)
+            problems += [e.message for e in errors]
+            if p is not None:
+                planned[nid] = p
+        order = topological_order(view, list(added)) if not problems else []
+        if order is None:
+            problems.append("the expansion's links form a cycle")
+        if problems:
+            raise ExpansionError(f"node {parent_id}'s expansion is invalid: " + "; ".join(problems))
+        self.plan.nodes.update(planned)
+        compute_signatures(self.plan.nodes, order, self.signatures)
+        return planned
+
+    def finish_expansion(self, parent_id: str) -> None:
+        node = self.plan.nodes[parent_id]
+        calls = self.expansions.pop(parent_id)
+        outputs = tuple([] for _ in node.cls.outputs)
+        for _, _, outs in calls:
+            for index, value in enumerate(outs[: len(outputs)]):
+                if isinstance(value, Link):
+                    outputs[index].extend(self.results[value.node_id][value.output])
+                else:
+                    outputs[index].append(value)
+        self.finish(parent_id, outputs, self.ui.get(parent_id), self.result.timings.get(parent_id, 0.0))
+
+
+def _call_mapped(instance: Node, cls: type[Node], kwargs: dict[str, list]) -> list:
+    """Call ``execute`` once (whole lists, or single items) or once per list item (ComfyUI rule)."""
+    if cls.takes_lists:
+        return [instance.execute(**kwargs)]
+    lengths = [len(v) for v in kwargs.values()]
+    count = max(lengths) if lengths else 1
+    if lengths and min(lengths) == 0:
+        count = 0
+    if count == 1:
+        return [instance.execute(**{k: v[0] for k, v in kwargs.items()})]
+    returned = []
+    for i in range(count):
+        instance.ctx.check_interrupted()
+        returned.append(instance.execute(**{k: v[i if i < len(v) else -1] for k, v in kwargs.items()}))
+    return returned
+
+
+def _merge_returns(node: PlannedNode, returned: list) -> tuple[NodeOutputs, dict | None, list | None]:
+    declared = node.cls.outputs
+    outputs: NodeOutputs = tuple([] for _ in declared)
+    ui: dict | None = None
+    expansions: list | None = None
+    for call_index, value in enumerate(returned):
+        values, call_ui, graph = _normalize_return(node, value)
+        if call_ui:
+            ui = ui if ui is not None else {}
+            for key, items in call_ui.items():
+                ui.setdefault(key, []).extend(items if isinstance(items, list) else [items])
+        if graph is not None:
+            expansions = expansions or []
+            expansions.append((call_index, graph, tuple(values)))
+            continue
+        for index, out in enumerate(declared):
+            if out.is_list:
+                outputs[index].extend(values[index])
+            else:
+                outputs[index].append(values[index])
+    return outputs, ui, expansions
+
+
+def _normalize_return(node: PlannedNode, value: Any) -> tuple[tuple, dict | None, Any]:
+    if isinstance(value, NodeResult):
+        values, ui, graph = value.outputs, value.ui, value.expand
+    elif isinstance(value, dict) and value.keys() <= {"result", "ui", "expand"}:
+        values, ui, graph = value.get("result", ()), value.get("ui"), value.get("expand")
+    elif value is None:
+        values, ui, graph = (), None, None
+    elif isinstance(value, (tuple, list)):
+        values, ui, graph = value, None, None
+    else:
+        raise TypeError(f"node {node.id} ({node.class_type}) returned {type(value).__name__}; execute() "
+                        "must return a tuple with one value per output, or a NodeResult")
+    values = tuple(values or ())
+    declared = len(node.cls.outputs)
+    if not values and declared and node.cls.output_node and graph is None:
+        values = (None,) * declared  # an output node that only reports UI data
+    elif len(values) != declared:
+        raise TypeError(f"node {node.id} ({node.class_type}) returned {len(values)} value(s) but declares "
+                        f"{declared} output(s)")
+    return values, ui, graph
+
+
+def summarize_inputs(kwargs: dict[str, list]) -> dict[str, list[str]]:
+    """A short, JSON-safe description of each input (tensors by shape and dtype)."""
+    return {name: [_summarize(v) for v in values[:8]] for name, values in kwargs.items()}
+
+
+def _summarize(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None and hasattr(value, "dtype"):
+        return f"{type(value).__name__}(shape={list(shape)}, dtype={value.dtype})"
+    if isinstance(value, (int, float, bool)) or value is None:
+        return repr(value)
+    text = repr(value)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def run(graph: Any, **engine_options: Any) -> RunResult:
+    """Run a graph (builder, Workflow or API dict) on a fresh engine; raise if it failed."""
+    extra = {k: engine_options.pop(k) for k in ("prompt_id", "extra_data", "targets", "listeners")
+             if k in engine_options}
+    engine = Engine(**engine_options)
+    try:
+        return engine.run(graph, **extra).raise_for_status()
+    finally:
+        engine.close()

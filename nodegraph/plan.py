@@ -1,0 +1,68 @@
+"""A checked workflow, ready to run: typed nodes with coerced constants, links, outputs and an order.
+
+Validation builds a :class:`Plan`; the executor reads it and may add nodes to it at run time
+(expansion). networkx serves ancestry queries (:meth:`Plan.graph`); the executor's hot loop does not
+touch it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .node import Node
+from .workflow.api_format import Link, dump_input_value
+
+
+@dataclass(slots=True)
+class PlannedNode:
+    id: str
+    class_type: str
+    cls: type[Node]
+    constants: dict[str, Any]
+    links: dict[str, Link]
+    parent: str | None = None
+    display_node: str = ""
+    is_changed: Any = None
+    #: links of non-lazy inputs: what must exist before the node can run
+    eager_links: tuple[tuple[str, Link], ...] = ()
+    lazy_links: dict[str, Link] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        lazy = self.cls.lazy_inputs()
+        self.eager_links = tuple((n, l) for n, l in self.links.items() if n not in lazy)
+        self.lazy_links = {n: l for n, l in self.links.items() if n in lazy}
+        if not self.display_node:
+            self.display_node = self.id
+
+    def to_api(self) -> dict[str, Any]:
+        inputs = {k: dump_input_value(v) for k, v in self.constants.items()}
+        inputs.update({k: v.to_json() for k, v in self.links.items()})
+        return {"class_type": self.class_type, "inputs": inputs}
+
+
+@dataclass
+class Plan:
+    nodes: dict[str, PlannedNode]
+    outputs: list[str]
+    order: list[str]
+
+    def to_api(self) -> dict[str, Any]:
+        """The workflow after coercion (ComfyUI's hidden ``PROMPT``); expansion nodes excluded."""
+        return {nid: n.to_api() for nid, n in self.nodes.items() if n.parent is None}
+
+    def graph(self):
+        """A networkx DiGraph (producer → consumer) of the planned nodes."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        g.add_nodes_from(self.nodes)
+        for nid, node in self.nodes.items():
+            for _, link in node.links.items():
+                g.add_edge(link.node_id, nid)
+        return g
+
+    def descendants(self, node_id: str) -> set[str]:
+        import networkx as nx
+
+        return nx.descendants(self.graph(), node_id)

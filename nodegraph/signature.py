@@ -1,0 +1,63 @@
+"""Content signatures: the cache key of a node's result.
+
+key = hash(class type, version, constant inputs, the signatures of its producers with the output
+index, fingerprint). The node id never enters it (except for nodes that declare the hidden
+``unique_id``), so an identical sub-graph in another workflow has the same keys. Each signature is
+computed once, from its producers' signatures: linear in the number of nodes, where ComfyUI rebuilds
+every key from the node's whole ancestry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Iterable
+
+from .node import Node, is_nan
+from .plan import PlannedNode
+
+_BASE_FINGERPRINT = Node.fingerprint.__func__  # type: ignore[attr-defined]
+
+
+def _never_equal() -> bytes:
+    return b"nonce:" + os.urandom(12)
+
+
+def fingerprint_of(node: PlannedNode) -> Any:
+    """The node's fingerprint (ComfyUI IS_CHANGED); ``None`` when it has none."""
+    if node.is_changed is not None:
+        return node.is_changed
+    cls = node.cls
+    if not cls.cacheable:
+        return _never_equal()
+    if cls.fingerprint.__func__ is _BASE_FINGERPRINT:  # type: ignore[attr-defined]
+        return None
+    try:
+        value = cls.fingerprint(**node.constants)
+    except Exception:  # as ComfyUI: a failing fingerprint means "always re-run"
+        return _never_equal()
+    if is_nan(value) or not isinstance(value, (str, int, float, bytes, bool, tuple, type(None))):
+        return _never_equal()
+    return value
+
+
+def node_signature(node: PlannedNode, signatures: dict[str, bytes]) -> bytes:
+    cls = node.cls
+    parts = [node.class_type, repr(cls.version), repr(sorted(node.constants.items()))]
+    for name, link in sorted(node.links.items()):
+        parts.append(f"{name}<{signatures[link.node_id].hex()}:{link.output}")
+    fingerprint = fingerprint_of(node)
+    if fingerprint is not None:
+        parts.append(f"fp={fingerprint!r}")
+    if "unique_id" in cls.hidden:
+        parts.append(f"id={node.id}")
+    return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def compute_signatures(nodes: dict[str, PlannedNode], order: Iterable[str],
+                       signatures: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """Signatures of ``order`` (topological), added to ``signatures`` (which may hold producers)."""
+    signatures = {} if signatures is None else signatures
+    for nid in order:
+        signatures[nid] = node_signature(nodes[nid], signatures)
+    return signatures

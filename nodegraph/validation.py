@@ -1,0 +1,343 @@
+"""Validation: a workflow becomes a checked :class:`~nodegraph.plan.Plan`, or every error at once.
+
+Each problem is a :class:`~nodegraph.errors.NodeError` with a machine-readable ``kind`` and a sentence
+that names the node, the input and the fix. Coercion is ComfyUI's int→float only (and integral floats
+for INT inputs, which lose nothing); strings are never turned into numbers, nor numbers into booleans.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Iterable
+
+from .errors import NodeError, ValidationFailed
+from .node import Input, Node
+from .plan import Plan, PlannedNode
+from .registry import NodeRegistry
+from .types import ANY, BOOLEAN, COMBO, FLOAT, INT, INT64_MIN, STRING, UINT64_MAX, types_match
+from .workflow.api_format import Link, Workflow, WorkflowNode
+
+#: Error kinds, for reference and for tests.
+KINDS = ("invalid_node", "unknown_node_type", "required_input_missing", "bad_linked_input",
+         "link_required", "return_type_mismatch", "value_below_min", "value_above_max",
+         "value_not_in_list", "invalid_value", "custom_validation_failed",
+         "exception_during_validation", "cycle", "no_outputs")
+
+
+def _label(node: WorkflowNode) -> str:
+    return f"node {node.id} ({node.class_type})" if node.class_type else f"node {node.id}"
+
+
+class _Validator:
+    def __init__(self, workflow: Workflow, registry: NodeRegistry):
+        self.workflow = workflow
+        self.registry = registry
+        self.errors: list[NodeError] = []
+
+    def error(self, kind: str, node: WorkflowNode | None, message: str, input_name: str | None = None,
+              **extra: Any) -> None:
+        self.errors.append(NodeError(kind, message, node.id if node else None,
+                                     node.class_type if node else None, input_name, extra))
+
+    # -- whole workflow -----------------------------------------------------------------------
+
+    def run(self, targets: Iterable[str] | None) -> Plan:
+        nodes = self.workflow.nodes
+        classes: dict[str, type[Node]] = {}
+        for node in nodes.values():
+            cls = self.check_node_class(node)
+            if cls is not None:
+                classes[node.id] = cls
+        outputs = self.pick_outputs(classes, targets)
+        needed = self.ancestors(outputs)
+        planned: dict[str, PlannedNode] = {}
+        for nid in needed:
+            cls = classes.get(nid)
+            if cls is not None:
+                planned[nid] = self.check_inputs(nodes[nid], cls, classes)
+        order = self.check_acyclic(needed)
+        if self.errors:
+            raise ValidationFailed(self.errors)
+        return Plan(planned, outputs, order)
+
+    def check_node_class(self, node: WorkflowNode) -> type[Node] | None:
+        if node.problem:
+            self.error("invalid_node", node, node.problem)
+            return None
+        cls = self.registry.get(node.class_type)
+        if cls is None:
+            close = _close_names(node.class_type, self.registry.names())
+            hint = f" Did you mean {', '.join(close)}?" if close else \
+                " Install the node pack that provides it, or remove the node."
+            self.error("unknown_node_type", node,
+                       f"{_label(node)}: there is no node type '{node.class_type}'.{hint}")
+        return cls
+
+    def pick_outputs(self, classes: dict[str, type[Node]], targets: Iterable[str] | None) -> list[str]:
+        outputs = [nid for nid, cls in classes.items() if cls.output_node]
+        if targets is not None:
+            wanted = {str(t) for t in targets}
+            for t in sorted(wanted - set(self.workflow.nodes)):
+                self.error("no_outputs", None, f"the requested output node '{t}' is not in the workflow")
+            outputs = [nid for nid in outputs if nid in wanted]
+        if not outputs and not any(e.kind == "unknown_node_type" for e in self.errors):
+            self.error("no_outputs", None,
+                       "the workflow has no output node (such as SaveImage or PreviewImage), so "
+                       "nothing would run; add one and connect it")
+        return outputs
+
+    def ancestors(self, outputs: list[str]) -> list[str]:
+        """Output nodes and everything they link to (lazy links included), in discovery order."""
+        nodes = self.workflow.nodes
+        seen: dict[str, None] = {}
+        stack = list(reversed(outputs))
+        while stack:
+            nid = stack.pop()
+            if nid in seen or nid not in nodes:
+                continue
+            seen[nid] = None
+            for _, link in nodes[nid].links():
+                if link.node_id not in seen:
+                    stack.append(link.node_id)
+        return list(seen)
+
+    def check_acyclic(self, needed: list[str]) -> list[str]:
+        order = topological_order(self.workflow, needed)
+        if order is None:
+            import networkx as nx
+
+            graph = nx.DiGraph()
+            for nid in needed:
+                for _, link in self.workflow.nodes[nid].links():
+                    if link.node_id in self.workflow.nodes:
+                        graph.add_edge(link.node_id, nid)
+            cycle = [edge[0] for edge in nx.find_cycle(graph)]
+            first = self.workflow.nodes[cycle[0]]
+            path = " → ".join(cycle + [cycle[0]])
+            self.error("cycle", first, f"the links form a cycle: {path}. A workflow must be a DAG; "
+                       "break the cycle (use a loop node for repetition)", nodes=cycle)
+            return []
+        return order
+
+    # -- one node -----------------------------------------------------------------------------
+
+    def check_inputs(self, node: WorkflowNode, cls: type[Node], classes: dict[str, type[Node]]) -> PlannedNode:
+        constants: dict[str, Any] = {}
+        links: dict[str, Link] = {}
+        custom_names = _custom_validated_names(cls)
+        for name, spec in cls.INPUTS.items():
+            if name not in node.inputs:
+                if spec.has_default and spec.is_widget:
+                    constants[name] = spec.default
+                elif not spec.optional:
+                    self.error("required_input_missing", node,
+                               f"{_label(node)}: required input '{name}' ({spec.type}) is missing; "
+                               f"{'connect it to an output of type ' + spec.type if not spec.is_widget else 'give it a value'}",
+                               name)
+                continue
+            value = node.inputs[name]
+            if isinstance(value, Link):
+                if self.check_link(node, spec, value, classes):
+                    links[name] = value
+            elif isinstance(value, list):
+                self.bad_list(node, spec, value)
+            elif spec.type == ANY:
+                constants[name] = value
+            elif not spec.is_widget and spec.type not in (INT, FLOAT, STRING, BOOLEAN):
+                self.error("link_required", node,
+                           f"{_label(node)}: input '{name}' takes a {spec.type} from another node's "
+                           f"output, written as a link like [\"<node id>\", 0], not the constant "
+                           f"{_short(value)}", name, received_value=_short(value))
+            else:
+                ok, coerced = self.check_constant(node, spec, value, skip_range=name in custom_names)
+                if ok:
+                    constants[name] = coerced
+        self.check_custom(node, cls, constants, links)
+        return PlannedNode(node.id, node.class_type, cls, constants, links,
+                           parent=node.parent, display_node=node.display_node or node.id,
+                           is_changed=node.is_changed)
+
+    def check_link(self, node: WorkflowNode, spec: Input, link: Link, classes: dict[str, type[Node]]) -> bool:
+        name = spec.name
+        source = self.workflow.nodes.get(link.node_id)
+        if source is None:
+            self.error("bad_linked_input", node,
+                       f"{_label(node)}: input '{name}' links to node '{link.node_id}', which is not "
+                       "in the workflow; reconnect it to an existing node", name,
+                       linked_node=link.to_json())
+            return False
+        source_cls = classes.get(link.node_id)
+        if source_cls is None:
+            return False  # the source's own error is reported there
+        outputs = source_cls.outputs
+        if not 0 <= link.output < len(outputs):
+            self.error("bad_linked_input", node,
+                       f"{_label(node)}: input '{name}' links to output {link.output} of "
+                       f"{_label(source)}, which has {len(outputs)} output(s) "
+                       f"(0..{len(outputs) - 1}); pick an existing output", name,
+                       linked_node=link.to_json())
+            return False
+        produced = outputs[link.output].type
+        if not types_match(produced, spec.type):
+            self.error("return_type_mismatch", node,
+                       f"{_label(node)}: input '{name}' needs {spec.type} but output {link.output} of "
+                       f"{_label(source)} gives {produced}; connect an output of type {spec.type}",
+                       name, received_type=produced, linked_node=link.to_json())
+            return False
+        return True
+
+    def bad_list(self, node: WorkflowNode, spec: Input, value: list) -> None:
+        hint = ""
+        if len(value) == 2 and isinstance(value[1], int) and not isinstance(value[0], str):
+            hint = f" (node ids in links are strings: [\"{value[0]}\", {value[1]}])"
+        self.error("bad_linked_input", node,
+                   f"{_label(node)}: input '{spec.name}' got the list {_short(value)}; a link is "
+                   f"[\"<node id>\", <output index>]{hint}, and a list constant is written "
+                   "{\"__value__\": [...]}", spec.name, received_value=_short(value))
+
+    def check_constant(self, node: WorkflowNode, spec: Input, value: Any, skip_range: bool) -> tuple[bool, Any]:
+        coerced = _coerce(spec.type, value)
+        if coerced is _INVALID:
+            self.error("invalid_value", node,
+                       f"{_label(node)}: input '{spec.name}' needs {_describe_type(spec.type)}, not "
+                       f"{_short(value)} ({type(value).__name__})", spec.name,
+                       received_value=_short(value))
+            return False, None
+        if skip_range:
+            return True, coerced
+        if spec.type in (INT, FLOAT):
+            low = spec.min if spec.min is not None else (INT64_MIN if spec.type == INT else None)
+            high = spec.max if spec.max is not None else (UINT64_MAX if spec.type == INT else None)
+            if low is not None and coerced < low:
+                self.error("value_below_min", node,
+                           f"{_label(node)}: input '{spec.name}' is {coerced}, below its minimum "
+                           f"{low}; use a value from {low} to {high}", spec.name,
+                           received_value=coerced, min=low)
+                return False, None
+            if high is not None and coerced > high:
+                self.error("value_above_max", node,
+                           f"{_label(node)}: input '{spec.name}' is {coerced}, above its maximum "
+                           f"{high}; use a value from {low} to {high}", spec.name,
+                           received_value=coerced, max=high)
+                return False, None
+        elif spec.type == COMBO:
+            choices = spec.current_choices()
+            if coerced not in choices:
+                shown = ", ".join(repr(c) for c in choices[:20]) + (" …" if len(choices) > 20 else "")
+                self.error("value_not_in_list", node,
+                           f"{_label(node)}: input '{spec.name}' is {coerced!r}, which is not one of "
+                           f"its choices: {shown or '(none available)'}", spec.name,
+                           received_value=coerced, choices=choices[:20])
+                return False, None
+        return True, coerced
+
+    def check_custom(self, node: WorkflowNode, cls: type[Node], constants: dict, links: dict) -> None:
+        if cls.validate_inputs.__func__ is Node.validate_inputs.__func__:  # type: ignore[attr-defined]
+            return
+        wanted = _custom_validated_names(cls)
+        kwargs = {k: v for k, v in constants.items() if k in wanted or _takes_kwargs(cls)}
+        try:
+            verdict = cls.validate_inputs(**kwargs)
+        except Exception as exc:
+            self.error("exception_during_validation", node,
+                       f"{_label(node)}: its input check raised {type(exc).__name__}: {exc}",
+                       exception_type=type(exc).__name__)
+            return
+        if verdict is not True:
+            self.error("custom_validation_failed", node, f"{_label(node)}: {verdict}")
+
+
+_INVALID = object()
+
+
+def _coerce(type_: str, value: Any) -> Any:
+    if type_ == INT:
+        if type(value) is int:
+            return value
+        if type(value) is float and math.isfinite(value) and value.is_integer():
+            return int(value)
+        return _INVALID
+    if type_ == FLOAT:
+        if type(value) is int:
+            return float(value)
+        if type(value) is float and math.isfinite(value):
+            return value
+        return _INVALID
+    if type_ == BOOLEAN:
+        return value if type(value) is bool else _INVALID
+    if type_ in (STRING, COMBO):
+        return value if type(value) is str else _INVALID
+    return value
+
+
+def _describe_type(type_: str) -> str:
+    return {INT: "a whole number (INT)", FLOAT: "a finite number (FLOAT)",
+            BOOLEAN: "true or false (BOOLEAN)", STRING: "a text string (STRING)",
+            COMBO: "one of its choices (a string)"}.get(type_, type_)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _custom_validated_names(cls: type[Node]) -> frozenset[str]:
+    """Inputs that ``validate_inputs`` takes by name skip the generic range/choice checks (as ComfyUI)."""
+    if cls.validate_inputs.__func__ is Node.validate_inputs.__func__:  # type: ignore[attr-defined]
+        return frozenset()
+    params = inspect.signature(cls.validate_inputs).parameters
+    return frozenset(n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+
+
+def _takes_kwargs(cls: type[Node]) -> bool:
+    params = inspect.signature(cls.validate_inputs).parameters.values()
+    return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _close_names(name: str, names: list[str]) -> list[str]:
+    import difflib
+
+    return difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+
+
+def topological_order(workflow: Workflow, ids: Iterable[str]) -> list[str] | None:
+    """Kahn's algorithm over the given nodes' links; ``None`` when they contain a cycle."""
+    ids = list(ids)
+    wanted = set(ids)
+    indegree = {nid: 0 for nid in ids}
+    consumers: dict[str, list[str]] = {nid: [] for nid in ids}
+    for nid in ids:
+        for _, link in workflow.nodes[nid].links():
+            src = link.node_id
+            if src in wanted:
+                indegree[nid] += 1
+                consumers[src].append(nid)
+    ready = [nid for nid in ids if indegree[nid] == 0]
+    order: list[str] = []
+    while ready:
+        nid = ready.pop()
+        order.append(nid)
+        for consumer in consumers[nid]:
+            indegree[consumer] -= 1
+            if indegree[consumer] == 0:
+                ready.append(consumer)
+    return order if len(order) == len(ids) else None
+
+
+def validate(workflow: Workflow | dict, registry: NodeRegistry, targets: Iterable[str] | None = None) -> Plan:
+    """Check a workflow; return its :class:`Plan` or raise :class:`ValidationFailed` with all errors."""
+    if not isinstance(workflow, Workflow):
+        workflow = Workflow.from_api(workflow)
+    return _Validator(workflow, registry).run(targets)
+
+
+def validate_node(node: WorkflowNode, workflow: Workflow, registry: NodeRegistry) -> tuple[PlannedNode | None, list[NodeError]]:
+    """Validate one node in the context of ``workflow`` (used for nodes added by expansion)."""
+    validator = _Validator(workflow, registry)
+    cls = validator.check_node_class(node)
+    planned = None
+    if cls is not None:
+        classes = {nid: c for nid, n in workflow.nodes.items() if (c := registry.get(n.class_type))}
+        planned = validator.check_inputs(node, cls, classes)
+    return (None if validator.errors else planned), validator.errors

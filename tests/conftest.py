@@ -1,0 +1,34 @@
+import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))
+"""Shared fixtures: an engine with the built-in nodes plus the test nodes, on temp folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from nodegraph import Engine, OutputCache, Paths
+from nodegraph.registry import default_registry
+
+from engine_nodes import LOG, TEST_NODES
+
+
+@pytest.fixture
+def registry():
+    reg = default_registry(entry_points=False)
+    for cls in TEST_NODES:
+        reg.register(cls)
+    return reg
+
+
+@pytest.fixture
+def log():
+    LOG.calls.clear()
+    LOG.spans.clear()
+    return LOG
+
+
+@pytest.fixture
+def engine(registry, tmp_path, log):
+    eng = Engine(registry, paths=Paths.under(tmp_path), device="cpu", workers=2,
+                 cache=OutputCache(ram_budget=256 << 20))
+    yield eng
+    eng.close()
