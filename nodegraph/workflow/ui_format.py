@@ -374,10 +374,6 @@ def widget_extras(spec: Input) -> tuple[ExtraKind, ...]:
     return ()
 
 
-def _upload_extras(widgets: list[Input]) -> int:
-    return 1 if any(s.type == COMBO and s.image_upload for s in widgets) else 0
-
-
 def widget_accepts(spec: Input | None, value: Any) -> bool:
     """Could ``value`` be the stored value of widget ``spec``? (``None``: no widget, never.)"""
     if spec is None:
@@ -413,7 +409,8 @@ def map_widget_values(cls: type[Node], values: list[Any] | dict[str, Any] | None
     When the list is long enough to hold every control/filter/upload entry it is read positionally,
     as the canvas does. A shorter list (older files wrote no control value) is read by value: an
     entry after a control-capable widget is skipped only when it is a control value that the next
-    widget could not hold.
+    widget could not hold. The upload button's entry (``"image"``) comes after all widgets, so it
+    is never read.
     """
     widgets = widget_inputs(cls)
     if isinstance(values, dict):
