@@ -1,14 +1,18 @@
-import sys, pathlib; sys.path.insert(0, str(pathlib.Path(__file__).parent))
 """Shared fixtures: an engine with the built-in nodes plus the test nodes, on temp folders."""
 
 from __future__ import annotations
 
+import pathlib
+import sys
+
 import pytest
 
-from nodegraph import Engine, OutputCache, Paths
-from nodegraph.registry import default_registry
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-from engine_nodes import LOG, TEST_NODES
+from nodegraph import Engine, OutputCache, Paths  # noqa: E402
+from nodegraph.registry import default_registry  # noqa: E402
+
+from engine_nodes import LOG, TEST_NODES  # noqa: E402
 
 
 @pytest.fixture

@@ -122,6 +122,15 @@ class Big(Node):
         return (bytearray(kib * 1024),)
 
 
+class BlobSize(Node):
+    category = "test"
+    blob = Input("BLOB")
+    outputs = (Output(INT),)
+
+    def execute(self, blob):
+        return (len(blob),)
+
+
 class Range(Node):
     """A list output: 0..count-1 (each downstream node runs once per item)."""
     category = "test"
@@ -183,5 +192,5 @@ class NeedsPositive(Node):
         return (value,)
 
 
-TEST_NODES = [Number, Add, Scale, Text, Sink, Sleep, Fail, Big, Range, Total, RepeatAdd, Random,
+TEST_NODES = [Number, Add, Scale, Text, Sink, Sleep, Fail, Big, BlobSize, Range, Total, RepeatAdd, Random,
               NeedsPositive]

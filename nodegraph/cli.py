@@ -1,0 +1,220 @@
+"""The ``nodegraph`` command line: run, validate, list nodes.
+
+Exit codes: 0 success; 1 a node failed while running; 2 the workflow (or a flag) is invalid — errors
+are printed per node, never as a traceback; 130 interrupted with Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from .context import Paths
+from .errors import NodegraphError, ValidationFailed, WorkflowFormatError
+from .progress import ProgressPrinter, format_timing_report, report_dict
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nodegraph", description="Run node-graph workflows.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a workflow (.json in API or UI format, or a .png made by us or ComfyUI)")
+    run.add_argument("workflow", type=Path)
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                     help="override an input; NODE is a node id or title, VALUE is JSON or plain text")
+    _add_engine_options(run)
+    run.add_argument("--report", type=Path, help="write a JSON report (timings, outputs, errors) here")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+
+    validate = sub.add_parser("validate", help="check a workflow without running it")
+    validate.add_argument("workflow", type=Path)
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    validate.add_argument("--models-dir", type=Path, default=None)
+    validate.add_argument("--input-dir", type=Path, default=None)
+
+    nodes = sub.add_parser("nodes", help="list the available node classes")
+    nodes.add_argument("--json", action="store_true", help="print ComfyUI's /object_info shape")
+    return parser
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", type=Path, default=Path("outputs"))
+    p.add_argument("--input-dir", type=Path, default=None)
+    p.add_argument("--models-dir", type=Path, default=None)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    p.add_argument("--workers", type=int, default=2, help="nodes run concurrently (default 2)")
+
+
+def _paths(args: argparse.Namespace) -> Paths:
+    import os
+
+    output = getattr(args, "output_dir", None) or Path("outputs")
+    inputs = args.input_dir or Path(os.environ.get("NODEGRAPH_INPUT_DIR", "inputs"))
+    models = args.models_dir or Path(os.environ.get("NODEGRAPH_MODELS", "models"))
+    return Paths(output_dir=output, input_dir=inputs, temp_dir=output / "temp", models_dir=models)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``NODE.INPUT=VALUE`` → (node, input, value); VALUE is JSON when it parses, else text."""
+    target, sep, raw = text.partition("=")
+    node, dot, name = target.rpartition(".")
+    if not sep or not dot or not node or not name:
+        raise WorkflowFormatError(f"--set {text!r}: write it as NODE.INPUT=VALUE, e.g. --set 3.seed=42")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return node, name, value
+
+
+def apply_overrides(api: dict[str, Any], overrides: Sequence[str]) -> None:
+    for text in overrides:
+        node, name, value = parse_override(text)
+        node_id = node if node in api else _find_by_title(api, node)
+        if node_id is None:
+            raise WorkflowFormatError(f"--set {text!r}: no node with id or title {node!r} in the workflow")
+        inputs = api[node_id].setdefault("inputs", {})
+        inputs[name] = {"__value__": value} if isinstance(value, list) else value
+
+
+def _find_by_title(api: dict[str, Any], title: str) -> str | None:
+    hits = [nid for nid, n in api.items()
+            if isinstance(n, dict) and isinstance(n.get("_meta"), dict) and n["_meta"].get("title") == title]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _load(args: argparse.Namespace, registry) -> tuple[dict, dict]:
+    from .workflow.loader import load_workflow_file
+
+    loaded = load_workflow_file(args.workflow, registry)
+    apply_overrides(loaded.api, args.overrides)
+    extra = {"extra_pnginfo": {"workflow": loaded.ui}} if loaded.ui is not None else {}
+    return loaded.api, extra
+
+
+def print_validation_errors(errors: ValidationFailed, stream=sys.stderr) -> None:
+    print(f"error: the workflow is invalid ({len(errors.errors)} problem(s)):", file=stream)
+    for e in errors.errors:
+        where = f"[node {e.node_id}{'.' + e.input_name if e.input_name else ''}] " if e.node_id else ""
+        print(f"  {where}{e.kind}: {e.message}", file=stream)
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    from .registry import default_registry
+
+    registry = default_registry()
+    if args.json:
+        json.dump(registry.object_info(), sys.stdout, indent=1, default=str)
+        print()
+    else:
+        for name in registry.names():
+            cls = registry[name]
+            print(f"{name:32} {cls.category:28} {cls.display_name or ''}")
+    for problem in registry.load_errors:
+        print(f"warning: node pack {problem.source} failed to load: {problem.message}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .registry import default_registry
+    from .validation import validate
+
+    registry = default_registry()
+    _set_input_env(args)
+    api, _ = _load(args, registry)
+    plan = validate(api, registry)
+    print(f"ok: {len(plan.nodes)} node(s) to run for {len(plan.outputs)} output(s)")
+    return EXIT_OK
+
+
+def _set_input_env(args: argparse.Namespace) -> None:
+    import os
+
+    if getattr(args, "input_dir", None):
+        os.environ["NODEGRAPH_INPUT_DIR"] = str(args.input_dir)
+    if getattr(args, "models_dir", None):
+        os.environ["NODEGRAPH_MODELS"] = str(args.models_dir)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .executor import Engine
+
+    _set_input_env(args)
+    try:
+        engine = Engine(paths=_paths(args), device=args.device, workers=args.workers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    api, extra = _load(args, engine.registry)
+    plan = engine.validate(api)
+    printer = ProgressPrinter(sys.stderr, total=len(plan.nodes), enabled=not args.quiet)
+    previous = signal.getsignal(signal.SIGINT)
+    interrupts = 0
+
+    def on_sigint(signum, frame):  # first Ctrl-C: clean interrupt; second: stop now
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1:
+            raise KeyboardInterrupt
+        print("\ninterrupting… (Ctrl-C again to abort)", file=sys.stderr)
+        engine.interrupt()
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        result = engine.execute(plan, extra_data=extra, listeners=[printer])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        engine.close()
+    printer.close()
+    if args.report:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        args.report.write_text(json.dumps(report_dict(result, plan), indent=1, default=str))
+    if not args.quiet:
+        print(format_timing_report(result, plan), file=sys.stderr)
+    _print_outputs(result, engine.paths)
+    if result.failure is not None:
+        f = result.failure
+        print(f"error: node {f.node_id} ({f.class_type}) failed: {f.exception_type}: {f.exception_message}",
+              file=sys.stderr)
+        for name, values in f.inputs.items():
+            print(f"  input {name}: {', '.join(values)}", file=sys.stderr)
+        return EXIT_FAILED
+    if result.status == "interrupted":
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _print_outputs(result, paths: Paths) -> None:
+    for node_id, ui in result.outputs.items():
+        for image in ui.get("images", []):
+            folder = paths.output_dir if image.get("type") == "output" else paths.temp_dir
+            print(f"node {node_id}: {Path(folder) / image.get('subfolder', '') / image['filename']}")
+        for text in ui.get("text", []):
+            print(f"node {node_id}: {text}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes}
+    try:
+        return handlers[args.command](args)
+    except ValidationFailed as exc:
+        print_validation_errors(exc)
+        return EXIT_INVALID
+    except (WorkflowFormatError, NodegraphError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
