@@ -126,26 +126,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .validation import validate
 
     registry = default_registry()
-    _set_input_env(args)
     api, _ = _load(args, registry)
-    plan = validate(api, registry)
+    plan = validate(api, registry, paths=_paths(args))
     print(f"ok: {len(plan.nodes)} node(s) to run for {len(plan.outputs)} output(s)")
     return EXIT_OK
-
-
-def _set_input_env(args: argparse.Namespace) -> None:
-    import os
-
-    if getattr(args, "input_dir", None):
-        os.environ["NODEGRAPH_INPUT_DIR"] = str(args.input_dir)
-    if getattr(args, "models_dir", None):
-        os.environ["NODEGRAPH_MODELS"] = str(args.models_dir)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .executor import Engine
 
-    _set_input_env(args)
     try:
         engine = Engine(paths=_paths(args), device=args.device, workers=args.workers)
     except ValueError as exc:

@@ -108,7 +108,7 @@ class Engine:
     # -- public API -----------------------------------------------------------------------------
 
     def validate(self, workflow: Workflow | dict, targets: Iterable[str] | None = None) -> Plan:
-        return validate(workflow, self.registry, targets)
+        return validate(workflow, self.registry, targets, self.paths)
 
     def run(self, workflow: Workflow | dict | Any, *, prompt_id: str | None = None,
             extra_data: dict | None = None, targets: Iterable[str] | None = None,
@@ -170,7 +170,7 @@ class _Run:
         self.extra_data = extra_data
         self.bus = run.bus
         self.cache = engine.cache
-        self.signatures = compute_signatures(plan.nodes, plan.order)
+        self.signatures = compute_signatures(plan.nodes, plan.order, paths=engine.paths)
         self.results: dict[str, NodeOutputs] = {}
         self.ui: dict[str, dict] = {}
         self.requested: set[str] = set()
@@ -454,7 +454,7 @@ class _Run:
                 if link.node_id not in added and link.node_id not in self.results:
                     problems.append(f"node {nid} links to '{link.node_id}', which is neither in the "
                                     "expansion nor an already computed node")
-            p, errors = validate_node(wn, view, self.engine.registry)
+            p, errors = validate_node(wn, view, self.engine.registry, self.engine.paths)
             problems += [e.message for e in errors]
             if p is not None:
                 planned[nid] = p
@@ -464,7 +464,7 @@ class _Run:
         if problems:
             raise ExpansionError(f"node {parent_id}'s expansion is invalid: " + "; ".join(problems))
         self.plan.nodes.update(planned)
-        compute_signatures(self.plan.nodes, order, self.signatures)
+        compute_signatures(self.plan.nodes, order, self.signatures, self.engine.paths)
         return planned
 
     def finish_expansion(self, parent_id: str) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 from .types import BOOLEAN, COMBO, FLOAT, INT, STRING, WIDGET_TYPES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .context import NodeContext
+    from .context import NodeContext, Paths
 
 HIDDEN_INPUTS = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"}
 
@@ -72,19 +72,26 @@ class Input:
         """True when the canvas shows a widget for it (a JSON constant is allowed)."""
         return self.type in WIDGET_TYPES and not self.force_input
 
-    def current_choices(self) -> list[str]:
-        """The combo's choices now (a callable is asked each time, so lists refresh)."""
+    def current_choices(self, paths: "Paths | None" = None) -> list[str]:
+        """The combo's choices now (a callable is asked each time, so lists refresh).
+
+        A callable that takes a ``paths`` parameter gets the engine's folders (default ``Paths()``).
+        """
         if self.choices is None:
             return []
-        return list(self.choices() if callable(self.choices) else self.choices)
+        if not callable(self.choices):
+            return list(self.choices)
+        if accepts_paths(self.choices):
+            return list(self.choices(paths=paths if paths is not None else _default_paths()))
+        return list(self.choices())
 
-    def options(self) -> dict[str, Any]:
+    def options(self, paths: "Paths | None" = None) -> dict[str, Any]:
         """The ComfyUI ``/object_info`` options dict for this input."""
         opts: dict[str, Any] = {}
         if self.has_default:
             opts["default"] = self.default
         elif self.type == COMBO:
-            choices = self.current_choices()
+            choices = self.current_choices(paths)
             if choices:
                 opts["default"] = choices[0]
         for key, value in (("min", self.min), ("max", self.max), ("step", self.step),
@@ -100,10 +107,10 @@ class Input:
                 opts[key] = True
         return opts
 
-    def spec(self) -> list[Any]:
+    def spec(self, paths: "Paths | None" = None) -> list[Any]:
         """``[TYPE, options]`` as ComfyUI writes it; legacy combos as ``[[choices…], options]``."""
-        head: Any = self.current_choices() if self.type == COMBO else self.type
-        return [head, self.options()]
+        head: Any = self.current_choices(paths) if self.type == COMBO else self.type
+        return [head, self.options(paths)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +181,7 @@ class Node:
             if name not in HIDDEN_INPUTS:
                 raise TypeError(f"{cls.__name__}: unknown hidden input {name!r}; "
                                 f"use one of {sorted(HIDDEN_INPUTS)}")
-        if not cls.description and cls.__doc__:
+        if "description" not in vars(cls) and vars(cls).get("__doc__"):
             cls.description = " ".join(cls.__doc__.split())
 
     def __init__(self, context: "NodeContext") -> None:
@@ -189,14 +196,19 @@ class Node:
     def fingerprint(cls, **constants: Any) -> Any:
         """ComfyUI's IS_CHANGED: a value that changes when the node's result would (file hash...).
 
-        Called with the node's constant inputs (linked inputs absent). It enters the cache key.
-        Return ``math.nan`` to force a re-run every time.
+        Called with the node's constant inputs (linked inputs absent), plus ``paths`` (the engine's
+        folders) when the method declares that parameter. It enters the cache key. Return
+        ``math.nan`` to force a re-run every time.
         """
         return None
 
     @classmethod
     def validate_inputs(cls, **constants: Any) -> bool | str:
-        """Extra validation of constant inputs: ``True``, or a sentence saying what is wrong."""
+        """Extra validation of constant inputs: ``True``, or a sentence saying what is wrong.
+
+        Receives ``paths`` too when it declares that parameter. Inputs it names are exempt from the
+        generic range/choice checks (as in ComfyUI).
+        """
         return True
 
     def check_lazy(self, **inputs: Any) -> list[str]:
@@ -223,6 +235,22 @@ class Node:
     @classmethod
     def optional_inputs(cls) -> Iterable[Input]:
         return (s for s in cls.INPUTS.values() if s.optional)
+
+
+def accepts_paths(func: Callable) -> bool:
+    """True when a hook declares a ``paths`` parameter (it then gets the engine's folders)."""
+    import inspect
+
+    try:
+        return "paths" in inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _default_paths() -> "Paths":
+    from .context import Paths
+
+    return Paths()
 
 
 def is_nan(value: Any) -> bool:

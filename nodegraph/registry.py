@@ -15,9 +15,12 @@ import pkgutil
 from dataclasses import dataclass
 from importlib import metadata
 from types import ModuleType
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .node import HIDDEN_INPUTS, Node
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .context import Paths
 
 log = logging.getLogger(__name__)
 
@@ -119,18 +122,23 @@ class NodeRegistry:
 
     # -- description --------------------------------------------------------------------------
 
-    def object_info(self, class_type: str | None = None) -> dict[str, Any]:
-        """ComfyUI's ``/object_info`` for all classes, or for one (``{}`` when unknown)."""
+    def object_info(self, class_type: str | None = None, paths: "Paths | None" = None) -> dict[str, Any]:
+        """ComfyUI's ``/object_info`` for all classes, or for one (``{}`` when unknown).
+
+        ``paths``: the folders file combos list (LoadImage's input folder...).
+        """
         if class_type is not None:
             cls = self.get(class_type)
-            return {class_type: describe_node(class_type, cls, self.source_of(class_type))} if cls else {}
-        return {name: describe_node(name, cls, self.source_of(name)) for name, cls in self._classes.items()}
+            return {class_type: describe_node(class_type, cls, self.source_of(class_type), paths)} if cls else {}
+        return {name: describe_node(name, cls, self.source_of(name), paths)
+                for name, cls in self._classes.items()}
 
 
-def describe_node(name: str, cls: type[Node], python_module: str = "") -> dict[str, Any]:
+def describe_node(name: str, cls: type[Node], python_module: str = "",
+                  paths: "Paths | None" = None) -> dict[str, Any]:
     """One class in ComfyUI's ``/object_info`` shape (COMFY_COMPAT §5)."""
-    required = {s.name: s.spec() for s in cls.required_inputs()}
-    optional = {s.name: s.spec() for s in cls.optional_inputs()}
+    required = {s.name: s.spec(paths) for s in cls.required_inputs()}
+    optional = {s.name: s.spec(paths) for s in cls.optional_inputs()}
     inputs: dict[str, Any] = {"required": required}
     if optional:
         inputs["optional"] = optional

@@ -13,7 +13,8 @@ import hashlib
 import os
 from typing import Any, Iterable
 
-from .node import Node, is_nan
+from .context import Paths
+from .node import Node, accepts_paths, is_nan
 from .plan import PlannedNode
 
 _BASE_FINGERPRINT = Node.fingerprint.__func__  # type: ignore[attr-defined]
@@ -23,7 +24,7 @@ def _never_equal() -> bytes:
     return b"nonce:" + os.urandom(12)
 
 
-def fingerprint_of(node: PlannedNode) -> Any:
+def fingerprint_of(node: PlannedNode, paths: Paths | None = None) -> Any:
     """The node's fingerprint (ComfyUI IS_CHANGED); ``None`` when it has none."""
     if node.is_changed is not None:
         return node.is_changed
@@ -32,8 +33,11 @@ def fingerprint_of(node: PlannedNode) -> Any:
         return _never_equal()
     if cls.fingerprint.__func__ is _BASE_FINGERPRINT:  # type: ignore[attr-defined]
         return None
+    kwargs = dict(node.constants)
+    if accepts_paths(cls.fingerprint):
+        kwargs["paths"] = paths if paths is not None else Paths()
     try:
-        value = cls.fingerprint(**node.constants)
+        value = cls.fingerprint(**kwargs)
     except Exception:  # as ComfyUI: a failing fingerprint means "always re-run"
         return _never_equal()
     if is_nan(value) or not isinstance(value, (str, int, float, bytes, bool, tuple, type(None))):
@@ -41,12 +45,12 @@ def fingerprint_of(node: PlannedNode) -> Any:
     return value
 
 
-def node_signature(node: PlannedNode, signatures: dict[str, bytes]) -> bytes:
+def node_signature(node: PlannedNode, signatures: dict[str, bytes], paths: Paths | None = None) -> bytes:
     cls = node.cls
     parts = [node.class_type, repr(cls.version), repr(sorted(node.constants.items()))]
     for name, link in sorted(node.links.items()):
         parts.append(f"{name}<{signatures[link.node_id].hex()}:{link.output}")
-    fingerprint = fingerprint_of(node)
+    fingerprint = fingerprint_of(node, paths)
     if fingerprint is not None:
         parts.append(f"fp={fingerprint!r}")
     if "unique_id" in cls.hidden:
@@ -55,9 +59,10 @@ def node_signature(node: PlannedNode, signatures: dict[str, bytes]) -> bytes:
 
 
 def compute_signatures(nodes: dict[str, PlannedNode], order: Iterable[str],
-                       signatures: dict[str, bytes] | None = None) -> dict[str, bytes]:
+                       signatures: dict[str, bytes] | None = None,
+                       paths: Paths | None = None) -> dict[str, bytes]:
     """Signatures of ``order`` (topological), added to ``signatures`` (which may hold producers)."""
     signatures = {} if signatures is None else signatures
     for nid in order:
-        signatures[nid] = node_signature(nodes[nid], signatures)
+        signatures[nid] = node_signature(nodes[nid], signatures, paths)
     return signatures

@@ -11,8 +11,9 @@ import inspect
 import math
 from typing import Any, Iterable
 
+from .context import Paths
 from .errors import NodeError, ValidationFailed
-from .node import Input, Node
+from .node import Input, Node, accepts_paths
 from .plan import Plan, PlannedNode
 from .registry import NodeRegistry
 from .types import ANY, BOOLEAN, COMBO, FLOAT, INT, INT64_MIN, STRING, UINT64_MAX, types_match
@@ -30,9 +31,10 @@ def _label(node: WorkflowNode) -> str:
 
 
 class _Validator:
-    def __init__(self, workflow: Workflow, registry: NodeRegistry):
+    def __init__(self, workflow: Workflow, registry: NodeRegistry, paths: Paths | None = None):
         self.workflow = workflow
         self.registry = registry
+        self.paths = paths if paths is not None else Paths()
         self.errors: list[NodeError] = []
 
     def error(self, kind: str, node: WorkflowNode | None, message: str, input_name: str | None = None,
@@ -222,7 +224,7 @@ class _Validator:
                            received_value=coerced, max=high)
                 return False, None
         elif spec.type == COMBO:
-            choices = spec.current_choices()
+            choices = spec.current_choices(self.paths)
             if coerced not in choices:
                 shown = ", ".join(repr(c) for c in choices[:20]) + (" …" if len(choices) > 20 else "")
                 self.error("value_not_in_list", node,
@@ -237,6 +239,8 @@ class _Validator:
             return
         wanted = _custom_validated_names(cls)
         kwargs = {k: v for k, v in constants.items() if k in wanted or _takes_kwargs(cls)}
+        if accepts_paths(cls.validate_inputs):
+            kwargs["paths"] = self.paths
         try:
             verdict = cls.validate_inputs(**kwargs)
         except Exception as exc:
@@ -287,7 +291,8 @@ def _custom_validated_names(cls: type[Node]) -> frozenset[str]:
     if cls.validate_inputs.__func__ is Node.validate_inputs.__func__:  # type: ignore[attr-defined]
         return frozenset()
     params = inspect.signature(cls.validate_inputs).parameters
-    return frozenset(n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+    return frozenset(n for n, p in params.items()
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "paths")
 
 
 def _takes_kwargs(cls: type[Node]) -> bool:
@@ -325,16 +330,21 @@ def topological_order(workflow: Workflow, ids: Iterable[str]) -> list[str] | Non
     return order if len(order) == len(ids) else None
 
 
-def validate(workflow: Workflow | dict, registry: NodeRegistry, targets: Iterable[str] | None = None) -> Plan:
-    """Check a workflow; return its :class:`Plan` or raise :class:`ValidationFailed` with all errors."""
+def validate(workflow: Workflow | dict, registry: NodeRegistry, targets: Iterable[str] | None = None,
+             paths: Paths | None = None) -> Plan:
+    """Check a workflow; return its :class:`Plan` or raise :class:`ValidationFailed` with all errors.
+
+    ``paths``: the folders that file inputs are checked against (default ``Paths()``).
+    """
     if not isinstance(workflow, Workflow):
         workflow = Workflow.from_api(workflow)
-    return _Validator(workflow, registry).run(targets)
+    return _Validator(workflow, registry, paths).run(targets)
 
 
-def validate_node(node: WorkflowNode, workflow: Workflow, registry: NodeRegistry) -> tuple[PlannedNode | None, list[NodeError]]:
+def validate_node(node: WorkflowNode, workflow: Workflow, registry: NodeRegistry,
+                  paths: Paths | None = None) -> tuple[PlannedNode | None, list[NodeError]]:
     """Validate one node in the context of ``workflow`` (used for nodes added by expansion)."""
-    validator = _Validator(workflow, registry)
+    validator = _Validator(workflow, registry, paths)
     cls = validator.check_node_class(node)
     planned = None
     if cls is not None:

@@ -5,9 +5,8 @@ Folder rules follow ComfyUI (COMFY_COMPAT §4, §8): file names may carry a `` [
 (``..``, absolute paths, symlinks) is refused. Saved names are ``<stem>_<counter:05>_.png`` with
 ComfyUI's counter; files are created exclusively, so concurrent saves never overwrite each other.
 
-At run time nodes use ``self.ctx.paths``. Class-level hooks (the combo list, ``validate_inputs``,
-``fingerprint``) get no context, so they read the folders from ``NODEGRAPH_INPUT_DIR`` /
-``NODEGRAPH_OUTPUT_DIR`` / ``NODEGRAPH_TEMP_DIR``, falling back to :class:`Paths` defaults.
+At run time nodes use ``self.ctx.paths``; class-level hooks (the combo list, ``validate_inputs``,
+``fingerprint``) declare a ``paths`` parameter and get the engine's folders.
 """
 
 from __future__ import annotations
@@ -36,15 +35,6 @@ FOLDER_SUFFIXES = {"[input]": "input", "[output]": "output", "[temp]": "temp"}
 
 
 # -- folders ----------------------------------------------------------------------------------------
-
-def default_paths() -> Paths:
-    """The folders class-level hooks use: the ``NODEGRAPH_*_DIR`` variables, else ``Paths()``."""
-    base = Paths()
-    return Paths(output_dir=Path(os.environ.get("NODEGRAPH_OUTPUT_DIR", base.output_dir)),
-                 input_dir=Path(os.environ.get("NODEGRAPH_INPUT_DIR", base.input_dir)),
-                 temp_dir=Path(os.environ.get("NODEGRAPH_TEMP_DIR", base.temp_dir)),
-                 models_dir=base.models_dir)
-
 
 def folder_of(paths: Paths, kind: str) -> Path:
     return {"input": paths.input_dir, "output": paths.output_dir, "temp": paths.temp_dir}[kind]
@@ -81,9 +71,9 @@ def resolve_annotated(name: str, paths: Paths) -> Path:
     return resolve_inside(folder_of(paths, kind), relative, f"{kind} folder")
 
 
-def _list_input_images() -> list[str]:
+def _list_input_images(paths: Paths) -> list[str]:
     """Image files at the top level of the input folder, sorted (LoadImage's combo choices)."""
-    folder = default_paths().input_dir
+    folder = paths.input_dir
     try:
         entries = list(folder.iterdir())
     except OSError:
@@ -154,9 +144,9 @@ class LoadImage(Node):
         return load_image_file(path)
 
     @classmethod
-    def validate_inputs(cls, image: str, **_: Any) -> bool | str:
+    def validate_inputs(cls, image: str, paths: Paths) -> bool | str:
         try:
-            path = resolve_annotated(str(image), default_paths())
+            path = resolve_annotated(str(image), paths)
         except ValueError as exc:
             return f"Invalid image file: {exc}"
         if not path.is_file():
@@ -164,10 +154,10 @@ class LoadImage(Node):
         return True
 
     @classmethod
-    def fingerprint(cls, image: str | None = None, **_: Any) -> Any:
+    def fingerprint(cls, paths: Paths, image: str | None = None, **_: Any) -> Any:
         """SHA-256 of the file; NaN (always re-run) when it cannot be read."""
         try:
-            return file_sha256(resolve_annotated(str(image), default_paths()))
+            return file_sha256(resolve_annotated(str(image), paths))
         except (OSError, ValueError):
             return math.nan
 

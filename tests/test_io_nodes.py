@@ -32,9 +32,6 @@ def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
     paths = Paths.under(tmp_path)
     for folder in (paths.input_dir, paths.output_dir, paths.temp_dir):
         folder.mkdir(parents=True)
-    monkeypatch.setenv("NODEGRAPH_INPUT_DIR", str(paths.input_dir))
-    monkeypatch.setenv("NODEGRAPH_OUTPUT_DIR", str(paths.output_dir))
-    monkeypatch.setenv("NODEGRAPH_TEMP_DIR", str(paths.temp_dir))
     return paths
 
 
@@ -112,8 +109,8 @@ def test_choices_list_top_level_images_only(paths):
         (paths.input_dir / name).write_bytes(b"x")
     (paths.input_dir / "sub").mkdir()
     (paths.input_dir / "sub" / "c.png").write_bytes(b"x")
-    assert nio.LoadImage.INPUTS["image"].current_choices() == ["a.JPG", "b.png"]
-    spec = describe_node("LoadImage", nio.LoadImage)["input"]["required"]["image"]
+    assert nio.LoadImage.INPUTS["image"].current_choices(paths) == ["a.JPG", "b.png"]
+    spec = describe_node("LoadImage", nio.LoadImage, paths=paths)["input"]["required"]["image"]
     assert spec == [["a.JPG", "b.png"], {"default": "a.JPG", "image_upload": True}]
 
 
@@ -121,10 +118,10 @@ def test_validate_accepts_existing_files(paths):
     (paths.input_dir / "sub").mkdir()
     Image.new("RGB", (1, 1)).save(paths.input_dir / "sub" / "x.png")
     Image.new("RGB", (1, 1)).save(paths.output_dir / "o.png")
-    assert nio.LoadImage.validate_inputs(image="sub/x.png") is True
-    assert nio.LoadImage.validate_inputs(image="o.png [output]") is True
-    assert "not found" in nio.LoadImage.validate_inputs(image="missing.png")
-    assert isinstance(nio.LoadImage.validate_inputs(image="o.png"), str)  # not in the input folder
+    assert nio.LoadImage.validate_inputs(image="sub/x.png", paths=paths) is True
+    assert nio.LoadImage.validate_inputs(image="o.png [output]", paths=paths) is True
+    assert "not found" in nio.LoadImage.validate_inputs(image="missing.png", paths=paths)
+    assert isinstance(nio.LoadImage.validate_inputs(image="o.png", paths=paths), str)  # not in the input folder
 
 
 @pytest.mark.parametrize("name, words", [("../secret.png", "'..'"), ("sub/../../secret.png", "'..'"),
@@ -134,7 +131,7 @@ def test_traversal_is_refused(make, paths, name, words):
     secret = paths.input_dir.parent / "secret.png"
     Image.new("RGB", (1, 1)).save(secret)
     os.symlink(paths.input_dir.parent, paths.input_dir / "link")
-    message = nio.LoadImage.validate_inputs(image=name)
+    message = nio.LoadImage.validate_inputs(image=name, paths=paths)
     assert isinstance(message, str) and words in message
     with pytest.raises(ValueError, match=words):
         make(nio.LoadImage).execute(image=name)
@@ -143,10 +140,10 @@ def test_traversal_is_refused(make, paths, name, words):
 def test_fingerprint_is_file_sha256(paths):
     path = paths.input_dir / "f.png"
     Image.new("RGB", (2, 2)).save(path)
-    assert nio.LoadImage.fingerprint(image="f.png") == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert nio.LoadImage.fingerprint(image="f.png", paths=paths) == hashlib.sha256(path.read_bytes()).hexdigest()
     Image.new("RGB", (2, 2), (9, 9, 9)).save(path)
-    assert nio.LoadImage.fingerprint(image="f.png") == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert math.isnan(nio.LoadImage.fingerprint(image="gone.png"))
+    assert nio.LoadImage.fingerprint(image="f.png", paths=paths) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert math.isnan(nio.LoadImage.fingerprint(image="gone.png", paths=paths))
 
 
 # -- SaveImage --------------------------------------------------------------------------------------
