@@ -98,7 +98,8 @@ def _load(args: argparse.Namespace, registry) -> tuple[dict, dict]:
     return loaded.api, extra
 
 
-def print_validation_errors(errors: ValidationFailed, stream=sys.stderr) -> None:
+def print_validation_errors(errors: ValidationFailed, stream=None) -> None:
+    stream = stream or sys.stderr
     print(f"error: the workflow is invalid ({len(errors.errors)} problem(s)):", file=stream)
     for e in errors.errors:
         where = f"[node {e.node_id}{'.' + e.input_name if e.input_name else ''}] " if e.node_id else ""

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import WorkflowFormatError
 from ..registry import NodeRegistry
-from .ui_format import is_api_workflow, is_ui_workflow, ui_to_api
+from .ui_format import is_ui_workflow, ui_to_api
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_WORKFLOW_BYTES = 64 * 1024 * 1024
@@ -35,12 +35,8 @@ def load_workflow_data(data: Any, registry: NodeRegistry, source: str = "<data>"
             (set(data) <= {"prompt", "workflow", "extra_data", "client_id"}):
         workflow = data.get("workflow") if isinstance(data.get("workflow"), dict) else None
         return LoadedWorkflow(data["prompt"], workflow, source)
-    if is_api_workflow(data) or (isinstance(data, dict) and not data):
+    if isinstance(data, dict):  # API format; validation reports malformed nodes one by one
         return LoadedWorkflow(data, None, source)
-    if isinstance(data, dict):
-        raise WorkflowFormatError(
-            f"{source}: this JSON is neither an API-format workflow ({{\"id\": {{\"class_type\": …, "
-            "\"inputs\": …}}}}) nor a canvas workflow (with \"nodes\" and \"links\")")
     raise WorkflowFormatError(f"{source}: a workflow is a JSON object, not {type(data).__name__}")
 
 
