@@ -15,6 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 GiB = 1024**3
 
 
@@ -51,6 +53,9 @@ def measure(value: Any, _seen: set[int] | None = None) -> tuple[int, int]:
     if id(value) in seen:
         return 0, 0
     seen.add(id(value))
+    if type(value) is torch.Tensor:  # the common case, without slow attribute probing
+        nbytes = value.untyped_storage().nbytes()  # a view keeps its whole storage alive
+        return (nbytes, 0) if value.device.type == "cpu" else (0, nbytes)
     sizer = getattr(value, "cache_size", None)
     if callable(sizer) and not isinstance(value, type):
         ram, vram = sizer()

@@ -40,7 +40,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     nodes = sub.add_parser("nodes", help="list the available node classes")
     nodes.add_argument("--json", action="store_true", help="print ComfyUI's /object_info shape")
+    _add_serve_parser(sub)
     return parser
+
+
+def _add_serve_parser(sub) -> None:
+    serve = sub.add_parser("serve", help="run the ComfyUI-compatible HTTP/WebSocket server")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="bind address (default 127.0.0.1; any other needs a token)")
+    serve.add_argument("--port", type=int, default=8188, help="port (default 8188; 0 picks a free one)")
+    serve.add_argument("--models-dir", type=Path, default=None)
+    serve.add_argument("--output-dir", type=Path, default=Path("outputs"))
+    serve.add_argument("--input-dir", type=Path, default=None)
+    serve.add_argument("--data-dir", type=Path, default=Path("data"),
+                       help="where the job queue and history (SQLite) live (default ./data)")
+    serve.add_argument("--auth-token", default=None,
+                       help="require this token (Authorization: Bearer, or ?token=); generated and printed "
+                            "when binding a non-loopback address without one")
+    serve.add_argument("--workers", type=int, default=2, help="nodes run concurrently (default 2)")
+    serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
+    serve.add_argument("--max-upload-mb", type=float, default=100, help="upload size cap (default 100 MiB)")
+    serve.add_argument("--max-queue", type=int, default=10_000, help="queued prompts cap (default 10000)")
+    serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                       help="also accept requests from this browser origin, e.g. http://myhost:3000")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="also accept this Host header name (e.g. a reverse proxy's)")
+    serve.add_argument("--nodes-module", action="append", default=[], metavar="MODULE",
+                       help="import MODULE and register its node classes (local or test node packs)")
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -190,9 +216,31 @@ def _print_outputs(result, paths: Paths) -> None:
             print(f"node {node_id}: {text}")
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .server import ServerConfig, serve_forever
+
+    config = ServerConfig(host=args.host, port=args.port, paths=_paths(args), data_dir=args.data_dir,
+                          auth_token=args.auth_token, workers=args.workers,
+                          device=None if args.device == "auto" else args.device,
+                          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_queue=args.max_queue,
+                          allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
+                          allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module))
+    config, generated = config.resolved()
+    if generated:
+        print(f"auth token (required on every request): {config.auth_token}", flush=True)
+    try:
+        asyncio.run(serve_forever(config))
+    except (ValueError, OSError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes}
+    handlers = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve}
     try:
         return handlers[args.command](args)
     except ValidationFailed as exc:

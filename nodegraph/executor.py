@@ -100,6 +100,10 @@ class Engine:
         self.device = pick_device(device)
         self.workers = max(1, int(workers))
         self.services = dict(services or {})
+        if "models" not in self.services:
+            from .models import ModelManager
+
+            self.services["models"] = ModelManager(self.device)
         self.bus = EventBus()
         self._pool: ThreadPoolExecutor | None = None
         self._run_lock = threading.Lock()

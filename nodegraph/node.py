@@ -165,6 +165,7 @@ class Node:
     experimental: ClassVar[bool] = False
 
     INPUTS: ClassVar[dict[str, Input]] = {}
+    _LAZY: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -177,6 +178,7 @@ class Node:
                 inputs[name] = value
                 delattr(cls, name)
         cls.INPUTS = inputs
+        cls._LAZY = frozenset(n for n, spec in inputs.items() if spec.lazy)
         for name in cls.hidden:
             if name not in HIDDEN_INPUTS:
                 raise TypeError(f"{cls.__name__}: unknown hidden input {name!r}; "
@@ -226,7 +228,7 @@ class Node:
 
     @classmethod
     def lazy_inputs(cls) -> frozenset[str]:
-        return frozenset(n for n, s in cls.INPUTS.items() if s.lazy)
+        return cls._LAZY
 
     @classmethod
     def required_inputs(cls) -> Iterable[Input]:

@@ -26,12 +26,16 @@ class PlannedNode:
     is_changed: Any = None
     #: links of non-lazy inputs: what must exist before the node can run
     eager_links: tuple[tuple[str, Link], ...] = ()
-    lazy_links: dict[str, Link] = field(default_factory=dict)
+    #: links of lazy inputs (``None`` when the node has none)
+    lazy_links: dict[str, Link] | None = None
 
     def __post_init__(self) -> None:
-        lazy = self.cls.lazy_inputs()
-        self.eager_links = tuple((n, l) for n, l in self.links.items() if n not in lazy)
-        self.lazy_links = {n: l for n, l in self.links.items() if n in lazy}
+        lazy = self.cls._LAZY
+        if lazy:
+            self.eager_links = tuple((n, l) for n, l in self.links.items() if n not in lazy)
+            self.lazy_links = {n: l for n, l in self.links.items() if n in lazy}
+        else:
+            self.eager_links = tuple(self.links.items())
         if not self.display_node:
             self.display_node = self.id
 

@@ -47,15 +47,19 @@ def fingerprint_of(node: PlannedNode, paths: Paths | None = None) -> Any:
 
 def node_signature(node: PlannedNode, signatures: dict[str, bytes], paths: Paths | None = None) -> bytes:
     cls = node.cls
-    parts = [node.class_type, repr(cls.version), repr(sorted(node.constants.items()))]
-    for name, link in sorted(node.links.items()):
-        parts.append(f"{name}<{signatures[link.node_id].hex()}:{link.output}")
-    fingerprint = fingerprint_of(node, paths)
-    if fingerprint is not None:
-        parts.append(f"fp={fingerprint!r}")
+    constants = node.constants
+    head = (node.class_type, cls.version,
+            tuple(sorted(constants.items())) if len(constants) > 1 else tuple(constants.items()))
+    if cls.fingerprint.__func__ is not _BASE_FINGERPRINT or not cls.cacheable or node.is_changed is not None:  # type: ignore[attr-defined]
+        head += ("fp", fingerprint_of(node, paths))
     if "unique_id" in cls.hidden:
-        parts.append(f"id={node.id}")
-    return hashlib.blake2b("\x1f".join(parts).encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        head += ("id", node.id)
+    material = [repr(head).encode("utf-8", "surrogatepass")]
+    links = node.links
+    for name in (sorted(links) if len(links) > 1 else links):
+        link = links[name]
+        material.append(f"{name}:{link.output}".encode() + signatures[link.node_id])
+    return hashlib.blake2b(b"\x1f".join(material), digest_size=16).digest()
 
 
 def compute_signatures(nodes: dict[str, PlannedNode], order: Iterable[str],

@@ -7,6 +7,7 @@ for INT inputs, which lose nothing); strings are never turned into numbers, nor 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any, Iterable
@@ -47,18 +48,22 @@ class _Validator:
     def run(self, targets: Iterable[str] | None) -> Plan:
         nodes = self.workflow.nodes
         classes: dict[str, type[Node]] = {}
+        get = self.registry.get
         for node in nodes.values():
-            cls = self.check_node_class(node)
+            cls = get(node.class_type) if not node.problem else None
+            if cls is None:
+                cls = self.check_node_class(node)
             if cls is not None:
                 classes[node.id] = cls
         outputs = self.pick_outputs(classes, targets)
-        needed = self.ancestors(outputs)
+        order, has_cycle = depth_first_order(self.workflow, outputs)
         planned: dict[str, PlannedNode] = {}
-        for nid in needed:
+        for nid in order:
             cls = classes.get(nid)
             if cls is not None:
                 planned[nid] = self.check_inputs(nodes[nid], cls, classes)
-        order = self.check_acyclic(needed)
+        if has_cycle:
+            self.report_cycle(order)
         if self.errors:
             raise ValidationFailed(self.errors)
         return Plan(planned, outputs, order)
@@ -89,38 +94,19 @@ class _Validator:
                        "nothing would run; add one and connect it")
         return outputs
 
-    def ancestors(self, outputs: list[str]) -> list[str]:
-        """Output nodes and everything they link to (lazy links included), in discovery order."""
-        nodes = self.workflow.nodes
-        seen: dict[str, None] = {}
-        stack = list(reversed(outputs))
-        while stack:
-            nid = stack.pop()
-            if nid in seen or nid not in nodes:
-                continue
-            seen[nid] = None
-            for _, link in nodes[nid].links():
-                if link.node_id not in seen:
-                    stack.append(link.node_id)
-        return list(seen)
+    def report_cycle(self, needed: list[str]) -> None:
+        import networkx as nx
 
-    def check_acyclic(self, needed: list[str]) -> list[str]:
-        order = topological_order(self.workflow, needed)
-        if order is None:
-            import networkx as nx
-
-            graph = nx.DiGraph()
-            for nid in needed:
-                for _, link in self.workflow.nodes[nid].links():
-                    if link.node_id in self.workflow.nodes:
-                        graph.add_edge(link.node_id, nid)
-            cycle = [edge[0] for edge in nx.find_cycle(graph)]
-            first = self.workflow.nodes[cycle[0]]
-            path = " → ".join(cycle + [cycle[0]])
-            self.error("cycle", first, f"the links form a cycle: {path}. A workflow must be a DAG; "
-                       "break the cycle (use a loop node for repetition)", nodes=cycle)
-            return []
-        return order
+        graph = nx.DiGraph()
+        for nid in needed:
+            for _, link in self.workflow.nodes[nid].links():
+                if link.node_id in self.workflow.nodes:
+                    graph.add_edge(link.node_id, nid)
+        cycle = [edge[0] for edge in nx.find_cycle(graph)]
+        first = self.workflow.nodes[cycle[0]]
+        path = " → ".join(cycle + [cycle[0]])
+        self.error("cycle", first, f"the links form a cycle: {path}. A workflow must be a DAG; "
+                   "break the cycle (use a loop node for repetition)", nodes=cycle)
 
     # -- one node -----------------------------------------------------------------------------
 
@@ -128,8 +114,14 @@ class _Validator:
         constants: dict[str, Any] = {}
         links: dict[str, Link] = {}
         custom_names = _custom_validated_names(cls)
+        given = node.inputs
         for name, spec in cls.INPUTS.items():
-            if name not in node.inputs:
+            value = given.get(name, _MISSING)
+            kind = type(value)
+            if kind is Link:
+                if self.check_link(node, spec, value, classes):
+                    links[name] = value
+            elif value is _MISSING:
                 if spec.has_default and spec.is_widget:
                     constants[name] = spec.default
                 elif not spec.optional:
@@ -137,16 +129,11 @@ class _Validator:
                                f"{_label(node)}: required input '{name}' ({spec.type}) is missing; "
                                f"{'connect it to an output of type ' + spec.type if not spec.is_widget else 'give it a value'}",
                                name)
-                continue
-            value = node.inputs[name]
-            if isinstance(value, Link):
-                if self.check_link(node, spec, value, classes):
-                    links[name] = value
-            elif isinstance(value, list):
+            elif kind is list:
                 self.bad_list(node, spec, value)
             elif spec.type == ANY:
                 constants[name] = value
-            elif not spec.is_widget and spec.type not in (INT, FLOAT, STRING, BOOLEAN):
+            elif spec.type not in _CONSTANT_TYPES:
                 self.error("link_required", node,
                            f"{_label(node)}: input '{name}' takes a {spec.type} from another node's "
                            f"output, written as a link like [\"<node id>\", 0], not the constant "
@@ -155,7 +142,8 @@ class _Validator:
                 ok, coerced = self.check_constant(node, spec, value, skip_range=name in custom_names)
                 if ok:
                     constants[name] = coerced
-        self.check_custom(node, cls, constants, links)
+        if custom_names:
+            self.check_custom(node, cls, constants, links)
         return PlannedNode(node.id, node.class_type, cls, constants, links,
                            parent=node.parent, display_node=node.display_node or node.id,
                            is_changed=node.is_changed)
@@ -181,7 +169,7 @@ class _Validator:
                        linked_node=link.to_json())
             return False
         produced = outputs[link.output].type
-        if not types_match(produced, spec.type):
+        if produced != spec.type and not types_match(produced, spec.type):
             self.error("return_type_mismatch", node,
                        f"{_label(node)}: input '{name}' needs {spec.type} but output {link.output} of "
                        f"{_label(source)} gives {produced}; connect an output of type {spec.type}",
@@ -238,7 +226,8 @@ class _Validator:
         if cls.validate_inputs.__func__ is Node.validate_inputs.__func__:  # type: ignore[attr-defined]
             return
         wanted = _custom_validated_names(cls)
-        kwargs = {k: v for k, v in constants.items() if k in wanted or _takes_kwargs(cls)}
+        kwargs = dict(constants) if _takes_kwargs(cls) else {}
+        kwargs.update({k: constants.get(k) for k in wanted if k != "*"})  # linked ones: None
         if accepts_paths(cls.validate_inputs):
             kwargs["paths"] = self.paths
         try:
@@ -253,6 +242,8 @@ class _Validator:
 
 
 _INVALID = object()
+_MISSING = object()
+_CONSTANT_TYPES = frozenset({INT, FLOAT, STRING, BOOLEAN, COMBO})
 
 
 def _coerce(type_: str, value: Any) -> Any:
@@ -286,13 +277,18 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+@functools.lru_cache(maxsize=None)
 def _custom_validated_names(cls: type[Node]) -> frozenset[str]:
-    """Inputs that ``validate_inputs`` takes by name skip the generic range/choice checks (as ComfyUI)."""
+    """Inputs that ``validate_inputs`` takes by name skip the generic range/choice checks (as ComfyUI).
+
+    Empty when the class has no custom check; ``{"*"}`` marks a check that takes no named inputs.
+    """
     if cls.validate_inputs.__func__ is Node.validate_inputs.__func__:  # type: ignore[attr-defined]
         return frozenset()
     params = inspect.signature(cls.validate_inputs).parameters
-    return frozenset(n for n, p in params.items()
-                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "paths")
+    names = frozenset(n for n, p in params.items()
+                      if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "paths")
+    return names or frozenset({"*"})
 
 
 def _takes_kwargs(cls: type[Node]) -> bool:
@@ -304,6 +300,37 @@ def _close_names(name: str, names: list[str]) -> list[str]:
     import difflib
 
     return difflib.get_close_matches(name, names, n=3, cutoff=0.75)
+
+
+def depth_first_order(workflow: Workflow, roots: list[str]) -> tuple[list[str], bool]:
+    """Every node the roots reach through links (lazy ones too), producers first; and whether the
+    links met a cycle on the way. Links to absent nodes are skipped (reported per input)."""
+    nodes = workflow.nodes
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+    order: list[str] = []
+    cycle = False
+    for root in roots:
+        if root in state or root not in nodes:
+            continue
+        state[root] = 1
+        stack = [(root, iter([v.node_id for v in nodes[root].inputs.values() if type(v) is Link]))]
+        while stack:
+            node_id, producers = stack[-1]
+            for src in producers:
+                seen = state.get(src)
+                if seen is None:
+                    if src in nodes:
+                        state[src] = 1
+                        stack.append((src, iter([v.node_id for v in nodes[src].inputs.values()
+                                                 if type(v) is Link])))
+                        break
+                elif seen == 1:
+                    cycle = True
+            else:
+                stack.pop()
+                state[node_id] = 2
+                order.append(node_id)
+    return order, cycle
 
 
 def topological_order(workflow: Workflow, ids: Iterable[str]) -> list[str] | None:

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Link:
-    """A link to output ``output`` of node ``node_id``."""
+class Link(NamedTuple):
+    """A link to output ``output`` of node ``node_id`` (a named tuple: cheap to make and compare)."""
 
     node_id: str
     output: int
@@ -40,9 +39,9 @@ def parse_input_value(value: Any) -> Any:
 
 
 def dump_input_value(value: Any) -> Any:
-    if isinstance(value, Link):
+    if type(value) is Link:
         return value.to_json()
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return {"__value__": value}
     return value
 
@@ -66,7 +65,7 @@ class WorkflowNode:
 
     def links(self) -> Iterator[tuple[str, Link]]:
         for name, value in self.inputs.items():
-            if isinstance(value, Link):
+            if type(value) is Link:
                 yield name, value
 
     def to_api(self) -> dict[str, Any]:
@@ -137,5 +136,12 @@ def _parse_node(node_id: str, raw: Any) -> WorkflowNode:
     if not isinstance(inputs, dict):
         problem = problem or f"node {node_id} ({class_type}): 'inputs' must be a JSON object"
         inputs = {}
-    parsed = {str(k): parse_input_value(v) for k, v in inputs.items()}
+    parsed = {}
+    for key, value in inputs.items():
+        kind = type(value)
+        if kind is list and len(value) == 2 and type(value[0]) is str and type(value[1]) is int:
+            value = Link(value[0], value[1])
+        elif kind is dict:
+            value = parse_input_value(value)
+        parsed[key if type(key) is str else str(key)] = value
     return WorkflowNode(node_id, class_type, parsed, title, raw.get("is_changed"), problem)

@@ -1,0 +1,178 @@
+"""The model manager: loads each model once, knows its size, moves it between devices, frees it.
+
+Model-agnostic: a model is whatever a loader callable returns (usually a ``torch.nn.Module``). Entries
+are keyed by what makes them distinct — typically ``(path, component, dtype)`` plus the file's size and
+modification time, so an edited file is reloaded. Models rest on the *offload device* (CPU) and are
+moved to the compute device by :meth:`ModelManager.use`; when the compute device is a GPU and a VRAM
+budget is set (low-VRAM mode), least-recently-used models are sent back to the CPU to make room, and
+in low-VRAM mode every model goes back right after use. :meth:`free` drops everything not in use (the
+server's ``POST /free``); a freed model is reloaded on its next use by the loader it was created with.
+
+Registered on the engine as the ``"models"`` service; nodes reach it with ``self.ctx.service("models")``.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Iterator
+
+
+def module_bytes(model: Any) -> int:
+    """Bytes held by a module's parameters and buffers (0 for things that are not modules)."""
+    total = 0
+    for getter in ("parameters", "buffers"):
+        fn = getattr(model, getter, None)
+        if callable(fn):
+            for tensor in fn():
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _device_of(model: Any) -> str:
+    params = getattr(model, "parameters", None)
+    if callable(params):
+        for p in params():
+            return str(p.device)
+    return "cpu"
+
+
+@dataclass(eq=False)
+class ManagedModel:
+    """One loaded model. ``lock`` serialises users that patch weights in place (LoRA)."""
+
+    key: Hashable
+    loader: Callable[[], Any]
+    manager: "ModelManager"
+    model: Any = None
+    size: int = 0
+    device: str = "cpu"
+    last_used: float = 0.0
+    users: int = 0
+    loads: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def get(self) -> Any:
+        """The model object, loading it again if it was freed."""
+        with self.lock:
+            if self.model is None:
+                self.model = self.loader()
+                self.size = module_bytes(self.model)
+                self.device = _device_of(self.model)
+                self.loads += 1
+            return self.model
+
+    def cache_size(self) -> tuple[int, int]:
+        # the manager owns this memory; output caches must not count (or spill) it again
+        return 0, 0
+
+
+class ModelManager:
+    """Loads models once per key and places them on devices under an optional VRAM budget."""
+
+    def __init__(self, device: str = "cpu", *, vram_budget: int | None = None, low_vram: bool = False,
+                 allow_pickle: bool = False, offload_device: str = "cpu") -> None:
+        self.device = device
+        self.vram_budget = vram_budget
+        self.low_vram = low_vram
+        self.allow_pickle = allow_pickle
+        self.offload_device = offload_device
+        self._models: dict[Hashable, ManagedModel] = {}
+        self._lock = threading.RLock()
+
+    # -- loading ------------------------------------------------------------------------------------
+
+    def load(self, key: Hashable, loader: Callable[[], Any]) -> ManagedModel:
+        """The entry for ``key``, created (and loaded) by ``loader`` the first time only."""
+        with self._lock:
+            entry = self._models.get(key)
+            if entry is None:
+                entry = ManagedModel(key, loader, self)
+                self._models[key] = entry
+        entry.get()
+        return entry
+
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._models
+
+    def loaded(self) -> list[dict[str, Any]]:
+        """What is loaded now: key, bytes, device."""
+        return [{"key": e.key, "bytes": e.size, "device": e.device, "loads": e.loads}
+                for e in list(self._models.values()) if e.model is not None]
+
+    def total_bytes(self, device_prefix: str | None = None) -> int:
+        return sum(e.size for e in list(self._models.values())
+                   if e.model is not None and (device_prefix is None or e.device.startswith(device_prefix)))
+
+    # -- placement ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def use(self, entry: ManagedModel, device: str | None = None) -> Iterator[Any]:
+        """Hold ``entry``'s model on ``device`` (the manager's compute device by default)."""
+        device = device or self.device
+        with entry.lock:
+            model = entry.get()
+            entry.users += 1
+            try:
+                if entry.device != device:
+                    if device != "cpu":
+                        self._make_room(entry.size, device, keep=entry)
+                    self._move(entry, device)
+                entry.last_used = time.monotonic()
+                yield model
+            finally:
+                entry.users -= 1
+                if self.low_vram and device != self.offload_device and entry.users == 0:
+                    self._move(entry, self.offload_device)
+
+    def _move(self, entry: ManagedModel, device: str) -> None:
+        if hasattr(entry.model, "to"):
+            entry.model.to(device)
+        entry.device = device
+
+    def _make_room(self, need: int, device: str, keep: ManagedModel) -> None:
+        if self.vram_budget is None:
+            return
+        on_device = sorted((e for e in list(self._models.values())
+                            if e is not keep and e.model is not None and e.device == device and e.users == 0),
+                           key=lambda e: e.last_used)
+        used = sum(e.size for e in on_device)
+        for victim in on_device:
+            if used + need <= self.vram_budget:
+                break
+            with victim.lock:
+                if victim.users == 0:
+                    self._move(victim, self.offload_device)
+                    used -= victim.size
+
+    # -- freeing ------------------------------------------------------------------------------------
+
+    def free(self, unload: bool = True) -> int:
+        """Drop (``unload``) or offload every model not in use; returns the bytes released."""
+        released = 0
+        with self._lock:
+            for key, entry in list(self._models.items()):
+                if entry.users:
+                    continue
+                with entry.lock:
+                    if entry.model is None:
+                        continue
+                    if unload:
+                        released += entry.size
+                        entry.model = None
+                        entry.device = "cpu"
+                    elif entry.device != self.offload_device:
+                        self._move(entry, self.offload_device)
+                        released += entry.size
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+        return released

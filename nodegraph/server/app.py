@@ -1,0 +1,425 @@
+"""The aiohttp application: ComfyUI's routes (also under ``/api``) wired to the store and the worker.
+
+``create_app(config, engine=None)`` builds everything from its arguments — no module-level state — so
+tests can start as many servers as they like. The engine runs on the worker thread; handlers only
+validate, read and write the store, and talk to the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import platform
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ValidationFailed, WorkflowFormatError
+from ..executor import Engine
+from .comfy_errors import output_ancestry, bad_request, prompt_error_response
+from .config import ServerConfig
+from .files import upload_image, view
+from .jobs import DuplicatePrompt, Job, JobStore, QueueFull
+from .openapi import ROUTES, openapi_document
+from .security import error_middleware, security_middleware
+from .worker import JobWorker
+from .ws import WebSocketHub, encode
+
+FEATURES = {"supports_preview_metadata": False, "max_upload_size": 100 * 1024 * 1024}
+MODEL_FOLDERS = ("checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
+                 "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
+                 "upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers",
+                 "model_patches", "audio_encoders")
+MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+MAX_HISTORY_PAGE = 10_000
+MAX_PROMPT_ID = 200
+
+
+class BadRequest(Exception):
+    def __init__(self, type_: str, message: str, status: int = 400, **extra: Any):
+        super().__init__(message)
+        self.type, self.message, self.status, self.extra = type_, message, status, extra
+
+    def response(self) -> web.Response:
+        return web.json_response(bad_request(self.type, self.message, **self.extra), status=self.status)
+
+
+@dataclass
+class Server:
+    """What one running server holds; reachable from handlers as ``request.app[SERVER]``."""
+
+    config: ServerConfig
+    engine: Engine
+    store: JobStore
+    hub: WebSocketHub
+    worker: JobWorker
+    owns_engine: bool
+
+
+SERVER = web.AppKey("nodegraph_server", Server)
+
+
+def build_engine(config: ServerConfig) -> Engine:
+    from ..registry import default_registry
+
+    registry = default_registry()
+    for name in config.nodes_modules:
+        registry.add_module(importlib.import_module(name))
+    return Engine(registry, paths=config.paths, device=config.device, workers=config.workers)
+
+
+class Api:
+    """The route handlers."""
+
+    def __init__(self, server: Server) -> None:
+        self.s = server
+        self.config = server.config
+        self.paths = server.engine.paths
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    async def json_body(self, request: web.Request, required: bool = True) -> Any:
+        raw = await request.read()
+        if not raw.strip():
+            if required:
+                raise BadRequest("empty_body", "the request needs a JSON body")
+            return {}
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadRequest("invalid_json", f"the body is not valid JSON: {exc}") from None
+
+    async def in_thread(self, func, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, func, *args)
+
+    # -- websocket --------------------------------------------------------------------------------
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        def greet(client_id: str) -> list[str]:
+            remaining = self.s.worker.queue_remaining()
+            messages = [encode("status", {"status": {"exec_info": {"queue_remaining": remaining}},
+                                          "sid": client_id})]
+            current, reporter = self.s.worker.current, self.s.worker.current_reporter
+            if current is not None and current.client_id == client_id and reporter and reporter.last_node:
+                messages.append(encode("executing", {"node": reporter.last_node,
+                                                     "display_node": reporter.last_node,
+                                                     "prompt_id": current.prompt_id}))
+            return messages
+
+        return await self.s.hub.serve(request, greet)
+
+    # -- prompts ----------------------------------------------------------------------------------
+
+    async def post_prompt(self, request: web.Request) -> web.Response:
+        body = await self.json_body(request)
+        if not isinstance(body, dict):
+            raise BadRequest("invalid_prompt", "the body must be a JSON object with a 'prompt'")
+        status, payload = await self.in_thread(self.accept_prompt, body)
+        if status == 200:
+            self.s.worker.notify()
+            self.s.worker.broadcast_status()
+        headers = {"Retry-After": "5"} if status == 503 else None
+        return web.json_response(payload, status=status, headers=headers)
+
+    def accept_prompt(self, body: dict) -> tuple[int, dict]:
+        """Validate and queue (on a thread: validation may read files, the commit waits for disk)."""
+        number = body.get("number")
+        store = self.s.store
+        if number is not None and (isinstance(number, bool) or not isinstance(number, (int, float))):
+            return 400, bad_request("invalid_prompt", "'number' must be a number")
+        if "prompt" not in body:
+            if number is None:
+                store.bump_counter()
+            return 400, bad_request("no_prompt", "No prompt provided", "No prompt provided")
+        try:
+            prompt, extra_data, targets, client_id, prompt_id = self.parse_prompt_body(body)
+            outputs, node_errors = self.check_prompt(prompt, targets)
+        except BadRequest as exc:
+            if number is None:
+                store.bump_counter()
+            return exc.status, bad_request(exc.type, exc.message, **exc.extra)
+        except ValidationFailed as exc:
+            if number is None:
+                store.bump_counter()
+            return 400, prompt_error_response(exc.errors, prompt, self.s.engine.registry, self.paths)
+        job = Job(prompt_id, 0, prompt, extra_data, outputs, client_id)
+        try:
+            store.enqueue(job, number=number, front=bool(body.get("front")), max_queue=self.config.max_queue)
+        except QueueFull as exc:
+            return 503, bad_request("queue_full", str(exc))
+        except DuplicatePrompt as exc:
+            return 400, bad_request("duplicate_prompt_id", str(exc))
+        return 200, {"prompt_id": prompt_id, "number": job.number, "node_errors": node_errors}
+
+    def parse_prompt_body(self, body: dict) -> tuple[dict, dict, list[str] | None, str | None, str]:
+        prompt = body["prompt"]
+        from ..workflow.ui_format import is_ui_workflow, ui_to_api
+
+        extra_data = body.get("extra_data") or {}
+        if not isinstance(extra_data, dict):
+            raise BadRequest("invalid_prompt", "'extra_data' must be a JSON object")
+        extra_data = dict(extra_data)
+        if is_ui_workflow(prompt):  # a canvas workflow: convert here, keep it for the PNG metadata
+            try:
+                converted = ui_to_api(prompt, self.s.engine.registry)
+            except (WorkflowFormatError, ValueError, KeyError, TypeError) as exc:
+                raise BadRequest("invalid_prompt", f"the canvas workflow cannot be converted: {exc}") from None
+            extra_data.setdefault("extra_pnginfo", {}).setdefault("workflow", prompt)
+            prompt = converted
+        if not isinstance(prompt, dict):
+            raise BadRequest("invalid_prompt", "'prompt' must be an API-format workflow: a JSON object of "
+                             "nodes keyed by id")
+        client_id = body.get("client_id")
+        if client_id is not None and not isinstance(client_id, str):
+            raise BadRequest("invalid_prompt", "'client_id' must be a string")
+        if client_id:
+            extra_data["client_id"] = client_id
+        prompt_id = body.get("prompt_id") or uuid.uuid4().hex
+        if not isinstance(prompt_id, str) or len(prompt_id) > MAX_PROMPT_ID or not prompt_id.isprintable():
+            raise BadRequest("invalid_prompt", f"'prompt_id' must be a printable string of at most "
+                             f"{MAX_PROMPT_ID} characters")
+        targets = body.get("partial_execution_targets")
+        if targets is not None:
+            if not isinstance(targets, list) or not all(isinstance(t, (str, int)) for t in targets):
+                raise BadRequest("invalid_prompt", "'partial_execution_targets' must be a list of node ids")
+            targets = [str(t) for t in targets]
+        return prompt, extra_data, targets, client_id or None, prompt_id
+
+    def check_prompt(self, prompt: dict, targets: list[str] | None) -> tuple[list[str], dict]:
+        """The outputs to run and the node errors of the others (ComfyUI runs the valid outputs)."""
+        engine = self.s.engine
+        try:
+            return engine.validate(prompt, targets).outputs, {}
+        except ValidationFailed as exc:
+            response = prompt_error_response(exc.errors, prompt, engine.registry, self.paths)
+            if response["error"]["type"] != "prompt_outputs_failed_validation":
+                raise
+            bad = set(response["node_errors"])
+            good = [out for out, ancestry in output_ancestry(prompt, engine.registry).items()
+                    if not ancestry & bad and (targets is None or out in targets)]
+            if not good:
+                raise
+            try:
+                return engine.validate(prompt, good).outputs, response["node_errors"]
+            except ValidationFailed:
+                raise exc from None
+
+    async def get_prompt(self, request: web.Request) -> web.Response:
+        return web.json_response({"exec_info": {"queue_remaining": self.s.worker.queue_remaining()}})
+
+    # -- queue and history ------------------------------------------------------------------------
+
+    async def get_queue(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.s.store.queue_json(), content_type="application/json")
+
+    async def post_queue(self, request: web.Request) -> web.Response:
+        body = await self.json_body(request)
+        if not isinstance(body, dict):
+            raise BadRequest("invalid_request", "send {\"clear\": true} or {\"delete\": [ids]}")
+        result: dict[str, Any] = {}
+        if body.get("clear"):
+            result["cleared"] = await self.in_thread(self.s.store.clear_pending)
+        if "delete" in body:
+            ids = self._ids(body["delete"])
+            result["deleted"] = await self.in_thread(self.s.store.delete_pending, ids)
+        self.s.worker.broadcast_status()
+        return web.json_response(result)
+
+    @staticmethod
+    def _ids(value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise BadRequest("invalid_request", "'delete' must be a list of prompt ids (strings)")
+        return value
+
+    async def get_history(self, request: web.Request) -> web.Response:
+        max_items = self._int_query(request, "max_items", None)
+        offset = self._int_query(request, "offset", -1)
+        if max_items is not None and max_items < 0:
+            raise BadRequest("invalid_request", "'max_items' must be 0 or more")
+        if max_items is None and offset < 0:
+            max_items = MAX_HISTORY_PAGE
+        text = self.s.store.history_json(max_items=min(max_items, MAX_HISTORY_PAGE) if max_items is not None
+                                         else MAX_HISTORY_PAGE, offset=offset)
+        return web.Response(text=text, content_type="application/json")
+
+    @staticmethod
+    def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
+        raw = request.query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise BadRequest("invalid_request", f"'{name}' must be an integer, not {raw!r}") from None
+
+    async def get_history_item(self, request: web.Request) -> web.Response:
+        text = self.s.store.history_json(prompt_id=request.match_info["prompt_id"])
+        return web.Response(text=text, content_type="application/json")
+
+    async def post_history(self, request: web.Request) -> web.Response:
+        body = await self.json_body(request)
+        if not isinstance(body, dict):
+            raise BadRequest("invalid_request", "send {\"clear\": true} or {\"delete\": [ids]}")
+        result: dict[str, Any] = {}
+        if body.get("clear"):
+            result["cleared"] = await self.in_thread(self.s.store.clear_history)
+        if "delete" in body:
+            result["deleted"] = await self.in_thread(self.s.store.delete_history, self._ids(body["delete"]))
+        return web.json_response(result)
+
+    async def post_interrupt(self, request: web.Request) -> web.Response:
+        body = await self.json_body(request, required=False)
+        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        if prompt_id is not None and not isinstance(prompt_id, str):
+            raise BadRequest("invalid_request", "'prompt_id' must be a string")
+        return web.json_response({"interrupted": self.s.worker.interrupt(prompt_id)})
+
+    async def post_free(self, request: web.Request) -> web.Response:
+        body = await self.json_body(request)
+        if not isinstance(body, dict):
+            raise BadRequest("invalid_request", "send {\"unload_models\": bool, \"free_memory\": bool}")
+        self.s.worker.request_free(bool(body.get("unload_models")), bool(body.get("free_memory")))
+        return web.json_response({})
+
+    # -- descriptions -----------------------------------------------------------------------------
+
+    async def get_object_info(self, request: web.Request) -> web.Response:
+        info = await self.in_thread(lambda: self.s.engine.registry.object_info(paths=self.paths))
+        return web.json_response(info, dumps=_dumps)
+
+    async def get_object_info_one(self, request: web.Request) -> web.Response:
+        name = request.match_info["node_class"]
+        info = await self.in_thread(lambda: self.s.engine.registry.object_info(name, paths=self.paths))
+        return web.json_response(info, dumps=_dumps)
+
+    async def get_system_stats(self, request: web.Request) -> web.Response:
+        import psutil
+        import torch
+
+        from .. import __version__
+
+        memory = psutil.virtual_memory()
+        devices = [{"name": "cpu", "type": "cpu", "index": None, "vram_total": memory.total,
+                    "vram_free": memory.available, "torch_vram_total": 0, "torch_vram_free": 0}]
+        if torch.cuda.is_available():
+            devices = []
+            for index in range(torch.cuda.device_count()):
+                free, total = torch.cuda.mem_get_info(index)
+                devices.append({"name": torch.cuda.get_device_name(index), "type": "cuda", "index": index,
+                                "vram_total": total, "vram_free": free,
+                                "torch_vram_total": torch.cuda.memory_reserved(index),
+                                "torch_vram_free": torch.cuda.memory_reserved(index)
+                                - torch.cuda.memory_allocated(index)})
+        return web.json_response({
+            "system": {"os": os.name, "ram_total": memory.total, "ram_free": memory.available,
+                       "comfyui_version": f"nodegraph {__version__}", "nodegraph_version": __version__,
+                       "required_frontend_version": None, "installed_templates_version": None,
+                       "required_templates_version": None, "python_version": sys.version,
+                       "pytorch_version": torch.__version__, "embedded_python": False,
+                       "argv": sys.argv, "platform": platform.platform()},
+            "devices": devices})
+
+    async def get_features(self, request: web.Request) -> web.Response:
+        return web.json_response({**FEATURES, "max_upload_size": self.config.max_upload_bytes})
+
+    async def get_models(self, request: web.Request) -> web.Response:
+        return web.json_response(list(MODEL_FOLDERS))
+
+    async def get_models_folder(self, request: web.Request) -> web.Response:
+        folder = request.match_info["folder"]
+        if folder not in MODEL_FOLDERS:
+            raise BadRequest("not_found", f"unknown model folder {folder!r}", status=404)
+        names = await self.in_thread(_list_models, Path(self.paths.models_dir) / folder)
+        return web.json_response(names)
+
+    async def get_embeddings(self, request: web.Request) -> web.Response:
+        names = await self.in_thread(_list_models, Path(self.paths.models_dir) / "embeddings")
+        return web.json_response(sorted({os.path.splitext(n)[0] for n in names}))
+
+    async def get_extensions(self, request: web.Request) -> web.Response:
+        return web.json_response([])
+
+    async def get_openapi(self, request: web.Request) -> web.Response:
+        from .. import __version__
+
+        return web.json_response(openapi_document(__version__))
+
+    # -- files ------------------------------------------------------------------------------------
+
+    async def get_view(self, request: web.Request) -> web.StreamResponse:
+        return await view(request, self.paths, self.config.max_image_pixels)
+
+    async def post_upload_image(self, request: web.Request) -> web.Response:
+        return await upload_image(request, self.paths, Path(self.config.data_dir) / "uploads",
+                                  self.config.max_upload_bytes, self.config.max_image_pixels)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _list_models(folder: Path) -> list[str]:
+    """Model files under ``folder`` (relative, ``/``-separated, sorted); symlinked files included."""
+    if not folder.is_dir():
+        return []
+    names = []
+    for root, _, files in os.walk(folder, followlinks=False):
+        for name in files:
+            if name.lower().endswith(MODEL_EXTENSIONS):
+                names.append(Path(root, name).relative_to(folder).as_posix())
+    return sorted(names)
+
+
+@web.middleware
+async def bad_request_middleware(request: web.Request, handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return exc.response()
+
+
+def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Application:
+    """The application for ``config``; builds an engine (with ``config.nodes_modules``) when not given."""
+    config.check()
+    owns_engine = engine is None
+    engine = engine if engine is not None else build_engine(config)
+    for folder in (engine.paths.output_dir, engine.paths.input_dir, engine.paths.temp_dir):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    store = JobStore(config.db_path, max_attempts=config.max_attempts)
+    hub = WebSocketHub()
+    worker = JobWorker(engine, store, hub, max_attempts=config.max_attempts, preview_size=config.preview_size)
+    server = Server(config, engine, store, hub, worker, owns_engine)
+    api = Api(server)
+    uploads = frozenset(r.path for r in ROUTES if r.multipart is not None)
+    app = web.Application(client_max_size=config.max_body_bytes,
+                          middlewares=[error_middleware, security_middleware(config, uploads),
+                                       bad_request_middleware])
+    app[SERVER] = server
+    for route in ROUTES:
+        handler = getattr(api, route.handler)
+        for prefix in ("", "/api"):
+            app.router.add_route(route.method, prefix + route.path, handler)
+
+    async def on_startup(app: web.Application) -> None:
+        hub.bind(asyncio.get_running_loop())
+        worker.start()
+
+    async def on_shutdown(app: web.Application) -> None:
+        await hub.close_all()
+
+    async def on_cleanup(app: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+        if owns_engine:
+            engine.close()
+        store.close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
+    return app

@@ -1,0 +1,154 @@
+"""Request checks that run before any route: Host, Origin, token, content type, body size.
+
+* ``Host``: when bound to loopback, only ``localhost`` / ``127.0.0.1`` / ``[::1]`` (any port) — a
+  DNS-rebinding page reaches us under its own host name and is refused.
+* ``Origin``: absent (non-browser clients) or same-origin (scheme-less host:port equal to ``Host``),
+  or listed in ``allowed_origins``; ``Origin: null`` and cross-site origins are refused.
+* token: when configured, ``Authorization: Bearer <token>`` or ``?token=<token>`` on every request
+  (WebSocket included; browsers cannot set headers there).
+* state-changing methods take only ``application/json`` or ``multipart/form-data`` bodies: the
+  content types a cross-site HTML form can send (``text/plain``, ``application/x-www-form-urlencoded``)
+  get 415, so a form post can never queue a prompt.
+* a declared body larger than the route's cap gets 413 before it is read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .comfy_errors import bad_request
+from .config import ServerConfig, is_loopback
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+BODY_TYPES = {"application/json", "multipart/form-data"}
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def refuse(status: int, type_: str, message: str) -> web.Response:
+    return web.json_response(bad_request(type_, message), status=status)
+
+
+def split_host(value: str) -> tuple[str, str | None]:
+    """``"[::1]:8188"`` → ``("::1", "8188")``; ``"localhost"`` → ``("localhost", None)``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return value, None
+        host, rest = value[1:end], value[end + 1:]
+        return host, rest[1:] if rest.startswith(":") else None
+    if value.count(":") == 1:
+        host, port = value.split(":")
+        return host, port
+    return value, None
+
+
+def host_allowed(config: ServerConfig, host_header: str | None) -> bool:
+    if not host_header:
+        return False
+    host, _ = split_host(host_header)
+    if host in (h.lower() for h in config.allowed_hosts):
+        return True
+    if config.loopback:
+        return host in LOOPBACK_NAMES
+    return True  # a public bind is protected by its token; Host names vary behind proxies
+
+
+def origin_allowed(config: ServerConfig, origin: str | None, host_header: str | None) -> bool:
+    if origin is None:
+        return True  # not a browser, or a same-origin GET
+    if origin.strip().lower() == "null":
+        return False
+    if origin.rstrip("/") in config.allowed_origins:
+        return True
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or not host_header:
+        return False
+    origin_host = parts.hostname.lower()
+    origin_port = str(parts.port or (443 if parts.scheme == "https" else 80))
+    host, port = split_host(host_header)
+    port = port or "80"
+    if origin_host == host and origin_port == port:
+        return True
+    # 'localhost' vs '127.0.0.1' on the same port is still this server, not another site
+    return config.loopback and is_loopback(origin_host) and is_loopback(host) and origin_port == port
+
+
+def token_ok(config: ServerConfig, request: web.Request) -> bool:
+    expected = config.auth_token
+    if not expected:
+        return True
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def security_middleware(config: ServerConfig, upload_paths: frozenset[str]):
+    """The aiohttp middleware enforcing the checks in the module doc, in that order."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if not host_allowed(config, host):
+            return refuse(403, "forbidden_host", f"Host {host!r} is not accepted by this server "
+                          "(DNS rebinding protection); use http://127.0.0.1:<port>")
+        if not origin_allowed(config, request.headers.get("Origin"), host):
+            return refuse(403, "forbidden_origin", "cross-origin requests are refused; pass "
+                          "--allow-origin to permit a site")
+        if request.method == "OPTIONS":
+            return web.Response(status=200)
+        if not token_ok(config, request):
+            return refuse(401, "unauthorized", "this server needs its token: send "
+                          "'Authorization: Bearer <token>' or add '?token=<token>'")
+        if request.method in STATE_CHANGING:
+            length = request.content_length
+            has_body = request.body_exists
+            if has_body or request.headers.get("Content-Type"):
+                ctype = request.content_type
+                if ctype not in BODY_TYPES:
+                    return refuse(415, "unsupported_media_type",
+                                  f"Content-Type {ctype!r} is not accepted; send application/json "
+                                  "(or multipart/form-data for uploads)")
+            route_path = _route_path(request)
+            limit = config.max_upload_bytes + 1024 * 1024 if route_path in upload_paths \
+                else config.max_body_bytes
+            if length is not None and length > limit:
+                return refuse(413, "request_too_large",
+                              f"the request body is {length} bytes; the limit here is {limit} bytes")
+        response = await handler(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return middleware
+
+
+def _route_path(request: web.Request) -> str:
+    path = request.path
+    return path[4:] if path.startswith("/api/") else path
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure answers JSON with a clear message; the server keeps serving."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return refuse(413, "request_too_large", exc.text or "the request body is too large")
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return web.json_response(bad_request(exc.reason.lower().replace(" ", "_"), exc.reason,
+                                                 exc.text or ""), status=exc.status, headers={
+                k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")})
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.exception("error handling %s %s", request.method, request.path)
+        return refuse(500, "internal_error", f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,151 @@
+"""WebSocket clients and message delivery.
+
+Every connection has its own outgoing queue drained by one sender task, so messages reach a client in
+the order they were posted and a slow client never blocks the engine or other clients. Engine events
+arrive on worker threads; :meth:`WebSocketHub.post` hands them to the event loop with
+``loop.call_soon_threadsafe`` — the only thread-crossing point.
+
+Routing is stricter than ComfyUI: a prompt's events go only to the client that submitted it (none
+when it gave no ``client_id``); only ``status`` is broadcast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from aiohttp import WSMsgType, web
+
+log = logging.getLogger(__name__)
+
+Message = str | bytes
+
+#: a client this far behind is disconnected rather than buffered without bound
+MAX_BACKLOG = 20_000
+
+
+def encode(type_: str, data: dict) -> str:
+    return json.dumps({"type": type_, "data": data}, separators=(",", ":"), default=str)
+
+
+@dataclass(eq=False)
+class WsClient:
+    client_id: str
+    ws: web.WebSocketResponse
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def offer(self, message: Message) -> None:
+        if self.outbox.qsize() >= MAX_BACKLOG:
+            log.warning("websocket client %s is %d messages behind; disconnecting it", self.client_id,
+                        MAX_BACKLOG)
+            asyncio.ensure_future(self.ws.close(message=b"too slow"))
+            return
+        self.outbox.put_nowait(message)
+
+    async def pump(self) -> None:
+        while True:
+            message = await self.outbox.get()
+            if message is None:
+                return
+            try:
+                if isinstance(message, bytes):
+                    await self.ws.send_bytes(message)
+                else:
+                    await self.ws.send_str(message)
+            except (ConnectionError, RuntimeError):
+                return
+
+
+class WebSocketHub:
+    """Connected clients by id; post messages from any thread, deliver on the event loop."""
+
+    def __init__(self) -> None:
+        self.clients: dict[str, WsClient] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+    # -- from any thread --------------------------------------------------------------------------
+
+    def post(self, client_id: str | None, message: Message) -> None:
+        """Deliver to one client (``None``: to nobody), from any thread."""
+        if client_id is None or self.loop is None or self.loop.is_closed():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._deliver, client_id, message)
+        except RuntimeError:  # loop closed while shutting down
+            pass
+
+    def post_all(self, message: Message) -> None:
+        if self.loop is None or self.loop.is_closed():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._deliver_all, message)
+        except RuntimeError:
+            pass
+
+    # -- on the loop ------------------------------------------------------------------------------
+
+    def _deliver(self, client_id: str, message: Message) -> None:
+        client = self.clients.get(client_id)
+        if client is not None:
+            client.offer(message)
+
+    def _deliver_all(self, message: Message) -> None:
+        for client in list(self.clients.values()):
+            client.offer(message)
+
+    async def serve(self, request: web.Request,
+                    greet: Callable[[str], list[Message]]) -> web.WebSocketResponse:
+        """Run one connection: register, greet, pump messages until it closes."""
+        ws = web.WebSocketResponse(heartbeat=30, compress=False, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        client_id = request.query.get("clientId") or uuid.uuid4().hex
+        previous = self.clients.get(client_id)
+        if previous is not None:  # reusing an id replaces the old socket (as ComfyUI)
+            previous.outbox.put_nowait(None)
+            await previous.ws.close()
+        client = WsClient(client_id, ws)
+        self.clients[client_id] = client
+        for message in greet(client_id):
+            client.offer(message)
+        sender = asyncio.ensure_future(client.pump())
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    self._on_text(client, msg.data)
+                elif msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                    break
+        finally:
+            if self.clients.get(client_id) is client:
+                del self.clients[client_id]
+            client.outbox.put_nowait(None)
+            try:
+                await asyncio.wait_for(sender, timeout=1)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                sender.cancel()
+        return ws
+
+    def _on_text(self, client: WsClient, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if isinstance(message, dict) and message.get("type") == "feature_flags":
+            from .app import FEATURES
+
+            client.offer(encode("feature_flags", dict(FEATURES)))
+
+    async def close_all(self) -> None:
+        for client in list(self.clients.values()):
+            client.outbox.put_nowait(None)
+            try:
+                await client.ws.close(code=1001, message=b"server shutdown")
+            except Exception:
+                pass
+        self.clients.clear()
