@@ -190,7 +190,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     printer.close()
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
-        args.report.write_text(json.dumps(report_dict(result, plan), indent=1, default=str))
+        report = report_dict(result, plan)
+        report["cache"] = engine.cache.stats().to_dict()
+        args.report.write_text(json.dumps(report, indent=1, default=str))
     if not args.quiet:
         print(format_timing_report(result, plan), file=sys.stderr)
     _print_outputs(result, engine.paths)
