@@ -1,0 +1,56 @@
+"""A tiny HTTP client on ``http.client`` (standard library only) that lets tests set any header."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.parse
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Client:
+    def __init__(self, host: str, port: int, token: str | None = None, timeout: float = 30) -> None:
+        self.host, self.port, self.token, self.timeout = host, port, token, timeout
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                query: dict | None = None) -> Reply:
+        if query:
+            path += ("&" if "?" in path else "?") + urllib.parse.urlencode(query)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        hdrs = {}
+        if self.token:
+            hdrs["Authorization"] = f"Bearer {self.token}"
+        hdrs.update(headers or {})
+        try:
+            conn.request(method, path, body=body, headers=hdrs)
+            response = conn.getresponse()
+            return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            conn.close()
+
+    def get(self, path: str, **kwargs) -> Reply:
+        return self.request("GET", path, **kwargs)
+
+    def post_json(self, path: str, data: Any, headers: dict | None = None) -> Reply:
+        return self.request("POST", path, json.dumps(data).encode(),
+                            {"Content-Type": "application/json", **(headers or {})})
+
+    def queue(self, prompt: dict, **fields) -> dict:
+        reply = self.post_json("/prompt", {"prompt": prompt, **fields})
+        assert reply.status == 200, reply.body
+        return reply.json()
