@@ -1,0 +1,127 @@
+"""Model files: the models folder layout, listing loader choices, and reading state dicts safely.
+
+Layout under ``Paths.models_dir``: ``checkpoints/``, ``diffusers/``, ``vae/``, ``loras/``,
+``text_encoders/``, ``embeddings/``, ``diffusion_models/`` (later ``llm/``, ``captioners/``,
+``clip_vision/``, ``upscale/``). Safetensors files are read directly; pickle formats (``.ckpt .pt .bin
+.pth .pkl .pt2``) can run code when loaded and are refused unless the engine allows pickle
+(``--allow-pickle``). Every failure is a :class:`ModelFileError` whose message names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from nodegraph.context import Paths
+
+MODEL_FOLDERS = ("checkpoints", "diffusers", "vae", "loras", "text_encoders", "embeddings", "diffusion_models",
+                 "llm", "captioners", "clip_vision", "upscale")
+SAFE_EXTENSIONS = frozenset({".safetensors", ".sft"})
+PICKLE_EXTENSIONS = frozenset({".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl"})
+MODEL_EXTENSIONS = SAFE_EXTENSIONS | PICKLE_EXTENSIONS
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, unreadable, refused, or not the kind of model expected."""
+
+
+def folder(paths: Paths, kind: str) -> Path:
+    return Path(paths.models_dir) / kind
+
+
+def is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "model_index.json").is_file()
+
+
+def list_model_files(paths: Paths, kind: str, *, diffusers_folders: bool = False,
+                     extensions: frozenset[str] = MODEL_EXTENSIONS) -> list[str]:
+    """Model files under ``models/<kind>`` (recursive, ``/``-separated, sorted); optionally diffusers folders."""
+    base = folder(paths, kind)
+    found: list[str] = []
+    if not base.is_dir():
+        return found
+    for root, dirs, files in os.walk(base, followlinks=True):
+        root_path = Path(root)
+        if diffusers_folders and is_diffusers_folder(root_path) and root_path != base:
+            found.append(root_path.relative_to(base).as_posix())
+            dirs[:] = []
+            continue
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if Path(name).suffix.lower() in extensions and not name.startswith("."):
+                found.append((root_path / name).relative_to(base).as_posix())
+    return sorted(found)
+
+
+def checkpoint_choices(paths: Paths) -> list[str]:
+    """Checkpoint files plus diffusers folders from ``checkpoints/`` and ``diffusers/``."""
+    names = list_model_files(paths, "checkpoints", diffusers_folders=True)
+    names += [n for n in list_model_files(paths, "diffusers", diffusers_folders=True,
+                                          extensions=frozenset()) if n not in names]
+    return sorted(set(names))
+
+
+def resolve_model(paths: Paths, kind: str, name: str, *, also: tuple[str, ...] = ()) -> Path:
+    """The path of model ``name`` in ``models/<kind>`` (or the ``also`` folders); refuses escapes."""
+    if not name or "\0" in name:
+        raise ModelFileError(f"no {kind} model name given")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ModelFileError(f"model name {name!r} must be a path inside models/{kind}")
+    for k in (kind, *also):
+        base = folder(paths, k)
+        candidate = base / rel
+        if candidate.exists():
+            if not candidate.resolve().is_relative_to(base.resolve()) and not base.is_symlink():
+                raise ModelFileError(f"model name {name!r} leads outside models/{k}")
+            return candidate
+    where = " or ".join(f"models/{k}" for k in (kind, *also))
+    raise ModelFileError(f"model file {name!r} was not found in {where} (models folder: {paths.models_dir}); "
+                         "put the file there or pick one from the list")
+
+
+def file_identity(path: Path) -> tuple[str, int, int]:
+    """``(resolved path, size, mtime_ns)``: changes when the file is replaced."""
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
+    """All tensors of a model file, on the CPU."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"model file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix in SAFE_EXTENSIONS:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types, or OSError / ValueError
+            raise ModelFileError(f"{path.name} is not a readable .safetensors file (corrupt or truncated: "
+                                 f"{exc}); download it again") from None
+    if suffix in PICKLE_EXTENSIONS:
+        if not allow_pickle:
+            raise ModelFileError(
+                f"{path.name} is a pickle file ({suffix}); pickle files can run arbitrary code when loaded, "
+                "so they are refused. Convert it to .safetensors, or start the engine with --allow-pickle "
+                "if you trust the file")
+        import torch
+
+        try:
+            data = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ModelFileError(f"{path.name} could not be read as a PyTorch file: {exc}") from None
+        while isinstance(data, dict) and "state_dict" in data and isinstance(data["state_dict"], dict):
+            data = data["state_dict"]
+        if not isinstance(data, dict):
+            raise ModelFileError(f"{path.name} does not hold a state dict")
+        return {k: v for k, v in data.items() if hasattr(v, "shape")}
+    raise ModelFileError(f"{path.name}: unknown model file type {suffix!r}; use .safetensors")
+
+
+def read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
