@@ -84,8 +84,9 @@ def render_preview(path: Path, preview: str | None, channel: str | None, max_pix
     """Re-encode for ``preview=webp;90`` / ``jpeg;80`` or ``channel=rgb`` / ``a``."""
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = max_pixels
     with Image.open(path) as img:
+        if img.size[0] * img.size[1] > max_pixels:
+            raise ValueError(f"the image is {img.size[0]}x{img.size[1]} pixels, over the limit of {max_pixels}")
         img.load()
         if channel == "rgb":
             img = img.convert("RGB")
@@ -195,7 +196,9 @@ def verify_image(path: Path, max_pixels: int) -> None:
             img.verify()
     except FileError:
         raise
-    except Exception as exc:  # includes Image.DecompressionBombError
+    except Image.DecompressionBombError as exc:
+        raise FileError(413, "image_too_large", f"the image is too large: {exc}") from None
+    except Exception as exc:
         raise FileError(400, "bad_image", f"the upload is not a readable image: {exc}") from None
 
 

@@ -6,9 +6,9 @@
   or listed in ``allowed_origins``; ``Origin: null`` and cross-site origins are refused.
 * token: when configured, ``Authorization: Bearer <token>`` or ``?token=<token>`` on every request
   (WebSocket included; browsers cannot set headers there).
-* state-changing methods take only ``application/json`` or ``multipart/form-data`` bodies: the
-  content types a cross-site HTML form can send (``text/plain``, ``application/x-www-form-urlencoded``)
-  get 415, so a form post can never queue a prompt.
+* state-changing methods take only ``application/json`` bodies (``multipart/form-data`` on upload
+  routes): the content types a cross-site HTML form can send (``text/plain``,
+  ``application/x-www-form-urlencoded``) get 415, so a form post can never queue a prompt.
 * a declared body larger than the route's cap gets 413 before it is read.
 """
 
@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
-BODY_TYPES = {"application/json", "multipart/form-data"}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
@@ -111,16 +110,14 @@ def security_middleware(config: ServerConfig, upload_paths: frozenset[str]):
                           "'Authorization: Bearer <token>' or add '?token=<token>'")
         if request.method in STATE_CHANGING:
             length = request.content_length
-            has_body = request.body_exists
-            if has_body or request.headers.get("Content-Type"):
-                ctype = request.content_type
-                if ctype not in BODY_TYPES:
+            upload = _route_path(request) in upload_paths
+            if request.body_exists or request.headers.get("Content-Type"):
+                wanted = "multipart/form-data" if upload else "application/json"
+                if request.content_type != wanted:
                     return refuse(415, "unsupported_media_type",
-                                  f"Content-Type {ctype!r} is not accepted; send application/json "
-                                  "(or multipart/form-data for uploads)")
-            route_path = _route_path(request)
-            limit = config.max_upload_bytes + 1024 * 1024 if route_path in upload_paths \
-                else config.max_body_bytes
+                                  f"Content-Type {request.content_type!r} is not accepted here; send "
+                                  f"{wanted}")
+            limit = config.max_upload_bytes + 1024 * 1024 if upload else config.max_body_bytes
             if length is not None and length > limit:
                 return refuse(413, "request_too_large",
                               f"the request body is {length} bytes; the limit here is {limit} bytes")
