@@ -1,0 +1,54 @@
+"""Fixtures for the language-and-vision suite: one tiny models tree and one model manager per session."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from nodegraph import Engine, OutputCache, Paths  # noqa: E402
+from nodegraph.models import ModelManager  # noqa: E402
+from nodegraph.registry import default_registry  # noqa: E402
+
+from tiny_models import build_models_tree  # noqa: E402
+from vl_test_nodes import VL_TEST_NODES  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory):
+    return build_models_tree(tmp_path_factory.mktemp("vl"))
+
+
+@pytest.fixture(scope="session")
+def model_manager():
+    return ModelManager("cpu")
+
+
+@pytest.fixture(scope="session")
+def vl_registry():
+    reg = default_registry(entry_points=False)
+    for cls in VL_TEST_NODES:
+        reg.register(cls)
+    return reg
+
+
+@pytest.fixture
+def vl_paths(models_root, tmp_path):
+    paths = Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
+                  models_dir=models_root / "models")
+    for p in (paths.output_dir, paths.input_dir, paths.temp_dir):
+        p.mkdir(parents=True, exist_ok=True)
+    return paths
+
+
+@pytest.fixture
+def vl_engine(vl_registry, vl_paths, model_manager):
+    eng = Engine(vl_registry, paths=vl_paths, device="cpu", workers=2, cache=OutputCache(ram_budget=256 << 20),
+                 services={"models": model_manager})
+    yield eng
+    eng.close()
