@@ -28,6 +28,7 @@ from .files import upload_image, view
 from .jobs import DuplicatePrompt, Job, JobStore, QueueFull
 from .openapi import ROUTES, openapi_document
 from .security import error_middleware, security_middleware
+from .static import add_static_routes
 from .worker import JobWorker
 from .ws import WebSocketHub, encode
 
@@ -405,6 +406,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
         handler = getattr(api, route.handler)
         for prefix in ("", "/api"):
             app.router.add_route(route.method, prefix + route.path, handler)
+    add_static_routes(app)  # the web canvas at / and the ready workflows (static.py)
 
     async def on_startup(app: web.Application) -> None:
         hub.bind(asyncio.get_running_loop())

@@ -1,0 +1,196 @@
+"""Browser fixtures: a real nodegraph server on a free loopback port (own thread and event loop, temp
+folders, the model-free test nodes of ``web_test_nodes``) and a headless Chromium driven by Playwright.
+
+Nothing is skipped: without Chromium at /usr/bin/chromium, Playwright or litegraph's files
+(``npm ci --prefix web``) the tests fail and say what to install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import sys
+import threading
+
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+from nodegraph.context import Paths  # noqa: E402
+from nodegraph.server import ServerConfig, create_app  # noqa: E402
+
+CHROMIUM = os.environ.get("NODEGRAPH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+LITEGRAPH = ROOT / "web" / "node_modules" / "litegraph.js" / "build" / "litegraph.core.js"
+
+
+class WebServer:
+    """``create_app(config)`` served on its own event-loop thread."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="web-test-server", daemon=True)
+        self.runner = None
+        self.app = None
+        self.port = 0
+
+    def start(self) -> "WebServer":
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(60)
+        return self
+
+    async def _start(self) -> None:
+        from aiohttp import web
+
+        self.app = create_app(self.config)
+        self.runner = web.AppRunner(self.app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.config.host, 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def page_url(self) -> str:
+        token = self.config.auth_token
+        return f"{self.url}/?token={token}" if token else f"{self.url}/"
+
+    @property
+    def output_dir(self) -> pathlib.Path:
+        return pathlib.Path(self.config.paths.output_dir)
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    started: list[WebServer] = []
+
+    def start(**overrides) -> WebServer:
+        options = dict(host="127.0.0.1", port=0, paths=Paths.under(tmp_path), data_dir=tmp_path / "data",
+                       device="cpu", workers=2, nodes_modules=("web_test_nodes",))
+        options.update(overrides)
+        server = WebServer(ServerConfig(**options)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server) -> WebServer:
+    return start_server()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not LITEGRAPH.is_file():
+        pytest.fail(f"litegraph.js is not installed ({LITEGRAPH} missing): run 'npm ci --prefix web' "
+                    "(bash scripts/test does)")
+    if not pathlib.Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: install it with 'apt-get update && apt-get install -y "
+                    "chromium' (bash scripts/test does) — the web tests never skip")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is missing: pip install -e '.[dev]' (never 'playwright install'; the system "
+                    "Chromium is used)")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+class AppPage:
+    """A Playwright page on the canvas, with the console errors it logged and small helpers."""
+
+    def __init__(self, page, server: WebServer) -> None:
+        self.page = page
+        self.server = server
+        self.console_errors: list[str] = []
+        page.on("console", lambda msg: msg.type == "error" and self.console_errors.append(msg.text))
+        page.on("pageerror", lambda exc: self.console_errors.append(f"pageerror: {exc}"))
+
+    def open(self, url: str | None = None) -> "AppPage":
+        self.page.goto(url or self.server.page_url())
+        self.page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
+        return self
+
+    def js(self, expression: str, arg=None):
+        return self.page.evaluate(expression, arg)
+
+    def workflow(self) -> dict:
+        return self.js("() => window.app.workflow()")
+
+    def load(self, data: dict) -> None:
+        self.js("(data) => window.app.load(data, 'test')", data)
+
+    def node_ids(self, type_: str) -> list[int]:
+        return self.js("(t) => window.app.graph._nodes.filter(n => n.type === t).map(n => n.id)", type_)
+
+    def client_point(self, node_id: int, local: tuple[float, float]) -> tuple[float, float]:
+        """Page coordinates of a point given relative to a node's top-left corner (canvas units)."""
+        return tuple(self.js("""([id, lx, ly]) => {
+            const app = window.app, node = app.node(id), ds = app.canvas.ds;
+            const rect = app.canvasEl.getBoundingClientRect();
+            return [rect.left + (node.pos[0] + lx + ds.offset[0]) * ds.scale,
+                    rect.top + (node.pos[1] + ly + ds.offset[1]) * ds.scale];
+        }""", [node_id, local[0], local[1]]))
+
+    def slot_point(self, node_id: int, slot: int, is_input: bool) -> tuple[float, float]:
+        return tuple(self.js("""([id, slot, isInput]) => {
+            const app = window.app, node = app.node(id), ds = app.canvas.ds;
+            const rect = app.canvasEl.getBoundingClientRect();
+            const p = node.getConnectionPos(isInput, slot);
+            return [rect.left + (p[0] + ds.offset[0]) * ds.scale, rect.top + (p[1] + ds.offset[1]) * ds.scale];
+        }""", [node_id, slot, is_input]))
+
+    def widget_point(self, node_id: int, name: str) -> tuple[float, float]:
+        """The middle of a widget (away from the number arrows)."""
+        ly = self.js("""([id, name]) => {
+            const node = window.app.node(id);
+            const w = node.widgets.find(w => w.name === name);
+            return w.last_y + LiteGraph.NODE_WIDGET_HEIGHT / 2;
+        }""", [node_id, name])
+        width = self.js("(id) => window.app.node(id).size[0]", node_id)
+        return self.client_point(node_id, (width / 2, ly))
+
+    def drag(self, start: tuple[float, float], end: tuple[float, float]) -> None:
+        mouse = self.page.mouse
+        mouse.move(*start)
+        mouse.down()
+        mouse.move((start[0] + end[0]) / 2, (start[1] + end[1]) / 2, steps=5)
+        mouse.move(*end, steps=5)
+        mouse.up()
+
+
+@pytest.fixture
+def open_page(browser):
+    contexts = []
+
+    def open_page(server: WebServer, url: str | None = None) -> AppPage:
+        context = browser.new_context(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+        contexts.append(context)
+        return AppPage(context.new_page(), server).open(url)
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def ui_workflow(name: str) -> dict:
+    return json.loads((ROOT / "workflows" / name).read_text())

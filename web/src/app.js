@@ -1,0 +1,546 @@
+// The canvas application: one object holding the API client, the litegraph graph and canvas, and
+// what the current run shows. Panels and node classes call back into it; tests read it as window.app.
+
+import { Api, ApiError } from "./api.js";
+import { MODE_BYPASS, MODE_MUTED, registerNodes } from "./nodes.js";
+import { buildPalette, fillWorkflowMenu, refreshSidePanel, setOverall, showErrors, toast } from "./panels.js";
+import { workflowFromPng } from "./png.js";
+import { SearchBox } from "./search.js";
+import { installTypeRules } from "./types.js";
+import { applyControls } from "./widgets.js";
+import { graphToPrompt, isApiWorkflow, isUiWorkflow, loadWorkflow, serializeWorkflow } from "./workflow.js";
+
+const STORAGE_KEY = "nodegraph.workflow";
+
+function download(name, text, type = "application/json") {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+export class App {
+  constructor() {
+    this.api = new Api();
+    this.objectInfo = {};
+    this.states = new Map();     // node id → {progress, images, preview, text, error}
+    this.runs = new Map();       // prompt id → {total, done:Set}
+    this.activePrompt = null;
+    this.runningNodeId = null;
+    this.events = [];            // the WS messages of this page (tests and debugging read them)
+    this.lastPrompt = null;      // the last body sent to POST /prompt
+    this.lastRefusal = null;
+    this._saved = null;
+  }
+
+  // -- start ---------------------------------------------------------------------------------------
+
+  async start() {
+    LiteGraph.dialog_close_on_mouse_leave = false;
+    LiteGraph.release_link_on_empty_shows_menu = false;
+    LiteGraph.catch_exceptions = true;
+    this.canvasEl = document.getElementById("graph-canvas");
+    this.graph = new LGraph();
+    this.canvas = new LGraphCanvas(this.canvasEl, this.graph);
+    this.canvas.allow_searchbox = true;
+    this.canvas.show_info = false;
+    this.search = new SearchBox(this);
+    this.canvas.showSearchBox = (event) => this.search.open(event);
+    this.canvas.onDropItem = (event) => this.onDrop(event);
+    this.resize();
+    window.addEventListener("resize", () => this.resize());
+
+    try {
+      this.objectInfo = await this.api.objectInfo();
+    } catch (e) {
+      toast(e instanceof ApiError && e.status === 401
+        ? "This server needs its token: open the page as /?token=…" : `cannot load /object_info: ${e.message}`, { error: true, ms: 600000 });
+      throw e;
+    }
+    const types = registerNodes(this, this.objectInfo);
+    installTypeRules(LiteGraph, LGraphCanvas, this.canvas, types);
+    buildPalette(this);
+    this.bindToolbar();
+    this.bindApiEvents();
+    this.bindTooltips();
+    this.api.connect();
+    this.restore();
+    this.graph.start();
+    this.api.listWorkflows().then((items) => fillWorkflowMenu(this, items)).catch(() => fillWorkflowMenu(this, []));
+    setInterval(() => this.persist(), 1000);
+    window.addEventListener("beforeunload", () => this.persist());
+    this.ready = true;
+    document.body.dataset.ready = "1";
+  }
+
+  resize() {
+    const wrap = document.getElementById("canvas-wrap");
+    this.canvas.resize(wrap.clientWidth, wrap.clientHeight);
+  }
+
+  // -- graph helpers -------------------------------------------------------------------------------
+
+  nodeState(id) {
+    const key = String(id);
+    if (!this.states.has(key)) this.states.set(key, {});
+    return this.states.get(key);
+  }
+
+  node(id) {
+    return this.graph.getNodeById(Number(id)) || this.graph._nodes.find((n) => String(n.id) === String(id)) || null;
+  }
+
+  addNode(type, pos) {
+    const node = LiteGraph.createNode(type);
+    if (!node) return null;
+    if (!pos) {
+      const c = this.canvas.ds;
+      pos = [(-c.offset[0] + this.canvasEl.width / 2 / c.scale) - node.size[0] / 2,
+             (-c.offset[1] + this.canvasEl.height / 2 / c.scale) - node.size[1] / 2];
+    }
+    node.pos = [pos[0], pos[1]];
+    this.graph.add(node);
+    this.canvas.selectNode(node);
+    this.onGraphEdited();
+    return node;
+  }
+
+  focusNode(id) {
+    const node = this.node(id);
+    if (!node) return;
+    this.canvas.centerOnNode(node);
+    this.canvas.selectNode(node);
+    this.canvas.setDirty(true, true);
+  }
+
+  toggleMode(node, mode) {
+    node.mode = node.mode === mode ? LiteGraph.ALWAYS : mode;
+    this.onGraphEdited();
+  }
+
+  widgetToInput(node, widget) {
+    if (node.findInputSlot(widget.inputName) >= 0) return;
+    node.addInput(widget.inputName, widget.spec.type, { widget: { name: widget.inputName } });
+    this.onGraphEdited();
+  }
+
+  refused(originNode, output, targetNode, input) {
+    this.lastRefusal = { from: output.type, to: input.type, origin: originNode.id, target: targetNode.id, input: input.name };
+    toast(`Cannot connect ${output.type} to ${input.type} (input "${input.name}" of ${targetNode.title})`, { error: true });
+  }
+
+  onGraphEdited() {
+    this.canvas.setDirty(true, true);
+  }
+
+  clearRunState() {
+    for (const state of this.states.values()) {
+      delete state.error; delete state.progress; delete state.preview;
+    }
+    this.runningNodeId = null;
+    showErrors(this, []);
+  }
+
+  // -- workflows -----------------------------------------------------------------------------------
+
+  workflow() {
+    return serializeWorkflow(this.graph, this.canvas);
+  }
+
+  load(data, source = "workflow") {
+    this.states.clear();
+    this.clearRunState();
+    loadWorkflow(this.graph, this.canvas, data);
+    this.persist(true);
+    toast(`Loaded ${source}`);
+  }
+
+  persist(force = false) {
+    if (!this.ready && !force) return;
+    try {
+      const text = JSON.stringify(this.workflow());
+      if (text !== this._saved) {
+        localStorage.setItem(STORAGE_KEY, text);
+        this._saved = text;
+      }
+    } catch (e) {
+      // storage full or unavailable: the page keeps working
+    }
+  }
+
+  restore() {
+    const text = localStorage.getItem(STORAGE_KEY);
+    if (text) {
+      try {
+        loadWorkflow(this.graph, this.canvas, JSON.parse(text));
+        this._saved = text;
+        return;
+      } catch (e) {
+        toast(`could not restore the last workflow: ${e.message}`, { error: true });
+      }
+    }
+    this.loadDefault();
+  }
+
+  loadDefault() {
+    this.graph.clear();
+    const make = (type, x, y) => {
+      const n = LiteGraph.createNode(type);
+      if (!n) return null;
+      n.pos = [x, y];
+      this.graph.add(n);
+      return n;
+    };
+    const a = make("EmptyImage", 40, 80);
+    const b = make("ImageBlur", 340, 80);
+    const c = make("SaveImage", 640, 80);
+    if (a && b && c) {
+      a.connect(0, b, 0);
+      b.connect(0, c, 0);
+    }
+  }
+
+  async openReadyWorkflow(name) {
+    document.getElementById("file-menu").classList.remove("open");
+    try {
+      this.load(await this.api.workflow(name), name);
+    } catch (e) {
+      toast(`cannot open ${name}: ${e.message}`, { error: true });
+    }
+  }
+
+  async openFile(file) {
+    try {
+      let data;
+      if (file.type === "image/png" || /\.png$/i.test(file.name)) {
+        data = await workflowFromPng(await file.arrayBuffer());
+        if (!data) throw new Error("this PNG carries no workflow");
+      } else {
+        data = JSON.parse(await file.text());
+      }
+      if (!isUiWorkflow(data) && !isApiWorkflow(data)) throw new Error("not a workflow");
+      this.load(data, file.name);
+    } catch (e) {
+      toast(`cannot open ${file.name}: ${e.message}`, { error: true });
+    }
+  }
+
+  onDrop(event) {
+    if (event.clientX !== undefined && event.target === this.canvasEl) {
+      const [x, y] = this.canvas.convertEventToCanvasOffset(event);
+      const over = this.graph.getNodeOnPos(x, y);
+      if (over && over.acceptsUpload && over.acceptsUpload()) return true; // the node took the file
+    }
+    const files = event.dataTransfer ? [...event.dataTransfer.files] : [];
+    const file = files.find((f) => /\.(json|png)$/i.test(f.name) || f.type === "application/json" || f.type === "image/png");
+    if (!file) return false;
+    this.openFile(file);
+    return true;
+  }
+
+  saveWorkflow() {
+    download("workflow.json", JSON.stringify(this.workflow(), null, 2));
+  }
+
+  exportApi() {
+    download("workflow_api.json", JSON.stringify(graphToPrompt(this.graph), null, 2));
+  }
+
+  async reopen(promptId, entry) {
+    const workflow = entry.prompt && entry.prompt[3] && entry.prompt[3].extra_pnginfo && entry.prompt[3].extra_pnginfo.workflow;
+    this.load(workflow || entry.prompt[2], `run ${promptId}`);
+    for (const [nodeId, output] of Object.entries(entry.outputs || {})) this.showOutput(nodeId, output);
+    const messages = (entry.status && entry.status.messages) || [];
+    for (const [type, data] of messages) if (type === "execution_error") this.showExecutionError(data);
+  }
+
+  // -- uploads -------------------------------------------------------------------------------------
+
+  pickUpload(node, widget) {
+    const input = document.getElementById("upload-input");
+    input.value = "";
+    input.onchange = () => { if (input.files[0]) this.uploadFile(node, widget, input.files[0]); };
+    input.click();
+  }
+
+  async uploadFile(node, widget, file) {
+    try {
+      const result = await this.api.uploadImage(file);
+      const name = result.subfolder ? `${result.subfolder}/${result.name}` : result.name;
+      if (!widget.options.values.includes(name)) widget.options.values.push(name);
+      widget.value = name;
+      this.showImages(node.id, [{ filename: result.name, subfolder: result.subfolder || "", type: result.type || "input" }]);
+      toast(`Uploaded ${name}`);
+      this.onGraphEdited();
+    } catch (e) {
+      toast(`upload failed: ${e.message}`, { error: true });
+    }
+  }
+
+  // -- running -------------------------------------------------------------------------------------
+
+  async queuePrompt() {
+    const workflow = this.workflow();
+    const prompt = graphToPrompt(this.graph);
+    this.clearRunState();
+    this.lastPrompt = { prompt, workflow };
+    let answer;
+    try {
+      answer = await this.api.queuePrompt(prompt, workflow);
+    } catch (e) {
+      this.showPromptError(e);
+      return null;
+    }
+    this.runs.set(answer.prompt_id, { total: Object.keys(prompt).length, done: new Set() });
+    if (answer.node_errors && Object.keys(answer.node_errors).length) this.showNodeErrors(answer.node_errors);
+    for (const node of this.graph._nodes) applyControls(node);
+    this.canvas.setDirty(true, true);
+    refreshSidePanel(this);
+    return answer;
+  }
+
+  showPromptError(e) {
+    const body = e instanceof ApiError ? e.body : null;
+    if (body && body.node_errors && Object.keys(body.node_errors).length) {
+      this.showNodeErrors(body.node_errors);
+      toast(`The workflow is not valid: ${body.error ? body.error.message : ""}`, { error: true });
+    } else {
+      const msg = body && body.error ? `${body.error.message}${body.error.details ? ": " + body.error.details : ""}` : e.message;
+      showErrors(this, [{ nodeId: null, text: msg }]);
+      toast(`Not queued: ${msg}`, { error: true });
+    }
+  }
+
+  showNodeErrors(nodeErrors) {
+    const items = [];
+    for (const [id, info] of Object.entries(nodeErrors)) {
+      const text = (info.errors || []).map((err) => `${err.message}${err.details ? ": " + err.details : ""}`).join("\n");
+      this.nodeState(id).error = text;
+      const node = this.node(id);
+      items.push({ nodeId: id, title: node ? node.title : info.class_type, text });
+    }
+    showErrors(this, items);
+    this.canvas.setDirty(true, true);
+  }
+
+  showExecutionError(data) {
+    if (data.node_id == null) {
+      showErrors(this, [{ nodeId: null, text: `${data.exception_type}: ${data.exception_message}` }]);
+      return;
+    }
+    const text = `${data.exception_type}: ${String(data.exception_message || "").trim()}`;
+    this.nodeState(data.node_id).error = text;
+    const node = this.node(data.node_id);
+    showErrors(this, [{ nodeId: data.node_id, title: node ? node.title : data.node_type, text }]);
+    this.canvas.setDirty(true, true);
+  }
+
+  async interrupt() {
+    try {
+      await this.api.interrupt();
+    } catch (e) {
+      toast(`interrupt failed: ${e.message}`, { error: true });
+    }
+  }
+
+  async cancel(promptId) {
+    try {
+      await this.api.deleteQueued([promptId]);
+      toast(`Cancelled ${promptId}`);
+    } catch (e) {
+      toast(`cancel failed: ${e.message}`, { error: true });
+    }
+    refreshSidePanel(this);
+  }
+
+  showImages(nodeId, images) {
+    const state = this.nodeState(nodeId);
+    state.imageIndex = 0;
+    state.imageUrls = images.map((img) => this.api.viewUrl(img));
+    state.images = state.imageUrls.map((url) => {
+      const image = new Image();
+      image.onload = () => {
+        const node = this.node(nodeId);
+        if (node && node.size[1] < 260) node.setSize([Math.max(node.size[0], 240), 300]);
+        this.canvas.setDirty(true, true);
+      };
+      image.src = url;
+      return image;
+    });
+  }
+
+  showOutput(nodeId, output) {
+    if (!output) return;
+    if (Array.isArray(output.images) && output.images.length) this.showImages(nodeId, output.images);
+    if (Array.isArray(output.text)) {
+      this.nodeState(nodeId).text = output.text.join("\n");
+      const node = this.node(nodeId);
+      if (node && node.size[1] < 120) node.setSize([node.size[0], 120]);
+    }
+    this.canvas.setDirty(true, true);
+  }
+
+  updateOverall() {
+    const run = this.runs.get(this.activePrompt);
+    if (!run) return;
+    const current = this.runningNodeId ? (this.nodeState(this.runningNodeId).progress || 0) : 0;
+    const fraction = Math.min((run.done.size + current) / Math.max(run.total, 1), 1);
+    setOverall(fraction, `${run.done.size}/${run.total} nodes · ${Math.round(fraction * 100)}%`);
+  }
+
+  bindApiEvents() {
+    const api = this.api;
+    const on = (type, fn) => api.addEventListener(type, (e) => fn(e.detail));
+    on("message", (m) => { this.events.push(m); if (this.events.length > 5000) this.events.shift(); });
+    on("connection", ({ connected }) => {
+      const dot = document.getElementById("conn");
+      dot.className = connected ? "conn-on" : "conn-off";
+      dot.title = connected ? "connected" : "disconnected — retrying";
+    });
+    on("status", (data) => {
+      const remaining = data.status && data.status.exec_info ? data.status.exec_info.queue_remaining : 0;
+      document.getElementById("queue-size").textContent = `queue: ${remaining}`;
+      refreshSidePanel(this);
+    });
+    on("execution_start", (data) => {
+      this.activePrompt = data.prompt_id;
+      if (!this.runs.has(data.prompt_id)) this.runs.set(data.prompt_id, { total: this.graph._nodes.length, done: new Set() });
+      for (const state of this.states.values()) { delete state.progress; delete state.preview; delete state.error; }
+      this.updateOverall();
+    });
+    on("execution_cached", (data) => {
+      const run = this.runs.get(data.prompt_id);
+      if (run) for (const id of data.nodes || []) run.done.add(String(id));
+      this.updateOverall();
+    });
+    on("executing", (data) => {
+      const run = this.runs.get(data.prompt_id);
+      if (this.runningNodeId && run) run.done.add(this.runningNodeId);
+      if (data.node === null || data.node === undefined) {
+        if (data.prompt_id === this.activePrompt) {
+          this.runningNodeId = null;
+          const ok = run && run.status !== "error" && run.status !== "interrupted";
+          if (ok) setOverall(1, "done");
+          this.activePrompt = null;
+        }
+        refreshSidePanel(this);
+      } else {
+        this.runningNodeId = String(data.display_node || data.node);
+        this.updateOverall();
+      }
+      this.canvas.setDirty(true, true);
+    });
+    on("progress", (data) => {
+      const id = String(data.node);
+      this.nodeState(id).progress = data.max ? data.value / data.max : 0;
+      this.updateOverall();
+      this.canvas.setDirty(true, false);
+    });
+    on("node_finished", (data) => {
+      const run = this.runs.get(data.prompt_id);
+      if (run) run.done.add(String(data.node));
+      const state = this.nodeState(data.node);
+      state.progress = 1;
+      delete state.preview;
+      this.updateOverall();
+    });
+    on("executed", (data) => this.showOutput(data.display_node || data.node, data.output));
+    on("execution_error", (data) => {
+      const run = this.runs.get(data.prompt_id);
+      if (run) run.status = "error";
+      this.showExecutionError(data);
+      setOverall(0, "error");
+      toast(`Node #${data.node_id} failed: ${data.exception_message}`, { error: true });
+    });
+    on("execution_interrupted", (data) => {
+      const run = this.runs.get(data.prompt_id);
+      if (run) run.status = "interrupted";
+      this.runningNodeId = null;
+      setOverall(0, "interrupted");
+      toast("Interrupted");
+      this.canvas.setDirty(true, true);
+    });
+    on("execution_success", () => setOverall(1, "done"));
+    on("b_preview", ({ blob, nodeId }) => {
+      const id = nodeId || this.runningNodeId;
+      if (!id) return;
+      const state = this.nodeState(id);
+      const image = new Image();
+      image.onload = () => {
+        if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+        state.previewUrl = image.src;
+        state.preview = image;
+        state.previewCount = (state.previewCount || 0) + 1;
+        const node = this.node(id);
+        if (node && node.size[1] < 200) node.setSize([node.size[0], 220]);
+        this.canvas.setDirty(true, false);
+      };
+      image.src = URL.createObjectURL(blob);
+    });
+    on("b_text", ({ nodeId, text }) => { this.nodeState(nodeId).text = text; this.canvas.setDirty(true, false); });
+  }
+
+  // -- toolbar, keys, tooltips ---------------------------------------------------------------------
+
+  bindToolbar() {
+    const $ = (id) => document.getElementById(id);
+    const menu = $("file-menu");
+    $("btn-file").addEventListener("click", () => menu.classList.toggle("open"));
+    document.addEventListener("click", (e) => { if (!menu.contains(e.target)) menu.classList.remove("open"); });
+    const item = (id, fn) => $(id).addEventListener("click", () => { menu.classList.remove("open"); fn(); });
+    item("btn-new", () => { this.graph.clear(); this.states.clear(); this.persist(true); });
+    item("btn-open", () => $("file-input").click());
+    item("btn-save", () => this.saveWorkflow());
+    item("btn-export-api", () => this.exportApi());
+    $("file-input").addEventListener("change", (e) => { if (e.target.files[0]) this.openFile(e.target.files[0]); e.target.value = ""; });
+    $("btn-queue").addEventListener("click", () => this.queuePrompt());
+    $("btn-interrupt").addEventListener("click", () => this.interrupt());
+    $("btn-panel").addEventListener("click", () => {
+      $("side-panel").hidden = !$("side-panel").hidden;
+      this.resize();
+      refreshSidePanel(this);
+    });
+    document.addEventListener("keydown", (e) => {
+      const inText = e.target && (e.target.tagName === "INPUT" || e.target.tagName === "TEXTAREA");
+      if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { e.preventDefault(); this.queuePrompt(); }
+      else if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "s") { e.preventDefault(); this.saveWorkflow(); }
+      else if (!inText && (e.ctrlKey || e.metaKey) && (e.key.toLowerCase() === "b" || e.key.toLowerCase() === "m")) {
+        e.preventDefault();
+        const mode = e.key.toLowerCase() === "b" ? MODE_BYPASS : MODE_MUTED;
+        for (const node of Object.values(this.canvas.selected_nodes || {})) this.toggleMode(node, mode);
+      }
+    });
+    // drops anywhere on the page (not only over the canvas) open the file
+    document.addEventListener("dragover", (e) => e.preventDefault());
+    document.addEventListener("drop", (e) => {
+      if (e.defaultPrevented) return;
+      e.preventDefault();
+      this.onDrop(e);
+    });
+  }
+
+  bindTooltips() {
+    this.canvasEl.addEventListener("mousemove", (e) => {
+      const [x, y] = this.canvas.convertEventToCanvasOffset(e);
+      const node = this.graph.getNodeOnPos(x, y);
+      let tip = "";
+      if (node) {
+        const lx = x - node.pos[0], ly = y - node.pos[1];
+        const def = this.objectInfo[node.type] || {};
+        const widget = (node.widgets || []).find((w) => w.last_y !== undefined && ly >= w.last_y && ly <= w.last_y + LiteGraph.NODE_WIDGET_HEIGHT);
+        const slotIndex = Math.floor(ly / LiteGraph.NODE_SLOT_HEIGHT);
+        if (widget && widget.tooltip) tip = widget.tooltip;
+        else if (ly >= 0 && lx < node.size[0] / 2 && node.inputs && node.inputs[slotIndex] && node.inputs[slotIndex].tooltip) tip = node.inputs[slotIndex].tooltip;
+        else if (ly >= 0 && lx >= node.size[0] / 2 && node.outputs && node.outputs[slotIndex] && node.outputs[slotIndex].tooltip) tip = node.outputs[slotIndex].tooltip;
+        else tip = def.description || "";
+        const err = this.nodeState(node.id).error;
+        if (err) tip = `${err}\n\n${tip}`.trim();
+      }
+      if (this.canvasEl.title !== tip) this.canvasEl.title = tip;
+    });
+  }
+}
