@@ -32,6 +32,7 @@ from .events import (EventBus, EventListener, ExecutionDone, ExecutionInterrupte
                      NodeFailed, NodeFinished, NodesCached, NodeStarted)
 from .node import Node, NodeResult
 from .plan import Plan, PlannedNode
+from .policies import check_policies, requested_policies
 from .registry import NodeRegistry, default_registry
 from .signature import compute_signatures
 from .validation import topological_order, validate, validate_node
@@ -93,13 +94,14 @@ class Engine:
 
     def __init__(self, registry: NodeRegistry | None = None, *, cache: OutputCache | None = None,
                  paths: Paths | None = None, device: str | None = None, workers: int = 2,
-                 services: dict[str, Any] | None = None) -> None:
+                 services: dict[str, Any] | None = None, policies: Iterable[str] = ()) -> None:
         self.registry = registry if registry is not None else default_registry()
         self.cache = cache if cache is not None else OutputCache()
         self.paths = paths or Paths()
         self.device = pick_device(device)
         self.workers = max(1, int(workers))
         self.services = dict(services or {})
+        self.policies = tuple(policies)  # optional validation passes (nodegraph.policies)
         if "models" not in self.services:
             from .models import ModelManager
 
@@ -111,8 +113,13 @@ class Engine:
 
     # -- public API -----------------------------------------------------------------------------
 
-    def validate(self, workflow: Workflow | dict, targets: Iterable[str] | None = None) -> Plan:
-        return validate(workflow, self.registry, targets, self.paths)
+    def validate(self, workflow: Workflow | dict, targets: Iterable[str] | None = None,
+                 extra_data: dict | None = None) -> Plan:
+        plan = validate(workflow, self.registry, targets, self.paths)
+        names = requested_policies(self.policies, extra_data)
+        if names:
+            check_policies(plan, self.registry, names)
+        return plan
 
     def run(self, workflow: Workflow | dict | Any, *, prompt_id: str | None = None,
             extra_data: dict | None = None, targets: Iterable[str] | None = None,
@@ -120,7 +127,7 @@ class Engine:
         """Validate and run. Raises :class:`ValidationFailed`; node failures are in the result."""
         if hasattr(workflow, "to_api") and not isinstance(workflow, Workflow):
             workflow = workflow.to_api()
-        plan = self.validate(workflow, targets)
+        plan = self.validate(workflow, targets, extra_data)
         return self.execute(plan, prompt_id=prompt_id, extra_data=extra_data, listeners=listeners)
 
     def execute(self, plan: Plan, *, prompt_id: str | None = None, extra_data: dict | None = None,

@@ -223,7 +223,7 @@ def build_text_classifier(folder: Path) -> None:
 def build_models_tree(root: Path) -> Path:
     """Everything above under ``root/models``; returns ``root``."""
     m = root / "models"
-    for kind in ("llm", "captioners", "clip_vision", "safety", "text_classifiers"):
+    for kind in ("llm", "captioners", "clip_vision", "safety"):
         (m / kind).mkdir(parents=True, exist_ok=True)
     build_gpt2(m / "llm" / "tiny-gpt2")
     build_llama(m / "llm" / "tiny-llama")
@@ -234,7 +234,7 @@ def build_models_tree(root: Path) -> Path:
     build_clip_vision_file(m / "clip_vision" / "tiny_clip_vision.safetensors")
     build_classifier(m / "safety" / "flag-all", flag=True)
     build_classifier(m / "safety" / "pass-all", flag=False)
-    build_text_classifier(m / "text_classifiers" / "flag-all-text")
+    build_text_classifier(m / "safety" / "flag-all-text")
     # a folder that is not a causal LM, placed where LLMs belong
     build_blip_caption(m / "llm" / "not-an-llm")
     return root
