@@ -1,0 +1,1 @@
+"""Default models shipped with nodegraph, each with its data, training and evaluation code."""
