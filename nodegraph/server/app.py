@@ -395,6 +395,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
     store = JobStore(config.db_path, max_attempts=config.max_attempts)
     hub = WebSocketHub()
     worker = JobWorker(engine, store, hub, max_attempts=config.max_attempts, preview_size=config.preview_size)
+    hub.status_source = worker.status_message
     server = Server(config, engine, store, hub, worker, owns_engine)
     api = Api(server)
     uploads = frozenset(r.path for r in ROUTES if r.multipart is not None)

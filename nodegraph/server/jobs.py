@@ -5,6 +5,11 @@ transaction, so a job completes exactly once. After a crash, :meth:`JobStore.rec
 that was running back in the queue (its ``attempts`` count says it was interrupted); a job that keeps
 killing the server is given up after ``max_attempts`` and recorded as an error.
 
+Writes go through one writer thread that commits whatever is waiting in a single transaction (group
+commit): twenty clients queueing at once cost one disk flush, not twenty, and each caller still
+returns only after its write is on disk. Each write runs in its own savepoint, so one refused write
+(queue full, duplicate id) does not undo the others. Readers use their own connections (WAL).
+
 Prompts and outputs are stored as JSON text and, where the API returns them unchanged, spliced into
 responses as text (``GET /queue`` stays cheap with thousands of queued prompts).
 """
@@ -12,9 +17,11 @@ responses as text (``GET /queue`` stays cheap with thousands of queued prompts).
 from __future__ import annotations
 
 import json
+import queue
 import sqlite3
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -120,27 +127,32 @@ class JobStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        conn = self._conn()
-        conn.executescript(SCHEMA)
+        self._conn().executescript(SCHEMA)
+        self._writer = _Writer(self._connect)
 
     # -- connections ----------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        with self._lock:
+            self._connections.append(conn)
         return conn
 
-    def _write(self):
-        return _Transaction(self._conn())
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's reading connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def _write(self, fn):
+        """Run ``fn(conn)`` in the writer's next transaction; return its result once committed."""
+        return self._writer.call(fn)
 
     def close(self) -> None:
+        self._writer.stop()
         with self._lock:
             for conn in self._connections:
                 try:
@@ -156,7 +168,9 @@ class JobStore:
                 max_queue: int | None = None) -> Job:
         """Add a job; its number is ``number``, or the next counter value (negated when ``front``)."""
         extra = {k: v for k, v in job.extra_data.items() if k not in SECRET_EXTRA_KEYS}
-        with self._write() as conn:
+        prompt_text, outputs_text, extra_text = _dumps(job.prompt), _dumps(job.outputs_to_execute), _dumps(extra)
+
+        def write(conn: sqlite3.Connection) -> float:
             if max_queue is not None:
                 (count,) = conn.execute("SELECT COUNT(*) FROM jobs").fetchone()
                 if count >= max_queue:
@@ -166,21 +180,24 @@ class JobStore:
                             "SELECT 1 FROM history WHERE prompt_id=?",
                             (job.prompt_id, job.prompt_id)).fetchone():
                 raise DuplicatePrompt(f"a prompt with id {job.prompt_id!r} was submitted already")
-            if number is None:
+            value = number
+            if value is None:
                 counter = self._next_counter(conn)
-                number = -counter if front else counter
-            job.number = float(number) if not float(number).is_integer() else int(number)
-            job.extra_data = extra
+                value = -counter if front else counter
+            value = int(value) if float(value).is_integer() else float(value)
             conn.execute("INSERT INTO jobs (prompt_id, number, prompt, extra_data, outputs, client_id, "
                          "state, attempts, created) VALUES (?,?,?,?,?,?, 'pending', 0, ?)",
-                         (job.prompt_id, job.number, _dumps(job.prompt), _dumps(extra),
-                          _dumps(job.outputs_to_execute), job.client_id, time.time()))
+                         (job.prompt_id, value, prompt_text, extra_text, outputs_text, job.client_id,
+                          time.time()))
+            return value
+
+        job.number = self._write(write)
+        job.extra_data = extra
         return job
 
     def bump_counter(self) -> int:
         """Advance the counter without queueing (ComfyUI counts failed submissions too)."""
-        with self._write() as conn:
-            return self._next_counter(conn)
+        return self._write(self._next_counter)
 
     @staticmethod
     def _next_counter(conn: sqlite3.Connection) -> int:
@@ -192,59 +209,59 @@ class JobStore:
 
     def claim_next(self) -> Job | None:
         """Mark the first pending job (lowest number) running and return it; ``None`` when empty."""
-        with self._write() as conn:
+        def write(conn: sqlite3.Connection):
             row = conn.execute("SELECT prompt_id, number, prompt, extra_data, outputs, client_id, attempts "
                                "FROM jobs WHERE state='pending' ORDER BY number, seq LIMIT 1").fetchone()
-            if row is None:
-                return None
-            conn.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE prompt_id=?", (row[0],))
+            if row is not None:
+                conn.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE prompt_id=?",
+                             (row[0],))
+            return row
+
+        row = self._write(write)
+        if row is None:
+            return None
         return Job(row[0], row[1], json.loads(row[2]), json.loads(row[3]), json.loads(row[4]), row[5],
                    "running", row[6] + 1)
 
     def requeue(self, prompt_id: str) -> bool:
         """Put a running job back in the queue (graceful shutdown); it keeps its number."""
-        with self._write() as conn:
-            return conn.execute("UPDATE jobs SET state='pending' WHERE prompt_id=? AND state='running'",
-                                (prompt_id,)).rowcount == 1
+        return self._write(lambda conn: conn.execute(
+            "UPDATE jobs SET state='pending' WHERE prompt_id=? AND state='running'", (prompt_id,)).rowcount == 1)
 
     def recover(self) -> list[str]:
         """At start-up: jobs left ``running`` by a crash go back to ``pending``; returns their ids."""
-        with self._write() as conn:
+        def write(conn: sqlite3.Connection) -> list[str]:
             ids = [r[0] for r in conn.execute("SELECT prompt_id FROM jobs WHERE state='running'")]
             conn.execute("UPDATE jobs SET state='pending' WHERE state='running'")
-        return ids
+            return ids
+
+        return self._write(write)
 
     def finish(self, entry: HistoryEntry) -> bool:
         """Move a running job to history in one transaction; ``False`` if it was not running."""
-        with self._write() as conn:
+        values = (entry.prompt_id, entry.number, _dumps(entry.prompt), _dumps(entry.extra_data),
+                  _dumps(entry.outputs_to_execute), _dumps(entry.outputs), entry.status, int(entry.completed),
+                  _dumps(entry.messages), _dumps(entry.meta), entry.attempts, time.time())
+
+        def write(conn: sqlite3.Connection) -> bool:
             if conn.execute("DELETE FROM jobs WHERE prompt_id=? AND state='running'",
                             (entry.prompt_id,)).rowcount != 1:
                 return False
-            self._insert_history(conn, entry)
-        return True
+            conn.execute("INSERT INTO history (prompt_id, number, prompt, extra_data, outputs_to_execute, "
+                         "outputs, status, completed, messages, meta, attempts, finished) "
+                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+            return True
 
-    def _insert_history(self, conn: sqlite3.Connection, entry: HistoryEntry) -> None:
-        conn.execute("INSERT INTO history (prompt_id, number, prompt, extra_data, outputs_to_execute, "
-                     "outputs, status, completed, messages, meta, attempts, finished) "
-                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                     (entry.prompt_id, entry.number, _dumps(entry.prompt), _dumps(entry.extra_data),
-                      _dumps(entry.outputs_to_execute), _dumps(entry.outputs), entry.status,
-                      int(entry.completed), _dumps(entry.messages), _dumps(entry.meta), entry.attempts,
-                      time.time()))
+        return self._write(write)
 
     def delete_pending(self, prompt_ids: Iterable[str]) -> list[str]:
         """Cancel queued (not running) jobs; returns the ids that were removed."""
-        removed = []
-        with self._write() as conn:
-            for pid in prompt_ids:
-                if conn.execute("DELETE FROM jobs WHERE prompt_id=? AND state='pending'",
-                                (str(pid),)).rowcount:
-                    removed.append(str(pid))
-        return removed
+        ids = [str(p) for p in prompt_ids]
+        return self._write(lambda conn: [pid for pid in ids if conn.execute(
+            "DELETE FROM jobs WHERE prompt_id=? AND state='pending'", (pid,)).rowcount])
 
     def clear_pending(self) -> int:
-        with self._write() as conn:
-            return conn.execute("DELETE FROM jobs WHERE state='pending'").rowcount
+        return self._write(lambda conn: conn.execute("DELETE FROM jobs WHERE state='pending'").rowcount)
 
     def counts(self) -> tuple[int, int]:
         """``(running, pending)``."""
@@ -310,27 +327,73 @@ class JobStore:
         return self._conn().execute("SELECT COUNT(*) FROM history").fetchone()[0]
 
     def delete_history(self, prompt_ids: Iterable[str]) -> int:
-        with self._write() as conn:
-            return sum(conn.execute("DELETE FROM history WHERE prompt_id=?", (str(p),)).rowcount
-                       for p in prompt_ids)
+        ids = [str(p) for p in prompt_ids]
+        return self._write(lambda conn: sum(
+            conn.execute("DELETE FROM history WHERE prompt_id=?", (pid,)).rowcount for pid in ids))
 
     def clear_history(self) -> int:
-        with self._write() as conn:
-            return conn.execute("DELETE FROM history").rowcount
+        return self._write(lambda conn: conn.execute("DELETE FROM history").rowcount)
 
 
-class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT`` (or ``ROLLBACK`` on error)."""
+class _Writer:
+    """One thread owning the writing connection: runs queued writes in one transaction per batch."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, connect) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._connect = connect
+        self._thread = threading.Thread(target=self._main, name="nodegraph-db-writer", daemon=True)
+        self._thread.start()
 
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
+    def call(self, fn):
+        if not self._thread.is_alive():
+            raise RuntimeError("the job store is closed")
+        future: Future = Future()
+        self._queue.put((fn, future))
+        return future.result()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _main(self) -> None:
+        conn = self._connect()
+        running = True
+        while running:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if None in batch:
+                running = False
+                batch = [item for item in batch if item is not None]
+            if batch:
+                self._commit(conn, batch)
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection, batch: list) -> None:
+        outcomes = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, future in batch:
+                conn.execute("SAVEPOINT one")
+                try:
+                    outcomes.append((future, fn(conn), None))
+                    conn.execute("RELEASE one")
+                except Exception as exc:  # this write is refused; the others stand
+                    conn.execute("ROLLBACK TO one")
+                    conn.execute("RELEASE one")
+                    outcomes.append((future, None, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:  # the transaction itself failed: nothing was written
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            for _, future in batch:
+                future.set_exception(exc)
+            return
+        for future, result, error in outcomes:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)

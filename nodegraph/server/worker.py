@@ -195,7 +195,7 @@ class JobWorker:
         return encode("status", {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}})
 
     def broadcast_status(self) -> None:
-        self.hub.post_all(self.status_message())
+        self.hub.post_status()
 
     # -- the thread -------------------------------------------------------------------------------
 

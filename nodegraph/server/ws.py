@@ -63,9 +63,14 @@ class WsClient:
 class WebSocketHub:
     """Connected clients by id; post messages from any thread, deliver on the event loop."""
 
-    def __init__(self) -> None:
+    #: ``status`` broadcasts are coalesced over this many seconds (one per burst, latest count)
+    STATUS_DELAY = 0.05
+
+    def __init__(self, status_source: Callable[[], Message] | None = None) -> None:
         self.clients: dict[str, WsClient] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.status_source = status_source
+        self._status_timer: asyncio.TimerHandle | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -81,15 +86,25 @@ class WebSocketHub:
         except RuntimeError:  # loop closed while shutting down
             pass
 
-    def post_all(self, message: Message) -> None:
-        if self.loop is None or self.loop.is_closed():
+    def post_status(self) -> None:
+        """Broadcast a fresh ``status`` soon; bursts (20 clients queueing at once) send one."""
+        if self.loop is None or self.loop.is_closed() or self.status_source is None:
             return
         try:
-            self.loop.call_soon_threadsafe(self._deliver_all, message)
+            self.loop.call_soon_threadsafe(self._schedule_status)
         except RuntimeError:
             pass
 
     # -- on the loop ------------------------------------------------------------------------------
+
+    def _schedule_status(self) -> None:
+        if self._status_timer is None and self.loop is not None:
+            self._status_timer = self.loop.call_later(self.STATUS_DELAY, self._flush_status)
+
+    def _flush_status(self) -> None:
+        self._status_timer = None
+        if self.clients and self.status_source is not None:
+            self._deliver_all(self.status_source())
 
     def _deliver(self, client_id: str, message: Message) -> None:
         client = self.clients.get(client_id)
@@ -142,6 +157,9 @@ class WebSocketHub:
             client.offer(encode("feature_flags", dict(FEATURES)))
 
     async def close_all(self) -> None:
+        if self._status_timer is not None:
+            self._status_timer.cancel()
+            self._status_timer = None
         for client in list(self.clients.values()):
             client.outbox.put_nowait(None)
             try:
