@@ -119,7 +119,7 @@ def _unet_levels(sd: dict[str, Any]) -> list[dict[str, Any]]:
     return levels
 
 
-def infer_unet_config(unet_sd: dict[str, Any], family: str) -> dict:
+def infer_unet_config(unet_sd: dict[str, Any], family: str, pooled_dim: int | None = None) -> dict:
     """The diffusers UNet2DConditionModel config for a bare LDM UNet state dict of ``family``."""
     cfg = family_config(family, "unet.json")
     spec = family_config(family, "family.json")
@@ -147,7 +147,12 @@ def infer_unet_config(unet_sd: dict[str, Any], family: str) -> dict:
     else:
         cfg["attention_head_dim"] = [max(1, c // heads["head_channels"]) for c in channels]
     if "label_emb.0.0.weight" in unet_sd:
-        cfg["projection_class_embeddings_input_dim"] = int(unet_sd["label_emb.0.0.weight"].shape[1])
+        adm = int(unet_sd["label_emb.0.0.weight"].shape[1])
+        cfg["projection_class_embeddings_input_dim"] = adm
+        if pooled_dim is not None:  # adm = pooled + n_time_ids * time_embed_dim
+            n_ids = 5 if family == "sdxl_refiner" else 6
+            if (adm - pooled_dim) > 0 and (adm - pooled_dim) % n_ids == 0:
+                cfg["addition_time_embed_dim"] = (adm - pooled_dim) // n_ids
     norm = unet_sd.get("input_blocks.1.0.in_layers.0.weight")
     if norm is not None and channels[0] % cfg.get("norm_num_groups", 32):
         raise ModelFileError(f"UNet channel count {channels[0]} is not divisible by the group-norm size")
@@ -162,12 +167,21 @@ def sd2_prediction_type(unet_sd: dict[str, Any]) -> str:
     return "epsilon"
 
 
-def build_unet(unet_sd_ldm: dict[str, Any], family: str, dtype: torch.dtype):
+def pooled_dim_of(sd: dict[str, Any]) -> int | None:
+    """Width of the pooled text embedding of an SDXL checkpoint (its OpenCLIP projection)."""
+    for prefix in (SDXL_CLIP_G_PREFIX, REFINER_CLIP_G_PREFIX):
+        proj = sd.get(prefix + "text_projection")
+        if proj is not None:
+            return int(proj.shape[1])
+    return None
+
+
+def build_unet(unet_sd_ldm: dict[str, Any], family: str, dtype: torch.dtype, pooled_dim: int | None = None):
     """A diffusers UNet2DConditionModel from a bare LDM UNet state dict."""
     from diffusers import UNet2DConditionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    cfg = infer_unet_config(unet_sd_ldm, family)
+    cfg = infer_unet_config(unet_sd_ldm, family, pooled_dim)
     full = {UNET_PREFIX + k: v for k, v in unet_sd_ldm.items()}
     converted = convert_ldm_unet_checkpoint(full, cfg)
     return _instantiate(UNet2DConditionModel, cfg, converted, dtype, "UNet"), cfg

@@ -186,9 +186,10 @@ def load_checkpoint(path: Path, manager, device: str, models_dir: Path) -> tuple
     unet_dtype, vae_dtype = compute_dtype(device, "unet"), compute_dtype(device, "vae")
     unet_sd = {k[len(ck.UNET_PREFIX):]: v for k, v in sd.items() if k.startswith(ck.UNET_PREFIX)}
     holder: dict[str, Any] = {}
+    pooled_dim = ck.pooled_dim_of(sd)
 
     def unet_loader():
-        module, cfg = ck.build_unet(unet_sd, family, unet_dtype)
+        module, cfg = ck.build_unet(unet_sd, family, unet_dtype, pooled_dim)
         holder["unet_cfg"] = cfg
         return module
 
