@@ -15,7 +15,7 @@ from nodegraph import Engine, OutputCache, Paths  # noqa: E402
 from nodegraph.models import ModelManager  # noqa: E402
 from nodegraph.registry import default_registry  # noqa: E402
 
-from tiny_models import build_models_tree  # noqa: E402
+from vl_tiny_models import build_models_tree  # noqa: E402
 from vl_test_nodes import VL_TEST_NODES  # noqa: E402
 
 
@@ -52,3 +52,13 @@ def vl_engine(vl_registry, vl_paths, model_manager):
                  services={"models": model_manager})
     yield eng
     eng.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(models_root):
+    """The diffusion engineer's tiny SD1 checkpoint, built into this suite's models tree (for workflows)."""
+    sys.path.insert(0, str(HERE.parent / "diffusion"))
+    from tiny_models import build_sd1
+
+    return build_sd1(models_root)
+

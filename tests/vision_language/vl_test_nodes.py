@@ -41,4 +41,28 @@ class Collect(Node):
         return NodeResult(ui={"value": [repr(v)[:200] if not isinstance(v, (str, int, float)) else v for v in value]})
 
 
-VL_TEST_NODES = [FakeGenerate, Collect]
+
+class BadImage(Node):
+    """An 'image' in the wrong layout ([B,C,H,W])."""
+
+    category = "test"
+    outputs = (Output(IMAGE),)
+
+    def execute(self):
+        return (torch.rand(1, 3, 32, 32),)
+
+
+class FakeConditioning(Node):
+    """CONDITIONING without a text encoder: [[tensor(batch, 77, width), {pooled_output}]]."""
+
+    category = "test"
+    width = Input(INT, default=32, min=8, max=2048)
+    batch = Input(INT, default=1, min=1, max=8)
+    outputs = (Output("CONDITIONING"),)
+
+    def execute(self, width=32, batch=1):
+        g = torch.Generator().manual_seed(width)
+        return ([[torch.randn(batch, 77, width, generator=g), {"pooled_output": torch.randn(batch, 32, generator=g)}]],)
+
+
+VL_TEST_NODES = [FakeGenerate, Collect, BadImage, FakeConditioning]

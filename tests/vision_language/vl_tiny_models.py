@@ -139,6 +139,7 @@ def build_vision_encoder_decoder(folder: Path) -> None:
                     image_size=32, patch_size=8)
     dec = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=2, n_head=2,
                      add_cross_attention=True, is_decoder=True, bos_token_id=tok.bos_token_id,
+                     tie_word_embeddings=False,
                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     cfg = VisionEncoderDecoderConfig.from_encoder_decoder_configs(enc, dec)
     cfg.decoder_start_token_id = tok.bos_token_id
@@ -148,8 +149,10 @@ def build_vision_encoder_decoder(folder: Path) -> None:
     model.generation_config.decoder_start_token_id = tok.bos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
-    with torch.no_grad():
-        model.decoder.lm_head.weight[tok.eos_token_id].zero_()
+    with torch.no_grad():  # an untied, spread-out head: random words rather than repeating the start token
+        model.decoder.lm_head.weight.normal_(0, 1.0)
+        for special in (tok.eos_token_id, tok.bos_token_id, tok.pad_token_id, tok.unk_token_id):
+            model.decoder.lm_head.weight[special].fill_(-1.0)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     _save_image_processor(folder, 32, "ViTImageProcessor")
