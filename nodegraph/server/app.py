@@ -245,8 +245,8 @@ class Api:
             raise BadRequest("invalid_request", "'max_items' must be 0 or more")
         if max_items is None and offset < 0:
             max_items = MAX_HISTORY_PAGE
-        text = self.s.store.history_json(max_items=min(max_items, MAX_HISTORY_PAGE) if max_items is not None
-                                         else MAX_HISTORY_PAGE, offset=offset)
+        text = self.s.store.history_json(
+            max_items=None if max_items is None else min(max_items, MAX_HISTORY_PAGE), offset=offset)
         return web.Response(text=text, content_type="application/json")
 
     @staticmethod
