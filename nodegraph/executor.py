@@ -265,9 +265,24 @@ class _Run:
             pending = {l.node_id for _, l in nodes[node_id].eager_links if l.node_id not in self.results}
             self.wait_for(node_id, pending)
         if cached and self.bus.active:
-            self.bus.emit(NodesCached(self.run.prompt_id, tuple(cached)))
+            reported = self.cached_ancestry(cached) if initial else cached
+            self.bus.emit(NodesCached(self.run.prompt_id, tuple(reported)))
             for node_id in cached:
                 self.emit_finished(node_id, 0.0, cached=True)
+
+    def cached_ancestry(self, served: list[str]) -> list[str]:
+        """The served nodes plus their ancestors whose results are cached too (ComfyUI reports every
+        cached node of the prompt in ``execution_cached``, though only the served ones are read)."""
+        nodes, signatures, cache = self.plan.nodes, self.signatures, self.cache
+        seen = set(served)
+        stack = list(served)
+        while stack:
+            for link in nodes[stack.pop()].links.values():
+                src = link.node_id
+                if src not in seen and src not in self.requested and signatures[src] in cache:
+                    seen.add(src)
+                    stack.append(src)
+        return [nid for nid in self.plan.order if nid in seen] + [nid for nid in served if nid not in self.plan.order]
 
     def wait_for(self, node_id: str, pending: set[str]) -> None:
         if not pending:

@@ -36,7 +36,8 @@ def test_rerun_of_unchanged_workflow_executes_zero_nodes(engine, log):
     again = engine.run(g, listeners=[recorder])
     assert again.executed == [] and log.calls == []
     assert again.outputs == {"7": {"value": [5]}}
-    assert recorder.of(NodesCached)[0].node_ids == ("7",)
+    # every cached node is reported (as ComfyUI's execution_cached does), producers first
+    assert recorder.of(NodesCached)[0].node_ids == ("1", "2", "3", "4", "5", "6", "7")
     # the output node's UI data is still reported (ComfyUI sends `executed` for cached outputs)
     finished = recorder.of(NodeFinished)
     assert [(e.node_id, e.cached, e.ui) for e in finished] == [("7", True, {"value": [5]})]

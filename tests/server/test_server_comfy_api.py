@@ -62,8 +62,8 @@ def test_rerun_is_served_from_cache(server):
         comfy.run(ws, invert_prompt())
         _, messages, _, images = comfy.run(ws, invert_prompt())
     cached = next(m for m in messages if m["type"] == "execution_cached")["data"]
-    # the output node is served from the cache, so its ancestors are not even looked at
-    assert cached["nodes"] == ["3"]
+    # as in ComfyUI, every cached node of the prompt is listed (the output node alone is read)
+    assert cached["nodes"] == ["1", "2", "3"]
     assert "executed" in types(messages)  # cached output nodes still report their output
     assert [(m["data"]["node"], m["data"]["cached"]) for m in messages
             if m["type"] == "node_finished"] == [("3", True)]
