@@ -124,7 +124,7 @@ def build_sd1(root: Path, name: str = "tiny_sd15", size: int = 32, layers_per_bl
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
         block_out_channels=(size, size * 2), layers_per_block=layers_per_block, sample_size=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32).eval()
     _randomize(unet)
     vae = _vae(1)

@@ -1,0 +1,41 @@
+"""Regenerates ``workflows/{txt2img,img2img,inpaint,hires_fix}{.json,.ui.json}``.
+
+    python tests/diffusion/make_workflows.py
+
+The UI files are written in ComfyUI's canvas format (:mod:`comfy_ui`); the API files are the
+library's conversion of them (what ComfyUI's "Save (API)" writes).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+sys.path.insert(0, str(pathlib.Path(__file__).parents[2]))
+
+from comfy_ui import hires_fix_spec, img2img_spec, inpaint_spec, txt2img_spec, ui_workflow  # noqa: E402
+from nodegraph.registry import default_registry  # noqa: E402
+from nodegraph.workflow.ui_format import ui_to_api  # noqa: E402
+
+CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
+WORKFLOWS = {
+    "txt2img": txt2img_spec(CHECKPOINT),
+    "img2img": img2img_spec(CHECKPOINT),
+    "inpaint": inpaint_spec(CHECKPOINT),
+    "hires_fix": hires_fix_spec(CHECKPOINT),
+}
+
+
+def main(out: pathlib.Path) -> None:
+    registry = default_registry(entry_points=False)
+    for name, spec in WORKFLOWS.items():
+        ui = ui_workflow(spec, registry)
+        api = ui_to_api(ui, registry)
+        (out / f"{name}.ui.json").write_text(json.dumps(ui, indent=1) + "\n")
+        (out / f"{name}.json").write_text(json.dumps(api, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(pathlib.Path(__file__).parents[2] / "workflows")
