@@ -20,7 +20,7 @@ from nodegraph.context import Paths
 from nodegraph.node import Input, Node, NodeResult, Output
 from nodegraph.types import BOOLEAN, COMBO, FLOAT, INT, LLM, STRING
 
-from .langvision.common import (DTYPE_CHOICES, ModelFolderError, check_text, folder_fingerprint,
+from .langvision.common import (LOAD_LOCK, DTYPE_CHOICES, ModelFolderError, check_text, folder_fingerprint,
                                 list_model_folders, load_tokenizer, manager_key, pick_dtype, read_config,
                                 resolve_model_path, validate_text)
 from .langvision.generation import LanguageModel, build_prompt_text, clean_generation, generate_text
@@ -121,7 +121,9 @@ class LLMLoader(Node):
             from transformers import AutoModelForCausalLM
 
             try:
-                model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, dtype=torch_dtype)
+                with LOAD_LOCK:
+                    model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
+                                                                 dtype=torch_dtype)
             except Exception as exc:  # noqa: BLE001
                 raise ModelFolderError(f"input 'model_name': {model_name!r} cannot be loaded as a causal "
                                        f"LM: {type(exc).__name__}: {exc}") from exc

@@ -32,7 +32,7 @@ from nodegraph.node import Input, Node, NodeResult, Output
 from nodegraph.policies import register_policy
 from nodegraph.types import BOOLEAN, COMBO, FLOAT, IMAGE, STRING
 
-from .langvision.common import (ModelFolderError, check_image, check_text, folder_fingerprint, image_settings,
+from .langvision.common import (LOAD_LOCK, ModelFolderError, check_image, check_text, folder_fingerprint, image_settings,
                                 list_model_folders, load_tokenizer, manager_key, pick_dtype, preprocess,
                                 read_config, resolve_model_path)
 
@@ -112,7 +112,8 @@ class _ClassifierLoader(Node):
 
             cls = getattr(transformers, auto_class)
             try:
-                return cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype).eval()
+                with LOAD_LOCK:
+                    return cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype).eval()
             except Exception as exc:  # noqa: BLE001
                 raise ModelFolderError(f"input 'model_name': {model_name!r} cannot be loaded: "
                                        f"{type(exc).__name__}: {exc}") from exc

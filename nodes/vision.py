@@ -27,7 +27,7 @@ from nodegraph.context import Paths
 from nodegraph.node import Input, Node, Output
 from nodegraph.types import BOOLEAN, COMBO, FLOAT, IMAGE, INT, STRING
 
-from .langvision.common import (DTYPE_CHOICES, ModelFolderError, check_image, check_text, folder_fingerprint,
+from .langvision.common import (LOAD_LOCK, DTYPE_CHOICES, ModelFolderError, check_image, check_text, folder_fingerprint,
                                 image_settings, list_model_folders, load_tokenizer, manager_key, pick_dtype,
                                 preprocess, read_config, resolve_model_path, validate_text)
 
@@ -112,7 +112,8 @@ def _features(value: Any) -> torch.Tensor:
 
 def _load_pretrained(cls, folder: Path, dtype: torch.dtype, input_name: str, **extra: Any):
     try:
-        return cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype, **extra).eval()
+        with LOAD_LOCK:
+            return cls.from_pretrained(str(folder), local_files_only=True, dtype=dtype, **extra).eval()
     except Exception as exc:  # noqa: BLE001
         raise ModelFolderError(f"input '{input_name}': {folder.name} cannot be loaded as {cls.__name__}: "
                                f"{type(exc).__name__}: {exc}") from exc
@@ -332,7 +333,8 @@ class CLIPVisionLoader(Node):
             def loader():
                 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-                model = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg))
+                with LOAD_LOCK:
+                    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg))
                 state = load_file(str(path))
                 if "visual_projection.weight" not in state:
                     state["visual_projection.weight"] = torch.eye(cfg["hidden_size"])

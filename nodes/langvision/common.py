@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,12 @@ MAX_PROMPT_CHARS = 20_000
 # CLIP's normalisation: the default for processors that ship no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+#: transformers' from_pretrained builds models under a process-wide "meta device" context, which is not
+#: thread-safe: two loaders running at once (independent branches run in parallel) can leave one model's
+#: weights on the meta device. Every load in these node families holds this lock.
+LOAD_LOCK = threading.RLock()
 
 
 class ModelFolderError(ValueError):
@@ -196,7 +203,8 @@ def load_tokenizer(folder: Path, input_name: str):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        with LOAD_LOCK:
+            return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
         raise ModelFolderError(f"input '{input_name}': the tokenizer in {folder} cannot be loaded "
                                f"({type(exc).__name__}: {exc}); the folder needs tokenizer.json or the "
