@@ -80,7 +80,7 @@ def detect_unet_family(unet_sd: dict[str, Any]) -> str | None:
 def describe_contents(sd: dict[str, Any]) -> str:
     """A short guess of what a state dict is, for error messages."""
     keys = list(sd)
-    if any(k.startswith(("encoder.down.", "decoder.up.", "first_stage_model.")) for k in keys):
+    if any(k.startswith(("encoder.down.", "encoder.conv_in.", "decoder.up.", "first_stage_model.")) for k in keys):
         return "a VAE (use VAELoader)"
     if any("lora_" in k or ".lora." in k or "lora_A" in k for k in keys):
         return "a LoRA (use LoraLoader)"
