@@ -1,0 +1,75 @@
+"""The ready workflows run end to end with tiny models (names swapped for the tiny ones, small sizes)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+import torch
+
+from nodegraph.workflow.loader import load_workflow_file  # noqa: F401 - the file loader is what users run
+
+from helpers import run_ok
+
+WORKFLOWS = pathlib.Path(__file__).resolve().parents[2] / "workflows"
+TINY = {"v1-5-pruned-emaonly.safetensors": "tiny_sd15.safetensors", "Qwen2.5-0.5B-Instruct": "tiny-llama",
+        "blip-image-captioning-base": "tiny-blip", "blip-vqa-base": "tiny-blip-vqa", "clip-vit-base-patch32": "tiny-clip"}
+
+
+def shrink(nodes: dict) -> dict:
+    for node in nodes.values():
+        inputs = node["inputs"]
+        for key, value in list(inputs.items()):
+            if isinstance(value, str) and value in TINY:
+                inputs[key] = TINY[value]
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=64, height=64)
+        if node["class_type"] == "KSampler":
+            inputs["steps"] = 2
+        if "max_tokens" in inputs and not isinstance(inputs["max_tokens"], list):
+            inputs["max_tokens"] = 8
+        if node["class_type"] == "Repeat":
+            inputs["body"] = json.dumps(shrink(json.loads(inputs["body"])))
+    return nodes
+
+
+@pytest.fixture
+def serial_engine(vl_engine):
+    """One worker: the diffusion loaders and transformers loads must not overlap (the meta-device init
+    context of transformers/diffusers is process-wide; nodes.langvision.common.LOAD_LOCK covers only the
+    language-and-vision loaders so far)."""
+    vl_engine.workers = 1
+    return vl_engine
+
+
+def load(name):
+    return shrink(json.loads((WORKFLOWS / name).read_text()))
+
+
+def test_rewrite_then_generate(serial_engine, tiny_sd):
+    r = run_ok(serial_engine, load("rewrite_then_generate.json"))
+    assert r.outputs["save"]["images"][0]["filename"].startswith("rewrite_then_generate")
+    assert "photograph" in r.outputs["show"]["text"][0]
+
+
+def test_caption_and_vqa(vl_engine):
+    serial_engine = vl_engine
+    from PIL import Image
+    Image.new("RGB", (40, 40), (200, 80, 20)).save(vl_engine.paths.input_dir / "example.png")
+    r = run_ok(serial_engine, load("caption_and_vqa.json"))
+    assert r.outputs["show_caption"]["text"][0] and r.outputs["show_answer"]["text"][0]
+
+
+def test_design_loop_workflow(serial_engine, tiny_sd):
+    r = run_ok(serial_engine, load("design_loop.json"))
+    assert len(r.outputs["prompts"]["text"]) == 3
+    saved = [nid for nid in r.outputs if nid.endswith(".save")]
+    assert len(saved) == 3
+
+
+def test_variations_ranked(serial_engine, tiny_sd):
+    r = run_ok(serial_engine, load("variations_ranked.json"))
+    best = r.outputs["best_prompt"]["text"]
+    assert len(best) == 1 and "fox" in best[0]
+    assert len(r.values["decode"][0]) == 4 and len(r.outputs["save"]["images"]) == 1
