@@ -128,6 +128,8 @@ class AppPage:
     def open(self, url: str | None = None) -> "AppPage":
         self.page.goto(url or self.server.page_url())
         self.page.wait_for_function("document.body.dataset.ready === '1'", timeout=20_000)
+        # events of a prompt go only to its client's socket: queue nothing before it is connected
+        self.page.wait_for_function("window.app.api.connected", timeout=20_000)
         return self
 
     def js(self, expression: str, arg=None):

@@ -28,6 +28,7 @@ def slow_workflow(seconds=1.5, steps=6):
 def done(page, text="done", timeout=30_000):
     page.page.wait_for_function(f"document.getElementById('overall-text').textContent === '{text}'",
                                 timeout=timeout)
+    page.page.wait_for_function("window.app.activePrompt === null", timeout=timeout)   # executing null came
 
 
 def test_run_shows_progress_running_node_previews_and_output(server, open_page):
@@ -108,7 +109,10 @@ def test_interrupt_and_cancel_a_queued_job(server, open_page):
     page.page.click("#btn-panel")
     first = page.js("() => window.app.queuePrompt().then(a => a.prompt_id)")
     second = page.js("() => window.app.queuePrompt().then(a => a.prompt_id)")
-    page.page.wait_for_function("window.app.runningNodeId === '2'", timeout=20_000)
+    try:
+        page.page.wait_for_function("window.app.runningNodeId === '2'", timeout=20_000)
+    except Exception:
+        raise AssertionError(f"not running: {page.js('() => window.app.events')}") from None
     # the second job waits in the queue panel; cancel it there
     row = page.page.locator(f'#queue-list .job-pending[data-prompt-id="{second}"]')
     row.wait_for()

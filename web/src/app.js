@@ -48,6 +48,7 @@ export class App {
     this.canvas = new LGraphCanvas(this.canvasEl, this.graph);
     this.canvas.allow_searchbox = true;
     this.canvas.show_info = false;
+    this.canvas.render_canvas_border = false;
     this.search = new SearchBox(this);
     this.canvas.showSearchBox = (event) => this.search.open(event);
     this.canvas.onDropItem = (event) => this.onDrop(event);
@@ -109,6 +110,25 @@ export class App {
     return node;
   }
 
+  /** Zoom and pan so that every node (with its title and what is drawn below it) is in view. */
+  fitView(margin = 40) {
+    const nodes = this.graph._nodes;
+    if (!nodes.length) return;
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    for (const n of nodes) {
+      x0 = Math.min(x0, n.pos[0]);
+      y0 = Math.min(y0, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT);
+      x1 = Math.max(x1, n.pos[0] + n.size[0]);
+      y1 = Math.max(y1, n.pos[1] + n.size[1]);
+    }
+    const ds = this.canvas.ds;
+    const w = this.canvasEl.width, h = this.canvasEl.height;
+    const scale = Math.min(1.25, Math.max(0.2, Math.min((w - 2 * margin) / (x1 - x0), (h - 2 * margin) / (y1 - y0))));
+    ds.scale = scale;
+    ds.offset = [(w / scale - (x1 - x0)) / 2 - x0, (h / scale - (y1 - y0)) / 2 - y0];
+    this.canvas.setDirty(true, true);
+  }
+
   focusNode(id) {
     const node = this.node(id);
     if (!node) return;
@@ -137,6 +157,12 @@ export class App {
     this.canvas.setDirty(true, true);
   }
 
+  clearErrors() {
+    for (const state of this.states.values()) delete state.error;
+    showErrors(this, []);
+    this.canvas.setDirty(true, true);
+  }
+
   clearRunState() {
     for (const state of this.states.values()) {
       delete state.error; delete state.progress; delete state.preview;
@@ -154,7 +180,8 @@ export class App {
   load(data, source = "workflow") {
     this.states.clear();
     this.clearRunState();
-    loadWorkflow(this.graph, this.canvas, data);
+    if (loadWorkflow(this.graph, this.canvas, data)) this.fitView();
+    this.canvas.setDirty(true, true);
     this.persist(true);
     toast(`Loaded ${source}`);
   }
@@ -176,7 +203,7 @@ export class App {
     const text = localStorage.getItem(STORAGE_KEY);
     if (text) {
       try {
-        loadWorkflow(this.graph, this.canvas, JSON.parse(text));
+        if (loadWorkflow(this.graph, this.canvas, JSON.parse(text))) this.fitView();
         this._saved = text;
         return;
       } catch (e) {
@@ -286,7 +313,7 @@ export class App {
   async queuePrompt() {
     const workflow = this.workflow();
     const prompt = graphToPrompt(this.graph);
-    this.clearRunState();
+    this.clearErrors();   // not the running state: an earlier prompt may still be running
     this.lastPrompt = { prompt, workflow };
     let answer;
     try {
@@ -508,6 +535,7 @@ export class App {
       const inText = e.target && (e.target.tagName === "INPUT" || e.target.tagName === "TEXTAREA");
       if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { e.preventDefault(); this.queuePrompt(); }
       else if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "s") { e.preventDefault(); this.saveWorkflow(); }
+      else if (!inText && e.key === "." && !e.ctrlKey && !e.metaKey) { this.fitView(); }
       else if (!inText && (e.ctrlKey || e.metaKey) && (e.key.toLowerCase() === "b" || e.key.toLowerCase() === "m")) {
         e.preventDefault();
         const mode = e.key.toLowerCase() === "b" ? MODE_BYPASS : MODE_MUTED;

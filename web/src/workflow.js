@@ -48,13 +48,14 @@ export function loadWorkflow(graph, canvas, data) {
       canvas.ds.scale = Number(ds.scale) || 1;
       canvas.ds.offset = [Number(ds.offset[0]) || 0, Number(ds.offset[1]) || 0];
     }
-  } else if (isApiWorkflow(data)) {
+    return !(ds && ds.offset);   // the caller may fit the view when the file says nothing
+  }
+  if (isApiWorkflow(data)) {
     loadApiWorkflow(graph, data);
-    if (canvas) { canvas.ds.scale = 1; canvas.ds.offset = [20, 20]; }
+    return true;
   } else {
     throw new Error("this is neither a canvas (UI) workflow nor an API-format workflow");
   }
-  if (canvas) canvas.setDirty(true, true);
 }
 
 /** Lay an API-format workflow out on the canvas: nodes by id, widget values by input name, links. */

@@ -1,0 +1,63 @@
+"""Regenerate docs/web_canvas.png: the canvas after running a ready workflow (default
+workflows/image_basics.ui.json) on a throw-away server, captured with the system Chromium.
+
+    python docs/web_canvas_screenshot.py [workflows/NAME.json] [docs/web_canvas.png]
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "web"))
+
+from conftest import CHROMIUM, CHROMIUM_ARGS, WebServer  # noqa: E402
+
+from nodegraph.context import Paths  # noqa: E402
+from nodegraph.server import ServerConfig  # noqa: E402
+
+
+def main() -> None:
+    workflow = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "workflows" / "image_basics.ui.json")
+    target = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else ROOT / "docs" / "web_canvas.png")
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        server = WebServer(ServerConfig(host="127.0.0.1", port=0, paths=Paths.under(tmp), data_dir=tmp / "data",
+                                        device="cpu")).start()
+        try:
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 2000, "height": 880})
+                page.goto(server.page_url())
+                page.wait_for_function("document.body.dataset.ready === '1'")
+                page.evaluate("(d) => window.app.load(d, 'workflow')", json.loads(workflow.read_text()))
+                # image_basics.ui.json stacks Size on top of Save: give the side branch its own row
+                page.evaluate("""() => { const g = window.app.graph;
+                    for (const n of g._nodes) if (n.type === 'GetImageSize' || n.type === 'PreviewAny')
+                        for (const o of g._nodes) if (o !== n && o.type === 'SaveImage' && o.pos[0] === n.pos[0] && o.pos[1] === n.pos[1] ||
+                                                      (n.type === 'PreviewAny' && o.type === 'GetImageSize' && o.pos[1] !== n.pos[1]))
+                            n.pos = [n.pos[0], n.pos[1] + 420];
+                    window.app.fitView(30); }""")
+                page.click("#btn-panel")
+                page.click("#btn-queue")
+                page.wait_for_function("document.getElementById('overall-text').textContent === 'done'")
+                page.wait_for_function("[...window.app.states.values()].some(s => (s.images || [])[0]?.naturalWidth)")
+                page.wait_for_function("document.querySelectorAll('#history-list .job').length > 0")
+                page.evaluate("() => { document.querySelectorAll('.toast').forEach(t => t.remove()); "
+                              "window.app.fitView(30); }")
+                page.click("#palette summary >> text=image")
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(target))
+                browser.close()
+        finally:
+            server.stop()
+    print(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()
