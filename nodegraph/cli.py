@@ -75,6 +75,21 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", type=Path, default=None)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     p.add_argument("--workers", type=int, default=2, help="nodes run concurrently (default 2)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow loading pickle model files (.ckpt .pt .bin .pth); they can run code, trust them first")
+    p.add_argument("--lowvram", action="store_true", help="move each model back to the CPU after use")
+    p.add_argument("--vram-budget-gb", type=float, default=None, help="keep at most this much model weight on the GPU")
+
+
+def model_manager(args: argparse.Namespace):
+    """The engine's model manager as the flags configure it (device resolved like the engine does)."""
+    from .context import pick_device
+    from .models import ModelManager
+
+    budget = getattr(args, "vram_budget_gb", None)
+    return ModelManager(pick_device(args.device), allow_pickle=getattr(args, "allow_pickle", False),
+                        low_vram=getattr(args, "lowvram", False),
+                        vram_budget=int(budget * 1024**3) if budget else None)
 
 
 def _paths(args: argparse.Namespace) -> Paths:
@@ -163,7 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .executor import Engine
 
     try:
-        engine = Engine(paths=_paths(args), device=args.device, workers=args.workers)
+        engine = Engine(paths=_paths(args), device=args.device, workers=args.workers,
+                        services={"models": model_manager(args)})
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
