@@ -1,7 +1,11 @@
-"""Regenerate docs/web_canvas.png: the canvas after running a ready workflow (default
-workflows/image_basics.ui.json) on a throw-away server, captured with the system Chromium.
+"""Regenerate docs/web_canvas.png: the canvas running a ready workflow on a throw-away server,
+captured with the system Chromium.
 
     python docs/web_canvas_screenshot.py [workflows/NAME.json] [docs/web_canvas.png]
+
+The default is workflows/txt2img.ui.json with the tiny random-weight SD model the diffusion tests
+build (tests/diffusion/tiny_models.py), captured mid-sampling (progress, live preview); any other
+workflow is captured after its run.
 """
 
 from __future__ import annotations
@@ -21,12 +25,18 @@ from nodegraph.server import ServerConfig  # noqa: E402
 
 
 def main() -> None:
-    workflow = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "workflows" / "image_basics.ui.json")
+    workflow = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "workflows" / "txt2img.ui.json")
     target = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else ROOT / "docs" / "web_canvas.png")
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
+        txt2img = workflow.name.startswith("txt2img")
+        if txt2img:
+            sys.path.insert(0, str(ROOT / "tests" / "diffusion"))
+            from tiny_models import build_sd1
+
+            build_sd1(tmp)      # tmp/models/checkpoints/tiny_sd15.safetensors (random weights)
         server = WebServer(ServerConfig(host="127.0.0.1", port=0, paths=Paths.under(tmp), data_dir=tmp / "data",
                                         device="cpu")).start()
         try:
@@ -44,9 +54,25 @@ def main() -> None:
                             n.pos = [n.pos[0], n.pos[1] + 420];
                     window.app.fitView(30); }""")
                 page.click("#btn-panel")
-                page.click("#btn-queue")
-                page.wait_for_function("document.getElementById('overall-text').textContent === 'done'")
-                page.wait_for_function("[...window.app.states.values()].some(s => (s.images || [])[0]?.naturalWidth)")
+                if txt2img:
+                    page.evaluate("""() => { const set = (type, name, v) => window.app.graph._nodes
+                        .filter(n => n.type === type).forEach(n => n.widgets.find(w => w.name === name).value = v);
+                        set('CheckpointLoaderSimple', 'ckpt_name', 'tiny_sd15.safetensors');
+                        set('KSampler', 'steps', 400);
+                        set('EmptyLatentImage', 'width', 64); set('EmptyLatentImage', 'height', 64); }""")
+                    page.click("#btn-queue")     # a first run fills the history panel
+                    page.wait_for_function("document.getElementById('overall-text').textContent === 'done'",
+                                           timeout=300_000)
+                    page.wait_for_function("[...window.app.states.values()].some(s => (s.images || [])[0]?.naturalWidth)")
+                    page.click("#btn-queue")     # the seed randomized: a fresh run to catch mid-sampling
+                    page.wait_for_function("""() => { const id = window.app.runningNodeId;
+                        const s = id && window.app.states.get(id);
+                        return window.app.node(id)?.type === 'KSampler' && s.progress > 0.4 && s.preview; }""",
+                                           timeout=300_000)
+                else:
+                    page.click("#btn-queue")
+                    page.wait_for_function("document.getElementById('overall-text').textContent === 'done'")
+                    page.wait_for_function("[...window.app.states.values()].some(s => (s.images || [])[0]?.naturalWidth)")
                 page.wait_for_function("document.querySelectorAll('#history-list .job').length > 0")
                 page.evaluate("() => { document.querySelectorAll('.toast').forEach(t => t.remove()); "
                               "window.app.fitView(30); }")

@@ -2,7 +2,7 @@
 // what the current run shows. Panels and node classes call back into it; tests read it as window.app.
 
 import { Api, ApiError } from "./api.js";
-import { MODE_BYPASS, MODE_MUTED, registerNodes } from "./nodes.js";
+import { MODE_BYPASS, MODE_MUTED, ensureImageRoom, registerNodes } from "./nodes.js";
 import { buildPalette, fillWorkflowMenu, refreshSidePanel, setOverall, showErrors, toast } from "./panels.js";
 import { workflowFromPng } from "./png.js";
 import { SearchBox } from "./search.js";
@@ -392,7 +392,7 @@ export class App {
       const image = new Image();
       image.onload = () => {
         const node = this.node(nodeId);
-        if (node && node.size[1] < 260) node.setSize([Math.max(node.size[0], 240), 300]);
+        if (node) ensureImageRoom(node, 220);
         this.canvas.setDirty(true, true);
       };
       image.src = url;
@@ -503,7 +503,7 @@ export class App {
         state.preview = image;
         state.previewCount = (state.previewCount || 0) + 1;
         const node = this.node(id);
-        if (node && node.size[1] < 200) node.setSize([node.size[0], 220]);
+        if (node) ensureImageRoom(node, 180);
         this.canvas.setDirty(true, false);
       };
       image.src = URL.createObjectURL(blob);

@@ -40,6 +40,12 @@ function wrapLines(ctx, text, width, maxLines) {
   return out.slice(0, maxLines);
 }
 
+/** Grow `node` so that an image fits below its widgets. */
+export function ensureImageRoom(node, room = 200) {
+  const need = widgetBottom(node) + room;
+  if (node.size[1] < need) node.setSize([Math.max(node.size[0], 240), need]);
+}
+
 /** Map `values` onto the node's widgets: positionally when the counts agree, else value by value,
  * skipping control/filter/upload entries the file does not have (older or foreign files). */
 export function applyWidgetValues(node, values) {
@@ -105,6 +111,10 @@ export function registerNodes(app, info) {
           if (input.widget && input.link == null) this.removeInput(i);
         }
         for (const input of this.inputs || []) input.color_on = input.color_off = typeColor(input.type);
+        const min = this.computeSize();   // a file may be smaller than the widgets need
+        if (this.size[0] < min[0] || this.size[1] < min[1]) {
+          this.size = [Math.max(this.size[0], min[0]), Math.max(this.size[1], min[1])];
+        }
       }
 
       onSerialize(o) {
