@@ -31,10 +31,14 @@ def test_every_workflow_has_an_equivalent_canvas_twin(path, registry):
     assert twin.exists(), f"{twin.name} is missing: run `python -m nodegraph.workflow.make_ui_twins`"
     expected = renumbered(api, integer_ids(api))
     converted = ui_to_api(json.loads(twin.read_text()), registry)
-    # inputs the API file leaves out come back as the widget's fresh value ("" / 0 / False)
+    # inputs the API file leaves out come back as the widget's default (what validation fills in
+    # for an absent input) or, without one, its fresh value ("" / 0 / False)
     for node_id, node in converted.items():
-        for name in [n for n, v in node["inputs"].items() if n not in expected[node_id]["inputs"]]:
-            assert node["inputs"].pop(name) in ("", 0, 0.0, False), (node_id, name)
+        spec = registry[node["class_type"]].INPUTS
+        for name in [n for n in node["inputs"] if n not in expected[node_id]["inputs"]]:
+            value = node["inputs"].pop(name)
+            wanted = spec[name].default if spec[name].has_default else ("", 0, 0.0, False)
+            assert value == wanted or value in (wanted if isinstance(wanted, tuple) else ()), (node_id, name)
     assert structure(converted) == structure(expected)
 
 
