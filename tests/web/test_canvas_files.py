@@ -144,3 +144,17 @@ def test_page_works_with_an_auth_token(start_server, open_page):
     page.page.click("#btn-file")
     assert page.page.locator('#workflow-list [data-workflow="image_basics.ui.json"]').count() == 1
     assert page.console_errors == []
+
+
+def test_every_ready_canvas_workflow_converts_like_the_library(server, open_page):
+    """Each workflows/*.ui.json opened on the canvas gives the prompt the library makes of the file."""
+    page = open_page(server)
+    names = sorted(p.name for p in (server_root() / "workflows").glob("*.ui.json"))
+    assert "image_basics.ui.json" in names
+    reg = registry()
+    for name in names:
+        original = ui_workflow(name)
+        open_from_menu(page, name)
+        in_page = page.js("() => window.app.lastPromptPreview()")
+        assert in_page == ui_to_api(original, reg), name
+    assert page.console_errors == []

@@ -273,6 +273,11 @@ export class App {
     download("workflow.json", JSON.stringify(this.workflow(), null, 2));
   }
 
+  /** The API prompt the Queue button would send now. */
+  lastPromptPreview() {
+    return graphToPrompt(this.graph);
+  }
+
   exportApi() {
     download("workflow_api.json", JSON.stringify(graphToPrompt(this.graph), null, 2));
   }
