@@ -21,6 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Iterator
 
 
+#: transformers and diffusers build models inside process-wide context managers (the "meta device"
+#: initialisation), which are not thread-safe: two models built at once on parallel branches can end
+#: up with empty weights. Every model construction in the process goes through this one lock.
+CONSTRUCTION_LOCK = threading.RLock()
+
+
 def module_bytes(model: Any) -> int:
     """Bytes held by a module's parameters and buffers (0 for things that are not modules)."""
     total = 0
@@ -59,7 +65,8 @@ class ManagedModel:
         """The model object, loading it again if it was freed."""
         with self.lock:
             if self.model is None:
-                self.model = self.loader()
+                with CONSTRUCTION_LOCK:
+                    self.model = self.loader()
                 self.size = module_bytes(self.model)
                 self.device = _device_of(self.model)
                 self.loads += 1

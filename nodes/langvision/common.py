@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nodegraph.context import Paths
+from nodegraph.models import CONSTRUCTION_LOCK
 
 #: Longest text a prompt-like input accepts (longer inputs are refused with a clear message).
 MAX_PROMPT_CHARS = 20_000
@@ -26,10 +26,9 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-#: transformers' from_pretrained builds models under a process-wide "meta device" context, which is not
-#: thread-safe: two loaders running at once (independent branches run in parallel) can leave one model's
-#: weights on the meta device. Every load in these node families holds this lock.
-LOAD_LOCK = threading.RLock()
+#: The process-wide model construction lock (see nodegraph.models.CONSTRUCTION_LOCK): model manager
+#: loads hold it already; tokenizer and processor loads here take it too.
+LOAD_LOCK = CONSTRUCTION_LOCK
 
 
 class ModelFolderError(ValueError):

@@ -15,6 +15,7 @@ from nodegraph.context import Paths as _Paths  # noqa: E402
 from nodegraph.models import ModelManager  # noqa: E402
 from nodegraph.registry import default_registry  # noqa: E402
 
+from diffusion_helpers import make_engine  # noqa: E402
 from tiny_models import build_sd1, build_sdxl  # noqa: E402
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -38,14 +39,6 @@ def tiny_sdxl(model_root, tiny_sd):
 @pytest.fixture(scope="session")
 def diffusion_registry():
     return default_registry(entry_points=False)
-
-
-def make_engine(model_root, tmp_path, registry, **manager_kwargs) -> Engine:
-    paths = _Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
-                   models_dir=model_root / "models")
-    manager = ModelManager("cpu", **manager_kwargs)
-    return Engine(registry, paths=paths, device="cpu", workers=1, cache=OutputCache(ram_budget=512 << 20),
-                  services={"models": manager})
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import txt2img_graph
+from diffusion_helpers import txt2img_graph
 from nodegraph.errors import ValidationFailed
 from nodegraph.builder import Graph
 
@@ -54,7 +54,7 @@ def test_bad_checkpoints_are_clear_errors(sd_engine, bad_files):
 
 
 def test_pickle_allowed_when_configured(model_root, tiny_sd, tmp_path, diffusion_registry, bad_files):
-    from conftest import make_engine
+    from diffusion_helpers import make_engine
 
     engine = make_engine(model_root, tmp_path, diffusion_registry, allow_pickle=True)
     try:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import txt2img_graph
+from diffusion_helpers import txt2img_graph
 from nodegraph.builder import Graph
 from nodegraph.events import NodeProgress
 from nodes.diffusion.prompt_weights import parse_prompt_weights

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import diffusers_pipeline, engine_noise, txt2img_graph
+from diffusion_helpers import diffusers_pipeline, engine_noise, txt2img_graph
 
 
 @pytest.mark.parametrize("ckpt", ["tiny_sd15.safetensors", "tiny_sd15"])

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 import torch
 
 from comfy_ui import (area_spec, embedding_spec, lora_spec, sdxl_refiner_spec, ui_workflow)
-from conftest import make_engine
+from diffusion_helpers import make_engine
 from nodegraph.workflow.loader import load_workflow_data, load_workflow_file
 
 WORKFLOWS = pathlib.Path(__file__).parents[2] / "workflows"

@@ -194,5 +194,3 @@ def open_page(browser):
         context.close()
 
 
-def ui_workflow(name: str) -> dict:
-    return json.loads((ROOT / "workflows" / name).read_text())

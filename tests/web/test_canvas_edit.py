@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import ui_workflow
+from web_helpers import ui_workflow
 
 
 def blank(page) -> None:

@@ -9,7 +9,7 @@ import json
 import urllib.error
 import urllib.request
 
-from conftest import ui_workflow
+from web_helpers import ui_workflow
 
 from nodegraph.pngmeta import read_png_text
 from nodegraph.registry import default_registry
@@ -121,7 +121,7 @@ def test_api_format_workflow_opens_laid_out(server, open_page):
 
 
 def server_root():
-    from conftest import ROOT
+    from web_helpers import ROOT
 
     return ROOT
 

@@ -10,7 +10,7 @@ import torch
 
 from nodegraph.workflow.loader import load_workflow_file  # noqa: F401 - the file loader is what users run
 
-from helpers import run_ok
+from vl_helpers import run_ok
 
 WORKFLOWS = pathlib.Path(__file__).resolve().parents[2] / "workflows"
 TINY = {"v1-5-pruned-emaonly.safetensors": "tiny_sd15.safetensors", "Qwen2.5-0.5B-Instruct": "tiny-llama",
@@ -34,42 +34,32 @@ def shrink(nodes: dict) -> dict:
     return nodes
 
 
-@pytest.fixture
-def serial_engine(vl_engine):
-    """One worker: the diffusion loaders and transformers loads must not overlap (the meta-device init
-    context of transformers/diffusers is process-wide; nodes.langvision.common.LOAD_LOCK covers only the
-    language-and-vision loaders so far)."""
-    vl_engine.workers = 1
-    return vl_engine
-
-
 def load(name):
     return shrink(json.loads((WORKFLOWS / name).read_text()))
 
 
-def test_rewrite_then_generate(serial_engine, tiny_sd):
-    r = run_ok(serial_engine, load("rewrite_then_generate.json"))
+def test_rewrite_then_generate(vl_engine, tiny_sd):
+    r = run_ok(vl_engine, load("rewrite_then_generate.json"))
     assert r.outputs["save"]["images"][0]["filename"].startswith("rewrite_then_generate")
     assert "photograph" in r.outputs["show"]["text"][0]
 
 
 def test_caption_and_vqa(vl_engine):
-    serial_engine = vl_engine
     from PIL import Image
     Image.new("RGB", (40, 40), (200, 80, 20)).save(vl_engine.paths.input_dir / "example.png")
-    r = run_ok(serial_engine, load("caption_and_vqa.json"))
+    r = run_ok(vl_engine, load("caption_and_vqa.json"))
     assert r.outputs["show_caption"]["text"][0] and r.outputs["show_answer"]["text"][0]
 
 
-def test_design_loop_workflow(serial_engine, tiny_sd):
-    r = run_ok(serial_engine, load("design_loop.json"))
+def test_design_loop_workflow(vl_engine, tiny_sd):
+    r = run_ok(vl_engine, load("design_loop.json"))
     assert len(r.outputs["prompts"]["text"]) == 3
     saved = [nid for nid in r.outputs if nid.endswith(".save")]
     assert len(saved) == 3
 
 
-def test_variations_ranked(serial_engine, tiny_sd):
-    r = run_ok(serial_engine, load("variations_ranked.json"))
+def test_variations_ranked(vl_engine, tiny_sd):
+    r = run_ok(vl_engine, load("variations_ranked.json"))
     best = r.outputs["best_prompt"]["text"]
     assert len(best) == 1 and "fox" in best[0]
     assert len(r.values["decode"][0]) == 4 and len(r.outputs["save"]["images"]) == 1

@@ -47,3 +47,18 @@ def engine_noise(shape, seed):
     from nodes.diffusion.sampler import prepare_noise
 
     return prepare_noise(torch.zeros(shape), seed)
+
+
+def make_engine(model_root, tmp_path, registry, **manager_kwargs):
+    """An engine whose models folder is the session's tiny-model tree."""
+    from nodegraph import Engine, OutputCache
+    from nodegraph.context import Paths
+    from nodegraph.models import ModelManager
+
+    paths = Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
+                   models_dir=model_root / "models")
+    manager = ModelManager("cpu", **manager_kwargs)
+    return Engine(registry, paths=paths, device="cpu", workers=1, cache=OutputCache(ram_budget=512 << 20),
+                  services={"models": manager})
+
+
