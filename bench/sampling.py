@@ -36,7 +36,7 @@ def main() -> None:
 
     from diffusers import EulerDiscreteScheduler
 
-    from helpers import diffusers_pipeline, engine_noise, txt2img_graph
+    from diffusion_helpers import diffusers_pipeline, engine_noise, txt2img_graph
     from nodegraph import Engine, OutputCache
     from nodegraph.context import Paths
     from nodegraph.models import ModelManager
