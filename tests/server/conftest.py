@@ -3,10 +3,8 @@ SQLite file in a temp folder, and a small standard-library HTTP client."""
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 import sys
-import threading
 
 import pytest
 
@@ -14,51 +12,17 @@ HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 from nodegraph.context import Paths  # noqa: E402
-from nodegraph.server import ServerConfig, create_app  # noqa: E402
+from nodegraph.server import ServerConfig  # noqa: E402
 
 from http_client import Client  # noqa: E402
+from live_server import LiveServer  # noqa: E402
 
 
-class ServerThread:
-    """``create_app(config)`` served on its own event loop thread."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
-        self.app = None
-        self.runner = None
-        self.port = 0
-
-    def start(self) -> "ServerThread":
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(60)
-        return self
-
-    async def _start(self) -> None:
-        from aiohttp import web
-
-        self.app = create_app(self.config)
-        self.runner = web.AppRunner(self.app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.config.host, 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    @property
-    def server(self):
-        from nodegraph.server.app import SERVER
-
-        return self.app[SERVER]
+class ServerThread(LiveServer):
+    """A live server plus a small standard-library HTTP client for it."""
 
     def client(self, **kwargs) -> Client:
         return Client("127.0.0.1", self.port, **kwargs)
-
-    def stop(self) -> None:
-        if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def make_config(tmp_path: pathlib.Path, **overrides) -> ServerConfig:

@@ -7,12 +7,9 @@ Nothing is skipped: without Chromium at /usr/bin/chromium, Playwright or litegra
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import pathlib
 import sys
-import threading
 
 import pytest
 
@@ -21,7 +18,9 @@ ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 from nodegraph.context import Paths  # noqa: E402
-from nodegraph.server import ServerConfig, create_app  # noqa: E402
+from nodegraph.server import ServerConfig  # noqa: E402
+
+from live_server import LiveServer  # noqa: E402
 
 CHROMIUM = os.environ.get("NODEGRAPH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -29,35 +28,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 LITEGRAPH = ROOT / "web" / "node_modules" / "litegraph.js" / "build" / "litegraph.core.js"
 
 
-class WebServer:
-    """``create_app(config)`` served on its own event-loop thread."""
-
-    def __init__(self, config: ServerConfig) -> None:
-        self.config = config
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="web-test-server", daemon=True)
-        self.runner = None
-        self.app = None
-        self.port = 0
-
-    def start(self) -> "WebServer":
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(60)
-        return self
-
-    async def _start(self) -> None:
-        from aiohttp import web
-
-        self.app = create_app(self.config)
-        self.runner = web.AppRunner(self.app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, self.config.host, 0)
-        await site.start()
-        self.port = self.runner.addresses[0][1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class WebServer(LiveServer):
+    """A live server the browser tests point Chromium at."""
 
     def page_url(self) -> str:
         token = self.config.auth_token
@@ -66,12 +38,6 @@ class WebServer:
     @property
     def output_dir(self) -> pathlib.Path:
         return pathlib.Path(self.config.paths.output_dir)
-
-    def stop(self) -> None:
-        if self.runner is not None:
-            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture
