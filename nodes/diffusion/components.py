@@ -43,9 +43,14 @@ class DiffusionModel:
     rgb_bias: tuple
     patches: tuple[LoraPatch, ...] = ()
     source: str = ""
+    #: sampling hooks (IP-Adapter image prompts...): see nodes.diffusion.sampler
+    hooks: tuple = ()
 
     def with_patch(self, patch: LoraPatch) -> "DiffusionModel":
         return dataclasses.replace(self, patches=self.patches + (patch,))
+
+    def with_hooks(self, hooks: tuple) -> "DiffusionModel":
+        return dataclasses.replace(self, hooks=tuple(hooks))
 
     @property
     def is_sdxl(self) -> bool:

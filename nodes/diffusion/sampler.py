@@ -9,6 +9,13 @@ diffusers pipeline that is ``pipe(latents=noise * sigma, generator=<that generat
 
 With one positive and one negative entry and no areas or ranges, each step is one batched UNet call on
 ``[uncond, cond]`` exactly as the pipeline does, so results equal the pipeline's to float precision.
+
+Sampling hooks: a MODEL may carry ``hooks`` (e.g. an IP-Adapter image prompt). Each hook's
+``attach(manager, unet, device)`` is a context manager entered after the LoRA patches, under the UNet's
+lock, that installs what it needs on the UNet and restores it on exit; it yields a run object with
+``begin_step(in_range)`` (called before each step; ``in_range(start, end)`` says whether the step lies in
+that fraction of the schedule, the rule of ConditioningSetTimestepRange) and ``added_cond(negative)``
+(extra ``added_cond_kwargs`` for a UNet call whose batch rows are negative (True) or positive (False)).
 """
 
 from __future__ import annotations
@@ -95,8 +102,10 @@ def _feather(mult: torch.Tensor, area, h: int, w: int, rr: int = 8) -> torch.Ten
 class Sampler:
     """One sampling run of a MODEL over a latent batch."""
 
-    def __init__(self, ctx, model, unet, positive: list, negative: list, req: SampleRequest, device: str):
+    def __init__(self, ctx, model, unet, positive: list, negative: list, req: SampleRequest, device: str,
+                 hooks: tuple = ()):
         self.ctx = ctx
+        self.hooks = tuple(hooks)
         self.model = model
         self.unet = unet
         self.req = req
@@ -128,12 +137,19 @@ class Sampler:
         return cond.to(self.device, self.dtype).expand(batch, -1, -1)
 
     def _active(self, extras: dict, t: float) -> bool:
-        start, end = extras.get("start_percent", 0.0), extras.get("end_percent", 1.0)
+        return self.in_range(t, extras.get("start_percent", 0.0), extras.get("end_percent", 1.0))
+
+    def in_range(self, t, start: float, end: float) -> bool:
+        """Whether timestep ``t`` lies in the ``[start, end]`` fraction of the schedule."""
         top = math.inf if start <= 0 else (1 - start) * (self.num_train - 1)
         bottom = -math.inf if end >= 1 else (1 - end) * (self.num_train - 1)
         return bottom <= float(t) <= top
 
-    def _unet(self, x, t, embeds, added):
+    def _unet(self, x, t, embeds, added, negative: list[bool]):
+        for hook in self.hooks:
+            extra = hook.added_cond(negative)
+            if extra:
+                added = {**(added or {}), **extra}
         kwargs = {"added_cond_kwargs": added} if added is not None else {}
         return self.unet(x, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0]
 
@@ -151,7 +167,7 @@ class Sampler:
             else:
                 ah, aw, ay, ax = area
             crop = x_in[:, :, ay:ay + ah, ax:ax + aw]
-            pred = self._unet(crop, t, self._embeds(cond, b), self._added(extras, b, h, w, negative))
+            pred = self._unet(crop, t, self._embeds(cond, b), self._added(extras, b, h, w, negative), [negative] * b)
             mult = torch.full_like(pred, strength)
             if area is not None:
                 mult = _feather(mult, area, h, w)
@@ -179,10 +195,10 @@ class Sampler:
                     a_neg = self._added(neg_x, b, h, w, True)
                     a_pos = self._added(pos_x, b, h, w, False)
                     added = {k: torch.cat([a_neg[k], a_pos[k]]) for k in a_pos}
-                noise_uncond, noise_text = self._unet(x_in, t, embeds, added).chunk(2)
+                noise_uncond, noise_text = self._unet(x_in, t, embeds, added, [True] * b + [False] * b).chunk(2)
                 return noise_uncond + cfg * (noise_text - noise_uncond)
             x_in = scheduler.scale_model_input(latents, t)
-            return self._unet(x_in, t, self._embeds(pos, b), self._added(pos_x, b, h, w, False))
+            return self._unet(x_in, t, self._embeds(pos, b), self._added(pos_x, b, h, w, False), [False] * b)
         x_in = scheduler.scale_model_input(latents, t)
         cond = self._calc(self.positive, x_in, t, False)
         if not use_uncond:
@@ -234,6 +250,8 @@ class Sampler:
         denoised = None
         for i, t in enumerate(timesteps):
             self.ctx.check_interrupted()
+            for hook in self.hooks:
+                hook.begin_step(lambda start, end, t=t: self.in_range(t, start, end))
             eps = self.predict(x, t, scheduler)
             out = scheduler.step(eps, t, x, **step_kwargs, return_dict=True)
             x = out.prev_sample
@@ -281,12 +299,13 @@ def sample(ctx, model, positive: list, negative: list, latent: dict, req: Sample
         unet = stack.enter_context(manager.use(model.handle, device))
         stack.enter_context(patched(unet, model.patches))
         stack.enter_context(torch.inference_mode())
+        hooks = tuple(stack.enter_context(h.attach(manager, unet, device)) for h in getattr(model, "hooks", ()))
         mask = latent.get("noise_mask")
         if mask is not None:
             mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(),
                                                    size=samples.shape[-2:], mode="bilinear")
             mask = mask.expand(samples.shape[0], -1, -1, -1).to(device) if mask.shape[0] == 1 else mask.to(device)
-        result = Sampler(ctx, model, unet, positive, negative, req, device).run(samples, noise, generator, mask)
+        result = Sampler(ctx, model, unet, positive, negative, req, device, hooks).run(samples, noise, generator, mask)
     out = dict(latent)
     out["samples"] = result.cpu()
     return out
