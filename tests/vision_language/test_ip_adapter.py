@@ -238,23 +238,51 @@ def test_image_and_clip_vision_inputs_equal_clip_vision_output(vl_engine, ip_fil
     assert torch.equal(a, b)
 
 
+def loaded_unet(engine):
+    for entry in engine.services["models"]._models.values():
+        if entry.key[-2:] == ("unet", str(torch.float32)) and CKPT in str(entry.key[0]):
+            return entry.get()
+    raise AssertionError("the tiny checkpoint's UNet is not loaded")
+
+
+def assert_unpatched(unet, processor_types):
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == processor_types
+    assert unet.encoder_hid_proj is None and unet.config.encoder_hid_dim_type is None
+    assert not any("to_k_ip" in n for n, _ in unet.named_parameters())
+
+
 def test_plain_run_after_ip_adapter_run_is_unchanged(vl_engine, ip_files, ref_image):
     plain = image_of(vl_engine, graph())
-    unet = None
-    for entry in vl_engine.services["models"]._models.values():
-        if entry.key[-2:] == ("unet", str(torch.float32)) and CKPT in str(entry.key[0]):
-            unet = entry.get()
-    assert unet is not None
+    unet = loaded_unet(vl_engine)
     before = {k: type(v) for k, v in unet.attn_processors.items()}
     image_of(vl_engine, graph(weight=1.0))
     plus = graph(weight=1.0, adapter=PLUS)
     plus.lookup("apply").set(clip_vision=plus.lookup("cv"))
     image_of(vl_engine, plus)  # a projection with attention layers of its own
-    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
-    assert unet.encoder_hid_proj is None and unet.config.encoder_hid_dim_type is None
-    assert not any("to_k_ip" in n for n, _ in unet.named_parameters())
+    assert_unpatched(unet, before)
     again = image_of(fresh_engine(vl_engine), graph())  # re-sampled, not served from the cache
     assert torch.equal(again, plain)
+
+
+def test_interrupted_ip_adapter_run_restores_the_unet(vl_engine, ip_files, ref_image):
+    import threading
+
+    from nodegraph.events import NodeProgress
+
+    plain = image_of(vl_engine, graph())
+    unet = loaded_unet(vl_engine)
+    before = {k: type(v) for k, v in unet.attn_processors.items()}
+
+    def listener(event):
+        if isinstance(event, NodeProgress) and event.node_id == "ks" and event.value == 2:
+            threading.Thread(target=vl_engine.interrupt).start()
+            threading.Event().wait(0.2)
+
+    g = graph(weight=1.0)
+    g.lookup("ks").set(steps=30)
+    assert vl_engine.run(g, listeners=[listener]).status == "interrupted"
+    assert_unpatched(unet, before)
+    assert torch.equal(image_of(fresh_engine(vl_engine), graph()), plain)
 
 
 def test_two_adapters_stack(vl_engine, ip_files, ref_image):
@@ -305,3 +333,24 @@ def test_image_prompt_workflow(vl_engine, tiny_sd, ip_files, ref_image):
     r = run_ok(vl_engine, api)
     saved = [v for v in r.outputs.values() if "images" in v]
     assert saved and saved[0]["images"][0]["filename"].startswith("image_prompt")
+
+
+def test_sdxl_image_prompt_adds_to_its_added_cond(vl_engine, models_root, ip_files, ref_image):
+    """SDXL's UNet gets text_embeds / time_ids and image_embeds together."""
+    from tiny_models import build_sdxl
+
+    sdxl = build_sdxl(models_root)
+    save_file(make_ip_adapter(sdxl.unet, embed_dim=32, seed=5),
+              str(models_root / "models" / "ipadapter" / "tiny_ip_adapter_sdxl.safetensors"))
+
+    def sdxl_graph(weight):
+        g = graph(weight=weight, adapter="tiny_ip_adapter_sdxl.safetensors")
+        g.lookup("ckpt").set(ckpt_name="tiny_sdxl.safetensors")
+        return g
+
+    plain = image_of(vl_engine, graph().lookup("ckpt").set(ckpt_name="tiny_sdxl.safetensors").graph)
+    assert torch.equal(image_of(vl_engine, sdxl_graph(0.0)), plain)
+    assert (image_of(vl_engine, sdxl_graph(1.0)) - plain).abs().max() > 1e-3
+    # the SD 1.x adapter does not fit the SDXL UNet
+    failure = failure_of(vl_engine, graph(weight=1.0).lookup("ckpt").set(ckpt_name="tiny_sdxl.safetensors").graph)
+    assert failure.node_id == "apply" and "cross-attention" in failure.exception_message
