@@ -36,7 +36,9 @@ FEATURES = {"supports_preview_metadata": False, "max_upload_size": 100 * 1024 * 
 MODEL_FOLDERS = ("checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
                  "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
                  "upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers",
-                 "model_patches", "audio_encoders")
+                 "model_patches", "audio_encoders",
+                 # nodegraph's own folders (language/vision nodes, image prompts)
+                 "llm", "captioners", "safety", "ipadapter")
 MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
 MAX_HISTORY_PAGE = 10_000
 MAX_PROMPT_ID = 200
