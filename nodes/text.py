@@ -13,6 +13,7 @@ import torch
 from nodegraph.node import STRING, Input, Node, Output
 from nodegraph.types import CLIP, CONDITIONING
 
+from nodes.diffusion.bert_encode import encode_bert
 from nodes.diffusion.lora import patched
 from nodes.diffusion.text_encode import encode_with_encoder
 
@@ -25,8 +26,11 @@ def encode_prompt(ctx, clip, text: str) -> list:
         with ExitStack() as stack:
             module = stack.enter_context(manager.use(enc.handle, ctx.device))
             stack.enter_context(patched(module, [p for i, p in clip.patches if i == index]))
-            z, p = encode_with_encoder(enc, module, text, layer, ctx.device, clip.embeddings_dir,
-                                       manager.allow_pickle)
+            if enc.kind == "bert":
+                z, p = encode_bert(enc, module, text, ctx.device)
+            else:
+                z, p = encode_with_encoder(enc, module, text, layer, ctx.device, clip.embeddings_dir,
+                                           manager.allow_pickle)
         hidden.append(z.cpu())
         if enc.projection or len(clip.encoders) == 1:
             pooled = p.cpu() if p is not None else None

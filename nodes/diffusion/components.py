@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ck
+from .bert_encode import read_package_reference
 from .files import ModelFileError, file_identity, is_diffusers_folder, read_json, read_state_dict
 
 
@@ -71,6 +72,9 @@ class TextEncoder:
     layer_norm_hidden_state: bool
     pad_id: int
     projection: bool
+    kind: str = "clip"  # "clip", or "bert" for a sentence encoder (:mod:`.bert_encode`)
+    max_length: int = 77
+    zero_padding: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -276,6 +280,10 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
     model = DiffusionModel(unet, family, sched, float(vae_cfg.scaling_factor), int(unet.get().config.in_channels),
                            tuple(map(tuple, spec["latent_rgb_factors"])), tuple(spec["latent_rgb_bias"]),
                            source=str(folder))
+    reference = read_package_reference(folder)
+    if reference is not None:  # a sentence encoder from an installed package (e.g. the shapes world's)
+        return model, _package_clip(reference, manager, unet_dtype, family, models_dir), \
+            VaeModel(vae, 2 ** (len(vae_cfg.block_out_channels) - 1), int(vae_cfg.latent_channels))
     encoders = []
     subs = [("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")]
     if family == "sdxl_refiner":
@@ -289,6 +297,17 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
                                     _pad_id(enc, tokenizer), enc.get("projection", False)))
     clip = ClipModel(tuple(encoders), family, Path(models_dir) / "embeddings")
     return model, clip, VaeModel(vae, 2 ** (len(vae_cfg.block_out_channels) - 1), int(vae_cfg.latent_channels))
+
+
+def _package_clip(reference, manager, dtype: torch.dtype, family: str, models_dir: Path) -> ClipModel:
+    from .bert_encode import load_bert, load_bert_tokenizer
+
+    te_folder = reference.folder()
+    tokenizer = load_bert_tokenizer(te_folder)
+    handle = manager.load(_manager_key(te_folder, "text_encoder", dtype), lambda: load_bert(te_folder, dtype))
+    enc = TextEncoder(handle, tokenizer, reference.package, -1, False, int(tokenizer.pad_token_id or 0), False,
+                      kind="bert", max_length=reference.max_length, zero_padding=reference.zero_padding)
+    return ClipModel((enc,), family, Path(models_dir) / "embeddings")
 
 
 def load_vae_file(path: Path, manager, device: str) -> VaeModel:

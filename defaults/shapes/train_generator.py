@@ -1,0 +1,337 @@
+"""Train the shapes-world text-to-image model from a seed:
+``python -m defaults.shapes.train_generator --stage vae|unet|all --seed S --out DIR
+[--vae-steps N --unet-steps M | --minutes N]``.
+
+1. **VAE** (``--stage vae``): an ``AutoencoderKL`` on freshly rendered scenes every step, loss = MSE
+   + 1e-6 · KL (SD's weight); then the latent scaling factor = 1 / std of the latent means of 1024
+   fresh renders.
+2. **UNet** (``--stage unet``): first a pool of ``--pool`` (scene, paraphrase) pairs is rendered,
+   VAE-encoded (scaled latent means) and text-encoded with MiniLM (the encoder is far too slow on two
+   cores to run every step; the pool is cached in the work folder). Then epsilon-prediction training
+   on SD's DDPM schedule (scaled_linear, 1000 steps), uniform timesteps, 10 % of captions replaced by
+   the empty prompt (classifier-free guidance), AdamW with warm-up (cosine decay when the step count
+   is given), an EMA of the weights (saved).
+
+``--stage all`` runs both; the finished model is written to ``--out`` in the diffusers folder layout
+(:func:`.generator.save_pipeline_folder`). Training state goes to ``--work`` (default ``<out>.train``)
+every ``--checkpoint-minutes``; running the same command again resumes from it. Step counts
+(``--vae-steps``/``--unet-steps``) make a run reproducible from its seed; ``--minutes`` instead stops
+on wall-clock time (total over resumptions; with ``--stage all``, ``--vae-fraction`` of it goes to the
+VAE), which is handy for smoke runs but depends on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import generator as gen
+from .captions import paraphrase
+from .render import render_batch
+from .text_encoder import encode, load_text_encoder
+from .world import sample_scene
+
+#: Training scenes come from ``random.Random(seed + offset)``; evaluation uses seeds ≥ 10**9.
+VAE_DATA_OFFSET, SCALE_DATA_OFFSET, POOL_DATA_OFFSET = 1, 2, 3
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def images_tensor(scenes) -> torch.Tensor:
+    """``[B, 3, 64, 64]`` in -1..1."""
+    return torch.from_numpy(render_batch(scenes)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Budget:
+    """When a stage stops: after ``steps`` steps, or after ``minutes`` of (accumulated) training time."""
+
+    steps: int | None
+    minutes: float | None
+
+    def done(self, step: int, elapsed: float) -> bool:
+        if self.steps is not None:
+            return step >= self.steps
+        return elapsed >= (self.minutes or 0) * 60
+
+    def lr_factor(self, step: int, warmup: int) -> float:
+        warm = min(1.0, (step + 1) / warmup)
+        if self.steps is None:
+            return warm
+        progress = min(1.0, step / max(1, self.steps))
+        return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Checkpointer:
+    def __init__(self, path: Path, every_minutes: float) -> None:
+        self.path = path
+        self.every = every_minutes * 60
+        self.last = time.time()
+
+    def due(self) -> bool:
+        return time.time() - self.last >= self.every
+
+    def save(self, state: dict) -> None:
+        _save_atomic(state, self.path)
+        self.last = time.time()
+        log(f"checkpoint {self.path.name} at step {state['step']}")
+
+
+def _rng_state(rng: random.Random, gen_: torch.Generator) -> dict:
+    return {"py": rng.getstate(), "torch": gen_.get_state(), "global": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict, rng: random.Random, gen_: torch.Generator) -> None:
+    rng.setstate(state["py"])
+    gen_.set_state(state["torch"])
+    torch.set_rng_state(state["global"])
+
+
+# -- VAE -----------------------------------------------------------------------------------------
+
+def train_vae(work: Path, seed: int, budget: Budget, batch_size: int = 16, lr: float = 2e-3,
+              kl_weight: float = 1e-6, checkpoint_minutes: float = 5.0) -> Path:
+    """Trains (or resumes) the VAE; writes ``work/vae`` (diffusers, fp32) and returns it."""
+    state_path = work / "vae_state.pt"
+    torch.manual_seed(seed)
+    vae = gen.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    rng, noise_gen = random.Random(seed + VAE_DATA_OFFSET), torch.Generator().manual_seed(seed)
+    step, elapsed = 0, 0.0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        _set_rng_state(state["rng"], rng, noise_gen)
+        step, elapsed = state["step"], state["elapsed"]
+        log(f"vae: resumed at step {step} ({elapsed / 60:.1f} min)")
+    ckpt = Checkpointer(state_path, checkpoint_minutes)
+    vae.train()
+    start, losses = time.time() - elapsed, []
+    while not budget.done(step, time.time() - start):
+        for group in opt.param_groups:
+            group["lr"] = lr * budget.lr_factor(step, 100)
+        x = images_tensor([sample_scene(rng) for _ in range(batch_size)])
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=noise_gen)
+        recon = vae.decode(z).sample
+        mse = torch.nn.functional.mse_loss(recon, x)
+        kl = posterior.kl().mean()  # summed over the latent's elements, averaged over the batch
+        loss = mse + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(mse.item())
+        if step % 50 == 0:
+            log(f"vae step {step} mse {np.mean(losses):.5f} kl/elem {kl.item() / z[0].numel():.3f} "
+                f"({(time.time() - start) / step:.2f} s/step, {(time.time() - start) / 60:.1f} min)")
+            losses = []
+        if ckpt.due():
+            ckpt.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                       "elapsed": time.time() - start, "rng": _rng_state(rng, noise_gen)})
+    vae.eval()
+    scale = latent_scaling_factor(vae, seed)
+    vae.register_to_config(scaling_factor=scale)
+    out = work / "vae"
+    vae.save_pretrained(str(out), safe_serialization=True)
+    ckpt.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+               "elapsed": time.time() - start, "rng": _rng_state(rng, noise_gen)})
+    mse = reconstruction_mse(vae, seed)
+    with open(work / "vae_report.json", "w", encoding="utf-8") as fh:
+        json.dump({"steps": step, "minutes": (time.time() - start) / 60, "scaling_factor": scale,
+                   "holdout_mse": mse}, fh, indent=2)
+    log(f"vae done: {step} steps, scaling factor {scale:.4f}, held-out MSE {mse:.5f}")
+    return out
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, seed: int, count: int = 1024) -> float:
+    rng = random.Random(seed + SCALE_DATA_OFFSET)
+    means = [vae.encode(images_tensor([sample_scene(rng) for _ in range(128)])).latent_dist.mean
+             for _ in range(count // 128)]
+    return float(1.0 / torch.cat(means).std())
+
+
+@torch.no_grad()
+def reconstruction_mse(vae, seed: int, count: int = 256) -> float:
+    rng = random.Random(10**9 + seed)
+    x = images_tensor([sample_scene(rng) for _ in range(count)])
+    return float(torch.nn.functional.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x))
+
+
+# -- data pool for the UNet ----------------------------------------------------------------------
+
+@torch.no_grad()
+def build_pool(work: Path, vae, seed: int, size: int) -> dict:
+    """Scaled latents ``[N, 4, 16, 16]`` and text embeddings ``[N, 32, 384]`` (fp16) of ``size`` scenes."""
+    path = work / f"pool_{seed}_{size}.pt"
+    if path.is_file():
+        log(f"pool: loaded {path.name}")
+        return torch.load(path, weights_only=False)
+    rng = random.Random(seed + POOL_DATA_OFFSET)
+    scenes = [sample_scene(rng) for _ in range(size)]
+    captions = [paraphrase(s, rng) for s in scenes]
+    t0 = time.time()
+    scale = float(vae.config.scaling_factor)
+    latents = torch.cat([vae.encode(images_tensor(scenes[i:i + 256])).latent_dist.mean * scale
+                         for i in range(0, size, 256)])
+    log(f"pool: {size} latents in {time.time() - t0:.0f}s")
+    model, tokenizer = load_text_encoder()
+    order = sorted(range(size), key=lambda i: len(captions[i]))  # similar lengths batch together
+    embeds = torch.zeros(size, 32, 384, dtype=torch.float16)
+    t0 = time.time()
+    for i in range(0, size, 256):
+        idx = order[i:i + 256]
+        embeds[idx] = encode([captions[j] for j in idx], model=model, tokenizer=tokenizer).half()
+        if (i // 256) % 10 == 0:
+            log(f"pool: encoded {i + len(idx)}/{size} captions ({time.time() - t0:.0f}s)")
+    pool = {"latents": latents.half(), "embeds": embeds, "captions": captions,
+            "uncond": encode([""], model=model, tokenizer=tokenizer)[0].half()}
+    _save_atomic(pool, path)
+    return pool
+
+
+# -- UNet ----------------------------------------------------------------------------------------
+
+def train_unet(work: Path, out: Path, seed: int, budget: Budget, pool_size: int = 12288,
+               batch_size: int = 64, lr: float = 5e-4, dropout: float = 0.1, ema_decay: float = 0.999,
+               checkpoint_minutes: float = 5.0) -> Path:
+    from diffusers import AutoencoderKL
+
+    if not (work / "vae" / "config.json").is_file():
+        raise SystemExit(f"no trained VAE in {work / 'vae'}: run --stage vae first")
+    vae = AutoencoderKL.from_pretrained(str(work / "vae"), local_files_only=True).eval()
+    state_path = work / "unet_state.pt"
+    state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
+    start = time.time()
+    pool = build_pool(work, vae, seed, pool_size)
+    latents, embeds, uncond = pool["latents"].float(), pool["embeds"], pool["uncond"].float()
+    n = latents.shape[0]
+    torch.manual_seed(seed)
+    unet = gen.build_unet()
+    ema = gen.build_unet().requires_grad_(False)
+    ema.load_state_dict(unet.state_dict())
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    sched = gen.build_train_scheduler()
+    alphas = sched.alphas_cumprod.float()
+    rng, noise_gen = random.Random(seed), torch.Generator().manual_seed(seed + 17)
+    step, elapsed = 0, time.time() - start  # the pool's time counts towards a minutes budget
+    if state is not None:
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        _set_rng_state(state["rng"], rng, noise_gen)
+        step, elapsed = state["step"], state["elapsed"]
+        log(f"unet: resumed at step {step} ({elapsed / 60:.1f} min)")
+    ckpt = Checkpointer(state_path, checkpoint_minutes)
+    unet.train()
+    t_start, losses = time.time() - elapsed, []
+    t_run, step_run = time.time(), step
+
+    def snapshot() -> dict:
+        return {"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                "elapsed": time.time() - t_start, "rng": _rng_state(rng, noise_gen)}
+
+    while not budget.done(step, time.time() - t_start):
+        for group in opt.param_groups:
+            group["lr"] = lr * budget.lr_factor(step, 200)
+        idx = torch.randint(0, n, (batch_size,), generator=noise_gen)
+        x0 = latents[idx]
+        cond = embeds[idx].float()
+        drop = torch.rand(batch_size, generator=noise_gen) < dropout
+        cond[drop] = uncond
+        noise = torch.randn(x0.shape, generator=noise_gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=noise_gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t, encoder_hidden_states=cond, return_dict=False)[0]
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        step += 1
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log(f"unet step {step} loss {np.mean(losses):.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({(time.time() - t_run) / (step - step_run):.2f} s/step, {(time.time() - t_start) / 60:.1f} min)")
+            losses = []
+        if ckpt.due():
+            ckpt.save(snapshot())
+    ckpt.save(snapshot())
+    for buf_e, buf in zip(ema.buffers(), unet.buffers()):
+        buf_e.copy_(buf)
+    meta = {"seed": seed, "unet_steps": step, "pool": n, "batch_size": batch_size,
+            "minutes": round((time.time() - t_start) / 60, 2)}
+    vae_report = work / "vae_report.json"
+    if vae_report.is_file():
+        meta["vae"] = json.loads(vae_report.read_text())
+    gen.save_pipeline_folder(out, ema.eval(), vae, metadata=meta)
+    log(f"unet done: {step} steps; model written to {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=("vae", "unet", "all"), default="all")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--out", type=Path, default=gen.DEFAULT_FOLDER)
+    parser.add_argument("--work", type=Path, default=None, help="training state (default: <out>.train)")
+    parser.add_argument("--minutes", type=float, default=None, help="wall-clock budget (if no step counts)")
+    parser.add_argument("--vae-fraction", type=float, default=0.12)
+    parser.add_argument("--vae-steps", type=int, default=None)
+    parser.add_argument("--unet-steps", type=int, default=None)
+    parser.add_argument("--pool", type=int, default=12288, help="scenes (with one paraphrase each) for the UNet")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--vae-batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work or args.out.with_name(args.out.name + ".train")
+    work.mkdir(parents=True, exist_ok=True)
+    minutes = args.minutes
+    if minutes is None and ((args.stage in ("vae", "all") and args.vae_steps is None)
+                            or (args.stage in ("unet", "all") and args.unet_steps is None)):
+        parser.error("give --minutes or the step counts of the stages run")
+    vae_minutes = minutes * (args.vae_fraction if args.stage == "all" else 1.0) if minutes else None
+    log(f"train_generator: stage {args.stage}, seed {args.seed}, threads {torch.get_num_threads()}, work {work}")
+    t0 = time.time()
+    if args.stage in ("vae", "all"):
+        train_vae(work, args.seed, Budget(args.vae_steps, vae_minutes), batch_size=args.vae_batch_size,
+                  checkpoint_minutes=args.checkpoint_minutes)
+    if args.stage in ("unet", "all"):
+        unet_minutes = None
+        if minutes:
+            unet_minutes = minutes - (time.time() - t0) / 60 if args.stage == "all" else minutes
+        train_unet(work, args.out, args.seed, Budget(args.unet_steps, unet_minutes), pool_size=args.pool,
+                   batch_size=args.batch_size, lr=args.lr, checkpoint_minutes=args.checkpoint_minutes)
+    log(f"finished in {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

