@@ -46,7 +46,7 @@ class VisionTextModel:
 
     handle: Any
     tokenizer: Any
-    kind: str  # blip_caption / blip_vqa / vision_encoder_decoder
+    kind: str  # blip_caption / blip_vqa / vision_encoder_decoder / shapes_world
     settings: dict
     name: str
     dtype: torch.dtype
@@ -121,8 +121,19 @@ def _load_pretrained(cls, folder: Path, dtype: torch.dtype, input_name: str, **e
 
 # -- captioning and VQA -----------------------------------------------------------------------------
 
+#: The shapes-world captioner shipped with nodegraph (defaults/shapes), listed when its weights exist.
+BUILTIN_SHAPES_CAPTIONER = "shapes-world (built-in)"
+
+
+def _shapes_captioner_weights():
+    from defaults.shapes.captioner import WEIGHTS
+
+    return WEIGHTS
+
+
 def captioner_choices(paths: Paths) -> list[str]:
-    return list_model_folders(paths, "captioners")
+    builtin = [BUILTIN_SHAPES_CAPTIONER] if _shapes_captioner_weights().is_file() else []
+    return builtin + list_model_folders(paths, "captioners")
 
 
 def captioner_kind(config: dict, name: str) -> str:
@@ -152,6 +163,9 @@ class CaptionerLoader(Node):
     def validate_inputs(cls, model_name=None, paths: Paths | None = None, **_: Any) -> bool | str:
         if model_name is None:
             return True
+        if model_name == BUILTIN_SHAPES_CAPTIONER:
+            return True if _shapes_captioner_weights().is_file() else \
+                f"input 'model_name': the built-in captioner's weights are missing ({_shapes_captioner_weights()})"
         try:
             folder = resolve_model_path(paths or Paths(), "captioners", model_name, "model_name")
             captioner_kind(read_config(folder, "model_name"), model_name)
@@ -161,9 +175,14 @@ class CaptionerLoader(Node):
 
     @classmethod
     def fingerprint(cls, model_name=None, paths: Paths | None = None, **_: Any) -> str:
+        if model_name == BUILTIN_SHAPES_CAPTIONER:
+            stat = _shapes_captioner_weights().stat()
+            return f"builtin:{stat.st_size}:{stat.st_mtime_ns}"
         return folder_fingerprint(paths or Paths(), "captioners", model_name or "")
 
     def execute(self, model_name: str, dtype: str = "auto") -> tuple:
+        if model_name == BUILTIN_SHAPES_CAPTIONER:
+            return (self._load_shapes_captioner(),)
         folder = resolve_model_path(self.ctx.paths, "captioners", model_name, "model_name")
         config = read_config(folder, "model_name")
         kind = captioner_kind(config, model_name)
@@ -182,6 +201,16 @@ class CaptionerLoader(Node):
         entry = manager.load(manager_key(folder, kind, torch_dtype), loader)
         return (VisionTextModel(entry, tokenizer, kind, image_settings(folder, config, 384), model_name,
                                 torch_dtype),)
+
+    def _load_shapes_captioner(self) -> VisionTextModel:
+        """The shapes-world CNN captioner: predicts the scene and writes its canonical caption."""
+        from defaults.shapes.captioner import load_captioner
+
+        weights = _shapes_captioner_weights()
+        stat = weights.stat()
+        entry = self.ctx.service("models").load(("shapes-captioner", str(weights), stat.st_size, stat.st_mtime_ns),
+                                                lambda: load_captioner(weights))
+        return VisionTextModel(entry, None, "shapes_world", {}, BUILTIN_SHAPES_CAPTIONER, torch.float32)
 
 
 def _pixels(model: VisionTextModel | ClipVision | ClipFull, image: torch.Tensor, device, crop: bool = True):
@@ -212,6 +241,11 @@ class ImageCaption(Node):
             raise ValueError(f"input 'captioner': {captioner.name!r} is a VQA model; load a captioning model "
                              "(BlipForConditionalGeneration or VisionEncoderDecoderModel) for ImageCaption")
         manager = self.ctx.service("models")
+        if captioner.kind == "shapes_world":
+            from defaults.shapes.captioner import caption_images
+
+            with manager.use(captioner.handle) as model:
+                return ([p.caption for p in caption_images(model, image)],)
         captions: list[str] = []
         with manager.use(captioner.handle) as model:
             device = next(model.parameters()).device
