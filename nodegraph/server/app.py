@@ -142,7 +142,7 @@ class Api:
             return 400, bad_request("no_prompt", "No prompt provided", "No prompt provided")
         try:
             prompt, extra_data, targets, client_id, prompt_id = self.parse_prompt_body(body)
-            outputs, node_errors = self.check_prompt(prompt, targets)
+            outputs, node_errors = self.check_prompt(prompt, targets, extra_data)
         except BadRequest as exc:
             if number is None:
                 store.bump_counter()
@@ -194,11 +194,14 @@ class Api:
             targets = [str(t) for t in targets]
         return prompt, extra_data, targets, client_id or None, prompt_id
 
-    def check_prompt(self, prompt: dict, targets: list[str] | None) -> tuple[list[str], dict]:
-        """The outputs to run and the node errors of the others (ComfyUI runs the valid outputs)."""
+    def check_prompt(self, prompt: dict, targets: list[str] | None,
+                     extra_data: dict | None = None) -> tuple[list[str], dict]:
+        """The outputs to run and the node errors of the others (ComfyUI runs the valid outputs).
+
+        ``extra_data`` may switch on workflow policies (``{"require_safety": true}``)."""
         engine = self.s.engine
         try:
-            return engine.validate(prompt, targets).outputs, {}
+            return engine.validate(prompt, targets, extra_data).outputs, {}
         except ValidationFailed as exc:
             response = prompt_error_response(exc.errors, prompt, engine.registry, self.paths)
             if response["error"]["type"] != "prompt_outputs_failed_validation":
@@ -209,7 +212,7 @@ class Api:
             if not good:
                 raise
             try:
-                return engine.validate(prompt, good).outputs, response["node_errors"]
+                return engine.validate(prompt, good, extra_data).outputs, response["node_errors"]
             except ValidationFailed:
                 raise exc from None
 

@@ -274,7 +274,7 @@ class JobWorker:
             self._finish(job, self._entry(job, reporter, "error", {}))
             return
         try:
-            plan = self.engine.validate(job.prompt, job.outputs_to_execute or None)
+            plan = self.engine.validate(job.prompt, job.outputs_to_execute or None, job.extra_data)
         except ValidationFailed as exc:  # e.g. an input file was removed after the prompt was queued
             reporter.send("execution_start", {"prompt_id": job.prompt_id, "timestamp": now_ms()}, keep=True)
             reporter.send("execution_error", {

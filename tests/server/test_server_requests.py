@@ -250,3 +250,14 @@ def test_descriptive_routes(server, client):
         assert path in spec["paths"]
     assert "post" in spec["paths"]["/prompt"] and "get" in spec["paths"]["/prompt"]
     assert client.request("OPTIONS", "/prompt").status == 200
+
+
+def test_extra_data_switches_on_the_safety_policy(server):
+    """{"require_safety": true} in extra_data refuses image outputs not checked by SafetyCheck."""
+    client = server.client()
+    unchecked = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}},
+                 "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    refused = client.post_json("/prompt", {"prompt": unchecked, "extra_data": {"require_safety": True}})
+    assert refused.status == 400
+    assert "SafetyCheck" in json.dumps(refused.json())
+    assert client.post_json("/prompt", {"prompt": unchecked}).status == 200   # off by default
