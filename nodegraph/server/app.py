@@ -24,7 +24,7 @@ from ..errors import ValidationFailed, WorkflowFormatError
 from ..executor import Engine
 from .comfy_errors import output_ancestry, bad_request, prompt_error_response
 from .config import ServerConfig
-from .files import upload_image, view
+from .files import clear_previews, upload_image, view
 from .jobs import DuplicatePrompt, Job, JobStore, QueueFull
 from .openapi import ROUTES, openapi_document
 from .security import error_middleware, security_middleware
@@ -397,6 +397,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
     engine = engine if engine is not None else build_engine(config)
     for folder in (engine.paths.output_dir, engine.paths.input_dir, engine.paths.temp_dir):
         Path(folder).mkdir(parents=True, exist_ok=True)
+    clear_previews(engine.paths.temp_dir)
     store = JobStore(config.db_path, max_attempts=config.max_attempts)
     hub = WebSocketHub()
     worker = JobWorker(engine, store, hub, max_attempts=config.max_attempts, preview_size=config.preview_size)

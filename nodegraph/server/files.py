@@ -259,3 +259,14 @@ async def upload_image(request: web.Request, paths: Paths, scratch: Path, max_by
     finally:
         if form is not None and form.data_path is not None:
             form.data_path.unlink(missing_ok=True)
+
+
+def clear_previews(temp_dir: Path) -> int:
+    """Delete the PreviewImage files (``*_temp_*.png``) a previous server left in the temp folder, as
+    ComfyUI empties its temp folder at start. Other files, folders and symlinks are left alone."""
+    removed = 0
+    for entry in Path(temp_dir).glob("*_temp_*.png"):
+        if entry.is_file() and not entry.is_symlink():
+            entry.unlink()
+            removed += 1
+    return removed

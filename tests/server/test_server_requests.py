@@ -261,3 +261,13 @@ def test_extra_data_switches_on_the_safety_policy(server):
     assert refused.status == 400
     assert "SafetyCheck" in json.dumps(refused.json())
     assert client.post_json("/prompt", {"prompt": unchecked}).status == 200   # off by default
+
+
+def test_start_clears_old_previews_only(tmp_path, start_server):
+    temp = tmp_path / "temp"
+    temp.mkdir(parents=True)
+    (temp / "ComfyUI_temp_abcde_00001_.png").write_bytes(b"old preview")
+    (temp / "keep.png").write_bytes(b"not a preview")
+    start_server()
+    assert not (temp / "ComfyUI_temp_abcde_00001_.png").exists()
+    assert (temp / "keep.png").exists()
