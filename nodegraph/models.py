@@ -27,6 +27,14 @@ from typing import Any, Callable, Hashable, Iterator
 CONSTRUCTION_LOCK = threading.RLock()
 
 
+class ManagerOwned:
+    """Mixin for values that wrap model-manager entries (MODEL, CLIP, LLM, …): the manager owns their
+    memory, so output caches count them as zero bytes (and never spill them)."""
+
+    def cache_size(self) -> tuple[int, int]:
+        return 0, 0
+
+
 def module_bytes(model: Any) -> int:
     """Bytes held by a module's parameters and buffers (0 for things that are not modules)."""
     total = 0

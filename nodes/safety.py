@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from nodegraph.models import ManagerOwned
 from nodegraph.context import Paths
 from nodegraph.errors import NodeError
 from nodegraph.node import Input, Node, NodeResult, Output
@@ -44,16 +45,13 @@ DEFAULT_BLOCKED = "gore, beheading, child abuse"
 
 
 @dataclass(frozen=True, eq=False)
-class Classifier:
+class Classifier(ManagerOwned):
     handle: Any
     labels: dict[int, str]
     settings: dict
     name: str
     dtype: torch.dtype
     tokenizer: Any = None
-
-    def cache_size(self) -> tuple[int, int]:
-        return 0, 0
 
 
 def safety_choices(paths: Paths) -> list[str]:

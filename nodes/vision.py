@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from nodegraph.models import ManagerOwned
 from nodegraph.context import Paths
 from nodegraph.node import Input, Node, Output
 from nodegraph.types import BOOLEAN, COMBO, FLOAT, IMAGE, INT, STRING
@@ -41,7 +42,7 @@ CAPTION_ARCHS = {"BlipForConditionalGeneration": "blip_caption", "BlipForQuestio
 
 
 @dataclass(frozen=True, eq=False)
-class VisionTextModel:
+class VisionTextModel(ManagerOwned):
     """CAPTIONER: a captioning or VQA model with its tokenizer and image settings."""
 
     handle: Any
@@ -51,12 +52,9 @@ class VisionTextModel:
     name: str
     dtype: torch.dtype
 
-    def cache_size(self) -> tuple[int, int]:
-        return 0, 0
-
 
 @dataclass(frozen=True, eq=False)
-class ClipVision:
+class ClipVision(ManagerOwned):
     """CLIP_VISION: a ``CLIPVisionModelWithProjection`` and its image settings."""
 
     handle: Any
@@ -64,12 +62,9 @@ class ClipVision:
     name: str
     dtype: torch.dtype
 
-    def cache_size(self) -> tuple[int, int]:
-        return 0, 0
-
 
 @dataclass(frozen=True, eq=False)
-class ClipFull:
+class ClipFull(ManagerOwned):
     """CLIP_MODEL: a ``CLIPModel`` (both towers) with its tokenizer and image settings."""
 
     handle: Any
@@ -78,9 +73,6 @@ class ClipFull:
     name: str
     dtype: torch.dtype
     max_length: int
-
-    def cache_size(self) -> tuple[int, int]:
-        return 0, 0
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from nodegraph.models import ManagerOwned
 from . import checkpoint as ck
 from .bert_encode import read_package_reference
 from .files import ModelFileError, file_identity, is_diffusers_folder, read_json, read_state_dict
@@ -32,7 +33,7 @@ class LoraPatch:
 
 
 @dataclass(frozen=True, eq=False)
-class DiffusionModel:
+class DiffusionModel(ManagerOwned):
     """MODEL: a UNet plus how to sample with it."""
 
     handle: Any  # ManagedModel of a diffusers UNet2DConditionModel
@@ -57,9 +58,6 @@ class DiffusionModel:
     def is_sdxl(self) -> bool:
         return self.family in ("sdxl", "sdxl_refiner")
 
-    def cache_size(self) -> tuple[int, int]:
-        return 0, 0
-
 
 @dataclass(frozen=True, eq=False)
 class TextEncoder:
@@ -78,7 +76,7 @@ class TextEncoder:
 
 
 @dataclass(frozen=True, eq=False)
-class ClipModel:
+class ClipModel(ManagerOwned):
     """CLIP: one or two text encoders (SDXL: clip_l + clip_g, hidden states concatenated)."""
 
     encoders: tuple[TextEncoder, ...]
@@ -93,18 +91,12 @@ class ClipModel:
     def with_patch(self, index: int, patch: LoraPatch) -> "ClipModel":
         return dataclasses.replace(self, patches=self.patches + ((index, patch),))
 
-    def cache_size(self) -> tuple[int, int]:
-        return 0, 0
-
 
 @dataclass(frozen=True, eq=False)
-class VaeModel:
+class VaeModel(ManagerOwned):
     handle: Any  # ManagedModel of a diffusers AutoencoderKL
     scale_factor: int = 8
     latent_channels: int = 4
-
-    def cache_size(self) -> tuple[int, int]:
-        return 0, 0
 
 
 # -- dtype ---------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from nodegraph.models import ManagerOwned
 from .files import ModelFileError, read_state_dict
 
 KINDS = {"basic": "image_embeds", "plus": "penultimate_hidden_states", "full": "penultimate_hidden_states"}
@@ -123,15 +124,12 @@ def build_weights(proj: dict, attn: dict, info: AdapterInfo, dtype: torch.dtype,
 
 
 @dataclass(frozen=True, eq=False)
-class IPAdapterModel:
+class IPAdapterModel(ManagerOwned):
     """IPADAPTER: an adapter's weights (in the model manager) and what it expects."""
 
     handle: Any  # ManagedModel of IPAdapterWeights
     info: AdapterInfo
     name: str
-
-    def cache_size(self) -> tuple[int, int]:
-        return 0, 0
 
 
 def cross_attention_layers(unet) -> list[str]:

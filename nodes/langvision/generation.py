@@ -12,9 +12,11 @@ from typing import Any, Callable
 
 import torch
 
+from nodegraph.models import ManagerOwned
+
 
 @dataclass(frozen=True, eq=False)
-class LanguageModel:
+class LanguageModel(ManagerOwned):
     """LLM: a causal LM held by the model manager, with its tokenizer."""
 
     handle: Any  # ManagedModel
@@ -23,9 +25,6 @@ class LanguageModel:
     max_positions: int
     eos_ids: tuple[int, ...]
     device: str = "cpu"
-
-    def cache_size(self) -> tuple[int, int]:
-        return 0, 0  # the model manager owns the weights
 
 
 def build_prompt_text(llm: LanguageModel, messages: list[dict[str, str]]) -> str:
