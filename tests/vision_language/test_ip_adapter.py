@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from nodegraph.builder import Graph
 
-from vl_helpers import failure_of, fresh_engine, run_ok
+from vl_helpers import failure_of, fresh_engine, run_ok, shrink
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "diffusion"))
 
@@ -318,16 +318,7 @@ def test_image_prompt_workflow(vl_engine, tiny_sd, ip_files, ref_image):
     Image.new("RGB", (40, 40), (200, 80, 20)).save(vl_engine.paths.input_dir / "example.png")
     names = {"v1-5-pruned-emaonly.safetensors": CKPT, "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors": CLIP_VISION,
              "ip-adapter_sd15.safetensors": ADAPTER}
-    api = json.loads((WORKFLOWS / "image_prompt.json").read_text())
-    for node in api.values():
-        inputs = node["inputs"]
-        for key, value in list(inputs.items()):
-            if isinstance(value, str) and value in names:
-                inputs[key] = names[value]
-        if node["class_type"] == "EmptyLatentImage":
-            inputs.update(width=64, height=64)
-        if node["class_type"] == "KSampler":
-            inputs["steps"] = 2
+    api = shrink(json.loads((WORKFLOWS / "image_prompt.json").read_text()), names)
     classes = {n["class_type"] for n in api.values()}
     assert {"IPAdapterLoader", "ImagePromptApply", "CLIPVisionEncode", "SaveImage"} <= classes
     r = run_ok(vl_engine, api)

@@ -10,30 +10,9 @@ import torch
 
 from nodegraph.workflow.loader import load_workflow_file  # noqa: F401 - the file loader is what users run
 
-from vl_helpers import run_ok
+from vl_helpers import run_ok, shrink
 
 WORKFLOWS = pathlib.Path(__file__).resolve().parents[2] / "workflows"
-TINY = {"v1-5-pruned-emaonly.safetensors": "tiny_sd15.safetensors", "Qwen2.5-0.5B-Instruct": "tiny-llama",
-        "blip-image-captioning-base": "tiny-blip", "blip-vqa-base": "tiny-blip-vqa", "clip-vit-base-patch32": "tiny-clip"}
-
-
-def shrink(nodes: dict) -> dict:
-    for node in nodes.values():
-        inputs = node["inputs"]
-        for key, value in list(inputs.items()):
-            if isinstance(value, str) and value in TINY:
-                inputs[key] = TINY[value]
-        if node["class_type"] == "EmptyLatentImage":
-            inputs.update(width=64, height=64)
-        if node["class_type"] == "KSampler":
-            inputs["steps"] = 2
-        if "max_tokens" in inputs and not isinstance(inputs["max_tokens"], list):
-            inputs["max_tokens"] = 8
-        if node["class_type"] == "Repeat":
-            inputs["body"] = json.dumps(shrink(json.loads(inputs["body"])))
-    return nodes
-
-
 def load(name):
     return shrink(json.loads((WORKFLOWS / name).read_text()))
 
