@@ -169,6 +169,11 @@ class OutputCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def keys(self) -> list[bytes]:
+        """The signatures held now (a snapshot; a scale-out worker reports them for routing)."""
+        with self._lock:
+            return list(self._entries)
+
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(len(self._entries), self._ram, self._vram, self.ram_budget,
