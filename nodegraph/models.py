@@ -36,7 +36,11 @@ class ManagerOwned:
 
 
 def module_bytes(model: Any) -> int:
-    """Bytes held by a module's parameters and buffers (0 for things that are not modules)."""
+    """Bytes held by a module's parameters and buffers; for other objects (an ONNX Runtime session
+    wrapper, an ncnn net) their integer ``nbytes`` attribute if they have one, else 0."""
+    nbytes = getattr(model, "nbytes", None)
+    if isinstance(nbytes, int) and not callable(getattr(model, "parameters", None)):
+        return nbytes
     total = 0
     for getter in ("parameters", "buffers"):
         fn = getattr(model, getter, None)
