@@ -23,6 +23,8 @@ class Paths:
     input_dir: Path = Path("inputs")
     temp_dir: Path = Path("outputs/temp")
     models_dir: Path = Path("models")
+    #: Where converted default models are kept (None: ``$NODEGRAPH_CACHE_DIR``, else the user cache dir).
+    cache_dir: Path | None = None
 
     @classmethod
     def under(cls, root: Path | str) -> "Paths":
