@@ -61,7 +61,7 @@ class Server:
     engine: Engine
     store: JobStore
     hub: WebSocketHub
-    worker: JobWorker
+    worker: Any  # JobWorker, or nodegraph.cluster's RayDispatcher (same methods)
     owns_engine: bool
 
 
@@ -75,6 +75,20 @@ def build_engine(config: ServerConfig) -> Engine:
     for name in config.nodes_modules:
         registry.add_module(importlib.import_module(name))
     return Engine(registry, paths=config.paths, device=config.device, workers=config.workers)
+
+
+def build_runner(config: ServerConfig, engine: Engine, store: JobStore, hub: WebSocketHub):
+    """The job runner: this process's engine thread, or Ray actors when ``config.ray_address`` is set
+    (Ray is imported only then)."""
+    if config.ray_address is None:
+        return JobWorker(engine, store, hub, max_attempts=config.max_attempts, preview_size=config.preview_size)
+    from ..cluster.dispatcher import RayDispatcher
+
+    return RayDispatcher(engine, store, hub, address=config.ray_address, workers=config.ray_workers,
+                         affinity_wait=config.ray_affinity_wait, ship_outputs=config.ray_ship_outputs,
+                         node_modules=config.nodes_modules, engine_workers=config.workers,
+                         device=config.device, max_attempts=config.max_attempts,
+                         preview_size=config.preview_size)
 
 
 class Api:
@@ -108,11 +122,9 @@ class Api:
             remaining = self.s.worker.queue_remaining()
             messages = [encode("status", {"status": {"exec_info": {"queue_remaining": remaining}},
                                           "sid": client_id})]
-            current, reporter = self.s.worker.current, self.s.worker.current_reporter
-            if current is not None and current.client_id == client_id and reporter and reporter.last_node:
-                messages.append(encode("executing", {"node": reporter.last_node,
-                                                     "display_node": reporter.last_node,
-                                                     "prompt_id": current.prompt_id}))
+            for prompt_id, node in self.s.worker.executing_for(client_id):
+                messages.append(encode("executing", {"node": node, "display_node": node,
+                                                     "prompt_id": prompt_id}))
             return messages
 
         return await self.s.hub.serve(request, greet)
@@ -400,7 +412,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
     clear_previews(engine.paths.temp_dir)
     store = JobStore(config.db_path, max_attempts=config.max_attempts)
     hub = WebSocketHub()
-    worker = JobWorker(engine, store, hub, max_attempts=config.max_attempts, preview_size=config.preview_size)
+    worker = build_runner(config, engine, store, hub)
     hub.status_source = worker.status_message
     server = Server(config, engine, store, hub, worker, owns_engine)
     api = Api(server)
@@ -417,7 +429,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
 
     async def on_startup(app: web.Application) -> None:
         hub.bind(asyncio.get_running_loop())
-        worker.start()
+        await asyncio.get_running_loop().run_in_executor(None, worker.start)  # Ray start-up takes seconds
 
     async def on_shutdown(app: web.Application) -> None:
         await hub.close_all()

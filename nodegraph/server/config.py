@@ -31,6 +31,7 @@ class ServerConfig:
     address is not loopback. ``allowed_hosts`` / ``allowed_origins``: extra ``Host`` names and
     ``Origin`` values (``http://name:port``) to accept besides loopback / same-origin ones.
     ``nodes_modules``: extra modules whose node classes are registered (test and local node packs).
+    ``ray_*``: run jobs on a Ray cluster instead of in this process (see ``docs/scale-out.md``).
     """
 
     host: str = "127.0.0.1"
@@ -49,6 +50,13 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     nodes_modules: tuple[str, ...] = ()
+    #: scale-out (``nodegraph.cluster``): a Ray address (``auto``, ``host:port``) runs jobs on Ray actors
+    ray_address: str | None = None
+    ray_workers: int | None = None
+    #: seconds a job waits for the busy worker holding its models before an idle one loads them
+    ray_affinity_wait: float = 0.0
+    #: ``None``: workers on other machines return output files as bytes; ``True``/``False`` force it
+    ray_ship_outputs: bool | None = None
 
     @property
     def loopback(self) -> bool:

@@ -223,6 +223,23 @@ class JobStore:
         return Job(row[0], row[1], json.loads(row[2]), json.loads(row[3]), json.loads(row[4]), row[5],
                    "running", row[6] + 1)
 
+    def claim(self, prompt_id: str) -> Job | None:
+        """Mark one pending job running and return it; ``None`` if it is no longer pending (cancelled,
+        or claimed already). A dispatcher that picks jobs out of order (worker affinity) uses it."""
+        def write(conn: sqlite3.Connection):
+            row = conn.execute("SELECT prompt_id, number, prompt, extra_data, outputs, client_id, attempts "
+                               "FROM jobs WHERE prompt_id=? AND state='pending'", (prompt_id,)).fetchone()
+            if row is not None:
+                conn.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE prompt_id=?",
+                             (row[0],))
+            return row
+
+        row = self._write(write)
+        if row is None:
+            return None
+        return Job(row[0], row[1], json.loads(row[2]), json.loads(row[3]), json.loads(row[4]), row[5],
+                   "running", row[6] + 1)
+
     def requeue(self, prompt_id: str) -> bool:
         """Put a running job back in the queue (graceful shutdown); it keeps its number."""
         return self._write(lambda conn: conn.execute(
@@ -268,10 +285,11 @@ class JobStore:
         rows = dict(self._conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
         return rows.get("running", 0), rows.get("pending", 0)
 
-    def jobs(self, state: str) -> list[Job]:
+    def jobs(self, state: str, limit: int | None = None) -> list[Job]:
+        """Jobs in ``state`` in queue order (the first ``limit`` of them when given)."""
         rows = self._conn().execute(
             "SELECT prompt_id, number, prompt, extra_data, outputs, client_id, state, attempts FROM jobs "
-            "WHERE state=? ORDER BY number, seq", (state,)).fetchall()
+            "WHERE state=? ORDER BY number, seq LIMIT ?", (state, -1 if limit is None else limit)).fetchall()
         return [Job(r[0], r[1], json.loads(r[2]), json.loads(r[3]), json.loads(r[4]), r[5], r[6], r[7])
                 for r in rows]
 

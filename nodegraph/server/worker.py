@@ -194,6 +194,13 @@ class JobWorker:
     def status_message(self) -> str:
         return encode("status", {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}})
 
+    def executing_for(self, client_id: str) -> list[tuple[str, str]]:
+        """``(prompt_id, node)`` of this client's running job, if any (repeated on WS connect)."""
+        current, reporter = self.current, self.current_reporter
+        if current is not None and current.client_id == client_id and reporter and reporter.last_node:
+            return [(current.prompt_id, reporter.last_node)]
+        return []
+
     def broadcast_status(self) -> None:
         self.hub.post_status()
 
