@@ -1,4 +1,4 @@
-"""The ``nodegraph`` command line: run, validate, list nodes.
+"""The ``nodegraph`` command line: run, validate, list nodes, serve, join a Ray cluster as a worker.
 
 Exit codes: 0 success; 1 a node failed while running; 2 the workflow (or a flag) is invalid — errors
 are printed per node, never as a traceback; 130 interrupted with Ctrl-C.
@@ -67,6 +67,24 @@ def _add_serve_parser(sub) -> None:
                        help="also accept this Host header name (e.g. a reverse proxy's)")
     serve.add_argument("--nodes-module", action="append", default=[], metavar="MODULE",
                        help="import MODULE and register its node classes (local or test node packs)")
+    serve.add_argument("--ray", dest="ray_address", default=None, metavar="auto|ADDRESS",
+                       help="run jobs on a Ray cluster (pip install 'nodegraph[ray]'): 'auto' joins the cluster "
+                            "on this machine or starts a local one; or a head address such as 10.0.0.5:6379")
+    serve.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                       help="engine actors to start (default: one per GPU of the cluster, 1 without GPUs)")
+    serve.add_argument("--ray-affinity-wait", type=float, default=0.0, metavar="SECONDS",
+                       help="how long a job waits for the busy worker that holds its models before an idle "
+                            "worker loads them (default 0: never leave a worker idle)")
+
+    worker = sub.add_parser("worker", help="join a Ray cluster as a worker machine for 'serve --ray' "
+                                           "(runs 'ray start --address ... --block')")
+    worker.add_argument("--address", required=True, help="the head's address, e.g. 10.0.0.5:6379")
+    worker.add_argument("--models-dir", type=Path, default=None,
+                        help="this machine's models folder (default: $NODEGRAPH_MODELS, else the server's path)")
+    worker.add_argument("--input-dir", type=Path, default=None, help="this machine's inputs folder")
+    worker.add_argument("--num-gpus", type=int, default=None, help="GPUs to offer (default: all)")
+    worker.add_argument("--num-cpus", type=int, default=None, help="CPUs to offer (default: all)")
+    worker.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -244,7 +262,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           device=None if args.device == "auto" else args.device,
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_queue=args.max_queue,
                           allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
-                          allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module))
+                          allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module),
+                          ray_address=args.ray_address, ray_workers=args.ray_workers,
+                          ray_affinity_wait=args.ray_affinity_wait)
+    if args.ray_address is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            print("error: --ray needs Ray: pip install 'nodegraph[ray]'", file=sys.stderr)
+            return EXIT_INVALID
+        if args.ray_workers is not None and args.ray_workers < 1:
+            print("error: --ray-workers must be 1 or more", file=sys.stderr)
+            return EXIT_INVALID
     config, generated = config.resolved()
     if generated:
         print(f"auth token (required on every request): {config.auth_token}", flush=True)
@@ -256,9 +285,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The ``ray start`` command line and environment that make this machine a worker node."""
+    import os
+
+    command = [sys.executable, "-m", "ray.scripts.scripts", "start", f"--address={args.address}", "--block"]
+    if args.num_gpus is not None:
+        command.append(f"--num-gpus={args.num_gpus}")
+    if args.num_cpus is not None:
+        command.append(f"--num-cpus={args.num_cpus}")
+    env = dict(os.environ)
+    if args.models_dir is not None:
+        env["NODEGRAPH_MODELS"] = str(args.models_dir.resolve())
+    if args.input_dir is not None:
+        env["NODEGRAPH_INPUT_DIR"] = str(args.input_dir.resolve())
+    return command, env
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import importlib.util
+    import shlex
+    import subprocess
+
+    command, env = worker_command(args)
+    if args.dry_run:
+        shown = [f"{k}={shlex.quote(env[k])}" for k in ("NODEGRAPH_MODELS", "NODEGRAPH_INPUT_DIR") if k in env]
+        print(" ".join(shown + [shlex.quote(part) for part in command]))
+        return EXIT_OK
+    if importlib.util.find_spec("ray") is None:
+        print("error: 'nodegraph worker' needs Ray: pip install 'nodegraph[ray]'", file=sys.stderr)
+        return EXIT_INVALID
+    return subprocess.call(command, env=env)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve}
+    handlers = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve,
+                "worker": cmd_worker}
     try:
         return handlers[args.command](args)
     except ValidationFailed as exc:

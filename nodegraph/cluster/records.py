@@ -1,0 +1,93 @@
+"""What crosses between the server and its Ray workers: small typed, picklable records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..context import Paths
+from ..events import Event
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """How a worker builds its engine. ``paths`` are the server's (absolute); a worker on another
+    machine takes its models and inputs folders from ``NODEGRAPH_MODELS`` / ``NODEGRAPH_INPUT_DIR``
+    in its own environment when set. ``node_modules`` pairs a module name with the folder it was
+    found in on the server (added to ``sys.path`` when the worker cannot import it otherwise).
+    ``ship_outputs``: ``None`` ships output files as bytes only when the worker runs on another Ray
+    node than the server; ``True`` / ``False`` force it."""
+
+    paths: Paths
+    device: str | None = None
+    workers: int = 2
+    node_modules: tuple[tuple[str, str | None], ...] = ()
+    policies: tuple[str, ...] = ()
+    server_node_id: str | None = None
+    ship_outputs: bool | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One job for a worker: the durable queue's job, minus what only the server needs."""
+
+    prompt_id: str
+    prompt: dict[str, Any]
+    extra_data: dict[str, Any]
+    outputs_to_execute: list[str]
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What a worker holds after a job: for routing the next ones."""
+
+    worker_id: str
+    node_id: str | None
+    pid: int
+    model_files: frozenset[str] = frozenset()
+    cache_keys: frozenset[bytes] = frozenset()
+    jobs_done: int = 0
+
+
+@dataclass(frozen=True)
+class ShippedFile:
+    """An output file returned as bytes (``kind`` is ``output`` or ``temp``)."""
+
+    kind: str
+    subfolder: str
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FilesShipped(Event):
+    """Sent just before a node's ``NodeFinished`` when the worker ships files: what it wrote."""
+
+    node_id: str = ""
+    files: tuple[ShippedFile, ...] = ()
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Executor events in the order they were emitted (previews carry uint8 arrays, never GPU tensors)."""
+
+    events: tuple[Event, ...]
+
+
+@dataclass
+class JobOutcome:
+    """The last item of a job's stream."""
+
+    prompt_id: str
+    status: str  # success | error | interrupted | invalid
+    outputs: dict[str, dict] = field(default_factory=dict)
+    meta: dict[str, dict] = field(default_factory=dict)
+    validation_error: dict[str, Any] | None = None  # node_id, class_type, exception_type, message
+    state: WorkerState | None = None
+
+
+def absolute_paths(paths: Paths) -> Paths:
+    """``paths`` with every folder absolute (workers run in other working directories)."""
+    return Paths(output_dir=Path(paths.output_dir).resolve(), input_dir=Path(paths.input_dir).resolve(),
+                 temp_dir=Path(paths.temp_dir).resolve(), models_dir=Path(paths.models_dir).resolve())
