@@ -15,6 +15,7 @@ from defaults.shapes.render import render_scene
 from defaults.shapes.world import scene_for_seed
 from nodegraph import Engine, Graph, Paths
 from nodegraph.errors import ValidationFailed
+from nodegraph.events import NodeProgress
 from nodegraph.models import ModelManager
 from nodegraph.registry import default_registry
 from nodes.ncnn_upscaler import (BUILTIN_UPSCALERS, DEFAULT_UPSCALER, NcnnUpscaler, UpscaleModelError, parse_blobs,
@@ -127,6 +128,23 @@ def test_tiled_equals_untiled(engine, paths):
     assert torch.equal(default, whole)
     diff = (tiled - whole).abs()
     assert float(diff.max()) < 0.02 and float(diff.mean()) < 5e-4, (float(diff.max()), float(diff.mean()))
+
+
+def test_a_batch_reports_progress_per_tile(engine, paths):
+    Image.fromarray(scene()).save(paths.input_dir / "in.png")
+    g = Graph()
+    image = g.node("LoadImage", image="in.png")
+    batch = g.node("ImageBatch", image1=image, image2=g.node("ImageInvert", image=image))
+    up = g.node("ImageUpscaleWithModel",
+                upscale_model=g.node("UpscaleModelLoader", model_name="realesr-animevideov3-x2 (built-in)"),
+                image=batch, tile_size=40, overlap=8)  # 2×2 tiles per image
+    g.node("PreviewImage", images=up)
+    events = []
+    result = engine.run(g, listeners=[events.append])
+    assert result.ok, result.failure
+    assert result.value(up.id).shape == (2, 128, 128, 3)
+    progress = [(e.value, e.max) for e in events if isinstance(e, NodeProgress) and e.node_id == up.id]
+    assert progress == [(i, 8) for i in range(1, 9)]
 
 
 def test_tiling_blends_exactly_for_a_local_function():
