@@ -306,6 +306,9 @@ class RayDispatcher:
     def run_job(self, lane: WorkerLane, job: Job) -> None:
         import ray
 
+        if self.stopping:  # handed over just as the server stops: back to the queue, untouched
+            self.store.requeue(job.prompt_id)
+            return
         reporter = RunReporter(self, job)
         lane.reporter = reporter
         if job.attempts > 1:
