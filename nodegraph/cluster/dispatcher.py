@@ -331,12 +331,11 @@ class RayDispatcher:
         try:
             stream = lane.handle.run.options(num_returns="streaming").remote(spec)
             for ref in stream:
-                item = ray.get(ref)
-                if isinstance(item, EventBatch):
-                    for event in item.events:
-                        self._forward(lane, reporter, event)
-                elif isinstance(item, JobOutcome):
-                    outcome = item
+                batch: EventBatch = ray.get(ref)
+                for event in batch.events:
+                    self._forward(lane, reporter, event)
+                if batch.outcome is not None:
+                    outcome = batch.outcome
         except ray_setup.dead_actor_errors() as exc:
             self._worker_died(lane, job, exc)
             return

@@ -2,9 +2,9 @@
 runs one job at a time and streams its events back.
 
 :meth:`EngineWorker.run` is a generator (a Ray streaming call): the engine runs on a thread of the
-actor, its events are queued and yielded in emission order as :class:`EventBatch` es (whatever piled
-up since the last yield), and the last item is the :class:`JobOutcome` (outputs, files when shipping,
-and the worker's :class:`WorkerState` for routing). The actor is threaded (``max_concurrency`` > 1) so
+actor, its events are queued and yielded in emission order as :class:`EventBatch` es (gathered for a
+few milliseconds each), and the last batch carries the :class:`JobOutcome` (outputs, and the worker's
+:class:`WorkerState` for routing). Output files to ship travel as ``FilesShipped`` events. The actor is threaded (``max_concurrency`` > 1) so
 that :meth:`interrupt`, :meth:`free` and :meth:`state` answer while a job runs.
 
 The class is plain Python; :mod:`nodegraph.cluster.ray_setup` wraps it with ``ray.remote``.
@@ -21,6 +21,7 @@ import queue
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,6 +32,9 @@ from .files import collect_files
 from .records import EventBatch, FilesShipped, JobOutcome, JobSpec, WorkerSettings, WorkerState
 
 log = logging.getLogger(__name__)
+
+#: events are gathered this long before a batch is sent (progress reaches clients this much later)
+COALESCE_S = 0.02
 
 def model_files(loaded: list[dict[str, Any]]) -> frozenset[str]:
     """The file paths named in the model manager's keys (``(path, component, dtype, …)`` tuples)."""
@@ -138,26 +142,32 @@ class EngineWorker:
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    def run(self, spec: JobSpec) -> Iterator[EventBatch | JobOutcome]:
-        """Run ``spec``; yield event batches in order, then the outcome."""
+    def run(self, spec: JobSpec) -> Iterator[EventBatch]:
+        """Run ``spec``; yield its events in order, in batches, the last one with the outcome.
+
+        Events are gathered for up to :data:`COALESCE_S` before a batch goes out (each yield is a
+        round trip to the server): a short job streams as one batch, a long one every few ms."""
         events: queue.SimpleQueue = queue.SimpleQueue()
         thread = threading.Thread(target=self._execute, args=(spec, events), daemon=True,
                                   name=f"nodegraph-job-{spec.prompt_id[:8]}")
         thread.start()
         while True:
             batch = [events.get()]
-            while True:
+            deadline = time.monotonic() + COALESCE_S
+            while not isinstance(batch[-1], JobOutcome):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 try:
-                    batch.append(events.get_nowait())
+                    batch.append(events.get(timeout=left))
                 except queue.Empty:
                     break
-            outcome = batch.pop() if isinstance(batch[-1], JobOutcome) else None
-            if batch:
-                yield EventBatch(tuple(batch))
-            if outcome is not None:
-                yield outcome
+            if isinstance(batch[-1], JobOutcome):
+                outcome = batch.pop()
+                yield EventBatch(tuple(batch), outcome)
                 thread.join()
                 return
+            yield EventBatch(tuple(batch))
 
     def _execute(self, spec: JobSpec, events: queue.SimpleQueue) -> None:
         try:

@@ -70,9 +70,11 @@ class FilesShipped(Event):
 
 @dataclass(frozen=True)
 class EventBatch:
-    """Executor events in the order they were emitted (previews carry uint8 arrays, never GPU tensors)."""
+    """Executor events in the order they were emitted (previews carry uint8 arrays, never GPU tensors);
+    the last batch of a job carries its outcome."""
 
     events: tuple[Event, ...]
+    outcome: "JobOutcome | None" = None
 
 
 @dataclass
