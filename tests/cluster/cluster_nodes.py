@@ -3,7 +3,7 @@ from this folder).
 
 ``TinyModelLoader`` loads ``models/tiny/<name>`` (a safetensors ``torch.nn.Linear``) through the
 engine's model manager — the entry routing looks for; ``TinyModelApply`` runs it. ``Spin`` burns CPU
-in steps with progress (where interrupts land), optionally appending ``start``/``end`` lines to a log
+in steps with progress (where interrupts land) and optional previews, optionally appending ``start``/``end`` lines to a log
 file. Output nodes report the worker's process id in their UI text so tests can see where a job ran.
 """
 
@@ -17,7 +17,7 @@ import torch
 from nodegraph.context import Paths
 from nodegraph.models import ManagerOwned
 from nodegraph.node import COMBO, Input, Node, NodeResult, Output
-from nodegraph.types import FLOAT, INT, STRING
+from nodegraph.types import BOOLEAN, FLOAT, INT, STRING
 
 TINY_MODEL = "TINY_MODEL"
 IN_FEATURES = 4
@@ -88,14 +88,17 @@ class Spin(Node):
     steps = Input(INT, default=10, min=1, max=100_000)
     tag = Input(STRING, default="")
     log_path = Input(STRING, default="")
+    preview = Input(BOOLEAN, default=False)
     outputs = (Output(INT, "total"),)
 
-    def execute(self, iterations: int, steps: int, tag: str, log_path: str) -> NodeResult:
+    def execute(self, iterations: int, steps: int, tag: str, log_path: str, preview: bool) -> NodeResult:
         _log(log_path, f"start {tag} {os.getpid()}")
         total, per_step = 0, iterations // steps
         for step in range(steps):
             for i in range(per_step):
                 total += i & 7
+            if preview:
+                self.ctx.preview(torch.full((12, 16, 3), step / steps))
             self.ctx.progress(step + 1, steps)
         _log(log_path, f"end {tag} {os.getpid()}")
         return NodeResult(outputs=(total,), ui={"text": [tag], "pid": [os.getpid()]})

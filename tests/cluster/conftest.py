@@ -113,9 +113,10 @@ def tiny_models(tmp_path) -> pathlib.Path:
     return folder
 
 
-def spin_prompt(tag: str, iterations: int = 200_000, steps: int = 10, log_path: str = "") -> dict:
+def spin_prompt(tag: str, iterations: int = 200_000, steps: int = 10, log_path: str = "",
+                preview: bool = False) -> dict:
     return {"1": {"class_type": "Spin", "inputs": {"iterations": iterations, "steps": steps, "tag": tag,
-                                                   "log_path": log_path}}}
+                                                   "log_path": log_path, "preview": preview}}}
 
 
 def model_prompt(name: str, x: float) -> dict:

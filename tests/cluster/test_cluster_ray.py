@@ -111,6 +111,58 @@ def test_killed_worker_job_completes_once_on_another_and_client_sees_events(star
     assert all(e["status"]["status_str"] == "success" for e in entries.values())
 
 
+def test_events_and_previews_reach_the_submitting_client_in_order_and_interrupt_reaches_the_worker(
+        start_ray_server):
+    from comfy_client import ComfyClient
+
+    server = start_ray_server()
+    client = server.client()
+    alice, bob = ComfyClient(f"127.0.0.1:{server.port}"), ComfyClient(f"127.0.0.1:{server.port}")
+    with alice.connect() as ws_a, bob.connect() as ws_b:
+        ws_a.recv(timeout=30)
+        ws_b.recv(timeout=30)
+        mine = alice.queue_prompt(spin_prompt("alice", iterations=400_000, steps=8, preview=True))["prompt_id"]
+        long = bob.queue_prompt(spin_prompt("bob", iterations=10**9, steps=10_000))["prompt_id"]
+        texts, frames = [], 0
+        while True:
+            message = ws_a.recv(timeout=120)
+            if isinstance(message, bytes):
+                frames += 1
+                continue
+            texts.append(json.loads(message))
+            if texts[-1]["type"] == "executing" and texts[-1]["data"]["node"] is None:
+                break
+        while True:  # bob's job is running on the other worker: interrupt it by id
+            message = ws_b.recv(timeout=120)
+            if isinstance(message, str) and json.loads(message)["type"] == "progress":
+                break
+        assert client.post_json("/interrupt", {"prompt_id": long}).json() == {"interrupted": True}
+        bob_kinds = []
+        while True:
+            message = ws_b.recv(timeout=120)
+            if isinstance(message, str):
+                data = json.loads(message)
+                bob_kinds.append(data["type"])
+                assert data["data"].get("prompt_id") in (None, long)  # never alice's events
+                if data["type"] == "executing" and data["data"]["node"] is None:
+                    break
+    own = [m for m in texts if m["type"] != "status"]
+    assert {m["data"]["prompt_id"] for m in own} == {mine}
+    kinds = [m["type"] for m in own]
+    assert kinds[:3] == ["execution_start", "execution_cached", "executing"]
+    assert kinds[-4:] == ["executed", "node_finished", "execution_success", "executing"]
+    progress = [m["data"]["value"] for m in own if m["type"] == "progress"]
+    assert progress == list(range(1, 9))
+    assert frames == 8  # one JPEG preview per step
+    executed = next(m for m in own if m["type"] == "executed")
+    assert executed["data"]["output"]["text"] == ["alice"]
+    assert "execution_interrupted" in bob_kinds
+    entries = server.wait_done([mine, long])
+    assert entries[mine]["status"]["status_str"] == "success"
+    assert entries[long]["status"]["status_str"] == "error"
+    assert "execution_interrupted" in message_types(entries[long])
+
+
 def test_restart_loses_no_jobs(start_ray_server):
     first = start_ray_server()
     client = first.client()
