@@ -155,9 +155,8 @@ class RayDispatcher:
         self.preview_size = preview_size
         self.start_timeout = start_timeout
         self.paths = absolute_paths(engine.paths)
-        self._settings = WorkerSettings(self.paths, device, engine_workers, _module_folders(node_modules),
-                                        tuple(engine.policies), None, ship_outputs)
-        self.settings = self._settings
+        self.settings = WorkerSettings(self.paths, device, engine_workers, _module_folders(node_modules),
+                                       tuple(engine.policies), None, ship_outputs)
         self.resources = ray_setup.ActorResources()
         self.lanes: list[WorkerLane] = []
         self.stopping = False
@@ -180,7 +179,7 @@ class RayDispatcher:
                         ", ".join(recovered))
         self._owns_ray = ray_setup.connect(self.address)
         count, self.resources = ray_setup.plan_workers(self.requested_workers)
-        self.settings = replace(self._settings, server_node_id=ray_setup.server_node_id())
+        self.settings = replace(self.settings, server_node_id=ray_setup.server_node_id())
         self.lanes = [WorkerLane(self, i) for i in range(count)]
         ready = [lane.spawn() for lane in self.lanes]
         for lane, ref in zip(self.lanes, ready):

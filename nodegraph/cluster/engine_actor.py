@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..context import Paths
 from ..errors import ValidationFailed
 from ..events import Event, ExecutionStarted, NodeFinished, NodePreview
 from .files import collect_files

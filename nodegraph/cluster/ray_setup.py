@@ -3,6 +3,7 @@ talks to Ray's start-up API)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -62,12 +63,17 @@ def server_node_id() -> str | None:
 
 def spawn(worker_id: str, settings: WorkerSettings, resources: ActorResources) -> Any:
     """Start one engine actor (not restarted by Ray: the dispatcher replaces dead ones itself)."""
+    actor = _remote_worker_class().options(
+        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_concurrency=ACTOR_CONCURRENCY,
+        max_restarts=0)
+    return actor.remote(worker_id, settings)
+
+
+@functools.lru_cache(maxsize=1)
+def _remote_worker_class() -> Any:
     import ray
 
-    actor = ray.remote(EngineWorker).options(
-        num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_concurrency=ACTOR_CONCURRENCY,
-        max_restarts=0, name=None)
-    return actor.remote(worker_id, settings)
+    return ray.remote(EngineWorker)
 
 
 def dead_actor_errors() -> tuple[type[BaseException], ...]:
