@@ -166,7 +166,6 @@ class RayDispatcher:
         self._thread: threading.Thread | None = None
         self._needs: dict[str, tuple[JobNeeds, float]] = {}
         self._restart_reasons: dict[str, str] = {}
-        self._lock = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------------------
 
