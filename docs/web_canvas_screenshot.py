@@ -3,7 +3,7 @@ captured with the system Chromium.
 
     python docs/web_canvas_screenshot.py [workflows/NAME.json] [docs/web_canvas.png]
 
-The default is workflows/txt2img.ui.json with the tiny random-weight SD model the diffusion tests
+The default is workflows/txt2img_sd15.ui.json with the tiny random-weight SD model the diffusion tests
 build (tests/diffusion/tiny_models.py), captured mid-sampling (progress, live preview); any other
 workflow is captured after its run.
 """
@@ -25,7 +25,7 @@ from nodegraph.server import ServerConfig  # noqa: E402
 
 
 def main() -> None:
-    workflow = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "workflows" / "txt2img.ui.json")
+    workflow = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "workflows" / "txt2img_sd15.ui.json")
     target = pathlib.Path(sys.argv[2] if len(sys.argv) > 2 else ROOT / "docs" / "web_canvas.png")
     from playwright.sync_api import sync_playwright
 

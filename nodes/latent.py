@@ -98,21 +98,29 @@ def tiled(fn, x: torch.Tensor, tile: int, overlap: int, factor: float, out_chann
 # -- nodes ------------------------------------------------------------------------------------------
 
 class EmptyLatentImage(Node):
-    """A batch of empty latent images to be denoised by a sampler."""
+    """A batch of empty latent images to be denoised by a sampler.
+
+    ComfyUI assumes SD's VAE (1/8 of the image size, 4 channels). Connect the optional ``vae`` to size
+    the latent for that VAE instead (the built-in shapes-world VAE works at 1/4): width and height
+    are then image pixels for it and must be multiples of its scale factor.
+    """
 
     category = "latent"
     display_name = "Empty Latent Image"
     width = Input(INT, default=512, min=16, max=MAX_RESOLUTION, step=8)
     height = Input(INT, default=512, min=16, max=MAX_RESOLUTION, step=8)
     batch_size = Input(INT, default=1, min=1, max=4096)
+    vae = Input(VAE, optional=True, tooltip="Size the latent for this VAE (default: SD's 1/8, 4 channels).")
     outputs = (Output(LATENT),)
 
-    def execute(self, width: int, height: int, batch_size: int = 1) -> tuple:
+    def execute(self, width: int, height: int, batch_size: int = 1, vae=None) -> tuple:
+        factor = vae.scale_factor if vae is not None else 8
+        channels = vae.latent_channels if vae is not None else 4
         for name, value in (("width", width), ("height", height)):
-            if value % 8:
-                raise ValueError(f"{name} {value} is not a multiple of 8: latents are 1/8 of the image size; "
-                                 f"use {value // 8 * 8} or {value // 8 * 8 + 8}")
-        return ({"samples": torch.zeros([batch_size, 4, height // 8, width // 8])},)
+            if value % factor:
+                raise ValueError(f"{name} {value} is not a multiple of {factor}: latents are 1/{factor} of the "
+                                 f"image size; use {value // factor * factor} or {value // factor * factor + factor}")
+        return ({"samples": torch.zeros([batch_size, channels, height // factor, width // factor])},)
 
 
 class VAEDecode(Node):

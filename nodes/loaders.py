@@ -5,6 +5,10 @@ loras/, text_encoders/, diffusion_models/), refreshed on every ask. Weights are 
 engine's model manager (service ``"models"``): once per file, component and dtype. Pickle formats are
 refused unless the engine allows them (``--allow-pickle``). See :mod:`nodes.diffusion.components`
 for where CLIP tokenizer files are looked for.
+
+``CheckpointLoaderSimple`` also lists the model nodegraph ships, :data:`BUILTIN_SHAPES_GENERATOR` (the
+shapes-world text-to-image model of ``defaults/shapes``, a diffusers folder), first, so it is the
+choice when a workflow names none.
 """
 
 from __future__ import annotations
@@ -33,8 +37,28 @@ def _fingerprint(paths: Paths, kind: str, name: str | None, also: tuple[str, ...
     return file_identity(path)
 
 
+#: The shapes-world text-to-image model shipped with nodegraph, listed when its weights exist.
+BUILTIN_SHAPES_GENERATOR = "shapes-world (built-in)"
+
+
+def _shapes_generator_folder() -> Path:
+    from defaults.shapes.generator import DEFAULT_FOLDER
+
+    return DEFAULT_FOLDER
+
+
 def _ckpt_choices(paths: Paths) -> list[str]:
-    return checkpoint_choices(paths)
+    builtin = [BUILTIN_SHAPES_GENERATOR] if (_shapes_generator_folder() / "model_index.json").is_file() else []
+    return builtin + checkpoint_choices(paths)
+
+
+def _resolve_checkpoint(paths: Paths, name: str) -> Path:
+    if name == BUILTIN_SHAPES_GENERATOR:
+        folder = _shapes_generator_folder()
+        if not (folder / "model_index.json").is_file():
+            raise ModelFileError(f"the built-in model {name!r} is missing from this install ({folder})")
+        return folder
+    return resolve_model(paths, "checkpoints", name, also=("diffusers",))
 
 
 def _vae_choices(paths: Paths) -> list[str]:
@@ -64,11 +88,14 @@ class CheckpointLoaderSimple(Node):
 
     @classmethod
     def fingerprint(cls, paths: Paths, ckpt_name: str | None = None, **_: Any) -> Any:
+        if ckpt_name == BUILTIN_SHAPES_GENERATOR:
+            folder = _shapes_generator_folder()
+            return (str(folder), max((p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()), default=0))
         return _fingerprint(paths, "checkpoints", ckpt_name, also=("diffusers",))
 
     def execute(self, ckpt_name: str) -> tuple:
         paths = self.ctx.paths
-        path = resolve_model(paths, "checkpoints", ckpt_name, also=("diffusers",))
+        path = _resolve_checkpoint(paths, ckpt_name)
         return load_checkpoint(path, self.ctx.service("models"), self.ctx.device, Path(paths.models_dir))
 
 

@@ -1,7 +1,8 @@
 """The shapes-world text-to-image model: Stable Diffusion's structure at toy size.
 
 - VAE: diffusers ``AutoencoderKL``, 64×64×3 ↔ 16×16×4 (16/32/64 channels, 4× down, no mid attention;
-  0.65 M parameters, ~0.5 GFLOP per decoded image).
+  0.65 M parameters, ~0.5 GFLOP per decoded image). GroupNorm groups hold ≥ 4 channels (SD: 4 of 128):
+  a group of one channel is instance norm, which erases each image's flat colours and stalls training.
 - UNet: diffusers ``UNet2DConditionModel`` on the 16×16×4 latents (32/64/128 channels at 16/8/4 px,
   ~4.6 M parameters, ~0.58 GFLOP per call at batch 2), cross-attention at 8×8, 4×4 and the middle to
   the 384-d token embeddings of all-MiniLM-L6-v2 (:mod:`.text_encoder`), v-prediction.
@@ -39,7 +40,7 @@ DEFAULT_FOLDER = Path(__file__).parent / "weights" / "generator"
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4,
     down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=16, sample_size=64,
+    block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=4, sample_size=64,
     mid_block_add_attention=False, scaling_factor=1.0,
 )
 
@@ -49,7 +50,7 @@ UNET_CONFIG = dict(
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
     mid_block_type="UNetMidBlock2DCrossAttn",
-    cross_attention_dim=HIDDEN, attention_head_dim=4, norm_num_groups=16,
+    cross_attention_dim=HIDDEN, attention_head_dim=4, norm_num_groups=8,
 )
 
 SCHEDULER_CONFIG = {

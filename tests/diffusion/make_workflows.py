@@ -1,9 +1,10 @@
-"""Regenerates ``workflows/{txt2img,img2img,inpaint,hires_fix}{.json,.ui.json}``.
+"""Regenerates ``workflows/{txt2img_sd15,img2img,inpaint,hires_fix}{.json,.ui.json}``.
 
     python tests/diffusion/make_workflows.py
 
 The UI files are written in ComfyUI's canvas format (:mod:`comfy_ui`); the API files are the
-library's conversion of them (what ComfyUI's "Save (API)" writes).
+library's conversion of them (what ComfyUI's "Save (API)" writes). ``workflows/txt2img.json`` is not
+generated: it runs the built-in shapes-world model (see ``tests/shapes``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from nodegraph.workflow.ui_format import ui_to_api  # noqa: E402
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 WORKFLOWS = {
-    "txt2img": txt2img_spec(CHECKPOINT),
+    "txt2img_sd15": txt2img_spec(CHECKPOINT),
     "img2img": img2img_spec(CHECKPOINT),
     "inpaint": inpaint_spec(CHECKPOINT),
     "hires_fix": hires_fix_spec(CHECKPOINT),

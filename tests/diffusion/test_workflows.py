@@ -103,7 +103,7 @@ def test_comfy_default_api_workflow_runs_unchanged(wf_engine):
     assert Image.open(path).size == (512, 512)
 
 
-@pytest.mark.parametrize("name", ["txt2img", "img2img", "inpaint", "hires_fix"])
+@pytest.mark.parametrize("name", ["txt2img_sd15", "img2img", "inpaint", "hires_fix"])
 @pytest.mark.parametrize("fmt", ["json", "ui.json"])
 def test_ready_workflows(wf_engine, diffusion_registry, name, fmt):
     loaded = load_workflow_file(WORKFLOWS / f"{name}.{fmt}", diffusion_registry)

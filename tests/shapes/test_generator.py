@@ -57,8 +57,8 @@ def txt2img(prompt: str, negative: str = "", seed: int = 5, steps: int = 20, cfg
     ck = g.node("CheckpointLoaderSimple", "ck", ckpt_name="shapes")
     pos = g.node("CLIPTextEncode", "pos", text=prompt, clip=ck.out(1))
     neg = g.node("CLIPTextEncode", "neg", text=negative, clip=ck.out(1))
-    # EmptyLatentImage makes 1/8-size latents; this VAE is 4× down, so 128 → 16×16 latents → 64×64 images
-    lat = g.node("EmptyLatentImage", width=128, height=128, batch_size=1)
+    # this VAE is 4× down: connected to EmptyLatentImage, 64×64 pixels → 16×16 latents
+    lat = g.node("EmptyLatentImage", width=64, height=64, batch_size=1, vae=ck.out(2))
     ks = g.node("KSampler", "ks", model=ck.out(0), seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
                 scheduler="normal", positive=pos, negative=neg, latent_image=lat, denoise=1.0)
     dec = g.node("VAEDecode", "dec", samples=ks, vae=ck.out(2))
@@ -94,6 +94,22 @@ def test_txt2img_workflow_samples_a_64px_image(engine):
     assert tuple(images.shape) == (1, 64, 64, 3)
     assert result.value("ks")["samples"].shape[1:] == (4, 16, 16)
     assert torch.isfinite(images).all() and 0 <= float(images.min()) <= float(images.max()) <= 1
+
+
+def test_empty_latent_sized_for_the_connected_vae(engine):
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name="shapes")
+    g.node("PreviewAny", source=g.node("EmptyLatentImage", "four", width=64, height=32, batch_size=2, vae=ck.out(2)))
+    g.node("PreviewAny", source=g.node("EmptyLatentImage", "sd", width=64, height=32, batch_size=1))
+    result = engine.run(g).raise_for_status()
+    assert tuple(result.value("four")["samples"].shape) == (2, 4, 8, 16)
+    assert tuple(result.value("sd")["samples"].shape) == (1, 4, 4, 8)  # without a VAE: SD's 1/8, as ComfyUI
+    bad = Graph()
+    ck = bad.node("CheckpointLoaderSimple", ckpt_name="shapes")
+    bad.node("PreviewAny", source=bad.node("EmptyLatentImage", "odd", width=66, height=64, vae=ck.out(2)))
+    failure = engine.run(bad).failure
+    assert failure is not None and failure.node_id == "odd"
+    assert "width 66 is not a multiple of 4" in failure.exception_message
 
 
 def test_clip_text_encode_equals_training_encoding(engine):
