@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from .context import Paths
 from .errors import NodegraphError, ValidationFailed, WorkflowFormatError
 from .progress import ProgressPrinter, format_timing_report, report_dict
+from .types import STRING
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("workflow", type=Path)
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE",
                      help="override an input; NODE is a node id or title, VALUE is JSON or plain text")
+    run.add_argument("--prompt", metavar="TEXT",
+                     help="set the text of the workflow's node titled 'Prompt' (its first text widget), e.g. "
+                          "the design loop's instruction")
     _add_engine_options(run)
     run.add_argument("--report", type=Path, help="write a JSON report (timings, outputs, errors) here")
     run.add_argument("--quiet", action="store_true", help="no progress output")
@@ -35,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a workflow without running it")
     validate.add_argument("workflow", type=Path)
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    validate.add_argument("--prompt", metavar="TEXT", help="as for run")
     validate.add_argument("--models-dir", type=Path, default=None)
     validate.add_argument("--input-dir", type=Path, default=None)
 
@@ -142,6 +147,30 @@ def apply_overrides(api: dict[str, Any], overrides: Sequence[str]) -> None:
         inputs[name] = {"__value__": value} if isinstance(value, list) else value
 
 
+#: The title that marks a workflow's prompt node, the one ``--prompt`` sets.
+PROMPT_TITLE = "Prompt"
+
+
+def apply_prompt(api: dict[str, Any], registry, text: str) -> str:
+    """Set the text of the node titled ``Prompt`` (its first STRING widget); returns ``node.input``."""
+    hits = [nid for nid, n in api.items() if isinstance(n, dict) and isinstance(n.get("_meta"), dict)
+            and str(n["_meta"].get("title", "")).strip().lower() == PROMPT_TITLE.lower()]
+    if len(hits) != 1:
+        raise WorkflowFormatError(
+            f"--prompt: the workflow has {'no' if not hits else len(hits)} node(s) titled {PROMPT_TITLE!r}; "
+            f"title exactly one text node {PROMPT_TITLE!r}, or use --set NODE.INPUT=VALUE")
+    node = api[hits[0]]
+    cls = registry.get(node.get("class_type"))
+    names = [name for name, spec in (cls.INPUTS.items() if cls else ()) if spec.type == STRING and not spec.force_input]
+    if not names:
+        raise WorkflowFormatError(f"--prompt: node {hits[0]} ({node.get('class_type')}) titled {PROMPT_TITLE!r} "
+                                  "has no text input to set")
+    if not isinstance(text, str) or not text.strip():
+        raise WorkflowFormatError("--prompt: the text is empty")
+    node.setdefault("inputs", {})[names[0]] = text
+    return f"{hits[0]}.{names[0]}"
+
+
 def _find_by_title(api: dict[str, Any], title: str) -> str | None:
     hits = [nid for nid, n in api.items()
             if isinstance(n, dict) and isinstance(n.get("_meta"), dict) and n["_meta"].get("title") == title]
@@ -153,6 +182,8 @@ def _load(args: argparse.Namespace, registry) -> tuple[dict, dict]:
 
     loaded = load_workflow_file(args.workflow, registry)
     apply_overrides(loaded.api, args.overrides)
+    if getattr(args, "prompt", None) is not None:
+        apply_prompt(loaded.api, registry, args.prompt)
     extra = {"extra_pnginfo": {"workflow": loaded.ui}} if loaded.ui is not None else {}
     return loaded.api, extra
 

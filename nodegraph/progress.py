@@ -10,7 +10,8 @@ from .events import (Event, ExecutionDone, ExecutionInterrupted, NodeFailed, Nod
 
 
 class ProgressPrinter:
-    """An event listener drawing ``[done/total] node (class) step k/n`` on a stream."""
+    """An event listener drawing ``[done/total] node (class) step k/n`` on a stream, and printing the
+    text that output nodes show (ShowText, reports) as soon as they finish."""
 
     def __init__(self, stream: IO[str], total: int, enabled: bool = True, width: int = 24) -> None:
         self.stream = stream
@@ -36,6 +37,8 @@ class ProgressPrinter:
                 self.done = min(self.done + 1, self.total)
                 if not self.tty and not event.cached:
                     self._line(f"node {event.node_id} ({event.class_type}) done in {event.seconds:.3f}s")
+                if event.output_node and event.ui and event.ui.get("text"):
+                    self._texts(event.node_id, event.ui["text"])
                 self._draw(self.current)
             elif isinstance(event, (NodeFailed, ExecutionInterrupted, ExecutionDone)):
                 self.close()
@@ -49,6 +52,15 @@ class ProgressPrinter:
             self.stream.write(f"\r\x1b[K{self._bar()} {text}")
             self.stream.flush()
             self._drawn = True
+
+    def _texts(self, node_id: str, texts: list) -> None:
+        """What an output node shows as text (ShowText …), printed as it comes, above the bar."""
+        if self.tty and self._drawn:
+            self.stream.write("\r\x1b[K")
+        for text in texts:
+            lines = str(text).splitlines() or [""]
+            self.stream.write(f"[{node_id}] {lines[0]}\n" + "".join(f"  {line}\n" for line in lines[1:]))
+        self.stream.flush()
 
     def _line(self, text: str) -> None:
         self.stream.write(f"{self._bar()} {text}\n")
