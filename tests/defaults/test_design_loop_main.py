@@ -1,0 +1,73 @@
+"""The main job: ``nodegraph run workflows/design_loop.json`` on the built-in models (SmolLM2, the shapes-world
+generator and captioner, Open-NSFW, Real-ESRGAN), with ``--prompt``: every round prints its prompt, caption
+and score, the PNGs (workflow embedded) land in the output folder, and the canvas twin is the same workflow."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+from PIL import Image
+
+from nodegraph.cli import apply_prompt, main
+from nodegraph.errors import WorkflowFormatError
+from nodegraph.registry import default_registry
+from nodegraph.workflow.loader import load_workflow_file
+from nodes.langvision.shapes_text import parse_spec, scene_match
+
+from default_llm_fixtures import OFFLINE, llm_cache  # noqa: F401 - fixture
+
+WORKFLOWS = pathlib.Path(__file__).resolve().parents[2] / "workflows"
+DESIGN_LOOP = WORKFLOWS / "design_loop.json"
+
+
+def test_design_loop_runs_on_the_defaults_and_reports_every_round(llm_cache, tmp_path, monkeypatch, capsys):
+    paths, _ = llm_cache
+    for k, v in OFFLINE.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("NODEGRAPH_CACHE_DIR", str(paths.cache_dir))  # the converted LLM of this session
+    out = tmp_path / "outputs"
+    request = "a small yellow star to the left of a big purple box on black"
+    code = main(["run", str(DESIGN_LOOP), "--prompt", request, "--set", "loop.rounds=2", "--output-dir", str(out),
+                 "--models-dir", str(tmp_path / "models"), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+
+    # each round (and the final image) printed its score, prompt and caption as it finished
+    for label in ("round 1: score", "round 2: score", "final: score"):
+        assert label in captured.err, captured.err[-3000:]
+    prompts = [line.split("prompt:", 1)[1].strip() for line in captured.err.splitlines() if "prompt:" in line]
+    assert len(prompts) == 3
+    first = parse_spec(prompts[0])  # the rewrite: a caption in the generator's grammar, of the request
+    assert scene_match(parse_spec(request), first).score == 1.0 and first.background == "black"
+    for prompt in prompts[1:]:  # critiques ask for the same scene (perhaps with emphasis)
+        assert scene_match(parse_spec(request), parse_spec(prompt)).score == 1.0
+
+    # the PNGs: one per round (64×64) and the upscaled final one, with the workflow embedded
+    rounds = sorted((out / "design_loop").glob("round_*.png"))
+    finals = sorted((out / "design_loop").glob("final_*.png"))
+    assert len(rounds) == 2 and len(finals) == 1
+    assert str(finals[0]) in captured.out  # the CLI says where the image is
+    with Image.open(rounds[0]) as im:
+        assert im.size == (64, 64)
+    with Image.open(finals[0]) as im:
+        assert im.size == (256, 256)
+        embedded = json.loads(im.text["prompt"])
+    assert embedded["instruction"]["inputs"]["value"] == request
+    assert load_workflow_file(finals[0], default_registry()).api["loop"]["class_type"] == "Repeat"
+
+
+def test_prompt_flag_sets_the_node_titled_prompt_in_both_formats():
+    registry = default_registry()
+    for name in ("design_loop.json", "design_loop.ui.json"):
+        api = load_workflow_file(WORKFLOWS / name, registry).api
+        target = apply_prompt(api, registry, "a green circle at the top")
+        node_id, input_name = target.rsplit(".", 1)
+        assert api[node_id]["inputs"][input_name] == "a green circle at the top"
+        assert api[node_id]["class_type"] == "PrimitiveStringMultiline" and input_name == "value"
+    api = json.loads(DESIGN_LOOP.read_text())
+    with pytest.raises(WorkflowFormatError, match="titled 'Prompt'"):
+        apply_prompt(json.loads((WORKFLOWS / "image_basics.json").read_text()), registry, "x")
+    with pytest.raises(WorkflowFormatError, match="empty"):
+        apply_prompt(api, registry, "  ")
