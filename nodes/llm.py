@@ -361,7 +361,8 @@ class PromptCritique(_Generating):
     """Compare what the image shows (its caption) with the instruction and rewrite the prompt (design loop step).
 
     Style "shapes world": the revised prompt is a shapes-world caption of the requested scene, with
-    ``(word:1.2)`` emphasis (growing each round) on what the image got wrong.
+    ``(word:1.2)`` emphasis (growing each round) on what the image got wrong. The LLM is asked (few-shot)
+    only when the prompt used is not a caption of the request; otherwise the revision is exact.
     """
 
     category = "llm/prompt"
@@ -406,13 +407,16 @@ class PromptCritique(_Generating):
     def shapes_critique(self, llm, instruction: str, prompt: str, caption: str, seed: int, temperature: float,
                         max_tokens: int) -> tuple:
         request, used, shown = parse_spec(instruction), parse_spec(prompt), parse_spec(caption)
-        ask = (f"Request: {instruction}\nCaption used: {prompt}\n"
-               f"The picture shows: {caption or '(nothing recognisable)'}")
-        answer = parse_spec(single_prompt_line(self.run_llm(
-            llm, few_shot_messages(SHAPES_CRITIQUE_SYSTEM, SHAPES_CRITIQUE_EXAMPLES, ask), seed, temperature,
-            max_tokens)))
-        # what the request leaves open comes from the prompt used (kept between rounds), else the answer
-        suggestion = used if not used.empty and not conflicts(request, used) else answer
+        if used.objects and not conflicts(request, used):
+            # the prompt used is a caption of the request: keep what it chose where the request is
+            # silent (the revision in the grammar is exact; no need to ask the LLM)
+            suggestion = used
+        else:
+            ask = (f"Request: {instruction}\nCaption used: {prompt}\n"
+                   f"The picture shows: {caption or '(nothing recognisable)'}")
+            suggestion = parse_spec(single_prompt_line(self.run_llm(
+                llm, few_shot_messages(SHAPES_CRITIQUE_SYSTEM, SHAPES_CRITIQUE_EXAMPLES, ask), seed, temperature,
+                max_tokens)))
         target = complete_scene(request, suggestion, seed)
         wrong = wrong_attributes(target, shown)
         revised = emphasized_caption(target, wrong, prompt)

@@ -123,11 +123,19 @@ def test_shapes_critique_asks_again_for_the_request_with_emphasis_on_what_was_wr
                   prompt=s("a large red circle above a small blue square on a white background"),
                   caption=s("a large green circle above a small blue square on a white background"),
                   style="shapes world", seed=0, max_tokens=40)
+    # a prompt that is no caption of the request: the LLM is asked, its answer is held to the request
+    asked = g.node("PromptCritique", llm=g.node("LLMLoader"), instruction=s("a tiny green star at the bottom"),
+                   prompt=s("a picture of a fox"), caption=s("a large red circle in the center on a white background"),
+                   style="shapes world", seed=0, max_tokens=40)
     g.node("ShowText", text=crit.out(0))
+    g.node("ShowText", text=asked.out(0))
     r = run_ok(llm_engine, g)
     revised, critique = r.value(crit.id, 0), r.value(crit.id, 1)
     assert revised == "a large (red:1.2) circle above a small blue square on a white background"
     assert "color of the circle" in critique
+    fixed = r.value(asked.id, 0)
+    assert "\n" not in fixed and scene_match(parse_spec("a tiny green star at the bottom"), parse_spec(fixed)).score == 1.0
+    assert "(star:1.2)" in fixed and "(bottom:1.2)" in fixed  # the image showed a circle in the centre
 
 
 def test_caption_qa_answers_from_the_caption(llm_engine):
