@@ -133,6 +133,12 @@ def save_pipeline_folder(path: Path | str, unet, vae, dtype: torch.dtype = torch
     return path
 
 
+def save_vae(path: Path | str, vae, dtype: torch.dtype = torch.float16) -> None:
+    """Replace the VAE of a saved folder (after the decoder stage)."""
+    vae.to(dtype).save_pretrained(str(Path(path) / "vae"), safe_serialization=True)
+    vae.to(torch.float32)
+
+
 def load_pipeline_parts(path: Path | str, dtype: torch.dtype = torch.float32):
     """``(unet, vae, scheduler_config)`` of a saved folder, for training resumption and evaluation."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
