@@ -140,13 +140,9 @@ def test_shapes_critique_asks_again_for_the_request_with_emphasis_on_what_was_wr
 
 def test_caption_qa_answers_from_the_caption(llm_engine):
     g = Graph()
-    cap = g.node("PrimitiveString", value="a large red circle at the top on a white background").out(0)
-    llm = g.node("LLMLoader")
-    colour = g.node("CaptionQA", llm=llm, caption=cap, question="what colour is the circle?")
-    shape = g.node("CaptionQA", llm=llm, caption=cap, question="is there a star?")
+    cap = g.node("PrimitiveString", value="a small blue square on the left on a black background").out(0)
+    colour = g.node("CaptionQA", llm=g.node("LLMLoader"), caption=cap, question="what colour is the square?")
     g.node("ShowText", text=colour.out(0))
-    g.node("ShowText", text=shape.out(0))
-    r = run_ok(llm_engine, g)
-    assert_single_prompt(r.value(colour.id))
-    assert "red" in r.value(colour.id).lower()
-    assert r.value(shape.id).lower().startswith("no")
+    answer = run_ok(llm_engine, g).value(colour.id)
+    assert_single_prompt(answer)
+    assert "blue" in answer.lower() and len(answer.split()) <= 5
