@@ -125,7 +125,8 @@ def test_tiled_equals_untiled(engine, paths):
     whole = upscale(engine, paths, picture, loader, tile_size=0)
     tiled = upscale(engine, paths, picture, loader, tile_size=32, overlap=8)  # 3×3 tiles
     default = upscale(engine, paths, picture, loader)  # 512 px tiles: one tile here
-    assert torch.equal(default, whole)
+    # one tile = the whole image (ncnn's float summation order may differ between passes by thread split)
+    assert torch.allclose(default, whole, atol=1e-4)
     diff = (tiled - whole).abs()
     assert float(diff.max()) < 0.02 and float(diff.mean()) < 5e-4, (float(diff.max()), float(diff.mean()))
 
@@ -181,7 +182,7 @@ def test_a_model_in_the_upscale_models_folder(engine, paths):
     picture = scene()
     mine = upscale(engine, paths, picture, {"model_name": "anime/mine-x2.param"})
     theirs = upscale(engine, paths, picture, {"model_name": "realesr-animevideov3-x2 (built-in)"})
-    assert mine.shape == (1, 128, 128, 3) and torch.equal(mine, theirs)
+    assert mine.shape == (1, 128, 128, 3) and torch.allclose(mine, theirs, atol=1e-4)
 
 
 # -- bad input --------------------------------------------------------------------------------------
