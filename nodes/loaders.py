@@ -83,7 +83,8 @@ class CheckpointLoaderSimple(Node):
 
     category = "loaders"
     display_name = "Load Checkpoint"
-    ckpt_name = Input(COMBO, choices=_ckpt_choices, tooltip="The checkpoint (model) to load.")
+    ckpt_name = Input(COMBO, choices=_ckpt_choices, default=BUILTIN_SHAPES_GENERATOR,
+                      tooltip="The checkpoint (model) to load.")
     outputs = (Output(MODEL), Output(CLIP), Output(VAE))
 
     @classmethod

@@ -147,7 +147,7 @@ class CaptionerLoader(Node):
 
     category = "loaders/vision"
     display_name = "Load Captioner"
-    model_name = Input(COMBO, choices=captioner_choices)
+    model_name = Input(COMBO, choices=captioner_choices, default=BUILTIN_SHAPES_CAPTIONER)
     dtype = Input(COMBO, choices=DTYPE_CHOICES, default="auto")
     outputs = (Output(CAPTIONER, "captioner"),)
 
