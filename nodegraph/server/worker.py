@@ -250,10 +250,11 @@ class JobWorker:
         if free.get("free_memory"):
             self.engine.cache.clear()
         if free.get("unload_models"):
+            from ..models import ModelManager
+
             for service in self.engine.services.values():
-                unload = getattr(service, "unload_all", None)
-                if callable(unload):
-                    unload()
+                if isinstance(service, ModelManager):
+                    service.free(unload=True)
         gc.collect()
         try:
             import torch

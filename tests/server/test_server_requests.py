@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from comfy_client import ComfyClient
 
@@ -215,10 +216,14 @@ def test_free_clears_the_cache(server, client):
     with comfy.connect() as ws:
         comfy.run(ws, GOOD)
         assert server.server.engine.cache.stats().entries > 0
+        models = server.server.engine.services["models"]
+        models.load("free-test", lambda: torch.zeros(4))
+        assert models.loaded()
         assert client.post_json("/free", {"free_memory": True, "unload_models": True}).status == 200
         _, messages, _, _ = comfy.run(ws, GOOD)
     cached = next(m for m in messages if m["type"] == "execution_cached")["data"]["nodes"]
     assert cached == []
+    assert models.loaded() == []  # unload_models dropped every model not in use
 
 
 # -- descriptive routes -----------------------------------------------------------------------------
