@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes_gen")
     out = root / "models" / "diffusers" / "shapes"
     train_main(["--stage", "all", "--seed", "7", "--out", str(out), "--work", str(root / "work"),
-                "--vae-steps", "2", "--unet-steps", "3", "--pool", "16", "--batch-size", "4",
+                "--vae-steps", "2", "--decoder-steps", "2", "--unet-steps", "3", "--pool", "16", "--batch-size", "4",
                 "--vae-batch-size", "4"])
     return root
 
