@@ -32,6 +32,11 @@ def _fingerprint(paths: Paths, kind: str, name: str | None, also: tuple[str, ...
         path = resolve_model(paths, kind, name, also=also)
     except ModelFileError:
         return None
+    return _path_identity(path)
+
+
+def _path_identity(path: Path) -> Any:
+    """Changes when the file, or any file in the folder, is replaced."""
     if path.is_dir():
         return (str(path), max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0))
     return file_identity(path)
@@ -90,8 +95,7 @@ class CheckpointLoaderSimple(Node):
     @classmethod
     def fingerprint(cls, paths: Paths, ckpt_name: str | None = None, **_: Any) -> Any:
         if ckpt_name == BUILTIN_SHAPES_GENERATOR:
-            folder = _shapes_generator_folder()
-            return (str(folder), max((p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()), default=0))
+            return _path_identity(_shapes_generator_folder())
         return _fingerprint(paths, "checkpoints", ckpt_name, also=("diffusers",))
 
     def execute(self, ckpt_name: str) -> tuple:
