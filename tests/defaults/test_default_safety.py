@@ -13,7 +13,6 @@ from defaults.shapes.world import scene_for_seed
 from nodegraph import Engine, Graph, Paths
 from nodegraph.errors import ValidationFailed
 from nodegraph.events import NodeFinished
-from nodegraph.models import ModelManager
 from nodegraph.registry import default_registry
 from nodes import open_nsfw
 from nodes.packaged import PackagedFileMissing, packaged_file
@@ -23,15 +22,7 @@ SKIN = (224, 172, 140)
 BLUE = (30, 60, 220)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def manager():
-    return ModelManager("cpu")
+pytestmark = pytest.mark.usefixtures("offline")  # tests/defaults/conftest.py; so is `manager`
 
 
 @pytest.fixture

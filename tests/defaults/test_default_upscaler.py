@@ -16,7 +16,6 @@ from defaults.shapes.world import scene_for_seed
 from nodegraph import Engine, Graph, Paths
 from nodegraph.errors import ValidationFailed
 from nodegraph.events import NodeProgress
-from nodegraph.models import ModelManager
 from nodegraph.registry import default_registry
 from nodes.ncnn_upscaler import (BUILTIN_UPSCALERS, DEFAULT_UPSCALER, NcnnUpscaler, UpscaleModelError, parse_blobs,
                                  resolve)
@@ -26,15 +25,7 @@ from nodes.upscale import UpscaleModelLoader
 SCENE_SEED = 3
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-@pytest.fixture(scope="module")
-def manager():
-    return ModelManager("cpu")
+pytestmark = pytest.mark.usefixtures("offline")  # tests/defaults/conftest.py; so is `manager`
 
 
 @pytest.fixture
