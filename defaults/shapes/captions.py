@@ -58,9 +58,9 @@ def canonical_caption(scene: Scene) -> str:
     return f"{describe_object(a)} {RELATION_PHRASES[scene.relation]} {describe_object(b)} {background}"
 
 
-def paraphrase(scene: Scene, rng: random.Random) -> str:
-    """A random way of saying the scene; about 1 in 8 is the canonical caption."""
-    if rng.random() < 0.125:
+def paraphrase(scene: Scene, rng: random.Random, canonical_share: float = 0.125) -> str:
+    """A random way of saying the scene; ``canonical_share`` of them are the canonical caption."""
+    if rng.random() < canonical_share:
         return canonical_caption(scene)
     with_size = rng.random() < 0.85
     with_background = rng.random() < 0.85

@@ -43,14 +43,19 @@ def draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, center: tuple[int, 
         draw.polygon(_polygon_points(obj, cx - 0.5, cy - 0.5, radius), fill=fill)
 
 
-def render_scene(scene: Scene) -> np.ndarray:
-    """``uint8 [64, 64, 3]``."""
+def render_objects(background: str, placements: list[tuple[ShapeObject, tuple[int, int]]]) -> np.ndarray:
+    """``uint8 [64, 64, 3]``: objects drawn at any centres (pixels) on a flat background."""
     size = CANVAS * SUPERSAMPLE
-    image = Image.new("RGB", (size, size), PALETTE[scene.background])
+    image = Image.new("RGB", (size, size), PALETTE[background])
     draw = ImageDraw.Draw(image)
-    for obj, center in scene.placements():
+    for obj, center in placements:
         draw_object(draw, obj, center)
     return np.asarray(image.resize((CANVAS, CANVAS), Image.BOX))
+
+
+def render_scene(scene: Scene) -> np.ndarray:
+    """``uint8 [64, 64, 3]``."""
+    return render_objects(scene.background, scene.placements())
 
 
 def render_batch(scenes: list[Scene]) -> np.ndarray:

@@ -293,15 +293,17 @@ def reconstruction_check_rate(vae, count: int = 100) -> float:
 # -- data pool for the UNet ----------------------------------------------------------------------
 
 @torch.no_grad()
-def build_pool(work: Path, vae, seed: int, size: int) -> dict:
-    """Scaled latents ``[N, 4, 16, 16]`` and text embeddings ``[N, 32, 384]`` (fp16) of ``size`` scenes."""
-    path = work / f"pool_{seed}_{size}.pt"
+def build_pool(work: Path, vae, seed: int, size: int, pair_share: float = 0.5,
+               canonical_share: float = 0.125) -> dict:
+    """Scaled latents ``[N, 4, 16, 16]`` and text embeddings ``[N, 32, 384]`` (fp16) of ``size`` scenes,
+    ``pair_share`` of them with two objects, ``canonical_share`` of the captions canonical."""
+    path = work / f"pool_{seed}_{size}_{pair_share:g}_{canonical_share:g}.pt"
     if path.is_file():
         log(f"pool: loaded {path.name}")
         return torch.load(path, weights_only=False)
     rng = random.Random(seed + POOL_DATA_OFFSET)
-    scenes = [sample_scene(rng) for _ in range(size)]
-    captions = [paraphrase(s, rng) for s in scenes]
+    scenes = [sample_scene(rng, pair_share=pair_share) for _ in range(size)]
+    captions = [paraphrase(s, rng, canonical_share) for s in scenes]
     t0 = time.time()
     scale = float(vae.config.scaling_factor)
     latents = torch.cat([vae.encode(images_tensor(scenes[i:i + 256])).latent_dist.mean * scale
@@ -324,9 +326,30 @@ def build_pool(work: Path, vae, seed: int, size: int) -> dict:
 
 # -- UNet ----------------------------------------------------------------------------------------
 
+#: How the v-prediction loss of each timestep is weighted (``--loss-weighting``).
+LOSS_WEIGHTINGS = ("min-snr", "min-snr-plus-one")
+
+
+def timestep_loss_weights(snr: torch.Tensor, gamma: float, kind: str) -> torch.Tensor:
+    """Per-timestep weights of the v-prediction loss.
+
+    - ``min-snr``: Min-SNR-γ (Hang et al. 2023) in its v-prediction form ``min(SNR, γ) / (SNR + 1)``:
+      the x0 error weighted by ``min(SNR, γ)``. At high noise the weight tends to the SNR itself, i.e.
+      to 0 — the steps where the layout (which colour goes where) is decided barely train.
+    - ``min-snr-plus-one``: ``(min(SNR, γ) + 1) / (SNR + 1)``: the plain v loss (weight 1, as SD 2 was
+      trained) at high noise, and the easy nearly clean steps clipped as in Min-SNR.
+    """
+    if kind == "min-snr":
+        return snr.clamp(max=gamma) / (snr + 1)
+    if kind == "min-snr-plus-one":
+        return (snr.clamp(max=gamma) + 1) / (snr + 1)
+    raise ValueError(f"unknown loss weighting {kind!r}; choose from {', '.join(LOSS_WEIGHTINGS)}")
+
+
 def train_unet(work: Path, out: Path, seed: int, budget: Budget, pool_size: int = 12288,
                batch_size: int = 64, lr: float = 8e-4, dropout: float = 0.1, ema_decay: float = 0.999,
-               min_snr_gamma: float = 5.0,
+               min_snr_gamma: float = 5.0, loss_weighting: str = "min-snr", pair_share: float = 0.5,
+               canonical_share: float = 0.125,
                checkpoint_minutes: float = 5.0) -> Path:
     from diffusers import AutoencoderKL
 
@@ -336,7 +359,7 @@ def train_unet(work: Path, out: Path, seed: int, budget: Budget, pool_size: int 
     state_path = work / "unet_state.pt"
     state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
     start = time.time()
-    pool = build_pool(work, vae, seed, pool_size)
+    pool = build_pool(work, vae, seed, pool_size, pair_share, canonical_share)
     latents, embeds, uncond = pool["latents"].float(), pool["embeds"], pool["uncond"].float()
     n = latents.shape[0]
     torch.manual_seed(seed)
@@ -347,7 +370,7 @@ def train_unet(work: Path, out: Path, seed: int, budget: Budget, pool_size: int 
     sched = gen.build_train_scheduler()
     alphas = sched.alphas_cumprod.float()
     snr = alphas / (1 - alphas)
-    loss_weights = snr.clamp(max=min_snr_gamma) / (snr + 1)  # Min-SNR-γ for v-prediction
+    loss_weights = timestep_loss_weights(snr, min_snr_gamma, loss_weighting)
     rng, noise_gen = random.Random(seed), torch.Generator().manual_seed(seed + 17)
     step, elapsed = 0, time.time() - start  # the pool's time counts towards a minutes budget
     if state is not None:
@@ -401,7 +424,9 @@ def train_unet(work: Path, out: Path, seed: int, budget: Budget, pool_size: int 
     ckpt.save(snapshot())
     for buf_e, buf in zip(ema.buffers(), unet.buffers()):
         buf_e.copy_(buf)
-    meta = {"seed": seed, "unet_steps": step, "pool": n, "batch_size": batch_size,
+    meta = {"seed": seed, "unet_steps": step, "pool": n, "batch_size": batch_size, "pair_share": pair_share,
+            "loss_weighting": loss_weighting,
+            "canonical_share": canonical_share,
             "minutes": round((time.time() - t_start) / 60, 2)}
     vae_report = work / "vae_report.json"
     if vae_report.is_file():
@@ -424,6 +449,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decoder-steps", type=int, default=None)
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--pool", type=int, default=12288, help="scenes (with one paraphrase each) for the UNet")
+    parser.add_argument("--pair-share", type=float, default=0.5, help="two-object scenes in the pool")
+    parser.add_argument("--canonical-share", type=float, default=0.125, help="canonical captions in the pool")
+    parser.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="min-snr")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--vae-batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=8e-4)
@@ -455,7 +483,8 @@ def main(argv: list[str] | None = None) -> None:
                           checkpoint_minutes=args.checkpoint_minutes, out=args.out)
         else:
             train_unet(work, args.out, args.seed, budget, pool_size=args.pool, batch_size=args.batch_size,
-                       lr=args.lr, checkpoint_minutes=args.checkpoint_minutes)
+                       lr=args.lr, loss_weighting=args.loss_weighting, pair_share=args.pair_share, canonical_share=args.canonical_share,
+                       checkpoint_minutes=args.checkpoint_minutes)
     log(f"finished in {(time.time() - t0) / 60:.1f} min")
 
 

@@ -74,12 +74,12 @@ RELATION_POSITIONS = {"left of": ("left", "right"), "right of": ("right", "left"
                       "above": ("top", "bottom"), "below": ("bottom", "top")}
 
 
-def sample_scene(rng: random.Random, two_objects: bool | None = None) -> Scene:
-    """A random scene; ``two_objects`` None picks one or two objects with equal odds."""
+def sample_scene(rng: random.Random, two_objects: bool | None = None, pair_share: float = 0.5) -> Scene:
+    """A random scene; ``two_objects`` None picks two objects with probability ``pair_share``."""
     background = rng.choice(COLORS)
     others = [c for c in COLORS if c != background]
     if two_objects is None:
-        two_objects = rng.random() < 0.5
+        two_objects = rng.random() < pair_share
     if not two_objects:
         obj = ShapeObject(rng.choice(SHAPES), rng.choice(others), rng.choice(SIZES))
         return Scene(background, (obj,), position=rng.choice(POSITIONS))
