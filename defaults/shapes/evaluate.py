@@ -9,9 +9,10 @@ sampled once (Euler, 20 steps, CFG, noise seed = the scene seed) and judged:
 - **geometric check** (:func:`geometric_check`): every pixel is snapped to the nearest palette colour;
   the border must be the scene's background; each object's colour (pixels nearest to it and within L1
   distance 90, largest connected region) must form a blob whose centre lies
-  within 6 px of the object's position, whose extent is within 35 % of its nominal size, and whose
-  fill ratio (area / bounding box) is nearest to that of the described shape; pixels of other
-  colours must cover under 3 % of the image;
+  within 6 px of the object's position, and whose outline matches the described shape at the
+  described size better than any other shape or size (:func:`best_template`: intersection over
+  union with the renderer's own drawing of each candidate, at least 0.5); pixels of other colours
+  must cover under 3 % of the image;
 - **captioner** (when ``weights/captioner.safetensors`` exists): its predicted scene equals the prompt's.
 
 "Fully right" = both pass (the geometric check alone without captioner weights). Prints single- and
@@ -24,6 +25,7 @@ import argparse
 import json
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +33,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from .captions import canonical_caption
-from .render import render_scene
-from .world import CANVAS, PALETTE, SIZE_PIXELS, Scene, ShapeObject, scene_for_seed
+from .render import render_objects
+from .world import CANVAS, PALETTE, SHAPES, SIZE_PIXELS, Scene, ShapeObject, scene_for_seed
 
 HELDOUT_BASE = 10**9
 PALETTE_ARRAY = np.array(list(PALETTE.values()), dtype=np.int32)
@@ -89,25 +91,48 @@ def object_mask(image: np.ndarray, color: str) -> np.ndarray:
     return largest_component(close_to(image, color))
 
 
-def _fill_ratio(mask: np.ndarray) -> float:
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return 0.0
-    return float(mask.sum()) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+#: Every (shape, size) an object can have: the candidates of :func:`best_template`.
+TEMPLATES = tuple((shape, size) for shape in SHAPES for size in SIZE_PIXELS)
+#: A blob must overlap its best template at least this much (IoU) to count as any shape at all.
+MIN_TEMPLATE_IOU = 0.5
 
 
-def _shape_prototypes() -> dict[tuple[str, str], float]:
-    """Fill ratio of each shape at each size, measured on the renderer's own drawings."""
-    protos = {}
-    for size in SIZE_PIXELS:
-        for shape in ("circle", "square", "triangle", "star"):
-            bg, color = "black", "white"
-            image = render_scene(Scene(bg, (ShapeObject(shape, color, size),), position="center"))
-            protos[(shape, size)] = _fill_ratio(object_mask(image, color))
-    return protos
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum()) / union if union else 0.0
 
 
-PROTOTYPES = _shape_prototypes()
+@lru_cache(maxsize=4096)
+def _centred_template(shape: str, size: str, color: str, background: str) -> np.ndarray:
+    """The mask (:func:`object_mask`) of a perfect render of the object centred on the canvas."""
+    obj = ShapeObject(shape, color, size)
+    mask = object_mask(render_objects(background, [(obj, (CANVAS // 2, CANVAS // 2))]), color)
+    mask.setflags(write=False)
+    return mask
+
+
+def best_template(mask: np.ndarray, color: str, background: str,
+                  centre: tuple[float, float]) -> tuple[str, str, float]:
+    """``(shape, size, IoU)`` of the drawing that ``mask`` matches best.
+
+    Each candidate is what a perfect render of that shape and size in these colours at the blob's
+    centre (± 1 px) gives, masked exactly as the image is (:func:`object_mask`); the candidate with
+    the highest intersection-over-union wins. Unlike a single statistic of the blob (its fill ratio),
+    this compares whole outlines, so a slightly soft star (its points' tips blended into the
+    background) is still closer to a star than to a triangle or a pentagon-like circle. The renderer
+    draws at whole-pixel centres, so a template moved by whole pixels is exactly its render there.
+    """
+    cx, cy = int(round(centre[0] + 0.5)), int(round(centre[1] + 0.5))
+    best = ("", "", -1.0)
+    for shape, size in TEMPLATES:
+        centred = _centred_template(shape, size, color, background)
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                moved = np.roll(centred, (cy + dy - CANVAS // 2, cx + dx - CANVAS // 2), axis=(0, 1))
+                score = _iou(mask, moved)
+                if score > best[2]:
+                    best = (shape, size, score)
+    return best
 
 
 @dataclass
@@ -137,13 +162,11 @@ def geometric_check(image: np.ndarray, scene: Scene) -> Check:
         centre = ((xs.max() + xs.min()) / 2, (ys.max() + ys.min()) / 2)
         if abs(centre[0] - cx + 0.5) > 6 or abs(centre[1] - cy + 0.5) > 6:
             reasons.append(f"{obj.color} at {centre[0]:.0f},{centre[1]:.0f} not {cx},{cy}")
-        extent = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
-        if abs(extent - SIZE_PIXELS[obj.size]) > 0.35 * SIZE_PIXELS[obj.size]:
-            reasons.append(f"{obj.color} {extent}px across, not {obj.size}")
-        ratio = _fill_ratio(mask)
-        guess = min(("circle", "square", "triangle", "star"), key=lambda s: abs(PROTOTYPES[(s, obj.size)] - ratio))
-        if guess != obj.shape:
-            reasons.append(f"{obj.color} looks like a {guess}")
+        shape, size, iou = best_template(mask, obj.color, scene.background, centre)
+        if iou < MIN_TEMPLATE_IOU:
+            reasons.append(f"{obj.color} blob matches no shape (best: {size} {shape}, IoU {iou:.2f})")
+        elif (shape, size) != (obj.shape, obj.size):
+            reasons.append(f"{obj.color} looks like a {size} {shape} (IoU {iou:.2f}), not a {obj.size} {obj.shape}")
     return Check(not reasons, reasons)
 
 
