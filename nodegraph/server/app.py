@@ -39,7 +39,8 @@ MODEL_FOLDERS = ("checkpoints", "configs", "loras", "vae", "text_encoders", "dif
                  "model_patches", "audio_encoders",
                  # nodegraph's own folders (language/vision nodes, image prompts)
                  "llm", "captioners", "safety", "ipadapter")
-MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
+MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft",
+                    ".param")  # ncnn networks (upscale_models): name.param + name.bin, listed as the .param
 MAX_HISTORY_PAGE = 10_000
 MAX_PROMPT_ID = 200
 
@@ -383,14 +384,22 @@ def _dumps(value: Any) -> str:
 
 
 def _list_models(folder: Path) -> list[str]:
-    """Model files under ``folder`` (relative, ``/``-separated, sorted); symlinked files included."""
+    """Model files under ``folder`` (relative, ``/``-separated, sorted); symlinked files included.
+
+    An ncnn network is two files, ``name.param`` (the graph) and ``name.bin`` (its weights); it is
+    listed once, as the ``.param`` — the name the loader nodes take — and its ``.bin`` is left out."""
     if not folder.is_dir():
         return []
     names = []
     for root, _, files in os.walk(folder, followlinks=False):
+        present = set(files)
         for name in files:
-            if name.lower().endswith(MODEL_EXTENSIONS):
-                names.append(Path(root, name).relative_to(folder).as_posix())
+            stem, ext = os.path.splitext(name)
+            if not name.lower().endswith(MODEL_EXTENSIONS):
+                continue
+            if ext.lower() == ".bin" and stem + ".param" in present:
+                continue
+            names.append(Path(root, name).relative_to(folder).as_posix())
     return sorted(names)
 
 

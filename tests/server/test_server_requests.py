@@ -246,6 +246,11 @@ def test_descriptive_routes(server, client):
     (models / "embeddings").mkdir()
     (models / "embeddings" / "bad.pt").write_bytes(b"0")
     assert client.get("/models/loras").json() == ["style/ink.safetensors"]
+    (models / "upscale_models").mkdir()
+    for name in ("x2.param", "x2.bin", "esrgan.bin", "4x.safetensors"):
+        (models / "upscale_models" / name).write_bytes(b"0")
+    # an ncnn pair is listed once, by the name the upscale loader takes; a lone .bin stays a model file
+    assert client.get("/models/upscale_models").json() == ["4x.safetensors", "esrgan.bin", "x2.param"]
     assert client.get("/models/unet").status == 404
     assert client.get("/embeddings").json() == ["bad"]
     assert client.get("/extensions").json() == []
