@@ -6,6 +6,7 @@ with :mod:`nodes.packaged`; its own Vulkan wrapper is never imported). More mode
 blob of its ``Input`` layer, its output the one blob no layer consumes; pixels go in as RGB floats
 0..1 ``[3,H,W]`` (Real-ESRGAN's ncnn convention) and come out the same way, ``scale`` times larger.
 The scale is measured once at load on a small probe image, so x2/x3/x4 models need no configuration.
+PyTorch-format upscalers in the same folder are :mod:`nodes.torch_upscaler`'s.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ DEFAULT_UPSCALER = "RealESRGAN_x4plus (built-in)"
 
 
 class UpscaleModelError(ValueError):
-    """An upscale model is missing, incomplete or not a usable ncnn network."""
+    """An upscale model is missing, incomplete or not a usable network (ncnn or PyTorch)."""
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def resolve(paths: Paths, name: Any, input_name: str = "model_name") -> ModelFil
     param = base / rel
     if param.suffix != ".param":
         raise UpscaleModelError(f"input '{input_name}': {name!r} is not an ncnn .param file; upscale models "
-                                f"are ncnn networks (name.param + name.bin in models/{FOLDER})")
+                                f"are ncnn networks (name.param + name.bin in models/{FOLDER}) or PyTorch "
+                                "files (.pth, .pt, .safetensors)")
     if not param.is_file():
         raise UpscaleModelError(f"input '{input_name}': there is no upscale model {name!r} in {base}")
     weights = param.with_suffix(".bin")
@@ -188,21 +190,7 @@ class NcnnUpscaler:
 
     def upscale(self, image: torch.Tensor, tile: int = 0, overlap: int = 0,
                 on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """One IMAGE ``[H,W,C]`` (C = 1, 3 or 4) → ``[H·s,W·s,C]`` in 0..1 (alpha resized bicubically).
+        """One IMAGE ``[H,W,C]`` (C = 1, 3 or 4) → ``[H·s,W·s,C]`` in 0..1 (:func:`nodes.tiling.upscale_image`)."""
+        from .tiling import upscale_image
 
-        Tiles of ``tile`` px share ``overlap`` px with their neighbours and read ``overlap`` px of context
-        beyond their inner edges, so one model call sees at most ``tile + 2·overlap`` px a side."""
-        from .tiling import tiled_scale
-
-        channels = image.shape[-1]
-        rgb = image[..., :3] if channels >= 3 else image.expand(*image.shape[:-1], 3)
-        chw = rgb.detach().cpu().float().permute(2, 0, 1).contiguous().numpy()
-        out = tiled_scale(chw, self.run, self.scale, tile, overlap, on_tile, context=overlap)
-        result = torch.from_numpy(out).permute(1, 2, 0).clamp_(0.0, 1.0)
-        if channels == 1:
-            result = result.mean(dim=-1, keepdim=True)
-        elif channels == 4:
-            alpha = torch.nn.functional.interpolate(image[..., 3:].detach().cpu().float().permute(2, 0, 1)[None],
-                                                    scale_factor=self.scale, mode="bicubic", align_corners=False)
-            result = torch.cat([result, alpha[0].permute(1, 2, 0).clamp(0.0, 1.0)], dim=-1)
-        return result.to(image.dtype)
+        return upscale_image(image, self.run, self.scale, tile, overlap, on_tile)

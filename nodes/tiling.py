@@ -7,6 +7,9 @@ afterwards, so a tile's border pixels see what lies beyond them as they would in
 pass. The tiles are then written into the output with weights that ramp linearly across each shared
 strip (staying 1 at the image border) and divided by the summed weights: neighbours cross-fade.
 ``tile = 0`` (or an image no larger than a tile) runs ``fn`` once on the whole image.
+
+``upscale_image`` applies this to one IMAGE ``[H,W,C]`` for an RGB upscaler of either backend (ncnn or
+torch): the RGB part is tiled through the model and clamped to 0..1, alpha is resized bicubically.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import torch
 
 ScaleFn = Callable[[np.ndarray], np.ndarray]
 
@@ -98,3 +102,23 @@ def tiled_scale(image: np.ndarray, fn: ScaleFn, scale: int, tile: int = 0, overl
             if on_tile is not None:
                 on_tile(done, total)
     return out / weights
+
+
+def upscale_image(image: torch.Tensor, fn: ScaleFn, scale: int, tile: int = 0, overlap: int = 0,
+                  on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """One IMAGE ``[H,W,C]`` (C = 1, 3 or 4) through an RGB ``fn`` → ``[H·s,W·s,C]`` in 0..1.
+
+    Tiles of ``tile`` px share ``overlap`` px with their neighbours and read ``overlap`` px of context
+    beyond their inner edges, so one model call sees at most ``tile + 2·overlap`` px a side."""
+    channels = image.shape[-1]
+    rgb = image[..., :3] if channels >= 3 else image.expand(*image.shape[:-1], 3)
+    chw = rgb.detach().cpu().float().permute(2, 0, 1).contiguous().numpy()
+    out = tiled_scale(chw, fn, scale, tile, overlap, on_tile, context=overlap)
+    result = torch.from_numpy(out).permute(1, 2, 0).clamp_(0.0, 1.0)
+    if channels == 1:
+        result = result.mean(dim=-1, keepdim=True)
+    elif channels == 4:
+        alpha = torch.nn.functional.interpolate(image[..., 3:].detach().cpu().float().permute(2, 0, 1)[None],
+                                                scale_factor=scale, mode="bicubic", align_corners=False)
+        result = torch.cat([result, alpha[0].permute(1, 2, 0).clamp(0.0, 1.0)], dim=-1)
+    return result.to(image.dtype)

