@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from nodegraph.cpu_threads import small_work_threads
+
 from .lora import patched
 from .schedulers import in_sigma_space, make_scheduler
 
@@ -281,6 +283,13 @@ def latent_preview(model, latent: torch.Tensor) -> torch.Tensor:
     return ((rgb + 1) / 2).clamp(0, 1)
 
 
+def unet_work_elements(unet, samples: torch.Tensor) -> int:
+    """Elements of one step's widest full-resolution activation: CFG batch × latent pixels × the UNet's
+    first channel count (what decides whether threads pay off, see :mod:`nodegraph.cpu_threads`)."""
+    channels = getattr(getattr(unet, "config", None), "block_out_channels", None) or (320,)
+    return 2 * samples.shape[0] * samples.shape[-2] * samples.shape[-1] * int(channels[0])
+
+
 def sample(ctx, model, positive: list, negative: list, latent: dict, req: SampleRequest) -> dict:
     """KSampler's work: returns the new LATENT dict (other keys carried over)."""
     samples = latent["samples"]
@@ -305,7 +314,8 @@ def sample(ctx, model, positive: list, negative: list, latent: dict, req: Sample
             mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(),
                                                    size=samples.shape[-2:], mode="bilinear")
             mask = mask.expand(samples.shape[0], -1, -1, -1).to(device) if mask.shape[0] == 1 else mask.to(device)
-        result = Sampler(ctx, model, unet, positive, negative, req, device, hooks).run(samples, noise, generator, mask)
+        with small_work_threads(device, unet_work_elements(unet, samples)):
+            result = Sampler(ctx, model, unet, positive, negative, req, device, hooks).run(samples, noise, generator, mask)
     out = dict(latent)
     out["samples"] = result.cpu()
     return out
