@@ -15,8 +15,8 @@
    on DDPM's linear schedule (1000 steps, see :mod:`.generator`), uniform timesteps, 10 % of captions replaced by
    the empty prompt (classifier-free guidance), v-prediction with "Min-SNR-5 + 1" loss weights
    (:func:`timestep_loss_weights`: the plain v loss at high noise, where the layout — which colour goes
-   where — is decided, and the many nearly clean timesteps clipped as in Min-SNR; plain Min-SNR starves
-   the noisy steps and left two-object scenes at 6 % right after 3000 steps), AdamW with warm-up (cosine decay when the
+   where — is decided, and the many nearly clean timesteps clipped as in Min-SNR, which starves the
+   noisy steps), AdamW with warm-up (cosine decay when the
    step count is given), an EMA of the weights (saved).
 
 ``--stage all`` runs vae, decoder, unet; the finished model is written to ``--out`` in the diffusers folder layout
