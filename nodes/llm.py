@@ -419,15 +419,13 @@ class PromptCritique(_Generating):
                 max_tokens)))
         target = complete_scene(request, suggestion, seed)
         wrong = wrong_attributes(target, shown)
+        if not wrong:  # a prompt that gave the requested picture is kept as it was, emphasis included
+            return (prompt, "the picture matches the caption")
         revised = emphasized_caption(target, wrong, prompt)
-        if not wrong:
-            critique = "the picture matches the caption"
-        else:
-            names = sorted({"background" if i < 0 and a == "background" else a if i < 0 else
-                            (f"{a} of the {target.objects[i].shape}" if a != "position" else "position")
-                            for i, a in wrong})
-            critique = f"the picture shows {caption or 'nothing recognisable'}; wrong: {', '.join(names)}"
-        return (revised, critique)
+        names = sorted({"background" if i < 0 and a == "background" else a if i < 0 else
+                        (f"{a} of the {target.objects[i].shape}" if a != "position" else "position")
+                        for i, a in wrong})
+        return (revised, f"the picture shows {caption or 'nothing recognisable'}; wrong: {', '.join(names)}")
 
 
 class CaptionQA(_Generating):

@@ -146,3 +146,18 @@ def test_caption_qa_answers_from_the_caption(llm_engine):
     answer = run_ok(llm_engine, g).value(colour.id)
     assert_single_prompt(answer)
     assert "blue" in answer.lower() and len(answer.split()) <= 5
+
+
+def test_shapes_critique_keeps_a_prompt_that_gave_the_requested_picture(llm_engine):
+    """Emphasis that worked stays: the next round repeats the prompt that made the right picture."""
+    g = Graph()
+    s = lambda v: g.node("PrimitiveString", value=v).out(0)  # noqa: E731
+    used = "a small red (circle:1.2) to the left of a large blue square on a white background"
+    crit = g.node("PromptCritique", llm=g.node("LLMLoader"),
+                  instruction=s("a small red ball to the left of a big blue box on a white background"),
+                  prompt=s(used), caption=s("a small red circle to the left of a large blue square on a white background"),
+                  style="shapes world", seed=0, max_tokens=40)
+    g.node("ShowText", text=crit.out(0))
+    r = run_ok(llm_engine, g)
+    assert r.value(crit.id, 0) == used
+    assert r.value(crit.id, 1) == "the picture matches the caption"
