@@ -36,7 +36,7 @@ def test_exact_renders_pass():
 
 def test_slightly_soft_renders_pass():
     """A half-pixel blur (what a good VAE decoder leaves) changes no verdict: the shape test compares
-    whole outlines, not one statistic such as the fill ratio (which failed 6.5 % of these)."""
+    whole outlines, not one statistic such as the fill ratio (the old test failed 6.5 % of such renders)."""
     for scene in SCENES:
         check = geometric_check(gaussian_blur(render_scene(scene), 0.5), scene)
         assert check.ok, (scene, check.reasons)
