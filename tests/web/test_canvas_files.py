@@ -25,9 +25,13 @@ def registry():
 
 
 def open_from_menu(page, name: str) -> None:
+    page.js("() => window.app.graph.clear()")  # so the wait below cannot see the previous file's graph
     page.page.click("#btn-file")
     page.page.click(f'#workflow-list [data-workflow="{name}"]')
-    page.page.wait_for_function(f"window.app.graph._nodes.length === {len(ui_workflow(name)['nodes'])}")
+    # wait for this file's nodes (ids and types), not just as many nodes
+    want = json.dumps(sorted(f"{n['id']}:{n['type']}" for n in ui_workflow(name)["nodes"]), separators=(",", ":"))
+    page.page.wait_for_function(
+        "want => JSON.stringify(window.app.graph._nodes.map(n => `${n.id}:${n.type}`).sort()) === want", arg=want)
 
 
 def download(page, button: str) -> dict:
