@@ -11,7 +11,6 @@ models. Every failure is an :class:`~nodes.ncnn_upscaler.UpscaleModelError` nami
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,6 +22,7 @@ from torch import nn
 
 from nodegraph.context import Paths
 
+from .diffusion.files import list_model_files
 from .esrgan_arch import ArchError, ArchSpec, build
 from .ncnn_upscaler import FOLDER, UpscaleModelError
 
@@ -47,15 +47,7 @@ def is_torch_file(name: Any) -> bool:
 
 def folder_choices(paths: Paths) -> list[str]:
     """PyTorch upscaler files under ``models/upscale_models`` (``/``-separated, sorted)."""
-    base = Path(paths.models_dir) / FOLDER
-    if not base.is_dir():
-        return []
-    found = []
-    for root, dirs, names in os.walk(base, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [(Path(root) / n).relative_to(base).as_posix() for n in names
-                  if is_torch_file(n) and not n.startswith(".")]
-    return sorted(found)
+    return list_model_files(paths, FOLDER, extensions=frozenset(TORCH_EXTENSIONS))
 
 
 def resolve(paths: Paths, name: str, input_name: str = "model_name") -> TorchModelFile:

@@ -10,10 +10,9 @@ from PIL import Image
 
 from defaults.shapes.render import render_scene
 from defaults.shapes.world import scene_for_seed
-from nodegraph import Engine, Graph, Paths
+from nodegraph import Graph
 from nodegraph.errors import ValidationFailed
 from nodegraph.events import NodeFinished
-from nodegraph.registry import default_registry
 from nodes import open_nsfw
 from nodes.packaged import PackagedFileMissing, packaged_file
 from nodes.safety import BUILTIN_OPEN_NSFW, SafetyCheckerLoader
@@ -23,21 +22,6 @@ BLUE = (30, 60, 220)
 
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/defaults/conftest.py; so is `manager`
-
-
-@pytest.fixture
-def paths(tmp_path):
-    p = Paths.under(tmp_path)
-    for folder in (p.input_dir, p.output_dir, p.temp_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-@pytest.fixture
-def engine(paths, manager):
-    eng = Engine(default_registry(entry_points=False), paths=paths, device="cpu", services={"models": manager})
-    yield eng
-    eng.close()
 
 
 def flat(color) -> np.ndarray:

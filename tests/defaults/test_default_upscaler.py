@@ -13,10 +13,9 @@ from PIL import Image
 
 from defaults.shapes.render import render_scene
 from defaults.shapes.world import scene_for_seed
-from nodegraph import Engine, Graph, Paths
+from nodegraph import Graph
 from nodegraph.errors import ValidationFailed
 from nodegraph.events import NodeProgress
-from nodegraph.registry import default_registry
 from nodes.ncnn_upscaler import (BUILTIN_UPSCALERS, DEFAULT_UPSCALER, NcnnUpscaler, UpscaleModelError, parse_blobs,
                                  resolve)
 from nodes.tiling import spans, tiled_scale
@@ -26,21 +25,6 @@ SCENE_SEED = 3
 
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/defaults/conftest.py; so is `manager`
-
-
-@pytest.fixture
-def paths(tmp_path):
-    p = Paths.under(tmp_path)
-    for folder in (p.input_dir, p.output_dir, p.temp_dir, p.models_dir / "upscale_models"):
-        folder.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-@pytest.fixture
-def engine(paths, manager):
-    eng = Engine(default_registry(entry_points=False), paths=paths, device="cpu", services={"models": manager})
-    yield eng
-    eng.close()
 
 
 def scene(seed: int = SCENE_SEED) -> np.ndarray:

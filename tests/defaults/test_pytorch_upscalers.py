@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from nodegraph import Engine, Graph, Paths
+from nodegraph import Engine, Graph
 from nodegraph.errors import ValidationFailed
 from nodegraph.registry import default_registry
 from nodes.esrgan_arch import RRDBNet, SRVGGNetCompact, detect, normalise
@@ -30,21 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def paths(tmp_path):
-    p = Paths.under(tmp_path)
-    for folder in (p.input_dir, p.output_dir, p.temp_dir, p.models_dir / "upscale_models"):
-        folder.mkdir(parents=True, exist_ok=True)
-    return p
-
-
-@pytest.fixture
-def engine(paths, manager):
-    eng = Engine(default_registry(entry_points=False), paths=paths, device="cpu", services={"models": manager})
-    yield eng
-    eng.close()
 
 
 # -- tiny models and their files ---------------------------------------------------------------------
