@@ -47,6 +47,9 @@ from .render import render_batch
 from .text_encoder import encode, load_text_encoder
 from .world import PALETTE, sample_scene
 
+#: The UNet recipe's data mix and loss (``--pair-share``, ``--canonical-share``, ``--loss-weighting``).
+PAIR_SHARE, CANONICAL_SHARE, LOSS_WEIGHTING = 0.6, 0.3, "min-snr-plus-one"
+
 #: Training scenes come from ``random.Random(seed + offset)``; evaluation uses seeds ≥ 10**9.
 VAE_DATA_OFFSET, SCALE_DATA_OFFSET, POOL_DATA_OFFSET, DECODER_DATA_OFFSET = 1, 2, 3, 4
 
@@ -296,8 +299,8 @@ def reconstruction_check_rate(vae, count: int = 100) -> float:
 # -- data pool for the UNet ----------------------------------------------------------------------
 
 @torch.no_grad()
-def build_pool(work: Path, vae, seed: int, size: int, pair_share: float = 0.6,
-               canonical_share: float = 0.3) -> dict:
+def build_pool(work: Path, vae, seed: int, size: int, pair_share: float = PAIR_SHARE,
+               canonical_share: float = CANONICAL_SHARE) -> dict:
     """Scaled latents ``[N, 4, 16, 16]`` and text embeddings ``[N, 32, 384]`` (fp16) of ``size`` scenes,
     ``pair_share`` of them with two objects, ``canonical_share`` of the captions canonical."""
     path = work / f"pool_{seed}_{size}_{pair_share:g}_{canonical_share:g}.pt"
@@ -351,8 +354,8 @@ def timestep_loss_weights(snr: torch.Tensor, gamma: float, kind: str) -> torch.T
 
 def train_unet(work: Path, out: Path, seed: int, budget: Budget, pool_size: int = 12288,
                batch_size: int = 64, lr: float = 8e-4, dropout: float = 0.1, ema_decay: float = 0.999,
-               min_snr_gamma: float = 5.0, loss_weighting: str = "min-snr-plus-one", pair_share: float = 0.6,
-               canonical_share: float = 0.3,
+               min_snr_gamma: float = 5.0, loss_weighting: str = LOSS_WEIGHTING,
+               pair_share: float = PAIR_SHARE, canonical_share: float = CANONICAL_SHARE,
                checkpoint_minutes: float = 5.0) -> Path:
     from diffusers import AutoencoderKL
 
@@ -428,8 +431,7 @@ def train_unet(work: Path, out: Path, seed: int, budget: Budget, pool_size: int 
     for buf_e, buf in zip(ema.buffers(), unet.buffers()):
         buf_e.copy_(buf)
     meta = {"seed": seed, "unet_steps": step, "pool": n, "batch_size": batch_size, "pair_share": pair_share,
-            "loss_weighting": loss_weighting,
-            "canonical_share": canonical_share,
+            "loss_weighting": loss_weighting, "canonical_share": canonical_share,
             "minutes": round((time.time() - t_start) / 60, 2)}
     vae_report = work / "vae_report.json"
     if vae_report.is_file():
@@ -452,9 +454,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decoder-steps", type=int, default=None)
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--pool", type=int, default=12288, help="scenes (with one paraphrase each) for the UNet")
-    parser.add_argument("--pair-share", type=float, default=0.6, help="two-object scenes in the pool")
-    parser.add_argument("--canonical-share", type=float, default=0.3, help="canonical captions in the pool")
-    parser.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default="min-snr-plus-one")
+    parser.add_argument("--pair-share", type=float, default=PAIR_SHARE, help="two-object scenes in the pool")
+    parser.add_argument("--canonical-share", type=float, default=CANONICAL_SHARE,
+                        help="canonical captions in the pool")
+    parser.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=LOSS_WEIGHTING)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--vae-batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=8e-4)
@@ -486,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
                           checkpoint_minutes=args.checkpoint_minutes, out=args.out)
         else:
             train_unet(work, args.out, args.seed, budget, pool_size=args.pool, batch_size=args.batch_size,
-                       lr=args.lr, loss_weighting=args.loss_weighting, pair_share=args.pair_share, canonical_share=args.canonical_share,
+                       lr=args.lr, loss_weighting=args.loss_weighting, pair_share=args.pair_share,
+                       canonical_share=args.canonical_share,
                        checkpoint_minutes=args.checkpoint_minutes)
     log(f"finished in {(time.time() - t0) / 60:.1f} min")
 
