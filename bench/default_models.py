@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from defaults.shapes.render import render_scene  # noqa: E402
-from defaults.shapes.world import scene_for_seed  # noqa: E402
+from nodegraph_nodes.shapes.render import render_scene  # noqa: E402
+from nodegraph_nodes.shapes.world import scene_for_seed  # noqa: E402
 from nodegraph import Paths  # noqa: E402
-from nodes import open_nsfw  # noqa: E402
-from nodes.ncnn_upscaler import BUILTIN_UPSCALERS, NcnnUpscaler, default_threads, resolve  # noqa: E402
+from nodegraph_nodes.safety import open_nsfw  # noqa: E402
+from nodegraph_nodes.upscale.ncnn_upscaler import BUILTIN_UPSCALERS, NcnnUpscaler, default_threads, resolve  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:

@@ -85,7 +85,7 @@ def mixed_512() -> Graph:
 class Bench:
     def __init__(self, repeats: int, workers: int, tmp: Path) -> None:
         self.repeats = repeats
-        self.registry = default_registry(entry_points=False)
+        self.registry = default_registry(packs=False)
         self.paths = Paths.under(tmp)
         self.workers = workers
         self.engine = self.fresh_engine()

@@ -33,7 +33,7 @@ def in_fresh_process(code: str) -> dict:
 
 CONVERT = """
 import json, time
-from nodes.langvision.default_llm import ensure_converted
+from nodegraph_nodes.langvision.default_llm import ensure_converted
 r = ensure_converted()
 print(json.dumps({"folder": str(r.folder), "converted": r.converted, "seconds": r.seconds}))
 """
@@ -41,7 +41,7 @@ print(json.dumps({"folder": str(r.folder), "converted": r.converted, "seconds": 
 LOAD = """
 import json, time
 import transformers, torch
-from nodes.langvision.default_llm import ensure_converted
+from nodegraph_nodes.langvision.default_llm import ensure_converted
 folder = ensure_converted().folder
 t = time.perf_counter()
 from transformers import AutoModelForCausalLM, AutoTokenizer

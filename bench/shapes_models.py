@@ -47,7 +47,7 @@ from transformers import BertModel  # noqa: F401
 t_classes = time.perf_counter() - t0
 root = pathlib.Path(tempfile.mkdtemp(prefix="nodegraph-shapes-bench-"))
 paths = Paths(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp", models_dir=root / "models")
-registry = default_registry(entry_points=False)
+registry = default_registry(packs=False)
 engine = Engine(registry, paths=paths, device="cpu", workers=1)
 g = Graph()
 ck = g.node("CheckpointLoaderSimple", "ck", ckpt_name="shapes-world (built-in)")

@@ -1,7 +1,7 @@
 """Optional workflow policies: extra validation passes a run may require.
 
 A policy is a named check ``check(plan, registry) -> list[NodeError]`` run after ordinary validation.
-Node modules register the policies they define (``nodes/safety.py`` registers ``require_safety``); a run
+Node modules register the policies they define (``nodes/safety/safety.py`` registers ``require_safety``); a run
 applies a policy when the engine was built with it (``Engine(policies=["require_safety"])``) or when the
 prompt's ``extra_data`` sets it (``{"require_safety": true}``). A failing policy raises
 :class:`~nodegraph.errors.ValidationFailed` like any other validation error, before anything runs.

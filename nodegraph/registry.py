@@ -1,9 +1,10 @@
-"""The node registry: which node classes exist, found from ``nodes/`` and from installed packs.
+"""The node registry: which node classes exist, found through the ``nodegraph.nodes`` entry points.
 
-Third-party packs register through the Python entry-point group ``nodegraph.nodes``. An entry point
-may name a module (its :class:`Node` subclasses are taken), a list of classes, a ``{name: class}``
-mapping (ComfyUI's ``NODE_CLASS_MAPPINGS`` shape) or a function returning one of those. Nothing is
-imported from arbitrary folders.
+The built-in families (``nodegraph_nodes.<family>``) and third-party packs register the same way,
+through the Python entry-point group ``nodegraph.nodes``. An entry point may name a module (its
+:class:`Node` subclasses are taken), a list of modules or classes, a ``{name: class}`` mapping
+(ComfyUI's ``NODE_CLASS_MAPPINGS`` shape) or a function returning one of those. The registry never
+imports a node family by name, and nothing is imported from arbitrary folders.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "nodegraph.nodes"
+#: the distribution whose entry points are the built-in families
+BUILTIN_DISTRIBUTION = "nodegraph"
 
 
 @dataclass(frozen=True)
@@ -82,17 +85,25 @@ class NodeRegistry:
         return len(found)
 
     def add_package(self, package_name: str) -> int:
-        """Import every module of a package (e.g. ``nodes``) and register its node classes."""
+        """Import every module of a package and register its node classes (tests, ad-hoc packs)."""
         package = importlib.import_module(package_name)
         count = self.add_module(package)
         for info in pkgutil.iter_modules(package.__path__, package_name + "."):
             count += self.add_module(importlib.import_module(info.name))
         return count
 
-    def add_entry_points(self, group: str = ENTRY_POINT_GROUP) -> int:
-        """Register node packs from installed distributions; a broken pack is recorded, not fatal."""
+    def add_entry_points(self, group: str = ENTRY_POINT_GROUP, *, builtin: bool = True,
+                         third_party: bool = True) -> int:
+        """Register node packs from installed distributions; a broken pack is recorded, not fatal.
+
+        ``builtin``: the entry points of nodegraph's own distribution (the built-in families);
+        ``third_party``: those of every other distribution.
+        """
         count = 0
         for ep in metadata.entry_points(group=group):
+            is_builtin = ep.dist is not None and ep.dist.name == BUILTIN_DISTRIBUTION
+            if not (builtin if is_builtin else third_party):
+                continue
             source = f"{ep.name} ({ep.value})"
             try:
                 count += self._add_pack_object(ep.load(), source)
@@ -112,9 +123,8 @@ class NodeRegistry:
                 self.register(cls, name=name, source=source)
             return len(obj)
         if isinstance(obj, (list, tuple)):
-            for cls in obj:
-                self.register(cls, source=source)
-            return len(obj)
+            return sum(self.add_module(item) if isinstance(item, ModuleType)
+                       else self._add_pack_object(item, source) for item in obj)
         if callable(obj):
             return self._add_pack_object(obj(), source)
         raise TypeError(f"entry point gave {type(obj).__name__}; expected a module, class, "
@@ -167,10 +177,20 @@ def describe_node(name: str, cls: type[Node], python_module: str = "",
     return info
 
 
-def default_registry(entry_points: bool = True) -> NodeRegistry:
-    """Built-in nodes from the ``nodes`` package plus every installed pack."""
+def default_registry(packs: bool = True) -> NodeRegistry:
+    """The built-in families plus, with ``packs``, every installed third-party pack.
+
+    Both come from the ``nodegraph.nodes`` entry points; a built-in family that fails to load is an
+    error (an install problem), not a skipped pack.
+    """
     registry = NodeRegistry()
-    registry.add_package("nodes")
-    if entry_points:
-        registry.add_entry_points()
+    registry.add_entry_points(third_party=False)
+    if registry.load_errors:
+        failed = "; ".join(f"{e.source}: {e.message}" for e in registry.load_errors)
+        raise RuntimeError(f"a built-in node family failed to load: {failed}")
+    if not len(registry):
+        raise RuntimeError("no built-in node families found: nodegraph's entry points are missing "
+                           "(install the package: pip install -e . or pip install nodegraph)")
+    if packs:
+        registry.add_entry_points(builtin=False)
     return registry

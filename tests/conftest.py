@@ -17,7 +17,7 @@ from engine_nodes import LOG, TEST_NODES  # noqa: E402
 
 @pytest.fixture
 def registry():
-    reg = default_registry(entry_points=False)
+    reg = default_registry(packs=False)
     for cls in TEST_NODES:
         reg.register(cls)
     return reg

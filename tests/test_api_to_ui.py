@@ -21,7 +21,7 @@ def structure(api: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def registry():
-    return default_registry(entry_points=False)
+    return default_registry(packs=False)
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.name)

@@ -1,4 +1,4 @@
-"""Tests of the image nodes (nodes/image.py) and primitives, called directly with a test context."""
+"""Tests of the image nodes (nodes/image/operations.py) and primitives, called directly with a test context."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from nodegraph.context import NodeContext, Paths, RunContext
 from nodegraph.events import EventBus
 from nodegraph.node import NodeResult
 from nodegraph.registry import describe_node
-from nodes import image as img
-from nodes import primitives as prim
+from nodegraph_nodes.image import operations as img
+from nodegraph_nodes.primitives import values as prim
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of nodes/io.py: LoadImage, SaveImage, PreviewImage, PreviewAny and their folder rules."""
+"""Tests of nodes/io/files.py: LoadImage, SaveImage, PreviewImage, PreviewAny and their folder rules."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from nodegraph.events import EventBus
 from nodegraph.node import NodeResult
 from nodegraph.pngmeta import read_png_text
 from nodegraph.registry import describe_node
-from nodes import io as nio
+from nodegraph_nodes.io import files as nio
 
 PROMPT = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "fox"}}}
 EXTRA = {"workflow": {"nodes": [], "version": 0.4}}

@@ -40,7 +40,7 @@ def _folder(paths: Paths, kind: str) -> Path:
 
 def collect_files(outputs: dict[str, dict], paths: Paths, remove: bool = True) -> list[ShippedFile]:
     """Read the files ``outputs`` names under ``paths`` (and delete them there when ``remove``)."""
-    from nodes.io import resolve_inside
+    from ..user_files import resolve_inside
 
     shipped = []
     for ref in file_refs(outputs):
@@ -59,7 +59,7 @@ def collect_files(outputs: dict[str, dict], paths: Paths, remove: bool = True) -
 def place_files(files: list[ShippedFile], paths: Paths) -> dict[tuple[str, str, str], str]:
     """Write shipped files under the server's ``paths``; returns the renames made on collision
     (``(kind, subfolder, name)`` → new name)."""
-    from nodes.io import resolve_inside
+    from ..user_files import resolve_inside
 
     renamed: dict[tuple[str, str, str], str] = {}
     for shipped in files:

@@ -40,7 +40,7 @@ class FileError(Exception):
 
 
 def folder_for(paths: Paths, kind: str) -> Path:
-    from nodes.io import folder_of
+    from ..user_files import folder_of
 
     if kind not in FOLDER_TYPES:
         raise FileError(400, "bad_type", f"type must be one of {', '.join(FOLDER_TYPES)}, not {kind!r}")
@@ -48,7 +48,7 @@ def folder_for(paths: Paths, kind: str) -> Path:
 
 
 def _resolve(base: Path, relative: str, what: str, status: int) -> Path:
-    from nodes.io import resolve_inside
+    from ..user_files import resolve_inside
 
     try:
         return resolve_inside(base, relative, what)
@@ -58,7 +58,7 @@ def _resolve(base: Path, relative: str, what: str, status: int) -> Path:
 
 def locate(paths: Paths, filename: str, kind: str, subfolder: str) -> Path:
     """The file ``/view`` serves; 400 for bad names/types, 403 for a subfolder leaving the folder."""
-    from nodes.io import split_annotation
+    from ..user_files import split_annotation
 
     if not filename:
         raise FileError(400, "bad_path", "give a filename")
@@ -204,7 +204,7 @@ def verify_image(path: Path, max_pixels: int) -> None:
 
 def store_upload(form: UploadForm, paths: Paths, max_pixels: int) -> dict[str, str]:
     """Verify and place the uploaded file; ComfyUI's naming (reuse identical, else ``stem (n).ext``)."""
-    from nodes.io import IMAGE_EXTENSIONS
+    from ..user_files import IMAGE_EXTENSIONS
 
     assert form.data_path is not None
     base = folder_for(paths, form.kind)

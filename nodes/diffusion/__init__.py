@@ -1,6 +1,18 @@
-"""Diffusion helpers behind the diffusion nodes (loaders, text, conditioning, latent, sampling).
+"""Stable Diffusion 1.x/2.x/SDXL in ComfyUI's node names: loaders, CLIP text encoding, conditioning,
+latents/VAE, KSampler, IP-Adapter image prompts, and the helpers behind them (checkpoint conversion,
+prompt weights, LoRA, schedulers, the sampling loop).
 
-No node classes live here (the registry imports this package's ``__init__`` only): checkpoint reading
-and conversion, model-family detection, CLIP tokenizing/encoding with prompt weights, scheduler
-mapping, the sampling loop and latent previews are in the submodules.
+Registered through the ``nodegraph.nodes`` entry point ``diffusion`` (``pyproject.toml``), like any pack:
+:func:`node_modules` names the modules whose node classes the registry takes.
 """
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def node_modules() -> list[ModuleType]:
+    """The modules of this family that hold node classes."""
+    from . import loaders, clip_text_encode, conditioning, latent, ksampler, image_prompt
+
+    return [loaders, clip_text_encode, conditioning, latent, ksampler, image_prompt]

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from .files import ModelFileError, read_json
-from .prompt_weights import parse_prompt_weights
+from nodegraph_nodes.diffusion.files import ModelFileError, read_json
+from nodegraph_nodes.diffusion.prompt_weights import parse_prompt_weights
 
 REFERENCE_FILE = "package.json"
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from .files import ModelFileError
+from nodegraph_nodes.diffusion.files import ModelFileError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 SD1_CLIP_PREFIX = "cond_stage_model.transformer."

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from nodegraph.models import ManagerOwned
-from . import checkpoint as ck
-from .bert_encode import read_package_reference
-from .files import ModelFileError, file_identity, is_diffusers_folder, read_json, read_state_dict
+from nodegraph_nodes.diffusion import checkpoint as ck
+from nodegraph_nodes.diffusion.bert_encode import read_package_reference
+from nodegraph_nodes.diffusion.files import ModelFileError, file_identity, is_diffusers_folder, read_json, read_state_dict
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class DiffusionModel(ManagerOwned):
     rgb_bias: tuple
     patches: tuple[LoraPatch, ...] = ()
     source: str = ""
-    #: sampling hooks (IP-Adapter image prompts...): see nodes.diffusion.sampler
+    #: sampling hooks (IP-Adapter image prompts...): see nodegraph_nodes.diffusion.sampler
     hooks: tuple = ()
 
     def with_patch(self, patch: LoraPatch) -> "DiffusionModel":
@@ -292,7 +292,7 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
 
 
 def _package_clip(reference, manager, dtype: torch.dtype, family: str, models_dir: Path) -> ClipModel:
-    from .bert_encode import load_bert, load_bert_tokenizer
+    from nodegraph_nodes.diffusion.bert_encode import load_bert, load_bert_tokenizer
 
     te_folder = reference.folder()
     tokenizer = load_bert_tokenizer(te_folder)

@@ -7,7 +7,7 @@ and ``ip_adapter.<id>.to_k_ip.weight`` / ``.to_v_ip.weight`` for the UNet's cros
 attention by diffusers' ``IPAdapterAttnProcessor2_0``, so numerics are diffusers'.
 
 The shared cached UNet is never changed for good: :class:`ImagePromptHook` (a sampling hook, see
-:mod:`nodes.diffusion.sampler`) installs IP processors and the image projection for one sampling run,
+:mod:`nodegraph_nodes.diffusion.sampler`) installs IP processors and the image projection for one sampling run,
 under the UNet's lock, and puts the original processors, projection and config back on exit. Per step it
 sets each adapter's scale to its weight inside its ``[start, end]`` range of the schedule and to 0 (no IP
 attention at all: diffusers skips a zero scale) outside it.
@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from nodegraph.models import ManagerOwned
-from .files import ModelFileError, read_state_dict
+from nodegraph_nodes.diffusion.files import ModelFileError, read_state_dict
 
 KINDS = {"basic": "image_embeds", "plus": "penultimate_hidden_states", "full": "penultimate_hidden_states"}
 

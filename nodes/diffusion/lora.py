@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 
 import torch
 
-from .components import LoraPatch
+from nodegraph_nodes.diffusion.components import LoraPatch
 
 UNET_PREFIXES = ("lora_unet_", "unet.")
 TE_PREFIXES = {0: ("lora_te_", "lora_te1_", "text_encoder."), 1: ("lora_te2_", "text_encoder_2.")}

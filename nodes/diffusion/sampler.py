@@ -29,8 +29,8 @@ import torch
 
 from nodegraph.cpu_threads import small_work_threads
 
-from .lora import patched
-from .schedulers import in_sigma_space, make_scheduler
+from nodegraph_nodes.diffusion.lora import patched
+from nodegraph_nodes.diffusion.schedulers import in_sigma_space, make_scheduler
 
 
 def prepare_noise(latent: torch.Tensor, seed: int, batch_index: list[int] | None = None

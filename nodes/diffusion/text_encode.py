@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from .files import MODEL_EXTENSIONS, ModelFileError, read_state_dict
-from .prompt_weights import parse_prompt_weights
+from nodegraph_nodes.diffusion.files import MODEL_EXTENSIONS, ModelFileError, read_state_dict
+from nodegraph_nodes.diffusion.prompt_weights import parse_prompt_weights
 
 EMBEDDING_PREFIX = "embedding:"
 WINDOW = 77

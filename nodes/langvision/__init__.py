@@ -1,4 +1,17 @@
-"""Helpers shared by the language-and-vision node families (``nodes/llm.py``, ``vision.py``, ``fusion.py``,
-``safety.py``, ``loops.py``, ``augment.py``, ``strings.py``, ``dataset.py``): model folders, dtype and
-device choice, image preprocessing, seeded text generation. No node classes live here.
+"""Language and vision models: LLM prompt writing, captioning/VQA, CLIP vision and scoring, image-prompt
+fusion, design-loop scoring, and the helpers they share (model folders, dtypes, generation).
+
+Registered through the ``nodegraph.nodes`` entry point ``langvision`` (``pyproject.toml``), like any pack:
+:func:`node_modules` names the modules whose node classes the registry takes.
 """
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def node_modules() -> list[ModuleType]:
+    """The modules of this family that hold node classes."""
+    from . import llm, vision, fusion, design
+
+    return [llm, vision, fusion, design]

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nodegraph.context import Paths
 
-from .common import LOAD_LOCK, ModelFolderError
+from nodegraph_nodes.langvision.common import LOAD_LOCK, ModelFolderError
 
 #: The LLMLoader entry of the built-in model (listed first: the default when a workflow names none).
 BUILTIN_LLM = "SmolLM2-135M-Instruct (built-in)"
@@ -50,7 +50,7 @@ class PackagedGGUF:
 
 def find_gguf() -> PackagedGGUF:
     """The packaged GGUF file, located through :mod:`importlib.metadata` (the module is not imported)."""
-    from nodes.packaged import PackagedFileMissing, packaged_file, packaged_files
+    from nodegraph.packaged import PackagedFileMissing, packaged_file, packaged_files
 
     names = [name for name in packaged_files(DISTRIBUTION) if name.endswith(GGUF_SUFFIX)]
     if not names:

@@ -28,7 +28,7 @@ def needs(*names: str, sigs=()) -> JobNeeds:
 
 
 def test_model_names_are_the_loader_inputs_of_a_prompt():
-    registry = default_registry(entry_points=False)
+    registry = default_registry(packs=False)
     registry.register(TinyModelLoader)
     registry.register(TinyModelApply)
     prompt = {"1": {"class_type": "TinyModelLoader", "inputs": {"model_name": "a.safetensors"}},

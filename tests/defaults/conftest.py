@@ -34,6 +34,6 @@ def paths(tmp_path):
 @pytest.fixture
 def engine(paths, manager):
     """A CPU engine on ``paths`` sharing the module's model manager."""
-    eng = Engine(default_registry(entry_points=False), paths=paths, device="cpu", services={"models": manager})
+    eng = Engine(default_registry(packs=False), paths=paths, device="cpu", services={"models": manager})
     yield eng
     eng.close()

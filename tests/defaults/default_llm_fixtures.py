@@ -12,7 +12,7 @@ import pytest
 
 from nodegraph import Engine, Paths
 from nodegraph.models import ModelManager
-from nodes.langvision.default_llm import ConversionResult, ensure_converted, gguf_available
+from nodegraph_nodes.langvision.default_llm import ConversionResult, ensure_converted, gguf_available
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 

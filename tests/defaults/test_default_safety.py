@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from defaults.shapes.render import render_scene
-from defaults.shapes.world import scene_for_seed
+from nodegraph_nodes.shapes.render import render_scene
+from nodegraph_nodes.shapes.world import scene_for_seed
 from nodegraph import Graph
 from nodegraph.errors import ValidationFailed
 from nodegraph.events import NodeFinished
-from nodes import open_nsfw
-from nodes.packaged import PackagedFileMissing, packaged_file
-from nodes.safety import BUILTIN_OPEN_NSFW, SafetyCheckerLoader
+from nodegraph_nodes.safety import open_nsfw
+from nodegraph.packaged import PackagedFileMissing, packaged_file
+from nodegraph_nodes.safety.safety import BUILTIN_OPEN_NSFW, SafetyCheckerLoader
 
 SKIN = (224, 172, 140)
 BLUE = (30, 60, 220)

@@ -11,15 +11,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from defaults.shapes.render import render_scene
-from defaults.shapes.world import scene_for_seed
+from nodegraph_nodes.shapes.render import render_scene
+from nodegraph_nodes.shapes.world import scene_for_seed
 from nodegraph import Graph
 from nodegraph.errors import ValidationFailed
 from nodegraph.events import NodeProgress
-from nodes.ncnn_upscaler import (BUILTIN_UPSCALERS, DEFAULT_UPSCALER, NcnnUpscaler, UpscaleModelError, parse_blobs,
+from nodegraph_nodes.upscale.ncnn_upscaler import (BUILTIN_UPSCALERS, DEFAULT_UPSCALER, NcnnUpscaler, UpscaleModelError, parse_blobs,
                                  resolve)
-from nodes.tiling import spans, tiled_scale
-from nodes.upscale import UpscaleModelLoader
+from nodegraph_nodes.upscale.tiling import spans, tiled_scale
+from nodegraph_nodes.upscale.upscale import UpscaleModelLoader
 
 SCENE_SEED = 3
 

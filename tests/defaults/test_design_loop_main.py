@@ -14,7 +14,7 @@ from nodegraph.cli import apply_prompt, main
 from nodegraph.errors import WorkflowFormatError
 from nodegraph.registry import default_registry
 from nodegraph.workflow.loader import load_workflow_file
-from nodes.langvision.shapes_text import parse_spec, scene_match
+from nodegraph_nodes.shapes.text import parse_spec, scene_match
 
 from default_llm_fixtures import OFFLINE, llm_cache  # noqa: F401 - fixture
 

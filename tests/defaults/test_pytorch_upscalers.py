@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 from nodegraph import Engine, Graph
 from nodegraph.errors import ValidationFailed
 from nodegraph.registry import default_registry
-from nodes.esrgan_arch import RRDBNet, SRVGGNetCompact, detect, normalise
-from nodes.ncnn_upscaler import BUILTIN_UPSCALERS, UpscaleModelError
-from nodes.torch_upscaler import TorchModelFile, TorchUpscaler
-from nodes.upscale import UpscaleModelLoader
+from nodegraph_nodes.upscale.esrgan_arch import RRDBNet, SRVGGNetCompact, detect, normalise
+from nodegraph_nodes.upscale.ncnn_upscaler import BUILTIN_UPSCALERS, UpscaleModelError
+from nodegraph_nodes.upscale.torch_upscaler import TorchModelFile, TorchUpscaler
+from nodegraph_nodes.upscale.upscale import UpscaleModelLoader
 
 pytestmark = pytest.mark.usefixtures("offline")  # tests/defaults/conftest.py; so is `manager`
 
@@ -133,7 +133,7 @@ def test_every_layout_upscales_by_its_scale_through_the_engine(engine, paths, ma
         out = upscale(engine, paths, name, image)
         assert out.shape == (1, 24 * scale, 20 * scale, 3) and out.dtype == torch.float32, name
         assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0 and float(out.std()) > 0.01, name
-    second = Engine(default_registry(entry_points=False), paths=paths, device="cpu", services={"models": manager})
+    second = Engine(default_registry(packs=False), paths=paths, device="cpu", services={"models": manager})
     try:  # a fresh engine (no output cache) with the same model manager: the file is not read again
         assert upscale(second, paths, "compact_x2.pth", image).shape == (1, 48, 40, 3)
     finally:

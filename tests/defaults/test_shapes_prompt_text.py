@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from defaults.shapes.captions import canonical_caption, paraphrase
-from defaults.shapes.world import scene_for_seed
-from nodes.langvision.prompt_templates import single_prompt_line
-from nodes.langvision.shapes_text import (complete_scene, emphasized_caption, parse_spec, scene_caption, scene_match,
+from nodegraph_nodes.shapes.captions import canonical_caption, paraphrase
+from nodegraph_nodes.shapes.world import scene_for_seed
+from nodegraph_nodes.langvision.prompt_templates import single_prompt_line
+from nodegraph_nodes.shapes.text import (complete_scene, emphasized_caption, parse_spec, scene_caption, scene_match,
                                           wrong_attributes)
 
 

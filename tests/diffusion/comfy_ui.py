@@ -16,7 +16,7 @@ PRIMITIVE = "PrimitiveNode"
 
 
 def ui_workflow(spec: list[tuple[int, str, list, dict]], registry=None, titles: dict[int, str] | None = None) -> dict:
-    registry = registry or default_registry(entry_points=False)
+    registry = registry or default_registry(packs=False)
     links: list[list] = []
     nodes: dict[int, dict] = {}
     types = {nid: t for nid, t, _, _ in spec}

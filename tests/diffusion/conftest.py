@@ -38,7 +38,7 @@ def tiny_sdxl(model_root, tiny_sd):
 
 @pytest.fixture(scope="session")
 def diffusion_registry():
-    return default_registry(entry_points=False)
+    return default_registry(packs=False)
 
 
 @pytest.fixture

@@ -43,8 +43,8 @@ def diffusers_pipeline(tiny, scheduler_cls=None, img2img=False, scheduler_from_f
 
 
 def engine_noise(shape, seed):
-    """The engine's noise and the generator state after drawing it (see nodes.diffusion.sampler)."""
-    from nodes.diffusion.sampler import prepare_noise
+    """The engine's noise and the generator state after drawing it (see nodegraph_nodes.diffusion.sampler)."""
+    from nodegraph_nodes.diffusion.sampler import prepare_noise
 
     return prepare_noise(torch.zeros(shape), seed)
 

@@ -30,7 +30,7 @@ WORKFLOWS = {
 
 
 def main(out: pathlib.Path) -> None:
-    registry = default_registry(entry_points=False)
+    registry = default_registry(packs=False)
     for name, spec in WORKFLOWS.items():
         ui = ui_workflow(spec, registry)
         api = ui_to_api(ui, registry)

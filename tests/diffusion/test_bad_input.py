@@ -83,7 +83,7 @@ def test_unsupported_sampler_schedule_pair(sd_engine):
 
 
 def test_loader_choices_refresh(sd_engine, model_root, tiny_sd):
-    from nodes.loaders import CheckpointLoaderSimple
+    from nodegraph_nodes.diffusion.loaders import CheckpointLoaderSimple
 
     spec = CheckpointLoaderSimple.INPUTS["ckpt_name"]
     before = spec.current_choices(sd_engine.paths)

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from defaults.shapes.captioner import WEIGHTS, caption_images, load_captioner
-from defaults.shapes.captions import canonical_caption
-from defaults.shapes.render import render_batch
-from defaults.shapes.world import sample_scene
+from nodegraph_nodes.shapes.captioner import WEIGHTS, caption_images, load_captioner
+from nodegraph_nodes.shapes.captions import canonical_caption
+from nodegraph_nodes.shapes.render import render_batch
+from nodegraph_nodes.shapes.world import sample_scene
 from nodegraph import Engine, Graph, Paths
 from nodegraph.registry import default_registry
 
@@ -43,7 +43,7 @@ def test_captioner_through_the_nodes(tmp_path):
     image = g.node("LoadImage", image="scene.png")
     caption = g.node("ImageCaption", captioner=captioner, image=image)
     g.node("ShowText", text=caption)
-    engine = Engine(default_registry(entry_points=False), paths=paths, device="cpu")
+    engine = Engine(default_registry(packs=False), paths=paths, device="cpu")
     result = engine.run(g)
     engine.close()
     assert result.ok, result.failure

@@ -22,9 +22,9 @@ from nodegraph.context import Paths  # noqa: E402
 from nodegraph.models import ModelManager  # noqa: E402
 from nodegraph.registry import default_registry  # noqa: E402
 
-from defaults.shapes import generator as gen  # noqa: E402
-from defaults.shapes.text_encoder import encode  # noqa: E402
-from defaults.shapes.train_generator import main as train_main  # noqa: E402
+from nodegraph_nodes.shapes import generator as gen  # noqa: E402
+from nodegraph_nodes.shapes.text_encoder import encode  # noqa: E402
+from training.shapes.train_generator import main as train_main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
 def engine(trained, tmp_path):
     paths = Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
                   models_dir=trained / "models")
-    eng = Engine(default_registry(entry_points=False), paths=paths, device="cpu", workers=1,
+    eng = Engine(default_registry(packs=False), paths=paths, device="cpu", workers=1,
                  cache=OutputCache(ram_budget=256 << 20), services={"models": ModelManager("cpu")})
     yield eng
     eng.close()

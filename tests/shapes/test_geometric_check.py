@@ -1,4 +1,4 @@
-"""The evaluation's geometric check (``defaults.shapes.evaluate.geometric_check``): exact renders pass,
+"""The evaluation's geometric check (``nodegraph_nodes.shapes.evaluate.geometric_check``): exact renders pass,
 renders a little soft (as a decoder makes them) still pass, and a scene with any attribute changed —
 shape, size, colour, position, background — fails with a reason naming what is wrong."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from defaults.shapes.evaluate import best_template, geometric_check, heldout_scenes, object_mask
-from defaults.shapes.render import render_scene
-from defaults.shapes.world import COLORS, POSITIONS, SHAPES, Scene, ShapeObject, scene_for_seed
+from nodegraph_nodes.shapes.evaluate import best_template, geometric_check, heldout_scenes, object_mask
+from nodegraph_nodes.shapes.render import render_scene
+from nodegraph_nodes.shapes.world import COLORS, POSITIONS, SHAPES, Scene, ShapeObject, scene_for_seed
 
 SCENES = [scene for _, scene in heldout_scenes(60)]
 

@@ -1,4 +1,4 @@
-"""The shipped shapes-world generator (defaults/shapes/weights/generator) through the ordinary nodes:
+"""The shipped shapes-world generator (nodes/shapes/weights/generator) through the ordinary nodes:
 ``workflows/txt2img.json`` runs on it out of the box, Load Checkpoint picks it when a workflow names
 no checkpoint, and the built-in captioner reads back what was asked for.
 """
@@ -19,9 +19,9 @@ from nodegraph.models import ModelManager
 from nodegraph.registry import default_registry
 from nodegraph.workflow.loader import load_workflow_file
 
-from defaults.shapes.evaluate import geometric_check
-from defaults.shapes.generator import DEFAULT_FOLDER
-from defaults.shapes.world import Scene, ShapeObject
+from nodegraph_nodes.shapes.evaluate import geometric_check
+from nodegraph_nodes.shapes.generator import DEFAULT_FOLDER
+from nodegraph_nodes.shapes.world import Scene, ShapeObject
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILTIN = "shapes-world (built-in)"
@@ -29,7 +29,7 @@ BUILTIN = "shapes-world (built-in)"
 
 @pytest.fixture(scope="module")
 def registry():
-    return default_registry(entry_points=False)
+    return default_registry(packs=False)
 
 
 @pytest.fixture

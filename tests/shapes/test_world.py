@@ -8,9 +8,9 @@ import random
 import numpy as np
 import pytest
 
-from defaults.shapes.captions import canonical_caption, paraphrase
-from defaults.shapes.render import render_scene
-from defaults.shapes.world import (CANVAS, PALETTE, POSITION_CENTERS, SIZE_PIXELS, Scene, ShapeObject,
+from nodegraph_nodes.shapes.captions import canonical_caption, paraphrase
+from nodegraph_nodes.shapes.render import render_scene
+from nodegraph_nodes.shapes.world import (CANVAS, PALETTE, POSITION_CENTERS, SIZE_PIXELS, Scene, ShapeObject,
                                    sample_scene, scene_for_seed)
 
 

@@ -31,7 +31,7 @@ def model_manager():
 
 @pytest.fixture(scope="session")
 def vl_registry():
-    reg = default_registry(entry_points=False)
+    reg = default_registry(packs=False)
     for cls in VL_TEST_NODES:
         reg.register(cls)
     return reg

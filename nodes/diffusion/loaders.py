@@ -1,0 +1,262 @@
+"""Model loader nodes (ComfyUI names and inputs): checkpoints, VAE, LoRA, text encoders, UNets.
+
+Choices list what is in the models folder now (``Paths.models_dir``: checkpoints/, diffusers/, vae/,
+loras/, text_encoders/, diffusion_models/), refreshed on every ask. Weights are loaded through the
+engine's model manager (service ``"models"``): once per file, component and dtype. Pickle formats are
+refused unless the engine allows them (``--allow-pickle``). See :mod:`nodegraph_nodes.diffusion.components`
+for where CLIP tokenizer files are looked for.
+
+``CheckpointLoaderSimple`` also lists the model nodegraph ships, :data:`BUILTIN_SHAPES_GENERATOR` (the
+shapes-world text-to-image model of ``nodes/shapes``, a diffusers folder), first, so it is the
+choice when a workflow names none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from nodegraph.context import Paths
+from nodegraph.node import COMBO, FLOAT, INT, Input, Node, Output
+from nodegraph.types import CLIP, MODEL, VAE
+
+from nodegraph_nodes.diffusion.components import (load_checkpoint, load_clip_file, load_unet_file, load_vae_file)
+from nodegraph_nodes.diffusion.files import (checkpoint_choices, file_identity, list_model_files, read_state_dict,
+                                   resolve_model, ModelFileError)
+
+
+def _fingerprint(paths: Paths, kind: str, name: str | None, also: tuple[str, ...] = ()) -> Any:
+    if not name:
+        return None
+    try:
+        path = resolve_model(paths, kind, name, also=also)
+    except ModelFileError:
+        return None
+    return _path_identity(path)
+
+
+def _path_identity(path: Path) -> Any:
+    """Changes when the file, or any file in the folder, is replaced."""
+    if path.is_dir():
+        return (str(path), max((p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()), default=0))
+    return file_identity(path)
+
+
+#: The shapes-world text-to-image model shipped with nodegraph, listed when its weights exist.
+BUILTIN_SHAPES_GENERATOR = "shapes-world (built-in)"
+
+
+def _shapes_generator_folder() -> Path:
+    from nodegraph_nodes.shapes.generator import DEFAULT_FOLDER
+
+    return DEFAULT_FOLDER
+
+
+def _ckpt_choices(paths: Paths) -> list[str]:
+    builtin = [BUILTIN_SHAPES_GENERATOR] if (_shapes_generator_folder() / "model_index.json").is_file() else []
+    return builtin + checkpoint_choices(paths)
+
+
+def _resolve_checkpoint(paths: Paths, name: str) -> Path:
+    if name == BUILTIN_SHAPES_GENERATOR:
+        folder = _shapes_generator_folder()
+        if not (folder / "model_index.json").is_file():
+            raise ModelFileError(f"the built-in model {name!r} is missing from this install ({folder})")
+        return folder
+    return resolve_model(paths, "checkpoints", name, also=("diffusers",))
+
+
+def _vae_choices(paths: Paths) -> list[str]:
+    return list_model_files(paths, "vae", diffusers_folders=True)
+
+
+def _lora_choices(paths: Paths) -> list[str]:
+    return list_model_files(paths, "loras")
+
+
+def _text_encoder_choices(paths: Paths) -> list[str]:
+    return list_model_files(paths, "text_encoders")
+
+
+def _unet_choices(paths: Paths) -> list[str]:
+    return list_model_files(paths, "diffusion_models") + [
+        n for n in list_model_files(paths, "unet") if n not in list_model_files(paths, "diffusion_models")]
+
+
+class CheckpointLoaderSimple(Node):
+    """Loads a Stable Diffusion checkpoint (single file SD 1.x / 2.x / SDXL, or a diffusers folder)."""
+
+    category = "loaders"
+    display_name = "Load Checkpoint"
+    ckpt_name = Input(COMBO, choices=_ckpt_choices, default=BUILTIN_SHAPES_GENERATOR,
+                      tooltip="The checkpoint (model) to load.")
+    outputs = (Output(MODEL), Output(CLIP), Output(VAE))
+
+    @classmethod
+    def fingerprint(cls, paths: Paths, ckpt_name: str | None = None, **_: Any) -> Any:
+        if ckpt_name == BUILTIN_SHAPES_GENERATOR:
+            return _path_identity(_shapes_generator_folder())
+        return _fingerprint(paths, "checkpoints", ckpt_name, also=("diffusers",))
+
+    def execute(self, ckpt_name: str) -> tuple:
+        paths = self.ctx.paths
+        path = _resolve_checkpoint(paths, ckpt_name)
+        return load_checkpoint(path, self.ctx.service("models"), self.ctx.device, Path(paths.models_dir))
+
+
+class VAELoader(Node):
+    """Loads a VAE (a VAE file, the VAE inside a checkpoint, or a diffusers VAE folder)."""
+
+    category = "loaders"
+    display_name = "Load VAE"
+    vae_name = Input(COMBO, choices=_vae_choices)
+    outputs = (Output(VAE),)
+
+    @classmethod
+    def fingerprint(cls, paths: Paths, vae_name: str | None = None, **_: Any) -> Any:
+        return _fingerprint(paths, "vae", vae_name)
+
+    def execute(self, vae_name: str) -> tuple:
+        path = resolve_model(self.ctx.paths, "vae", vae_name)
+        return (load_vae_file(path, self.ctx.service("models"), self.ctx.device),)
+
+
+def _read_lora(ctx, name: str) -> dict:
+    from nodegraph_nodes.diffusion.lora import count_lora_keys
+
+    path = resolve_model(ctx.paths, "loras", name)
+    sd = read_state_dict(path, allow_pickle=ctx.service("models").allow_pickle)
+    if not count_lora_keys(sd):
+        from nodegraph_nodes.diffusion.checkpoint import describe_contents
+
+        raise ModelFileError(f"{name} is not a LoRA (no lora_up/lora_down weights): it looks like "
+                             f"{describe_contents(sd)}")
+    return sd
+
+
+def _patch_model(ctx, model, sd: dict, name: str, strength: float):
+    from nodegraph_nodes.diffusion.lora import UNET_PREFIXES, lora_patch
+
+    unet = model.handle.get()
+    patch = lora_patch(sd, unet, UNET_PREFIXES, strength, name, style="unet")
+    return model.with_patch(patch), len(patch.deltas)
+
+
+def _patch_clip(ctx, clip, sd: dict, name: str, strength: float):
+    from nodegraph_nodes.diffusion.lora import TE_PREFIXES, lora_patch
+
+    total = 0
+    for index, enc in enumerate(clip.encoders):
+        prefixes = TE_PREFIXES[index] if len(clip.encoders) > 1 else TE_PREFIXES[0]
+        if len(clip.encoders) == 1 and clip.family == "sdxl_refiner":
+            prefixes = TE_PREFIXES[1]
+        patch = lora_patch(sd, enc.handle.get(), prefixes, strength, name, style="text")
+        if patch.deltas:
+            clip = clip.with_patch(index, patch)
+            total += len(patch.deltas)
+    return clip, total
+
+
+class LoraLoader(Node):
+    """Applies a LoRA to the diffusion model and the text encoder, each with its own strength."""
+
+    category = "loaders"
+    display_name = "Load LoRA"
+    model = Input(MODEL)
+    clip = Input(CLIP)
+    lora_name = Input(COMBO, choices=_lora_choices)
+    strength_model = Input(FLOAT, default=1.0, min=-100.0, max=100.0, step=0.01)
+    strength_clip = Input(FLOAT, default=1.0, min=-100.0, max=100.0, step=0.01)
+    outputs = (Output(MODEL), Output(CLIP))
+
+    @classmethod
+    def fingerprint(cls, paths: Paths, lora_name: str | None = None, **_: Any) -> Any:
+        return _fingerprint(paths, "loras", lora_name)
+
+    def execute(self, model, clip, lora_name: str, strength_model: float, strength_clip: float) -> tuple:
+        if strength_model == 0 and strength_clip == 0:
+            return model, clip
+        sd = _read_lora(self.ctx, lora_name)
+        new_model, n_model = _patch_model(self.ctx, model, sd, lora_name, strength_model)
+        new_clip, n_clip = _patch_clip(self.ctx, clip, sd, lora_name, strength_clip)
+        if n_model + n_clip == 0:
+            raise ModelFileError(f"LoRA {lora_name} has no weights matching this model's layers; "
+                                 f"it was made for another model family")
+        return new_model, new_clip
+
+
+class LoraLoaderModelOnly(Node):
+    """Applies a LoRA to the diffusion model only."""
+
+    category = "loaders"
+    model = Input(MODEL)
+    lora_name = Input(COMBO, choices=_lora_choices)
+    strength_model = Input(FLOAT, default=1.0, min=-100.0, max=100.0, step=0.01)
+    outputs = (Output(MODEL),)
+
+    @classmethod
+    def fingerprint(cls, paths: Paths, lora_name: str | None = None, **_: Any) -> Any:
+        return _fingerprint(paths, "loras", lora_name)
+
+    def execute(self, model, lora_name: str, strength_model: float) -> tuple:
+        if strength_model == 0:
+            return (model,)
+        sd = _read_lora(self.ctx, lora_name)
+        new_model, n = _patch_model(self.ctx, model, sd, lora_name, strength_model)
+        if n == 0:
+            raise ModelFileError(f"LoRA {lora_name} has no weights matching this model's UNet")
+        return (new_model,)
+
+
+CLIP_TYPES = ["stable_diffusion", "sd2"]
+
+
+class CLIPLoader(Node):
+    """Loads a standalone CLIP text encoder from models/text_encoders."""
+
+    category = "advanced/loaders"
+    display_name = "Load CLIP"
+    clip_name = Input(COMBO, choices=_text_encoder_choices)
+    type = Input(COMBO, choices=CLIP_TYPES)
+    device = Input(COMBO, choices=["default", "cpu"], optional=True, default="default")
+    outputs = (Output(CLIP),)
+
+    @classmethod
+    def fingerprint(cls, paths: Paths, clip_name: str | None = None, **_: Any) -> Any:
+        return _fingerprint(paths, "text_encoders", clip_name)
+
+    def execute(self, clip_name: str, type: str, device: str = "default") -> tuple:
+        path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
+        target = "cpu" if device == "cpu" else self.ctx.device
+        return (load_clip_file(path, self.ctx.service("models"), target, Path(self.ctx.paths.models_dir), type),)
+
+
+class UNETLoader(Node):
+    """Loads a bare diffusion model (UNet) from models/diffusion_models."""
+
+    category = "advanced/loaders"
+    display_name = "Load Diffusion Model"
+    unet_name = Input(COMBO, choices=_unet_choices)
+    weight_dtype = Input(COMBO, choices=["default"])
+    outputs = (Output(MODEL),)
+
+    @classmethod
+    def fingerprint(cls, paths: Paths, unet_name: str | None = None, **_: Any) -> Any:
+        return _fingerprint(paths, "diffusion_models", unet_name, also=("unet",))
+
+    def execute(self, unet_name: str, weight_dtype: str = "default") -> tuple:
+        path = resolve_model(self.ctx.paths, "diffusion_models", unet_name, also=("unet",))
+        return (load_unet_file(path, self.ctx.service("models"), self.ctx.device),)
+
+
+class CLIPSetLastLayer(Node):
+    """Uses the hidden state of an earlier CLIP layer (-1 = last, -2 = penultimate: 'clip skip')."""
+
+    category = "conditioning"
+    display_name = "CLIP Set Last Layer"
+    clip = Input(CLIP)
+    stop_at_clip_layer = Input(INT, default=-1, min=-24, max=-1, step=1)
+    outputs = (Output(CLIP),)
+
+    def execute(self, clip, stop_at_clip_layer: int) -> tuple:
+        return (clip.with_layer(stop_at_clip_layer),)

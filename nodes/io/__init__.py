@@ -1,0 +1,16 @@
+"""Files in and out: load images from the input folder, save/preview PNGs, show values, export datasets.
+
+Registered through the ``nodegraph.nodes`` entry point ``io`` (``pyproject.toml``), like any pack:
+:func:`node_modules` names the modules whose node classes the registry takes.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def node_modules() -> list[ModuleType]:
+    """The modules of this family that hold node classes."""
+    from . import files, dataset
+
+    return [files, dataset]

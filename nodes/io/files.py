@@ -1,0 +1,285 @@
+"""File nodes: load images from the input folder, save/preview PNGs, show any value as text.
+
+Folder rules follow ComfyUI (COMFY_COMPAT §4, §8): file names may carry a `` [input]``/`` [output]``/
+`` [temp]`` suffix naming the folder, subfolders are allowed, anything leading outside the folder
+(``..``, absolute paths, symlinks) is refused. Saved names are ``<stem>_<counter:05>_.png`` with
+ComfyUI's counter; files are created exclusively, so concurrent saves never overwrite each other.
+
+At run time nodes use ``self.ctx.paths``; class-level hooks (the combo list, ``validate_inputs``,
+``fingerprint``) declare a ``paths`` parameter and get the engine's folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, ImageSequence
+
+from nodegraph.context import Paths
+from nodegraph.node import COMBO, STRING, Input, Node, NodeResult, Output
+from nodegraph.pngmeta import comfy_text_chunks, encode_png
+from nodegraph.types import ANY, IMAGE, MASK
+from nodegraph.user_files import IMAGE_EXTENSIONS, folder_of, resolve_annotated
+
+
+
+def _list_input_images(paths: Paths) -> list[str]:
+    """Image files at the top level of the input folder, sorted (LoadImage's combo choices)."""
+    folder = paths.input_dir
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    return sorted(p.name for p in entries if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- loading ----------------------------------------------------------------------------------------
+
+def _frame_to_rgb(frame: Image.Image) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One frame as ``[H,W,3]`` float and its mask ``[H,W]`` (1 − alpha), or ``None`` without alpha."""
+    frame = ImageOps.exif_transpose(frame)
+    if frame.mode == "I":
+        frame = frame.point(lambda v: v * (1 / 255))
+    rgb = torch.from_numpy(np.asarray(frame.convert("RGB"), dtype=np.float32) / 255.0)
+    alpha = None
+    if "A" in frame.getbands():
+        alpha = frame.getchannel("A")
+    elif frame.mode == "P" and "transparency" in frame.info:
+        alpha = frame.convert("RGBA").getchannel("A")
+    if alpha is None:
+        return rgb, None
+    return rgb, 1.0 - torch.from_numpy(np.asarray(alpha, dtype=np.float32) / 255.0)
+
+
+def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(IMAGE [B,H,W,3], MASK [B,H,W])``; frames of the first frame's size form the batch.
+
+    Without any alpha the mask is zeros ``[B,64,64]`` (ComfyUI's placeholder).
+    """
+    try:
+        with Image.open(path) as img:
+            frames = [_frame_to_rgb(f) for f in ImageSequence.Iterator(img)]
+            if img.format == "MPO":
+                frames = frames[:1]
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot load image {path.name}: {exc}") from None
+    size = frames[0][0].shape[:2]
+    frames = [f for f in frames if f[0].shape[:2] == size]
+    images = torch.stack([rgb for rgb, _ in frames])
+    if all(mask is None for _, mask in frames):
+        return images, torch.zeros((len(frames), 64, 64), dtype=torch.float32)
+    masks = [mask if mask is not None else torch.zeros(size) for _, mask in frames]
+    return images, torch.stack(masks)
+
+
+class LoadImage(Node):
+    """Loads an image from the input folder; its alpha channel becomes the mask (1 − alpha)."""
+
+    category = "image"
+    display_name = "Load Image"
+    image = Input(COMBO, choices=_list_input_images, image_upload=True)
+    outputs = (Output(IMAGE), Output(MASK))
+
+    def execute(self, image: str) -> tuple:
+        path = resolve_annotated(image, self.ctx.paths)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {image!r} does not exist in the input folder "
+                                    f"({self.ctx.paths.input_dir})")
+        return load_image_file(path)
+
+    @classmethod
+    def validate_inputs(cls, image: str, paths: Paths) -> bool | str:
+        try:
+            path = resolve_annotated(str(image), paths)
+        except ValueError as exc:
+            return f"Invalid image file: {exc}"
+        if not path.is_file():
+            return f"Invalid image file: {image} (not found in {path.parent})"
+        return True
+
+    @classmethod
+    def fingerprint(cls, paths: Paths, image: str | None = None, **_: Any) -> Any:
+        """SHA-256 of the file; NaN (always re-run) when it cannot be read."""
+        try:
+            return file_sha256(resolve_annotated(str(image), paths))
+        except (OSError, ValueError):
+            return math.nan
+
+
+# -- saving -----------------------------------------------------------------------------------------
+
+def expand_prefix_vars(prefix: str, width: int, height: int, now: time.struct_time | None = None) -> str:
+    """Replace ``%width%``, ``%height%``, ``%year%`` … ``%second%`` as ComfyUI's server does."""
+    now = now or time.localtime()
+    values = {"width": str(width), "height": str(height), "year": str(now.tm_year),
+              "month": f"{now.tm_mon:02}", "day": f"{now.tm_mday:02}", "hour": f"{now.tm_hour:02}",
+              "minute": f"{now.tm_min:02}", "second": f"{now.tm_sec:02}"}
+    for key, value in values.items():
+        prefix = prefix.replace(f"%{key}%", value)
+    return prefix
+
+
+def split_prefix(prefix: str, base: Path) -> tuple[Path, str, str]:
+    """``(folder, stem, subfolder)`` for a prefix like ``a/b/stem``; refuses leaving ``base``."""
+    normalized = os.path.normpath(prefix)
+    subfolder, stem = os.path.dirname(normalized), os.path.basename(normalized)
+    folder = base / subfolder
+    if os.path.isabs(normalized) or not folder.resolve().is_relative_to(base.resolve()):
+        raise ValueError(f"filename_prefix {prefix!r} would save outside the output folder; "
+                         "use a relative name such as 'renders/fox'")
+    return folder, stem, subfolder
+
+
+def next_counter(folder: Path, stem: str) -> int:
+    """1 + the largest counter among files named ``<stem>_<digits>…`` (ComfyUI's rule), else 1."""
+    best = 0
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return 1
+    wanted = os.path.normcase(stem)
+    for name in names:
+        head = name[:len(stem) + 1]
+        if os.path.normcase(head[:-1]) != wanted or head[-1:] != "_":
+            continue
+        try:
+            best = max(best, int(name[len(stem) + 1:].split("_")[0]))
+        except ValueError:
+            continue
+    return best + 1
+
+
+def write_new_file(folder: Path, stem: str, counter: int, data: bytes) -> tuple[str, int]:
+    """Create ``<stem>_<counter:05>_.png`` exclusively, bumping the counter while names are taken."""
+    while True:
+        name = f"{stem}_{counter:05}_.png"
+        try:
+            with open(folder / name, "xb") as handle:
+                handle.write(data)
+            return name, counter
+        except FileExistsError:
+            counter += 1
+
+
+def save_images(images: torch.Tensor, prefix: str, base: Path, kind: str, compress_level: int,
+                text_chunks: dict[str, str]) -> list[dict[str, str]]:
+    """Write each image of the batch as a PNG; the ``ui`` records ComfyUI returns."""
+    height, width = int(images.shape[1]), int(images.shape[2])
+    if "%" in prefix:
+        prefix = expand_prefix_vars(prefix, width, height)
+    folder, stem, subfolder = split_prefix(prefix, base)
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = next_counter(folder, stem)
+    results = []
+    for batch_number, image in enumerate(images):
+        data = encode_png(image, text_chunks, compress_level)
+        stem_b = stem.replace("%batch_num%", str(batch_number))
+        name, counter = write_new_file(folder, stem_b, counter, data)
+        results.append({"filename": name, "subfolder": subfolder, "type": kind})
+        counter += 1
+    return results
+
+
+class _ImageSaver(Node):
+    # Shared by SaveImage and PreviewImage. No docstring on purpose: Node copies a docstring into
+    # ``description``, which subclasses would then inherit instead of using their own.
+
+    abstract = True
+    output_node = True
+    category = "image"
+    hidden = ("prompt", "extra_pnginfo")
+    images = Input(IMAGE, tooltip="The images to save.")
+    outputs = ()
+
+    folder_type = "output"
+    compress_level = 4
+
+    def prefix_suffix(self) -> str:
+        return ""
+
+    def save(self, images: torch.Tensor, filename_prefix: str, prompt: dict | None,
+             extra_pnginfo: dict | None) -> NodeResult:
+        base = folder_of(self.ctx.paths, self.folder_type)
+        chunks = comfy_text_chunks(prompt, extra_pnginfo)
+        results = save_images(images, filename_prefix + self.prefix_suffix(), base, self.folder_type,
+                              self.compress_level, chunks)
+        return NodeResult(ui={"images": results})
+
+
+class SaveImage(_ImageSaver):
+    """Saves the input images to your ComfyUI output directory."""
+
+    display_name = "Save Image"
+    filename_prefix = Input(STRING, default="ComfyUI",
+                            tooltip="The prefix for the file to save. This may include formatting "
+                                    "information such as %date:yyyy-MM-dd% or %Empty Latent Image.width% "
+                                    "to include values from nodes.")
+
+    def execute(self, images: torch.Tensor, filename_prefix: str = "ComfyUI", prompt: dict | None = None,
+                extra_pnginfo: dict | None = None) -> NodeResult:
+        return self.save(images, filename_prefix, prompt, extra_pnginfo)
+
+
+class PreviewImage(_ImageSaver):
+    """Saves the input images to the temp folder for display (fast compression, random name)."""
+
+    display_name = "Preview Image"
+    folder_type = "temp"
+    compress_level = 1
+    images = Input(IMAGE)
+
+    def prefix_suffix(self) -> str:
+        return "_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
+
+    def execute(self, images: torch.Tensor, prompt: dict | None = None,
+                extra_pnginfo: dict | None = None) -> NodeResult:
+        return self.save(images, "ComfyUI", prompt, extra_pnginfo)
+
+
+# -- text preview -----------------------------------------------------------------------------------
+
+def preview_text(source: Any) -> str:
+    """PreviewAny's rendering: strings as is, numbers/bools via ``str``, else JSON, else ``str``."""
+    if source is None:
+        return "None"
+    if isinstance(source, str):
+        return source
+    if isinstance(source, (int, float, bool)):
+        return str(source)
+    try:
+        return json.dumps(source)
+    except Exception:
+        try:
+            return str(source)
+        except Exception:
+            return "source exists, but could not be serialized."
+
+
+class PreviewAny(Node):
+    """Shows any value as text on the node."""
+
+    category = "utils"
+    display_name = "Preview Any"
+    output_node = True
+    source = Input(ANY)
+    outputs = ()
+
+    def execute(self, source: Any = None) -> NodeResult:
+        return NodeResult(ui={"text": [preview_text(source)]})

@@ -1,0 +1,499 @@
+"""Train the shapes-world text-to-image model from a seed:
+``python -m training.shapes.train_generator --stage vae|decoder|unet|all --seed S --out DIR
+[--vae-steps N --decoder-steps K --unet-steps M | --minutes N]``.
+
+1. **VAE** (``--stage vae``): an ``AutoencoderKL`` on freshly rendered scenes every step, loss = MSE
+   + L1 (flat colours and crisp edges) + 1e-6 · KL (SD's weight); then the latent scaling factor =
+   1 / std of the latent means of 1024 fresh renders.
+2. **Decoder** (``--stage decoder``): the VAE's decoder is fine-tuned for crisp edges with the encoder
+   frozen (:func:`train_decoder`), so the latent space the UNet learns on does not move (the decoder
+   and UNet stages are independent: either order gives the same weights).
+3. **UNet** (``--stage unet``): first a pool of ``--pool`` (scene, paraphrase) pairs is rendered
+   (``--pair-share`` 0.6 of the scenes with two objects, ``--canonical-share`` 0.3 of the captions
+   canonical), VAE-encoded (scaled latent means) and text-encoded with MiniLM (the encoder is far too slow on two
+   cores to run every step; the pool is cached in the work folder). Then training
+   on DDPM's linear schedule (1000 steps, see :mod:`.generator`), uniform timesteps, 10 % of captions replaced by
+   the empty prompt (classifier-free guidance), v-prediction with "Min-SNR-5 + 1" loss weights
+   (:func:`timestep_loss_weights`: the plain v loss at high noise, where the layout — which colour goes
+   where — is decided, and the many nearly clean timesteps clipped as in Min-SNR, which starves the
+   noisy steps), AdamW with warm-up (cosine decay when the
+   step count is given), an EMA of the weights (saved).
+
+``--stage all`` runs vae, decoder, unet; the finished model is written to ``--out`` in the diffusers folder layout
+(:func:`.generator.save_pipeline_folder`). Training state goes to ``--work`` (default ``<out>.train``)
+every ``--checkpoint-minutes``; running the same command again resumes from it. Step counts
+make a run reproducible from its seed; ``--minutes`` instead stops on wall-clock time (total over
+resumptions; with ``--stage all``, ``--vae-fraction`` / ``--decoder-fraction`` of it go to those
+stages), which is handy for smoke runs but depends on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nodegraph_nodes.shapes import generator as gen
+from nodegraph_nodes.shapes.captions import paraphrase
+from nodegraph_nodes.shapes.render import render_batch
+from nodegraph_nodes.shapes.text_encoder import encode, load_text_encoder
+from nodegraph_nodes.shapes.world import PALETTE, sample_scene
+
+#: The UNet recipe's data mix and loss (``--pair-share``, ``--canonical-share``, ``--loss-weighting``).
+PAIR_SHARE, CANONICAL_SHARE, LOSS_WEIGHTING = 0.6, 0.3, "min-snr-plus-one"
+
+#: Training scenes come from ``random.Random(seed + offset)``; evaluation uses seeds ≥ 10**9.
+VAE_DATA_OFFSET, SCALE_DATA_OFFSET, POOL_DATA_OFFSET, DECODER_DATA_OFFSET = 1, 2, 3, 4
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def images_tensor(scenes) -> torch.Tensor:
+    """``[B, 3, 64, 64]`` in -1..1."""
+    return torch.from_numpy(render_batch(scenes)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Budget:
+    """When a stage stops: after ``steps`` steps, or after ``minutes`` of (accumulated) training time."""
+
+    steps: int | None
+    minutes: float | None
+
+    def done(self, step: int, elapsed: float) -> bool:
+        if self.steps is not None:
+            return step >= self.steps
+        return elapsed >= (self.minutes or 0) * 60
+
+    def lr_factor(self, step: int, warmup: int) -> float:
+        warm = min(1.0, (step + 1) / warmup)
+        if self.steps is None:
+            return warm
+        progress = min(1.0, step / max(1, self.steps))
+        return warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Checkpointer:
+    def __init__(self, path: Path, every_minutes: float) -> None:
+        self.path = path
+        self.every = every_minutes * 60
+        self.last = time.time()
+
+    def due(self) -> bool:
+        return time.time() - self.last >= self.every
+
+    def save(self, state: dict) -> None:
+        _save_atomic(state, self.path)
+        self.last = time.time()
+        log(f"checkpoint {self.path.name} at step {state['step']}")
+
+
+def _rng_state(rng: random.Random, gen_: torch.Generator) -> dict:
+    return {"py": rng.getstate(), "torch": gen_.get_state(), "global": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict, rng: random.Random, gen_: torch.Generator) -> None:
+    rng.setstate(state["py"])
+    gen_.set_state(state["torch"])
+    torch.set_rng_state(state["global"])
+
+
+# -- VAE -----------------------------------------------------------------------------------------
+
+def train_vae(work: Path, seed: int, budget: Budget, batch_size: int = 16, lr: float = 1e-3,
+              kl_weight: float = 1e-6, checkpoint_minutes: float = 5.0) -> Path:
+    """Trains (or resumes) the VAE; writes ``work/vae`` (diffusers, fp32) and returns it."""
+    state_path = work / "vae_state.pt"
+    torch.manual_seed(seed)
+    vae = gen.build_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    rng, noise_gen = random.Random(seed + VAE_DATA_OFFSET), torch.Generator().manual_seed(seed)
+    step, elapsed = 0, 0.0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        _set_rng_state(state["rng"], rng, noise_gen)
+        step, elapsed = state["step"], state["elapsed"]
+        log(f"vae: resumed at step {step} ({elapsed / 60:.1f} min)")
+    ckpt = Checkpointer(state_path, checkpoint_minutes)
+    vae.train()
+    start, losses = time.time() - elapsed, []
+    while not budget.done(step, time.time() - start):
+        for group in opt.param_groups:
+            group["lr"] = lr * budget.lr_factor(step, 100)
+        x = images_tensor([sample_scene(rng) for _ in range(batch_size)])
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=noise_gen)
+        recon = vae.decode(z).sample
+        mse = torch.nn.functional.mse_loss(recon, x)
+        kl = posterior.kl().mean()  # summed over the latent's elements, averaged over the batch
+        loss = mse + torch.nn.functional.l1_loss(recon, x) + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(mse.item())
+        if step % 50 == 0:
+            log(f"vae step {step} mse {np.mean(losses):.5f} kl/elem {kl.item() / z[0].numel():.3f} "
+                f"({(time.time() - start) / step:.2f} s/step, {(time.time() - start) / 60:.1f} min)")
+            losses = []
+        if ckpt.due():
+            ckpt.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                       "elapsed": time.time() - start, "rng": _rng_state(rng, noise_gen)})
+    vae.eval()
+    scale = latent_scaling_factor(vae, seed)
+    vae.register_to_config(scaling_factor=scale)
+    out = work / "vae"
+    vae.save_pretrained(str(out), safe_serialization=True)
+    ckpt.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+               "elapsed": time.time() - start, "rng": _rng_state(rng, noise_gen)})
+    mse = reconstruction_mse(vae, seed)
+    with open(work / "vae_report.json", "w", encoding="utf-8") as fh:
+        json.dump({"steps": step, "minutes": (time.time() - start) / 60, "scaling_factor": scale,
+                   "holdout_mse": mse}, fh, indent=2)
+    log(f"vae done: {step} steps, scaling factor {scale:.4f}, held-out MSE {mse:.5f}")
+    return out
+
+
+@torch.no_grad()
+def latent_scaling_factor(vae, seed: int, count: int = 1024) -> float:
+    rng = random.Random(seed + SCALE_DATA_OFFSET)
+    means = [vae.encode(images_tensor([sample_scene(rng) for _ in range(128)])).latent_dist.mean
+             for _ in range(count // 128)]
+    return float(1.0 / torch.cat(means).std())
+
+
+@torch.no_grad()
+def reconstruction_mse(vae, seed: int, count: int = 256) -> float:
+    rng = random.Random(10**9 + seed)
+    x = images_tensor([sample_scene(rng) for _ in range(count)])
+    return float(torch.nn.functional.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x))
+
+
+# -- decoder sharpening -------------------------------------------------------------------------
+
+PALETTE_UNIT = torch.tensor(list(PALETTE.values()), dtype=torch.float32) / 127.5 - 1.0  # [8, 3] in -1..1
+
+
+def edge_weights(x: torch.Tensor, edge_weight: float) -> torch.Tensor:
+    """``[B, 1, H, W]``: 1 on flat areas, ``1 + edge_weight`` where a pixel differs from a neighbour."""
+    diff = torch.zeros_like(x[:, :1])
+    dx = (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().amax(1, keepdim=True) > 0.02
+    dy = (x[:, :, 1:] - x[:, :, :-1]).abs().amax(1, keepdim=True) > 0.02
+    diff[:, :, :, 1:] += dx
+    diff[:, :, :, :-1] += dx
+    diff[:, :, 1:] += dy
+    diff[:, :, :-1] += dy
+    return 1.0 + edge_weight * (diff > 0).float()
+
+
+def palette_distance(y: torch.Tensor) -> torch.Tensor:
+    """Per pixel, the squared distance to the nearest palette colour (``y`` in -1..1)."""
+    d = (y.permute(0, 2, 3, 1)[..., None, :] - PALETTE_UNIT).pow(2).sum(-1)
+    return d.min(-1).values
+
+
+def train_decoder(work: Path, seed: int, budget: Budget, batch_size: int = 16, lr: float = 5e-4,
+                  edge_weight: float = 4.0, palette_weight: float = 0.05, latent_noise: float = 0.05,
+                  checkpoint_minutes: float = 5.0, out: Path | None = None) -> Path:
+    """Fine-tunes the VAE's decoder (and post-quant conv) with the encoder frozen, so the latent space —
+    and hence the UNet's pool and training — stays exactly as the VAE stage left it. MSE + L1 trained
+    decoders blur edges (a small star comes out as a pentagon); here the loss weighs pixels on edges
+    ``1 + edge_weight`` times and pulls every pixel towards its nearest palette colour, and the latents
+    get a little noise (``latent_noise`` × their std) so slightly-off latents from the sampler still
+    decode crisply. Rewrites ``work/vae`` (and ``out/vae`` when that folder already holds a model)."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(str(work / "vae"), local_files_only=True)
+    vae.requires_grad_(False)
+    trainable = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in trainable:
+        p.requires_grad_(True)
+    state_path = work / "decoder_state.pt"
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    rng, noise_gen = random.Random(seed + DECODER_DATA_OFFSET), torch.Generator().manual_seed(seed + 29)
+    step, elapsed = 0, 0.0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        _set_rng_state(state["rng"], rng, noise_gen)
+        step, elapsed = state["step"], state["elapsed"]
+        log(f"decoder: resumed at step {step} ({elapsed / 60:.1f} min)")
+    ckpt = Checkpointer(state_path, checkpoint_minutes)
+    vae.encoder.eval()
+    vae.decoder.train()
+    scale = float(vae.config.scaling_factor)
+    start, losses = time.time() - elapsed, []
+
+    def snapshot() -> dict:
+        return {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                "elapsed": time.time() - start, "rng": _rng_state(rng, noise_gen)}
+
+    while not budget.done(step, time.time() - start):
+        for group in opt.param_groups:
+            group["lr"] = lr * budget.lr_factor(step, 50)
+        x = images_tensor([sample_scene(rng) for _ in range(batch_size)])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+            z = z + (latent_noise / scale) * torch.randn(z.shape, generator=noise_gen)
+        recon = vae.decode(z).sample
+        weights = edge_weights(x, edge_weight)
+        err = (recon - x)
+        rec = (weights * (err.pow(2) + err.abs())).mean() / weights.mean()
+        loss = rec + palette_weight * palette_distance(recon).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        losses.append(rec.item())
+        if step % 50 == 0:
+            log(f"decoder step {step} weighted rec {np.mean(losses):.5f} "
+                f"({(time.time() - start) / max(1, step):.2f} s/step, {(time.time() - start) / 60:.1f} min)")
+            losses = []
+        if ckpt.due():
+            ckpt.save(snapshot())
+    ckpt.save(snapshot())
+    vae.eval()
+    vae.save_pretrained(str(work / "vae"), safe_serialization=True)
+    if out is not None and (out / "model_index.json").is_file():
+        gen.save_vae(out, vae)
+    report = {"steps": step, "minutes": (time.time() - start) / 60, "holdout_mse": reconstruction_mse(vae, seed),
+              "holdout_reconstructions_passing_geometric_check": reconstruction_check_rate(vae)}
+    with open(work / "decoder_report.json", "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+    log(f"decoder done: {report}")
+    return work / "vae"
+
+
+@torch.no_grad()
+def reconstruction_check_rate(vae, count: int = 100) -> float:
+    """Share of the evaluation's held-out scenes whose VAE round trip passes its geometric check: the
+    ceiling of what any UNet can score through this decoder."""
+    from nodegraph_nodes.shapes.evaluate import geometric_check, heldout_scenes
+
+    items = heldout_scenes(count)
+    x = images_tensor([s for _, s in items])
+    y = vae.decode(vae.encode(x).latent_dist.mean).sample
+    images = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+    return sum(geometric_check(img, s).ok for img, (_, s) in zip(images, items)) / count
+
+
+# -- data pool for the UNet ----------------------------------------------------------------------
+
+@torch.no_grad()
+def build_pool(work: Path, vae, seed: int, size: int, pair_share: float = PAIR_SHARE,
+               canonical_share: float = CANONICAL_SHARE) -> dict:
+    """Scaled latents ``[N, 4, 16, 16]`` and text embeddings ``[N, 32, 384]`` (fp16) of ``size`` scenes,
+    ``pair_share`` of them with two objects, ``canonical_share`` of the captions canonical."""
+    path = work / f"pool_{seed}_{size}_{pair_share:g}_{canonical_share:g}.pt"
+    if path.is_file():
+        log(f"pool: loaded {path.name}")
+        return torch.load(path, weights_only=False)
+    rng = random.Random(seed + POOL_DATA_OFFSET)
+    scenes = [sample_scene(rng, pair_share=pair_share) for _ in range(size)]
+    captions = [paraphrase(s, rng, canonical_share) for s in scenes]
+    t0 = time.time()
+    scale = float(vae.config.scaling_factor)
+    latents = torch.cat([vae.encode(images_tensor(scenes[i:i + 256])).latent_dist.mean * scale
+                         for i in range(0, size, 256)])
+    log(f"pool: {size} latents in {time.time() - t0:.0f}s")
+    model, tokenizer = load_text_encoder()
+    order = sorted(range(size), key=lambda i: len(captions[i]))  # similar lengths batch together
+    embeds = torch.zeros(size, 32, 384, dtype=torch.float16)
+    t0 = time.time()
+    for i in range(0, size, 256):
+        idx = order[i:i + 256]
+        embeds[idx] = encode([captions[j] for j in idx], model=model, tokenizer=tokenizer).half()
+        if (i // 256) % 10 == 0:
+            log(f"pool: encoded {i + len(idx)}/{size} captions ({time.time() - t0:.0f}s)")
+    pool = {"latents": latents.half(), "embeds": embeds, "captions": captions,
+            "uncond": encode([""], model=model, tokenizer=tokenizer)[0].half()}
+    _save_atomic(pool, path)
+    return pool
+
+
+# -- UNet ----------------------------------------------------------------------------------------
+
+#: How the v-prediction loss of each timestep is weighted (``--loss-weighting``).
+LOSS_WEIGHTINGS = ("min-snr", "min-snr-plus-one")
+
+
+def timestep_loss_weights(snr: torch.Tensor, gamma: float, kind: str) -> torch.Tensor:
+    """Per-timestep weights of the v-prediction loss.
+
+    - ``min-snr``: Min-SNR-γ (Hang et al. 2023) in its v-prediction form ``min(SNR, γ) / (SNR + 1)``:
+      the x0 error weighted by ``min(SNR, γ)``. At high noise the weight tends to the SNR itself, i.e.
+      to 0 — the steps where the layout (which colour goes where) is decided barely train.
+    - ``min-snr-plus-one``: ``(min(SNR, γ) + 1) / (SNR + 1)``: the plain v loss (weight 1, as SD 2 was
+      trained) at high noise, and the easy nearly clean steps clipped as in Min-SNR.
+    """
+    if kind == "min-snr":
+        return snr.clamp(max=gamma) / (snr + 1)
+    if kind == "min-snr-plus-one":
+        return (snr.clamp(max=gamma) + 1) / (snr + 1)
+    raise ValueError(f"unknown loss weighting {kind!r}; choose from {', '.join(LOSS_WEIGHTINGS)}")
+
+
+def train_unet(work: Path, out: Path, seed: int, budget: Budget, pool_size: int = 12288,
+               batch_size: int = 64, lr: float = 8e-4, dropout: float = 0.1, ema_decay: float = 0.999,
+               min_snr_gamma: float = 5.0, loss_weighting: str = LOSS_WEIGHTING,
+               pair_share: float = PAIR_SHARE, canonical_share: float = CANONICAL_SHARE,
+               checkpoint_minutes: float = 5.0) -> Path:
+    from diffusers import AutoencoderKL
+
+    if not (work / "vae" / "config.json").is_file():
+        raise SystemExit(f"no trained VAE in {work / 'vae'}: run --stage vae first")
+    vae = AutoencoderKL.from_pretrained(str(work / "vae"), local_files_only=True).eval()
+    state_path = work / "unet_state.pt"
+    state = torch.load(state_path, weights_only=False) if state_path.is_file() else None
+    start = time.time()
+    pool = build_pool(work, vae, seed, pool_size, pair_share, canonical_share)
+    latents, embeds, uncond = pool["latents"].float(), pool["embeds"], pool["uncond"].float()
+    n = latents.shape[0]
+    torch.manual_seed(seed)
+    unet = gen.build_unet()
+    ema = gen.build_unet().requires_grad_(False)
+    ema.load_state_dict(unet.state_dict())
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=1e-2)
+    sched = gen.build_train_scheduler()
+    alphas = sched.alphas_cumprod.float()
+    snr = alphas / (1 - alphas)
+    loss_weights = timestep_loss_weights(snr, min_snr_gamma, loss_weighting)
+    rng, noise_gen = random.Random(seed), torch.Generator().manual_seed(seed + 17)
+    step, elapsed = 0, time.time() - start  # the pool's time counts towards a minutes budget
+    if state is not None:
+        unet.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        _set_rng_state(state["rng"], rng, noise_gen)
+        step, elapsed = state["step"], state["elapsed"]
+        log(f"unet: resumed at step {step} ({elapsed / 60:.1f} min)")
+    ckpt = Checkpointer(state_path, checkpoint_minutes)
+    unet.train()
+    t_start, losses = time.time() - elapsed, []
+    t_run, step_run = time.time(), step
+
+    def snapshot() -> dict:
+        return {"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
+                "elapsed": time.time() - t_start, "rng": _rng_state(rng, noise_gen)}
+
+    while not budget.done(step, time.time() - t_start):
+        for group in opt.param_groups:
+            group["lr"] = lr * budget.lr_factor(step, 200)
+        idx = torch.randint(0, n, (batch_size,), generator=noise_gen)
+        x0 = latents[idx]
+        cond = embeds[idx].float()
+        drop = torch.rand(batch_size, generator=noise_gen) < dropout
+        cond[drop] = uncond
+        noise = torch.randn(x0.shape, generator=noise_gen)
+        t = torch.randint(0, sched.config.num_train_timesteps, (batch_size,), generator=noise_gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t, encoder_hidden_states=cond, return_dict=False)[0]
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0  # v
+        per_item = (pred - target).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_item * loss_weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        step += 1
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log(f"unet step {step} loss {np.mean(losses):.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({(time.time() - t_run) / (step - step_run):.2f} s/step, {(time.time() - t_start) / 60:.1f} min)")
+            losses = []
+        if ckpt.due():
+            ckpt.save(snapshot())
+    ckpt.save(snapshot())
+    for buf_e, buf in zip(ema.buffers(), unet.buffers()):
+        buf_e.copy_(buf)
+    meta = {"seed": seed, "unet_steps": step, "pool": n, "batch_size": batch_size, "pair_share": pair_share,
+            "loss_weighting": loss_weighting, "canonical_share": canonical_share,
+            "minutes": round((time.time() - t_start) / 60, 2)}
+    vae_report = work / "vae_report.json"
+    if vae_report.is_file():
+        meta["vae"] = json.loads(vae_report.read_text())
+    gen.save_pipeline_folder(out, ema.eval(), vae, metadata=meta)
+    log(f"unet done: {step} steps; model written to {out}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=("vae", "decoder", "unet", "all"), default="all")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--out", type=Path, default=gen.DEFAULT_FOLDER)
+    parser.add_argument("--work", type=Path, default=None, help="training state (default: <out>.train)")
+    parser.add_argument("--minutes", type=float, default=None, help="wall-clock budget (if no step counts)")
+    parser.add_argument("--vae-fraction", type=float, default=0.2)
+    parser.add_argument("--decoder-fraction", type=float, default=0.15)
+    parser.add_argument("--vae-steps", type=int, default=None)
+    parser.add_argument("--decoder-steps", type=int, default=None)
+    parser.add_argument("--unet-steps", type=int, default=None)
+    parser.add_argument("--pool", type=int, default=12288, help="scenes (with one paraphrase each) for the UNet")
+    parser.add_argument("--pair-share", type=float, default=PAIR_SHARE, help="two-object scenes in the pool")
+    parser.add_argument("--canonical-share", type=float, default=CANONICAL_SHARE,
+                        help="canonical captions in the pool")
+    parser.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=LOSS_WEIGHTING)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--vae-batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=8e-4)
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    work = args.work or args.out.with_name(args.out.name + ".train")
+    work.mkdir(parents=True, exist_ok=True)
+    stages = ("vae", "decoder", "unet") if args.stage == "all" else (args.stage,)
+    steps = {"vae": args.vae_steps, "decoder": args.decoder_steps, "unet": args.unet_steps}
+    if args.minutes is None and any(steps[s] is None for s in stages):
+        parser.error("give --minutes or the step counts of the stages run")
+    fractions = {"vae": args.vae_fraction, "decoder": args.decoder_fraction}
+    log(f"train_generator: stages {', '.join(stages)}, seed {args.seed}, threads {torch.get_num_threads()}, work {work}")
+    t0 = time.time()
+    for stage in stages:
+        minutes = None
+        if args.minutes:
+            spent = (time.time() - t0) / 60
+            minutes = args.minutes * fractions[stage] if stage in fractions and len(stages) > 1 else args.minutes - spent
+        budget = Budget(steps[stage], minutes)
+        if stage == "vae":
+            train_vae(work, args.seed, budget, batch_size=args.vae_batch_size,
+                      checkpoint_minutes=args.checkpoint_minutes)
+        elif stage == "decoder":
+            train_decoder(work, args.seed, budget, batch_size=args.vae_batch_size,
+                          checkpoint_minutes=args.checkpoint_minutes, out=args.out)
+        else:
+            train_unet(work, args.out, args.seed, budget, pool_size=args.pool, batch_size=args.batch_size,
+                       lr=args.lr, loss_weighting=args.loss_weighting, pair_share=args.pair_share,
+                       canonical_share=args.canonical_share,
+                       checkpoint_minutes=args.checkpoint_minutes)
+    log(f"finished in {(time.time() - t0) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
