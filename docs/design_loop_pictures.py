@@ -21,7 +21,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = re.compile(r"^\[[^\]]+\] (round \d+|final): score ([0-9.]+)")
+REPORT = re.compile(r"^node \S+: (round \d+|final): score ([0-9.]+)")  # what the CLI prints on stdout
 
 
 def run_design_loop(prompt: str | None, out: Path) -> str:
@@ -32,7 +32,7 @@ def run_design_loop(prompt: str | None, out: Path) -> str:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"the design loop failed:\n{done.stderr[-3000:]}")
-    return done.stderr
+    return done.stdout
 
 
 def rounds_of(log: str) -> list[dict]:

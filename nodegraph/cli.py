@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from .context import Paths
 from .errors import NodegraphError, ValidationFailed, WorkflowFormatError
-from .progress import ProgressPrinter, format_timing_report, report_dict
+from .progress import ProgressPrinter, format_timing_report, library_progress_silenced, report_dict, summary_line
 from .types import STRING
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -34,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "the design loop's instruction")
     _add_engine_options(run)
     run.add_argument("--report", type=Path, help="write a JSON report (timings, outputs, errors) here")
-    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--timings", action="store_true", help="print the per-node timing table after the run")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress output (libraries' progress bars included); results and errors still print")
+    run.add_argument("--nodes-module", action="append", default=[], metavar="MODULE",
+                     help="import MODULE and register its node classes (local or test node packs)")
 
     validate = sub.add_parser("validate", help="check a workflow without running it")
     validate.add_argument("workflow", type=Path)
@@ -93,7 +97,9 @@ def _add_serve_parser(sub) -> None:
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output-dir", type=Path, default=Path("outputs"))
+    p.add_argument("--output-dir", type=Path, default=None,
+                   help="write the outputs here (default: a new folder per run, "
+                        "outputs/<YYYY-MM-DD_HHMMSS>_<workflow-name>/)")
     p.add_argument("--input-dir", type=Path, default=None)
     p.add_argument("--models-dir", type=Path, default=None)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
@@ -224,17 +230,57 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .executor import Engine
+    if args.quiet:
+        with library_progress_silenced():
+            return _run(args)
+    return _run(args)
 
+
+def _run(args: argparse.Namespace) -> int:
+    import importlib
+    from dataclasses import replace
+
+    from .executor import Engine
+    from .registry import default_registry
+    from .run_folder import create_run_folder, remove_if_empty
+
+    registry = default_registry()
+    for name in args.nodes_module:
+        try:
+            registry.add_module(importlib.import_module(name))
+        except ImportError as exc:
+            print(f"error: --nodes-module {name}: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+    paths = _paths(args)
+    run_folder = None
+    if args.output_dir is None:  # a new folder per run (see nodegraph.run_folder)
+        try:
+            run_folder = create_run_folder(paths.output_dir, args.workflow)
+        except OSError as exc:
+            print(f"error: cannot create a run folder under {paths.output_dir}: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        paths = replace(paths, output_dir=run_folder, temp_dir=run_folder / "temp")
     try:
-        engine = Engine(paths=_paths(args), device=args.device, workers=args.workers,
+        engine = Engine(registry, paths=paths, device=args.device, workers=args.workers,
                         services={"models": model_manager(args)})
     except ValueError as exc:
+        if run_folder is not None:
+            remove_if_empty(run_folder)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    api, extra = _load(args, engine.registry)
-    plan = engine.validate(api)
-    printer = ProgressPrinter(sys.stderr, total=len(plan.nodes), enabled=not args.quiet)
+    try:
+        api, extra = _load(args, engine.registry)
+        plan = engine.validate(api)
+        return _execute(args, engine, plan, extra, run_folder)
+    finally:
+        engine.close()
+        if run_folder is not None:
+            remove_if_empty(run_folder)
+
+
+def _execute(args: argparse.Namespace, engine, plan, extra: dict, run_folder: Path | None) -> int:
+    printer = ProgressPrinter(sys.stderr, total=len(plan.nodes), enabled=not args.quiet, out=sys.stdout,
+                              output_dir=engine.paths.output_dir, temp_dir=engine.paths.temp_dir)
     previous = signal.getsignal(signal.SIGINT)
     interrupts = 0
 
@@ -251,16 +297,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = engine.execute(plan, extra_data=extra, listeners=[printer])
     finally:
         signal.signal(signal.SIGINT, previous)
-        engine.close()
     printer.close()
+    for node_id, ui in result.outputs.items():  # output nodes whose finish the listener did not see
+        printer.print_outputs(node_id, ui)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         report = report_dict(result, plan)
         report["cache"] = engine.cache.stats().to_dict()
+        report["output_dir"] = str(engine.paths.output_dir)
         args.report.write_text(json.dumps(report, indent=1, default=str))
-    if not args.quiet:
+    if args.timings:
         print(format_timing_report(result, plan), file=sys.stderr)
-    _print_outputs(result, engine.paths)
+    elif not args.quiet:
+        print(summary_line(result), file=sys.stderr)
+    if run_folder is not None and any(p.is_file() for p in run_folder.rglob("*")):
+        print(f"run folder: {run_folder}")
     if result.failure is not None:
         f = result.failure
         print(f"error: node {f.node_id} ({f.class_type}) failed: {f.exception_type}: {f.exception_message}",
@@ -274,13 +325,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_outputs(result, paths: Paths) -> None:
-    for node_id, ui in result.outputs.items():
-        for image in ui.get("images", []):
-            folder = paths.output_dir if image.get("type") == "output" else paths.temp_dir
-            print(f"node {node_id}: {Path(folder) / image.get('subfolder', '') / image['filename']}")
-        for text in ui.get("text", []):
-            print(f"node {node_id}: {text}")
+def pick_runner(args: argparse.Namespace):
+    """Where ``serve`` runs jobs: ``None`` (the local runner, this process's engine) or, with ``--ray``,
+    the Ray runner's factory (Ray imported only when the server starts it)."""
+    if args.ray_address is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise NodegraphError("--ray needs Ray: pip install 'nodegraph[ray]'")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        raise NodegraphError("--ray-actors must be 1 or more")
+    from .cluster import RaySettings, ray_runner
+
+    return ray_runner(RaySettings(address=args.ray_address, actors=args.ray_actors,
+                                  affinity_wait=args.ray_affinity_wait, node_modules=tuple(args.nodes_module),
+                                  device=None if args.device == "auto" else args.device))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -31,6 +31,14 @@ class NodesCached(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class NodesQueued(Event):
+    """Nodes the run now knows it has to execute (not in the cache): first the plan's, then those a
+    lazy input asks for or an expansion adds. Every executed node is queued exactly once, so their
+    running count is the run's progress total."""
+    node_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStarted(Event):
     node_id: str = ""
     class_type: str = ""

@@ -29,7 +29,7 @@ from .cache import OutputCache
 from .context import NodeContext, Paths, RunContext, pick_device
 from .errors import ExecutionFailed, Interrupted, NodeFailure, ValidationFailed
 from .events import (EventBus, EventListener, ExecutionDone, ExecutionInterrupted, ExecutionStarted,
-                     NodeFailed, NodeFinished, NodesCached, NodeStarted)
+                     NodeFailed, NodeFinished, NodesCached, NodesQueued, NodeStarted)
 from .node import Node, NodeResult
 from .plan import Plan, PlannedNode
 from .policies import check_policies, requested_policies
@@ -264,6 +264,8 @@ class _Run:
         for node_id in fresh:
             pending = {l.node_id for _, l in nodes[node_id].eager_links if l.node_id not in self.results}
             self.wait_for(node_id, pending)
+        if fresh and self.bus.active:
+            self.bus.emit(NodesQueued(self.run.prompt_id, tuple(fresh)))
         if cached and self.bus.active:
             reported = self.cached_ancestry(cached) if initial else cached
             self.bus.emit(NodesCached(self.run.prompt_id, tuple(reported)))

@@ -35,7 +35,8 @@ def pixels(path: Path) -> np.ndarray:
 
 def test_run_writes_png_with_embedded_workflow_and_report(tmp_path, capsys):
     report = tmp_path / "report.json"
-    code, out, err = run_cli(["run", BASICS, "--output-dir", tmp_path / "out", "--report", report], capsys)
+    code, out, err = run_cli(["run", BASICS, "--output-dir", tmp_path / "out", "--report", report, "--timings"],
+                             capsys)
     assert code == 0, err
     saved = tmp_path / "out" / "image_basics_00001_.png"
     assert f"node 6: {saved}" in out and "node 8: 128" in out
@@ -44,7 +45,7 @@ def test_run_writes_png_with_embedded_workflow_and_report(tmp_path, capsys):
     data = json.loads(report.read_text())
     assert data["status"] == "success" and {n["id"] for n in data["nodes"]} == {str(i) for i in range(1, 9)}
     assert all(n["seconds"] >= 0 for n in data["nodes"])
-    assert "ImageBlur" in err  # the timing table
+    assert "ImageBlur" in err and "seconds" in err  # the timing table (--timings)
 
 
 def test_png_round_trip_reproduces_the_image(tmp_path, capsys):

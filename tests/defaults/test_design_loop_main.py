@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import pytest
 from PIL import Image
@@ -34,10 +35,13 @@ def test_design_loop_runs_on_the_defaults_and_reports_every_round(llm_cache, tmp
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
 
-    # each round (and the final image) printed its score, prompt and caption as it finished
+    # each round (and the final image) printed its score, prompt and caption once, as it finished, on
+    # stdout; stderr has the progress and a one-line summary, no timing table (that needs --timings)
     for label in ("round 1: score", "round 2: score", "final: score"):
-        assert label in captured.err, captured.err[-3000:]
-    prompts = [line.split("prompt:", 1)[1].strip() for line in captured.err.splitlines() if "prompt:" in line]
+        assert captured.out.count(label) == 1, captured.out[-3000:]
+        assert label not in captured.err
+    assert "node(s) ran" in captured.err and not re.search(r"^\s*node\s+class\s+seconds", captured.err, re.M)
+    prompts = [line.split("prompt:", 1)[1].strip() for line in captured.out.splitlines() if "prompt:" in line]
     assert len(prompts) == 3
     first = parse_spec(prompts[0])  # the rewrite: a caption in the generator's grammar, of the request
     assert scene_match(parse_spec(request), first).score == 1.0 and first.background == "black"
