@@ -184,9 +184,11 @@ def _find_by_title(api: dict[str, Any], title: str) -> str | None:
 
 
 def _load(args: argparse.Namespace, registry) -> tuple[dict, dict]:
+    from .assets import find_workflow
     from .workflow.loader import load_workflow_file
 
-    loaded = load_workflow_file(args.workflow, registry)
+    # a shipped workflow by name (design_loop.json, workflows/design_loop.json) works outside a clone
+    loaded = load_workflow_file(find_workflow(args.workflow), registry)
     apply_overrides(loaded.api, args.overrides)
     if getattr(args, "prompt", None) is not None:
         apply_prompt(loaded.api, registry, args.prompt)

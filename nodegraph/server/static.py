@@ -3,37 +3,41 @@
 * ``GET /`` — ``web/index.html``. When the page was opened with ``?token=…`` (a server with an auth
   token), the token is written into the asset URLs and into an import map that appends it to every
   module under ``web/src/``: browsers send no ``Authorization`` header for ``<script>``, ``<link>`` or
-  ``import``, and the security middleware wants the token on every request.
+  ``import``, and the security middleware wants the token on every request. When canvas files are
+  missing, ``/`` is a short HTML page naming them and the fix (and :func:`add_static_routes` logs the
+  same warning at start-up) instead of a blank canvas.
 * ``GET /src/{name}.js``, ``GET /style.css`` — our ES modules and style sheet (flat folder, no
   sub-paths).
-* ``GET /lib/litegraph.core.js``, ``GET /lib/litegraph.css`` — litegraph.js's built files from
-  ``web/node_modules`` (``npm ci --prefix web``).
+* ``GET /lib/litegraph.core.js``, ``GET /lib/litegraph.css`` — litegraph.js's built files, vendored in
+  ``web/vendor/litegraph/`` (no npm step).
 * ``GET /workflows`` — ``[{"name", "format": "ui" | "api"}]`` for each ``*.json`` in ``workflows/``;
   ``GET /workflows/{name}`` — one of them. Names are a single safe file name; resolved paths must stay
   inside the folder (symlinks out of it are refused).
 
-Everything here only reads files; the security middleware (Host, Origin, token) applies as to every
-other route.
+The folders are found by :mod:`nodegraph.assets`: inside the installed package (a wheel) or the
+clone's ``web/`` and ``workflows/`` (an editable install). Everything here only reads files; the
+security middleware (Host, Origin, token) applies as to every other route.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
 
-ROOT = Path(__file__).resolve().parents[2]
-WEB_DIR = ROOT / "web"
-WORKFLOWS_DIR = ROOT / "workflows"
+from ..assets import MissingCanvas, missing_canvas_files, web_dir, workflows_dir
+
+log = logging.getLogger("nodegraph.server")
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 LIB_FILES = {
-    "litegraph.core.js": ("node_modules/litegraph.js/build/litegraph.core.js", "text/javascript"),
-    "litegraph.css": ("node_modules/litegraph.js/css/litegraph.css", "text/css"),
+    "litegraph.core.js": ("vendor/litegraph/litegraph.core.js", "text/javascript"),
+    "litegraph.css": ("vendor/litegraph/litegraph.css", "text/css"),
 }
 NO_CACHE = {"Cache-Control": "no-cache"}
 
@@ -66,6 +70,16 @@ def render_index(text: str, token: str | None, modules: list[str]) -> str:
                 .replace("{{importmap}}", importmap))
 
 
+def missing_page(missing: MissingCanvas) -> str:
+    """The page ``/`` serves when the canvas files are missing: what is missing, where, and the fix."""
+    items = "".join(f"<li><code>{html.escape(name)}</code></li>" for name in missing.missing)
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>nodegraph: canvas files "
+            "missing</title></head>\n<body><h1>The web canvas's files are missing</h1>\n"
+            f"<p>nodegraph's server is running (its HTTP API works), but these files are not in "
+            f"<code>{html.escape(str(missing.folder))}</code>:</p>\n<ul>{items}</ul>\n"
+            f"<p>Fix: {html.escape(missing.fix)}.</p>\n</body></html>\n")
+
+
 class StaticFiles:
     def __init__(self, web_dir: Path, workflows_dir: Path) -> None:
         self.web_dir = web_dir
@@ -73,9 +87,11 @@ class StaticFiles:
         self.workflows_dir = workflows_dir
 
     async def index(self, request: web.Request) -> web.Response:
+        missing = missing_canvas_files(self.web_dir)
+        if missing is not None:
+            return web.Response(text=missing_page(missing), status=500, content_type="text/html",
+                                headers=NO_CACHE)
         path = self.web_dir / "index.html"
-        if not path.is_file():
-            return _not_found("web/index.html")
         modules = sorted(p.name for p in self.src_dir.glob("*.js"))
         body = render_index(path.read_text("utf-8"), request.query.get("token") or None, modules)
         return web.Response(text=body, content_type="text/html", headers=NO_CACHE)
@@ -99,9 +115,11 @@ class StaticFiles:
             return _not_found("library file")
         path = self.web_dir / entry[0]
         if not path.is_file():
+            missing = missing_canvas_files(self.web_dir)
+            fix = missing.fix if missing is not None else "reinstall nodegraph"
             return web.json_response({"error": {
-                "type": "not_installed", "message": "litegraph.js is not installed: run "
-                "'npm ci --prefix web'", "details": str(path), "extra_info": {}}}, status=404)
+                "type": "not_installed", "message": f"litegraph.js's {entry[0]} is missing: {fix}",
+                "details": str(path), "extra_info": {}}}, status=404)
         return web.FileResponse(path, headers={"Content-Type": entry[1], "Cache-Control": "max-age=3600"})
 
     async def list_workflows(self, request: web.Request) -> web.Response:
@@ -127,10 +145,19 @@ class StaticFiles:
         return web.FileResponse(path, headers={**NO_CACHE, "Content-Type": "application/json"})
 
 
-def add_static_routes(app: web.Application, web_dir: Path = WEB_DIR,
-                      workflows_dir: Path = WORKFLOWS_DIR) -> None:
-    """Register the page, its modules, litegraph's files and the workflow routes on ``app``."""
-    files = StaticFiles(web_dir, workflows_dir)
+def add_static_routes(app: web.Application, web_folder: Path | None = None,
+                      workflows_folder: Path | None = None) -> None:
+    """Register the page, its modules, litegraph's files and the workflow routes on ``app``.
+
+    The folders default to :func:`nodegraph.assets.web_dir` / :func:`~nodegraph.assets.workflows_dir`.
+    Missing canvas files are logged here (a warning on stderr at start-up), and ``/`` says so too.
+    """
+    web_folder = web_dir() if web_folder is None else Path(web_folder)
+    workflows_folder = workflows_dir() if workflows_folder is None else Path(workflows_folder)
+    missing = missing_canvas_files(web_folder)
+    if missing is not None:
+        log.warning("warning: %s", missing.message())
+    files = StaticFiles(web_folder, workflows_folder)
     app.router.add_get("/", files.index)
     app.router.add_get("/index.html", files.index)
     app.router.add_get("/style.css", files.style)

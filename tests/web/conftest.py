@@ -1,8 +1,8 @@
 """Browser fixtures: a real nodegraph server on a free loopback port (own thread and event loop, temp
 folders, the model-free test nodes of ``web_test_nodes``) and a headless Chromium driven by Playwright.
 
-Nothing is skipped: without Chromium at /usr/bin/chromium, Playwright or litegraph's files
-(``npm ci --prefix web``) the tests fail and say what to install.
+Nothing is skipped: without Chromium at /usr/bin/chromium, Playwright or litegraph's file (vendored in
+``web/vendor/litegraph/``) the tests fail and say what to install.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from live_server import LiveServer  # noqa: E402
 CHROMIUM = os.environ.get("NODEGRAPH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-LITEGRAPH = ROOT / "web" / "node_modules" / "litegraph.js" / "build" / "litegraph.core.js"
+LITEGRAPH = ROOT / "web" / "vendor" / "litegraph" / "litegraph.core.js"
 
 
 class WebServer(LiveServer):
@@ -65,8 +65,8 @@ def server(start_server) -> WebServer:
 @pytest.fixture(scope="session")
 def browser():
     if not LITEGRAPH.is_file():
-        pytest.fail(f"litegraph.js is not installed ({LITEGRAPH} missing): run 'npm ci --prefix web' "
-                    "(bash scripts/test does)")
+        pytest.fail(f"litegraph.js is missing ({LITEGRAPH}): it is vendored in the repository; "
+                    "restore it with 'git checkout -- web/vendor'")
     if not pathlib.Path(CHROMIUM).exists():
         pytest.fail(f"Chromium is missing at {CHROMIUM}: install it with 'apt-get update && apt-get install -y "
                     "chromium' (bash scripts/test does) — the web tests never skip")

@@ -80,3 +80,50 @@ def test_token_is_required_for_the_page_and_its_files(start_server):
     assert status == 200 and b"/src/main.js?token=tok" in body
     assert get(f"{server.url}/src/main.js?token=tok")[0] == 200
     assert get(f"{server.url}/workflows", token="tok")[0] == 200
+
+
+def test_missing_canvas_files_are_reported_at_start_up_and_on_the_page(tmp_path, caplog):
+    """A web folder without litegraph's files: a warning naming them when the routes are added (the
+    server's start-up), and ``/`` is a page saying so, not a blank canvas. The other routes still work."""
+    import asyncio
+    import logging
+
+    import aiohttp
+    from aiohttp import web
+
+    from nodegraph.server.static import add_static_routes
+
+    folder = tmp_path / "web"
+    (folder / "src").mkdir(parents=True)
+    (folder / "index.html").write_text("<html>{{importmap}}</html>")
+    (folder / "style.css").write_text("")
+    (folder / "src" / "main.js").write_text("")
+    (tmp_path / "workflows").mkdir()
+    (tmp_path / "workflows" / "a.json").write_text("{}")
+    app = web.Application()
+    with caplog.at_level(logging.WARNING, logger="nodegraph.server"):
+        add_static_routes(app, folder, tmp_path / "workflows")
+    assert "vendor/litegraph/litegraph.core.js, vendor/litegraph/litegraph.css" in caplog.text
+    assert str(folder) in caplog.text and "reinstall nodegraph" in caplog.text
+
+    async def fetch(paths):
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        port = runner.addresses[0][1]
+        try:
+            async with aiohttp.ClientSession() as session:
+                got = []
+                for path in paths:
+                    async with session.get(f"http://127.0.0.1:{port}{path}") as response:
+                        got.append((response.status, response.content_type, await response.text()))
+                return got
+        finally:
+            await runner.cleanup()
+
+    page, lib, flows = asyncio.run(fetch(["/", "/lib/litegraph.core.js", "/workflows"]))
+    assert page[0] == 500 and page[1] == "text/html"
+    assert "canvas" in page[2] and "<code>vendor/litegraph/litegraph.core.js</code>" in page[2]
+    assert "reinstall nodegraph" in page[2]
+    assert lib[0] == 404 and "litegraph" in json.loads(lib[2])["error"]["message"]
+    assert flows[0] == 200 and json.loads(flows[2]) == [{"name": "a.json", "format": "api"}]
