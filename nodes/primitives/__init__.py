@@ -1,4 +1,4 @@
-"""Constant values (int, float, string, boolean) and text utilities.
+"""Constant values (int, float, string, boolean), text, regex, number and logic utilities.
 
 Registered through the ``nodegraph.nodes`` entry point ``primitives`` (``pyproject.toml``), like any pack:
 :func:`node_modules` names the modules whose node classes the registry takes.
@@ -11,6 +11,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import values, strings
+    from . import logic, numbers, regex, strings, text_ops, values
 
-    return [values, strings]
+    return [values, strings, text_ops, regex, numbers, logic]

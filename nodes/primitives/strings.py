@@ -1,12 +1,12 @@
-"""Text utility nodes: StringConcat, StringReplace, TextList (a list output) and ShowText (displays text)."""
+"""Text utility nodes: StringConcat, TextList (a list output) and ShowText (displays text).
+
+ComfyUI's StringReplace (string, find, replace) and RegexReplace live in :mod:`.text_ops` and :mod:`.regex`.
+"""
 
 from __future__ import annotations
 
-import re
-from typing import Any
-
 from nodegraph.node import Input, Node, NodeResult, Output
-from nodegraph.types import BOOLEAN, STRING
+from nodegraph.types import STRING
 
 
 class StringConcat(Node):
@@ -20,36 +20,6 @@ class StringConcat(Node):
 
     def execute(self, a, b, separator=", ") -> tuple:
         return (separator.join(p for p in (a, b) if p),)
-
-
-class StringReplace(Node):
-    """Replace text (literal, or a regular expression) in a string."""
-
-    category = "utils/text"
-    text = Input(STRING, default="", multiline=True)
-    find = Input(STRING, default="")
-    replace = Input(STRING, default="")
-    regex = Input(BOOLEAN, default=False)
-    outputs = (Output(STRING),)
-
-    @classmethod
-    def validate_inputs(cls, find=None, regex=None, **_: Any) -> bool | str:
-        if regex and isinstance(find, str):
-            try:
-                re.compile(find)
-            except re.error as exc:
-                return f"input 'find' is not a valid regular expression: {exc}"
-        return True
-
-    def execute(self, text, find, replace="", regex=False) -> tuple:
-        if not find:
-            return (text,)
-        if regex:
-            try:
-                return (re.sub(find, replace, text),)
-            except re.error as exc:
-                raise ValueError(f"input 'find' is not a valid regular expression: {exc}") from exc
-        return (text.replace(find, replace),)
 
 
 class TextList(Node):

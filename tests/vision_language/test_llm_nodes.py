@@ -59,7 +59,7 @@ def test_prompt_variations_is_a_list_of_distinct_prompts(vl_engine):
     llm = g.node("LLMLoader", model_name="tiny-llama")
     var = g.node("PromptVariations", llm=llm, prompt="a red fox", count=4, seed=9, max_tokens=10)
     show = g.node("ShowText", text=var.out(0))
-    upper = g.node("StringReplace", text=var.out(0), find="fox", replace="FOX")  # runs once per item
+    upper = g.node("StringReplace", string=var.out(0), find="fox", replace="FOX")  # runs once per item
     g.node("ShowText", text=upper.out(0))
     r = run_ok(vl_engine, g)
     prompts = r.values[var.id][0]

@@ -248,7 +248,7 @@ def test_dataset_export_writes_jsonl_inside_the_output_folder(vl_engine):
 def test_text_nodes(vl_engine):
     g = Graph()
     cat = g.node("StringConcat", a="a fox", b="at night", separator=", ")
-    rep = g.node("StringReplace", text=cat.out(0), find=r"f(o)x", replace=r"b\1x", regex=True)
+    rep = g.node("RegexReplace", string=cat.out(0), regex_pattern=r"f(o)x", replace=r"b\1x")
     lst = g.node("TextList", text="one\n\n two \nthree")
     show = g.node("ShowText", text=lst.out(0))
     g.node("ShowText", text=rep.out(0))
@@ -256,7 +256,7 @@ def test_text_nodes(vl_engine):
     assert r.value(cat.id) == "a fox, at night" and r.value(rep.id) == "a box, at night"
     assert r.outputs[show.id] == {"text": ["one", "two", "three"]}
     bad = Graph()
-    bad.node("ShowText", text=bad.node("StringReplace", text="x", find="(", regex=True).out(0))
+    bad.node("ShowText", text=bad.node("RegexReplace", string="x", regex_pattern="(", replace="").out(0))
     with pytest.raises(ValidationFailed) as err:
         vl_engine.run(bad)
     assert "not a valid regular expression" in str(err.value)
