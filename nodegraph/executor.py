@@ -1,6 +1,6 @@
 """The executor: runs a validated :class:`~nodegraph.plan.Plan`.
 
-It follows the ``graphlib.TopologicalSorter`` protocol — hand ready nodes to workers, mark them done,
+It follows the ``graphlib.TopologicalSorter`` protocol — hand ready nodes to threads, mark them done,
 repeat — over a graph that may grow while it runs:
 
 * only what the output nodes need is requested; a node whose signature is cached is served from the
@@ -16,17 +16,20 @@ repeat — over a graph that may grow while it runs:
 
 from __future__ import annotations
 
+import gc
 import queue
 import threading
 import time
 import traceback
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .cache import OutputCache
 from .context import NodeContext, Paths, RunContext, pick_device
+from .device_stats import SystemStats, read_system_stats
 from .errors import ExecutionFailed, Interrupted, NodeFailure, ValidationFailed
 from .events import (EventBus, EventListener, ExecutionDone, ExecutionInterrupted, ExecutionStarted,
                      NodeFailed, NodeFinished, NodesCached, NodesQueued, NodeStarted)
@@ -35,7 +38,7 @@ from .plan import Plan, PlannedNode
 from .policies import check_policies, requested_policies
 from .registry import NodeRegistry, default_registry
 from .signature import compute_signatures
-from .validation import topological_order, validate, validate_node
+from .validation import keep_valid_outputs, topological_order, validate, validate_node
 from .workflow.api_format import Link, Workflow, WorkflowNode, parse_input_value
 
 NodeOutputs = tuple  # one list per declared output
@@ -90,16 +93,24 @@ class ExpansionError(Exception):
 
 
 class Engine:
-    """Holds what lasts between runs (registry, cache, worker pool, services) and runs workflows."""
+    """Holds what lasts between runs (registry, cache, thread pool, services) and runs workflows.
+
+    ``threads``: how many independent nodes may run at once (``workers=`` is its old, deprecated name).
+    """
 
     def __init__(self, registry: NodeRegistry | None = None, *, cache: OutputCache | None = None,
-                 paths: Paths | None = None, device: str | None = None, workers: int = 2,
-                 services: dict[str, Any] | None = None, policies: Iterable[str] = ()) -> None:
+                 paths: Paths | None = None, device: str | None = None, threads: int = 2,
+                 services: dict[str, Any] | None = None, policies: Iterable[str] = (),
+                 workers: int | None = None) -> None:
+        if workers is not None:
+            warnings.warn("Engine(workers=...) is deprecated; use Engine(threads=...)", DeprecationWarning,
+                          stacklevel=2)
+            threads = workers
         self.registry = registry if registry is not None else default_registry()
         self.cache = cache if cache is not None else OutputCache()
         self.paths = paths or Paths()
         self.device = pick_device(device)
-        self.workers = max(1, int(workers))
+        self.threads = max(1, int(threads))
         self.services = dict(services or {})
         self.policies = tuple(policies)  # optional validation passes (nodegraph.policies)
         if "models" not in self.services:
@@ -114,11 +125,30 @@ class Engine:
     # -- public API -----------------------------------------------------------------------------
 
     def validate(self, workflow: Workflow | dict, targets: Iterable[str] | None = None,
-                 extra_data: dict | None = None) -> Plan:
-        plan = validate(workflow, self.registry, targets, self.paths)
+                 extra_data: dict | None = None, *, partial: bool = False) -> Plan:
+        """Check a workflow (and the policies it asks for) in one walk; return its plan or raise
+        :class:`ValidationFailed` with every error.
+
+        ``partial``: as ComfyUI's ``POST /prompt``, an output whose branch holds an error is left out
+        and the others run; the plan's ``node_errors`` then lists the errors of the outputs left out.
+        It still raises when no output is left, or an error concerns the whole prompt
+        (:data:`~nodegraph.validation.PROMPT_KINDS`)."""
+        plan = validate(workflow, self.registry, targets, self.paths, partial=partial)
         names = requested_policies(self.policies, extra_data)
-        if names:
+        if not names:
+            return plan
+        try:
             check_policies(plan, self.registry, names)
+        except ValidationFailed as exc:
+            kept = keep_valid_outputs(plan, exc.errors) if partial else None
+            if kept is None:
+                raise ValidationFailed(plan.node_errors + exc.errors) from None
+            try:
+                check_policies(kept, self.registry, names)
+            except ValidationFailed:
+                raise ValidationFailed(plan.node_errors + exc.errors) from None
+            kept.node_errors = plan.node_errors + exc.errors
+            plan = kept
         return plan
 
     def run(self, workflow: Workflow | dict | Any, *, prompt_id: str | None = None,
@@ -160,9 +190,33 @@ class Engine:
         current = self._current
         return current[0] if current else None
 
+    def free(self, *, unload_models: bool = False, free_memory: bool = False) -> None:
+        """``POST /free``: drop the cached outputs (``free_memory``), unload every model manager's
+        models (``unload_models``), then hand freed GPU memory back to the driver. Call between runs."""
+        if free_memory:
+            self.cache.clear()
+        if unload_models:
+            from .models import ModelManager
+
+            for service in self.services.values():
+                if isinstance(service, ModelManager):
+                    service.free(unload=True)
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # a broken CUDA set-up must not fail the request
+            pass
+
+    def device_stats(self) -> SystemStats:
+        """This machine's RAM, torch's version and each device's memory (``GET /system_stats``)."""
+        return read_system_stats()
+
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="nodegraph")
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="nodegraph")
         return self._pool
 
     def close(self) -> None:
@@ -214,9 +268,9 @@ class _Run:
 
     def loop(self) -> None:
         interrupt = self.run.interrupt
-        workers = self.engine.workers
+        threads = self.engine.threads
         while True:
-            while self.ready and not self.stop and self.in_flight < workers:
+            while self.ready and not self.stop and self.in_flight < threads:
                 if interrupt.is_set():
                     self.mark_interrupted(None)
                     break

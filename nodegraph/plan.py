@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import NodeError
 from .node import Node
 from .workflow.api_format import Link, dump_input_value
 
@@ -50,6 +51,8 @@ class Plan:
     nodes: dict[str, PlannedNode]
     outputs: list[str]
     order: list[str]
+    #: partial validation only: the errors of the output branches left out of this plan
+    node_errors: list[NodeError] = field(default_factory=list)
 
     def to_api(self) -> dict[str, Any]:
         """The workflow after coercion (ComfyUI's hidden ``PROMPT``); expansion nodes excluded."""

@@ -26,6 +26,9 @@ KINDS = ("invalid_node", "unknown_node_type", "required_input_missing", "bad_lin
          "value_not_in_list", "invalid_value", "custom_validation_failed",
          "exception_during_validation", "cycle", "no_outputs")
 
+#: kinds that concern the prompt as a whole: partial validation never leaves them out
+PROMPT_KINDS = frozenset({"unknown_node_type", "invalid_node", "cycle", "no_outputs"})
+
 
 def _label(node: WorkflowNode) -> str:
     return f"node {node.id} ({node.class_type})" if node.class_type else f"node {node.id}"
@@ -45,7 +48,7 @@ class _Validator:
 
     # -- whole workflow -----------------------------------------------------------------------
 
-    def run(self, targets: Iterable[str] | None) -> Plan:
+    def run(self, targets: Iterable[str] | None, partial: bool = False) -> Plan:
         nodes = self.workflow.nodes
         classes: dict[str, type[Node]] = {}
         get = self.registry.get
@@ -64,9 +67,13 @@ class _Validator:
                 planned[nid] = self.check_inputs(nodes[nid], cls, classes)
         if has_cycle:
             self.report_cycle(order)
+        plan = Plan(planned, outputs, order)
         if self.errors:
-            raise ValidationFailed(self.errors)
-        return Plan(planned, outputs, order)
+            kept = keep_valid_outputs(plan, self.errors) if partial else None
+            if kept is None:
+                raise ValidationFailed(self.errors)
+            return kept
+        return plan
 
     def check_node_class(self, node: WorkflowNode) -> type[Node] | None:
         if node.problem:
@@ -358,14 +365,43 @@ def topological_order(workflow: Workflow, ids: Iterable[str]) -> list[str] | Non
 
 
 def validate(workflow: Workflow | dict, registry: NodeRegistry, targets: Iterable[str] | None = None,
-             paths: Paths | None = None) -> Plan:
+             paths: Paths | None = None, *, partial: bool = False) -> Plan:
     """Check a workflow; return its :class:`Plan` or raise :class:`ValidationFailed` with all errors.
 
-    ``paths``: the folders that file inputs are checked against (default ``Paths()``).
+    ``paths``: the folders that file inputs are checked against (default ``Paths()``). ``partial``:
+    leave out the outputs whose branch holds an error instead of failing (see
+    :func:`keep_valid_outputs`); the plan's ``node_errors`` lists those errors.
     """
     if not isinstance(workflow, Workflow):
         workflow = Workflow.from_api(workflow)
-    return _Validator(workflow, registry, paths).run(targets)
+    return _Validator(workflow, registry, paths).run(targets, partial)
+
+
+def keep_valid_outputs(plan: Plan, errors: list[NodeError]) -> Plan | None:
+    """The plan of the outputs that no error touches, with ``errors`` as its ``node_errors`` (ComfyUI
+    runs a prompt's valid outputs and reports the others); ``None`` when an error concerns the whole
+    prompt, names no node, or touches every output.
+
+    ``plan`` may hold the invalid nodes themselves: a node is left out when it has an error or one of
+    its producers (through any link, lazy ones too) is left out. ``plan.order`` lists producers first,
+    so one pass forward marks the broken branches and one pass backward keeps what the valid outputs
+    need."""
+    if any(e.kind in PROMPT_KINDS or e.node_id is None for e in errors):
+        return None
+    broken = {e.node_id for e in errors}
+    for nid in plan.order:
+        node = plan.nodes.get(nid)
+        if node is not None and nid not in broken and any(l.node_id in broken for l in node.links.values()):
+            broken.add(nid)
+    outputs = [nid for nid in plan.outputs if nid not in broken]
+    if not outputs:
+        return None
+    needed = set(outputs)
+    for nid in reversed(plan.order):
+        if nid in needed:
+            needed.update(l.node_id for l in plan.nodes[nid].links.values())
+    return Plan({nid: plan.nodes[nid] for nid in plan.order if nid in needed}, outputs,
+                [nid for nid in plan.order if nid in needed], list(errors))
 
 
 def validate_node(node: WorkflowNode, workflow: Workflow, registry: NodeRegistry,

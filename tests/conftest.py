@@ -32,7 +32,7 @@ def log():
 
 @pytest.fixture
 def engine(registry, tmp_path, log):
-    eng = Engine(registry, paths=Paths.under(tmp_path), device="cpu", workers=2,
+    eng = Engine(registry, paths=Paths.under(tmp_path), device="cpu", threads=2,
                  cache=OutputCache(ram_budget=256 << 20))
     yield eng
     eng.close()

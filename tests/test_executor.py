@@ -171,8 +171,8 @@ def test_two_independent_slow_branches_overlap(engine, log):
     assert overlap > 0.2, (log.spans, overlap)
 
 
-def test_single_worker_runs_branches_one_after_another(registry, tmp_path, log):
-    engine = Engine(registry, paths=Paths.under(tmp_path), device="cpu", workers=1)
+def test_single_thread_runs_branches_one_after_another(registry, tmp_path, log):
+    engine = Engine(registry, paths=Paths.under(tmp_path), device="cpu", threads=1)
     g = Graph()
     s1 = g.node("Sleep", value=g.node("Number", value=1), seconds=0.2)
     s2 = g.node("Sleep", value=g.node("Number", value=2), seconds=0.2)
