@@ -1,17 +1,17 @@
-"""Scale-out benchmark: the same server in-process and on 1 and 2 Ray workers.
+"""Scale-out benchmark: the same server in-process and on 1 and 2 Ray actors.
 
     python bench/scale.py [--jobs 12] [--blurs 4] [--size 768] [--latency-jobs 40]
 
-For each mode it starts ``nodegraph serve`` as a subprocess (``--ray auto --ray-workers N`` starts a
-local Ray cluster with this machine's CPUs; every Ray worker reserves one CPU, so its torch uses one
+For each mode it starts ``nodegraph serve`` as a subprocess (``--ray auto --ray-actors N`` starts a
+local Ray cluster with this machine's CPUs; every Ray actor reserves one CPU, so its torch uses one
 thread) and, through HTTP and one WebSocket, measures:
 
 * **latency**: ``--latency-jobs`` tiny prompts (64x64 EmptyImage → ImageInvert → SaveImage, all
   different) one after the other, from ``POST /prompt`` to that prompt's ``executing {node: null}``;
-  the Ray overhead is the median of Ray-1-worker minus the median in-process;
+  the Ray overhead is the median of Ray-1-actor minus the median in-process;
 * **throughput**: ``--jobs`` CPU-bound prompts (a ``--size``² image through ``--blurs`` Gaussian blurs of
   radius 15, all different so nothing is cached) queued at once, timed until the last is done, after
-  one warm-up prompt per worker.
+  one warm-up prompt per actor.
 
 Prints the figures; checks that every prompt succeeded. The in-process server runs one job at a time
 with its own thread pool (torch may use every core), shown for reference.
@@ -152,8 +152,8 @@ def main() -> int:
     parser.add_argument("--skip-inprocess", action="store_true")
     args = parser.parse_args()
     modes = [] if args.skip_inprocess else [("in-process", [], 1)]
-    modes += [("ray 1 worker", ["--ray", "auto", "--ray-workers", "1"], 1),
-              ("ray 2 workers", ["--ray", "auto", "--ray-workers", "2"], 2)]
+    modes += [("ray 1 actor", ["--ray", "auto", "--ray-actors", "1"], 1),
+              ("ray 2 actors", ["--ray", "auto", "--ray-actors", "2"], 2)]
     print(f"scale bench: {args.jobs} CPU-bound prompts ({args.size}x{args.size}, {args.blurs} blurs r15) per mode; "
           f"{args.latency_jobs} tiny prompts one by one; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     results = {}
@@ -163,11 +163,11 @@ def main() -> int:
         print(f"  {name:14s} throughput {r['jobs_per_s']:.3f} jobs/s ({r['seconds']:.2f} s)   "
               f"tiny-job latency ms: median {statistics.median(lat):.1f}  p90 "
               f"{sorted(lat)[int(0.9 * (len(lat) - 1))]:.1f}  min {min(lat):.1f}   all ok: {r['ok']}", flush=True)
-    one, two = results["ray 1 worker"], results["ray 2 workers"]
-    print(f"  speed-up 2 vs 1 Ray workers: {two['jobs_per_s'] / one['jobs_per_s']:.2f}x")
+    one, two = results["ray 1 actor"], results["ray 2 actors"]
+    print(f"  speed-up 2 vs 1 Ray actors: {two['jobs_per_s'] / one['jobs_per_s']:.2f}x")
     if "in-process" in results:
         added = statistics.median(one["latency_ms"]) - statistics.median(results["in-process"]["latency_ms"])
-        print(f"  added latency per job through Ray (median, 1 worker vs in-process): {added:.1f} ms")
+        print(f"  added latency per job through Ray (median, 1 actor vs in-process): {added:.1f} ms")
     return 0 if all(r["ok"] for r in results.values()) else 1
 
 

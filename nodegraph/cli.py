@@ -1,4 +1,4 @@
-"""The ``nodegraph`` command line: run, validate, list nodes, serve, join a Ray cluster as a worker.
+"""The ``nodegraph`` command line: run, validate, list nodes, serve, join this machine to a Ray cluster.
 
 Exit codes: 0 success; 1 a node failed while running; 2 the workflow (or a flag) is invalid — errors
 are printed per node, never as a traceback; 130 interrupted with Ctrl-C.
@@ -66,7 +66,7 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--auth-token", default=None,
                        help="require this token (Authorization: Bearer, or ?token=); generated and printed "
                             "when binding a non-loopback address without one")
-    serve.add_argument("--workers", type=int, default=2, help="nodes run concurrently (default 2)")
+    _add_threads_option(serve)
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     serve.add_argument("--max-upload-mb", type=float, default=100, help="upload size cap (default 100 MiB)")
     serve.add_argument("--max-queue", type=int, default=10_000, help="queued prompts cap (default 10000)")
@@ -79,21 +79,43 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--ray", dest="ray_address", default=None, metavar="auto|ADDRESS",
                        help="run jobs on a Ray cluster (pip install 'nodegraph[ray]'): 'auto' joins the cluster "
                             "on this machine or starts a local one; or a head address such as 10.0.0.5:6379")
-    serve.add_argument("--ray-workers", type=int, default=None, metavar="N",
+    serve.add_argument("--ray-actors", type=int, default=None, metavar="N",
                        help="engine actors to start (default: one per GPU of the cluster, 1 without GPUs)")
     serve.add_argument("--ray-affinity-wait", type=float, default=0.0, metavar="SECONDS",
-                       help="how long a job waits for the busy worker that holds its models before an idle "
-                            "worker loads them (default 0: never leave a worker idle)")
+                       help="how long a job waits for the busy actor that holds its models before an idle "
+                            "actor loads them (default 0: never leave an actor idle)")
+    serve.add_argument("--ray-workers", dest="ray_actors", type=int, action=DeprecatedAlias, new="--ray-actors",
+                       default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    worker = sub.add_parser("worker", help="join a Ray cluster as a worker machine for 'serve --ray' "
-                                           "(runs 'ray start --address ... --block')")
-    worker.add_argument("--address", required=True, help="the head's address, e.g. 10.0.0.5:6379")
-    worker.add_argument("--models-dir", type=Path, default=None,
-                        help="this machine's models folder (default: $NODEGRAPH_MODELS, else the server's path)")
-    worker.add_argument("--input-dir", type=Path, default=None, help="this machine's inputs folder")
-    worker.add_argument("--num-gpus", type=int, default=None, help="GPUs to offer (default: all)")
-    worker.add_argument("--num-cpus", type=int, default=None, help="CPUs to offer (default: all)")
-    worker.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    # 'worker' is the old name of 'join' (main() warns when it is used)
+    join = sub.add_parser("join", aliases=["worker"],
+                          help="join this machine to the Ray cluster of a 'serve --ray' server "
+                               "(runs 'ray start --address ... --block')")
+    join.add_argument("--address", required=True, help="the head's address, e.g. 10.0.0.5:6379")
+    join.add_argument("--models-dir", type=Path, default=None,
+                      help="this machine's models folder (default: $NODEGRAPH_MODELS, else the server's path)")
+    join.add_argument("--input-dir", type=Path, default=None, help="this machine's inputs folder")
+    join.add_argument("--num-gpus", type=int, default=None, help="GPUs to offer (default: all)")
+    join.add_argument("--num-cpus", type=int, default=None, help="CPUs to offer (default: all)")
+    join.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old flag kept working: stores into the new flag's ``dest`` and warns (on stderr) to use ``new``."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def _add_threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=2, help="nodes the engine runs at once (default 2)")
+    p.add_argument("--workers", dest="threads", type=int, action=DeprecatedAlias, new="--threads",
+                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
@@ -103,7 +125,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-dir", type=Path, default=None)
     p.add_argument("--models-dir", type=Path, default=None)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
-    p.add_argument("--workers", type=int, default=2, help="nodes run concurrently (default 2)")
+    _add_threads_option(p)
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow loading pickle model files (.ckpt .pt .bin .pth); they can run code, trust them first")
     p.add_argument("--lowvram", action="store_true", help="move each model back to the CPU after use")
@@ -263,7 +285,7 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_INVALID
         paths = replace(paths, output_dir=run_folder, temp_dir=run_folder / "temp")
     try:
-        engine = Engine(registry, paths=paths, device=args.device, workers=args.workers,
+        engine = Engine(registry, paths=paths, device=args.device, threads=args.threads,
                         services={"models": model_manager(args)})
     except ValueError as exc:
         if run_folder is not None:
@@ -351,35 +373,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .server import ServerConfig, serve_forever
 
     config = ServerConfig(host=args.host, port=args.port, paths=_paths(args), data_dir=args.data_dir,
-                          auth_token=args.auth_token, workers=args.workers,
+                          auth_token=args.auth_token, threads=args.threads,
                           device=None if args.device == "auto" else args.device,
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_queue=args.max_queue,
                           allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
-                          allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module),
-                          ray_address=args.ray_address, ray_workers=args.ray_workers,
-                          ray_affinity_wait=args.ray_affinity_wait)
-    if args.ray_address is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("ray") is None:
-            print("error: --ray needs Ray: pip install 'nodegraph[ray]'", file=sys.stderr)
-            return EXIT_INVALID
-        if args.ray_workers is not None and args.ray_workers < 1:
-            print("error: --ray-workers must be 1 or more", file=sys.stderr)
-            return EXIT_INVALID
+                          allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module))
+    make_runner = pick_runner(args)
     config, generated = config.resolved()
     if generated:
         print(f"auth token (required on every request): {config.auth_token}", flush=True)
     try:
-        asyncio.run(serve_forever(config))
+        asyncio.run(serve_forever(config, make_runner=make_runner))
     except (ValueError, OSError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
 
 
-def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
-    """The ``ray start`` command line and environment that make this machine a worker node."""
+def join_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The ``ray start`` command line and environment that join this machine to the cluster (as a Ray
+    worker node: its GPUs then host engine actors)."""
     import os
 
     command = [sys.executable, "-m", "ray.scripts.scripts", "start", f"--address={args.address}", "--block"]
@@ -395,26 +408,28 @@ def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     return command, env
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def cmd_join(args: argparse.Namespace) -> int:
     import importlib.util
     import shlex
     import subprocess
 
-    command, env = worker_command(args)
+    command, env = join_command(args)
     if args.dry_run:
         shown = [f"{k}={shlex.quote(env[k])}" for k in ("NODEGRAPH_MODELS", "NODEGRAPH_INPUT_DIR") if k in env]
         print(" ".join(shown + [shlex.quote(part) for part in command]))
         return EXIT_OK
     if importlib.util.find_spec("ray") is None:
-        print("error: 'nodegraph worker' needs Ray: pip install 'nodegraph[ray]'", file=sys.stderr)
+        print("error: 'nodegraph join' needs Ray: pip install 'nodegraph[ray]'", file=sys.stderr)
         return EXIT_INVALID
     return subprocess.call(command, env=env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "worker":
+        print("warning: 'nodegraph worker' is deprecated; use 'nodegraph join'", file=sys.stderr)
     handlers = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve,
-                "worker": cmd_worker}
+                "join": cmd_join, "worker": cmd_join}
     try:
         return handlers[args.command](args)
     except ValidationFailed as exc:

@@ -12,10 +12,11 @@ from nodegraph.server import ServerConfig, create_app
 
 
 class LiveServer:
-    """Serves ``create_app(config)`` on a free loopback port until :meth:`stop`."""
+    """Serves ``create_app(config, make_runner=make_runner)`` on a free loopback port until :meth:`stop`."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, make_runner=None) -> None:
         self.config = config
+        self.make_runner = make_runner  # None: the local runner
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
         self.app = None
@@ -30,7 +31,7 @@ class LiveServer:
     async def _start(self) -> None:
         from aiohttp import web
 
-        self.app = create_app(self.config)
+        self.app = create_app(self.config, make_runner=self.make_runner)
         self.runner = web.AppRunner(self.app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.config.host, 0)
@@ -43,7 +44,7 @@ class LiveServer:
 
     @property
     def server(self):
-        """The app's server object (queue, worker, engine)."""
+        """The app's server object (store, runner, engine)."""
         from nodegraph.server.app import SERVER
 
         return self.app[SERVER]

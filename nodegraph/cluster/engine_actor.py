@@ -1,11 +1,12 @@
-"""The Ray worker: one :class:`~nodegraph.executor.Engine` (own output cache, own model manager) that
-runs one job at a time and streams its events back.
+"""The Ray engine actor: one :class:`~nodegraph.executor.Engine` (own output cache, own model manager)
+that runs one job at a time and streams its events back.
 
-:meth:`EngineWorker.run` is a generator (a Ray streaming call): the engine runs on a thread of the
+:meth:`EngineActor.run` is a generator (a Ray streaming call): the engine runs on a thread of the
 actor, its events are queued and yielded in emission order as :class:`EventBatch` es (gathered for a
-few milliseconds each), and the last batch carries the :class:`JobOutcome` (outputs, and the worker's
-:class:`WorkerState` for routing). Output files to ship travel as ``FilesShipped`` events. The actor is threaded (``max_concurrency`` > 1) so
-that :meth:`interrupt`, :meth:`free` and :meth:`state` answer while a job runs.
+few milliseconds each), and the last batch carries the :class:`JobOutcome` (outputs, and the actor's
+:class:`ActorState` for routing). Output files to ship travel as ``FilesShipped`` events. The actor is
+threaded (``max_concurrency`` > 1) so that :meth:`interrupt`, :meth:`free` and :meth:`state` answer
+while a job runs.
 
 The class is plain Python; :mod:`nodegraph.cluster.ray_setup` wraps it with ``ray.remote``.
 """
@@ -13,7 +14,6 @@ The class is plain Python; :mod:`nodegraph.cluster.ray_setup` wraps it with ``ra
 from __future__ import annotations
 
 import dataclasses
-import gc
 import importlib
 import logging
 import os
@@ -27,13 +27,15 @@ from typing import Any, Iterator
 
 from ..errors import ValidationFailed
 from ..events import Event, ExecutionStarted, NodeFinished, NodePreview
+from ..queue.base import output_meta
 from .files import collect_files
-from .records import EventBatch, FilesShipped, JobOutcome, JobSpec, WorkerSettings, WorkerState
+from .records import ActorSettings, ActorState, EventBatch, FilesShipped, JobOutcome, JobSpec
 
 log = logging.getLogger(__name__)
 
 #: events are gathered this long before a batch is sent (progress reaches clients this much later)
 COALESCE_S = 0.02
+
 
 def model_files(loaded: list[dict[str, Any]]) -> frozenset[str]:
     """The file paths named in the model manager's keys (``(path, component, dtype, …)`` tuples)."""
@@ -68,14 +70,14 @@ def import_node_modules(modules: tuple[tuple[str, str | None], ...]) -> list[Any
     return imported
 
 
-class EngineWorker:
+class EngineActor:
     """An engine in a Ray actor (or any process): ``run`` one job at a time, stream its events."""
 
-    def __init__(self, worker_id: str, settings: WorkerSettings) -> None:
+    def __init__(self, actor_id: str, settings: ActorSettings) -> None:
         from ..executor import Engine
         from ..registry import default_registry
 
-        self.worker_id = worker_id
+        self.actor_id = actor_id
         self.settings = settings
         self.node_id = _ray_node_id()
         ship = settings.ship_outputs
@@ -87,14 +89,14 @@ class EngineWorker:
         paths = dataclasses.replace(paths, models_dir=Path(env_models) if env_models else paths.models_dir,
                                     input_dir=Path(env_inputs) if env_inputs else paths.input_dir)
         if self.ship_outputs:  # no shared disk: write locally, return the files as bytes
-            scratch = Path(tempfile.mkdtemp(prefix=f"nodegraph-{worker_id}-"))
+            scratch = Path(tempfile.mkdtemp(prefix=f"nodegraph-{actor_id}-"))
             paths = dataclasses.replace(paths, output_dir=scratch / "output", temp_dir=scratch / "temp")
         for folder in (paths.output_dir, paths.temp_dir):
             Path(folder).mkdir(parents=True, exist_ok=True)
         registry = default_registry()
         for module in import_node_modules(settings.node_modules):
             registry.add_module(module)
-        self.engine = Engine(registry, paths=paths, device=settings.device, workers=settings.workers,
+        self.engine = Engine(registry, paths=paths, device=settings.device, threads=settings.threads,
                              policies=settings.policies)
         self.jobs_done = 0
         self._busy = threading.Lock()
@@ -104,11 +106,11 @@ class EngineWorker:
 
     # -- control (answered while a job runs) ------------------------------------------------------
 
-    def ready(self) -> WorkerState:
+    def ready(self) -> ActorState:
         return self.state()
 
-    def state(self) -> WorkerState:
-        return WorkerState(self.worker_id, self.node_id, os.getpid(),
+    def state(self) -> ActorState:
+        return ActorState(self.actor_id, self.node_id, os.getpid(),
                            model_files(self.engine.services["models"].loaded()),
                            frozenset(self.engine.cache.keys()), self.jobs_done)
 
@@ -132,12 +134,8 @@ class EngineWorker:
     def _apply_free(self) -> None:
         with self._free_lock:
             free, self._free = self._free, {}
-        if free.get("free_memory"):
-            self.engine.cache.clear()
-        if free.get("unload_models"):
-            self.engine.services["models"].free(unload=True)
         if free:
-            gc.collect()
+            self.engine.free(unload_models=free["unload_models"], free_memory=free["free_memory"])
 
     # -- jobs -------------------------------------------------------------------------------------
 
@@ -174,10 +172,10 @@ class EngineWorker:
                 self._apply_free()
                 outcome = self._run_job(spec, events.put)
         except BaseException as exc:  # an engine bug: report it as this job's error
-            log.exception("job %s failed in worker %s", spec.prompt_id, self.worker_id)
+            log.exception("job %s failed in actor %s", spec.prompt_id, self.actor_id)
             outcome = JobOutcome(spec.prompt_id, "invalid", validation_error={
                 "node_id": None, "class_type": None, "exception_type": "InternalError",
-                "message": f"worker {self.worker_id}: {type(exc).__name__}: {exc}"})
+                "message": f"actor {self.actor_id}: {type(exc).__name__}: {exc}"})
         outcome.state = self.state()
         events.put(outcome)
 
@@ -190,7 +188,7 @@ class EngineWorker:
             return JobOutcome(spec.prompt_id, "invalid", validation_error={
                 "node_id": first.node_id if first else None, "class_type": first.class_type if first else None,
                 "exception_type": "nodegraph.errors.ValidationFailed",
-                "message": f"{exc} (on worker {self.worker_id})"})
+                "message": f"{exc} (on actor {self.actor_id})"})
 
         def listener(event: Event) -> None:
             if isinstance(event, NodePreview):
@@ -207,12 +205,7 @@ class EngineWorker:
                                 listeners=[listener])
         self._interrupt_requested = None
         self.jobs_done += 1
-        meta = {}
-        for node_id in result.outputs:
-            node = plan.nodes.get(node_id)
-            meta[node_id] = {"node_id": node_id, "display_node": node.display_node if node else node_id,
-                             "parent_node": node.parent if node else None, "real_node_id": node_id}
-        return JobOutcome(spec.prompt_id, result.status, result.outputs, meta)
+        return JobOutcome(spec.prompt_id, result.status, result.outputs, output_meta(plan, result.outputs))
 
     def close(self) -> None:
         self.engine.close()

@@ -1,9 +1,9 @@
-"""Output files of a worker that shares no disk with the server: read there, written here.
+"""Output files of an actor that shares no disk with the server: read there, written here.
 
 A job's UI data names its files (``{"filename", "subfolder", "type"}`` items, ComfyUI's shape). The
-worker reads those under its own output/temp folders and returns them as :class:`ShippedFile`; the
+actor reads those under its own output/temp folders and returns them as :class:`ShippedFile`; the
 server writes each one into its own folder (names confined by the same rule as ``/view``), renaming
-``name (n).ext`` when another worker's file already took the name, and rewrites UI entries to match.
+``name (n).ext`` when another actor's file already took the name, and rewrites UI entries to match.
 Files are shipped per node, just before its ``NodeFinished`` event, so a client that reads a file on
 ``executed`` finds it.
 """
@@ -71,7 +71,7 @@ def place_files(files: list[ShippedFile], paths: Paths) -> dict[tuple[str, str, 
         while True:
             target = resolve_inside(folder, name, f"{shipped.kind} folder")
             try:
-                with open(target, "xb") as handle:  # exclusive: never replaces another worker's file
+                with open(target, "xb") as handle:  # exclusive: never replaces another actor's file
                     handle.write(shipped.data)
                 break
             except FileExistsError:

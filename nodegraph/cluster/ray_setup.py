@@ -8,8 +8,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .engine_actor import EngineWorker
-from .records import WorkerSettings
+from .engine_actor import EngineActor
+from .records import ActorSettings
 
 #: an actor answers interrupt/free/state calls while its job runs
 ACTOR_CONCURRENCY = 4
@@ -43,9 +43,9 @@ def disconnect() -> None:
         ray.shutdown()
 
 
-def plan_workers(requested: int | None) -> tuple[int, ActorResources]:
+def plan_actors(requested: int | None) -> tuple[int, ActorResources]:
     """How many actors to start and what each reserves: one per GPU of the cluster unless
-    ``requested`` (``--ray-workers``) says otherwise; one on a CPU-only cluster by default."""
+    ``requested`` (``--ray-actors``) says otherwise; one on a CPU-only cluster by default."""
     import ray
 
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -61,19 +61,19 @@ def server_node_id() -> str | None:
     return ray.get_runtime_context().get_node_id()
 
 
-def spawn(worker_id: str, settings: WorkerSettings, resources: ActorResources) -> Any:
-    """Start one engine actor (not restarted by Ray: the dispatcher replaces dead ones itself)."""
-    actor = _remote_worker_class().options(
+def spawn(actor_id: str, settings: ActorSettings, resources: ActorResources) -> Any:
+    """Start one engine actor (not restarted by Ray: the Ray runner replaces dead ones itself)."""
+    actor = _remote_actor_class().options(
         num_cpus=resources.num_cpus, num_gpus=resources.num_gpus, max_concurrency=ACTOR_CONCURRENCY,
         max_restarts=0)
-    return actor.remote(worker_id, settings)
+    return actor.remote(actor_id, settings)
 
 
 @functools.lru_cache(maxsize=1)
-def _remote_worker_class() -> Any:
+def _remote_actor_class() -> Any:
     import ray
 
-    return ray.remote(EngineWorker)
+    return ray.remote(EngineActor)
 
 
 def dead_actor_errors() -> tuple[type[BaseException], ...]:

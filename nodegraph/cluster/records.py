@@ -1,4 +1,4 @@
-"""What crosses between the server and its Ray workers: small typed, picklable records."""
+"""What crosses between the server and its Ray engine actors: small typed, picklable records."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from ..events import Event
 
 
 @dataclass(frozen=True)
-class WorkerSettings:
-    """How a worker builds its engine. ``paths`` are the server's (absolute); a worker on another
+class ActorSettings:
+    """How an actor builds its engine. ``paths`` are the server's (absolute); an actor on another
     machine takes its models and inputs folders from ``NODEGRAPH_MODELS`` / ``NODEGRAPH_INPUT_DIR``
-    in its own environment when set. ``node_modules`` pairs a module name with the folder it was
-    found in on the server (added to ``sys.path`` when the worker cannot import it otherwise).
-    ``ship_outputs``: ``None`` ships output files as bytes only when the worker runs on another Ray
-    node than the server; ``True`` / ``False`` force it."""
+    in its own environment when set. ``threads``: the engine's thread pool. ``node_modules`` pairs a
+    module name with the folder it was found in on the server (added to ``sys.path`` when the actor
+    cannot import it otherwise). ``ship_outputs``: ``None`` ships output files as bytes only when the
+    actor runs on another Ray node than the server; ``True`` / ``False`` force it."""
 
     paths: Paths
     device: str | None = None
-    workers: int = 2
+    threads: int = 2
     node_modules: tuple[tuple[str, str | None], ...] = ()
     policies: tuple[str, ...] = ()
     server_node_id: str | None = None
@@ -30,7 +30,7 @@ class WorkerSettings:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """One job for a worker: the durable queue's job, minus what only the server needs."""
+    """One job for an actor: the durable queue's job, minus what only the server needs."""
 
     prompt_id: str
     prompt: dict[str, Any]
@@ -39,10 +39,10 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
-class WorkerState:
-    """What a worker holds after a job: for routing the next ones."""
+class ActorState:
+    """What an actor holds after a job: for routing the next ones."""
 
-    worker_id: str
+    actor_id: str
     node_id: str | None
     pid: int
     model_files: frozenset[str] = frozenset()
@@ -62,7 +62,7 @@ class ShippedFile:
 
 @dataclass(frozen=True, slots=True)
 class FilesShipped(Event):
-    """Sent just before a node's ``NodeFinished`` when the worker ships files: what it wrote."""
+    """Sent just before a node's ``NodeFinished`` when the actor ships files: what it wrote."""
 
     node_id: str = ""
     files: tuple[ShippedFile, ...] = ()
@@ -86,10 +86,10 @@ class JobOutcome:
     outputs: dict[str, dict] = field(default_factory=dict)
     meta: dict[str, dict] = field(default_factory=dict)
     validation_error: dict[str, Any] | None = None  # node_id, class_type, exception_type, message
-    state: WorkerState | None = None
+    state: ActorState | None = None
 
 
 def absolute_paths(paths: Paths) -> Paths:
-    """``paths`` with every folder absolute (workers run in other working directories)."""
+    """``paths`` with every folder absolute (actors run in other working directories)."""
     return Paths(output_dir=Path(paths.output_dir).resolve(), input_dir=Path(paths.input_dir).resolve(),
                  temp_dir=Path(paths.temp_dir).resolve(), models_dir=Path(paths.models_dir).resolve())

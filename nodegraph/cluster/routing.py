@@ -1,9 +1,9 @@
-"""Which worker gets which job: the one holding the job's models, then its cached sub-graphs, else
+"""Which actor gets which job: the one holding the job's models, then its cached sub-graphs, else
 the least-loaded one.
 
 A job *names* model files through its loader inputs: constant values of COMBO inputs whose choices are
-a function (folder listings, as every loader declares them). A worker *holds* the files named in its
-model manager's keys (reported after each job, see :class:`~nodegraph.cluster.records.WorkerState`),
+a function (folder listings, as every loader declares them). An actor *holds* the files named in its
+model manager's keys (reported after each job, see :class:`~nodegraph.cluster.records.ActorState`),
 and the output-cache signatures it keeps. Scores compare those sets; nothing is loaded to decide.
 
 :func:`choose` is pure (views in, assignments out) so the policy is tested without Ray.
@@ -17,27 +17,27 @@ from typing import Any, Iterable
 
 from ..node import COMBO
 from ..signature import compute_signatures
-from .records import WorkerState
+from .records import ActorState
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class JobNeeds:
-    """What a job would like to find on its worker."""
+    """What a job would like to find on its actor."""
 
     model_names: frozenset[str] = frozenset()
     signatures: frozenset[bytes] = frozenset()
 
 
 @dataclass(frozen=True)
-class WorkerView:
-    """The dispatcher's view of one worker when choosing."""
+class ActorView:
+    """The Ray runner's view of one actor when choosing."""
 
     index: int
     alive: bool
     busy: bool
-    state: WorkerState | None = None
+    state: ActorState | None = None
 
     @property
     def jobs_done(self) -> int:
@@ -46,7 +46,7 @@ class WorkerView:
 
 @dataclass(frozen=True)
 class Waiting:
-    """A pending job offered to the workers: its id, needs and how long it has waited (seconds)."""
+    """A pending job offered to the actors: its id, needs and how long it has waited (seconds)."""
 
     prompt_id: str
     needs: JobNeeds
@@ -76,21 +76,21 @@ def job_needs(prompt: dict[str, Any], outputs: Iterable[str] | None, engine) -> 
     try:
         plan = engine.validate(prompt, list(outputs) if outputs else None)
         signatures = frozenset(compute_signatures(plan.nodes, plan.order, paths=engine.paths).values())
-    except Exception as exc:  # the worker reports the problem when it runs the job
+    except Exception as exc:  # the actor reports the problem when it runs the job
         log.debug("no signatures for a job: %s", exc)
         signatures = frozenset()
     return JobNeeds(names, signatures)
 
 
-def holds(state: WorkerState | None, name: str) -> bool:
-    """True when the worker has a model file loaded whose path ends with ``name``."""
+def holds(state: ActorState | None, name: str) -> bool:
+    """True when the actor has a model file loaded whose path ends with ``name``."""
     if state is None:
         return False
     tail = "/" + name.replace("\\", "/").lstrip("/")
     return any(f == name or f.replace("\\", "/").endswith(tail) for f in state.model_files)
 
 
-def affinity(needs: JobNeeds, state: WorkerState | None) -> tuple[int, int]:
+def affinity(needs: JobNeeds, state: ActorState | None) -> tuple[int, int]:
     """``(models held, cached nodes held)`` — compared in that order."""
     if state is None:
         return 0, 0
@@ -98,25 +98,25 @@ def affinity(needs: JobNeeds, state: WorkerState | None) -> tuple[int, int]:
             len(needs.signatures & state.cache_keys))
 
 
-def rank(needs: JobNeeds, workers: Iterable[WorkerView]) -> list[WorkerView]:
-    """Live workers, best first: most models held, most cached nodes, idle, fewest jobs done, index."""
-    def key(w: WorkerView):
+def rank(needs: JobNeeds, actors: Iterable[ActorView]) -> list[ActorView]:
+    """Live actors, best first: most models held, most cached nodes, idle, fewest jobs done, index."""
+    def key(w: ActorView):
         models, cached = affinity(needs, w.state)
         return (-models, -cached, w.busy, w.jobs_done, w.index)
 
-    return sorted((w for w in workers if w.alive), key=key)
+    return sorted((w for w in actors if w.alive), key=key)
 
 
-def choose(jobs: Iterable[Waiting], workers: list[WorkerView],
+def choose(jobs: Iterable[Waiting], actors: list[ActorView],
            affinity_wait: float = 0.0) -> list[tuple[str, int]]:
-    """Assign pending jobs (queue order) to idle workers: ``[(prompt_id, worker index)]``.
+    """Assign pending jobs (queue order) to idle actors: ``[(prompt_id, actor index)]``.
 
-    A job goes to its best-ranked worker when that one is idle. When the best one is busy and holds
-    more of the job's models than any idle worker, the job waits for it up to ``affinity_wait``
-    seconds (later jobs may pass it meanwhile); after that, or when no busy worker is better, the best
-    idle worker takes it — independent jobs run in parallel.
+    A job goes to its best-ranked actor when that one is idle. When the best one is busy and holds
+    more of the job's models than any idle actor, the job waits for it up to ``affinity_wait``
+    seconds (later jobs may pass it meanwhile); after that, or when no busy actor is better, the best
+    idle actor takes it — independent jobs run in parallel.
     """
-    views = {w.index: w for w in workers}
+    views = {w.index: w for w in actors}
     assigned: list[tuple[str, int]] = []
     for job in jobs:
         if not any(w.alive and not w.busy for w in views.values()):
@@ -130,5 +130,5 @@ def choose(jobs: Iterable[Waiting], workers: list[WorkerView],
                 continue
         chosen = idle[0]
         assigned.append((job.prompt_id, chosen.index))
-        views[chosen.index] = WorkerView(chosen.index, chosen.alive, True, chosen.state)
+        views[chosen.index] = ActorView(chosen.index, chosen.alive, True, chosen.state)
     return assigned

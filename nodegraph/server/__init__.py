@@ -1,9 +1,10 @@
-"""The HTTP/WebSocket server: ComfyUI's API over a durable SQLite job queue, safe by default.
+"""The HTTP/WebSocket server: ComfyUI's API over the durable job queue (:mod:`nodegraph.queue`), safe
+by default. No torch here, and no runner chosen here: ``create_app`` takes a runner factory.
 
 Modules, one job each: ``config`` (settings), ``app`` (routes), ``security`` (Host/Origin/token/
-content-type/size checks), ``jobs`` (SQLite queue and history), ``worker`` (engine thread and event
-translation), ``ws`` (WebSocket delivery), ``files`` (``/view`` and uploads), ``comfy_errors``
-(validation errors in ComfyUI's shape), ``openapi`` (route table and ``/openapi.json``).
+content-type/size checks), ``ws`` (WebSocket delivery; the runners' event sink), ``features`` (the
+feature flags), ``files`` (``/view`` and uploads), ``comfy_errors`` (validation errors in ComfyUI's
+shape), ``openapi`` (route table and ``/openapi.json``), ``static`` (the canvas and the workflows).
 """
 
 from __future__ import annotations
@@ -13,24 +14,26 @@ import signal
 import sys
 from typing import TextIO
 
+from ..queue import RunnerFactory
 from .app import create_app
 from .config import ServerConfig
 
 
 async def serve_forever(config: ServerConfig, stream: TextIO = sys.stdout,
-                        stop: asyncio.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or ``stop`` is set); prints the address it listens on."""
+                        stop: asyncio.Event | None = None, make_runner: RunnerFactory | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or ``stop`` is set); prints the address it listens on. ``make_runner``:
+    see :func:`~nodegraph.server.app.create_app` (default: the local runner)."""
     from aiohttp import web
 
     # Threads (engine, validation, database writer) hand the GIL back to the event loop sooner:
     # request latency during a run matters more here than a little throughput.
     sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
-    app = create_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, shutdown_timeout=5)
+    app = create_app(config, make_runner=make_runner)
+    app_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await app_runner.setup()
+    site = web.TCPSite(app_runner, config.host, config.port, shutdown_timeout=5)
     await site.start()
-    port = runner.addresses[0][1] if runner.addresses else config.port
+    port = app_runner.addresses[0][1] if app_runner.addresses else config.port
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"nodegraph server listening on http://{host}:{port}", file=stream, flush=True)
     stop = stop or asyncio.Event()
@@ -44,7 +47,7 @@ async def serve_forever(config: ServerConfig, stream: TextIO = sys.stdout,
         await stop.wait()
     finally:
         print("nodegraph server stopping", file=stream, flush=True)
-        await runner.cleanup()
+        await app_runner.cleanup()
 
 
 __all__ = ["ServerConfig", "create_app", "serve_forever"]

@@ -1,8 +1,11 @@
-"""The aiohttp application: ComfyUI's routes (also under ``/api``) wired to the store and the worker.
+"""The aiohttp application: ComfyUI's routes (also under ``/api``) wired to the store and the job runner.
 
-``create_app(config, engine=None)`` builds everything from its arguments — no module-level state — so
-tests can start as many servers as they like. The engine runs on the worker thread; handlers only
-validate, read and write the store, and talk to the worker.
+``create_app(config, engine=None, make_runner=None)`` builds everything from its arguments — no
+module-level state — so tests can start as many servers as they like. Jobs run on the runner (the
+local one unless the caller, e.g. the CLI's ``--ray``, passes another factory); handlers only
+validate, read and write the store, and talk to the runner through the
+:class:`~nodegraph.queue.protocol.JobRunner` protocol. No torch here: engine work goes through
+:class:`~nodegraph.executor.Engine`.
 """
 
 from __future__ import annotations
@@ -22,17 +25,16 @@ from aiohttp import web
 
 from ..errors import ValidationFailed, WorkflowFormatError
 from ..executor import Engine
-from .comfy_errors import output_ancestry, bad_request, prompt_error_response
+from ..queue import DuplicatePrompt, Job, JobRunner, JobStore, LocalRunner, QueueFull, RunnerFactory
+from ..queue import messages
+from .comfy_errors import bad_request, prompt_error_response
 from .config import ServerConfig
+from .features import FEATURES
 from .files import clear_previews, upload_image, view
-from .jobs import DuplicatePrompt, Job, JobStore, QueueFull
 from .openapi import ROUTES, openapi_document
 from .security import error_middleware, security_middleware
 from .static import add_static_routes
-from .worker import JobWorker
-from .ws import WebSocketHub, encode
-
-FEATURES = {"supports_preview_metadata": False, "max_upload_size": 100 * 1024 * 1024}
+from .ws import WebSocketHub
 MODEL_FOLDERS = ("checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision",
                  "style_models", "embeddings", "diffusers", "vae_approx", "controlnet", "gligen",
                  "upscale_models", "custom_nodes", "hypernetworks", "photomaker", "classifiers",
@@ -62,7 +64,7 @@ class Server:
     engine: Engine
     store: JobStore
     hub: WebSocketHub
-    worker: Any  # JobWorker, or nodegraph.cluster's RayDispatcher (same methods)
+    runner: JobRunner
     owns_engine: bool
 
 
@@ -75,21 +77,7 @@ def build_engine(config: ServerConfig) -> Engine:
     registry = default_registry()
     for name in config.nodes_modules:
         registry.add_module(importlib.import_module(name))
-    return Engine(registry, paths=config.paths, device=config.device, workers=config.workers)
-
-
-def build_runner(config: ServerConfig, engine: Engine, store: JobStore, hub: WebSocketHub):
-    """The job runner: this process's engine thread, or Ray actors when ``config.ray_address`` is set
-    (Ray is imported only then)."""
-    if config.ray_address is None:
-        return JobWorker(engine, store, hub, max_attempts=config.max_attempts, preview_size=config.preview_size)
-    from ..cluster.dispatcher import RayDispatcher
-
-    return RayDispatcher(engine, store, hub, address=config.ray_address, workers=config.ray_workers,
-                         affinity_wait=config.ray_affinity_wait, ship_outputs=config.ray_ship_outputs,
-                         node_modules=config.nodes_modules, engine_workers=config.workers,
-                         device=config.device, max_attempts=config.max_attempts,
-                         preview_size=config.preview_size)
+    return Engine(registry, paths=config.paths, device=config.device, threads=config.threads)
 
 
 class Api:
@@ -120,13 +108,11 @@ class Api:
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         def greet(client_id: str) -> list[str]:
-            remaining = self.s.worker.queue_remaining()
-            messages = [encode("status", {"status": {"exec_info": {"queue_remaining": remaining}},
-                                          "sid": client_id})]
-            for prompt_id, node in self.s.worker.executing_for(client_id):
-                messages.append(encode("executing", {"node": node, "display_node": node,
-                                                     "prompt_id": prompt_id}))
-            return messages
+            greeting = [messages.status(self.s.runner.queue_remaining(), sid=client_id)]
+            for prompt_id, node in self.s.runner.executing_for(client_id):
+                greeting.append(messages.encode("executing", {"node": node, "display_node": node,
+                                                              "prompt_id": prompt_id}))
+            return greeting
 
         return await self.s.hub.serve(request, greet)
 
@@ -138,8 +124,8 @@ class Api:
             raise BadRequest("invalid_prompt", "the body must be a JSON object with a 'prompt'")
         status, payload = await self.in_thread(self.accept_prompt, body)
         if status == 200:
-            self.s.worker.notify()
-            self.s.worker.broadcast_status()
+            self.s.runner.notify()
+            self.s.runner.broadcast_status()
         headers = {"Retry-After": "5"} if status == 503 else None
         return web.json_response(payload, status=status, headers=headers)
 
@@ -209,28 +195,19 @@ class Api:
 
     def check_prompt(self, prompt: dict, targets: list[str] | None,
                      extra_data: dict | None = None) -> tuple[list[str], dict]:
-        """The outputs to run and the node errors of the others (ComfyUI runs the valid outputs).
+        """The outputs to run and the node errors of the others (ComfyUI runs the valid outputs);
+        raises :class:`ValidationFailed` when none is valid.
 
         ``extra_data`` may switch on workflow policies (``{"require_safety": true}``)."""
         engine = self.s.engine
-        try:
-            return engine.validate(prompt, targets, extra_data).outputs, {}
-        except ValidationFailed as exc:
-            response = prompt_error_response(exc.errors, prompt, engine.registry, self.paths)
-            if response["error"]["type"] != "prompt_outputs_failed_validation":
-                raise
-            bad = set(response["node_errors"])
-            good = [out for out, ancestry in output_ancestry(prompt, engine.registry).items()
-                    if not ancestry & bad and (targets is None or out in targets)]
-            if not good:
-                raise
-            try:
-                return engine.validate(prompt, good, extra_data).outputs, response["node_errors"]
-            except ValidationFailed:
-                raise exc from None
+        plan = engine.validate(prompt, targets, extra_data, partial=True)
+        if not plan.node_errors:
+            return plan.outputs, {}
+        response = prompt_error_response(plan.node_errors, prompt, engine.registry, self.paths)
+        return plan.outputs, response["node_errors"]
 
     async def get_prompt(self, request: web.Request) -> web.Response:
-        return web.json_response({"exec_info": {"queue_remaining": self.s.worker.queue_remaining()}})
+        return web.json_response({"exec_info": {"queue_remaining": self.s.runner.queue_remaining()}})
 
     # -- queue and history ------------------------------------------------------------------------
 
@@ -247,7 +224,7 @@ class Api:
         if "delete" in body:
             ids = self._ids(body["delete"])
             result["deleted"] = await self.in_thread(self.s.store.delete_pending, ids)
-        self.s.worker.broadcast_status()
+        self.s.runner.broadcast_status()
         return web.json_response(result)
 
     @staticmethod
@@ -297,13 +274,13 @@ class Api:
         prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
         if prompt_id is not None and not isinstance(prompt_id, str):
             raise BadRequest("invalid_request", "'prompt_id' must be a string")
-        return web.json_response({"interrupted": self.s.worker.interrupt(prompt_id)})
+        return web.json_response({"interrupted": self.s.runner.interrupt(prompt_id)})
 
     async def post_free(self, request: web.Request) -> web.Response:
         body = await self.json_body(request)
         if not isinstance(body, dict):
             raise BadRequest("invalid_request", "send {\"unload_models\": bool, \"free_memory\": bool}")
-        self.s.worker.request_free(bool(body.get("unload_models")), bool(body.get("free_memory")))
+        self.s.runner.request_free(bool(body.get("unload_models")), bool(body.get("free_memory")))
         return web.json_response({})
 
     # -- descriptions -----------------------------------------------------------------------------
@@ -318,31 +295,17 @@ class Api:
         return web.json_response(info, dumps=_dumps)
 
     async def get_system_stats(self, request: web.Request) -> web.Response:
-        import psutil
-        import torch
-
         from .. import __version__
 
-        memory = psutil.virtual_memory()
-        devices = [{"name": "cpu", "type": "cpu", "index": None, "vram_total": memory.total,
-                    "vram_free": memory.available, "torch_vram_total": 0, "torch_vram_free": 0}]
-        if torch.cuda.is_available():
-            devices = []
-            for index in range(torch.cuda.device_count()):
-                free, total = torch.cuda.mem_get_info(index)
-                devices.append({"name": torch.cuda.get_device_name(index), "type": "cuda", "index": index,
-                                "vram_total": total, "vram_free": free,
-                                "torch_vram_total": torch.cuda.memory_reserved(index),
-                                "torch_vram_free": torch.cuda.memory_reserved(index)
-                                - torch.cuda.memory_allocated(index)})
+        stats = await self.in_thread(self.s.engine.device_stats)
         return web.json_response({
-            "system": {"os": os.name, "ram_total": memory.total, "ram_free": memory.available,
+            "system": {"os": os.name, "ram_total": stats.ram_total, "ram_free": stats.ram_free,
                        "comfyui_version": f"nodegraph {__version__}", "nodegraph_version": __version__,
                        "required_frontend_version": None, "installed_templates_version": None,
                        "required_templates_version": None, "python_version": sys.version,
-                       "pytorch_version": torch.__version__, "embedded_python": False,
+                       "pytorch_version": stats.torch_version, "embedded_python": False,
                        "argv": sys.argv, "platform": platform.platform()},
-            "devices": devices})
+            "devices": [device.to_dict() for device in stats.devices]})
 
     async def get_features(self, request: web.Request) -> web.Response:
         return web.json_response({**FEATURES, "max_upload_size": self.config.max_upload_bytes})
@@ -411,8 +374,12 @@ async def bad_request_middleware(request: web.Request, handler) -> web.StreamRes
         return exc.response()
 
 
-def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Application:
-    """The application for ``config``; builds an engine (with ``config.nodes_modules``) when not given."""
+def create_app(config: ServerConfig, engine: Engine | None = None, *,
+               make_runner: RunnerFactory | None = None) -> web.Application:
+    """The application for ``config``; builds an engine (with ``config.nodes_modules``) when not given.
+
+    ``make_runner`` builds the job runner from the engine, the store and the WebSocket hub (the
+    runner's event sink); default: :class:`~nodegraph.queue.local.LocalRunner`, this process's engine."""
     config.check()
     owns_engine = engine is None
     engine = engine if engine is not None else build_engine(config)
@@ -421,9 +388,10 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
     clear_previews(engine.paths.temp_dir)
     store = JobStore(config.db_path, max_attempts=config.max_attempts)
     hub = WebSocketHub()
-    worker = build_runner(config, engine, store, hub)
-    hub.status_source = worker.status_message
-    server = Server(config, engine, store, hub, worker, owns_engine)
+    runner = (make_runner or LocalRunner)(engine, store, hub, max_attempts=config.max_attempts,
+                                          preview_size=config.preview_size)
+    hub.status_source = runner.status_message
+    server = Server(config, engine, store, hub, runner, owns_engine)
     api = Api(server)
     uploads = frozenset(r.path for r in ROUTES if r.multipart is not None)
     app = web.Application(client_max_size=config.max_body_bytes,
@@ -438,13 +406,13 @@ def create_app(config: ServerConfig, engine: Engine | None = None) -> web.Applic
 
     async def on_startup(app: web.Application) -> None:
         hub.bind(asyncio.get_running_loop())
-        await asyncio.get_running_loop().run_in_executor(None, worker.start)  # Ray start-up takes seconds
+        await asyncio.get_running_loop().run_in_executor(None, runner.start)  # Ray start-up takes seconds
 
     async def on_shutdown(app: web.Application) -> None:
         await hub.close_all()
 
     async def on_cleanup(app: web.Application) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+        await asyncio.get_running_loop().run_in_executor(None, runner.stop)
         if owns_engine:
             engine.close()
         store.close()

@@ -11,6 +11,7 @@ from typing import Any
 from ..context import Paths
 from ..errors import NodeError
 from ..registry import NodeRegistry
+from ..validation import PROMPT_KINDS
 from ..workflow.api_format import Workflow
 
 #: our kind → ComfyUI's ``errors[].type`` (kinds not listed keep their name)
@@ -33,9 +34,6 @@ COMFY_MESSAGES = {
     "custom_validation_failed": "Custom validation failed for node",
     "exception_during_validation": "Exception when validating node",
 }
-
-#: kinds that concern the prompt as a whole (no node_errors entry; top-level error)
-PROMPT_KINDS = {"unknown_node_type", "invalid_node", "cycle", "no_outputs"}
 
 
 def error(type_: str, message: str, details: str = "", **extra_info: Any) -> dict[str, Any]:
@@ -62,7 +60,8 @@ def comfy_node_error(e: NodeError, registry: NodeRegistry, paths: Paths | None) 
 
 
 def output_ancestry(api: dict, registry: NodeRegistry) -> dict[str, set[str]]:
-    """For each output node id: itself and every node it depends on."""
+    """For each output node id: itself and every node it depends on (``dependent_outputs`` of an
+    error response)."""
     try:
         workflow = Workflow.from_api(api)
     except Exception:
@@ -86,7 +85,8 @@ def output_ancestry(api: dict, registry: NodeRegistry) -> dict[str, set[str]]:
 
 def prompt_error_response(errors: list[NodeError], api: dict, registry: NodeRegistry,
                           paths: Paths | None) -> dict[str, Any]:
-    """``{"error": {…}, "node_errors": {…}}`` for a prompt that failed validation."""
+    """``{"error": {…}, "node_errors": {…}}`` for a prompt that failed validation. An error of a
+    :data:`~nodegraph.validation.PROMPT_KINDS` kind becomes the top-level error."""
     whole = [e for e in errors if e.kind in PROMPT_KINDS]
     per_node = [e for e in errors if e.kind not in PROMPT_KINDS and e.node_id is not None]
     node_errors: dict[str, Any] = {}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 from ..context import Paths
@@ -31,7 +32,8 @@ class ServerConfig:
     address is not loopback. ``allowed_hosts`` / ``allowed_origins``: extra ``Host`` names and
     ``Origin`` values (``http://name:port``) to accept besides loopback / same-origin ones.
     ``nodes_modules``: extra modules whose node classes are registered (test and local node packs).
-    ``ray_*``: run jobs on a Ray cluster instead of in this process (see ``docs/scale-out.md``).
+    ``threads``: nodes one engine runs at once (``workers=`` is its old, deprecated name). Where jobs
+    run (this process, or Ray actors) is not configured here: ``create_app``'s ``make_runner`` says.
     """
 
     host: str = "127.0.0.1"
@@ -39,7 +41,7 @@ class ServerConfig:
     paths: Paths = field(default_factory=Paths)
     data_dir: Path = Path("data")
     auth_token: str | None = None
-    workers: int = 2
+    threads: int = 2
     device: str | None = None
     max_upload_bytes: int = 100 * MiB
     max_body_bytes: int = 16 * MiB
@@ -50,13 +52,13 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     nodes_modules: tuple[str, ...] = ()
-    #: scale-out (``nodegraph.cluster``): a Ray address (``auto``, ``host:port``) runs jobs on Ray actors
-    ray_address: str | None = None
-    ray_workers: int | None = None
-    #: seconds a job waits for the busy worker holding its models before an idle one loads them
-    ray_affinity_wait: float = 0.0
-    #: ``None``: workers on other machines return output files as bytes; ``True``/``False`` force it
-    ray_ship_outputs: bool | None = None
+    workers: InitVar[int | None] = None
+
+    def __post_init__(self, workers: int | None) -> None:
+        if workers is not None:
+            warnings.warn("ServerConfig(workers=...) is deprecated; use ServerConfig(threads=...)",
+                          DeprecationWarning, stacklevel=3)
+            self.threads = workers
 
     @property
     def loopback(self) -> bool:

@@ -1,9 +1,10 @@
 """WebSocket clients and message delivery.
 
 Every connection has its own outgoing queue drained by one sender task, so messages reach a client in
-the order they were posted and a slow client never blocks the engine or other clients. Engine events
-arrive on worker threads; :meth:`WebSocketHub.post` hands them to the event loop with
-``loop.call_soon_threadsafe`` — the only thread-crossing point.
+the order they were posted and a slow client never blocks the engine or other clients. Messages arrive
+from the job runner's threads (the hub is the runner's :class:`~nodegraph.queue.protocol.EventSink`);
+:meth:`WebSocketHub.post` hands them to the event loop with ``loop.call_soon_threadsafe`` — the only
+thread-crossing point.
 
 Routing is stricter than ComfyUI: a prompt's events go only to the client that submitted it (none
 when it gave no ``client_id``); only ``status`` is broadcast.
@@ -20,16 +21,14 @@ from typing import Callable
 
 from aiohttp import WSMsgType, web
 
-log = logging.getLogger(__name__)
+from ..queue.messages import encode
+from ..queue.protocol import Message
+from .features import FEATURES
 
-Message = str | bytes
+log = logging.getLogger(__name__)
 
 #: a client this far behind is disconnected rather than buffered without bound
 MAX_BACKLOG = 20_000
-
-
-def encode(type_: str, data: dict) -> str:
-    return json.dumps({"type": type_, "data": data}, separators=(",", ":"), default=str)
 
 
 @dataclass(eq=False)
@@ -61,7 +60,10 @@ class WsClient:
 
 
 class WebSocketHub:
-    """Connected clients by id; post messages from any thread, deliver on the event loop."""
+    """Connected clients by id; post messages from any thread, deliver on the event loop.
+
+    It is the job runner's :class:`~nodegraph.queue.protocol.EventSink` (``post``, ``post_status``,
+    ``is_connected``); ``status_source`` gives the ``status`` message to broadcast."""
 
     #: ``status`` broadcasts are coalesced over this many seconds (one per burst, latest count)
     STATUS_DELAY = 0.05
@@ -85,6 +87,9 @@ class WebSocketHub:
             self.loop.call_soon_threadsafe(self._deliver, client_id, message)
         except RuntimeError:  # loop closed while shutting down
             pass
+
+    def is_connected(self, client_id: str) -> bool:
+        return client_id in self.clients
 
     def post_status(self) -> None:
         """Broadcast a fresh ``status`` soon; bursts (20 clients queueing at once) send one."""
@@ -152,8 +157,6 @@ class WebSocketHub:
         except ValueError:
             return
         if isinstance(message, dict) and message.get("type") == "feature_flags":
-            from .app import FEATURES
-
             client.offer(encode("feature_flags", dict(FEATURES)))
 
     async def close_all(self) -> None:

@@ -1,10 +1,10 @@
-"""Node classes for the scale-out tests (``nodes_modules=("cluster_nodes",)``; Ray workers import it
+"""Node classes for the scale-out tests (``nodes_modules=("cluster_nodes",)``; Ray actors import it
 from this folder).
 
 ``TinyModelLoader`` loads ``models/tiny/<name>`` (a safetensors ``torch.nn.Linear``) through the
 engine's model manager — the entry routing looks for; ``TinyModelApply`` runs it. ``Spin`` burns CPU
 in steps with progress (where interrupts land) and optional previews, optionally appending ``start``/``end`` lines to a log
-file. Output nodes report the worker's process id in their UI text so tests can see where a job ran.
+file. Output nodes report the actor's process id in their UI text so tests can see where a job ran.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class TinyModel(ManagerOwned):
 
 
 class TinyModelLoader(Node):
-    """Loads a tiny linear model from ``models/tiny`` (once per worker, through the model manager)."""
+    """Loads a tiny linear model from ``models/tiny`` (once per actor, through the model manager)."""
 
     category = "test"
     model_name = Input(COMBO, choices=tiny_model_names)
@@ -65,7 +65,7 @@ class TinyModelLoader(Node):
 
 
 class TinyModelApply(Node):
-    """``model(x·ones)``; shows the value and the worker's pid."""
+    """``model(x·ones)``; shows the value and the actor's pid."""
 
     category = "test"
     output_node = True

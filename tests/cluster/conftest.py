@@ -1,5 +1,6 @@
 """Scale-out fixtures: one local Ray cluster for the session (2 CPUs), real servers on 127.0.0.1
-whose jobs run on 2 Ray engine actors, and small helpers to follow jobs through the HTTP API."""
+whose jobs run on 2 Ray engine actors (the Ray runner), and small helpers to follow jobs through the
+HTTP API."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ HERE = pathlib.Path(__file__).parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "server"))
 
+from nodegraph.cluster import RaySettings, ray_runner  # noqa: E402
 from nodegraph.context import Paths  # noqa: E402
 from nodegraph.server import ServerConfig  # noqa: E402
 
@@ -39,7 +41,7 @@ def ray_cluster():
 
 
 class RayServer(LiveServer):
-    """A live server dispatching to Ray (start-up waits for its actors)."""
+    """A live server whose runner is the Ray runner (start-up waits for its actors)."""
 
     def start(self):
         self.thread.start()
@@ -56,7 +58,7 @@ class RayServer(LiveServer):
 
     @property
     def lanes(self):
-        return self.server.worker.lanes
+        return self.server.runner.lanes
 
     def history(self, prompt_id: str | None = None) -> dict:
         return self.client().get(f"/history/{prompt_id}" if prompt_id else "/history").json()
@@ -79,22 +81,30 @@ class RayServer(LiveServer):
             if all(lane.alive and not lane.busy for lane in self.lanes):
                 return
             time.sleep(0.2)
-        raise AssertionError("the Ray workers did not all come back")
+        raise AssertionError("the Ray actors did not all come back")
 
 
 def cluster_config(root: pathlib.Path, **overrides) -> ServerConfig:
     options = dict(host="127.0.0.1", port=0, paths=Paths.under(root), data_dir=root / "data", device="cpu",
-                   workers=1, nodes_modules=("cluster_nodes",), ray_address="auto", ray_workers=2)
+                   threads=1, nodes_modules=("cluster_nodes",))
     options.update(overrides)
     return ServerConfig(**options)
+
+
+def cluster_runner(config: ServerConfig, **overrides):
+    """The Ray runner factory for ``config``: 2 actors on the session's cluster."""
+    options = dict(address="auto", actors=2, node_modules=config.nodes_modules, device=config.device)
+    options.update(overrides)
+    return ray_runner(RaySettings(**options))
 
 
 @pytest.fixture
 def start_ray_server(ray_cluster, tmp_path):
     started: list[RayServer] = []
 
-    def start(**overrides) -> RayServer:
-        server = RayServer(cluster_config(tmp_path, **overrides)).start()
+    def start(ray: dict | None = None, **overrides) -> RayServer:
+        config = cluster_config(tmp_path, **overrides)
+        server = RayServer(config, cluster_runner(config, **(ray or {}))).start()
         started.append(server)
         return server
 
@@ -131,7 +141,7 @@ def queue(client: Client, prompt: dict, **fields) -> str:
 
 
 def ran_on(entry: dict, node: str = "1") -> int:
-    """The worker pid an output node reported."""
+    """The actor pid an output node reported."""
     return entry["outputs"][node]["pid"][0]
 
 

@@ -1,5 +1,5 @@
 """Scale-out on a local Ray cluster (2 CPUs, 2 engine actors): the server's queue spreads jobs over
-both workers, routes jobs to the worker holding their model, survives a worker dying mid-job (the job
+both actors, routes jobs to the actor holding their model, survives an actor dying mid-job (the job
 completes once, elsewhere, and its client sees the events), keeps jobs across a restart, and returns
 output files as bytes when asked to."""
 
@@ -14,13 +14,13 @@ from conftest import model_prompt, queue, ran_on, message_types, spin_prompt
 pytestmark = pytest.mark.timeout(600)
 
 
-def test_twenty_jobs_spread_over_both_workers_and_all_complete(start_ray_server):
+def test_twenty_jobs_spread_over_both_actors_and_all_complete(start_ray_server):
     server = start_ray_server()
     client = server.client()
     pids = {lane.state.pid for lane in server.lanes}
     assert len(pids) == 2
     ids = [queue(client, spin_prompt(f"job{i}", iterations=300_000)) for i in range(20)]
-    # the API answers while the workers run
+    # the API answers while the actors run
     assert client.get("/queue").status == 200
     assert client.get("/system_stats").status == 200
     entries = server.wait_done(ids)
@@ -32,7 +32,7 @@ def test_twenty_jobs_spread_over_both_workers_and_all_complete(start_ray_server)
     assert json.loads(client.get("/queue").body) == {"queue_running": [], "queue_pending": []}
 
 
-def test_jobs_keep_landing_on_the_worker_that_loaded_their_model(start_ray_server, tiny_models):
+def test_jobs_keep_landing_on_the_actor_that_loaded_their_model(start_ray_server, tiny_models):
     server = start_ray_server()
     client = server.client()
     where: dict[str, list[int]] = {"a.safetensors": [], "b.safetensors": []}
@@ -61,7 +61,7 @@ def test_jobs_keep_landing_on_the_worker_that_loaded_their_model(start_ray_serve
     assert ran_on(entries[after], "2") == a[0]
 
 
-def test_killed_worker_job_completes_once_on_another_and_client_sees_events(start_ray_server, tmp_path):
+def test_killed_actor_job_completes_once_on_another_and_client_sees_events(start_ray_server, tmp_path):
     from comfy_client import ComfyClient
 
     server = start_ray_server()
@@ -73,7 +73,7 @@ def test_killed_worker_job_completes_once_on_another_and_client_sees_events(star
         prompt_id = comfy.queue_prompt(spin_prompt("victim", iterations=20_000_000, steps=200,
                                                    log_path=str(log_path)))["prompt_id"]
         messages = []
-        while True:  # wait until the job is running on a worker
+        while True:  # wait until the job is running on an actor
             message = json.loads(ws.recv(timeout=120))
             messages.append(message)
             if message["type"] == "progress":
@@ -103,7 +103,7 @@ def test_killed_worker_job_completes_once_on_another_and_client_sees_events(star
     assert f"start victim {killed_pid}" in log_path.read_text(), lines
     assert len(server.history()) == 1
 
-    # the lane has a new worker, and the cluster goes on with two
+    # the lane has a new actor, and the cluster goes on with two
     server.wait_lanes_alive()
     assert killed_pid not in {lane.state.pid for lane in server.lanes}
     ids = [queue(client, spin_prompt(f"after{i}")) for i in range(4)]
@@ -111,7 +111,7 @@ def test_killed_worker_job_completes_once_on_another_and_client_sees_events(star
     assert all(e["status"]["status_str"] == "success" for e in entries.values())
 
 
-def test_events_and_previews_reach_the_submitting_client_in_order_and_interrupt_reaches_the_worker(
+def test_events_and_previews_reach_the_submitting_client_in_order_and_interrupt_reaches_the_actor(
         start_ray_server):
     from comfy_client import ComfyClient
 
@@ -132,7 +132,7 @@ def test_events_and_previews_reach_the_submitting_client_in_order_and_interrupt_
             texts.append(json.loads(message))
             if texts[-1]["type"] == "executing" and texts[-1]["data"]["node"] is None:
                 break
-        while True:  # bob's job is running on the other worker: interrupt it by id
+        while True:  # bob's job is running on the other actor: interrupt it by id
             message = ws_b.recv(timeout=120)
             if isinstance(message, str) and json.loads(message)["type"] == "progress":
                 break
@@ -178,13 +178,13 @@ def test_restart_loses_no_jobs(start_ray_server):
 
 
 def test_output_files_shipped_as_bytes_land_in_the_server_output_folder(start_ray_server, tmp_path):
-    server = start_ray_server(ray_ship_outputs=True)
+    server = start_ray_server(ray={"ship_outputs": True})
     client = server.client()
     prompt = {"1": {"class_type": "EmptyImage", "inputs": {"width": 32, "height": 24, "batch_size": 1,
                                                           "color": 0xFF0000}},
               "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "shipped"}}}
     ids = []
-    for width in (32, 40, 48):  # distinct jobs: each worker numbers its files from 1, names collide
+    for width in (32, 40, 48):  # distinct jobs: each actor numbers its files from 1, names collide
         prompt["1"]["inputs"]["width"] = width
         ids.append(queue(client, prompt))
     entries = server.wait_done(ids)

@@ -7,20 +7,20 @@ from pathlib import Path
 
 from nodegraph.cluster.engine_actor import model_files
 from nodegraph.cluster.files import apply_renames, collect_files, place_files
-from nodegraph.cluster.records import WorkerState
-from nodegraph.cluster.routing import JobNeeds, Waiting, WorkerView, affinity, choose, model_names
+from nodegraph.cluster.records import ActorState
+from nodegraph.cluster.routing import JobNeeds, Waiting, ActorView, affinity, choose, model_names
 from nodegraph.context import Paths
 from nodegraph.registry import default_registry
 
 from cluster_nodes import TinyModelApply, TinyModelLoader
 
 
-def state(index: int, files=(), keys=(), done=0) -> WorkerState:
-    return WorkerState(f"w{index}", None, 1000 + index, frozenset(files), frozenset(keys), done)
+def state(index: int, files=(), keys=(), done=0) -> ActorState:
+    return ActorState(f"a{index}", None, 1000 + index, frozenset(files), frozenset(keys), done)
 
 
-def view(index: int, busy=False, alive=True, **kw) -> WorkerView:
-    return WorkerView(index, alive, busy, state(index, **kw))
+def view(index: int, busy=False, alive=True, **kw) -> ActorView:
+    return ActorView(index, alive, busy, state(index, **kw))
 
 
 def needs(*names: str, sigs=()) -> JobNeeds:
@@ -44,61 +44,61 @@ def test_model_files_come_from_the_model_manager_keys():
     assert model_files(loaded) == {"/m/tiny/a.safetensors", "/m/checkpoints/sd"}
 
 
-def test_a_job_goes_to_the_worker_holding_its_model_even_when_it_did_more_work():
-    workers = [view(0, done=0), view(1, files=["/m/tiny/a.safetensors"], done=9)]
-    assert choose([Waiting("j", needs("a.safetensors"))], workers) == [("j", 1)]
+def test_a_job_goes_to_the_actor_holding_its_model_even_when_it_did_more_work():
+    actors = [view(0, done=0), view(1, files=["/m/tiny/a.safetensors"], done=9)]
+    assert choose([Waiting("j", needs("a.safetensors"))], actors) == [("j", 1)]
     # a same-named file in another folder is a different suffix match only when the path ends so
-    assert affinity(needs("tiny/a.safetensors"), workers[1].state) == (1, 0)
-    assert affinity(needs("b/a.safetensors"), workers[1].state) == (0, 0)
+    assert affinity(needs("tiny/a.safetensors"), actors[1].state) == (1, 0)
+    assert affinity(needs("b/a.safetensors"), actors[1].state) == (0, 0)
 
 
 def test_cached_sub_graphs_break_ties_then_least_loaded():
-    workers = [view(0, keys=[b"x"], done=5), view(1, keys=[b"y", b"z"], done=5), view(2, done=0)]
-    assert choose([Waiting("j", needs(sigs=[b"y", b"z"]))], workers) == [("j", 1)]
-    assert choose([Waiting("j", needs(sigs=[b"q"]))], workers) == [("j", 2)]  # fewest jobs done
+    actors = [view(0, keys=[b"x"], done=5), view(1, keys=[b"y", b"z"], done=5), view(2, done=0)]
+    assert choose([Waiting("j", needs(sigs=[b"y", b"z"]))], actors) == [("j", 1)]
+    assert choose([Waiting("j", needs(sigs=[b"q"]))], actors) == [("j", 2)]  # fewest jobs done
 
 
-def test_independent_jobs_fill_every_idle_worker():
-    workers = [view(0), view(1), view(2, busy=True)]
+def test_independent_jobs_fill_every_idle_actor():
+    actors = [view(0), view(1), view(2, busy=True)]
     jobs = [Waiting(f"j{i}", needs()) for i in range(5)]
-    assert choose(jobs, workers) == [("j0", 0), ("j1", 1)]
+    assert choose(jobs, actors) == [("j0", 0), ("j1", 1)]
 
 
 def test_busy_holder_makes_the_job_wait_only_within_affinity_wait():
-    workers = [view(0, busy=True, files=["/m/a.safetensors"]), view(1)]
+    actors = [view(0, busy=True, files=["/m/a.safetensors"]), view(1)]
     job = Waiting("j", needs("a.safetensors"), waited=1.0)
-    assert choose([job], workers, affinity_wait=0.0) == [("j", 1)]  # default: parallelism first
-    assert choose([job], workers, affinity_wait=5.0) == []  # waits for the holder...
+    assert choose([job], actors, affinity_wait=0.0) == [("j", 1)]  # default: parallelism first
+    assert choose([job], actors, affinity_wait=5.0) == []  # waits for the holder...
     later = Waiting("k", needs("b.safetensors"))
-    assert choose([job, later], workers, affinity_wait=5.0) == [("k", 1)]  # ...and lets others pass
+    assert choose([job, later], actors, affinity_wait=5.0) == [("k", 1)]  # ...and lets others pass
     old = Waiting("j", needs("a.safetensors"), waited=6.0)
-    assert choose([old], workers, affinity_wait=5.0) == [("j", 1)]
+    assert choose([old], actors, affinity_wait=5.0) == [("j", 1)]
 
 
-def test_dead_workers_get_nothing():
-    workers = [view(0, alive=False, files=["/m/a.safetensors"]), view(1, busy=True)]
-    assert choose([Waiting("j", needs("a.safetensors"))], workers) == []
-    workers.append(view(2))
-    assert choose([Waiting("j", needs("a.safetensors"))], workers) == [("j", 2)]
+def test_dead_actors_get_nothing():
+    actors = [view(0, alive=False, files=["/m/a.safetensors"]), view(1, busy=True)]
+    assert choose([Waiting("j", needs("a.safetensors"))], actors) == []
+    actors.append(view(2))
+    assert choose([Waiting("j", needs("a.safetensors"))], actors) == [("j", 2)]
 
 
 def test_shipped_files_are_renamed_on_collision_and_references_follow(tmp_path):
-    worker = Paths.under(tmp_path / "worker")
+    actor = Paths.under(tmp_path / "actor")
     server = Paths.under(tmp_path / "server")
-    for paths in (worker, server):
+    for paths in (actor, server):
         Path(paths.output_dir, "sub").mkdir(parents=True)
-    Path(worker.output_dir, "sub", "img_00001_.png").write_bytes(b"new")
-    Path(server.output_dir, "sub", "img_00001_.png").write_bytes(b"other worker's")
+    Path(actor.output_dir, "sub", "img_00001_.png").write_bytes(b"new")
+    Path(server.output_dir, "sub", "img_00001_.png").write_bytes(b"other actor's")
     outputs = {"9": {"images": [{"filename": "img_00001_.png", "subfolder": "sub", "type": "output"}]}}
-    files = collect_files(outputs, worker)
+    files = collect_files(outputs, actor)
     assert [f.data for f in files] == [b"new"]
-    assert not Path(worker.output_dir, "sub", "img_00001_.png").exists()  # the worker keeps no copy
+    assert not Path(actor.output_dir, "sub", "img_00001_.png").exists()  # the actor keeps no copy
     renames = place_files(files, server)
     apply_renames(renames, outputs)
     name = outputs["9"]["images"][0]["filename"]
     assert name == "img_00001_ (1).png"
     assert Path(server.output_dir, "sub", name).read_bytes() == b"new"
-    assert Path(server.output_dir, "sub", "img_00001_.png").read_bytes() == b"other worker's"
+    assert Path(server.output_dir, "sub", "img_00001_.png").read_bytes() == b"other actor's"
 
 
 def test_shipped_file_names_cannot_leave_the_output_folder(tmp_path):

@@ -27,7 +27,7 @@ class ServerThread(LiveServer):
 
 def make_config(tmp_path: pathlib.Path, **overrides) -> ServerConfig:
     options = dict(host="127.0.0.1", port=0, paths=Paths.under(tmp_path), data_dir=tmp_path / "data",
-                   device="cpu", workers=2, nodes_modules=("slow_nodes",))
+                   device="cpu", threads=2, nodes_modules=("slow_nodes",))
     options.update(overrides)
     return ServerConfig(**options)
 

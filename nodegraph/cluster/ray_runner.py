@@ -1,20 +1,22 @@
-"""The server's job runner on Ray: the durable queue feeds N engine actors, one job each at a time.
+"""The Ray runner: the durable queue feeds N engine actors on a Ray cluster, one job each at a time.
 
-:class:`RayDispatcher` answers what the server asks of its job runner (``start``, ``stop``,
-``notify``, ``interrupt``, ``request_free``, ``queue_remaining``, ``executing_for``) exactly as the
-in-process :class:`~nodegraph.server.worker.JobWorker` does, so routes, WebSocket messages and the
-SQLite queue are unchanged. Inside:
+:class:`RayRunner` implements the queue's :class:`~nodegraph.queue.protocol.JobRunner` protocol on
+the same :class:`~nodegraph.queue.base.RunnerBase` as the local runner (attempts, history, the end of
+a job), so routes, WebSocket messages and the SQLite queue are unchanged. Inside:
 
-* one dispatch thread: whenever a job arrives or a worker frees up, it offers the first pending jobs
-  to the idle workers (:func:`~nodegraph.cluster.routing.choose`: model affinity, cache affinity,
+* one dispatch thread: whenever a job arrives or an actor frees up, it offers the first pending jobs
+  to the idle actors (:func:`~nodegraph.cluster.routing.choose`: model affinity, cache affinity,
   least load) and claims each chosen job by id in the store;
-* one :class:`WorkerLane` thread per actor: runs the job as a Ray streaming call and feeds the event
-  batches, in order, to the job's :class:`~nodegraph.server.worker.RunReporter` (WebSocket messages to
-  the submitting client, history messages); output files shipped as bytes are written into the
+* one :class:`ActorLane` thread per actor: runs the job as a Ray streaming call and feeds the event
+  batches, in order, to the job's :class:`~nodegraph.queue.reporter.RunReporter` (WebSocket messages
+  to the submitting client, history messages); output files shipped as bytes are written into the
   server's folders before the event that names them is passed on;
 * failover: when the actor dies mid-job (``RayActorError``) the job goes back to the queue through the
-  store (same id and number; one history entry when it completes), another worker takes it, and the
+  store (same id and number; one history entry when it completes), another actor takes it, and the
   lane starts a replacement actor.
+
+:func:`ray_runner` makes the :class:`~nodegraph.queue.protocol.RunnerFactory` that the CLI hands to
+the server (``nodegraph serve --ray``). Ray itself is imported only when the runner starts.
 """
 
 from __future__ import annotations
@@ -25,39 +27,63 @@ import os
 import queue
 import threading
 import time
-import traceback
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..events import NodeFinished
 from ..executor import Engine
-from ..server.jobs import HistoryEntry, Job, JobStore
-from ..server.worker import JobWorker, RunReporter, now_ms
-from ..server.ws import WebSocketHub, encode
+from ..queue import EventSink, Job, JobStore, RunnerBase, RunnerFactory, RunReporter
 from . import ray_setup
 from .files import apply_renames, place_files
-from .records import EventBatch, FilesShipped, JobOutcome, JobSpec, WorkerSettings, WorkerState, absolute_paths
-from .routing import JobNeeds, Waiting, WorkerView, choose, job_needs
+from .records import ActorSettings, ActorState, EventBatch, FilesShipped, JobOutcome, JobSpec, absolute_paths
+from .routing import ActorView, JobNeeds, Waiting, choose, job_needs
 
 log = logging.getLogger(__name__)
 
-#: how many pending jobs (queue order) are offered to idle workers in one round
+#: how many pending jobs (queue order) are offered to idle actors in one round
 WINDOW = 64
 #: seconds between attempts to start a replacement actor that failed to start
 RESPAWN_DELAY = 2.0
 
 
-class WorkerLane:
+@dataclass(frozen=True)
+class RaySettings:
+    """How ``nodegraph serve --ray`` runs jobs on Ray.
+
+    ``address``: ``auto`` (the cluster on this machine, or a new local one), ``host:port`` or
+    ``ray://…``. ``actors``: engine actors to start (default: one per GPU of the cluster, 1 without
+    GPUs). ``affinity_wait``: seconds a job waits for the busy actor holding its models before an idle
+    one loads them. ``ship_outputs``: ``None`` ships output files as bytes only from actors on another
+    machine; ``True``/``False`` force it. ``node_modules``: extra node modules the actors import (the
+    server's ``--nodes-module``). ``device``: the actors' device (``None``: each picks its best).
+    """
+
+    address: str | None = "auto"
+    actors: int | None = None
+    affinity_wait: float = 0.0
+    ship_outputs: bool | None = None
+    node_modules: tuple[str, ...] = ()
+    device: str | None = None
+    start_timeout: float = 300.0
+
+
+def ray_runner(settings: RaySettings) -> RunnerFactory:
+    """The factory the server calls to build a :class:`RayRunner` with ``settings``."""
+    return partial(RayRunner, settings=settings)
+
+
+class ActorLane:
     """One engine actor and the thread that runs its jobs, one at a time."""
 
-    def __init__(self, dispatcher: "RayDispatcher", index: int) -> None:
-        self.dispatcher = dispatcher
+    def __init__(self, runner: "RayRunner", index: int) -> None:
+        self.runner = runner
         self.index = index
-        self.worker_id = ""
+        self.actor_id = ""
         self.handle: Any = None
-        self.state: WorkerState | None = None
+        self.state: ActorState | None = None
         self.alive = False
         self.job: Job | None = None
         self.reporter: RunReporter | None = None
@@ -72,17 +98,17 @@ class WorkerLane:
     def busy(self) -> bool:
         return self.job is not None
 
-    def view(self) -> WorkerView:
-        return WorkerView(self.index, self.alive, self.busy, self.state)
+    def view(self) -> ActorView:
+        return ActorView(self.index, self.alive, self.busy, self.state)
 
     def spawn(self) -> Any:
         """Start a new actor (not waiting for it); returns the handle's ``ready`` reference."""
-        self.worker_id = f"w{self.index}-{uuid.uuid4().hex[:6]}"
+        self.actor_id = f"a{self.index}-{uuid.uuid4().hex[:6]}"
         self.renames = {}
-        self.handle = ray_setup.spawn(self.worker_id, self.dispatcher.settings, self.dispatcher.resources)
+        self.handle = ray_setup.spawn(self.actor_id, self.runner.actor_settings, self.runner.resources)
         return self.handle.ready.remote()
 
-    def started(self, state: WorkerState) -> None:
+    def started(self, state: ActorState) -> None:
         self.state = state
         self.alive = True
         if self._thread is None:
@@ -107,14 +133,14 @@ class WorkerLane:
             if job is None:
                 return
             try:
-                self.dispatcher.run_job(self, job)
-            except Exception:  # a dispatcher bug must not kill the lane or leave the job hanging
+                self.runner.run_job(self, job)
+            except Exception:  # a runner bug must not kill the lane or leave the job hanging
                 log.exception("job %s crashed lane %d", job.prompt_id, self.index)
-                self.dispatcher.finish_internal_error(job)
+                self.runner.finish_crashed(job)
             finally:
                 self.job = None
                 self.reporter = None
-                self.dispatcher.notify()
+                self.runner.notify()
 
     def replace(self) -> None:
         """Kill what is left of the actor and start a new one (retrying until it starts or we stop)."""
@@ -125,41 +151,34 @@ class WorkerLane:
             ray.kill(self.handle, no_restart=True)
         except Exception:
             pass
-        while not self.dispatcher.stopping:
+        while not self.runner.stopping:
             try:
-                state = ray.get(self.spawn(), timeout=self.dispatcher.start_timeout)
+                state = ray.get(self.spawn(), timeout=self.runner.settings.start_timeout)
             except Exception as exc:
-                log.warning("replacement worker for lane %d did not start: %s", self.index, exc)
+                log.warning("replacement actor for lane %d did not start: %s", self.index, exc)
                 time.sleep(RESPAWN_DELAY)
                 continue
             self.restarts += 1
             self.started(state)
-            log.warning("lane %d runs on a new worker %s (pid %d)", self.index, self.worker_id, state.pid)
+            log.warning("lane %d runs on a new actor %s (pid %d)", self.index, self.actor_id, state.pid)
             return
 
 
-class RayDispatcher:
-    """Runs queued jobs on Ray actors; the API thread only enqueues, cancels and interrupts."""
+class RayRunner(RunnerBase):
+    """Runs queued jobs on Ray actors (a :class:`~nodegraph.queue.protocol.JobRunner`)."""
 
-    def __init__(self, engine: Engine, store: JobStore, hub: WebSocketHub, *, address: str | None = "auto",
-                 workers: int | None = None, affinity_wait: float = 0.0, ship_outputs: bool | None = None,
-                 node_modules: tuple[str, ...] = (), engine_workers: int = 2, device: str | None = None,
-                 max_attempts: int = 3, preview_size: int = 512, start_timeout: float = 300.0) -> None:
-        self.engine = engine
-        self.store = store
-        self.hub = hub
-        self.address = address
-        self.requested_workers = workers
-        self.affinity_wait = affinity_wait
-        self.max_attempts = max_attempts
-        self.preview_size = preview_size
-        self.start_timeout = start_timeout
+    GIVE_UP_CAUSE = "this prompt was interrupted {times} times (server restarts or actors dying)"
+
+    def __init__(self, engine: Engine, store: JobStore, events: EventSink, *, settings: RaySettings,
+                 max_attempts: int = 3, preview_size: int = 512) -> None:
+        super().__init__(engine, store, events, max_attempts=max_attempts, preview_size=preview_size)
+        self.settings = settings
         self.paths = absolute_paths(engine.paths)
-        self.settings = WorkerSettings(self.paths, device, engine_workers, _module_folders(node_modules),
-                                       tuple(engine.policies), None, ship_outputs)
+        self.actor_settings = ActorSettings(self.paths, settings.device, engine.threads,
+                                            _module_folders(settings.node_modules), tuple(engine.policies),
+                                            None, settings.ship_outputs)
         self.resources = ray_setup.ActorResources()
-        self.lanes: list[WorkerLane] = []
-        self.stopping = False
+        self.lanes: list[ActorLane] = []
         self.idle = threading.Event()
         self._owns_ray = False
         self._wake = threading.Event()
@@ -172,18 +191,15 @@ class RayDispatcher:
     def start(self) -> None:
         import ray
 
-        recovered = self.store.recover()
-        if recovered:
-            log.warning("re-queued %d job(s) interrupted by a crash or restart: %s", len(recovered),
-                        ", ".join(recovered))
-        self._owns_ray = ray_setup.connect(self.address)
-        count, self.resources = ray_setup.plan_workers(self.requested_workers)
-        self.settings = replace(self.settings, server_node_id=ray_setup.server_node_id())
-        self.lanes = [WorkerLane(self, i) for i in range(count)]
+        self.recover()
+        self._owns_ray = ray_setup.connect(self.settings.address)
+        count, self.resources = ray_setup.plan_actors(self.settings.actors)
+        self.actor_settings = replace(self.actor_settings, server_node_id=ray_setup.server_node_id())
+        self.lanes = [ActorLane(self, i) for i in range(count)]
         ready = [lane.spawn() for lane in self.lanes]
         for lane, ref in zip(self.lanes, ready):
-            lane.started(ray.get(ref, timeout=self.start_timeout))
-        log.info("dispatching to %d Ray worker(s): %s", count, ", ".join(l.worker_id for l in self.lanes))
+            lane.started(ray.get(ref, timeout=self.settings.start_timeout))
+        log.info("dispatching to %d Ray actor(s): %s", count, ", ".join(l.actor_id for l in self.lanes))
         self._thread = threading.Thread(target=self._main, name="nodegraph-dispatch", daemon=True)
         self._thread.start()
 
@@ -233,30 +249,13 @@ class RayDispatcher:
             if lane.alive:
                 lane.handle.free.remote(unload_models, free_memory)
 
-    def queue_remaining(self) -> int:
-        running, pending = self.store.counts()
-        return running + pending
+    def running(self) -> list[tuple[Job, RunReporter | None]]:
+        return [(lane.job, lane.reporter) for lane in self.lanes if lane.job is not None]
 
-    def status_message(self) -> str:
-        return encode("status", {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}})
-
-    def broadcast_status(self) -> None:
-        self.hub.post_status()
-
-    def executing_for(self, client_id: str) -> list[tuple[str, str]]:
-        """``(prompt_id, node)`` of this client's running jobs (the WebSocket greeting repeats them)."""
-        found = []
-        for lane in self.lanes:
-            job, reporter = lane.job, lane.reporter
-            if job is not None and job.client_id == client_id and reporter is not None and reporter.last_node:
-                found.append((job.prompt_id, reporter.last_node))
-        return found
-
-    def on_started(self, prompt_id: str) -> None:
-        """RunReporter hook; an early interrupt is handled by the actor itself."""
-
-    def worker_states(self) -> list[WorkerState | None]:
+    def actor_states(self) -> list[ActorState | None]:
         return [lane.state for lane in self.lanes]
+
+    # on_started: an early interrupt is handled by the actor itself (RunnerBase's no-op)
 
     # -- dispatching ------------------------------------------------------------------------------
 
@@ -288,7 +287,7 @@ class RayDispatcher:
                 known = self._needs[job.prompt_id] = (job_needs(job.prompt, job.outputs_to_execute,
                                                                 self.engine), now)
             waiting.append(Waiting(job.prompt_id, known[0], now - known[1]))
-        for prompt_id, index in choose(waiting, views, self.affinity_wait):
+        for prompt_id, index in choose(waiting, views, self.settings.affinity_wait):
             self._needs.pop(prompt_id, None)
             job = self.store.claim(prompt_id)
             if job is None:  # cancelled meanwhile
@@ -301,29 +300,16 @@ class RayDispatcher:
 
     # -- one job on one lane (the lane's thread) --------------------------------------------------
 
-    def run_job(self, lane: WorkerLane, job: Job) -> None:
+    def run_job(self, lane: ActorLane, job: Job) -> None:
         import ray
 
         if self.stopping:  # handed over just as the server stops: back to the queue, untouched
             self.store.requeue(job.prompt_id)
             return
-        reporter = RunReporter(self, job)
-        lane.reporter = reporter
-        if job.attempts > 1:
-            reason = self._restart_reasons.pop(job.prompt_id,
-                                               "the server stopped while this prompt was running")
-            reporter.messages.append(["execution_restarted", {
-                "prompt_id": job.prompt_id, "attempt": job.attempts, "timestamp": now_ms(), "reason": reason}])
-        if job.attempts > self.max_attempts:
-            reporter.send("execution_error", {
-                "prompt_id": job.prompt_id, "node_id": None, "node_type": None, "executed": [],
-                "exception_type": "TooManyAttempts",
-                "exception_message": f"this prompt was interrupted {job.attempts - 1} times (server restarts "
-                                     "or workers dying); it was given up so that the queue can go on",
-                "traceback": [], "current_inputs": {}, "current_outputs": [], "timestamp": now_ms()},
-                keep=True)
-            self._finish(job, JobWorker._entry(job, reporter, "error", {}))
+        reporter = self.begin(job, self._restart_reasons.pop(job.prompt_id, None))
+        if reporter is None:
             return
+        lane.reporter = reporter
         spec = JobSpec(job.prompt_id, job.prompt, job.extra_data, job.outputs_to_execute)
         outcome: JobOutcome | None = None
         try:
@@ -335,22 +321,25 @@ class RayDispatcher:
                 if batch.outcome is not None:
                     outcome = batch.outcome
         except ray_setup.dead_actor_errors() as exc:
-            self._worker_died(lane, job, exc)
+            self._actor_died(lane, job, exc)
             return
         if outcome is None:
-            raise RuntimeError(f"worker {lane.worker_id} ended job {job.prompt_id} without an outcome")
+            raise RuntimeError(f"actor {lane.actor_id} ended job {job.prompt_id} without an outcome")
         lane.state = outcome.state or lane.state
         if outcome.status == "invalid":
-            self._report_invalid(job, reporter, outcome.validation_error or {})
+            error = outcome.validation_error or {}
+            self.finish_invalid(job, reporter, node_id=error.get("node_id"), class_type=error.get("class_type"),
+                                message=error.get("message", ""),
+                                exception_type=error.get("exception_type", "nodegraph.errors.ValidationFailed"))
             return
         if outcome.status == "interrupted" and self.stopping:
             self.store.requeue(job.prompt_id)
             return
         apply_renames(lane.renames, outcome.outputs)
-        self._finish(job, JobWorker._entry(job, reporter, "success" if outcome.status == "success" else "error",
-                                           outcome.outputs, outcome.meta))
+        self.finish(job, reporter, "success" if outcome.status == "success" else "error", outcome.outputs,
+                    outcome.meta)
 
-    def _forward(self, lane: WorkerLane, reporter: RunReporter, event: Any) -> None:
+    def _forward(self, lane: ActorLane, reporter: RunReporter, event: Any) -> None:
         if isinstance(event, FilesShipped):
             lane.renames.update(place_files(list(event.files), self.paths))
             return
@@ -361,44 +350,21 @@ class RayDispatcher:
             event = replace(event, ui=ui)
         reporter(event)
 
-    def _report_invalid(self, job: Job, reporter: RunReporter, error: dict) -> None:
-        reporter.send("execution_start", {"prompt_id": job.prompt_id, "timestamp": now_ms()}, keep=True)
-        reporter.send("execution_error", {
-            "prompt_id": job.prompt_id, "node_id": error.get("node_id"), "node_type": error.get("class_type"),
-            "executed": [], "exception_type": error.get("exception_type", "nodegraph.errors.ValidationFailed"),
-            "exception_message": error.get("message", ""), "traceback": [], "current_inputs": {},
-            "current_outputs": [], "timestamp": now_ms()}, keep=True)
-        self._finish(job, JobWorker._entry(job, reporter, "error", {}))
-
-    def _worker_died(self, lane: WorkerLane, job: Job, exc: BaseException) -> None:
+    def _actor_died(self, lane: ActorLane, job: Job, exc: BaseException) -> None:
         lane.alive = False
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        log.warning("worker %s died while running %s (%s); the job goes back to the queue",
-                    lane.worker_id, job.prompt_id, first_line)
+        log.warning("actor %s died while running %s (%s); the job goes back to the queue",
+                    lane.actor_id, job.prompt_id, first_line)
         if not self.stopping:
-            self._restart_reasons[job.prompt_id] = (f"worker {lane.worker_id} died while running this prompt: "
+            self._restart_reasons[job.prompt_id] = (f"actor {lane.actor_id} died while running this prompt: "
                                                     f"{first_line}")
         self.store.requeue(job.prompt_id)
-        self.notify()  # another worker may take it now
+        self.notify()  # another actor may take it now
         lane.replace()
-
-    def _finish(self, job: Job, entry: HistoryEntry) -> None:
-        if not self.store.finish(entry):
-            log.warning("job %s was no longer running when it finished; history not written", job.prompt_id)
-        self.broadcast_status()
-        self.hub.post(job.client_id, encode("executing", {"node": None, "prompt_id": job.prompt_id}))
-
-    def finish_internal_error(self, job: Job) -> None:
-        self._finish(job, HistoryEntry(
-            job.prompt_id, job.number, job.prompt, job.extra_data, job.outputs_to_execute,
-            status="error", completed=False, attempts=job.attempts,
-            messages=[["execution_error", {"prompt_id": job.prompt_id, "exception_type": "InternalError",
-                                           "exception_message": traceback.format_exc(limit=5),
-                                           "timestamp": now_ms()}]]))
 
 
 def _module_folders(names: tuple[str, ...]) -> tuple[tuple[str, str | None], ...]:
-    """Each node module with the folder it is imported from here (workers add it when needed)."""
+    """Each node module with the folder it is imported from here (actors add it when needed)."""
     found = []
     for name in names:
         spec = importlib.util.find_spec(name)

@@ -225,7 +225,8 @@ class JobStore:
 
     def claim(self, prompt_id: str) -> Job | None:
         """Mark one pending job running and return it; ``None`` if it is no longer pending (cancelled,
-        or claimed already). A dispatcher that picks jobs out of order (worker affinity) uses it."""
+        or claimed already). A runner that picks jobs out of order (the Ray runner's actor affinity)
+        uses it."""
         def write(conn: sqlite3.Connection):
             row = conn.execute("SELECT prompt_id, number, prompt, extra_data, outputs, client_id, attempts "
                                "FROM jobs WHERE prompt_id=? AND state='pending'", (prompt_id,)).fetchone()

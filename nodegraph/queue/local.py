@@ -1,0 +1,131 @@
+"""The local runner: this process's engine, on one thread, takes jobs from the store one at a time.
+
+``POST /free`` requests are gathered and applied between jobs (:meth:`Engine.free
+<nodegraph.executor.Engine.free>`); an interrupt that arrives before the engine has started the job is
+applied when it starts. Stopping interrupts the running job, which goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..errors import ValidationFailed
+from ..executor import Engine
+from .base import RunnerBase, output_meta
+from .protocol import EventSink
+from .reporter import RunReporter
+from .store import Job, JobStore
+
+log = logging.getLogger(__name__)
+
+
+class LocalRunner(RunnerBase):
+    """Runs queued jobs on one thread of this process (a :class:`~nodegraph.queue.protocol.JobRunner`)."""
+
+    def __init__(self, engine: Engine, store: JobStore, events: EventSink, *, max_attempts: int = 3,
+                 preview_size: int = 512) -> None:
+        super().__init__(engine, store, events, max_attempts=max_attempts, preview_size=preview_size)
+        self.current: Job | None = None
+        self.current_reporter: RunReporter | None = None
+        self.idle = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._interrupt_requested: str | None = None
+        self._free: dict[str, bool] = {}
+        self._lock = threading.Lock()
+
+    # -- control (any thread) ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.recover()
+        self._thread = threading.Thread(target=self._main, name="nodegraph-jobs", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping = True
+        current = self.current
+        if current is not None:
+            self.engine.interrupt(current.prompt_id)
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        current = self.current
+        if current is None or (prompt_id is not None and current.prompt_id != prompt_id):
+            return False
+        self._interrupt_requested = current.prompt_id
+        self.engine.interrupt(current.prompt_id)
+        return True
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        with self._lock:
+            self._free["unload_models"] = self._free.get("unload_models", False) or unload_models
+            self._free["free_memory"] = self._free.get("free_memory", False) or free_memory
+        self._wake.set()
+
+    def running(self) -> list[tuple[Job, RunReporter | None]]:
+        current = self.current
+        return [(current, self.current_reporter)] if current is not None else []
+
+    def on_started(self, prompt_id: str) -> None:
+        if self._interrupt_requested == prompt_id:  # the interrupt arrived before the engine started
+            self.engine.interrupt(prompt_id)
+
+    # -- the thread -------------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        while not self.stopping:
+            self._apply_free()
+            try:
+                job = self.store.claim_next()
+            except Exception:
+                log.exception("cannot read the job queue")
+                job = None
+            if job is None:
+                self.idle.set()
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            self.idle.clear()
+            self.current = job
+            self._interrupt_requested = None
+            self.broadcast_status()
+            try:
+                self._run(job)
+            except Exception:  # an engine bug must not kill the queue or leave the job hanging
+                log.exception("job %s crashed the runner", job.prompt_id)
+                self.finish_crashed(job)
+            finally:
+                self.current = None
+                self.current_reporter = None
+
+    def _apply_free(self) -> None:
+        with self._lock:
+            free, self._free = self._free, {}
+        if free:
+            self.engine.free(unload_models=free["unload_models"], free_memory=free["free_memory"])
+
+    def _run(self, job: Job) -> None:
+        reporter = self.begin(job)
+        if reporter is None:
+            return
+        self.current_reporter = reporter
+        try:
+            plan = self.engine.validate(job.prompt, job.outputs_to_execute or None, job.extra_data)
+        except ValidationFailed as exc:  # e.g. an input file was removed after the prompt was queued
+            first = exc.errors[0] if exc.errors else None
+            self.finish_invalid(job, reporter, node_id=first.node_id if first else None,
+                                class_type=first.class_type if first else None, message=str(exc))
+            return
+        result = self.engine.execute(plan, prompt_id=job.prompt_id, extra_data=job.extra_data,
+                                     listeners=[reporter])
+        if result.status == "interrupted" and self.stopping:
+            self.store.requeue(job.prompt_id)
+            return
+        self.finish(job, reporter, "success" if result.ok else "error", result.outputs,
+                    output_meta(plan, result.outputs))

@@ -1,0 +1,103 @@
+"""One job's executor events as ComfyUI WebSocket messages, for the client that submitted it.
+
+:class:`RunReporter` is an event listener (called on whichever thread emits; on the Ray runner, the
+lane thread that replays the actor's events). Traffic per prompt is linear in its nodes:
+``executing`` / ``node_finished`` per node, ``executed`` per node with UI data, ``progress`` per step;
+no whole-graph ``progress_state``. Messages marked ``keep`` also go into the job's history.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from ..events import (Event, ExecutionDone, ExecutionInterrupted, ExecutionStarted, NodeFailed, NodeFinished,
+                      NodePreview, NodeProgress, NodesCached, NodeStarted)
+from .messages import encode, encode_preview, now_ms
+from .protocol import EventSink
+from .store import Job
+
+log = logging.getLogger(__name__)
+
+
+class RunReporter:
+    """An event listener for one job: WS messages to its client, history messages kept.
+
+    ``on_started(prompt_id)`` is called when the engine starts the job (a runner applies an interrupt
+    that arrived earlier); ``stopping()`` says the runner is shutting down (an interrupt then is not
+    reported: the job goes back to the queue)."""
+
+    def __init__(self, job: Job, events: EventSink, *, preview_size: int = 512,
+                 on_started: Callable[[str], None] | None = None,
+                 stopping: Callable[[], bool] = lambda: False) -> None:
+        self.job = job
+        self.client = job.client_id
+        self.events = events
+        self.preview_size = preview_size
+        self.on_started = on_started
+        self.stopping = stopping
+        self.messages: list[list] = []
+        self.cached_sent = False
+        self.last_node: str | None = None
+
+    def send(self, type_: str, data: dict, keep: bool = False) -> None:
+        if keep:
+            self.messages.append([type_, data])
+        self.events.post(self.client, encode(type_, data))
+
+    def ensure_cached_sent(self) -> None:
+        if not self.cached_sent:
+            self.cached_sent = True
+            self.send("execution_cached", {"nodes": [], "prompt_id": self.job.prompt_id,
+                                           "timestamp": now_ms()}, keep=True)
+
+    def __call__(self, event: Event) -> None:
+        pid = event.prompt_id
+        if isinstance(event, NodeProgress):
+            self.send("progress", {"value": event.value, "max": event.max, "prompt_id": pid,
+                                   "node": event.node_id})
+        elif isinstance(event, NodePreview):
+            if self.client is not None and self.events.is_connected(self.client):
+                try:
+                    self.events.post(self.client, encode_preview(event.image, self.preview_size))
+                except Exception as exc:  # a bad preview must not fail the node
+                    log.debug("preview encoding failed: %s", exc)
+        elif isinstance(event, NodeStarted):
+            self.ensure_cached_sent()
+            self.last_node = event.node_id
+            self.send("executing", {"node": event.node_id, "display_node": event.display_node,
+                                    "prompt_id": pid})
+        elif isinstance(event, NodeFinished):
+            if event.ui is not None:
+                self.send("executed", {"node": event.node_id, "display_node": event.display_node,
+                                       "output": event.ui, "prompt_id": pid})
+            self.send("node_finished", {"node": event.node_id, "prompt_id": pid,
+                                        "seconds": round(event.seconds, 6), "cached": event.cached})
+        elif isinstance(event, NodesCached):
+            first = not self.cached_sent  # later ones: nodes found in the cache in lazy branches
+            self.cached_sent = True
+            self.send("execution_cached", {"nodes": list(event.node_ids), "prompt_id": pid,
+                                           "timestamp": now_ms()}, keep=first)
+        elif isinstance(event, ExecutionStarted):
+            self.send("execution_start", {"prompt_id": pid, "timestamp": now_ms()}, keep=True)
+            if self.on_started is not None:
+                self.on_started(pid)
+        elif isinstance(event, NodeFailed):
+            self.ensure_cached_sent()
+            self.send("execution_error", {
+                "prompt_id": pid, "node_id": event.node_id, "node_type": event.class_type,
+                "executed": list(event.executed), "exception_message": event.exception_message,
+                "exception_type": event.exception_type, "traceback": list(event.traceback),
+                "current_inputs": event.inputs, "current_outputs": list(event.executed),
+                "timestamp": now_ms()}, keep=True)
+        elif isinstance(event, ExecutionInterrupted):
+            if self.stopping():
+                return  # shutdown: the job goes back to the queue, nothing to report
+            self.ensure_cached_sent()
+            self.send("execution_interrupted", {
+                "prompt_id": pid, "node_id": event.node_id, "node_type": event.class_type,
+                "executed": list(event.executed), "timestamp": now_ms()}, keep=True)
+        elif isinstance(event, ExecutionDone):
+            self.ensure_cached_sent()
+            if event.status == "success":
+                self.send("execution_success", {"prompt_id": pid, "timestamp": now_ms()}, keep=True)
