@@ -83,16 +83,16 @@ def mixed_512() -> Graph:
 
 
 class Bench:
-    def __init__(self, repeats: int, workers: int, tmp: Path) -> None:
+    def __init__(self, repeats: int, threads: int, tmp: Path) -> None:
         self.repeats = repeats
         self.registry = default_registry(packs=False)
         self.paths = Paths.under(tmp)
-        self.workers = workers
+        self.threads = threads
         self.engine = self.fresh_engine()
         self.peak_cache_bytes = 0
 
     def fresh_engine(self) -> Engine:
-        return Engine(self.registry, paths=self.paths, device="cpu", workers=self.workers,
+        return Engine(self.registry, paths=self.paths, device="cpu", threads=self.threads,
                       cache=OutputCache(ram_budget=RAM_BUDGET))
 
     def once(self, graph: Graph, clear: bool = True):
@@ -132,7 +132,7 @@ class Bench:
 
     def under_pressure(self, graph: Graph, budget: int) -> dict:
         """Run with a cache budget smaller than the results: the cache must stay within it."""
-        engine = Engine(self.registry, paths=self.paths, device="cpu", workers=self.workers,
+        engine = Engine(self.registry, paths=self.paths, device="cpu", threads=self.threads,
                         cache=OutputCache(ram_budget=budget))
         peak = 0
         for _ in range(3):
@@ -159,12 +159,12 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="the engine's thread pool")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     figures: list[Figure] = []
     with TemporaryDirectory() as tmp:
-        bench = Bench(args.repeats, args.workers, Path(tmp))
+        bench = Bench(args.repeats, args.threads, Path(tmp))
         for n in (10, 100, 400):
             figures.append(bench.measure(f"chain_{n}_invert_64px", chain(n)))
         figures.append(bench.measure("branches_100_independent", branches(100)))
@@ -189,7 +189,7 @@ def main() -> int:
     print(f"full cache-hit re-run, 400-chain: {by['chain_400_full_cache_hit'].wall_ms:.2f} ms (target ≤ 5)")
     print(f"cache: peak {bench.peak_cache_bytes / 2**20:.1f} MiB of a {RAM_BUDGET / 2**20:.0f} MiB budget "
           f"({'within' if bench.peak_cache_bytes <= RAM_BUDGET else 'OVER'}), {stats.evictions} evictions; "
-          f"peak RSS {peak_rss_mib:.0f} MiB; workers={args.workers}")
+          f"peak RSS {peak_rss_mib:.0f} MiB; threads={args.threads}")
     print(f"cache under pressure (400-chain, {pressure['budget'] >> 20} MiB budget): peak "
           f"{pressure['peak'] / 2**20:.2f} MiB, {pressure['evictions']} evictions, "
           f"{'within' if pressure['peak'] <= pressure['budget'] else 'OVER'} budget")

@@ -46,7 +46,7 @@ def main() -> None:
     root = pathlib.Path(tempfile.mkdtemp(prefix="nodegraph-bench-"))
     tiny = build_sd1(root, name="bench_sd15", size=args.channels, layers_per_block=2)
     paths = Paths(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp", models_dir=root / "models")
-    engine = Engine(default_registry(packs=False), paths=paths, device="cpu", workers=1,
+    engine = Engine(default_registry(packs=False), paths=paths, device="cpu", threads=1,
                     cache=OutputCache(ram_budget=1 << 30), services={"models": ModelManager("cpu")})
     pipe = diffusers_pipeline(tiny, EulerDiscreteScheduler)
     prompt, negative, cfg = "a red fox in snow", "blue sky", 7.0

@@ -48,7 +48,7 @@ t_classes = time.perf_counter() - t0
 root = pathlib.Path(tempfile.mkdtemp(prefix="nodegraph-shapes-bench-"))
 paths = Paths(output_dir=root / "out", input_dir=root / "in", temp_dir=root / "tmp", models_dir=root / "models")
 registry = default_registry(packs=False)
-engine = Engine(registry, paths=paths, device="cpu", workers=1)
+engine = Engine(registry, paths=paths, device="cpu", threads=1)
 g = Graph()
 ck = g.node("CheckpointLoaderSimple", "ck", ckpt_name="shapes-world (built-in)")
 cap = g.node("CaptionerLoader", "cap", model_name="shapes-world (built-in)")

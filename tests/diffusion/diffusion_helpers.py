@@ -58,7 +58,7 @@ def make_engine(model_root, tmp_path, registry, **manager_kwargs):
     paths = Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
                    models_dir=model_root / "models")
     manager = ModelManager("cpu", **manager_kwargs)
-    return Engine(registry, paths=paths, device="cpu", workers=1, cache=OutputCache(ram_budget=512 << 20),
+    return Engine(registry, paths=paths, device="cpu", threads=1, cache=OutputCache(ram_budget=512 << 20),
                   services={"models": manager})
 
 

@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
 def engine(trained, tmp_path):
     paths = Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
                   models_dir=trained / "models")
-    eng = Engine(default_registry(packs=False), paths=paths, device="cpu", workers=1,
+    eng = Engine(default_registry(packs=False), paths=paths, device="cpu", threads=1,
                  cache=OutputCache(ram_budget=256 << 20), services={"models": ModelManager("cpu")})
     yield eng
     eng.close()

@@ -36,7 +36,7 @@ def registry():
 def engine(registry, tmp_path):
     paths = Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
                   models_dir=tmp_path / "models")  # an empty models folder: only built-in models exist
-    eng = Engine(registry, paths=paths, device="cpu", workers=1, cache=OutputCache(ram_budget=256 << 20),
+    eng = Engine(registry, paths=paths, device="cpu", threads=1, cache=OutputCache(ram_budget=256 << 20),
                  services={"models": ModelManager("cpu")})
     yield eng
     eng.close()

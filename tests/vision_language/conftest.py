@@ -48,7 +48,7 @@ def vl_paths(models_root, tmp_path):
 
 @pytest.fixture
 def vl_engine(vl_registry, vl_paths, model_manager):
-    eng = Engine(vl_registry, paths=vl_paths, device="cpu", workers=2, cache=OutputCache(ram_budget=256 << 20),
+    eng = Engine(vl_registry, paths=vl_paths, device="cpu", threads=2, cache=OutputCache(ram_budget=256 << 20),
                  services={"models": model_manager})
     yield eng
     eng.close()

@@ -16,7 +16,7 @@ def run_ok(engine, graph, **kwargs):
 
 def fresh_engine(engine: Engine) -> Engine:
     """Same registry, folders and models, but an empty output cache."""
-    return Engine(engine.registry, paths=engine.paths, device="cpu", workers=2,
+    return Engine(engine.registry, paths=engine.paths, device="cpu", threads=2,
                   cache=OutputCache(ram_budget=64 << 20), services={"models": engine.services["models"]})
 
 

@@ -46,7 +46,7 @@ def start_server(tmp_path):
 
     def start(**overrides) -> WebServer:
         options = dict(host="127.0.0.1", port=0, paths=Paths.under(tmp_path), data_dir=tmp_path / "data",
-                       device="cpu", workers=2, nodes_modules=("web_test_nodes",))
+                       device="cpu", threads=2, nodes_modules=("web_test_nodes",))
         options.update(overrides)
         server = WebServer(ServerConfig(**options)).start()
         started.append(server)
