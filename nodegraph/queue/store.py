@@ -209,27 +209,18 @@ class JobStore:
 
     def claim_next(self) -> Job | None:
         """Mark the first pending job (lowest number) running and return it; ``None`` when empty."""
-        def write(conn: sqlite3.Connection):
-            row = conn.execute("SELECT prompt_id, number, prompt, extra_data, outputs, client_id, attempts "
-                               "FROM jobs WHERE state='pending' ORDER BY number, seq LIMIT 1").fetchone()
-            if row is not None:
-                conn.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE prompt_id=?",
-                             (row[0],))
-            return row
-
-        row = self._write(write)
-        if row is None:
-            return None
-        return Job(row[0], row[1], json.loads(row[2]), json.loads(row[3]), json.loads(row[4]), row[5],
-                   "running", row[6] + 1)
+        return self._claim("state='pending' ORDER BY number, seq LIMIT 1", ())
 
     def claim(self, prompt_id: str) -> Job | None:
         """Mark one pending job running and return it; ``None`` if it is no longer pending (cancelled,
         or claimed already). A runner that picks jobs out of order (the Ray runner's actor affinity)
         uses it."""
+        return self._claim("prompt_id=? AND state='pending'", (prompt_id,))
+
+    def _claim(self, where: str, params: tuple) -> Job | None:
         def write(conn: sqlite3.Connection):
             row = conn.execute("SELECT prompt_id, number, prompt, extra_data, outputs, client_id, attempts "
-                               "FROM jobs WHERE prompt_id=? AND state='pending'", (prompt_id,)).fetchone()
+                               f"FROM jobs WHERE {where}", params).fetchone()
             if row is not None:
                 conn.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE prompt_id=?",
                              (row[0],))
