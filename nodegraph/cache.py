@@ -170,7 +170,7 @@ class OutputCache:
         return len(self._entries)
 
     def keys(self) -> list[bytes]:
-        """The signatures held now (a snapshot; a scale-out worker reports them for routing)."""
+        """The signatures held now (a snapshot; a Ray actor reports them for routing)."""
         with self._lock:
             return list(self._entries)
 
