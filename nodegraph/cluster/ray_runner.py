@@ -336,8 +336,7 @@ class RayRunner(RunnerBase):
             self.store.requeue(job.prompt_id)
             return
         apply_renames(lane.renames, outcome.outputs)
-        self.finish(job, reporter, "success" if outcome.status == "success" else "error", outcome.outputs,
-                    outcome.meta)
+        self.finish(job, reporter, outcome.status, outcome.outputs, outcome.meta)
 
     def _forward(self, lane: ActorLane, reporter: RunReporter, event: Any) -> None:
         if isinstance(event, FilesShipped):

@@ -7,8 +7,10 @@
   the job up after ``max_attempts`` (``TooManyAttempts``) so that a job that keeps killing the server
   or its actors cannot block the queue;
 * :meth:`~RunnerBase.finish` / :meth:`~RunnerBase.finish_invalid` / :meth:`~RunnerBase.finish_crashed`:
-  the history entry (committed before the final ``executing {node: null}`` is sent, so a client that
-  fetches ``/history/{id}`` on that message always finds it);
+  the history entry with its run status (success / error / interrupted, see
+  :mod:`~nodegraph.queue.run_status`), start and end times (committed before the final
+  ``executing {node: null}`` is sent, so a client that fetches ``/history/{id}`` on that message
+  always finds it);
 * the queue-wide answers (``queue_remaining``, ``status_message``, ``broadcast_status``,
   ``executing_for``) of the :class:`~nodegraph.queue.protocol.JobRunner` protocol.
 
@@ -19,6 +21,7 @@ A runner adds how jobs are taken and run (``start``, ``stop``, ``notify``, ``int
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from typing import TYPE_CHECKING, Iterable
 
@@ -26,6 +29,7 @@ from . import messages
 from .messages import encode, now_ms
 from .protocol import EventSink
 from .reporter import RunReporter
+from .run_status import ERROR, INTERRUPTED, SUCCESS
 from .store import HistoryEntry, Job, JobStore
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -117,10 +121,18 @@ class RunnerBase:
 
     def finish(self, job: Job, reporter: RunReporter, status: str, outputs: dict | None = None,
                meta: dict | None = None) -> None:
-        """Write the job's history (``status``: success or error) and tell its client it is over."""
-        self._record(job, HistoryEntry(job.prompt_id, job.number, job.prompt, job.extra_data,
-                                       job.outputs_to_execute, outputs or {}, status, status == "success",
-                                       reporter.messages, meta or {}, job.attempts))
+        """Write the job's history and tell its client it is over.
+
+        ``status``: the run's, ``success``, ``error`` or ``interrupted`` (the engine's result status);
+        ComfyUI's ``status_str`` is derived from it. The start is the ``execution_start`` message's
+        time (else when the job was claimed), the end the last ending message's (else now)."""
+        if status not in (SUCCESS, ERROR, INTERRUPTED):
+            raise ValueError(f"job {job.prompt_id}: a run ends in success, error or interrupted, not {status!r}")
+        self._record(job, HistoryEntry(
+            job.prompt_id, job.number, job.prompt, job.extra_data, job.outputs_to_execute, outputs or {}, status,
+            reporter.messages, meta or {}, job.attempts, workflow_name=job.workflow_name, created=job.created,
+            started=reporter.started if reporter.started is not None else job.started,
+            ended=reporter.ended if reporter.ended is not None else time.time()))
 
     def finish_invalid(self, job: Job, reporter: RunReporter, *, node_id: str | None, class_type: str | None,
                        message: str, exception_type: str = "nodegraph.errors.ValidationFailed") -> None:
@@ -138,7 +150,8 @@ class RunnerBase:
         traceback, so that the job does not hang."""
         self._record(job, HistoryEntry(
             job.prompt_id, job.number, job.prompt, job.extra_data, job.outputs_to_execute,
-            status="error", completed=False, attempts=job.attempts,
+            state=ERROR, attempts=job.attempts, workflow_name=job.workflow_name, created=job.created,
+            started=job.started, ended=time.time(),
             messages=[["execution_error", {"prompt_id": job.prompt_id, "exception_type": "InternalError",
                                            "exception_message": traceback.format_exc(limit=5),
                                            "timestamp": now_ms()}]]))

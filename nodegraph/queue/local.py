@@ -127,5 +127,4 @@ class LocalRunner(RunnerBase):
         if result.status == "interrupted" and self.stopping:
             self.store.requeue(job.prompt_id)
             return
-        self.finish(job, reporter, "success" if result.ok else "error", result.outputs,
-                    output_meta(plan, result.outputs))
+        self.finish(job, reporter, result.status, result.outputs, output_meta(plan, result.outputs))

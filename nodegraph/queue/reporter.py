@@ -3,7 +3,9 @@
 :class:`RunReporter` is an event listener (called on whichever thread emits; on the Ray runner, the
 lane thread that replays the actor's events). Traffic per prompt is linear in its nodes:
 ``executing`` / ``node_finished`` per node, ``executed`` per node with UI data, ``progress`` per step;
-no whole-graph ``progress_state``. Messages marked ``keep`` also go into the job's history.
+no whole-graph ``progress_state``. Messages marked ``keep`` also go into the job's history; the
+timestamps of the kept ``execution_start`` and of the last kept ``execution_success`` /
+``execution_error`` / ``execution_interrupted`` are the run's start and end in its history entry.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from .protocol import EventSink
 from .store import Job
 
 log = logging.getLogger(__name__)
+
+#: the kept messages that end a run (ComfyUI's jobs API reads the end time from the same ones)
+END_MESSAGES = ("execution_success", "execution_error", "execution_interrupted")
 
 
 class RunReporter:
@@ -39,10 +44,19 @@ class RunReporter:
         self.messages: list[list] = []
         self.cached_sent = False
         self.last_node: str | None = None
+        #: the run's start and end (seconds since the epoch), from the kept messages' timestamps
+        self.started: float | None = None
+        self.ended: float | None = None
 
     def send(self, type_: str, data: dict, keep: bool = False) -> None:
         if keep:
             self.messages.append([type_, data])
+            stamp = data.get("timestamp")
+            if isinstance(stamp, (int, float)):
+                if type_ == "execution_start":
+                    self.started = stamp / 1000.0
+                elif type_ in END_MESSAGES:
+                    self.ended = stamp / 1000.0
         self.events.post(self.client, encode(type_, data))
 
     def ensure_cached_sent(self) -> None:

@@ -12,6 +12,12 @@ returns only after its write is on disk. Each write runs in its own savepoint, s
 
 Prompts and outputs are stored as JSON text and, where the API returns them unchanged, spliced into
 responses as text (``GET /queue`` stays cheap with thousands of queued prompts).
+
+Each job and history entry also carries its run record: when it was queued, started and ended, its
+workflow's name and, in history, its run status (``success`` / ``error`` / ``interrupted`` /
+``cancelled``; :mod:`nodegraph.queue.run_status` says how that meets ComfyUI's ``status_str``). A job
+deleted from the queue before it ran is kept in history as ``cancelled`` (left out of ``GET /history``
+unless asked for). The schema and the migration of older files are in :mod:`nodegraph.queue.schema`.
 """
 
 from __future__ import annotations
@@ -26,37 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    prompt_id TEXT NOT NULL UNIQUE,
-    number REAL NOT NULL,
-    prompt TEXT NOT NULL,
-    extra_data TEXT NOT NULL,
-    outputs TEXT NOT NULL,
-    client_id TEXT,
-    state TEXT NOT NULL CHECK (state IN ('pending', 'running')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS jobs_order ON jobs (state, number, seq);
-CREATE TABLE IF NOT EXISTS history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    prompt_id TEXT NOT NULL UNIQUE,
-    number REAL NOT NULL,
-    prompt TEXT NOT NULL,
-    extra_data TEXT NOT NULL,
-    outputs_to_execute TEXT NOT NULL,
-    outputs TEXT NOT NULL,
-    status TEXT NOT NULL,
-    completed INTEGER NOT NULL,
-    messages TEXT NOT NULL,
-    meta TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    finished REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
+from .run_status import CANCELLED, check_state, comfy_status_str, workflow_name_of
+from .schema import migrate
 
 #: ``extra_data`` keys never written to disk or history (ComfyUI strips these too).
 SECRET_EXTRA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -68,6 +45,22 @@ def _dumps(value: Any) -> str:
 
 def _number_text(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
+def _ms(seconds: float | None) -> int | None:
+    """Seconds since the epoch → milliseconds (ComfyUI's timestamps), ``None`` kept."""
+    return None if seconds is None else int(round(seconds * 1000))
+
+
+def run_record(state: str, workflow_name: str | None, created: float | None, started: float | None,
+               ended: float | None, attempts: int) -> dict[str, Any]:
+    """The ``nodegraph`` block of a history entry: our run status next to ComfyUI's ``status_str``, the
+    workflow's name, and the times in milliseconds since the epoch (``duration_ms`` = end − start;
+    ``None`` where unknown, e.g. the start of a cancelled job, which never started)."""
+    start, end = _ms(started), _ms(ended)
+    return {"status": state, "workflow_name": workflow_name, "create_time": _ms(created), "start_time": start,
+            "end_time": end, "duration_ms": None if start is None or end is None else max(end - start, 0),
+            "attempts": attempts}
 
 
 @dataclass
@@ -82,11 +75,19 @@ class Job:
     client_id: str | None = None
     state: str = "pending"
     attempts: int = 0
+    #: when it was queued and when its current attempt was claimed (seconds since the epoch)
+    created: float | None = None
+    started: float | None = None
+    #: the workflow's name, from ``extra_data`` (:func:`~nodegraph.queue.run_status.workflow_name_of`)
+    workflow_name: str | None = None
 
 
 @dataclass
 class HistoryEntry:
-    """A finished prompt, in ComfyUI's history shape (see :meth:`to_comfy`)."""
+    """A finished prompt, in ComfyUI's history shape plus our run record (see :meth:`to_comfy`).
+
+    ``state`` is the run status (success / error / interrupted / cancelled); ``status`` and
+    ``completed`` are ComfyUI's ``status_str`` and ``completed``, derived from it."""
 
     prompt_id: str
     number: float
@@ -94,19 +95,55 @@ class HistoryEntry:
     extra_data: dict[str, Any]
     outputs_to_execute: list[str]
     outputs: dict[str, dict] = field(default_factory=dict)
-    status: str = "success"
-    completed: bool = True
+    state: str = "success"
     messages: list[list] = field(default_factory=list)
     meta: dict[str, dict] = field(default_factory=dict)
     attempts: int = 1
+    workflow_name: str | None = None
+    #: queued, started and ended (seconds since the epoch); an ``ended`` of ``None`` becomes the time
+    #: :meth:`JobStore.finish` stores the entry
+    created: float | None = None
+    started: float | None = None
+    ended: float | None = None
+
+    def __post_init__(self) -> None:
+        check_state(self.state)
+
+    @property
+    def status(self) -> str:
+        """ComfyUI's ``status_str``: ``"success"`` or ``"error"``."""
+        return comfy_status_str(self.state)
+
+    @property
+    def completed(self) -> bool:
+        return self.state == "success"
+
+    def run_record(self) -> dict[str, Any]:
+        return run_record(self.state, self.workflow_name, self.created, self.started, self.ended, self.attempts)
 
     def to_comfy(self) -> dict[str, Any]:
+        """``GET /history``'s entry: ComfyUI's keys, and our run record under ``nodegraph``."""
         return {"prompt": [self.number, self.prompt_id, self.prompt, self.extra_data,
                            self.outputs_to_execute],
                 "outputs": self.outputs,
                 "status": {"status_str": self.status, "completed": self.completed,
                            "messages": self.messages},
-                "meta": self.meta}
+                "meta": self.meta,
+                "nodegraph": self.run_record()}
+
+
+_JOB_COLUMNS = ("prompt_id, number, prompt, extra_data, outputs, client_id, state, attempts, created, started, "
+                "workflow_name")
+
+
+_HISTORY_COLUMNS = ("prompt_id, number, prompt, extra_data, outputs_to_execute, outputs, status, completed, "
+                    "messages, meta, attempts, state, workflow_name, created, started, finished")
+
+
+def _job(row: tuple) -> Job:
+    """A :class:`Job` from a row of :data:`_JOB_COLUMNS`."""
+    return Job(row[0], row[1], json.loads(row[2]), json.loads(row[3]), json.loads(row[4]), row[5], row[6], row[7],
+               row[8], row[9], row[10])
 
 
 class QueueFull(Exception):
@@ -127,7 +164,7 @@ class JobStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._conn().executescript(SCHEMA)
+        migrate(self._conn())
         self._writer = _Writer(self._connect)
 
     # -- connections ----------------------------------------------------------------------------
@@ -169,6 +206,7 @@ class JobStore:
         """Add a job; its number is ``number``, or the next counter value (negated when ``front``)."""
         extra = {k: v for k, v in job.extra_data.items() if k not in SECRET_EXTRA_KEYS}
         prompt_text, outputs_text, extra_text = _dumps(job.prompt), _dumps(job.outputs_to_execute), _dumps(extra)
+        name, created = workflow_name_of(extra), time.time()
 
         def write(conn: sqlite3.Connection) -> float:
             if max_queue is not None:
@@ -177,22 +215,24 @@ class JobStore:
                     raise QueueFull(f"the queue holds {count} prompts (limit {max_queue}); "
                                     "wait for some to finish or cancel some")
             if conn.execute("SELECT 1 FROM jobs WHERE prompt_id=? UNION ALL "
-                            "SELECT 1 FROM history WHERE prompt_id=?",
+                            "SELECT 1 FROM history WHERE prompt_id=? AND state IS NOT 'cancelled'",
                             (job.prompt_id, job.prompt_id)).fetchone():
                 raise DuplicatePrompt(f"a prompt with id {job.prompt_id!r} was submitted already")
+            # a cancelled prompt may be queued again under its id: its cancelled entry goes
+            conn.execute("DELETE FROM history WHERE prompt_id=? AND state='cancelled'", (job.prompt_id,))
             value = number
             if value is None:
                 counter = self._next_counter(conn)
                 value = -counter if front else counter
             value = int(value) if float(value).is_integer() else float(value)
             conn.execute("INSERT INTO jobs (prompt_id, number, prompt, extra_data, outputs, client_id, "
-                         "state, attempts, created) VALUES (?,?,?,?,?,?, 'pending', 0, ?)",
+                         "state, attempts, created, workflow_name) VALUES (?,?,?,?,?,?, 'pending', 0, ?, ?)",
                          (job.prompt_id, value, prompt_text, extra_text, outputs_text, job.client_id,
-                          time.time()))
+                          created, name))
             return value
 
         job.number = self._write(write)
-        job.extra_data = extra
+        job.extra_data, job.created, job.workflow_name = extra, created, name
         return job
 
     def bump_counter(self) -> int:
@@ -219,58 +259,79 @@ class JobStore:
 
     def _claim(self, where: str, params: tuple) -> Job | None:
         def write(conn: sqlite3.Connection):
-            row = conn.execute("SELECT prompt_id, number, prompt, extra_data, outputs, client_id, attempts "
-                               f"FROM jobs WHERE {where}", params).fetchone()
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}", params).fetchone()
             if row is not None:
-                conn.execute("UPDATE jobs SET state='running', attempts=attempts+1 WHERE prompt_id=?",
-                             (row[0],))
+                started = time.time()
+                conn.execute("UPDATE jobs SET state='running', attempts=attempts+1, started=? WHERE prompt_id=?",
+                             (started, row[0]))
+                row = row[:6] + ("running", row[7] + 1) + row[8:9] + (started,) + row[10:]
             return row
 
         row = self._write(write)
-        if row is None:
-            return None
-        return Job(row[0], row[1], json.loads(row[2]), json.loads(row[3]), json.loads(row[4]), row[5],
-                   "running", row[6] + 1)
+        return None if row is None else _job(row)
 
     def requeue(self, prompt_id: str) -> bool:
         """Put a running job back in the queue (graceful shutdown); it keeps its number."""
         return self._write(lambda conn: conn.execute(
-            "UPDATE jobs SET state='pending' WHERE prompt_id=? AND state='running'", (prompt_id,)).rowcount == 1)
+            "UPDATE jobs SET state='pending', started=NULL WHERE prompt_id=? AND state='running'",
+            (prompt_id,)).rowcount == 1)
 
     def recover(self) -> list[str]:
         """At start-up: jobs left ``running`` by a crash go back to ``pending``; returns their ids."""
         def write(conn: sqlite3.Connection) -> list[str]:
             ids = [r[0] for r in conn.execute("SELECT prompt_id FROM jobs WHERE state='running'")]
-            conn.execute("UPDATE jobs SET state='pending' WHERE state='running'")
+            conn.execute("UPDATE jobs SET state='pending', started=NULL WHERE state='running'")
             return ids
 
         return self._write(write)
 
     def finish(self, entry: HistoryEntry) -> bool:
-        """Move a running job to history in one transaction; ``False`` if it was not running."""
-        values = (entry.prompt_id, entry.number, _dumps(entry.prompt), _dumps(entry.extra_data),
-                  _dumps(entry.outputs_to_execute), _dumps(entry.outputs), entry.status, int(entry.completed),
-                  _dumps(entry.messages), _dumps(entry.meta), entry.attempts, time.time())
+        """Move a running job to history in one transaction; ``False`` if it was not running.
+
+        The entry's ``created`` and ``workflow_name``, when not given, are the queued job's; ``ended``,
+        when not given, is now."""
+        if entry.ended is None:
+            entry.ended = time.time()
 
         def write(conn: sqlite3.Connection) -> bool:
-            if conn.execute("DELETE FROM jobs WHERE prompt_id=? AND state='running'",
-                            (entry.prompt_id,)).rowcount != 1:
+            row = conn.execute("SELECT created, workflow_name FROM jobs WHERE prompt_id=? AND state='running'",
+                               (entry.prompt_id,)).fetchone()
+            if row is None:
                 return False
+            conn.execute("DELETE FROM jobs WHERE prompt_id=?", (entry.prompt_id,))
+            created = entry.created if entry.created is not None else row[0]
+            name = entry.workflow_name if entry.workflow_name is not None else row[1]
             conn.execute("INSERT INTO history (prompt_id, number, prompt, extra_data, outputs_to_execute, "
-                         "outputs, status, completed, messages, meta, attempts, finished) "
-                         "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", values)
+                         "outputs, status, completed, messages, meta, attempts, finished, state, workflow_name, "
+                         "created, started) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                         (entry.prompt_id, entry.number, _dumps(entry.prompt), _dumps(entry.extra_data),
+                          _dumps(entry.outputs_to_execute), _dumps(entry.outputs), entry.status,
+                          int(entry.completed), _dumps(entry.messages), _dumps(entry.meta), entry.attempts,
+                          entry.ended, entry.state, name, created, entry.started))
             return True
 
         return self._write(write)
 
     def delete_pending(self, prompt_ids: Iterable[str]) -> list[str]:
-        """Cancel queued (not running) jobs; returns the ids that were removed."""
+        """Cancel queued (not running) jobs; returns the ids that were removed. Each is kept in history
+        as ``cancelled`` (not shown by ``GET /history`` unless asked for)."""
         ids = [str(p) for p in prompt_ids]
-        return self._write(lambda conn: [pid for pid in ids if conn.execute(
-            "DELETE FROM jobs WHERE prompt_id=? AND state='pending'", (pid,)).rowcount])
+        return self._write(lambda conn: [pid for pid in ids
+                                         if self._cancel(conn, "prompt_id=? AND state='pending'", (pid,))])
 
     def clear_pending(self) -> int:
-        return self._write(lambda conn: conn.execute("DELETE FROM jobs WHERE state='pending'").rowcount)
+        """Cancel every queued (not running) job; returns how many (kept in history as ``cancelled``)."""
+        return self._write(lambda conn: self._cancel(conn, "state='pending'", ()))
+
+    @staticmethod
+    def _cancel(conn: sqlite3.Connection, where: str, params: tuple) -> int:
+        """Move the queued jobs matching ``where`` to history as cancelled; returns how many."""
+        conn.execute("INSERT INTO history (prompt_id, number, prompt, extra_data, outputs_to_execute, outputs, "
+                     "status, completed, messages, meta, attempts, finished, state, workflow_name, created, "
+                     "started) SELECT prompt_id, number, prompt, extra_data, outputs, '{}', ?, 0, '[]', '{}', "
+                     f"attempts, ?, '{CANCELLED}', workflow_name, created, NULL FROM jobs WHERE {where} "
+                     "ORDER BY number, seq", (comfy_status_str(CANCELLED), time.time(), *params))
+        return conn.execute(f"DELETE FROM jobs WHERE {where}", params).rowcount
 
     def counts(self) -> tuple[int, int]:
         """``(running, pending)``."""
@@ -280,10 +341,9 @@ class JobStore:
     def jobs(self, state: str, limit: int | None = None) -> list[Job]:
         """Jobs in ``state`` in queue order (the first ``limit`` of them when given)."""
         rows = self._conn().execute(
-            "SELECT prompt_id, number, prompt, extra_data, outputs, client_id, state, attempts FROM jobs "
-            "WHERE state=? ORDER BY number, seq LIMIT ?", (state, -1 if limit is None else limit)).fetchall()
-        return [Job(r[0], r[1], json.loads(r[2]), json.loads(r[3]), json.loads(r[4]), r[5], r[6], r[7])
-                for r in rows]
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state=? ORDER BY number, seq LIMIT ?",
+            (state, -1 if limit is None else limit)).fetchall()
+        return [_job(r) for r in rows]
 
     def queue_json(self) -> str:
         """``GET /queue``'s body, spliced from the stored JSON texts without re-encoding them."""
@@ -297,44 +357,55 @@ class JobStore:
 
     # -- history ----------------------------------------------------------------------------------
 
-    def history_json(self, max_items: int | None = None, offset: int = -1,
-                     prompt_id: str | None = None) -> str:
-        """``{id: entry}`` in completion order, as ``GET /history`` pages it (ComfyUI's rules)."""
-        cols = ("prompt_id, number, prompt, extra_data, outputs_to_execute, outputs, status, completed, "
-                "messages, meta")
+    def history_json(self, max_items: int | None = None, offset: int = -1, prompt_id: str | None = None,
+                     include_cancelled: bool = False) -> str:
+        """``{id: entry}`` in completion order, as ``GET /history`` pages it (ComfyUI's rules).
+
+        Each entry has ComfyUI's keys and our run record under ``nodegraph``
+        (:meth:`HistoryEntry.to_comfy`). Cancelled jobs are left out unless ``include_cancelled``."""
+        where = "" if include_cancelled else "state IS NOT 'cancelled'"
         conn = self._conn()
         if prompt_id is not None:
-            rows = conn.execute(f"SELECT {cols} FROM history WHERE prompt_id=?", (prompt_id,)).fetchall()
-        elif offset is not None and offset >= 0:
-            limit = max_items if max_items is not None else -1
-            rows = conn.execute(f"SELECT {cols} FROM history ORDER BY seq LIMIT ? OFFSET ?",
-                                (limit, offset)).fetchall()
-        elif max_items is not None:
-            rows = conn.execute(f"SELECT * FROM (SELECT seq, {cols} FROM history ORDER BY seq DESC LIMIT ?) "
-                                "ORDER BY seq", (max_items,)).fetchall()
-            rows = [r[1:] for r in rows]
+            rows = conn.execute(f"SELECT {_HISTORY_COLUMNS} FROM history WHERE prompt_id=?"
+                                + (f" AND {where}" if where else ""), (prompt_id,)).fetchall()
         else:
-            rows = conn.execute(f"SELECT {cols} FROM history ORDER BY seq").fetchall()
+            where = f"WHERE {where}" if where else ""
+            if offset is not None and offset >= 0:
+                limit = max_items if max_items is not None else -1
+                rows = conn.execute(f"SELECT {_HISTORY_COLUMNS} FROM history {where} ORDER BY seq LIMIT ? OFFSET ?",
+                                    (limit, offset)).fetchall()
+            elif max_items is not None:
+                rows = conn.execute(f"SELECT * FROM (SELECT seq, {_HISTORY_COLUMNS} FROM history {where} "
+                                    "ORDER BY seq DESC LIMIT ?) ORDER BY seq", (max_items,)).fetchall()
+                rows = [r[1:] for r in rows]
+            else:
+                rows = conn.execute(f"SELECT {_HISTORY_COLUMNS} FROM history {where} ORDER BY seq").fetchall()
         items = []
-        for pid, number, prompt, extra, to_exec, outputs, status, completed, messages, meta in rows:
+        for (pid, number, prompt, extra, to_exec, outputs, status, completed, messages, meta, attempts, state,
+             name, created, started, ended) in rows:
+            record = _dumps(run_record(state, name, created, started, ended, attempts))
             items.append(
                 f'{_dumps(pid)}:{{"prompt":[{_number_text(number)},{_dumps(pid)},{prompt},{extra},{to_exec}],'
                 f'"outputs":{outputs},"status":{{"status_str":{_dumps(status)},'
-                f'"completed":{"true" if completed else "false"},"messages":{messages}}},"meta":{meta}}}')
+                f'"completed":{"true" if completed else "false"},"messages":{messages}}},"meta":{meta},'
+                f'"nodegraph":{record}}}')
         return "{" + ",".join(items) + "}"
 
     def history(self, prompt_id: str) -> HistoryEntry | None:
-        row = self._conn().execute(
-            "SELECT prompt_id, number, prompt, extra_data, outputs_to_execute, outputs, status, completed, "
-            "messages, meta, attempts FROM history WHERE prompt_id=?", (prompt_id,)).fetchone()
+        """One history entry (cancelled ones too), or ``None``."""
+        row = self._conn().execute(f"SELECT {_HISTORY_COLUMNS} FROM history WHERE prompt_id=?",
+                                   (prompt_id,)).fetchone()
         if row is None:
             return None
-        return HistoryEntry(row[0], row[1], json.loads(row[2]), json.loads(row[3]), json.loads(row[4]),
-                            json.loads(row[5]), row[6], bool(row[7]), json.loads(row[8]),
-                            json.loads(row[9]), row[10])
+        (pid, number, prompt, extra, to_exec, outputs, _status, _completed, messages, meta, attempts, state,
+         name, created, started, ended) = row
+        return HistoryEntry(pid, number, json.loads(prompt), json.loads(extra), json.loads(to_exec),
+                            json.loads(outputs), state, json.loads(messages), json.loads(meta), attempts,
+                            name, created, started, ended)
 
-    def history_count(self) -> int:
-        return self._conn().execute("SELECT COUNT(*) FROM history").fetchone()[0]
+    def history_count(self, include_cancelled: bool = False) -> int:
+        where = "" if include_cancelled else " WHERE state IS NOT 'cancelled'"
+        return self._conn().execute("SELECT COUNT(*) FROM history" + where).fetchone()[0]
 
     def delete_history(self, prompt_ids: Iterable[str]) -> int:
         ids = [str(p) for p in prompt_ids]

@@ -234,6 +234,9 @@ class Api:
         return value
 
     async def get_history(self, request: web.Request) -> web.Response:
+        """ComfyUI's history, each entry with our run record under ``nodegraph`` (run status, workflow
+        name, times: :mod:`nodegraph.queue.run_status`); ``?include_cancelled=1`` adds the jobs deleted
+        from the queue before they ran (ComfyUI keeps none, so they are left out by default)."""
         max_items = self._int_query(request, "max_items", None)
         offset = self._int_query(request, "offset", -1)
         if max_items is not None and max_items < 0:
@@ -241,8 +244,14 @@ class Api:
         if max_items is None and offset < 0:
             max_items = MAX_HISTORY_PAGE
         text = self.s.store.history_json(
-            max_items=None if max_items is None else min(max_items, MAX_HISTORY_PAGE), offset=offset)
+            max_items=None if max_items is None else min(max_items, MAX_HISTORY_PAGE), offset=offset,
+            include_cancelled=self._flag_query(request, "include_cancelled"))
         return web.Response(text=text, content_type="application/json")
+
+    @staticmethod
+    def _flag_query(request: web.Request, name: str) -> bool:
+        """``?name=1``/``true``/``yes`` (our own query flags; ComfyUI's clients never send them)."""
+        return request.query.get(name, "").lower() in ("1", "true", "yes")
 
     @staticmethod
     def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
@@ -255,7 +264,8 @@ class Api:
             raise BadRequest("invalid_request", f"'{name}' must be an integer, not {raw!r}") from None
 
     async def get_history_item(self, request: web.Request) -> web.Response:
-        text = self.s.store.history_json(prompt_id=request.match_info["prompt_id"])
+        text = self.s.store.history_json(prompt_id=request.match_info["prompt_id"],
+                                         include_cancelled=self._flag_query(request, "include_cancelled"))
         return web.Response(text=text, content_type="application/json")
 
     async def post_history(self, request: web.Request) -> web.Response:
