@@ -74,17 +74,23 @@ export class Api extends EventTarget {
 
   objectInfo() { return this.json("/object_info"); }
   queue() { return this.json("/queue"); }
-  history(maxItems = 50) { return this.json("/history", { query: { max_items: maxItems } }); }
+  /** GET /history (ComfyUI's); includeCancelled adds the jobs deleted from the queue before they ran. */
+  history(maxItems = 50, { includeCancelled = false } = {}) {
+    return this.json("/history", { query: { max_items: maxItems, include_cancelled: includeCancelled ? 1 : undefined } });
+  }
   historyItem(promptId) { return this.json(`/history/${encodeURIComponent(promptId)}`); }
   interrupt() { return this.json("/interrupt", { method: "POST", json: {} }); }
   deleteQueued(ids) { return this.json("/queue", { method: "POST", json: { delete: ids } }); }
   listWorkflows() { return this.json("/workflows"); }
   workflow(name) { return this.json(`/workflows/${encodeURIComponent(name)}`); }
 
-  /** POST /prompt. Resolves with the server's answer; a 400 rejects with ApiError (body has node_errors). */
-  queuePrompt(prompt, workflow) {
-    return this.json("/prompt", { method: "POST", json: {
-      prompt, client_id: this.clientId, extra_data: { extra_pnginfo: { workflow } } } });
+  /** POST /prompt. Resolves with the server's answer; a 400 rejects with ApiError (body has node_errors).
+   *  `workflowName` (the file the workflow was opened from) goes in extra_data.workflow_name: the
+   *  server keeps it in the run's history record. */
+  queuePrompt(prompt, workflow, workflowName = null) {
+    const extra_data = { extra_pnginfo: { workflow } };
+    if (workflowName) extra_data.workflow_name = workflowName;
+    return this.json("/prompt", { method: "POST", json: { prompt, client_id: this.clientId, extra_data } });
   }
 
   async uploadImage(file, { overwrite = false, subfolder = "" } = {}) {

@@ -7,10 +7,12 @@ import { buildPalette, fillWorkflowMenu, refreshSidePanel, setOverall, showError
 import { workflowFromPng } from "./png.js";
 import { SearchBox } from "./search.js";
 import { installTypeRules } from "./types.js";
+import { workflowNameFromFile } from "./runs.js";
 import { applyControls } from "./widgets.js";
 import { graphToPrompt, isApiWorkflow, isUiWorkflow, loadWorkflow, serializeWorkflow } from "./workflow.js";
 
 const STORAGE_KEY = "nodegraph.workflow";
+const NAME_KEY = "nodegraph.workflowName";
 
 function download(name, text, type = "application/json") {
   const url = URL.createObjectURL(new Blob([text], { type }));
@@ -34,6 +36,7 @@ export class App {
     this.events = [];            // the WS messages of this page (tests and debugging read them)
     this.lastPrompt = null;      // the last body sent to POST /prompt
     this.lastRefusal = null;
+    this.workflowName = null;    // the file the workflow was opened from (sent with each prompt)
     this._saved = null;
   }
 
@@ -177,13 +180,25 @@ export class App {
     return serializeWorkflow(this.graph, this.canvas);
   }
 
-  load(data, source = "workflow") {
+  /** Show a workflow; `name` is its workflow name (history shows it), none for an unnamed one. */
+  load(data, source = "workflow", { name = null } = {}) {
     this.states.clear();
     this.clearRunState();
+    this.setWorkflowName(name);
     if (loadWorkflow(this.graph, this.canvas, data)) this.fitView();
     this.canvas.setDirty(true, true);
     this.persist(true);
     toast(`Loaded ${source}`);
+  }
+
+  setWorkflowName(name) {
+    this.workflowName = name || null;
+    try {
+      if (this.workflowName) localStorage.setItem(NAME_KEY, this.workflowName);
+      else localStorage.removeItem(NAME_KEY);
+    } catch (e) {
+      // storage unavailable: the name lasts for this page only
+    }
   }
 
   persist(force = false) {
@@ -205,6 +220,7 @@ export class App {
       try {
         if (loadWorkflow(this.graph, this.canvas, JSON.parse(text))) this.fitView();
         this._saved = text;
+        this.workflowName = localStorage.getItem(NAME_KEY) || null;
         return;
       } catch (e) {
         toast(`could not restore the last workflow: ${e.message}`, { error: true });
@@ -234,7 +250,7 @@ export class App {
   async openReadyWorkflow(name) {
     document.getElementById("file-menu").classList.remove("open");
     try {
-      this.load(await this.api.workflow(name), name);
+      this.load(await this.api.workflow(name), name, { name: workflowNameFromFile(name) });
     } catch (e) {
       toast(`cannot open ${name}: ${e.message}`, { error: true });
     }
@@ -250,7 +266,7 @@ export class App {
         data = JSON.parse(await file.text());
       }
       if (!isUiWorkflow(data) && !isApiWorkflow(data)) throw new Error("not a workflow");
-      this.load(data, file.name);
+      this.load(data, file.name, { name: workflowNameFromFile(file.name) });
     } catch (e) {
       toast(`cannot open ${file.name}: ${e.message}`, { error: true });
     }
@@ -284,7 +300,8 @@ export class App {
 
   async reopen(promptId, entry) {
     const workflow = entry.prompt && entry.prompt[3] && entry.prompt[3].extra_pnginfo && entry.prompt[3].extra_pnginfo.workflow;
-    this.load(workflow || entry.prompt[2], `run ${promptId}`);
+    const name = (entry.nodegraph && entry.nodegraph.workflow_name) || null;
+    this.load(workflow || entry.prompt[2], `run ${promptId}`, { name });
     for (const [nodeId, output] of Object.entries(entry.outputs || {})) this.showOutput(nodeId, output);
     const messages = (entry.status && entry.status.messages) || [];
     for (const [type, data] of messages) if (type === "execution_error") this.showExecutionError(data);
@@ -319,10 +336,10 @@ export class App {
     const workflow = this.workflow();
     const prompt = graphToPrompt(this.graph);
     this.clearErrors();   // not the running state: an earlier prompt may still be running
-    this.lastPrompt = { prompt, workflow };
+    this.lastPrompt = { prompt, workflow, workflowName: this.workflowName };
     let answer;
     try {
-      answer = await this.api.queuePrompt(prompt, workflow);
+      answer = await this.api.queuePrompt(prompt, workflow, this.workflowName);
     } catch (e) {
       this.showPromptError(e);
       return null;
@@ -524,7 +541,7 @@ export class App {
     $("btn-file").addEventListener("click", () => menu.classList.toggle("open"));
     document.addEventListener("click", (e) => { if (!menu.contains(e.target)) menu.classList.remove("open"); });
     const item = (id, fn) => $(id).addEventListener("click", () => { menu.classList.remove("open"); fn(); });
-    item("btn-new", () => { this.graph.clear(); this.states.clear(); this.persist(true); });
+    item("btn-new", () => { this.graph.clear(); this.states.clear(); this.setWorkflowName(null); this.persist(true); });
     item("btn-open", () => $("file-input").click());
     item("btn-save", () => this.saveWorkflow());
     item("btn-export-api", () => this.exportApi());

@@ -1,5 +1,7 @@
 // DOM around the canvas: node palette, queue/history panel, error box, toasts, overall progress.
 
+import { formatDuration, formatStart, runRecord, workflowNameOf } from "./runs.js";
+
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(props)) {
@@ -73,13 +75,15 @@ export function setOverall(fraction, text) {
   document.getElementById("overall-text").textContent = text;
 }
 
-/** Queue (running, pending with cancel) and history (click to reopen) from GET /queue and /history. */
+/** Queue (running, pending with cancel) and history (click to reopen) from GET /queue and /history.
+ *  Each row shows the workflow's name; history rows also the run status (success / error / interrupted /
+ *  cancelled, each styled apart), the start time and the duration (runs.js). */
 export async function refreshSidePanel(app) {
   const panel = document.getElementById("side-panel");
   if (panel.hidden) return;
   let queue, history;
   try {
-    [queue, history] = await Promise.all([app.api.queue(), app.api.history(30)]);
+    [queue, history] = await Promise.all([app.api.queue(), app.api.history(30, { includeCancelled: true })]);
   } catch (e) {
     toast(`cannot read the queue: ${e.message}`, { error: true });
     return;
@@ -89,8 +93,10 @@ export async function refreshSidePanel(app) {
   for (const [state, items] of [["running", queue.queue_running], ["pending", queue.queue_pending]]) {
     for (const item of items) {
       const id = item[1];
-      const row = el("div", { className: `job job-${state}`, dataset: { promptId: id, state } },
-                     el("span", { className: "job-id", textContent: `${state === "running" ? "▶" : "…"} #${item[0]} ${id}` }));
+      const name = workflowNameOf(item[3]) || "untitled";
+      const row = el("div", { className: `job job-${state}`, dataset: { promptId: id, state }, title: `#${item[0]} ${id}` },
+                     el("span", { className: "job-id", textContent: `${state === "running" ? "▶" : "…"} ` },
+                        el("span", { className: "job-name", textContent: name })));
       if (state === "running") row.appendChild(el("button", { textContent: "Interrupt", className: "job-interrupt", onclick: () => app.interrupt() }));
       else row.appendChild(el("button", { textContent: "Cancel", className: "job-cancel", onclick: () => app.cancel(id) }));
       qList.appendChild(row);
@@ -99,17 +105,29 @@ export async function refreshSidePanel(app) {
   if (!qList.children.length) qList.appendChild(el("div", { className: "empty", textContent: "nothing queued" }));
   const hList = document.getElementById("history-list");
   hList.innerHTML = "";
-  for (const [id, entry] of Object.entries(history).reverse()) {
-    const status = (entry.status && entry.status.status_str) || "?";
-    const row = el("div", { className: `job status-${status}`, dataset: { promptId: id, status },
-                            title: "reopen this run's workflow and results" },
-                   el("span", { className: "job-id", textContent: `#${entry.prompt[0]} ${status} ${id}` }));
-    const first = Object.values(entry.outputs || {}).flatMap((o) => o.images || [])[0];
-    if (first) row.prepend(el("img", { src: app.api.viewUrl(first), alt: "" }));
-    row.appendChild(el("button", { textContent: "Open", className: "job-open", onclick: () => app.reopen(id, entry) }));
-    hList.appendChild(row);
-  }
+  for (const [id, entry] of Object.entries(history).reverse()) hList.appendChild(historyRow(app, id, entry));
   if (!hList.children.length) hList.appendChild(el("div", { className: "empty", textContent: "no history yet" }));
+}
+
+function historyRow(app, id, entry) {
+  const run = runRecord(entry);
+  const shownAt = run.startTime ?? run.endTime;   // a cancelled job never started: when it was cancelled
+  const time = el("time", { className: "job-time", textContent: formatStart(shownAt),
+                            title: run.startTime === null ? "cancelled at" : "started at" });
+  if (shownAt !== null) time.dateTime = new Date(shownAt).toISOString();
+  const duration = el("span", { className: "job-duration", textContent: formatDuration(run.durationMs),
+                                title: "duration", dataset: { ms: run.durationMs ?? "" } });
+  const info = el("div", { className: "job-info" },
+                  el("div", { className: "job-name", textContent: run.workflowName || "untitled" }),
+                  el("div", { className: "job-meta" },
+                     el("span", { className: "job-status", textContent: run.status }), time, duration));
+  const row = el("div", { className: `job status-${run.status}`, dataset: { promptId: id, status: run.status },
+                          title: `#${entry.prompt[0]} ${id}${run.attempts > 1 ? ` (attempt ${run.attempts})` : ""} — reopen this run's workflow and results` },
+                 info);
+  const first = Object.values(entry.outputs || {}).flatMap((o) => o.images || [])[0];
+  if (first) row.prepend(el("img", { src: app.api.viewUrl(first), alt: "" }));
+  row.appendChild(el("button", { textContent: "Open", className: "job-open", onclick: () => app.reopen(id, entry) }));
+  return row;
 }
 
 export function fillWorkflowMenu(app, items) {
