@@ -161,6 +161,7 @@ def test_events_and_previews_reach_the_submitting_client_in_order_and_interrupt_
     assert entries[mine]["status"]["status_str"] == "success"
     assert entries[long]["status"]["status_str"] == "error"
     assert "execution_interrupted" in message_types(entries[long])
+    assert entries[long]["nodegraph"]["status"] == "interrupted"  # our run status (docs/history.md)
 
 
 def test_restart_loses_no_jobs(start_ray_server):
