@@ -78,10 +78,12 @@ def migrate(conn: sqlite3.Connection) -> None:
             for name, kind in columns:
                 if name not in present:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-        if version < VERSION:
-            _fill_history(conn)
-            _fill_jobs(conn)
         conn.execute("CREATE INDEX IF NOT EXISTS history_state ON history (state, seq)")
+        # entries without a run status: written before version 2, or by an older nodegraph opened on
+        # this file since (found through the index, so a current file costs nothing here)
+        _fill_history(conn)
+        if version < VERSION:
+            _fill_jobs(conn)
         conn.execute(f"PRAGMA user_version={VERSION}")
         conn.execute("COMMIT")
     except BaseException:
@@ -95,7 +97,7 @@ def _statements(script: str) -> list[str]:
 
 
 def _fill_history(conn: sqlite3.Connection) -> None:
-    """Run status, start time and workflow name of entries written before version 2."""
+    """Run status, start time and workflow name of entries that have no run status yet."""
     rows = conn.execute("SELECT seq, status, messages, extra_data FROM history WHERE state IS NULL").fetchall()
     for seq, status, messages_text, extra_text in rows:
         messages = _loads(messages_text, [])
