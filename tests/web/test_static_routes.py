@@ -87,6 +87,7 @@ def test_missing_canvas_files_are_reported_at_start_up_and_on_the_page(tmp_path,
     server's start-up), and ``/`` is a page saying so, not a blank canvas. The other routes still work."""
     import asyncio
     import logging
+    from concurrent.futures import ThreadPoolExecutor
 
     import aiohttp
     from aiohttp import web
@@ -121,7 +122,10 @@ def test_missing_canvas_files_are_reported_at_start_up_and_on_the_page(tmp_path,
         finally:
             await runner.cleanup()
 
-    page, lib, flows = asyncio.run(fetch(["/", "/lib/litegraph.core.js", "/workflows"]))
+    # on a thread of its own: Playwright's sync API (other tests of this session) keeps an event loop
+    # running on the main thread, where asyncio.run() refuses to start
+    with ThreadPoolExecutor(1) as pool:
+        page, lib, flows = pool.submit(asyncio.run, fetch(["/", "/lib/litegraph.core.js", "/workflows"])).result()
     assert page[0] == 500 and page[1] == "text/html"
     assert "canvas" in page[2] and "<code>vendor/litegraph/litegraph.core.js</code>" in page[2]
     assert "reinstall nodegraph" in page[2]
