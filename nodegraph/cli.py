@@ -70,6 +70,8 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     serve.add_argument("--max-upload-mb", type=float, default=100, help="upload size cap (default 100 MiB)")
     serve.add_argument("--max-queue", type=int, default=10_000, help="queued prompts cap (default 10000)")
+    serve.add_argument("--max-prompt-nodes", type=int, default=10_000,
+                       help="nodes one prompt may hold (default 10000)")
     serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                        help="also accept requests from this browser origin, e.g. http://myhost:3000")
     serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
@@ -376,6 +378,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           auth_token=args.auth_token, threads=args.threads,
                           device=None if args.device == "auto" else args.device,
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_queue=args.max_queue,
+                          max_prompt_nodes=args.max_prompt_nodes,
                           allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
                           allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module))
     make_runner = pick_runner(args)

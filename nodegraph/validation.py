@@ -1,7 +1,9 @@
 """Validation: a workflow becomes a checked :class:`~nodegraph.plan.Plan`, or every error at once.
 
 Each problem is a :class:`~nodegraph.errors.NodeError` with a machine-readable ``kind`` and a sentence
-that names the node, the input and the fix. Coercion is ComfyUI's int→float only (and integral floats
+that names the node, the input and the fix. Every error is reported at once: a node of unknown class
+does not stop the check (ComfyUI stops there), the inputs of the other nodes — those the outputs need,
+and those the unknown node links to — are checked as well. Coercion is ComfyUI's int→float only (and integral floats
 for INT inputs, which lose nothing); strings are never turned into numbers, nor numbers into booleans.
 """
 
@@ -59,7 +61,10 @@ class _Validator:
             if cls is not None:
                 classes[node.id] = cls
         outputs = self.pick_outputs(classes, targets)
-        order, has_cycle = depth_first_order(self.workflow, outputs)
+        # a node of unknown class might be an output: what it links to is checked too, so that every
+        # error of the prompt is reported at once (ComfyUI stops at the unknown class)
+        unknown = [nid for nid in nodes if nid not in classes] if len(classes) < len(nodes) else []
+        order, has_cycle = depth_first_order(self.workflow, outputs + unknown)
         planned: dict[str, PlannedNode] = {}
         for nid in order:
             cls = classes.get(nid)

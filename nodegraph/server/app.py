@@ -32,6 +32,7 @@ from .config import ServerConfig
 from .features import FEATURES
 from .files import clear_previews, upload_image, view
 from .openapi import ROUTES, openapi_document
+from .request_json import OFF_LOOP_BYTES, JsonBodyError, parse_json
 from .security import error_middleware, security_middleware
 from .static import add_static_routes
 from .ws import WebSocketHub
@@ -97,9 +98,11 @@ class Api:
                 raise BadRequest("empty_body", "the request needs a JSON body")
             return {}
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest("invalid_json", f"the body is not valid JSON: {exc}") from None
+            if len(raw) >= OFF_LOOP_BYTES:  # a big prompt: parse it without stalling the event loop
+                return await self.in_thread(parse_json, raw)
+            return parse_json(raw)
+        except JsonBodyError as exc:
+            raise BadRequest(exc.kind, exc.message) from None
 
     async def in_thread(self, func, *args):
         return await asyncio.get_running_loop().run_in_executor(None, func, *args)
@@ -150,6 +153,10 @@ class Api:
             if number is None:
                 store.bump_counter()
             return 400, prompt_error_response(exc.errors, prompt, self.s.engine.registry, self.paths)
+        except RecursionError:  # a guard missed a deep structure: still a clean answer
+            if number is None:
+                store.bump_counter()
+            return 400, bad_request("json_too_deep", "the prompt nests its values too deeply to be checked")
         job = Job(prompt_id, 0, prompt, extra_data, outputs, client_id)
         try:
             store.enqueue(job, number=number, front=bool(body.get("front")), max_queue=self.config.max_queue)
@@ -168,6 +175,8 @@ class Api:
             raise BadRequest("invalid_prompt", "'extra_data' must be a JSON object")
         extra_data = dict(extra_data)
         if is_ui_workflow(prompt):  # a canvas workflow: convert here, keep it for the PNG metadata
+            nodes = prompt.get("nodes")
+            self.check_node_count(len(nodes) if isinstance(nodes, list) else 0)
             try:
                 converted = ui_to_api(prompt, self.s.engine.registry)
             except (WorkflowFormatError, ValueError, KeyError, TypeError) as exc:
@@ -177,6 +186,7 @@ class Api:
         if not isinstance(prompt, dict):
             raise BadRequest("invalid_prompt", "'prompt' must be an API-format workflow: a JSON object of "
                              "nodes keyed by id")
+        self.check_node_count(len(prompt))
         client_id = body.get("client_id")
         if client_id is not None and not isinstance(client_id, str):
             raise BadRequest("invalid_prompt", "'client_id' must be a string")
@@ -192,6 +202,13 @@ class Api:
                 raise BadRequest("invalid_prompt", "'partial_execution_targets' must be a list of node ids")
             targets = [str(t) for t in targets]
         return prompt, extra_data, targets, client_id or None, prompt_id
+
+    def check_node_count(self, count: int) -> None:
+        """Refuse a prompt of more than ``max_prompt_nodes`` nodes before any work is done on it."""
+        limit = self.config.max_prompt_nodes
+        if count > limit:
+            raise BadRequest("prompt_too_large", f"the prompt has {count} nodes; this server accepts at most "
+                             f"{limit} per prompt (serve --max-prompt-nodes)", count=count, limit=limit)
 
     def check_prompt(self, prompt: dict, targets: list[str] | None,
                      extra_data: dict | None = None) -> tuple[list[str], dict]:

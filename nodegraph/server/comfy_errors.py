@@ -33,7 +33,13 @@ COMFY_MESSAGES = {
     "value_not_in_list": "Value not in list",
     "custom_validation_failed": "Custom validation failed for node",
     "exception_during_validation": "Exception when validating node",
+    "unknown_node_type": "Node type not found",
+    "invalid_node": "Node is missing the class_type property",
 }
+
+
+#: prompt-level kinds that belong to one node: listed in ``node_errors`` too (ComfyUI leaves them out)
+NODE_BOUND_PROMPT_KINDS = frozenset({"unknown_node_type", "invalid_node"})
 
 
 def error(type_: str, message: str, details: str = "", **extra_info: Any) -> dict[str, Any]:
@@ -86,9 +92,16 @@ def output_ancestry(api: dict, registry: NodeRegistry) -> dict[str, set[str]]:
 def prompt_error_response(errors: list[NodeError], api: dict, registry: NodeRegistry,
                           paths: Paths | None) -> dict[str, Any]:
     """``{"error": {…}, "node_errors": {…}}`` for a prompt that failed validation. An error of a
-    :data:`~nodegraph.validation.PROMPT_KINDS` kind becomes the top-level error."""
+    :data:`~nodegraph.validation.PROMPT_KINDS` kind becomes the top-level error.
+
+    Stricter than ComfyUI, which stops at an unknown class (or a node without ``class_type``) and
+    answers with that alone and empty ``node_errors``: here ``node_errors`` holds every node's errors
+    at once — the unknown node's own (``unknown_node_type`` / ``invalid_node``) and the other nodes'
+    input errors — so a client can mark all of them in one round trip; the top-level ``error`` is
+    still ComfyUI's (``Cannot execute because node … does not exist.``)."""
     whole = [e for e in errors if e.kind in PROMPT_KINDS]
-    per_node = [e for e in errors if e.kind not in PROMPT_KINDS and e.node_id is not None]
+    per_node = [e for e in errors if e.node_id is not None and
+                (e.kind not in PROMPT_KINDS or e.kind in NODE_BOUND_PROMPT_KINDS)]
     node_errors: dict[str, Any] = {}
     ancestry = output_ancestry(api, registry) if per_node else {}
     for e in per_node:
@@ -111,8 +124,6 @@ def prompt_error_response(errors: list[NodeError], api: dict, registry: NodeRegi
             top = error("prompt_no_outputs", "Prompt has no outputs", first.message, **extra)
         else:
             top = error("invalid_prompt", "Dependency cycle detected", first.message, **extra)
-        if first.kind != "no_outputs":
-            node_errors = {}  # ComfyUI: prompt-level failures carry no node errors
         return {"error": top, "node_errors": node_errors}
     details = "\n".join(f"{err['message']}: {err['details']}"
                         for entry in node_errors.values() for err in entry["errors"])

@@ -47,6 +47,8 @@ class ServerConfig:
     max_body_bytes: int = 16 * MiB
     max_image_pixels: int = 178_956_970  # Pillow's default decompression-bomb limit (2x warns)
     max_queue: int = 10_000
+    #: nodes one prompt may hold (a canvas workflow's nodes, or an API prompt's); more is a 400
+    max_prompt_nodes: int = 10_000
     max_attempts: int = 3
     preview_size: int = 512
     allowed_hosts: tuple[str, ...] = ()
