@@ -5,6 +5,12 @@ repeat — over a graph that may grow while it runs:
 
 * only what the output nodes need is requested; a node whose signature is cached is served from the
   cache and its ancestors are never requested;
+* nodes with the same signature inside one prompt run once: the first one requested computes, its
+  twins wait for it and are served its result (reported as cached, like a cache hit; their ancestors
+  are never requested). Output nodes are left out: they run per node id, as they do today in one
+  prompt (their job is the side effect: a file, a preview). Nodes that must not be reused already have
+  signatures of their own (``cacheable = False`` or a failing / NaN fingerprint add a nonce, the hidden
+  ``unique_id`` adds the node id), so they never have twins;
 * lazy inputs are requested only when the node's ``check_lazy`` asks for them;
 * a node fed lists runs once per item (unless it ``takes_lists``), as in ComfyUI;
 * a node may return ``NodeResult(expand=graph)``: the sub-graph is validated, added and run, and the
@@ -244,6 +250,9 @@ class _Run:
         self.ready: list[str] = []
         self.instances: dict[str, Node] = {}
         self.expansions: dict[str, list[tuple[int, Any, tuple]]] = {}
+        #: in-prompt deduplication: signature → the node computing it; that node → its waiting twins
+        self.computing: dict[bytes, str] = {}
+        self.twins: dict[str, list[str]] = {}
         self.done = queue.SimpleQueue()
         self.in_flight = 0
         self.result = RunResult(run.prompt_id, "success")
@@ -303,6 +312,7 @@ class _Run:
         nodes = self.plan.nodes
         fresh: list[str] = []
         cached: list[str] = []
+        computing = self.computing
         stack = list(roots)
         while stack:
             node_id = stack.pop()
@@ -311,6 +321,16 @@ class _Run:
             if self.serve_from_cache(node_id):
                 cached.append(node_id)
                 continue
+            if not nodes[node_id].cls.output_node:
+                signature = self.signatures[node_id]
+                twin = computing.setdefault(signature, node_id)
+                if twin != node_id:  # the same computation is requested already: share its result
+                    self.requested.add(node_id)
+                    if twin in self.results:
+                        cached += self.serve_twin(node_id, twin)
+                    else:
+                        self.twins.setdefault(twin, []).append(node_id)
+                    continue
             self.requested.add(node_id)
             fresh.append(node_id)
             for _, link in nodes[node_id].eager_links:
@@ -339,6 +359,50 @@ class _Run:
                     seen.add(src)
                     stack.append(src)
         return [nid for nid in self.plan.order if nid in seen] + [nid for nid in served if nid not in self.plan.order]
+
+    def serve_twin(self, node_id: str, twin: str) -> list[str]:
+        """Give ``node_id`` the result its twin (same signature) computed in this run, and its
+        ancestors (which nothing else requested) those of the twin's matching ancestors, so that every
+        node of the prompt is reported. Returns the nodes served, producers first."""
+        nodes, results, requested, ui = self.plan.nodes, self.results, self.requested, self.ui
+        served: list[str] = []
+        stack = [(node_id, twin)]
+        requested.add(node_id)
+        while stack:
+            nid, source = stack.pop()
+            results[nid] = results[source]
+            shown = ui.get(source)
+            if shown is not None:
+                ui[nid] = shown
+            served.append(nid)
+            source_links = nodes[source].links
+            for name, link in nodes[nid].links.items():
+                src = link.node_id
+                if src in results or src in requested or nodes[src].cls.output_node:
+                    continue
+                match = source_links.get(name)
+                if match is None or match.node_id not in results:  # e.g. a lazy input never evaluated
+                    continue
+                requested.add(src)
+                stack.append((src, match.node_id))
+        served.reverse()
+        self.result.cached += served
+        return served
+
+    def finish_twins(self, node_id: str) -> None:
+        """``node_id`` has its result: serve the twins waiting for it, then release their consumers."""
+        twins = self.twins.pop(node_id, None)
+        if not twins:
+            return
+        served: list[str] = []
+        for twin in twins:
+            served += self.serve_twin(twin, node_id)
+        if self.bus.active:
+            self.bus.emit(NodesCached(self.run.prompt_id, tuple(served)))
+            for nid in served:
+                self.emit_finished(nid, 0.0, cached=True)
+        for nid in served:
+            self.release(nid)
 
     def wait_for(self, node_id: str, pending: set[str]) -> None:
         if not pending:
@@ -448,6 +512,12 @@ class _Run:
         self.cache.put(self.signatures[node_id], outputs, ui)
         if self.bus.active:
             self.emit_finished(node_id, seconds, cached=False)
+        self.release(node_id)
+        if self.twins:
+            self.finish_twins(node_id)
+
+    def release(self, node_id: str) -> None:
+        """``node_id``'s result exists: its consumers waiting for nothing else become ready."""
         for consumer in self.dependents.pop(node_id, ()):
             pending = self.waiting[consumer]
             pending.discard(node_id)
