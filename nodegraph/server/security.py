@@ -4,11 +4,21 @@
   DNS-rebinding page reaches us under its own host name and is refused.
 * ``Origin``: absent (non-browser clients) or same-origin (scheme-less host:port equal to ``Host``),
   or listed in ``allowed_origins``; ``Origin: null`` and cross-site origins are refused.
+* fetch metadata: a state-changing request that carries no ``Origin`` (a browser or a proxy stripped
+  it) but says ``Sec-Fetch-Site`` other than ``same-origin`` / ``none`` is a cross-site page: refused.
 * token: when configured, ``Authorization: Bearer <token>`` or ``?token=<token>`` on every request
   (WebSocket included; browsers cannot set headers there).
-* state-changing methods take only ``application/json`` bodies (``multipart/form-data`` on upload
-  routes): the content types a cross-site HTML form can send (``text/plain``,
-  ``application/x-www-form-urlencoded``) get 415, so a form post can never queue a prompt.
+* bodies of state-changing requests, by who sends them (:func:`sent_by_browser`):
+
+  - a **browser** (``Origin`` or ``Sec-Fetch-*`` headers present) must send ``application/json``
+    (``multipart/form-data`` on upload routes): the content types a cross-site HTML form can send
+    (``text/plain``, ``application/x-www-form-urlencoded``) get 415, so a form post can never queue
+    a prompt even where an old browser sent no ``Origin``;
+  - a **script** (neither header: urllib, requests, curl — every browser request since 2020 carries
+    one of them) may send its JSON with any Content-Type or none: ComfyUI's own ``script_examples``
+    post with urllib's default ``application/x-www-form-urlencoded``, and ``requests.post(data=…)``
+    sends none. The route reads the body as JSON whatever it is labelled (``Api.json_body``, the one
+    place bodies are parsed). Upload routes still need ``multipart/form-data``.
 * a declared body larger than the route's cap gets 413 before it is read.
 """
 
@@ -30,6 +40,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+#: the fetch-metadata headers browsers add to every request (scripts send none of them)
+FETCH_METADATA = ("Sec-Fetch-Site", "Sec-Fetch-Mode", "Sec-Fetch-Dest")
+#: ``Sec-Fetch-Site`` values of a request this server's own page (or the user, typing the URL) made
+SAME_ORIGIN_SITES = {"same-origin", "none"}
 
 
 def refuse(status: int, type_: str, message: str) -> web.Response:
@@ -82,6 +96,23 @@ def origin_allowed(config: ServerConfig, origin: str | None, host_header: str | 
     return config.loopback and is_loopback(origin_host) and is_loopback(host) and origin_port == port
 
 
+def sent_by_browser(headers) -> bool:
+    """Whether a browser sent the request: it carries ``Origin`` or fetch metadata (``Sec-Fetch-*``).
+
+    Browsers add ``Origin`` to every POST and ``Sec-Fetch-Site`` to every request (a page cannot
+    remove either); clients such as urllib, requests or curl send neither."""
+    return "Origin" in headers or any(name in headers for name in FETCH_METADATA)
+
+
+def cross_site_without_origin(request: web.Request) -> bool:
+    """A state-changing request with no ``Origin`` whose fetch metadata says another site made it
+    (``cross-site``, or ``same-site``: another port or subdomain is another origin)."""
+    if request.method not in STATE_CHANGING or "Origin" in request.headers:
+        return False
+    site = request.headers.get("Sec-Fetch-Site")
+    return site is not None and site.strip().lower() not in SAME_ORIGIN_SITES
+
+
 def token_ok(config: ServerConfig, request: web.Request) -> bool:
     expected = config.auth_token
     if not expected:
@@ -103,6 +134,9 @@ def security_middleware(config: ServerConfig, upload_paths: frozenset[str]):
         if not origin_allowed(config, request.headers.get("Origin"), host):
             return refuse(403, "forbidden_origin", "cross-origin requests are refused; pass "
                           "--allow-origin to permit a site")
+        if cross_site_without_origin(request):
+            return refuse(403, "forbidden_origin", f"a request from another site (Sec-Fetch-Site: "
+                          f"{request.headers['Sec-Fetch-Site']}) cannot change anything here")
         if request.method == "OPTIONS":
             return web.Response(status=200)
         if not token_ok(config, request):
@@ -111,7 +145,9 @@ def security_middleware(config: ServerConfig, upload_paths: frozenset[str]):
         if request.method in STATE_CHANGING:
             length = request.content_length
             upload = _route_path(request) in upload_paths
-            if request.body_exists or request.headers.get("Content-Type"):
+            # a script's JSON may come labelled as anything (see the module doc); a browser's may not
+            checked = upload or sent_by_browser(request.headers)
+            if checked and (request.body_exists or request.headers.get("Content-Type")):
                 wanted = "multipart/form-data" if upload else "application/json"
                 if request.content_type != wanted:
                     return refuse(415, "unsupported_media_type",

@@ -94,7 +94,9 @@ def test_websocket_checks_origin(server):
 @pytest.mark.parametrize("ctype", ["text/plain", "application/x-www-form-urlencoded", None,
                                    "multipart/form-data; boundary=x"])
 def test_simple_form_posts_are_refused(client, ctype):
+    """From a browser (even our own page): only JSON. Scripts: tests/server/test_comfy_clients.py."""
     headers = {"Content-Type": ctype} if ctype else {}
+    headers["Sec-Fetch-Site"] = "same-origin"
     body = json.dumps({"prompt": PROMPT}).encode()
     for path in ("/prompt", "/api/prompt", "/queue", "/history", "/interrupt", "/free"):
         reply = client.request("POST", path, body, headers)
