@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Interrupted
-from .events import EventBus, NodePreview, NodeProgress
+from .events import EventBus, NodeImage, NodePreview, NodeProgress
 
 
 @dataclass(frozen=True)
@@ -112,3 +112,12 @@ class NodeContext:
             if getattr(image, "ndim", 0) == 4:
                 image = image[0]
             self.run.bus.emit(NodePreview(self.run.prompt_id, self.node_id, image))
+
+    def send_image(self, data: bytes, image_format: str = "PNG") -> None:
+        """Send an encoded image (``PNG`` or ``JPEG`` file bytes) to the client that queued the prompt,
+        as a result rather than a preview (ComfyUI's ``SaveImageWebsocket``)."""
+        if image_format not in ("PNG", "JPEG"):
+            raise ValueError(f"node {self.node_id} ({self.class_type}): images are sent as PNG or JPEG, "
+                             f"not {image_format!r}")
+        if self.run.bus.active:
+            self.run.bus.emit(NodeImage(self.run.prompt_id, self.node_id, bytes(data), image_format))

@@ -60,6 +60,16 @@ class NodePreview(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeImage(Event):
+    """An encoded image a node sends to the client that queued the prompt as a result (ComfyUI's
+    ``SaveImageWebsocket``): unlike a preview it is always sent and never scaled. ``data`` is the
+    image file's bytes, ``image_format`` ``PNG`` or ``JPEG``."""
+    node_id: str = ""
+    data: bytes = b""
+    image_format: str = "PNG"
+
+
+@dataclass(frozen=True, slots=True)
 class NodeFinished(Event):
     """A node finished (or was served from cache); ``ui`` is what it shows / stores in history."""
     node_id: str = ""

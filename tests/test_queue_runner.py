@@ -9,6 +9,7 @@ import threading
 import time
 
 from nodegraph.queue import EventSink, Job, JobRunner, JobStore, LocalRunner
+from nodegraph.queue.messages import ClientFeatures
 
 
 class KeepingSink:
@@ -29,6 +30,9 @@ class KeepingSink:
 
     def is_connected(self, client_id: str) -> bool:
         return True
+
+    def client_features(self, client_id: str) -> ClientFeatures:
+        return ClientFeatures(extra_events=True)  # a client that understands every message
 
     def types(self, client_id: str) -> list[str]:
         with self.lock:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..executor import Engine
+    from .messages import ClientFeatures
     from .store import JobStore
 
 #: one WebSocket message: JSON text, or a binary frame (previews)
@@ -31,7 +32,11 @@ class EventSink(Protocol):
         """Broadcast a fresh ``status`` (the queue length changed) soon."""
 
     def is_connected(self, client_id: str) -> bool:
-        """Whether the client is listening now (previews are encoded only for listening clients)."""
+        """Whether the client is listening now."""
+
+    def client_features(self, client_id: str) -> "ClientFeatures | None":
+        """What the client announced it understands (``feature_flags``); ``None`` when it is not
+        listening (then no image is encoded for it)."""
 
 
 @runtime_checkable

@@ -6,6 +6,18 @@ lane thread that replays the actor's events). Traffic per prompt is linear in it
 no whole-graph ``progress_state``. Messages marked ``keep`` also go into the job's history; the
 timestamps of the kept ``execution_start`` and of the last kept ``execution_success`` /
 ``execution_error`` / ``execution_interrupted`` are the run's start and end in its history entry.
+
+What a client gets depends on what it announced (:class:`~nodegraph.queue.messages.ClientFeatures`),
+as in ComfyUI:
+
+* live previews only when it asked (``extra_data.preview_method``, or our ``nodegraph_previews``
+  flag; ComfyUI's default sends none); a preview waits for its node's next ``progress`` and follows
+  it, so a client never sees a node's image before that node's first ``progress`` (ComfyUI sends
+  ``progress`` then the preview of that step; some clients hang otherwise). Between two ``progress``
+  messages the latest preview wins; one still waiting when its node ends is dropped;
+* images a node sends as results (``SaveImageWebsocket``) always, in the order the node sent them;
+* frames as ``PREVIEW_IMAGE_WITH_METADATA`` when it announced ``supports_preview_metadata``;
+* ``node_finished`` (ours) only when it announced ``nodegraph_events``.
 """
 
 from __future__ import annotations
@@ -14,8 +26,8 @@ import logging
 from typing import Callable
 
 from ..events import (Event, ExecutionDone, ExecutionInterrupted, ExecutionStarted, NodeFailed, NodeFinished,
-                      NodePreview, NodeProgress, NodesCached, NodeStarted)
-from .messages import encode, encode_preview, now_ms
+                      NodeImage, NodePreview, NodeProgress, NodesCached, NodeStarted)
+from .messages import ClientFeatures, encode, encode_preview, image_frame, now_ms, wants_previews
 from .protocol import EventSink
 from .store import Job
 
@@ -44,6 +56,10 @@ class RunReporter:
         self.messages: list[list] = []
         self.cached_sent = False
         self.last_node: str | None = None
+        #: node → its latest preview, waiting for the node's next ``progress``
+        self.held: dict[str, NodePreview] = {}
+        #: node → the node the canvas shows it as (image frames' metadata)
+        self.display: dict[str, str] = {}
         #: the run's start and end (seconds since the epoch), from the kept messages' timestamps
         self.started: float | None = None
         self.ended: float | None = None
@@ -59,6 +75,31 @@ class RunReporter:
                     self.ended = stamp / 1000.0
         self.events.post(self.client, encode(type_, data))
 
+    def features(self) -> ClientFeatures | None:
+        """What the job's client announced; ``None`` when it is not connected (or the job has none)."""
+        return None if self.client is None else self.events.client_features(self.client)
+
+    def send_frame(self, node_id: str, features: ClientFeatures, encode_frame: Callable[[dict | None], bytes]) -> None:
+        """Post one binary image frame, with metadata for clients that understand it."""
+        metadata = None
+        if features.preview_metadata:
+            display = self.display.get(node_id, node_id)
+            metadata = {"node_id": node_id, "display_node_id": display,
+                        "parent_node_id": display if display != node_id else None,
+                        "real_node_id": node_id, "prompt_id": self.job.prompt_id}
+        try:
+            frame = encode_frame(metadata)
+        except Exception as exc:  # a bad image must not fail the node
+            log.debug("image frame encoding failed for node %s: %s", node_id, exc)
+            return
+        self.events.post(self.client, frame)
+
+    def send_preview(self, preview: NodePreview) -> None:
+        features = self.features()
+        if features is not None:
+            self.send_frame(preview.node_id, features,
+                            lambda meta: encode_preview(preview.image, self.preview_size, meta))
+
     def ensure_cached_sent(self) -> None:
         if not self.cached_sent:
             self.cached_sent = True
@@ -70,23 +111,32 @@ class RunReporter:
         if isinstance(event, NodeProgress):
             self.send("progress", {"value": event.value, "max": event.max, "prompt_id": pid,
                                    "node": event.node_id})
+            held = self.held.pop(event.node_id, None)
+            if held is not None:
+                self.send_preview(held)
         elif isinstance(event, NodePreview):
-            if self.client is not None and self.events.is_connected(self.client):
-                try:
-                    self.events.post(self.client, encode_preview(event.image, self.preview_size))
-                except Exception as exc:  # a bad preview must not fail the node
-                    log.debug("preview encoding failed: %s", exc)
+            if wants_previews(self.features(), self.job.extra_data):
+                self.held[event.node_id] = event  # goes out right after the node's next progress
+        elif isinstance(event, NodeImage):
+            features = self.features()
+            if features is not None:
+                self.send_frame(event.node_id, features,
+                                lambda meta: image_frame(event.data, event.image_format, meta))
         elif isinstance(event, NodeStarted):
             self.ensure_cached_sent()
             self.last_node = event.node_id
+            self.display[event.node_id] = event.display_node or event.node_id
             self.send("executing", {"node": event.node_id, "display_node": event.display_node,
                                     "prompt_id": pid})
         elif isinstance(event, NodeFinished):
+            self.held.pop(event.node_id, None)
             if event.ui is not None:
                 self.send("executed", {"node": event.node_id, "display_node": event.display_node,
                                        "output": event.ui, "prompt_id": pid})
-            self.send("node_finished", {"node": event.node_id, "prompt_id": pid,
-                                        "seconds": round(event.seconds, 6), "cached": event.cached})
+            features = self.features()
+            if features is not None and features.extra_events:
+                self.send("node_finished", {"node": event.node_id, "prompt_id": pid,
+                                            "seconds": round(event.seconds, 6), "cached": event.cached})
         elif isinstance(event, NodesCached):
             first = not self.cached_sent  # later ones: nodes found in the cache in lazy branches
             self.cached_sent = True
@@ -97,6 +147,7 @@ class RunReporter:
             if self.on_started is not None:
                 self.on_started(pid)
         elif isinstance(event, NodeFailed):
+            self.held.pop(event.node_id, None)
             self.ensure_cached_sent()
             self.send("execution_error", {
                 "prompt_id": pid, "node_id": event.node_id, "node_type": event.class_type,
@@ -105,6 +156,7 @@ class RunReporter:
                 "current_inputs": event.inputs, "current_outputs": list(event.executed),
                 "timestamp": now_ms()}, keep=True)
         elif isinstance(event, ExecutionInterrupted):
+            self.held.clear()
             if self.stopping():
                 return  # shutdown: the job goes back to the queue, nothing to report
             self.ensure_cached_sent()

@@ -1,4 +1,5 @@
-"""Files in and out: load images from the input folder, save/preview PNGs, show values, export datasets.
+"""Files in and out: load images from the input folder, save/preview PNGs, show values, export datasets,
+send images to the client over its WebSocket.
 
 Registered through the ``nodegraph.nodes`` entry point ``io`` (``pyproject.toml``), like any pack:
 :func:`node_modules` names the modules whose node classes the registry takes.
@@ -11,6 +12,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import files, dataset
+    from . import dataset, files, websocket
 
-    return [files, dataset]
+    return [files, dataset, websocket]

@@ -5,6 +5,7 @@ posts)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.parse
 import urllib.request
@@ -14,13 +15,21 @@ from websockets.sync.client import connect
 
 
 class ComfyClient:
-    def __init__(self, server_address: str, client_id: str | None = None) -> None:
+    """``features``: announced as the first WebSocket message (``feature_flags``), as ComfyUI's
+    frontend does; ``None`` announces nothing, as ComfyUI's script examples."""
+
+    def __init__(self, server_address: str, client_id: str | None = None, features: dict | None = None) -> None:
         self.server_address = server_address
         self.client_id = client_id or str(uuid.uuid4())
+        self.features = features
 
+    @contextlib.contextmanager
     def connect(self):
-        return connect(f"ws://{self.server_address}/ws?clientId={self.client_id}", open_timeout=10,
-                       max_size=None)
+        with connect(f"ws://{self.server_address}/ws?clientId={self.client_id}", open_timeout=10,
+                     max_size=None) as ws:
+            if self.features is not None:
+                ws.send(json.dumps({"type": "feature_flags", "data": self.features}))
+            yield ws
 
     def queue_prompt(self, prompt: dict, prompt_id: str | None = None) -> dict:
         payload = {"prompt": prompt, "client_id": self.client_id}

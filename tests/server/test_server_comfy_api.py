@@ -24,18 +24,18 @@ def types(messages: list[dict]) -> list[str]:
 
 
 def test_example_client_queue_follow_history_view(server):
-    comfy = ComfyClient(f"127.0.0.1:{server.port}")
+    comfy = ComfyClient(f"127.0.0.1:{server.port}", features={"nodegraph_events": True})
     with comfy.connect() as ws:
         first = json.loads(ws.recv(timeout=10))
         assert first["type"] == "status" and first["data"]["sid"] == comfy.client_id
         prompt_id, messages, frames, images = comfy.run(ws, invert_prompt())
-    seq = [t for t in types(messages) if t != "status"]
+    seq = [t for t in types(messages) if t not in ("status", "feature_flags")]
     assert seq == ["execution_start", "execution_cached",
                    "executing", "node_finished", "executing", "node_finished", "executing", "executed",
                    "node_finished", "execution_success", "executing"]
     executing = [m["data"]["node"] for m in messages if m["type"] == "executing"]
     assert executing == ["1", "2", "3", None]
-    assert all(m["data"]["prompt_id"] == prompt_id for m in messages if m["type"] != "status")
+    assert all(m["data"]["prompt_id"] == prompt_id for m in messages if m["type"] not in ("status", "feature_flags"))
     executed = next(m for m in messages if m["type"] == "executed")["data"]
     assert executed["node"] == "3" and executed["output"]["images"][0]["type"] == "output"
     finished = [m["data"] for m in messages if m["type"] == "node_finished"]
@@ -57,7 +57,7 @@ def test_example_client_queue_follow_history_view(server):
 
 
 def test_rerun_is_served_from_cache(server):
-    comfy = ComfyClient(f"127.0.0.1:{server.port}")
+    comfy = ComfyClient(f"127.0.0.1:{server.port}", features={"nodegraph_events": True})
     with comfy.connect() as ws:
         comfy.run(ws, invert_prompt())
         _, messages, _, images = comfy.run(ws, invert_prompt())
@@ -72,7 +72,7 @@ def test_rerun_is_served_from_cache(server):
 
 
 def test_progress_and_binary_preview_frames(server):
-    comfy = ComfyClient(f"127.0.0.1:{server.port}")
+    comfy = ComfyClient(f"127.0.0.1:{server.port}", features={"nodegraph_previews": True})
     prompt = {"1": {"class_type": "SlowNode", "inputs": {"seconds": 0.05, "steps": 5, "tag": "p",
                                                          "preview": True}}}
     with comfy.connect() as ws:

@@ -237,7 +237,7 @@ def test_descriptive_routes(server, client):
     assert client.get("/object_info/Nope").json() == {}
     stats = client.get("/system_stats").json()
     assert stats["system"]["python_version"] and stats["devices"][0]["type"] == "cpu"
-    assert client.get("/features").json() == {"supports_preview_metadata": False,
+    assert client.get("/features").json() == {"supports_preview_metadata": True,
                                               "max_upload_size": 100 * 1024 * 1024}
     assert "checkpoints" in client.get("/models").json()
     models = server.server.engine.paths.models_dir

@@ -6,6 +6,15 @@ export const PREVIEW_IMAGE = 1;
 export const TEXT_FRAME = 3;
 export const PREVIEW_IMAGE_WITH_METADATA = 4;
 
+// What this canvas understands, announced as the first WebSocket message (ComfyUI's handshake): image
+// frames with their node id, live previews for every run, and nodegraph's own messages (node_finished).
+// A client that announces nothing gets what ComfyUI sends by default: none of these.
+export const CLIENT_FEATURES = {
+  supports_preview_metadata: true,
+  nodegraph_previews: true,
+  nodegraph_events: true,
+};
+
 export class ApiError extends Error {
   constructor(status, body, message) {
     super(message);
@@ -113,6 +122,7 @@ export class Api extends EventTarget {
     socket.binaryType = "arraybuffer";
     this.socket = socket;
     socket.addEventListener("open", () => {
+      socket.send(JSON.stringify({ type: "feature_flags", data: CLIENT_FEATURES }));
       this._retry = 0;
       this.connected = true;
       this.emit("connection", { connected: true });
