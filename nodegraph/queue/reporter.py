@@ -23,6 +23,7 @@ as in ComfyUI:
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Callable
 
 from ..events import (Event, ExecutionDone, ExecutionInterrupted, ExecutionStarted, NodeFailed, NodeFinished,
@@ -58,6 +59,8 @@ class RunReporter:
         self.last_node: str | None = None
         #: node → its latest preview, waiting for the node's next ``progress``
         self.held: dict[str, NodePreview] = {}
+        #: held while a progress message and its preview are posted (nodes run on several threads)
+        self.pairing = threading.Lock()
         #: node → the node the canvas shows it as (image frames' metadata)
         self.display: dict[str, str] = {}
         #: the run's start and end (seconds since the epoch), from the kept messages' timestamps
@@ -79,8 +82,12 @@ class RunReporter:
         """What the job's client announced; ``None`` when it is not connected (or the job has none)."""
         return None if self.client is None else self.events.client_features(self.client)
 
-    def send_frame(self, node_id: str, features: ClientFeatures, encode_frame: Callable[[dict | None], bytes]) -> None:
-        """Post one binary image frame, with metadata for clients that understand it."""
+    def frame(self, node_id: str, encode_frame: Callable[[dict | None], bytes]) -> bytes | None:
+        """One binary image frame for the client (with metadata when it understands it); ``None``
+        when it is not listening or the image cannot be encoded."""
+        features = self.features()
+        if features is None:
+            return None
         metadata = None
         if features.preview_metadata:
             display = self.display.get(node_id, node_id)
@@ -88,17 +95,10 @@ class RunReporter:
                         "parent_node_id": display if display != node_id else None,
                         "real_node_id": node_id, "prompt_id": self.job.prompt_id}
         try:
-            frame = encode_frame(metadata)
+            return encode_frame(metadata)
         except Exception as exc:  # a bad image must not fail the node
             log.debug("image frame encoding failed for node %s: %s", node_id, exc)
-            return
-        self.events.post(self.client, frame)
-
-    def send_preview(self, preview: NodePreview) -> None:
-        features = self.features()
-        if features is not None:
-            self.send_frame(preview.node_id, features,
-                            lambda meta: encode_preview(preview.image, self.preview_size, meta))
+            return None
 
     def ensure_cached_sent(self) -> None:
         if not self.cached_sent:
@@ -109,19 +109,21 @@ class RunReporter:
     def __call__(self, event: Event) -> None:
         pid = event.prompt_id
         if isinstance(event, NodeProgress):
-            self.send("progress", {"value": event.value, "max": event.max, "prompt_id": pid,
-                                   "node": event.node_id})
             held = self.held.pop(event.node_id, None)
-            if held is not None:
-                self.send_preview(held)
+            frame = None if held is None else self.frame(
+                held.node_id, lambda meta: encode_preview(held.image, self.preview_size, meta))
+            with self.pairing:  # the preview right after its progress, even when nodes run at once
+                self.send("progress", {"value": event.value, "max": event.max, "prompt_id": pid,
+                                       "node": event.node_id})
+                if frame is not None:
+                    self.events.post(self.client, frame)
         elif isinstance(event, NodePreview):
             if wants_previews(self.features(), self.job.extra_data):
                 self.held[event.node_id] = event  # goes out right after the node's next progress
         elif isinstance(event, NodeImage):
-            features = self.features()
-            if features is not None:
-                self.send_frame(event.node_id, features,
-                                lambda meta: image_frame(event.data, event.image_format, meta))
+            frame = self.frame(event.node_id, lambda meta: image_frame(event.data, event.image_format, meta))
+            if frame is not None:
+                self.events.post(self.client, frame)
         elif isinstance(event, NodeStarted):
             self.ensure_cached_sent()
             self.last_node = event.node_id

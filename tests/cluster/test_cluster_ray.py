@@ -117,7 +117,8 @@ def test_events_and_previews_reach_the_submitting_client_in_order_and_interrupt_
 
     server = start_ray_server()
     client = server.client()
-    alice, bob = ComfyClient(f"127.0.0.1:{server.port}"), ComfyClient(f"127.0.0.1:{server.port}")
+    alice = ComfyClient(f"127.0.0.1:{server.port}", features={"nodegraph_previews": True, "nodegraph_events": True})
+    bob = ComfyClient(f"127.0.0.1:{server.port}")
     with alice.connect() as ws_a, bob.connect() as ws_b:
         ws_a.recv(timeout=30)
         ws_b.recv(timeout=30)
@@ -146,7 +147,7 @@ def test_events_and_previews_reach_the_submitting_client_in_order_and_interrupt_
                 assert data["data"].get("prompt_id") in (None, long)  # never alice's events
                 if data["type"] == "executing" and data["data"]["node"] is None:
                     break
-    own = [m for m in texts if m["type"] != "status"]
+    own = [m for m in texts if m["type"] not in ("status", "feature_flags")]
     assert {m["data"]["prompt_id"] for m in own} == {mine}
     kinds = [m["type"] for m in own]
     assert kinds[:3] == ["execution_start", "execution_cached", "executing"]
