@@ -10,6 +10,7 @@ to apply. Wrappers are immutable: LoraLoader and CLIPSetLastLayer return changed
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 import torch
 
 from nodegraph.models import ManagerOwned
+from nodegraph_nodes.sampling.model import SamplingPatches
+from nodegraph_nodes.sampling.model_sampling import ModelSampling, from_scheduler_config
 from nodegraph_nodes.diffusion import checkpoint as ck
 from nodegraph_nodes.diffusion.bert_encode import read_package_reference
 from nodegraph_nodes.diffusion.files import ModelFileError, file_identity, is_diffusers_folder, read_json, read_state_dict
@@ -47,6 +50,10 @@ class DiffusionModel(ManagerOwned):
     source: str = ""
     #: sampling hooks (IP-Adapter image prompts...): see nodegraph_nodes.diffusion.sampler
     hooks: tuple = ()
+    #: a ModelSampling* node's replacement of the sampling the scheduler config describes
+    sampling: ModelSampling | None = None
+    #: CFG patches (RescaleCFG, CFGNorm, CFGZeroStar, …)
+    sampling_patches: SamplingPatches = SamplingPatches()
 
     def with_patch(self, patch: LoraPatch) -> "DiffusionModel":
         return dataclasses.replace(self, patches=self.patches + (patch,))
@@ -57,6 +64,34 @@ class DiffusionModel(ManagerOwned):
     @property
     def is_sdxl(self) -> bool:
         return self.family in ("sdxl", "sdxl_refiner")
+
+    # -- the sampling core's model protocol (nodegraph_nodes.sampling.model) --
+
+    @functools.cached_property
+    def model_sampling(self) -> ModelSampling:
+        return self.sampling if self.sampling is not None else from_scheduler_config(self.scheduler_config)
+
+    def with_model_sampling(self, ms: ModelSampling) -> "DiffusionModel":
+        return dataclasses.replace(self, sampling=ms)
+
+    def with_sampling_patches(self, patches: SamplingPatches) -> "DiffusionModel":
+        return dataclasses.replace(self, sampling_patches=patches)
+
+    def process_latent_in(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent * self.latent_scale
+
+    def process_latent_out(self, latent: torch.Tensor) -> torch.Tensor:
+        return latent / self.latent_scale
+
+    def latent_preview(self, latent: torch.Tensor) -> torch.Tensor:
+        from nodegraph_nodes.diffusion.sampler import latent_preview
+
+        return latent_preview(self, latent)
+
+    def open_runner(self, ctx, latent_shape: tuple):
+        from nodegraph_nodes.diffusion.unet_runner import open_unet_runner
+
+        return open_unet_runner(self, ctx, latent_shape)
 
 
 @dataclass(frozen=True, eq=False)

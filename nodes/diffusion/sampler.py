@@ -1,11 +1,13 @@
-"""The sampling loop: diffusers schedulers driven like ``StableDiffusionPipeline``, with ComfyUI's
-conditioning semantics (areas, strengths, timestep ranges, several entries) and interruption.
+"""KSampler's diffusers-scheduler path: ``normal`` on a model with a diffusers scheduler config samples
+like ``StableDiffusionPipeline`` (see :mod:`.ksampler`), with ComfyUI's conditioning semantics (areas,
+strengths, timestep ranges, several entries) and interruption.
 
 Latent convention (as ComfyUI): ``LATENT["samples"]`` holds the VAE's raw latents; the model's
 ``latent_scale`` (VAE ``scaling_factor``) is applied on the way in and removed on the way out. Noise:
-:func:`prepare_noise` — a CPU generator seeded with ``seed`` draws the initial noise over the latent
-shape; the same generator then feeds the scheduler's per-step noise (ancestral / SDE samplers). For the
-diffusers pipeline that is ``pipe(latents=noise * sigma, generator=<that generator after the draw>)``.
+:func:`prepare_noise` (ComfyUI's, :mod:`nodegraph_nodes.sampling.noise`) — a CPU generator seeded with
+``seed`` draws the initial noise over the latent shape; the same generator then feeds the scheduler's
+per-step noise (ancestral / SDE samplers). For the diffusers pipeline that is
+``pipe(latents=noise * sigma, generator=<that generator after the draw>)``.
 
 With one positive and one negative entry and no areas or ranges, each step is one batched UNet call on
 ``[uncond, cond]`` exactly as the pipeline does, so results equal the pipeline's to float precision.
@@ -16,6 +18,7 @@ lock, that installs what it needs on the UNet and restores it on exit; it yields
 ``begin_step(in_range)`` (called before each step; ``in_range(start, end)`` says whether the step lies in
 that fraction of the schedule, the rule of ConditioningSetTimestepRange) and ``added_cond(negative)``
 (extra ``added_cond_kwargs`` for a UNet call whose batch rows are negative (True) or positive (False)).
+The sampling core's UNet runner (:mod:`.unet_runner`) honours the same hooks.
 """
 
 from __future__ import annotations
@@ -31,22 +34,10 @@ from nodegraph.cpu_threads import small_work_threads
 
 from nodegraph_nodes.diffusion.lora import patched
 from nodegraph_nodes.diffusion.schedulers import in_sigma_space, make_scheduler
+from nodegraph_nodes.diffusion.unet_runner import sdxl_added_cond, unet_work_elements
+from nodegraph_nodes.sampling.noise import prepare_noise
 
-
-def prepare_noise(latent: torch.Tensor, seed: int, batch_index: list[int] | None = None
-                  ) -> tuple[torch.Tensor, torch.Generator]:
-    """ComfyUI's noise: CPU generator seeded with ``seed``, one ``randn`` over the latent shape
-    (per-item draws when ``batch_index`` is given). Returns the noise and the generator."""
-    generator = torch.Generator("cpu").manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
-    shape = tuple(latent.shape)
-    if batch_index is None:
-        return torch.randn(shape, generator=generator, dtype=torch.float32), generator
-    draws: dict[int, torch.Tensor] = {}
-    for i in range(max(batch_index) + 1):
-        n = torch.randn((1, *shape[1:]), generator=generator, dtype=torch.float32)
-        if i in batch_index:
-            draws[i] = n
-    return torch.cat([draws[i] for i in batch_index], dim=0), generator
+__all__ = ["SampleRequest", "Sampler", "latent_preview", "prepare_noise", "sample"]
 
 
 @dataclass
@@ -122,18 +113,7 @@ class Sampler:
     def _added(self, extras: dict, batch: int, h: int, w: int, negative: bool) -> dict | None:
         if not self.model.is_sdxl:
             return None
-        pooled = extras.get("pooled_output")
-        if pooled is None:
-            raise ValueError("SDXL conditioning has no pooled output; encode the prompt with this model's CLIP")
-        height, width = extras.get("height", h * 8), extras.get("width", w * 8)
-        if self.model.family == "sdxl_refiner":
-            score = extras.get("aesthetic_score", 2.5 if negative else 6.0)
-            ids = [height, width, extras.get("crop_h", 0), extras.get("crop_w", 0), score]
-        else:
-            ids = [height, width, extras.get("crop_h", 0), extras.get("crop_w", 0),
-                   extras.get("target_height", height), extras.get("target_width", width)]
-        time_ids = torch.tensor([ids], dtype=self.dtype, device=self.device).repeat(batch, 1)
-        return {"text_embeds": pooled.to(self.device, self.dtype).expand(batch, -1), "time_ids": time_ids}
+        return sdxl_added_cond(self.model, extras, batch, h, w, negative, self.dtype, self.device)
 
     def _embeds(self, cond: torch.Tensor, batch: int) -> torch.Tensor:
         return cond.to(self.device, self.dtype).expand(batch, -1, -1)
@@ -283,13 +263,6 @@ def latent_preview(model, latent: torch.Tensor) -> torch.Tensor:
     return ((rgb + 1) / 2).clamp(0, 1)
 
 
-def unet_work_elements(unet, samples: torch.Tensor) -> int:
-    """Elements of one step's widest full-resolution activation: CFG batch × latent pixels × the UNet's
-    first channel count (what decides whether threads pay off, see :mod:`nodegraph.cpu_threads`)."""
-    channels = getattr(getattr(unet, "config", None), "block_out_channels", None) or (320,)
-    return 2 * samples.shape[0] * samples.shape[-2] * samples.shape[-1] * int(channels[0])
-
-
 def sample(ctx, model, positive: list, negative: list, latent: dict, req: SampleRequest) -> dict:
     """KSampler's work: returns the new LATENT dict (other keys carried over)."""
     samples = latent["samples"]
@@ -314,7 +287,7 @@ def sample(ctx, model, positive: list, negative: list, latent: dict, req: Sample
             mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(),
                                                    size=samples.shape[-2:], mode="bilinear")
             mask = mask.expand(samples.shape[0], -1, -1, -1).to(device) if mask.shape[0] == 1 else mask.to(device)
-        with small_work_threads(device, unet_work_elements(unet, samples)):
+        with small_work_threads(device, unet_work_elements(unet, tuple(samples.shape))):
             result = Sampler(ctx, model, unet, positive, negative, req, device, hooks).run(samples, noise, generator, mask)
     out = dict(latent)
     out["samples"] = result.cpu()

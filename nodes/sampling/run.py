@@ -1,0 +1,148 @@
+"""One sampling run: noise, guider, sampler and sigmas applied to a LATENT (what SamplerCustomAdvanced,
+SamplerCustom and KSampler execute).
+
+Order of work (ComfyUI's): an empty latent takes the model's channel count; the initial noise comes from
+the NOISE source; the model is opened on the device; a non-empty latent goes into the model's latent
+space; the start is ``noise_scaling(sigmas[0], noise, latent)`` (full variance when the run starts at
+the top of the schedule); the sampler walks the sigmas calling the :class:`RunDenoiser`, which checks
+for interruption, lets the model's hooks know the step, keeps an inpainting latent's unmasked part on
+the original and asks the guider; the end is ``inverse_noise_scaling`` and back to VAE latents.
+Progress is reported per step, latent previews every ``preview_every`` steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nodegraph_nodes.sampling.guiders import Evaluation, Guider
+from nodegraph_nodes.sampling.model import require_sampling_model
+from nodegraph_nodes.sampling.noise import NoiseSource, SEED_MASK
+from nodegraph_nodes.sampling.samplers import Sampler, StepInfo
+
+
+class RunDenoiser:
+    """The ``model`` a sampler function calls: ``(x, sigma)`` → guided denoised latent."""
+
+    def __init__(self, ctx, guider: Guider, ev: Evaluation, seed: int | None, latent_image: torch.Tensor,
+                 inpaint_noise: torch.Tensor | None, mask: torch.Tensor | None):
+        self.ctx = ctx
+        self.guider = guider
+        self.ev = ev
+        self.model_sampling = ev.model_sampling
+        self.seed = seed
+        self.latent_image = latent_image
+        self.inpaint_noise = inpaint_noise
+        self.mask = mask
+        self.uncond_denoised: torch.Tensor | None = None
+
+    def track_uncond(self) -> None:
+        self.ev.force_uncond = True
+
+    def _in_range(self, sigma: float):
+        ms = self.model_sampling
+
+        def in_range(start: float, end: float) -> bool:
+            return ms.percent_to_sigma(end) <= sigma <= ms.percent_to_sigma(start)
+        return in_range
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.ctx is not None:
+            self.ctx.check_interrupted()
+        begin = getattr(self.ev.runner, "begin_step", None)
+        if begin is not None:
+            begin(sigma, self._in_range(float(sigma.reshape(-1)[0])))
+        if self.mask is not None:
+            keep = 1.0 - self.mask
+            s = sigma.reshape([sigma.shape[0]] + [1] * (self.inpaint_noise.ndim - 1))
+            x = x * self.mask + self.model_sampling.noise_scaling(s, self.inpaint_noise, self.latent_image) * keep
+        pred = self.guider.predict(self.ev, x, sigma)
+        self.uncond_denoised = pred.uncond
+        out = pred.denoised
+        if self.mask is not None:
+            out = out * self.mask + self.latent_image * (1.0 - self.mask)
+        return out
+
+
+def fit_latent(model, samples: torch.Tensor, where: str) -> torch.Tensor:
+    """An empty latent takes the model's channel count; a filled one must already have it."""
+    channels = model.latent_channels
+    if samples.shape[1] != channels and not bool(samples.any()):
+        return torch.zeros((samples.shape[0], channels, *samples.shape[2:]), dtype=samples.dtype)
+    if samples.shape[1] != channels:
+        raise ValueError(f"{where}: the latent has {samples.shape[1]} channels but the model expects {channels}; "
+                         "encode the image with this model's VAE")
+    return samples
+
+
+def _mask_for(noise_mask: torch.Tensor, shape: tuple, device) -> torch.Tensor:
+    mask = noise_mask.reshape((-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])).float()
+    mask = torch.nn.functional.interpolate(mask, size=shape[2:], mode="bilinear")
+    if mask.shape[1] < shape[1]:
+        mask = mask.repeat(1, shape[1], 1, 1)[:, :shape[1]]
+    if mask.shape[0] < shape[0]:
+        mask = mask.repeat((shape[0] + mask.shape[0] - 1) // mask.shape[0], 1, 1, 1)[:shape[0]]
+    return mask[:shape[0]].to(device)
+
+
+@dataclass
+class RunResult:
+    """The sampled LATENT and the last denoised prediction as a LATENT (``output``, ``denoised_output``)."""
+
+    output: dict
+    denoised: dict
+
+
+def sample(ctx, guider: Guider, sampler: Sampler, sigmas: torch.Tensor, latent: dict, noise: NoiseSource,
+           preview_every: int = 2, where: str = "sampler") -> RunResult:
+    """Run ``sampler`` over ``sigmas`` on ``latent`` with ``guider``'s predictions."""
+    model = require_sampling_model(guider.model, where)
+    out = dict(latent)
+    samples = fit_latent(model, latent["samples"], where)
+    out["samples"] = samples
+    if sigmas.shape[-1] == 0:
+        return RunResult(out, dict(out))
+    noise_t = noise.generate(out)
+    seed = getattr(noise, "seed", None)
+    device = ctx.device
+    ms = model.model_sampling
+    sigmas = sigmas.to(device=device, dtype=torch.float32)
+    steps = len(sigmas) - 1
+    preview = bool(getattr(getattr(getattr(ctx, "run", None), "bus", None), "active", False))
+    last_x0: list[torch.Tensor] = []
+
+    def callback(info: StepInfo) -> None:
+        last_x0[:] = [info.denoised]
+        if ctx is None:
+            return
+        done = min(info.i + 1, steps)
+        if preview and preview_every and (info.i % preview_every == 0 or done == steps):
+            ctx.preview(model.latent_preview(info.denoised))
+        ctx.progress(done, steps)
+
+    with model.open_runner(ctx, tuple(samples.shape)) as runner, torch.inference_mode():
+        latent_image = samples.to(device, torch.float32)
+        if bool(latent_image.any()):
+            latent_image = model.process_latent_in(latent_image)
+        noise_t = noise_t.to(device, torch.float32)
+        mask = None
+        inpaint_noise = None
+        if latent.get("noise_mask") is not None:
+            mask = _mask_for(latent["noise_mask"], tuple(noise_t.shape), device)
+            inpaint_noise = noise_t
+            if sampler.random_inpaint_noise:
+                gen = torch.Generator("cpu").manual_seed((int(seed if seed is not None else 41) + 1) & SEED_MASK)
+                inpaint_noise = torch.randn(noise_t.shape, generator=gen).to(device)
+        ev = Evaluation(runner, ms, guider.prepared(tuple(samples.shape), ms, device), model.sampling_patches)
+        denoiser = RunDenoiser(ctx, guider, ev, seed, latent_image, inpaint_noise, mask)
+        x = ms.noise_scaling(sigmas[0], noise_t, latent_image, ms.max_denoise(sigmas))
+        x = sampler.run(denoiser, x, sigmas, callback)
+        x = ms.inverse_noise_scaling(sigmas[-1], x)
+        result = model.process_latent_out(x.float()).cpu()
+        denoised = model.process_latent_out(last_x0[0].float()).cpu() if last_x0 else None
+    out["samples"] = result
+    den = dict(out)
+    if denoised is not None:
+        den["samples"] = denoised
+    return RunResult(out, den)

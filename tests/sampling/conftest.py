@@ -1,0 +1,45 @@
+"""The sampling tests' models: the tiny random SD 1.x model of tests/diffusion (built once per session)
+and the tiny flow transformer of :mod:`flow_model`, with an engine that has both."""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "diffusion"))
+
+from nodegraph.registry import default_registry  # noqa: E402
+
+from diffusion_helpers import make_engine  # noqa: E402
+from flow_model import TEST_NODES  # noqa: E402
+from tiny_models import build_sd1  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def sampling_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sampling_models")
+    return root, build_sd1(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(sampling_models):
+    return sampling_models[1]
+
+
+@pytest.fixture(scope="session")
+def sampling_registry():
+    registry = default_registry(packs=False)
+    for cls in TEST_NODES:
+        registry.register(cls)
+    return registry
+
+
+@pytest.fixture
+def engine(sampling_models, sampling_registry, tmp_path):
+    eng = make_engine(sampling_models[0], tmp_path, sampling_registry)
+    yield eng
+    eng.close()
