@@ -67,6 +67,7 @@ def _add_serve_parser(sub) -> None:
                        help="require this token (Authorization: Bearer, or ?token=); generated and printed "
                             "when binding a non-loopback address without one")
     _add_threads_option(serve)
+    _add_cache_options(serve)
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     serve.add_argument("--max-upload-mb", type=float, default=100, help="upload size cap (default 100 MiB)")
     serve.add_argument("--max-queue", type=int, default=10_000, help="queued prompts cap (default 10000)")
@@ -120,6 +121,28 @@ def _add_threads_option(p: argparse.ArgumentParser) -> None:
                    default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
+def _add_cache_options(p: argparse.ArgumentParser) -> None:
+    """The output cache's budgets (ComfyUI's flag names; ``--cache-ram`` is a budget here, not
+    ComfyUI's free-RAM headroom)."""
+    p.add_argument("--cache-ram", type=float, default=None, metavar="GiB",
+                   help="keep at most this much of node results in RAM (default: a quarter of the RAM, at most 4)")
+    p.add_argument("--cache-vram", type=float, default=None, metavar="GiB",
+                   help="keep at most this much of node results in GPU memory (default: a quarter of it, at most 4)")
+    p.add_argument("--cache-none", action="store_true",
+                   help="keep no node results between prompts (least memory; every prompt runs in full)")
+
+
+def cache_budgets(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """``(ram, vram)`` cache budgets in bytes from the flags; ``None`` = the machine's default."""
+    if getattr(args, "cache_none", False):
+        return 0, 0
+    ram, vram = getattr(args, "cache_ram", None), getattr(args, "cache_vram", None)
+    for name, value in (("--cache-ram", ram), ("--cache-vram", vram)):
+        if value is not None and value < 0:
+            raise NodegraphError(f"{name} must be 0 or more (GiB)")
+    return (None if ram is None else int(ram * 1024**3)), (None if vram is None else int(vram * 1024**3))
+
+
 def _add_engine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output-dir", type=Path, default=None,
                    help="write the outputs here (default: a new folder per run, "
@@ -132,6 +155,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="allow loading pickle model files (.ckpt .pt .bin .pth); they can run code, trust them first")
     p.add_argument("--lowvram", action="store_true", help="move each model back to the CPU after use")
     p.add_argument("--vram-budget-gb", type=float, default=None, help="keep at most this much model weight on the GPU")
+    _add_cache_options(p)
 
 
 def model_manager(args: argparse.Namespace):
@@ -266,6 +290,7 @@ def _run(args: argparse.Namespace) -> int:
     import importlib
     from dataclasses import replace
 
+    from .cache import OutputCache
     from .executor import Engine
     from .registry import default_registry
     from .run_folder import create_run_folder, remove_if_empty
@@ -288,8 +313,8 @@ def _run(args: argparse.Namespace) -> int:
         paths = replace(paths, output_dir=run_folder, temp_dir=run_folder / "temp")
     try:
         engine = Engine(registry, paths=paths, device=args.device, threads=args.threads,
-                        services={"models": model_manager(args)})
-    except ValueError as exc:
+                        services={"models": model_manager(args)}, cache=OutputCache(*cache_budgets(args)))
+    except (ValueError, NodegraphError) as exc:
         if run_folder is not None:
             remove_if_empty(run_folder)
         print(f"error: {exc}", file=sys.stderr)
@@ -374,11 +399,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server import ServerConfig, serve_forever
 
+    cache_ram, cache_vram = cache_budgets(args)
     config = ServerConfig(host=args.host, port=args.port, paths=_paths(args), data_dir=args.data_dir,
                           auth_token=args.auth_token, threads=args.threads,
                           device=None if args.device == "auto" else args.device,
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_queue=args.max_queue,
                           max_prompt_nodes=args.max_prompt_nodes,
+                          cache_ram_bytes=cache_ram, cache_vram_bytes=cache_vram,
                           allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
                           allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module))
     make_runner = pick_runner(args)

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..cache import OutputCache
 from ..errors import ValidationFailed, WorkflowFormatError
 from ..executor import Engine
 from ..queue import DuplicatePrompt, Job, JobRunner, JobStore, LocalRunner, QueueFull, RunnerFactory
@@ -78,7 +79,8 @@ def build_engine(config: ServerConfig) -> Engine:
     registry = default_registry()
     for name in config.nodes_modules:
         registry.add_module(importlib.import_module(name))
-    return Engine(registry, paths=config.paths, device=config.device, threads=config.threads)
+    cache = OutputCache(config.cache_ram_bytes, config.cache_vram_bytes)
+    return Engine(registry, cache=cache, paths=config.paths, device=config.device, threads=config.threads)
 
 
 class Api:

@@ -49,6 +49,10 @@ class ServerConfig:
     max_queue: int = 10_000
     #: nodes one prompt may hold (a canvas workflow's nodes, or an API prompt's); more is a 400
     max_prompt_nodes: int = 10_000
+    #: the output cache's budgets in bytes (``None``: the machine's defaults, see ``nodegraph.cache``;
+    #: 0: keep no results between prompts, ``--cache-none``)
+    cache_ram_bytes: int | None = None
+    cache_vram_bytes: int | None = None
     max_attempts: int = 3
     preview_size: int = 512
     allowed_hosts: tuple[str, ...] = ()

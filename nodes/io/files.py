@@ -7,6 +7,12 @@ ComfyUI's counter; files are created exclusively, so concurrent saves never over
 
 At run time nodes use ``self.ctx.paths``; class-level hooks (the combo list, ``validate_inputs``,
 ``fingerprint``) declare a ``paths`` parameter and get the engine's folders.
+
+Previews (PNGs saved to the temp folder: PreviewImage, MaskPreview) are bounded: each temp folder
+keeps at most :data:`PREVIEW_MAX_FILES` preview files and :data:`PREVIEW_MAX_BYTES` bytes, the oldest
+removed first (:class:`PreviewFolder`), so a long-running server's temp folder does not grow without
+end. A cached preview node re-served long after its file was removed shows a missing image, as it
+would after ComfyUI empties its temp folder at start.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import json
 import math
 import os
 import random
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -178,22 +186,100 @@ def write_new_file(folder: Path, stem: str, counter: int, data: bytes) -> tuple[
             counter += 1
 
 
+#: what one temp folder keeps of previews at most; the oldest files go first
+PREVIEW_MAX_FILES = 1000
+PREVIEW_MAX_BYTES = 256 * 1024 * 1024
+
+
+class PreviewFolder:
+    """The preview files of one temp folder, oldest first, kept under a file count and a byte bound.
+
+    The folder is listed once (files a previous run left are the oldest); after that each saved
+    preview is added as it is written, so keeping the bound costs no directory listing."""
+
+    def __init__(self, folder: Path, max_files: int = PREVIEW_MAX_FILES,
+                 max_bytes: int = PREVIEW_MAX_BYTES) -> None:
+        self.folder = Path(folder)
+        self.max_files = max_files
+        self.max_bytes = max_bytes
+        self.files: OrderedDict[Path, int] = OrderedDict()
+        self.bytes = 0
+        self.removed = 0
+        self._lock = threading.Lock()
+        self._listed = False
+
+    def _list(self) -> None:
+        found = []
+        try:
+            entries = list(os.scandir(self.folder))
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:
+            if "_temp_" in entry.name and entry.name.endswith(".png") and entry.is_file(follow_symlinks=False):
+                stat = entry.stat(follow_symlinks=False)
+                found.append((stat.st_mtime, Path(entry.path), stat.st_size))
+        for _, path, size in sorted(found):
+            self.files[path] = size
+            self.bytes += size
+        self._listed = True
+
+    def add(self, written: list[tuple[Path, int]]) -> None:
+        """Count files just written (path, bytes); remove the oldest others while over a bound."""
+        with self._lock:
+            if not self._listed:
+                self._list()
+            for path, size in written:
+                self.bytes += size - self.files.pop(path, 0)
+                self.files[path] = size
+            keep = len(written)
+            while len(self.files) > keep and (len(self.files) > self.max_files or self.bytes > self.max_bytes):
+                path, size = self.files.popitem(last=False)
+                self.bytes -= size
+                try:
+                    path.unlink()
+                    self.removed += 1
+                except FileNotFoundError:
+                    pass
+
+
+_PREVIEW_FOLDERS: dict[Path, PreviewFolder] = {}
+_PREVIEW_FOLDERS_LOCK = threading.Lock()
+
+
+def preview_folder(folder: Path) -> PreviewFolder:
+    """The one :class:`PreviewFolder` of ``folder`` in this process."""
+    key = Path(os.path.abspath(folder))
+    with _PREVIEW_FOLDERS_LOCK:
+        bound = _PREVIEW_FOLDERS.get(key)
+        if bound is None:
+            bound = _PREVIEW_FOLDERS[key] = PreviewFolder(key, PREVIEW_MAX_FILES, PREVIEW_MAX_BYTES)
+        return bound
+
+
 def save_images(images: torch.Tensor, prefix: str, base: Path, kind: str, compress_level: int,
                 text_chunks: dict[str, str]) -> list[dict[str, str]]:
-    """Write each image of the batch as a PNG; the ``ui`` records ComfyUI returns."""
+    """Write each image of the batch as a PNG; the ``ui`` records ComfyUI returns.
+
+    Previews (``kind`` ``temp``) are counted in their folder's :class:`PreviewFolder` bound; their
+    names carry a random part, so the counter starts at 1 instead of listing the folder."""
     height, width = int(images.shape[1]), int(images.shape[2])
     if "%" in prefix:
         prefix = expand_prefix_vars(prefix, width, height)
     folder, stem, subfolder = split_prefix(prefix, base)
     folder.mkdir(parents=True, exist_ok=True)
-    counter = next_counter(folder, stem)
+    preview = kind == "temp"
+    counter = 1 if preview else next_counter(folder, stem)
     results = []
+    written: list[tuple[Path, int]] = []
     for batch_number, image in enumerate(images):
         data = encode_png(image, text_chunks, compress_level)
         stem_b = stem.replace("%batch_num%", str(batch_number))
         name, counter = write_new_file(folder, stem_b, counter, data)
         results.append({"filename": name, "subfolder": subfolder, "type": kind})
+        written.append((folder / name, len(data)))
         counter += 1
+    if preview:
+        preview_folder(folder).add(written)
     return results
 
 
