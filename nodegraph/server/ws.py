@@ -8,6 +8,12 @@ thread-crossing point.
 
 Routing is stricter than ComfyUI: a prompt's events go only to the client that submitted it (none
 when it gave no ``client_id``); only ``status`` is broadcast.
+
+A client says what it understands in a ``{"type": "feature_flags", "data": {...}}`` message (ComfyUI's
+frontend sends it first on every connection); the hub keeps it per connection
+(:class:`~nodegraph.queue.messages.ClientFeatures`, answered through ``client_features``) and replies
+with the server's flags. A client that announces nothing gets what ComfyUI sends by default: no live
+previews, no nodegraph-only messages, ``PREVIEW_IMAGE`` frames.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Callable
 
 from aiohttp import WSMsgType, web
 
-from ..queue.messages import encode
+from ..queue.messages import ClientFeatures, encode
 from ..queue.protocol import Message
 from .features import FEATURES
 
@@ -36,6 +42,8 @@ class WsClient:
     client_id: str
     ws: web.WebSocketResponse
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    #: what it announced (replaced as a whole, so runner threads read it without a lock)
+    features: ClientFeatures = field(default_factory=ClientFeatures)
 
     def offer(self, message: Message) -> None:
         if self.outbox.qsize() >= MAX_BACKLOG:
@@ -63,7 +71,7 @@ class WebSocketHub:
     """Connected clients by id; post messages from any thread, deliver on the event loop.
 
     It is the job runner's :class:`~nodegraph.queue.protocol.EventSink` (``post``, ``post_status``,
-    ``is_connected``); ``status_source`` gives the ``status`` message to broadcast."""
+    ``is_connected``, ``client_features``); ``status_source`` gives the ``status`` message to broadcast."""
 
     #: ``status`` broadcasts are coalesced over this many seconds (one per burst, latest count)
     STATUS_DELAY = 0.05
@@ -90,6 +98,10 @@ class WebSocketHub:
 
     def is_connected(self, client_id: str) -> bool:
         return client_id in self.clients
+
+    def client_features(self, client_id: str) -> ClientFeatures | None:
+        client = self.clients.get(client_id)
+        return None if client is None else client.features
 
     def post_status(self) -> None:
         """Broadcast a fresh ``status`` soon; bursts (20 clients queueing at once) send one."""
@@ -157,6 +169,7 @@ class WebSocketHub:
         except (ValueError, RecursionError):  # not JSON, or nested past the decoder's depth
             return
         if isinstance(message, dict) and message.get("type") == "feature_flags":
+            client.features = ClientFeatures.from_flags(message.get("data"))
             client.offer(encode("feature_flags", dict(FEATURES)))
 
     async def close_all(self) -> None:
