@@ -22,8 +22,7 @@ import time
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "diffusion"))
+sys.path.insert(0, str(ROOT))  # the test helpers: tests.diffusion, tests.helpers
 
 
 def main() -> None:
@@ -36,12 +35,13 @@ def main() -> None:
 
     from diffusers import EulerDiscreteScheduler
 
-    from diffusion_helpers import diffusers_pipeline, engine_noise, txt2img_graph
     from nodegraph import Engine, OutputCache
     from nodegraph.context import Paths
     from nodegraph.models import ModelManager
     from nodegraph.registry import default_registry
-    from tiny_models import build_sd1
+    from tests.diffusion.diffusion_helpers import diffusers_pipeline, txt2img_graph
+    from tests.helpers.noise import engine_noise
+    from tests.helpers.tiny_sd import build_sd1
 
     root = pathlib.Path(tempfile.mkdtemp(prefix="nodegraph-bench-"))
     tiny = build_sd1(root, name="bench_sd15", size=args.channels, layers_per_block=2)

@@ -4,7 +4,7 @@ captured with the system Chromium.
     python docs/web_canvas_screenshot.py [workflows/NAME.json] [docs/web_canvas.png]
 
 The default is workflows/txt2img_sd15.ui.json with the tiny random-weight SD model the diffusion tests
-build (tests/diffusion/tiny_models.py), captured mid-sampling (progress, live preview); any other
+build (tests/helpers/tiny_sd.py), captured mid-sampling (progress, live preview); any other
 workflow is captured after its run.
 """
 
@@ -16,12 +16,12 @@ import sys
 import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "web"))
-
-from conftest import CHROMIUM, CHROMIUM_ARGS, WebServer  # noqa: E402
+sys.path.insert(0, str(ROOT))  # the test helpers: tests.web, tests.helpers
 
 from nodegraph.context import Paths  # noqa: E402
 from nodegraph.server import ServerConfig  # noqa: E402
+
+from tests.web.web_helpers import CHROMIUM, CHROMIUM_ARGS, WebServer  # noqa: E402
 
 
 def main() -> None:
@@ -33,8 +33,7 @@ def main() -> None:
         tmp = pathlib.Path(tmp)
         txt2img = workflow.name.startswith("txt2img")
         if txt2img:
-            sys.path.insert(0, str(ROOT / "tests" / "diffusion"))
-            from tiny_models import build_sd1
+            from tests.helpers.tiny_sd import build_sd1
 
             build_sd1(tmp)      # tmp/models/checkpoints/tiny_sd15.safetensors (random weights)
         server = WebServer(ServerConfig(host="127.0.0.1", port=0, paths=Paths.under(tmp), data_dir=tmp / "data",

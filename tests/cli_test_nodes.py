@@ -1,4 +1,4 @@
-"""Node classes for the CLI output tests, loaded with ``nodegraph run --nodes-module cli_test_nodes``."""
+"""Node classes for the CLI output tests, loaded with ``nodegraph run --nodes-module tests.cli_test_nodes``."""
 
 from __future__ import annotations
 

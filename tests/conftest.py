@@ -1,18 +1,30 @@
-"""Shared fixtures: an engine with the built-in nodes plus the test nodes, on temp folders."""
+"""Shared fixtures: an engine with the built-in nodes plus the test nodes, on temp folders; live servers
+(``tests.helpers.live_server``) for the suites that need one; and the markers that follow from a test's
+fixtures (:data:`MARKED_BY_FIXTURE`)."""
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from nodegraph import Engine, OutputCache, Paths
+from nodegraph.registry import default_registry
 
-from nodegraph import Engine, OutputCache, Paths  # noqa: E402
-from nodegraph.registry import default_registry  # noqa: E402
+from tests.engine_nodes import LOG, TEST_NODES
+from tests.helpers.live_server import LiveServer, LiveServers, ServerSetup
 
-from engine_nodes import LOG, TEST_NODES  # noqa: E402
+#: marker → the fixtures whose users get it (directly or through another fixture): ``browser`` drives the
+#: system Chromium (tests/web), ``ray_cluster`` starts a local Ray cluster (tests/cluster), ``llm_cache``
+#: converts the built-in LLM (tests/defaults; half a minute, and each run of the model takes seconds more).
+#: Modules slow as a whole say so themselves (``pytestmark = pytest.mark.slow``).
+MARKED_BY_FIXTURE = {"browser": ("browser",), "cluster": ("ray_cluster",), "slow": ("llm_cache",)}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in MARKED_BY_FIXTURE.items():
+            if used.intersection(fixtures):
+                item.add_marker(marker)
 
 
 @pytest.fixture
@@ -36,3 +48,23 @@ def engine(registry, tmp_path, log):
                  cache=OutputCache(ram_budget=256 << 20))
     yield eng
     eng.close()
+
+
+@pytest.fixture
+def server_setup() -> ServerSetup:
+    """What this suite's live servers are; tests/server, tests/web and tests/cluster override it."""
+    return ServerSetup()
+
+
+@pytest.fixture
+def start_server(server_setup, tmp_path):
+    """``start_server(runner=None, **config_overrides)`` → a started :class:`LiveServer` (folders under
+    ``tmp_path``); every server started is stopped when the test ends."""
+    servers = LiveServers(server_setup, tmp_path)
+    yield servers.start
+    servers.stop_all()
+
+
+@pytest.fixture
+def server(start_server) -> LiveServer:
+    return start_server()

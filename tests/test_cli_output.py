@@ -18,7 +18,7 @@ from nodegraph.events import EventRecorder, NodesQueued
 from nodegraph.progress import ProgressPrinter
 from nodegraph.run_folder import create_run_folder, workflow_name
 
-from cli_test_nodes import BAR_LABEL
+from tests.cli_test_nodes import BAR_LABEL
 
 ROOT = Path(__file__).resolve().parents[1]
 BASICS = ROOT / "workflows" / "image_basics.json"
@@ -178,7 +178,7 @@ def test_quiet_silences_library_progress_bars(tmp_path, capsys):
     wf.write_text(json.dumps({"1": {"class_type": "LibraryProgressBar", "inputs": {"library": "tqdm"}},
                               "2": {"class_type": "LibraryProgressBar",
                                     "inputs": {"library": "huggingface_hub", "steps": 4}}}))
-    common = ["run", wf, "--nodes-module", "cli_test_nodes", "--output-dir", tmp_path / "out"]
+    common = ["run", wf, "--nodes-module", "tests.cli_test_nodes", "--output-dir", tmp_path / "out"]
 
     code, out, err = run_cli(common, capsys)
     assert code == 0, err

@@ -1,5 +1,5 @@
-"""Node classes for the scale-out tests (``nodes_modules=("cluster_nodes",)``; Ray actors import it
-from this folder).
+"""Node classes for the scale-out tests (``nodes_modules=("tests.cluster.cluster_nodes",)``; Ray actors
+import it by that name).
 
 ``TinyModelLoader`` loads ``models/tiny/<name>`` (a safetensors ``torch.nn.Linear``) through the
 engine's model manager — the entry routing looks for; ``TinyModelApply`` runs it. ``Spin`` burns CPU

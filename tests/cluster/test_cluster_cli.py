@@ -34,12 +34,12 @@ def test_serve_ray_flags_make_the_ray_runner():
     from nodegraph.cluster import RayRunner, RaySettings
 
     args = build_parser().parse_args(["serve", "--ray", "10.0.0.5:6379", "--ray-actors", "4",
-                                      "--ray-affinity-wait", "2.5", "--nodes-module", "cluster_nodes",
+                                      "--ray-affinity-wait", "2.5", "--nodes-module", "tests.cluster.cluster_nodes",
                                       "--device", "cpu"])
     factory = pick_runner(args)
     assert factory.func is RayRunner
     assert factory.keywords["settings"] == RaySettings(address="10.0.0.5:6379", actors=4, affinity_wait=2.5,
-                                                       node_modules=("cluster_nodes",), device="cpu")
+                                                       node_modules=("tests.cluster.cluster_nodes",), device="cpu")
     assert pick_runner(build_parser().parse_args(["serve"])) is None  # the local runner
 
 

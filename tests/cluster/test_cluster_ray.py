@@ -9,7 +9,9 @@ import json
 import time
 
 import pytest
-from conftest import model_prompt, queue, ran_on, message_types, spin_prompt
+
+from tests.cluster.cluster_helpers import message_types, model_prompt, queue, ran_on, spin_prompt
+from tests.helpers.comfy_client import ComfyClient
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -62,8 +64,6 @@ def test_jobs_keep_landing_on_the_actor_that_loaded_their_model(start_ray_server
 
 
 def test_killed_actor_job_completes_once_on_another_and_client_sees_events(start_ray_server, tmp_path):
-    from comfy_client import ComfyClient
-
     server = start_ray_server()
     client = server.client()
     log_path = tmp_path / "runs.log"
@@ -113,8 +113,6 @@ def test_killed_actor_job_completes_once_on_another_and_client_sees_events(start
 
 def test_events_and_previews_reach_the_submitting_client_in_order_and_interrupt_reaches_the_actor(
         start_ray_server):
-    from comfy_client import ComfyClient
-
     server = start_ray_server()
     client = server.client()
     alice = ComfyClient(f"127.0.0.1:{server.port}", features={"nodegraph_previews": True, "nodegraph_events": True})

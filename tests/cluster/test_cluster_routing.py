@@ -12,7 +12,7 @@ from nodegraph.cluster.routing import JobNeeds, Waiting, ActorView, affinity, ch
 from nodegraph.context import Paths
 from nodegraph.registry import default_registry
 
-from cluster_nodes import TinyModelApply, TinyModelLoader
+from tests.cluster.cluster_nodes import TinyModelApply, TinyModelLoader
 
 
 def state(index: int, files=(), keys=(), done=0) -> ActorState:

@@ -17,7 +17,7 @@ from nodegraph.registry import default_registry
 from nodegraph.workflow.loader import load_workflow_file
 from nodegraph_nodes.shapes.text import parse_spec, scene_match
 
-from default_llm_fixtures import OFFLINE, llm_cache  # noqa: F401 - fixture
+from tests.defaults.default_llm_fixtures import OFFLINE, llm_cache  # noqa: F401 - fixture
 
 WORKFLOWS = pathlib.Path(__file__).resolve().parents[2] / "workflows"
 DESIGN_LOOP = WORKFLOWS / "design_loop.json"

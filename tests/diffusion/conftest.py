@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
 import torch
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from nodegraph.registry import default_registry
 
-from nodegraph import Engine, OutputCache, Paths  # noqa: E402
-from nodegraph.context import Paths as _Paths  # noqa: E402
-from nodegraph.models import ModelManager  # noqa: E402
-from nodegraph.registry import default_registry  # noqa: E402
-
-from diffusion_helpers import make_engine  # noqa: E402
-from tiny_models import build_sd1, build_sdxl  # noqa: E402
+from tests.diffusion.diffusion_helpers import make_engine
+from tests.helpers.tiny_sd import build_sd1, build_sdxl
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from nodegraph.builder import Graph
 
 
@@ -40,13 +38,6 @@ def diffusers_pipeline(tiny, scheduler_cls=None, img2img=False, scheduler_from_f
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def engine_noise(shape, seed):
-    """The engine's noise and the generator state after drawing it (see nodegraph_nodes.diffusion.sampler)."""
-    from nodegraph_nodes.diffusion.sampler import prepare_noise
-
-    return prepare_noise(torch.zeros(shape), seed)
 
 
 def make_engine(model_root, tmp_path, registry, **manager_kwargs):

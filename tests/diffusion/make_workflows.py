@@ -1,6 +1,6 @@
-"""Regenerates ``workflows/{txt2img_sd15,img2img,inpaint,hires_fix}{.json,.ui.json}``.
+"""Regenerates ``workflows/{txt2img_sd15,img2img,inpaint,hires_fix}{.json,.ui.json}``; from the repository root:
 
-    python tests/diffusion/make_workflows.py
+    python -m tests.diffusion.make_workflows
 
 The UI files are written in ComfyUI's canvas format (:mod:`comfy_ui`); the API files are the
 library's conversion of them (what ComfyUI's "Save (API)" writes). ``workflows/txt2img.json`` is not
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-sys.path.insert(0, str(pathlib.Path(__file__).parents[2]))
+from nodegraph.registry import default_registry
+from nodegraph.workflow.ui_format import ui_to_api
 
-from comfy_ui import hires_fix_spec, img2img_spec, inpaint_spec, txt2img_spec, ui_workflow  # noqa: E402
-from nodegraph.registry import default_registry  # noqa: E402
-from nodegraph.workflow.ui_format import ui_to_api  # noqa: E402
+from tests.diffusion.comfy_ui import hires_fix_spec, img2img_spec, inpaint_spec, txt2img_spec, ui_workflow
 
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 WORKFLOWS = {

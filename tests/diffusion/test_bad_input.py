@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffusion_helpers import txt2img_graph
 from nodegraph.errors import ValidationFailed
 from nodegraph.builder import Graph
+
+from tests.diffusion.diffusion_helpers import make_engine, txt2img_graph
 
 
 def _fail(engine, graph) -> str:
@@ -54,8 +55,6 @@ def test_bad_checkpoints_are_clear_errors(sd_engine, bad_files):
 
 
 def test_pickle_allowed_when_configured(model_root, tiny_sd, tmp_path, diffusion_registry, bad_files):
-    from diffusion_helpers import make_engine
-
     engine = make_engine(model_root, tmp_path, diffusion_registry, allow_pickle=True)
     try:
         torch.save({"state_dict": dict(__import__("safetensors.torch").torch.load_file(str(tiny_sd.checkpoint)))},

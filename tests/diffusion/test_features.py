@@ -8,11 +8,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffusion_helpers import txt2img_graph
 from nodegraph.builder import Graph
 from nodegraph.events import NodeProgress
 from nodegraph_nodes.diffusion.prompt_weights import parse_prompt_weights
 from nodegraph_nodes.diffusion.text_encode import tokenize
+
+from tests.diffusion.diffusion_helpers import txt2img_graph
 
 
 def encode(engine, text, ckpt="tiny_sd15.safetensors", clip_layer=None):

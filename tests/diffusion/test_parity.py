@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion_helpers import diffusers_pipeline, engine_noise, txt2img_graph
+from tests.diffusion.diffusion_helpers import diffusers_pipeline, txt2img_graph
+from tests.helpers.noise import engine_noise
 
 
 @pytest.mark.parametrize("ckpt", ["tiny_sd15.safetensors", "tiny_sd15"])

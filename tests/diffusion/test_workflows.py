@@ -12,9 +12,10 @@ from PIL import Image
 from safetensors.torch import save_file
 import torch
 
-from comfy_ui import (area_spec, embedding_spec, lora_spec, sdxl_refiner_spec, ui_workflow)
-from diffusion_helpers import make_engine
 from nodegraph.workflow.loader import load_workflow_data, load_workflow_file
+
+from tests.diffusion.comfy_ui import area_spec, embedding_spec, lora_spec, sdxl_refiner_spec, ui_workflow
+from tests.diffusion.diffusion_helpers import make_engine
 
 WORKFLOWS = pathlib.Path(__file__).parents[2] / "workflows"
 SD15 = "v1-5-pruned-emaonly.safetensors"

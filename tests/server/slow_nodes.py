@@ -1,4 +1,4 @@
-"""Node classes for server tests, loaded with ``nodegraph serve --nodes-module slow_nodes``.
+"""Node classes for server tests, loaded with ``nodegraph serve --nodes-module tests.server.slow_nodes``.
 
 ``SlowNode`` sleeps in small steps and reports progress through ``self.ctx.progress`` (where an
 interrupt lands). With ``SLOW_NODES_LOG`` set, it appends ``start <tag>`` / ``end <tag>`` lines there.

@@ -9,7 +9,7 @@ import struct
 import pytest
 from PIL import Image
 
-from comfy_client import ComfyClient
+from tests.helpers.comfy_client import ComfyClient
 
 
 def invert_prompt(color: int = 0xFF0000, prefix: str = "inv", width: int = 16, height: int = 8) -> dict:

@@ -21,11 +21,11 @@ ROOT = HERE.parent.parent
 class ServerProcess:
     def __init__(self, tmp: Path, *extra: str, env: dict | None = None) -> None:
         self.tmp = tmp
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(ROOT)]),
+        environment = {**os.environ, "PYTHONPATH": str(ROOT),
                        "SLOW_NODES_LOG": str(tmp / "runs.log"), **(env or {})}
         args = [sys.executable, "-m", "nodegraph.cli", "serve", "--port", "0", "--data-dir", str(tmp / "data"),
                 "--output-dir", str(tmp / "out"), "--input-dir", str(tmp / "in"),
-                "--models-dir", str(tmp / "models"), "--device", "cpu", "--nodes-module", "slow_nodes", *extra]
+                "--models-dir", str(tmp / "models"), "--device", "cpu", "--nodes-module", "tests.server.slow_nodes", *extra]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=environment, cwd=tmp)
         self.lines: list[str] = []

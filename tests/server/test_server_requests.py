@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from comfy_client import ComfyClient
+from tests.helpers.comfy_client import ComfyClient
 
 GOOD = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
         "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}

@@ -26,6 +26,8 @@ from nodegraph_nodes.shapes import generator as gen  # noqa: E402
 from nodegraph_nodes.shapes.text_encoder import encode  # noqa: E402
 from training.shapes.train_generator import main as train_main  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the module's generator trains first (a minute or two on a CPU)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
 
-HERE = pathlib.Path(__file__).parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from nodegraph import Engine, OutputCache, Paths
+from nodegraph.models import ModelManager
+from nodegraph.registry import default_registry
 
-from nodegraph import Engine, OutputCache, Paths  # noqa: E402
-from nodegraph.models import ModelManager  # noqa: E402
-from nodegraph.registry import default_registry  # noqa: E402
-
-from vl_tiny_models import build_models_tree  # noqa: E402
-from vl_test_nodes import VL_TEST_NODES  # noqa: E402
+from tests.helpers.tiny_sd import build_sd1
+from tests.vision_language.vl_test_nodes import VL_TEST_NODES
+from tests.vision_language.vl_tiny_models import build_models_tree
 
 
 @pytest.fixture(scope="session")
@@ -56,9 +50,6 @@ def vl_engine(vl_registry, vl_paths, model_manager):
 
 @pytest.fixture(scope="session")
 def tiny_sd(models_root):
-    """The diffusion engineer's tiny SD1 checkpoint, built into this suite's models tree (for workflows)."""
-    sys.path.insert(0, str(HERE.parent / "diffusion"))
-    from tiny_models import build_sd1
-
+    """The tiny SD1 checkpoint the diffusion tests use too, built into this suite's models tree (for workflows)."""
     return build_sd1(models_root)
 

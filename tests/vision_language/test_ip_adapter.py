@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -19,9 +18,9 @@ from safetensors.torch import save_file
 
 from nodegraph.builder import Graph
 
-from vl_helpers import failure_of, fresh_engine, run_ok, shrink
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "diffusion"))
+from tests.helpers.noise import engine_noise
+from tests.helpers.tiny_sd import build_sdxl
+from tests.vision_language.vl_helpers import failure_of, fresh_engine, run_ok, shrink
 
 CKPT = "tiny_sd15.safetensors"
 CLIP_VISION = "tiny_clip_vision.safetensors"
@@ -132,8 +131,6 @@ def diffusers_reference(tiny_sd, ip_sd: dict, embeds: torch.Tensor, weight: floa
                         negative: torch.Tensor | None = None):
     """diffusers' StableDiffusionPipeline with the same adapter weights loaded the way load_ip_adapter does."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
-
-    from diffusion_helpers import engine_noise
 
     unet = copy.deepcopy(tiny_sd.unet)  # the session's module stays without an adapter
     state = {"image_proj": {k[len("image_proj."):]: v for k, v in ip_sd.items() if k.startswith("image_proj.")},
@@ -328,8 +325,6 @@ def test_image_prompt_workflow(vl_engine, tiny_sd, ip_files, ref_image):
 
 def test_sdxl_image_prompt_adds_to_its_added_cond(vl_engine, models_root, ip_files, ref_image):
     """SDXL's UNet gets text_embeds / time_ids and image_embeds together."""
-    from tiny_models import build_sdxl
-
     sdxl = build_sdxl(models_root)
     save_file(make_ip_adapter(sdxl.unet, embed_dim=32, seed=5),
               str(models_root / "models" / "ipadapter" / "tiny_ip_adapter_sdxl.safetensors"))

@@ -7,7 +7,7 @@ import pytest
 from nodegraph import Graph
 from nodegraph.errors import ValidationFailed
 
-from vl_helpers import failure_of, fresh_engine, run_ok
+from tests.vision_language.vl_helpers import failure_of, fresh_engine, run_ok
 
 
 def rewrite_graph(model="tiny-gpt2", **params):

@@ -12,7 +12,7 @@ from nodegraph import Engine, Graph, OutputCache
 from nodegraph.errors import ValidationFailed
 from nodegraph.events import NodeFinished, NodeStarted
 
-from vl_helpers import failure_of, run_ok
+from tests.vision_language.vl_helpers import failure_of, run_ok
 
 
 def image(g, prompt="x"):

@@ -8,7 +8,7 @@ import torch
 from nodegraph import Graph
 from nodegraph.errors import ValidationFailed
 
-from vl_helpers import failure_of, fresh_engine, run_ok
+from tests.vision_language.vl_helpers import failure_of, fresh_engine, run_ok
 
 
 def images(g, *prompts):

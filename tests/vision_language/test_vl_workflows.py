@@ -10,7 +10,7 @@ import torch
 
 from nodegraph.workflow.loader import load_workflow_file  # noqa: F401 - the file loader is what users run
 
-from vl_helpers import run_ok, shrink
+from tests.vision_language.vl_helpers import run_ok, shrink
 
 WORKFLOWS = pathlib.Path(__file__).resolve().parents[2] / "workflows"
 def load(name):

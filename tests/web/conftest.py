@@ -1,5 +1,5 @@
-"""Browser fixtures: a real nodegraph server on a free loopback port (own thread and event loop, temp
-folders, the model-free test nodes of ``web_test_nodes``) and a headless Chromium driven by Playwright.
+"""Browser fixtures: live servers (``tests/conftest.py``) on the model-free test nodes of ``web_test_nodes``,
+and a headless Chromium driven by Playwright.
 
 Nothing is skipped: without Chromium at /usr/bin/chromium, Playwright or litegraph's file (vendored in
 ``web/vendor/litegraph/``) the tests fail and say what to install.
@@ -7,59 +7,17 @@ Nothing is skipped: without Chromium at /usr/bin/chromium, Playwright or litegra
 
 from __future__ import annotations
 
-import os
 import pathlib
-import sys
 
 import pytest
 
-HERE = pathlib.Path(__file__).parent
-ROOT = HERE.parents[1]
-sys.path.insert(0, str(HERE))
-
-from nodegraph.context import Paths  # noqa: E402
-from nodegraph.server import ServerConfig  # noqa: E402
-
-from live_server import LiveServer  # noqa: E402
-
-CHROMIUM = os.environ.get("NODEGRAPH_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-LITEGRAPH = ROOT / "web" / "vendor" / "litegraph" / "litegraph.core.js"
-
-
-class WebServer(LiveServer):
-    """A live server the browser tests point Chromium at."""
-
-    def page_url(self) -> str:
-        token = self.config.auth_token
-        return f"{self.url}/?token={token}" if token else f"{self.url}/"
-
-    @property
-    def output_dir(self) -> pathlib.Path:
-        return pathlib.Path(self.config.paths.output_dir)
+from tests.helpers.live_server import ServerSetup
+from tests.web.web_helpers import CHROMIUM, CHROMIUM_ARGS, LITEGRAPH, WebServer
 
 
 @pytest.fixture
-def start_server(tmp_path):
-    started: list[WebServer] = []
-
-    def start(**overrides) -> WebServer:
-        options = dict(host="127.0.0.1", port=0, paths=Paths.under(tmp_path), data_dir=tmp_path / "data",
-                       device="cpu", threads=2, nodes_modules=("web_test_nodes",))
-        options.update(overrides)
-        server = WebServer(ServerConfig(**options)).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def server(start_server) -> WebServer:
-    return start_server()
+def server_setup() -> ServerSetup:
+    return ServerSetup(nodes_modules=("tests.web.web_test_nodes",), server_class=WebServer)
 
 
 @pytest.fixture(scope="session")

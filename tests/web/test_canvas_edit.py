@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from web_helpers import ui_workflow
+from tests.web.web_helpers import ui_workflow
 
 
 def blank(page) -> None:

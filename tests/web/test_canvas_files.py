@@ -9,16 +9,15 @@ import json
 import urllib.error
 import urllib.request
 
-from web_helpers import ui_workflow
-
 from nodegraph.pngmeta import read_png_text
 from nodegraph.registry import default_registry
 from nodegraph.workflow.ui_format import ui_to_api
 
+from tests.web import web_test_nodes
+from tests.web.web_helpers import ROOT, ui_workflow
+
 
 def registry():
-    import web_test_nodes
-
     reg = default_registry()
     reg.add_module(web_test_nodes)
     return reg
@@ -125,8 +124,6 @@ def test_api_format_workflow_opens_laid_out(server, open_page):
 
 
 def server_root():
-    from web_helpers import ROOT
-
     return ROOT
 
 

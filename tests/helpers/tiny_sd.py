@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ldm_export import clip_to_ldm, clip_to_open_clip, unet_to_ldm, vae_to_ldm
+from tests.helpers.ldm_export import clip_to_ldm, clip_to_open_clip, unet_to_ldm, vae_to_ldm
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 WORDS = ["a", "the", "red", "fox", "cat", "photo", "of", "in", "snow", "blue", "sky", "dog", "tree", "house"]

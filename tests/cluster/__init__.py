@@ -1,0 +1,1 @@
+"""Scale-out tests: the Ray runner on a local Ray cluster, and the routing it uses."""

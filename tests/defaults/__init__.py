@@ -1,0 +1,1 @@
+"""Tests of the default models that ship in the node library."""

@@ -1,0 +1,1 @@
+"""Diffusion tests: tiny random-weight SD models through the nodes, against diffusers."""

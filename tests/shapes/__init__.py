@@ -1,0 +1,1 @@
+"""Shapes-world tests: the built-in tiny generator, captioner and checks."""

@@ -1,0 +1,1 @@
+"""Language-and-vision tests: tiny transformers models through the nodes."""

@@ -1,0 +1,1 @@
+"""Browser tests: the canvas in a headless Chromium, and the static routes behind it."""
