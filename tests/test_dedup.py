@@ -11,7 +11,7 @@ from nodegraph.events import EventRecorder, NodeFinished, NodesCached, NodesQueu
 from nodegraph.node import Input, Node, Output
 from nodegraph.types import INT
 
-from engine_nodes import LOG
+from tests.engine_nodes import LOG
 
 
 class NeverSame(Node):
@@ -96,7 +96,7 @@ def test_identical_branches_run_once_and_every_id_is_reported(engine, log):
 
 def test_twins_are_served_without_a_cache():
     from nodegraph.registry import default_registry
-    from engine_nodes import TEST_NODES
+    from tests.engine_nodes import TEST_NODES
 
     registry = default_registry(packs=False)
     for cls in TEST_NODES:

@@ -7,7 +7,7 @@ import torch
 
 from nodegraph.registry import default_registry
 
-from tests.diffusion.diffusion_helpers import make_engine
+from tests.helpers.engines import make_engine
 from tests.helpers.tiny_sd import build_sd1, build_sdxl
 
 torch.set_num_threads(max(1, torch.get_num_threads()))

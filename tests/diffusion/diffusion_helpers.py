@@ -38,18 +38,3 @@ def diffusers_pipeline(tiny, scheduler_cls=None, img2img=False, scheduler_from_f
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def make_engine(model_root, tmp_path, registry, **manager_kwargs):
-    """An engine whose models folder is the session's tiny-model tree."""
-    from nodegraph import Engine, OutputCache
-    from nodegraph.context import Paths
-    from nodegraph.models import ModelManager
-
-    paths = Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
-                   models_dir=model_root / "models")
-    manager = ModelManager("cpu", **manager_kwargs)
-    return Engine(registry, paths=paths, device="cpu", threads=1, cache=OutputCache(ram_budget=512 << 20),
-                  services={"models": manager})
-
-

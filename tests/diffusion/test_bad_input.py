@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from nodegraph.errors import ValidationFailed
 from nodegraph.builder import Graph
 
-from tests.diffusion.diffusion_helpers import make_engine, txt2img_graph
+from tests.diffusion.diffusion_helpers import txt2img_graph
+from tests.helpers.engines import make_engine
 
 
 def _fail(engine, graph) -> str:

@@ -15,7 +15,7 @@ import torch
 from nodegraph.workflow.loader import load_workflow_data, load_workflow_file
 
 from tests.diffusion.comfy_ui import area_spec, embedding_spec, lora_spec, sdxl_refiner_spec, ui_workflow
-from tests.diffusion.diffusion_helpers import make_engine
+from tests.helpers.engines import make_engine
 
 WORKFLOWS = pathlib.Path(__file__).parents[2] / "workflows"
 SD15 = "v1-5-pruned-emaonly.safetensors"

@@ -1,4 +1,5 @@
-"""A tiny HTTP client on ``http.client`` (standard library only) that lets tests set any header."""
+"""A tiny HTTP client on ``http.client`` (standard library only) that lets tests set any header, and the
+multipart body of an image upload."""
 
 from __future__ import annotations
 
@@ -54,3 +55,14 @@ class Client:
         reply = self.post_json("/prompt", {"prompt": prompt, **fields})
         assert reply.status == 200, reply.body
         return reply.json()
+
+
+def multipart(fields: dict, filename: str, data: bytes, boundary: str = "XyZzY") -> tuple[bytes, dict]:
+    """A ``multipart/form-data`` upload body (``fields`` plus one PNG as ``image``) and its Content-Type header."""
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+                 f'Content-Type: image/png\r\n\r\n'.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}

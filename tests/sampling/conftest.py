@@ -1,22 +1,15 @@
-"""The sampling tests' models: the tiny random SD 1.x model of tests/diffusion (built once per session)
+"""The sampling tests' models: the tiny random SD 1.x model of ``tests.helpers.tiny_sd`` (built once per session)
 and the tiny flow transformer of :mod:`flow_model`, with an engine that has both."""
 
 from __future__ import annotations
 
-import pathlib
-import sys
-
 import pytest
 
-HERE = pathlib.Path(__file__).parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "diffusion"))
+from nodegraph.registry import default_registry
 
-from nodegraph.registry import default_registry  # noqa: E402
-
-from diffusion_helpers import make_engine  # noqa: E402
-from flow_model import TEST_NODES  # noqa: E402
-from tiny_models import build_sd1  # noqa: E402
+from tests.helpers.engines import make_engine
+from tests.helpers.tiny_sd import build_sd1
+from tests.sampling.flow_model import TEST_NODES
 
 
 @pytest.fixture(scope="session")

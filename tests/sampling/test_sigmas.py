@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from comfy_sigmas import EXPECTED
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling import sigmas as sg
+
+from tests.sampling.comfy_sigmas import EXPECTED
 
 SETTINGS = {"SD1": msl.discrete(), "SD3": msl.sd3_flow(3.0)}
 

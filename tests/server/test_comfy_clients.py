@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_client import ComfyClient
-from script_client import ScriptClient
-from test_server_security import multipart
+from tests.helpers.comfy_client import ComfyClient
+from tests.helpers.http_client import multipart
+from tests.server.script_client import ScriptClient
 
 PROMPT = {"1": {"class_type": "PreviewAny", "inputs": {"source": "hi"}}}
 

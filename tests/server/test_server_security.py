@@ -17,6 +17,8 @@ from websockets.sync.client import connect
 from nodegraph.server import ServerConfig
 from nodegraph.server.config import is_loopback
 
+from tests.helpers.http_client import multipart
+
 SECRET = b"TOP-SECRET-CONTENT"
 PROMPT = {"1": {"class_type": "PreviewAny", "inputs": {"source": "hi"}}}
 
@@ -25,16 +27,6 @@ def png_bytes(size=(8, 8), color=(255, 0, 0)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, color).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def multipart(fields: dict, filename: str, data: bytes, boundary: str = "XyZzY") -> tuple[bytes, dict]:
-    parts = []
-    for name, value in fields.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
-                 f'Content-Type: image/png\r\n\r\n'.encode() + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def upload(client, filename: str, data: bytes, **fields):

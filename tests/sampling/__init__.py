@@ -1,0 +1,1 @@
+"""Sampling tests: schedulers, samplers and model sampling against ComfyUI's numbers, on tiny models."""
