@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from .context import Paths
 from .errors import NodegraphError, ValidationFailed, WorkflowFormatError
+from .model_folders import extra_model_folders
 from .progress import ProgressPrinter, format_timing_report, library_progress_silenced, report_dict, summary_line
 from .types import STRING
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="NODE.INPUT=VALUE")
     validate.add_argument("--prompt", metavar="TEXT", help="as for run")
     validate.add_argument("--models-dir", type=Path, default=None)
+    _add_model_paths_option(validate)
     validate.add_argument("--input-dir", type=Path, default=None)
 
     nodes = sub.add_parser("nodes", help="list the available node classes")
@@ -59,6 +61,7 @@ def _add_serve_parser(sub) -> None:
                        help="bind address (default 127.0.0.1; any other needs a token)")
     serve.add_argument("--port", type=int, default=8188, help="port (default 8188; 0 picks a free one)")
     serve.add_argument("--models-dir", type=Path, default=None)
+    _add_model_paths_option(serve)
     serve.add_argument("--output-dir", type=Path, default=Path("outputs"))
     serve.add_argument("--input-dir", type=Path, default=None)
     serve.add_argument("--data-dir", type=Path, default=Path("data"),
@@ -115,6 +118,13 @@ class DeprecatedAlias(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+def _add_model_paths_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--extra-model-paths-config", dest="extra_model_paths", action="append", nargs="+",
+                   default=[], type=Path, metavar="PATH",
+                   help="also read models from the folders this ComfyUI extra_model_paths.yaml names (an existing "
+                        "ComfyUI install's); repeatable. ./extra_model_paths.yaml is read when present")
+
+
 def _add_threads_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="nodes the engine runs at once (default 2)")
     p.add_argument("--workers", dest="threads", type=int, action=DeprecatedAlias, new="--threads",
@@ -149,6 +159,7 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
                         "outputs/<YYYY-MM-DD_HHMMSS>_<workflow-name>/)")
     p.add_argument("--input-dir", type=Path, default=None)
     p.add_argument("--models-dir", type=Path, default=None)
+    _add_model_paths_option(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     _add_threads_option(p)
     p.add_argument("--allow-pickle", action="store_true",
@@ -175,7 +186,9 @@ def _paths(args: argparse.Namespace) -> Paths:
     output = getattr(args, "output_dir", None) or Path("outputs")
     inputs = args.input_dir or Path(os.environ.get("NODEGRAPH_INPUT_DIR", "inputs"))
     models = args.models_dir or Path(os.environ.get("NODEGRAPH_MODELS", "models"))
-    return Paths(output_dir=output, input_dir=inputs, temp_dir=output / "temp", models_dir=models)
+    extra = extra_model_folders(path for paths in getattr(args, "extra_model_paths", []) for path in paths)
+    return Paths(output_dir=output, input_dir=inputs, temp_dir=output / "temp", models_dir=models,
+                 extra_model_dirs=extra)
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:

@@ -6,6 +6,7 @@ Nothing here is global: the executor builds one :class:`NodeContext` per node ca
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from .errors import Interrupted
 from .events import EventBus, NodeImage, NodePreview, NodeProgress
+from .model_folders import LEGACY_SUBFOLDERS, ModelFolder, canonical_kind
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,31 @@ class Paths:
     models_dir: Path = Path("models")
     #: Where converted default models are kept (None: ``$NODEGRAPH_CACHE_DIR``, else the user cache dir).
     cache_dir: Path | None = None
+    #: More folders per model kind (an existing ComfyUI install's, from ``extra_model_paths.yaml``:
+    #: :mod:`nodegraph.model_folders`); see :meth:`model_dirs`.
+    extra_model_dirs: tuple[ModelFolder, ...] = ()
+
+    def model_dirs(self, kind: str) -> tuple[Path, ...]:
+        """Every folder holding models of ``kind``, in the order they are searched — the one place
+        model folders are decided; every loader's choices and ``/models/{folder}`` go through it.
+
+        ``<models_dir>/<kind>`` and its ComfyUI alias subfolders (``diffusion_models`` also reads
+        ``unet/``, ``text_encoders`` ``clip/``), then the extra folders declared for the kind (those of
+        an ``is_default`` section come first of all). ``kind`` may be a ComfyUI legacy name (``unet``,
+        ``clip``). Folders need not exist; a folder listed twice appears once."""
+        kind = canonical_kind(kind)
+        models = Path(self.models_dir)
+        own = [models / kind] + [models / alias for alias in LEGACY_SUBFOLDERS.get(kind, ())]
+        extra = [folder for folder in self.extra_model_dirs if folder.kind == kind]
+        ordered = ([f.path for f in extra if f.first] + own + [f.path for f in extra if not f.first])
+        unique: dict[str, Path] = {}
+        for folder in ordered:
+            unique.setdefault(os.path.normpath(os.path.abspath(folder)), Path(folder))
+        return tuple(unique.values())
+
+    def model_kinds(self) -> tuple[str, ...]:
+        """The kinds the extra folders declare (ComfyUI lists such kinds in ``/models`` too)."""
+        return tuple(dict.fromkeys(folder.kind for folder in self.extra_model_dirs))
 
     @classmethod
     def under(cls, root: Path | str) -> "Paths":

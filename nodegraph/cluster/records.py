@@ -92,4 +92,5 @@ class JobOutcome:
 def absolute_paths(paths: Paths) -> Paths:
     """``paths`` with every folder absolute (actors run in other working directories)."""
     return Paths(output_dir=Path(paths.output_dir).resolve(), input_dir=Path(paths.input_dir).resolve(),
-                 temp_dir=Path(paths.temp_dir).resolve(), models_dir=Path(paths.models_dir).resolve())
+                 temp_dir=Path(paths.temp_dir).resolve(), models_dir=Path(paths.models_dir).resolve(),
+                 extra_model_dirs=paths.extra_model_dirs)  # already absolute (nodegraph.model_folders)

@@ -340,17 +340,16 @@ class Api:
         return web.json_response({**FEATURES, "max_upload_size": self.config.max_upload_bytes})
 
     async def get_models(self, request: web.Request) -> web.Response:
-        return web.json_response(list(MODEL_FOLDERS))
+        return web.json_response(model_folder_names(self.paths))
 
     async def get_models_folder(self, request: web.Request) -> web.Response:
         folder = request.match_info["folder"]
-        if folder not in MODEL_FOLDERS:
+        if folder not in model_folder_names(self.paths):
             raise BadRequest("not_found", f"unknown model folder {folder!r}", status=404)
-        names = await self.in_thread(_list_models, Path(self.paths.models_dir) / folder)
-        return web.json_response(names)
+        return web.json_response(await self.in_thread(list_model_names, self.paths, folder))
 
     async def get_embeddings(self, request: web.Request) -> web.Response:
-        names = await self.in_thread(_list_models, Path(self.paths.models_dir) / "embeddings")
+        names = await self.in_thread(list_model_names, self.paths, "embeddings")
         return web.json_response(sorted({os.path.splitext(n)[0] for n in names}))
 
     async def get_extensions(self, request: web.Request) -> web.Response:
@@ -373,6 +372,18 @@ class Api:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, default=str)
+
+
+def model_folder_names(paths) -> list[str]:
+    """The model folders ``/models`` lists: ComfyUI's and ours, then kinds only the extra model paths
+    (``extra_model_paths.yaml``) declare, as ComfyUI lists them."""
+    return list(MODEL_FOLDERS) + [kind for kind in paths.model_kinds() if kind not in MODEL_FOLDERS]
+
+
+def list_model_names(paths, kind: str) -> list[str]:
+    """The model files of ``kind`` in every folder of ``paths.model_dirs(kind)`` (nodegraph's own, its
+    ComfyUI alias subfolders, the extra model paths), each name once, sorted."""
+    return sorted({name for folder in paths.model_dirs(kind) for name in _list_models(folder)})
 
 
 def _list_models(folder: Path) -> list[str]:

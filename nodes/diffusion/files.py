@@ -2,8 +2,11 @@
 
 Layout under ``Paths.models_dir``: ``checkpoints/``, ``diffusers/``, ``vae/``, ``loras/``,
 ``text_encoders/``, ``embeddings/``, ``diffusion_models/`` (later ``llm/``, ``captioners/``,
-``clip_vision/``, ``upscale/``). Safetensors files are read directly; pickle formats (``.ckpt .pt .bin
-.pth .pkl .pt2``) can run code when loaded and are refused unless the engine allows pickle
+``clip_vision/``, ``upscale_models/``), plus the folders :meth:`Paths.model_dirs
+<nodegraph.context.Paths.model_dirs>` adds for a kind (ComfyUI's alias subfolders, an existing ComfyUI
+install's folders from ``extra_model_paths.yaml``): choices list the models of all of them, a name is
+found in the first that holds it. Safetensors files are read directly; pickle formats (``.ckpt .pt
+.bin .pth .pkl .pt2``) can run code when loaded and are refused unless the engine allows pickle
 (``--allow-pickle``). Every failure is a :class:`ModelFileError` whose message names the file and the fix.
 """
 
@@ -28,6 +31,8 @@ class ModelFileError(ValueError):
 
 
 def folder(paths: Paths, kind: str) -> Path:
+    """nodegraph's own folder for ``kind`` (where new files go); models are read from every folder of
+    :meth:`Paths.model_dirs <nodegraph.context.Paths.model_dirs>`."""
     return Path(paths.models_dir) / kind
 
 
@@ -37,8 +42,15 @@ def is_diffusers_folder(path: Path) -> bool:
 
 def list_model_files(paths: Paths, kind: str, *, diffusers_folders: bool = False,
                      extensions: frozenset[str] = MODEL_EXTENSIONS) -> list[str]:
-    """Model files under ``models/<kind>`` (recursive, ``/``-separated, sorted); optionally diffusers folders."""
-    base = folder(paths, kind)
+    """Model files of ``kind`` in every folder of ``paths.model_dirs(kind)`` (recursive, relative to
+    their folder, ``/``-separated, each name once, sorted); optionally diffusers folders."""
+    found: set[str] = set()
+    for base in paths.model_dirs(kind):
+        found.update(_files_under(base, diffusers_folders, extensions))
+    return sorted(found)
+
+
+def _files_under(base: Path, diffusers_folders: bool, extensions: frozenset[str]) -> list[str]:
     found: list[str] = []
     if not base.is_dir():
         return found
@@ -52,7 +64,7 @@ def list_model_files(paths: Paths, kind: str, *, diffusers_folders: bool = False
         for name in files:
             if Path(name).suffix.lower() in extensions and not name.startswith("."):
                 found.append((root_path / name).relative_to(base).as_posix())
-    return sorted(found)
+    return found
 
 
 def checkpoint_choices(paths: Paths) -> list[str]:
@@ -64,20 +76,23 @@ def checkpoint_choices(paths: Paths) -> list[str]:
 
 
 def resolve_model(paths: Paths, kind: str, name: str, *, also: tuple[str, ...] = ()) -> Path:
-    """The path of model ``name`` in ``models/<kind>`` (or the ``also`` folders); refuses escapes."""
+    """The path of model ``name`` in the first folder of ``kind`` (then of the ``also`` kinds) that
+    holds it (:meth:`Paths.model_dirs <nodegraph.context.Paths.model_dirs>`); refuses escapes."""
     if not name or "\0" in name:
         raise ModelFileError(f"no {kind} model name given")
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts:
         raise ModelFileError(f"model name {name!r} must be a path inside models/{kind}")
+    searched: list[Path] = []
     for k in (kind, *also):
-        base = folder(paths, k)
-        candidate = base / rel
-        if candidate.exists():
-            if not candidate.resolve().is_relative_to(base.resolve()) and not base.is_symlink():
-                raise ModelFileError(f"model name {name!r} leads outside models/{k}")
-            return candidate
-    where = " or ".join(f"models/{k}" for k in (kind, *also))
+        for base in paths.model_dirs(k):
+            searched.append(base)
+            candidate = base / rel
+            if candidate.exists():
+                if not candidate.resolve().is_relative_to(base.resolve()) and not base.is_symlink():
+                    raise ModelFileError(f"model name {name!r} leads outside {base}")
+                return candidate
+    where = ", ".join(str(base) for base in dict.fromkeys(searched))
     raise ModelFileError(f"model file {name!r} was not found in {where} (models folder: {paths.models_dir}); "
                          "put the file there or pick one from the list")
 

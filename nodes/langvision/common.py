@@ -1,7 +1,9 @@
 """Model folders, dtypes, checks of text and image inputs, and tensor preprocessing for VL nodes.
 
 Models for these nodes are transformers folders (``config.json`` + weights + tokenizer/processor files)
-under ``models/<kind>/<folder>``: ``llm``, ``captioners``, ``clip_vision``, ``safety``. They are loaded
+under ``models/<kind>/<folder>``: ``llm``, ``captioners``, ``clip_vision``, ``safety`` — or under any
+other folder :meth:`Paths.model_dirs <nodegraph.context.Paths.model_dirs>` gives for the kind (an
+existing ComfyUI install's, from ``extra_model_paths.yaml``). They are loaded
 with ``local_files_only=True`` — nothing is fetched from a hub — and once per (folder, class, dtype)
 through the engine's model manager.
 """
@@ -36,15 +38,23 @@ class ModelFolderError(ValueError):
 
 
 def models_root(paths: Paths, kind: str) -> Path:
+    """nodegraph's own folder for ``kind``; models are read from every folder of ``paths.model_dirs(kind)``."""
     return Path(paths.models_dir) / kind
 
 
 def list_model_folders(paths: Paths, kind: str, files: tuple[str, ...] = ()) -> list[str]:
-    """Folders under ``models/<kind>`` that hold a ``config.json`` (``/``-separated, sorted).
+    """Folders that hold a ``config.json`` under any folder of ``paths.model_dirs(kind)`` (relative to
+    it, ``/``-separated, each name once, sorted).
 
     ``files``: file extensions (``.safetensors``) also listed as single-file models.
     """
-    base = models_root(paths, kind)
+    found: set[str] = set()
+    for base in paths.model_dirs(kind):
+        found.update(_model_folders_under(base, files))
+    return sorted(found)
+
+
+def _model_folders_under(base: Path, files: tuple[str, ...]) -> list[str]:
     found: list[str] = []
     if not base.is_dir():
         return found
@@ -58,24 +68,27 @@ def list_model_folders(paths: Paths, kind: str, files: tuple[str, ...] = ()) -> 
         for name in names:
             if files and Path(name).suffix.lower() in files and not name.startswith("."):
                 found.append((root_path / name).relative_to(base).as_posix())
-    return sorted(found)
+    return found
 
 
 def resolve_model_path(paths: Paths, kind: str, name: str, input_name: str) -> Path:
-    """``models/<kind>/<name>``, refusing names outside that folder and missing ones."""
+    """``<folder>/<name>`` in the first folder of ``paths.model_dirs(kind)`` holding it, refusing
+    names outside that folder and missing ones."""
     if not isinstance(name, str) or not name.strip():
         raise ModelFolderError(f"input '{input_name}': no model name given; pick a folder under models/{kind}")
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts or "\0" in name:
         raise ModelFolderError(f"input '{input_name}': model name {name!r} must be a path inside models/{kind}")
-    base = models_root(paths, kind)
-    path = base / rel
-    if not path.exists():
-        raise ModelFolderError(f"input '{input_name}': there is no model {name!r} in {base}; put a "
-                               f"transformers model folder there (config.json + weights)")
-    if not path.resolve().is_relative_to(base.resolve()) and not base.is_symlink():
-        raise ModelFolderError(f"input '{input_name}': model name {name!r} leads outside models/{kind}")
-    return path
+    bases = paths.model_dirs(kind)
+    for base in bases:
+        path = base / rel
+        if path.exists():
+            if not path.resolve().is_relative_to(base.resolve()) and not base.is_symlink():
+                raise ModelFolderError(f"input '{input_name}': model name {name!r} leads outside {base}")
+            return path
+    where = " or ".join(str(base) for base in bases)
+    raise ModelFolderError(f"input '{input_name}': there is no model {name!r} in {where}; put a "
+                           f"transformers model folder there (config.json + weights)")
 
 
 def read_config(folder: Path, input_name: str) -> dict:

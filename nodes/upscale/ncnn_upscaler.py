@@ -67,15 +67,16 @@ def builtin_choices() -> list[str]:
 
 
 def folder_choices(paths: Paths) -> list[str]:
-    """``.param`` files under ``models/upscale_models`` (``/``-separated, sorted)."""
-    base = Path(paths.models_dir) / FOLDER
-    if not base.is_dir():
-        return []
-    found = []
-    for root, dirs, names in os.walk(base, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [(Path(root) / n).relative_to(base).as_posix() for n in names
-                  if n.endswith(".param") and not n.startswith(".")]
+    """``.param`` files under every folder of ``paths.model_dirs("upscale_models")`` (``/``-separated,
+    each once, sorted)."""
+    found: set[str] = set()
+    for base in paths.model_dirs(FOLDER):
+        if not base.is_dir():
+            continue
+        for root, dirs, names in os.walk(base, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found.update((Path(root) / n).relative_to(base).as_posix() for n in names
+                         if n.endswith(".param") and not n.startswith("."))
     return sorted(found)
 
 
@@ -99,7 +100,8 @@ def resolve(paths: Paths, name: Any, input_name: str = "model_name") -> ModelFil
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts or "\0" in name:
         raise UpscaleModelError(f"input '{input_name}': {name!r} must be a path inside models/{FOLDER}")
-    base = Path(paths.models_dir) / FOLDER
+    bases = paths.model_dirs(FOLDER)  # nodegraph's folder, then an existing ComfyUI install's
+    base = next((b for b in bases if (b / rel).is_file()), bases[0])
     param = base / rel
     if param.suffix != ".param":
         raise UpscaleModelError(f"input '{input_name}': {name!r} is not an ncnn .param file; upscale models "

@@ -64,10 +64,11 @@ def resolve(paths: Paths, name: str, input_name: str = "model_name") -> TorchMod
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts or "\0" in name:
         raise UpscaleModelError(f"input '{input_name}': {name!r} must be a path inside models/{FOLDER}")
-    base = Path(paths.models_dir) / FOLDER
-    path = base / rel
-    if not path.is_file():
-        raise UpscaleModelError(f"input '{input_name}': there is no upscale model {name!r} in {base}")
+    bases = paths.model_dirs(FOLDER)  # nodegraph's folder, then an existing ComfyUI install's
+    path = next((base / rel for base in bases if (base / rel).is_file()), None)
+    if path is None:
+        raise UpscaleModelError(f"input '{input_name}': there is no upscale model {name!r} in "
+                                f"{' or '.join(str(base) for base in bases)}")
     return TorchModelFile(name, path)
 
 
