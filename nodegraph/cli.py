@@ -82,6 +82,10 @@ def _add_serve_parser(sub) -> None:
                        help="also accept this Host header name (e.g. a reverse proxy's)")
     serve.add_argument("--nodes-module", action="append", default=[], metavar="MODULE",
                        help="import MODULE and register its node classes (local or test node packs)")
+    serve.add_argument("--frontend", choices=("builtin", "comfyui"), default="builtin",
+                       help="the page at /: 'builtin' (default: nodegraph's canvas; ComfyUI's frontend, when "
+                            "installed, at /comfyui/) or 'comfyui' (ComfyUI's official frontend, pip install "
+                            "'nodegraph[frontend]'; nodegraph's canvas at /builtin/)")
     serve.add_argument("--ray", dest="ray_address", default=None, metavar="auto|ADDRESS",
                        help="run jobs on a Ray cluster (pip install 'nodegraph[ray]'): 'auto' joins the cluster "
                             "on this machine or starts a local one; or a head address such as 10.0.0.5:6379")
@@ -420,7 +424,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           max_prompt_nodes=args.max_prompt_nodes,
                           cache_ram_bytes=cache_ram, cache_vram_bytes=cache_vram,
                           allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
-                          allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module))
+                          allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module),
+                          frontend=args.frontend)
     make_runner = pick_runner(args)
     config, generated = config.resolved()
     if generated:

@@ -146,6 +146,15 @@ def _job(row: tuple) -> Job:
                row[8], row[9], row[10])
 
 
+def _history_entry(row: tuple) -> HistoryEntry:
+    """A :class:`HistoryEntry` from a row of :data:`_HISTORY_COLUMNS`."""
+    (pid, number, prompt, extra, to_exec, outputs, _status, _completed, messages, meta, attempts, state,
+     name, created, started, ended) = row
+    return HistoryEntry(pid, number, json.loads(prompt), json.loads(extra), json.loads(to_exec),
+                        json.loads(outputs), state, json.loads(messages), json.loads(meta), attempts,
+                        name, created, started, ended)
+
+
 class QueueFull(Exception):
     """The queue holds ``max_queue`` jobs already."""
 
@@ -395,13 +404,28 @@ class JobStore:
         """One history entry (cancelled ones too), or ``None``."""
         row = self._conn().execute(f"SELECT {_HISTORY_COLUMNS} FROM history WHERE prompt_id=?",
                                    (prompt_id,)).fetchone()
-        if row is None:
-            return None
-        (pid, number, prompt, extra, to_exec, outputs, _status, _completed, messages, meta, attempts, state,
-         name, created, started, ended) = row
-        return HistoryEntry(pid, number, json.loads(prompt), json.loads(extra), json.loads(to_exec),
-                            json.loads(outputs), state, json.loads(messages), json.loads(meta), attempts,
-                            name, created, started, ended)
+        return None if row is None else _history_entry(row)
+
+    def history_entries(self, states: Iterable[str], *, sort: str = "created", descending: bool = True,
+                        limit: int | None = None, offset: int = 0) -> tuple[list[HistoryEntry], int]:
+        """A page of the history entries whose run status is in ``states``, and how many there are.
+
+        ``sort``: ``"created"`` (when the prompt was queued; the start, else the end, where that is
+        unknown) or ``"duration"`` (end − start; 0 when unknown). ComfyUI's ``/api/jobs`` pages this way."""
+        states = [check_state(s) for s in states]
+        if not states:
+            return [], 0
+        keys = {"created": "COALESCE(created, started, finished)", "duration": "COALESCE(finished - started, 0)"}
+        if sort not in keys:
+            raise ValueError(f"unknown sort {sort!r}; expected one of {', '.join(keys)}")
+        where = f"state IN ({','.join('?' * len(states))})"
+        direction = "DESC" if descending else "ASC"
+        conn = self._conn()
+        (total,) = conn.execute(f"SELECT COUNT(*) FROM history WHERE {where}", states).fetchone()
+        rows = conn.execute(f"SELECT {_HISTORY_COLUMNS} FROM history WHERE {where} "
+                            f"ORDER BY {keys[sort]} {direction}, seq {direction} LIMIT ? OFFSET ?",
+                            (*states, -1 if limit is None else limit, max(offset, 0))).fetchall()
+        return [_history_entry(row) for row in rows], total
 
     def history_count(self, include_cancelled: bool = False) -> int:
         where = "" if include_cancelled else " WHERE state IS NOT 'cancelled'"

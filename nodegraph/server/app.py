@@ -28,6 +28,7 @@ from ..errors import ValidationFailed, WorkflowFormatError
 from ..executor import Engine
 from ..queue import DuplicatePrompt, Job, JobRunner, JobStore, LocalRunner, QueueFull, RunnerFactory
 from ..queue import messages
+from . import comfy_frontend
 from .comfy_errors import bad_request, prompt_error_response
 from .config import ServerConfig
 from .features import FEATURES
@@ -358,7 +359,8 @@ class Api:
     async def get_openapi(self, request: web.Request) -> web.Response:
         from .. import __version__
 
-        return web.json_response(openapi_document(__version__))
+        frontend_routes = tuple(route.spec for route in comfy_frontend.FRONTEND_ROUTES)
+        return web.json_response(openapi_document(__version__, frontend_routes))
 
     # -- files ------------------------------------------------------------------------------------
 
@@ -421,6 +423,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None, *,
     ``make_runner`` builds the job runner from the engine, the store and the WebSocket hub (the
     runner's event sink); default: :class:`~nodegraph.queue.local.LocalRunner`, this process's engine."""
     config.check()
+    package = comfy_frontend.check_frontend(config.frontend)  # before anything starts: a bad choice stops here
     owns_engine = engine is None
     engine = engine if engine is not None else build_engine(config)
     for folder in (engine.paths.output_dir, engine.paths.input_dir, engine.paths.temp_dir):
@@ -433,16 +436,20 @@ def create_app(config: ServerConfig, engine: Engine | None = None, *,
     hub.status_source = runner.status_message
     server = Server(config, engine, store, hub, runner, owns_engine)
     api = Api(server)
-    uploads = frozenset(r.path for r in ROUTES if r.multipart is not None)
+    frontend = comfy_frontend.setup(server, package, MODEL_FOLDERS, _list_models)
+    uploads = frontend.upload_paths({r.path for r in ROUTES if r.multipart is not None}
+                                    | {r.spec.path for r in comfy_frontend.FRONTEND_ROUTES if r.spec.multipart})
     app = web.Application(client_max_size=config.max_body_bytes,
-                          middlewares=[error_middleware, security_middleware(config, uploads),
+                          middlewares=[error_middleware, security_middleware(config, uploads, comfy_frontend.takes_raw_body),
                                        bad_request_middleware])
     app[SERVER] = server
     for route in ROUTES:
         handler = getattr(api, route.handler)
-        for prefix in ("", "/api"):
+        for prefix in frontend.prefixes:
             app.router.add_route(route.method, prefix + route.path, handler)
-    add_static_routes(app)  # the web canvas at / and the ready workflows (static.py)
+    # our canvas at / (at /builtin/ when ComfyUI's frontend takes /) and the ready workflows (static.py)
+    add_static_routes(app, page_base="/builtin" if frontend.base == "" else "")
+    comfy_frontend.add_routes(app, frontend)  # ComfyUI's frontend and the routes it calls
 
     async def on_startup(app: web.Application) -> None:
         hub.bind(asyncio.get_running_loop())

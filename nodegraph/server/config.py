@@ -58,6 +58,9 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     nodes_modules: tuple[str, ...] = ()
+    #: the page at ``/``: ``"builtin"`` (our canvas; ComfyUI's frontend, when installed, at
+    #: ``/comfyui/``) or ``"comfyui"`` (ComfyUI's frontend; our canvas at ``/builtin/``)
+    frontend: str = "builtin"
     workers: InitVar[int | None] = None
 
     def __post_init__(self, workers: int | None) -> None:

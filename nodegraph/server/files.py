@@ -142,6 +142,8 @@ class UploadForm:
     kind: str = "input"
     subfolder: str = ""
     overwrite: bool = False
+    #: ``/upload/mask``'s reference to the image the mask belongs to (a JSON text), when sent
+    original_ref: str | None = None
 
 
 async def read_upload(request: web.Request, scratch: Path, max_bytes: int) -> UploadForm:
@@ -166,9 +168,11 @@ async def read_upload(request: web.Request, scratch: Path, max_bytes: int) -> Up
                             raise FileError(413, "upload_too_large",
                                             f"the upload exceeds the limit of {max_bytes} bytes")
                         handle.write(chunk)
-            elif name in ("type", "subfolder", "overwrite"):
+            elif name in ("type", "subfolder", "overwrite", "original_ref"):
                 value = (await part.read(decode=True))[:4096].decode("utf-8", "replace")
-                if name == "type":
+                if name == "original_ref":
+                    form.original_ref = value
+                elif name == "type":
                     form.kind = value or "input"
                 elif name == "subfolder":
                     form.subfolder = value

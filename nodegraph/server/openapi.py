@@ -1,7 +1,8 @@
 """The route table and the OpenAPI 3 description built from it (``GET /openapi.json``).
 
-``app.py`` registers exactly the routes listed in :data:`ROUTES` (each also under ``/api``), so the
-description cannot drift from what the server answers.
+``app.py`` registers exactly the routes listed in :data:`ROUTES` (each also under ``/api``) and
+``comfy_frontend`` those of its ``FRONTEND_ROUTES``; both are described here, so the description
+cannot drift from what the server answers.
 """
 
 from __future__ import annotations
@@ -75,9 +76,11 @@ ROUTES: tuple[RouteSpec, ...] = (
 )
 
 
-def openapi_document(version: str) -> dict[str, Any]:
+def openapi_document(version: str, more: tuple[RouteSpec, ...] = ()) -> dict[str, Any]:
+    """The description of :data:`ROUTES` and ``more`` (``app.py`` passes the routes ComfyUI's frontend
+    calls, ``comfy_frontend.FRONTEND_ROUTES``)."""
     paths: dict[str, Any] = {}
-    for route in ROUTES:
+    for route in ROUTES + tuple(more):
         op: dict[str, Any] = {"summary": route.summary, "operationId": route.handler,
                               "responses": {str(code): {"description": text}
                                             for code, text in route.responses.items()}}

@@ -122,8 +122,21 @@ def token_ok(config: ServerConfig, request: web.Request) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
 
 
-def security_middleware(config: ServerConfig, upload_paths: frozenset[str]):
-    """The aiohttp middleware enforcing the checks in the module doc, in that order."""
+def same_origin_browser(headers) -> bool:
+    """A browser request this server's own page made: its ``Origin`` (checked before) or its
+    ``Sec-Fetch-Site`` says so."""
+    site = headers.get("Sec-Fetch-Site")
+    return "Origin" in headers or (site is not None and site.strip().lower() in SAME_ORIGIN_SITES)
+
+
+def security_middleware(config: ServerConfig, upload_paths: frozenset[str],
+                        raw_body: Callable[[str], bool] = lambda path: False):
+    """The aiohttp middleware enforcing the checks in the module doc, in that order.
+
+    ``raw_body(path)``: routes whose body is a file or a value, not a request (ComfyUI's ``/userdata``
+    and ``/settings``, which its frontend posts as ``text/plain``): a browser may send any Content-Type
+    there when the request provably comes from this server's own page (same-origin ``Origin``, or
+    ``Sec-Fetch-Site: same-origin``); a cross-site page is refused by the Origin checks above."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -145,8 +158,10 @@ def security_middleware(config: ServerConfig, upload_paths: frozenset[str]):
         if request.method in STATE_CHANGING:
             length = request.content_length
             upload = _route_path(request) in upload_paths
-            # a script's JSON may come labelled as anything (see the module doc); a browser's may not
-            checked = upload or sent_by_browser(request.headers)
+            # a script's JSON may come labelled as anything (see the module doc); a browser's may not,
+            # except a raw body from this server's own page
+            raw = not upload and raw_body(request.path) and same_origin_browser(request.headers)
+            checked = upload or (sent_by_browser(request.headers) and not raw)
             if checked and (request.body_exists or request.headers.get("Content-Type")):
                 wanted = "multipart/form-data" if upload else "application/json"
                 if request.content_type != wanted:

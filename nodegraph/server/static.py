@@ -146,11 +146,13 @@ class StaticFiles:
 
 
 def add_static_routes(app: web.Application, web_folder: Path | None = None,
-                      workflows_folder: Path | None = None) -> None:
+                      workflows_folder: Path | None = None, page_base: str = "") -> None:
     """Register the page, its modules, litegraph's files and the workflow routes on ``app``.
 
     The folders default to :func:`nodegraph.assets.web_dir` / :func:`~nodegraph.assets.workflows_dir`.
     Missing canvas files are logged here (a warning on stderr at start-up), and ``/`` says so too.
+    ``page_base``: where the page is, ``""`` (at ``/``) or e.g. ``"/builtin"`` (at ``/builtin/``, when
+    ComfyUI's frontend takes ``/``); its modules and files keep their absolute paths either way.
     """
     web_folder = web_dir() if web_folder is None else Path(web_folder)
     workflows_folder = workflows_dir() if workflows_folder is None else Path(workflows_folder)
@@ -158,8 +160,14 @@ def add_static_routes(app: web.Application, web_folder: Path | None = None,
     if missing is not None:
         log.warning("warning: %s", missing.message())
     files = StaticFiles(web_folder, workflows_folder)
-    app.router.add_get("/", files.index)
-    app.router.add_get("/index.html", files.index)
+    app.router.add_get(f"{page_base}/", files.index)
+    if page_base:
+        async def redirect(request: web.Request) -> web.StreamResponse:
+            raise web.HTTPFound(f"{page_base}/" + (f"?{request.query_string}" if request.query_string else ""))
+
+        app.router.add_get(page_base, redirect)
+    else:
+        app.router.add_get("/index.html", files.index)
     app.router.add_get("/style.css", files.style)
     app.router.add_get("/src/{name}", files.module)
     app.router.add_get("/lib/{name}", files.lib)
