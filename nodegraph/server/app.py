@@ -436,7 +436,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None, *,
     hub.status_source = runner.status_message
     server = Server(config, engine, store, hub, runner, owns_engine)
     api = Api(server)
-    frontend = comfy_frontend.setup(server, package, MODEL_FOLDERS, _list_models)
+    frontend = comfy_frontend.setup(server, package, model_folder_names, _list_models)
     uploads = frontend.upload_paths({r.path for r in ROUTES if r.multipart is not None}
                                     | {r.spec.path for r in comfy_frontend.FRONTEND_ROUTES if r.spec.multipart})
     app = web.Application(client_max_size=config.max_body_bytes,

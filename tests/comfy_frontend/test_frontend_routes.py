@@ -78,20 +78,36 @@ def test_global_subgraphs_from_the_blueprint_folder(server, client):
     assert client.get("/api/global_subgraphs").json().keys() == listing.keys()  # ids are stable
 
 
-def test_model_library(server, client):
-    folder = pathlib.Path(server.config.paths.models_dir) / "checkpoints" / "sd"
-    folder.mkdir(parents=True)
-    (folder / "tiny.safetensors").write_bytes(b"0" * 10)
-    (folder / "notes.txt").write_text("not a model")
+def test_model_library(start_server, tmp_path):
+    """Our models folder and an extra_model_paths.yaml folder (ComfyUI's format): each file with the
+    index of the folder it is in."""
+    from dataclasses import replace
+
+    from nodegraph.context import Paths
+    from nodegraph.model_folders import load_extra_model_paths
+
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "models" / "checkpoints").mkdir(parents=True)
+    (comfy / "models" / "checkpoints" / "theirs.safetensors").write_bytes(b"1" * 4)
+    yaml_file = tmp_path / "extra_model_paths.yaml"
+    yaml_file.write_text(f"comfyui:\n  base_path: {comfy}\n  checkpoints: models/checkpoints\n")
+    paths = replace(Paths.under(tmp_path), extra_model_dirs=load_extra_model_paths(yaml_file))
+    server = start_server(paths=paths)
+    client = server.client()
+    ours = pathlib.Path(paths.models_dir) / "checkpoints"
+    (ours / "sd").mkdir(parents=True)
+    (ours / "sd" / "tiny.safetensors").write_bytes(b"0" * 10)
+    (ours / "notes.txt").write_text("not a model")
     folders = client.get("/api/experiment/models").json()
     names = [f["name"] for f in folders]
     assert "checkpoints" in names and "configs" not in names and "custom_nodes" not in names
-    assert folders[names.index("checkpoints")]["folders"] == [str(folder.parent.resolve())]
+    expected_folders = [str(ours.resolve()), str((comfy / "models" / "checkpoints").resolve())]
+    assert folders[names.index("checkpoints")]["folders"] == expected_folders
     files = client.get("/api/experiment/models/checkpoints").json()
-    assert [(f["name"], f["pathIndex"], f["size"]) for f in files] == [("sd/tiny.safetensors", 0, 10)]
+    assert [(f["name"], f["pathIndex"], f["size"]) for f in files] == [("sd/tiny.safetensors", 0, 10),
+                                                                       ("theirs.safetensors", 1, 4)]
     assert client.get("/api/experiment/models/nope").status == 404
-    paths = client.get("/internal/folder_paths").json()
-    assert paths["checkpoints"] == [str(folder.parent.resolve())]
+    assert client.get("/internal/folder_paths").json()["checkpoints"] == expected_folders
 
 
 def test_view_metadata_reads_the_safetensors_header(server, client):

@@ -98,7 +98,7 @@ FRONTEND_ROUTES: tuple[FrontendRoute, ...] = (
     _route("GET", "/templates/{name}", "templates.get_file", "Template index, workflows and thumbnails", api=False),
     _route("GET", "/global_subgraphs", "subgraphs.list", "Subgraph blueprints offered to every user"),
     _route("GET", "/global_subgraphs/{id}", "subgraphs.get", "One blueprint with its JSON text (data)"),
-    _route("GET", "/experiment/models", "models.folders", "Model folders and their paths"),
+    _route("GET", "/experiment/models", "models.list_folders", "Model folders and their paths"),
     _route("GET", "/experiment/models/{folder}", "models.files", "Model files of a folder, with sizes and times"),
     _route("GET", "/view_metadata/{folder}", "models.view_metadata", "A .safetensors file's __metadata__",
            query=(("filename", "the file, relative to the folder"),)),
@@ -148,13 +148,13 @@ class FrontendSetup:
         return frozenset(prefix + p for p in paths for prefix in self.prefixes if prefix != "/api")
 
 
-def setup(server: Any, package: FrontendPackage | None, model_folders: tuple[str, ...],
+def setup(server: Any, package: FrontendPackage | None, model_kinds: Callable[[Any], list[str]],
           list_models: Callable[[Path], list[str]]) -> FrontendSetup:
     """Build the shared state (the user folder is created) for the package :func:`check_frontend`
     found."""
     config = server.config
     base = mount(config.frontend)
-    state = FrontendState(server, Path(config.data_dir) / "user", model_folders, list_models,
+    state = FrontendState(server, Path(config.data_dir) / "user", model_kinds, list_models,
                           blueprint_dirs=(workflows_dir() / "subgraphs", Path(config.data_dir) / "subgraphs"))
     state.ensure_user_folder()
     state.extras["package"] = package

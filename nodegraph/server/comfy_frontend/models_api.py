@@ -1,15 +1,20 @@
 """The model library's routes: ``/experiment/models`` (+ ``/{folder}``), ``/view_metadata/{folder}`` and
 ``/internal/folder_paths``, in ComfyUI's shapes.
 
-* ``GET /experiment/models`` — ``[{"name": folder, "folders": [absolute paths]}]`` for the model
-  folders ``/models`` lists, less ``configs`` and ``custom_nodes`` (as ComfyUI);
-* ``GET /experiment/models/{folder}`` — ``[{"name": relative path, "pathIndex": 0, "modified",
-  "created", "size"}]`` of the model files in it (404 for an unknown folder);
+A model kind's folders are :meth:`nodegraph.context.Paths.model_dirs` (our models folder, its ComfyUI
+alias subfolders, the folders of ``extra_model_paths.yaml``), in search order; the kinds are those
+``/models`` lists.
+
+* ``GET /experiment/models`` — ``[{"name": kind, "folders": [absolute paths]}]``, less ``configs``
+  and ``custom_nodes`` (as ComfyUI);
+* ``GET /experiment/models/{folder}`` — ``[{"name": path relative to its folder, "pathIndex": index
+  of that folder, "modified", "created", "size"}]`` (404 for an unknown kind);
 * ``GET /view_metadata/{folder}?filename=`` — the ``__metadata__`` object of a ``.safetensors``
-  file's header (read without loading the tensors; headers over 100 MB are refused); 404 when the
-  folder or file is unknown, the file is not ``.safetensors`` or has no metadata. The name is
-  resolved inside the folder with :func:`nodegraph.user_files.resolve_inside` (403 when it leads out);
-* ``GET /internal/folder_paths`` — ``{folder: [absolute paths]}``.
+  file's header (read without loading the tensors; headers over 100 MB are refused), the file found
+  in the kind's folders in order; 404 when the kind or file is unknown, the file is not
+  ``.safetensors`` or has no metadata. The name is resolved inside each folder with
+  :func:`nodegraph.user_files.resolve_inside` (403 when it leads out);
+* ``GET /internal/folder_paths`` — ``{kind: [absolute paths]}``.
 """
 
 from __future__ import annotations
@@ -47,44 +52,61 @@ class ModelsApi:
     def __init__(self, state: FrontendState) -> None:
         self.state = state
 
-    def folder(self, name: str) -> Path:
-        if name not in self.state.model_folders:
-            raise RouteError(404, "not_found", f"unknown model folder {name!r}")
-        return Path(self.state.paths.models_dir) / name
+    @property
+    def paths(self):
+        return self.state.paths
 
-    async def folders(self, request: web.Request) -> web.Response:
-        return web.json_response([{"name": name, "folders": [str(self.folder(name).resolve())]}
-                                  for name in self.state.model_folders if name not in HIDDEN_FOLDERS])
+    def kinds(self) -> list[str]:
+        return list(self.state.model_kinds(self.paths))
+
+    def folders(self, kind: str) -> tuple[Path, ...]:
+        if kind not in self.kinds():
+            raise RouteError(404, "not_found", f"unknown model folder {kind!r}")
+        return self.paths.model_dirs(kind)
+
+    def _absolute(self, kind: str) -> list[str]:
+        return [str(Path(folder).resolve()) for folder in self.folders(kind)]
+
+    async def list_folders(self, request: web.Request) -> web.Response:
+        return web.json_response([{"name": kind, "folders": self._absolute(kind)}
+                                  for kind in self.kinds() if kind not in HIDDEN_FOLDERS])
 
     async def files(self, request: web.Request) -> web.Response:
-        folder = self.folder(request.match_info["folder"])
-        return web.json_response(await asyncio.get_running_loop().run_in_executor(None, self._describe, folder))
+        folders = self.folders(request.match_info["folder"])
+        return web.json_response(await asyncio.get_running_loop().run_in_executor(None, self._describe, folders))
 
-    def _describe(self, folder: Path) -> list[dict]:
+    def _describe(self, folders: tuple[Path, ...]) -> list[dict]:
         entries = []
-        for name in self.state.list_models(folder):
-            try:
-                stat = (folder / name).stat()
-            except OSError:
-                continue
-            entries.append({"name": name, "pathIndex": 0, "modified": stat.st_mtime, "created": stat.st_ctime,
-                            "size": stat.st_size})
+        for index, folder in enumerate(folders):
+            for name in self.state.list_models(Path(folder)):
+                try:
+                    stat = (Path(folder) / name).stat()
+                except OSError:
+                    continue
+                entries.append({"name": name, "pathIndex": index, "modified": stat.st_mtime,
+                                "created": stat.st_ctime, "size": stat.st_size})
         return entries
 
     async def folder_paths(self, request: web.Request) -> web.Response:
-        return web.json_response({name: [str(self.folder(name).resolve())] for name in self.state.model_folders})
+        return web.json_response({kind: self._absolute(kind) for kind in self.kinds()})
+
+    def locate(self, kind: str, filename: str) -> Path:
+        for folder in self.folders(kind):
+            try:
+                path = resolve_inside(Path(folder), filename, f"{kind} folder")
+            except ValueError as exc:
+                raise RouteError(403, "bad_path", str(exc)) from None
+            if path.is_file():
+                return path
+        raise RouteError(404, "not_found", f"no {kind} folder holds {filename}")
 
     async def view_metadata(self, request: web.Request) -> web.Response:
-        folder = self.folder(request.match_info["folder"])
+        kind = request.match_info["folder"]
         filename = request.query.get("filename", "")
         if not filename.endswith(".safetensors"):
+            self.folders(kind)
             raise RouteError(404, "not_found", "metadata is read from .safetensors files only")
-        try:
-            path = resolve_inside(folder, filename, f"{folder.name} folder")
-        except ValueError as exc:
-            raise RouteError(403, "bad_path", str(exc)) from None
-        if not path.is_file():
-            raise RouteError(404, "not_found", f"{folder.name}/{filename} does not exist")
+        path = self.locate(kind, filename)
         try:
             metadata = await asyncio.get_running_loop().run_in_executor(None, safetensors_metadata, path)
         except (OSError, ValueError) as exc:

@@ -27,8 +27,9 @@ class FrontendState:
     server: Any
     #: ``<data_dir>/user`` (ComfyUI's user directory) and the default user's folder inside it
     user_dir: Path
-    #: the model folder names ``/models`` lists, and the function listing one folder's files
-    model_folders: tuple[str, ...]
+    #: the model kinds ``/models`` lists (a function of the folders: extra model paths add kinds), and
+    #: the function listing one folder's model files
+    model_kinds: Callable[[Any], list[str]]
     list_models: Callable[[Path], list[str]]
     #: extra folders of subgraph blueprints (``/global_subgraphs``), besides the shipped ones
     blueprint_dirs: tuple[Path, ...] = ()
