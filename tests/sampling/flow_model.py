@@ -85,9 +85,11 @@ class TinyFlowModel:
 
     @contextmanager
     def open_runner(self, ctx, latent_shape: tuple):
+        from nodegraph.cpu_threads import small_work_threads
+
         runner = FlowRunner(self.net.to(ctx.device), ctx.device)
         self.runs.append(runner)
-        with torch.inference_mode():
+        with torch.inference_mode(), small_work_threads(ctx.device, 1):
             yield runner
 
 
