@@ -1,6 +1,6 @@
-"""Fixtures for the ComfyUI-frontend routes: a real server on a free loopback port (temp folders, a
-real SQLite store), the standard-library HTTP client of the server tests, and the slow/failing test
-nodes; the browser tests add Chromium (``frontend_browser``)."""
+"""Fixtures for the ComfyUI-frontend suite: live servers (``tests/conftest.py``) on the slow/failing test
+nodes of ``tests.server.slow_nodes`` with the user folder at hand, a standard-library HTTP client, and a
+headless Chromium (``browser``, which marks its tests ``browser``)."""
 
 from __future__ import annotations
 
@@ -8,59 +8,43 @@ import pathlib
 
 import pytest
 
-from nodegraph.context import Paths
-from nodegraph.server import ServerConfig
-
 from tests.helpers.http_client import Client
-from tests.helpers.live_server import LiveServer
+from tests.helpers.live_server import LiveServer, ServerSetup
+from tests.web.web_helpers import CHROMIUM, CHROMIUM_ARGS
 
 
 class FrontendServer(LiveServer):
-    stopped = False
-
-    def stop(self) -> None:
-        if not self.stopped:  # a test may stop it early (to restart on the same folders)
-            self.stopped = True
-            super().stop()
-
-    def client(self, **kwargs) -> Client:
-        return Client("127.0.0.1", self.port, **kwargs)
-
     @property
     def data_dir(self) -> pathlib.Path:
         return pathlib.Path(self.config.data_dir)
 
     @property
     def user_root(self) -> pathlib.Path:
+        """The user folder the frontend's settings and saved workflows go to."""
         return self.data_dir / "user" / "default"
 
 
-def make_config(tmp_path: pathlib.Path, **overrides) -> ServerConfig:
-    options = dict(host="127.0.0.1", port=0, paths=Paths.under(tmp_path), data_dir=tmp_path / "data",
-                   device="cpu", threads=2, nodes_modules=("tests.server.slow_nodes",))
-    options.update(overrides)
-    return ServerConfig(**options)
-
-
 @pytest.fixture
-def start_server(tmp_path):
-    started: list[FrontendServer] = []
-
-    def start(**overrides) -> FrontendServer:
-        server = FrontendServer(make_config(tmp_path, **overrides)).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture
-def server(start_server) -> FrontendServer:
-    return start_server()
+def server_setup() -> ServerSetup:
+    return ServerSetup(nodes_modules=("tests.server.slow_nodes",), server_class=FrontendServer)
 
 
 @pytest.fixture
 def client(server) -> Client:
     return server.client()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not pathlib.Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: install it with 'apt-get update && apt-get install -y "
+                    "chromium' (bash scripts/test does) — the browser tests never skip")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is missing: pip install -e '.[dev]' (never 'playwright install'; the system "
+                    "Chromium is used)")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
