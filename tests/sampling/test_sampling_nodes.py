@@ -492,3 +492,66 @@ def test_model_sampling_edm_playground_is_a_clear_error(engine):
     g.node("PreviewAny", source=p)
     failure = engine.run(g).failure
     assert failure is not None and failure.node_id == "pg" and "latent format" in failure.exception_message
+
+
+# -- conditioning and inpainting through the core (karras: not the diffusers path) --------------------
+
+def _cond_run(engine, extra, scheduler="karras"):
+    g = Graph()
+    m = SD(g)
+    pos = extra(g, m.pos, m.ck.out(1))
+    ks = g.node("KSampler", "ks", model=m.model, seed=3, steps=4, cfg=5.0, sampler_name="euler", scheduler=scheduler,
+                positive=pos, negative=m.neg, latent_image=g.node("EmptyLatentImage", width=128, height=64, batch_size=1),
+                denoise=1.0)
+    g.node("PreviewAny", source=ks)
+    return engine.run(g).raise_for_status().value("ks")["samples"]
+
+
+def test_area_and_timestep_range_conditioning(engine):
+    def area(x):
+        def extra(g, pos, clip):
+            other = g.node("CLIPTextEncode", text="a blue house", clip=clip)
+            a = g.node("ConditioningSetArea", conditioning=other, width=64, height=64, x=x, y=0, strength=1.0)
+            return g.node("ConditioningCombine", conditioning_1=pos, conditioning_2=a)
+        return extra
+
+    def ranged(start, end):
+        def extra(g, pos, clip):
+            other = g.node("CLIPTextEncode", text="a blue house", clip=clip)
+            r = g.node("ConditioningSetTimestepRange", conditioning=other, start=start, end=end)
+            return g.node("ConditioningCombine", conditioning_1=pos, conditioning_2=r)
+        return extra
+
+    base = _cond_run(engine, lambda g, pos, clip: pos)
+    right = _cond_run(engine, area(64))
+    d = (right - base).abs()
+    assert d.max() > 1e-3 and d[..., 8:].mean() > d[..., :4].mean()  # mostly where the area is
+    full = _cond_run(engine, ranged(0.0, 1.0))
+    never = _cond_run(engine, ranged(1.0, 1.0))
+    early = _cond_run(engine, ranged(0.0, 0.5))
+    assert (full - base).abs().max() > 1e-3
+    assert (never - base).abs().max() < 0.01 * (full - base).abs().max()  # outside its range: as if absent
+    assert not torch.allclose(early, full) and not torch.allclose(early, base)
+
+
+def test_inpainting_keeps_the_unmasked_latent(engine):
+    g = Graph()
+    m = SD(g)
+    src = g.node("RandomNoise", noise_seed=2)
+    filled = g.node("AddNoise", "filled", model=m.model, noise=src, sigmas=g.node("ManualSigmas", sigmas="1, 0"),
+                    latent_image=m.latent)
+    mask = g.node("SolidMask", value=0.0, width=64, height=64)
+    hole = g.node("MaskComposite", destination=mask, source=g.node("SolidMask", value=1.0, width=32, height=32),
+                  x=16, y=16, operation="add")
+    masked = g.node("SetLatentNoiseMask", samples=filled, mask=hole)
+    outs = []
+    for sampler in ("euler", "ddim", "dpmpp_2m"):
+        outs.append(g.node("KSampler", f"ks_{sampler}", model=m.model, seed=1, steps=3, cfg=5.0, sampler_name=sampler,
+                           scheduler="karras", positive=m.pos, negative=m.neg, latent_image=masked, denoise=1.0))
+    preview_all(g, outs + [filled])
+    result = engine.run(g).raise_for_status()
+    before = samples(result, "filled")
+    for sampler in ("euler", "ddim", "dpmpp_2m"):
+        out = samples(result, f"ks_{sampler}")
+        torch.testing.assert_close(out[..., :2, :], before[..., :2, :], rtol=1e-5, atol=1e-5)  # rows outside the hole
+        assert (out[..., 3:5, 3:5] - before[..., 3:5, 3:5]).abs().max() > 1e-2  # inside: sampled
