@@ -22,7 +22,7 @@ def test_page_loads_without_console_errors_and_builds_palette(server, open_page)
     registered = page.js("() => Object.keys(LiteGraph.registered_node_types)")
     assert set(info) <= set(registered)
     # categories from /object_info, display names and descriptions as tooltips
-    page.page.locator("#palette summary").get_by_text("image", exact=True).first.click()
+    page.page.locator('#palette-tree > details[data-category="image"] > summary').click()  # not api/image
     entry = page.page.locator('#palette .pal-node[data-type="SaveImage"]')
     assert entry.inner_text() == "Save Image"
     assert entry.get_attribute("title") == info["SaveImage"]["description"]
