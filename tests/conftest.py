@@ -13,10 +13,11 @@ from tests.engine_nodes import LOG, TEST_NODES
 from tests.helpers.live_server import LiveServer, LiveServers, ServerSetup
 
 #: marker → the fixtures whose users get it (directly or through another fixture): ``browser`` drives the
-#: system Chromium (tests/web), ``ray_cluster`` starts a local Ray cluster (tests/cluster), ``llm_cache``
-#: converts the built-in LLM (tests/defaults; half a minute, and each run of the model takes seconds more).
-#: Modules slow as a whole say so themselves (``pytestmark = pytest.mark.slow``).
-MARKED_BY_FIXTURE = {"browser": ("browser",), "cluster": ("ray_cluster",), "slow": ("llm_cache",)}
+#: system Chromium (tests/web), ``ray_cluster`` starts a local Ray cluster (tests/cluster); ``llm_cache``
+#: converts the built-in LLM (half a minute, and each run of the model takes seconds more), ``tiny_gguf``
+#: tests convert a GGUF in fresh processes (tests/defaults). Modules slow as a whole say so themselves
+#: (``pytestmark = pytest.mark.slow``).
+MARKED_BY_FIXTURE = {"browser": ("browser",), "cluster": ("ray_cluster",), "slow": ("llm_cache", "tiny_gguf")}
 
 
 def pytest_collection_modifyitems(config, items):
