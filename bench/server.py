@@ -1,15 +1,39 @@
-"""Server benchmark: many clients queue many small prompts while a long job runs.
+"""Server benchmarks, through ``nodegraph serve`` over HTTP + WebSocket, as a client sees it.
 
-    python bench/server.py [--clients 20] [--prompts 200] [--long-blurs 12]
+    python bench/server.py [queue] [--clients 20] [--prompts 200] [--long-blurs 12]
+    python bench/server.py cases [--repeats 15] [--case chain-400 ...] [--json out.json]
+    python bench/server.py soak [--soak-prompts 2000] [--cache-ram 1.0]
 
-Starts ``nodegraph serve`` as a subprocess on a free port with a temporary data/output folder. One
-client queues a long CPU-bound job (a chain of 1024x1024 Gaussian blurs); then ``--clients`` clients,
-each with its own WebSocket, queue ``--prompts`` small prompts between them (EmptyImage → ImageInvert →
-SaveImage, all different so none is cached) and follow their events until each prompt's
-``executing {node: null}``. Meanwhile a poller process calls ``GET /queue`` every 10 ms over one
-keep-alive connection, from before the long job is queued until the last prompt is done. At the end it checks that every prompt is in history exactly once with status success and
-that the files exist, and prints the figures (latencies in milliseconds). Exit code 1 if a check fails
-or the ``GET /queue`` p99 is 50 ms or more.
+Each mode starts ``nodegraph serve`` as a subprocess on a free port with a temporary data/output
+folder (``--pythonpath DIR`` puts another source tree first, to compare versions; ``--serve-arg`` passes
+extra flags; ``--profile FILE`` runs the server under cProfile on every thread and writes the merged
+stats there when it stops).
+
+``queue`` (the default): one client queues a long CPU-bound job (a chain of 1024x1024 Gaussian blurs);
+then ``--clients`` clients, each with its own WebSocket, queue ``--prompts`` small prompts between them
+(EmptyImage → ImageInvert → SaveImage, all different so none is cached) and follow their events until
+each prompt's ``executing {node: null}``. Meanwhile a poller process calls ``GET /queue`` every 10 ms
+over one keep-alive connection, from before the long job is queued until the last prompt is done. At
+the end it checks that every prompt is in history exactly once with status success and that the files
+exist, and prints the figures (latencies in milliseconds). Exit code 1 if a check fails or the
+``GET /queue`` p99 is 50 ms or more.
+
+``cases``: comfybench's shapes, one prompt at a time from one client (a keep-alive HTTP connection and
+a WebSocket that announces no features, as ComfyUI's script examples), timed from the POST to the
+prompt's ``executing {node: null}``; medians of ``--repeats`` after ``--warmups``. Every repetition
+changes a constant so that nothing is cached unless the case says so: ``one-node`` (PreviewAny of a
+number), ``chain-N`` (EmptyImage 64 px → N−1 ImageInvert → ImageCrop → GetImageSize → PreviewAny: N+3
+nodes), ``cachehit-chain-400`` (the last chain-400 again: all cached), ``tail-change-400`` (its crop's
+place changed: 3 nodes run), ``wide-100`` (EmptyImage → 100 × ImageCrop(placeᵢ) → ImageInvert →
+PreviewImage: 301 nodes) and ``wide-100-identical`` (the same with one place: 103 distinct
+computations). The crop is the varied node because it is cheap and runs no torch kernel, whose
+threads would measure the machine's load rather than the server.
+
+``soak``: ``--soak-prompts`` varied prompts (chains and fans of 64–768 px images, identical branches,
+1-node prompts, repeats of earlier prompts; seeded), four in flight, with the server's RSS and the temp
+folder's file count sampled every second; prints RSS at start, after 200 prompts, peak and end against
+baseline + cache budget + the largest job's working set. Exit code 1 if a prompt fails or a bound is
+broken.
 """
 
 from __future__ import annotations
@@ -26,6 +50,7 @@ import tempfile
 import threading
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from websockets.sync.client import connect
@@ -41,12 +66,42 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[index]
 
 
-def start_server(tmp: Path) -> tuple[subprocess.Popen, int]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "nodegraph.cli", "serve", "--port", "0", "--device", "cpu",
-                             "--data-dir", str(tmp / "data"), "--output-dir", str(tmp / "out"),
-                             "--input-dir", str(tmp / "in"), "--models-dir", str(tmp / "models")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp)
+#: runs ``nodegraph.cli.main`` with a cProfile profiler on every thread; merged stats go to argv[1]
+PROFILE_WRAPPER = """
+import cProfile, pstats, sys, threading
+profilers = [cProfile.Profile()]
+def _start(*_):
+    sys.setprofile(None)
+    profiler = cProfile.Profile()
+    profilers.append(profiler)
+    profiler.enable()
+threading.setprofile(_start)
+from nodegraph.cli import main
+profilers[0].enable()
+try:
+    main(sys.argv[2:])
+finally:
+    profilers[0].disable()
+    merged = None
+    for profiler in profilers:
+        try:
+            stats = pstats.Stats(profiler)
+        except TypeError:  # a thread that never ran Python code
+            continue
+        merged = stats if merged is None else merged.add(stats)
+    merged.dump_stats(sys.argv[1])
+"""
+
+
+def start_server(tmp: Path, extra: list[str] = (), pythonpath: list[str] = (),
+                 profile: Path | None = None) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*pythonpath, str(ROOT)])}
+    serve = ["serve", "--port", "0", "--device", "cpu", "--data-dir", str(tmp / "data"), "--output-dir",
+             str(tmp / "out"), "--input-dir", str(tmp / "in"), "--models-dir", str(tmp / "models"), *extra]
+    head = [sys.executable, "-c", PROFILE_WRAPPER, str(profile.resolve())] if profile else \
+        [sys.executable, "-m", "nodegraph.cli"]
+    proc = subprocess.Popen(head + serve, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=tmp)
     for line in proc.stdout:
         if match := re.search(r"listening on http://\S+:(\d+)", line):
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
@@ -145,20 +200,41 @@ def poll_queue(port: int, stop, results, interval: float = 0.01) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=20)
-    parser.add_argument("--prompts", type=int, default=200)
-    parser.add_argument("--long-blurs", type=int, default=12, help="blur nodes in the long job")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("mode", nargs="?", default="queue", choices=("queue", "cases", "soak"))
+    parser.add_argument("--clients", type=int, default=20, help="queue: clients")
+    parser.add_argument("--prompts", type=int, default=200, help="queue: small prompts")
+    parser.add_argument("--long-blurs", type=int, default=12, help="queue: blur nodes in the long job")
+    parser.add_argument("--repeats", type=int, default=15, help="cases: timed runs per case")
+    parser.add_argument("--warmups", type=int, default=3, help="cases: untimed runs per case first")
+    parser.add_argument("--case", action="append", default=[], help="cases: only these (repeatable)")
+    parser.add_argument("--json", type=Path, help="cases/soak: also write the figures here")
+    parser.add_argument("--soak-prompts", type=int, default=2000, help="soak: prompts")
+    parser.add_argument("--cache-ram", type=float, default=1.0, help="soak: the server's --cache-ram (GiB)")
+    parser.add_argument("--seed", type=int, default=16, help="soak: the prompts' random seed")
+    parser.add_argument("--pythonpath", action="append", default=[], metavar="DIR",
+                        help="put DIR first on the server's PYTHONPATH (another source tree)")
+    parser.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                        help="an extra argument for nodegraph serve (repeatable)")
+    parser.add_argument("--profile", type=Path, help="run the server under cProfile (all threads); stats here")
     args = parser.parse_args()
 
+    extra = list(args.serve_arg)
+    if args.mode == "soak":
+        extra += ["--cache-ram", str(args.cache_ram)]
     with tempfile.TemporaryDirectory(prefix="nodegraph-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        proc, port = start_server(tmp)
+        proc, port = start_server(tmp, extra, args.pythonpath, args.profile)
         try:
+            if args.mode == "cases":
+                return run_cases(args, port, proc.pid)
+            if args.mode == "soak":
+                return run_soak(args, port, tmp, proc.pid)
             return run(args, port, tmp)
         finally:
             proc.terminate()
-            proc.wait(30)
+            proc.wait(120 if args.profile else 30)
 
 
 def run(args, port: int, tmp: Path) -> int:
@@ -223,6 +299,337 @@ def run(args, port: int, tmp: Path) -> int:
           f"{sum(c.messages for c in clients)} WS text messages to the clients")
     if p99 >= 50:
         failures.append(f"GET /queue p99 {p99:.1f} ms ≥ 50 ms")
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    return 1 if failures else 0
+
+
+# -- cases -------------------------------------------------------------------------------------------
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def crop(image: str, offset: int) -> dict:
+    """ImageCrop 48×48 at a position given by ``offset`` (one of 17×17 places): a cheap node with a
+    constant to change (no torch kernel whose threads would time the machine's load instead)."""
+    return {"class_type": "ImageCrop", "inputs": {"image": [image, 0], "width": 48, "height": 48,
+                                                  "x": offset % 17, "y": offset // 17 % 17}}
+
+
+def chain_prompt(length: int, color: int, offset: int = 0, size: int = 64) -> dict:
+    """EmptyImage → ``length``−1 ImageInvert → ImageCrop(offset) → GetImageSize → PreviewAny."""
+    prompt = {"0": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                           "color": color}}}
+    for i in range(1, length):
+        prompt[str(i)] = {"class_type": "ImageInvert", "inputs": {"image": [str(i - 1), 0]}}
+    prompt[str(length)] = crop(str(length - 1), offset)
+    prompt["size"] = {"class_type": "GetImageSize", "inputs": {"image": [str(length), 0]}}
+    prompt["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["size", 0]}}
+    return prompt
+
+
+def wide_prompt(branches: int, color: int, identical: bool, size: int = 64) -> dict:
+    """EmptyImage → ``branches`` × (ImageCrop(placeᵢ) → ImageInvert → PreviewImage)."""
+    prompt = {"src": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                             "color": color}}}
+    for i in range(branches):
+        prompt[f"b{i}"] = crop("src", 0 if identical else i)
+        prompt[f"i{i}"] = {"class_type": "ImageInvert", "inputs": {"image": [f"b{i}", 0]}}
+        prompt[f"p{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"i{i}", 0]}}
+    return prompt
+
+
+class CaseClient:
+    """One client: a keep-alive HTTP connection and a WebSocket; runs one prompt at a time."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.client_id = uuid.uuid4().hex
+        self._ws = connect(f"ws://127.0.0.1:{port}/ws?clientId={self.client_id}", open_timeout=30,
+                           max_size=None)
+        self.ws = self._ws.__enter__()
+        self.http = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def close(self) -> None:
+        self._ws.__exit__(None, None, None)
+        self.http.close()
+
+    def post(self, body: bytes) -> dict:
+        self.http.request("POST", "/prompt", body, {"Content-Type": "application/json"})
+        response = self.http.getresponse()
+        data = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"POST /prompt: {response.status} {data[:300]!r}")
+        return json.loads(data)
+
+    def run(self, prompt: dict) -> tuple[float, int, int, bool]:
+        """``(ms from POST to executing null, nodes executed, nodes reported cached, success)``."""
+        body = json.dumps({"prompt": prompt, "client_id": self.client_id}).encode()
+        start = time.perf_counter()
+        prompt_id = self.post(body)["prompt_id"]
+        executed, cached, ok = 0, set(), False
+        while True:
+            message = self.ws.recv(timeout=300)
+            if isinstance(message, bytes) or prompt_id not in message:
+                continue
+            if message.startswith('{"type":"executing"'):
+                if '"node":null' in message:
+                    return (time.perf_counter() - start) * 1000, executed, len(cached), ok
+                executed += 1
+            elif message.startswith('{"type":"execution_cached"'):
+                cached.update(json.loads(message)["data"]["nodes"])
+            elif message.startswith('{"type":"execution_success"'):
+                ok = True
+
+
+@dataclass
+class CaseFigure:
+    case: str
+    nodes: int
+    executed: int
+    cached: int
+    median_ms: float
+    p90_ms: float
+    min_ms: float
+    runs: int
+    #: the server process's CPU time (user + system, all threads) per run: steadier than wall time on
+    #: a loaded machine, where waiting for a core is counted in the wall time but not here
+    server_cpu_ms: float = 0.0
+
+
+def case_prompts(counter) -> dict:
+    """Each case: a function of the repetition number giving its prompt."""
+    tail_color = 0x10000 + next(counter)
+    last_chain: dict = {}
+
+    def chain(n: int):
+        def make(_: int) -> dict:
+            prompt = chain_prompt(n, 0x20000 + next(counter))
+            if n == 400:
+                last_chain["prompt"] = prompt
+            return prompt
+        return make
+
+    return {
+        "one-node": lambda _: {"1": {"class_type": "PreviewAny", "inputs": {"source": next(counter)}}},
+        "chain-10": chain(10),
+        "chain-100": chain(100),
+        "chain-400": chain(400),
+        "cachehit-chain-400": lambda _: last_chain.get("prompt") or chain(400)(0),
+        "tail-change-400": lambda _: chain_prompt(400, tail_color, offset=next(counter)),
+        "wide-100": lambda _: wide_prompt(100, 0x30000 + next(counter), identical=False),
+        "wide-100-identical": lambda _: wide_prompt(100, 0x40000 + next(counter), identical=True),
+    }
+
+
+def run_cases(args, port: int, pid: int) -> int:
+    import itertools
+
+    import psutil
+
+    server = psutil.Process(pid)
+
+    def cpu() -> float:
+        times = server.cpu_times()
+        return times.user + times.system
+
+    counter = itertools.count(1)
+    makers = case_prompts(counter)
+    wanted = args.case or list(makers)
+    unknown = [c for c in wanted if c not in makers]
+    if unknown:
+        raise SystemExit(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(makers)}")
+    client = CaseClient(port)
+    figures: list[CaseFigure] = []
+    load_before = load_average()
+    failures = []
+    try:
+        for case in wanted:
+            make = makers[case]
+            times, executed, cached, nodes = [], 0, 0, 0
+            cpu_start = 0.0
+            for rep in range(args.warmups + args.repeats):
+                prompt = make(rep)
+                if rep == args.warmups:
+                    cpu_start = cpu()
+                ms, executed, cached, ok = client.run(prompt)
+                if not ok:
+                    failures.append(f"{case}: a run did not succeed")
+                if rep >= args.warmups:
+                    times.append(ms)
+                nodes = len(prompt)
+            cpu_ms = (cpu() - cpu_start) * 1000 / len(times)
+            figures.append(CaseFigure(case, nodes, executed, cached, statistics.median(times),
+                                      percentile(times, 90), min(times), len(times), cpu_ms))
+    finally:
+        client.close()
+    load_after = load_average()
+    print(f"server cases (POST → executing null, ms; medians of {args.repeats} after {args.warmups} warm-ups; "
+          f"load average before {load_before}, after {load_after})")
+    print(f"{'case':22} {'nodes':>6} {'executed':>9} {'cached':>7} {'median':>8} {'p90':>8} {'min':>8} "
+          f"{'server CPU':>11}")
+    for f in figures:
+        print(f"{f.case:22} {f.nodes:6} {f.executed:9} {f.cached:7} {f.median_ms:8.2f} {f.p90_ms:8.2f} "
+              f"{f.min_ms:8.2f} {f.server_cpu_ms:11.2f}")
+    if args.json:
+        args.json.write_text(json.dumps({"load_before": load_before, "load_after": load_after,
+                                         "figures": [asdict(f) for f in figures]}, indent=1))
+    for failure in failures:
+        print(f"FAIL: {failure}")
+    return 1 if failures else 0
+
+
+# -- soak --------------------------------------------------------------------------------------------
+
+IMAGE_OPS = (("ImageInvert", {}), ("ImageFlip", {"flip_method": "x-axis: vertically"}),
+             ("ImageAddNoise", {"strength": 0.1}))
+
+
+def image_bytes(size: int) -> int:
+    return size * size * 3 * 4
+
+
+def soak_prompt(rng, index: int, history: list) -> tuple[dict, int]:
+    """A varied prompt and its working set (bytes of the images it holds while it runs)."""
+    kind = rng.choices(("chain", "wide", "identical", "tiny", "repeat"), (35, 25, 10, 15, 15))[0]
+    if kind == "repeat" and history:
+        return rng.choice(history[-50:])
+    if kind in ("chain", "repeat"):
+        size, length = rng.choice((64, 128, 256, 512, 768)), rng.randint(5, 60)
+        prompt = {"0": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                               "color": rng.randrange(1 << 24)}}}
+        for i in range(1, length):
+            name, inputs = rng.choice(IMAGE_OPS)
+            inputs = dict(inputs, image=[str(i - 1), 0])
+            if name == "ImageAddNoise":
+                inputs["seed"] = rng.randrange(1000)
+            prompt[str(i)] = {"class_type": name, "inputs": inputs}
+        if rng.random() < 0.3:
+            prompt["out"] = {"class_type": "PreviewImage", "inputs": {"images": [str(length - 1), 0]}}
+        else:
+            prompt["size"] = {"class_type": "GetImageSize", "inputs": {"image": [str(length - 1), 0]}}
+            prompt["out"] = {"class_type": "PreviewAny", "inputs": {"source": ["size", 0]}}
+        return prompt, length * image_bytes(size)
+    if kind in ("wide", "identical"):
+        size, branches = rng.choice((64, 128, 256)), rng.randint(2, 30)
+        prompt = {"src": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1,
+                                                                 "color": rng.randrange(1 << 24)}}}
+        for i in range(branches):
+            seed = 7 if kind == "identical" else rng.randrange(1 << 20)
+            prompt[f"n{i}"] = {"class_type": "ImageAddNoise", "inputs": {"image": ["src", 0], "seed": seed,
+                                                                         "strength": 0.2}}
+            prompt[f"i{i}"] = {"class_type": "ImageInvert", "inputs": {"image": [f"n{i}", 0]}}
+            prompt[f"p{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"i{i}", 0]}}
+        return prompt, (1 + 2 * branches) * image_bytes(size)
+    return {"1": {"class_type": "PreviewAny", "inputs": {"source": f"soak {index} {rng.random()}"}}}, 0
+
+
+class Sampler(threading.Thread):
+    """Samples the server's RSS and the temp folder's file count every second."""
+
+    def __init__(self, pid: int, temp: Path) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.temp = temp
+        self.rss: list[tuple[float, int]] = []
+        self.temp_files: list[int] = []
+        self.stop = threading.Event()
+
+    def sample(self) -> int:
+        rss = self.process.memory_info().rss
+        self.rss.append((time.monotonic(), rss))
+        try:
+            self.temp_files.append(sum(1 for _ in self.temp.iterdir()))
+        except FileNotFoundError:
+            self.temp_files.append(0)
+        return rss
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            self.sample()
+
+
+def run_soak(args, port: int, tmp: Path, pid: int) -> int:
+    import random
+
+    rng = random.Random(args.seed)
+    sampler = Sampler(pid, tmp / "out" / "temp")
+    time.sleep(1.0)
+    baseline = sampler.sample()
+    sampler.start()
+    client_id = uuid.uuid4().hex
+    http_conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    history: list = []
+    largest = 0
+    in_flight: set[str] = set()
+    done = failed = 0
+    rss_at_200 = None
+    start = time.monotonic()
+    with connect(f"ws://127.0.0.1:{port}/ws?clientId={client_id}", open_timeout=30, max_size=None) as ws:
+        submitted = 0
+        while done < args.soak_prompts:
+            while submitted < args.soak_prompts and len(in_flight) < 4:
+                prompt, working_set = soak_prompt(rng, submitted, history)
+                history.append((prompt, working_set))
+                largest = max(largest, working_set)
+                http_conn.request("POST", "/prompt", json.dumps({"prompt": prompt, "client_id": client_id}),
+                                  {"Content-Type": "application/json"})
+                response = http_conn.getresponse()
+                reply = json.loads(response.read())
+                if response.status != 200:
+                    raise SystemExit(f"prompt {submitted} refused: {reply}")
+                in_flight.add(reply["prompt_id"])
+                submitted += 1
+            message = ws.recv(timeout=300)
+            if isinstance(message, bytes):
+                continue
+            if message.startswith('{"type":"execution_error"'):
+                failed += 1
+            elif message.startswith('{"type":"executing"') and '"node":null' in message:
+                prompt_id = json.loads(message)["data"]["prompt_id"]
+                if prompt_id in in_flight:
+                    in_flight.discard(prompt_id)
+                    done += 1
+                    if done == 200:
+                        rss_at_200 = sampler.sample()
+                    if done % 250 == 0:
+                        print(f"  {done} prompts, RSS {sampler.rss[-1][1] / 2**20:.0f} MiB, "
+                              f"temp files {sampler.temp_files[-1]}, load {load_average()}", flush=True)
+    seconds = time.monotonic() - start
+    time.sleep(2.0)
+    end = sampler.sample()
+    sampler.stop.set()
+    http_conn.close()
+    history_ok = get(port, "/history?max_items=10000")
+    statuses = [entry["status"]["status_str"] for entry in history_ok.values()]
+    budget = int(args.cache_ram * 2**30)
+    peak = max(rss for _, rss in sampler.rss)
+    bound = baseline + budget + largest
+    mib = 2**20
+    print(f"soak: {args.soak_prompts} prompts in {seconds:.0f} s ({args.soak_prompts / seconds:.1f}/s), "
+          f"cache budget {budget / mib:.0f} MiB, largest job ~{largest / mib:.0f} MiB, load {load_average()}")
+    print(f"  RSS MiB: start {baseline / mib:.0f}, after 200 prompts {rss_at_200 / mib:.0f}, peak {peak / mib:.0f}, "
+          f"end {end / mib:.0f}; bound (start + budget + largest job) {bound / mib:.0f}")
+    print(f"  temp folder files: max {max(sampler.temp_files)}, end {sampler.temp_files[-1]}; "
+          f"history {len(statuses)} entries, {statuses.count('success')} success, {failed} execution errors")
+    failures = []
+    if peak > bound:
+        failures.append(f"peak RSS {peak / mib:.0f} MiB above the bound {bound / mib:.0f} MiB")
+    if rss_at_200 and abs(end - rss_at_200) > 0.1 * rss_at_200:
+        failures.append(f"end RSS {end / mib:.0f} MiB not within 10% of {rss_at_200 / mib:.0f} MiB (after 200)")
+    if failed or statuses.count("success") != args.soak_prompts:
+        failures.append(f"{failed} failed, {statuses.count('success')} of {args.soak_prompts} successful")
+    if args.json:
+        args.json.write_text(json.dumps({"baseline": baseline, "after_200": rss_at_200, "peak": peak, "end": end,
+                                         "bound": bound, "budget": budget, "largest_job": largest,
+                                         "rss": sampler.rss, "temp_files": sampler.temp_files,
+                                         "seconds": seconds}, indent=1))
     for failure in failures:
         print(f"FAIL: {failure}")
     return 1 if failures else 0

@@ -76,6 +76,9 @@ def _add_serve_parser(sub) -> None:
     serve.add_argument("--max-queue", type=int, default=10_000, help="queued prompts cap (default 10000)")
     serve.add_argument("--max-prompt-nodes", type=int, default=10_000,
                        help="nodes one prompt may hold (default 10000)")
+    serve.add_argument("--sync-commits", action="store_true",
+                       help="flush each job-queue write to the disk before answering (default: writes survive "
+                            "a server crash at once and reach the disk within 0.2 s)")
     serve.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                        help="also accept requests from this browser origin, e.g. http://myhost:3000")
     serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
@@ -422,7 +425,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           device=None if args.device == "auto" else args.device,
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_queue=args.max_queue,
                           max_prompt_nodes=args.max_prompt_nodes,
-                          cache_ram_bytes=cache_ram, cache_vram_bytes=cache_vram,
+                          cache_ram_bytes=cache_ram, cache_vram_bytes=cache_vram, sync_commits=args.sync_commits,
                           allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
                           allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module),
                           frontend=args.frontend)

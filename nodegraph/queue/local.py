@@ -3,21 +3,30 @@
 ``POST /free`` requests are gathered and applied between jobs (:meth:`Engine.free
 <nodegraph.executor.Engine.free>`); an interrupt that arrives before the engine has started the job is
 applied when it starts. Stopping interrupts the running job, which goes back to the queue.
+
+The server validates a prompt before queueing it; the plan it made (:meth:`LocalRunner.prepared`) is
+run as it is, so a prompt is walked once. Plans are kept for the :data:`MAX_PREPARED` newest queued
+prompts; an older one (or one queued before a restart) is validated again when it runs.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 
 from ..errors import ValidationFailed
 from ..executor import Engine
+from ..plan import Plan
 from .base import RunnerBase, output_meta
 from .protocol import EventSink
 from .reporter import RunReporter
 from .store import Job, JobStore
 
 log = logging.getLogger(__name__)
+
+#: queued prompts whose server-made plan is kept for the run (each a few hundred KiB at most)
+MAX_PREPARED = 64
 
 
 class LocalRunner(RunnerBase):
@@ -34,6 +43,7 @@ class LocalRunner(RunnerBase):
         self._interrupt_requested: str | None = None
         self._free: dict[str, bool] = {}
         self._lock = threading.Lock()
+        self._plans: OrderedDict[str, Plan] = OrderedDict()
 
     # -- control (any thread) ---------------------------------------------------------------------
 
@@ -44,6 +54,16 @@ class LocalRunner(RunnerBase):
 
     def notify(self) -> None:
         self._wake.set()
+
+    def prepared(self, prompt_id: str, plan: Plan) -> None:
+        with self._lock:
+            self._plans[prompt_id] = plan
+            while len(self._plans) > MAX_PREPARED:
+                self._plans.popitem(last=False)
+
+    def _take_plan(self, prompt_id: str) -> Plan | None:
+        with self._lock:
+            return self._plans.pop(prompt_id, None)
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stopping = True
@@ -115,8 +135,10 @@ class LocalRunner(RunnerBase):
         if reporter is None:
             return
         self.current_reporter = reporter
+        plan = self._take_plan(job.prompt_id) if job.attempts == 1 else None
         try:
-            plan = self.engine.validate(job.prompt, job.outputs_to_execute or None, job.extra_data)
+            if plan is None:
+                plan = self.engine.validate(job.prompt, job.outputs_to_execute or None, job.extra_data)
         except ValidationFailed as exc:  # e.g. an input file was removed after the prompt was queued
             first = exc.errors[0] if exc.errors else None
             self.finish_invalid(job, reporter, node_id=first.node_id if first else None,

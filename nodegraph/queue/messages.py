@@ -86,6 +86,14 @@ def encode(type_: str, data: dict) -> str:
     return json.dumps({"type": type_, "data": data}, separators=(",", ":"), default=str)
 
 
+def executing(node: str | None, display_node: str | None, prompt_id: str) -> str:
+    """``encode("executing", {"node": …, "display_node": …, "prompt_id": …})``, built directly: it is
+    sent once per node, so its cost is a per-node cost of the server."""
+    dumps = json.dumps
+    return (f'{{"type":"executing","data":{{"node":{dumps(node)},"display_node":{dumps(display_node)},'
+            f'"prompt_id":{dumps(prompt_id)}}}}}')
+
+
 def status(queue_remaining: int, sid: str | None = None) -> str:
     """The ``status`` message (``sid`` only in the greeting of a new connection, as ComfyUI)."""
     data: dict[str, Any] = {"status": {"exec_info": {"queue_remaining": queue_remaining}}}

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..executor import Engine
+    from ..plan import Plan
     from .messages import ClientFeatures
     from .store import JobStore
 
@@ -53,6 +54,11 @@ class JobRunner(Protocol):
 
     def notify(self) -> None:
         """A job was queued: look at the queue now."""
+
+    def prepared(self, prompt_id: str, plan: "Plan") -> None:
+        """The server validated the prompt it has just queued: its plan, which a runner whose engine is
+        this process's may run instead of validating the prompt again (one validation walk per prompt).
+        A runner may ignore it, and one that took the job before this call validates it itself."""
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         """Interrupt the running job ``prompt_id`` (any running job when ``None``); ``True`` if one was."""

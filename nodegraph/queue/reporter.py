@@ -28,7 +28,7 @@ from typing import Callable
 
 from ..events import (Event, ExecutionDone, ExecutionInterrupted, ExecutionStarted, NodeFailed, NodeFinished,
                       NodeImage, NodePreview, NodeProgress, NodesCached, NodeStarted)
-from .messages import ClientFeatures, encode, encode_preview, image_frame, now_ms, wants_previews
+from .messages import ClientFeatures, encode, encode_preview, executing, image_frame, now_ms, wants_previews
 from .protocol import EventSink
 from .store import Job
 
@@ -128,8 +128,7 @@ class RunReporter:
             self.ensure_cached_sent()
             self.last_node = event.node_id
             self.display[event.node_id] = event.display_node or event.node_id
-            self.send("executing", {"node": event.node_id, "display_node": event.display_node,
-                                    "prompt_id": pid})
+            self.events.post(self.client, executing(event.node_id, event.display_node, pid))
         elif isinstance(event, NodeFinished):
             self.held.pop(event.node_id, None)
             if event.ui is not None:

@@ -6,9 +6,16 @@ that was running back in the queue (its ``attempts`` count says it was interrupt
 killing the server is given up after ``max_attempts`` and recorded as an error.
 
 Writes go through one writer thread that commits whatever is waiting in a single transaction (group
-commit): twenty clients queueing at once cost one disk flush, not twenty, and each caller still
-returns only after its write is on disk. Each write runs in its own savepoint, so one refused write
-(queue full, duplicate id) does not undo the others. Readers use their own connections (WAL).
+commit): twenty clients queueing at once cost one commit, not twenty, and each caller returns only
+after its write is committed. Each write runs in its own savepoint, so one refused write (queue full,
+duplicate id) does not undo the others. Readers use their own connections (WAL).
+
+When a commit reaches the disk: by default (``sync_commits=False``) a commit is in the WAL file when
+the call returns — a crash or kill of the server loses nothing — and a syncer thread flushes the WAL
+to the disk within :data:`SYNC_DELAY` seconds, off the request path (a disk flush takes milliseconds,
+three per prompt would dominate a small prompt's latency); only a power failure or an OS crash can
+lose the last moments' commits, after which a job runs again or a queued prompt is gone. With
+``sync_commits=True`` (``serve --sync-commits``) every commit is flushed before it returns.
 
 Prompts and outputs are stored as JSON text and, where the API returns them unchanged, spliced into
 responses as text (``GET /queue`` stays cheap with thousands of queued prompts).
@@ -23,6 +30,7 @@ unless asked for). The schema and the migration of older files are in :mod:`node
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -34,6 +42,9 @@ from typing import Any, Iterable
 
 from .run_status import CANCELLED, check_state, comfy_status_str, workflow_name_of
 from .schema import migrate
+
+#: batched durability: commits reach the disk (the WAL is flushed) at most this long after they return
+SYNC_DELAY = 0.2
 
 #: ``extra_data`` keys never written to disk or history (ComfyUI strips these too).
 SECRET_EXTRA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
@@ -166,22 +177,24 @@ class DuplicatePrompt(Exception):
 class JobStore:
     """Queue and history in one SQLite file. Safe to use from several threads (a connection each)."""
 
-    def __init__(self, path: str | Path, max_attempts: int = 3) -> None:
+    def __init__(self, path: str | Path, max_attempts: int = 3, *, sync_commits: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_attempts = max_attempts
+        self.sync_commits = sync_commits
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         migrate(self._conn())
-        self._writer = _Writer(self._connect)
+        self._syncer = None if sync_commits else _WalSyncer(Path(f"{self.path}-wal"))
+        self._writer = _Writer(self._connect, self._syncer)
 
     # -- connections ----------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self.sync_commits else 'NORMAL'}")
         with self._lock:
             self._connections.append(conn)
         return conn
@@ -199,6 +212,8 @@ class JobStore:
 
     def close(self) -> None:
         self._writer.stop()
+        if self._syncer is not None:
+            self._syncer.stop()
         with self._lock:
             for conn in self._connections:
                 try:
@@ -298,25 +313,24 @@ class JobStore:
         """Move a running job to history in one transaction; ``False`` if it was not running.
 
         The entry's ``created`` and ``workflow_name``, when not given, are the queued job's; ``ended``,
-        when not given, is now."""
+        when not given, is now. The prompt, its ``extra_data`` and outputs to execute are the queued job's,
+        copied in SQL rather than encoded again (a big prompt's JSON is written once, when it is queued)."""
         if entry.ended is None:
             entry.ended = time.time()
+        record = (entry.number, _dumps(entry.outputs), entry.status, int(entry.completed), _dumps(entry.messages),
+                  _dumps(entry.meta), entry.attempts, entry.ended, entry.state, entry.workflow_name,
+                  entry.created, entry.started, entry.prompt_id)
 
         def write(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT created, workflow_name FROM jobs WHERE prompt_id=? AND state='running'",
-                               (entry.prompt_id,)).fetchone()
-            if row is None:
+            moved = conn.execute(
+                "INSERT INTO history (prompt_id, number, prompt, extra_data, outputs_to_execute, outputs, status, "
+                "completed, messages, meta, attempts, finished, state, workflow_name, created, started) "
+                "SELECT prompt_id, ?, prompt, extra_data, outputs, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "COALESCE(?, workflow_name), COALESCE(?, created), ? FROM jobs "
+                "WHERE prompt_id=? AND state='running'", record).rowcount
+            if not moved:
                 return False
             conn.execute("DELETE FROM jobs WHERE prompt_id=?", (entry.prompt_id,))
-            created = entry.created if entry.created is not None else row[0]
-            name = entry.workflow_name if entry.workflow_name is not None else row[1]
-            conn.execute("INSERT INTO history (prompt_id, number, prompt, extra_data, outputs_to_execute, "
-                         "outputs, status, completed, messages, meta, attempts, finished, state, workflow_name, "
-                         "created, started) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                         (entry.prompt_id, entry.number, _dumps(entry.prompt), _dumps(entry.extra_data),
-                          _dumps(entry.outputs_to_execute), _dumps(entry.outputs), entry.status,
-                          int(entry.completed), _dumps(entry.messages), _dumps(entry.meta), entry.attempts,
-                          entry.ended, entry.state, name, created, entry.started))
             return True
 
         return self._write(write)
@@ -443,9 +457,10 @@ class JobStore:
 class _Writer:
     """One thread owning the writing connection: runs queued writes in one transaction per batch."""
 
-    def __init__(self, connect) -> None:
+    def __init__(self, connect, syncer: "_WalSyncer | None" = None) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._connect = connect
+        self._syncer = syncer
         self._thread = threading.Thread(target=self._main, name="nodegraph-db-writer", daemon=True)
         self._thread.start()
 
@@ -475,6 +490,8 @@ class _Writer:
                 batch = [item for item in batch if item is not None]
             if batch:
                 self._commit(conn, batch)
+                if self._syncer is not None:
+                    self._syncer.committed()
 
     @staticmethod
     def _commit(conn: sqlite3.Connection, batch: list) -> None:
@@ -502,3 +519,42 @@ class _Writer:
                 future.set_exception(error)
             else:
                 future.set_result(result)
+
+
+class _WalSyncer:
+    """Flushes the WAL file to the disk within :data:`SYNC_DELAY` of a commit, on its own thread (the
+    batched durability of :class:`JobStore`); one flush covers every commit made before it."""
+
+    def __init__(self, wal: Path) -> None:
+        self.wal = wal
+        self._dirty = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="nodegraph-db-sync", daemon=True)
+        self._thread.start()
+
+    def committed(self) -> None:
+        self._dirty.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._dirty.set()
+        self._thread.join(30)
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            self._dirty.wait()
+            self._stop.wait(SYNC_DELAY)  # the commits of the next moments share this flush
+            self._dirty.clear()
+            self.sync()
+
+    def sync(self) -> None:
+        try:
+            fd = os.open(self.wal, os.O_RDONLY)
+        except FileNotFoundError:  # checkpointed and removed: nothing left to flush
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

@@ -147,7 +147,7 @@ class Api:
             return 400, bad_request("no_prompt", "No prompt provided", "No prompt provided")
         try:
             prompt, extra_data, targets, client_id, prompt_id = self.parse_prompt_body(body)
-            outputs, node_errors = self.check_prompt(prompt, targets, extra_data)
+            plan, node_errors = self.plan_prompt(prompt, targets, extra_data)
         except BadRequest as exc:
             if number is None:
                 store.bump_counter()
@@ -160,13 +160,14 @@ class Api:
             if number is None:
                 store.bump_counter()
             return 400, bad_request("json_too_deep", "the prompt nests its values too deeply to be checked")
-        job = Job(prompt_id, 0, prompt, extra_data, outputs, client_id)
+        job = Job(prompt_id, 0, prompt, extra_data, plan.outputs, client_id)
         try:
             store.enqueue(job, number=number, front=bool(body.get("front")), max_queue=self.config.max_queue)
         except QueueFull as exc:
             return 503, bad_request("queue_full", str(exc))
         except DuplicatePrompt as exc:
             return 400, bad_request("duplicate_prompt_id", str(exc))
+        self.s.runner.prepared(prompt_id, plan)
         return 200, {"prompt_id": prompt_id, "number": job.number, "node_errors": node_errors}
 
     def parse_prompt_body(self, body: dict) -> tuple[dict, dict, list[str] | None, str | None, str]:
@@ -219,12 +220,18 @@ class Api:
         raises :class:`ValidationFailed` when none is valid.
 
         ``extra_data`` may switch on workflow policies (``{"require_safety": true}``)."""
+        plan, node_errors = self.plan_prompt(prompt, targets, extra_data)
+        return plan.outputs, node_errors
+
+    def plan_prompt(self, prompt: dict, targets: list[str] | None, extra_data: dict | None = None):
+        """The plan of the outputs to run (one validation walk; the runner runs it as it is) and the
+        node errors of the others, as :meth:`check_prompt`."""
         engine = self.s.engine
         plan = engine.validate(prompt, targets, extra_data, partial=True)
         if not plan.node_errors:
-            return plan.outputs, {}
+            return plan, {}
         response = prompt_error_response(plan.node_errors, prompt, engine.registry, self.paths)
-        return plan.outputs, response["node_errors"]
+        return plan, response["node_errors"]
 
     async def get_prompt(self, request: web.Request) -> web.Response:
         return web.json_response({"exec_info": {"queue_remaining": self.s.runner.queue_remaining()}})
@@ -429,7 +436,7 @@ def create_app(config: ServerConfig, engine: Engine | None = None, *,
     for folder in (engine.paths.output_dir, engine.paths.input_dir, engine.paths.temp_dir):
         Path(folder).mkdir(parents=True, exist_ok=True)
     clear_previews(engine.paths.temp_dir)
-    store = JobStore(config.db_path, max_attempts=config.max_attempts)
+    store = JobStore(config.db_path, max_attempts=config.max_attempts, sync_commits=config.sync_commits)
     hub = WebSocketHub()
     runner = (make_runner or LocalRunner)(engine, store, hub, max_attempts=config.max_attempts,
                                           preview_size=config.preview_size)

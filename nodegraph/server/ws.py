@@ -3,8 +3,16 @@
 Every connection has its own outgoing queue drained by one sender task, so messages reach a client in
 the order they were posted and a slow client never blocks the engine or other clients. Messages arrive
 from the job runner's threads (the hub is the runner's :class:`~nodegraph.queue.protocol.EventSink`);
-:meth:`WebSocketHub.post` hands them to the event loop with ``loop.call_soon_threadsafe`` — the only
-thread-crossing point.
+:meth:`WebSocketHub.post` adds them to a pending list and wakes the event loop (``call_soon_threadsafe``)
+only when that list was empty — the only thread-crossing point. The loop then waits
+:data:`WebSocketHub.FLUSH_DELAY` before handing what is pending to the clients, so a prompt's burst of
+events (one or two per node) costs a wake-up of the loop every few milliseconds rather than one per
+node, each of which would take the GIL from the engine's thread for the loop's work. The message that
+ends a prompt (``executing`` with node ``null``) goes out at once, with everything before it.
+
+Each message is still its own WebSocket frame (ComfyUI's clients parse one JSON message per text frame),
+but the sender writes every frame waiting for a client in one transport write: one system call and one
+wake-up of the client for a burst instead of one per message, and no task switch per message.
 
 Routing is stricter than ComfyUI: a prompt's events go only to the client that submitted it (none
 when it gave no ``client_id``); only ``status`` is broadcast.
@@ -21,7 +29,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
+import threading
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,35 +46,78 @@ log = logging.getLogger(__name__)
 
 #: a client this far behind is disconnected rather than buffered without bound
 MAX_BACKLOG = 20_000
+#: the sender waits while the socket holds this many unsent bytes (a slow reader)
+HIGH_WATER = 1 << 20
+
+_TEXT, _BINARY = 0x1, 0x2
+#: how the message that ends a prompt begins (``messages.encode("executing", {"node": None, ...})``)
+_PROMPT_END = '{"type":"executing","data":{"node":null'
+
+
+def frame(message: Message) -> bytes:
+    """One unmasked, uncompressed WebSocket frame (RFC 6455 §5.2) holding ``message``: text for
+    ``str``, binary for ``bytes`` — what ``send_str``/``send_bytes`` write for a server without
+    compression (the hub's connections never negotiate it)."""
+    if isinstance(message, str):
+        payload, opcode = message.encode(), _TEXT
+    else:
+        payload, opcode = message, _BINARY
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x80 | opcode, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+    return header + payload
 
 
 @dataclass(eq=False)
 class WsClient:
     client_id: str
     ws: web.WebSocketResponse
-    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    #: the connection's transport, where the sender writes its frames
+    transport: asyncio.BaseTransport | None = None
+    #: messages waiting to be sent (``None``: stop the sender)
+    outbox: deque = field(default_factory=deque)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: what it announced (replaced as a whole, so runner threads read it without a lock)
     features: ClientFeatures = field(default_factory=ClientFeatures)
 
-    def offer(self, message: Message) -> None:
-        if self.outbox.qsize() >= MAX_BACKLOG:
+    def offer(self, message: Message | None) -> None:
+        if message is not None and len(self.outbox) >= MAX_BACKLOG:
             log.warning("websocket client %s is %d messages behind; disconnecting it", self.client_id,
                         MAX_BACKLOG)
             asyncio.ensure_future(self.ws.close(message=b"too slow"))
             return
-        self.outbox.put_nowait(message)
+        self.outbox.append(message)
+        self.wake.set()
 
     async def pump(self) -> None:
+        """Send what is waiting, all frames of a burst in one write, until ``None`` or a closed socket."""
+        outbox, wake = self.outbox, self.wake
         while True:
-            message = await self.outbox.get()
-            if message is None:
-                return
-            try:
-                if isinstance(message, bytes):
-                    await self.ws.send_bytes(message)
-                else:
-                    await self.ws.send_str(message)
-            except (ConnectionError, RuntimeError):
+            await wake.wait()
+            wake.clear()
+            frames = []
+            stop = False
+            while outbox:
+                message = outbox.popleft()
+                if message is None:
+                    stop = True
+                    break
+                frames.append(frame(message))
+            transport = self.transport
+            if frames:
+                if self.ws.closed or transport is None or transport.is_closing():
+                    return
+                try:
+                    transport.writelines(frames) if len(frames) > 1 else transport.write(frames[0])
+                except (ConnectionError, RuntimeError):
+                    return
+                while transport.get_write_buffer_size() > HIGH_WATER and not transport.is_closing():
+                    await asyncio.sleep(0.005)  # a slow reader: let the socket drain
+            if stop:
                 return
 
 
@@ -75,12 +129,18 @@ class WebSocketHub:
 
     #: ``status`` broadcasts are coalesced over this many seconds (one per burst, latest count)
     STATUS_DELAY = 0.05
+    #: posted messages wait this long on the loop for more to come (see the module docstring)
+    FLUSH_DELAY = 0.004
 
     def __init__(self, status_source: Callable[[], Message] | None = None) -> None:
         self.clients: dict[str, WsClient] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.status_source = status_source
         self._status_timer: asyncio.TimerHandle | None = None
+        #: messages posted from other threads, not yet handed to their clients
+        self._pending: list[tuple[str, Message]] = []
+        self._pending_lock = threading.Lock()
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -91,10 +151,15 @@ class WebSocketHub:
         """Deliver to one client (``None``: to nobody), from any thread."""
         if client_id is None or self.loop is None or self.loop.is_closed():
             return
-        try:
-            self.loop.call_soon_threadsafe(self._deliver, client_id, message)
-        except RuntimeError:  # loop closed while shutting down
-            pass
+        with self._pending_lock:
+            first = not self._pending
+            self._pending.append((client_id, message))
+        ends = type(message) is str and message.startswith(_PROMPT_END)
+        if first or ends:  # the loop has not been woken for what is pending, or a prompt ends: wake it
+            try:
+                self.loop.call_soon_threadsafe(self._deliver_pending if ends else self._deliver_soon)
+            except RuntimeError:  # loop closed while shutting down
+                pass
 
     def is_connected(self, client_id: str) -> bool:
         return client_id in self.clients
@@ -123,10 +188,21 @@ class WebSocketHub:
         if self.clients and self.status_source is not None:
             self._deliver_all(self.status_source())
 
-    def _deliver(self, client_id: str, message: Message) -> None:
-        client = self.clients.get(client_id)
-        if client is not None:
-            client.offer(message)
+    def _deliver_soon(self) -> None:
+        if self._flush_timer is None and self.loop is not None:
+            self._flush_timer = self.loop.call_later(self.FLUSH_DELAY, self._deliver_pending)
+
+    def _deliver_pending(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        clients = self.clients
+        for client_id, message in pending:
+            client = clients.get(client_id)
+            if client is not None:
+                client.offer(message)
 
     def _deliver_all(self, message: Message) -> None:
         for client in list(self.clients.values()):
@@ -140,9 +216,9 @@ class WebSocketHub:
         client_id = request.query.get("clientId") or uuid.uuid4().hex
         previous = self.clients.get(client_id)
         if previous is not None:  # reusing an id replaces the old socket (as ComfyUI)
-            previous.outbox.put_nowait(None)
+            previous.offer(None)
             await previous.ws.close()
-        client = WsClient(client_id, ws)
+        client = WsClient(client_id, ws, request.transport)
         self.clients[client_id] = client
         for message in greet(client_id):
             client.offer(message)
@@ -156,7 +232,7 @@ class WebSocketHub:
         finally:
             if self.clients.get(client_id) is client:
                 del self.clients[client_id]
-            client.outbox.put_nowait(None)
+            client.offer(None)
             try:
                 await asyncio.wait_for(sender, timeout=1)
             except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -176,8 +252,11 @@ class WebSocketHub:
         if self._status_timer is not None:
             self._status_timer.cancel()
             self._status_timer = None
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
         for client in list(self.clients.values()):
-            client.outbox.put_nowait(None)
+            client.offer(None)
             try:
                 await client.ws.close(code=1001, message=b"server shutdown")
             except Exception:

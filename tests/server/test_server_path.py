@@ -1,0 +1,157 @@
+"""The server's path per prompt (issue 16, point 1): one validation walk, frames written in bursts but
+still one JSON message per WebSocket frame (as ComfyUI's clients parse them), the job store's batched
+durability, history rows copied from the queued job. Real server, real SQLite, real WebSocket client."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+
+import pytest
+from websockets.sync.client import connect
+
+from nodegraph.queue.store import Job, JobStore
+
+
+def chain(length: int, color: int) -> dict:
+    prompt = {"0": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1,
+                                                           "color": color}}}
+    for i in range(1, length):
+        prompt[str(i)] = {"class_type": "ImageInvert", "inputs": {"image": [str(i - 1), 0]}}
+    prompt["show"] = {"class_type": "PreviewAny", "inputs": {"source": [str(length - 1), 0]}}
+    return prompt
+
+
+def follow(ws, prompt_id: str) -> list[dict]:
+    """Every text frame up to the prompt's ``executing`` null; each must be exactly one JSON message."""
+    messages = []
+    while True:
+        frame = ws.recv(timeout=30)
+        if isinstance(frame, bytes):
+            continue
+        message = json.loads(frame)  # raises if a frame held two messages
+        assert isinstance(message, dict) and set(message) == {"type", "data"}
+        messages.append(message)
+        data = message["data"]
+        if message["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+            return messages
+
+
+def test_each_message_is_its_own_frame_in_order(server, client):
+    with connect(f"ws://127.0.0.1:{server.port}/ws?clientId=frames", open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "status"
+        for run in range(3):
+            prompt_id = client.queue(chain(60, color=run), client_id="frames")["prompt_id"]
+            mine = [m for m in follow(ws, prompt_id) if m["data"].get("prompt_id") == prompt_id]
+            kinds = [m["type"] for m in mine]
+            assert kinds[:2] == ["execution_start", "execution_cached"]
+            assert kinds[-2:] == ["execution_success", "executing"]
+            executing = [m["data"]["node"] for m in mine if m["type"] == "executing"][:-1]
+            assert executing == [str(i) for i in range(60)] + ["show"]  # every node, in order
+            assert kinds.count("executed") == 1
+
+
+def test_two_clients_get_only_their_own_prompts(server, client):
+    with connect(f"ws://127.0.0.1:{server.port}/ws?clientId=a", open_timeout=10) as a, \
+            connect(f"ws://127.0.0.1:{server.port}/ws?clientId=b", open_timeout=10) as b:
+        for ws in (a, b):
+            ws.recv(timeout=10)
+        first = client.queue(chain(30, 1), client_id="a")["prompt_id"]
+        second = client.queue(chain(30, 2), client_id="b")["prompt_id"]
+        got_a, got_b = follow(a, first), follow(b, second)
+        assert {m["data"].get("prompt_id") for m in got_a} <= {first, None}
+        assert {m["data"].get("prompt_id") for m in got_b} <= {second, None}
+
+
+def test_a_prompt_is_validated_once(server, client):
+    engine = server.server.engine
+    calls = []
+    original = engine.validate
+
+    def counting(*args, **kwargs):
+        calls.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    engine.validate = counting
+    try:
+        for run in range(3):
+            prompt_id = client.queue(chain(20, 10 + run))["prompt_id"]
+            deadline = time.monotonic() + 30
+            while not client.get(f"/history/{prompt_id}").json():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            assert client.get(f"/history/{prompt_id}").json()[prompt_id]["status"]["status_str"] == "success"
+    finally:
+        engine.validate = original
+    assert len(calls) == 3  # at POST only: the runner ran the plan it was handed
+
+
+def test_a_refused_prompt_never_replaces_the_queued_one(server, client):
+    """A second prompt under a queued prompt's id is refused; the first runs as it was sent."""
+    hold = client.queue({"1": {"class_type": "SlowNode", "inputs": {"seconds": 0.5, "steps": 5, "tag": "h"}}})
+    first = client.post_json("/prompt", {"prompt": chain(3, 99), "prompt_id": "dup"})
+    assert first.status == 200
+    again = client.post_json("/prompt", {"prompt": chain(5, 98), "prompt_id": "dup"})
+    assert again.status == 400 and again.json()["error"]["type"] == "duplicate_prompt_id"
+    deadline = time.monotonic() + 30
+    while not client.get("/history/dup").json():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    entry = client.get("/history/dup").json()["dup"]
+    assert entry["status"]["status_str"] == "success" and len(entry["prompt"][2]) == 4  # chain(3): 4 nodes
+    assert "dup" not in server.server.runner._plans and hold
+
+
+# -- the job store ------------------------------------------------------------------------------------
+
+def synchronous_mode(store: JobStore) -> int:
+    return store._write(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+
+
+@pytest.mark.parametrize("sync_commits,mode", [(False, 1), (True, 2)])  # 1 NORMAL, 2 FULL
+def test_store_durability_modes(tmp_path, sync_commits, mode):
+    store = JobStore(tmp_path / "q.sqlite3", sync_commits=sync_commits)
+    try:
+        assert synchronous_mode(store) == mode
+        assert (store._syncer is None) == sync_commits
+        store.enqueue(Job("a", 0, {"1": {"class_type": "X", "inputs": {}}}, {"k": "v"}, ["1"], "c"))
+        if store._syncer is not None:
+            store._syncer.sync()  # the WAL flush the syncer makes within SYNC_DELAY
+    finally:
+        store.close()
+    # committed writes are in the file for any other connection (a restarted server)
+    conn = sqlite3.connect(tmp_path / "q.sqlite3")
+    assert conn.execute("SELECT prompt_id, extra_data FROM jobs").fetchall() == [("a", '{"k":"v"}')]
+    conn.close()
+
+
+def test_finish_copies_the_queued_prompt_into_history(tmp_path):
+    from nodegraph.queue.store import HistoryEntry
+
+    store = JobStore(tmp_path / "q.sqlite3")
+    try:
+        prompt = {"1": {"class_type": "PreviewAny", "inputs": {"source": "é ü"}}}
+        store.enqueue(Job("p", 0, prompt, {"extra_pnginfo": {"w": 1}}, ["1"], "c"))
+        job = store.claim_next()
+        assert store.finish(HistoryEntry(job.prompt_id, job.number, {}, {}, [], {"1": {"text": ["x"]}}))
+        entry = store.history("p")
+        assert entry.prompt == prompt and entry.extra_data == {"extra_pnginfo": {"w": 1}}
+        assert entry.outputs_to_execute == ["1"] and entry.outputs == {"1": {"text": ["x"]}}
+        assert entry.created == job.created and entry.started is None
+        assert not store.finish(HistoryEntry("p", 1, {}, {}, []))  # no longer running
+    finally:
+        store.close()
+
+
+def test_serve_flag_turns_on_synchronous_commits():
+    from nodegraph.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--sync-commits"]).sync_commits is True
+    assert build_parser().parse_args(["serve"]).sync_commits is False
+
+
+def test_sync_commits_config_reaches_the_store(start_server):
+    server = start_server(sync_commits=True)
+    assert synchronous_mode(server.server.store) == 2
