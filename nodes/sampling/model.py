@@ -110,7 +110,9 @@ def require_sampling_model(model: Any, where: str) -> SamplingModel:
 
 @dataclass
 class Prediction:
-    """What one guided model evaluation produced (the CFG++ samplers read ``uncond``)."""
+    """What one guided model evaluation produced: the guided ``denoised`` latent and the prediction the
+    guidance combined against (``uncond``: the negative's; zeros where none was computed), which the
+    CFG++ samplers read."""
 
     denoised: torch.Tensor
     uncond: torch.Tensor | None = None
