@@ -8,7 +8,11 @@ This does what ComfyUI's frontend does when you press Queue (COMFY_COMPAT §3 "U
   optional), skipping the control / filter / upload entries the canvas stores beside them;
 * linked inputs are matched by input *name* and followed through Reroutes, PrimitiveNodes (whose value
   is copied in), bypassed nodes and subgraph boundaries; links whose source is not emitted are dropped;
-* subgraphs (``definitions.subgraphs``) are flattened; inner nodes get ``"outer:inner"`` ids.
+* subgraphs (``definitions.subgraphs``) are flattened; inner nodes get ``"outer:inner"`` ids. A subgraph
+  input that feeds a widget inside is a *promoted widget*: the subgraph node shows it, and its value —
+  the node's ``widgets_values_named`` entry, else its ``widgets_values`` in the order of those inputs —
+  goes to the inner input when the subgraph node's own input is not linked (nested subgraphs pass it
+  down level by level), as the frontend does.
 
 Unknown class types are kept (inputs from links only, raw ``widgets_values`` in ``_meta``) so that
 validation can report them. Malformed files raise :class:`~nodegraph.errors.WorkflowFormatError`.
@@ -64,6 +68,8 @@ class UiInput:
     name: str
     type: str
     link: str | None
+    #: the slot belongs to a widget (``"widget": {"name"}``): a value can stand in for a link
+    widget: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +91,13 @@ class UiNode:
     inputs_given: bool = True
     outputs: list[UiOutput] = field(default_factory=list)
     widgets_values: list[Any] | dict[str, Any] | None = None
+    #: ``widgets_values_named`` (the frontend writes it beside ``widgets_values`` since 1.5x)
+    widgets_named: dict[str, Any] | None = None
     #: For pass-through nodes (reroute, subgraph node, subgraph input): output slot → link to follow.
     passthrough: dict[int, str | None] | None = None
+    #: For a subgraph's input boundary: slot → the subgraph node's promoted widget value, used where
+    #: the passthrough has no link.
+    constants: dict[int, Any] | None = None
     #: Inside a muted or bypassed subgraph node: never emitted.
     hidden: bool = False
 
@@ -221,21 +232,54 @@ class _ScopeParser:
         inner_links = self.add_scope(nodes, links, prefix, stack + (outer.type,), hide)
         outer.passthrough = {l.target_slot: l.key for l in inner_links
                              if l.target == f"{prefix}{SUBGRAPH_OUTPUT_ID}"}
+        declared = sub.get("inputs") or []
         boundary = UiNode(key=f"{prefix}{SUBGRAPH_INPUT_ID}", type="SubgraphInput",
                           kind="subgraph_input", hidden=True,
-                          passthrough=_subgraph_input_links(outer, sub.get("inputs") or []))
+                          passthrough=_subgraph_input_links(outer, declared),
+                          constants=self._promoted_values(outer, declared, inner_links, prefix))
         self.graph.nodes[boundary.key] = boundary
+
+    def _promoted_values(self, outer: UiNode, declared: list[Any], inner_links: list[UiLink],
+                         prefix: str) -> dict[int, Any]:
+        """Subgraph input slot k → the subgraph node's value for it, for the inputs that feed a widget
+        inside (the node's widgets, in input order)."""
+        boundary = f"{prefix}{SUBGRAPH_INPUT_ID}"
+        promoted: list[tuple[int, str]] = []
+        for k, spec in enumerate(declared):
+            name = spec.get("name") if isinstance(spec, dict) else None
+            if not isinstance(name, str):
+                continue
+            for link in inner_links:
+                if link.origin != boundary or link.origin_slot != k:
+                    continue
+                target = self.graph.nodes.get(link.target)
+                slots = target.inputs if target is not None else []
+                if any(slot.link == link.key and slot.widget for slot in slots):
+                    promoted.append((k, name))
+                    break
+        named = outer.widgets_named or (outer.widgets_values if isinstance(outer.widgets_values, dict) else None)
+        positional = outer.widgets_values if isinstance(outer.widgets_values, list) else []
+        values: dict[int, Any] = {}
+        for index, (k, name) in enumerate(promoted):
+            if named is not None and name in named:
+                values[k] = named[name]
+            elif named is None and index < len(positional):
+                values[k] = positional[index]
+        return values
 
 
 def _subgraph_input_links(outer: UiNode, declared: list[Any]) -> dict[int, str | None]:
     """Subgraph input slot k → the link feeding the outer node's input of that name (or index)."""
     by_name = {i.name: i.link for i in outer.inputs}
+    names = {spec.get("name") for spec in declared if isinstance(spec, dict)}
     result: dict[int, str | None] = {}
     for k, spec in enumerate(declared):
         name = spec.get("name") if isinstance(spec, dict) else None
         if name in by_name:
             result[k] = by_name[name]
-        elif k < len(outer.inputs):
+        elif k < len(outer.inputs) and outer.inputs[k].name not in names:
+            # an input saved under another name: matched by position. Not when it is another input's
+            # slot: exports leave out unlinked widget slots, which shifts the positions
             result[k] = outer.inputs[k].link
     return result
 
@@ -260,6 +304,7 @@ def parse_node(raw: Any, index: int, prefix: str = "",
     widgets_values = raw.get("widgets_values")
     if widgets_values is not None and not isinstance(widgets_values, (list, dict)):
         raise WorkflowFormatError(f"node {key} ({type_}): 'widgets_values' must be a list or an object")
+    widgets_named = raw.get("widgets_values_named")
     title = raw.get("title")
     kind = _node_kind(type_, subgraphs or {})
     inputs = _parse_inputs(raw.get("inputs"), key, type_, prefix)
@@ -267,7 +312,8 @@ def parse_node(raw: Any, index: int, prefix: str = "",
                   title=title if isinstance(title, str) and title else None,
                   inputs=inputs, inputs_given=raw.get("inputs") is not None,
                   outputs=_parse_outputs(raw.get("outputs"), key, type_),
-                  widgets_values=widgets_values)
+                  widgets_values=widgets_values,
+                  widgets_named=widgets_named if isinstance(widgets_named, dict) else None)
     if kind == "reroute":
         node.passthrough = {0: inputs[0].link if inputs else None}
     return node
@@ -301,7 +347,8 @@ def _parse_inputs(raw: Any, key: str, type_: str, prefix: str) -> list[UiInput]:
             raise WorkflowFormatError(f"node {key} ({type_}): input {name!r} has link {link!r}; "
                                       "expected a link id or null")
         inputs.append(UiInput(name=str(name or ""), type=str(slot.get("type") or ANY),
-                              link=None if link is None else f"{prefix}{link}"))
+                              link=None if link is None else f"{prefix}{link}",
+                              widget=isinstance(widget, dict)))
     return inputs
 
 
@@ -492,7 +539,10 @@ class _Resolver:
         if origin.mode == MODE_BYPASS and origin.kind in ("normal", "subgraph"):
             return self._follow(self._bypass_input(origin, link, wanted), wanted, seen)
         if origin.passthrough is not None:
-            return self._follow(origin.passthrough.get(link.origin_slot), wanted, seen)
+            through = origin.passthrough.get(link.origin_slot)
+            if through is None and origin.constants and link.origin_slot in origin.constants:
+                return Constant(origin.constants[link.origin_slot])  # a promoted widget's value
+            return self._follow(through, wanted, seen)
         return Source(origin.key, link.origin_slot)
 
     @staticmethod
