@@ -1,5 +1,5 @@
 """Shared fixtures: an engine with the built-in nodes plus the test nodes, on temp folders; live servers
-(``tests.helpers.live_server``) for the suites that need one; and the markers that follow from a test's
+(``tests.helpers.live_server``) for the suites that need one; the session's one Chromium; and the markers that follow from a test's
 fixtures (:data:`MARKED_BY_FIXTURE`)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from nodegraph import Engine, OutputCache, Paths
 from nodegraph.registry import default_registry
 
 from tests.engine_nodes import LOG, TEST_NODES
+from tests.helpers.chromium import launch_chromium
 from tests.helpers.live_server import LiveServer, LiveServers, ServerSetup
 
 #: marker → the fixtures whose users get it (directly or through another fixture): ``browser`` drives the
@@ -69,3 +70,11 @@ def start_server(server_setup, tmp_path):
 @pytest.fixture
 def server(start_server) -> LiveServer:
     return start_server()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """The session's headless Chromium (Playwright's sync API allows one per thread, so every suite shares
+    it); its users are marked ``browser``."""
+    with launch_chromium() as chromium:
+        yield chromium

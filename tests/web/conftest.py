@@ -1,5 +1,5 @@
 """Browser fixtures: live servers (``tests/conftest.py``) on the model-free test nodes of ``web_test_nodes``,
-and a headless Chromium driven by Playwright.
+and pages of the canvas in the session's headless Chromium (``browser``, ``tests/conftest.py``).
 
 Nothing is skipped: without Chromium at /usr/bin/chromium, Playwright or litegraph's file (vendored in
 ``web/vendor/litegraph/``) the tests fail and say what to install.
@@ -7,12 +7,10 @@ Nothing is skipped: without Chromium at /usr/bin/chromium, Playwright or litegra
 
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 
 from tests.helpers.live_server import ServerSetup
-from tests.web.web_helpers import CHROMIUM, CHROMIUM_ARGS, LITEGRAPH, WebServer
+from tests.web.web_helpers import LITEGRAPH, WebServer
 
 
 @pytest.fixture
@@ -21,22 +19,12 @@ def server_setup() -> ServerSetup:
 
 
 @pytest.fixture(scope="session")
-def browser():
+def litegraph():
+    """The vendored canvas library the page loads: the canvas tests fail (never skip) without it."""
     if not LITEGRAPH.is_file():
         pytest.fail(f"litegraph.js is missing ({LITEGRAPH}): it is vendored in the repository; "
                     "restore it with 'git checkout -- web/vendor'")
-    if not pathlib.Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: install it with 'apt-get update && apt-get install -y "
-                    "chromium' (bash scripts/test does) — the web tests never skip")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("Playwright is missing: pip install -e '.[dev]' (never 'playwright install'; the system "
-                    "Chromium is used)")
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
+    return LITEGRAPH
 
 
 class AppPage:
@@ -105,7 +93,7 @@ class AppPage:
 
 
 @pytest.fixture
-def open_page(browser):
+def open_page(browser, litegraph):
     contexts = []
 
     def open_page(server: WebServer, url: str | None = None) -> AppPage:

@@ -1,18 +1,15 @@
-"""Helpers of the browser tests: the system Chromium's path and flags, the live server the browser is
-pointed at, and the ready workflows (also used by ``docs/web_canvas_screenshot.py``)."""
+"""Helpers of the browser tests: the live server the browser is pointed at, the vendored canvas file and the
+ready workflows (also used by ``docs/web_canvas_screenshot.py``, with the Chromium path and flags)."""
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
+from tests.helpers.chromium import CHROMIUM, CHROMIUM_ARGS  # noqa: F401 - the screenshot script's too
 from tests.helpers.live_server import LiveServer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("NODEGRAPH_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 LITEGRAPH = ROOT / "web" / "vendor" / "litegraph" / "litegraph.core.js"
 
 
