@@ -1,6 +1,6 @@
 """Fixtures for the ComfyUI-frontend suite: live servers (``tests/conftest.py``) on the slow/failing test
-nodes of ``tests.server.slow_nodes`` with the user folder at hand, a standard-library HTTP client, and a
-headless Chromium (``browser``, which marks its tests ``browser``)."""
+nodes of ``tests.server.slow_nodes`` with the user folder at hand, a standard-library HTTP client, and
+the session's headless Chromium (``browser`` in ``tests/conftest.py``, which marks its tests ``browser``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 from tests.helpers.http_client import Client
 from tests.helpers.live_server import LiveServer, ServerSetup
-from tests.web.web_helpers import CHROMIUM, CHROMIUM_ARGS
 
 
 class FrontendServer(LiveServer):
@@ -32,19 +31,3 @@ def server_setup() -> ServerSetup:
 @pytest.fixture
 def client(server) -> Client:
     return server.client()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    if not pathlib.Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: install it with 'apt-get update && apt-get install -y "
-                    "chromium' (bash scripts/test does) — the browser tests never skip")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("Playwright is missing: pip install -e '.[dev]' (never 'playwright install'; the system "
-                    "Chromium is used)")
-    with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield chromium
-        chromium.close()
