@@ -151,15 +151,18 @@ export function registerNodes(app, info) {
         return false;
       }
 
-      getExtraMenuOptions(canvas, options) {
-        options.unshift({ content: this.mode === MODE_BYPASS ? "Un-bypass (Ctrl+B)" : "Bypass (Ctrl+B)",
-                          callback: () => app.toggleMode(this, MODE_BYPASS) });
+      // litegraph puts what this returns above its own entries: return only ours, never its list
+      // (returning `options` after adding to it listed every entry twice)
+      getExtraMenuOptions() {
+        const extra = [];
         const convertible = (this.widgets || []).filter((w) => w.kind === "value");
         if (convertible.length) {
-          options.unshift({ content: "Convert widget to input", has_submenu: true, submenu: {
+          extra.push({ content: "Convert widget to input", has_submenu: true, submenu: {
             options: convertible.map((w) => ({ content: w.inputName, callback: () => app.widgetToInput(this, w) })) } });
         }
-        return options;
+        extra.push({ content: this.mode === MODE_BYPASS ? "Un-bypass (Ctrl+B)" : "Bypass (Ctrl+B)",
+                     callback: () => app.toggleMode(this, MODE_BYPASS) });
+        return extra;
       }
 
       onDrawForeground(ctx) {
