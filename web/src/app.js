@@ -2,12 +2,17 @@
 // what the current run shows. Panels and node classes call back into it; tests read it as window.app.
 
 import { Api, ApiError } from "./api.js";
+import { askText } from "./dialogs.js";
+import { Gallery } from "./gallery.js";
+import { showHelp } from "./help.js";
 import { MODE_BYPASS, MODE_MUTED, ensureImageRoom, registerNodes } from "./nodes.js";
 import { buildPalette, fillWorkflowMenu, refreshSidePanel, setOverall, showErrors, toast } from "./panels.js";
 import { workflowFromPng } from "./png.js";
 import { SearchBox } from "./search.js";
 import { installTypeRules } from "./types.js";
-import { workflowNameFromFile } from "./runs.js";
+import { RunCounter } from "./runcount.js";
+import { saveFileName, workflowNameFromFile } from "./runs.js";
+import { GraphHistory } from "./undo.js";
 import { applyControls } from "./widgets.js";
 import { graphToPrompt, isApiWorkflow, isUiWorkflow, loadWorkflow, serializeWorkflow } from "./workflow.js";
 
@@ -30,14 +35,18 @@ export class App {
     this.api = new Api();
     this.objectInfo = {};
     this.states = new Map();     // node id → {progress, images, preview, text, error}
-    this.runs = new Map();       // prompt id → {total, done:Set}
+    this.runs = new Map();       // prompt id → {counter: RunCounter, workflow, name}
+    this.stepProgress = new Map();   // running node id → its step progress 0..1 (the overall bar)
     this.activePrompt = null;
     this.runningNodeId = null;
     this.events = [];            // the WS messages of this page (tests and debugging read them)
     this.lastPrompt = null;      // the last body sent to POST /prompt
     this.lastRefusal = null;
-    this.workflowName = null;    // the file the workflow was opened from (sent with each prompt)
+    this.workflowName = null;    // the file the workflow was opened from or saved as (sent with each prompt)
+    this.document = { name: null };   // what undo steps of one workflow share: its name
     this._saved = null;
+    this.undo = null;            // GraphHistory, once the graph exists
+    this.gallery = null;
   }
 
   // -- start ---------------------------------------------------------------------------------------
@@ -68,14 +77,16 @@ export class App {
     const types = registerNodes(this, this.objectInfo);
     installTypeRules(LiteGraph, LGraphCanvas, this.canvas, types);
     buildPalette(this);
+    this.gallery = new Gallery(this);
     this.bindToolbar();
     this.bindApiEvents();
     this.bindTooltips();
     this.api.connect();
     this.restore();
+    this.installHistory();
     this.graph.start();
     this.api.listWorkflows().then((items) => fillWorkflowMenu(this, items)).catch(() => fillWorkflowMenu(this, []));
-    setInterval(() => this.persist(), 1000);
+    setInterval(() => { this.undo.check(); this.persist(); }, 1000);
     window.addEventListener("beforeunload", () => this.persist());
     this.ready = true;
     document.body.dataset.ready = "1";
@@ -158,6 +169,59 @@ export class App {
 
   onGraphEdited() {
     this.canvas.setDirty(true, true);
+    if (this.undo) this.undo.schedule();
+  }
+
+  /** A node grew to show an image or text: no edit of the user's, so no undo step of its own. */
+  onNodeGrown() {
+    this.canvas.setDirty(true, true);
+    if (this.undo) this.undo.absorb();
+  }
+
+  // -- undo / redo ---------------------------------------------------------------------------------
+
+  /** Snapshots on every change litegraph reports, and after each mouse or key release. */
+  installHistory() {
+    this.undo = new GraphHistory(this);
+    const graph = this.graph;
+    const schedule = () => this.undo.schedule();
+    const chain = (object, name) => {
+      const before = object[name];
+      object[name] = function (...args) {
+        const result = before ? before.apply(this, args) : undefined;
+        schedule();
+        return result;
+      };
+    };
+    for (const hook of ["onNodeAdded", "onNodeRemoved", "onConnectionChange", "onAfterChange"]) chain(graph, hook);
+    chain(this.canvas, "onNodeMoved");
+    for (const type of ["pointerup", "mouseup", "keyup"]) document.addEventListener(type, schedule, true);
+    this.undo.onChange((history) => {
+      document.getElementById("btn-undo").disabled = !history.stack.canUndo;
+      document.getElementById("btn-redo").disabled = !history.stack.canRedo;
+    });
+    this.undo.reset();
+  }
+
+  /** Put a snapshot's graph back (undo/redo): nodes keep their ids, so what runs showed stays. */
+  restoreSnapshot(workflow, document) {
+    this.canvas.deselectAllNodes();
+    const ds = { scale: this.canvas.ds.scale, offset: [...this.canvas.ds.offset] };
+    loadWorkflow(this.graph, null, workflow);
+    this.canvas.ds.scale = ds.scale;
+    this.canvas.ds.offset = ds.offset;
+    this.document = document;
+    this.storeName();
+    this.canvas.setDirty(true, true);
+    this.persist(true);
+  }
+
+  undoEdit() {
+    if (!this.undo.undo()) toast("Nothing to undo");
+  }
+
+  redoEdit() {
+    if (!this.undo.redo()) toast("Nothing to redo");
   }
 
   clearErrors() {
@@ -188,11 +252,24 @@ export class App {
     if (loadWorkflow(this.graph, this.canvas, data)) this.fitView();
     this.canvas.setDirty(true, true);
     this.persist(true);
+    if (this.undo) this.undo.check();   // loading is a step too: undo brings the previous graph back
     toast(`Loaded ${source}`);
   }
 
+  /** A new document (a workflow loaded, or New): its name, none for an unnamed one. */
   setWorkflowName(name) {
-    this.workflowName = name || null;
+    this.document = { name: name || null };
+    this.storeName();
+  }
+
+  /** The same document under another name (saved as): every undo step of it takes the new name. */
+  renameWorkflow(name) {
+    this.document.name = name || null;
+    this.storeName();
+  }
+
+  storeName() {
+    this.workflowName = this.document.name;
     try {
       if (this.workflowName) localStorage.setItem(NAME_KEY, this.workflowName);
       else localStorage.removeItem(NAME_KEY);
@@ -220,7 +297,8 @@ export class App {
       try {
         if (loadWorkflow(this.graph, this.canvas, JSON.parse(text))) this.fitView();
         this._saved = text;
-        this.workflowName = localStorage.getItem(NAME_KEY) || null;
+        this.document = { name: localStorage.getItem(NAME_KEY) || null };
+        this.workflowName = this.document.name;
         return;
       } catch (e) {
         toast(`could not restore the last workflow: ${e.message}`, { error: true });
@@ -285,8 +363,32 @@ export class App {
     return true;
   }
 
+  /** Save under the current name (the file it was opened from or last saved as); ask when there is none. */
   saveWorkflow() {
-    download("workflow.json", JSON.stringify(this.workflow(), null, 2));
+    if (!this.workflowName) return this.saveWorkflowAs();
+    return this.saveAs(saveFileName(this.workflowName));
+  }
+
+  /** Ask for a file name (the current one offered), then save under it and remember it. */
+  async saveWorkflowAs() {
+    const current = this.workflowName ? saveFileName(this.workflowName) : "workflow.json";
+    const typed = await askText({ id: "save-as", title: "Save workflow as", label: "File name",
+                                  value: current || "workflow.json", okText: "Save",
+                                  hint: "Saved as a .json file in your browser's download folder." });
+    if (typed === null) return null;
+    const fileName = saveFileName(typed);
+    if (!fileName) {
+      toast(`"${typed}" is no usable file name`, { error: true });
+      return null;
+    }
+    return this.saveAs(fileName);
+  }
+
+  saveAs(fileName) {
+    this.renameWorkflow(workflowNameFromFile(fileName));
+    download(fileName, JSON.stringify(this.workflow(), null, 2));
+    toast(`Saved ${fileName}`);
+    return fileName;
   }
 
   /** The API prompt the Queue button would send now. */
@@ -344,7 +446,11 @@ export class App {
       this.showPromptError(e);
       return null;
     }
-    this.runs.set(answer.prompt_id, { total: Object.keys(prompt).length, done: new Set() });
+    // its first messages may have come before this answer: they started its record already
+    const run = this.run(answer.prompt_id);
+    run.counter.expect(Object.keys(prompt));
+    Object.assign(run, { workflow, name: this.workflowName });
+    this.updateOverall();
     if (answer.node_errors && Object.keys(answer.node_errors).length) this.showNodeErrors(answer.node_errors);
     for (const node of this.graph._nodes) applyControls(node);
     this.canvas.setDirty(true, true);
@@ -415,7 +521,7 @@ export class App {
       image.onload = () => {
         const node = this.node(nodeId);
         if (node) ensureImageRoom(node, 220);
-        this.canvas.setDirty(true, true);
+        this.onNodeGrown();
       };
       image.src = url;
       return image;
@@ -430,15 +536,51 @@ export class App {
       const node = this.node(nodeId);
       if (node && node.size[1] < 120) node.setSize([node.size[0], 120]);
     }
-    this.canvas.setDirty(true, true);
+    this.onNodeGrown();
+  }
+
+  /** The run record of a prompt (one queued elsewhere, e.g. before a reload, gets one on its first message). */
+  run(promptId) {
+    if (!promptId) return null;
+    if (!this.runs.has(promptId)) this.runs.set(promptId, { counter: new RunCounter(), workflow: null, name: null });
+    return this.runs.get(promptId);
   }
 
   updateOverall() {
     const run = this.runs.get(this.activePrompt);
     if (!run) return;
-    const current = this.runningNodeId ? (this.nodeState(this.runningNodeId).progress || 0) : 0;
-    const fraction = Math.min((run.done.size + current) / Math.max(run.total, 1), 1);
-    setOverall(fraction, `${run.done.size}/${run.total} nodes · ${Math.round(fraction * 100)}%`);
+    const counter = run.counter;
+    let steps = 0;
+    for (const id of counter.running) steps += this.stepProgress.get(id) || 0;
+    setOverall(counter.fraction(steps), counter.text(steps));
+    this.showCount(counter);
+  }
+
+  /** done/total in the progress bar's tooltip and data-count, kept after the run ("done" shows then). */
+  showCount(counter) {
+    const box = document.getElementById("overall");
+    box.dataset.count = `${counter.done.size}/${counter.total}`;
+    box.title = `${counter.done.size} of ${counter.total} nodes done (loop rounds and other expansions included)`;
+  }
+
+  endRun(promptId, status) {
+    const run = this.runs.get(promptId);
+    if (!run) return;
+    run.counter.ended(status);
+    if (promptId === this.activePrompt || !this.activePrompt) this.showCount(run.counter);
+  }
+
+  /** Load the workflow a run of this page was queued with (the gallery's "load its workflow"). */
+  async loadRunWorkflow(promptId) {
+    try {
+      const entry = (await this.api.historyItem(promptId))[promptId];
+      if (entry) return this.reopen(promptId, entry);
+    } catch (e) {
+      // not in the history (yet): the workflow this page sent
+    }
+    const run = this.runs.get(promptId);
+    if (run && run.workflow) this.load(run.workflow, `run ${promptId}`, { name: run.name });
+    else toast(`the workflow of run ${promptId} is not known`, { error: true });
   }
 
   bindApiEvents() {
@@ -457,27 +599,30 @@ export class App {
     });
     on("execution_start", (data) => {
       this.activePrompt = data.prompt_id;
-      if (!this.runs.has(data.prompt_id)) this.runs.set(data.prompt_id, { total: this.graph._nodes.length, done: new Set() });
+      this.run(data.prompt_id);
+      this.stepProgress.clear();
       for (const state of this.states.values()) { delete state.progress; delete state.preview; delete state.error; }
       this.updateOverall();
     });
     on("execution_cached", (data) => {
-      const run = this.runs.get(data.prompt_id);
-      if (run) for (const id of data.nodes || []) run.done.add(String(id));
+      const run = this.run(data.prompt_id);
+      if (run) run.counter.cached(data.nodes || []);
       this.updateOverall();
     });
+    // the counter counts real node ids (`loop.0.r1.show`); the canvas shows them on their display node
     on("executing", (data) => {
-      const run = this.runs.get(data.prompt_id);
-      if (this.runningNodeId && run) run.done.add(this.runningNodeId);
+      const run = this.run(data.prompt_id);
       if (data.node === null || data.node === undefined) {
+        if (run && !run.counter.status) this.endRun(data.prompt_id, "success");
         if (data.prompt_id === this.activePrompt) {
           this.runningNodeId = null;
-          const ok = run && run.status !== "error" && run.status !== "interrupted";
+          const ok = run && run.counter.status === "success";
           if (ok) setOverall(1, "done");
           this.activePrompt = null;
         }
         refreshSidePanel(this);
       } else {
+        if (run) run.counter.started(data.node);
         this.runningNodeId = String(data.display_node || data.node);
         this.updateOverall();
       }
@@ -485,35 +630,47 @@ export class App {
     });
     on("progress", (data) => {
       const id = String(data.node);
-      this.nodeState(id).progress = data.max ? data.value / data.max : 0;
+      const fraction = data.max ? data.value / data.max : 0;
+      this.stepProgress.set(id, fraction);
+      const shown = this.node(id) ? id : this.runningNodeId;   // an expanded node's progress: on its display node
+      if (shown) this.nodeState(shown).progress = fraction;
       this.updateOverall();
       this.canvas.setDirty(true, false);
     });
     on("node_finished", (data) => {
-      const run = this.runs.get(data.prompt_id);
-      if (run) run.done.add(String(data.node));
+      const run = this.run(data.prompt_id);
+      if (run) run.counter.finished(data.node);
+      this.stepProgress.delete(String(data.node));
       const state = this.nodeState(data.node);
       state.progress = 1;
       delete state.preview;
       this.updateOverall();
     });
-    on("executed", (data) => this.showOutput(data.display_node || data.node, data.output));
+    on("executed", (data) => {
+      this.showOutput(data.display_node || data.node, data.output);
+      if (data.output && Array.isArray(data.output.images)) {
+        this.gallery.add(data.output.images, { promptId: data.prompt_id, nodeId: data.node });
+      }
+    });
     on("execution_error", (data) => {
       const run = this.runs.get(data.prompt_id);
-      if (run) run.status = "error";
+      if (run) this.endRun(data.prompt_id, "error");
       this.showExecutionError(data);
       setOverall(0, "error");
       toast(`Node #${data.node_id} failed: ${data.exception_message}`, { error: true });
     });
     on("execution_interrupted", (data) => {
       const run = this.runs.get(data.prompt_id);
-      if (run) run.status = "interrupted";
+      if (run) this.endRun(data.prompt_id, "interrupted");
       this.runningNodeId = null;
       setOverall(0, "interrupted");
       toast("Interrupted");
       this.canvas.setDirty(true, true);
     });
-    on("execution_success", () => setOverall(1, "done"));
+    on("execution_success", (data) => {
+      this.endRun(data.prompt_id, "success");
+      setOverall(1, "done");
+    });
     on("b_preview", ({ blob, nodeId }) => {
       const id = nodeId || this.runningNodeId;
       if (!id) return;
@@ -526,7 +683,7 @@ export class App {
         state.previewCount = (state.previewCount || 0) + 1;
         const node = this.node(id);
         if (node) ensureImageRoom(node, 180);
-        this.canvas.setDirty(true, false);
+        this.onNodeGrown();
       };
       image.src = URL.createObjectURL(blob);
     });
@@ -537,14 +694,26 @@ export class App {
 
   bindToolbar() {
     const $ = (id) => document.getElementById(id);
-    const menu = $("file-menu");
-    $("btn-file").addEventListener("click", () => menu.classList.toggle("open"));
-    document.addEventListener("click", (e) => { if (!menu.contains(e.target)) menu.classList.remove("open"); });
-    const item = (id, fn) => $(id).addEventListener("click", () => { menu.classList.remove("open"); fn(); });
-    item("btn-new", () => { this.graph.clear(); this.states.clear(); this.setWorkflowName(null); this.persist(true); });
+    const menus = [...document.querySelectorAll("#toolbar .menu")];
+    const closeMenus = () => menus.forEach((m) => m.classList.remove("open"));
+    for (const menu of menus) {
+      menu.querySelector(":scope > button").addEventListener("click", () => {
+        const open = !menu.classList.contains("open");
+        closeMenus();
+        menu.classList.toggle("open", open);
+      });
+    }
+    document.addEventListener("click", (e) => { if (!menus.some((m) => m.contains(e.target))) closeMenus(); });
+    const item = (id, fn) => $(id).addEventListener("click", () => { closeMenus(); fn(); });
+    item("btn-new", () => {
+      this.graph.clear(); this.states.clear(); this.setWorkflowName(null); this.persist(true); this.undo.check();
+    });
     item("btn-open", () => $("file-input").click());
     item("btn-save", () => this.saveWorkflow());
+    item("btn-save-as", () => this.saveWorkflowAs());
     item("btn-export-api", () => this.exportApi());
+    item("btn-undo", () => this.undoEdit());
+    item("btn-redo", () => this.redoEdit());
     $("file-input").addEventListener("change", (e) => { if (e.target.files[0]) this.openFile(e.target.files[0]); e.target.value = ""; });
     $("btn-queue").addEventListener("click", () => this.queuePrompt());
     $("btn-interrupt").addEventListener("click", () => this.interrupt());
@@ -553,17 +722,13 @@ export class App {
       this.resize();
       refreshSidePanel(this);
     });
-    document.addEventListener("keydown", (e) => {
-      const inText = e.target && (e.target.tagName === "INPUT" || e.target.tagName === "TEXTAREA");
-      if ((e.ctrlKey || e.metaKey) && e.key === "Enter") { e.preventDefault(); this.queuePrompt(); }
-      else if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "s") { e.preventDefault(); this.saveWorkflow(); }
-      else if (!inText && e.key === "." && !e.ctrlKey && !e.metaKey) { this.fitView(); }
-      else if (!inText && (e.ctrlKey || e.metaKey) && (e.key.toLowerCase() === "b" || e.key.toLowerCase() === "m")) {
-        e.preventDefault();
-        const mode = e.key.toLowerCase() === "b" ? MODE_BYPASS : MODE_MUTED;
-        for (const node of Object.values(this.canvas.selected_nodes || {})) this.toggleMode(node, mode);
-      }
-    });
+    $("btn-help").addEventListener("click", () => showHelp());
+    this.canvas.getExtraMenuOptions = () => [
+      null,
+      { content: "Undo (Ctrl+Z)", disabled: !this.undo.stack.canUndo, callback: () => this.undoEdit() },
+      { content: "Redo (Ctrl+Shift+Z)", disabled: !this.undo.stack.canRedo, callback: () => this.redoEdit() },
+    ];
+    document.addEventListener("keydown", (e) => this.onKey(e));
     // drops anywhere on the page (not only over the canvas) open the file
     document.addEventListener("dragover", (e) => e.preventDefault());
     document.addEventListener("drop", (e) => {
@@ -571,6 +736,28 @@ export class App {
       e.preventDefault();
       this.onDrop(e);
     });
+  }
+
+  /** The page's shortcuts (the help overlay lists them, help.js); litegraph handles its own on the canvas. */
+  onKey(e) {
+    const t = e.target;
+    const inText = t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable);
+    const ctrl = e.ctrlKey || e.metaKey;
+    const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+    if (ctrl && key === "Enter") { e.preventDefault(); this.queuePrompt(); return; }
+    if (document.querySelector(".overlay")) return;          // a dialog is open: its keys only
+    if (ctrl && key === "s") { e.preventDefault(); if (e.shiftKey) this.saveWorkflowAs(); else this.saveWorkflow(); return; }
+    if (ctrl && key === "o") { e.preventDefault(); document.getElementById("file-input").click(); return; }
+    if (inText) return;                                        // text fields keep their own undo and keys
+    if (ctrl && !e.altKey && ((key === "z" && e.shiftKey) || (key === "y" && !e.shiftKey))) { e.preventDefault(); this.redoEdit(); }
+    else if (ctrl && !e.altKey && key === "z") { e.preventDefault(); this.undoEdit(); }
+    else if (ctrl && (key === "b" || key === "m")) {
+      e.preventDefault();
+      const mode = key === "b" ? MODE_BYPASS : MODE_MUTED;
+      for (const node of Object.values(this.canvas.selected_nodes || {})) this.toggleMode(node, mode);
+    } else if (!ctrl && !e.altKey && e.key === "?") { e.preventDefault(); showHelp(); }
+    else if (!ctrl && !e.altKey && key === ".") { this.fitView(); }
+    else if (!ctrl && !e.altKey && key === "g") { this.gallery.toggle(); }
   }
 
   bindTooltips() {

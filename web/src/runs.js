@@ -64,3 +64,14 @@ export function formatStart(ms, now = new Date()) {
   const time = at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
   return at.toDateString() === now.toDateString() ? time : `${at.toLocaleDateString()} ${time}`;
 }
+
+/** The file a typed save-as name is saved under: no folders, no characters file systems refuse,
+ * ".json" added when missing ("my flow" → "my flow.json"); null when nothing usable is left. */
+export function saveFileName(typed) {
+  if (typeof typed !== "string") return null;
+  let name = typed.split(/[\\/]/).pop();
+  name = name.replace(/[\u0000-\u001f<>:"|?*]/g, "").trim().replace(/[. ]+$/, "");
+  if (!name || /^\.+$/.test(name)) return null;
+  if (!/\.json$/i.test(name)) name += ".json";
+  return name;
+}
