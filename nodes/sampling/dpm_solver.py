@@ -85,7 +85,8 @@ class _Solver:
         u2 = x - self.sigma(s2) * (r2 * h).expm1() * eps \
             - self.sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_r1 - eps)
         eps_r2, cache = self.eps(cache, "eps_r2", u2, s2)
-        return x - self.sigma(t_next) * h.expm1() * eps - self.sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps), cache
+        x_3 = x - self.sigma(t_next) * h.expm1() * eps - self.sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
+        return x_3, cache
 
     def report(self, i, x, t, eps):
         if self.callback is not None:

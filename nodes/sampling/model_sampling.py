@@ -296,7 +296,8 @@ class ModelSampling:
         sigma = _view(sigma, x.ndim)
         return x / (sigma ** 2 + self.sigma_data ** 2) ** 0.5
 
-    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor, model_input: torch.Tensor) -> torch.Tensor:
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor,
+                           model_input: torch.Tensor) -> torch.Tensor:
         """x0 from the network's output for the noisy latent ``model_input`` at ``sigma``."""
         p = self.prediction
         if p in ("x0", "img_to_img"):
@@ -388,7 +389,8 @@ def discrete_settings(config: dict | None) -> dict:
     kind = config.get("beta_schedule", "scaled_linear")
     betas = config.get("trained_betas")
     return {"beta_kind": _DIFFUSERS_BETAS.get(kind, "linear"), "linear_start": float(config.get("beta_start", 0.0001)),
-            "linear_end": float(config.get("beta_end", 0.02)), "timesteps": int(config.get("num_train_timesteps", 1000)),
+            "linear_end": float(config.get("beta_end", 0.02)),
+            "timesteps": int(config.get("num_train_timesteps", 1000)),
             "betas": torch.tensor(betas, dtype=torch.float64) if betas is not None else None}
 
 

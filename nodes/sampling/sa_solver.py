@@ -113,7 +113,8 @@ def sample_sa_solver(model, x, sigmas, *, callback=None, noise_sampler=None, tau
             h = lambdas[i + 1] - lambdas[i]
             x_pred = sigmas[i + 1] / sigmas[i] * (-(tau_t ** 2) * h).exp() * x + pred
             if tau_t > 0 and s_noise > 0:
-                noise = noise_fn(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * tau_t ** 2 * h).expm1().neg().sqrt() * s_noise
+                noise = noise_fn(sigmas[i], sigmas[i + 1]) * sigmas[i + 1]
+                noise = noise * (-2 * tau_t ** 2 * h).expm1().neg().sqrt() * s_noise
                 x_pred = x_pred + noise
     return x
 

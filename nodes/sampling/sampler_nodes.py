@@ -186,7 +186,8 @@ class SamplerSASolver(Node):
     outputs = (Output(SAMPLER),)
 
     def execute(self, model, eta: float, sde_start_percent: float, sde_end_percent: float, s_noise: float,
-                predictor_order: int, corrector_order: int, use_pece: bool = False, simple_order_2: bool = False) -> tuple:
+                predictor_order: int, corrector_order: int, use_pece: bool = False,
+                simple_order_2: bool = False) -> tuple:
         ms = require_sampling_model(model, "SamplerSASolver.model").model_sampling
         tau = tau_interval(ms.percent_to_sigma(sde_start_percent), ms.percent_to_sigma(sde_end_percent), eta=eta)
         return (sampler_object("sa_solver", {"tau_func": tau, "s_noise": s_noise, "predictor_order": predictor_order,

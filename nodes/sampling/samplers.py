@@ -17,7 +17,6 @@ their half-log-SNR is ``log((1 - sigma) / sigma)``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -454,6 +453,11 @@ def sample_dpmpp_2m_sde(model, x, sigmas, *, callback=None, noise_sampler=None, 
     return x
 
 
+def sample_dpmpp_2m_sde_heun(model, x, sigmas, **kw):
+    """DPM-Solver++(2M) SDE with the Heun correction."""
+    return sample_dpmpp_2m_sde(model, x, sigmas, **{"solver_type": "heun", **kw})
+
+
 def sample_dpmpp_3m_sde(model, x, sigmas, *, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0,
                         cpu_noise=True):
     """DPM-Solver++(3M) SDE: third-order multistep with Brownian-tree noise."""
@@ -591,7 +595,8 @@ def _ipndm_v_combination(t, i, order, d_cur, history):
         c3 = temp1 * h_n_1 / h_n_2
         return c1 * d_cur + c2 * history[-1] + c3 * history[-2]
     h_n_3 = t[i - 2] - t[i - 3]
-    temp2 = ((1 - h_n / (3 * (h_n + h_n_1))) / 2 + (1 - h_n / (2 * (h_n + h_n_1))) * h_n / (6 * (h_n + h_n_1 + h_n_2))) \
+    temp2 = ((1 - h_n / (3 * (h_n + h_n_1))) / 2
+             + (1 - h_n / (2 * (h_n + h_n_1))) * h_n / (6 * (h_n + h_n_1 + h_n_2))) \
         * (h_n * (h_n + h_n_1) * (h_n + h_n_1 + h_n_2)) / (h_n_1 * (h_n_1 + h_n_2) * (h_n_1 + h_n_2 + h_n_3))
     ratio = h_n_1 * (h_n_1 + h_n_2) / (h_n_2 * (h_n_2 + h_n_3))
     c1 = (2 + h_n / h_n_1) / 2 + temp1 + temp2
@@ -982,8 +987,8 @@ SAMPLER_FUNCTIONS: dict[str, Callable] = {
     "dpmpp_2m_cfg_pp": sample_dpmpp_2m_cfg_pp,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "dpmpp_2m_sde_gpu": _gpu_noise(sample_dpmpp_2m_sde),
-    "dpmpp_2m_sde_heun": lambda m, x, s, **kw: sample_dpmpp_2m_sde(m, x, s, **{"solver_type": "heun", **kw}),
-    "dpmpp_2m_sde_heun_gpu": _gpu_noise(lambda m, x, s, **kw: sample_dpmpp_2m_sde(m, x, s, **{"solver_type": "heun", **kw})),
+    "dpmpp_2m_sde_heun": sample_dpmpp_2m_sde_heun,
+    "dpmpp_2m_sde_heun_gpu": _gpu_noise(sample_dpmpp_2m_sde_heun),
     "dpmpp_3m_sde": sample_dpmpp_3m_sde,
     "dpmpp_3m_sde_gpu": _gpu_noise(sample_dpmpp_3m_sde),
     "ddpm": sample_ddpm,
