@@ -4,7 +4,8 @@ by default. No torch here, and no runner chosen here: ``create_app`` takes a run
 Modules, one job each: ``config`` (settings), ``app`` (routes), ``security`` (Host/Origin/token/
 content-type/size checks), ``ws`` (WebSocket delivery; the runners' event sink), ``features`` (the
 feature flags), ``files`` (``/view`` and uploads), ``comfy_errors`` (validation errors in ComfyUI's
-shape), ``openapi`` (route table and ``/openapi.json``), ``static`` (the canvas and the workflows).
+shape), ``openapi`` (route table and ``/openapi.json``), ``static`` (the canvas and the workflows);
+``comfy_frontend/`` (ComfyUI's official frontend and the routes only it calls).
 """
 
 from __future__ import annotations
