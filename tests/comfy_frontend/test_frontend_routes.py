@@ -222,3 +222,50 @@ def test_every_new_route_is_in_openapi(client):
                  "/global_subgraphs", "/experiment/models/{folder}", "/view_metadata/{folder}", "/upload/mask",
                  "/internal/logs/subscribe", "/i18n", "/users"):
         assert path in paths, path
+
+
+def test_node_help_pages_are_written_from_our_classes(client):
+    page = client.get("/docs/PromptRewrite/en.md")
+    assert page.status == 200 and page.headers["content-type"].startswith("text/markdown")
+    text = page.body.decode()
+    assert text.startswith("# ") and "## Inputs" in text and "| temperature | FLOAT |" in text
+    assert "The most tokens to generate." in text and "## Outputs" in text
+    assert client.get("/docs/PromptRewrite/fr.md").status == 200  # no translations: the same page
+    assert client.get("/docs/NoSuchNode/en.md").status == 404
+    assert client.get("/docs/..%2F..%2Fsecret/en.md").status == 404
+    assert client.get("/docs/KSampler/en.md.html").status == 404
+
+
+def test_embedded_docs_pages_come_first(tmp_path, server):
+    """A folder laid out as the comfyui-embedded-docs package lays out its docs/ (one folder per class,
+    a page per locale): its pages are served, English when the locale has none; classes it lacks get
+    the generated page."""
+    import asyncio
+
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from nodegraph.server.comfy_frontend.common import answering_errors
+    from nodegraph.server.comfy_frontend.node_docs import NodeDocs
+    from nodegraph.server.comfy_frontend.state import FrontendState
+
+    docs = tmp_path / "docs" / "KSampler"
+    docs.mkdir(parents=True)
+    (docs / "en.md").write_text("# KSampler (ComfyUI's page)")
+    (docs / "ja.md").write_text("# KSampler (日本語)")
+    state = FrontendState(server.server, tmp_path, lambda paths: [], lambda folder: [])
+    app = web.Application()
+    app.router.add_get("/docs/{node}/{file}", answering_errors(NodeDocs(state, tmp_path / "docs").get))
+
+    async def scenario():
+        async with TestClient(TestServer(app)) as http:
+            pages = {}
+            for node, file in (("KSampler", "ja.md"), ("KSampler", "de.md"), ("PromptRewrite", "en.md")):
+                reply = await http.get(f"/docs/{node}/{file}")
+                pages[node, file] = (reply.status, await reply.text())
+            return pages
+
+    pages = asyncio.run(scenario())
+    assert pages["KSampler", "ja.md"] == (200, "# KSampler (日本語)")
+    assert pages["KSampler", "de.md"] == (200, "# KSampler (ComfyUI's page)")
+    assert pages["PromptRewrite", "en.md"][1].startswith("# PromptRewrite")

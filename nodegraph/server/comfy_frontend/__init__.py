@@ -12,7 +12,8 @@ routes it calls, with ComfyUI's shapes, one module each:
   workflows in the templates dialog;
 * :mod:`.subgraphs` (``/global_subgraphs``), :mod:`.models_api` (``/experiment/models``,
   ``/view_metadata``, ``/internal/folder_paths``), :mod:`.i18n` (``/i18n``), :mod:`.logs`
-  (``/internal/logs``), :mod:`.mask` (``/upload/mask``).
+  (``/internal/logs``), :mod:`.mask` (``/upload/mask``), :mod:`.node_docs` (``/docs/…``, the node
+  help pages).
 
 :data:`FRONTEND_ROUTES` is their route table (also in ``/openapi.json``). Routes marked ``api`` answer
 under ``/api`` too, as ComfyUI's; ``/internal/…`` and ``/templates/…`` do not (ComfyUI's do not
@@ -34,6 +35,7 @@ from .i18n import get_i18n
 from .jobs_api import JobsApi
 from .logs import LogBuffer, Logs
 from .models_api import ModelsApi
+from .node_docs import NodeDocs
 from .page import FrontendPackage, add_page_routes, check_frontend, mount
 from .settings import Settings
 from .state import FrontendState
@@ -112,6 +114,8 @@ FRONTEND_ROUTES: tuple[FrontendRoute, ...] = (
     _route("PATCH", "/internal/logs/subscribe", "logs.subscribe", "Send new log entries to a WebSocket client",
            api=False, body=_obj(enabled=BOOL, clientId=STR)),
     _route("GET", "/internal/folder_paths", "models.folder_paths", "Model folders' paths", api=False),
+    _route("GET", "/docs/{node}/{file}", "docs.get", "A node's help page (Markdown; {file} is <locale>.md)",
+           api=False, responses={200: "the page", 404: "no page"}),
 )
 
 
@@ -176,7 +180,8 @@ def add_routes(app: web.Application, frontend: FrontendSetup) -> None:
 
     handlers = {"users": Users(state), "settings": Settings(state), "userdata": UserData(state),
                 "jobs": JobsApi(state), "templates": Templates(TemplateLibrary()),
-                "subgraphs": GlobalSubgraphs(state), "models": ModelsApi(state), "logs": Logs(state, buffer)}
+                "subgraphs": GlobalSubgraphs(state), "models": ModelsApi(state), "logs": Logs(state, buffer),
+                "docs": NodeDocs(state)}
     functions = {"i18n": get_i18n, "mask": mask}
     plain = tuple(p for p in frontend.prefixes if not p.endswith("/api"))
     for route in FRONTEND_ROUTES:
