@@ -261,6 +261,9 @@ class OutputCache:
         self._ram = 0
         self._vram = 0
         self._hits = self._misses = self._evictions = self._spills = self._rejected = 0
+        #: bytes of the entries evicted so far (the executor gives freed memory back to the OS after a
+        #: burst of evictions, see :mod:`nodegraph.heap`)
+        self.evicted_bytes = 0
 
     def get(self, key: bytes) -> CachedResult | None:
         with self._lock:
@@ -336,6 +339,7 @@ class OutputCache:
             _, entry = self._entries.popitem(last=False)
             self._release(entry)
             self._evictions += 1
+            self.evicted_bytes += entry.ram_bytes
 
     def _spill(self, entry: CachedResult) -> None:
         self._release(entry)

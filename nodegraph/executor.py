@@ -39,6 +39,7 @@ from .device_stats import SystemStats, read_system_stats
 from .errors import ExecutionFailed, Interrupted, NodeFailure, ValidationFailed
 from .events import (EventBus, EventListener, ExecutionDone, ExecutionInterrupted, ExecutionStarted,
                      NodeFailed, NodeFinished, NodesCached, NodesQueued, NodeStarted)
+from .heap import TRIM_SLACK, release_free_memory
 from .node import Node, NodeResult
 from .plan import Plan, PlannedNode
 from .policies import check_policies, requested_policies
@@ -208,6 +209,7 @@ class Engine:
                 if isinstance(service, ModelManager):
                     service.free(unload=True)
         gc.collect()
+        self.release_memory(slack=0)
         try:
             import torch
 
@@ -215,6 +217,13 @@ class Engine:
                 torch.cuda.empty_cache()
         except Exception:  # a broken CUDA set-up must not fail the request
             pass
+
+    def release_memory(self, slack: int | None = None) -> bool:
+        """Give the C heap's freed memory back to the OS (:mod:`nodegraph.heap`); a runner calls it
+        between jobs, so that RSS follows what the cache and the models hold. ``True`` if it trimmed."""
+        from .heap import TRIM_SLACK, release_free_memory
+
+        return release_free_memory(TRIM_SLACK if slack is None else slack)
 
     def device_stats(self) -> SystemStats:
         """This machine's RAM, torch's version and each device's memory (``GET /system_stats``)."""
@@ -258,6 +267,7 @@ class _Run:
         self.result = RunResult(run.prompt_id, "success")
         self.stop = False
         self._prompt_json: dict | None = None
+        self._evicted_mark = getattr(self.cache, "evicted_bytes", 0)
 
     # -- main loop --------------------------------------------------------------------------------
 
@@ -509,7 +519,13 @@ class _Run:
             self.ui[node_id] = ui
             if node.cls.output_node:
                 self.result.outputs[node_id] = ui
-        self.cache.put(self.signatures[node_id], outputs, ui)
+        cache = self.cache
+        cache.put(self.signatures[node_id], outputs, ui)
+        if getattr(cache, "evicted_bytes", 0) - self._evicted_mark > TRIM_SLACK:
+            # the cache let go of a lot in this run: give what is now free back to the OS before the
+            # run allocates more (a heap left to fragment grows RSS past the cache's budget)
+            self._evicted_mark = cache.evicted_bytes
+            release_free_memory()
         if self.bus.active:
             self.emit_finished(node_id, seconds, cached=False)
         self.release(node_id)

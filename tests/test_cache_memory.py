@@ -247,3 +247,52 @@ def test_temp_previews_are_bounded_by_bytes(tmp_path):
     big.write_bytes(bytes(20_000))
     folder.add([(big, 20_000)])
     assert big.exists() and not any(p.exists() for p in written)
+
+
+# -- the C heap between jobs -------------------------------------------------------------------------
+
+def test_freed_heap_memory_goes_back_to_the_os():
+    from nodegraph.heap import free_heap_bytes, release_free_memory
+
+    if free_heap_bytes() is None:
+        pytest.skip("not glibc")
+    blocks = [bytearray(100_000) for _ in range(400)]  # ~40 MB in heap-sized chunks
+    blocks = blocks[1::2]  # free every other one: free memory in the middle of the heap
+    assert free_heap_bytes() > 10_000_000
+    assert not release_free_memory(slack=1 << 40)  # under the slack: nothing done
+    assert release_free_memory(slack=0)
+    del blocks
+
+
+def test_the_local_runner_releases_memory_after_each_job(tmp_path):
+    from nodegraph.queue import Job, JobStore, LocalRunner
+    from nodegraph.registry import default_registry
+
+    class Sink:
+        def post(self, client_id, message): pass
+        def post_status(self): pass
+        def is_connected(self, client_id): return False
+        def client_features(self, client_id): return None
+
+    engine = Engine(default_registry(packs=False), paths=Paths.under(tmp_path), device="cpu")
+    released = []
+    original = engine.release_memory
+    engine.release_memory = lambda slack=None: released.append(slack) or original(slack)
+    store = JobStore(tmp_path / "q.sqlite3")
+    runner = LocalRunner(engine, store, Sink())
+    runner.start()
+    try:
+        for i in range(2):
+            store.enqueue(Job(f"p{i}", 0, {"1": {"class_type": "PreviewAny", "inputs": {"source": i}}}, {}, ["1"]))
+        runner.notify()
+        import time
+
+        deadline = time.monotonic() + 30
+        while store.history_count() < 2 or len(released) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+        store.close()
+        engine.close()
+    assert len(released) >= 2

@@ -123,6 +123,7 @@ class LocalRunner(RunnerBase):
             finally:
                 self.current = None
                 self.current_reporter = None
+            self.engine.release_memory()  # after the job's end was reported: off its latency
 
     def _apply_free(self) -> None:
         with self._lock:

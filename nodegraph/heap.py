@@ -1,0 +1,62 @@
+"""Giving the C heap's free memory back to the operating system between jobs.
+
+Tensors of a few MiB are allocated by the C library's ``malloc``; once freed, glibc keeps their pages
+for reuse, and with several threads and many sizes the heap fragments so that the process's RSS grows
+far past what it holds: 400 varied prompts with a 1 GiB output cache measured 2.4 GiB RSS, against
+1.27 GiB with :func:`release_free_memory` after each job (``malloc_trim`` hands every free page back).
+The call costs about a millisecond, more on a large fragmented heap, so it is made only when enough
+memory sits free. Without glibc (macOS, musl, Windows) it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+
+#: trim only when at least this much freed memory sits in the heap
+TRIM_SLACK = 32 << 20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+_libc = None
+_loaded = False
+_lock = threading.Lock()
+
+
+def _glibc():
+    global _libc, _loaded
+    with _lock:
+        if not _loaded:
+            _loaded = True
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                libc.malloc_trim.argtypes = [ctypes.c_size_t]
+                libc.malloc_trim.restype = ctypes.c_int
+                libc.mallinfo2.restype = _MallInfo2
+                _libc = libc
+            except (OSError, AttributeError):  # not glibc, or older than 2.33 (no mallinfo2)
+                _libc = None
+    return _libc
+
+
+def free_heap_bytes() -> int | None:
+    """Bytes freed but still held by the C heap (all arenas); ``None`` without glibc."""
+    libc = _glibc()
+    return None if libc is None else int(libc.mallinfo2().fordblks)
+
+
+def release_free_memory(slack: int = TRIM_SLACK) -> bool:
+    """Return the heap's free pages to the OS if more than ``slack`` bytes sit free; ``True`` if it did."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    if libc.mallinfo2().fordblks < slack:
+        return False
+    libc.malloc_trim(0)
+    return True
