@@ -74,7 +74,13 @@ class AppPage:
         }""", [node_id, slot, is_input]))
 
     def widget_point(self, node_id: int, name: str) -> tuple[float, float]:
-        """The middle of a widget (away from the number arrows)."""
+        """The middle of a widget (away from the number arrows), once the canvas has drawn it (a widget's
+        place is known from its first draw: right after a load the next frame may not have come yet)."""
+        self.page.wait_for_function("""([id, name]) => {
+            const node = window.app.node(id);
+            const w = node && node.widgets.find(w => w.name === name);
+            return !!w && w.last_y !== undefined;
+        }""", arg=[node_id, name])
         ly = self.js("""([id, name]) => {
             const node = window.app.node(id);
             const w = node.widgets.find(w => w.name === name);
