@@ -370,3 +370,138 @@ def test_question_mark_shows_the_keyboard_help(server, open_page):
     assert page.page.locator("#help-overlay").count() == 0
     assert page.page.input_value("#palette-filter") == "?"
     assert page.console_errors == []
+
+
+# -- loop bodies as graphs --------------------------------------------------------------------------
+
+def body_of(page, node_id: int) -> dict:
+    """The loop node's body as the workflow holds it (what save, undo and Queue read)."""
+    workflow = page.workflow()
+    node = next(n for n in workflow["nodes"] if n["id"] == node_id)
+    return json.loads(next(v for v in node["widgets_values"] if isinstance(v, str) and v.startswith("{")))
+
+
+def shown_point(page, node_id: int, *, widget: str | None = None, slot: int | None = None,
+                is_input: bool = False) -> tuple[float, float]:
+    """Page coordinates of a widget's middle or a slot of a node of the graph the canvas shows (a loop
+    body's nodes are not the workflow's, which conftest's helpers address)."""
+    if widget is not None:   # a widget's place is known once the canvas has drawn it
+        page.page.wait_for_function("""([id, name]) => {
+            const node = window.app.canvas.graph.getNodeById(id);
+            const w = node && node.widgets.find(w => w.name === name);
+            return !!w && w.last_y !== undefined;
+        }""", arg=[node_id, widget])
+    return tuple(page.js("""([id, widget, slot, isInput]) => {
+        const app = window.app, node = app.canvas.graph.getNodeById(id), ds = app.canvas.ds;
+        const rect = app.canvasEl.getBoundingClientRect();
+        let p;
+        if (widget !== null) {
+            const w = node.widgets.find(w => w.name === widget);
+            p = [node.pos[0] + node.size[0] / 2, node.pos[1] + w.last_y + LiteGraph.NODE_WIDGET_HEIGHT / 2];
+        } else {
+            p = node.getConnectionPos(isInput, slot);
+        }
+        return [rect.left + (p[0] + ds.offset[0]) * ds.scale, rect.top + (p[1] + ds.offset[1]) * ds.scale];
+    }""", [node_id, widget, slot, is_input]))
+
+
+def shown_types(page) -> list[str]:
+    return sorted(page.js("() => window.app.canvas.graph._nodes.map(n => n.type)"))
+
+
+def test_loop_body_is_edited_as_a_graph_not_as_json(server, open_page):
+    page = open_page(server)
+    page.load(loop_workflow(2))
+    repeat = page.node_ids("Repeat")[0]
+    assert page.js("(id) => window.app.node(id).widgets.find(w => w.inputName === 'body').type", repeat) == "loopbody"
+    # the body widget is a button: it opens the body as a graph with the body's nodes
+    page.page.mouse.click(*page.widget_point(repeat, "body"))
+    page.page.locator("#loop-body-bar").wait_for()
+    assert page.js("() => window.app.canvas.graph !== window.app.graph")
+    assert shown_types(page) == sorted(n["class_type"] for n in ROUND_BODY.values())
+    # edit a widget of a body node in its dialog: the loop's body JSON follows at once, ids kept
+    grow = page.js("() => window.app.canvas.graph._nodes.find(n => n.type === 'StringConcat').id")
+    page.page.mouse.click(*shown_point(page, grow, widget="b"))
+    area = page.page.locator(".graphdialog textarea")          # StringConcat's b is multi-line text
+    area.fill("y")
+    page.page.locator(".graphdialog button").click()
+    page.page.wait_for_function("() => window.app.canvas.graph._nodes.find(n => n.type === 'StringConcat').widgets[1].value === 'y'")
+    body = body_of(page, repeat)    # read through window.app.node: the workflow's node, written back
+    assert set(body) == set(ROUND_BODY)
+    assert body["grow"]["inputs"] == {**ROUND_BODY["grow"]["inputs"], "b": "y"}
+    assert body["canvas"]["inputs"]["color"] == ["index", 0] and body["next"] == ROUND_BODY["next"]
+    # a node added from the palette lands in the body, linked by dragging: a new body entry
+    page.page.fill("#palette-filter", "ShowText")
+    page.page.click('#palette .pal-node[data-type="ShowText"]')
+    page.page.fill("#palette-filter", "")
+    added = page.js("() => window.app.canvas.graph._nodes.filter(n => n.type === 'ShowText').map(n => n.id).sort((a, b) => b - a)[0]")
+    page.js("(id) => { const g = window.app.canvas.graph, grow = g._nodes.find(n => n.type === 'StringConcat');"
+            " g.getNodeById(id).pos = [grow.pos[0] + 40, grow.pos[1] + 260]; window.app.undo.check(); }", added)
+    page.drag(shown_point(page, grow, slot=0), shown_point(page, added, slot=0, is_input=True))
+    page.page.wait_for_function("(id) => window.app.canvas.graph.getNodeById(id).inputs[0].link !== null", arg=added)
+    body = body_of(page, repeat)
+    assert body[str(added)] == {"class_type": "ShowText", "inputs": {"text": ["grow", 0]}}
+    assert page.node_ids("ShowText") == [3]     # the workflow itself gained nothing
+    # Escape goes back to the workflow, where Queue runs the edited body
+    page.page.locator("#graph-canvas").focus()
+    page.page.keyboard.press("Escape")
+    assert page.page.locator("#loop-body-bar").count() == 0
+    assert page.js("() => window.app.canvas.graph === window.app.graph")
+    prompt = page.js("() => window.app.lastPromptPreview()")
+    assert json.loads(prompt[str(repeat)]["inputs"]["body"]) == body
+    page.js("() => window.app.queuePrompt()")
+    done(page)
+    page.page.wait_for_function("window.app.states.get('3')?.text === 's-y-y'")
+    # undo restores the body's earlier JSON; reopening shows the body where it was left
+    focus_canvas(page)
+    page.page.keyboard.press("Control+z")                      # the link
+    assert body_of(page, repeat)[str(added)]["inputs"] == {}
+    page.page.keyboard.press("Control+z")                      # the move
+    page.page.keyboard.press("Control+z")                      # the added node
+    assert str(added) not in body_of(page, repeat)
+    assert body_of(page, repeat)["grow"]["inputs"]["b"] == "y"
+    for _ in range(3):
+        page.page.keyboard.press("Control+Shift+z")
+    assert body_of(page, repeat)[str(added)]["inputs"] == {"text": ["grow", 0]}
+    page.page.mouse.click(*page.widget_point(repeat, "body"))
+    page.page.locator("#loop-body-bar").wait_for()
+    assert page.js("(id) => window.app.canvas.graph.getNodeById(id)?.type", added) == "ShowText"
+    # undo inside the body: the body is put back and stays open
+    empty = page.js("() => window.app.canvas.graph._nodes.find(n => n.type === 'EmptyImage').id")
+    page.page.mouse.click(*shown_point(page, empty, widget="width"))
+    width = page.page.locator(".graphdialog input")
+    width.fill("16")
+    width.press("Enter")
+    assert body_of(page, repeat)["canvas"]["inputs"]["width"] == 16
+    focus_canvas(page)
+    page.page.keyboard.press("Control+z")
+    assert page.page.locator("#loop-body-bar").count() == 1
+    assert page.js("() => window.app.canvas.graph._nodes.find(n => n.type === 'EmptyImage').widgets[0].value") == 8
+    assert body_of(page, repeat)["canvas"]["inputs"]["width"] == 8
+    page.page.click("#btn-loop-back")
+    assert page.console_errors == []
+
+
+def test_ready_design_loop_body_opens_and_closes_unchanged(server, open_page):
+    page = open_page(server)
+    page.page.click("#btn-file")
+    page.page.click('#workflow-list [data-workflow="design_loop.ui.json"]')
+    page.page.wait_for_function("window.app.workflowName === 'design_loop'")
+    repeat = page.node_ids("Repeat")[0]
+    before = page.js("(id) => window.app.node(id).widgets.find(w => w.inputName === 'body').value", repeat)
+    prompt = page.js("() => window.app.lastPromptPreview()")
+    page.js("(id) => window.app.loops.open(window.app.node(id))", repeat)
+    assert len(page.js("() => window.app.canvas.graph._nodes")) == len(json.loads(before))
+    # moving a body node is remembered with the loop node (its canvas form), the JSON stays as it was
+    node = page.js("() => window.app.canvas.graph._nodes.find(n => n.type === 'KSampler').id")
+    title = shown_point(page, node, slot=0, is_input=True)           # just left of the first input
+    title = (title[0] + 40, title[1] - 30)                             # …up in the title bar
+    page.drag(title, (title[0] + 80, title[1] + 40))
+    moved = page.js("(id) => [...window.app.canvas.graph.getNodeById(id).pos]", node)
+    page.page.click("#btn-loop-back")
+    assert page.js("(id) => window.app.node(id).widgets.find(w => w.inputName === 'body').value", repeat) == before
+    assert page.js("() => window.app.lastPromptPreview()") == prompt
+    page.js("(id) => window.app.loops.open(window.app.node(id))", repeat)
+    assert page.js("(id) => [...window.app.canvas.graph.getNodeById(id).pos]", node) == moved
+    page.page.click("#btn-loop-back")
+    assert page.console_errors == []

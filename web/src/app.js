@@ -4,6 +4,7 @@
 import { Api, ApiError } from "./api.js";
 import { askText } from "./dialogs.js";
 import { Gallery } from "./gallery.js";
+import { LOOP_CLASSES, LoopBodies } from "./loopbody.js";
 import { showHelp } from "./help.js";
 import { MODE_BYPASS, MODE_MUTED, ensureImageRoom, registerNodes } from "./nodes.js";
 import { buildPalette, fillWorkflowMenu, refreshSidePanel, setOverall, showErrors, toast } from "./panels.js";
@@ -46,6 +47,7 @@ export class App {
     this.document = { name: null };   // what undo steps of one workflow share: its name
     this._saved = null;
     this.undo = null;            // GraphHistory, once the graph exists
+    this.loops = new LoopBodies(this);   // the loop body being edited as a graph, if any
     this.gallery = null;
   }
 
@@ -64,6 +66,10 @@ export class App {
     this.search = new SearchBox(this);
     this.canvas.showSearchBox = (event) => this.search.open(event);
     this.canvas.onDropItem = (event) => this.onDrop(event);
+    // a loop body open on the canvas: our bar instead of litegraph's subgraph panels (which would add
+    // inputs to the loop node), and its "Close subgraph" menu entry goes back through us
+    this.canvas.drawSubgraphPanel = () => {};
+    this.canvas.closeSubgraph = () => this.loops.close();
     this.resize();
     window.addEventListener("resize", () => this.resize());
 
@@ -109,6 +115,11 @@ export class App {
     return this.graph.getNodeById(Number(id)) || this.graph._nodes.find((n) => String(n.id) === String(id)) || null;
   }
 
+  /** The graph the canvas shows: the workflow, or the loop body being edited. */
+  get shownGraph() {
+    return this.canvas.graph || this.graph;
+  }
+
   addNode(type, pos) {
     const node = LiteGraph.createNode(type);
     if (!node) return null;
@@ -118,7 +129,7 @@ export class App {
              (-c.offset[1] + this.canvasEl.height / 2 / c.scale) - node.size[1] / 2];
     }
     node.pos = [pos[0], pos[1]];
-    this.graph.add(node);
+    this.shownGraph.add(node);
     this.canvas.selectNode(node);
     this.onGraphEdited();
     return node;
@@ -126,7 +137,7 @@ export class App {
 
   /** Zoom and pan so that every node (with its title and what is drawn below it) is in view. */
   fitView(margin = 40) {
-    const nodes = this.graph._nodes;
+    const nodes = this.shownGraph._nodes;
     if (!nodes.length) return;
     let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
     for (const n of nodes) {
@@ -144,6 +155,7 @@ export class App {
   }
 
   focusNode(id) {
+    this.loops.close();
     const node = this.node(id);
     if (!node) return;
     this.canvas.centerOnNode(node);
@@ -207,7 +219,11 @@ export class App {
   restoreSnapshot(workflow, document) {
     this.canvas.deselectAllNodes();
     const ds = { scale: this.canvas.ds.scale, offset: [...this.canvas.ds.offset] };
+    const body = this.loops.editing ? this.loops.editing.node.id : null;   // reopened on the restored node
+    this.loops.close({ write: false });
     loadWorkflow(this.graph, null, workflow);
+    const loop = body === null ? null : this.node(body);
+    if (loop && LOOP_CLASSES.has(loop.type)) this.loops.open(loop);
     this.canvas.ds.scale = ds.scale;
     this.canvas.ds.offset = ds.offset;
     this.document = document;
@@ -240,12 +256,16 @@ export class App {
 
   // -- workflows -----------------------------------------------------------------------------------
 
+  /** The workflow as a canvas (UI) file; a loop body being edited is written into its node first. */
   workflow() {
-    return serializeWorkflow(this.graph, this.canvas);
+    this.loops.sync();
+    const view = this.loops.editing ? { ds: this.loops.editing.rootDs } : this.canvas;
+    return serializeWorkflow(this.graph, view);
   }
 
   /** Show a workflow; `name` is its workflow name (history shows it), none for an unnamed one. */
   load(data, source = "workflow", { name = null } = {}) {
+    this.loops.close({ write: false });
     this.states.clear();
     this.clearRunState();
     this.setWorkflowName(name);
@@ -353,7 +373,7 @@ export class App {
   onDrop(event) {
     if (event.clientX !== undefined && event.target === this.canvasEl) {
       const [x, y] = this.canvas.convertEventToCanvasOffset(event);
-      const over = this.graph.getNodeOnPos(x, y);
+      const over = this.shownGraph.getNodeOnPos(x, y);
       if (over && over.acceptsUpload && over.acceptsUpload()) return true; // the node took the file
     }
     const files = event.dataTransfer ? [...event.dataTransfer.files] : [];
@@ -393,10 +413,12 @@ export class App {
 
   /** The API prompt the Queue button would send now. */
   lastPromptPreview() {
+    this.loops.sync();
     return graphToPrompt(this.graph);
   }
 
   exportApi() {
+    this.loops.sync();
     download("workflow_api.json", JSON.stringify(graphToPrompt(this.graph), null, 2));
   }
 
@@ -706,6 +728,7 @@ export class App {
     document.addEventListener("click", (e) => { if (!menus.some((m) => m.contains(e.target))) closeMenus(); });
     const item = (id, fn) => $(id).addEventListener("click", () => { closeMenus(); fn(); });
     item("btn-new", () => {
+      this.loops.close({ write: false });
       this.graph.clear(); this.states.clear(); this.setWorkflowName(null); this.persist(true); this.undo.check();
     });
     item("btn-open", () => $("file-input").click());
@@ -729,6 +752,14 @@ export class App {
       { content: "Redo (Ctrl+Shift+Z)", disabled: !this.undo.stack.canRedo, callback: () => this.redoEdit() },
     ];
     document.addEventListener("keydown", (e) => this.onKey(e));
+    // Escape leaves a loop body; litegraph swallows Escape on the canvas, so it is caught before it
+    document.addEventListener("keydown", (e) => {
+      const t = e.target;
+      if (e.key !== "Escape" || !this.loops.editing || (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA"))) return;
+      if (document.querySelector(".overlay, .graphdialog, .litecontextmenu, #search")) return;
+      e.preventDefault();
+      this.loops.close();
+    }, true);
     // drops anywhere on the page (not only over the canvas) open the file
     document.addEventListener("dragover", (e) => e.preventDefault());
     document.addEventListener("drop", (e) => {
@@ -763,7 +794,7 @@ export class App {
   bindTooltips() {
     this.canvasEl.addEventListener("mousemove", (e) => {
       const [x, y] = this.canvas.convertEventToCanvasOffset(e);
-      const node = this.graph.getNodeOnPos(x, y);
+      const node = this.shownGraph.getNodeOnPos(x, y);
       let tip = "";
       if (node) {
         const lx = x - node.pos[0], ly = y - node.pos[1];

@@ -28,7 +28,7 @@ export const SHORTCUTS = [
     ["Mouse wheel", "Zoom"],
     ["G", "Show or hide the output gallery"],
     ["?", "This help"],
-    ["Esc", "Close a dialog"],
+    ["Esc", "Close a dialog; leave a loop body for the workflow"],
   ]],
 ];
 

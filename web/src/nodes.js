@@ -99,6 +99,7 @@ export function registerNodes(app, info) {
           slot.color_on = slot.color_off = typeColor(outType);
         });
         addWidgets(this, def, { upload: (node, widget) => app.pickUpload(node, widget) });
+        app.loops.decorate(this, type);   // a loop's body: a button that opens it as a graph (loopbody.js)
         const size = this.computeSize();
         this.size = [Math.max(size[0], 240), size[1] + (def.output_node ? 10 : 0)];
       }
@@ -162,11 +163,14 @@ export function registerNodes(app, info) {
         }
         extra.push({ content: this.mode === MODE_BYPASS ? "Un-bypass (Ctrl+B)" : "Bypass (Ctrl+B)",
                      callback: () => app.toggleMode(this, MODE_BYPASS) });
+        extra.push(...app.loops.menuOptions(this));
         return extra;
       }
 
       onDrawForeground(ctx) {
-        const state = app.nodeState(this.id);
+        // what runs show belongs to the workflow's nodes, not to a loop body's (their ids are the body graph's)
+        const inWorkflow = this.graph === app.graph;
+        const state = inWorkflow ? app.nodeState(this.id) : {};
         const w = this.size[0];
         const h = this.size[1];
         const titleH = LiteGraph.NODE_TITLE_HEIGHT;
@@ -190,11 +194,11 @@ export function registerNodes(app, info) {
           wrapLines(ctx, state.text, w - 16, 6).forEach((line, i) => ctx.fillText(line, 8, top + 14 + i * 14));
           ctx.restore();
         }
-        if (state.progress > 0 && state.progress < 1 || (state.progress > 0 && app.runningNodeId === String(this.id))) {
+        if (state.progress > 0 && state.progress < 1 || (state.progress > 0 && inWorkflow && app.runningNodeId === String(this.id))) {
           ctx.fillStyle = "#3c8f52";
           ctx.fillRect(0, 0, w * Math.min(state.progress, 1), 4);
         }
-        if (app.runningNodeId === String(this.id)) {
+        if (inWorkflow && app.runningNodeId === String(this.id)) {
           ctx.strokeStyle = "#4caf50";
           ctx.lineWidth = 3;
           ctx.strokeRect(-3, -titleH - 3, w + 6, h + titleH + 6);

@@ -58,7 +58,8 @@ export function loadWorkflow(graph, canvas, data) {
   }
 }
 
-/** Lay an API-format workflow out on the canvas: nodes by id, widget values by input name, links. */
+/** Lay an API-format workflow out on the canvas: nodes by id, widget values by input name, links.
+ * Returns the created nodes by the workflow's ids (ids that are not numbers get new numeric ones). */
 export function loadApiWorkflow(graph, prompt) {
   graph.clear();
   const byId = new Map();
@@ -98,6 +99,7 @@ export function loadApiWorkflow(graph, prompt) {
     }
   }
   graph.arrange(60);
+  return byId;
 }
 
 function resolveLink(graph, linkId, wanted, seen = new Set()) {
