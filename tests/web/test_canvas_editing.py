@@ -11,6 +11,10 @@ from collections import Counter
 
 import pytest
 
+from nodegraph.registry import default_registry
+from nodegraph.workflow.ui_format import ui_to_api
+
+from tests.web import web_test_nodes
 from tests.web.web_helpers import ui_workflow
 
 pytestmark = pytest.mark.browser
@@ -449,6 +453,12 @@ def test_loop_body_is_edited_as_a_graph_not_as_json(server, open_page):
     assert page.js("() => window.app.canvas.graph === window.app.graph")
     prompt = page.js("() => window.app.lastPromptPreview()")
     assert json.loads(prompt[str(repeat)]["inputs"]["body"]) == body
+    # the saved workflow (body's canvas form in the loop node's properties) converts as the page does
+    registry = default_registry()
+    registry.add_module(web_test_nodes)
+    saved = page.workflow()
+    assert "body_canvas" in next(n for n in saved["nodes"] if n["id"] == repeat)["properties"]
+    assert ui_to_api(saved, registry) == prompt
     page.js("() => window.app.queuePrompt()")
     done(page)
     page.page.wait_for_function("window.app.states.get('3')?.text === 's-y-y'")
