@@ -116,6 +116,20 @@ def _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise):
     return x, sigma_hat
 
 
+def _churned_eval(model, x, sigmas, i, s_in, callback, s_churn, s_tmin, s_tmax, s_noise):
+    """Churn step ``i``'s sigma, evaluate the model there and report: ``(x, sigma_hat, denoised, d)``."""
+    x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
+    denoised = model(x, sigma_hat * s_in)
+    d = to_d(x, sigma_hat, denoised)
+    _report(callback, i, x, sigmas[i], denoised)
+    return x, sigma_hat, denoised, d
+
+
+def _push_history(history: list[torch.Tensor], d: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """The multistep history with ``d`` appended, its oldest entry dropped once it holds ``size``."""
+    return history[1:] + [d] if len(history) == size else history + [d]
+
+
 # -- Euler / Heun / DPM-2 / LMS ----------------------------------------------------------------------
 
 def sample_euler(model, x, sigmas, *, callback=None, noise_sampler=None, s_churn=0.0, s_tmin=0.0,
@@ -123,10 +137,8 @@ def sample_euler(model, x, sigmas, *, callback=None, noise_sampler=None, s_churn
     """Euler steps of the probability-flow ODE (Karras et al. 2022, algorithm 2 without the 2nd order)."""
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = model(x, sigma_hat * s_in)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, i, x, sigmas[i], denoised)
+        x, sigma_hat, denoised, d = _churned_eval(model, x, sigmas, i, s_in, callback, s_churn, s_tmin, s_tmax,
+                                                  s_noise)
         x = x + d * (sigmas[i + 1] - sigma_hat)
     return x
 
@@ -171,10 +183,8 @@ def sample_heun(model, x, sigmas, *, callback=None, noise_sampler=None, s_churn=
     """Heun's second-order method (Karras et al. 2022, algorithm 2); the last step to 0 is Euler."""
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = model(x, sigma_hat * s_in)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, i, x, sigmas[i], denoised)
+        x, sigma_hat, denoised, d = _churned_eval(model, x, sigmas, i, s_in, callback, s_churn, s_tmin, s_tmax,
+                                                  s_noise)
         dt = sigmas[i + 1] - sigma_hat
         if sigmas[i + 1] == 0:
             x = x + d * dt
@@ -223,10 +233,8 @@ def sample_dpm_2(model, x, sigmas, *, callback=None, noise_sampler=None, s_churn
     """DPM-Solver-2 flavoured midpoint steps (the midpoint in log sigma)."""
     s_in = _ones(x)
     for i in range(len(sigmas) - 1):
-        x, sigma_hat = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = model(x, sigma_hat * s_in)
-        d = to_d(x, sigma_hat, denoised)
-        _report(callback, i, x, sigmas[i], denoised)
+        x, sigma_hat, denoised, d = _churned_eval(model, x, sigmas, i, s_in, callback, s_churn, s_tmin, s_tmax,
+                                                  s_noise)
         if sigmas[i + 1] == 0:
             x = x + d * (sigmas[i + 1] - sigma_hat)
         else:
@@ -417,6 +425,21 @@ def sample_dpmpp_2m(model, x, sigmas, *, callback=None, noise_sampler=None):
     return x
 
 
+def _sde_multistep_first_order(x, denoised, sigma, sigma_next, ms: ModelSampling, eta):
+    """The first-order part of a DPM-Solver++ multistep SDE step: ``(x, h, h_eta, alpha_t)``."""
+    lambda_s, lambda_t = half_log_snr(sigma, ms), half_log_snr(sigma_next, ms)
+    h = lambda_t - lambda_s
+    h_eta = h * (eta + 1)
+    alpha_t = sigma_next * lambda_t.exp()
+    x = sigma_next / sigma * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+    return x, h, h_eta, alpha_t
+
+
+def _sde_multistep_noise(noise, sigma, sigma_next, h, eta, s_noise):
+    """The fresh noise a DPM-Solver++ multistep SDE step adds."""
+    return noise(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+
+
 def sample_dpmpp_2m_sde(model, x, sigmas, *, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0,
                         solver_type="midpoint", cpu_noise=True):
     """DPM-Solver++(2M) SDE (midpoint or Heun correction), Brownian-tree noise."""
@@ -435,11 +458,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, *, callback=None, noise_sampler=None, 
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = half_log_snr(sigmas[i], ms), half_log_snr(sigmas[i + 1], ms)
-            h = lambda_t - lambda_s
-            h_eta = h * (eta + 1)
-            alpha_t = sigmas[i + 1] * lambda_t.exp()
-            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            x, h, h_eta, alpha_t = _sde_multistep_first_order(x, denoised, sigmas[i], sigmas[i + 1], ms, eta)
             if old_denoised is not None:
                 r = h_last / h
                 if solver_type == "heun":
@@ -447,7 +466,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, *, callback=None, noise_sampler=None, 
                 else:
                     x = x + 0.5 * alpha_t * (-h_eta).expm1().neg() * (1 / r) * (denoised - old_denoised)
             if eta > 0 and s_noise > 0:
-                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = x + _sde_multistep_noise(noise, sigmas[i], sigmas[i + 1], h, eta, s_noise)
         old_denoised = denoised
         h_last = h
     return x
@@ -475,11 +494,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, *, callback=None, noise_sampler=None, 
         if sigmas[i + 1] == 0:
             x = denoised
         else:
-            lambda_s, lambda_t = half_log_snr(sigmas[i], ms), half_log_snr(sigmas[i + 1], ms)
-            h = lambda_t - lambda_s
-            h_eta = h * (eta + 1)
-            alpha_t = sigmas[i + 1] * lambda_t.exp()
-            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x + alpha_t * (-h_eta).expm1().neg() * denoised
+            x, h, h_eta, alpha_t = _sde_multistep_first_order(x, denoised, sigmas[i], sigmas[i + 1], ms, eta)
             if h_2 is not None:
                 r0, r1 = h_1 / h, h_2 / h
                 d1_0 = (denoised - denoised_1) / r0
@@ -493,7 +508,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, *, callback=None, noise_sampler=None, 
                 phi_2 = h_eta.neg().expm1() / h_eta + 1
                 x = x + (alpha_t * phi_2) * ((denoised - denoised_1) / (h_1 / h))
             if eta > 0 and s_noise > 0:
-                x = x + noise(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * eta).expm1().neg().sqrt() * s_noise
+                x = x + _sde_multistep_noise(noise, sigmas[i], sigmas[i + 1], h, eta, s_noise)
         denoised_1, denoised_2 = denoised, denoised_1
         h_1, h_2 = h, h_1
     return x
@@ -571,10 +586,7 @@ def _ipndm(model, x, sigmas, callback, max_order, variable):
             x_next = x + dt * sum(w * d for w, d in zip(weights, terms)) / div
         else:
             x_next = x + dt * _ipndm_v_combination(sigmas, i, order, d_cur, history)
-        if len(history) == max_order - 1:
-            history = history[1:] + [d_cur]
-        else:
-            history.append(d_cur)
+        history = _push_history(history, d_cur, max_order - 1)
         x = x_next
     return x
 
@@ -636,10 +648,7 @@ def sample_deis(model, x, sigmas, *, callback=None, noise_sampler=None, max_orde
             x_next = x + c[0] * d_cur
             for k in range(1, order):
                 x_next = x_next + c[k] * history[-k]
-        if len(history) == max_order - 1:
-            history = history[1:] + [d_cur]
-        else:
-            history.append(d_cur)
+        history = _push_history(history, d_cur, max_order - 1)
         x = x_next
     return x
 
@@ -870,6 +879,11 @@ def _phi2(h):
     return (torch.expm1(h) - h) / h
 
 
+def _carry_noise(sde_noise, seg, fresh):
+    """SEEDS: the previous stage's noise decayed over ``seg``, plus the fresh noise that segment adds."""
+    return sde_noise * seg.exp() + seg.mul(2).expm1().neg().sqrt() * fresh
+
+
 def sample_seeds_2(model, x, sigmas, *, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0, r=0.5):
     """SEEDS-2 (Gonzalez et al. 2023): stochastic exponential two-stage solver, data prediction."""
     noise = _noise(model, x, noise_sampler)
@@ -900,7 +914,7 @@ def sample_seeds_2(model, x, sigmas, *, callback=None, noise_sampler=None, eta=1
         x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * _phi1(-h_eta) * denoised_d
         if inject:
             seg = (r - 1) * h * eta
-            sde_noise = sde_noise * seg.exp() + seg.mul(2).expm1().neg().sqrt() * noise(sigma_s_1, sigmas[i + 1])
+            sde_noise = _carry_noise(sde_noise, seg, noise(sigma_s_1, sigmas[i + 1]))
             x = x + sde_noise * sigmas[i + 1] * s_noise
     return x
 
@@ -936,7 +950,7 @@ def sample_seeds_3(model, x, sigmas, *, callback=None, noise_sampler=None, eta=1
         x_3 = sigma_s_2 / sigmas[i] * (-r_2 * h * eta).exp() * x - alpha_s_2 * (a3_1 * denoised + a3_2 * denoised_2)
         if inject:
             seg = (r_1 - r_2) * h * eta
-            sde_noise = sde_noise * seg.exp() + seg.mul(2).expm1().neg().sqrt() * noise(sigma_s_1, sigma_s_2)
+            sde_noise = _carry_noise(sde_noise, seg, noise(sigma_s_1, sigma_s_2))
             x_3 = x_3 + sde_noise * sigma_s_2 * s_noise
         denoised_3 = model(x_3, sigma_s_2 * s_in)
         b3 = _phi2(-h_eta) / r_2
@@ -944,7 +958,7 @@ def sample_seeds_3(model, x, sigmas, *, callback=None, noise_sampler=None, eta=1
         x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b3 * denoised_3)
         if inject:
             seg = (r_2 - 1) * h * eta
-            sde_noise = sde_noise * seg.exp() + seg.mul(2).expm1().neg().sqrt() * noise(sigma_s_2, sigmas[i + 1])
+            sde_noise = _carry_noise(sde_noise, seg, noise(sigma_s_2, sigmas[i + 1]))
             x = x + sde_noise * sigmas[i + 1] * s_noise
     return x
 
