@@ -39,57 +39,47 @@ class BasicScheduler(Node):
         return (sg.basic_scheduler(ms, scheduler, steps, denoise),)
 
 
-class KarrasScheduler(Node):
-    """Karras et al.'s schedule: evenly spaced in sigma^(1/rho)."""
+class _ExplicitBoundsScheduler(Node):
+    """A schedule of ``steps`` steps between sigma_max and sigma_min given as inputs (not the model's)."""
 
+    abstract = True
     category = "sampling/custom_sampling/schedulers"
     steps = Input(INT, default=20, min=1, max=10000)
     sigma_max = _bound(SIGMA_MAX_DEFAULT)
     sigma_min = _bound(SIGMA_MIN_DEFAULT)
-    rho = Input(FLOAT, default=7.0, min=0.0, max=100.0, step=0.01, round=False)
     outputs = (Output(SIGMAS),)
+
+
+class KarrasScheduler(_ExplicitBoundsScheduler):
+    """Karras et al.'s schedule: evenly spaced in sigma^(1/rho)."""
+
+    rho = Input(FLOAT, default=7.0, min=0.0, max=100.0, step=0.01, round=False)
 
     def execute(self, steps: int, sigma_max: float, sigma_min: float, rho: float) -> tuple:
         return (sg.karras(steps, sigma_min, sigma_max, rho),)
 
 
-class ExponentialScheduler(Node):
+class ExponentialScheduler(_ExplicitBoundsScheduler):
     """Evenly spaced in log sigma."""
-
-    category = "sampling/custom_sampling/schedulers"
-    steps = Input(INT, default=20, min=1, max=10000)
-    sigma_max = _bound(SIGMA_MAX_DEFAULT)
-    sigma_min = _bound(SIGMA_MIN_DEFAULT)
-    outputs = (Output(SIGMAS),)
 
     def execute(self, steps: int, sigma_max: float, sigma_min: float) -> tuple:
         return (sg.exponential(steps, sigma_min, sigma_max),)
 
 
-class PolyexponentialScheduler(Node):
+class PolyexponentialScheduler(_ExplicitBoundsScheduler):
     """A polynomial of degree ``rho`` in log sigma."""
 
-    category = "sampling/custom_sampling/schedulers"
-    steps = Input(INT, default=20, min=1, max=10000)
-    sigma_max = _bound(SIGMA_MAX_DEFAULT)
-    sigma_min = _bound(SIGMA_MIN_DEFAULT)
     rho = Input(FLOAT, default=1.0, min=0.0, max=100.0, step=0.01, round=False)
-    outputs = (Output(SIGMAS),)
 
     def execute(self, steps: int, sigma_max: float, sigma_min: float, rho: float) -> tuple:
         return (sg.polyexponential(steps, sigma_min, sigma_max, rho),)
 
 
-class LaplaceScheduler(Node):
+class LaplaceScheduler(_ExplicitBoundsScheduler):
     """Log sigmas distributed as a Laplace(mu, beta)."""
 
-    category = "sampling/custom_sampling/schedulers"
-    steps = Input(INT, default=20, min=1, max=10000)
-    sigma_max = _bound(SIGMA_MAX_DEFAULT)
-    sigma_min = _bound(SIGMA_MIN_DEFAULT)
     mu = Input(FLOAT, default=0.0, min=-10.0, max=10.0, step=0.1, round=False)
     beta = Input(FLOAT, default=0.5, min=0.0, max=10.0, step=0.1, round=False)
-    outputs = (Output(SIGMAS),)
 
     def execute(self, steps: int, sigma_max: float, sigma_min: float, mu: float, beta: float) -> tuple:
         return (sg.laplace(steps, sigma_min, sigma_max, mu, beta),)
