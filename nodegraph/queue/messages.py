@@ -78,6 +78,9 @@ def wants_previews(features: ClientFeatures | None, extra_data: Mapping[str, Any
     return features.previews
 
 
+_encode_string = json.encoder.encode_basestring_ascii  # what json.dumps uses for a str (ensure_ascii)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -89,9 +92,13 @@ def encode(type_: str, data: dict) -> str:
 def executing(node: str | None, display_node: str | None, prompt_id: str) -> str:
     """``encode("executing", {"node": …, "display_node": …, "prompt_id": …})``, built directly: it is
     sent once per node, so its cost is a per-node cost of the server."""
-    dumps = json.dumps
-    return (f'{{"type":"executing","data":{{"node":{dumps(node)},"display_node":{dumps(display_node)},'
-            f'"prompt_id":{dumps(prompt_id)}}}}}')
+    return (f'{{"type":"executing","data":{{"node":{_string(node)},"display_node":{_string(display_node)},'
+            f'"prompt_id":{_string(prompt_id)}}}}}')
+
+
+def _string(value: str | None) -> str:
+    """A JSON string (``null`` for ``None``), escaped as ``json.dumps`` does."""
+    return "null" if value is None else _encode_string(value)
 
 
 def status(queue_remaining: int, sid: str | None = None) -> str:
