@@ -88,6 +88,15 @@ class _Solver:
         x_3 = x - self.sigma(t_next) * h.expm1() * eps - self.sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_r2 - eps)
         return x_3, cache
 
+    def ancestral_target(self, t, t_next, t_end, eta):
+        """Where a step from ``t`` towards ``t_next`` lands (an ancestral step of strength ``eta``, never
+        past ``t_end``) and the noise level it adds back."""
+        if not eta:
+            return t_next, 0.0
+        sd, _ = ancestral_step(self.sigma(t), self.sigma(t_next), eta)
+        t_down = torch.minimum(t_end, self.t(sd))
+        return t_down, (self.sigma(t_next) ** 2 - self.sigma(t_down) ** 2) ** 0.5
+
     def report(self, i, x, t, eps):
         if self.callback is not None:
             self.callback(StepInfo(i, x, self.sigma(t), x - self.sigma(t) * eps))
@@ -115,12 +124,7 @@ def sample_dpm_fast(model, x, sigmas, *, callback=None, noise_sampler=None, eta=
     for i, order in enumerate(orders):
         cache: dict = {}
         t, t_next = ts[i], ts[i + 1]
-        if eta:
-            sd, su = ancestral_step(solver.sigma(t), solver.sigma(t_next), eta)
-            t_next_ = torch.minimum(t_end, solver.t(sd))
-            su = (solver.sigma(t_next) ** 2 - solver.sigma(t_next_) ** 2) ** 0.5
-        else:
-            t_next_, su = t_next, 0.0
+        t_next_, su = solver.ancestral_target(t, t_next, t_end, eta)
         eps, cache = solver.eps(cache, "eps", x, t)
         solver.report(i, x, t, eps)
         if order == 1:
@@ -158,12 +162,7 @@ def sample_dpm_adaptive(model, x, sigmas, *, callback=None, noise_sampler=None, 
     while s < t_end - 1e-5 if forward else s > t_end + 1e-5:
         cache: dict = {}
         t = torch.minimum(t_end, s + pid.h) if forward else torch.maximum(t_end, s + pid.h)
-        if eta:
-            sd, su = ancestral_step(solver.sigma(s), solver.sigma(t), eta)
-            t_ = torch.minimum(t_end, solver.t(sd))
-            su = (solver.sigma(t) ** 2 - solver.sigma(t_) ** 2) ** 0.5
-        else:
-            t_, su = t, 0.0
+        t_, su = solver.ancestral_target(s, t, t_end, eta)
         eps, cache = solver.eps(cache, "eps", x, s)
         solver.report(steps, x, s, eps)
         if order == 2:
