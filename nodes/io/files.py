@@ -97,20 +97,12 @@ def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.stack(masks)
 
 
-class LoadImage(Node):
-    """Loads an image from the input folder; its alpha channel becomes the mask (1 − alpha)."""
+class InputImageNode(Node):
+    """Base of the nodes that load a file from the input folder (LoadImage, LoadImageMask): the ``image``
+    combo with upload, its check at validation and the file's hash as the fingerprint."""
 
-    category = "image"
-    display_name = "Load Image"
+    abstract = True
     image = Input(COMBO, choices=_list_input_images, image_upload=True)
-    outputs = (Output(IMAGE), Output(MASK))
-
-    def execute(self, image: str) -> tuple:
-        path = resolve_annotated(image, self.ctx.paths)
-        if not path.is_file():
-            raise FileNotFoundError(f"image {image!r} does not exist in the input folder "
-                                    f"({self.ctx.paths.input_dir})")
-        return load_image_file(path)
 
     @classmethod
     def validate_inputs(cls, image: str, paths: Paths) -> bool | str:
@@ -129,6 +121,21 @@ class LoadImage(Node):
             return file_sha256(resolve_annotated(str(image), paths))
         except (OSError, ValueError):
             return math.nan
+
+
+class LoadImage(InputImageNode):
+    """Loads an image from the input folder; its alpha channel becomes the mask (1 − alpha)."""
+
+    category = "image"
+    display_name = "Load Image"
+    outputs = (Output(IMAGE), Output(MASK))
+
+    def execute(self, image: str) -> tuple:
+        path = resolve_annotated(image, self.ctx.paths)
+        if not path.is_file():
+            raise FileNotFoundError(f"image {image!r} does not exist in the input folder "
+                                    f"({self.ctx.paths.input_dir})")
+        return load_image_file(path)
 
 
 # -- saving -----------------------------------------------------------------------------------------

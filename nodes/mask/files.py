@@ -5,20 +5,17 @@ PreviewImage's (:mod:`nodegraph_nodes.io.files`).
 
 from __future__ import annotations
 
-import math
 import random
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from nodegraph.context import Paths
 from nodegraph.node import COMBO, Input, Node, NodeResult, Output
 from nodegraph.pngmeta import comfy_text_chunks
 from nodegraph.types import MASK
 from nodegraph.user_files import folder_of, resolve_annotated
-from nodegraph_nodes.io.files import _list_input_images, file_sha256, save_images
+from nodegraph_nodes.io.files import InputImageNode, save_images
 
 from .tensors import as_masks
 
@@ -45,12 +42,11 @@ def load_mask_file(path, channel: str) -> torch.Tensor:
     return mask.unsqueeze(0)
 
 
-class LoadImageMask(Node):
+class LoadImageMask(InputImageNode):
     """Loads one channel of an image from the input folder as a mask (alpha becomes 1 − alpha)."""
 
     category = "mask"
     display_name = "Load Image (as Mask)"
-    image = Input(COMBO, choices=_list_input_images, image_upload=True)
     channel = Input(COMBO, choices=MASK_CHANNELS)
     outputs = (Output(MASK),)
 
@@ -62,24 +58,6 @@ class LoadImageMask(Node):
             raise FileNotFoundError(f"input 'image': {image!r} does not exist in the input folder "
                                     f"({self.ctx.paths.input_dir})")
         return (load_mask_file(path, channel),)
-
-    @classmethod
-    def validate_inputs(cls, image: str, paths: Paths) -> bool | str:
-        try:
-            path = resolve_annotated(str(image), paths)
-        except ValueError as exc:
-            return f"Invalid image file: {exc}"
-        if not path.is_file():
-            return f"Invalid image file: {image} (not found in {path.parent})"
-        return True
-
-    @classmethod
-    def fingerprint(cls, paths: Paths, image: str | None = None, **_: Any) -> Any:
-        """SHA-256 of the file; NaN (always re-run) when it cannot be read."""
-        try:
-            return file_sha256(resolve_annotated(str(image), paths))
-        except (OSError, ValueError):
-            return math.nan
 
 
 class MaskPreview(Node):
