@@ -23,6 +23,8 @@ from .run_status import state_from_comfy, workflow_name_of
 
 VERSION = 2
 
+#: version 1's tables, as they were: a later version changes them only through :data:`ADDED_COLUMNS`
+#: (a fresh file is built the way an old one is migrated)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -132,6 +132,8 @@ def test_cancelled_job_is_kept_out_of_comfyui_history(client):
 # -- a store written by the old schema ----------------------------------------------------------
 
 #: the tables as nodegraph wrote them before run records (nodegraph/server/jobs.py, HEAD~8 of this change)
+#: (written out, not imported from nodegraph.queue.schema: this file must stay what old nodegraphs wrote
+#: whatever the schema module later holds)
 OLD_SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
