@@ -14,7 +14,33 @@ import uuid
 from websockets.sync.client import connect
 
 
-class ComfyClient:
+class ExampleReads:
+    """The reads ComfyUI's script examples make after a run: ``GET /history/{prompt_id}``, then each
+    output image through ``GET /view`` (shared by :class:`ComfyClient` and the tests' ``ScriptClient``)."""
+
+    server_address: str
+
+    def get_history(self, prompt_id: str) -> dict:
+        with urllib.request.urlopen(f"http://{self.server_address}/history/{prompt_id}", timeout=30) as r:
+            return json.loads(r.read())
+
+    def get_image(self, filename: str, subfolder: str, folder_type: str) -> bytes:
+        query = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
+        with urllib.request.urlopen(f"http://{self.server_address}/view?{query}", timeout=30) as r:
+            return r.read()
+
+    def output_images(self, prompt_id: str) -> dict[str, list[bytes]]:
+        """node id → the bytes of each image the prompt's history lists for it."""
+        history = self.get_history(prompt_id)[prompt_id]
+        images: dict[str, list[bytes]] = {}
+        for node_id, node_output in history["outputs"].items():
+            for image in node_output.get("images", []):
+                images.setdefault(node_id, []).append(
+                    self.get_image(image["filename"], image["subfolder"], image["type"]))
+        return images
+
+
+class ComfyClient(ExampleReads):
     """``features``: announced as the first WebSocket message (``feature_flags``), as ComfyUI's
     frontend does; ``None`` announces nothing, as ComfyUI's script examples."""
 
@@ -40,15 +66,6 @@ class ComfyClient:
         with urllib.request.urlopen(req, timeout=30) as response:
             return json.loads(response.read())
 
-    def get_history(self, prompt_id: str) -> dict:
-        with urllib.request.urlopen(f"http://{self.server_address}/history/{prompt_id}", timeout=30) as r:
-            return json.loads(r.read())
-
-    def get_image(self, filename: str, subfolder: str, folder_type: str) -> bytes:
-        query = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
-        with urllib.request.urlopen(f"http://{self.server_address}/view?{query}", timeout=30) as r:
-            return r.read()
-
     def run(self, ws, prompt: dict, prompt_id: str | None = None, timeout: float = 60):
         """Queue, follow events until ``executing {node: null}`` of this prompt; return
         ``(prompt_id, text messages, binary frames, {node_id: [image bytes]})``."""
@@ -65,10 +82,4 @@ class ComfyClient:
                         break
             else:
                 frames.append(out)
-        history = self.get_history(prompt_id)[prompt_id]
-        images = {}
-        for node_id, node_output in history["outputs"].items():
-            for image in node_output.get("images", []):
-                images.setdefault(node_id, []).append(
-                    self.get_image(image["filename"], image["subfolder"], image["type"]))
-        return prompt_id, messages, frames, images
+        return prompt_id, messages, frames, self.output_images(prompt_id)

@@ -18,12 +18,13 @@
 from __future__ import annotations
 
 import json
-import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 
 from websockets.sync.client import connect
+
+from tests.helpers.comfy_client import ExampleReads
 
 
 @dataclass
@@ -42,7 +43,7 @@ class ScriptRun:
     order: list[str] = field(default_factory=list)
 
 
-class ScriptClient:
+class ScriptClient(ExampleReads):
     def __init__(self, server_address: str, api_prefix: str = "") -> None:
         self.server_address = server_address
         self.client_id = str(uuid.uuid4())
@@ -53,15 +54,6 @@ class ScriptClient:
         request = urllib.request.Request(f"http://{self.server_address}{self.prefix}/prompt", data=data)
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
-
-    def get_history(self, prompt_id: str) -> dict:
-        with urllib.request.urlopen(f"http://{self.server_address}/history/{prompt_id}", timeout=30) as r:
-            return json.loads(r.read())
-
-    def get_image(self, filename: str, subfolder: str, folder_type: str) -> bytes:
-        query = urllib.parse.urlencode({"filename": filename, "subfolder": subfolder, "type": folder_type})
-        with urllib.request.urlopen(f"http://{self.server_address}/view?{query}", timeout=30) as r:
-            return r.read()
 
     def connect(self):
         return connect(f"ws://{self.server_address}/ws?clientId={self.client_id}", open_timeout=10,
@@ -89,9 +81,5 @@ class ScriptClient:
                 run.order.append("<binary>")
                 if current_node == ws_image_node:
                     run.ws_images.setdefault(current_node, []).append(out[8:])
-        history = self.get_history(run.prompt_id)[run.prompt_id]
-        for node_id, node_output in history["outputs"].items():
-            for image in node_output.get("images", []):
-                run.images.setdefault(node_id, []).append(
-                    self.get_image(image["filename"], image["subfolder"], image["type"]))
+        run.images = self.output_images(run.prompt_id)
         return run
