@@ -16,6 +16,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
@@ -247,16 +248,23 @@ def store_upload(form: UploadForm, paths: Paths, max_pixels: int) -> dict[str, s
     return {"name": target.name, "subfolder": subfolder, "type": form.kind}
 
 
-async def upload_image(request: web.Request, paths: Paths, scratch: Path, max_bytes: int,
-                       max_pixels: int) -> web.Response:
-    """``scratch``: a private folder for partial uploads (never served)."""
+async def upload_image(request: web.Request, paths: Paths, scratch: Path, max_bytes: int, max_pixels: int,
+                       transform: Callable[[UploadForm], Path] | None = None) -> web.Response:
+    """``scratch``: a private folder for partial uploads (never served). ``transform`` (run in a worker
+    thread; ``/upload/mask``'s composition) makes the file that is stored in place of the uploaded one;
+    its FileError is the answer."""
     form = None
     try:
         form = await read_upload(request, scratch, max_bytes)
         if form.data_path is None:
             raise FileError(400, "no_file", "the form has no 'image' file part")
         folder_for(paths, form.kind)  # bad type → 400 before any work
-        reply = await asyncio.get_running_loop().run_in_executor(None, store_upload, form, paths, max_pixels)
+        loop = asyncio.get_running_loop()
+        if transform is not None:
+            made = await loop.run_in_executor(None, transform, form)
+            uploaded, form.data_path = form.data_path, made
+            uploaded.unlink(missing_ok=True)
+        reply = await loop.run_in_executor(None, store_upload, form, paths, max_pixels)
         return web.json_response(reply)
     except FileError as exc:
         return exc.response()

@@ -11,7 +11,6 @@ the same decompression-bomb limit as uploads. Answer: ``{"name", "subfolder", "t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import tempfile
@@ -19,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..files import FileError, folder_for, locate, read_upload, store_upload, verify_image
+from ..files import FileError, locate, upload_image, verify_image
 
 
 def compose(original: Path, mask: Path, scratch: Path, max_pixels: int) -> Path:
@@ -63,25 +62,10 @@ def parse_ref(text: str | None) -> tuple[str, str, str]:
 
 async def upload_mask(request: web.Request, paths, scratch: Path, max_bytes: int,
                       max_pixels: int) -> web.Response:
-    form = None
-    composed: Path | None = None
-    try:
-        form = await read_upload(request, scratch, max_bytes)
-        if form.data_path is None:
-            raise FileError(400, "no_file", "the form has no 'image' file part")
-        folder_for(paths, form.kind)
+    """``/upload/image`` with the stored file made by :func:`compose` from the image ``original_ref`` names."""
+    def compose_with_original(form) -> Path:
         filename, kind, subfolder = parse_ref(form.original_ref)
         original = locate(paths, filename, kind, subfolder)
-        loop = asyncio.get_running_loop()
-        composed = await loop.run_in_executor(None, compose, original, form.data_path, scratch, max_pixels)
-        form.data_path.unlink(missing_ok=True)
-        form.data_path = composed
-        reply = await loop.run_in_executor(None, store_upload, form, paths, max_pixels)
-        return web.json_response(reply)
-    except FileError as exc:
-        return exc.response()
-    finally:
-        if form is not None and form.data_path is not None:
-            form.data_path.unlink(missing_ok=True)
-        if composed is not None:
-            composed.unlink(missing_ok=True)
+        return compose(original, form.data_path, scratch, max_pixels)
+
+    return await upload_image(request, paths, scratch, max_bytes, max_pixels, transform=compose_with_original)
