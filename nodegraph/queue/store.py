@@ -30,7 +30,6 @@ unless asked for). The schema and the migration of older files are in :mod:`node
 from __future__ import annotations
 
 import json
-import os
 import queue
 import sqlite3
 import threading
@@ -40,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..fsync import fsync_path
 from .run_status import CANCELLED, check_state, comfy_status_str, workflow_name_of
 from .schema import migrate
 
@@ -548,13 +548,4 @@ class _WalSyncer:
             self.sync()
 
     def sync(self) -> None:
-        try:
-            fd = os.open(self.wal, os.O_RDONLY)
-        except FileNotFoundError:  # checkpointed and removed: nothing left to flush
-            return
-        try:
-            os.fsync(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        fsync_path(self.wal)  # a log checkpointed and removed has nothing left to flush

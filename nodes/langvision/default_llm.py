@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Iterator
 
 from nodegraph.context import Paths
+from nodegraph.fsync import fsync_path
 
 from nodegraph_nodes.langvision.common import LOAD_LOCK, ModelFolderError
 
@@ -402,7 +403,7 @@ def _publish(tmp: Path, folder: Path, digest: str) -> bool:
         if is_complete(folder, digest):  # another process won the race: use its folder, drop this one
             return False
         raise
-    _sync_directory(folder.parent)
+    fsync_path(folder.parent)
     return True
 
 
@@ -412,17 +413,4 @@ def _sync_folder(folder: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-    _sync_directory(folder)
-
-
-def _sync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # Windows cannot open folders; the rename is still atomic there
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_path(folder)
