@@ -47,10 +47,20 @@ def check_pattern(regex_pattern: str | None) -> bool | str:
     return True
 
 
-class RegexMatch(Node):
+class _RegexNode(Node):
+    """A regex node: a constant ``regex_pattern`` is checked at validation."""
+
+    abstract = True
+    category = CATEGORY
+
+    @classmethod
+    def validate_inputs(cls, regex_pattern: str | None = None, **_: Any) -> bool | str:
+        return check_pattern(regex_pattern)
+
+
+class RegexMatch(_RegexNode):
     """True when regex_pattern matches anywhere in string. An invalid pattern is an error."""
 
-    category = CATEGORY
     display_name = "Regex Match"
     string = Input(STRING, multiline=True)
     regex_pattern = Input(STRING, multiline=True)
@@ -59,23 +69,18 @@ class RegexMatch(Node):
     dotall = Input(BOOLEAN, default=False)
     outputs = (Output(BOOLEAN, "matches"),)
 
-    @classmethod
-    def validate_inputs(cls, regex_pattern: str | None = None, **_: Any) -> bool | str:
-        return check_pattern(regex_pattern)
-
     def execute(self, string: str, regex_pattern: str, case_insensitive: bool = True,
                 multiline: bool = False, dotall: bool = False) -> tuple:
         pattern = compile_pattern(regex_pattern, regex_flags(case_insensitive, multiline, dotall))
         return (pattern.search(string) is not None,)
 
 
-class RegexExtract(Node):
+class RegexExtract(_RegexNode):
     """Text matched by regex_pattern: the first match, all matches (one per line), or capture group
     group_index of the first / every match (0 is the whole match). "All Matches" gives group 1 of each
     match when the pattern has groups, as ComfyUI does. An invalid pattern, or a group_index the pattern
     does not have in a group mode, is an error."""
 
-    category = CATEGORY
     display_name = "Regex Extract"
     string = Input(STRING, multiline=True)
     regex_pattern = Input(STRING, multiline=True)
@@ -85,10 +90,6 @@ class RegexExtract(Node):
     dotall = Input(BOOLEAN, default=False)
     group_index = Input(INT, default=1, min=0, max=100)
     outputs = (Output(STRING),)
-
-    @classmethod
-    def validate_inputs(cls, regex_pattern: str | None = None, **_: Any) -> bool | str:
-        return check_pattern(regex_pattern)
 
     def execute(self, string: str, regex_pattern: str, mode: str, case_insensitive: bool = True,
                 multiline: bool = False, dotall: bool = False, group_index: int = 1) -> tuple:
@@ -110,11 +111,10 @@ class RegexExtract(Node):
         return ("\n".join(m.group(group_index) or "" for m in pattern.finditer(string)),)
 
 
-class RegexReplace(Node):
+class RegexReplace(_RegexNode):
     """Replaces matches of regex_pattern with replace (``\\1`` or ``\\g<name>`` insert groups); count
     limits the number of replacements (0: all). An invalid pattern or replacement is an error."""
 
-    category = CATEGORY
     display_name = "Regex Replace"
     string = Input(STRING, multiline=True)
     regex_pattern = Input(STRING, multiline=True)
@@ -129,10 +129,6 @@ class RegexReplace(Node):
                           "(default). Set to 1 to replace only the first match, 2 for the first two "
                           "matches, etc.")
     outputs = (Output(STRING),)
-
-    @classmethod
-    def validate_inputs(cls, regex_pattern: str | None = None, **_: Any) -> bool | str:
-        return check_pattern(regex_pattern)
 
     def execute(self, string: str, regex_pattern: str, replace: str, case_insensitive: bool = True,
                 multiline: bool = False, dotall: bool = False, count: int = 0) -> tuple:
