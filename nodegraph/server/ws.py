@@ -99,24 +99,30 @@ class WsClient:
         while True:
             await wake.wait()
             wake.clear()
-            frames = []
+            batch = []
             stop = False
             while outbox:
                 message = outbox.popleft()
                 if message is None:
                     stop = True
                     break
-                frames.append(frame(message))
+                batch.append(message)
             transport = self.transport
-            if frames:
-                if self.ws.closed or transport is None or transport.is_closing():
+            if batch:
+                if self.ws.closed or (transport is not None and transport.is_closing()):
                     return
                 try:
-                    transport.writelines(frames) if len(frames) > 1 else transport.write(frames[0])
+                    if transport is None:  # no socket transport to write to: aiohttp's writer, one by one
+                        for message in batch:
+                            await (self.ws.send_bytes(message) if isinstance(message, bytes)
+                                   else self.ws.send_str(message))
+                    else:
+                        frames = [frame(message) for message in batch]
+                        transport.writelines(frames) if len(frames) > 1 else transport.write(frames[0])
+                        while transport.get_write_buffer_size() > HIGH_WATER and not transport.is_closing():
+                            await asyncio.sleep(0.005)  # a slow reader: let the socket drain
                 except (ConnectionError, RuntimeError):
                     return
-                while transport.get_write_buffer_size() > HIGH_WATER and not transport.is_closing():
-                    await asyncio.sleep(0.005)  # a slow reader: let the socket drain
             if stop:
                 return
 

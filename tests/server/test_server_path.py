@@ -155,3 +155,25 @@ def test_serve_flag_turns_on_synchronous_commits():
 def test_sync_commits_config_reaches_the_store(start_server):
     server = start_server(sync_commits=True)
     assert synchronous_mode(server.server.store) == 2
+
+
+@pytest.mark.parametrize("size", [10, 200, 70_000, 300_000])
+def test_frames_of_every_length_class_arrive_intact(server, client, size):
+    """Text frames are written by the hub itself: 7-bit, 16-bit and 64-bit payload lengths."""
+    text = "é" * (size // 2) + "x" * (size % 2)
+    with connect(f"ws://127.0.0.1:{server.port}/ws?clientId=big", open_timeout=10, max_size=None) as ws:
+        ws.recv(timeout=10)
+        prompt_id = client.queue({"1": {"class_type": "PreviewAny", "inputs": {"source": text}}},
+                                 client_id="big")["prompt_id"]
+        executed = [m for m in follow(ws, prompt_id) if m["type"] == "executed"]
+        assert executed[0]["data"]["output"] == {"text": [text]}
+
+
+def test_frame_encoding_matches_rfc_6455():
+    from nodegraph.server.ws import frame
+
+    for size, header in ((0, b"\x81\x00"), (125, b"\x81\x7d"), (126, b"\x81\x7e\x00\x7e"),
+                         (65535, b"\x81\x7e\xff\xff"), (65536, b"\x81\x7f" + (65536).to_bytes(8, "big"))):
+        data = frame("a" * size)
+        assert data[:len(header)] == header and len(data) == len(header) + size
+    assert frame(b"\x00\x01")[:2] == b"\x82\x02"  # binary
