@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,16 @@ class Client:
         reply = self.post_json("/prompt", {"prompt": prompt, **fields})
         assert reply.status == 200, reply.body
         return reply.json()
+
+    def wait_history(self, prompt_id: str, timeout: float = 30) -> dict:
+        """Poll ``GET /history/{prompt_id}`` until the prompt has finished; its history entry."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entry = self.get(f"/history/{prompt_id}").json()
+            if entry:
+                return entry[prompt_id]
+            time.sleep(0.02)
+        raise AssertionError(f"prompt {prompt_id} did not finish")
 
 
 def multipart(fields: dict, filename: str, data: bytes, boundary: str = "XyZzY") -> tuple[bytes, dict]:

@@ -27,20 +27,8 @@ def assert_nothing_queued_and_alive(server, client) -> None:
     assert queue == {"queue_running": [], "queue_pending": []}
     assert server.server.store.history_count(include_cancelled=True) == 0
     reply = client.queue(GOOD)  # still serving: a good prompt runs to the end
-    deadline_entry = wait_history(client, reply["prompt_id"])
+    deadline_entry = client.wait_history(reply["prompt_id"])
     assert deadline_entry["status"]["status_str"] == "success"
-
-
-def wait_history(client, prompt_id: str, timeout: float = 30) -> dict:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = client.get(f"/history/{prompt_id}").json()
-        if entry:
-            return entry[prompt_id]
-        time.sleep(0.02)
-    raise AssertionError(f"prompt {prompt_id} did not finish")
 
 
 def check_too_deep(reply) -> None:
@@ -84,7 +72,7 @@ def test_reasonable_nesting_still_runs(server, client):
     """A value nested well under the limit is an ordinary input (PreviewAny shows it as JSON)."""
     value = json.loads(nested(MAX_JSON_DEPTH - 10))
     reply = client.queue({"1": {"class_type": "PreviewAny", "inputs": {"source": value}}})
-    entry = wait_history(client, reply["prompt_id"])
+    entry = client.wait_history(reply["prompt_id"])
     assert entry["status"]["status_str"] == "success"
     assert entry["outputs"]["1"]["text"][0].startswith('{"a": {"a":')
 
@@ -131,7 +119,7 @@ def test_configured_cap_applies_to_api_and_canvas_workflows(start_server):
     assert reply.status == 400 and reply.json()["error"]["type"] == "prompt_too_large"
     assert "21 nodes" in reply.json()["error"]["message"]
     assert client.get("/queue").json() == {"queue_running": [], "queue_pending": []}
-    entry = wait_history(client, client.queue(chain(20))["prompt_id"])  # at the cap: accepted
+    entry = client.wait_history(client.queue(chain(20))["prompt_id"])  # at the cap: accepted
     assert entry["status"]["status_str"] == "success"
 
 

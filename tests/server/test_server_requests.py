@@ -19,19 +19,6 @@ def slow(tag: str, seconds: float = 30) -> dict:
                                                        "tag": tag}}}
 
 
-def wait_done(server, client, prompt_id: str, timeout: float = 30) -> dict:
-    """Follow a client's events until the prompt is done; return its history entry."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        entry = client.get(f"/history/{prompt_id}").json()
-        if entry:
-            return entry[prompt_id]
-        time.sleep(0.02)
-    raise AssertionError(f"prompt {prompt_id} did not finish")
-
-
 @pytest.mark.parametrize("body,kind", [
     (b"{not json", "invalid_json"),
     (b"", "empty_body"),
@@ -113,13 +100,13 @@ def test_valid_outputs_run_when_others_are_invalid(server, client):
     assert reply.status == 200
     payload = reply.json()
     assert set(payload["node_errors"]) == {"3"}
-    entry = wait_done(server, client, payload["prompt_id"])
+    entry = client.wait_history(payload["prompt_id"])
     assert entry["prompt"][4] == ["2"] and list(entry["outputs"]) == ["2"]
 
 
 def test_server_keeps_serving_after_bad_input(server, client):
     first = client.queue(GOOD)["prompt_id"]
-    wait_done(server, client, first)
+    client.wait_history(first)
     for body in (b"{", b"null", b'{"prompt": 1}', b"x" * 10000):
         assert client.request("POST", "/prompt", body, {"Content-Type": "application/json"}).status == 400
     assert client.request("POST", "/queue", b"{", {"Content-Type": "application/json"}).status == 400
@@ -130,7 +117,7 @@ def test_server_keeps_serving_after_bad_input(server, client):
     assert client.get("/no/such/route").status == 404
     assert client.request("DELETE", "/prompt").status == 405
     second = client.queue({**GOOD, "1": {**GOOD["1"], "inputs": {**GOOD["1"]["inputs"], "color": 5}}})
-    entry = wait_done(server, client, second["prompt_id"])
+    entry = client.wait_history(second["prompt_id"])
     assert entry["status"]["status_str"] == "success"
     assert set(client.get("/history").json()) == {first, second["prompt_id"]}
 
@@ -159,7 +146,7 @@ def test_queue_priority_cancel_and_clear(server, client):
     client.post_json("/queue", {"delete": [c["prompt_id"]]})
     client.post_json("/interrupt", {})
     for pid in (hold, d["prompt_id"], b["prompt_id"]):
-        wait_done(server, client, pid)
+        client.wait_history(pid)
     order = list(client.get("/history").json())
     assert order == [hold, d["prompt_id"], b["prompt_id"]]
     hold2 = client.queue(slow("hold2"))["prompt_id"]
@@ -167,7 +154,7 @@ def test_queue_priority_cancel_and_clear(server, client):
     client.post_json("/queue", {"clear": True})
     assert client.get("/queue").json()["queue_pending"] == []
     client.post_json("/interrupt", {"prompt_id": hold2})
-    wait_done(server, client, hold2)
+    client.wait_history(hold2)
 
 
 def test_duplicate_prompt_id_is_refused(server, client):
@@ -182,7 +169,7 @@ def test_history_pagination_delete_clear(server, client):
         prompt = {"1": {"class_type": "PreviewAny", "inputs": {"source": color}}}
         ids.append(client.queue(prompt)["prompt_id"])
     for pid in ids:
-        wait_done(server, client, pid)
+        client.wait_history(pid)
     assert list(client.get("/history").json()) == ids
     assert list(client.get("/history?max_items=2").json()) == ids[-2:]
     assert list(client.get("/history?max_items=2&offset=1").json()) == ids[1:3]
@@ -206,7 +193,7 @@ def test_ui_format_workflow_is_accepted(server, client):
                      "properties": {}}],
           "links": [[1, 1, 0, 2, 0, "IMAGE"]]}
     pid = client.queue(ui)["prompt_id"]
-    entry = wait_done(server, client, pid)
+    entry = client.wait_history(pid)
     assert entry["status"]["status_str"] == "success"
     assert entry["outputs"]["2"]["images"][0]["type"] == "temp"
     assert entry["prompt"][3]["extra_pnginfo"]["workflow"]["last_node_id"] == 2
