@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from nodegraph import Engine, OutputCache, Paths
-from nodegraph.registry import default_registry
 
 from tests.engine_nodes import LOG, TEST_NODES
 from tests.helpers.chromium import launch_chromium
+from tests.helpers.engines import registry_with
 from tests.helpers.live_server import LiveServer, LiveServers, ServerSetup
 
 #: marker → the fixtures whose users get it (directly or through another fixture): ``browser`` drives the
@@ -31,10 +31,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture
 def registry():
-    reg = default_registry(packs=False)
-    for cls in TEST_NODES:
-        reg.register(cls)
-    return reg
+    return registry_with(TEST_NODES)
 
 
 @pytest.fixture

@@ -95,12 +95,10 @@ def test_identical_branches_run_once_and_every_id_is_reported(engine, log):
 
 
 def test_twins_are_served_without_a_cache():
-    from nodegraph.registry import default_registry
     from tests.engine_nodes import TEST_NODES
+    from tests.helpers.engines import registry_with
 
-    registry = default_registry(packs=False)
-    for cls in TEST_NODES:
-        registry.register(cls)
+    registry = registry_with(TEST_NODES)
     LOG.calls.clear()
     engine = Engine(registry, device="cpu", cache=OutputCache(ram_budget=0, vram_budget=0))
     try:

@@ -1,11 +1,20 @@
 """An engine whose models folder is a tree of tiny models built for a test session (the diffusion and
-the sampling tests)."""
+the sampling tests), and the built-in registry with a suite's test nodes added."""
 
 from __future__ import annotations
 
 from nodegraph import Engine, OutputCache
 from nodegraph.context import Paths
 from nodegraph.models import ModelManager
+from nodegraph.registry import NodeRegistry, default_registry
+
+
+def registry_with(test_nodes) -> NodeRegistry:
+    """The built-in families (no third-party packs) plus ``test_nodes``, a suite's node classes."""
+    registry = default_registry(packs=False)
+    for cls in test_nodes:
+        registry.register(cls)
+    return registry
 
 
 def make_engine(model_root, tmp_path, registry, **manager_kwargs) -> Engine:

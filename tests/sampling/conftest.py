@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodegraph.registry import default_registry
 
-from tests.helpers.engines import make_engine
+from tests.helpers.engines import make_engine, registry_with
 from tests.helpers.tiny_sd import build_sd1
 from tests.sampling.flow_model import TEST_NODES
 
@@ -25,10 +24,7 @@ def tiny_sd(sampling_models):
 
 @pytest.fixture(scope="session")
 def sampling_registry():
-    registry = default_registry(packs=False)
-    for cls in TEST_NODES:
-        registry.register(cls)
-    return registry
+    return registry_with(TEST_NODES)
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 
 from nodegraph import Engine, OutputCache, Paths
 from nodegraph.models import ModelManager
-from nodegraph.registry import default_registry
 
+from tests.helpers.engines import registry_with
 from tests.helpers.tiny_sd import build_sd1
 from tests.vision_language.vl_test_nodes import VL_TEST_NODES
 from tests.vision_language.vl_tiny_models import build_models_tree
@@ -25,10 +25,7 @@ def model_manager():
 
 @pytest.fixture(scope="session")
 def vl_registry():
-    reg = default_registry(packs=False)
-    for cls in VL_TEST_NODES:
-        reg.register(cls)
-    return reg
+    return registry_with(VL_TEST_NODES)
 
 
 @pytest.fixture
