@@ -19,6 +19,7 @@ or to expand into a sub-graph at run time.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Sequence
 
@@ -163,9 +164,15 @@ class Node:
     hidden: ClassVar[tuple[str, ...]] = ()
     deprecated: ClassVar[bool] = False
     experimental: ClassVar[bool] = False
+    #: Input names the class accepts beyond its declared inputs, as regular expressions matched
+    #: whole (``(r"option\d+",)``): values a canvas posts that the node does not use (CustomCombo's
+    #: ``option1``…). Validation lets them through; ``execute`` does not receive them. Any other
+    #: undeclared name is a validation error (``unknown_input``).
+    extra_inputs: ClassVar[tuple[str, ...]] = ()
 
     INPUTS: ClassVar[dict[str, Input]] = {}
     _LAZY: ClassVar[frozenset[str]] = frozenset()
+    _EXTRA: ClassVar["re.Pattern[str] | None"] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -179,6 +186,7 @@ class Node:
                 delattr(cls, name)
         cls.INPUTS = inputs
         cls._LAZY = frozenset(n for n, spec in inputs.items() if spec.lazy)
+        cls._EXTRA = _extra_pattern(cls.extra_inputs, inputs.values())
         for name in cls.hidden:
             if name not in HIDDEN_INPUTS:
                 raise TypeError(f"{cls.__name__}: unknown hidden input {name!r}; "
@@ -231,12 +239,33 @@ class Node:
         return cls._LAZY
 
     @classmethod
+    def accepts_input(cls, name: str) -> bool:
+        """True when a workflow may give this class an input of that name: a declared input, a
+        hidden one it declares, a name matching :attr:`extra_inputs`, or a canvas-only companion of
+        a declared widget (``upload`` beside an image-upload combo; ``control_after_generate`` and
+        ``control_filter_list`` beside a widget with that control)."""
+        if name in cls.INPUTS or name in cls.hidden:
+            return True
+        return cls._EXTRA is not None and cls._EXTRA.fullmatch(name) is not None
+
+    @classmethod
     def required_inputs(cls) -> Iterable[Input]:
         return (s for s in cls.INPUTS.values() if not s.optional)
 
     @classmethod
     def optional_inputs(cls) -> Iterable[Input]:
         return (s for s in cls.INPUTS.values() if s.optional)
+
+
+def _extra_pattern(patterns: Iterable[str], inputs: Iterable[Input]) -> "re.Pattern[str] | None":
+    """One regular expression for the undeclared names a class accepts (see ``Node.extra_inputs``)."""
+    parts = list(patterns)
+    for spec in inputs:
+        if spec.image_upload:
+            parts.append("upload")
+        if spec.control_after_generate:
+            parts.extend(("control_after_generate", "control_filter_list"))
+    return re.compile("|".join(f"(?:{p})" for p in dict.fromkeys(parts))) if parts else None
 
 
 def accepts_paths(func: Callable) -> bool:

@@ -5,10 +5,13 @@ that names the node, the input and the fix. Every error is reported at once: a n
 does not stop the check (ComfyUI stops there), the inputs of the other nodes — those the outputs need,
 and those the unknown node links to — are checked as well. Coercion is ComfyUI's int→float only (and integral floats
 for INT inputs, which lose nothing); strings are never turned into numbers, nor numbers into booleans.
+An input name the class does not accept (:meth:`~nodegraph.node.Node.accepts_input`) is an error
+(``unknown_input``, with the closest declared name), so a misspelt input never runs with its default.
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import math
@@ -26,7 +29,7 @@ from .workflow.api_format import Link, Workflow, WorkflowNode
 KINDS = ("invalid_node", "unknown_node_type", "required_input_missing", "bad_linked_input",
          "link_required", "return_type_mismatch", "value_below_min", "value_above_max",
          "value_not_in_list", "invalid_value", "custom_validation_failed",
-         "exception_during_validation", "cycle", "no_outputs")
+         "exception_during_validation", "cycle", "no_outputs", "unknown_input")
 
 #: kinds that concern the prompt as a whole: partial validation never leaves them out
 PROMPT_KINDS = frozenset({"unknown_node_type", "invalid_node", "cycle", "no_outputs"})
@@ -154,11 +157,18 @@ class _Validator:
                 ok, coerced = self.check_constant(node, spec, value, skip_range=name in custom_names)
                 if ok:
                     constants[name] = coerced
+        declared = cls.INPUTS
+        for name in given:
+            if name not in declared and not cls.accepts_input(name):
+                self.unknown_input(node, cls, name)
         if custom_names:
             self.check_custom(node, cls, constants, links)
         return PlannedNode(node.id, node.class_type, cls, constants, links,
                            parent=node.parent, display_node=node.display_node or node.id,
                            is_changed=node.is_changed)
+
+    def unknown_input(self, node: WorkflowNode, cls: type[Node], name: str) -> None:
+        self.error("unknown_input", node, unknown_input_message(_label(node), cls, name), name)
 
     def check_link(self, node: WorkflowNode, spec: Input, link: Link, classes: dict[str, type[Node]]) -> bool:
         name = spec.name
@@ -308,9 +318,23 @@ def _takes_kwargs(cls: type[Node]) -> bool:
     return any(p.kind == p.VAR_KEYWORD for p in params)
 
 
-def _close_names(name: str, names: list[str]) -> list[str]:
-    import difflib
+def unknown_input_message(label: str, cls: type[Node], name: str) -> str:
+    """The sentence for an input name the class does not declare, with the closest real names."""
+    declared = list(cls.INPUTS)
+    close = difflib.get_close_matches(name, declared, n=1, cutoff=0.5) or \
+        difflib.get_close_matches(name.lower(), [n.lower() for n in declared], n=1, cutoff=0.5)
+    if close:
+        real = next(n for n in declared if n.lower() == close[0].lower())
+        hint = f"did you mean '{real}'?"
+    elif declared:
+        hint = "its inputs are " + ", ".join(f"'{n}'" for n in declared[:12]) + \
+            (" …" if len(declared) > 12 else "")
+    else:
+        hint = "it takes no inputs"
+    return f"{label} has no input '{name}'; {hint}"
 
+
+def _close_names(name: str, names: list[str]) -> list[str]:
     return difflib.get_close_matches(name, names, n=3, cutoff=0.75)
 
 

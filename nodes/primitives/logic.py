@@ -57,6 +57,8 @@ class CustomCombo(Node):
     category = "utilities"
     display_name = "Custom Combo"
     experimental = True
+    #: the option widgets the canvas adds and posts (the choices themselves; unused here)
+    extra_inputs = (r"option\d+",)
     choice = Input(COMBO, choices=[])
     index = Input(INT, default=0, optional=True)
     outputs = (Output(STRING, "STRING"), Output(INT, "INDEX"))
