@@ -28,7 +28,7 @@ from nodegraph_nodes.diffusion.components import compute_dtype
 from nodegraph_nodes.diffusion.files import SAFE_EXTENSIONS, ModelFileError, file_identity, list_model_files, resolve_model
 from nodegraph_nodes.diffusion.ip_adapter import (ImagePrompt, ImagePromptHook, IPAdapterModel, build_weights,
                                         check_compatible, read_adapter)
-from nodegraph_nodes.langvision.common import check_image
+from nodegraph.value_checks import check_image
 from nodegraph_nodes.langvision.vision import CLIP_VISION, CLIP_VISION_OUTPUT, ClipVision, encode_clip_vision
 
 IPADAPTER = "IPADAPTER"

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from nodegraph.node import Input, Node, Output
 from nodegraph.types import FLOAT, IMAGE, INT
 
-from nodegraph_nodes.langvision.common import check_image
+from nodegraph.value_checks import check_image
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 

@@ -15,7 +15,7 @@ from nodegraph.types import IMAGE, STRING
 
 from nodegraph.user_files import resolve_inside
 from nodegraph_nodes.io.files import write_new_file
-from nodegraph_nodes.langvision.common import check_image
+from nodegraph.value_checks import check_image
 
 
 class DatasetExport(Node):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from nodegraph.node import Input, Node, Output
 from nodegraph.types import COMBO, FLOAT, INT, STRING
 
-from nodegraph_nodes.langvision.common import check_text
+from nodegraph.value_checks import check_text
 from nodegraph_nodes.shapes.text import parse_spec, scene_match
 from nodegraph_nodes.langvision.llm import SHAPES_STYLE, STOP_WORDS, STYLE_PRESETS, missing_terms
 

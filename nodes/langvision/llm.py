@@ -25,9 +25,10 @@ from nodegraph.context import Paths
 from nodegraph.node import Input, Node, NodeResult, Output
 from nodegraph.types import BOOLEAN, COMBO, FLOAT, INT, LLM, STRING
 
-from nodegraph_nodes.langvision.common import (LOAD_LOCK, DTYPE_CHOICES, ModelFolderError, check_text, folder_fingerprint,
+from nodegraph.value_checks import check_text, validate_text
+from nodegraph_nodes.langvision.common import (LOAD_LOCK, DTYPE_CHOICES, ModelFolderError, folder_fingerprint,
                                 list_model_folders, load_tokenizer, manager_key, pick_dtype, read_config,
-                                resolve_model_path, validate_text)
+                                resolve_model_path)
 from nodegraph_nodes.langvision.default_llm import (BUILTIN_LLM, builtin_fingerprint, ensure_converted, find_gguf,
                                                      gguf_available)
 from nodegraph_nodes.langvision.generation import LanguageModel, build_prompt_text, clean_generation, generate_text

@@ -28,9 +28,10 @@ from nodegraph.context import Paths
 from nodegraph.node import Input, Node, Output
 from nodegraph.types import BOOLEAN, COMBO, FLOAT, IMAGE, INT, STRING
 
-from nodegraph_nodes.langvision.common import (LOAD_LOCK, DTYPE_CHOICES, ModelFolderError, check_image, check_text, folder_fingerprint,
+from nodegraph.value_checks import check_image, check_text, validate_text
+from nodegraph_nodes.langvision.common import (LOAD_LOCK, DTYPE_CHOICES, ModelFolderError, folder_fingerprint,
                                 image_settings, list_model_folders, load_tokenizer, manager_key, pick_dtype,
-                                preprocess, read_config, resolve_model_path, validate_text)
+                                preprocess, read_config, resolve_model_path)
 
 CAPTIONER = "CAPTIONER"
 CLIP_VISION = "CLIP_VISION"

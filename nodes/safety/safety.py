@@ -37,7 +37,8 @@ from nodegraph.policies import register_policy
 from nodegraph.types import BOOLEAN, COMBO, FLOAT, IMAGE, STRING
 
 from nodegraph_nodes.safety import open_nsfw
-from nodegraph_nodes.langvision.common import (LOAD_LOCK, ModelFolderError, check_image, check_text, folder_fingerprint, image_settings,
+from nodegraph.value_checks import check_image, check_text
+from nodegraph_nodes.langvision.common import (LOAD_LOCK, ModelFolderError, folder_fingerprint, image_settings,
                                 list_model_folders, load_tokenizer, manager_key, pick_dtype, preprocess,
                                 read_config, resolve_model_path)
 

@@ -29,7 +29,7 @@ from nodegraph.node import COMBO, INT, Input, Node, Output
 from nodegraph.types import IMAGE
 
 from nodegraph_nodes.upscale import ncnn_upscaler, torch_upscaler
-from nodegraph_nodes.langvision.common import check_image
+from nodegraph.value_checks import check_image
 from nodegraph_nodes.upscale.ncnn_upscaler import BUILTIN_UPSCALERS, DEFAULT_UPSCALER, NcnnUpscaler, UpscaleModelError, default_threads
 from nodegraph_nodes.upscale.torch_upscaler import TorchUpscaler
 
