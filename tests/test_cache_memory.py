@@ -269,7 +269,7 @@ def test_the_local_runner_releases_memory_after_each_job(tmp_path):
     from nodegraph.registry import default_registry
 
     class Sink:
-        def post(self, client_id, message): pass
+        def post(self, client_id, message, *, ends_prompt=False): pass
         def post_status(self): pass
         def is_connected(self, client_id): return False
         def client_features(self, client_id): return None

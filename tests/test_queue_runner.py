@@ -20,7 +20,7 @@ class KeepingSink:
         self.statuses = 0
         self.lock = threading.Lock()
 
-    def post(self, client_id, message) -> None:
+    def post(self, client_id, message, *, ends_prompt=False) -> None:
         with self.lock:
             self.messages.append((client_id, json.loads(message)))
 

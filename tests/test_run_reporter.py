@@ -22,7 +22,7 @@ class RecordingSink:
         self.sent: list = []
         self.lock = threading.Lock()
 
-    def post(self, client_id, message) -> None:
+    def post(self, client_id, message, *, ends_prompt=False) -> None:
         with self.lock:
             self.sent.append(message)
 

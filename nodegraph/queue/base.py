@@ -164,4 +164,5 @@ class RunnerBase:
         if not self.store.finish(entry):
             log.warning("job %s was no longer running when it finished; history not written", job.prompt_id)
         self.broadcast_status()
-        self.events.post(job.client_id, encode("executing", {"node": None, "prompt_id": job.prompt_id}))
+        self.events.post(job.client_id, encode("executing", {"node": None, "prompt_id": job.prompt_id}),
+                         ends_prompt=True)

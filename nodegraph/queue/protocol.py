@@ -26,8 +26,9 @@ Message = str | bytes
 class EventSink(Protocol):
     """Where a runner's messages go. Every method may be called from any thread and must not block."""
 
-    def post(self, client_id: str | None, message: Message) -> None:
-        """Deliver ``message`` to one client (``None``: to nobody)."""
+    def post(self, client_id: str | None, message: Message, *, ends_prompt: bool = False) -> None:
+        """Deliver ``message`` to one client (``None``: to nobody). ``ends_prompt``: it is the message
+        that ends a prompt (``executing`` with node null): deliver it and what is pending now."""
 
     def post_status(self) -> None:
         """Broadcast a fresh ``status`` (the queue length changed) soon."""

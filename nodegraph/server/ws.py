@@ -50,10 +50,6 @@ MAX_BACKLOG = 20_000
 HIGH_WATER = 1 << 20
 
 _TEXT, _BINARY = 0x1, 0x2
-#: how the message that ends a prompt begins (``messages.encode("executing", {"node": None, ...})``)
-_PROMPT_END = '{"type":"executing","data":{"node":null'
-
-
 def frame(message: Message) -> bytes:
     """One unmasked, uncompressed WebSocket frame (RFC 6455 §5.2) holding ``message``: text for
     ``str``, binary for ``bytes`` — what ``send_str``/``send_bytes`` write for a server without
@@ -153,17 +149,16 @@ class WebSocketHub:
 
     # -- from any thread --------------------------------------------------------------------------
 
-    def post(self, client_id: str | None, message: Message) -> None:
+    def post(self, client_id: str | None, message: Message, *, ends_prompt: bool = False) -> None:
         """Deliver to one client (``None``: to nobody), from any thread."""
         if client_id is None or self.loop is None or self.loop.is_closed():
             return
         with self._pending_lock:
             first = not self._pending
             self._pending.append((client_id, message))
-        ends = type(message) is str and message.startswith(_PROMPT_END)
-        if first or ends:  # the loop has not been woken for what is pending, or a prompt ends: wake it
+        if first or ends_prompt:  # the loop has not been woken for what is pending, or a prompt ends: wake it
             try:
-                self.loop.call_soon_threadsafe(self._deliver_pending if ends else self._deliver_soon)
+                self.loop.call_soon_threadsafe(self._deliver_pending if ends_prompt else self._deliver_soon)
             except RuntimeError:  # loop closed while shutting down
                 pass
 
