@@ -4,7 +4,6 @@ the frontend package located as ComfyUI locates it; a clear error and page when 
 
 from __future__ import annotations
 
-import asyncio
 import pathlib
 
 import pytest
@@ -12,6 +11,7 @@ from aiohttp import web
 
 from nodegraph.cli import build_parser
 from nodegraph.server.comfy_frontend.page import TESTED_VERSION, add_page_routes, find_frontend
+from tests.helpers.aio import run_coroutine
 
 PACKAGE = find_frontend()
 
@@ -77,7 +77,7 @@ def test_not_installed_page_names_the_fix():
             reply = await http.get("/comfyui/")
             return reply.status, await reply.text()
 
-    status, text = asyncio.run(scenario())
+    status, text = run_coroutine(scenario())
     assert status == 404 and "pip install &#x27;nodegraph[frontend]&#x27;" in text
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from nodegraph.assets import workflows_dir
 from nodegraph.server.comfy_frontend.templates import TemplateLibrary
+from tests.helpers.aio import run_coroutine
 
 
 def test_our_ready_workflows_are_templates(client):
@@ -131,7 +132,6 @@ def test_i18n_is_an_empty_translation_map(client):
 
 
 def test_log_panel_and_its_subscription(server, client):
-    import asyncio
     import logging
 
     import aiohttp
@@ -149,7 +149,7 @@ def test_log_panel_and_its_subscription(server, client):
                     if message["type"] == "logs":
                         return message["data"]
 
-    data = asyncio.run(scenario())
+    data = run_coroutine(scenario())
     assert "hello from the test" in data["entries"][0]["m"] and data["size"]["cols"] > 0
     raw = client.get("/internal/logs/raw").json()
     assert any("hello from the test" in e["m"] for e in raw["entries"])
@@ -240,7 +240,6 @@ def test_embedded_docs_pages_come_first(tmp_path, server):
     """A folder laid out as the comfyui-embedded-docs package lays out its docs/ (one folder per class,
     a page per locale): its pages are served, English when the locale has none; classes it lacks get
     the generated page."""
-    import asyncio
 
     from aiohttp import web
     from aiohttp.test_utils import TestClient, TestServer
@@ -265,7 +264,7 @@ def test_embedded_docs_pages_come_first(tmp_path, server):
                 pages[node, file] = (reply.status, await reply.text())
             return pages
 
-    pages = asyncio.run(scenario())
+    pages = run_coroutine(scenario())
     assert pages["KSampler", "ja.md"] == (200, "# KSampler (日本語)")
     assert pages["KSampler", "de.md"] == (200, "# KSampler (ComfyUI's page)")
     assert pages["PromptRewrite", "en.md"][1].startswith("# PromptRewrite")

@@ -11,6 +11,7 @@ import urllib.request
 import pytest
 
 from nodegraph.server.static import render_index
+from tests.helpers.aio import run_coroutine
 
 
 def get(url: str, token: str | None = None):
@@ -85,9 +86,7 @@ def test_token_is_required_for_the_page_and_its_files(start_server):
 def test_missing_canvas_files_are_reported_at_start_up_and_on_the_page(tmp_path, caplog):
     """A web folder without litegraph's files: a warning naming them when the routes are added (the
     server's start-up), and ``/`` is a page saying so, not a blank canvas. The other routes still work."""
-    import asyncio
     import logging
-    from concurrent.futures import ThreadPoolExecutor
 
     import aiohttp
     from aiohttp import web
@@ -122,10 +121,7 @@ def test_missing_canvas_files_are_reported_at_start_up_and_on_the_page(tmp_path,
         finally:
             await runner.cleanup()
 
-    # on a thread of its own: Playwright's sync API (other tests of this session) keeps an event loop
-    # running on the main thread, where asyncio.run() refuses to start
-    with ThreadPoolExecutor(1) as pool:
-        page, lib, flows = pool.submit(asyncio.run, fetch(["/", "/lib/litegraph.core.js", "/workflows"])).result()
+    page, lib, flows = run_coroutine(fetch(["/", "/lib/litegraph.core.js", "/workflows"]))
     assert page[0] == 500 and page[1] == "text/html"
     assert "canvas" in page[2] and "<code>vendor/litegraph/litegraph.core.js</code>" in page[2]
     assert "reinstall nodegraph" in page[2]
