@@ -52,6 +52,17 @@ class AppPage:
 
     def load(self, data: dict) -> None:
         self.js("(data) => window.app.load(data, 'test')", data)
+        self.wait_drawn()
+
+    def wait_drawn(self) -> None:
+        """Wait until the canvas has drawn the graph as it is now: a load moves and sizes nodes, and
+        their widgets' places are known only from a draw, so a click right after a load can miss."""
+        self.js("""() => new Promise(done => {
+            window.app.canvas.setDirty(true, true);
+            requestAnimationFrame(() => requestAnimationFrame(() => done(true)));
+        })""")
+        self.page.wait_for_function("""() => window.app.graph._nodes.every(
+            n => (n.flags && n.flags.collapsed) || !n.widgets || n.widgets.every(w => w.last_y !== undefined))""")
 
     def node_ids(self, type_: str) -> list[int]:
         return self.js("(t) => window.app.graph._nodes.filter(n => n.type === t).map(n => n.id)", type_)
