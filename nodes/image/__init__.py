@@ -11,6 +11,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import operations, augment
+    from . import augment, batch, color, layout, operations, resize
 
-    return [operations, augment]
+    return [operations, augment, resize, batch, layout, color]
