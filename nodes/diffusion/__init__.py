@@ -1,6 +1,6 @@
 """Stable Diffusion 1.x/2.x/SDXL in ComfyUI's node names: loaders, CLIP text encoding, conditioning,
-latents/VAE, KSampler, IP-Adapter image prompts, and the helpers behind them (checkpoint conversion,
-prompt weights, LoRA, schedulers, the sampling loop).
+latents/VAE, latent arithmetic and operations, KSampler, IP-Adapter image prompts, and the helpers
+behind them (checkpoint conversion, prompt weights, LoRA, schedulers, the sampling loop).
 
 Registered through the ``nodegraph.nodes`` entry point ``diffusion`` (``pyproject.toml``), like any pack:
 :func:`node_modules` names the modules whose node classes the registry takes.
@@ -13,6 +13,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import loaders, clip_text_encode, conditioning, latent, ksampler, image_prompt
+    from . import loaders, clip_text_encode, conditioning, latent, latent_ops, ksampler, image_prompt
 
-    return [loaders, clip_text_encode, conditioning, latent, ksampler, image_prompt]
+    return [loaders, clip_text_encode, conditioning, latent, latent_ops, ksampler, image_prompt]

@@ -8,7 +8,8 @@ one denoised latent a sampler steps with.
 
 The model's :class:`~nodegraph_nodes.sampling.model.SamplingPatches` take part in every combination
 (``cfg_function`` replaces it, ``post_cfg`` adjust it), as ComfyUI's ``sampler_cfg_function`` and
-``sampler_post_cfg_function`` do.
+``sampler_post_cfg_function`` do; ``pre_cfg`` adjust the two predictions before CFGGuider's and
+BasicGuider's combination (ComfyUI's ``sampler_pre_cfg_function``, which its DualCFGGuider skips too).
 """
 
 from __future__ import annotations
@@ -56,6 +57,16 @@ def cfg_combine(ev: Evaluation, cond_pred: torch.Tensor, uncond_pred: torch.Tens
     return result
 
 
+def pre_cfg(ev: Evaluation, cond_pred: torch.Tensor, uncond_pred: torch.Tensor, cond_scale: float,
+            x: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComfyUI's pre-CFG step: each patch gets ``conds_out`` = [cond, uncond] and returns the new list."""
+    out = [cond_pred, uncond_pred]
+    for fn in ev.patches.pre_cfg:
+        out = fn({"conds_out": out, "cond_scale": cond_scale, "timestep": sigma, "input": x, "sigma": sigma,
+                  "model_sampling": ev.model_sampling})
+    return out[0], out[1]
+
+
 class Guider:
     """Base: a model and named conditioning lists; :meth:`predict` combines them."""
 
@@ -83,6 +94,8 @@ class CFGGuider(Guider):
     def predict(self, ev: Evaluation, x: torch.Tensor, sigma: torch.Tensor) -> Prediction:
         skip_uncond = math.isclose(self.cfg, 1.0) and not (ev.force_uncond or ev.patches.disable_cfg1_optimization)
         cond, uncond = ev.calc(["positive", None if skip_uncond else "negative"], x, sigma)
+        if ev.patches.pre_cfg:
+            cond, uncond = pre_cfg(ev, cond, uncond, self.cfg, x, sigma)
         return Prediction(cfg_combine(ev, cond, uncond, self.cfg, x, sigma), uncond)
 
 
@@ -92,6 +105,8 @@ class BasicGuider(Guider):
 
     def predict(self, ev: Evaluation, x: torch.Tensor, sigma: torch.Tensor) -> Prediction:
         cond, uncond = ev.calc(["positive", None], x, sigma)
+        if ev.patches.pre_cfg:
+            cond, uncond = pre_cfg(ev, cond, uncond, 1.0, x, sigma)
         return Prediction(cfg_combine(ev, cond, uncond, 1.0, x, sigma), uncond)
 
 

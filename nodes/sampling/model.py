@@ -5,7 +5,7 @@ A MODEL (a UNet family's ``DiffusionModel``, a flow transformer's wrapper, …) 
 * ``model_sampling`` (:class:`~nodegraph_nodes.sampling.model_sampling.ModelSampling`) and
   ``with_model_sampling(ms)`` (the ``ModelSampling*`` nodes return such a copy);
 * ``sampling_patches`` (:class:`SamplingPatches`: CFG functions patched in by RescaleCFG, CFGNorm,
-  CFGZeroStar, …) and ``with_sampling_patches(p)``;
+  CFGZeroStar, LatentApplyOperationCFG, …) and ``with_sampling_patches(p)``;
 * ``latent_channels``, ``process_latent_in(x)`` / ``process_latent_out(x)`` (a LATENT's raw VAE
   latents ↔ the model's latent space) and ``latent_preview(x)`` (a cheap RGB image for previews);
 * ``open_runner(ctx, latent_shape)``: a context manager that loads the network on ``ctx.device`` and
@@ -20,7 +20,7 @@ extra inputs) stays inside its runner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ContextManager, Protocol
 
 import torch
@@ -45,24 +45,34 @@ CfgFunction = Callable[[dict], torch.Tensor]
 #: a post-CFG function: gets a dict with denoised, cond_denoised, uncond_denoised, cond_scale, sigma,
 #: input, model_sampling; returns the new denoised
 PostCfgFunction = Callable[[dict], torch.Tensor]
+#: a pre-CFG function: gets a dict with conds_out (the list [cond_denoised, uncond_denoised]; zeros for a
+#: prediction not computed), cond_scale, sigma, timestep, input, model_sampling; returns the list the
+#: guidance combines (ComfyUI's sampler_pre_cfg_function)
+PreCfgFunction = Callable[[dict], list]
 
 
 @dataclass(frozen=True)
 class SamplingPatches:
-    """How CFG combines the predictions: ``cfg_function`` replaces the combination (one; the last
-    patch wins), ``post_cfg`` adjust the result in order. ``disable_cfg1_optimization``: compute the
-    negative prediction even at cfg 1."""
+    """How CFG combines the predictions: ``pre_cfg`` adjust the predictions in order before the
+    combination (CFGGuider and BasicGuider apply them, as ComfyUI's ``sampling_function``),
+    ``cfg_function`` replaces the combination (one; the last patch wins), ``post_cfg`` adjust the result
+    in order. ``disable_cfg1_optimization``: compute the negative prediction even at cfg 1."""
 
     cfg_function: CfgFunction | None = None
     post_cfg: tuple[PostCfgFunction, ...] = ()
     disable_cfg1_optimization: bool = False
+    pre_cfg: tuple[PreCfgFunction, ...] = ()
 
     def with_cfg_function(self, fn: CfgFunction) -> "SamplingPatches":
-        return SamplingPatches(fn, self.post_cfg, self.disable_cfg1_optimization)
+        return replace(self, cfg_function=fn)
 
     def with_post_cfg(self, fn: PostCfgFunction, disable_cfg1_optimization: bool = False) -> "SamplingPatches":
-        return SamplingPatches(self.cfg_function, self.post_cfg + (fn,),
-                               self.disable_cfg1_optimization or disable_cfg1_optimization)
+        return replace(self, post_cfg=self.post_cfg + (fn,),
+                       disable_cfg1_optimization=self.disable_cfg1_optimization or disable_cfg1_optimization)
+
+    def with_pre_cfg(self, fn: PreCfgFunction, disable_cfg1_optimization: bool = False) -> "SamplingPatches":
+        return replace(self, pre_cfg=self.pre_cfg + (fn,),
+                       disable_cfg1_optimization=self.disable_cfg1_optimization or disable_cfg1_optimization)
 
 
 class ModelRunner(Protocol):
