@@ -12,6 +12,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import dataset, files, websocket
+    from . import compare, dataset, files, output_files, websocket
 
-    return [files, dataset, websocket]
+    return [files, dataset, websocket, compare, output_files]
