@@ -8,6 +8,7 @@ from __future__ import annotations
 from nodegraph.node import BOOLEAN, COMBO, FLOAT, INT, Input, Node, Output
 from nodegraph.types import MODEL
 
+from nodegraph_nodes.sampling.lcm_upscale import UPSCALE_METHODS
 from nodegraph_nodes.sampling.model import require_sampling_model
 from nodegraph_nodes.sampling.sa_solver import tau_interval
 from nodegraph_nodes.sampling.samplers import Sampler, sampler_object
@@ -208,3 +209,35 @@ class SamplerLCM(Node):
     def execute(self, s_noise: float, s_noise_end: float, noise_clip_std: float) -> tuple:
         return (sampler_object("lcm", {"s_noise": s_noise, "s_noise_end": s_noise_end,
                                        "noise_clip_std": noise_clip_std}),)
+
+
+class SamplerSEEDS2(Node):
+    """This sampler node can represent multiple samplers: seeds_2 (the default setting); exp_heun_2_x0
+    (solver_type phi_2, r 1.0, eta 0.0); exp_heun_2_x0_sde (solver_type phi_2, r 1.0, eta 1.0, s_noise
+    1.0)."""
+
+    category = CATEGORY
+    solver_type = Input(COMBO, choices=["phi_1", "phi_2"])
+    eta = Input(FLOAT, default=1.0, min=0.0, max=100.0, step=0.01, round=False, tooltip="Stochastic strength")
+    s_noise = Input(FLOAT, default=1.0, min=0.0, max=100.0, step=0.01, round=False, tooltip="SDE noise multiplier")
+    r = Input(FLOAT, default=0.5, min=0.01, max=1.0, step=0.01, round=False,
+              tooltip="Relative step size for the intermediate stage (c2 node)")
+    outputs = (Output(SAMPLER),)
+
+    def execute(self, solver_type: str, eta: float, s_noise: float, r: float) -> tuple:
+        return (sampler_object("seeds_2", {"eta": eta, "s_noise": s_noise, "r": r, "solver_type": solver_type}),)
+
+
+class SamplerLCMUpscale(Node):
+    """LCM that scales the latent up between steps, reaching scale_ratio after scale_steps steps (-1: half
+    the steps), with upscale_method (bislerp: spherical blends of the channel vectors)."""
+
+    category = CATEGORY
+    scale_ratio = Input(FLOAT, default=1.0, min=0.1, max=20.0, step=0.01)
+    scale_steps = Input(INT, default=-1, min=-1, max=1000, step=1)
+    upscale_method = Input(COMBO, choices=UPSCALE_METHODS)
+    outputs = (Output(SAMPLER),)
+
+    def execute(self, scale_ratio: float, scale_steps: int, upscale_method: str) -> tuple:
+        return (Sampler("lcm_upscale", {"total_upscale": scale_ratio, "upscale_method": upscale_method,
+                                        "upscale_steps": None if scale_steps < 0 else scale_steps}),)

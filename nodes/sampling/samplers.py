@@ -884,8 +884,13 @@ def _carry_noise(sde_noise, seg, fresh):
     return sde_noise * seg.exp() + seg.mul(2).expm1().neg().sqrt() * fresh
 
 
-def sample_seeds_2(model, x, sigmas, *, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0, r=0.5):
-    """SEEDS-2 (Gonzalez et al. 2023): stochastic exponential two-stage solver, data prediction."""
+def sample_seeds_2(model, x, sigmas, *, callback=None, noise_sampler=None, eta=1.0, s_noise=1.0, r=0.5,
+                   solver_type="phi_1"):
+    """SEEDS-2 (Gonzalez et al. 2023): stochastic exponential two-stage solver, data prediction.
+    ``solver_type`` phi_1 combines the two predictions linearly (the default), phi_2 with the second
+    exponential integrator coefficient (with r 1, eta 0: ComfyUI's exp_heun_2_x0)."""
+    if solver_type not in ("phi_1", "phi_2"):
+        raise ValueError(f"SEEDS-2 solver_type is {solver_type!r}; use 'phi_1' or 'phi_2'")
     noise = _noise(model, x, noise_sampler)
     inject = eta > 0 and s_noise > 0
     ms = model.model_sampling
@@ -910,8 +915,13 @@ def sample_seeds_2(model, x, sigmas, *, callback=None, noise_sampler=None, eta=1
             sde_noise = (-2 * r * h * eta).expm1().neg().sqrt() * noise(sigmas[i], sigma_s_1)
             x_2 = x_2 + sde_noise * sigma_s_1 * s_noise
         denoised_2 = model(x_2, sigma_s_1 * s_in)
-        denoised_d = torch.lerp(denoised, denoised_2, fac)
-        x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * _phi1(-h_eta) * denoised_d
+        if solver_type == "phi_1":
+            denoised_d = torch.lerp(denoised, denoised_2, fac)
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * _phi1(-h_eta) * denoised_d
+        else:
+            b2 = _phi2(-h_eta) / r
+            b1 = _phi1(-h_eta) - b2
+            x = sigmas[i + 1] / sigmas[i] * (-h * eta).exp() * x - alpha_t * (b1 * denoised + b2 * denoised_2)
         if inject:
             seg = (r - 1) * h * eta
             sde_noise = _carry_noise(sde_noise, seg, noise(sigma_s_1, sigmas[i + 1]))
@@ -1031,6 +1041,7 @@ SAMPLER_NAMES = list(SAMPLER_FUNCTIONS)
 
 #: algorithms only reachable through a ``Sampler…`` node
 SAMPLER_FUNCTIONS["euler_cfg_pp_alternative"] = sample_euler_cfg_pp_alternative
+SAMPLER_FUNCTIONS["lcm_upscale"] = _lazy("lcm_upscale", "sample_lcm_upscale")
 
 
 @dataclass(frozen=True)
