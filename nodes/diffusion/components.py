@@ -238,7 +238,7 @@ def load_checkpoint(path: Path, manager, device: str, models_dir: Path) -> tuple
                               lambda: ck.build_vae(vae_sd, family, vae_dtype)[0])
     vae_cfg = vae_handle.get().config
     model = DiffusionModel(unet_handle, family, sched, float(vae_cfg.scaling_factor),
-                           int(unet_handle.get().config.in_channels),
+                           int(unet_handle.get().config.out_channels),
                            tuple(map(tuple, spec["latent_rgb_factors"])), tuple(spec["latent_rgb_bias"]),
                            source=str(path))
     encoders = []
@@ -304,7 +304,7 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
     vae = manager.load(_manager_key(folder / "vae", "vae", vae_dtype), load_module(AutoencoderKL, "vae", vae_dtype))
     sched = read_json(folder / "scheduler" / "scheduler_config.json")
     vae_cfg = vae.get().config
-    model = DiffusionModel(unet, family, sched, float(vae_cfg.scaling_factor), int(unet.get().config.in_channels),
+    model = DiffusionModel(unet, family, sched, float(vae_cfg.scaling_factor), int(unet.get().config.out_channels),
                            tuple(map(tuple, spec["latent_rgb_factors"])), tuple(spec["latent_rgb_bias"]),
                            source=str(folder))
     reference = read_package_reference(folder)
@@ -385,7 +385,7 @@ def load_unet_file(path: Path, manager, device: str) -> DiffusionModel:
     spec = ck.family_config(family, "family.json")
     sched = ck.family_config(family, "scheduler.json")
     vae_cfg = ck.family_config(family, "vae.json")
-    return DiffusionModel(handle, family, sched, float(vae_cfg["scaling_factor"]), int(handle.get().config.in_channels),
+    return DiffusionModel(handle, family, sched, float(vae_cfg["scaling_factor"]), int(handle.get().config.out_channels),
                           tuple(map(tuple, spec["latent_rgb_factors"])), tuple(spec["latent_rgb_bias"]), source=str(path))
 
 

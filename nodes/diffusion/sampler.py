@@ -18,7 +18,9 @@ lock, that installs what it needs on the UNet and restores it on exit; it yields
 ``begin_step(in_range)`` (called before each step; ``in_range(start, end)`` says whether the step lies in
 that fraction of the schedule, the rule of ConditioningSetTimestepRange) and ``added_cond(negative)``
 (extra ``added_cond_kwargs`` for a UNet call whose batch rows are negative (True) or positive (False)).
-The sampling core's UNet runner (:mod:`.unet_runner`) honours the same hooks.
+The sampling core's UNet runner (:mod:`.unet_runner`) honours the same hooks. ControlNets and the
+input channels of inpainting / InstructPix2Pix UNets come from the conditioning entries, as in the
+core (:mod:`.control_run`); a ControlNet's range is checked on the step's timestep like the hooks'.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import torch
 
 from nodegraph.cpu_threads import small_work_threads
 
+from nodegraph_nodes.diffusion.control_run import UNetInputs
 from nodegraph_nodes.diffusion.lora import patched
 from nodegraph_nodes.diffusion.schedulers import in_sigma_space, make_scheduler
 from nodegraph_nodes.diffusion.unet_runner import sdxl_added_cond, unet_work_elements
+from nodegraph_nodes.sampling.cond_batch import spread_control_to_uncond
 from nodegraph_nodes.sampling.noise import prepare_noise
 
 __all__ = ["SampleRequest", "Sampler", "latent_preview", "prepare_noise", "sample"]
@@ -95,8 +99,9 @@ class Sampler:
     """One sampling run of a MODEL over a latent batch."""
 
     def __init__(self, ctx, model, unet, positive: list, negative: list, req: SampleRequest, device: str,
-                 hooks: tuple = ()):
+                 hooks: tuple = (), inputs: UNetInputs | None = None):
         self.ctx = ctx
+        self.inputs = inputs
         self.hooks = tuple(hooks)
         self.model = model
         self.unet = unet
@@ -121,17 +126,23 @@ class Sampler:
         return self.in_range(t, extras.get("start_percent", 0.0), extras.get("end_percent", 1.0))
 
     def in_range(self, t, start: float, end: float) -> bool:
-        """Whether timestep ``t`` lies in the ``[start, end]`` fraction of the schedule."""
+        """Whether timestep ``t`` lies in the ``[start, end]`` fraction of the schedule (ComfyUI's rule:
+        an end of 0 is an infinite noise level, reached by no step)."""
+        if end <= 0:
+            return False
         top = math.inf if start <= 0 else (1 - start) * (self.num_train - 1)
         bottom = -math.inf if end >= 1 else (1 - end) * (self.num_train - 1)
         return bottom <= float(t) <= top
 
-    def _unet(self, x, t, embeds, added, negative: list[bool]):
+    def _unet(self, x, t, embeds, added, negative: list[bool], parts: list[tuple[dict, int]]):
         for hook in self.hooks:
             extra = hook.added_cond(negative)
             if extra:
                 added = {**(added or {}), **extra}
         kwargs = {"added_cond_kwargs": added} if added is not None else {}
+        if self.inputs is not None:  # ControlNet residuals, inpainting / InstructPix2Pix input channels
+            kwargs.update(self.inputs.control(x, t, embeds, added, parts))
+            x = self.inputs.concat(x, parts)
         return self.unet(x, t, encoder_hidden_states=embeds, return_dict=False, **kwargs)[0]
 
     def _calc(self, conds: list, x_in: torch.Tensor, t, negative: bool) -> torch.Tensor:
@@ -148,7 +159,8 @@ class Sampler:
             else:
                 ah, aw, ay, ax = area
             crop = x_in[:, :, ay:ay + ah, ax:ax + aw]
-            pred = self._unet(crop, t, self._embeds(cond, b), self._added(extras, b, h, w, negative), [negative] * b)
+            pred = self._unet(crop, t, self._embeds(cond, b), self._added(extras, b, h, w, negative), [negative] * b,
+                              [(extras, b)])
             mult = torch.full_like(pred, strength)
             if area is not None:
                 mult = _feather(mult, area, h, w)
@@ -176,10 +188,12 @@ class Sampler:
                     a_neg = self._added(neg_x, b, h, w, True)
                     a_pos = self._added(pos_x, b, h, w, False)
                     added = {k: torch.cat([a_neg[k], a_pos[k]]) for k in a_pos}
-                noise_uncond, noise_text = self._unet(x_in, t, embeds, added, [True] * b + [False] * b).chunk(2)
+                noise_uncond, noise_text = self._unet(x_in, t, embeds, added, [True] * b + [False] * b,
+                                                      [(neg_x, b), (pos_x, b)]).chunk(2)
                 return noise_uncond + cfg * (noise_text - noise_uncond)
             x_in = scheduler.scale_model_input(latents, t)
-            return self._unet(x_in, t, self._embeds(pos, b), self._added(pos_x, b, h, w, False), [False] * b)
+            return self._unet(x_in, t, self._embeds(pos, b), self._added(pos_x, b, h, w, False), [False] * b,
+                              [(pos_x, b)])
         x_in = scheduler.scale_model_input(latents, t)
         cond = self._calc(self.positive, x_in, t, False)
         if not use_uncond:
@@ -220,6 +234,8 @@ class Sampler:
         elif first > 0 and not sigma_space:
             x = x * scheduler.alphas_cumprod[int(timesteps[0])].sqrt().to(x)
         original = latent.to(self.device, torch.float32) * self.model.latent_scale
+        if self.inputs is not None:
+            self.inputs.set_latent(original, mask)
         x = x.to(self.dtype)
         step_kwargs = {}
         import inspect
@@ -233,6 +249,8 @@ class Sampler:
             self.ctx.check_interrupted()
             for hook in self.hooks:
                 hook.begin_step(lambda start, end, t=t: self.in_range(t, start, end))
+            if self.inputs is not None:
+                self.inputs.begin_step(lambda start, end, t=t: self.in_range(t, start, end))
             eps = self.predict(x, t, scheduler)
             out = scheduler.step(eps, t, x, **step_kwargs, return_dict=True)
             x = out.prev_sample
@@ -286,8 +304,11 @@ def sample(ctx, model, positive: list, negative: list, latent: dict, req: Sample
             mask = torch.nn.functional.interpolate(mask.reshape(-1, 1, *mask.shape[-2:]).float(),
                                                    size=samples.shape[-2:], mode="bilinear")
             mask = mask.expand(samples.shape[0], -1, -1, -1).to(device) if mask.shape[0] == 1 else mask.to(device)
+        negative = spread_control_to_uncond({"positive": positive, "negative": negative})["negative"]
+        inputs = UNetInputs(model, unet, manager, device, next(unet.parameters()).dtype, stack)
         with small_work_threads(device, unet_work_elements(unet, tuple(samples.shape))):
-            result = Sampler(ctx, model, unet, positive, negative, req, device, hooks).run(samples, noise, generator, mask)
+            result = Sampler(ctx, model, unet, positive, negative, req, device, hooks, inputs).run(
+                samples, noise, generator, mask)
     out = dict(latent)
     out["samples"] = result.cpu()
     return out

@@ -4,9 +4,10 @@ that feeds CONDITIONING entries to a diffusers ``UNet2DConditionModel``.
 Per network call the runner gets the batch's conditioning parts (so many rows under one entry) and
 builds the UNet's inputs: the cross-attention states (each entry repeated to its rows; entries of
 different token lengths repeated to a common multiple, as ComfyUI does), SDXL's pooled text embeddings
-and size/crop ids (``added_cond_kwargs``), and what sampling hooks (IP-Adapter image prompts) add for
-negative and positive rows. :func:`open_unet_runner` loads the UNet, applies the LoRA patches and
-enters the hooks for one run.
+and size/crop ids (``added_cond_kwargs``), what sampling hooks (IP-Adapter image prompts) add for
+negative and positive rows, and the entries' ControlNet residuals and concatenated input channels
+(inpainting / InstructPix2Pix UNets), through :class:`~nodegraph_nodes.diffusion.control_run.UNetInputs`.
+:func:`open_unet_runner` loads the UNet, applies the LoRA patches and enters the hooks for one run.
 
 The helpers :func:`sdxl_added_cond` and :func:`common_length` are shared with the diffusers-scheduler
 path in :mod:`.sampler`.
@@ -22,6 +23,7 @@ import torch
 
 from nodegraph.cpu_threads import small_work_threads
 
+from nodegraph_nodes.diffusion.control_run import UNetInputs
 from nodegraph_nodes.sampling.model import CondPart
 
 
@@ -62,16 +64,23 @@ def _rows(cond: torch.Tensor, rows: int) -> torch.Tensor:
 class UNetRunner:
     """One run's UNet calls (see the module docstring)."""
 
-    def __init__(self, model, unet, device: str, hooks: tuple = ()):
+    def __init__(self, model, unet, device: str, hooks: tuple = (), inputs: UNetInputs | None = None):
         self.model = model
         self.unet = unet
         self.device = device
         self.dtype = next(unet.parameters()).dtype
         self.hooks = tuple(hooks)
+        self.inputs = inputs
+
+    def set_latent(self, latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> None:
+        if self.inputs is not None:
+            self.inputs.set_latent(latent_image, denoise_mask)
 
     def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
         for hook in self.hooks:
             hook.begin_step(in_range)
+        if self.inputs is not None:
+            self.inputs.begin_step(in_range)
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         h, w = x_in.shape[-2], x_in.shape[-1]
@@ -90,8 +99,13 @@ class UNetRunner:
         if added is not None:
             kwargs["added_cond_kwargs"] = added
         t = timestep.to(self.device)
-        return self.unet(x_in.to(self.device, self.dtype), t, encoder_hidden_states=torch.cat(embeds),
-                         return_dict=False, **kwargs)[0]
+        x = x_in.to(self.device, self.dtype)
+        states = torch.cat(embeds)
+        if self.inputs is not None:
+            rows = [(p.extras, p.rows) for p in parts]
+            kwargs.update(self.inputs.control(x, t, states, added, rows))
+            x = self.inputs.concat(x, rows)
+        return self.unet(x, t, encoder_hidden_states=states, return_dict=False, **kwargs)[0]
 
 
 def unet_work_elements(unet, samples_shape: tuple) -> int:
@@ -114,4 +128,5 @@ def open_unet_runner(model, ctx, latent_shape: tuple) -> Iterator[UNetRunner]:
         stack.enter_context(torch.inference_mode())
         hooks = tuple(stack.enter_context(h.attach(manager, unet, device)) for h in getattr(model, "hooks", ()))
         stack.enter_context(small_work_threads(device, unet_work_elements(unet, latent_shape)))
-        yield UNetRunner(model, unet, device, hooks)
+        inputs = UNetInputs(model, unet, manager, device, next(unet.parameters()).dtype, stack)
+        yield UNetRunner(model, unet, device, hooks, inputs)

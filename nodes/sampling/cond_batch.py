@@ -78,6 +78,39 @@ def prepare(conditioning: list | None, latent_shape: tuple, ms: ModelSampling, d
     return out
 
 
+def _entry_extras(entry) -> dict:
+    return entry.extras if isinstance(entry, Cond) else entry[1]
+
+
+def _entry_with(entry, extras: dict):
+    return replace(entry, extras=extras) if isinstance(entry, Cond) else [entry[0], extras]
+
+
+def spread_control_to_uncond(lists: dict[str, list]) -> dict[str, list]:
+    """ControlNetApply's ``control_apply_to_uncond`` (ComfyUI's rule, ``apply_empty_x_to_equal_area``):
+    when no entry of another list (without an area) carries a ``control``, the positive entries'
+    controls that asked for it are given to that list's entries without an area, one each in turn.
+    Entries are :class:`Cond` records or raw ``[tensor, extras]`` pairs; the lists are not changed."""
+    shared = [_entry_extras(e)["control"] for e in lists.get("positive") or ()
+              if _entry_extras(e).get("control_apply_to_uncond") and "area" not in _entry_extras(e)
+              and _entry_extras(e).get("control") is not None]
+    if not shared:
+        return lists
+    out = dict(lists)
+    for name, entries in lists.items():
+        if name == "positive" or not entries:
+            continue
+        plain = [i for i, e in enumerate(entries) if "area" not in _entry_extras(e)]
+        if not plain or any(_entry_extras(entries[i]).get("control") is not None for i in plain):
+            continue
+        new = list(entries)
+        for k, control in enumerate(shared):
+            i = plain[k % len(plain)]
+            new[i] = _entry_with(entries[i], {**_entry_extras(entries[i]), "control": control})
+        out[name] = new
+    return out
+
+
 def _inside(a: tuple, b: tuple) -> bool:
     """Whether area ``a`` lies inside area ``b`` (both (h, w, y, x))."""
     return a[2] >= b[2] and a[3] >= b[3] and a[0] + a[2] <= b[0] + b[2] and a[1] + a[3] <= b[1] + b[3]
