@@ -27,22 +27,33 @@ from nodegraph_nodes.sampling.model_sampling import ModelSampling
 @dataclass
 class Evaluation:
     """One run's means to evaluate the model: the runner, the model sampling, the prepared conditioning
-    lists by name, the patches, and whether the negative must be computed even at cfg 1."""
+    lists by name, the patches, whether the negative must be computed even at cfg 1, and the run as the
+    model patches see it (``patch_run``: :class:`~nodegraph_nodes.sampling.run_patches.PatchRun`)."""
 
     runner: object
     model_sampling: ModelSampling
     conds: dict[str, list[Cond]]
     patches: SamplingPatches
     force_uncond: bool = False
+    patch_run: object | None = None
 
-    def calc(self, names: list[str | None], x: torch.Tensor, sigma: torch.Tensor) -> list[torch.Tensor]:
-        return calc_cond_batch(self.runner, self.model_sampling,
-                               [self.conds.get(n) if n is not None else None for n in names], x, sigma)
+    def calc(self, names: list[str | None], x: torch.Tensor, sigma: torch.Tensor,
+             options: dict | None = None) -> list[torch.Tensor]:
+        """The denoised prediction of each named list; ``options`` (for the model patches, e.g. PAG's
+        perturbed attention) hold during these network calls."""
+        lists = [self.conds.get(n) if n is not None else None for n in names]
+        if options and self.patch_run is not None:
+            with self.patch_run.using(options):
+                return calc_cond_batch(self.runner, self.model_sampling, lists, x, sigma)
+        return calc_cond_batch(self.runner, self.model_sampling, lists, x, sigma)
 
 
 def cfg_combine(ev: Evaluation, cond_pred: torch.Tensor, uncond_pred: torch.Tensor, cond_scale: float,
-                x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """ComfyUI's cfg_function: the (patched) guidance combination, then the post-CFG patches."""
+                x: torch.Tensor, sigma: torch.Tensor, cond_name: str | None = "positive",
+                uncond_name: str | None = "negative") -> torch.Tensor:
+    """ComfyUI's cfg_function: the (patched) guidance combination, then the post-CFG patches. A post-CFG
+    patch that evaluates the model again (PAG, SAG) gets ``calc`` (:meth:`Evaluation.calc`) and the names
+    of the lists the two predictions came from (``cond_name``, ``uncond_name``; None: not computed)."""
     patches = ev.patches
     if patches.cfg_function is not None:
         args = {"cond": x - cond_pred, "uncond": x - uncond_pred, "cond_scale": cond_scale, "timestep": sigma,
@@ -53,7 +64,8 @@ def cfg_combine(ev: Evaluation, cond_pred: torch.Tensor, uncond_pred: torch.Tens
         result = uncond_pred + (cond_pred - uncond_pred) * cond_scale
     for fn in patches.post_cfg:
         result = fn({"denoised": result, "cond_scale": cond_scale, "uncond_denoised": uncond_pred,
-                     "cond_denoised": cond_pred, "sigma": sigma, "input": x, "model_sampling": ev.model_sampling})
+                     "cond_denoised": cond_pred, "sigma": sigma, "input": x, "model_sampling": ev.model_sampling,
+                     "calc": ev.calc, "cond_name": cond_name, "uncond_name": uncond_name})
     return result
 
 
@@ -96,7 +108,8 @@ class CFGGuider(Guider):
         cond, uncond = ev.calc(["positive", None if skip_uncond else "negative"], x, sigma)
         if ev.patches.pre_cfg:
             cond, uncond = pre_cfg(ev, cond, uncond, self.cfg, x, sigma)
-        return Prediction(cfg_combine(ev, cond, uncond, self.cfg, x, sigma), uncond)
+        return Prediction(cfg_combine(ev, cond, uncond, self.cfg, x, sigma, "positive",
+                                      None if skip_uncond else "negative"), uncond)
 
 
 class BasicGuider(Guider):
@@ -107,7 +120,7 @@ class BasicGuider(Guider):
         cond, uncond = ev.calc(["positive", None], x, sigma)
         if ev.patches.pre_cfg:
             cond, uncond = pre_cfg(ev, cond, uncond, 1.0, x, sigma)
-        return Prediction(cfg_combine(ev, cond, uncond, 1.0, x, sigma), uncond)
+        return Prediction(cfg_combine(ev, cond, uncond, 1.0, x, sigma, "positive", None), uncond)
 
 
 class DualCFGGuider(Guider):
@@ -124,7 +137,7 @@ class DualCFGGuider(Guider):
     def predict(self, ev: Evaluation, x: torch.Tensor, sigma: torch.Tensor) -> Prediction:
         if self.nested:
             neg, mid, pos = ev.calc(["negative", "middle", "positive"], x, sigma)
-            pred_text = cfg_combine(ev, pos, mid, self.cfg1, x, sigma)
+            pred_text = cfg_combine(ev, pos, mid, self.cfg1, x, sigma, "positive", "middle")
             return Prediction(neg + self.cfg2 * (pred_text - neg), mid)
         names = ["negative", "middle", "positive"]
         if not (ev.force_uncond or ev.patches.disable_cfg1_optimization) and math.isclose(self.cfg2, 1.0):
@@ -132,4 +145,5 @@ class DualCFGGuider(Guider):
             if math.isclose(self.cfg1, 1.0):
                 names[1] = None
         neg, mid, pos = ev.calc(names, x, sigma)
-        return Prediction(cfg_combine(ev, mid, neg, self.cfg2, x, sigma) + (pos - mid) * self.cfg1, neg)
+        return Prediction(cfg_combine(ev, mid, neg, self.cfg2, x, sigma, names[1], names[0])
+                          + (pos - mid) * self.cfg1, neg)

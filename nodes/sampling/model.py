@@ -56,12 +56,19 @@ class SamplingPatches:
     """How CFG combines the predictions: ``pre_cfg`` adjust the predictions in order before the
     combination (CFGGuider and BasicGuider apply them, as ComfyUI's ``sampling_function``),
     ``cfg_function`` replaces the combination (one; the last patch wins), ``post_cfg`` adjust the result
-    in order. ``disable_cfg1_optimization``: compute the negative prediction even at cfg 1."""
+    in order. ``disable_cfg1_optimization``: compute the negative prediction even at cfg 1.
+
+    ``model_patches``: patches on the network's calls for each run (step caching, torch.compile, FreeU,
+    attention replacements: :class:`~nodegraph_nodes.sampling.run_patches.ModelPatch`, one per key).
+    ``denoise_mask_function``: ``(sigma, mask, sigmas, model_sampling) -> mask``, the inpainting mask a
+    step uses (DifferentialDiffusion)."""
 
     cfg_function: CfgFunction | None = None
     post_cfg: tuple[PostCfgFunction, ...] = ()
     disable_cfg1_optimization: bool = False
     pre_cfg: tuple[PreCfgFunction, ...] = ()
+    model_patches: tuple = ()
+    denoise_mask_function: Callable | None = None
 
     def with_cfg_function(self, fn: CfgFunction) -> "SamplingPatches":
         return replace(self, cfg_function=fn)
@@ -73,6 +80,13 @@ class SamplingPatches:
     def with_pre_cfg(self, fn: PreCfgFunction, disable_cfg1_optimization: bool = False) -> "SamplingPatches":
         return replace(self, pre_cfg=self.pre_cfg + (fn,),
                        disable_cfg1_optimization=self.disable_cfg1_optimization or disable_cfg1_optimization)
+
+    def with_model_patch(self, patch) -> "SamplingPatches":
+        """One more model patch; it replaces one with the same ``key``."""
+        return replace(self, model_patches=tuple(p for p in self.model_patches if p.key != patch.key) + (patch,))
+
+    def with_denoise_mask_function(self, fn: Callable) -> "SamplingPatches":
+        return replace(self, denoise_mask_function=fn)
 
 
 class ModelRunner(Protocol):
