@@ -4,7 +4,10 @@ SamplerCustom and KSampler execute).
 Order of work (ComfyUI's): an empty latent takes the model's channel count; the initial noise comes from
 the NOISE source; the model is opened on the device; a non-empty latent goes into the model's latent
 space; the start is ``noise_scaling(sigmas[0], noise, latent)`` (full variance when the run starts at
-the top of the schedule); the sampler walks the sigmas calling the :class:`RunDenoiser`, which checks
+the top of the schedule); the positive entries' ControlNets that ControlNetApply gave to the negative too are spread
+(:func:`~nodegraph_nodes.sampling.cond_batch.spread_control_to_uncond`); a runner with ``set_latent``
+gets the starting latent and noise mask (inpainting UNets take them as input channels);
+the sampler walks the sigmas calling the :class:`RunDenoiser`, which checks
 for interruption, lets the model's hooks know the step, keeps an inpainting latent's unmasked part on
 the original and asks the guider; the end is ``inverse_noise_scaling`` and back to VAE latents.
 Progress is reported per step, latent previews every ``preview_every`` steps.
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nodegraph_nodes.sampling.cond_batch import spread_control_to_uncond
 from nodegraph_nodes.sampling.guiders import Evaluation, Guider
 from nodegraph_nodes.sampling.model import require_sampling_model
 from nodegraph_nodes.sampling.noise import NoiseSource, SEED_MASK
@@ -134,7 +138,11 @@ def sample(ctx, guider: Guider, sampler: Sampler, sigmas: torch.Tensor, latent: 
             if sampler.random_inpaint_noise:
                 gen = torch.Generator("cpu").manual_seed((int(seed if seed is not None else 41) + 1) & SEED_MASK)
                 inpaint_noise = torch.randn(noise_t.shape, generator=gen).to(device)
-        ev = Evaluation(runner, ms, guider.prepared(tuple(samples.shape), ms, device), model.sampling_patches)
+        set_latent = getattr(runner, "set_latent", None)
+        if set_latent is not None:  # inpainting UNets take the latent and mask as extra input channels
+            set_latent(latent_image, mask)
+        conds = spread_control_to_uncond(guider.prepared(tuple(samples.shape), ms, device))
+        ev = Evaluation(runner, ms, conds, model.sampling_patches)
         denoiser = RunDenoiser(ctx, guider, ev, seed, latent_image, inpaint_noise, mask)
         x = ms.noise_scaling(sigmas[0], noise_t, latent_image, ms.max_denoise(sigmas))
         x = sampler.run(denoiser, x, sigmas, callback)
