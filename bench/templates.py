@@ -211,6 +211,15 @@ def report(results: list[TemplateResult], out=None) -> None:
     if others:
         print("\nother error kinds (all templates): " + ", ".join(f"{k} {n}" for k, n in others.most_common()),
               file=out)
+        # errors on nodes we have, also in templates that an unknown node already blocks
+        on_known = Counter((p.class_type, p.kind, p.input_name) for r in results for p in r.problems
+                           if p.category == "other" and p.class_type)
+        templates_of = {key: len({r.name for r in results for p in r.problems
+                                  if (p.class_type, p.kind, p.input_name) == key}) for key in on_known}
+        print(f"\nerrors on known node types (top 30): {'node type':28} {'kind':24} {'input':24} errors templates",
+              file=out)
+        for (cls, kind, name), n in on_known.most_common(30):
+            print(f"  {cls:40} {kind:24} {str(name):24} {n:6} {templates_of[(cls, kind, name)]:9}", file=out)
 
     sd = [r for r in results if r.sd_family]
     ok = [r for r in sd if r.status in ("valid", "model_files_only")]
