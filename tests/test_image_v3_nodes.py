@@ -464,3 +464,22 @@ def test_a_misspelt_dynamic_combo_field_is_a_validation_error(engine):
     }
     with pytest.raises(ValidationFailed, match="resize_type.width"):
         engine.run(Graph.from_api(prompt))
+
+
+def test_rebatch_list_and_mask_resize_run_in_the_engine(engine):
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 4, "height": 4, "batch_size": 3, "color": 0}},
+        "2": {"class_type": "RebatchImages", "inputs": {"images": ["1", 0], "batch_size": 2}},
+        "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},          # mapped over the list
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+        "5": {"class_type": "SolidMask", "inputs": {"value": 0.5, "width": 6, "height": 4}},
+        "6": {"class_type": "ResizeImageMaskNode",
+              "inputs": {"input": ["5", 0], "resize_type": "scale longer dimension",
+                         "resize_type.longer_size": 3, "scale_method": "area"}},
+        "7": {"class_type": "MaskPreview", "inputs": {"mask": ["6", 0]}},            # IMAGE,MASK feeds a MASK
+    }
+    result = engine.run(Graph.from_api(prompt))
+    assert result.ok, result.failure
+    assert [t.shape[0] for t in result.value("2")] == [2, 1]
+    assert len(result.outputs["4"]["images"]) == 3
+    assert torch.allclose(result.value("6"), torch.full((1, 2, 3), 0.5))

@@ -80,7 +80,9 @@ def multiple_cover(height: int, width: int, multiple: int) -> tuple[int, int, in
 
 
 class ResizeImageMaskNode(Node):
-    """Resize an image or mask using various scaling methods."""
+    """Resize an image or mask using various scaling methods. Stricter than ComfyUI: a size that rounds
+    to 0 pixels, a linked value outside its widget's range, or "scale to multiple" with a multiple larger
+    than a side is an error naming the input."""
 
     category = "transform"
     display_name = "Resize Image/Mask"
