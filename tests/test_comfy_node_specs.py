@@ -91,6 +91,10 @@ def _types(value: Any) -> Any:
     return frozenset(value.split(",")) if isinstance(value, str) and "," in value else value
 
 
+def _differs(key: str, comfy: Any, ours: Any) -> bool:
+    return _types(comfy) != _types(ours) if key == "type" else comfy != ours
+
+
 def spec_mismatches(expected: dict[str, Any], ours: dict[str, Any]) -> list[tuple[str, str]]:
     """``(where, what)`` for every difference between ComfyUI's normalised spec and ours."""
     found: list[tuple[str, str]] = []
@@ -113,7 +117,7 @@ def spec_mismatches(expected: dict[str, Any], ours: dict[str, Any]) -> list[tupl
                 a, b = spec[key], mine.get(key)
                 if key == "options" and not a:  # a file list: empty in a bare ComfyUI, ours lists our folders
                     continue
-                if _types(a) != _types(b) if key == "type" else a != b:
+                if _differs(key, a, b):
                     found.append((f"{section}.{name}.{key}", f"ComfyUI {a!r}, ours {b!r}"))
             if spec.get("type") == "COMBO" and spec.get("options") and "default" not in spec \
                     and mine.get("default", spec["options"][0]) != spec["options"][0]:
@@ -140,7 +144,7 @@ def newer_mismatches(expected: dict[str, Any], ours: dict[str, Any]) -> list[tup
             found.append((f"inputs.{name}.section", f"ComfyUI {spec['section']}, ours {section}"))
         mine = ours[section][name]
         for key in COMPARED:
-            if key in spec and (_types(spec[key]) != _types(mine.get(key)) if key == "type" else spec[key] != mine.get(key)):
+            if key in spec and _differs(key, spec[key], mine.get(key)):
                 found.append((f"{section}.{name}.{key}", f"ComfyUI {spec[key]!r}, ours {mine.get(key)!r}"))
     if not expected.get("partial"):
         mine = [n for section in ("required", "optional") for n in ours[section]]
@@ -215,3 +219,22 @@ def test_mismatches_are_reported_per_input():
     mine = {"required": {"ckpt": {"type": "COMBO", "options": ["m.safetensors"]}, "v": {"type": "INT,FLOAT"}},
             "optional": {}, "outputs": []}
     assert spec_mismatches(files, mine) == []
+
+
+def test_normalise_reads_classic_and_v3_shapes():
+    """ComfyUI's two spellings of a combo and its option dicts normalise to one record."""
+    info = {"input": {"required": {"mode": [["a", "b"], {"default": "b", "tooltip": "t"}],
+                                   "v3": ["COMBO", {"options": ["x"], "multiselect": False}],
+                                   "seed": ["INT", {"default": 0, "min": 0, "control_after_generate": True}],
+                                   "model": ["MODEL"]},
+                      "optional": {"mask": ["MASK", {"forceInput": True}]}},
+            "input_order": {"required": ["seed", "mode", "v3", "model"], "optional": ["mask"]},
+            "output": ["LATENT"], "output_name": ["latent"], "category": "c", "output_node": False}
+    got = SCRIPT.normalise(info)
+    assert list(got["required"]) == ["seed", "mode", "v3", "model"]
+    assert got["required"]["mode"] == {"type": "COMBO", "options": ["a", "b"], "default": "b"}
+    assert got["required"]["v3"] == {"type": "COMBO", "options": ["x"]}
+    assert got["required"]["seed"] == {"type": "INT", "default": 0, "min": 0, "control_after_generate": True}
+    assert got["required"]["model"] == {"type": "MODEL"}
+    assert got["optional"]["mask"] == {"type": "MASK", "force_input": True}
+    assert got["outputs"] == ["LATENT"] and got["output_names"] == ["latent"]
