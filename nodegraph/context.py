@@ -89,6 +89,8 @@ class RunContext:
     paths: Paths
     device: str = "cpu"
     services: dict[str, Any] = field(default_factory=dict)
+    #: the prompt's extra data as queued (``client_id``, ``extra_pnginfo``, …)
+    extra_data: dict[str, Any] = field(default_factory=dict)
 
 
 class NodeContext:

@@ -93,6 +93,27 @@ class NodeFailed(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutionBlocked(Event):
+    """A node was not run because an input was an :class:`~nodegraph.blocking.ExecutionBlocker` with a
+    message (reported once; the run goes on and may still succeed)."""
+    node_id: str = ""
+    class_type: str = ""
+    message: str = ""
+    executed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeMessage(Event):
+    """A message a running node sends to the prompt's client as it is (a custom node pack's
+    ``PromptServer.instance.send_sync(event, data)``): ``event`` is the WebSocket message type,
+    ``data`` its JSON-able payload. ``client_id``: send to that client instead of the prompt's."""
+    node_id: str = ""
+    event: str = ""
+    data: Any = None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ExecutionInterrupted(Event):
     node_id: str | None = None
     class_type: str | None = None

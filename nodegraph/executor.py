@@ -17,6 +17,8 @@ repeat — over a graph that may grow while it runs:
   node's outputs are taken from it;
 * independent ready nodes run concurrently on a bounded thread pool; a lone ready node runs inline on
   the dispatching thread (no hand-off cost on chains);
+* a call whose input is an :class:`~nodegraph.blocking.ExecutionBlocker` is not made: each of its
+  outputs is the blocker (a blocker's message is reported once, by the first node it reaches);
 * the first failure or an interrupt stops new scheduling; in-flight nodes are allowed to finish.
 """
 
@@ -33,12 +35,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .blocking import ExecutionBlocker, find_blocker
 from .cache import OutputCache
 from .context import NodeContext, Paths, RunContext, pick_device
 from .device_stats import SystemStats, read_system_stats
 from .errors import ExecutionFailed, Interrupted, NodeFailure, ValidationFailed
-from .events import (EventBus, EventListener, ExecutionDone, ExecutionInterrupted, ExecutionStarted,
-                     NodeFailed, NodeFinished, NodesCached, NodesQueued, NodeStarted)
+from .events import (EventBus, EventListener, ExecutionBlocked, ExecutionDone, ExecutionInterrupted,
+                     ExecutionStarted, NodeFailed, NodeFinished, NodesCached, NodesQueued, NodeStarted)
 from .heap import TRIM_SLACK, release_free_memory
 from .node import Node, NodeResult
 from .plan import Plan, PlannedNode
@@ -176,7 +179,8 @@ class Engine:
                 interrupt = threading.Event()
                 self._current = (prompt_id, interrupt)
                 try:
-                    run = RunContext(prompt_id, self.bus, interrupt, self.paths, self.device, self.services)
+                    run = RunContext(prompt_id, self.bus, interrupt, self.paths, self.device, self.services,
+                                     extra_data or {})
                     return _Run(self, plan, run, extra_data or {}).execute()
                 finally:
                     self._current = None
@@ -486,12 +490,21 @@ class _Run:
         try:
             if self.run.interrupt.is_set():
                 instance.ctx.check_interrupted()
-            returned = _call_mapped(instance, node.cls, kwargs)
+            returned = _call_mapped(instance, node.cls, kwargs, lambda block: self.blocked(node, block))
             outputs, ui, expansions = _merge_returns(node, returned)
             return _Outcome(node.id, outputs, ui, expansions, seconds=time.perf_counter() - start)
         except BaseException as exc:  # noqa: BLE001 - every failure is reported, none kills the engine
             return _Outcome(node.id, error=exc, trace=traceback.format_exception(exc), inputs=kwargs,
                             seconds=time.perf_counter() - start)
+
+    def blocked(self, node: PlannedNode, block: ExecutionBlocker) -> ExecutionBlocker:
+        """A call of ``node`` met ``block``: report its message (once) and pass on a silent blocker."""
+        if block.message is None:
+            return block
+        if self.bus.active:
+            self.bus.emit(ExecutionBlocked(self.run.prompt_id, node.id, node.class_type, str(block.message),
+                                           tuple(self.result.executed)))
+        return ExecutionBlocker(None)
 
     def complete(self, outcome: _Outcome) -> None:
         node_id = outcome.node_id
@@ -648,20 +661,28 @@ class _Run:
         self.finish(parent_id, outputs, self.ui.get(parent_id), self.result.timings.get(parent_id, 0.0))
 
 
-def _call_mapped(instance: Node, cls: type[Node], kwargs: dict[str, list]) -> list:
-    """Call ``execute`` once (whole lists, or single items) or once per list item (ComfyUI rule)."""
+def _call_mapped(instance: Node, cls: type[Node], kwargs: dict[str, list],
+                 blocked: Callable[[ExecutionBlocker], ExecutionBlocker]) -> list:
+    """Call ``execute`` once (whole lists, or single items) or once per list item (ComfyUI rule).
+
+    A call with a blocked input is not made: ``blocked(blocker)`` stands for its result."""
     if cls.takes_lists:
-        return [instance.execute(**kwargs)]
+        block = find_blocker(kwargs.values(), whole_lists=True)
+        return [blocked(block) if block is not None else instance.execute(**kwargs)]
     lengths = [len(v) for v in kwargs.values()]
     count = max(lengths) if lengths else 1
     if lengths and min(lengths) == 0:
         count = 0
     if count == 1:
-        return [instance.execute(**{k: v[0] for k, v in kwargs.items()})]
+        single = {k: v[0] for k, v in kwargs.items()}
+        block = find_blocker(single.values(), whole_lists=False)
+        return [blocked(block) if block is not None else instance.execute(**single)]
     returned = []
     for i in range(count):
         instance.ctx.check_interrupted()
-        returned.append(instance.execute(**{k: v[i if i < len(v) else -1] for k, v in kwargs.items()}))
+        one = {k: v[i if i < len(v) else -1] for k, v in kwargs.items()}
+        block = find_blocker(one.values(), whole_lists=False)
+        returned.append(blocked(block) if block is not None else instance.execute(**one))
     return returned
 
 
@@ -681,7 +702,7 @@ def _merge_returns(node: PlannedNode, returned: list) -> tuple[NodeOutputs, dict
             expansions.append((call_index, graph, tuple(values)))
             continue
         for index, out in enumerate(declared):
-            if out.is_list:
+            if out.is_list and not isinstance(values[index], ExecutionBlocker):
                 outputs[index].extend(values[index])
             else:
                 outputs[index].append(values[index])
@@ -691,6 +712,8 @@ def _merge_returns(node: PlannedNode, returned: list) -> tuple[NodeOutputs, dict
 def _normalize_return(node: PlannedNode, value: Any) -> tuple[tuple, dict | None, Any]:
     if isinstance(value, NodeResult):
         values, ui, graph = value.outputs, value.ui, value.expand
+    elif isinstance(value, ExecutionBlocker):
+        return (value,) * len(node.cls.outputs), None, None
     elif isinstance(value, dict) and value.keys() <= {"result", "ui", "expand"}:
         values, ui, graph = value.get("result", ()), value.get("ui"), value.get("expand")
     elif value is None:
@@ -700,6 +723,8 @@ def _normalize_return(node: PlannedNode, value: Any) -> tuple[tuple, dict | None
     else:
         raise TypeError(f"node {node.id} ({node.class_type}) returned {type(value).__name__}; execute() "
                         "must return a tuple with one value per output, or a NodeResult")
+    if isinstance(values, ExecutionBlocker):
+        return (values,) * len(node.cls.outputs), ui, graph
     values = tuple(values or ())
     declared = len(node.cls.outputs)
     if not values and declared and node.cls.output_node and graph is None:

@@ -184,9 +184,7 @@ class Node:
                 value.name = name
                 inputs[name] = value
                 delattr(cls, name)
-        cls.INPUTS = inputs
-        cls._LAZY = frozenset(n for n, spec in inputs.items() if spec.lazy)
-        cls._EXTRA = _extra_pattern(cls.extra_inputs, inputs.values())
+        cls.declare_inputs(inputs)
         for name in cls.hidden:
             if name not in HIDDEN_INPUTS:
                 raise TypeError(f"{cls.__name__}: unknown hidden input {name!r}; "
@@ -196,6 +194,14 @@ class Node:
 
     def __init__(self, context: "NodeContext") -> None:
         self.ctx = context
+
+    @classmethod
+    def declare_inputs(cls, inputs: dict[str, Input]) -> None:
+        """Set the class's inputs (in order) and what follows from them; for classes built at run time
+        (the ComfyUI adapter), whose input names may clash with class attributes."""
+        cls.INPUTS = inputs
+        cls._LAZY = frozenset(n for n, spec in inputs.items() if spec.lazy)
+        cls._EXTRA = _extra_pattern(cls.extra_inputs, inputs.values())
 
     # -- what a node implements -------------------------------------------------------------------
 
@@ -233,6 +239,11 @@ class Node:
     @classmethod
     def class_type(cls) -> str:
         return getattr(cls, "CLASS_TYPE", cls.__name__)
+
+    @classmethod
+    def hidden_spec(cls) -> dict[str, str]:
+        """``/object_info``'s ``input.hidden``: name → ComfyUI kind (``{"prompt": "PROMPT"}``)."""
+        return {h: HIDDEN_INPUTS[h] for h in cls.hidden}
 
     @classmethod
     def lazy_inputs(cls) -> frozenset[str]:

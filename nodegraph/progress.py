@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .events import (Event, ExecutionDone, ExecutionInterrupted, NodeFailed, NodeFinished, NodeProgress,
-                     NodesQueued, NodeStarted)
+from .events import (Event, ExecutionBlocked, ExecutionDone, ExecutionInterrupted, NodeFailed, NodeFinished,
+                     NodeProgress, NodesQueued, NodeStarted)
 
 
 def output_lines(node_id: str, ui: dict, output_dir: Path, temp_dir: Path) -> list[str]:
@@ -75,6 +75,11 @@ class ProgressPrinter:
         with self.lock:
             if isinstance(event, NodeFinished):
                 self._finished(event)
+            elif isinstance(event, ExecutionBlocked):  # printed even with --quiet: it is a result
+                self._end_line(clear=True)
+                self.stream.write(f"blocked: node {event.node_id} ({event.class_type}) did not run: "
+                                  f"{event.message}\n")
+                self.stream.flush()
             elif not self.enabled:
                 return
             elif isinstance(event, NodesQueued):

@@ -18,7 +18,7 @@ from importlib import metadata
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from .node import HIDDEN_INPUTS, Node
+from .node import Node
 
 if TYPE_CHECKING:  # pragma: no cover
     from .context import Paths
@@ -43,6 +43,8 @@ class NodeRegistry:
         self._classes: dict[str, type[Node]] = {}
         self._source: dict[str, str] = {}
         self.load_errors: list[PackLoadError] = []
+        #: ComfyUI custom node packs loaded from folders (``nodegraph.comfy_compat.loader.LoadedPack``)
+        self.custom_packs: list[Any] = []
         for cls in classes:
             self.register(cls)
 
@@ -152,8 +154,9 @@ def describe_node(name: str, cls: type[Node], python_module: str = "",
     inputs: dict[str, Any] = {"required": required}
     if optional:
         inputs["optional"] = optional
-    if cls.hidden:
-        inputs["hidden"] = {h: HIDDEN_INPUTS[h] for h in cls.hidden}
+    hidden = cls.hidden_spec()
+    if hidden:
+        inputs["hidden"] = hidden
     info: dict[str, Any] = {
         "input": inputs,
         "input_order": {"required": list(required), **({"optional": list(optional)} if optional else {})},

@@ -129,12 +129,13 @@ class _Validator:
         constants: dict[str, Any] = {}
         links: dict[str, Link] = {}
         custom_names = _custom_validated_names(cls)
+        any_type = "input_types" in custom_names  # the class checks linked types itself (ComfyUI)
         given = node.inputs
         for name, spec in cls.INPUTS.items():
             value = given.get(name, _MISSING)
             kind = type(value)
             if kind is Link:
-                if self.check_link(node, spec, value, classes):
+                if self.check_link(node, spec, value, classes, any_type):
                     links[name] = value
             elif value is _MISSING:
                 if spec.has_default and spec.is_widget:
@@ -162,7 +163,7 @@ class _Validator:
             if name not in declared and not cls.accepts_input(name):
                 self.unknown_input(node, cls, name)
         if custom_names:
-            self.check_custom(node, cls, constants, links)
+            self.check_custom(node, cls, constants, links, classes)
         return PlannedNode(node.id, node.class_type, cls, constants, links,
                            parent=node.parent, display_node=node.display_node or node.id,
                            is_changed=node.is_changed)
@@ -170,7 +171,8 @@ class _Validator:
     def unknown_input(self, node: WorkflowNode, cls: type[Node], name: str) -> None:
         self.error("unknown_input", node, unknown_input_message(_label(node), cls, name), name)
 
-    def check_link(self, node: WorkflowNode, spec: Input, link: Link, classes: dict[str, type[Node]]) -> bool:
+    def check_link(self, node: WorkflowNode, spec: Input, link: Link, classes: dict[str, type[Node]],
+                   any_type: bool = False) -> bool:
         name = spec.name
         source = self.workflow.nodes.get(link.node_id)
         if source is None:
@@ -191,7 +193,7 @@ class _Validator:
                        linked_node=link.to_json())
             return False
         produced = outputs[link.output].type
-        if produced != spec.type and not types_match(produced, spec.type):
+        if produced != spec.type and not any_type and not types_match(produced, spec.type):
             self.error("return_type_mismatch", node,
                        f"{_label(node)}: input '{name}' needs {spec.type} but output {link.output} of "
                        f"{_label(source)} gives {produced}; connect an output of type {spec.type}",
@@ -244,12 +246,16 @@ class _Validator:
                 return False, None
         return True, coerced
 
-    def check_custom(self, node: WorkflowNode, cls: type[Node], constants: dict, links: dict) -> None:
+    def check_custom(self, node: WorkflowNode, cls: type[Node], constants: dict, links: dict,
+                     classes: dict[str, type[Node]]) -> None:
         if cls.validate_inputs.__func__ is Node.validate_inputs.__func__:  # type: ignore[attr-defined]
             return
         wanted = _custom_validated_names(cls)
         kwargs = dict(constants) if _takes_kwargs(cls) else {}
         kwargs.update({k: constants.get(k) for k in wanted if k != "*"})  # linked ones: None
+        if "input_types" in wanted:  # ComfyUI's VALIDATE_INPUTS(input_types=): each linked input's type
+            kwargs["input_types"] = {name: classes[link.node_id].outputs[link.output].type
+                                     for name, link in links.items() if link.node_id in classes}
         if accepts_paths(cls.validate_inputs):
             kwargs["paths"] = self.paths
         try:

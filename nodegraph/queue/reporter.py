@@ -26,8 +26,8 @@ import logging
 import threading
 from typing import Callable
 
-from ..events import (Event, ExecutionDone, ExecutionInterrupted, ExecutionStarted, NodeFailed, NodeFinished,
-                      NodeImage, NodePreview, NodeProgress, NodesCached, NodeStarted)
+from ..events import (Event, ExecutionBlocked, ExecutionDone, ExecutionInterrupted, ExecutionStarted, NodeFailed,
+                      NodeFinished, NodeImage, NodeMessage, NodePreview, NodeProgress, NodesCached, NodeStarted)
 from .messages import ClientFeatures, encode, encode_preview, executing, image_frame, now_ms, wants_previews
 from .protocol import EventSink
 from .store import Job
@@ -156,6 +156,14 @@ class RunReporter:
                 "exception_type": event.exception_type, "traceback": list(event.traceback),
                 "current_inputs": event.inputs, "current_outputs": list(event.executed),
                 "timestamp": now_ms()}, keep=True)
+        elif isinstance(event, NodeMessage):  # a custom node's send_sync: as it is, not kept in history
+            self.events.post(event.client_id or self.client, encode(event.event, event.data))
+        elif isinstance(event, ExecutionBlocked):  # as ComfyUI: an error message, not kept; the run goes on
+            self.send("execution_error", {
+                "prompt_id": pid, "node_id": event.node_id, "node_type": event.class_type,
+                "executed": list(event.executed), "exception_message": f"Execution Blocked: {event.message}",
+                "exception_type": "ExecutionBlocked", "traceback": [], "current_inputs": [],
+                "current_outputs": [], "timestamp": now_ms()})
         elif isinstance(event, ExecutionInterrupted):
             self.held.clear()
             if self.stopping():

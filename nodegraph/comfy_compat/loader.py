@@ -1,0 +1,252 @@
+"""Loading ComfyUI custom node packs from ``custom_nodes/`` folders into a node registry.
+
+Each entry of a folder is one pack, imported as ComfyUI imports it: a sub-folder with
+``__init__.py`` or a single ``.py`` file, in name order; ``__pycache__``, hidden names and names
+ending in ``.disabled`` are skipped. The module is registered in ``sys.modules`` under the name
+ComfyUI gives it (the folder's path with ``.`` written ``_x_``; a file's path without ``.py``), so
+the pack's relative imports work. From the module:
+
+* ``NODE_CLASS_MAPPINGS`` — each class becomes a node (:mod:`nodegraph.comfy_compat.classic`); its
+  ``/object_info`` ``python_module`` is ``custom_nodes.<pack>``. A name that a built-in node already
+  has is skipped (ComfyUI does not let packs replace core nodes); between packs, the later one wins;
+* ``NODE_DISPLAY_NAME_MAPPINGS`` — display names;
+* ``WEB_DIRECTORY`` — the pack's frontend files, served under ``/extensions/<pack>/``.
+
+Before the first pack is imported, ComfyUI's module names are made importable
+(:mod:`nodegraph.comfy_compat.finder`) and the helper modules are bound to the engine's folders and
+registry (:mod:`nodegraph.comfy_compat.host`). A pack that fails to import, or a class that does not
+follow the protocol, is recorded (a :class:`~nodegraph.registry.PackLoadError` on the registry, a
+line in the log) and the other packs load. A pack is imported once per process: loading the same
+folder for a second engine registers the same module's classes again.
+
+Custom nodes are code: they load only from the folders the user names (``--custom-nodes-dir``,
+default ``./custom_nodes``) or from installed distributions (the ``nodegraph.nodes`` entry points);
+nothing in the HTTP API loads or installs them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Iterable
+
+from ..context import Paths
+from ..registry import NodeRegistry, PackLoadError
+from . import finder
+from .classic import build_node_class
+from .host import HOST
+
+log = logging.getLogger("nodegraph.custom_nodes")
+
+#: where packs are looked for when no folder is named (``$NODEGRAPH_CUSTOM_NODES`` overrides)
+DEFAULT_DIR = Path("custom_nodes")
+#: ``python_module`` prefix of pack nodes (ComfyUI's ``RELATIVE_PYTHON_MODULE``)
+MODULE_PARENT = "custom_nodes"
+
+
+@dataclass(frozen=True)
+class CustomNodeSettings:
+    """Which packs to load: ``dirs`` (in order), none at all (``enabled=False``,
+    ``--disable-custom-nodes``), or all but the ``disabled`` pack names (``--disable-custom-node``)."""
+
+    dirs: tuple[Path, ...] = ()
+    enabled: bool = True
+    disabled: frozenset[str] = frozenset()
+
+    @classmethod
+    def default(cls, dirs: Iterable[Path] = (), *, enabled: bool = True,
+                disabled: Iterable[str] = ()) -> "CustomNodeSettings":
+        """The named folders, else ``$NODEGRAPH_CUSTOM_NODES``, else ``./custom_nodes``."""
+        chosen = tuple(Path(d) for d in dirs)
+        if not chosen:
+            env = os.environ.get("NODEGRAPH_CUSTOM_NODES")
+            chosen = tuple(Path(p) for p in env.split(os.pathsep) if p) if env else (DEFAULT_DIR,)
+        return cls(chosen, enabled, frozenset(disabled))
+
+
+@dataclass
+class LoadedPack:
+    """One pack found in a folder: what it registered, or why it did not load."""
+
+    name: str
+    path: Path
+    nodes: tuple[str, ...] = ()
+    display_names: dict[str, str] = field(default_factory=dict)
+    web_dir: Path | None = None
+    error: str | None = None
+    disabled: bool = False
+    seconds: float = 0.0
+
+    @property
+    def python_module(self) -> str:
+        return f"{MODULE_PARENT}.{self.name}"
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.disabled
+
+
+#: path → the imported module, or the import's error text (a pack is imported once per process)
+_IMPORTED: dict[str, ModuleType | str] = {}
+_import_lock = threading.RLock()
+
+
+def pack_entries(folder: Path) -> list[tuple[str, Path]]:
+    """``(pack name, path)`` of each pack in ``folder``, as ComfyUI picks them, in name order."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in sorted(os.listdir(folder)):
+        path = folder / entry
+        if entry == "__pycache__" or entry.startswith(".") or entry.endswith(".disabled"):
+            continue
+        if path.is_file():
+            if path.suffix != ".py":
+                continue
+            found.append((path.stem, path))
+        elif path.is_dir():
+            found.append((entry, path))
+    return found
+
+
+def module_name_for(path: Path) -> str:
+    """The ``sys.modules`` name ComfyUI gives a pack (its absolute path, ``.`` → ``_x_`` for folders)."""
+    absolute = os.path.abspath(path)
+    return os.path.splitext(absolute)[0] if os.path.isfile(absolute) else absolute.replace(".", "_x_")
+
+
+def import_pack(path: Path) -> ModuleType:
+    """Import one pack (once per process); raises what the pack's import raised."""
+    key = os.path.abspath(path)
+    with _import_lock:
+        done = _IMPORTED.get(key)
+        if isinstance(done, ModuleType):
+            return done
+        if isinstance(done, str):
+            raise ImportError(done)
+        init = path / "__init__.py" if path.is_dir() else path
+        if not init.is_file():
+            message = f"{path.name} is a folder without __init__.py (not a Python package)"
+            _IMPORTED[key] = message
+            raise ImportError(message)
+        name = module_name_for(path)
+        spec = importlib.util.spec_from_file_location(name, init)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {init}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException as exc:
+            sys.modules.pop(name, None)
+            _IMPORTED[key] = f"{type(exc).__name__}: {exc}"
+            raise
+        _IMPORTED[key] = module
+        return module
+
+
+def load_custom_nodes(registry: NodeRegistry, settings: CustomNodeSettings, *, paths: Paths | None = None,
+                      device: str | None = None) -> list[LoadedPack]:
+    """Load every pack of ``settings.dirs`` into ``registry``; the packs found (loaded, failed,
+    disabled) are returned and kept in ``registry.custom_packs``; failures also go to
+    ``registry.load_errors``."""
+    packs: list[LoadedPack] = []
+    if not settings.enabled:
+        return packs
+    entries = [(name, path) for folder in settings.dirs for name, path in pack_entries(Path(folder))]
+    HOST.bind(paths=paths, device=device, custom_nodes_dirs=tuple(Path(d).resolve() for d in settings.dirs))
+    if not entries:
+        return packs
+    finder.install()
+    HOST.bind(registry=registry)
+    builtin = set(registry.names())
+    for name, path in entries:
+        pack = LoadedPack(name, path)
+        packs.append(pack)
+        if name in settings.disabled:
+            pack.disabled = True
+            log.info("custom node pack %s is disabled", name)
+            continue
+        start = time.perf_counter()
+        try:
+            module = import_pack(path)
+        except BaseException as exc:  # noqa: BLE001 - a pack's import must not stop the others
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            pack.error = f"import failed: {type(exc).__name__}: {exc}"
+        else:
+            register_module(registry, pack, module, builtin)
+        pack.seconds = time.perf_counter() - start
+        if pack.error is not None:
+            log.warning("custom node pack %s (%s) failed to load: %s", name, path, pack.error)
+            registry.load_errors.append(PackLoadError(f"custom_nodes/{name}", pack.error))
+    HOST.bind(registry=registry)  # NODE_CLASS_MAPPINGS now holds the packs' classes too
+    registry.custom_packs.extend(packs)
+    return packs
+
+
+def register_module(registry: NodeRegistry, pack: LoadedPack, module: ModuleType, builtin: set[str]) -> None:
+    """Register a pack module's classes (``NODE_CLASS_MAPPINGS``) and read its web folder."""
+    web = getattr(module, "WEB_DIRECTORY", None)
+    if web is not None:
+        folder = Path(os.path.abspath(os.path.join(os.path.dirname(module.__file__ or str(pack.path)), str(web))))
+        if folder.is_dir():
+            pack.web_dir = folder
+    mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    if mappings is None:
+        if hasattr(module, "comfy_entrypoint"):
+            pack.error = ("it is a V3 pack (comfy_entrypoint); nodegraph does not load the V3 node schema yet")
+        else:
+            pack.error = "it has no NODE_CLASS_MAPPINGS (nor a V3 comfy_entrypoint)"
+        return
+    if not isinstance(mappings, dict):
+        pack.error = f"NODE_CLASS_MAPPINGS is {type(mappings).__name__}, not a dict"
+        return
+    display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+    display = dict(display) if isinstance(display, dict) else {}
+    registered = []
+    problems = []
+    for class_type, pack_cls in mappings.items():
+        class_type = str(class_type)
+        if class_type in builtin:
+            log.debug("custom node pack %s: %s is a built-in node; the pack's class is not used",
+                      pack.name, class_type)
+            continue
+        try:
+            node_cls = build_node_class(class_type, pack_cls, pack.name, display.get(class_type))
+        except Exception as exc:  # noqa: BLE001 - one bad class must not drop the pack's others
+            problems.append(f"{class_type}: {type(exc).__name__}: {exc}")
+            continue
+        registry.register(node_cls, name=class_type, source=pack.python_module)
+        registered.append(class_type)
+    pack.nodes = tuple(registered)
+    pack.display_names = {k: str(v) for k, v in display.items() if k in registered}
+    if problems:
+        pack.error = f"{len(problems)} class(es) not loaded: " + "; ".join(problems)
+
+
+def describe_packs(packs: Iterable[LoadedPack]) -> list[str]:
+    """One line per pack for ``nodegraph nodes`` and the server log."""
+    lines = []
+    for pack in packs:
+        if pack.disabled:
+            lines.append(f"custom node pack {pack.name}: disabled")
+        elif pack.error is not None and not pack.nodes:
+            lines.append(f"custom node pack {pack.name}: FAILED ({pack.error})")
+        else:
+            extra = f"; {pack.error}" if pack.error else ""
+            lines.append(f"custom node pack {pack.name}: {len(pack.nodes)} node(s) in {pack.seconds:.2f}s{extra}")
+    return lines
+
+
+def is_classic_class(obj: object) -> bool:
+    """True for a class following ComfyUI's classic node protocol (what an entry point may give)."""
+    return inspect.isclass(obj) and all(hasattr(obj, a) for a in ("INPUT_TYPES", "RETURN_TYPES", "FUNCTION"))
