@@ -2,19 +2,22 @@
 SamplerCustom and KSampler execute).
 
 Order of work (ComfyUI's): an empty latent takes the model's channel count; the initial noise comes from
-the NOISE source; the model is opened on the device; a non-empty latent goes into the model's latent
+the NOISE source; the model is opened on the device and its per-run patches attached (step caching,
+FreeU, attention hooks, …: :mod:`.run_patches`, removed when the run ends); a non-empty latent goes into the model's latent
 space; the start is ``noise_scaling(sigmas[0], noise, latent)`` (full variance when the run starts at
 the top of the schedule); the positive entries' ControlNets that ControlNetApply gave to the negative too are spread
 (:func:`~nodegraph_nodes.sampling.cond_batch.spread_control_to_uncond`); a runner with ``set_latent``
 gets the starting latent and noise mask (inpainting UNets take them as input channels);
 the sampler walks the sigmas calling the :class:`RunDenoiser`, which checks
 for interruption, lets the model's hooks know the step, keeps an inpainting latent's unmasked part on
-the original and asks the guider; the end is ``inverse_noise_scaling`` and back to VAE latents.
+the original (the mask through the model's ``denoise_mask_function`` where it has one) and asks the
+guider (through the patches' predict wrappers); the end is ``inverse_noise_scaling`` and back to VAE latents.
 Progress is reported per step, latent previews every ``preview_every`` steps.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +26,7 @@ from nodegraph_nodes.sampling.cond_batch import spread_control_to_uncond
 from nodegraph_nodes.sampling.guiders import Evaluation, Guider
 from nodegraph_nodes.sampling.model import require_sampling_model
 from nodegraph_nodes.sampling.noise import NoiseSource, SEED_MASK
+from nodegraph_nodes.sampling.run_patches import PatchRun, attach_patches
 from nodegraph_nodes.sampling.samplers import Sampler, StepInfo
 
 
@@ -57,15 +61,23 @@ class RunDenoiser:
         begin = getattr(self.ev.runner, "begin_step", None)
         if begin is not None:
             begin(sigma, self._in_range(float(sigma.reshape(-1)[0])))
-        if self.mask is not None:
-            keep = 1.0 - self.mask
+        mask = self.mask
+        mask_function = self.ev.patches.denoise_mask_function
+        if mask is not None and mask_function is not None:
+            mask = mask_function(sigma, mask, self.ev.patch_run.sigmas, self.model_sampling)
+        if mask is not None:
+            keep = 1.0 - mask
             s = sigma.reshape([sigma.shape[0]] + [1] * (self.inpaint_noise.ndim - 1))
-            x = x * self.mask + self.model_sampling.noise_scaling(s, self.inpaint_noise, self.latent_image) * keep
-        pred = self.guider.predict(self.ev, x, sigma)
+            x = x * mask + self.model_sampling.noise_scaling(s, self.inpaint_noise, self.latent_image) * keep
+        patch_run = self.ev.patch_run
+        if patch_run is not None and patch_run.predict_wrappers:
+            pred = patch_run.predict(lambda xx, ss: self.guider.predict(self.ev, xx, ss), x, sigma)
+        else:
+            pred = self.guider.predict(self.ev, x, sigma)
         self.uncond_denoised = pred.uncond
         out = pred.denoised
-        if self.mask is not None:
-            out = out * self.mask + self.latent_image * (1.0 - self.mask)
+        if mask is not None:
+            out = out * mask + self.latent_image * (1.0 - mask)
         return out
 
 
@@ -125,7 +137,9 @@ def sample(ctx, guider: Guider, sampler: Sampler, sigmas: torch.Tensor, latent: 
             ctx.preview(model.latent_preview(info.denoised))
         ctx.progress(done, steps)
 
-    with model.open_runner(ctx, tuple(samples.shape)) as runner, torch.inference_mode():
+    with model.open_runner(ctx, tuple(samples.shape)) as runner, torch.inference_mode(), ExitStack() as patches:
+        patch_run = PatchRun(runner, sigmas, ms)  # the model patches (step cache, FreeU, …) for this run
+        runner = attach_patches(patches, model.sampling_patches.model_patches, patch_run)
         latent_image = samples.to(device, torch.float32)
         if bool(latent_image.any()):
             latent_image = model.process_latent_in(latent_image)
@@ -142,7 +156,7 @@ def sample(ctx, guider: Guider, sampler: Sampler, sigmas: torch.Tensor, latent: 
         if set_latent is not None:  # inpainting UNets take the latent and mask as extra input channels
             set_latent(latent_image, mask)
         conds = spread_control_to_uncond(guider.prepared(tuple(samples.shape), ms, device))
-        ev = Evaluation(runner, ms, conds, model.sampling_patches)
+        ev = Evaluation(runner, ms, conds, model.sampling_patches, patch_run=patch_run)
         denoiser = RunDenoiser(ctx, guider, ev, seed, latent_image, inpaint_noise, mask)
         x = ms.noise_scaling(sigmas[0], noise_t, latent_image, ms.max_denoise(sigmas))
         x = sampler.run(denoiser, x, sigmas, callback)
