@@ -306,3 +306,12 @@ def test_save_then_load_through_the_engine(engine):
                "2": {"class_type": "Sink", "inputs": {"value": ["1", 0]}}}
     with pytest.raises(ValidationFailed, match="Invalid image file"):
         engine.run(Graph.from_api(missing))
+
+
+def test_exr_reads_back_through_the_openexr_library(make, paths):
+    openexr = pytest.importorskip("OpenEXR")                     # not a dependency: runs where installed
+    images = torch.rand(1, 5, 7, 4, generator=torch.Generator().manual_seed(6))
+    save(make, images, "exr", {"p": 1}, None, input_color_space="linear", prefix="ref")
+    with openexr.File(str(paths.output_dir / "ref_00001.exr")) as exr:
+        assert exr.header()["prompt"] == '{"p": 1}'
+        assert np.array_equal(exr.channels()["RGBA"].pixels, images[0].numpy())
