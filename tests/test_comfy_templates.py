@@ -102,3 +102,18 @@ def test_report_counts_statuses_and_sd_templates(results, capsys):
     assert "validate with at most model-file errors: 3 of 3" in out
     assert "SD1.x/SDXL templates (every model file of the SD 1.x/SDXL families): 2; at most model-file errors: 2" \
         in out
+
+
+def test_missing_input_image_is_an_input_file_error(registry, tmp_path):
+    """LoadImage's own check (the file is not in the input folder) is sorted as input_file, not other."""
+    workflow = {"last_node_id": 2, "last_link_id": 1, "version": 0.4, "groups": [], "config": {}, "extra": {},
+                "nodes": [{"id": 1, "type": "LoadImage", "mode": 0, "widgets_values": ["example.png", "image"],
+                           "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}]},
+                          {"id": 2, "type": "PreviewImage", "mode": 0,
+                           "inputs": [{"name": "images", "type": "IMAGE", "link": 1}]}],
+                "links": [[1, 1, 0, 2, 0, "IMAGE"]]}
+    path = tmp_path / "load.json"
+    path.write_text(json.dumps(workflow))
+    r = bench.check_template(path, registry, empty_paths(tmp_path))
+    assert r.status == "files_only", [(p.kind, p.message) for p in r.problems]
+    assert [(p.category, p.class_type) for p in r.problems] == [("input_file", "LoadImage")]
