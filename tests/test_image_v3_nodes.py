@@ -365,6 +365,14 @@ def test_lab_conversion_known_values_and_round_trip():
     assert torch.allclose(color.lab_to_rgb(color.rgb_to_lab(random_rgb)), random_rgb, atol=1e-4)
 
 
+def test_lab_conversion_equals_kornia_where_installed():
+    kornia = pytest.importorskip("kornia")                       # not a dependency: ComfyUI's converter
+    rgb = torch.rand(3, 3, 9, 11, generator=torch.Generator().manual_seed(8))
+    assert torch.allclose(color.rgb_to_lab(rgb), kornia.color.rgb_to_lab(rgb), atol=1e-5)
+    lab = kornia.color.rgb_to_lab(rgb) + 20 * torch.randn(3, 3, 9, 11, generator=torch.Generator().manual_seed(9))
+    assert torch.allclose(color.lab_to_rgb(lab), kornia.color.lab_to_rgb(lab), atol=1e-6)
+
+
 def _lab_stats(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     flat = color.rgb_to_lab(images.permute(0, 3, 1, 2)).permute(1, 0, 2, 3).reshape(3, -1)
     return flat.mean(dim=1), flat
