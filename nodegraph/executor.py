@@ -14,7 +14,8 @@ repeat — over a graph that may grow while it runs:
 * lazy inputs are requested only when the node's ``check_lazy`` asks for them;
 * a node fed lists runs once per item (unless it ``takes_lists``), as in ComfyUI;
 * a node may return ``NodeResult(expand=graph)``: the sub-graph is validated, added and run, and the
-  node's outputs are taken from it;
+  node's outputs are taken from it. Its nodes may link to any node of the workflow that does not wait
+  for the expanding node (nor for the node that expanded into it); those not computed yet are requested;
 * independent ready nodes run concurrently on a bounded thread pool; a lone ready node runs inline on
   the dispatching thread (no hand-off cost on chains);
 * a call whose input is an :class:`~nodegraph.blocking.ExecutionBlocker` is not made: each of its
@@ -630,11 +631,21 @@ class _Run:
                          **added})
         planned: dict[str, PlannedNode] = {}
         problems: list[str] = []
+        waiting: set[str] | None = None
         for nid, wn in added.items():
             for _, link in wn.links():
-                if link.node_id not in added and link.node_id not in self.results:
-                    problems.append(f"node {nid} links to '{link.node_id}', which is neither in the "
-                                    "expansion nor an already computed node")
+                src = link.node_id
+                if src in added or src in self.results:
+                    continue
+                if src not in self.plan.nodes:
+                    problems.append(f"node {nid} links to '{src}', which is neither in the expansion nor "
+                                    "in the workflow")
+                    continue
+                if waiting is None:
+                    waiting = self.waiting_for_expansion(parent_id)
+                if src in waiting:
+                    problems.append(f"node {nid} links to '{src}', which waits for node {parent_id}'s "
+                                    "expansion itself")
             p, errors = validate_node(wn, view, self.engine.registry, self.engine.paths)
             problems += [e.message for e in errors]
             if p is not None:
@@ -647,6 +658,22 @@ class _Run:
         self.plan.nodes.update(planned)
         compute_signatures(self.plan.nodes, order, self.signatures, self.engine.paths)
         return planned
+
+    def waiting_for_expansion(self, parent_id: str) -> set[str]:
+        """The nodes that wait for ``parent_id``'s expansion: the expanding node, the nodes it expanded
+        from, and everything downstream of them (an expansion linking to one of them would never run)."""
+        import networkx as nx
+
+        chain: list[str] = []
+        node_id: str | None = parent_id
+        while node_id is not None and node_id in self.plan.nodes:
+            chain.append(node_id)
+            node_id = self.plan.nodes[node_id].parent
+        graph = self.plan.graph()
+        waiting = set(chain)
+        for node_id in chain:
+            waiting |= nx.descendants(graph, node_id)
+        return waiting
 
     def finish_expansion(self, parent_id: str) -> None:
         node = self.plan.nodes[parent_id]
