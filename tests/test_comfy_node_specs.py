@@ -52,10 +52,7 @@ ISSUE_NODES = [name for names in SCRIPT.BUILD_POINTS.values() for name in names]
 
 #: Issue 18's nodes that no family registers yet. Shrink it as nodes land: a node that is registered
 #: while still listed here fails test_not_yet_built_list_is_current.
-NOT_YET_BUILT: frozenset[str] = frozenset({
-    # 6 loops
-    "StartLoop", "EndLoop",
-})
+NOT_YET_BUILT: frozenset[str] = frozenset()
 
 #: Deliberate differences from ComfyUI: (node, where) → reason. ``where`` is a mismatch's location as
 #: spec_mismatches writes it ("required.seed.max", "outputs", ...).
@@ -63,15 +60,14 @@ DEVIATIONS: dict[tuple[str, str], str] = {
     ("ImageCropV2", "required.crop_region.type"):
         "no BOUNDING_BOX constant type in the engine: declared '*' and checked at run time as a dict "
         "{x, y, width, height} (nodes/image/layout.py's docstring)",
-    ("LatentApplyOperationCFG", "optional.names"):
-        "optional start_percent/end_percent beyond ComfyUI (defaults 0 and 1 = ComfyUI's behaviour); no "
-        "ComfyUI version seen (pinned a125cd8, search-index copies) declares them — the family's owner to "
-        "confirm or drop",
 }
 
 #: Where the node follows a newer ComfyUI than the pinned commit the facts were generated from:
 #: (node, where) → the evidence. Kept apart from DEVIATIONS: these are ComfyUI's own changes.
 NEWER_COMFYUI: dict[tuple[str, str], str] = {
+    ("LatentApplyOperationCFG", "optional.names"):
+        "newer comfy_extras/nodes_latent.py (Comfy-Org/ComfyUI f35df50, search index file 70351628790) "
+        "declares optional start_percent (default 0.0) and end_percent (default 1.0), step 0.001",
     ("ImageFromBatch", "required.batch_index.min"):
         "newer comfy_extras/nodes_images.py ('Get Image from Batch'): batch_index min -MAX_RESOLUTION, "
         "negative counts from the end (search index file 54540167493)",
