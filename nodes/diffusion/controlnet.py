@@ -7,7 +7,9 @@ model folders (:meth:`Paths.model_dirs <nodegraph.context.Paths.model_dirs>`, Co
 * the original single-file layout (lllyasviel's ``control_model.input_blocks…``, ``input_hint_block``,
   ``zero_convs``, ``middle_block_out``, with or without the ``control_model.`` prefix): the diffusers
   config is read off the tensor shapes (:func:`infer_controlnet_config`) and the weights are converted
-  by diffusers' own ``convert_controlnet_checkpoint``;
+  by diffusers' own ``convert_controlnet_checkpoint`` (plus SDXL's class embedding, which it leaves out);
+  SDXL's time-id width has no weights: 256 for SDXL's 2816-wide class embedding, else DiffControlNetLoader's
+  MODEL tells it;
 * a single file in diffusers' key layout (``controlnet_cond_embedding.conv_in.weight`` …);
 * a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``).
 
@@ -191,7 +193,7 @@ def _diffusers_layout(sd: dict[str, Any]) -> bool:
 def convert_state_dict(sd: dict[str, Any], name: str, time_embed_dim: int | None = None
                        ) -> tuple[str, dict, dict[str, Any]]:
     """``(family, ControlNetModel config, diffusers-layout weights)`` of a single ControlNet file."""
-    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_controlnet_checkpoint
 
     if _diffusers_layout(sd):
         raise ModelFileError(f"{name} is a ControlNet in diffusers' key layout without its config.json; "
@@ -202,6 +204,10 @@ def convert_state_dict(sd: dict[str, Any], name: str, time_embed_dim: int | None
                              f"{ck.describe_contents(sd)}; T2I-Adapters and ControlLoRA are not supported")
     family, cfg = infer_controlnet_config(ldm, time_embed_dim)
     converted = convert_controlnet_checkpoint({LDM_PREFIX + k: v for k, v in ldm.items()}, cfg)
+    if cfg.get("addition_embed_type") == "text_time":  # diffusers' converter leaves SDXL's class embedding out
+        for hf_key, ldm_key in DIFFUSERS_TO_LDM_MAPPING["controlnet"]["addition_embed_type"].items():
+            if ldm_key in ldm:
+                converted[hf_key] = ldm[ldm_key]
     return family, cfg, {k: v for k, v in converted.items() if v is not None}
 
 

@@ -189,3 +189,41 @@ def test_not_a_controlnet_file_is_a_clear_error(sd_engine, tiny_cn):
     g.node("ControlNetLoader", "cn", control_net_name="not_cn.safetensors")
     result = run_previewed(sd_engine, g, ["cn"])
     assert not result.ok and "not a ControlNet" in str(result.failure)
+
+
+@pytest.fixture(scope="session")
+def tiny_cn_xl(model_root, tiny_sdxl):
+    return build_controlnet(model_root, tiny_sdxl, "tiny_cn_xl")
+
+
+def sdxl_graph(loader: str | None, name: str, seed: int = 3) -> Graph:
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_sdxl.safetensors")
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=ck.out(1))
+    neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=ck.out(1))
+    positive, negative = pos.out(0), neg.out(0)
+    if loader is not None:
+        inputs = {"model": ck.out(0)} if loader == "DiffControlNetLoader" else {}
+        net = g.node(loader, "net", control_net_name=name, **inputs)
+        image = g.node("LoadImage", image="hint.png")
+        apply = g.node("ControlNetApplyAdvanced", positive=positive, negative=negative, control_net=net,
+                       image=image.out(0), strength=1.0, start_percent=0.0, end_percent=1.0)
+        positive, negative = apply.out(0), apply.out(1)
+    lat = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    ks = g.node("KSampler", model=ck.out(0), seed=seed, steps=3, cfg=5.0, sampler_name="euler", scheduler="karras",
+                positive=positive, negative=negative, latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=ck.out(2)))
+    return g
+
+
+def test_sdxl_controlnet_single_file_and_folder(sd_engine, tiny_sdxl, tiny_cn_xl, hint_png):
+    """An SDXL ControlNet gets the text-time embeddings; the single file (whose small test-size class
+    embedding does not tell its time-id width) loads through DiffControlNetLoader, which reads it off the
+    MODEL, and samples like the diffusers folder."""
+    folder = sd_engine.run(sdxl_graph("ControlNetLoader", "tiny_cn_xl_diffusers")).raise_for_status().value("out")
+    single = sd_engine.run(sdxl_graph("DiffControlNetLoader", "tiny_cn_xl.safetensors")).raise_for_status().value("out")
+    plain = sd_engine.run(sdxl_graph(None, "")).raise_for_status().value("out")
+    assert torch.allclose(folder, single, atol=1e-5)
+    assert (folder - plain).abs().max() > 1e-3
+    failed = sd_engine.run(sdxl_graph("ControlNetLoader", "tiny_cn_xl.safetensors"))
+    assert not failed.ok and "time-id width" in str(failed.failure)

@@ -172,3 +172,28 @@ def test_instruct_pix2pix_conditioning_feeds_the_image(sd_engine, ip2p_unet, pic
     assert first.value("cond", 0)[0][1]["concat_latent_image"].shape == (1, 4, 8, 8)
     second = run("mask.png")
     assert (first.value("out") - second.value("out")).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("scheduler", ["normal", "karras"])  # the diffusers-scheduler path and the core
+def test_inpaint_model_takes_the_latent_and_noise_mask_without_the_conditioning(sd_engine, inpaint_unet, pictures,
+                                                                                scheduler):
+    """VAEEncodeForInpaint's latent and noise mask feed an inpainting UNet's extra channels (ComfyUI's
+    fallback): the same pixels as InpaintModelConditioning giving them on the conditioning."""
+    def run(with_conditioning: bool):
+        g = Graph()
+        ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_inpaint.safetensors")
+        pos = g.node("CLIPTextEncode", text=PROMPT, clip=ck.out(1)).out(0)
+        neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=ck.out(1)).out(0)
+        image = g.node("LoadImage", image="photo.png")
+        mask = g.node("LoadImageMask", image="mask.png", channel="red")
+        latent = g.node("VAEEncodeForInpaint", pixels=image.out(0), vae=ck.out(2), mask=mask.out(0), grow_mask_by=0)
+        if with_conditioning:
+            cond = g.node("InpaintModelConditioning", positive=pos, negative=neg, vae=ck.out(2), pixels=image.out(0),
+                          mask=mask.out(0), noise_mask=True)
+            pos, neg = cond.out(0), cond.out(1)
+        ks = g.node("KSampler", model=ck.out(0), seed=4, steps=3, cfg=5.0, sampler_name="euler", scheduler=scheduler,
+                    positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+        g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=ck.out(2)))
+        return sd_engine.run(g).raise_for_status().value("out")
+
+    assert torch.allclose(run(False), run(True), atol=1e-6)

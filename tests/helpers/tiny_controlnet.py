@@ -1,5 +1,5 @@
 """A tiny random ControlNet for the tiny SD 1.x model of :mod:`tests.helpers.tiny_sd`, saved as ComfyUI
-finds ControlNets: the original single-file layout (``control_model.input_blocks…``, written here
+finds ControlNets (SD 1.x or SDXL-shaped, after the base model's UNet): the original single-file layout (``control_model.input_blocks…``, written here
 independently of the loader, which converts with diffusers' own converter), a *difference* file (weights
 minus the base UNet's, with the ``difference`` marker) and a diffusers folder."""
 
@@ -56,10 +56,11 @@ def build_controlnet(root: Path, tiny: TinySD, name: str = "tiny_cn") -> TinyCon
 
     torch.manual_seed(5)
     cfg = tiny.unet.config
-    net = ControlNetModel(block_out_channels=cfg.block_out_channels, layers_per_block=cfg.layers_per_block,
-                          down_block_types=cfg.down_block_types, cross_attention_dim=cfg.cross_attention_dim,
-                          attention_head_dim=cfg.attention_head_dim, norm_num_groups=cfg.norm_num_groups,
-                          conditioning_embedding_out_channels=(8, 8, 8, 16)).eval()
+    keys = ("block_out_channels", "layers_per_block", "down_block_types", "cross_attention_dim", "attention_head_dim",
+            "norm_num_groups", "transformer_layers_per_block", "use_linear_projection", "addition_embed_type",
+            "addition_time_embed_dim", "projection_class_embeddings_input_dim")
+    net = ControlNetModel(conditioning_embedding_out_channels=(8, 8, 8, 16),
+                          **{k: getattr(cfg, k) for k in keys}).eval()
     _randomize(net, 0.05)
     folder = root / "models" / "controlnet"
     folder.mkdir(parents=True, exist_ok=True)
