@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no progress output (libraries' progress bars included); results and errors still print")
     run.add_argument("--nodes-module", action="append", default=[], metavar="MODULE",
                      help="import MODULE and register its node classes (local or test node packs)")
+    _add_custom_nodes_options(run)
 
     validate = sub.add_parser("validate", help="check a workflow without running it")
     validate.add_argument("workflow", type=Path)
@@ -48,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--models-dir", type=Path, default=None)
     _add_model_paths_option(validate)
     validate.add_argument("--input-dir", type=Path, default=None)
+    _add_custom_nodes_options(validate)
 
     nodes = sub.add_parser("nodes", help="list the available node classes")
     nodes.add_argument("--json", action="store_true", help="print ComfyUI's /object_info shape")
+    _add_custom_nodes_options(nodes)
     _add_serve_parser(sub)
     return parser
 
@@ -85,6 +88,7 @@ def _add_serve_parser(sub) -> None:
                        help="also accept this Host header name (e.g. a reverse proxy's)")
     serve.add_argument("--nodes-module", action="append", default=[], metavar="MODULE",
                        help="import MODULE and register its node classes (local or test node packs)")
+    _add_custom_nodes_options(serve)
     serve.add_argument("--frontend", choices=("builtin", "comfyui"), default="builtin",
                        help="the page at /: 'builtin' (default: nodegraph's canvas; ComfyUI's frontend, when "
                             "installed, at /comfyui/) or 'comfyui' (ComfyUI's official frontend, pip install "
@@ -123,6 +127,32 @@ class DeprecatedAlias(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         print(f"warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, values)
+
+
+def _add_custom_nodes_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--custom-nodes-dir", dest="custom_nodes_dirs", action="append", default=[], type=Path,
+                   metavar="DIR",
+                   help="load ComfyUI custom node packs from this folder (repeatable; default: "
+                        "$NODEGRAPH_CUSTOM_NODES, else ./custom_nodes). Packs are code: name only folders you trust")
+    p.add_argument("--disable-custom-nodes", action="store_true", help="load no custom node packs")
+    p.add_argument("--disable-custom-node", dest="disabled_custom_nodes", action="append", default=[],
+                   metavar="PACK", help="do not load this pack (its folder or file name; repeatable)")
+
+
+def custom_node_settings(args: argparse.Namespace):
+    """Which custom node packs the flags ask for (:class:`nodegraph.comfy_compat.CustomNodeSettings`)."""
+    from .comfy_compat import CustomNodeSettings
+
+    return CustomNodeSettings.default(getattr(args, "custom_nodes_dirs", ()),
+                                      enabled=not getattr(args, "disable_custom_nodes", False),
+                                      disabled=getattr(args, "disabled_custom_nodes", ()))
+
+
+def load_custom_node_packs(args: argparse.Namespace, registry, paths: Paths, device: str | None = None) -> None:
+    """Load the custom node packs the flags name into ``registry``; a pack that fails is a warning."""
+    from .comfy_compat import load_custom_nodes
+
+    load_custom_nodes(registry, custom_node_settings(args), paths=paths, device=device)
 
 
 def _add_model_paths_option(p: argparse.ArgumentParser) -> None:
@@ -276,13 +306,16 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     from .registry import default_registry
 
     registry = default_registry()
+    load_custom_node_packs(args, registry, Paths())
     if args.json:
         json.dump(registry.object_info(), sys.stdout, indent=1, default=str)
         print()
     else:
+        packs = {name: pack.name for pack in registry.custom_packs for name in pack.nodes}
         for name in registry.names():
             cls = registry[name]
-            print(f"{name:32} {cls.category:28} {cls.display_name or ''}")
+            pack = f"  [custom_nodes/{packs[name]}]" if name in packs else ""
+            print(f"{name:32} {cls.category:28} {cls.display_name or ''}{pack}")
     for problem in registry.load_errors:
         print(f"warning: node pack {problem.source} failed to load: {problem.message}", file=sys.stderr)
     return EXIT_OK
@@ -293,8 +326,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .validation import validate
 
     registry = default_registry()
+    paths = _paths(args)
+    load_custom_node_packs(args, registry, paths)
+    for problem in registry.load_errors:
+        print(f"warning: node pack {problem.source} failed to load: {problem.message}", file=sys.stderr)
     api, _ = _load(args, registry)
-    plan = validate(api, registry, paths=_paths(args))
+    plan = validate(api, registry, paths=paths)
     print(f"ok: {len(plan.nodes)} node(s) to run for {len(plan.outputs)} output(s)")
     return EXIT_OK
 
@@ -340,6 +377,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     try:
+        load_custom_node_packs(args, engine.registry, engine.paths, engine.device)
+        for problem in engine.registry.load_errors:
+            print(f"warning: node pack {problem.source} failed to load: {problem.message}", file=sys.stderr)
         api, extra = _load(args, engine.registry)
         plan = engine.validate(api)
         return _execute(args, engine, plan, extra, run_folder)
@@ -428,7 +468,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           cache_ram_bytes=cache_ram, cache_vram_bytes=cache_vram, sync_commits=args.sync_commits,
                           allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
                           allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module),
-                          frontend=args.frontend)
+                          frontend=args.frontend, **_custom_nodes_config(args))
     make_runner = pick_runner(args)
     config, generated = config.resolved()
     if generated:
@@ -439,6 +479,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
+
+
+def _custom_nodes_config(args: argparse.Namespace) -> dict[str, Any]:
+    """``ServerConfig``'s custom node fields from the flags (no folders with --disable-custom-nodes)."""
+    settings = custom_node_settings(args)
+    return {"custom_nodes_dirs": settings.dirs if settings.enabled else (),
+            "disabled_custom_nodes": tuple(sorted(settings.disabled))}
 
 
 def join_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:

@@ -43,6 +43,7 @@ from ..registry import NodeRegistry, PackLoadError
 from . import finder
 from .classic import build_node_class
 from .host import HOST
+from .routes import RecordedRoute
 
 log = logging.getLogger("nodegraph.custom_nodes")
 
@@ -84,6 +85,8 @@ class LoadedPack:
     error: str | None = None
     disabled: bool = False
     seconds: float = 0.0
+    #: HTTP routes the pack declared while it was imported (the server adds them)
+    routes: tuple[RecordedRoute, ...] = ()
 
     @property
     def python_module(self) -> str:
@@ -94,9 +97,14 @@ class LoadedPack:
         return self.error is None and not self.disabled
 
 
-#: path → the imported module, or the import's error text (a pack is imported once per process)
-_IMPORTED: dict[str, ModuleType | str] = {}
+#: path → the imported module and the routes it declared, or the import's error text (a pack is
+#: imported once per process)
+_IMPORTED: dict[str, tuple[ModuleType, tuple[RecordedRoute, ...]] | str] = {}
 _import_lock = threading.RLock()
+
+
+class PackImportFailed(ImportError):
+    """A pack whose import failed earlier in this process (the message is that failure)."""
 
 
 def pack_entries(folder: Path) -> list[tuple[str, Path]]:
@@ -123,34 +131,37 @@ def module_name_for(path: Path) -> str:
     return os.path.splitext(absolute)[0] if os.path.isfile(absolute) else absolute.replace(".", "_x_")
 
 
-def import_pack(path: Path) -> ModuleType:
-    """Import one pack (once per process); raises what the pack's import raised."""
+def import_pack(path: Path) -> tuple[ModuleType, tuple[RecordedRoute, ...]]:
+    """Import one pack (once per process): its module and the routes it declared; raises what the
+    pack's import raised."""
     key = os.path.abspath(path)
     with _import_lock:
         done = _IMPORTED.get(key)
-        if isinstance(done, ModuleType):
+        if isinstance(done, tuple):
             return done
         if isinstance(done, str):
-            raise ImportError(done)
+            raise PackImportFailed(done)
         init = path / "__init__.py" if path.is_dir() else path
         if not init.is_file():
             message = f"{path.name} is a folder without __init__.py (not a Python package)"
             _IMPORTED[key] = message
-            raise ImportError(message)
+            raise PackImportFailed(message)
         name = module_name_for(path)
         spec = importlib.util.spec_from_file_location(name, init)
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import {init}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
+        routes_before = len(HOST.routes)
         try:
             spec.loader.exec_module(module)
         except BaseException as exc:
             sys.modules.pop(name, None)
             _IMPORTED[key] = f"{type(exc).__name__}: {exc}"
             raise
-        _IMPORTED[key] = module
-        return module
+        result = (module, tuple(list(HOST.routes)[routes_before:]))
+        _IMPORTED[key] = result
+        return result
 
 
 def load_custom_nodes(registry: NodeRegistry, settings: CustomNodeSettings, *, paths: Paths | None = None,
@@ -177,11 +188,11 @@ def load_custom_nodes(registry: NodeRegistry, settings: CustomNodeSettings, *, p
             continue
         start = time.perf_counter()
         try:
-            module = import_pack(path)
+            module, pack.routes = import_pack(path)
         except BaseException as exc:  # noqa: BLE001 - a pack's import must not stop the others
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            pack.error = f"import failed: {type(exc).__name__}: {exc}"
+            pack.error = f"import failed: {exc if isinstance(exc, PackImportFailed) else f'{type(exc).__name__}: {exc}'}"
         else:
             register_module(registry, pack, module, builtin)
         pack.seconds = time.perf_counter() - start

@@ -32,6 +32,7 @@ class ServerConfig:
     address is not loopback. ``allowed_hosts`` / ``allowed_origins``: extra ``Host`` names and
     ``Origin`` values (``http://name:port``) to accept besides loopback / same-origin ones.
     ``nodes_modules``: extra modules whose node classes are registered (test and local node packs).
+    ``custom_nodes_dirs``: folders of ComfyUI custom node packs to load at start (never through the API).
     ``threads``: nodes one engine runs at once (``workers=`` is its old, deprecated name). Where jobs
     run (this process, or Ray actors) is not configured here: ``create_app``'s ``make_runner`` says.
     """
@@ -61,6 +62,10 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     nodes_modules: tuple[str, ...] = ()
+    #: ComfyUI custom node packs: the folders to load them from (none by default; the CLI passes
+    #: ``--custom-nodes-dir`` or ``./custom_nodes``), and the pack names not to load
+    custom_nodes_dirs: tuple[Path, ...] = ()
+    disabled_custom_nodes: tuple[str, ...] = ()
     #: the page at ``/``: ``"builtin"`` (our canvas; ComfyUI's frontend, when installed, at
     #: ``/comfyui/``) or ``"comfyui"`` (ComfyUI's frontend; our canvas at ``/builtin/``)
     frontend: str = "builtin"

@@ -162,6 +162,15 @@ class WebSocketHub:
             except RuntimeError:  # loop closed while shutting down
                 pass
 
+    def broadcast(self, message: Message) -> None:
+        """Deliver to every connected client, from any thread (a custom node pack's message)."""
+        if self.loop is None or self.loop.is_closed():
+            return
+        try:
+            self.loop.call_soon_threadsafe(self._deliver_all, message)
+        except RuntimeError:  # loop closed while shutting down
+            pass
+
     def is_connected(self, client_id: str) -> bool:
         return client_id in self.clients
 

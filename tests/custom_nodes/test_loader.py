@@ -1,0 +1,157 @@
+"""Loading custom node packs: which entries of a ``custom_nodes/`` folder are packs, what a failing pack
+does to the others, the disable switches, ComfyUI's module names (helpers and placeholders), and the
+``nodegraph nodes`` / ``run`` / ``validate`` commands with packs."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import types
+
+import pytest
+
+from nodegraph.cli import main
+from nodegraph.comfy_compat import CustomNodeSettings, NotSupportedByNodegraph, describe_packs, load_custom_nodes
+from nodegraph.comfy_compat import finder
+from nodegraph.comfy_compat.loader import pack_entries
+from nodegraph.context import Paths
+from nodegraph.registry import NodeRegistry, default_registry
+
+from tests.custom_nodes.packs import write_packs
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_packs(tmp_path_factory.mktemp("packs") / "custom_nodes")
+
+
+def load(folder, **settings) -> tuple[NodeRegistry, list]:
+    registry = default_registry(packs=False)
+    packs = load_custom_nodes(registry, CustomNodeSettings((folder,), **settings), paths=Paths(), device="cpu")
+    return registry, packs
+
+
+def test_folders_and_py_files_are_packs_other_entries_are_not(folder):
+    names = [name for name, _ in pack_entries(folder)]
+    assert names == ["broken_import", "half_broken", "ng_single", "ngroutes", "ngtest_protocol", "v3_only"]
+
+
+def test_a_failing_pack_is_reported_and_the_others_load(folder):
+    registry, packs = load(folder)
+    by_name = {pack.name: pack for pack in packs}
+    assert "this pack needs a library that is not installed" in by_name["broken_import"].error
+    assert by_name["broken_import"].nodes == ()
+    assert by_name["half_broken"].nodes == ("NgGood",)  # the class without FUNCTION is left out, named
+    assert "NgNoFunction" in by_name["half_broken"].error and "no FUNCTION" in by_name["half_broken"].error
+    assert "V3" in by_name["v3_only"].error
+    assert {"NgHello", "NgPing", "NgAdd", "NgGood"} <= set(registry.names())
+    assert registry.source_of("NgHello") == "custom_nodes.ng_single"
+    sources = {error.source for error in registry.load_errors}
+    assert sources == {"custom_nodes/broken_import", "custom_nodes/half_broken", "custom_nodes/v3_only"}
+    lines = describe_packs(packs)
+    assert any(line.startswith("custom node pack broken_import: FAILED") for line in lines)
+    assert by_name["ngroutes"].web_dir == folder / "ngroutes" / "js"
+
+
+def test_a_pack_is_imported_once_and_registers_again_for_another_registry(folder):
+    first, first_packs = load(folder)
+    second, second_packs = load(folder)
+    assert first["NgHello"].comfy_class is second["NgHello"].comfy_class
+    expected = "import failed: RuntimeError: this pack needs a library that is not installed"
+    for packs in (first_packs, second_packs):  # a failed import is not retried, and reads the same
+        assert [p.error for p in packs if p.name == "broken_import"] == [expected]
+
+
+def test_packs_can_be_disabled_one_by_one_or_all(folder):
+    registry, packs = load(folder, disabled=frozenset({"ng_single"}))
+    assert "NgHello" not in registry and "NgAdd" in registry
+    assert [p.name for p in packs if p.disabled] == ["ng_single"]
+    nothing, none = load(folder, enabled=False)
+    assert not nothing.custom_packs and none == [] and "NgAdd" not in nothing
+
+
+def test_the_default_folder_is_named_by_the_environment_or_is_custom_nodes(monkeypatch, tmp_path):
+    monkeypatch.delenv("NODEGRAPH_CUSTOM_NODES", raising=False)
+    assert [str(p) for p in CustomNodeSettings.default().dirs] == ["custom_nodes"]
+    monkeypatch.setenv("NODEGRAPH_CUSTOM_NODES", str(tmp_path))
+    assert CustomNodeSettings.default().dirs == (tmp_path,)
+    assert CustomNodeSettings.default([tmp_path / "x"]).dirs == (tmp_path / "x",)
+
+
+def test_unprovided_comfy_modules_import_and_fail_only_when_called(folder):
+    load(folder)  # installs the finder
+    attention = importlib.import_module("comfy.ldm.modules.attention")
+    function = attention.optimized_attention
+    with pytest.raises(NotSupportedByNodegraph, match="comfy.ldm.modules.attention.optimized_attention"):
+        function(1, 2, 3)
+    from comfy.model_patcher import ModelPatcher  # a class a pack may subclass
+
+    class Patched(ModelPatcher):
+        pass
+
+    with pytest.raises(NotSupportedByNodegraph, match="comfy.model_patcher.ModelPatcher"):
+        Patched()
+    assert not isinstance(object(), ModelPatcher)
+    extras = importlib.import_module("comfy_extras.nodes_upscale_model")
+    with pytest.raises(NotSupportedByNodegraph):
+        extras.ImageUpscaleWithModel()
+
+
+def test_comfy_names_map_to_the_helper_modules(folder):
+    load(folder)
+    import comfy.utils
+    import folder_paths
+    import nodes
+    import server
+
+    assert folder_paths.__name__ == "comfy_shims.folder_paths"
+    assert comfy.utils.ProgressBar.__module__ == "comfy_shims.comfy.utils"
+    assert nodes.MAX_RESOLUTION == 16384 and "NgAdd" in nodes.NODE_CLASS_MAPPINGS
+    assert nodes.NODE_CLASS_MAPPINGS["NgAdd"].FUNCTION == "run"  # a pack class as the pack wrote it
+    assert nodes.SaveImage.FUNCTION == "save_images"  # ours, as a classic class
+    assert server.PromptServer.instance is server.PromptServer.instance
+    assert importlib.util.find_spec("nodes_not_comfy") is None  # other names are not ours
+
+
+def test_the_finder_refuses_to_mix_with_a_real_comfyui(monkeypatch):
+    real = types.ModuleType("folder_paths")
+    monkeypatch.setitem(sys.modules, "folder_paths", real)
+    assert finder.foreign_comfy_modules() == ["folder_paths"]
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_nodes_lists_pack_nodes_with_their_pack_and_the_packs_that_failed(folder, capsys):
+    code, out, err = run_cli(["nodes", "--custom-nodes-dir", folder], capsys)
+    assert code == 0
+    [line] = [line for line in out.splitlines() if line.startswith("NgAdd ")]
+    assert "ngtest/math" in line and "Add (ngtest)" in line and line.endswith("[custom_nodes/ngtest_protocol]")
+    assert "node pack custom_nodes/broken_import failed to load" in err
+    code, out, _ = run_cli(["nodes", "--custom-nodes-dir", folder, "--disable-custom-nodes"], capsys)
+    assert "NgAdd" not in out
+
+
+def test_run_and_validate_with_packs(folder, tmp_path, capsys):
+    workflow = tmp_path / "flow.json"
+    workflow.write_text(json.dumps({"1": {"class_type": "NgAdd", "inputs": {"a": 20, "b": 22}},
+                                    "2": {"class_type": "NgShow", "inputs": {"value": ["1", 0]}}}))
+    common = ["--custom-nodes-dir", folder, "--output-dir", tmp_path / "out", "--quiet"]
+    code, out, err = run_cli(["run", workflow, *common], capsys)
+    assert code == 0, err
+    assert "42" in out
+    code, out, err = run_cli(["run", workflow, *common, "--disable-custom-node", "ngtest_protocol"], capsys)
+    assert code == 2 and "no node type 'NgAdd'" in err
+    failing = tmp_path / "failing.json"
+    failing.write_text(json.dumps({"1": {"class_type": "NgRaise", "inputs": {"value": 9}},
+                                   "2": {"class_type": "NgShow", "inputs": {"value": ["1", 0]}}}))
+    code, out, err = run_cli(["run", failing, *common], capsys)
+    assert code == 1 and "ValueError: the pack refuses 9" in err
+    code, out, err = run_cli(["validate", workflow, "--custom-nodes-dir", folder], capsys)
+    assert code == 0 and out.startswith("ok:")
