@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest
 
+from nodegraph.node import Node
 from nodegraph.registry import default_registry
+from nodegraph.workflow.ui_format import ui_to_api
 from nodegraph_nodes.flow.comfy_loops import LoopStructureError, loop_graph, pair_loops
 
 
@@ -193,3 +195,31 @@ def test_pairing_rules():
     graph = loop_graph(nested, "oe")
     assert sorted(graph.body) == ["i", "ie", "x"] and sorted(graph.inner) == ["ie"]
     assert sorted(graph.inner["ie"].body) == ["x"]
+
+
+@pytest.mark.skipif(not hasattr(Node, "dynamic_combos"), reason="the UI conversion of ComfyUI's DynamicCombo "
+                    "layout (Node.dynamic_combos) is not in this tree yet")
+def test_canvas_workflow_with_a_for_loop(engine, registry):
+    """ComfyUI's canvas stores Start Loop's widgets as the mode, the mode's own widgets, then
+    cache_iterations (a template's ['For', 0, 12, 1, False])."""
+    def out(name, type_, links):
+        return {"name": name, "type": type_, "links": links}
+
+    ui = {"last_node_id": 3, "last_link_id": 2, "version": 0.4, "groups": [], "config": {}, "extra": {},
+          "nodes": [
+              {"id": 1, "type": "StartLoop", "pos": [0, 0], "size": [300, 200], "flags": {}, "order": 0, "mode": 0,
+               "inputs": [], "outputs": [out("iteration_index", "INT", [1]), out("is_first", "BOOLEAN", []),
+                                         out("is_last", "BOOLEAN", []), out("list_item", "*", []),
+                                         out("current_iteration_value", "*", [])],
+               "properties": {}, "widgets_values": ["For", 0, 12, 3, False]},
+              {"id": 2, "type": "EndLoop", "pos": [400, 0], "size": [300, 100], "flags": {}, "order": 1, "mode": 0,
+               "inputs": [{"name": "output_value", "type": "*", "link": 1}],
+               "outputs": [out("outputs", "*", [2])], "properties": {}, "widgets_values": [True]},
+              {"id": 3, "type": "Sink", "pos": [800, 0], "size": [200, 100], "flags": {}, "order": 2, "mode": 0,
+               "inputs": [{"name": "value", "type": "*", "link": 2}], "outputs": [], "properties": {},
+               "widgets_values": []}],
+          "links": [[1, 1, 0, 2, 0, "INT"], [2, 2, 0, 3, 0, "*"]]}
+    prompt = ui_to_api(ui, registry)
+    assert prompt["1"]["inputs"]["mode"] == "For" and prompt["1"]["inputs"]["mode.max_iteration"] == 12
+    assert prompt["1"]["inputs"]["mode.step"] == 3 and prompt["1"]["inputs"]["cache_iterations"] is False
+    assert engine.run(prompt).raise_for_status().values["2"][0] == [0, 3, 6, 9]

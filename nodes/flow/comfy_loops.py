@@ -168,6 +168,10 @@ class _StartLoopInputs(Node):
 
     abstract = True
     takes_lists = True
+    #: ComfyUI's canvas stores the mode, then the chosen mode's widgets, then cache_iterations
+    dynamic_combos = {"mode": {"simple": ("mode.num_iterations",),
+                               "For": ("mode.start_iteration_index", "mode.max_iteration", "mode.step"),
+                               "List": ("mode.list",)}}
     mode = Input(COMBO, choices=MODES, tooltip="The loop iteration mode.")
     vars().update({
         "mode.num_iterations": Input(INT, default=4, min=0, optional=True,
