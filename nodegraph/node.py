@@ -169,6 +169,11 @@ class Node:
     #: ``option1``…). Validation lets them through; ``execute`` does not receive them. Any other
     #: undeclared name is a validation error (``unknown_input``).
     extra_inputs: ClassVar[tuple[str, ...]] = ()
+    #: ComfyUI's DynamicCombo inputs, declared flat (``resize_type`` and ``resize_type.width``…): combo
+    #: input → {option → the inputs that option shows, in order}. ComfyUI's canvas stores such a node's
+    #: ``widgets_values`` as the combo's value, the chosen option's widget values, then the next widget;
+    #: the UI → API conversion reads them that way.
+    dynamic_combos: ClassVar[dict[str, dict[str, tuple[str, ...]]]] = {}
 
     INPUTS: ClassVar[dict[str, Input]] = {}
     _LAZY: ClassVar[frozenset[str]] = frozenset()

@@ -19,6 +19,9 @@ from nodegraph.errors import ValidationFailed
 from nodegraph.events import EventBus
 from nodegraph.node import NodeResult
 from nodegraph.registry import default_registry
+from nodegraph.workflow.api_to_ui import api_to_ui
+from nodegraph.workflow.loader import load_workflow_data
+from nodegraph.workflow.ui_format import ui_to_api
 from nodegraph_nodes.image import batch, color, layout, resize
 from nodegraph_nodes.image.operations import lanczos
 
@@ -91,8 +94,9 @@ COMFY_SPECS = {
         {"image_target": ["IMAGE", {}], "method": [["reinhard_lab", "mkl_lab", "histogram"],
                                                     {"default": "reinhard_lab"}],
          "source_stats": [["per_frame", "uniform", "target_frame"], {"default": "per_frame"}],
+         "source_stats.target_index": ["INT", {"default": 0, "min": 0, "max": 10000}],
          "strength": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}]},
-        {"image_ref": ["IMAGE", {}], "source_stats.target_index": ["INT", {"default": 0, "min": 0, "max": 10000}]},
+        {"image_ref": ["IMAGE", {}]},
         ["IMAGE"], ["image"], [False], "image/postprocessing", "ColorTransfer"),
 }
 
@@ -491,3 +495,77 @@ def test_rebatch_list_and_mask_resize_run_in_the_engine(engine):
     assert [t.shape[0] for t in result.value("2")] == [2, 1]
     assert len(result.outputs["4"]["images"]) == 3
     assert torch.allclose(result.value("6"), torch.full((1, 2, 3), 0.5))
+
+
+# -- ComfyUI canvas files -----------------------------------------------------------------------------
+
+def ui_node(node_id, type_, widgets, inputs=(), outputs=()):
+    return {"id": node_id, "type": type_, "pos": [0, 0], "size": [200, 100], "flags": {}, "order": node_id,
+            "mode": 0, "inputs": list(inputs), "outputs": list(outputs), "properties": {},
+            "widgets_values": widgets}
+
+
+def test_comfyui_canvas_layout_of_dynamic_combos_converts(engine):
+    """ComfyUI's canvas stores a DynamicCombo's value, then the chosen option's widgets, then the next
+    widget (``["scale longer dimension", 1536, "lanczos"]``); a socket among the option's inputs
+    (``resize_type.match``) stores nothing."""
+    workflow = {
+        "last_node_id": 6, "last_link_id": 6, "version": 0.4, "groups": [], "config": {}, "extra": {},
+        "nodes": [
+            ui_node(1, "EmptyImage", [8, 6, 1, 0xFF0000], outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1, 2]}]),
+            ui_node(2, "ResizeImageMaskNode", ["scale longer dimension", 4, "nearest-exact"],
+                    inputs=[{"name": "input", "type": "IMAGE,MASK", "link": 1}],
+                    outputs=[{"name": "resized", "type": "IMAGE,MASK", "links": [3]}]),
+            ui_node(3, "ResizeImageMaskNode", ["match size", "disabled", "bilinear"],
+                    inputs=[{"name": "input", "type": "IMAGE,MASK", "link": 2},
+                            {"name": "resize_type.match", "type": "IMAGE,MASK", "link": 3}],
+                    outputs=[{"name": "resized", "type": "IMAGE,MASK", "links": [4]}]),
+            ui_node(4, "ColorTransfer", ["histogram", "target_frame", 0, 0.5],
+                    inputs=[{"name": "image_target", "type": "IMAGE", "link": 4}],
+                    outputs=[{"name": "image", "type": "IMAGE", "links": [5, 6]}]),
+            ui_node(5, "SaveImageAdvanced", ["ui", "avif", "8-bit YUV420", "sRGB", 30, "animated", 12.0, 2],
+                    inputs=[{"name": "images", "type": "IMAGE", "link": 5}]),
+            ui_node(6, "SaveImageAdvanced", ["ui16", "png", "16-bit", "sRGB"],
+                    inputs=[{"name": "images", "type": "IMAGE", "link": 6}]),
+        ],
+        "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 1, 0, 3, 0, "IMAGE"], [3, 2, 0, 3, 1, "IMAGE,MASK"],
+                  [4, 3, 0, 4, 0, "IMAGE"], [5, 4, 0, 5, 0, "IMAGE"], [6, 4, 0, 6, 0, "IMAGE"]],
+    }
+    api = load_workflow_data(workflow, engine.registry, "canvas").api
+    assert api["2"]["inputs"]["resize_type"] == "scale longer dimension"
+    assert api["2"]["inputs"]["resize_type.longer_size"] == 4 and api["2"]["inputs"]["scale_method"] == "nearest-exact"
+    assert api["3"]["inputs"]["resize_type.crop"] == "disabled" and api["3"]["inputs"]["scale_method"] == "bilinear"
+    assert api["3"]["inputs"]["resize_type.match"] == ["2", 0]
+    assert api["4"]["inputs"]["source_stats.target_index"] == 0 and api["4"]["inputs"]["strength"] == 0.5
+    save = api["5"]["inputs"]
+    assert (save["format"], save["format.bit_depth"], save["format.crf"], save["format.save_mode"],
+            save["format.save_mode.fps"], save["format.save_mode.loop_count"]) == ("avif", "8-bit YUV420", 30,
+                                                                                    "animated", 12.0, 2)
+    assert api["6"]["inputs"]["format.bit_depth"] == "16-bit"
+    result = engine.run(Graph.from_api(api))
+    assert result.ok, result.failure
+    assert result.value("3").shape == (1, 3, 4, 3)
+    assert [r["filename"] for r in result.outputs["6"]["images"]] == ["ui16_00001.png"]
+
+
+def test_our_canvas_layout_of_dynamic_combos_round_trips(engine):
+    api = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 6, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "ResizeImageMaskNode",
+              "inputs": {"input": ["1", 0], "resize_type": "scale total pixels", "scale_method": "bicubic",
+                         "resize_type.width": 64, "resize_type.height": 32, "resize_type.crop": "disabled",
+                         "resize_type.multiplier": 2.0, "resize_type.longer_size": 9,
+                         "resize_type.shorter_size": 7, "resize_type.megapixels": 0.5, "resize_type.multiple": 16}},
+        "3": {"class_type": "ColorTransfer", "inputs": {"image_target": ["2", 0], "method": "mkl_lab",
+                                                        "source_stats": "uniform", "source_stats.target_index": 2,
+                                                        "strength": 0.25}},
+        "4": {"class_type": "SaveImageAdvanced", "inputs": {"images": ["3", 0], "filename_prefix": "rt",
+                                                            "format": "exr", "format.bit_depth": "32-bit float",
+                                                            "format.input_color_space": "linear", "format.crf": 18,
+                                                            "format.save_mode": "still images",
+                                                            "format.save_mode.fps": 6.0,
+                                                            "format.save_mode.loop_count": 0}},
+    }
+    back = ui_to_api(api_to_ui(api, engine.registry), engine.registry)
+    assert {k: (v["class_type"], v["inputs"]) for k, v in back.items()} == \
+        {k: (v["class_type"], v["inputs"]) for k, v in api.items()}

@@ -462,6 +462,8 @@ def map_widget_values(cls: type[Node], values: list[Any] | dict[str, Any] | None
     widgets = widget_inputs(cls)
     if isinstance(values, dict):
         found = {w.name: values[w.name] for w in widgets if w.name in values}
+    elif isinstance(values, list) and cls.dynamic_combos and len(values) < _full_length(widgets):
+        found = _map_dynamic(cls, widgets, values)
     elif isinstance(values, list) or values is None:
         found = _map_positional(widgets, values or [])
     else:
@@ -475,8 +477,40 @@ def map_widget_values(cls: type[Node], values: list[Any] | dict[str, Any] | None
     return result
 
 
+def _full_length(widgets: list[Input]) -> int:
+    """How many entries ``widgets_values`` has when it holds every widget and its extras."""
+    return sum(1 + len(widget_extras(w)) for w in widgets)
+
+
+def _map_dynamic(cls: type[Node], widgets: list[Input], values: list[Any]) -> dict[str, Any]:
+    """ComfyUI's layout for a class with DynamicCombo inputs (``Node.dynamic_combos``): each combo's
+    value is followed by the widgets of the option it holds (nested combos likewise), then the next
+    widget. A list holding every widget is our canvas's layout (declared order) and is not read here."""
+    by_name = {w.name: w for w in widgets}
+    fields = {name for options in cls.dynamic_combos.values() for names in options.values() for name in names}
+    found: dict[str, Any] = {}
+    pos = 0
+
+    def walk(names: Iterable[str]) -> None:
+        nonlocal pos
+        for name in names:
+            widget = by_name.get(name)
+            if widget is None:                   # a socket among the option's inputs: no stored value
+                continue
+            if pos >= len(values):
+                return
+            found[name] = values[pos]
+            pos += 1 + len(widget_extras(widget))
+            options = cls.dynamic_combos.get(name)
+            if options is not None and isinstance(found[name], str):
+                walk(options.get(found[name], ()))
+
+    walk(w.name for w in widgets if w.name not in fields)
+    return found
+
+
 def _map_positional(widgets: list[Input], values: list[Any]) -> dict[str, Any]:
-    full = sum(1 + len(widget_extras(w)) for w in widgets)
+    full = _full_length(widgets)
     positional = len(values) >= full
     found: dict[str, Any] = {}
     pos = 0

@@ -2,7 +2,8 @@
 per-channel histogram matching), plus the sRGB ↔ CIE Lab conversion it needs.
 
 Names, inputs, defaults and outputs are ComfyUI's. ``source_stats`` is a DynamicCombo: the chosen
-option is ``source_stats`` and its one field is the flat input ``source_stats.target_index``. The Lab
+option is ``source_stats`` and its one field is the flat input ``source_stats.target_index`` (declared
+required with a default, right after ``source_stats``, so the canvas lays it out where ComfyUI's does). The Lab
 conversion is kornia's (D65 white, sRGB transfer curve, linear RGB clipped to 0..1 on the way back),
 written here so the node needs no kornia.
 
@@ -128,6 +129,7 @@ class ColorTransfer(Node):
     one image or as long as the target, and target_index must lie in the batch."""
 
     category = "image/postprocessing"
+    dynamic_combos = {"source_stats": {"per_frame": (), "uniform": (), "target_frame": ("source_stats.target_index",)}}
     image_target = Input(IMAGE, tooltip="Image(s) to apply the color transform to.")
     image_ref = Input(IMAGE, optional=True,
                       tooltip="Reference image(s) to match colors to. If not provided, processing is skipped")
@@ -137,10 +139,12 @@ class ColorTransfer(Node):
                                  "across all source frames as baseline, match to image_ref. target_frame: use "
                                  "one chosen frame as the baseline for the transform to image_ref, applied "
                                  "uniformly to all frames (preserves relative differences)")
-    strength = Input(FLOAT, default=1.0, min=0.0, max=10.0, step=0.01)
+    # required with a default (filled in when absent), declared before strength: ComfyUI's canvas order
     vars().update({"source_stats.target_index": Input(
-        INT, default=0, min=0, max=10000, optional=True,
-        tooltip="Frame index used as the source baseline for computing the transform to image_ref")})
+        INT, default=0, min=0, max=10000,
+        tooltip="Frame index used as the source baseline for computing the transform to image_ref "
+                "(source_stats target_frame only)")})
+    strength = Input(FLOAT, default=1.0, min=0.0, max=10.0, step=0.01)
     outputs = (Output(IMAGE, "image"),)
 
     def execute(self, image_target: torch.Tensor, method: str, source_stats: str, strength: float = 1.0,

@@ -86,6 +86,8 @@ class ResizeImageMaskNode(Node):
 
     category = "transform"
     display_name = "Resize Image/Mask"
+    dynamic_combos = {"resize_type": {kind: tuple(f"resize_type.{f}" for f in fields)
+                                      for kind, fields in RESIZE_FIELDS.items()}}
     input = Input(IMAGE_OR_MASK)
     resize_type = Input(COMBO, choices=RESIZE_TYPES,
                         tooltip="Select how to resize: by exact dimensions, scale factor, matching another "

@@ -86,6 +86,12 @@ class SaveImageAdvanced(Node):
     category = "image"
     display_name = "Save Image (Advanced)"
     output_node = True
+    dynamic_combos = {
+        "format": {"png": ("format.bit_depth", "format.input_color_space"),
+                   "exr": ("format.bit_depth", "format.input_color_space"),
+                   "avif": ("format.bit_depth", "format.input_color_space", "format.crf", "format.save_mode")},
+        "format.save_mode": {"still images": (), "animated": ("format.save_mode.fps", "format.save_mode.loop_count")},
+    }
     hidden = ("prompt", "extra_pnginfo")
     images = Input(IMAGE, tooltip="The images to save.")
     filename_prefix = Input(STRING, default="ComfyUI",
