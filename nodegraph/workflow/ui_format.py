@@ -5,7 +5,9 @@ This does what ComfyUI's frontend does when you press Queue (COMFY_COMPAT §3 "U
 * virtual nodes (``Reroute``, ``PrimitiveNode``, ``Note``, ``MarkdownNote``) and muted (mode 2) or
   bypassed (mode 4) nodes are not emitted; modes 1 and 3 queue like 0;
 * ``widgets_values`` are mapped onto the class's widget inputs in declared order (required, then
-  optional), skipping the control / filter / upload entries the canvas stores beside them;
+  optional), skipping the control / filter / upload entries the canvas stores beside them; for a class
+  with DynamicCombo inputs (``Node.dynamic_combos``) a shorter list is ComfyUI's layout: each combo's
+  value, then the chosen option's widget values, then the next widget;
 * linked inputs are matched by input *name* and followed through Reroutes, PrimitiveNodes (whose value
   is copied in), bypassed nodes and subgraph boundaries; links whose source is not emitted are dropped;
 * subgraphs (``definitions.subgraphs``) are flattened; inner nodes get ``"outer:inner"`` ids. A subgraph
