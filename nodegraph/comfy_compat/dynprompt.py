@@ -2,8 +2,9 @@
 
 Packs that declare ``"hidden": {"dynprompt": "DYNPROMPT"}`` read other nodes through it
 (``get_node``, ``has_node``, ``get_original_prompt``, the real/parent/display id helpers). nodegraph
-builds it from the prompt as validated (the hidden ``PROMPT``); adding ephemeral nodes from a pack is
-not supported (a node expands by returning ``{"expand": graph}`` instead).
+builds it from the prompt as validated (the hidden ``PROMPT``): the workflow's own nodes, not the
+children an expansion added at run time (ComfyUI's view has those too); adding ephemeral nodes from a
+pack is not supported (a node expands by returning ``{"expand": graph}`` instead).
 """
 
 from __future__ import annotations
