@@ -10,7 +10,8 @@ model folders (:meth:`Paths.model_dirs <nodegraph.context.Paths.model_dirs>`, Co
   by diffusers' own ``convert_controlnet_checkpoint`` (plus SDXL's class embedding, which it leaves out);
   SDXL's time-id width has no weights: 256 for SDXL's 2816-wide class embedding, else DiffControlNetLoader's
   MODEL tells it;
-* a single file in diffusers' key layout (``controlnet_cond_embedding.conv_in.weight`` …);
+* a single file in diffusers' key layout (``controlnet_cond_embedding.conv_in.weight`` …, how many SDXL
+  ControlNets are shared), its config read off the shapes too (:func:`infer_diffusers_config`);
 * a diffusers folder (``config.json`` + ``diffusion_pytorch_model.safetensors``).
 
 A *difference* ControlNet (a ``control_model.`` file with a ``difference`` tensor, DiffControlNetLoader)
@@ -170,12 +171,7 @@ def infer_controlnet_config(sd: dict[str, Any], time_embed_dim: int | None = Non
         cfg["attention_head_dim"] = [max(1, c // heads["head_channels"]) for c in channels]
     if "label_emb.0.0.weight" in sd:
         adm = int(sd["label_emb.0.0.weight"].shape[1])
-        if time_embed_dim is None:
-            if adm != 2816:
-                raise ModelFileError(f"cannot tell this SDXL ControlNet's time-id width (class embedding {adm} "
-                                     "wide, SDXL's is 2816); load it as a diffusers folder with its config.json")
-            time_embed_dim = 256
-        cfg.update(addition_embed_type="text_time", addition_time_embed_dim=int(time_embed_dim),
+        cfg.update(addition_embed_type="text_time", addition_time_embed_dim=_time_dim(adm, time_embed_dim),
                    projection_class_embeddings_input_dim=adm)
     return family, cfg
 
@@ -190,14 +186,75 @@ def _diffusers_layout(sd: dict[str, Any]) -> bool:
     return "controlnet_cond_embedding.conv_in.weight" in sd
 
 
+def _ids(sd: dict[str, Any], prefix: str) -> list[int]:
+    return ck._block_ids(sd, prefix)
+
+
+def infer_diffusers_config(sd: dict[str, Any], time_embed_dim: int | None = None) -> tuple[str, dict]:
+    """The family and ``ControlNetModel`` config of a state dict in diffusers' key layout."""
+    if "control_add_embedding.linear_1.weight" in sd or "task_embedding" in sd:
+        raise ModelFileError("union ControlNets (ControlNet++ / ControlNetUnion) are not supported yet")
+    levels = _ids(sd, "down_blocks.")
+    if not levels or "conv_in.weight" not in sd:
+        raise ModelFileError("the ControlNet weights are incomplete (no down blocks or conv_in)")
+    channels = [int(sd[f"down_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in levels]
+    attn = [bool(_ids(sd, f"down_blocks.{i}.attentions.")) for i in levels]
+    depths = [max(1, len(_ids(sd, f"down_blocks.{i}.attentions.0.transformer_blocks."))) for i in levels]
+    mid_depth = len(_ids(sd, "mid_block.attentions.0.transformer_blocks."))
+    if mid_depth and mid_depth != depths[-1]:
+        depths[-1] = mid_depth
+    linear = bool(next((v.ndim == 2 for k, v in sd.items() if k.endswith("proj_in.weight")), False))
+    family = "sdxl" if "add_embedding.linear_1.weight" in sd else ("sd2" if linear else "sd1")
+    template = ck.family_config(family, "unet.json")
+    heads = ck.family_config(family, "family.json")["unet_heads"]
+    embed = [int(sd["controlnet_cond_embedding.conv_in.weight"].shape[0])]
+    blocks = _ids(sd, "controlnet_cond_embedding.blocks.")
+    embed += [int(sd[f"controlnet_cond_embedding.blocks.{i}.weight"].shape[0]) for i in blocks if i % 2 == 1]
+    cfg: dict[str, Any] = {k: template[k] for k in _CONFIG_KEYS if k in template}
+    cfg.update(
+        in_channels=int(sd["conv_in.weight"].shape[1]),
+        conditioning_channels=int(sd["controlnet_cond_embedding.conv_in.weight"].shape[1]),
+        conditioning_embedding_out_channels=embed,
+        block_out_channels=channels,
+        layers_per_block=len(_ids(sd, "down_blocks.0.resnets.")),
+        down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+        transformer_layers_per_block=depths[0] if len(set(depths)) == 1 else depths,
+        use_linear_projection=linear,
+    )
+    if not _ids(sd, "mid_block.attentions."):
+        cfg["mid_block_type"] = "UNetMidBlock2D"
+    to_k = next((v for k, v in sd.items() if k.endswith("attn2.to_k.weight")), None)
+    if to_k is not None:
+        cfg["cross_attention_dim"] = int(to_k.shape[1])
+    if "num_heads" in heads:
+        cfg["attention_head_dim"] = heads["num_heads"]
+    else:
+        cfg["attention_head_dim"] = [max(1, c // heads["head_channels"]) for c in channels]
+    if family == "sdxl":
+        adm = int(sd["add_embedding.linear_1.weight"].shape[1])
+        cfg.update(addition_embed_type="text_time", addition_time_embed_dim=_time_dim(adm, time_embed_dim),
+                   projection_class_embeddings_input_dim=adm)
+    return family, cfg
+
+
+def _time_dim(adm: int, known: int | None) -> int:
+    if known is not None:
+        return int(known)
+    if adm != 2816:
+        raise ModelFileError(f"cannot tell this SDXL ControlNet's time-id width (class embedding {adm} wide, "
+                             "SDXL's is 2816); load it with DiffControlNetLoader and its MODEL, or as a diffusers "
+                             "folder with its config.json")
+    return 256
+
+
 def convert_state_dict(sd: dict[str, Any], name: str, time_embed_dim: int | None = None
                        ) -> tuple[str, dict, dict[str, Any]]:
     """``(family, ControlNetModel config, diffusers-layout weights)`` of a single ControlNet file."""
     from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_controlnet_checkpoint
 
     if _diffusers_layout(sd):
-        raise ModelFileError(f"{name} is a ControlNet in diffusers' key layout without its config.json; "
-                             "put it in a folder with its config.json (a diffusers ControlNet folder)")
+        family, cfg = infer_diffusers_config(sd, time_embed_dim)
+        return family, cfg, sd
     ldm = _strip_ldm(sd)
     if ldm is None:
         raise ModelFileError(f"{name} is not a ControlNet (no zero_convs.0.0.weight): it looks like "

@@ -78,7 +78,7 @@ def pipeline_reference(tiny_sd, tiny_cn, hint, strength=0.8, seed=1234, steps=4,
     return out.permute(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize("name", ["tiny_cn.safetensors", "tiny_cn_diffusers"])
+@pytest.mark.parametrize("name", ["tiny_cn.safetensors", "tiny_cn_diffusers", "tiny_cn_hf.safetensors"])
 def test_controlnet_matches_diffusers_pipeline(sd_engine, tiny_sd, tiny_cn, hint_png, name):
     image = sd_engine.run(controlnet_graph(name)).raise_for_status().value("out")
     ref = pipeline_reference(tiny_sd, tiny_cn, hint_png)
@@ -154,7 +154,7 @@ def test_loader_lists_files_and_folders(sd_engine, tiny_cn):
     from nodegraph_nodes.diffusion.controlnet_nodes import controlnet_choices
 
     names = controlnet_choices(sd_engine.paths)
-    assert {"tiny_cn.safetensors", "tiny_cn_diff.safetensors", "tiny_cn_diffusers"} <= set(names)
+    assert {"tiny_cn.safetensors", "tiny_cn_diff.safetensors", "tiny_cn_diffusers", "tiny_cn_hf.safetensors"} <= set(names)
     assert not any(n.startswith("tiny_cn_diffusers/") for n in names)
 
 
@@ -222,8 +222,10 @@ def test_sdxl_controlnet_single_file_and_folder(sd_engine, tiny_sdxl, tiny_cn_xl
     MODEL, and samples like the diffusers folder."""
     folder = sd_engine.run(sdxl_graph("ControlNetLoader", "tiny_cn_xl_diffusers")).raise_for_status().value("out")
     single = sd_engine.run(sdxl_graph("DiffControlNetLoader", "tiny_cn_xl.safetensors")).raise_for_status().value("out")
+    hf_keys = sd_engine.run(sdxl_graph("DiffControlNetLoader", "tiny_cn_xl_hf.safetensors")
+                            ).raise_for_status().value("out")
     plain = sd_engine.run(sdxl_graph(None, "")).raise_for_status().value("out")
-    assert torch.allclose(folder, single, atol=1e-5)
+    assert torch.allclose(folder, single, atol=1e-5) and torch.allclose(folder, hf_keys, atol=1e-5)
     assert (folder - plain).abs().max() > 1e-3
     failed = sd_engine.run(sdxl_graph("ControlNetLoader", "tiny_cn_xl.safetensors"))
     assert not failed.ok and "time-id width" in str(failed.failure)

@@ -1,7 +1,8 @@
 """A tiny random ControlNet for the tiny SD 1.x model of :mod:`tests.helpers.tiny_sd`, saved as ComfyUI
 finds ControlNets (SD 1.x or SDXL-shaped, after the base model's UNet): the original single-file layout (``control_model.input_blocks…``, written here
 independently of the loader, which converts with diffusers' own converter), a *difference* file (weights
-minus the base UNet's, with the ``difference`` marker) and a diffusers folder."""
+minus the base UNet's, with the ``difference`` marker), a diffusers folder and a single file in diffusers'
+key layout without its config (``<name>_hf.safetensors``)."""
 
 from __future__ import annotations
 
@@ -76,4 +77,5 @@ def build_controlnet(root: Path, tiny: TinySD, name: str = "tiny_cn") -> TinyCon
     save_file({k: v.contiguous() for k, v in diff.items()}, str(difference))
     net_dir = folder / f"{name}_diffusers"
     net.save_pretrained(str(net_dir))
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / f"{name}_hf.safetensors"))
     return TinyControlNet(net, single, difference, net_dir)
