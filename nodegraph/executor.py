@@ -255,7 +255,8 @@ class _Run:
         self.extra_data = extra_data
         self.bus = run.bus
         self.cache = engine.cache
-        self.signatures = compute_signatures(plan.nodes, plan.order, paths=engine.paths)
+        self.signatures = dict(plan.signatures) if plan.signatures is not None else \
+            compute_signatures(plan.nodes, plan.order, paths=engine.paths)
         self.results: dict[str, NodeOutputs] = {}
         self.ui: dict[str, dict] = {}
         self.requested: set[str] = set()

@@ -53,6 +53,9 @@ class Plan:
     order: list[str]
     #: partial validation only: the errors of the output branches left out of this plan
     node_errors: list[NodeError] = field(default_factory=list)
+    #: the nodes' signatures when they were computed with the plan (:mod:`nodegraph.plan_memo`); the
+    #: executor computes them otherwise
+    signatures: dict[str, bytes] | None = None
 
     def to_api(self) -> dict[str, Any]:
         """The workflow after coercion (ComfyUI's hidden ``PROMPT``); expansion nodes excluded."""

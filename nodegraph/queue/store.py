@@ -29,7 +29,6 @@ unless asked for). The schema and the migration of older files are in :mod:`node
 
 from __future__ import annotations
 
-import json
 import queue
 import sqlite3
 import threading
@@ -39,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .. import jsontext
 from ..fsync import fsync_path
 from .run_status import CANCELLED, check_state, comfy_status_str, workflow_name_of
 from .schema import migrate
@@ -50,8 +50,8 @@ SYNC_DELAY = 0.2
 SECRET_EXTRA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+_dumps = jsontext.dumps  # compact, UTF-8 (orjson where installed)
+_loads = jsontext.loads
 
 
 def _number_text(number: float) -> str:
@@ -153,7 +153,7 @@ _HISTORY_COLUMNS = ("prompt_id, number, prompt, extra_data, outputs_to_execute, 
 
 def _job(row: tuple) -> Job:
     """A :class:`Job` from a row of :data:`_JOB_COLUMNS`."""
-    return Job(row[0], row[1], json.loads(row[2]), json.loads(row[3]), json.loads(row[4]), row[5], row[6], row[7],
+    return Job(row[0], row[1], _loads(row[2]), _loads(row[3]), _loads(row[4]), row[5], row[6], row[7],
                row[8], row[9], row[10])
 
 
@@ -161,8 +161,8 @@ def _history_entry(row: tuple) -> HistoryEntry:
     """A :class:`HistoryEntry` from a row of :data:`_HISTORY_COLUMNS`."""
     (pid, number, prompt, extra, to_exec, outputs, _status, _completed, messages, meta, attempts, state,
      name, created, started, ended) = row
-    return HistoryEntry(pid, number, json.loads(prompt), json.loads(extra), json.loads(to_exec),
-                        json.loads(outputs), state, json.loads(messages), json.loads(meta), attempts,
+    return HistoryEntry(pid, number, _loads(prompt), _loads(extra), _loads(to_exec),
+                        _loads(outputs), state, _loads(messages), _loads(meta), attempts,
                         name, created, started, ended)
 
 
@@ -226,10 +226,13 @@ class JobStore:
     # -- queue ------------------------------------------------------------------------------------
 
     def enqueue(self, job: Job, *, number: float | None = None, front: bool = False,
-                max_queue: int | None = None) -> Job:
-        """Add a job; its number is ``number``, or the next counter value (negated when ``front``)."""
+                max_queue: int | None = None, prompt_text: str | None = None) -> Job:
+        """Add a job; its number is ``number``, or the next counter value (negated when ``front``).
+        ``prompt_text``: the prompt's JSON text when the caller has it already."""
         extra = {k: v for k, v in job.extra_data.items() if k not in SECRET_EXTRA_KEYS}
-        prompt_text, outputs_text, extra_text = _dumps(job.prompt), _dumps(job.outputs_to_execute), _dumps(extra)
+        if prompt_text is None:
+            prompt_text = _dumps(job.prompt)
+        outputs_text, extra_text = _dumps(job.outputs_to_execute), _dumps(extra)
         name, created = workflow_name_of(extra), time.time()
 
         def write(conn: sqlite3.Connection) -> float:

@@ -23,14 +23,17 @@ from typing import Any
 
 from aiohttp import web
 
+from .. import jsontext
 from ..cache import OutputCache
 from ..errors import ValidationFailed, WorkflowFormatError
 from ..executor import Engine
+from ..plan import Plan
+from ..plan_memo import PlanMemo
+from ..policies import requested_policies
 from ..queue import DuplicatePrompt, Job, JobRunner, JobStore, LocalRunner, QueueFull, RunnerFactory
 from ..queue import messages
 from . import comfy_frontend
 from .comfy_errors import bad_request, prompt_error_response
-from . import custom_nodes
 from .config import ServerConfig
 from .features import FEATURES
 from .files import clear_previews, upload_image, view
@@ -82,10 +85,7 @@ def build_engine(config: ServerConfig) -> Engine:
     for name in config.nodes_modules:
         registry.add_module(importlib.import_module(name))
     cache = OutputCache(config.cache_ram_bytes, config.cache_vram_bytes)
-    engine = Engine(registry, cache=cache, paths=config.paths, device=config.device, threads=config.threads)
-    if config.custom_nodes_dirs:
-        custom_nodes.load_packs(engine, config.custom_nodes_dirs, config.disabled_custom_nodes)
-    return engine
+    return Engine(registry, cache=cache, paths=config.paths, device=config.device, threads=config.threads)
 
 
 class Api:
@@ -95,6 +95,8 @@ class Api:
         self.s = server
         self.config = server.config
         self.paths = server.engine.paths
+        #: plans of recent prompts, reused when one comes again (the same, or with other constants)
+        self.plans = PlanMemo(server.engine.registry, server.engine.paths)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -151,7 +153,8 @@ class Api:
             return 400, bad_request("no_prompt", "No prompt provided", "No prompt provided")
         try:
             prompt, extra_data, targets, client_id, prompt_id = self.parse_prompt_body(body)
-            plan, node_errors = self.plan_prompt(prompt, targets, extra_data)
+            prompt_text = jsontext.dumps(prompt)  # the plans' key, and what the job store writes
+            plan, node_errors = self.plan_prompt(prompt, targets, extra_data, prompt_text)
         except BadRequest as exc:
             if number is None:
                 store.bump_counter()
@@ -166,7 +169,8 @@ class Api:
             return 400, bad_request("json_too_deep", "the prompt nests its values too deeply to be checked")
         job = Job(prompt_id, 0, prompt, extra_data, plan.outputs, client_id)
         try:
-            store.enqueue(job, number=number, front=bool(body.get("front")), max_queue=self.config.max_queue)
+            store.enqueue(job, number=number, front=bool(body.get("front")), max_queue=self.config.max_queue,
+                          prompt_text=prompt_text)
         except QueueFull as exc:
             return 503, bad_request("queue_full", str(exc))
         except DuplicatePrompt as exc:
@@ -227,11 +231,20 @@ class Api:
         plan, node_errors = self.plan_prompt(prompt, targets, extra_data)
         return plan.outputs, node_errors
 
-    def plan_prompt(self, prompt: dict, targets: list[str] | None, extra_data: dict | None = None):
+    def plan_prompt(self, prompt: dict, targets: list[str] | None, extra_data: dict | None = None,
+                    prompt_text: str | None = None):
         """The plan of the outputs to run (one validation walk; the runner runs it as it is) and the
-        node errors of the others, as :meth:`check_prompt`."""
+        node errors of the others, as :meth:`check_prompt`. With ``prompt_text`` (the prompt's JSON),
+        a plan kept from an earlier prompt serves when it can (:mod:`nodegraph.plan_memo`)."""
         engine = self.s.engine
-        plan = engine.validate(prompt, targets, extra_data, partial=True)
+
+        def validate() -> Plan:
+            return engine.validate(prompt, targets, extra_data, partial=True)
+
+        if prompt_text is None or requested_policies(engine.policies, extra_data):
+            plan = validate()
+        else:
+            plan = self.plans.plan(prompt, prompt_text, targets, validate)
         if not plan.node_errors:
             return plan, {}
         response = prompt_error_response(plan.node_errors, prompt, engine.registry, self.paths)
@@ -365,8 +378,7 @@ class Api:
         return web.json_response(sorted({os.path.splitext(n)[0] for n in names}))
 
     async def get_extensions(self, request: web.Request) -> web.Response:
-        """The scripts of the custom node packs' web folders (``/extensions/<pack>/…``)."""
-        return web.json_response(custom_nodes.extension_urls(custom_nodes.loaded_packs(self.s.engine.registry)))
+        return web.json_response([])
 
     async def get_openapi(self, request: web.Request) -> web.Response:
         from .. import __version__
@@ -462,16 +474,12 @@ def create_app(config: ServerConfig, engine: Engine | None = None, *,
     # our canvas at / (at /builtin/ when ComfyUI's frontend takes /) and the ready workflows (static.py)
     add_static_routes(app, page_base="/builtin" if frontend.base == "" else "")
     comfy_frontend.add_routes(app, frontend)  # ComfyUI's frontend and the routes it calls
-    # custom node packs' routes and web folders (custom_nodes.py)
-    custom_nodes.add_pack_routes(app, custom_nodes.loaded_packs(engine.registry), frontend.prefixes)
 
     async def on_startup(app: web.Application) -> None:
         hub.bind(asyncio.get_running_loop())
-        custom_nodes.bind(hub)
         await asyncio.get_running_loop().run_in_executor(None, runner.start)  # Ray start-up takes seconds
 
     async def on_shutdown(app: web.Application) -> None:
-        custom_nodes.unbind(hub)
         await hub.close_all()
 
     async def on_cleanup(app: web.Application) -> None:

@@ -11,8 +11,9 @@ value), its canvas workflows a dozen or so.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from .. import jsontext
 
 #: the deepest nesting a request body may have (objects and arrays); far above any real workflow
 MAX_JSON_DEPTH = 100
@@ -31,28 +32,26 @@ class JsonBodyError(ValueError):
 
 
 def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``value`` (parsed JSON) nests objects/arrays more than ``limit`` levels (iterative)."""
-    kind = type(value)
-    if kind is not dict and kind is not list:
+    """Whether ``value`` (parsed JSON) nests objects/arrays more than ``limit`` levels (one level at a
+    time, no recursion)."""
+    if type(value) is not dict and type(value) is not list:
         return False
-    stack = [(value, 1)]
-    pop, push = stack.pop, stack.append
-    while stack:
-        node, depth = pop()
+    level = [value]
+    depth = 1
+    while True:
+        level = [item for node in level for item in (node.values() if type(node) is dict else node)
+                 if type(item) is dict or type(item) is list]
+        if not level:
+            return False
+        depth += 1
         if depth > limit:
             return True
-        deeper = depth + 1
-        for item in (node.values() if type(node) is dict else node):
-            kind = type(item)
-            if kind is dict or kind is list:
-                push((item, deeper))
-    return False
 
 
 def parse_json(raw: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """The parsed body; raises :class:`JsonBodyError` (``invalid_json`` or ``json_too_deep``)."""
     try:
-        value = json.loads(raw)
+        value = jsontext.loads(raw)
     except RecursionError:
         raise JsonBodyError("json_too_deep", f"the body nests JSON objects/arrays too deeply (more than "
                             f"{max_depth} levels are refused)") from None

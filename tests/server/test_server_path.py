@@ -76,8 +76,8 @@ def test_a_prompt_is_validated_once(server, client):
 
     engine.validate = counting
     try:
-        for run in range(3):
-            prompt_id = client.queue(chain(20, 10 + run))["prompt_id"]
+        for run in range(3):  # three graphs (not one with other constants: its plan would be reused)
+            prompt_id = client.queue(chain(20 + run, 10))["prompt_id"]
             deadline = time.monotonic() + 30
             while not client.get(f"/history/{prompt_id}").json():
                 assert time.monotonic() < deadline
@@ -86,6 +86,39 @@ def test_a_prompt_is_validated_once(server, client):
     finally:
         engine.validate = original
     assert len(calls) == 3  # at POST only: the runner ran the plan it was handed
+    assert "nodegraph-jobs" not in calls
+
+
+def test_a_graph_queued_again_reuses_its_plan_and_runs_its_new_constants(server, client):
+    """The same prompt again, then the same graph with another width: validated once (plan_memo), and
+    each run shows its own width."""
+    engine = server.server.engine
+    calls = []
+    original = engine.validate
+    engine.validate = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+
+    def sized(width: int) -> dict:
+        return {"0": {"class_type": "EmptyImage", "inputs": {"width": width, "height": 8, "batch_size": 1,
+                                                             "color": 7}},
+                "1": {"class_type": "ImageInvert", "inputs": {"image": ["0", 0]}},
+                "size": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
+                "show": {"class_type": "PreviewAny", "inputs": {"source": ["size", 0]}}}
+
+    shown = []
+    try:
+        for width in (16, 16, 24):
+            prompt_id = client.queue(sized(width))["prompt_id"]
+            deadline = time.monotonic() + 30
+            while not client.get(f"/history/{prompt_id}").json():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            entry = client.get(f"/history/{prompt_id}").json()[prompt_id]
+            assert entry["status"]["status_str"] == "success"
+            shown.append(entry["outputs"]["show"]["text"])
+    finally:
+        engine.validate = original
+    assert shown == [["16"], ["16"], ["24"]]
+    assert len(calls) == 1
 
 
 def test_a_refused_prompt_never_replaces_the_queued_one(server, client):
