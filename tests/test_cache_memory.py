@@ -264,6 +264,27 @@ def test_freed_heap_memory_goes_back_to_the_os():
     del blocks
 
 
+def test_trim_gate_asks_only_when_memory_outside_the_cache_grew(monkeypatch):
+    from nodegraph import heap
+
+    rss = [1000 << 20]
+    monkeypatch.setattr(heap, "resident_bytes", lambda: rss[0])
+    gate = heap.TrimGate(slack=32 << 20)
+    assert gate.due(held=0)  # never asked yet
+    gate.checked(held=0)
+    assert not gate.due(held=0)
+    rss[0] += 20 << 20
+    assert not gate.due(held=0)  # grew, but by less than the slack
+    rss[0] += 20 << 20
+    assert gate.due(held=0)  # 40 MiB more that the cache does not hold: free heap memory possible
+    assert not gate.due(held=40 << 20)  # the cache holds the 40 MiB: nothing can sit free
+    gate.checked(held=40 << 20)
+    assert gate.due(held=0)  # the cache let go of 40 MiB: it may sit free in the heap now
+    assert not gate.due(held=30 << 20)
+    monkeypatch.setattr(heap.TrimGate, "MAX_INTERVAL", 0.0)
+    assert gate.due(held=40 << 20)  # asked again after MAX_INTERVAL whatever the memory did
+
+
 def test_the_local_runner_releases_memory_after_each_job(tmp_path):
     from nodegraph.queue import Job, JobStore, LocalRunner
     from nodegraph.registry import default_registry
@@ -280,6 +301,7 @@ def test_the_local_runner_releases_memory_after_each_job(tmp_path):
     engine.release_memory = lambda slack=None: released.append(slack) or original(slack)
     store = JobStore(tmp_path / "q.sqlite3")
     runner = LocalRunner(engine, store, Sink())
+    runner._trim_gate.MAX_INTERVAL = 0.0  # the gate asks after every job (see the test above for when not)
     runner.start()
     try:
         for i in range(2):

@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 from ..errors import ValidationFailed
 from ..executor import Engine
+from ..heap import TrimGate
 from ..plan import Plan
 from .base import RunnerBase, output_meta
 from .protocol import EventSink
@@ -44,6 +45,7 @@ class LocalRunner(RunnerBase):
         self._free: dict[str, bool] = {}
         self._lock = threading.Lock()
         self._plans: OrderedDict[str, Plan] = OrderedDict()
+        self._trim_gate = TrimGate()
 
     # -- control (any thread) ---------------------------------------------------------------------
 
@@ -123,7 +125,18 @@ class LocalRunner(RunnerBase):
             finally:
                 self.current = None
                 self.current_reporter = None
-            self.engine.release_memory()  # after the job's end was reported: off its latency
+            self._release_memory()  # after the job's end was reported: off its latency
+
+    def _release_memory(self) -> None:
+        """Give the heap's free memory back to the OS when it may hold enough (:class:`TrimGate`)."""
+        held = self._cache_bytes()
+        if self._trim_gate.due(held):
+            self.engine.release_memory()
+            self._trim_gate.checked(held)
+
+    def _cache_bytes(self) -> int:
+        stats = getattr(self.engine.cache, "stats", None)
+        return stats().ram_bytes if stats is not None else 0
 
     def _apply_free(self) -> None:
         with self._lock:
