@@ -174,6 +174,10 @@ class Node:
     #: ``widgets_values`` as the combo's value, the chosen option's widget values, then the next widget;
     #: the UI → API conversion reads them that way.
     dynamic_combos: ClassVar[dict[str, dict[str, tuple[str, ...]]]] = {}
+    #: Inputs of a type this engine has no constant widget for (ComfyUI's socketless ``BOUNDING_BOX``,
+    #: ``COLOR``… widgets, declared here as ``*``) whose value ComfyUI's canvas keeps in
+    #: ``widgets_values``: the UI ↔ API conversions treat them as widgets, in declared order.
+    canvas_widgets: ClassVar[tuple[str, ...]] = ()
 
     INPUTS: ClassVar[dict[str, Input]] = {}
     _LAZY: ClassVar[frozenset[str]] = frozenset()

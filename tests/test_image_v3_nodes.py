@@ -510,7 +510,7 @@ def test_comfyui_canvas_layout_of_dynamic_combos_converts(engine):
     widget (``["scale longer dimension", 1536, "lanczos"]``); a socket among the option's inputs
     (``resize_type.match``) stores nothing."""
     workflow = {
-        "last_node_id": 6, "last_link_id": 6, "version": 0.4, "groups": [], "config": {}, "extra": {},
+        "last_node_id": 8, "last_link_id": 8, "version": 0.4, "groups": [], "config": {}, "extra": {},
         "nodes": [
             ui_node(1, "EmptyImage", [8, 6, 1, 0xFF0000], outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [1, 2]}]),
             ui_node(2, "ResizeImageMaskNode", ["scale longer dimension", 4, "nearest-exact"],
@@ -519,7 +519,7 @@ def test_comfyui_canvas_layout_of_dynamic_combos_converts(engine):
             ui_node(3, "ResizeImageMaskNode", ["match size", "disabled", "bilinear"],
                     inputs=[{"name": "input", "type": "IMAGE,MASK", "link": 2},
                             {"name": "resize_type.match", "type": "IMAGE,MASK", "link": 3}],
-                    outputs=[{"name": "resized", "type": "IMAGE,MASK", "links": [4]}]),
+                    outputs=[{"name": "resized", "type": "IMAGE,MASK", "links": [4, 7]}]),
             ui_node(4, "ColorTransfer", ["histogram", "target_frame", 0, 0.5],
                     inputs=[{"name": "image_target", "type": "IMAGE", "link": 4}],
                     outputs=[{"name": "image", "type": "IMAGE", "links": [5, 6]}]),
@@ -527,9 +527,15 @@ def test_comfyui_canvas_layout_of_dynamic_combos_converts(engine):
                     inputs=[{"name": "images", "type": "IMAGE", "link": 5}]),
             ui_node(6, "SaveImageAdvanced", ["ui16", "png", "16-bit", "sRGB"],
                     inputs=[{"name": "images", "type": "IMAGE", "link": 6}]),
+            # the BOUNDING_BOX widget's value, then the 4 numbers its canvas component keeps
+            ui_node(7, "ImageCropV2", [{"x": 1, "y": 0, "width": 2, "height": 2}, 0, 0, 512, 512],
+                    inputs=[{"name": "image", "type": "IMAGE", "link": 7}],
+                    outputs=[{"name": "IMAGE", "type": "IMAGE", "links": [8]}]),
+            ui_node(8, "PreviewImage", [], inputs=[{"name": "images", "type": "IMAGE", "link": 8}]),
         ],
         "links": [[1, 1, 0, 2, 0, "IMAGE"], [2, 1, 0, 3, 0, "IMAGE"], [3, 2, 0, 3, 1, "IMAGE,MASK"],
-                  [4, 3, 0, 4, 0, "IMAGE"], [5, 4, 0, 5, 0, "IMAGE"], [6, 4, 0, 6, 0, "IMAGE"]],
+                  [4, 3, 0, 4, 0, "IMAGE"], [5, 4, 0, 5, 0, "IMAGE"], [6, 4, 0, 6, 0, "IMAGE"],
+                  [7, 3, 0, 7, 0, "IMAGE"], [8, 7, 0, 8, 0, "IMAGE"]],
     }
     api = load_workflow_data(workflow, engine.registry, "canvas").api
     assert api["2"]["inputs"]["resize_type"] == "scale longer dimension"
@@ -542,10 +548,12 @@ def test_comfyui_canvas_layout_of_dynamic_combos_converts(engine):
             save["format.save_mode.fps"], save["format.save_mode.loop_count"]) == ("avif", "8-bit YUV420", 30,
                                                                                     "animated", 12.0, 2)
     assert api["6"]["inputs"]["format.bit_depth"] == "16-bit"
+    assert api["7"]["inputs"]["crop_region"] == {"x": 1, "y": 0, "width": 2, "height": 2}
     result = engine.run(Graph.from_api(api))
     assert result.ok, result.failure
     assert result.value("3").shape == (1, 3, 4, 3)
     assert [r["filename"] for r in result.outputs["6"]["images"]] == ["ui16_00001.png"]
+    assert torch.equal(result.value("7"), result.value("3")[:, 0:2, 1:3])
 
 
 def test_our_canvas_layout_of_dynamic_combos_round_trips(engine):
@@ -559,7 +567,9 @@ def test_our_canvas_layout_of_dynamic_combos_round_trips(engine):
         "3": {"class_type": "ColorTransfer", "inputs": {"image_target": ["2", 0], "method": "mkl_lab",
                                                         "source_stats": "uniform", "source_stats.target_index": 2,
                                                         "strength": 0.25}},
-        "4": {"class_type": "SaveImageAdvanced", "inputs": {"images": ["3", 0], "filename_prefix": "rt",
+        "5": {"class_type": "ImageCropV2", "inputs": {"image": ["3", 0],
+                                                      "crop_region": {"x": 2, "y": 1, "width": 3, "height": 4}}},
+        "4": {"class_type": "SaveImageAdvanced", "inputs": {"images": ["5", 0], "filename_prefix": "rt",
                                                             "format": "exr", "format.bit_depth": "32-bit float",
                                                             "format.input_color_space": "linear", "format.crf": 18,
                                                             "format.save_mode": "still images",

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import WorkflowFormatError
 from ..registry import NodeRegistry
 from .api_format import Link, Workflow
-from .ui_format import declared_inputs, widget_extras
+from .ui_format import declared_inputs, is_canvas_widget, widget_extras
 
 COLUMN_WIDTH = 360
 ROW_HEIGHT = 40
@@ -93,7 +93,7 @@ def api_to_ui(api: dict[str, Any], registry: NodeRegistry) -> dict[str, Any]:
         for spec in declared_inputs(cls):
             value = node.inputs.get(spec.name)
             slot: dict[str, Any] = {"name": spec.name, "type": spec.type, "link": None}
-            if spec.is_widget:
+            if is_canvas_widget(cls, spec):
                 slot["widget"] = {"name": spec.name}
                 constant = value
                 if constant is None or type(constant) is Link:   # absent or linked: the widget's default

@@ -403,14 +403,20 @@ def declared_inputs(cls: type[Node]) -> list[Input]:
     return list(cls.required_inputs()) + list(cls.optional_inputs())
 
 
+def is_canvas_widget(cls: type[Node], spec: Input) -> bool:
+    """True when the canvas keeps this input's value in ``widgets_values`` (``Node.canvas_widgets`` too)."""
+    return spec.is_widget or spec.name in cls.canvas_widgets
+
+
 def widget_inputs(cls: type[Node]) -> list[Input]:
-    return [spec for spec in declared_inputs(cls) if spec.is_widget]
+    return [spec for spec in declared_inputs(cls) if is_canvas_widget(cls, spec)]
 
 
 def canonical_slots(cls: type[Node]) -> list[str]:
     """Input slot names as the current canvas lays them out: sockets, then widget slots."""
     specs = declared_inputs(cls)
-    return [s.name for s in specs if not s.is_widget] + [s.name for s in specs if s.is_widget]
+    return ([s.name for s in specs if not is_canvas_widget(cls, s)]
+            + [s.name for s in specs if is_canvas_widget(cls, s)])
 
 
 def widget_extras(spec: Input) -> tuple[ExtraKind, ...]:
@@ -699,5 +705,6 @@ def _drop_links_to_missing(prompt: dict[str, dict[str, Any]], linked: dict[str, 
 
 __all__ = ["UiGraph", "UiNode", "UiInput", "UiOutput", "UiLink", "Source", "Constant",
            "is_ui_workflow", "is_api_workflow", "parse_ui_workflow", "parse_node", "parse_link",
-           "map_widget_values", "widget_inputs", "widget_extras", "canonical_slots", "ui_to_api",
+           "map_widget_values", "widget_inputs", "is_canvas_widget", "widget_extras", "canonical_slots",
+           "ui_to_api",
            "VIRTUAL_TYPES", "CONTROL_VALUES"]

@@ -159,6 +159,7 @@ class ImageCropV2(Node):
     category = "image/transform"
     display_name = "Crop Image"
     hidden = ("prompt", "extra_pnginfo")
+    canvas_widgets = ("crop_region",)
     image = Input(IMAGE)
     crop_region = Input(ANY, tooltip="A bounding box {\"x\", \"y\", \"width\", \"height\"} in pixels "
                                      "(ComfyUI's BOUNDING_BOX widget).")
