@@ -34,6 +34,7 @@ from ..queue import DuplicatePrompt, Job, JobRunner, JobStore, LocalRunner, Queu
 from ..queue import messages
 from . import comfy_frontend
 from .comfy_errors import bad_request, prompt_error_response
+from . import custom_nodes
 from .config import ServerConfig
 from .features import FEATURES
 from .files import clear_previews, upload_image, view
@@ -85,7 +86,10 @@ def build_engine(config: ServerConfig) -> Engine:
     for name in config.nodes_modules:
         registry.add_module(importlib.import_module(name))
     cache = OutputCache(config.cache_ram_bytes, config.cache_vram_bytes)
-    return Engine(registry, cache=cache, paths=config.paths, device=config.device, threads=config.threads)
+    engine = Engine(registry, cache=cache, paths=config.paths, device=config.device, threads=config.threads)
+    if config.custom_nodes_dirs:
+        custom_nodes.load_packs(engine, config.custom_nodes_dirs, config.disabled_custom_nodes)
+    return engine
 
 
 class Api:
@@ -378,7 +382,8 @@ class Api:
         return web.json_response(sorted({os.path.splitext(n)[0] for n in names}))
 
     async def get_extensions(self, request: web.Request) -> web.Response:
-        return web.json_response([])
+        """The scripts of the custom node packs' web folders (``/extensions/<pack>/…``)."""
+        return web.json_response(custom_nodes.extension_urls(custom_nodes.loaded_packs(self.s.engine.registry)))
 
     async def get_openapi(self, request: web.Request) -> web.Response:
         from .. import __version__
@@ -474,12 +479,16 @@ def create_app(config: ServerConfig, engine: Engine | None = None, *,
     # our canvas at / (at /builtin/ when ComfyUI's frontend takes /) and the ready workflows (static.py)
     add_static_routes(app, page_base="/builtin" if frontend.base == "" else "")
     comfy_frontend.add_routes(app, frontend)  # ComfyUI's frontend and the routes it calls
+    # custom node packs' routes and web folders (custom_nodes.py)
+    custom_nodes.add_pack_routes(app, custom_nodes.loaded_packs(engine.registry), frontend.prefixes)
 
     async def on_startup(app: web.Application) -> None:
         hub.bind(asyncio.get_running_loop())
+        custom_nodes.bind(hub)
         await asyncio.get_running_loop().run_in_executor(None, runner.start)  # Ray start-up takes seconds
 
     async def on_shutdown(app: web.Application) -> None:
+        custom_nodes.unbind(hub)
         await hub.close_all()
 
     async def on_cleanup(app: web.Application) -> None:
