@@ -166,16 +166,41 @@ def test_iteration_cache_follows_cache_iterations(engine, log):
         assert body_calls() - before == reruns, cache
 
 
-def test_output_used_outside_the_loop_is_an_error(engine):
+def test_loop_structure_errors(engine):
     prompt = {
         "s": start(**{"mode.num_iterations": 2}),
         "body": add(["s", 0], 1),
         "e": end(["body", 0]),
-        "show": sink(["e", 0]),
-        "escape": sink(["body", 0]),
+        "mix": add(["body", 0], ["e", 0]),           # inside the loop, yet waits for its result
+        "show": sink(["mix", 0]),
     }
     failure = engine.run(prompt).failure
-    assert failure is not None and failure.node_id == "s" and "outside its loop" in failure.exception_message
+    assert failure is not None and failure.node_id == "e"
+    assert "node mix follows Start Loop s and also uses e" in failure.exception_message
+    prompt = {
+        "s": start(**{"mode.num_iterations": 2}),
+        "body": add(["s", 0], 1),
+        "e": end(["body", 0], accumulate=["flag", 0]),
+        "flag": {"class_type": "Text", "inputs": {"text": "x"}},
+        "show": sink(["e", 0]),
+    }
+    prompt["e"]["inputs"]["accumulate"] = ["s", 1]
+    failure = engine.run(prompt).failure
+    assert failure is not None and "accumulate is driven by node s" in failure.exception_message
+
+
+def test_an_output_node_in_the_body_runs_every_iteration(engine, log):
+    prompt = {
+        "s": start(**{"mode.num_iterations": 3}),
+        "body": add(["s", 0], 1),
+        "peek": sink(["body", 0]),                   # inside the loop, not connected to End Loop
+        "e": end(["body", 0], accumulate=True),
+        "show": sink(["e", 0]),
+    }
+    result = engine.run(prompt).raise_for_status()
+    assert result.values["e"][0] == [1, 2, 3]
+    assert sorted(c.split(".")[-1] for c in log.calls if c.endswith("~peek")) == ["b0~peek", "b1~peek", "b2~peek"]
+    assert "peek" not in log.calls                   # the body's own node is blocked, as ComfyUI inhibits it
 
 
 def test_pairing_rules():

@@ -24,7 +24,8 @@ class LinkOut(Node):
         return []
 
     def execute(self, target, keep=None):
-        return NodeResult(outputs=(["x", 0],), expand={"x": {"class_type": "Add", "inputs": {"a": [target, 0], "b": 1}}})
+        add = {"class_type": "Add", "inputs": {"a": [target, 0], "b": 1}}
+        return NodeResult(outputs=(["x", 0],), expand={"x": add})
 
 
 def _engine(tmp_path) -> Engine:

@@ -21,8 +21,12 @@ Outputs are ComfyUI's: End Loop's ``outputs`` is a list (the nodes after it run 
 accumulating). ``cache_iterations`` off (the default) re-runs every iteration each time; on, an
 iteration whose inputs did not change comes from the cache. As in ComfyUI (where Start Loop's
 fingerprint is always NaN), End Loop and what follows it run again on every run.
-A StartLoop output used outside its loop is an error when that node runs (ComfyUI: ``loop_escape`` at
-validation); so is an EndLoop that finds no StartLoop, or two it could close.
+The body is everything downstream of Start Loop up to End Loop, so an output node inside it (a preview)
+runs in every iteration; ComfyUI rejects such a loop (``loop_escape``) unless the node leads to End Loop.
+Start Loop itself only runs when such an output node asks for the body's own nodes: it hands them
+blockers, as ComfyUI inhibits them. Errors, when End Loop or Start Loop runs (ComfyUI reports them at
+validation): an End Loop with no Start Loop, or two it could close; a Start Loop with no End Loop; a body
+node that also uses what comes after the loop; accumulate driven from inside the loop.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from nodegraph.blocking import ExecutionBlocker
 from nodegraph.node import Input, Node, NodeResult, Output
 from nodegraph.types import ANY, BOOLEAN, COMBO, INT, STRING, UINT64_MAX
 from nodegraph.workflow.api_format import is_link_json
@@ -141,18 +146,46 @@ def pair_loops(prompt: Json) -> dict[str, str]:
     return pairs
 
 
-def loop_graph(prompt: Json, end_id: str) -> LoopGraph:
-    """The loop EndLoop ``end_id`` closes, with the loops nested in its body."""
-    pairs = pair_loops(prompt)
+def _children(prompt: Json) -> dict[str, set[str]]:
     children: dict[str, set[str]] = {nid: set() for nid in prompt}
     for nid, n in prompt.items():
         for v in _links(n):
             if v[0] in children:
                 children[v[0]].add(nid)
+    return children
+
+
+def check_closed(prompt: Json, start_id: str) -> None:
+    """Raise when Start Loop ``start_id`` has no End Loop, or its End Loop's accumulate comes from the
+    loop itself (ComfyUI's loop_start_without_end and loop_accumulate_from_body errors)."""
+    pairs = pair_loops(prompt)
+    end_id = next((e for e, s in pairs.items() if s == start_id), None)
+    if end_id is None:
+        raise LoopStructureError(f"Start Loop {start_id} has no End Loop; connect what the loop produces to an "
+                                 "End Loop's output_value or next_iteration_value")
+    children = _children(prompt)
+    inside = (_walk(children[start_id], children, {end_id}) - {end_id}) | {start_id}
+    accumulate = prompt[end_id].get("inputs", {}).get("accumulate")
+    if is_link_json(accumulate) and accumulate[0] in inside:
+        raise LoopStructureError(f"End Loop {end_id}'s accumulate is driven by node {accumulate[0]} of its own "
+                                 "loop; give it a value from outside the loop")
+
+
+def loop_graph(prompt: Json, end_id: str) -> LoopGraph:
+    """The loop EndLoop ``end_id`` closes, with the loops nested in its body."""
+    pairs = pair_loops(prompt)
+    children = _children(prompt)
 
     def build(end: str) -> LoopGraph:
         start = pairs[end]
         body = _walk(children[start], children, {end}) - {end}
+        after = _walk([end], children, set())
+        for nid in sorted(body):
+            late = sorted({v[0] for v in _links(prompt[nid]) if v[0] in after})
+            if late:
+                raise LoopStructureError(f"node {nid} follows Start Loop {start} and also uses {', '.join(late)}, "
+                                         f"which comes after its End Loop {end}; a node inside a loop cannot "
+                                         "wait for the loop's result")
         inner = {e: build(e) for e in sorted(body) if e in pairs}
         return LoopGraph(start, prompt[start], end, prompt[end], {nid: prompt[nid] for nid in sorted(body)}, inner)
 
@@ -201,7 +234,7 @@ class StartLoop(_StartLoopInputs):
 
     category = "utilities/looping"
     display_name = "Start Loop"
-    hidden = ("unique_id",)
+    hidden = ("prompt", "unique_id")
     cacheable = False
     outputs = (Output(INT, "iteration_index", tooltip="Index of the current loop iteration."),
                Output(BOOLEAN, "is_first", tooltip="True during the first iteration of the loop."),
@@ -209,11 +242,12 @@ class StartLoop(_StartLoopInputs):
                Output(ANY, "list_item", tooltip="Current item from the list when using List mode."),
                Output(ANY, "current_iteration_value", tooltip="Loop-carried value for the current iteration."))
 
-    def execute(self, unique_id=None, **_: Any) -> tuple:
-        node = unique_id[0] if unique_id else self.ctx.node_id
-        raise LoopStructureError(f"Start Loop {node}'s outputs reach a node outside its loop (an output node in "
-                                 "the body, or a body node used after the loop without passing through its "
-                                 "End Loop); connect what the loop produces through End Loop's output_value")
+    def execute(self, prompt=None, unique_id=None, **_: Any) -> tuple:
+        # Only the body's own nodes ask for this node's outputs (its iterations' copies read LoopIteration):
+        # an output node in the body, whose copies run in the iterations. As ComfyUI inhibits the body's
+        # nodes, the originals are blocked.
+        check_closed(prompt[0], unique_id[0])
+        return tuple(ExecutionBlocker(None) for _ in self.outputs)
 
 
 class EndLoop(Node):
