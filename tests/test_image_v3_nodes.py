@@ -68,8 +68,8 @@ COMFY_SPECS = {
          "length": ["INT", {"default": 1, "min": 1, "max": 4096}]},
         {}, ["IMAGE"], ["IMAGE"], [False], "image/batch", "Get Image from Batch"),
     "BatchImagesNode": (
-        {"images.image0": ["IMAGE", {}], "images.image1": ["IMAGE", {}]},
-        {f"images.image{i}": ["IMAGE", {}] for i in range(2, 50)},
+        {"images.image0": ["IMAGE", {}]},                  # ComfyUI: image1 required too (see batch.py)
+        {f"images.image{i}": ["IMAGE", {}] for i in range(1, 50)},
         ["IMAGE"], ["IMAGE"], [False], "image", "Batch Images"),
     "RepeatImageBatch": (
         {"image": ["IMAGE", {}], "amount": ["INT", {"default": 1, "min": 1, "max": 4096}]},
@@ -248,8 +248,10 @@ def test_batch_images_pads_alpha_and_resizes_to_the_first(make):
     assert torch.allclose(out[3, ..., :3], torch.full((4, 6, 3), 0.1)) and torch.all(out[3, ..., 3] == 1)
     with pytest.raises(ValueError, match="mix 1-channel and colour images: 'images.image0' \\(3\\), 'images.image1' \\(1\\)"):
         make(batch.BatchImagesNode).execute(**{"images.image0": first, "images.image1": torch.zeros(1, 4, 6, 1)})
-    with pytest.raises(ValueError, match="connect at least two images"):
-        make(batch.BatchImagesNode).execute(**{"images.image0": first, "images.image1": None})
+    (alone,) = make(batch.BatchImagesNode).execute(**{"images.image0": first, "images.image1": None})
+    assert torch.equal(alone, first)                      # templates connect only image0: a batch as it is
+    with pytest.raises(ValueError, match="connect an image to 'images.image0'"):
+        make(batch.BatchImagesNode).execute(**{"images.image0": None})
 
 
 def test_repeat_and_rebatch(make):

@@ -1,8 +1,10 @@
 """ComfyUI's image batch nodes: ImageFromBatch, BatchImagesNode, RepeatImageBatch, RebatchImages.
 
 Names, inputs, defaults and outputs are ComfyUI's. BatchImagesNode's growable ``images`` group is
-declared as the flat inputs its API prompts carry: ``images.image0`` … ``images.image49``, the first two
-required (ComfyUI's autogrow, prefix ``image``, 2 to 50 inputs).
+declared as the flat inputs its API prompts carry: ``images.image0`` … ``images.image49`` (ComfyUI's
+autogrow, prefix ``image``, up to 50 inputs). ComfyUI now shows the first two as required (``min=2``),
+but its own workflow templates (saved when the minimum was 1) often connect only ``images.image0``; here
+only that one is required, and a single image passes through as a batch.
 
 Stricter than ComfyUI: ImageFromBatch refuses an index or a length outside the batch (ComfyUI clamps
 both silently); BatchImagesNode refuses mixing 1-channel images with colour images (ComfyUI pads one
@@ -77,21 +79,21 @@ class ImageFromBatch(Node):
 
 
 class BatchImagesNode(Node):
-    """Joins 2 to 50 images into one batch; every image is resized (bilinear, centre crop) to the first
+    """Joins up to 50 images into one batch; every image is resized (bilinear, centre crop) to the first
     one's size and RGB images get an opaque alpha next to RGBA ones. Stricter than ComfyUI: mixing
     1-channel and colour images is an error naming the inputs."""
 
     category = "image"
     display_name = "Batch Images"
-    vars().update({name: Input(IMAGE, optional=i >= 2) for i, name in enumerate(BATCH_SLOTS)})
+    vars().update({name: Input(IMAGE, optional=i >= 1) for i, name in enumerate(BATCH_SLOTS)})
     outputs = (Output(IMAGE),)
 
     def execute(self, **images: Any) -> tuple:
         node = "BatchImagesNode"
         given = [(name, image_input(node, name, images[name])) for name in BATCH_SLOTS
                  if images.get(name) is not None]
-        if len(given) < 2:
-            raise node_error(node, "connect at least two images ('images.image0' and 'images.image1')")
+        if not given:
+            raise node_error(node, "connect an image to 'images.image0'")
         return (batch_images(given, node),)
 
 
