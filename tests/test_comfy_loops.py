@@ -130,8 +130,9 @@ def test_terminations_run_every_iteration(engine, log):
 
 def test_nested_loops(engine):
     prompt = {
+        "three": {"class_type": "Number", "inputs": {"value": 3}},   # a linked count, read at run time
         "outer": start(**{"mode.num_iterations": 2}),
-        "inner": start(**{"mode.num_iterations": 3}, parent_iteration=["outer", 0]),
+        "inner": start(**{"mode.num_iterations": ["three", 0]}, parent_iteration=["outer", 0]),
         "sum": add(["inner", 0], ["outer", 0]),        # inner index + outer index
         "inner_end": end(["sum", 0], accumulate=True),
         "total": {"class_type": "Total", "inputs": {"values": ["inner_end", 0]}},
