@@ -201,6 +201,9 @@ def infer_vae_config(vae_sd: dict[str, Any], family: str = "sd1") -> dict:
     cfg["in_channels"] = int(vae_sd["encoder.conv_in.weight"].shape[1])
     cfg["out_channels"] = int(vae_sd["decoder.conv_out.weight"].shape[0])
     cfg["latent_channels"] = int(vae_sd["decoder.conv_in.weight"].shape[1])
+    # SD3's and Flux's 16-channel VAEs have no quant convs
+    cfg["use_quant_conv"] = "quant_conv.weight" in vae_sd
+    cfg["use_post_quant_conv"] = "post_quant_conv.weight" in vae_sd
     return cfg
 
 

@@ -19,6 +19,9 @@ from nodegraph_nodes.diffusion.text_encode import encode_with_encoder
 
 
 def encode_prompt(ctx, clip, text: str) -> list:
+    own = getattr(clip, "encode_text", None)
+    if own is not None:  # a family with its own recipe (SD3 / Flux: nodegraph_nodes.dit.text)
+        return own(ctx, text)
     manager = ctx.service("models")
     hidden, pooled = [], None
     for index, enc in enumerate(clip.encoders):

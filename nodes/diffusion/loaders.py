@@ -84,7 +84,8 @@ def _unet_choices(paths: Paths) -> list[str]:
 
 
 class CheckpointLoaderSimple(Node):
-    """Loads a Stable Diffusion checkpoint (single file SD 1.x / 2.x / SDXL, or a diffusers folder)."""
+    """Loads a checkpoint: a single file (SD 1.x / 2.x / SDXL; SD3 / SD3.5 / Flux.1 all-in-one files, whose
+    CLIP output is None when the file holds no text encoders) or a diffusers folder."""
 
     category = "loaders"
     display_name = "Load Checkpoint"
@@ -101,7 +102,12 @@ class CheckpointLoaderSimple(Node):
     def execute(self, ckpt_name: str) -> tuple:
         paths = self.ctx.paths
         path = _resolve_checkpoint(paths, ckpt_name)
-        return load_checkpoint(path, self.ctx.service("models"), self.ctx.device, Path(paths.models_dir))
+        manager = self.ctx.service("models")
+        from nodegraph_nodes.dit.loading import is_flow_checkpoint, load_flow_any
+
+        if is_flow_checkpoint(path, manager.allow_pickle):
+            return load_flow_any(path, manager, self.ctx.device, Path(paths.models_dir))
+        return load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
 
 
 class VAELoader(Node):
@@ -208,11 +214,16 @@ class LoraLoaderModelOnly(Node):
         return (new_model,)
 
 
-CLIP_TYPES = ["stable_diffusion", "sd2"]
+#: ComfyUI's CLIPLoader types, plus nodegraph's ``sd2`` (OpenCLIP-H for SD 2.x)
+CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
+              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "sd2"]
+LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3")
 
 
 class CLIPLoader(Node):
-    """Loads a standalone CLIP text encoder from models/text_encoders."""
+    """Loads a standalone text encoder from models/text_encoders: ``stable_diffusion`` (CLIP-L), ``sd2``
+    (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros).
+    The other types of ComfyUI's list are refused with a clear error until their families load."""
 
     category = "advanced/loaders"
     display_name = "Load CLIP"
@@ -226,18 +237,29 @@ class CLIPLoader(Node):
         return _fingerprint(paths, "text_encoders", clip_name)
 
     def execute(self, clip_name: str, type: str, device: str = "default") -> tuple:
+        if type not in LOADED_CLIP_TYPES:
+            raise ValueError(f"CLIPLoader.type: {type!r} is not supported yet; nodegraph loads "
+                             f"{', '.join(LOADED_CLIP_TYPES)} (Flux: DualCLIPLoader type flux)")
         path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
         target = "cpu" if device == "cpu" else self.ctx.device
+        if type == "sd3":
+            from nodegraph_nodes.dit.loading import load_text_encoders
+
+            return (load_text_encoders([path], "sd3", self.ctx.service("models"), target,
+                                       Path(self.ctx.paths.models_dir), "CLIPLoader"),)
         return (load_clip_file(path, self.ctx.service("models"), target, Path(self.ctx.paths.models_dir), type),)
 
 
 class UNETLoader(Node):
-    """Loads a bare diffusion model (UNet) from models/diffusion_models."""
+    """Loads a bare diffusion model from models/diffusion_models: an SD UNet (LDM layout), or an SD3 /
+    SD3.5 / Flux.1 transformer (original layouts, detected from the keys). ``weight_dtype`` fp8: the
+    transformer's weights are stored in fp8 on GPUs (computed in bf16) and rounded through fp8 on the CPU
+    (computed in fp32); SD UNets take ``default`` only (an error otherwise, where ComfyUI would cast)."""
 
     category = "advanced/loaders"
     display_name = "Load Diffusion Model"
     unet_name = Input(COMBO, choices=_unet_choices)
-    weight_dtype = Input(COMBO, choices=["default"])
+    weight_dtype = Input(COMBO, choices=["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"])
     outputs = (Output(MODEL),)
 
     @classmethod
@@ -246,7 +268,15 @@ class UNETLoader(Node):
 
     def execute(self, unet_name: str, weight_dtype: str = "default") -> tuple:
         path = resolve_model(self.ctx.paths, "diffusion_models", unet_name, also=("unet",))
-        return (load_unet_file(path, self.ctx.service("models"), self.ctx.device),)
+        manager = self.ctx.service("models")
+        from nodegraph_nodes.dit.loading import is_flow_transformer, load_transformer_file
+
+        if is_flow_transformer(path, manager.allow_pickle):
+            return (load_transformer_file(path, manager, self.ctx.device, weight_dtype),)
+        if weight_dtype != "default":
+            raise ValueError(f"UNETLoader.weight_dtype: {weight_dtype} is offered for SD3/Flux transformers; "
+                             f"{unet_name} is an SD UNet, load it with 'default'")
+        return (load_unet_file(path, manager, self.ctx.device),)
 
 
 class CLIPSetLastLayer(Node):

@@ -1,0 +1,24 @@
+"""Flow-matching diffusion transformers in ComfyUI's node names: SD3 / SD3.5 (MMDiT) and Flux.1.
+
+Core (no nodes): :mod:`.formats` (latent formats, default sampling), :mod:`.convert` (single-file key
+layouts → diffusers transformers), :mod:`.text` (the CLIP value: CLIP-L/G + T5 encoding recipes),
+:mod:`.model` (the MODEL value and its runners for the sampling core), :mod:`.loading` (files,
+checkpoints, diffusers folders). Nodes: :mod:`.nodes_flow` (DualCLIPLoader, TripleCLIPLoader,
+EmptySD3LatentImage, CLIPTextEncodeSD3, CLIPTextEncodeFlux, FluxGuidance). The shared loaders
+(UNETLoader, CLIPLoader, CheckpointLoaderSimple, VAELoader) live in the ``diffusion`` family and hand
+these files to :mod:`.loading`; sampling is the ``sampling`` family's (KSampler, SamplerCustomAdvanced,
+ModelSamplingSD3/Flux).
+
+Registered through the ``nodegraph.nodes`` entry point ``dit`` (``pyproject.toml``), like any pack.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+
+def node_modules() -> list[ModuleType]:
+    """The modules of this family that hold node classes."""
+    from . import nodes_flow
+
+    return [nodes_flow]

@@ -1,0 +1,187 @@
+"""MODEL for the flow transformers (SD3/SD3.5, Flux.1): the sampling core's model protocol
+(:mod:`nodegraph_nodes.sampling.model`) around a diffusers transformer held by the model manager.
+
+The runner turns a batch of conditioning parts into the transformer's inputs:
+
+* **SD3** (``SD3Transformer2DModel``): the latent as is, ``encoder_hidden_states`` = the entries' states
+  (different token counts repeated to a common length, as ComfyUI), ``pooled_projections`` = their
+  ``pooled_output``, ``timestep`` = sigma · 1000 (the model sampling's timestep).
+* **Flux** (``FluxTransformer2DModel``): the latent padded (circularly) to even sides and packed into
+  2×2 patches (``[B, h/2 · w/2, 4C]``), position ids ``(0, row, column)`` per patch, text ids zero,
+  ``timestep`` = sigma (the transformer scales by 1000), ``guidance`` = the entry's ``guidance``
+  (FluxGuidance / CLIPTextEncodeFlux; ComfyUI's default 3.5) for guidance-distilled models (dev).
+  The output is unpacked and cropped back.
+
+The network predicts the flow velocity; the model sampling (flow, shift) turns it into the denoised
+latent. Weight dtype: fp32 on CPU, bf16 on GPUs (fp16 overflows in these transformers); the fp8 choices
+of UNETLoader store weights in fp8 on GPUs (diffusers' layerwise casting, computing in bf16) and, on
+the CPU, which cannot compute in fp8, round the weights through fp8 and compute in fp32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+
+from nodegraph.cpu_threads import small_work_threads
+from nodegraph.models import ManagerOwned
+from nodegraph_nodes.diffusion.unet_runner import common_length
+from nodegraph_nodes.dit.formats import FLUX_DEFAULT_GUIDANCE, LatentFormat, default_sampling, latent_format
+from nodegraph_nodes.sampling.model import CondPart, SamplingPatches
+from nodegraph_nodes.sampling.model_sampling import ModelSampling
+
+
+def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:
+    if t.shape[0] == rows:
+        return t
+    if t.shape[0] == 1:
+        return t.expand(rows, *t.shape[1:])
+    reps = (rows + t.shape[0] - 1) // t.shape[0]
+    return t.repeat(reps, *([1] * (t.ndim - 1)))[:rows]
+
+
+@dataclass(frozen=True, eq=False)
+class FlowModel(ManagerOwned):
+    """MODEL: a flow transformer of ``family`` (``sd3`` / ``flux``) and how to sample it."""
+
+    handle: Any  # ManagedModel of an SD3Transformer2DModel / FluxTransformer2DModel
+    family: str
+    variant: str = ""
+    source: str = ""
+    sampling: ModelSampling | None = None
+    sampling_patches: SamplingPatches = SamplingPatches()
+    #: a diffusers scheduler config's shift (diffusers folders), else the family's default
+    default_shift: float | None = None
+
+    @property
+    def format(self) -> LatentFormat:
+        return latent_format(self.family)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.format.channels
+
+    @property
+    def model_sampling(self) -> ModelSampling:
+        if self.sampling is not None:
+            return self.sampling
+        return default_sampling(self.family, self.variant, self.default_shift)
+
+    def with_model_sampling(self, ms: ModelSampling) -> "FlowModel":
+        return dataclasses.replace(self, sampling=ms)
+
+    def with_sampling_patches(self, patches: SamplingPatches) -> "FlowModel":
+        return dataclasses.replace(self, sampling_patches=patches)
+
+    def process_latent_in(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.format.process_in(latent)
+
+    def process_latent_out(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.format.process_out(latent)
+
+    def latent_preview(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.format.preview(self.process_latent_out(latent))
+
+    def open_runner(self, ctx, latent_shape: tuple):
+        return open_flow_runner(self, ctx, latent_shape)
+
+
+class SD3Runner:
+    """One run's calls of an ``SD3Transformer2DModel``."""
+
+    def __init__(self, net, device: str):
+        self.net = net
+        self.device = device
+        self.dtype = next(net.parameters()).dtype
+
+    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
+        pass
+
+    def _text(self, parts: list[CondPart]) -> tuple[torch.Tensor, torch.Tensor]:
+        states = common_length([_rows(p.cond.to(self.device, self.dtype), p.rows) for p in parts])
+        pooled = []
+        for p in parts:
+            value = p.extras.get("pooled_output")
+            if value is None:
+                raise ValueError("this conditioning has no pooled output; encode the prompt with the model's "
+                                 "text encoders (TripleCLIPLoader / DualCLIPLoader / the checkpoint's CLIP)")
+            pooled.append(_rows(value.to(self.device, self.dtype), p.rows))
+        return torch.cat(states), torch.cat(pooled)
+
+    def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
+        states, pooled = self._text(parts)
+        t = timestep.to(self.device, self.dtype).reshape(-1).expand(x_in.shape[0])
+        return self.net(hidden_states=x_in.to(self.device, self.dtype), encoder_hidden_states=states,
+                        pooled_projections=pooled, timestep=t, return_dict=False)[0]
+
+
+def pack_latents(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, h, w]`` (even sides) → ``[B, h/2 · w/2, 4C]`` (Flux's 2×2 patches, channels first)."""
+    b, c, h, w = x.shape
+    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    b, _, packed = x.shape
+    c = packed // 4
+    return x.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
+    """Position ids ``[h/2 · w/2, 3]``: (0, row, column) per 2×2 patch."""
+    ids = torch.zeros(h // 2, w // 2, 3)
+    ids[..., 1] = torch.arange(h // 2)[:, None]
+    ids[..., 2] = torch.arange(w // 2)[None, :]
+    return ids.reshape(-1, 3).to(device, dtype)
+
+
+class FluxRunner(SD3Runner):
+    """One run's calls of a ``FluxTransformer2DModel``."""
+
+    def __init__(self, net, device: str):
+        super().__init__(net, device)
+        self.guidance_embeds = bool(getattr(net.config, "guidance_embeds", False))
+
+    def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
+        states, pooled = self._text(parts)
+        h, w = x_in.shape[-2:]
+        ph, pw = h % 2, w % 2
+        x = x_in.to(self.device, self.dtype)
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="circular")
+        hh, ww = x.shape[-2:]
+        guidance = None
+        if self.guidance_embeds:
+            values = []
+            for p in parts:
+                g = p.extras.get("guidance", FLUX_DEFAULT_GUIDANCE)
+                values += [FLUX_DEFAULT_GUIDANCE if g is None else float(g)] * p.rows
+            guidance = torch.tensor(values, device=self.device, dtype=torch.float32)
+        t = timestep.to(self.device, self.dtype).reshape(-1).expand(x.shape[0])
+        txt_ids = torch.zeros(states.shape[1], 3, device=self.device, dtype=self.dtype)
+        out = self.net(hidden_states=pack_latents(x), encoder_hidden_states=states, pooled_projections=pooled,
+                       timestep=t, img_ids=image_ids(hh, ww, self.device, self.dtype), txt_ids=txt_ids,
+                       guidance=guidance, return_dict=False)[0]
+        return unpack_latents(out, hh, ww)[..., :h, :w]
+
+
+def work_elements(net, latent_shape: tuple) -> int:
+    """Elements of one step's widest activation (CFG batch × tokens × width) for the thread choice."""
+    cfg = net.config
+    width = int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
+    return 2 * latent_shape[0] * (latent_shape[-2] * latent_shape[-1] // 4) * width
+
+
+@contextmanager
+def open_flow_runner(model: FlowModel, ctx, latent_shape: tuple) -> Iterator[SD3Runner]:
+    """Load ``model``'s transformer on the run's device for one run."""
+    manager = ctx.service("models")
+    with ExitStack() as stack:
+        net = stack.enter_context(manager.use(model.handle, ctx.device))
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(small_work_threads(ctx.device, work_elements(net, latent_shape)))
+        yield (FluxRunner if model.family == "flux" else SD3Runner)(net, ctx.device)
