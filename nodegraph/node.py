@@ -269,6 +269,15 @@ class Node:
         return cls._EXTRA is not None and cls._EXTRA.fullmatch(name) is not None
 
     @classmethod
+    def extra_input(cls, name: str, linked: bool) -> Input | None:
+        """An input the class takes beyond its declared ones (``linked``: the workflow links it) —
+        checked as this :class:`Input` and passed to ``execute`` — or ``None``. Our nodes take none
+        (names in :attr:`extra_inputs` are let through but not passed); ComfyUI pack classes take the
+        names their ``INPUT_TYPES`` sections say they contain, and links of any name when their function
+        takes ``**kwargs`` (as ComfyUI passes them)."""
+        return None
+
+    @classmethod
     def required_inputs(cls) -> Iterable[Input]:
         return (s for s in cls.INPUTS.values() if not s.optional)
 

@@ -133,11 +133,7 @@ class _Validator:
         given = node.inputs
         for name, spec in cls.INPUTS.items():
             value = given.get(name, _MISSING)
-            kind = type(value)
-            if kind is Link:
-                if self.check_link(node, spec, value, classes, any_type):
-                    links[name] = value
-            elif value is _MISSING:
+            if value is _MISSING:
                 if spec.has_default and spec.is_widget:
                     constants[name] = spec.default
                 elif not spec.optional:
@@ -145,28 +141,45 @@ class _Validator:
                                f"{_label(node)}: required input '{name}' ({spec.type}) is missing; "
                                f"{'connect it to an output of type ' + spec.type if not spec.is_widget else 'give it a value'}",
                                name)
-            elif kind is list:
-                self.bad_list(node, spec, value)
-            elif spec.type == ANY:
-                constants[name] = value
-            elif spec.type not in _CONSTANT_TYPES:
-                self.error("link_required", node,
-                           f"{_label(node)}: input '{name}' takes a {spec.type} from another node's "
-                           f"output, written as a link like [\"<node id>\", 0], not the constant "
-                           f"{_short(value)}", name, received_value=_short(value))
             else:
-                ok, coerced = self.check_constant(node, spec, value, skip_range=name in custom_names)
-                if ok:
-                    constants[name] = coerced
+                self.check_given(node, spec, value, classes, any_type, name in custom_names, constants, links)
         declared = cls.INPUTS
         for name in given:
-            if name not in declared and not cls.accepts_input(name):
+            if name in declared:
+                continue
+            extra = cls.extra_input(name, type(given[name]) is Link)
+            if extra is not None:  # an input the class takes beyond its declared ones (ComfyUI packs)
+                self.check_given(node, extra, given[name], classes, any_type, name in custom_names, constants,
+                                 links)
+            elif not cls.accepts_input(name):
                 self.unknown_input(node, cls, name)
         if custom_names:
             self.check_custom(node, cls, constants, links, classes)
         return PlannedNode(node.id, node.class_type, cls, constants, links,
                            parent=node.parent, display_node=node.display_node or node.id,
                            is_changed=node.is_changed)
+
+    def check_given(self, node: WorkflowNode, spec: Input, value: Any, classes: dict[str, type[Node]],
+                    any_type: bool, skip_range: bool, constants: dict[str, Any], links: dict[str, Link]) -> None:
+        """Check the value a workflow gives an input; a good one goes into ``constants`` / ``links``."""
+        name = spec.name
+        kind = type(value)
+        if kind is Link:
+            if self.check_link(node, spec, value, classes, any_type):
+                links[name] = value
+        elif kind is list:
+            self.bad_list(node, spec, value)
+        elif spec.type == ANY:
+            constants[name] = value
+        elif spec.type not in _CONSTANT_TYPES:
+            self.error("link_required", node,
+                       f"{_label(node)}: input '{name}' takes a {spec.type} from another node's "
+                       f"output, written as a link like [\"<node id>\", 0], not the constant "
+                       f"{_short(value)}", name, received_value=_short(value))
+        else:
+            ok, coerced = self.check_constant(node, spec, value, skip_range=skip_range)
+            if ok:
+                constants[name] = coerced
 
     def unknown_input(self, node: WorkflowNode, cls: type[Node], name: str) -> None:
         self.error("unknown_input", node, unknown_input_message(_label(node), cls, name), name)

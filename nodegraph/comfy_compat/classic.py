@@ -26,9 +26,13 @@ nodes. How each part of the protocol maps:
 returns                a tuple; ``{"result", "ui", "expand"}``; an ``ExecutionBlocker``
 =====================  ===================================================================================
 
-Stricter than ComfyUI: constants are not coerced from strings ("5" is not an INT), and an input name
-the class does not declare is a validation error unless its ``INPUT_TYPES`` section says it contains
-that name (the "accept any input" dicts some packs use).
+Inputs beyond the declared ones (:meth:`ClassicNode.extra_input`): a name an ``INPUT_TYPES`` section
+says it contains (the "accept any input" mappings some packs use) is taken, linked or constant; a link
+of any other name is passed to a function that takes ``**kwargs`` (ComfyUI passes undeclared links:
+that is how inputs a pack's frontend adds arrive).
+
+Stricter than ComfyUI: constants are not coerced from strings ("5" is not an INT), and an undeclared
+constant is a validation error (``unknown_input``; ComfyUI drops it silently).
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from typing import Any, Callable, ClassVar
 
 from ..blocking import ExecutionBlocker
 from ..node import Input, Node, NodeResult, Output
-from ..types import COMBO
+from ..types import ANY, COMBO
 from .current import running
 from .dynprompt import DynamicPrompt
 
@@ -137,7 +141,7 @@ def combo_choices(head: Any, options: dict) -> list | None:
     return None
 
 
-def make_input(name: str, entry: Any, section: str, reader: _TypesReader) -> ClassicInput:
+def make_input(name: str, entry: Any, section: str, reader: _TypesReader | None) -> ClassicInput:
     head, options = split_spec(entry)
     if not isinstance(head, (str, list, tuple)):
         raise ClassicProtocolError(f"input '{name}': its type must be a string or a list of choices, "
@@ -152,7 +156,9 @@ def make_input(name: str, entry: Any, section: str, reader: _TypesReader) -> Cla
             continue
         if value is not None:
             kwargs[attr] = value
-    if choices is not None:
+    if choices is not None and reader is None:
+        kwargs["choices"] = choices
+    elif choices is not None:
         def fresh(section=section, name=name) -> list:
             current_head, current_options = reader.spec(section, name)
             found = combo_choices(current_head, current_options)
@@ -216,6 +222,8 @@ class ClassicNode(Node):
     #: the pack's hidden inputs: its name → ComfyUI kind (``{"uid": "UNIQUE_ID"}``)
     comfy_hidden: ClassVar[dict[str, str]] = {}
     comfy_types: ClassVar[_TypesReader]
+    #: the pack's function takes ``**kwargs`` (it then gets links of undeclared names)
+    comfy_takes_kwargs: ClassVar[bool] = False
     _objects: ClassVar["OrderedDict[str, Any]"]
     _objects_lock: ClassVar[threading.Lock]
 
@@ -227,17 +235,28 @@ class ClassicNode(Node):
 
     @classmethod
     def accepts_input(cls, name: str) -> bool:
-        if super().accepts_input(name) or name in cls.comfy_hidden:
-            return True
+        return super().accepts_input(name) or name in cls.comfy_hidden
+
+    @classmethod
+    def extra_input(cls, name: str, linked: bool) -> Input | None:
+        """A name a section of ``INPUT_TYPES`` says it contains (the "accept any input" mappings some
+        packs use: ComfyUI passes such inputs), or — when the pack's function takes ``**kwargs`` — a
+        link of any name (ComfyUI passes undeclared links; the inputs a pack's frontend adds arrive so).
+        An undeclared constant is not taken (ComfyUI drops it; here it is an ``unknown_input`` error)."""
         types = cls.comfy_types()
         for section in ("required", "optional"):
             declared = types.get(section)
-            try:
-                if declared is not None and type(declared) is not dict and name in declared:
-                    return True  # a pack's "accept any input" mapping
-            except Exception:
+            if declared is None or type(declared) is dict:
                 continue
-        return False
+            try:
+                if name not in declared:
+                    continue
+                return make_input(name, declared[name], "optional", None)
+            except Exception:  # an odd mapping: take the value as it comes
+                return Input(ANY, optional=True, name=name)
+        if linked and cls.comfy_takes_kwargs:
+            return Input(ANY, optional=True, name=name)
+        return None
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -348,6 +367,13 @@ def _validator(pack_cls: type, takes_lists: bool) -> Callable[..., Any]:
     return classmethod(validate_inputs)
 
 
+def _takes_kwargs(function: Any) -> bool:
+    try:
+        return any(p.kind == p.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
+    except (TypeError, ValueError):
+        return False
+
+
 def output_type(entry: Any) -> str:
     if isinstance(entry, (list, tuple)):
         return COMBO  # a combo output (ComfyUI lets a node return a choice list's value)
@@ -395,6 +421,7 @@ def build_node_class(name: str, pack_cls: type, pack: str, display_name: str | N
                     for i, t in enumerate(returns))
     takes_lists = bool(getattr(pack_cls, "INPUT_IS_LIST", False))
     namespace: dict[str, Any] = {
+        "comfy_takes_kwargs": _takes_kwargs(getattr(pack_cls, str(pack_cls.FUNCTION), None)),
         "__module__": __name__, "__doc__": None, "CLASS_TYPE": name,
         "comfy_class": pack_cls, "comfy_function": str(pack_cls.FUNCTION), "comfy_pack": pack,
         "comfy_hidden": hidden, "comfy_types": reader,

@@ -288,7 +288,40 @@ class MaskPreview(nodes.SaveImage):
         return self.save_images(preview, filename_prefix, prompt, extra_pnginfo)
 
 
+class AnyInputs(dict):
+    """The "accept any input" mapping some packs put in INPUT_TYPES (KJNodes' FlexibleOptionalInputType)."""
+    def __contains__(self, key):
+        return True
+
+    def __getitem__(self, key):
+        return dict.get(self, key, ("*",))
+
+
+class JoinAll:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"sep": ("STRING", {"default": ","})}, "optional": AnyInputs()}
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "join"
+
+    def join(self, sep, **kwargs):
+        return (sep.join(f"{key}={kwargs[key]}" for key in sorted(kwargs)),)
+
+
+class SumLinks:
+    """Declares value_1; a frontend extension adds value_2, value_3 … as links (ComfyUI passes them)."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value_1": ("INT", {"forceInput": True})}}
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "total"
+
+    def total(self, **kwargs):
+        return (sum(kwargs.values()),)
+
+
 NODE_CLASS_MAPPINGS = {
+    "NgJoinAll": JoinAll, "NgSumLinks": SumLinks,
     "NgAdd": Add, "NgShow": Show, "NgShowResult": ShowResult, "NgRange": Range, "NgDouble": Double,
     "NgTotal": Total, "NgChanged": Changed, "NgValidated": Validated, "NgLazySwitch": LazySwitch,
     "NgLazyNoCheck": LazyNoCheck, "NgBlock": Block, "NgExpand": Expand, "NgRaise": Raise,

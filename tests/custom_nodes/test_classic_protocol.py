@@ -243,3 +243,19 @@ def test_constants_are_not_coerced_from_strings(engine):
         engine.validate({"1": {"class_type": "NgAdd", "inputs": {"a": "5", "b": 4}},
                          "2": {"class_type": "NgShow", "inputs": {"value": ["1", 0]}}})
     assert refused.value.errors[0].kind == "invalid_value"
+
+
+def test_inputs_beyond_the_declared_ones_as_comfyui_passes_them(engine):
+    prompt = {"1": {"class_type": "NgAdd", "inputs": {"a": 3, "b": 4}},
+              "2": {"class_type": "NgJoinAll", "inputs": {"sep": "+", "x": 1, "y": ["1", 0]}},
+              "3": {"class_type": "NgShow", "inputs": {"value": ["2", 0]}},
+              "4": {"class_type": "NgSumLinks", "inputs": {"value_1": ["1", 0], "value_2": ["1", 0]}},
+              "5": {"class_type": "NgShow", "inputs": {"value": ["4", 0]}}}
+    result, _ = run(engine, prompt)
+    assert result.ok, result.failure
+    assert shown(result, "3") == repr("x=1+y=7")  # the section says it contains every name
+    assert shown(result, "5") == "14"  # links of undeclared names reach a **kwargs function
+    stray = dict(prompt, **{"4": {"class_type": "NgSumLinks", "inputs": {"value_1": ["1", 0], "value_3": 5}}})
+    with pytest.raises(ValidationFailed) as refused:  # an undeclared constant: ComfyUI drops it silently
+        engine.validate(stray)
+    assert [(e.kind, e.input_name) for e in refused.value.errors] == [("unknown_input", "value_3")]
