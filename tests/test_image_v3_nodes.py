@@ -232,8 +232,10 @@ def test_image_from_batch(make):
     assert torch.equal(one, images[1:2])
     with pytest.raises(ValueError, match=r"ImageFromBatch: input 'batch_index' is 4, outside the batch of 4; use -4 to 3"):
         make(batch.ImageFromBatch).execute(images, 4, 1)
-    with pytest.raises(ValueError, match="input 'length' is 3, but only 2 image"):
-        make(batch.ImageFromBatch).execute(images, 2, 3)
+    (rest,) = make(batch.ImageFromBatch).execute(images, 1, 4096)      # templates' "the rest of the batch"
+    assert torch.equal(rest, images[1:])
+    with pytest.raises(ValueError, match=r"input 'batch_index' is -5, outside the batch of 4"):
+        make(batch.ImageFromBatch).execute(images, -5, 1)
 
 
 def test_batch_images_pads_alpha_and_resizes_to_the_first(make):

@@ -6,8 +6,8 @@ autogrow, prefix ``image``, up to 50 inputs). ComfyUI now shows the first two as
 but its own workflow templates (saved when the minimum was 1) often connect only ``images.image0``; here
 only that one is required, and a single image passes through as a batch.
 
-Stricter than ComfyUI: ImageFromBatch refuses an index or a length outside the batch (ComfyUI clamps
-both silently); BatchImagesNode refuses mixing 1-channel images with colour images (ComfyUI pads one
+Stricter than ComfyUI: ImageFromBatch refuses an index outside the batch (ComfyUI moves it to the
+nearest end silently; ``length`` stays an upper bound, as ComfyUI's templates use it: 4096 = the rest); BatchImagesNode refuses mixing 1-channel images with colour images (ComfyUI pads one
 channel and then fails in ``torch.cat``); RebatchImages refuses images of different sizes in one new
 batch with a message naming them.
 """
@@ -52,8 +52,9 @@ def batch_images(images: list[tuple[str, torch.Tensor]], node: str) -> torch.Ten
 
 
 class ImageFromBatch(Node):
-    """Takes length images starting at batch_index (negative counts from the end). Stricter than
-    ComfyUI: an index outside the batch or a length past its end is an error, not clamped."""
+    """Takes up to length images starting at batch_index (negative counts from the end; a length past
+    the end takes the rest). Stricter than ComfyUI: an index outside the batch is an error, not moved
+    to the nearest end."""
 
     category = "image/batch"
     display_name = "Get Image from Batch"
@@ -72,9 +73,6 @@ class ImageFromBatch(Node):
         if not 0 <= start < size:
             raise node_error(node, f"input 'batch_index' is {index}, outside the batch of {size}; "
                                    f"use {-size} to {size - 1}")
-        if start + length > size:
-            raise node_error(node, f"input 'length' is {length}, but only {size - start} image(s) follow "
-                                   f"index {start} in the batch of {size}")
         return (image[start:start + length].clone(),)
 
 
