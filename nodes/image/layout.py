@@ -25,6 +25,7 @@ from nodegraph.node import BOOLEAN, COMBO, FLOAT, INT, STRING, Input, Node, Node
 from nodegraph.pngmeta import comfy_text_chunks
 from nodegraph.types import ANY, IMAGE, MASK
 from nodegraph.user_files import folder_of
+from nodegraph_nodes.io.files import save_images
 
 from .checks import choice, float_in_range, hex_color, image_input, int_in_range, mask_input, node_error
 from .operations import MAX_RESOLUTION, common_upscale, lanczos
@@ -175,8 +176,6 @@ class ImageCropV2(Node):
             raise node_error(node, f"input 'crop_region' starts at ({box.x}, {box.y}), outside the "
                                    f"{width}×{height} image; use x < {width} and y < {height}")
         cropped = image[:, box.y:box.y + box.height, box.x:box.x + box.width, :]
-        from nodegraph_nodes.io.files import save_images
-
         suffix = "_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
         previews = save_images(cropped[..., :4], "ComfyUI" + suffix, folder_of(self.ctx.paths, "temp"), "temp", 1,
                                comfy_text_chunks(prompt, extra_pnginfo))
