@@ -3,8 +3,12 @@
 The built-in families (``nodegraph_nodes.<family>``) and third-party packs register the same way,
 through the Python entry-point group ``nodegraph.nodes``. An entry point may name a module (its
 :class:`Node` subclasses are taken), a list of modules or classes, a ``{name: class}`` mapping
-(ComfyUI's ``NODE_CLASS_MAPPINGS`` shape) or a function returning one of those. The registry never
-imports a node family by name, and nothing is imported from arbitrary folders.
+(ComfyUI's ``NODE_CLASS_MAPPINGS`` shape) or a function returning one of those. A ComfyUI custom node
+pack installed as a distribution registers so too: its classes follow ComfyUI's classic protocol
+(a module with ``NODE_CLASS_MAPPINGS``, or the mapping itself) and become nodes through
+:mod:`nodegraph.comfy_compat.classic`; ComfyUI's module names are made importable before third-party
+entry points load (:mod:`nodegraph.comfy_compat.finder`). The registry never imports a node family by
+name; ComfyUI packs in folders are loaded by :mod:`nodegraph.comfy_compat.loader`.
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ class NodeRegistry:
                 continue
             source = f"{ep.name} ({ep.value})"
             try:
+                if not is_builtin:
+                    _comfy_names_importable()  # a ComfyUI pack imports folder_paths, comfy.utils, …
                 count += self._add_pack_object(ep.load(), source)
             except Exception as exc:  # a third-party pack must not take the engine down
                 log.warning("node pack %s failed to load: %s", source, exc)
@@ -116,14 +122,16 @@ class NodeRegistry:
 
     def _add_pack_object(self, obj: Any, source: str) -> int:
         if isinstance(obj, ModuleType):
+            mappings = getattr(obj, "NODE_CLASS_MAPPINGS", None)
+            if isinstance(mappings, dict):  # a ComfyUI pack's module
+                display = getattr(obj, "NODE_DISPLAY_NAME_MAPPINGS", None)
+                return self._add_mapping(mappings, source, display if isinstance(display, dict) else {})
             return self.add_module(obj, source)
         if inspect.isclass(obj):
             self.register(obj, source=source)
             return 1
         if isinstance(obj, dict):
-            for name, cls in obj.items():
-                self.register(cls, name=name, source=source)
-            return len(obj)
+            return self._add_mapping(obj, source, {})
         if isinstance(obj, (list, tuple)):
             return sum(self.add_module(item) if isinstance(item, ModuleType)
                        else self._add_pack_object(item, source) for item in obj)
@@ -131,6 +139,16 @@ class NodeRegistry:
             return self._add_pack_object(obj(), source)
         raise TypeError(f"entry point gave {type(obj).__name__}; expected a module, class, "
                         "list of classes, {name: class} mapping or a function returning one")
+
+    def _add_mapping(self, mapping: dict, source: str, display: dict) -> int:
+        """``{name: class}``: our node classes, or ComfyUI classic classes (adapted)."""
+        for name, cls in mapping.items():
+            if not (inspect.isclass(cls) and issubclass(cls, Node)):
+                from .comfy_compat.classic import build_node_class
+
+                cls = build_node_class(str(name), cls, source, display.get(name))
+            self.register(cls, name=str(name), source=source)
+        return len(mapping)
 
     # -- description --------------------------------------------------------------------------
 
@@ -144,6 +162,15 @@ class NodeRegistry:
             return {class_type: describe_node(class_type, cls, self.source_of(class_type), paths)} if cls else {}
         return {name: describe_node(name, cls, self.source_of(name), paths)
                 for name, cls in self._classes.items()}
+
+
+def _comfy_names_importable() -> None:
+    from .comfy_compat import finder
+
+    try:
+        finder.install()
+    except RuntimeError as exc:  # ComfyUI's own modules are loaded: packs get those
+        log.debug("ComfyUI module names not provided: %s", exc)
 
 
 def describe_node(name: str, cls: type[Node], python_module: str = "",

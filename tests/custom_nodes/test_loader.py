@@ -155,3 +155,42 @@ def test_run_and_validate_with_packs(folder, tmp_path, capsys):
     assert code == 1 and "ValueError: the pack refuses 9" in err
     code, out, err = run_cli(["validate", workflow, "--custom-nodes-dir", folder], capsys)
     assert code == 0 and out.startswith("ok:")
+
+
+def test_a_comfyui_pack_installed_as_a_distribution_loads_through_the_entry_point_group(tmp_path, monkeypatch):
+    package = tmp_path / "ng_installed_comfy_pack"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import folder_paths\nimport comfy.utils\n\n"
+        "class Shout:\n"
+        "    @classmethod\n"
+        "    def INPUT_TYPES(cls):\n"
+        "        return {'required': {'text': ('STRING', {'default': 'hi'})}}\n"
+        "    RETURN_TYPES = ('STRING',)\n"
+        "    FUNCTION = 'shout'\n"
+        "    OUTPUT_NODE = True\n\n"
+        "    def shout(self, text):\n"
+        "        return {'ui': {'text': [text.upper()]}, 'result': (text.upper(),)}\n\n"
+        "NODE_CLASS_MAPPINGS = {'NgInstalledShout': Shout}\n"
+        "NODE_DISPLAY_NAME_MAPPINGS = {'NgInstalledShout': 'Shout (installed)'}\n")
+    dist = tmp_path / "ng_installed_comfy_pack-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ng-installed-comfy-pack\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[nodegraph.nodes]\nshout = ng_installed_comfy_pack\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    # as in a fresh process: no ComfyUI names yet (the entry point's loading provides them)
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if f is not finder.FINDER])
+    for name in [n for n in sys.modules if n in ("folder_paths", "comfy") or n.startswith("comfy.")]:
+        monkeypatch.delitem(sys.modules, name)
+    registry = default_registry()
+    assert registry.load_errors == []
+    assert registry.object_info("NgInstalledShout")["NgInstalledShout"]["display_name"] == "Shout (installed)"
+    from nodegraph import Engine
+
+    engine = Engine(registry, device="cpu")
+    try:
+        result = engine.run({"1": {"class_type": "NgInstalledShout", "inputs": {"text": "loud"}}})
+    finally:
+        engine.close()
+    assert result.outputs == {"1": {"text": ["LOUD"]}}
