@@ -1,6 +1,8 @@
-"""Benchmark: the engine's txt2img against the bare diffusers StableDiffusionPipeline, same model.
+"""Benchmark: the engine's txt2img against the bare diffusers StableDiffusionPipeline, same model; and
+step caching (EasyCache) against no cache on the same model.
 
     python bench/sampling.py [--runs 5] [--steps 20] [--size 256] [--channels 96]
+                             [--cache-thresholds 0.2,0.5] [--cache-only]
 
 A small random SD 1.x model (built from the real diffusers / transformers classes, saved as an LDM
 single file and loaded by CheckpointLoaderSimple) keeps one run in the seconds on a CPU. Runs are
@@ -8,6 +10,13 @@ interleaved (engine, pipeline, engine, …); each engine run changes only the se
 text encoders come from the cache — the script checks that only KSampler, VAEDecode and the output
 node ran. The pipeline gets the prompt embeddings precomputed (``prompt_embeds``), so both sides do
 the same work: the sampling loop plus the VAE decode. The same seed's images are compared too.
+
+Step cache: KSampler (euler, ``simple`` scheduler: the sampling core, the path any patched MODEL takes)
+on the plain model and on ``EasyCache(model, reuse_threshold=t)`` (ComfyUI's default start 0.15 / end
+0.95) for each threshold, runs interleaved with the same seeds. Printed per threshold: steps skipped,
+median wall and CPU time (the process's, less sensitive to other jobs on the machine), speed-up (median
+no-cache time over median cached time, both clocks) and the max pixel error of the decoded images
+against the no-cache image of the same seed (images in [0, 1]). A run's time includes its VAE decode.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--channels", type=int, default=96)
+    ap.add_argument("--cache-thresholds", default="0.2,0.5", help="EasyCache reuse_threshold values, comma-separated")
+    ap.add_argument("--cache-only", action="store_true", help="only the step-cache figures")
     args = ap.parse_args()
 
     from diffusers import EulerDiscreteScheduler
@@ -64,6 +75,10 @@ def main() -> None:
         return pipe(prompt_embeds=embeds, negative_prompt_embeds=neg_embeds, num_inference_steps=args.steps,
                     guidance_scale=cfg, latents=noise, generator=gen, height=h, width=w, output_type="pt").images
 
+    if args.cache_only:
+        step_cache_figures(engine, args, prompt, negative, cfg)
+        engine.close()
+        return
     first = engine.run(graph(0)).raise_for_status()  # warm-up: loads and encodes once
     ref = run_pipe(0)
     diff = (first.value("8") - ref.permute(0, 2, 3, 1)).abs().max().item()
@@ -86,7 +101,66 @@ def main() -> None:
     print(f"ratio engine/diffusers (median): {e / p:.3f}; (best of each): {min(engine_times) / min(pipe_times):.3f}")
     print(f"second run executed only: {result.executed}; model loads: "
           f"{sorted(m['loads'] for m in manager.loaded())}")
+    step_cache_figures(engine, args, prompt, negative, cfg)
     engine.close()
+
+
+def step_cache_figures(engine, args, prompt: str, negative: str, cfg: float) -> None:
+    """EasyCache at each threshold against no cache (see the module docstring)."""
+    from nodegraph.builder import Graph
+
+    thresholds = [float(t) for t in args.cache_thresholds.split(",") if t.strip()]
+    h = w = args.size
+
+    def graph(seed: int, threshold: float | None) -> Graph:
+        g = Graph()
+        ck = g.node("CheckpointLoaderSimple", "4", ckpt_name="bench_sd15.safetensors")
+        model = ck.out(0)
+        if threshold is not None:
+            model = g.node("EasyCache", "ec", model=model, reuse_threshold=threshold, start_percent=0.15,
+                           end_percent=0.95, verbose=False)
+        ks = g.node("KSampler", "3", model=model, seed=seed, steps=args.steps, cfg=cfg, sampler_name="euler",
+                    scheduler="simple", positive=g.node("CLIPTextEncode", "6", text=prompt, clip=ck.out(1)),
+                    negative=g.node("CLIPTextEncode", "7", text=negative, clip=ck.out(1)),
+                    latent_image=g.node("EmptyLatentImage", "5", width=w, height=h, batch_size=1), denoise=1.0)
+        g.node("PreviewAny", "9", source=g.node("VAEDecode", "8", samples=ks, vae=ck.out(2)))
+        return g
+
+    variants: list[float | None] = [None] + thresholds
+    for t in variants:  # warm-up: loads, encodes, builds each EasyCache node once
+        engine.run(graph(10_000, t)).raise_for_status()
+    times: dict = {t: [] for t in variants}
+    cpu: dict = {t: [] for t in variants}
+    errors: dict = {t: [] for t in thresholds}
+    skipped: dict = {t: [] for t in thresholds}
+    calls: dict = {t: [] for t in thresholds}
+    for i in range(1, args.runs + 1):
+        images = {}
+        for t in variants:
+            t0, c0 = time.perf_counter(), time.process_time()
+            result = engine.run(graph(20_000 + i, t)).raise_for_status()
+            times[t].append(time.perf_counter() - t0)
+            cpu[t].append(time.process_time() - c0)
+            images[t] = result.value("8")
+            if t is not None:
+                (patch,) = result.value("ec").sampling_patches.model_patches
+                stats = patch.last_stats
+                skipped[t].append(stats.skipped)
+                calls[t].append(f"{stats.calls - stats.skipped_calls}/{stats.calls}")
+        for t in thresholds:
+            errors[t].append((images[t] - images[None]).abs().max().item())
+    base, base_cpu = statistics.median(times[None]), statistics.median(cpu[None])
+    print(f"step cache: EasyCache (start 0.15, end 0.95) vs no cache; KSampler euler/simple, {args.steps} steps, "
+          f"cfg {cfg}, {h}x{w}, {args.runs} seeds, runs interleaved")
+    print(f"  no cache        runs (s): {' '.join(f'{x:.3f}' for x in times[None])}  median {base:.3f}; "
+          f"CPU time median {base_cpu:.3f}")
+    for t in thresholds:
+        med, med_cpu = statistics.median(times[t]), statistics.median(cpu[t])
+        print(f"  threshold {t:<5}  runs (s): {' '.join(f'{x:.3f}' for x in times[t])}  median {med:.3f}; "
+              f"CPU time median {med_cpu:.3f}")
+        print(f"      skipped {' '.join(str(n) for n in skipped[t])} of {args.steps} steps (UNet calls computed/made "
+              f"{' '.join(calls[t])}); speed-up {base / med:.2f}x wall, {base_cpu / med_cpu:.2f}x CPU time; "
+              f"max pixel error {max(errors[t]):.4f} (per seed {' '.join(f'{e:.4f}' for e in errors[t])})")
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@
   the module's own ``forward`` is back after each run.
 * **ModelAttentionBackend**: every network call runs under ``torch.nn.attention.sdpa_kernel`` with the
   chosen scaled-dot-product backend. ``pytorch attention`` (ComfyUI's default) leaves the choice to
-  torch; the other choices pin one of torch's SDPA kernels (math, flash, memory-efficient, cuDNN).
-  ComfyUI also offers ``comfy kitchen attention`` where its INT8 kernels are installed; nodegraph has no
-  such kernels. Stricter than ComfyUI, which falls back to PyTorch attention: a kernel that cannot run
-  on the device or for these inputs is an error naming the node.
+  torch; ``comfy kitchen attention`` (ComfyUI's INT8 kernels, which nodegraph does not have) falls back
+  to PyTorch attention with a logged warning, as ComfyUI does where they are not installed — workflows
+  saved with it keep working. The other choices are nodegraph's: they pin one of torch's SDPA kernels
+  (math, flash, memory-efficient, cuDNN); such a kernel that cannot run on the device or for these
+  inputs is an error naming the node (no silent fallback).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -26,6 +28,9 @@ from nodegraph.types import MODEL
 
 from nodegraph_nodes.sampling.model import require_sampling_model
 from nodegraph_nodes.sampling.run_patches import ModelPatch, PatchRun, RunnerProxy
+
+log = logging.getLogger(__name__)
+KITCHEN = "comfy kitchen attention"
 
 
 @dataclass(eq=False)
@@ -79,7 +84,7 @@ class TorchCompileModel(Node):
 def _sdpa_backends() -> dict[str, object]:
     from torch.nn.attention import SDPBackend
 
-    return {"pytorch attention": None, "pytorch math attention": SDPBackend.MATH,
+    return {"pytorch attention": None, KITCHEN: None, "pytorch math attention": SDPBackend.MATH,
             "pytorch flash attention": SDPBackend.FLASH_ATTENTION,
             "pytorch memory efficient attention": SDPBackend.EFFICIENT_ATTENTION,
             "pytorch cudnn attention": SDPBackend.CUDNN_ATTENTION}
@@ -115,6 +120,8 @@ class AttentionBackendPatch(ModelPatch):
     @contextmanager
     def attach(self, run: PatchRun) -> Iterator[None]:
         backend = _sdpa_backends()[self.choice]
+        if self.choice == KITCHEN:
+            log.warning("ModelAttentionBackend: %r is not available in nodegraph; using PyTorch attention", KITCHEN)
         if backend is not None:
             run.runner = _SdpaRunner(run.runner, self.choice, backend)
         yield
@@ -122,8 +129,9 @@ class AttentionBackendPatch(ModelPatch):
 
 class ModelAttentionBackend(Node):
     """Selects the dense attention backend for the model's attention: a copy of the model whose sampling
-    runs use it. 'pytorch attention' lets torch choose its scaled-dot-product kernel; the others pin one
-    (an error where it cannot run; ComfyUI would fall back to PyTorch attention)."""
+    runs use it. 'pytorch attention' lets torch choose its scaled-dot-product kernel; 'comfy kitchen
+    attention' is not available here and falls back to PyTorch attention (as in ComfyUI); the
+    'pytorch … attention' choices pin one of torch's kernels (an error where it cannot run)."""
 
     display_name = "Model Attention Backend"
     category = "advanced/model"

@@ -60,7 +60,7 @@ def test_object_info_of_the_newer_nodes():
                                   "tooltip": "The relative sampling step to end use of LazyCache."}]}}
     backend = info["ModelAttentionBackend"]
     assert list(backend["input"]["required"]) == ["model", "attention"]
-    assert backend["input"]["required"]["attention"][0][0] == "pytorch attention"
+    assert backend["input"]["required"]["attention"][0][:2] == ["pytorch attention", "comfy kitchen attention"]
     assert backend["input"]["required"]["attention"][1]["default"] == "pytorch attention"
     assert backend["output"] == ["MODEL"]
 
@@ -271,8 +271,10 @@ def test_model_attention_backend(engine, family):
     def backend(choice):
         return lambda g, model: g.node("ModelAttentionBackend", model=model, attention=choice)
     _, out = _patched_runs(engine, family, {"default": backend("pytorch attention"),
+                                            "kitchen": backend("comfy kitchen attention"),
                                             "math": backend("pytorch math attention")})
     assert torch.equal(out["default"], out["base"])
+    assert torch.equal(out["kitchen"], out["base"])  # not available here: PyTorch attention, as in ComfyUI
     assert_near(out["math"], out["base"])
 
 
