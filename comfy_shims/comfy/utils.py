@@ -154,10 +154,10 @@ def resize_to_batch_size(tensor: torch.Tensor, batch_size: int) -> torch.Tensor:
         return tensor
     if batch_size <= 1:
         return tensor[:batch_size]
-    if size < batch_size:
+    if batch_size < size:  # pick evenly, first and last kept
         scale = (size - 1) / (batch_size - 1)
         index = [min(round(i * scale), size - 1) for i in range(batch_size)]
-    else:
+    else:  # repeat each item in turn
         scale = size / batch_size
         index = [min(math.floor((i + 0.5) * scale), size - 1) for i in range(batch_size)]
     return tensor[index]
