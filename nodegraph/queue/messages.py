@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .. import jsontext
+
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 #: the format numbers of a ``PREVIEW_IMAGE`` frame, by PIL format name
@@ -86,7 +88,9 @@ def now_ms() -> int:
 
 
 def encode(type_: str, data: dict) -> str:
-    return json.dumps({"type": type_, "data": data}, separators=(",", ":"), default=str)
+    """A WebSocket text message; what JSON cannot hold is written as its ``str`` (compact, UTF-8:
+    :mod:`nodegraph.jsontext`)."""
+    return jsontext.dumps({"type": type_, "data": data}, default=str)
 
 
 def executing(node: str | None, display_node: str | None, prompt_id: str) -> str:

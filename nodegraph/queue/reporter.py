@@ -100,6 +100,25 @@ class RunReporter:
             log.debug("image frame encoding failed for node %s: %s", node_id, exc)
             return None
 
+    def _started(self, event: NodeStarted) -> None:
+        if not self.cached_sent:
+            self.ensure_cached_sent()
+        node_id = event.node_id
+        self.last_node = node_id
+        self.display[node_id] = event.display_node or node_id
+        self.events.post(self.client, executing(node_id, event.display_node, event.prompt_id))
+
+    def _finished(self, event: NodeFinished) -> None:
+        if self.held:
+            self.held.pop(event.node_id, None)
+        if event.ui is not None:
+            self.send("executed", {"node": event.node_id, "display_node": event.display_node,
+                                   "output": event.ui, "prompt_id": event.prompt_id})
+        features = self.features()
+        if features is not None and features.extra_events:
+            self.send("node_finished", {"node": event.node_id, "prompt_id": event.prompt_id,
+                                        "seconds": round(event.seconds, 6), "cached": event.cached})
+
     def ensure_cached_sent(self) -> None:
         if not self.cached_sent:
             self.cached_sent = True
@@ -107,6 +126,13 @@ class RunReporter:
                                            "timestamp": now_ms()}, keep=True)
 
     def __call__(self, event: Event) -> None:
+        kind = type(event)
+        if kind is NodeStarted:  # the two events of every node first: their cost is a per-node cost
+            self._started(event)
+            return
+        if kind is NodeFinished:
+            self._finished(event)
+            return
         pid = event.prompt_id
         if isinstance(event, NodeProgress):
             held = self.held.pop(event.node_id, None)
@@ -125,19 +151,9 @@ class RunReporter:
             if frame is not None:
                 self.events.post(self.client, frame)
         elif isinstance(event, NodeStarted):
-            self.ensure_cached_sent()
-            self.last_node = event.node_id
-            self.display[event.node_id] = event.display_node or event.node_id
-            self.events.post(self.client, executing(event.node_id, event.display_node, pid))
+            self._started(event)
         elif isinstance(event, NodeFinished):
-            self.held.pop(event.node_id, None)
-            if event.ui is not None:
-                self.send("executed", {"node": event.node_id, "display_node": event.display_node,
-                                       "output": event.ui, "prompt_id": pid})
-            features = self.features()
-            if features is not None and features.extra_events:
-                self.send("node_finished", {"node": event.node_id, "prompt_id": pid,
-                                            "seconds": round(event.seconds, 6), "cached": event.cached})
+            self._finished(event)
         elif isinstance(event, NodesCached):
             first = not self.cached_sent  # later ones: nodes found in the cache in lazy branches
             self.cached_sent = True

@@ -52,15 +52,25 @@ async def serve_forever(config: ServerConfig, stream: TextIO = sys.stdout,
         await app_runner.cleanup()
 
 
+#: the collector's first threshold while serving (Python's default: 700 allocations)
+GC_THRESHOLD0 = 10_000
+
+
 def freeze_startup_objects() -> None:
     """Move what start-up created (torch, the node library, aiohttp: a few hundred thousand objects
     that live as long as the process) out of the garbage collector's view: a full collection no longer
     walks them, which took tens of milliseconds in the middle of a prompt every few prompts (Python's
-    ``gc.freeze`` recipe for servers). Garbage made by start-up is collected first."""
+    ``gc.freeze`` recipe for servers). Garbage made by start-up is collected first.
+
+    The youngest generation is then collected every :data:`GC_THRESHOLD0` allocations instead of 700:
+    a 400-node prompt made ~8 young collections and most of a full one per prompt (2.4 ms of its CPU),
+    walking the run's results that are still alive each time; now ~0.4 (1 ms). Cyclic garbage waits a
+    little longer for its collection; reference counting frees everything else at once, as before."""
     import gc
 
     gc.collect()
     gc.freeze()
+    gc.set_threshold(GC_THRESHOLD0, *gc.get_threshold()[1:])
 
 
 __all__ = ["ServerConfig", "create_app", "serve_forever"]

@@ -3,8 +3,9 @@
 Every connection has its own outgoing queue drained by one sender task, so messages reach a client in
 the order they were posted and a slow client never blocks the engine or other clients. Messages arrive
 from the job runner's threads (the hub is the runner's :class:`~nodegraph.queue.protocol.EventSink`);
-:meth:`WebSocketHub.post` adds them to a pending list and wakes the event loop (``call_soon_threadsafe``)
-only when that list was empty — the only thread-crossing point. The loop then waits
+:meth:`WebSocketHub.post` adds them to a pending deque (no lock: appending and taking are atomic) and
+wakes the event loop (``call_soon_threadsafe``) only when it has not been woken for what is pending —
+the only thread-crossing point. The loop then waits
 :data:`WebSocketHub.FLUSH_DELAY` before handing what is pending to the clients, so a prompt's burst of
 events (one or two per node) costs a wake-up of the loop every few milliseconds rather than one per
 node, each of which would take the GIL from the engine's thread for the loop's work. The message that
@@ -30,7 +31,6 @@ import asyncio
 import json
 import logging
 import struct
-import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -140,8 +140,9 @@ class WebSocketHub:
         self.status_source = status_source
         self._status_timer: asyncio.TimerHandle | None = None
         #: messages posted from other threads, not yet handed to their clients
-        self._pending: list[tuple[str, Message]] = []
-        self._pending_lock = threading.Lock()
+        self._pending: deque[tuple[str, Message]] = deque()
+        #: the loop has been woken for what is pending (cleared by the loop before it takes it)
+        self._woken = False
         self._flush_timer: asyncio.TimerHandle | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -151,16 +152,16 @@ class WebSocketHub:
 
     def post(self, client_id: str | None, message: Message, *, ends_prompt: bool = False) -> None:
         """Deliver to one client (``None``: to nobody), from any thread."""
-        if client_id is None or self.loop is None or self.loop.is_closed():
+        loop = self.loop
+        if client_id is None or loop is None or loop.is_closed():
             return
-        with self._pending_lock:
-            first = not self._pending
-            self._pending.append((client_id, message))
-        if first or ends_prompt:  # the loop has not been woken for what is pending, or a prompt ends: wake it
+        self._pending.append((client_id, message))
+        if ends_prompt or not self._woken:  # a prompt ends, or the loop has not been woken for this: wake it
+            self._woken = True
             try:
-                self.loop.call_soon_threadsafe(self._deliver_pending if ends_prompt else self._deliver_soon)
+                loop.call_soon_threadsafe(self._deliver_pending if ends_prompt else self._deliver_soon)
             except RuntimeError:  # loop closed while shutting down
-                pass
+                self._woken = False
 
     def broadcast(self, message: Message) -> None:
         """Deliver to every connected client, from any thread (a custom node pack's message)."""
@@ -206,10 +207,13 @@ class WebSocketHub:
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
-        with self._pending_lock:
-            pending, self._pending = self._pending, []
-        clients = self.clients
-        for client_id, message in pending:
+        # cleared before taking: a message posted from now on wakes the loop again (and one posted
+        # before is taken below)
+        self._woken = False
+        pending, clients = self._pending, self.clients
+        take = pending.popleft
+        while pending:
+            client_id, message = take()
             client = clients.get(client_id)
             if client is not None:
                 client.offer(message)
