@@ -28,7 +28,7 @@ from tests.helpers.ldm_export import vae_to_ldm
 from tests.helpers.tiny_sd import _randomize, load_tokenizer, write_tokenizer
 
 T5_WORDS = ["a", "the", "red", "fox", "cat", "photo", "of", "in", "snow", "blue", "sky", "dog", "tree", "house"]
-CLIP_L, CLIP_G, T5_DIM = 32, 48, 64
+CLIP_L, CLIP_G, T5_DIM = 32, 48, 96
 
 
 # -- tokenizers -------------------------------------------------------------------------------------
@@ -331,8 +331,10 @@ def build_flux(root: Path) -> TinyFlow:
         (models / sub).mkdir(parents=True, exist_ok=True)
     save_file(_contig(flux_to_bfl(net)), str(models / "diffusion_models" / "tiny_flux_dev.safetensors"))
     save_file(_contig(_vae_file(vae)), str(models / "vae" / "tiny_flux_ae.safetensors"))
-    clip_l = CLIPTextModel(text.clip_l.config).eval()
-    clip_l.load_state_dict(text.clip_l.state_dict(), strict=False)
+    clip_l = CLIPTextModel(text.clip_l.config).eval()  # Flux's CLIP-L has no projection
+    own = clip_l.state_dict()
+    clip_l.load_state_dict({k if k in own else k[len("text_model."):]: v for k, v in text.clip_l.state_dict().items()
+                            if k != "text_projection.weight"})
     folder = models / "diffusers" / "tiny_flux_dev"
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                             base_image_seq_len=256, max_image_seq_len=4096)
