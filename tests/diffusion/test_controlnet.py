@@ -31,7 +31,7 @@ def hint_png(sd_engine):
 
 
 def controlnet_graph(cn_name="tiny_cn.safetensors", strength=0.8, start=0.0, end=1.0, seed=1234, steps=4, cfg=7.5,
-                     custom=False, old_apply=False, scheduler="normal", with_control=True) -> Graph:
+                     custom=False, old_apply=False, scheduler="normal", with_control=True, batch=1) -> Graph:
     g = Graph()
     ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_sd15.safetensors")
     pos = g.node("CLIPTextEncode", text=PROMPT, clip=ck.out(1))
@@ -47,7 +47,7 @@ def controlnet_graph(cn_name="tiny_cn.safetensors", strength=0.8, start=0.0, end
             apply = g.node("ControlNetApplyAdvanced", positive=positive, negative=negative, control_net=net,
                            image=image.out(0), strength=strength, start_percent=start, end_percent=end, vae=ck.out(2))
             positive, negative = apply.out(0), apply.out(1)
-    lat = g.node("EmptyLatentImage", width=64, height=64, batch_size=1)
+    lat = g.node("EmptyLatentImage", width=64, height=64, batch_size=batch)
     if custom:
         guider = g.node("CFGGuider", model=ck.out(0), positive=positive, negative=negative, cfg=cfg)
         sigmas = g.node("BasicScheduler", model=ck.out(0), scheduler=scheduler, steps=steps, denoise=1.0)
@@ -62,7 +62,7 @@ def controlnet_graph(cn_name="tiny_cn.safetensors", strength=0.8, start=0.0, end
     return g
 
 
-def pipeline_reference(tiny_sd, tiny_cn, hint, strength=0.8, seed=1234, steps=4, cfg=7.5):
+def pipeline_reference(tiny_sd, tiny_cn, hint, strength=0.8, seed=1234, steps=4, cfg=7.5, batch=1):
     from diffusers import EulerDiscreteScheduler, StableDiffusionControlNetPipeline
 
     base = diffusers_pipeline(tiny_sd)
@@ -71,8 +71,9 @@ def pipeline_reference(tiny_sd, tiny_cn, hint, strength=0.8, seed=1234, steps=4,
         controlnet=tiny_cn.module, scheduler=EulerDiscreteScheduler.from_config(base.scheduler.config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    noise, generator = engine_noise((1, 4, 8, 8), seed)
+    noise, generator = engine_noise((batch, 4, 8, 8), seed)
     out = pipe(PROMPT, image=hint, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=cfg,
+               num_images_per_prompt=batch,
                controlnet_conditioning_scale=strength, latents=noise, generator=generator, height=64, width=64,
                output_type="pt").images
     return out.permute(0, 2, 3, 1)
@@ -88,11 +89,20 @@ def test_controlnet_matches_diffusers_pipeline(sd_engine, tiny_sd, tiny_cn, hint
     assert (image - plain).abs().max() > 1e-3  # the ControlNet changed the picture
 
 
+def test_controlnet_batch_matches_diffusers_pipeline(sd_engine, tiny_sd, tiny_cn, hint_png):
+    """A latent batch of 2 with one hint image: the hint serves every row (both CFG halves)."""
+    image = sd_engine.run(controlnet_graph(batch=2)).raise_for_status().value("out")
+    ref = pipeline_reference(tiny_sd, tiny_cn, hint_png, batch=2)
+    assert image.shape == ref.shape == (2, 64, 64, 3)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+
+
 def test_samplercustomadvanced_applies_controlnet_like_ksampler(sd_engine, tiny_cn, hint_png):
-    """The sampling core path (SamplerCustomAdvanced) gives KSampler's pixels with the ControlNet on."""
-    custom = sd_engine.run(controlnet_graph(custom=True, scheduler="karras")).raise_for_status().value("out")
-    ksampler = sd_engine.run(controlnet_graph(scheduler="karras")).raise_for_status().value("out")
-    plain = sd_engine.run(controlnet_graph(custom=True, scheduler="karras", with_control=False)
+    """The sampling core path (SamplerCustomAdvanced) gives KSampler's pixels with the ControlNet on
+    (a batch of 2: the hint serves every row)."""
+    custom = sd_engine.run(controlnet_graph(custom=True, scheduler="karras", batch=2)).raise_for_status().value("out")
+    ksampler = sd_engine.run(controlnet_graph(scheduler="karras", batch=2)).raise_for_status().value("out")
+    plain = sd_engine.run(controlnet_graph(custom=True, scheduler="karras", with_control=False, batch=2)
                           ).raise_for_status().value("out")
     assert torch.equal(custom, ksampler)
     assert (custom - plain).abs().max() > 1e-3
