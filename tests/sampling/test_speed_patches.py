@@ -103,7 +103,7 @@ def test_step_cache_skips_steps_and_counts_them(engine, family, node):
 
     def cache(threshold, node_id):
         return lambda g, model: g.node(node, node_id, model=model, reuse_threshold=threshold, start_percent=0.0,
-                                       end_percent=1.0, verbose=False)
+                                       end_percent=1.0, verbose=threshold > 1)
     result, out = _patched_runs(engine, family, {"off": cache(0.0, "c0"), "on": cache(3.0, "c3")}, steps=12)
     cls = EasyCachePatch if node == "EasyCache" else LazyCachePatch
     off, on = _patch_of(result, "c0", cls).last_stats, _patch_of(result, "c3", cls).last_stats
@@ -135,6 +135,30 @@ def test_fourier_filter_is_diffusers_one():
     x = torch.randn(2, 8, 12, 10, generator=torch.Generator().manual_seed(0))
     for scale in (0.2, 0.9):
         torch.testing.assert_close(fourier_filter(x, 1, scale), reference(x, 1, scale), rtol=1e-5, atol=1e-5)
+
+
+def test_freeu_junction_is_diffusers_apply_freeu():
+    """One decoder junction as diffusers computes it (FreeU v1); *where* it applies is ComfyUI's rule
+    (backbone width 4x / 2x the first block width), not diffusers' first two up stages."""
+    from diffusers.utils.torch_utils import apply_freeu
+
+    from nodegraph_nodes.sampling.freeu import freeu_pair
+
+    g = torch.Generator().manual_seed(3)
+    h, hsp = torch.randn(2, 64, 8, 8, generator=g), torch.randn(2, 32, 8, 8, generator=g)
+    ours = freeu_pair(h, hsp, 1.3, 0.4, v2=False)
+    ref = apply_freeu(0, h.clone(), hsp.clone(), b1=1.3, s1=0.4, b2=1.0, s2=1.0)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_freeu_hooks_the_junctions_comfyui_names(tiny_sd):
+    from nodegraph_nodes.sampling.freeu import _decoder_junctions
+
+    widths = [w for _, w in _decoder_junctions(tiny_sd.unet)]
+    assert widths == [64, 64, 64, 32]  # block widths (32, 64), 2 resnets per up block: b2/s2 on the first three
+    for resnet, width in _decoder_junctions(tiny_sd.unet):
+        assert resnet.in_channels > width  # the rest of the input is the skip features
 
 
 def test_freeu_neutral_equals_unpatched_and_defaults_change_the_image(engine):
