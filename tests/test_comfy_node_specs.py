@@ -73,6 +73,11 @@ NEWER_COMFYUI: dict[tuple[str, str], str] = {
         "negative counts from the end (search index file 54540167493)",
     ("ImageFromBatch", "required.batch_index.max"):
         "newer comfy_extras/nodes_images.py: batch_index max MAX_RESOLUTION (search index file 54540167493)",
+    ("MaskPreview", "outputs"):
+        "newer comfy_extras/nodes_mask.py (Comfy-Org/ComfyUI d9ac00e, search index file 70486098430): "
+        "outputs=[IO.Mask.Output(display_name='mask')], execute returns the mask; the official templates "
+        "(comfyui-workflow-templates-json 0.1.123) save a 'mask' MASK output on 4 of 24 MaskPreview nodes "
+        "and link from it (ImageCropToMask.masks, InvertMask.mask)",
 }
 ALLOWED = {**DEVIATIONS, **NEWER_COMFYUI}
 

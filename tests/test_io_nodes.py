@@ -149,9 +149,10 @@ def test_fingerprint_is_file_sha256(paths):
 # -- SaveImage --------------------------------------------------------------------------------------
 
 def test_save_writes_png_with_metadata_and_ui(make, paths):
-    result = make(nio.SaveImage).execute(images=images(2), filename_prefix="fox", prompt=PROMPT,
+    batch = images(2)
+    result = make(nio.SaveImage).execute(images=batch, filename_prefix="fox", prompt=PROMPT,
                                          extra_pnginfo=EXTRA)
-    assert isinstance(result, NodeResult) and result.outputs == ()
+    assert isinstance(result, NodeResult) and len(result.outputs) == 1 and result.outputs[0] is batch
     assert result.ui == {"images": [{"filename": "fox_00001_.png", "subfolder": "", "type": "output"},
                                     {"filename": "fox_00002_.png", "subfolder": "", "type": "output"}]}
     path = paths.output_dir / "fox_00001_.png"
@@ -233,16 +234,21 @@ def test_save_refuses_symlinked_subfolder_escape(make, paths, tmp_path):
 def test_save_declaration():
     info = describe_node("SaveImage", nio.SaveImage)
     assert info["output_node"] is True and info["display_name"] == "Save Image"
+    # today's ComfyUI (nodes.py: RETURN_TYPES ("IMAGE",), RETURN_NAMES ("images",)) passes the images on
+    assert info["output"] == ["IMAGE"] and info["output_name"] == ["images"]
     assert info["input"]["required"]["filename_prefix"][1]["default"] == "ComfyUI"
     assert info["input"]["hidden"] == {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     preview = describe_node("PreviewImage", nio.PreviewImage)
     assert list(preview["input"]["required"]) == ["images"] and preview["output_node"] is True
+    assert preview["output"] == ["IMAGE"] and preview["output_name"] == ["images"]
 
 
 # -- PreviewImage / PreviewAny ----------------------------------------------------------------------
 
 def test_preview_writes_to_temp_with_random_suffix(make, paths):
-    result = make(nio.PreviewImage).execute(images=images(), prompt=PROMPT, extra_pnginfo=None)
+    batch = images()
+    result = make(nio.PreviewImage).execute(images=batch, prompt=PROMPT, extra_pnginfo=None)
+    assert result.outputs[0] is batch
     entry = result.ui["images"][0]
     assert entry["type"] == "temp" and entry["subfolder"] == ""
     assert entry["filename"].startswith("ComfyUI_temp_") and entry["filename"].endswith("_00001_.png")
@@ -253,13 +259,44 @@ def test_preview_writes_to_temp_with_random_suffix(make, paths):
 
 
 @pytest.mark.parametrize("value, text", [("hi", "hi"), (3, "3"), (2.5, "2.5"), (True, "True"),
-                                         (None, "None"), ({"a": [1, 2]}, '{"a": [1, 2]}')])
+                                         (None, "None"), ({"a": [1, 2]}, '{\n    "a": [\n        1,\n        2\n    ]\n}')])
 def test_preview_any_text(make, value, text):
     result = make(nio.PreviewAny).execute(source=value)
-    assert result.ui == {"text": [text]} and result.outputs == ()
+    # the shown text is also the node's STRING output (today's ComfyUI: "result": (value,))
+    assert result.ui == {"text": [text]} and result.outputs == (text,)
 
 
 def test_preview_any_falls_back_to_str(make):
-    result = make(nio.PreviewAny).execute(source=torch.zeros(2))
-    assert result.ui["text"][0].startswith("tensor(")
-    assert describe_node("PreviewAny", nio.PreviewAny)["input"]["required"]["source"] == ["*", {}]
+    result = make(nio.PreviewAny).execute(source=torch.arange(20.0))
+    text = result.ui["text"][0]
+    assert text.startswith("tensor(") and "..." not in text  # 20 items: under torch's summary threshold
+    big = make(nio.PreviewAny).execute(source=torch.arange(2000.0)).ui["text"][0]
+    assert "..." in big and big.count("e+") == 12  # 6 items at each edge, as ComfyUI shows them
+    info = describe_node("PreviewAny", nio.PreviewAny)
+    assert info["input"]["required"]["source"] == ["*", {}]
+    assert info["output"] == ["STRING"] and info["output_name"] == ["STRING"] and info["output_node"] is True
+
+
+# -- pass-through outputs through the engine --------------------------------------------------------
+
+def test_output_nodes_pass_their_values_on_in_a_run(engine):
+    """Today's ComfyUI gives SaveImage/PreviewImage an IMAGE output and PreviewAny a STRING output, and
+    its official templates link from them (ImageCompare.image_b ← SaveImage, StringConcatenate ←
+    PreviewAny): such a graph validates and runs, each node still saving/showing its value."""
+    from nodegraph.builder import Graph
+
+    g = Graph()
+    image = g.node("EmptyImage", width=6, height=4, batch_size=1, color=0x336699)
+    saved = g.node("SaveImage", images=image, filename_prefix="pass")
+    shown = g.node("PreviewImage", images=g.node("ImageInvert", image=saved))
+    size = g.node("GetImageSize", image=shown)
+    text = g.node("PreviewAny", source=size.out(0))
+    joined = g.node("StringConcatenate", string_a=text, string_b="px", delimiter=" ")
+    g.node("Sink", value=joined)
+    result = engine.run(g)
+    assert result.ok, result.failure
+    assert torch.equal(result.value(saved.id), result.value(image.id))
+    assert result.value(text.id) == "6" and result.value(joined.id) == "6 px"
+    assert result.outputs[saved.id]["images"][0]["type"] == "output"
+    assert result.outputs[shown.id]["images"][0]["type"] == "temp"
+    assert result.outputs[text.id] == {"text": ["6"]}

@@ -52,7 +52,8 @@ COMFY_SPECS = {
                              {"mask": ["MASK", {}]}, ["IMAGE"], ["IMAGE"]),
     "JoinImageWithAlpha": ({"image": ["IMAGE", {}], "alpha": ["MASK", {}]}, {}, ["IMAGE"], ["IMAGE"]),
     "SplitImageWithAlpha": ({"image": ["IMAGE", {}]}, {}, ["IMAGE", "MASK"], ["IMAGE", "MASK"]),
-    "MaskPreview": ({"mask": ["MASK", {}]}, {}, [], []),
+    # today's ComfyUI passes the mask through (comfy_extras/nodes_mask.py: IO.Mask.Output(display_name="mask"))
+    "MaskPreview": ({"mask": ["MASK", {}]}, {}, ["MASK"], ["mask"]),
 }
 
 
@@ -232,8 +233,9 @@ def test_load_image_mask_channels(make, paths):
 
 
 def test_mask_preview_writes_a_temp_png(make, paths):
-    result = make(mfiles.MaskPreview).execute(torch.tensor([[[0.0, 1.0], [0.5, 1.0]]]))
-    assert isinstance(result, NodeResult)
+    mask = torch.tensor([[[0.0, 1.0], [0.5, 1.0]]])
+    result = make(mfiles.MaskPreview).execute(mask)
+    assert isinstance(result, NodeResult) and result.outputs[0] is mask
     [record] = result.ui["images"]
     assert record["type"] == "temp" and record["filename"].startswith("ComfyUI_temp_")
     saved = np.asarray(Image.open(paths.temp_dir / record["filename"]))
@@ -250,10 +252,13 @@ def test_mask_chain_runs_in_the_engine(engine, tmp_path):
     grown = g.node("GrowMask", mask=g.node("InvertMask", mask=hole), expand=1, tapered_corners=False)
     image = g.node("MaskToImage", mask=grown)
     back = g.node("ImageToMask", image=image, channel="green")
-    g.node("MaskPreview", mask=g.node("ThresholdMask", mask=back, value=0.5))
+    shown = g.node("MaskPreview", mask=g.node("ThresholdMask", mask=back, value=0.5))
     g.node("Sink", value=g.node("CropMask", mask=back, x=1, y=1, width=6, height=6))
+    passed = g.node("InvertMask", mask=shown)  # templates link from the preview's pass-through output
+    g.node("Sink", value=passed)
     result = engine.run(g)
     assert result.ok, result.failure
+    assert torch.equal(result.value(passed.id), 1.0 - (result.value(back.id) > 0.5).float())
     out = result.value(back.id)
     assert out.shape == (1, 8, 8) and out[0, 1:7, 1:7].sum() == 36 and out.sum() == 36
     previews = [v for v in result.outputs.values() if "images" in v]

@@ -299,7 +299,9 @@ class _ImageSaver(Node):
     category = "image"
     hidden = ("prompt", "extra_pnginfo")
     images = Input(IMAGE, tooltip="The images to save.")
-    outputs = ()
+    #: today's ComfyUI passes the images through (RETURN_TYPES ("IMAGE",), RETURN_NAMES ("images",));
+    #: workflows link from it, e.g. into ImageCompare
+    outputs = (Output(IMAGE, "images"),)
 
     folder_type = "output"
     compress_level = 4
@@ -313,11 +315,11 @@ class _ImageSaver(Node):
         chunks = comfy_text_chunks(prompt, extra_pnginfo)
         results = save_images(images, filename_prefix + self.prefix_suffix(), base, self.folder_type,
                               self.compress_level, chunks)
-        return NodeResult(ui={"images": results})
+        return NodeResult(outputs=(images,), ui={"images": results})
 
 
 class SaveImage(_ImageSaver):
-    """Saves the input images to your ComfyUI output directory."""
+    """Saves the input images to your ComfyUI output directory; outputs the same images unchanged."""
 
     display_name = "Save Image"
     filename_prefix = Input(STRING, default="ComfyUI",
@@ -331,7 +333,8 @@ class SaveImage(_ImageSaver):
 
 
 class PreviewImage(_ImageSaver):
-    """Saves the input images to the temp folder for display (fast compression, random name)."""
+    """Saves the input images to the temp folder for display (fast compression, random name); outputs
+    the same images unchanged."""
 
     display_name = "Preview Image"
     folder_type = "temp"
@@ -349,7 +352,8 @@ class PreviewImage(_ImageSaver):
 # -- text preview -----------------------------------------------------------------------------------
 
 def preview_text(source: Any) -> str:
-    """PreviewAny's rendering: strings as is, numbers/bools via ``str``, else JSON, else ``str``."""
+    """PreviewAny's rendering, as today's ComfyUI does it: strings as is, numbers/bools via ``str``,
+    else JSON indented by 4, else ``str`` (tensors with 6 items shown at each edge)."""
     if source is None:
         return "None"
     if isinstance(source, str):
@@ -357,22 +361,27 @@ def preview_text(source: Any) -> str:
     if isinstance(source, (int, float, bool)):
         return str(source)
     try:
-        return json.dumps(source)
+        return json.dumps(source, indent=4)
     except Exception:
         try:
+            if isinstance(source, torch.Tensor):
+                with torch._tensor_str.printoptions(edgeitems=6):
+                    return str(source)
             return str(source)
         except Exception:
             return "source exists, but could not be serialized."
 
 
 class PreviewAny(Node):
-    """Shows any value as text on the node."""
+    """Shows any value as text on the node and outputs that text as a STRING."""
 
     category = "utils"
     display_name = "Preview Any"
     output_node = True
     source = Input(ANY)
-    outputs = ()
+    #: today's ComfyUI returns the shown text (RETURN_TYPES (STRING,)); workflows link from it
+    outputs = (Output(STRING, "STRING"),)
 
     def execute(self, source: Any = None) -> NodeResult:
-        return NodeResult(ui={"text": [preview_text(source)]})
+        text = preview_text(source)
+        return NodeResult(outputs=(text,), ui={"text": [text]})

@@ -61,14 +61,16 @@ class LoadImageMask(InputImageNode):
 
 
 class MaskPreview(Node):
-    """Previews the mask on the node (saved as a grey PNG in the temp folder)."""
+    """Previews the mask on the node (saved as a grey PNG in the temp folder); outputs the same mask
+    unchanged."""
 
     category = "mask"
     display_name = "Preview Mask"
     output_node = True
     hidden = ("prompt", "extra_pnginfo")
     mask = Input(MASK)
-    outputs = ()
+    #: today's ComfyUI passes the mask through (outputs=[IO.Mask.Output(display_name="mask")])
+    outputs = (Output(MASK, "mask"),)
 
     def execute(self, mask: torch.Tensor, prompt: dict | None = None,
                 extra_pnginfo: dict | None = None) -> NodeResult:
@@ -77,4 +79,4 @@ class MaskPreview(Node):
         suffix = "_temp_" + "".join(random.choice("abcdefghijklmnopqrstupvxyz") for _ in range(5))
         results = save_images(preview, "ComfyUI" + suffix, folder_of(self.ctx.paths, "temp"), "temp", 1,
                               comfy_text_chunks(prompt, extra_pnginfo))
-        return NodeResult(ui={"images": results})
+        return NodeResult(outputs=(mask,), ui={"images": results})
