@@ -36,11 +36,13 @@ ASPECT_RATIOS: dict[str, tuple[int, int]] = {
 class ComfyMathExpression(Node):
     """Evaluates a formula over the connected values a, b, c, … (numbers or booleans; all of them also
     as the list `values`). Outputs the result as FLOAT, as INT (truncated) and as BOOL (non-zero).
-    Parsed with Python's ast and checked against a whitelist, never eval'd: numbers, True/False, the
-    letters and `values`, + - * / // % ** (exponent at most 4000), unary - + not, comparisons, and/or,
-    `x if c else y`, list literals, values[i], and the functions sum min max abs round pow sqrt ceil
-    floor log log2 log10 sin cos tan int float. Anything else, a letter whose input is not connected,
-    or a result that is not a finite number is an error."""
+    Parsed with Python's ast and checked against a whitelist, never eval'd — the numeric part of
+    ComfyUI's grammar (simpleeval's operators): numbers, True/False, the letters and `values`,
+    + - * / // % **, the bitwise & | ^ << >> ~ on whole numbers, unary - + not, comparisons, in / not in
+    a list, and/or, `x if c else y`, list literals, values[i] and values[i:j], and the functions sum min
+    max abs round pow sqrt ceil floor log log2 log10 sin cos tan int float (keyword arguments allowed).
+    Stricter than ComfyUI: strings, None, `is` and attribute access are refused. Anything else, a letter
+    whose input is not connected, or a result that is not a finite number is an error."""
 
     category = "utilities"
     display_name = "Math Expression"
