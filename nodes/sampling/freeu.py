@@ -14,6 +14,7 @@ to [0, 1] per image.
 
 On a diffusers ``UNet2DConditionModel`` the patch is a forward pre-hook on each decoder resnet, whose
 input is ``cat([h, hsp])``: the split is known from the block widths. Hooks are in place for one run.
+Two FreeU nodes in a row both apply (in order), as in ComfyUI.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class FreeUPatch(ModelPatch):
     s2: float
     v2: bool = False
     where: str = "FreeU"
+
+    def __post_init__(self) -> None:
+        self.key = f"freeu:{id(self)}"  # FreeU nodes stack, as ComfyUI's output block patches do
 
     @contextmanager
     def attach(self, run: PatchRun) -> Iterator[None]:

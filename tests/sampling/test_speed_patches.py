@@ -168,12 +168,18 @@ def test_freeu_neutral_equals_unpatched_and_defaults_change_the_image(engine):
         "one": freeu("FreeU", b1=1.0, b2=1.0, s1=1.0, s2=1.0),
         "one_v2": freeu("FreeU_V2", b1=1.0, b2=1.0, s1=1.0, s2=1.0),
         "v1": freeu("FreeU", b1=1.1, b2=1.2, s1=0.9, s2=0.2),
-        "v2": freeu("FreeU_V2", b1=1.3, b2=1.4, s1=0.9, s2=0.2)})
+        "v2": freeu("FreeU_V2", b1=1.3, b2=1.4, s1=0.9, s2=0.2),
+        "neutral_then_v1": lambda g, model: g.node(
+            "FreeU", model=g.node("FreeU", model=model, b1=1.0, b2=1.0, s1=1.0, s2=1.0), b1=1.1, b2=1.2, s1=0.9, s2=0.2),
+        "v1_twice": lambda g, model: g.node(
+            "FreeU", model=g.node("FreeU", model=model, b1=1.1, b2=1.2, s1=0.9, s2=0.2), b1=1.1, b2=1.2, s1=0.9, s2=0.2)})
     assert_near(out["one"], out["base"])  # b = s = 1: only the FFT round trip's float error
     assert_near(out["one_v2"], out["base"])
     for key in ("v1", "v2"):
         assert (out[key] - out["base"]).abs().max() > 1e-3, key
     assert (out["v1"] - out["v2"]).abs().max() > 1e-4
+    assert_near(out["neutral_then_v1"], out["v1"])  # FreeU nodes stack (as in ComfyUI) …
+    assert (out["v1_twice"] - out["v1"]).abs().max() > 1e-3  # … and both apply
     # the shared UNet is unhooked after the patched runs
     model = result.value("ck")
     with engine.services["models"].use(model.handle, "cpu") as unet:
