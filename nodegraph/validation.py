@@ -171,6 +171,8 @@ class _Validator:
             self.bad_list(node, spec, value)
         elif spec.type == ANY:
             constants[name] = value
+        elif "," in spec.type and any(t in _CONSTANT_TYPES for t in spec.type.split(",")):
+            self.check_union_constant(node, spec, value, constants)
         elif spec.type not in _CONSTANT_TYPES:
             self.error("link_required", node,
                        f"{_label(node)}: input '{name}' takes a {spec.type} from another node's "
@@ -180,6 +182,19 @@ class _Validator:
             ok, coerced = self.check_constant(node, spec, value, skip_range=skip_range)
             if ok:
                 constants[name] = coerced
+
+    def check_union_constant(self, node: WorkflowNode, spec: Input, value: Any, constants: dict[str, Any]) -> None:
+        """A constant for a union type (``"INT,FLOAT"``): the first widget type of the union it is
+        (no range check, as ComfyUI checks none for unions)."""
+        members = [t for t in spec.type.split(",") if t in _CONSTANT_TYPES and t != COMBO]
+        for member in members:
+            coerced = _coerce(member, value)
+            if coerced is not _INVALID:
+                constants[spec.name] = coerced
+                return
+        self.error("invalid_value", node,
+                   f"{_label(node)}: input '{spec.name}' needs one of {', '.join(members)}, not {_short(value)} "
+                   f"({type(value).__name__})", spec.name, received_value=_short(value))
 
     def unknown_input(self, node: WorkflowNode, cls: type[Node], name: str) -> None:
         self.error("unknown_input", node, unknown_input_message(_label(node), cls, name), name)

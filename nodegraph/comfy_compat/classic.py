@@ -167,7 +167,8 @@ def make_input(name: str, entry: Any, section: str, reader: _TypesReader | None)
     return ClassicInput(
         COMBO if choices is not None else str(head), optional=section == "optional",
         lazy=bool(options.get("lazy")), force_input=bool(options.get("forceInput")),
-        multiline=bool(options.get("multiline")), name=name, section=section, reader=reader,
+        multiline=bool(options.get("multiline")), control_after_generate=bool(options.get("control_after_generate")),
+        image_upload=bool(options.get("image_upload")), name=name, section=section, reader=reader,
         raw_head=list(head) if isinstance(head, tuple) else head, raw_options=dict(options), **kwargs)
 
 
@@ -221,6 +222,10 @@ class ClassicNode(Node):
     comfy_pack: ClassVar[str] = ""
     #: the pack's hidden inputs: its name → ComfyUI kind (``{"uid": "UNIQUE_ID"}``)
     comfy_hidden: ClassVar[dict[str, str]] = {}
+    #: ``INPUT_TYPES()["hidden"]`` as the pack wrote it (``/object_info``; V3 writes ``["PROMPT"]``)
+    comfy_hidden_spec: ClassVar[dict[str, Any]] = {}
+    #: a V3 class (``comfy_api.latest.io.ComfyNode``): hidden values reach it as ``cls.hidden``
+    comfy_v3: ClassVar[bool] = False
     comfy_types: ClassVar[_TypesReader]
     #: the pack's function takes ``**kwargs`` (it then gets links of undeclared names)
     comfy_takes_kwargs: ClassVar[bool] = False
@@ -230,8 +235,8 @@ class ClassicNode(Node):
     # -- ComfyUI's view of it ---------------------------------------------------------------------
 
     @classmethod
-    def hidden_spec(cls) -> dict[str, str]:
-        return dict(cls.comfy_hidden)
+    def hidden_spec(cls) -> dict[str, Any]:
+        return dict(cls.comfy_hidden_spec)
 
     @classmethod
     def accepts_input(cls, name: str) -> bool:
@@ -286,7 +291,7 @@ class ClassicNode(Node):
                 value: Any = extra_data.get(kind.lower())
                 kwargs[pack_name] = [value] if self.takes_lists else value
                 continue
-            value = inputs.get(source) if source else None
+            value = inputs.get(source) if source in self.hidden else None  # None: the name is an input
             if kind == "DYNPROMPT":
                 value = [DynamicPrompt(v) for v in value] if self.takes_lists and isinstance(value, list) \
                     else DynamicPrompt(value)
@@ -308,8 +313,11 @@ class ClassicNode(Node):
         check = getattr(obj, "check_lazy_status", None)
         if check is None:
             return []  # ComfyUI evaluates a lazy input only when check_lazy_status asks for it
+        kwargs = self.pack_kwargs(inputs)
+        if self.comfy_v3:  # ComfyUI passes a V3 node's check only its inputs
+            kwargs = {k: v for k, v in kwargs.items() if k in self.INPUTS or k not in self.comfy_hidden}
         with running(self.ctx):
-            wanted = run_awaitable(check(**self.pack_kwargs(inputs)))
+            wanted = run_awaitable(check(**kwargs))
         if isinstance(wanted, str):
             wanted = [wanted]
         return [name for name in (wanted or ()) if isinstance(name, str)]
@@ -396,21 +404,20 @@ def build_node_class(name: str, pack_cls: type, pack: str, display_name: str | N
             raise ClassicProtocolError(f"INPUT_TYPES()['{section}'] is {type(declared).__name__}, not a dict")
         for input_name, entry in declared.items():
             inputs[str(input_name)] = make_input(str(input_name), entry, section, reader)
-    hidden = {str(k): str(v) for k, v in (first.get("hidden") or {}).items()}
+    raw_hidden = dict(first.get("hidden") or {})
+    hidden = {str(k): str(v[0] if isinstance(v, (tuple, list)) and v else v) for k, v in raw_hidden.items()}
     ours: list[str] = []
     for pack_name, kind in hidden.items():
         if kind not in HIDDEN_SOURCES:
             raise ClassicProtocolError(f"hidden input '{pack_name}' has the unknown kind {kind!r}; nodegraph "
                                        f"provides {', '.join(sorted(HIDDEN_SOURCES))}")
         source = HIDDEN_SOURCES[kind]
-        if source and source not in ours:
+        # a hidden value whose carrier name is also one of the class's inputs is not requested: the pack
+        # gets None for it (our executor passes hidden values under these names)
+        if source and source not in ours and source not in inputs:
             ours.append(source)
-    if getattr(pack_cls, "NOT_IDEMPOTENT", False) and "unique_id" not in ours:
+    if getattr(pack_cls, "NOT_IDEMPOTENT", False) and "unique_id" not in ours and "unique_id" not in inputs:
         ours.append("unique_id")  # ComfyUI keys such nodes by their id too
-    for source in ours:
-        if source in inputs:
-            raise ClassicProtocolError(f"input '{source}' clashes with the hidden input nodegraph passes under "
-                                       "that name; nodegraph cannot run this class")
     returns = tuple(pack_cls.RETURN_TYPES or ())
     names = tuple(getattr(pack_cls, "RETURN_NAMES", None) or ())
     is_list = tuple(getattr(pack_cls, "OUTPUT_IS_LIST", None) or ())
@@ -425,6 +432,8 @@ def build_node_class(name: str, pack_cls: type, pack: str, display_name: str | N
         "__module__": __name__, "__doc__": None, "CLASS_TYPE": name,
         "comfy_class": pack_cls, "comfy_function": str(pack_cls.FUNCTION), "comfy_pack": pack,
         "comfy_hidden": hidden, "comfy_types": reader,
+        "comfy_hidden_spec": {k: list(v) if isinstance(v, tuple) else v for k, v in raw_hidden.items()},
+        "comfy_v3": callable(getattr(pack_cls, "GET_SCHEMA", None)),
         "_objects": OrderedDict(), "_objects_lock": threading.Lock(),
         "category": str(getattr(pack_cls, "CATEGORY", "sd") or ""),
         "display_name": display_name, "description": str(getattr(pack_cls, "DESCRIPTION", "") or ""),

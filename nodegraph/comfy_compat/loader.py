@@ -10,6 +10,8 @@ the pack's relative imports work. From the module:
   ``/object_info`` ``python_module`` is ``custom_nodes.<pack>``. A name that a built-in node already
   has is skipped (ComfyUI does not let packs replace core nodes); between packs, the later one wins;
 * ``NODE_DISPLAY_NAME_MAPPINGS`` — display names;
+* without ``NODE_CLASS_MAPPINGS``, a V3 ``comfy_entrypoint`` (``async`` or not): its extension's
+  ``on_load()`` then ``get_node_list()``, each class registered under its schema's ``node_id``;
 * ``WEB_DIRECTORY`` — the pack's frontend files, served under ``/extensions/<pack>/``.
 
 Before the first pack is imported, ComfyUI's module names are made importable
@@ -41,7 +43,7 @@ from typing import Iterable
 from ..context import Paths
 from ..registry import NodeRegistry, PackLoadError
 from . import finder
-from .classic import build_node_class
+from .classic import build_node_class, run_awaitable
 from .host import HOST
 from .routes import RecordedRoute
 
@@ -212,19 +214,24 @@ def register_module(registry: NodeRegistry, pack: LoadedPack, module: ModuleType
         if folder.is_dir():
             pack.web_dir = folder
     mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+    problems: list[str] = []
     if mappings is None:
         if hasattr(module, "comfy_entrypoint"):
-            pack.error = ("it is a V3 pack (comfy_entrypoint); nodegraph does not load the V3 node schema yet")
+            try:
+                mappings, display, problems = v3_node_classes(module.comfy_entrypoint)
+            except Exception as exc:  # noqa: BLE001 - a pack's entry point must not stop the others
+                pack.error = f"comfy_entrypoint failed: {type(exc).__name__}: {exc}"
+                return
         else:
             pack.error = "it has no NODE_CLASS_MAPPINGS (nor a V3 comfy_entrypoint)"
-        return
-    if not isinstance(mappings, dict):
+            return
+    elif not isinstance(mappings, dict):
         pack.error = f"NODE_CLASS_MAPPINGS is {type(mappings).__name__}, not a dict"
         return
-    display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
-    display = dict(display) if isinstance(display, dict) else {}
+    else:
+        display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
+        display = dict(display) if isinstance(display, dict) else {}
     registered = []
-    problems = []
     for class_type, pack_cls in mappings.items():
         class_type = str(class_type)
         if class_type in builtin:
@@ -232,6 +239,8 @@ def register_module(registry: NodeRegistry, pack: LoadedPack, module: ModuleType
                       pack.name, class_type)
             continue
         try:
+            if callable(getattr(pack_cls, "GET_SCHEMA", None)):  # V3: ComfyUI tells the class its module
+                pack_cls.RELATIVE_PYTHON_MODULE = pack.python_module
             node_cls = build_node_class(class_type, pack_cls, pack.name, display.get(class_type))
         except Exception as exc:  # noqa: BLE001 - one bad class must not drop the pack's others
             problems.append(f"{class_type}: {type(exc).__name__}: {exc}")
@@ -242,6 +251,32 @@ def register_module(registry: NodeRegistry, pack: LoadedPack, module: ModuleType
     pack.display_names = {k: str(v) for k, v in display.items() if k in registered}
     if problems:
         pack.error = f"{len(problems)} class(es) not loaded: " + "; ".join(problems)
+
+
+def v3_node_classes(entrypoint) -> tuple[dict[str, type], dict[str, str], list[str]]:  # noqa: ANN001
+    """A V3 pack's classes (``comfy_entrypoint()`` → extension → ``on_load()``, ``get_node_list()``),
+    keyed by their schema's ``node_id``, their display names, and the classes whose schema failed."""
+    extension = run_awaitable(entrypoint())
+    if not callable(getattr(extension, "get_node_list", None)):
+        raise TypeError(f"comfy_entrypoint returned {type(extension).__name__}, not a ComfyExtension")
+    if callable(getattr(extension, "on_load", None)):
+        run_awaitable(extension.on_load())
+    node_list = run_awaitable(extension.get_node_list())
+    if not isinstance(node_list, list):
+        raise TypeError(f"get_node_list() returned {type(node_list).__name__}, not a list of node classes")
+    mappings: dict[str, type] = {}
+    display: dict[str, str] = {}
+    problems: list[str] = []
+    for node_cls in node_list:
+        try:
+            schema = node_cls.GET_SCHEMA()
+        except Exception as exc:  # noqa: BLE001 - one class's schema must not drop the others
+            problems.append(f"{getattr(node_cls, '__name__', node_cls)}: {type(exc).__name__}: {exc}")
+            continue
+        mappings[str(schema.node_id)] = node_cls
+        if schema.display_name is not None:
+            display[str(schema.node_id)] = str(schema.display_name)
+    return mappings, display, problems
 
 
 def describe_packs(packs: Iterable[LoadedPack]) -> list[str]:

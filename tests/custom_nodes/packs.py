@@ -415,13 +415,132 @@ class NoFunction:
 NODE_CLASS_MAPPINGS = {"NgGood": Good, "NgNoFunction": NoFunction}
 '''
 
-V3_ONLY = '''
+#: the V3 schema: a ComfyExtension from comfy_entrypoint, one class per feature
+V3 = '''
+import asyncio
+from comfy_api.latest import ComfyExtension, io, ui
+
+
+class Add(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="NgV3Add", display_name="Add (V3)", category="ngtest/v3", description="Adds or multiplies.",
+            inputs=[io.Int.Input("a", default=1, min=0, max=100), io.Int.Input("b", default=2),
+                    io.Combo.Input("mode", options=["sum", "product"], default="sum")],
+            outputs=[io.Int.Output(display_name="result", tooltip="the number"), io.String.Output()],
+            hidden=[io.Hidden.unique_id])
+
+    @classmethod
+    def execute(cls, a, b, mode):
+        value = a + b if mode == "sum" else a * b
+        return io.NodeOutput(value, f"{cls.hidden.unique_id}:{value}")
+
+
+class Show(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="NgV3Show", inputs=[io.AnyType.Input("value")], is_output_node=True)
+
+    @classmethod
+    def execute(cls, value):
+        return io.NodeOutput(ui=ui.PreviewText(repr(value)))
+
+
+class Switch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="NgV3Switch",
+                         inputs=[io.Boolean.Input("pick_first", default=True),
+                                 io.AnyType.Input("first", lazy=True), io.AnyType.Input("second", lazy=True)],
+                         outputs=[io.AnyType.Output()])
+
+    @classmethod
+    def check_lazy_status(cls, pick_first, first=None, second=None):
+        return ["first"] if pick_first else ["second"]
+
+    @classmethod
+    def execute(cls, pick_first, first=None, second=None):
+        return io.NodeOutput(first if pick_first else second)
+
+
+class Checked(io.ComfyNode):
+    CALLS = [0]
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="NgV3Checked", inputs=[io.Int.Input("value", default=1)],
+                         outputs=[io.Int.Output()])
+
+    @classmethod
+    def validate_inputs(cls, value):
+        return True if value <= 5 else f"{value} is more than 5"
+
+    @classmethod
+    def fingerprint_inputs(cls, value):
+        return value
+
+    @classmethod
+    def execute(cls, value):
+        cls.CALLS[0] += 1
+        return io.NodeOutput(value)
+
+
+class Block(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="NgV3Block", inputs=[], outputs=[io.Int.Output()])
+
+    @classmethod
+    def execute(cls):
+        return io.NodeOutput(block_execution="blocked by a V3 node")
+
+
+class Twice(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="NgV3Twice",
+                         inputs=[io.MultiType.Input(io.Int.Input("x", default=3), types=[io.Float])],
+                         outputs=[io.Float.Output()])
+
+    @classmethod
+    async def execute(cls, x):
+        await asyncio.sleep(0)
+        return io.NodeOutput(float(x) * 2)
+
+
+class Preview(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="NgV3Preview", inputs=[io.Image.Input("image")], is_output_node=True)
+
+    @classmethod
+    def execute(cls, image):
+        return io.NodeOutput(ui=ui.PreviewImage(image, cls=cls))
+
+
+class Grow(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(node_id="NgV3Grow",
+                         inputs=[io.Autogrow.Input("values", template_input=io.Int.Input("value"))])
+
+    @classmethod
+    def execute(cls, **values):
+        return io.NodeOutput()
+
+
+class Extension(ComfyExtension):
+    async def get_node_list(self):
+        return [Add, Show, Switch, Checked, Block, Twice, Preview, Grow]
+
+
 async def comfy_entrypoint():
-    raise AssertionError("not called this session")
+    return Extension()
 '''
 
 PACKS = {"ngtest_protocol": PROTOCOL, "ngroutes": ROUTES, "broken_import": BROKEN_IMPORT,
-         "ng_single.py": SINGLE_FILE, "half_broken": HALF_BROKEN, "v3_only": V3_ONLY}
+         "ng_single.py": SINGLE_FILE, "half_broken": HALF_BROKEN, "ngv3": V3}
 
 
 def write_packs(folder: Path, *names: str) -> Path:

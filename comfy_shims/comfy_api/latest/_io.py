@@ -1,0 +1,668 @@
+"""ComfyUI's V3 node schema (``comfy_api.latest.io``), nodegraph's version.
+
+A V3 node is a :class:`ComfyNode` subclass with ``define_schema`` (a :class:`Schema` of ``io.*``
+inputs and outputs) and a classmethod ``execute`` returning a :class:`NodeOutput`. As in ComfyUI, a
+V3 class also answers the classic protocol (``INPUT_TYPES``, ``RETURN_TYPES``, ``FUNCTION``,
+``OUTPUT_NODE``, ``IS_CHANGED`` for ``fingerprint_inputs``, ``VALIDATE_INPUTS`` for
+``validate_inputs`` …), so nodegraph runs it through the same adapter as classic nodes
+(``nodegraph.comfy_compat.classic``): same validation, cache, lists, lazy inputs and events.
+``execute`` sees the hidden values as ``cls.hidden`` (a per-call copy of the class, as ComfyUI's).
+
+Supported: the widget types (``Boolean``, ``Int``, ``Float``, ``String``, ``Combo``, ``MultiCombo``),
+every socket type ComfyUI names (``Image``, ``Mask``, ``Latent``, ``Model`` …, ``AnyType``),
+``Custom(io_type)``, ``MultiType``, ``Hidden``, ``NodeOutput`` (``ui``, ``expand``,
+``block_execution``), ``fingerprint_inputs``, ``validate_inputs``, ``check_lazy_status``. Not yet:
+the dynamic inputs (``Autogrow``, ``DynamicCombo`` / ``ComboDynamic``, ``MatchType``) — a schema using
+one fails to load with a clear error naming it.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from abc import ABCMeta
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+from nodegraph.blocking import ExecutionBlocker
+from nodegraph.comfy_compat.unsupported import NotSupportedByNodegraph
+
+
+def prune_dict(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+class FolderType(str, Enum):
+    input = "input"
+    output = "output"
+    temp = "temp"
+
+
+class UploadType(str, Enum):
+    image = "image_upload"
+    audio = "audio_upload"
+    video = "video_upload"
+    model = "file_upload"
+
+
+class NumberDisplay(str, Enum):
+    number = "number"
+    slider = "slider"
+
+
+class RemoteOptions:
+    def __init__(self, route: str, refresh_button: bool, control_after_refresh: str = "first",
+                 timeout: int | None = None, max_retries: int | None = None, refresh: int | None = None) -> None:
+        self.route, self.refresh_button, self.control_after_refresh = route, refresh_button, control_after_refresh
+        self.timeout, self.max_retries, self.refresh = timeout, max_retries, refresh
+
+    def as_dict(self) -> dict:
+        return prune_dict({"route": self.route, "refresh_button": self.refresh_button,
+                           "control_after_refresh": self.control_after_refresh, "timeout": self.timeout,
+                           "max_retries": self.max_retries, "refresh": self.refresh})
+
+
+class _StringIOType(str):
+    """A type name that compares "not equal" only when the types cannot connect (``*``, unions)."""
+
+    def __ne__(self, value: object) -> bool:
+        if self == "*" or value == "*":
+            return False
+        if not isinstance(value, str):
+            return True
+        a, b = frozenset(self.split(",")), frozenset(value.split(","))
+        return not (b.issubset(a) or a.issubset(b))
+
+    __hash__ = str.__hash__
+
+
+# -- inputs and outputs ---------------------------------------------------------------------------
+
+class _IO_V3:
+    Parent: Any = None
+
+    @property
+    def io_type(self) -> Any:
+        return self.Parent.io_type
+
+    @property
+    def Type(self) -> Any:
+        return self.Parent.Type
+
+
+class Input(_IO_V3):
+    def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
+                 lazy: bool | None = None, extra_dict: dict | None = None) -> None:
+        self.id = id
+        self.display_name = display_name
+        self.optional = optional
+        self.tooltip = tooltip
+        self.lazy = lazy
+        self.extra_dict = extra_dict if extra_dict is not None else {}
+
+    def as_dict(self) -> dict:
+        return prune_dict({"display_name": self.display_name, "optional": self.optional, "tooltip": self.tooltip,
+                           "lazy": self.lazy}) | prune_dict(self.extra_dict)
+
+    def get_io_type(self) -> Any:
+        return _StringIOType(self.io_type)
+
+
+class WidgetInput(Input):
+    def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
+                 lazy: bool | None = None, default: Any = None, socketless: bool | None = None,
+                 widget_type: str | None = None, force_input: bool | None = None, extra_dict: dict | None = None) -> None:
+        super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
+        self.default = default
+        self.socketless = socketless
+        self.widget_type = widget_type
+        self.force_input = force_input
+
+    def as_dict(self) -> dict:
+        return super().as_dict() | prune_dict({"default": self.default, "socketless": self.socketless,
+                                               "widgetType": self.widget_type, "forceInput": self.force_input})
+
+    def get_io_type(self) -> Any:
+        return self.widget_type if self.widget_type is not None else super().get_io_type()
+
+
+class Output(_IO_V3):
+    def __init__(self, id: str | None = None, display_name: str | None = None, tooltip: str | None = None,
+                 is_output_list: bool = False) -> None:
+        self.id = id
+        self.display_name = display_name
+        self.tooltip = tooltip
+        self.is_output_list = is_output_list
+
+    def as_dict(self) -> dict:
+        return prune_dict({"display_name": self.display_name, "tooltip": self.tooltip,
+                           "is_output_list": self.is_output_list})
+
+    def get_io_type(self) -> Any:
+        return self.io_type
+
+
+class _ComfyType:
+    Type: Any = Any
+    io_type: Any = None
+
+
+class ComfyTypeI(_ComfyType):
+    class Input(Input):
+        ...
+
+
+class ComfyTypeIO(ComfyTypeI):
+    class Output(Output):
+        ...
+
+
+def comfytype(io_type: str, **kwargs: Any) -> Callable[[type], type]:
+    """Bind ``io_type`` to a ComfyType class and to its own ``Input`` / ``Output`` classes."""
+    def decorate(cls: type) -> type:
+        if not issubclass(cls, _ComfyType):
+            cls = type(cls.__name__, (cls, ComfyTypeIO), {k: v for k, v in cls.__dict__.items()
+                                                         if k not in ("__dict__", "__weakref__")})
+        for part in ("Input", "Output"):
+            inner = getattr(cls, part, None)
+            if inner is not None:  # a copy per type, so the parent's Input keeps its own Parent
+                setattr(cls, part, type(inner.__name__, (inner,), {"__qualname__": f"{cls.__name__}.{part}"}))
+                getattr(cls, part).Parent = cls
+        cls.io_type = _StringIOType(io_type)
+        return cls
+    return decorate
+
+
+def Custom(io_type: str) -> type:
+    """A ComfyType for a custom type name."""
+    @comfytype(io_type=io_type)
+    class CustomComfyType(ComfyTypeIO):
+        ...
+    return CustomComfyType
+
+
+@comfytype(io_type="BOOLEAN")
+class Boolean(ComfyTypeIO):
+    Type = bool
+
+    class Input(WidgetInput):
+        def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
+                     lazy: bool | None = None, default: bool | None = None, label_on: str | None = None,
+                     label_off: str | None = None, socketless: bool | None = None, force_input: bool | None = None) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.label_on, self.label_off = label_on, label_off
+
+        def as_dict(self) -> dict:
+            return super().as_dict() | prune_dict({"label_on": self.label_on, "label_off": self.label_off})
+
+
+@comfytype(io_type="INT")
+class Int(ComfyTypeIO):
+    Type = int
+
+    class Input(WidgetInput):
+        def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
+                     lazy: bool | None = None, default: int | None = None, min: int | None = None, max: int | None = None,
+                     step: int | None = None, control_after_generate: bool | None = None,
+                     display_mode: NumberDisplay | None = None, socketless: bool | None = None,
+                     force_input: bool | None = None) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.min, self.max, self.step = min, max, step
+            self.control_after_generate, self.display_mode = control_after_generate, display_mode
+
+        def as_dict(self) -> dict:
+            return super().as_dict() | prune_dict({
+                "min": self.min, "max": self.max, "step": self.step,
+                "control_after_generate": self.control_after_generate,
+                "display": self.display_mode.value if self.display_mode else None})
+
+
+@comfytype(io_type="FLOAT")
+class Float(ComfyTypeIO):
+    Type = float
+
+    class Input(WidgetInput):
+        def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
+                     lazy: bool | None = None, default: float | None = None, min: float | None = None,
+                     max: float | None = None, step: float | None = None, round: float | None = None,
+                     display_mode: NumberDisplay | None = None, socketless: bool | None = None,
+                     force_input: bool | None = None) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.min, self.max, self.step, self.round, self.display_mode = min, max, step, round, display_mode
+
+        def as_dict(self) -> dict:
+            return super().as_dict() | prune_dict({
+                "min": self.min, "max": self.max, "step": self.step, "round": self.round,
+                "display": self.display_mode.value if self.display_mode else None})
+
+
+@comfytype(io_type="STRING")
+class String(ComfyTypeIO):
+    Type = str
+
+    class Input(WidgetInput):
+        def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
+                     lazy: bool | None = None, multiline: bool = False, placeholder: str | None = None,
+                     default: str | None = None, dynamic_prompts: bool | None = None, socketless: bool | None = None,
+                     force_input: bool | None = None) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+            self.multiline, self.placeholder, self.dynamic_prompts = multiline, placeholder, dynamic_prompts
+
+        def as_dict(self) -> dict:
+            return super().as_dict() | prune_dict({"multiline": self.multiline, "placeholder": self.placeholder,
+                                                   "dynamicPrompts": self.dynamic_prompts})
+
+
+@comfytype(io_type="COMBO")
+class Combo(ComfyTypeIO):
+    Type = str
+
+    class Input(WidgetInput):
+        def __init__(self, id: str, options: Any = None, display_name: str | None = None, optional: bool = False,
+                     tooltip: str | None = None, lazy: bool | None = None, default: Any = None,
+                     control_after_generate: bool | None = None, upload: UploadType | None = None,
+                     image_folder: FolderType | None = None, remote: RemoteOptions | None = None,
+                     socketless: bool | None = None) -> None:
+            if isinstance(options, type) and issubclass(options, Enum):
+                options = [v.value for v in options]
+            if isinstance(default, Enum):
+                default = default.value
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless)
+            self.multiselect = False
+            self.options = options
+            self.control_after_generate, self.upload = control_after_generate, upload
+            self.image_folder, self.remote = image_folder, remote
+
+        def as_dict(self) -> dict:
+            return super().as_dict() | prune_dict({
+                "multiselect": self.multiselect, "options": self.options,
+                "control_after_generate": self.control_after_generate,
+                **({self.upload.value: True} if self.upload is not None else {}),
+                "image_folder": self.image_folder.value if self.image_folder else None,
+                "remote": self.remote.as_dict() if self.remote else None})
+
+    class Output(Output):
+        def __init__(self, id: str | None = None, display_name: str | None = None, options: list | None = None,
+                     tooltip: str | None = None, is_output_list: bool = False) -> None:
+            super().__init__(id, display_name, tooltip, is_output_list)
+            self.options = options if options is not None else []
+
+        @property
+        def io_type(self) -> Any:
+            return self.options
+
+
+@comfytype(io_type="COMBO")
+class MultiCombo(ComfyTypeI):
+    Type = list
+
+    class Input(Combo.Input):
+        def __init__(self, id: str, options: list, display_name: str | None = None, optional: bool = False,
+                     tooltip: str | None = None, lazy: bool | None = None, default: list | None = None,
+                     placeholder: str | None = None, chip: bool | None = None,
+                     control_after_generate: bool | None = None, socketless: bool | None = None) -> None:
+            super().__init__(id, options, display_name, optional, tooltip, lazy, default, control_after_generate,
+                             socketless=socketless)
+            self.multiselect = True
+            self.placeholder, self.chip = placeholder, chip
+
+        def as_dict(self) -> dict:
+            return super().as_dict() | prune_dict({"multi_select": self.multiselect, "placeholder": self.placeholder,
+                                                   "chip": self.chip})
+
+
+@comfytype(io_type="WEBCAM")
+class Webcam(ComfyTypeIO):
+    Type = str
+
+    class Input(WidgetInput):
+        def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
+                     lazy: bool | None = None, default: str | None = None, socketless: bool | None = None) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless)
+
+
+def _socket_type(name: str, io_type: str) -> type:
+    return comfytype(io_type=io_type)(type(name, (ComfyTypeIO,), {"__module__": __name__, "__qualname__": name}))
+
+
+#: ComfyUI's socket-only types, by class name
+SOCKET_TYPES = {
+    "Image": "IMAGE", "Mask": "MASK", "Latent": "LATENT", "Conditioning": "CONDITIONING", "Sampler": "SAMPLER",
+    "Sigmas": "SIGMAS", "Noise": "NOISE", "Guider": "GUIDER", "Clip": "CLIP", "ControlNet": "CONTROL_NET",
+    "Vae": "VAE", "Model": "MODEL", "ClipVision": "CLIP_VISION", "ClipVisionOutput": "CLIP_VISION_OUTPUT",
+    "StyleModel": "STYLE_MODEL", "Gligen": "GLIGEN", "UpscaleModel": "UPSCALE_MODEL", "Audio": "AUDIO",
+    "Video": "VIDEO", "SVG": "SVG", "LoraModel": "LORA_MODEL", "LossMap": "LOSS_MAP", "Voxel": "VOXEL",
+    "Mesh": "MESH", "Hooks": "HOOKS", "HookKeyframes": "HOOK_KEYFRAMES", "TimestepsRange": "TIMESTEPS_RANGE",
+    "LatentOperation": "LATENT_OPERATION", "FlowControl": "FLOW_CONTROL", "Accumulation": "ACCUMULATION",
+    "Load3DCamera": "LOAD3D_CAMERA", "Load3D": "LOAD_3D", "Load3DAnimation": "LOAD_3D_ANIMATION",
+    "Photomaker": "PHOTOMAKER", "Point": "POINT", "FaceAnalysis": "FACE_ANALYSIS", "BBOX": "BBOX", "SEGS": "SEGS",
+    "AnyType": "*", "MODEL_PATCH": "MODEL_PATCH", "AudioEncoder": "AUDIO_ENCODER",
+    "AudioEncoderOutput": "AUDIO_ENCODER_OUTPUT", "WanCameraEmbedding": "WAN_CAMERA_EMBEDDING",
+}
+for _name, _io_type in SOCKET_TYPES.items():
+    globals()[_name] = _socket_type(_name, _io_type)
+
+
+@comfytype(io_type="COMFY_MULTITYPED_V3")
+class MultiType:
+    Type = Any
+
+    class Input(Input):
+        """An input of several types; ``id`` may be a widget input whose widget it keeps."""
+
+        def __init__(self, id: Any, types: list, display_name: str | None = None, optional: bool = False,
+                     tooltip: str | None = None, lazy: bool | None = None, extra_dict: dict | None = None) -> None:
+            self.input_override = None
+            if isinstance(id, Input):
+                self.input_override = copy.copy(id)
+                optional = id.optional if id.optional is True else optional
+                tooltip = id.tooltip if id.tooltip is not None else tooltip
+                display_name = id.display_name if id.display_name is not None else display_name
+                lazy = id.lazy if id.lazy is not None else lazy
+                id = id.id
+                if isinstance(self.input_override, WidgetInput):
+                    self.input_override.widget_type = self.input_override.get_io_type()
+            super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
+            self._io_types = types
+
+        def get_io_type(self) -> Any:
+            names = [(t if inspect.isclass(t) else type(t)).io_type for t in self._io_types]
+            if self.input_override is not None:
+                names.insert(0, self.input_override.get_io_type())
+            return _StringIOType(",".join(dict.fromkeys(str(n) for n in names)))
+
+        def as_dict(self) -> dict:
+            if self.input_override is not None:
+                return self.input_override.as_dict() | super().as_dict()
+            return super().as_dict()
+
+
+def _dynamic(name: str) -> type:
+    class Unsupported(ComfyTypeI):
+        class Input(Input):
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                raise NotSupportedByNodegraph(f"comfy_api.latest.io.{name} (a dynamic V3 input)")
+
+    Unsupported.__name__ = Unsupported.__qualname__ = name
+    return Unsupported
+
+
+Autogrow = AutogrowDynamic = _dynamic("Autogrow")
+DynamicCombo = ComboDynamic = _dynamic("DynamicCombo")
+MatchType = _dynamic("MatchType")
+
+
+# -- hidden values --------------------------------------------------------------------------------
+
+class Hidden(str, Enum):
+    unique_id = "UNIQUE_ID"
+    prompt = "PROMPT"
+    extra_pnginfo = "EXTRA_PNGINFO"
+    dynprompt = "DYNPROMPT"
+    auth_token_comfy_org = "AUTH_TOKEN_COMFY_ORG"
+    api_key_comfy_org = "API_KEY_COMFY_ORG"
+
+
+class HiddenHolder:
+    """``cls.hidden`` inside ``execute``: the hidden values the schema asked for (others are None)."""
+
+    def __init__(self, unique_id: Any = None, prompt: Any = None, extra_pnginfo: Any = None, dynprompt: Any = None,
+                 auth_token_comfy_org: Any = None, api_key_comfy_org: Any = None, **kwargs: Any) -> None:
+        self.unique_id, self.prompt, self.extra_pnginfo = unique_id, prompt, extra_pnginfo
+        self.dynprompt, self.auth_token_comfy_org, self.api_key_comfy_org = dynprompt, auth_token_comfy_org, api_key_comfy_org
+
+    def __getattr__(self, key: str) -> Any:
+        return None
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "HiddenHolder":
+        d = d or {}
+        return cls(**{h.name: d.get(h, d.get(h.name)) for h in Hidden})
+
+
+# -- the schema -----------------------------------------------------------------------------------
+
+@dataclass
+class Schema:
+    node_id: str
+    display_name: str | None = None
+    category: str = "sd"
+    inputs: list | None = None
+    outputs: list | None = None
+    hidden: list | None = None
+    description: str = ""
+    is_input_list: bool = False
+    is_output_node: bool = False
+    is_deprecated: bool = False
+    is_experimental: bool = False
+    is_api_node: bool = False
+    not_idempotent: bool = False
+    enable_expand: bool = False
+
+    def validate(self) -> None:
+        inputs = [i.id for i in self.inputs or ()]
+        outputs = [o.id for o in self.outputs or ()]
+        issues = []
+        for what, ids in (("Input", inputs), ("Output", outputs)):
+            repeated = [item for item, count in Counter(ids).items() if count > 1]
+            if repeated:
+                issues.append(f"{what} ids must be unique, but {repeated} are not.")
+        both = set(inputs) & set(outputs)
+        if both:
+            issues.append(f"Ids must be unique between inputs and outputs, but {both} are not.")
+        if issues:
+            raise ValueError("\n".join(issues))
+
+    def finalize(self) -> None:
+        """The hidden values the options imply, and ids for outputs without one (as ComfyUI)."""
+        needed = []
+        if self.is_api_node:
+            needed += [Hidden.auth_token_comfy_org, Hidden.api_key_comfy_org]
+        if self.is_output_node:
+            needed += [Hidden.prompt, Hidden.extra_pnginfo]
+        if needed:
+            self.hidden = list(self.hidden or [])
+            self.hidden += [h for h in needed if h not in self.hidden]
+        for index, output in enumerate(self.outputs or ()):
+            if output.id is None:
+                output.id = f"_{index}_{output.io_type}_"
+
+    def v1_inputs(self) -> dict:
+        """``INPUT_TYPES()``: ``{"required": {id: (type, options)}, "optional": …, "hidden": …}``."""
+        inputs: dict[str, dict] = {"required": {}}
+        for item in self.inputs or ():
+            options = item.as_dict()
+            options.pop("optional", None)
+            inputs.setdefault("optional" if item.optional else "required", {})[item.id] = (item.get_io_type(), options)
+        for hidden in self.hidden or ():
+            inputs.setdefault("hidden", {})[hidden.name] = (hidden.value,)
+        return inputs
+
+
+# -- the node -------------------------------------------------------------------------------------
+
+def _overrides(cls: type, name: str) -> bool:
+    """True when a class below ComfyNode defines ``name`` (ComfyUI's ``first_real_override``)."""
+    for klass in cls.__mro__:
+        if klass is ComfyNode:
+            return False
+        if name in klass.__dict__:
+            return True
+    return False
+
+
+#: classic attributes answered from the schema
+_FROM_SCHEMA = {
+    "RETURN_TYPES": lambda s: tuple(o.io_type for o in s.outputs or ()),
+    "RETURN_NAMES": lambda s: tuple(o.display_name or o.io_type for o in s.outputs or ()),
+    "OUTPUT_IS_LIST": lambda s: tuple(o.is_output_list for o in s.outputs or ()),
+    "OUTPUT_TOOLTIPS": lambda s: tuple(o.tooltip for o in s.outputs or ()),
+    "OUTPUT_NODE": lambda s: s.is_output_node, "INPUT_IS_LIST": lambda s: s.is_input_list,
+    "CATEGORY": lambda s: s.category, "DESCRIPTION": lambda s: s.description,
+    "DEPRECATED": lambda s: s.is_deprecated, "EXPERIMENTAL": lambda s: s.is_experimental,
+    "API_NODE": lambda s: s.is_api_node, "NOT_IDEMPOTENT": lambda s: s.not_idempotent,
+}
+
+
+class _NodeType(ABCMeta):
+    """Answers the classic protocol's class attributes from the V3 schema."""
+
+    def __getattr__(cls, name: str) -> Any:
+        if name in _FROM_SCHEMA:
+            return _FROM_SCHEMA[name](cls.GET_SCHEMA())
+        if name == "IS_CHANGED" and _overrides(cls, "fingerprint_inputs"):
+            return cls.fingerprint_inputs
+        if name == "VALIDATE_INPUTS" and _overrides(cls, "validate_inputs"):
+            return cls.validate_inputs
+        raise AttributeError(name)
+
+
+class ComfyNode(metaclass=_NodeType):
+    """Base class of V3 nodes: override ``define_schema`` and ``execute`` (classmethods)."""
+
+    RELATIVE_PYTHON_MODULE: str | None = None
+    SCHEMA: Schema | None = None
+    FUNCTION = "EXECUTE_NORMALIZED"
+    hidden: HiddenHolder | None = None
+    resources: Any = None
+
+    @classmethod
+    def define_schema(cls) -> Schema:
+        raise NotImplementedError(f"{cls.__name__} defines no define_schema")
+
+    @classmethod
+    def execute(cls, **kwargs: Any) -> "NodeOutput":
+        raise NotImplementedError(f"{cls.__name__} defines no execute")
+
+    @classmethod
+    def validate_inputs(cls, **kwargs: Any) -> bool | str:
+        raise NotImplementedError
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def VALIDATE_CLASS(cls) -> None:
+        if not _overrides(cls, "define_schema"):
+            raise TypeError(f"No define_schema function was defined for node class {cls.__name__}.")
+        if not _overrides(cls, "execute"):
+            raise TypeError(f"No execute function was defined for node class {cls.__name__}.")
+
+    @classmethod
+    def FINALIZE_SCHEMA(cls) -> Schema:
+        schema = cls.define_schema()
+        schema.finalize()
+        return schema
+
+    @classmethod
+    def GET_SCHEMA(cls) -> Schema:
+        cls.VALIDATE_CLASS()
+        schema = cls.FINALIZE_SCHEMA()
+        schema.validate()
+        cls.SCHEMA = schema
+        return schema
+
+    @classmethod
+    def INPUT_TYPES(cls, include_hidden: bool = True, return_schema: bool = False) -> Any:
+        schema = cls.FINALIZE_SCHEMA()
+        inputs = schema.v1_inputs()
+        if not include_hidden:
+            inputs.pop("hidden", None)
+        return (inputs, schema) if return_schema else inputs
+
+    @classmethod
+    def GET_BASE_CLASS(cls) -> type:
+        return ComfyNode
+
+    @classmethod
+    def PREPARE_CLASS_CLONE(cls, hidden_inputs: dict) -> type:
+        """A copy of the class whose ``hidden`` holds this call's hidden values."""
+        return _NodeType(cls.__name__, (cls,), {"hidden": HiddenHolder.from_dict(hidden_inputs),
+                                               "__module__": cls.__module__, "__qualname__": cls.__qualname__})
+
+    @classmethod
+    def EXECUTE_NORMALIZED(cls, **kwargs: Any) -> Any:
+        """Run ``execute`` on a copy holding the hidden values; the result in the classic shape."""
+        schema = cls.SCHEMA or cls.GET_SCHEMA()
+        declared = {i.id for i in schema.inputs or ()}
+        hidden = {h: kwargs.pop(h.name) for h in schema.hidden or () if h.name in kwargs and h.name not in declared}
+        clone = cls.PREPARE_CLASS_CLONE(hidden)
+        returned = clone.execute(**kwargs)
+        if inspect.isawaitable(returned):
+            return _normalized_later(clone, schema, returned)
+        return _classic(normalize(returned), schema, cls.__name__)
+
+    EXECUTE_NORMALIZED_ASYNC = EXECUTE_NORMALIZED
+
+
+async def _normalized_later(clone: type, schema: Schema, pending: Any) -> dict:
+    return _classic(normalize(await pending), schema, clone.__name__)
+
+
+# -- what execute returns -------------------------------------------------------------------------
+
+class _UIOutput:
+    def as_dict(self) -> dict:
+        raise NotImplementedError
+
+
+class NodeOutput:
+    """``NodeOutput(value, …, ui=…, expand=…, block_execution=…)``."""
+
+    def __init__(self, *args: Any, ui: Any = None, expand: dict | None = None, block_execution: str | None = None) -> None:
+        self.args = args
+        self.ui = ui
+        self.expand = expand
+        self.block_execution = block_execution
+
+    @property
+    def result(self) -> tuple | None:
+        return self.args if self.args else None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "NodeOutput":
+        result = data.get("result", ())
+        if isinstance(result, ExecutionBlocker):
+            return cls(block_execution=result.message)
+        return cls(*tuple(result or ()), ui=data.get("ui"), expand=data.get("expand"))
+
+    def __getitem__(self, index: int) -> Any:
+        return self.args[index]
+
+
+def normalize(returned: Any) -> NodeOutput:
+    if returned is None:
+        return NodeOutput()
+    if isinstance(returned, NodeOutput):
+        return returned
+    if isinstance(returned, tuple):
+        return NodeOutput(*returned)
+    if isinstance(returned, dict):
+        return NodeOutput.from_dict(returned)
+    if isinstance(returned, ExecutionBlocker):
+        return NodeOutput(block_execution=returned.message)
+    raise TypeError(f"execute() returned {type(returned).__name__}; a V3 node returns a NodeOutput")
+
+
+def _classic(output: NodeOutput, schema: Schema, name: str) -> dict:
+    if output.expand is not None and not schema.enable_expand:
+        raise ValueError(f"node {name} is not expandable, but its NodeOutput has 'expand'; set "
+                         "enable_expand=True in its Schema")
+    if output.block_execution is not None:
+        return {"result": ExecutionBlocker(output.block_execution)}
+    result: dict[str, Any] = {"result": tuple(output.args)}
+    if output.ui is not None:
+        ui = output.ui.as_dict() if isinstance(output.ui, _UIOutput) else dict(output.ui)
+        result["ui"] = {k: list(v) if isinstance(v, tuple) else v for k, v in ui.items()}
+    if output.expand is not None:
+        result["expand"] = output.expand
+    return result
+
+
+__all__ = ["FolderType", "UploadType", "RemoteOptions", "NumberDisplay", "comfytype", "Custom", "Input",
+           "WidgetInput", "Output", "ComfyTypeI", "ComfyTypeIO", "Boolean", "Int", "Float", "String", "Combo",
+           "MultiCombo", "Webcam", "MultiType", "Autogrow", "DynamicCombo", "MatchType", "Hidden", "HiddenHolder",
+           "Schema", "ComfyNode", "NodeOutput", *SOCKET_TYPES]
