@@ -200,7 +200,7 @@ def _classify_clips(found: list[tuple[Path, dict]]) -> dict[str, tuple[Path, dic
         else:
             unknown.append((width, path, sd))
     unknown.sort(key=lambda item: item[0])
-    if len(unknown) >= 2:
+    if len(unknown) >= 2 and unknown[0][0] != unknown[-1][0]:
         out.setdefault("clip_l", unknown[0][1:])
         out.setdefault("clip_g", unknown[-1][1:])
     elif unknown:
