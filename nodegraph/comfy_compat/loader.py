@@ -159,11 +159,27 @@ def import_pack(path: Path) -> tuple[ModuleType, tuple[RecordedRoute, ...]]:
             spec.loader.exec_module(module)
         except BaseException as exc:
             sys.modules.pop(name, None)
-            _IMPORTED[key] = f"{type(exc).__name__}: {exc}"
+            message = import_failure(exc, path)
+            _IMPORTED[key] = message
+            if isinstance(exc, Exception):
+                raise PackImportFailed(message) from exc
             raise
         result = (module, tuple(list(HOST.routes)[routes_before:]))
         _IMPORTED[key] = result
         return result
+
+
+def import_failure(exc: BaseException, path: Path) -> str:
+    """What a pack's failed import says; a missing third-party module gets the fix."""
+    text = f"{type(exc).__name__}: {exc}"
+    missing = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+    if missing:
+        top = missing.partition(".")[0]
+        folder = path if path.is_dir() else path.parent
+        requirements = folder / "requirements.txt"
+        listed = f" ({requirements} lists what the pack needs)" if path.is_dir() and requirements.is_file() else ""
+        text += f"; install the Python package that provides '{top}' in nodegraph's environment{listed}"
+    return text
 
 
 def load_custom_nodes(registry: NodeRegistry, settings: CustomNodeSettings, *, paths: Paths | None = None,

@@ -195,3 +195,14 @@ def test_a_comfyui_pack_installed_as_a_distribution_loads_through_the_entry_poin
     finally:
         engine.close()
     assert result.outputs == {"1": {"text": ["LOUD"]}}
+
+
+def test_a_missing_dependency_is_named_with_the_fix(tmp_path):
+    pack = tmp_path / "custom_nodes" / "needs_more"
+    pack.mkdir(parents=True)
+    (pack / "__init__.py").write_text("import ng_not_installed_anywhere.sub\nNODE_CLASS_MAPPINGS = {}\n")
+    (pack / "requirements.txt").write_text("ng-not-installed-anywhere\n")
+    _, [loaded] = load(tmp_path / "custom_nodes")
+    assert loaded.error.startswith("import failed: ModuleNotFoundError: No module named 'ng_not_installed_anywhere'")
+    assert "install the Python package that provides 'ng_not_installed_anywhere'" in loaded.error
+    assert str(pack / "requirements.txt") in loaded.error
