@@ -569,6 +569,36 @@ def test_muted_subgraph_node_drops_its_contents():
     assert convert(subgraph_workflow(outer_mode=2)) == {"1": empty_api(), "6": save_api(None)}
 
 
+def test_proxy_widget_value_reaches_the_other_targets_of_its_subgraph_input():
+    """Today's frontend saves a promoted widget as ``properties.proxyWidgets`` with its value left on the
+    inner node (the subgraph node's own ``widgets_values`` empty). A subgraph input that feeds such a
+    widget and also a socket (ComfyUI's ERNIE-Image templates: width → EmptyFlux2LatentImage.width and
+    PreviewAny.source) gives the socket the widget's value."""
+    definition = {
+        "id": "sized", "name": "Sized", "version": 1, "state": {},
+        "inputNode": {"id": -10, "bounding": [0, 0, 10, 10]},
+        "outputNode": {"id": -20, "bounding": [0, 0, 10, 10]},
+        "inputs": [{"id": "in-0", "name": "width", "type": "INT", "linkIds": [1, 2]}],
+        "outputs": [], "widgets": [],
+        "nodes": [node(1, "EmptyImage", inputs=[sock("width", INT, 1, widget=True)], outputs=[out(IMAGE)],
+                       widgets=[96, 64, 1, 0]),
+                  node(2, "PreviewAny", inputs=[sock("source", "*", 2)])],
+        "links": [{"id": 1, "origin_id": -10, "origin_slot": 0, "target_id": 1, "target_slot": 0,
+                   "type": "INT"},
+                  {"id": 2, "origin_id": -10, "origin_slot": 0, "target_id": 2, "target_slot": 0,
+                   "type": "*"}],
+    }
+    outer = node(5, "sized", inputs=[], outputs=[], widgets=[],
+                 properties={"proxyWidgets": [["1", "width"]]})
+    api = convert(workflow([outer], [], definitions={"subgraphs": [definition]}))
+    assert api["5:1"]["inputs"]["width"] == 96
+    assert api["5:2"]["inputs"] == {"source": 96}
+    # the subgraph node's own value, where it has one, still wins (older files)
+    outer["widgets_values"] = [128]
+    api = convert(workflow([outer], [], definitions={"subgraphs": [definition]}))
+    assert api["5:1"]["inputs"]["width"] == 128 and api["5:2"]["inputs"] == {"source": 128}
+
+
 # -- detection ------------------------------------------------------------------------------------
 
 

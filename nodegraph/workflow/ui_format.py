@@ -558,10 +558,16 @@ def _wrap_array(value: Any) -> Any:
 
 
 class _Resolver:
-    """Follows a link back to a real source through reroutes, primitives, bypasses and subgraphs."""
+    """Follows a link back to a real source through reroutes, primitives, bypasses and subgraphs.
 
-    def __init__(self, graph: UiGraph) -> None:
+    ``registry`` (optional) names the widgets of inner nodes: a subgraph input that the subgraph node
+    neither links nor gives a value for, but that also feeds a widget inside (a promoted widget saved
+    as ``properties.proxyWidgets``, its value left on the inner node), carries that widget's value to
+    its other targets, as the frontend's proxy widget does."""
+
+    def __init__(self, graph: UiGraph, registry: NodeRegistry | None = None) -> None:
         self.graph = graph
+        self.registry = registry
 
     def resolve(self, link_key: str | None, wanted: str) -> Resolved:
         return self._follow(link_key, wanted, set())
@@ -584,8 +590,27 @@ class _Resolver:
             through = origin.passthrough.get(link.origin_slot)
             if through is None and origin.constants and link.origin_slot in origin.constants:
                 return Constant(origin.constants[link.origin_slot])  # a promoted widget's value
+            if through is None and origin.kind == "subgraph_input":
+                return self._inner_widget_value(origin, link)
             return self._follow(through, wanted, seen)
         return Source(origin.key, link.origin_slot)
+
+    def _inner_widget_value(self, boundary: UiNode, link: UiLink) -> Resolved:
+        """The value of an inner widget fed by the same (unlinked, valueless) subgraph input slot."""
+        if self.registry is None:
+            return None
+        for other in self.graph.links.values():
+            if other.origin != boundary.key or other.origin_slot != link.origin_slot or other.key == link.key:
+                continue
+            target = self.graph.nodes.get(other.target)
+            cls = self.registry.get(target.type) if target is not None and target.kind == "normal" else None
+            slot = next((i for i in target.inputs if i.link == other.key and i.widget), None) if cls else None
+            if slot is None:
+                continue
+            values = map_widget_values(cls, target.widgets_values, target.key)
+            if slot.name in values:
+                return Constant(values[slot.name])
+        return None
 
     @staticmethod
     def _bypass_input(node: UiNode, link: UiLink, wanted: str) -> str | None:
@@ -633,7 +658,7 @@ def ui_to_api(data: Any, registry: NodeRegistry, *,
     """
     graph = parse_ui_workflow(data)
     skip = frozenset(virtual_types)
-    resolver = _Resolver(graph)
+    resolver = _Resolver(graph, registry)
     prompt: dict[str, dict[str, Any]] = {}
     linked: dict[str, set[str]] = {}
     for node in graph.nodes.values():
