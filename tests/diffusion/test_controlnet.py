@@ -62,14 +62,18 @@ def controlnet_graph(cn_name="tiny_cn.safetensors", strength=0.8, start=0.0, end
     return g
 
 
-def pipeline_reference(tiny_sd, tiny_cn, hint, strength=0.8, seed=1234, steps=4, cfg=7.5, batch=1):
+def controlnet_pipeline(tiny_sd, tiny_cn):
     from diffusers import EulerDiscreteScheduler, StableDiffusionControlNetPipeline
 
     base = diffusers_pipeline(tiny_sd)
-    pipe = StableDiffusionControlNetPipeline(
+    return StableDiffusionControlNetPipeline(
         vae=tiny_sd.vae, text_encoder=tiny_sd.text_encoder, tokenizer=tiny_sd.tokenizer, unet=tiny_sd.unet,
         controlnet=tiny_cn.module, scheduler=EulerDiscreteScheduler.from_config(base.scheduler.config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def pipeline_reference(tiny_sd, tiny_cn, hint, strength=0.8, seed=1234, steps=4, cfg=7.5, batch=1):
+    pipe = controlnet_pipeline(tiny_sd, tiny_cn)
     pipe.set_progress_bar_config(disable=True)
     noise, generator = engine_noise((batch, 4, 8, 8), seed)
     out = pipe(PROMPT, image=hint, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=cfg,
@@ -94,6 +98,45 @@ def test_controlnet_batch_matches_diffusers_pipeline(sd_engine, tiny_sd, tiny_cn
     image = sd_engine.run(controlnet_graph(batch=2)).raise_for_status().value("out")
     ref = pipeline_reference(tiny_sd, tiny_cn, hint_png, batch=2)
     assert image.shape == ref.shape == (2, 64, 64, 3)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+
+
+def controlnet_custom_graph(sigmas: str, seed=1234, cfg=7.5, strength=0.8) -> Graph:
+    """SamplerCustomAdvanced (euler, CFG) over typed-in sigmas, with the ControlNet."""
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_sd15.safetensors")
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=ck.out(1))
+    neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=ck.out(1))
+    net = g.node("ControlNetLoader", control_net_name="tiny_cn.safetensors")
+    image = g.node("LoadImage", image="hint.png")
+    apply = g.node("ControlNetApplyAdvanced", positive=pos, negative=neg, control_net=net, image=image.out(0),
+                   strength=strength, start_percent=0.0, end_percent=1.0)
+    guider = g.node("CFGGuider", model=ck.out(0), positive=apply.out(0), negative=apply.out(1), cfg=cfg)
+    sampled = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=seed), guider=guider,
+                     sampler=g.node("KSamplerSelect", sampler_name="euler"),
+                     sigmas=g.node("ManualSigmas", sigmas=sigmas),
+                     latent_image=g.node("EmptyLatentImage", width=64, height=64, batch_size=1))
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=sampled.out(0), vae=ck.out(2)))
+    return g
+
+
+def test_samplercustomadvanced_matches_diffusers_pipeline(sd_engine, tiny_sd, tiny_cn, hint_png):
+    """The sampling core path: SamplerCustomAdvanced (euler) equals the pipeline stepping through the same
+    table timesteps (999, 749, 499, 249: the core, as ComfyUI, gives the UNet the nearest table timestep
+    of a sigma, diffusers an interpolated one, so the sigmas are the table's own) from the same start."""
+    pipe = controlnet_pipeline(tiny_sd, tiny_cn)
+    pipe.set_progress_bar_config(disable=True)
+    timesteps = [999, 749, 499, 249]
+    pipe.scheduler.set_timesteps(timesteps=timesteps)
+    sigmas = ", ".join(repr(float(v)) for v in pipe.scheduler.sigmas)
+    image = sd_engine.run(controlnet_custom_graph(sigmas)).raise_for_status().value("out")
+    noise, generator = engine_noise((1, 4, 8, 8), 1234)
+    # the core starts at noise · sqrt(1 + sigma_max²) (ComfyUI's); diffusers multiplies by its init_noise_sigma
+    sigma_max = float(pipe.scheduler.sigmas[0])
+    noise = noise * (1 + sigma_max ** 2) ** 0.5 / float(pipe.scheduler.init_noise_sigma)
+    ref = pipe(PROMPT, image=hint_png, negative_prompt=NEGATIVE, timesteps=timesteps, guidance_scale=7.5,
+               controlnet_conditioning_scale=0.8, latents=noise, generator=generator, height=64, width=64,
+               output_type="pt").images.permute(0, 2, 3, 1)
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
 
 
