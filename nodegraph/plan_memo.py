@@ -39,8 +39,10 @@ from .signature import compute_signatures, node_signature
 from .validation import validate_node
 from .workflow.api_format import Workflow, WorkflowNode, is_link_json
 
-#: prompts kept (each holds its parsed prompt and plan: a few hundred KiB for a 400-node prompt)
+#: prompts kept (each holds its parsed prompt and plan: a few hundred KiB for a 400-node prompt) ...
 DEFAULT_SIZE = 16
+#: ... and nodes kept in all (the oldest prompts go first; a prompt larger than this is not kept)
+MAX_NODES = 20_000
 
 _BASE_FINGERPRINT = Node.fingerprint.__func__  # type: ignore[attr-defined]
 _BASE_VALIDATE = Node.validate_inputs.__func__  # type: ignore[attr-defined]
@@ -83,11 +85,14 @@ def _links(inputs: dict[str, Any]) -> list:
 class PlanMemo:
     """The last :data:`DEFAULT_SIZE` valid prompts' plans (see the module docstring). Thread-safe."""
 
-    def __init__(self, registry: NodeRegistry, paths: Paths | None = None, size: int = DEFAULT_SIZE) -> None:
+    def __init__(self, registry: NodeRegistry, paths: Paths | None = None, size: int = DEFAULT_SIZE,
+                 max_nodes: int = MAX_NODES) -> None:
         self.registry = registry
         self.paths = paths
         self.size = size
+        self.max_nodes = max_nodes
         self._kept: OrderedDict[bytes, _Kept] = OrderedDict()
+        self._nodes = 0
         self._lock = threading.Lock()
         #: how the plans were made: ``same`` prompt, ``constants`` changed, ``full`` validation
         self.counts = {"same": 0, "constants": 0, "full": 0}
@@ -124,15 +129,24 @@ class PlanMemo:
     def clear(self) -> None:
         with self._lock:
             self._kept.clear()
+            self._nodes = 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
 
     # -- helpers ----------------------------------------------------------------------------------
 
     def _keep(self, key: bytes, kept: _Kept) -> None:
+        if len(kept.prompt) > self.max_nodes:
+            return
         with self._lock:
+            old = self._kept.pop(key, None)
+            if old is not None:
+                self._nodes -= len(old.prompt)
             self._kept[key] = kept
-            self._kept.move_to_end(key)
-            while len(self._kept) > self.size:
-                self._kept.popitem(last=False)
+            self._nodes += len(kept.prompt)
+            while len(self._kept) > self.size or self._nodes > self.max_nodes:
+                self._nodes -= len(self._kept.popitem(last=False)[1].prompt)
 
     def _classes_unchanged(self, prompt: dict[str, Any], classes: dict[str, type[Node]]) -> bool:
         get = self.registry.get

@@ -205,3 +205,14 @@ def test_a_prompt_with_errors_in_some_outputs_is_not_kept(registry):
         plan = plan_of(memo, registry, prompt)
         assert plan.outputs == ["out"] and plan.node_errors
     assert memo.counts == {"same": 0, "constants": 0, "full": 2}
+
+
+def test_what_is_kept_is_bounded_by_prompts_and_nodes(registry):
+    memo = PlanMemo(registry, size=3, max_nodes=60)
+    for length in range(10, 15):  # 12..16 nodes each
+        plan_of(memo, registry, chain(length))
+    assert len(memo) == 3
+    plan_of(memo, registry, chain(40))  # 42 nodes: the oldest go until at most 60 nodes are kept
+    assert len(memo) == 2 and memo._nodes == 16 + 42
+    plan_of(memo, registry, chain(70))  # larger than the whole bound: not kept
+    assert len(memo) == 2
