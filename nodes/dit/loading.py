@@ -58,7 +58,8 @@ def file_keys(path: Path, allow_pickle: bool) -> list[str]:
             with safe_open(str(path), framework="pt") as fh:
                 return list(fh.keys())
         except Exception as exc:
-            raise ModelFileError(f"{path.name} is not a readable .safetensors file ({exc}); download it again") from None
+            raise ModelFileError(f"{path.name} is not a readable .safetensors file (corrupt or truncated: "
+                                 f"{exc}); download it again") from None
     return list(read_state_dict(path, allow_pickle=allow_pickle))
 
 
