@@ -198,7 +198,7 @@ class _ScopeParser:
     def add_scope(self, nodes: list[Any], links: list[Any], prefix: str, stack: tuple[str, ...],
                   hidden: bool = False) -> list[UiLink]:
         scope_nodes = [self._add_node(raw, i, prefix, hidden) for i, raw in enumerate(nodes)]
-        scope_links = [self._add_link(raw, i, prefix) for i, raw in enumerate(links)]
+        scope_links = [link for i, raw in enumerate(links) if (link := self._add_link(raw, i, prefix))]
         for node in scope_nodes:
             if node.kind == "subgraph":
                 self._add_subgraph_instance(node, stack)
@@ -212,13 +212,16 @@ class _ScopeParser:
         self.graph.nodes[node.key] = node
         return node
 
-    def _add_link(self, raw: Any, index: int, prefix: str) -> UiLink:
+    def _add_link(self, raw: Any, index: int, prefix: str) -> UiLink | None:
+        """The parsed link; ``None`` for a stale entry whose target node does not exist (no input can
+        name it, so it feeds nothing; the frontend's link check drops such entries on load — one of
+        ComfyUI's official templates carries one inside a subgraph)."""
         link = parse_link(raw, index, prefix)
         known = self.graph.links.get(link.key)
         if known is not None and known != link:
             raise WorkflowFormatError(f"link {link.id} is defined twice with different ends")
         if link.target not in self.graph.nodes and not link.target.endswith(f":{SUBGRAPH_OUTPUT_ID}"):
-            raise WorkflowFormatError(f"link {link.id} goes to node {link.target}, which does not exist")
+            return None
         self.graph.links[link.key] = link
         return link
 
