@@ -43,6 +43,8 @@ from .workflow.api_format import Workflow, WorkflowNode, is_link_json
 DEFAULT_SIZE = 16
 #: ... and nodes kept in all (the oldest prompts go first; a prompt larger than this is not kept)
 MAX_NODES = 20_000
+#: smaller prompts are validated every time (that costs less than looking them up: ~15 µs a node)
+MIN_NODES = 6
 
 _BASE_FINGERPRINT = Node.fingerprint.__func__  # type: ignore[attr-defined]
 _BASE_VALIDATE = Node.validate_inputs.__func__  # type: ignore[attr-defined]
@@ -86,21 +88,25 @@ class PlanMemo:
     """The last :data:`DEFAULT_SIZE` valid prompts' plans (see the module docstring). Thread-safe."""
 
     def __init__(self, registry: NodeRegistry, paths: Paths | None = None, size: int = DEFAULT_SIZE,
-                 max_nodes: int = MAX_NODES) -> None:
+                 max_nodes: int = MAX_NODES, min_nodes: int = MIN_NODES) -> None:
         self.registry = registry
         self.paths = paths
         self.size = size
         self.max_nodes = max_nodes
+        self.min_nodes = min_nodes
         self._kept: OrderedDict[bytes, _Kept] = OrderedDict()
         self._nodes = 0
         self._lock = threading.Lock()
-        #: how the plans were made: ``same`` prompt, ``constants`` changed, ``full`` validation
+        #: how the plans of prompts of ``min_nodes`` or more were made: ``same`` prompt, ``constants``
+        #: changed, ``full`` validation
         self.counts = {"same": 0, "constants": 0, "full": 0}
 
     def plan(self, prompt: dict[str, Any], prompt_text: str, targets: Sequence[str] | None,
              validate: Callable[[], Plan]) -> Plan:
         """The plan of ``prompt`` (``prompt_text``: its JSON text, the key); ``validate()`` makes it
         when no kept plan serves (and raises what validation raises)."""
+        if len(prompt) < self.min_nodes:
+            return validate()
         wanted = tuple(targets) if targets is not None else None
         key = hashlib.blake2b(prompt_text.encode("utf-8", "surrogatepass") + b"\x00" + repr(wanted).encode(),
                               digest_size=16).digest()

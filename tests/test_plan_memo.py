@@ -76,7 +76,7 @@ def same_plan(got, expected) -> bool:
 
 
 def test_the_same_prompt_gets_a_copy_of_its_plan_and_signatures(registry):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     first = plan_of(memo, registry, chain(20))
     again = plan_of(memo, registry, chain(20))
     assert memo.counts == {"same": 1, "constants": 0, "full": 1}
@@ -89,7 +89,7 @@ def test_the_same_prompt_gets_a_copy_of_its_plan_and_signatures(registry):
 
 
 def test_other_constants_validate_only_the_changed_nodes(registry, monkeypatch):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     plan_of(memo, registry, chain(20))
     import nodegraph.plan_memo as plan_memo
 
@@ -108,7 +108,7 @@ def test_other_constants_validate_only_the_changed_nodes(registry, monkeypatch):
 
 
 def test_a_changed_constant_at_the_head_changes_every_signature_downstream(registry):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     before = plan_of(memo, registry, chain(10, start=1))
     after = plan_of(memo, registry, chain(10, start=2))
     expected, signatures = fresh(registry, chain(10, start=2))
@@ -117,7 +117,7 @@ def test_a_changed_constant_at_the_head_changes_every_signature_downstream(regis
 
 
 def test_an_invalid_new_constant_is_reported_as_by_a_full_validation(registry):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     plan_of(memo, registry, chain(10))
     bad = chain(10)
     bad["n"]["inputs"]["value"] = 5000  # above Number's maximum
@@ -130,7 +130,7 @@ def test_an_invalid_new_constant_is_reported_as_by_a_full_validation(registry):
 
 
 def test_changed_links_classes_or_targets_take_a_full_validation(registry):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     base = chain(10)
     plan_of(memo, registry, base)
     relinked = chain(10)
@@ -142,7 +142,7 @@ def test_changed_links_classes_or_targets_take_a_full_validation(registry):
 
 
 def test_a_class_replaced_in_the_registry_is_not_served_from_memory(registry):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     plan_of(memo, registry, chain(5))
 
     class Add(Node):  # noqa: F811 - replaces the registered Add
@@ -160,7 +160,7 @@ def test_a_class_replaced_in_the_registry_is_not_served_from_memory(registry):
 
 
 def test_computed_choices_are_asked_every_time(registry):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     prompt = {"p": {"class_type": "Pick", "inputs": {"name": "c"}},
               "out": {"class_type": "Sink", "inputs": {"value": ["p", 0]}}}
     with pytest.raises(ValidationFailed):
@@ -178,7 +178,7 @@ def test_computed_choices_are_asked_every_time(registry):
 
 
 def test_custom_validation_is_run_every_time(registry):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     prompt = {"v": {"class_type": "NeedsPositive", "inputs": {"value": 3}},
               "out": {"class_type": "Sink", "inputs": {"value": ["v", 0]}}}
     plan_of(memo, registry, prompt)
@@ -187,7 +187,7 @@ def test_custom_validation_is_run_every_time(registry):
 
 
 def test_fingerprints_and_uncacheable_nodes_keep_the_plan_but_not_the_signatures(registry):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     for source in ("Stamped", "Random"):
         prompt = {"s": {"class_type": source, "inputs": {"value": 1} if source == "Stamped" else {}},
                   "out": {"class_type": "Sink", "inputs": {"value": ["s", 0]}}}
@@ -198,7 +198,7 @@ def test_fingerprints_and_uncacheable_nodes_keep_the_plan_but_not_the_signatures
 
 
 def test_a_prompt_with_errors_in_some_outputs_is_not_kept(registry):
-    memo = PlanMemo(registry)
+    memo = PlanMemo(registry, min_nodes=1)
     prompt = chain(3)
     prompt["bad"] = {"class_type": "Sink", "inputs": {"value": ["missing", 0]}}
     for _ in range(2):
@@ -208,7 +208,7 @@ def test_a_prompt_with_errors_in_some_outputs_is_not_kept(registry):
 
 
 def test_what_is_kept_is_bounded_by_prompts_and_nodes(registry):
-    memo = PlanMemo(registry, size=3, max_nodes=60)
+    memo = PlanMemo(registry, size=3, max_nodes=60, min_nodes=1)
     for length in range(10, 15):  # 12..16 nodes each
         plan_of(memo, registry, chain(length))
     assert len(memo) == 3
@@ -216,3 +216,12 @@ def test_what_is_kept_is_bounded_by_prompts_and_nodes(registry):
     assert len(memo) == 2 and memo._nodes == 16 + 42
     plan_of(memo, registry, chain(70))  # larger than the whole bound: not kept
     assert len(memo) == 2
+
+
+def test_small_prompts_are_validated_every_time(registry):
+    memo = PlanMemo(registry)  # the default: prompts under MIN_NODES nodes are not looked up
+    small = chain(2)
+    calls = []
+    for _ in range(2):
+        memo.plan(small, json.dumps(small), None, lambda: calls.append(1) or validate(small, registry))
+    assert len(calls) == 2 and len(memo) == 0 and memo.counts["full"] == 0

@@ -98,11 +98,11 @@ def test_a_graph_queued_again_reuses_its_plan_and_runs_its_new_constants(server,
     engine.validate = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
 
     def sized(width: int) -> dict:
-        return {"0": {"class_type": "EmptyImage", "inputs": {"width": width, "height": 8, "batch_size": 1,
-                                                             "color": 7}},
-                "1": {"class_type": "ImageInvert", "inputs": {"image": ["0", 0]}},
-                "size": {"class_type": "GetImageSize", "inputs": {"image": ["1", 0]}},
-                "show": {"class_type": "PreviewAny", "inputs": {"source": ["size", 0]}}}
+        prompt = chain(8, 7)
+        prompt["0"]["inputs"]["width"] = width
+        prompt["size"] = {"class_type": "GetImageSize", "inputs": {"image": ["7", 0]}}
+        prompt["show"] = {"class_type": "PreviewAny", "inputs": {"source": ["size", 0]}}
+        return prompt
 
     shown = []
     try:
