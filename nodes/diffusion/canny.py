@@ -79,7 +79,9 @@ def canny(image: torch.Tensor, low_threshold: float, high_threshold: float, eps:
 
 
 class Canny(Node):
-    """Finds edges with the Canny algorithm (thresholds on the gradient magnitude of the 0..1 image)."""
+    """Finds edges with the Canny algorithm (thresholds on the gradient magnitude of the 0..1 image).
+    Stricter than ComfyUI: an RGBA image is an error (not converted), and low_threshold may not exceed
+    high_threshold."""
 
     category = "image/preprocessors"
     image = Input(IMAGE)

@@ -170,7 +170,8 @@ def _check_net(control_net: Any, where: str) -> ControlNet:
 
 
 class ControlNetApply(Node):
-    """Applies a ControlNet to a conditioning (and, at sampling, to the negative's entries without one)."""
+    """Applies a ControlNet to a conditioning (and, at sampling, to the negative's entries without one).
+    Stricter than ComfyUI: the image's channel count must be the ControlNet's (no RGBA hints)."""
 
     category = "conditioning/controlnet"
     display_name = "Apply ControlNet (OLD)"
@@ -196,7 +197,8 @@ class ControlNetApply(Node):
 class ControlNetApplyAdvanced(Node):
     """Applies a ControlNet to the positive and negative conditioning, with a strength and the part of the
     schedule it acts in (0 = first step, 1 = last). The VAE is accepted for ComfyUI's ControlNets that work
-    on latents; the SD 1.x/2.x/SDXL ControlNets take the image itself."""
+    on latents; the SD 1.x/2.x/SDXL ControlNets take the image itself. Stricter than ComfyUI: the image's
+    channel count must be the ControlNet's (no RGBA hints)."""
 
     category = "conditioning/controlnet"
     display_name = "Apply ControlNet"

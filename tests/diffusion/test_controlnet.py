@@ -180,6 +180,13 @@ def run_previewed(engine, g: Graph, names: list[str]):
     return engine.run(g)
 
 
+def test_old_apply_controls_the_negative_in_the_core_too(sd_engine, tiny_cn, hint_png):
+    """On the sampling core path, ControlNetApply (positive only) samples like ControlNetApplyAdvanced."""
+    old = sd_engine.run(controlnet_graph(old_apply=True, custom=True, scheduler="karras")).raise_for_status()
+    new = sd_engine.run(controlnet_graph(custom=True, scheduler="karras")).raise_for_status()
+    assert torch.allclose(old.value("out"), new.value("out"), atol=1e-6)
+
+
 def test_diff_controlnet_adds_the_model_weights(sd_engine, tiny_cn):
     from nodegraph_nodes.diffusion.controlnet import ControlNet
 
