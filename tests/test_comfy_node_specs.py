@@ -73,6 +73,10 @@ NEWER_COMFYUI: dict[tuple[str, str], str] = {
         "negative counts from the end (search index file 54540167493)",
     ("ImageFromBatch", "required.batch_index.max"):
         "newer comfy_extras/nodes_images.py: batch_index max MAX_RESOLUTION (search index file 54540167493)",
+    ("ModelSamplingAuraFlow", "optional.names"):
+        "newer comfy_extras/nodes_model_advanced.py (Comfy-Org/ComfyUI 691e827, search index file "
+        "66543512392): optional sampling ['flow', 'img_to_img_velocity'], default 'flow', advanced; the "
+        "official templates save it (3d_hunyuan3d-v2.1 'flow', image_marigold_v2_* 'img_to_img_velocity')",
     ("MaskPreview", "outputs"):
         "newer comfy_extras/nodes_mask.py (Comfy-Org/ComfyUI d9ac00e, search index file 70486098430): "
         "outputs=[IO.Mask.Output(display_name='mask')], execute returns the mask; the official templates "

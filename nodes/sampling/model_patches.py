@@ -82,15 +82,25 @@ class ModelSamplingSD3(Node):
         return _patched(model, msl.sd3_flow(shift, 1000.0), "ModelSamplingSD3.model")
 
 
+#: ModelSamplingAuraFlow's optional ``sampling`` choices, in today's ComfyUI order
+AURA_SAMPLING = ["flow", "img_to_img_velocity"]
+
+
 class ModelSamplingAuraFlow(Node):
-    """Flow matching with a timestep shift (network time = sigma)."""
+    """Flow matching with a timestep shift (network time = sigma). The optional `sampling` is today's
+    ComfyUI's: 'flow' (the default) is this; 'img_to_img_velocity' (Marigold v2's image-to-image velocity
+    prediction) is not in nodegraph and is an error at run time naming the input."""
 
     category = "advanced/model"
     model = Input(MODEL)
     shift = Input(FLOAT, default=1.73, min=0.0, max=100.0, step=0.01)
+    sampling = Input(COMBO, choices=AURA_SAMPLING, default="flow", optional=True)
     outputs = (Output(MODEL),)
 
-    def execute(self, model, shift: float) -> tuple:
+    def execute(self, model, shift: float, sampling: str = "flow") -> tuple:
+        if sampling != "flow":
+            raise ValueError(f"ModelSamplingAuraFlow.sampling: {sampling!r} (Marigold v2's image-to-image "
+                             "velocity sampling) is not supported by nodegraph; use 'flow'")
         return _patched(model, msl.sd3_flow(shift, 1.0), "ModelSamplingAuraFlow.model")
 
 

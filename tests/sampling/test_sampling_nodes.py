@@ -146,6 +146,11 @@ SPECS = {
 }
 
 
+#: optional inputs, where a node has them: today's ComfyUI gives ModelSamplingAuraFlow an optional
+#: ``sampling`` (comfy_extras/nodes_model_advanced.py, Comfy-Org/ComfyUI 691e827)
+OPTIONAL = {"ModelSamplingAuraFlow": {"sampling": [["flow", "img_to_img_velocity"], {}]}}
+
+
 def _comparable(spec: list) -> list:
     """An input spec without tooltips, and without the default a combo takes anyway (its first choice)."""
     head, options = spec
@@ -162,7 +167,8 @@ def test_object_info_matches_comfyui(name):
     assert info["category"] == category
     assert {k: _comparable(v) for k, v in info["input"]["required"].items()} == required
     assert info["input_order"]["required"] == list(required)
-    assert not info["input"].get("optional")
+    optional = {k: _comparable(v) for k, v in info["input"].get("optional", {}).items()}
+    assert optional == OPTIONAL.get(name, {})
     assert info["output"] == output
     assert info["output_name"] == output_name
 
@@ -458,7 +464,7 @@ def test_model_patches(engine):
         "norm": g.node("CFGNorm", model=m.model, strength=1.0),
         "zero": g.node("CFGZeroStar", model=m.model),
         "sd3": g.node("ModelSamplingSD3", model=f.model, shift=3.0),
-        "aura": g.node("ModelSamplingAuraFlow", model=f.model, shift=1.73),
+        "aura": g.node("ModelSamplingAuraFlow", model=f.model, shift=1.73, sampling="flow"),
         "flux": g.node("ModelSamplingFlux", model=f.model, max_shift=1.15, base_shift=0.5, width=64, height=64),
     }
     outs = []
@@ -492,6 +498,18 @@ def test_model_sampling_edm_playground_is_a_clear_error(engine):
     g.node("PreviewAny", source=p)
     failure = engine.run(g).failure
     assert failure is not None and failure.node_id == "pg" and "latent format" in failure.exception_message
+
+
+def test_model_sampling_aura_flow_img_to_img_velocity_is_a_clear_error(engine):
+    """Today's ComfyUI offers 'img_to_img_velocity' (Marigold v2); it validates (templates save it) and
+    fails at run time naming the input."""
+    g = Graph()
+    f = Flow(g)
+    p = g.node("ModelSamplingAuraFlow", "au", model=f.model, shift=1.73, sampling="img_to_img_velocity")
+    g.node("PreviewAny", source=p)
+    failure = engine.run(g).failure
+    assert failure is not None and failure.node_id == "au"
+    assert "ModelSamplingAuraFlow.sampling" in failure.exception_message and "'flow'" in failure.exception_message
 
 
 # -- conditioning and inpainting through the core (karras: not the diffusers path) --------------------
