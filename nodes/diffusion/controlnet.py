@@ -305,8 +305,11 @@ def load_controlnet_folder(folder: Path, dtype: torch.dtype, allow_pickle: bool)
         from diffusers import ControlNetUnionModel
 
         cls = ControlNetUnionModel
+    variant = None  # a folder with only the fp16 weights (diffusion_pytorch_model.fp16.safetensors)
+    if not any((folder / f"diffusion_pytorch_model.{ext}").is_file() for ext in ("safetensors", "bin")):
+        variant = "fp16" if any(folder.glob("diffusion_pytorch_model.fp16.*")) else None
     try:
-        module = cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True,
+        module = cls.from_pretrained(str(folder), torch_dtype=dtype, local_files_only=True, variant=variant,
                                      use_safetensors=None if allow_pickle else True)
     except Exception as exc:
         raise ModelFileError(f"could not load the ControlNet folder {folder.name}: {exc}") from None

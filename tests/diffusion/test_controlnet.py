@@ -289,3 +289,17 @@ def test_sdxl_controlnet_single_file_and_folder(sd_engine, tiny_sdxl, tiny_cn_xl
     assert (folder - plain).abs().max() > 1e-3
     failed = sd_engine.run(sdxl_graph("ControlNetLoader", "tiny_cn_xl.safetensors"))
     assert not failed.ok and "time-id width" in str(failed.failure)
+
+
+def test_folder_with_fp16_weights_only(sd_engine, tiny_cn):
+    """A diffusers ControlNet folder that holds only ``diffusion_pytorch_model.fp16.safetensors`` loads."""
+    import copy
+
+    folder = sd_engine.paths.models_dir / "controlnet" / "tiny_cn_fp16"
+    copy.deepcopy(tiny_cn.module).half().save_pretrained(str(folder), variant="fp16")
+    g = Graph()
+    g.node("ControlNetLoader", "cn", control_net_name="tiny_cn_fp16")
+    net = run_previewed(sd_engine, g, ["cn"]).raise_for_status().value("cn")
+    ref = tiny_cn.module.state_dict()
+    got = net.handle.get().state_dict()
+    assert max((ref[k].half().float() - got[k]).abs().max().item() for k in ref) == 0.0
