@@ -17,6 +17,7 @@ from collections.abc import Collection
 from typing import Any
 
 from nodegraph.comfy_compat.host import HOST
+from ._attrs import missing_attribute
 
 supported_pt_extensions: set[str] = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}
 
@@ -316,6 +317,4 @@ def __getattr__(name: str) -> Any:
         return os.path.abspath(HOST.current_paths().models_dir)
     if name == "base_path":
         return os.path.dirname(os.path.abspath(HOST.current_paths().models_dir))
-    from nodegraph.comfy_compat.unsupported import unsupported_attribute
-
-    return unsupported_attribute("folder_paths", name)
+    return missing_attribute("folder_paths", name)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from nodegraph.comfy_compat.unsupported import unsupported_attribute
+from ._attrs import missing_attribute
 
 MAX_PREVIEW_RESOLUTION = 512
 
@@ -31,4 +31,4 @@ def prepare_callback(model: Any, steps: int, x0_output_dict: dict | None = None)
 
 
 def __getattr__(name: str) -> Any:
-    return unsupported_attribute("latent_preview", name)
+    return missing_attribute("latent_preview", name)

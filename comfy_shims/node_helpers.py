@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from nodegraph.comfy_compat.unsupported import unsupported_attribute
+from ._attrs import missing_attribute
 
 
 def conditioning_set_values(conditioning: list, values: dict | None = None, append: bool = False) -> list:
@@ -57,7 +57,7 @@ def image_alpha_fix(destination: torch.Tensor, source: torch.Tensor) -> tuple[to
 
 
 def __getattr__(name: str) -> Any:
-    return unsupported_attribute("node_helpers", name)
+    return missing_attribute("node_helpers", name)
 
 
 __all__ = ["conditioning_set_values", "pillow", "hasher", "string_to_torch_dtype", "image_alpha_fix", "Image"]

@@ -15,7 +15,8 @@ from typing import Any
 from nodegraph.comfy_compat.classic import ClassicNode
 from nodegraph.comfy_compat.host import HOST
 from nodegraph.comfy_compat.native import classic_class, run_native
-from nodegraph.comfy_compat.unsupported import unsupported_attribute
+from nodegraph.comfy_compat.unsupported import NotSupportedByNodegraph
+from ._attrs import missing_attribute
 
 MAX_RESOLUTION = 16384
 
@@ -60,7 +61,7 @@ def __getattr__(name: str) -> Any:
     cls = NODE_CLASS_MAPPINGS.get(name)
     if cls is not None:
         return cls
-    return unsupported_attribute("nodes", name)
+    return missing_attribute("nodes", name)
 
 
 def before_node_execution() -> None:
@@ -88,7 +89,7 @@ def common_ksampler(model: Any, seed: int, steps: int, cfg: float, sampler_name:
     if disable_noise or start_step is not None or last_step is not None:
         cls = registry.get("KSamplerAdvanced") if registry is not None else None
         if cls is None:
-            return unsupported_attribute("nodes", "common_ksampler")()
+            raise NotSupportedByNodegraph("nodes.common_ksampler (no KSamplerAdvanced is registered)")
         return run_native(cls, "KSamplerAdvanced", dict(
             model=model, add_noise="disable" if disable_noise else "enable", noise_seed=seed, steps=steps,
             cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, positive=positive, negative=negative,
@@ -97,7 +98,7 @@ def common_ksampler(model: Any, seed: int, steps: int, cfg: float, sampler_name:
             return_with_leftover_noise="disable" if force_full_denoise else "enable"))
     cls = registry.get("KSampler") if registry is not None else None
     if cls is None:
-        return unsupported_attribute("nodes", "common_ksampler")()
+        raise NotSupportedByNodegraph("nodes.common_ksampler (no KSampler is registered)")
     return run_native(cls, "KSampler", dict(model=model, seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
                                             scheduler=scheduler, positive=positive, negative=negative,
                                             latent_image=latent, denoise=denoise))

@@ -16,15 +16,28 @@
 
 from __future__ import annotations
 
+import asyncio  # noqa: F401 - names ComfyUI's server module has, which packs reach through it
+import json  # noqa: F401
 import logging
+import mimetypes  # noqa: F401
 import os
+import struct  # noqa: F401
+import sys  # noqa: F401
+import uuid  # noqa: F401
+from io import BytesIO  # noqa: F401
 from typing import Any
+
+import aiohttp  # noqa: F401
+from aiohttp import web  # noqa: F401
+from PIL import Image, ImageOps  # noqa: F401
+from PIL.PngImagePlugin import PngInfo  # noqa: F401
 
 from nodegraph.comfy_compat.current import current_node
 from nodegraph.comfy_compat.host import HOST
 from nodegraph.comfy_compat.routes import RecordedRoute
 from nodegraph.comfy_compat.unsupported import unsupported_attribute
 from nodegraph.events import NodeMessage
+from ._attrs import missing_attribute
 
 log = logging.getLogger("nodegraph.custom_nodes")
 
@@ -37,7 +50,10 @@ class BinaryEventTypes:
 
 
 class _Router:
-    """``PromptServer.instance.app.router``: the ``add_*`` calls packs make, recorded."""
+    """``PromptServer.instance.app.router``: the ``add_*`` calls packs make, recorded (packs load before
+    the application is built, so the router is not frozen yet)."""
+
+    frozen = False
 
     def add_route(self, method: str, path: str, handler: Any, **kwargs: Any) -> None:
         HOST.routes.add(RecordedRoute(method.upper(), path, handler, dict(kwargs)))
@@ -142,11 +158,11 @@ class PromptServer:
         return None
 
     def __getattr__(self, name: str) -> Any:
-        return unsupported_attribute("server.PromptServer.instance", name)
+        return missing_attribute("server.PromptServer.instance", name)
 
 
 PromptServer()
 
 
 def __getattr__(name: str) -> Any:
-    return unsupported_attribute("server", name)
+    return missing_attribute("server", name)

@@ -18,8 +18,8 @@ import torch
 
 from nodegraph.comfy_compat.current import current_node
 from nodegraph.comfy_compat.host import HOST
-from nodegraph.comfy_compat.unsupported import unsupported_attribute
 from nodegraph.errors import Interrupted
+from .._attrs import missing_attribute
 
 InterruptProcessingException = Interrupted
 OOM_EXCEPTION = torch.cuda.OutOfMemoryError
@@ -53,7 +53,7 @@ def __getattr__(name: str) -> Any:
     if name == "cpu_state":
         return CPUState.CPU if get_torch_device().type == "cpu" else \
             CPUState.MPS if get_torch_device().type == "mps" else CPUState.GPU
-    return unsupported_attribute("comfy.model_management", name)
+    return missing_attribute("comfy.model_management", name)
 
 
 def intermediate_device() -> torch.device:

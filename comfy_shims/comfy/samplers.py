@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from nodegraph.comfy_compat.host import HOST
-from nodegraph.comfy_compat.unsupported import unsupported_attribute
+from .._attrs import missing_attribute
 
 #: ComfyUI's lists (COMFY_COMPAT §8), used when no KSampler is registered
 COMFY_SAMPLERS = [
@@ -45,4 +45,4 @@ class KSampler:
 
 
 def __getattr__(name: str) -> Any:
-    return unsupported_attribute("comfy.samplers", name)
+    return missing_attribute("comfy.samplers", name)

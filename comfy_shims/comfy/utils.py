@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 
 from nodegraph.comfy_compat.current import current_node
-from nodegraph.comfy_compat.unsupported import unsupported_attribute
+from .._attrs import missing_attribute
 
 PROGRESS_BAR_ENABLED = True
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".pkl")
@@ -26,7 +26,7 @@ def set_progress_bar_enabled(enabled: bool) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    return unsupported_attribute("comfy.utils", name)
+    return missing_attribute("comfy.utils", name)
 
 
 class ProgressBar:

@@ -7,10 +7,10 @@ from typing import Any
 
 from nodegraph.blocking import ExecutionBlocker
 from nodegraph.comfy_compat.dynprompt import DynamicPrompt, NodeNotFoundError
-from nodegraph.comfy_compat.unsupported import unsupported_attribute
+from .._attrs import missing_attribute
 
 __all__ = ["ExecutionBlocker", "DynamicPrompt", "NodeNotFoundError"]
 
 
 def __getattr__(name: str) -> Any:
-    return unsupported_attribute("comfy_execution.graph", name)
+    return missing_attribute("comfy_execution.graph", name)

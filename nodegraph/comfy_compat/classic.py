@@ -10,7 +10,8 @@ nodes. How each part of the protocol maps:
                        them, for ``/object_info``; combo lists re-read, at most once a second); ``hidden``
                        ``PROMPT``, ``EXTRA_PNGINFO``, ``UNIQUE_ID``, ``DYNPROMPT`` (a
                        :class:`~nodegraph.comfy_compat.dynprompt.DynamicPrompt`), ``AUTH_TOKEN_COMFY_ORG``
-                       / ``API_KEY_COMFY_ORG`` (from the prompt's extra data), under the pack's names
+                       / ``API_KEY_COMFY_ORG`` (from the prompt's extra data), ``PROMPT_ID``, under the
+                       pack's names; another kind gets no value (the function's default)
 ``RETURN_TYPES`` …     outputs (a list entry is a ``COMBO`` output); ``RETURN_NAMES``, ``OUTPUT_IS_LIST``,
                        ``OUTPUT_TOOLTIPS``
 ``FUNCTION``           called on one pack object per node id (kept between prompts, as ComfyUI does);
@@ -53,7 +54,8 @@ from .dynprompt import DynamicPrompt
 
 #: ComfyUI's hidden kinds → the hidden input of ours that carries what they need
 HIDDEN_SOURCES = {"PROMPT": "prompt", "DYNPROMPT": "prompt", "EXTRA_PNGINFO": "extra_pnginfo",
-                  "UNIQUE_ID": "unique_id", "AUTH_TOKEN_COMFY_ORG": None, "API_KEY_COMFY_ORG": None}
+                  "UNIQUE_ID": "unique_id", "AUTH_TOKEN_COMFY_ORG": None, "API_KEY_COMFY_ORG": None,
+                  "PROMPT_ID": None}
 #: how long one ``INPUT_TYPES()`` answer is reused (object_info and validation ask per input)
 TYPES_TTL = 1.0
 #: pack objects kept per class (ComfyUI keeps one per node id between prompts)
@@ -286,7 +288,12 @@ class ClassicNode(Node):
         kwargs = {name: value for name, value in inputs.items() if name not in ours}
         extra_data = self.ctx.run.extra_data
         for pack_name, kind in self.comfy_hidden.items():
+            if kind not in HIDDEN_SOURCES:
+                continue  # a kind ComfyUI does not fill either: the function's default applies
             source = HIDDEN_SOURCES.get(kind)
+            if kind == "PROMPT_ID":
+                kwargs[pack_name] = [self.ctx.prompt_id] if self.takes_lists else self.ctx.prompt_id
+                continue
             if kind in ("AUTH_TOKEN_COMFY_ORG", "API_KEY_COMFY_ORG"):
                 value: Any = extra_data.get(kind.lower())
                 kwargs[pack_name] = [value] if self.takes_lists else value
@@ -392,6 +399,8 @@ def build_node_class(name: str, pack_cls: type, pack: str, display_name: str | N
     """The nodegraph node class for the classic ComfyUI class ``pack_cls`` registered as ``name``."""
     if not inspect.isclass(pack_cls):
         raise ClassicProtocolError(f"'{name}' maps to {type(pack_cls).__name__}, not a class")
+    if callable(getattr(pack_cls, "GET_SCHEMA", None)):
+        pack_cls.GET_SCHEMA()  # a V3 class: its schema's own error, not a missing attribute
     for attr in ("INPUT_TYPES", "RETURN_TYPES", "FUNCTION"):
         if not hasattr(pack_cls, attr):
             raise ClassicProtocolError(f"class {pack_cls.__name__} has no {attr}")
@@ -408,10 +417,7 @@ def build_node_class(name: str, pack_cls: type, pack: str, display_name: str | N
     hidden = {str(k): str(v[0] if isinstance(v, (tuple, list)) and v else v) for k, v in raw_hidden.items()}
     ours: list[str] = []
     for pack_name, kind in hidden.items():
-        if kind not in HIDDEN_SOURCES:
-            raise ClassicProtocolError(f"hidden input '{pack_name}' has the unknown kind {kind!r}; nodegraph "
-                                       f"provides {', '.join(sorted(HIDDEN_SOURCES))}")
-        source = HIDDEN_SOURCES[kind]
+        source = HIDDEN_SOURCES.get(kind)  # an unknown kind gets no value (ComfyUI fills none either)
         # a hidden value whose carrier name is also one of the class's inputs is not requested: the pack
         # gets None for it (our executor passes hidden values under these names)
         if source and source not in ours and source not in inputs:

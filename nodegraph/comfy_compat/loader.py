@@ -194,6 +194,11 @@ def load_custom_nodes(registry: NodeRegistry, settings: CustomNodeSettings, *, p
     HOST.bind(paths=paths, device=device, custom_nodes_dirs=tuple(Path(d).resolve() for d in settings.dirs))
     if not entries:
         return packs
+    for folder in (HOST.paths.input_dir, HOST.paths.output_dir, HOST.paths.temp_dir):
+        try:  # ComfyUI's folders exist before packs load (packs list them in INPUT_TYPES)
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("cannot create %s for custom node packs: %s", folder, exc)
     finder.install()
     HOST.bind(registry=registry)
     builtin = set(registry.names())

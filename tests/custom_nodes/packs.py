@@ -210,6 +210,18 @@ class Expand:
         return {"result": (value,), "expand": graph.finalize()}
 
 
+class Ids:
+    """Hidden kinds of newer ComfyUI versions: PROMPT_ID is filled, an unknown kind is not."""
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "hidden": {"pid": "PROMPT_ID", "later": "SOME_FUTURE_KIND"}}
+    RETURN_TYPES = ("STRING",)
+    FUNCTION = "run"
+
+    def run(self, pid=None, later="its default"):
+        return (f"{pid}|{later}",)
+
+
 class Raise:
     @classmethod
     def INPUT_TYPES(cls):
@@ -321,7 +333,7 @@ class SumLinks:
 
 
 NODE_CLASS_MAPPINGS = {
-    "NgJoinAll": JoinAll, "NgSumLinks": SumLinks,
+    "NgJoinAll": JoinAll, "NgSumLinks": SumLinks, "NgIds": Ids,
     "NgAdd": Add, "NgShow": Show, "NgShowResult": ShowResult, "NgRange": Range, "NgDouble": Double,
     "NgTotal": Total, "NgChanged": Changed, "NgValidated": Validated, "NgLazySwitch": LazySwitch,
     "NgLazyNoCheck": LazyNoCheck, "NgBlock": Block, "NgExpand": Expand, "NgRaise": Raise,

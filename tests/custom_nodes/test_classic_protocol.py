@@ -259,3 +259,10 @@ def test_inputs_beyond_the_declared_ones_as_comfyui_passes_them(engine):
     with pytest.raises(ValidationFailed) as refused:  # an undeclared constant: ComfyUI drops it silently
         engine.validate(stray)
     assert [(e.kind, e.input_name) for e in refused.value.errors] == [("unknown_input", "value_3")]
+
+
+def test_newer_hidden_kinds(engine):
+    result, _ = run(engine, {"1": {"class_type": "NgIds", "inputs": {}},
+                             "2": {"class_type": "NgShow", "inputs": {"value": ["1", 0]}}}, prompt_id="p-42")
+    assert result.ok, result.failure
+    assert shown(result, "2") == repr("p-42|its default")

@@ -115,6 +115,28 @@ def test_comfy_names_map_to_the_helper_modules(folder):
     assert importlib.util.find_spec("nodes_not_comfy") is None  # other names are not ours
 
 
+def test_helper_modules_have_exactly_comfyuis_names(folder):
+    """A name ComfyUI's module has but nodegraph does not implement is a placeholder; any other name is
+    an AttributeError, so that ``hasattr`` checks in packs answer as in ComfyUI."""
+    load(folder)
+    import comfy.model_management
+    import nodes
+    import server
+
+    assert not hasattr(nodes, "VHSLoadFormats")  # a pack adds it when missing
+    nodes.VHSLoadFormats = {}
+    assert nodes.VHSLoadFormats == {}
+    del nodes.VHSLoadFormats
+    with pytest.raises(NotSupportedByNodegraph, match="comfy.model_management.load_models_gpu"):
+        comfy.model_management.load_models_gpu([])
+    assert not hasattr(comfy.model_management, "no_such_function")
+    assert server.web.json_response  # ComfyUI's server module has aiohttp's web
+    assert server.PromptServer.instance.app.router.frozen is False
+    from comfy.k_diffusion.utils import FolderOfImages
+
+    assert ".png" in FolderOfImages.IMG_EXTENSIONS
+
+
 def test_the_finder_refuses_to_mix_with_a_real_comfyui(monkeypatch):
     real = types.ModuleType("folder_paths")
     monkeypatch.setitem(sys.modules, "folder_paths", real)

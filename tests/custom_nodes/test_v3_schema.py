@@ -112,3 +112,32 @@ def test_v3_versions_share_one_surface(registry):
     assert comfy_api.v0_0_2.io is comfy_api.latest.io
     assert sys.modules["comfy_api.latest"].io.Int.io_type == "INT"
     assert comfy_api.latest.io.Custom("MY_TYPE").io_type == "MY_TYPE"
+
+
+def test_newer_comfyui_options_and_types_are_kept(registry):
+    from comfy_api.latest import io
+
+    class Newer(io.ComfyNode):
+        @classmethod
+        def define_schema(cls):
+            return io.Schema(node_id="NgV3Newer", search_aliases=["newer"],
+                             inputs=[io.Int.Input("n", default=1, advanced=True), io.BoundingBox.Input("box")],
+                             outputs=[io.BoundingBox.Output()])
+
+        @classmethod
+        def execute(cls, n, box):
+            return io.NodeOutput(box)
+
+    from nodegraph.comfy_compat.classic import build_node_class
+
+    info = registry.__class__([build_node_class("NgV3Newer", Newer, "test")]).object_info()["NgV3Newer"]
+    assert info["input"]["required"]["n"] == ["INT", {"default": 1, "advanced": True}]
+    assert info["input"]["required"]["box"] == ["BOUNDING_BOX"] and info["output"] == ["BOUNDING_BOX"]
+
+
+def test_a_dynamic_input_names_itself(registry):
+    from comfy_api.latest import io
+    from nodegraph.comfy_compat import NotSupportedByNodegraph
+
+    with pytest.raises(NotSupportedByNodegraph, match="comfy_api.latest.io.MatchType.Template"):
+        io.MatchType.Template("T")

@@ -22,12 +22,11 @@ import copy
 import inspect
 from abc import ABCMeta
 from collections import Counter
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable
 
 from nodegraph.blocking import ExecutionBlocker
-from nodegraph.comfy_compat.unsupported import NotSupportedByNodegraph
+from nodegraph.comfy_compat.unsupported import placeholder
 
 
 def prune_dict(d: dict) -> dict:
@@ -93,14 +92,16 @@ class _IO_V3:
 
 
 class Input(_IO_V3):
+    """Options a newer ComfyUI added (``advanced=…``) are kept as they are, in ``/object_info``."""
+
     def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
-                 lazy: bool | None = None, extra_dict: dict | None = None) -> None:
+                 lazy: bool | None = None, extra_dict: dict | None = None, **newer: Any) -> None:
         self.id = id
         self.display_name = display_name
         self.optional = optional
         self.tooltip = tooltip
         self.lazy = lazy
-        self.extra_dict = extra_dict if extra_dict is not None else {}
+        self.extra_dict = {**(extra_dict or {}), **newer}
 
     def as_dict(self) -> dict:
         return prune_dict({"display_name": self.display_name, "optional": self.optional, "tooltip": self.tooltip,
@@ -113,8 +114,9 @@ class Input(_IO_V3):
 class WidgetInput(Input):
     def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
                  lazy: bool | None = None, default: Any = None, socketless: bool | None = None,
-                 widget_type: str | None = None, force_input: bool | None = None, extra_dict: dict | None = None) -> None:
-        super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
+                 widget_type: str | None = None, force_input: bool | None = None, extra_dict: dict | None = None,
+                 **newer: Any) -> None:
+        super().__init__(id, display_name, optional, tooltip, lazy, extra_dict, **newer)
         self.default = default
         self.socketless = socketless
         self.widget_type = widget_type
@@ -130,7 +132,7 @@ class WidgetInput(Input):
 
 class Output(_IO_V3):
     def __init__(self, id: str | None = None, display_name: str | None = None, tooltip: str | None = None,
-                 is_output_list: bool = False) -> None:
+                 is_output_list: bool = False, **newer: Any) -> None:
         self.id = id
         self.display_name = display_name
         self.tooltip = tooltip
@@ -190,8 +192,9 @@ class Boolean(ComfyTypeIO):
     class Input(WidgetInput):
         def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
                      lazy: bool | None = None, default: bool | None = None, label_on: str | None = None,
-                     label_off: str | None = None, socketless: bool | None = None, force_input: bool | None = None) -> None:
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+                     label_off: str | None = None, socketless: bool | None = None, force_input: bool | None = None,
+                     **newer: Any) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input, **newer)
             self.label_on, self.label_off = label_on, label_off
 
         def as_dict(self) -> dict:
@@ -207,8 +210,8 @@ class Int(ComfyTypeIO):
                      lazy: bool | None = None, default: int | None = None, min: int | None = None, max: int | None = None,
                      step: int | None = None, control_after_generate: bool | None = None,
                      display_mode: NumberDisplay | None = None, socketless: bool | None = None,
-                     force_input: bool | None = None) -> None:
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+                     force_input: bool | None = None, **newer: Any) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input, **newer)
             self.min, self.max, self.step = min, max, step
             self.control_after_generate, self.display_mode = control_after_generate, display_mode
 
@@ -228,8 +231,8 @@ class Float(ComfyTypeIO):
                      lazy: bool | None = None, default: float | None = None, min: float | None = None,
                      max: float | None = None, step: float | None = None, round: float | None = None,
                      display_mode: NumberDisplay | None = None, socketless: bool | None = None,
-                     force_input: bool | None = None) -> None:
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+                     force_input: bool | None = None, **newer: Any) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input, **newer)
             self.min, self.max, self.step, self.round, self.display_mode = min, max, step, round, display_mode
 
         def as_dict(self) -> dict:
@@ -246,8 +249,8 @@ class String(ComfyTypeIO):
         def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
                      lazy: bool | None = None, multiline: bool = False, placeholder: str | None = None,
                      default: str | None = None, dynamic_prompts: bool | None = None, socketless: bool | None = None,
-                     force_input: bool | None = None) -> None:
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input)
+                     force_input: bool | None = None, **newer: Any) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, None, force_input, **newer)
             self.multiline, self.placeholder, self.dynamic_prompts = multiline, placeholder, dynamic_prompts
 
         def as_dict(self) -> dict:
@@ -264,12 +267,12 @@ class Combo(ComfyTypeIO):
                      tooltip: str | None = None, lazy: bool | None = None, default: Any = None,
                      control_after_generate: bool | None = None, upload: UploadType | None = None,
                      image_folder: FolderType | None = None, remote: RemoteOptions | None = None,
-                     socketless: bool | None = None) -> None:
+                     socketless: bool | None = None, **newer: Any) -> None:
             if isinstance(options, type) and issubclass(options, Enum):
                 options = [v.value for v in options]
             if isinstance(default, Enum):
                 default = default.value
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless)
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, **newer)
             self.multiselect = False
             self.options = options
             self.control_after_generate, self.upload = control_after_generate, upload
@@ -285,7 +288,7 @@ class Combo(ComfyTypeIO):
 
     class Output(Output):
         def __init__(self, id: str | None = None, display_name: str | None = None, options: list | None = None,
-                     tooltip: str | None = None, is_output_list: bool = False) -> None:
+                     tooltip: str | None = None, is_output_list: bool = False, **newer: Any) -> None:
             super().__init__(id, display_name, tooltip, is_output_list)
             self.options = options if options is not None else []
 
@@ -302,9 +305,9 @@ class MultiCombo(ComfyTypeI):
         def __init__(self, id: str, options: list, display_name: str | None = None, optional: bool = False,
                      tooltip: str | None = None, lazy: bool | None = None, default: list | None = None,
                      placeholder: str | None = None, chip: bool | None = None,
-                     control_after_generate: bool | None = None, socketless: bool | None = None) -> None:
+                     control_after_generate: bool | None = None, socketless: bool | None = None, **newer: Any) -> None:
             super().__init__(id, options, display_name, optional, tooltip, lazy, default, control_after_generate,
-                             socketless=socketless)
+                             socketless=socketless, **newer)
             self.multiselect = True
             self.placeholder, self.chip = placeholder, chip
 
@@ -319,8 +322,9 @@ class Webcam(ComfyTypeIO):
 
     class Input(WidgetInput):
         def __init__(self, id: str, display_name: str | None = None, optional: bool = False, tooltip: str | None = None,
-                     lazy: bool | None = None, default: str | None = None, socketless: bool | None = None) -> None:
-            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless)
+                     lazy: bool | None = None, default: str | None = None, socketless: bool | None = None,
+                     **newer: Any) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, default, socketless, **newer)
 
 
 def _socket_type(name: str, io_type: str) -> type:
@@ -353,7 +357,8 @@ class MultiType:
         """An input of several types; ``id`` may be a widget input whose widget it keeps."""
 
         def __init__(self, id: Any, types: list, display_name: str | None = None, optional: bool = False,
-                     tooltip: str | None = None, lazy: bool | None = None, extra_dict: dict | None = None) -> None:
+                     tooltip: str | None = None, lazy: bool | None = None, extra_dict: dict | None = None,
+                     **newer: Any) -> None:
             self.input_override = None
             if isinstance(id, Input):
                 self.input_override = copy.copy(id)
@@ -364,7 +369,7 @@ class MultiType:
                 id = id.id
                 if isinstance(self.input_override, WidgetInput):
                     self.input_override.widget_type = self.input_override.get_io_type()
-            super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
+            super().__init__(id, display_name, optional, tooltip, lazy, extra_dict, **newer)
             self._io_types = types
 
         def get_io_type(self) -> Any:
@@ -379,19 +384,11 @@ class MultiType:
             return super().as_dict()
 
 
-def _dynamic(name: str) -> type:
-    class Unsupported(ComfyTypeI):
-        class Input(Input):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                raise NotSupportedByNodegraph(f"comfy_api.latest.io.{name} (a dynamic V3 input)")
-
-    Unsupported.__name__ = Unsupported.__qualname__ = name
-    return Unsupported
-
-
-Autogrow = AutogrowDynamic = _dynamic("Autogrow")
-DynamicCombo = ComboDynamic = _dynamic("DynamicCombo")
-MatchType = _dynamic("MatchType")
+# the dynamic inputs: any use (``io.Autogrow.Input(…)``, ``io.MatchType.Template(…)``,
+# ``io.DynamicCombo.Option(…)``) fails with "not supported by nodegraph: comfy_api.latest.io.<name>…"
+Autogrow = AutogrowDynamic = placeholder("comfy_api.latest.io.Autogrow")
+DynamicCombo = ComboDynamic = placeholder("comfy_api.latest.io.DynamicCombo")
+MatchType = placeholder("comfy_api.latest.io.MatchType")
 
 
 # -- hidden values --------------------------------------------------------------------------------
@@ -424,22 +421,20 @@ class HiddenHolder:
 
 # -- the schema -----------------------------------------------------------------------------------
 
-@dataclass
 class Schema:
-    node_id: str
-    display_name: str | None = None
-    category: str = "sd"
-    inputs: list | None = None
-    outputs: list | None = None
-    hidden: list | None = None
-    description: str = ""
-    is_input_list: bool = False
-    is_output_node: bool = False
-    is_deprecated: bool = False
-    is_experimental: bool = False
-    is_api_node: bool = False
-    not_idempotent: bool = False
-    enable_expand: bool = False
+    """A V3 node's definition. Fields a newer ComfyUI added (``search_aliases=…``) are kept, unused."""
+
+    def __init__(self, node_id: str, display_name: str | None = None, category: str = "sd",
+                 inputs: list | None = None, outputs: list | None = None, hidden: list | None = None,
+                 description: str = "", is_input_list: bool = False, is_output_node: bool = False,
+                 is_deprecated: bool = False, is_experimental: bool = False, is_api_node: bool = False,
+                 not_idempotent: bool = False, enable_expand: bool = False, **newer: Any) -> None:
+        self.node_id, self.display_name, self.category = node_id, display_name, category
+        self.inputs, self.outputs, self.hidden, self.description = inputs, outputs, hidden, description
+        self.is_input_list, self.is_output_node = is_input_list, is_output_node
+        self.is_deprecated, self.is_experimental, self.is_api_node = is_deprecated, is_experimental, is_api_node
+        self.not_idempotent, self.enable_expand = not_idempotent, enable_expand
+        self.newer = newer
 
     def validate(self) -> None:
         inputs = [i.id for i in self.inputs or ()]
@@ -660,6 +655,22 @@ def _classic(output: NodeOutput, schema: Schema, name: str) -> dict:
     if output.expand is not None:
         result["expand"] = output.expand
     return result
+
+
+def _type_name(class_name: str) -> str:
+    """``BoundingBox`` → ``BOUNDING_BOX``: how ComfyUI names a socket type after its class."""
+    import re
+
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", class_name).upper()
+
+
+def __getattr__(name: str) -> Any:
+    # a socket type of a newer ComfyUI (io.BoundingBox, io.Tracks …): made on first use
+    if name[:1].isupper() and name.isidentifier():
+        made = _socket_type(name, _type_name(name))
+        globals()[name] = made
+        return made
+    raise AttributeError(f"module 'comfy_api.latest.io' has no attribute {name!r}")
 
 
 __all__ = ["FolderType", "UploadType", "RemoteOptions", "NumberDisplay", "comfytype", "Custom", "Input",
