@@ -2,6 +2,7 @@
 
     python bench/server_cpu.py threads [--tree DIR] [--repeats 30] [--case chain-400 ...]
     python bench/server_cpu.py pair --base DIR [--repeats 30] [--case chain-400 ...]
+    python bench/server_cpu.py engine [--tree DIR] [--repeats 30] [--case chain-400 ...]
 
 ``threads``: the server runs in this process (``create_app`` on a free port, ``gc.freeze`` and the
 collector's threshold as ``nodegraph serve`` sets them), on the ``nodegraph`` package of ``--tree``
@@ -18,6 +19,10 @@ collector's collections and time (``gc.callbacks``). Functions the tree lacks ar
 both, one after the other (alternating which goes first), so that both see the same machine; prints the
 median CPU (all threads of the process, including what runs after the prompt's end) and wall time
 of each. This is the comparison to trust on a loaded machine.
+
+``engine``: the engine alone on the same prompts, built as the server builds it (its registry, cache
+budget and threads): ``Engine.validate`` then ``Engine.execute`` in this process, no reporter, no queue;
+median CPU (``time.process_time``, all threads) and wall per prompt, with the minor page faults.
 """
 
 from __future__ import annotations
@@ -254,13 +259,51 @@ def run_pair(args) -> None:
             proc.wait(30)
 
 
+def run_engine(args) -> None:
+    import gc
+    import resource
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import server as bench
+
+    from nodegraph.context import Paths
+    from nodegraph.server.app import build_engine
+    from nodegraph.server.config import ServerConfig
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="server_cpu_engine_"))
+    engine = build_engine(ServerConfig(paths=Paths(output_dir=tmp / "out", input_dir=tmp / "in",
+                                                   models_dir=tmp / "models", temp_dir=tmp / "out" / "temp"),
+                                       device="cpu"))
+    gc.collect()
+    gc.freeze()
+    makers = bench.case_prompts(itertools.count(1))
+    print(f"engine alone (validate + execute), tree {args.tree or ROOT}; median per prompt of {args.repeats}; "
+          f"load average {bench.load_average()}")
+    for case in args.case:
+        cpu, wall, faults = [], [], []
+        for rep in range(args.warmups + args.repeats):
+            prompt = makers[case](rep)
+            start_cpu, start_wall = time.process_time(), time.perf_counter()
+            start_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            result = engine.execute(engine.validate(prompt, None, {}, partial=True))
+            if not result.ok:
+                raise SystemExit(f"{case}: the run failed")
+            if rep >= args.warmups:
+                cpu.append((time.process_time() - start_cpu) * 1000)
+                wall.append((time.perf_counter() - start_wall) * 1000)
+                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start_faults)
+        print(f"{case:20} CPU {statistics.median(cpu):7.2f}  wall {statistics.median(wall):7.2f}  "
+              f"minor faults {statistics.median(faults):6.0f}")
+    engine.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("threads", "pair"))
+    parser.add_argument("mode", choices=("threads", "pair", "engine"))
     parser.add_argument("--case", action="append", help="bench/server.py's case names (repeatable)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmups", type=int, default=3)
-    parser.add_argument("--tree", type=pathlib.Path, help="threads: the source tree whose nodegraph to run")
+    parser.add_argument("--tree", type=pathlib.Path, help="threads/engine: the source tree whose nodegraph to run")
     parser.add_argument("--base", type=pathlib.Path, help="pair: the source tree to compare with")
     args = parser.parse_args()
     args.case = args.case or DEFAULT_CASES
@@ -270,7 +313,10 @@ def main() -> None:
         run_pair(args)
         return
     sys.path.insert(0, str(args.tree or ROOT))
-    asyncio.run(run_threads(args))
+    if args.mode == "engine":
+        run_engine(args)
+    else:
+        asyncio.run(run_threads(args))
 
 
 if __name__ == "__main__":
