@@ -19,7 +19,8 @@ latent has: an inpainting UNet (latent + 1 + latent channels) gets ``[mask, mask
 the entry's ``concat_mask`` / ``concat_latent_image`` (InpaintModelConditioning), else the run's noise
 mask and latent; with neither, a full mask and the latent of a blank image. An InstructPix2Pix UNet
 (2 × latent channels) gets the entry's ``concat_latent_image`` (unscaled, as diffusers' pipeline; SDXL
-models scale it) or zeros.
+models scale it) or zeros. Not supported yet: these UNets with area conditioning (ComfyUI crops the extra
+channels to the area; here it is an error).
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ class UNetInputs:
         extra = self.in_channels - x.shape[1]
         if extra <= 0:
             return x
+        if self.latent_image is not None and tuple(x.shape[-2:]) != tuple(self.latent_image.shape[-2:]):
+            raise ValueError("conditioning with an area (ConditioningSetArea…) is not supported with an inpainting "
+                             "or InstructPix2Pix UNet (its extra input channels would need the area's crop)")
         pieces = [self._concat_part(extras, rows, x, extra) for extras, rows in parts]
         return torch.cat([x, torch.cat(pieces).to(x.device, x.dtype)], dim=1)
 

@@ -197,3 +197,17 @@ def test_inpaint_model_takes_the_latent_and_noise_mask_without_the_conditioning(
         return sd_engine.run(g).raise_for_status().value("out")
 
     assert torch.allclose(run(False), run(True), atol=1e-6)
+
+
+def test_inpaint_model_with_an_area_is_a_clear_error(sd_engine, inpaint_unet, pictures):
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_inpaint.safetensors")
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=ck.out(1))
+    area = g.node("ConditioningSetArea", conditioning=pos, width=64, height=64, x=0, y=0, strength=1.0)
+    neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=ck.out(1))
+    lat = g.node("EmptyLatentImage", width=128, height=128, batch_size=1)
+    ks = g.node("KSampler", model=ck.out(0), seed=4, steps=2, cfg=5.0, sampler_name="euler", scheduler="karras",
+                positive=area, negative=neg, latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=ks.out(0))
+    result = sd_engine.run(g)
+    assert not result.ok and "area" in str(result.failure)
