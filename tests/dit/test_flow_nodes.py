@@ -39,6 +39,18 @@ SPECS = {  # ComfyUI's declarations (nodes.py, comfy_extras/nodes_sd3.py, nodes_
     "FluxGuidance": ("advanced/conditioning/flux", [
         ("conditioning", "CONDITIONING", {}),
         ("guidance", "FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1})], ["CONDITIONING"]),
+    "SkipLayerGuidanceDiT": ("advanced/guidance", [
+        ("model", "MODEL", {}), ("double_layers", "STRING", {"default": "7, 8, 9"}),
+        ("single_layers", "STRING", {"default": "7, 8, 9"}),
+        ("scale", "FLOAT", {"default": 3.0, "min": 0.0, "max": 10.0, "step": 0.1}),
+        ("start_percent", "FLOAT", {"default": 0.01, "min": 0.0, "max": 1.0, "step": 0.001}),
+        ("end_percent", "FLOAT", {"default": 0.15, "min": 0.0, "max": 1.0, "step": 0.001}),
+        ("rescaling_scale", "FLOAT", {"default": 0.0, "min": 0.0, "max": 10.0, "step": 0.01})], ["MODEL"]),
+    "SkipLayerGuidanceDiTSimple": ("advanced/guidance", [
+        ("model", "MODEL", {}), ("double_layers", "STRING", {"default": "7, 8, 9"}),
+        ("single_layers", "STRING", {"default": "7, 8, 9"}),
+        ("start_percent", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+        ("end_percent", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001})], ["MODEL"]),
 }
 
 
