@@ -4,7 +4,8 @@ Core (no nodes): :mod:`.formats` (latent formats, default sampling), :mod:`.conv
 layouts → diffusers transformers), :mod:`.text` (the CLIP value: CLIP-L/G + T5 encoding recipes),
 :mod:`.model` (the MODEL value and its runners for the sampling core), :mod:`.loading` (files,
 checkpoints, diffusers folders). Nodes: :mod:`.nodes_flow` (DualCLIPLoader, TripleCLIPLoader,
-EmptySD3LatentImage, CLIPTextEncodeSD3, CLIPTextEncodeFlux, FluxGuidance), :mod:`.skip_layers`
+EmptySD3LatentImage, CLIPTextEncodeSD3, CLIPTextEncodeFlux, FluxGuidance), :mod:`.kontext`
+(ReferenceLatent, FluxKontextImageScale, FluxKontextMultiReferenceLatentMethod), :mod:`.skip_layers`
 (SkipLayerGuidanceDiT, SkipLayerGuidanceDiTSimple). The shared loaders
 (UNETLoader, CLIPLoader, CheckpointLoaderSimple, VAELoader) live in the ``diffusion`` family and hand
 these files to :mod:`.loading`; sampling is the ``sampling`` family's (KSampler, SamplerCustomAdvanced,
@@ -20,6 +21,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import nodes_flow, skip_layers
+    from . import kontext, nodes_flow, skip_layers
 
-    return [nodes_flow, skip_layers]
+    return [nodes_flow, kontext, skip_layers]

@@ -10,7 +10,9 @@ The runner turns a batch of conditioning parts into the transformer's inputs:
   2×2 patches (``[B, h/2 · w/2, 4C]``), position ids ``(0, row, column)`` per patch, text ids zero,
   ``timestep`` = sigma (the transformer scales by 1000), ``guidance`` = the entry's ``guidance``
   (FluxGuidance / CLIPTextEncodeFlux; ComfyUI's default 3.5) for guidance-distilled models (dev).
-  The output is unpacked and cropped back.
+  The output is unpacked and cropped back. Reference latents (Flux Kontext's ReferenceLatent) are packed
+  after the image's tokens with their own position ids (:mod:`.kontext`); only the image's tokens of
+  the output are kept.
 
 The network predicts the flow velocity; the model sampling (flow, shift) turns it into the denoised
 latent. Weight dtype: fp32 on CPU, bf16 on GPUs (fp16 overflows in these transformers); the fp8 choices
@@ -139,12 +141,51 @@ def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
     return ids.reshape(-1, 3).to(device, dtype)
 
 
-class FluxRunner(SD3Runner):
-    """One run's calls of a ``FluxTransformer2DModel``."""
+def _pad_even(x: torch.Tensor) -> torch.Tensor:
+    ph, pw = x.shape[-2] % 2, x.shape[-1] % 2
+    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="circular") if ph or pw else x
 
-    def __init__(self, net, device: str):
+
+def _references(extras: dict) -> tuple:
+    return tuple(extras.get("reference_latents") or ())
+
+
+class FluxRunner(SD3Runner):
+    """One run's calls of a ``FluxTransformer2DModel`` (reference latents: :mod:`.kontext`)."""
+
+    def __init__(self, net, device: str, latent_format: LatentFormat | None = None):
         super().__init__(net, device)
         self.guidance_embeds = bool(getattr(net.config, "guidance_embeds", False))
+        self.format = latent_format
+
+    @staticmethod
+    def can_batch(a, b) -> bool:
+        """Entries batch together only with the same reference latents (token counts must match)."""
+        from nodegraph_nodes.sampling.cond_batch import _default_can_batch
+
+        ra, rb = _references(a.extras), _references(b.extras)
+        same = len(ra) == len(rb) and all(x is y for x, y in zip(ra, rb)) and \
+            a.extras.get("reference_latents_method") == b.extras.get("reference_latents_method")
+        return same and _default_can_batch(a, b)
+
+    def _reference_tokens(self, extras: dict, rows: int, hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        from nodegraph_nodes.dit.kontext import reference_positions
+
+        refs = _references(extras)
+        if not refs:
+            return None
+        method = extras.get("reference_latents_method", "offset")
+        latents = [_pad_even(self.format.process_in(r.to(self.device, torch.float32)).to(self.dtype)) for r in refs]
+        places = reference_positions(method, hw, [tuple(r.shape[-2:]) for r in refs])
+        tokens, ids = [], []
+        for lat, (index, h_off, w_off) in zip(latents, places):
+            tokens.append(_rows(pack_latents(lat), rows))
+            grid = image_ids(lat.shape[-2], lat.shape[-1], self.device, self.dtype)
+            grid[:, 0] = index
+            grid[:, 1] += (h_off + 1) // 2
+            grid[:, 2] += (w_off + 1) // 2
+            ids.append(grid)
+        return torch.cat(tokens, dim=1), torch.cat(ids)
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         states, pooled = self._text(parts)
@@ -163,10 +204,15 @@ class FluxRunner(SD3Runner):
             guidance = torch.tensor(values, device=self.device, dtype=torch.float32)
         t = timestep.to(self.device, self.dtype).reshape(-1).expand(x.shape[0])
         txt_ids = torch.zeros(states.shape[1], 3, device=self.device, dtype=self.dtype)
-        out = self.net(hidden_states=pack_latents(x), encoder_hidden_states=states, pooled_projections=pooled,
-                       timestep=t, img_ids=image_ids(hh, ww, self.device, self.dtype), txt_ids=txt_ids,
-                       guidance=guidance, return_dict=False)[0]
-        return unpack_latents(out, hh, ww)[..., :h, :w]
+        tokens, ids = pack_latents(x), image_ids(hh, ww, self.device, self.dtype)
+        image_tokens = tokens.shape[1]
+        refs = [self._reference_tokens(p.extras, p.rows, (h, w)) for p in parts]
+        if refs[0] is not None:  # parts batch together only with the same references (can_batch)
+            tokens = torch.cat([tokens, torch.cat([r[0] for r in refs])], dim=1)
+            ids = torch.cat([ids, refs[0][1]])
+        out = self.net(hidden_states=tokens, encoder_hidden_states=states, pooled_projections=pooled,
+                       timestep=t, img_ids=ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+        return unpack_latents(out[:, :image_tokens], hh, ww)[..., :h, :w]
 
 
 def work_elements(net, latent_shape: tuple) -> int:
@@ -184,4 +230,4 @@ def open_flow_runner(model: FlowModel, ctx, latent_shape: tuple) -> Iterator[SD3
         net = stack.enter_context(manager.use(model.handle, ctx.device))
         stack.enter_context(torch.inference_mode())
         stack.enter_context(small_work_threads(ctx.device, work_elements(net, latent_shape)))
-        yield (FluxRunner if model.family == "flux" else SD3Runner)(net, ctx.device)
+        yield FluxRunner(net, ctx.device, model.format) if model.family == "flux" else SD3Runner(net, ctx.device)

@@ -39,6 +39,12 @@ SPECS = {  # ComfyUI's declarations (nodes.py, comfy_extras/nodes_sd3.py, nodes_
     "FluxGuidance": ("advanced/conditioning/flux", [
         ("conditioning", "CONDITIONING", {}),
         ("guidance", "FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1})], ["CONDITIONING"]),
+    "ReferenceLatent": ("advanced/conditioning/edit_models", [("conditioning", "CONDITIONING", {}),
+                                                               ("latent", "LATENT", {})], ["CONDITIONING"]),
+    "FluxKontextImageScale": ("advanced/conditioning/flux", [("image", "IMAGE", {})], ["IMAGE"]),
+    "FluxKontextMultiReferenceLatentMethod": ("advanced/conditioning/flux", [
+        ("conditioning", "CONDITIONING", {}), ("reference_latents_method", ["offset", "index", "uxo/uno"], {})],
+        ["CONDITIONING"]),
     "SkipLayerGuidanceDiT": ("advanced/guidance", [
         ("model", "MODEL", {}), ("double_layers", "STRING", {"default": "7, 8, 9"}),
         ("single_layers", "STRING", {"default": "7, 8, 9"}),
@@ -71,6 +77,7 @@ def test_declarations_match_comfyui(flow_registry, name):
         for key, value in options.items():
             assert got_opts.get(key) == value, (input_name, key)
     assert "sd3" in flow_registry.object_info()["CLIPLoader"]["input"]["required"]["type"][0]
+    assert "latent" in info["input"].get("optional", {}) or name != "ReferenceLatent"
 
 
 def _run(engine, build) -> dict:
