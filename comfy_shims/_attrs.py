@@ -14,4 +14,5 @@ from ._comfy_names import COMFY_NAMES
 def missing_attribute(module: str, name: str) -> Any:
     if not (name.startswith("__") and name.endswith("__")) and name in COMFY_NAMES.get(module, ()):
         return placeholder(f"{module}.{name}")
-    raise AttributeError(f"module {module!r} has no attribute {name!r} (ComfyUI's has none either)")
+    raise AttributeError(f"module {module!r} has no attribute {name!r} (nor has ComfyUI's, in the version "
+                         "nodegraph follows)")

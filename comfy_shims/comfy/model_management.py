@@ -60,6 +60,11 @@ def intermediate_device() -> torch.device:
     return torch.device("cpu")
 
 
+def intermediate_dtype() -> torch.dtype:
+    """The dtype of intermediate results (newer ComfyUI): float32 here."""
+    return torch.float32
+
+
 def unet_offload_device() -> torch.device:
     return torch.device("cpu")
 

@@ -448,6 +448,9 @@ def build_node_class(name: str, pack_cls: type, pack: str, display_name: str | N
         "deprecated": bool(getattr(pack_cls, "DEPRECATED", False)),
         "experimental": bool(getattr(pack_cls, "EXPERIMENTAL", False)),
     }
+    combos = getattr(pack_cls, "NODEGRAPH_DYNAMIC_COMBOS", None)  # a V3 class's DynamicCombo inputs
+    if callable(combos):
+        namespace["dynamic_combos"] = combos()
     if hasattr(pack_cls, "IS_CHANGED"):
         namespace["fingerprint"] = _fingerprint(pack_cls, takes_lists, hidden)
     if hasattr(pack_cls, "VALIDATE_INPUTS"):

@@ -531,20 +531,61 @@ class Preview(io.ComfyNode):
         return io.NodeOutput(ui=ui.PreviewImage(image, cls=cls))
 
 
-class Grow(io.ComfyNode):
+class Calc(io.ComfyNode):
+    """An Autogrow group: flat inputs values.a, values.b, … reach execute as one dict."""
     @classmethod
     def define_schema(cls):
-        return io.Schema(node_id="NgV3Grow",
-                         inputs=[io.Autogrow.Input("values", template_input=io.Int.Input("value"))])
+        template = io.Autogrow.TemplateNames(input=io.MultiType.Input("v", [io.Int, io.Float]),
+                                             names=["a", "b", "c"], min=2)
+        return io.Schema(node_id="NgV3Calc", inputs=[io.Autogrow.Input("values", template=template),
+                                                     io.Combo.Input("op", options=["sum", "product"])],
+                         outputs=[io.Float.Output()])
 
     @classmethod
-    def execute(cls, **values):
+    def execute(cls, values, op):
+        total = 0.0 if op == "sum" else 1.0
+        for name in sorted(values):
+            total = total + values[name] if op == "sum" else total * values[name]
+        return io.NodeOutput(total)
+
+
+class Adjust(io.ComfyNode):
+    """MatchType in and out, and a DynamicCombo whose chosen option brings its own inputs."""
+    @classmethod
+    def define_schema(cls):
+        template = io.MatchType.Template("number", [io.Int, io.Float])
+        return io.Schema(
+            node_id="NgV3Adjust",
+            inputs=[io.MatchType.Input("value", template=template),
+                    io.DynamicCombo.Input("how", options=[
+                        io.DynamicCombo.Option(key="scale", inputs=[io.Float.Input("amount", default=2.0, min=0, max=4)]),
+                        io.DynamicCombo.Option(key="offset", inputs=[io.Float.Input("amount", default=1.0, min=-10, max=10),
+                                                                     io.Boolean.Input("negate", default=False)]),
+                    ])],
+            outputs=[io.MatchType.Output(template, display_name="adjusted")])
+
+    @classmethod
+    def execute(cls, value, how):
+        if how["how"] == "scale":
+            return io.NodeOutput(value * how["amount"])
+        result = value + how["amount"]
+        return io.NodeOutput(-result if how["negate"] else result)
+
+
+class NeedsInternals(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from comfy_extras.nodes_lt import LTXVAddGuide
+        return LTXVAddGuide.GET_SCHEMA()
+
+    @classmethod
+    def execute(cls):
         return io.NodeOutput()
 
 
 class Extension(ComfyExtension):
     async def get_node_list(self):
-        return [Add, Show, Switch, Checked, Block, Twice, Preview, Grow]
+        return [Add, Show, Switch, Checked, Block, Twice, Preview, Calc, Adjust, NeedsInternals]
 
 
 async def comfy_entrypoint():

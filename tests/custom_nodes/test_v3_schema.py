@@ -30,7 +30,7 @@ def registry(root):
     packs = load_custom_nodes(registry, CustomNodeSettings((write_packs(root / "custom_nodes", "ngv3"),)),
                               paths=Paths.under(root), device="cpu")
     [pack] = packs
-    assert "io.Autogrow" in pack.error  # the one class using an input nodegraph does not have yet
+    assert "comfy_extras.nodes_lt" in pack.error  # the one class that needs ComfyUI's internals
     return registry
 
 
@@ -67,19 +67,21 @@ def test_execute_gets_its_inputs_and_hidden_values_and_returns_ui(engine):
 
 def test_lazy_inputs_async_execute_multitype_and_blocking(engine):
     recorder = EventRecorder()
+    # the switch's unpicked branch (3) and the blocked branch (6) are separate nodes: a lazy input that
+    # already holds a blocker blocks its node, as in ComfyUI, and threads decide whether 3 ran first
     prompt = {"1": {"class_type": "NgV3Switch", "inputs": {"pick_first": False, "first": ["3", 0],
                                                            "second": ["4", 0]}},
-              "3": {"class_type": "NgV3Block", "inputs": {}},
+              "3": {"class_type": "NgV3Add", "inputs": {"a": 1, "b": 1}},
               "4": {"class_type": "NgV3Twice", "inputs": {"x": 5}},  # an INT widget on an INT,FLOAT input
               "2": {"class_type": "NgV3Show", "inputs": {"value": ["1", 0]}},
-              "5": {"class_type": "NgV3Show", "inputs": {"value": ["3", 0]}}}
+              "6": {"class_type": "NgV3Block", "inputs": {}},
+              "5": {"class_type": "NgV3Show", "inputs": {"value": ["6", 0]}}}
     result = engine.run(prompt, listeners=[recorder])
     assert result.ok, result.failure
     assert result.outputs["2"] == {"text": ["10.0"]} and "5" not in result.outputs
     [blocked] = recorder.of(ExecutionBlocked)
     assert (blocked.node_id, blocked.message) == ("5", "blocked by a V3 node")
-    lazy_only = {k: v for k, v in prompt.items() if k in ("1", "3", "4", "2")}
-    assert "3" not in engine.run(lazy_only).executed  # the branch not picked never ran
+    assert "3" not in result.executed  # the branch not picked never ran
 
 
 def test_validate_inputs_and_fingerprint_inputs(engine, registry):
@@ -135,9 +137,35 @@ def test_newer_comfyui_options_and_types_are_kept(registry):
     assert info["input"]["required"]["box"] == ["BOUNDING_BOX"] and info["output"] == ["BOUNDING_BOX"]
 
 
-def test_a_dynamic_input_names_itself(registry):
-    from comfy_api.latest import io
-    from nodegraph.comfy_compat import NotSupportedByNodegraph
+def test_autogrow_parts_are_flat_inputs_and_one_dict_in_execute(engine, registry):
+    info = registry.object_info("NgV3Calc")["NgV3Calc"]["input"]
+    assert set(info["required"]) == {"values.a", "values.b", "op"} and set(info["optional"]) == {"values.c"}
+    assert info["required"]["values.a"] == ["INT,FLOAT"]
+    result = engine.run({"1": {"class_type": "NgV3Calc", "inputs": {"values.a": 2, "values.b": 3.5,
+                                                                   "values.c": 2, "op": "product"}},
+                         "2": {"class_type": "NgV3Show", "inputs": {"value": ["1", 0]}}})
+    assert result.ok, result.failure
+    assert result.outputs["2"] == {"text": ["14.0"]}
+    with pytest.raises(ValidationFailed) as refused:  # the first `min` parts are required
+        engine.validate({"1": {"class_type": "NgV3Calc", "inputs": {"values.a": 2, "op": "sum"}},
+                         "2": {"class_type": "NgV3Show", "inputs": {"value": ["1", 0]}}})
+    assert [(e.kind, e.input_name) for e in refused.value.errors] == [("required_input_missing", "values.b")]
 
-    with pytest.raises(NotSupportedByNodegraph, match="comfy_api.latest.io.MatchType.Template"):
-        io.MatchType.Template("T")
+
+def test_match_type_and_dynamic_combo(engine, registry):
+    info = registry.object_info("NgV3Adjust")["NgV3Adjust"]
+    assert info["input"]["required"]["value"][0] == "INT,FLOAT" and info["output"] == ["*"]
+    assert info["input"]["required"]["how"][1]["options"] == ["scale", "offset"]
+    assert info["input"]["optional"]["how.amount"] == ["FLOAT", {"default": 2.0, "min": -10, "max": 10}]
+    assert registry["NgV3Adjust"].dynamic_combos == {"how": {"scale": ("how.amount",),
+                                                             "offset": ("how.amount", "how.negate")}}
+
+    def adjusted(inputs):
+        result = engine.run({"0": {"class_type": "NgV3Add", "inputs": {"a": 4, "b": 1}},
+                             "1": {"class_type": "NgV3Adjust", "inputs": {"value": ["0", 0], **inputs}},
+                             "2": {"class_type": "NgV3Show", "inputs": {"value": ["1", 0]}}})
+        assert result.ok, result.failure
+        return result.outputs["2"]["text"][0]
+
+    assert adjusted({"how": "scale"}) == "10.0"  # the chosen option's default amount
+    assert adjusted({"how": "offset", "how.amount": 3.0, "how.negate": True}) == "-8.0"

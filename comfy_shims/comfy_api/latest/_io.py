@@ -11,9 +11,10 @@ V3 class also answers the classic protocol (``INPUT_TYPES``, ``RETURN_TYPES``, `
 Supported: the widget types (``Boolean``, ``Int``, ``Float``, ``String``, ``Combo``, ``MultiCombo``),
 every socket type ComfyUI names (``Image``, ``Mask``, ``Latent``, ``Model`` …, ``AnyType``),
 ``Custom(io_type)``, ``MultiType``, ``Hidden``, ``NodeOutput`` (``ui``, ``expand``,
-``block_execution``), ``fingerprint_inputs``, ``validate_inputs``, ``check_lazy_status``. Not yet:
-the dynamic inputs (``Autogrow``, ``DynamicCombo`` / ``ComboDynamic``, ``MatchType``) — a schema using
-one fails to load with a clear error naming it.
+``block_execution``), ``fingerprint_inputs``, ``validate_inputs``, ``check_lazy_status``, and the
+dynamic inputs ``Autogrow``, ``DynamicCombo``
+(flat ``<id>.<part>`` inputs in prompts, one dict in ``execute``) and ``MatchType`` (outputs typed ``*``).
+Options, fields and socket types of newer ComfyUI versions are accepted (see each class).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from enum import Enum
 from typing import Any, Callable
 
 from nodegraph.blocking import ExecutionBlocker
-from nodegraph.comfy_compat.unsupported import placeholder
 
 
 def prune_dict(d: dict) -> dict:
@@ -384,11 +384,176 @@ class MultiType:
             return super().as_dict()
 
 
-# the dynamic inputs: any use (``io.Autogrow.Input(…)``, ``io.MatchType.Template(…)``,
-# ``io.DynamicCombo.Option(…)``) fails with "not supported by nodegraph: comfy_api.latest.io.<name>…"
-Autogrow = AutogrowDynamic = placeholder("comfy_api.latest.io.Autogrow")
-DynamicCombo = ComboDynamic = placeholder("comfy_api.latest.io.DynamicCombo")
-MatchType = placeholder("comfy_api.latest.io.MatchType")
+# -- the dynamic inputs ---------------------------------------------------------------------------
+# In an API prompt their parts are flat inputs named ``<group>.<part>`` (``variables.a``,
+# ``method.strength``); ``execute`` receives the group as one dict, as ComfyUI gives it.
+
+def _type_names(types: Any) -> list[str]:
+    return [str((t if inspect.isclass(t) else type(t)).io_type) for t in (types if isinstance(types, (list, tuple)) else [types])]
+
+
+class MatchType:
+    """An input whose type is one of a template's allowed types, and an output of the type it got.
+    Here the input takes any of the allowed types and the output is typed ``*`` (the canvas resolves
+    the concrete type; nodegraph's links accept it anywhere)."""
+
+    Type = Any
+    io_type = "COMFY_MATCHTYPE_V3"
+
+    class Template:
+        def __init__(self, template_id: str, allowed_types: Any = None) -> None:
+            self.template_id = template_id
+            self.allowed_types = allowed_types if allowed_types is not None else [AnyType]  # noqa: F821
+
+        def as_dict(self) -> dict:
+            return {"template_id": self.template_id, "allowed_types": ",".join(_type_names(self.allowed_types))}
+
+    class Input(Input):
+        def __init__(self, id: str, template: "MatchType.Template", display_name: str | None = None,
+                     optional: bool = False, tooltip: str | None = None, lazy: bool | None = None,
+                     extra_dict: dict | None = None, **newer: Any) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, extra_dict, **newer)
+            self.template = template
+
+        def get_io_type(self) -> Any:
+            return _StringIOType(",".join(dict.fromkeys(_type_names(self.template.allowed_types))))
+
+        def as_dict(self) -> dict:
+            return super().as_dict() | {"template": self.template.as_dict()}
+
+    class Output(Output):
+        def __init__(self, template: "MatchType.Template | None" = None, id: str | None = None,
+                     display_name: str | None = None, tooltip: str | None = None, is_output_list: bool = False,
+                     **newer: Any) -> None:
+            super().__init__(id, display_name, tooltip, is_output_list)
+            self.template = template
+
+        @property
+        def io_type(self) -> Any:
+            return _StringIOType("*")
+
+
+class _Grouped(Input):
+    """An input that stands for several flat inputs ``<id>.<part>`` and reaches ``execute`` as a dict."""
+
+    def flat_inputs(self) -> list[tuple[str, Input, bool]]:
+        """``(flat name, input, optional)`` for each part."""
+        raise NotImplementedError
+
+    def gather(self, values: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+
+def _renamed(item: Input, name: str, optional: bool) -> Input:
+    copied = copy.copy(item)
+    copied.id = name
+    copied.optional = optional
+    return copied
+
+
+class Autogrow:
+    """A group of inputs that grows on the canvas: named parts (``TemplateNames``) or numbered ones
+    (``TemplatePrefix``, ``<prefix>0`` …); ``execute`` gets ``{part: value}`` of the given parts."""
+
+    Type = dict
+    io_type = "COMFY_AUTOGROW_V3"
+
+    class TemplateNames:
+        def __init__(self, input: Input, names: list[str], min: int = 1, **newer: Any) -> None:
+            self.input, self.names, self.min = input, list(names), min
+
+        def part_names(self) -> list[str]:
+            return list(self.names)
+
+    class TemplatePrefix:
+        def __init__(self, input: Input, prefix: str, min: int = 1, max: int = 10, **newer: Any) -> None:
+            self.input, self.prefix, self.min, self.max = input, prefix, min, max
+
+        def part_names(self) -> list[str]:
+            return [f"{self.prefix}{i}" for i in range(self.max)]
+
+    class Input(_Grouped):
+        def __init__(self, id: str, template: Any, display_name: str | None = None, optional: bool = False,
+                     tooltip: str | None = None, lazy: bool | None = None, extra_dict: dict | None = None,
+                     **newer: Any) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, extra_dict, **newer)
+            self.template = template
+
+        def flat_inputs(self) -> list[tuple[str, Input, bool]]:
+            base = self.template.input
+            parts = []
+            for index, part in enumerate(self.template.part_names()):
+                optional = self.optional or base.optional or index >= self.template.min
+                parts.append((f"{self.id}.{part}", _renamed(base, f"{self.id}.{part}", optional), optional))
+            return parts
+
+        def gather(self, values: dict[str, Any]) -> dict[str, Any]:
+            prefix = f"{self.id}."
+            return {name[len(prefix):]: value for name, value in values.items() if name.startswith(prefix)}
+
+
+class DynamicCombo:
+    """A combo whose chosen option shows more inputs; ``execute`` gets ``{<id>: option, part: value…}``
+    with the chosen option's parts (their defaults when not given)."""
+
+    Type = dict
+    io_type = "COMFY_DYNAMICCOMBO_V3"
+
+    class Option:
+        def __init__(self, key: str, inputs: list | None = None, **newer: Any) -> None:
+            self.key, self.inputs = key, list(inputs or [])
+
+    class Input(_Grouped):
+        def __init__(self, id: str, options: list, display_name: str | None = None, optional: bool = False,
+                     tooltip: str | None = None, lazy: bool | None = None, extra_dict: dict | None = None,
+                     **newer: Any) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, extra_dict, **newer)
+            self.options = list(options)
+
+        def combo(self) -> "Combo.Input":
+            keys = [o.key for o in self.options]
+            return Combo.Input(self.id, options=keys, display_name=self.display_name, optional=self.optional,
+                               tooltip=self.tooltip, default=keys[0] if keys else None)
+
+        def flat_inputs(self) -> list[tuple[str, Input, bool]]:
+            """The combo, then each part once (a part several options share: the widest range)."""
+            parts: dict[str, Input] = {}
+            for option in self.options:
+                for item in option.inputs:
+                    name = f"{self.id}.{item.id}"
+                    if name not in parts:
+                        parts[name] = _renamed(item, name, True)
+                    else:
+                        _widen(parts[name], item)
+            return [(self.id, self.combo(), self.optional)] + [(n, i, True) for n, i in parts.items()]
+
+        def chosen(self, key: Any) -> "DynamicCombo.Option | None":
+            return next((o for o in self.options if o.key == key), None)
+
+        def gather(self, values: dict[str, Any]) -> dict[str, Any]:
+            key = values.get(self.id)
+            result: dict[str, Any] = {self.id: key}
+            option = self.chosen(key)
+            for item in option.inputs if option is not None else ():
+                name = f"{self.id}.{item.id}"
+                if name in values:
+                    result[item.id] = values[name]
+                elif getattr(item, "default", None) is not None:
+                    result[item.id] = item.default
+            return result
+
+
+def _widen(kept: Input, other: Input) -> None:
+    for bound, pick in (("min", min), ("max", max)):
+        a, b = getattr(kept, bound, None), getattr(other, bound, None)
+        if a is not None and b is not None:
+            setattr(kept, bound, pick(a, b))
+        elif a is not None:
+            setattr(kept, bound, None)
+
+
+AutogrowDynamic = Autogrow
+ComboDynamic = DynamicCombo
 
 
 # -- hidden values --------------------------------------------------------------------------------
@@ -468,9 +633,11 @@ class Schema:
         """``INPUT_TYPES()``: ``{"required": {id: (type, options)}, "optional": …, "hidden": …}``."""
         inputs: dict[str, dict] = {"required": {}}
         for item in self.inputs or ():
-            options = item.as_dict()
-            options.pop("optional", None)
-            inputs.setdefault("optional" if item.optional else "required", {})[item.id] = (item.get_io_type(), options)
+            parts = item.flat_inputs() if isinstance(item, _Grouped) else [(item.id, item, item.optional)]
+            for name, part, optional in parts:
+                options = part.as_dict()
+                options.pop("optional", None)
+                inputs.setdefault("optional" if optional else "required", {})[name] = (part.get_io_type(), options)
         for hidden in self.hidden or ():
             inputs.setdefault("hidden", {})[hidden.name] = (hidden.value,)
         return inputs
@@ -573,6 +740,11 @@ class ComfyNode(metaclass=_NodeType):
         return ComfyNode
 
     @classmethod
+    def NODEGRAPH_DYNAMIC_COMBOS(cls) -> dict:
+        """For nodegraph's canvas-file conversion (``Node.dynamic_combos``)."""
+        return dynamic_combos(cls.SCHEMA or cls.GET_SCHEMA())
+
+    @classmethod
     def PREPARE_CLASS_CLONE(cls, hidden_inputs: dict) -> type:
         """A copy of the class whose ``hidden`` holds this call's hidden values."""
         return _NodeType(cls.__name__, (cls,), {"hidden": HiddenHolder.from_dict(hidden_inputs),
@@ -584,6 +756,7 @@ class ComfyNode(metaclass=_NodeType):
         schema = cls.SCHEMA or cls.GET_SCHEMA()
         declared = {i.id for i in schema.inputs or ()}
         hidden = {h: kwargs.pop(h.name) for h in schema.hidden or () if h.name in kwargs and h.name not in declared}
+        kwargs = _grouped(schema, kwargs)
         clone = cls.PREPARE_CLASS_CLONE(hidden)
         returned = clone.execute(**kwargs)
         if inspect.isawaitable(returned):
@@ -591,6 +764,26 @@ class ComfyNode(metaclass=_NodeType):
         return _classic(normalize(returned), schema, cls.__name__)
 
     EXECUTE_NORMALIZED_ASYNC = EXECUTE_NORMALIZED
+
+
+def _grouped(schema: Schema, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The flat parts of Autogrow / DynamicCombo inputs gathered into one dict per group."""
+    groups = [i for i in schema.inputs or () if isinstance(i, _Grouped)]
+    if not groups:
+        return kwargs
+    rest = dict(kwargs)
+    for group in groups:
+        mine = {k: v for k, v in kwargs.items() if k == group.id or k.startswith(group.id + ".")}
+        for name in mine:
+            rest.pop(name, None)
+        rest[group.id] = group.gather(mine)
+    return rest
+
+
+def dynamic_combos(schema: Schema) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Each DynamicCombo's options and the flat inputs each shows (``Node.dynamic_combos``'s shape)."""
+    return {g.id: {o.key: tuple(f"{g.id}.{i.id}" for i in o.inputs) for o in g.options}
+            for g in schema.inputs or () if isinstance(g, DynamicCombo.Input)}
 
 
 async def _normalized_later(clone: type, schema: Schema, pending: Any) -> dict:
