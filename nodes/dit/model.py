@@ -12,7 +12,8 @@ The runner turns a batch of conditioning parts into the transformer's inputs:
   (FluxGuidance / CLIPTextEncodeFlux; ComfyUI's default 3.5) for guidance-distilled models (dev).
   The output is unpacked and cropped back. Reference latents (Flux Kontext's ReferenceLatent) are packed
   after the image's tokens with their own position ids (:mod:`.kontext`); only the image's tokens of
-  the output are kept.
+  the output are kept. Fill models (wider input) get the entry's ``concat_latent_image`` and
+  ``concat_mask`` (InpaintModelConditioning) as extra channels before packing.
 
 The network predicts the flow velocity; the model sampling (flow, shift) turns it into the denoised
 latent. Weight dtype: fp32 on CPU, bf16 on GPUs (fp16 overflows in these transformers); the fp8 choices
@@ -157,6 +158,39 @@ class FluxRunner(SD3Runner):
         super().__init__(net, device)
         self.guidance_embeds = bool(getattr(net.config, "guidance_embeds", False))
         self.format = latent_format
+        cfg = net.config
+        self.in_channels = int(cfg.in_channels) // 4
+        self.out_channels = int(cfg.out_channels or cfg.in_channels) // 4
+        self.denoise_mask: torch.Tensor | None = None
+
+    def set_latent(self, latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> None:
+        self.denoise_mask = denoise_mask
+
+    def _concat(self, x: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
+        """Fill models' extra input channels (ComfyUI's Flux ``concat_cond``): the entry's
+        ``concat_latent_image`` in the model's latent space, then (inpainting) its ``concat_mask`` as 8×8
+        pixel blocks per latent pixel (64 channels)."""
+        from nodegraph_nodes.image.operations import common_upscale
+
+        extra = []
+        h, w = x.shape[-2:]
+        for p in parts:
+            image = p.extras.get("concat_latent_image")
+            image = torch.zeros(p.rows, self.out_channels, h, w) if image is None else image
+            image = common_upscale(image.to(self.device, torch.float32), w, h, "bilinear", "center")
+            image = self.format.process_in(_rows(image, p.rows))
+            chunk = [image]
+            if self.in_channels > self.out_channels * 2:
+                mask = p.extras.get("concat_mask", self.denoise_mask)
+                mask = torch.ones(p.rows, 1, h, w) if mask is None else mask
+                mask = mask.to(self.device, torch.float32)
+                mask = mask.reshape(-1, *mask.shape[-2:])[:, None] if mask.ndim < 4 else mask.mean(dim=1, keepdim=True)
+                mask = common_upscale(mask, w * 8, h * 8, "bilinear", "center")
+                b = mask.shape[0]
+                mask = mask.view(b, h, 8, w, 8).permute(0, 2, 4, 1, 3).reshape(b, 64, h, w)
+                chunk.append(_rows(mask, p.rows))
+            extra.append(torch.cat(chunk, dim=1))
+        return torch.cat([x, torch.cat(extra).to(x.dtype)], dim=1)
 
     @staticmethod
     def can_batch(a, b) -> bool:
@@ -190,10 +224,10 @@ class FluxRunner(SD3Runner):
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         states, pooled = self._text(parts)
         h, w = x_in.shape[-2:]
-        ph, pw = h % 2, w % 2
         x = x_in.to(self.device, self.dtype)
-        if ph or pw:
-            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="circular")
+        if self.in_channels > self.out_channels:
+            x = self._concat(x, parts)
+        x = _pad_even(x)
         hh, ww = x.shape[-2:]
         guidance = None
         if self.guidance_embeds:

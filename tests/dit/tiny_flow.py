@@ -120,11 +120,13 @@ def sd35_transformer():
     return _random_transformer(net, 11)
 
 
-def flux_transformer(guidance: bool = True):
+def flux_transformer(guidance: bool = True, in_channels: int = 64):
+    """A Flux.1 transformer (``in_channels=384``: Fill, image and mask channels after the latent's)."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
-    net = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=2,
+    net = FluxTransformer2DModel(patch_size=1, in_channels=in_channels, out_channels=64, num_layers=1,
+                                 num_single_layers=2,
                                  attention_head_dim=128, num_attention_heads=1, joint_attention_dim=T5_DIM,
                                  pooled_projection_dim=CLIP_L, guidance_embeds=guidance, axes_dims_rope=(16, 56, 56))
     return _random_transformer(net, 12)
