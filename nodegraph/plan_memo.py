@@ -53,12 +53,8 @@ _BASE_VALIDATE = Node.validate_inputs.__func__  # type: ignore[attr-defined]
 def validation_is_stable(cls: type[Node]) -> bool:
     """Whether validating a node of ``cls`` depends on its constants and links alone (no computed
     choices, no custom ``validate_inputs``)."""
-    stable = cls.__dict__.get("_plan_memo_stable")
-    if stable is None:
-        stable = cls.validate_inputs.__func__ is _BASE_VALIDATE and not any(  # type: ignore[attr-defined]
-            callable(spec.choices) for spec in cls.INPUTS.values())
-        cls._plan_memo_stable = stable  # type: ignore[attr-defined]
-    return stable
+    return cls.validate_inputs.__func__ is _BASE_VALIDATE and not any(  # type: ignore[attr-defined]
+        callable(spec.choices) for spec in cls.INPUTS.values())
 
 
 def signature_is_stable(node: PlannedNode) -> bool:
@@ -170,7 +166,7 @@ class PlanMemo:
             classes = {nid: get(node["class_type"]) for nid, node in prompt.items()}
         except (KeyError, TypeError):
             return None
-        if not all(cls is not None and validation_is_stable(cls) for cls in classes.values()):
+        if any(cls is None or not validation_is_stable(cls) for cls in set(classes.values())):
             return None
         template = Plan(dict(plan.nodes), list(plan.outputs), list(plan.order))
         signatures = None
