@@ -143,6 +143,10 @@ def _read_lora(ctx, name: str) -> dict:
 def _patch_model(ctx, model, sd: dict, name: str, strength: float):
     from nodegraph_nodes.diffusion.lora import UNET_PREFIXES, lora_patch
 
+    if not hasattr(model, "with_patch"):  # SD3 / Flux (nodegraph_nodes.dit): no LoRA loading yet
+        raise ModelFileError(f"LoRA {name}: LoRAs for {getattr(model, 'family', type(model).__name__)} models are "
+                             "not supported yet (SD 1.x / 2.x / SDXL only)")
+
     unet = model.handle.get()
     patch = lora_patch(sd, unet, UNET_PREFIXES, strength, name, style="unet")
     return model.with_patch(patch), len(patch.deltas)
