@@ -87,6 +87,10 @@ class LoadedPack:
     error: str | None = None
     disabled: bool = False
     seconds: float = 0.0
+    #: classes the pack offers (its NODE_CLASS_MAPPINGS, or its V3 node list)
+    offered: int = 0
+    #: its names a built-in node already has (not used, as in ComfyUI)
+    shadowed: tuple[str, ...] = ()
     #: HTTP routes the pack declared while it was imported (the server adds them)
     routes: tuple[RecordedRoute, ...] = ()
 
@@ -253,11 +257,14 @@ def register_module(registry: NodeRegistry, pack: LoadedPack, module: ModuleType
         display = getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None) or {}
         display = dict(display) if isinstance(display, dict) else {}
     registered = []
+    shadowed = []
+    pack.offered = len(mappings) + len(problems)  # problems so far: V3 classes whose schema failed
     for class_type, pack_cls in mappings.items():
         class_type = str(class_type)
         if class_type in builtin:
             log.debug("custom node pack %s: %s is a built-in node; the pack's class is not used",
                       pack.name, class_type)
+            shadowed.append(class_type)
             continue
         try:
             if callable(getattr(pack_cls, "GET_SCHEMA", None)):  # V3: ComfyUI tells the class its module
@@ -269,6 +276,7 @@ def register_module(registry: NodeRegistry, pack: LoadedPack, module: ModuleType
         registry.register(node_cls, name=class_type, source=pack.python_module)
         registered.append(class_type)
     pack.nodes = tuple(registered)
+    pack.shadowed = tuple(shadowed)
     pack.display_names = {k: str(v) for k, v in display.items() if k in registered}
     if problems:
         pack.error = f"{len(problems)} class(es) not loaded: " + "; ".join(problems)

@@ -43,6 +43,9 @@ def test_a_failing_pack_is_reported_and_the_others_load(folder):
     assert "this pack needs a library that is not installed" in by_name["broken_import"].error
     assert by_name["broken_import"].nodes == ()
     assert by_name["half_broken"].nodes == ("NgGood",)  # the class without FUNCTION is left out, named
+    assert by_name["half_broken"].offered == 2
+    protocol = by_name["ngtest_protocol"]
+    assert protocol.shadowed == ("ImageInvert",) and protocol.offered == len(protocol.nodes) + 1
     assert "NgNoFunction" in by_name["half_broken"].error and "no FUNCTION" in by_name["half_broken"].error
     assert "NgV3Add" in by_name["ngv3"].nodes  # a V3 pack: its classes load, the one it cannot is named
     assert "NeedsInternals: NotSupportedByNodegraph" in by_name["ngv3"].error
