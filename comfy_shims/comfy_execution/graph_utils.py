@@ -15,6 +15,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from nodegraph.blocking import ExecutionBlocker  # noqa: F401 - ComfyUI defines it here too
+
 _counter = itertools.count()
 
 

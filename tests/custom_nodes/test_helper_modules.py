@@ -171,7 +171,11 @@ def test_an_interrupt_stops_a_pack_node_at_its_progress_and_checks(registry, bou
 
 
 def test_graph_builder_builds_api_graphs(registry):
+    from comfy_execution.graph import ExecutionBlocker
+    from comfy_execution.graph_utils import ExecutionBlocker as SameBlocker
     from comfy_execution.graph_utils import GraphBuilder, is_link
+
+    assert SameBlocker is ExecutionBlocker
 
     graph = GraphBuilder(prefix="p.")
     first = graph.node("NgAdd", a=1, b=2)
