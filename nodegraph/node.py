@@ -52,6 +52,9 @@ class Input:
     display: str | None = None
     control_after_generate: bool = False
     image_upload: bool = False
+    #: ComfyUI's upload buttons for video and audio files (LoadVideo, LoadAudio)
+    video_upload: bool = False
+    audio_upload: bool = False
     placeholder: str | None = None
     dynamic_prompts: bool = False
     label_on: str | None = None
@@ -103,7 +106,8 @@ class Input:
                 opts[key] = value
         for key, flag in (("multiline", self.multiline), ("forceInput", self.force_input),
                           ("lazy", self.lazy), ("control_after_generate", self.control_after_generate),
-                          ("image_upload", self.image_upload), ("dynamicPrompts", self.dynamic_prompts)):
+                          ("image_upload", self.image_upload), ("video_upload", self.video_upload),
+                          ("audio_upload", self.audio_upload), ("dynamicPrompts", self.dynamic_prompts)):
             if flag:
                 opts[key] = True
         return opts
@@ -290,7 +294,7 @@ def _extra_pattern(patterns: Iterable[str], inputs: Iterable[Input]) -> "re.Patt
     """One regular expression for the undeclared names a class accepts (see ``Node.extra_inputs``)."""
     parts = list(patterns)
     for spec in inputs:
-        if spec.image_upload:
+        if spec.image_upload or spec.video_upload or spec.audio_upload:
             parts.append("upload")
         if spec.control_after_generate:
             parts.extend(("control_after_generate", "control_filter_list"))
