@@ -14,7 +14,8 @@ Layouts (detected from the keys, with or without ComfyUI's ``model.diffusion_mod
   ``img_in`` wider than 64 = Fill (extra image and mask channels).
 
 Configs are built from these shapes (nothing is fetched); :func:`build_transformer` instantiates the
-module with the converted weights in the wanted dtype.
+module with the converted weights in the wanted dtype. ComfyUI's ``fp8_scaled`` files are dequantized
+first (:func:`dequantize_scaled_fp8`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,29 @@ def detect_transformer(keys) -> TransformerKind | None:
             variant = "dev" if prefix + "guidance_in.in_layer.weight" in keys else "schnell"
             return TransformerKind("flux", variant, prefix)
     return None
+
+
+def is_scaled_fp8(sd: dict[str, Any]) -> bool:
+    return any(k.endswith(("scaled_fp8", ".scale_weight")) for k in sd)
+
+
+def dequantize_scaled_fp8(sd: dict[str, Any]) -> dict[str, Any]:
+    """ComfyUI's ``*_fp8_scaled`` files (``scaled_fp8`` marker, per-layer ``scale_weight`` and
+    ``scale_input``): each scaled weight becomes ``weight · scale_weight`` in float32 (ComfyUI computes
+    the same product per call); markers and input scales are dropped. Other state dicts are returned
+    unchanged."""
+    if not is_scaled_fp8(sd):
+        return sd
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(("scaled_fp8", ".scale_weight", ".scale_input")):
+            continue
+        if key.endswith(".weight"):
+            scale = sd.get(key[: -len("weight")] + "scale_weight")
+            if scale is not None:
+                value = value.to(torch.float32) * scale.to(torch.float32)
+        out[key] = value
+    return out
 
 
 def strip_prefix(sd: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -11,6 +11,7 @@ Files and what they hold (detected from the keys, see :mod:`.convert`):
   inside a checkpoint under ``text_encoders.clip_l|clip_g|t5xxl.transformer.``. CLIP-L or G: a 768-wide
   encoder is L and a 1280-wide one G (the released models); other widths (tiny test models): of two
   CLIP files the wider is G, a single one is L;
+* ComfyUI's ``fp8_scaled`` files of any of these (``scale_weight`` per layer) are dequantized on load;
 * VAE: the 16-channel AutoencoderKL in the LDM layout (``encoder.down.…``; ``first_stage_model.`` in
   a checkpoint), no quant convs.
 
@@ -95,6 +96,7 @@ def load_transformer_file(path: Path, manager, device: str, weight_dtype: str = 
 
     def loader():
         sd = convert.strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), kind.prefix)
+        sd = convert.dequantize_scaled_fp8(sd)
         return _apply_weight_dtype(convert.build_transformer(kind, sd, dtype), weight_dtype, device, dtype)
 
     handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader)
@@ -216,7 +218,7 @@ def load_text_encoders(paths: list[Path], family: str, manager, device: str, mod
     clips: list[tuple[Path, dict]] = []
     t5 = None
     for path in paths:
-        sd = read_state_dict(path, allow_pickle=manager.allow_pickle)
+        sd = convert.dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
         if any(k.startswith("text_encoders.") for k in sd):
             raise ModelFileError(f"{where}: {path.name} is a checkpoint's text encoder bundle; load it with "
                                  "CheckpointLoaderSimple")
@@ -262,7 +264,7 @@ def load_flow_checkpoint(path: Path, manager, device: str, models_dir: Path):
 
     def sd() -> dict:
         if "sd" not in holder:
-            holder["sd"] = read_state_dict(path, allow_pickle=manager.allow_pickle)
+            holder["sd"] = convert.dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
         return holder["sd"]
 
     handle = manager.load(_manager_key(path, "transformer:default", dtype),

@@ -257,3 +257,44 @@ def test_lora_on_a_flow_model_is_a_clear_error(flow_engine, flow_root):
     g.node("PreviewAny", source=out)
     result = flow_engine.run(g)
     assert result.failure is not None and "LoRAs for flux models are not supported yet" in str(result.failure)
+
+
+def _scaled_fp8(sd: dict) -> dict:
+    """A state dict saved the way ComfyUI's ``*_fp8_scaled`` files are (per-layer scale, fp8 weights)."""
+    out = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for key, value in sd.items():
+        if key.endswith(".weight") and value.ndim == 2 and "embed" not in key and "shared" not in key:
+            scale = value.abs().max().float() / 448.0
+            out[key] = (value / scale).to(torch.float8_e4m3fn)
+            out[key[: -len("weight")] + "scale_weight"] = scale.reshape(())
+            out[key[: -len("weight")] + "scale_input"] = torch.ones(())
+        else:
+            out[key] = value
+    return out
+
+
+def test_comfyui_scaled_fp8_files_load_dequantized(flow_engine, flow_root, tiny_sd3):
+    from safetensors.torch import load_file
+
+    te = flow_root / "models" / "text_encoders"
+    t5 = _scaled_fp8(load_file(str(te / "tiny_t5xxl.safetensors")))
+    save_file(t5, str(te / "tiny_t5xxl_fp8_e4m3fn_scaled.safetensors"))
+    dm = flow_root / "models" / "diffusion_models"
+    mmdit = _scaled_fp8(load_file(str(dm / "tiny_sd35_mmdit.safetensors")))
+    save_file(mmdit, str(dm / "tiny_sd35_fp8_scaled.safetensors"))
+
+    def build(g):
+        return [g.node("UNETLoader", "unet", unet_name="tiny_sd35_fp8_scaled.safetensors", weight_dtype="default"),
+                g.node("CLIPLoader", "clip", clip_name="tiny_t5xxl_fp8_e4m3fn_scaled.safetensors", type="sd3")]
+
+    result = _run(flow_engine, build)
+    net = result.value("unet").handle.get()
+    key = "encoder.block.0.layer.0.SelfAttention.q.weight"
+    t5_net = result.value("clip").t5.handle.get()
+    assert torch.equal(t5_net.state_dict()[key], t5[key].float() * t5[key[:-6] + "scale_weight"])
+    q = net.transformer_blocks[0].attn.to_q.weight  # the first third of the MMDiT's fused qkv
+    qkv = "joint_blocks.0.x_block.attn.qkv."
+    expected = (mmdit[qkv + "weight"].float() * mmdit[qkv + "scale_weight"])[: q.shape[0]]
+    assert torch.equal(q, expected)
+    original = tiny_sd3.transformer.transformer_blocks[0].attn.to_q.weight
+    assert torch.allclose(q, original, rtol=0.07, atol=0.02)
