@@ -96,6 +96,12 @@ class EngineActor:
         registry = default_registry()
         for module in import_node_modules(settings.node_modules):
             registry.add_module(module)
+        if settings.custom_nodes:  # the server's ComfyUI packs, from the same folders
+            from ..comfy_compat import CustomNodeSettings, load_custom_nodes
+
+            load_custom_nodes(registry, CustomNodeSettings(tuple(Path(d) for d in settings.custom_nodes), True,
+                                                           frozenset(settings.disabled_custom_nodes)),
+                              paths=paths, device=settings.device)
         self.engine = Engine(registry, paths=paths, device=settings.device, threads=settings.threads,
                              policies=settings.policies)
         self.jobs_done = 0

@@ -164,6 +164,11 @@ class ActorLane:
             return
 
 
+def custom_node_folders(packs) -> tuple[str, ...]:  # noqa: ANN001 - LoadedPack records
+    """The absolute ``custom_nodes`` folders the server's packs came from (the actors load the same)."""
+    return tuple(dict.fromkeys(str(Path(p.path).resolve().parent) for p in packs))
+
+
 class RayRunner(RunnerBase):
     """Runs queued jobs on Ray actors (a :class:`~nodegraph.queue.protocol.JobRunner`)."""
 
@@ -174,9 +179,12 @@ class RayRunner(RunnerBase):
         super().__init__(engine, store, events, max_attempts=max_attempts, preview_size=preview_size)
         self.settings = settings
         self.paths = absolute_paths(engine.paths)
+        packs = getattr(engine.registry, "custom_packs", ())
         self.actor_settings = ActorSettings(self.paths, settings.device, engine.threads,
                                             _module_folders(settings.node_modules), tuple(engine.policies),
-                                            None, settings.ship_outputs)
+                                            None, settings.ship_outputs,
+                                            custom_nodes=custom_node_folders(packs),
+                                            disabled_custom_nodes=tuple(p.name for p in packs if p.disabled))
         self.resources = ray_setup.ActorResources()
         self.lanes: list[ActorLane] = []
         self.idle = threading.Event()

@@ -17,7 +17,9 @@ class ActorSettings:
     in its own environment when set. ``threads``: the engine's thread pool. ``node_modules`` pairs a
     module name with the folder it was found in on the server (added to ``sys.path`` when the actor
     cannot import it otherwise). ``ship_outputs``: ``None`` ships output files as bytes only when the
-    actor runs on another Ray node than the server; ``True`` / ``False`` force it."""
+    actor runs on another Ray node than the server; ``True`` / ``False`` force it. ``custom_nodes``:
+    the folders of ComfyUI custom node packs the server loaded (the same paths must exist where the
+    actor runs), ``disabled_custom_nodes`` the pack names it left out."""
 
     paths: Paths
     device: str | None = None
@@ -26,6 +28,8 @@ class ActorSettings:
     policies: tuple[str, ...] = ()
     server_node_id: str | None = None
     ship_outputs: bool | None = None
+    custom_nodes: tuple[str, ...] = ()
+    disabled_custom_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -232,3 +232,22 @@ def test_a_missing_dependency_is_named_with_the_fix(tmp_path):
     assert loaded.error.startswith("import failed: ModuleNotFoundError: No module named 'ng_not_installed_anywhere'")
     assert "install the Python package that provides 'ng_not_installed_anywhere'" in loaded.error
     assert str(pack / "requirements.txt") in loaded.error
+
+
+def test_ray_actors_load_the_servers_packs_from_the_same_folders(folder, tmp_path):
+    """The Ray runner hands its actors the folders the server's packs came from (no Ray needed to
+    build an actor's engine)."""
+    from nodegraph.cluster.engine_actor import EngineActor
+    from nodegraph.cluster.ray_runner import custom_node_folders
+    from nodegraph.cluster.records import ActorSettings
+
+    _, packs = load(folder, disabled=frozenset({"ngroutes"}))
+    folders = custom_node_folders(packs)
+    assert folders == (str(folder.resolve()),)
+    settings = ActorSettings(Paths.under(tmp_path), "cpu", custom_nodes=folders,
+                             disabled_custom_nodes=tuple(p.name for p in packs if p.disabled))
+    actor = EngineActor("a1", settings)
+    try:
+        assert "NgHello" in actor.engine.registry and "NgPing" not in actor.engine.registry
+    finally:
+        actor.engine.close()
