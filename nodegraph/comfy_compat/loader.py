@@ -14,6 +14,8 @@ the pack's relative imports work. From the module:
   ``on_load()`` then ``get_node_list()``, each class registered under its schema's ``node_id``;
 * ``WEB_DIRECTORY`` — the pack's frontend files, served under ``/extensions/<pack>/``.
 
+The engine's input folder is created first, as ComfyUI's is (packs list it in ``INPUT_TYPES``).
+
 Before the first pack is imported, ComfyUI's module names are made importable
 (:mod:`nodegraph.comfy_compat.finder`) and the helper modules are bound to the engine's folders and
 registry (:mod:`nodegraph.comfy_compat.host`). A pack that fails to import, or a class that does not
@@ -198,11 +200,10 @@ def load_custom_nodes(registry: NodeRegistry, settings: CustomNodeSettings, *, p
     HOST.bind(paths=paths, device=device, custom_nodes_dirs=tuple(Path(d).resolve() for d in settings.dirs))
     if not entries:
         return packs
-    for folder in (HOST.paths.input_dir, HOST.paths.output_dir, HOST.paths.temp_dir):
-        try:  # ComfyUI's folders exist before packs load (packs list them in INPUT_TYPES)
-            Path(folder).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.warning("cannot create %s for custom node packs: %s", folder, exc)
+    try:  # ComfyUI's input folder exists before packs load (packs list it in INPUT_TYPES)
+        Path(HOST.paths.input_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("cannot create %s for custom node packs: %s", HOST.paths.input_dir, exc)
     finder.install()
     HOST.bind(registry=registry)
     builtin = set(registry.names())
