@@ -29,6 +29,15 @@ UNSAFE_TYPES = {"text/html", "application/javascript", "text/javascript", "text/
                 "application/xhtml+xml", "text/xml", "application/xml"}
 
 
+#: media types by extension, not left to the system's mime.types (which may lack or misname them); the
+#: browser's <video>/<audio> elements need them, and aiohttp's FileResponse answers Range requests
+#: (206 Partial Content, Content-Range, Accept-Ranges) so players can seek
+MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".mkv": "video/x-matroska",
+               ".mov": "video/quicktime", ".avi": "video/x-msvideo", ".ogv": "video/ogg", ".flac": "audio/flac",
+               ".wav": "audio/wav", ".mp3": "audio/mpeg", ".opus": "audio/ogg", ".ogg": "audio/ogg",
+               ".m4a": "audio/mp4", ".aac": "audio/aac", ".webp": "image/webp", ".apng": "image/apng"}
+
+
 class FileError(Exception):
     def __init__(self, status: int, type_: str, message: str):
         super().__init__(message)
@@ -128,7 +137,7 @@ async def view(request: web.Request, paths: Paths, max_pixels: int) -> web.Strea
         except Exception as exc:  # not an image Pillow can read, or over the pixel limit
             return FileError(400, "bad_image", f"cannot render {path.name}: {exc}").response()
         return web.Response(body=data, content_type=ctype, headers=disposition)
-    ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    ctype = MEDIA_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if ctype in UNSAFE_TYPES:
         ctype = "application/octet-stream"
     return web.FileResponse(path, headers={**disposition, "Content-Type": ctype})
