@@ -115,8 +115,9 @@ def _flow_clip(clip, where: str, family: str | None = None) -> FlowClip:
 
 
 class CLIPTextEncodeSD3(Node):
-    """SD3 prompts per encoder. ``empty_padding``: ``none`` leaves an encoder with an empty prompt out
-    (its part of the conditioning is zeros), ``empty_prompt`` encodes the empty prompt."""
+    """SD3 prompts per encoder. ``empty_padding``: ``none`` leaves out T5 when its prompt is empty and the
+    CLIPs when both of theirs are (one empty CLIP prompt beside a non-empty one is encoded as the empty
+    prompt, as in ComfyUI); ``empty_prompt`` encodes empty prompts."""
 
     category = "advanced/conditioning"
     clip = Input(CLIP)
@@ -129,8 +130,10 @@ class CLIPTextEncodeSD3(Node):
     def execute(self, clip, clip_l: str, clip_g: str, t5xxl: str, empty_padding: str) -> tuple:
         flow = _flow_clip(clip, "CLIPTextEncodeSD3.clip", "sd3")
         drop = empty_padding == "none"
-        texts = [None if (drop and len(t) == 0) else t for t in (clip_l, clip_g, t5xxl)]
-        return (flow.encode_parts(self.ctx, *texts),)
+        text_l, text_g, text_t5 = [None if (drop and len(t) == 0) else t for t in (clip_l, clip_g, t5xxl)]
+        if (text_l is None) != (text_g is None):  # ComfyUI pads the dropped one with the empty prompt
+            text_l, text_g = text_l or "", text_g or ""
+        return (flow.encode_parts(self.ctx, text_l, text_g, text_t5),)
 
 
 class CLIPTextEncodeFlux(Node):

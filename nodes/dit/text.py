@@ -6,7 +6,7 @@ A :class:`FlowClip` holds up to three text encoders: CLIP-L, CLIP-G (each a
 (:class:`T5Encoder`).
 
 * **SD3 / SD3.5**: CLIP-L and CLIP-G at their penultimate layer (no final norm), concatenated on the
-  channel axis (cut to the shorter), zero-padded to the T5 width, then T5's states appended on the
+  channel axis (the side with fewer 77-token windows padded with empty-prompt windows), zero-padded to the T5 width, then T5's states appended on the
   token axis; pooled = CLIP-L's unprojected pooled output ++ CLIP-G's projected one. T5 gets at least
   77 tokens. A missing encoder contributes zeros (ComfyUI: 768 / 1280 wide pooled parts).
 * **Flux.1**: the conditioning is T5's states (at least 256 tokens), pooled = CLIP-L's unprojected
@@ -61,10 +61,8 @@ class FlowClip(ManagerOwned):
 
     @property
     def encoders(self) -> tuple:
-        """The CLIP encoders (LoRA code walks these)."""
+        """The CLIP encoders."""
         return tuple(e for e in (self.clip_l, self.clip_g) if e is not None)
-
-    patches: tuple = ()
 
     def with_layer(self, layer: int) -> "FlowClip":
         return dataclasses.replace(self, layer_override=layer)
@@ -112,6 +110,12 @@ class FlowClip(ManagerOwned):
             l_out, l_pooled = self._clip(ctx, self.clip_l, text_l)
         if self.clip_g is not None and text_g is not None:
             g_out, g_pooled = self._clip(ctx, self.clip_g, text_g)
+        if l_out is not None and g_out is not None and l_out.shape[1] != g_out.shape[1]:
+            # ComfyUI pads the side with fewer 77-token windows with windows of the empty prompt
+            if l_out.shape[1] < g_out.shape[1]:
+                l_out = self._pad_windows(ctx, self.clip_l, l_out, g_out.shape[1])
+            else:
+                g_out = self._pad_windows(ctx, self.clip_g, g_out, l_out.shape[1])
         t5_width = self.t5.width if self.t5 is not None else T5_WIDTH
         lg = None
         if l_out is not None and g_out is not None:
@@ -136,6 +140,12 @@ class FlowClip(ManagerOwned):
         if pooled is None:
             pooled = torch.zeros(1, width_l + width_g)
         return out, pooled
+
+    def _pad_windows(self, ctx, enc: TextEncoder, states: torch.Tensor, tokens: int) -> torch.Tensor:
+        empty, _ = self._clip(ctx, enc, "")
+        while states.shape[1] < tokens:
+            states = torch.cat([states, empty], dim=1)
+        return states
 
     def _encode_flux(self, ctx, text_l, text_t5) -> tuple[torch.Tensor, torch.Tensor]:
         if self.t5 is None or self.clip_l is None:

@@ -110,7 +110,13 @@ def test_clip_text_encode_sd3_layout_and_empty_padding(flow_engine):
                 g.node("CLIPTextEncodeSD3", "pad_t5", clip=clip, clip_l="a red fox", clip_g="a red fox", t5xxl="",
                empty_padding="empty_prompt"),
                 g.node("CLIPTextEncodeSD3", "only_g", clip=clip, clip_l="", clip_g="a red fox", t5xxl="",
-                       empty_padding="none")]
+                       empty_padding="none"),
+                g.node("CLIPTextEncodeSD3", "nothing", clip=clip, clip_l="", clip_g="", t5xxl="",
+                       empty_padding="none"),
+                g.node("CLIPTextEncodeSD3", "empty", clip=clip, clip_l="", clip_g="", t5xxl="",
+                       empty_padding="empty_prompt"),
+                g.node("CLIPTextEncodeSD3", "long_l", clip=clip, clip_l=" ".join(["a red fox"] * 30),
+                       clip_g="a red fox", t5xxl="", empty_padding="none")]
 
     result = _run(flow_engine, build)
     same, sep = result.value("same")[0], result.value("sep")[0]
@@ -121,9 +127,17 @@ def test_clip_text_encode_sd3_layout_and_empty_padding(flow_engine):
     no_t5 = result.value("no_t5")[0][0]
     assert no_t5.shape == (1, 77, T5_DIM) and torch.equal(no_t5, same[0][:, :77])
     assert result.value("pad_t5")[0][0].shape == (1, 154, T5_DIM)
-    only_g = result.value("only_g")[0]
-    assert not only_g[0][0, :, :CLIP_L].any() and only_g[0][0, :, CLIP_L:CLIP_L + CLIP_G].abs().sum() > 0
-    assert not only_g[1]["pooled_output"][0, :CLIP_L].any()
+    only_g, empty = result.value("only_g")[0], result.value("empty")[0]
+    # an empty clip_l beside a clip_g prompt is the empty prompt's encoding (ComfyUI pads it), not zeros
+    assert torch.equal(only_g[0][:, :, :CLIP_L], empty[0][:, :77, :CLIP_L])
+    assert torch.equal(only_g[1]["pooled_output"][:, :CLIP_L], empty[1]["pooled_output"][:, :CLIP_L])
+    assert torch.equal(only_g[0][:, :, CLIP_L:], same[0][:, :77, CLIP_L:])
+    nothing = result.value("nothing")[0]  # everything left out: ComfyUI's zeros
+    assert nothing[0].shape == (1, 77, T5_DIM) and not nothing[0].any() and not nothing[1]["pooled_output"].any()
+    long_l = result.value("long_l")[0][0]
+    assert long_l.shape == (1, 154, T5_DIM)  # two CLIP-L windows; CLIP-G padded with an empty window
+    assert torch.equal(long_l[:, 77:, CLIP_L:CLIP_L + CLIP_G], empty[0][:, :77, CLIP_L:CLIP_L + CLIP_G])
+    assert torch.equal(long_l[:, :77, CLIP_L:CLIP_L + CLIP_G], same[0][:, :77, CLIP_L:CLIP_L + CLIP_G])
 
 
 def test_cliploader_sd3_single_t5_and_weights(flow_engine):
