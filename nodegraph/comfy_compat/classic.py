@@ -152,12 +152,12 @@ def make_input(name: str, entry: Any, section: str, reader: _TypesReader | None)
     kwargs: dict[str, Any] = {}
     if "default" in options:
         kwargs["default"] = options["default"]
-    for key, attr in (("min", "min"), ("max", "max"), ("step", "step"), ("tooltip", "tooltip")):
+    for key in ("min", "max", "step"):  # numbers only: the generic range check reads them
         value = options.get(key)
-        if key in ("min", "max", "step") and not isinstance(value, (int, float)) or isinstance(value, bool):
-            continue
-        if value is not None:
-            kwargs[attr] = value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            kwargs[key] = value
+    if isinstance(options.get("tooltip"), str):
+        kwargs["tooltip"] = options["tooltip"]
     if choices is not None and reader is None:
         kwargs["choices"] = choices
     elif choices is not None:
