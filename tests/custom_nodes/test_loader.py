@@ -8,6 +8,7 @@ import importlib
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -251,3 +252,16 @@ def test_ray_actors_load_the_servers_packs_from_the_same_folders(folder, tmp_pat
         assert "NgHello" in actor.engine.registry and "NgPing" not in actor.engine.registry
     finally:
         actor.engine.close()
+
+
+def test_serve_flags_become_the_servers_custom_node_settings(tmp_path, monkeypatch):
+    from nodegraph.cli import _custom_nodes_config, build_parser
+
+    monkeypatch.delenv("NODEGRAPH_CUSTOM_NODES", raising=False)
+    args = build_parser().parse_args(["serve", "--custom-nodes-dir", str(tmp_path), "--disable-custom-node", "b",
+                                      "--disable-custom-node", "a"])
+    assert _custom_nodes_config(args) == {"custom_nodes_dirs": (tmp_path,), "disabled_custom_nodes": ("a", "b")}
+    default = build_parser().parse_args(["serve"])
+    assert _custom_nodes_config(default)["custom_nodes_dirs"] == (Path("custom_nodes"),)
+    off = build_parser().parse_args(["serve", "--disable-custom-nodes"])
+    assert _custom_nodes_config(off)["custom_nodes_dirs"] == ()
