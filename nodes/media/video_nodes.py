@@ -24,14 +24,15 @@ import torch
 
 from nodegraph.context import Paths
 from nodegraph.node import BOOLEAN, COMBO, FLOAT, STRING, Input, Node, NodeResult, Output
-from nodegraph.types import IMAGE
+from nodegraph.types import ANY, IMAGE
 from nodegraph.user_files import resolve_annotated
 from nodegraph.value_checks import check_image
 from nodegraph_nodes.io.files import expand_prefix_vars, file_sha256, next_counter, split_prefix
 
 from .audio import AUDIO, check_audio, make_audio
 from .codec import MediaError, encode_video
-from .video import CODECS, CONTAINERS, VIDEO, Video, VideoComponents, VideoFromComponents, VideoFromFile
+from .video import (CODECS, CONTAINERS, VIDEO, Video, VideoComponents, VideoFromComponents, VideoFromFile,
+                    resolve_format)
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif", ".mpeg", ".mpg", ".ogv"})
 
@@ -119,26 +120,50 @@ class LoadVideo(Node):
 
 class SaveVideo(Node):
     """Saves the input videos to your ComfyUI output directory (mp4, mkv or webm; H.264, AV1 or VP9) with
-    the workflow in the container's tags; outputs the video unchanged."""
+    the workflow in the container's tags; outputs the video unchanged. The codec may come as today's
+    ComfyUI nests it under the format (format.codec, format.codec.encoding, format.codec.encoding.crf) or
+    as the older flat codec input; the nested one wins. Always re-encodes (ComfyUI's auto encoding copies
+    a compatible source stream)."""
 
     category = "image/video"
     display_name = "Save Video"
     output_node = True
     hidden = ("prompt", "extra_pnginfo")
+    _codec_options = {"auto": (), "h264": ("format.codec.encoding",), "av1": ("format.codec.encoding",),
+                      "vp9": ("format.codec.encoding",)}
+    dynamic_combos = {
+        "format": {name: ("format.codec",) for name in CONTAINERS},
+        "format.codec": _codec_options,
+        "format.codec.encoding": {"auto": (), "re-encode": ("format.codec.encoding.crf",)},
+    }
     video = Input(VIDEO, tooltip="The video to save.")
     filename_prefix = Input(STRING, default="video/ComfyUI",
                             tooltip="The prefix for the file to save. This may include formatting information "
                                     "such as %date:yyyy-MM-dd% or %Empty Latent Image.width% to include values "
                                     "from nodes.")
-    format = Input(COMBO, choices=list(CONTAINERS), default="auto", tooltip="The format to save the video as.")
-    codec = Input(COMBO, choices=list(CODECS), default="auto", tooltip="The codec to use for the video.")
+    format = Input(COMBO, choices=list(CONTAINERS), default="auto",
+                   tooltip="The output container. Auto uses MP4 for Auto/H.264 and WebM for AV1 and VP9.")
+    vars().update({
+        "format.codec": Input(COMBO, choices=list(CODECS), default="auto", optional=True,
+                              tooltip="The output video codec (webm: av1 or vp9)."),
+        "format.codec.encoding": Input(COMBO, choices=["auto", "re-encode"], default="auto", optional=True,
+                                       tooltip="re-encode applies the crf below."),
+        "format.codec.encoding.crf": Input(FLOAT, default=23.0, min=0.0, max=63.0, step=1.0, optional=True,
+                                           tooltip="Lower values produce higher quality and larger files."),
+    })
+    codec = Input(COMBO, choices=list(CODECS), default="auto", optional=True,
+                  tooltip="The codec to use for the video (older layout; format.codec wins).")
     outputs = (Output(VIDEO, "video", tooltip="The input video, unchanged."),)
 
     def execute(self, video: Video, filename_prefix: str = "video/ComfyUI", format: str = "auto",
-                codec: str = "auto", prompt: dict | None = None, extra_pnginfo: dict | None = None) -> NodeResult:
+                codec: str | None = None, prompt: dict | None = None, extra_pnginfo: dict | None = None,
+                **fields: Any) -> NodeResult:
         video = check_video(video, "SaveVideo")
-        from .video import resolve_format
-
+        codec = fields.get("format.codec") or codec or "auto"
+        crf = None
+        if fields.get("format.codec.encoding") == "re-encode":
+            crf = fields.get("format.codec.encoding.crf")
+            crf = 23.0 if crf is None else crf
         try:
             container, _ = resolve_format(format, codec)
         except ValueError as exc:
@@ -146,7 +171,8 @@ class SaveVideo(Node):
         width, height = video.get_dimensions()
         path, name, subfolder = output_file(self.ctx.paths.output_dir, filename_prefix, width, height, container)
         try:
-            video.save_to(path, format=format, codec=codec, metadata=container_metadata(prompt, extra_pnginfo))
+            video.save_to(path, format=format, codec=codec, metadata=container_metadata(prompt, extra_pnginfo),
+                          crf=crf)
         except MediaError as exc:
             path.unlink(missing_ok=True)
             raise ValueError(f"SaveVideo: {exc}") from None
@@ -193,16 +219,18 @@ class CreateVideo(Node):
     images = Input(IMAGE, tooltip="The images to create a video from.")
     fps = Input(FLOAT, default=30.0, min=1.0, max=120.0, step=1.0)
     audio = Input(AUDIO, optional=True, tooltip="The audio to add to the video.")
-    bit_depth = Input(COMBO, choices=["auto", "8", "10"], default="auto", optional=True,
-                      tooltip="8-bit only here (auto means 8-bit for sRGB); 10-bit is refused.")
+    #: ComfyUI's choices are "auto", 8 and 10 (numbers in a combo): declared ``*`` and kept among the
+    #: canvas's widgets, checked by ``validate_inputs``
+    canvas_widgets = ("bit_depth",)
+    bit_depth = Input(ANY, default="auto", optional=True,
+                      tooltip="auto, 8 or 10: 8-bit only here (auto means 8-bit for sRGB); 10 is refused.")
     color_space = Input(COMBO, choices=["sRGB", "HDR", "HDR PQ"], default="sRGB", optional=True,
                         tooltip="Colorspace of the input images; only sRGB is supported here.")
     outputs = (Output(VIDEO),)
 
     @classmethod
     def validate_inputs(cls, bit_depth: Any = "auto") -> bool | str:
-        # ComfyUI's choices are "auto", 8 and 10 (numbers); canvases store either spelling
-        if str(bit_depth) not in ("auto", "8", "10"):
+        if bit_depth is not None and str(bit_depth) not in ("auto", "8", "10"):
             return f"bit_depth {bit_depth!r} is not one of auto, 8, 10"
         return True
 

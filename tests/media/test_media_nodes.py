@@ -228,7 +228,8 @@ def test_workflow_through_the_engine(paths):
         "2": {"class_type": "Video Slice", "inputs": {"video": ["1", 0], "start_time": 0.25, "duration": 1.0,
                                                       "strict_duration": True}},
         "3": {"class_type": "GetVideoComponents", "inputs": {"video": ["2", 0]}},
-        "4": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": ["3", 2], "audio": ["3", 1]}},
+        "4": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": ["3", 2], "audio": ["3", 1],
+                                                      "bit_depth": 8}},  # a number, as ComfyUI's canvas stores it
         "5": {"class_type": "SaveVideo", "inputs": {"video": ["4", 0], "filename_prefix": "video/ComfyUI",
                                                     "format": "auto", "codec": "auto"}},
         "6": {"class_type": "PreviewAudio", "inputs": {"audio": ["3", 1]}},
@@ -257,3 +258,27 @@ def make_source(paths: Paths) -> Path:
     audio = tone(2.0, 22050)
     encode_video(path, frames(16), Fraction(8), (audio["waveform"][0], 22050), "mp4", "h264", None)
     return path
+
+
+def test_save_video_layouts(make, paths):
+    """SaveVideo's canvas layouts in ComfyUI's templates convert (the older flat codec, and today's codec
+    nested under the format); the nested codec and its crf reach the encoder."""
+    from nodegraph.workflow.ui_format import map_widget_values
+
+    old = map_widget_values(vn.SaveVideo, ["video/ComfyUI", "webm", "vp9"])
+    assert old["format"] == "webm" and old["format.codec"] == "vp9" and old["codec"] == "auto"
+    new = map_widget_values(vn.SaveVideo, ["video/ComfyUI", "mp4", "h264", "re-encode", 30, "auto"])
+    assert (new["format.codec"], new["format.codec.encoding"], new["format.codec.encoding.crf"]) == \
+        ("h264", "re-encode", 30)
+    assert map_widget_values(vn.SaveVideo, ["video/ComfyUI", "auto", "auto", "auto"])["codec"] == "auto"
+
+    video = make(vn.CreateVideo).execute(frames(4), 8.0)[0]
+    node = make(vn.SaveVideo)
+    sizes = []
+    for crf in (10.0, 50.0):
+        entry = node.execute(video, "crf", "mp4", "auto", **{"format.codec": "h264", "format.codec.encoding":
+                                                            "re-encode", "format.codec.encoding.crf": crf}).ui
+        sizes.append(saved(paths, entry["images"][0]).stat().st_size)
+    assert sizes[0] > sizes[1]  # the crf reached the encoder
+    entry = node.execute(video, "nested", "auto", "h264", **{"format.codec": "vp9"}).ui["images"][0]
+    assert entry["filename"].endswith(".webm")  # the nested codec wins over the flat one
