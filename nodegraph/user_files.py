@@ -14,6 +14,9 @@ from .context import Paths
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".gif", ".bmp", ".tif",
                               ".tiff", ".ico", ".apng", ".avif", ".jxl", ".heic", ".heif", ".tga"})
+#: video and audio files (LoadVideo's and LoadAudio's choices, uploads checked by PyAV instead of Pillow)
+VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".mpeg", ".mpg", ".ogv"})
+AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma"})
 FOLDER_SUFFIXES = {"[input]": "input", "[output]": "output", "[temp]": "temp"}
 
 

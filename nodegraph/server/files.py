@@ -216,19 +216,43 @@ def verify_image(path: Path, max_pixels: int) -> None:
         raise FileError(400, "bad_image", f"the upload is not a readable image: {exc}") from None
 
 
+def verify_media(path: Path, max_pixels: int) -> None:
+    """A video or audio upload: PyAV (FFmpeg's demuxers; nothing is decoded) must find an audio or video
+    stream in it, its frames within the pixel limit."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video and not container.streams.audio:
+                raise FileError(400, "bad_media", "the upload holds no video or audio stream")
+            for stream in container.streams.video:
+                width, height = stream.codec_context.width, stream.codec_context.height
+                if width * height > max_pixels:
+                    raise FileError(413, "image_too_large", f"the video is {width}x{height} pixels; the limit "
+                                    f"is {max_pixels} pixels")
+    except FileError:
+        raise
+    except Exception as exc:
+        raise FileError(400, "bad_media", f"the upload is not a readable video or audio file: {exc}") from None
+
+
 def store_upload(form: UploadForm, paths: Paths, max_pixels: int) -> dict[str, str]:
-    """Verify and place the uploaded file; ComfyUI's naming (reuse identical, else ``stem (n).ext``)."""
-    from ..user_files import IMAGE_EXTENSIONS
+    """Verify and place the uploaded file; ComfyUI's naming (reuse identical, else ``stem (n).ext``).
+    Images are checked by Pillow, video and audio files (LoadVideo's and LoadAudio's upload) by PyAV."""
+    from ..user_files import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
     assert form.data_path is not None
     base = folder_for(paths, form.kind)
     name = form.filename
     if not name or "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
         raise FileError(400, "bad_path", f"upload file name {name!r} must be a plain file name")
-    if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
-        raise FileError(400, "bad_path", f"upload file name {name!r} must end in an image extension")
+    suffix = Path(name).suffix.lower()
+    media = suffix in VIDEO_EXTENSIONS or suffix in AUDIO_EXTENSIONS
+    if suffix not in IMAGE_EXTENSIONS and not media:
+        raise FileError(400, "bad_path", f"upload file name {name!r} must end in an image, video or audio "
+                        "extension")
     folder = _resolve(base, form.subfolder, f"{form.kind} folder", 400) if form.subfolder else base
-    verify_image(form.data_path, max_pixels)
+    (verify_media if media else verify_image)(form.data_path, max_pixels)
     folder.mkdir(parents=True, exist_ok=True)
     target = _resolve(folder, name, f"{form.kind} folder", 400)
     data = form.data_path.read_bytes()

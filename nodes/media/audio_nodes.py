@@ -22,14 +22,13 @@ from typing import Any
 
 from nodegraph.context import Paths
 from nodegraph.node import COMBO, FLOAT, STRING, Input, Node, NodeResult, Output
-from nodegraph.user_files import folder_of, resolve_annotated
+from nodegraph.user_files import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, folder_of, resolve_annotated
 from nodegraph_nodes.io.files import file_sha256
 
 from .audio import AUDIO, check_audio, make_audio, trim_samples
 from .codec import MediaError, decode_audio, encode_audio
-from .video_nodes import VIDEO_EXTENSIONS, container_metadata, output_file
+from .video_nodes import container_metadata, output_file
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".ogg", ".opus", ".m4a", ".aac", ".aif", ".aiff", ".wma"})
 MP3_QUALITIES = ["V0", "128k", "320k"]
 OPUS_QUALITIES = ["64k", "96k", "128k", "192k", "320k"]
 ADVANCED_OPUS_QUALITIES = ["64k", "128k", "192k", "256k", "320k"]

@@ -25,7 +25,7 @@ import torch
 from nodegraph.context import Paths
 from nodegraph.node import BOOLEAN, COMBO, FLOAT, STRING, Input, Node, NodeResult, Output
 from nodegraph.types import ANY, IMAGE
-from nodegraph.user_files import resolve_annotated
+from nodegraph.user_files import VIDEO_EXTENSIONS, resolve_annotated
 from nodegraph.value_checks import check_image
 from nodegraph_nodes.io.files import expand_prefix_vars, file_sha256, next_counter, split_prefix
 
@@ -33,8 +33,6 @@ from .audio import AUDIO, check_audio, make_audio
 from .codec import MediaError, encode_video
 from .video import (CODECS, CONTAINERS, VIDEO, Video, VideoComponents, VideoFromComponents, VideoFromFile,
                     resolve_format)
-
-VIDEO_EXTENSIONS = frozenset({".mp4", ".webm", ".mkv", ".mov", ".avi", ".m4v", ".gif", ".mpeg", ".mpg", ".ogv"})
 
 
 def list_input_videos(paths: Paths) -> list[str]:

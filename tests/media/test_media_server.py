@@ -70,3 +70,25 @@ def test_outputs_reported_and_served_with_ranges(server):
     # the table, not the system's mime.types (which says audio/x-wav here)
     wav = client.get("/view", query={"filename": "voice.wav", "type": "input"}, headers={"Range": "bytes=0-43"})
     assert wav.status == 206 and wav.headers["content-type"] == "audio/wav" and wav.body[:4] == b"RIFF"
+
+
+def test_video_and_audio_uploads(server, tmp_path):
+    """LoadVideo's and LoadAudio's upload buttons post to /upload/image: media files are checked by PyAV."""
+    from tests.helpers.http_client import multipart
+
+    write_inputs(tmp_path)
+    client = server.client()
+    for name in ("clip.mp4", "voice.wav"):
+        body, headers = multipart({"type": "input"}, f"up-{name}", (tmp_path / name).read_bytes())
+        reply = client.request("POST", "/upload/image", body, headers)
+        assert reply.status == 200, reply.body
+        assert reply.json() == {"name": f"up-{name}", "subfolder": "", "type": "input"}
+        assert (server.config.paths.input_dir / f"up-{name}").read_bytes() == (tmp_path / name).read_bytes()
+    body, headers = multipart({"type": "input"}, "fake.mp4", b"not a video at all" * 10)
+    reply = client.request("POST", "/upload/image", body, headers)
+    assert reply.status == 400 and "not a readable video or audio file" in reply.body.decode()
+    assert not (server.config.paths.input_dir / "fake.mp4").exists()
+    choices = client.get("/object_info/LoadVideo").json()["LoadVideo"]["input"]["required"]["file"]
+    assert choices[0] == ["up-clip.mp4"] and choices[1]["video_upload"] is True
+    audio = client.get("/object_info/LoadAudio").json()["LoadAudio"]["input"]["required"]["audio"]
+    assert audio[0] == ["up-clip.mp4", "up-voice.wav"] and audio[1]["audio_upload"] is True
