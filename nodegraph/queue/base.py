@@ -97,7 +97,7 @@ class RunnerBase:
     def on_started(self, prompt_id: str) -> None:
         """The engine started ``prompt_id`` (a runner applies an interrupt that came before)."""
 
-    def prepared(self, prompt_id: str, plan: "Plan") -> None:
+    def prepared(self, prompt_id: str, plan: "Plan", *, prompt: dict | None = None) -> None:
         """A plan the server made for a prompt it queues (the protocol's; ignored unless a runner
         runs plans of this process's engine)."""
 

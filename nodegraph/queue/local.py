@@ -5,8 +5,9 @@
 applied when it starts. Stopping interrupts the running job, which goes back to the queue.
 
 The server validates a prompt before queueing it; the plan it made (:meth:`LocalRunner.prepared`) is
-run as it is, so a prompt is walked once. Plans are kept for the :data:`MAX_PREPARED` newest queued
-prompts; an older one (or one queued before a restart) is validated again when it runs.
+run as it is, so a prompt is walked once, and the prompt it parsed is used as it is (its JSON text in
+the job store is not decoded again). Plans are kept for the :data:`MAX_PREPARED` newest queued prompts;
+an older one (or one queued before a restart) is decoded and validated again when it runs.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class LocalRunner(RunnerBase):
         self._interrupt_requested: str | None = None
         self._free: dict[str, bool] = {}
         self._lock = threading.Lock()
-        self._plans: OrderedDict[str, Plan] = OrderedDict()
+        self._plans: OrderedDict[str, tuple[Plan, dict | None]] = OrderedDict()
         self._trim_gate = TrimGate()
 
     # -- control (any thread) ---------------------------------------------------------------------
@@ -57,15 +58,22 @@ class LocalRunner(RunnerBase):
     def notify(self) -> None:
         self._wake.set()
 
-    def prepared(self, prompt_id: str, plan: Plan) -> None:
+    def prepared(self, prompt_id: str, plan: Plan, *, prompt: dict | None = None) -> None:
         with self._lock:
-            self._plans[prompt_id] = plan
+            self._plans[prompt_id] = (plan, prompt)
             while len(self._plans) > MAX_PREPARED:
                 self._plans.popitem(last=False)
 
     def _take_plan(self, prompt_id: str) -> Plan | None:
         with self._lock:
-            return self._plans.pop(prompt_id, None)
+            prepared = self._plans.pop(prompt_id, None)
+        return None if prepared is None else prepared[0]
+
+    def _parsed_prompt(self, prompt_id: str) -> dict | None:
+        """The prompt the server parsed, when its plan is still kept (the job store's ``known``)."""
+        with self._lock:
+            prepared = self._plans.get(prompt_id)
+        return None if prepared is None else prepared[1]
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stopping = True
@@ -104,7 +112,7 @@ class LocalRunner(RunnerBase):
         while not self.stopping:
             self._apply_free()
             try:
-                job = self.store.claim_next()
+                job = self.store.claim_next(known=self._parsed_prompt)
             except Exception:
                 log.exception("cannot read the job queue")
                 job = None

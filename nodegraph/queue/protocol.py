@@ -56,10 +56,11 @@ class JobRunner(Protocol):
     def notify(self) -> None:
         """A job was queued: look at the queue now."""
 
-    def prepared(self, prompt_id: str, plan: "Plan") -> None:
+    def prepared(self, prompt_id: str, plan: "Plan", *, prompt: dict | None = None) -> None:
         """The server validated the prompt it has just queued: its plan, which a runner whose engine is
-        this process's may run instead of validating the prompt again (one validation walk per prompt).
-        A runner may ignore it, and one that took the job before this call validates it itself."""
+        this process's may run instead of validating the prompt again (one validation walk per prompt),
+        and the prompt as parsed (``prompt``), which it need not decode from the job store again.
+        A runner may ignore both, and one that took the job before this call validates it itself."""
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         """Interrupt the running job ``prompt_id`` (any running job when ``None``); ``True`` if one was."""

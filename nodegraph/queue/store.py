@@ -36,7 +36,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .. import jsontext
 from ..fsync import fsync_path
@@ -151,9 +151,12 @@ _HISTORY_COLUMNS = ("prompt_id, number, prompt, extra_data, outputs_to_execute, 
                     "messages, meta, attempts, state, workflow_name, created, started, finished")
 
 
-def _job(row: tuple) -> Job:
-    """A :class:`Job` from a row of :data:`_JOB_COLUMNS`."""
-    return Job(row[0], row[1], _loads(row[2]), _loads(row[3]), _loads(row[4]), row[5], row[6], row[7],
+def _job(row: tuple, known: Callable[[str], dict | None] | None = None) -> Job:
+    """A :class:`Job` from a row of :data:`_JOB_COLUMNS`; ``known(prompt_id)``: the prompt already
+    parsed, if the caller has it (its text is then not decoded)."""
+    prompt = known(row[0]) if known is not None else None
+    return Job(row[0], row[1], _loads(row[2]) if prompt is None else prompt, _loads(row[3]), _loads(row[4]),
+               row[5], row[6], row[7],
                row[8], row[9], row[10])
 
 
@@ -274,9 +277,10 @@ class JobStore:
                      "ON CONFLICT(name) DO UPDATE SET value=excluded.value", (value + 1,))
         return value
 
-    def claim_next(self) -> Job | None:
-        """Mark the first pending job (lowest number) running and return it; ``None`` when empty."""
-        return self._claim("state='pending' ORDER BY number, seq LIMIT 1", ())
+    def claim_next(self, known: Callable[[str], dict | None] | None = None) -> Job | None:
+        """Mark the first pending job (lowest number) running and return it; ``None`` when empty.
+        ``known(prompt_id)``: the prompt as the caller parsed it already, or ``None``."""
+        return self._claim("state='pending' ORDER BY number, seq LIMIT 1", (), known)
 
     def claim(self, prompt_id: str) -> Job | None:
         """Mark one pending job running and return it; ``None`` if it is no longer pending (cancelled,
@@ -284,7 +288,7 @@ class JobStore:
         uses it."""
         return self._claim("prompt_id=? AND state='pending'", (prompt_id,))
 
-    def _claim(self, where: str, params: tuple) -> Job | None:
+    def _claim(self, where: str, params: tuple, known: Callable[[str], dict | None] | None = None) -> Job | None:
         def write(conn: sqlite3.Connection):
             row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where}", params).fetchone()
             if row is not None:
@@ -295,7 +299,7 @@ class JobStore:
             return row
 
         row = self._write(write)
-        return None if row is None else _job(row)
+        return None if row is None else _job(row, known)
 
     def requeue(self, prompt_id: str) -> bool:
         """Put a running job back in the queue (graceful shutdown); it keeps its number."""

@@ -179,7 +179,7 @@ class Api:
             return 503, bad_request("queue_full", str(exc))
         except DuplicatePrompt as exc:
             return 400, bad_request("duplicate_prompt_id", str(exc))
-        self.s.runner.prepared(prompt_id, plan)
+        self.s.runner.prepared(prompt_id, plan, prompt=prompt)
         return 200, {"prompt_id": prompt_id, "number": job.number, "node_errors": node_errors}
 
     def parse_prompt_body(self, body: dict) -> tuple[dict, dict, list[str] | None, str | None, str]:

@@ -210,3 +210,18 @@ def test_frame_encoding_matches_rfc_6455():
         data = frame("a" * size)
         assert data[:len(header)] == header and len(data) == len(header) + size
     assert frame(b"\x00\x01")[:2] == b"\x82\x02"  # binary
+
+
+def test_a_claimed_job_takes_the_prompt_its_caller_parsed(tmp_path):
+    """The local runner hands the store the prompts the server parsed: their text is not decoded again."""
+    store = JobStore(tmp_path / "q.sqlite3")
+    try:
+        for pid in ("a", "b"):
+            store.enqueue(Job(pid, 0, chain(3, 1), {}, ["show"], None))
+        parsed = chain(3, 1)
+        job = store.claim_next(known=lambda pid: parsed if pid == "a" else None)
+        assert job.prompt_id == "a" and job.prompt is parsed
+        job = store.claim_next(known=lambda pid: None)
+        assert job.prompt_id == "b" and job.prompt == chain(3, 1) and job.prompt is not parsed
+    finally:
+        store.close()
