@@ -103,8 +103,12 @@ class CheckpointLoaderSimple(Node):
         paths = self.ctx.paths
         path = _resolve_checkpoint(paths, ckpt_name)
         manager = self.ctx.service("models")
+        from nodegraph_nodes.dit import llm_loading
         from nodegraph_nodes.dit.loading import is_flow_checkpoint, load_flow_any
 
+        if path.is_dir() and llm_loading.diffusers_family(path) is not None:  # Qwen-Image, Z-Image folders
+            return llm_loading.load_diffusers_folder(path, self.ctx.service("models"), self.ctx.device,
+                                                     Path(paths.models_dir))
         if is_flow_checkpoint(path, manager.allow_pickle):
             return load_flow_any(path, manager, self.ctx.device, Path(paths.models_dir))
         return load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
@@ -124,7 +128,12 @@ class VAELoader(Node):
 
     def execute(self, vae_name: str) -> tuple:
         path = resolve_model(self.ctx.paths, "vae", vae_name)
-        return (load_vae_file(path, self.ctx.service("models"), self.ctx.device),)
+        from nodegraph_nodes.dit import llm_loading
+
+        manager = self.ctx.service("models")
+        if llm_loading.is_vae_file(path, manager.allow_pickle):  # Qwen-Image's (Wan 2.1) VAE
+            return (llm_loading.load_vae(path, manager, self.ctx.device),)
+        return (load_vae_file(path, manager, self.ctx.device),)
 
 
 def _read_lora(ctx, name: str) -> dict:
@@ -143,9 +152,13 @@ def _read_lora(ctx, name: str) -> dict:
 def _patch_model(ctx, model, sd: dict, name: str, strength: float):
     from nodegraph_nodes.diffusion.lora import UNET_PREFIXES, lora_patch
 
-    if not hasattr(model, "with_patch"):  # SD3 / Flux (nodegraph_nodes.dit): no LoRA loading yet
+    own = getattr(model, "lora_patch", None)
+    if own is not None:  # a family with its own key layouts (SD3 / Flux: nodegraph_nodes.dit.lora)
+        patch = own(sd, strength, name)
+        return model.with_patch(patch), len(patch.deltas)
+    if not hasattr(model, "with_patch"):
         raise ModelFileError(f"LoRA {name}: LoRAs for {getattr(model, 'family', type(model).__name__)} models are "
-                             "not supported yet (SD 1.x / 2.x / SDXL only)")
+                             "not supported")
 
     unet = model.handle.get()
     patch = lora_patch(sd, unet, UNET_PREFIXES, strength, name, style="unet")
@@ -221,12 +234,13 @@ class LoraLoaderModelOnly(Node):
 #: ComfyUI's CLIPLoader types, plus nodegraph's ``sd2`` (OpenCLIP-H for SD 2.x)
 CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
               "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "sd2"]
-LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3")
+LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2")
 
 
 class CLIPLoader(Node):
     """Loads a standalone text encoder from models/text_encoders: ``stable_diffusion`` (CLIP-L), ``sd2``
-    (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros).
+    (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros),
+    ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Qwen3 file (Z-Image's).
     The other types of ComfyUI's list are refused with a clear error until their families load."""
 
     category = "advanced/loaders"
@@ -246,6 +260,11 @@ class CLIPLoader(Node):
                              f"{', '.join(LOADED_CLIP_TYPES)} (Flux: DualCLIPLoader type flux)")
         path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
         target = "cpu" if device == "cpu" else self.ctx.device
+        if type in ("qwen_image", "lumina2"):  # Qwen2.5-VL (Qwen-Image), Qwen3 (Z-Image)
+            from nodegraph_nodes.dit.llm_loading import load_text_encoder
+
+            return (load_text_encoder(path, type, self.ctx.service("models"), target,
+                                      Path(self.ctx.paths.models_dir), "CLIPLoader"),)
         if type == "sd3":
             from nodegraph_nodes.dit.loading import load_text_encoders
 
@@ -273,8 +292,12 @@ class UNETLoader(Node):
     def execute(self, unet_name: str, weight_dtype: str = "default") -> tuple:
         path = resolve_model(self.ctx.paths, "diffusion_models", unet_name, also=("unet",))
         manager = self.ctx.service("models")
-        from nodegraph_nodes.dit.loading import is_flow_transformer, load_transformer_file
+        from nodegraph_nodes.dit import llm_loading
+        from nodegraph_nodes.dit.loading import file_keys, is_flow_transformer, load_transformer_file
 
+        keys = file_keys(path, manager.allow_pickle) if path.is_file() else []
+        if llm_loading.detect_transformer(keys) is not None:  # Qwen-Image, Z-Image
+            return (llm_loading.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
         if is_flow_transformer(path, manager.allow_pickle):
             return (load_transformer_file(path, manager, self.ctx.device, weight_dtype),)
         if weight_dtype != "default":

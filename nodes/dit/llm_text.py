@@ -1,0 +1,95 @@
+"""The CLIP value of the families whose text encoder is a language model: Qwen-Image (Qwen2.5-VL 7B)
+and Z-Image (Qwen3 4B), with ComfyUI's prompt recipes.
+
+* **Qwen-Image** (CLIPLoader type ``qwen_image``): the prompt goes into the chat template
+  ``<|im_start|>system\\nDescribe the image by detailing …<|im_end|>\\n<|im_start|>user\\n{}<|im_end|>\\n
+  <|im_start|>assistant\\n`` (a prompt that already starts with ``<|im_start|>`` is used as is), the
+  model's last hidden states are taken and the system part is dropped: everything before the second
+  ``<|im_start|>`` and, when it is followed by ``user`` and a newline, those two tokens too (34 tokens
+  with the released tokenizer, diffusers' ``prompt_template_encode_start_idx``).
+* **Z-Image** (CLIPLoader type ``lumina2``, or any other non-Flux type, with a Qwen3 file): template
+  ``<|im_start|>user\\n{}<|im_end|>\\n<|im_start|>assistant\\n``, the second-to-last hidden states, all
+  tokens kept (diffusers' ``apply_chat_template(…, enable_thinking=True)`` gives the same text).
+
+Prompt weights ``(word:1.2)`` are not parsed for these encoders (ComfyUI disables them: the text goes to
+the model as written). No padding: one sequence, the attention mask is all ones and not stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from nodegraph.models import ManagerOwned
+
+QWEN_IMAGE_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, "
+                       "quantity, text, spatial relationships of the objects and background:<|im_end|>\n"
+                       "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
+QWEN_IMAGE_EDIT_TEMPLATE = ("<|im_start|>system\nDescribe the key features of the input image (color, shape, size, "
+                            "texture, objects, background), then explain how the user's text instruction should "
+                            "alter or modify the image. Generate a new image that meets the user's requirements "
+                            "while maintaining consistency with the original input where appropriate.<|im_end|>\n"
+                            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
+Z_IMAGE_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+
+#: family → (template, hidden layer counted from the end (−1 last), whether the system part is dropped)
+RECIPES = {"qwen_image": (QWEN_IMAGE_TEMPLATE, -1, True), "z_image": (Z_IMAGE_TEMPLATE, -2, False)}
+ENCODER_NAMES = {"qwen_image": "Qwen2.5-VL", "z_image": "Qwen3"}
+
+
+@dataclass(frozen=True, eq=False)
+class LlmClip(ManagerOwned):
+    """CLIP for Qwen-Image / Z-Image: one language model (``handle``, a transformers model) and its
+    tokenizer."""
+
+    family: str
+    handle: Any
+    tokenizer: Any
+    source: str = ""
+    layer_override: int | None = None
+
+    @property
+    def encoders(self) -> tuple:
+        return ()
+
+    patches: tuple = ()
+
+    def with_layer(self, layer: int) -> "LlmClip":
+        return dataclasses.replace(self, layer_override=layer)
+
+    def describe(self) -> str:
+        return f"{self.family} text encoder ({ENCODER_NAMES[self.family]})"
+
+    def encode_text(self, ctx, text: str) -> list:
+        template, layer, drop = RECIPES[self.family]
+        if self.layer_override is not None:
+            layer = self.layer_override
+        full = text if text.startswith("<|im_start|>") else template.format(text)
+        ids = self.tokenizer(full, add_special_tokens=False)["input_ids"]
+        manager = ctx.service("models")
+        with manager.use(self.handle, ctx.device) as module, torch.inference_mode():
+            input_ids = torch.tensor([ids], device=ctx.device)
+            out = module(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True)
+            hidden = out.hidden_states[layer].float().cpu()
+        if drop:
+            hidden = hidden[:, template_end(self.tokenizer, ids):]
+        return [[hidden, {}]]
+
+
+def template_end(tokenizer, ids: list[int]) -> int:
+    """Where the user's part starts: the second ``<|im_start|>``, past ``user`` + newline if they follow
+    (ComfyUI's rule, from the token identities rather than the released tokenizer's ids)."""
+    start = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    seen = [i for i, t in enumerate(ids) if t == start][:2]
+    if not seen:
+        return 0
+    end = seen[-1]
+    user = tokenizer("user", add_special_tokens=False)["input_ids"]
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if len(user) == 1 and len(newline) == 1 and len(ids) > end + 3 and ids[end + 1] == user[0] \
+            and ids[end + 2] == newline[0]:
+        end += 3
+    return end
