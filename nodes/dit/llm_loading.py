@@ -6,7 +6,7 @@ Text-encoder files (detected from the keys): ComfyUI's ``qwen_2.5_vl_7b*.safeten
 ``model.embed_tokens``, ``visual.…``, ``lm_head``: the older transformers layout of
 ``Qwen2_5_VLForConditionalGeneration``) or today's transformers layout (``model.language_model.…``,
 ``model.visual.…``); ``qwen_3_4b.safetensors`` (``model.layers.…`` with ``q_norm``: Qwen3). Configs come
-from the shapes; Qwen2.5-VL's head width is not in the weights and is the family's 128 (its vision tower:
+from the shapes (ComfyUI's ``*_fp8_scaled`` files are dequantized on load, as for SD3/Flux); Qwen2.5-VL's head width is not in the weights and is the family's 128 (its vision tower:
 80 per head).
 
 Tokenizers (never downloaded; the files hold none): a folder with ``tokenizer.json`` (or ``vocab.json`` +
@@ -26,7 +26,7 @@ import torch
 from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import qwen_image, z_image
-from nodegraph_nodes.dit.convert import strip_prefix
+from nodegraph_nodes.dit.convert import dequantize_scaled_fp8, strip_prefix
 from nodegraph_nodes.dit.llm_text import LlmClip
 
 QWEN25_HEAD_DIM, QWEN25_VISION_HEAD_DIM = 128, 80
@@ -64,7 +64,7 @@ def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str =
     build = qwen_image.build_transformer if family == "qwen_image" else z_image.build_transformer
 
     def loader():
-        sd = strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), prefix)
+        sd = dequantize_scaled_fp8(strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
         return _apply_weight_dtype(build(sd, dtype), weight_dtype, device, dtype)
 
     handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader)
@@ -210,7 +210,7 @@ def load_text_encoder(path: Path, clip_type: str, manager, device: str, models_d
     dtype = _dtype(device)
 
     def loader():
-        sd = read_state_dict(path, allow_pickle=manager.allow_pickle)
+        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
         return build_qwen25vl(sd, tokenizer, dtype) if kind == "qwen25vl" else build_qwen3(sd, dtype)
 
     handle = manager.load(_manager_key(path, kind, dtype), loader)
