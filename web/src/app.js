@@ -7,6 +7,7 @@ import { Gallery } from "./gallery.js";
 import { LOOP_CLASSES, LoopBodies } from "./loopbody.js";
 import { showHelp } from "./help.js";
 import { MODE_BYPASS, MODE_MUTED, ensureImageRoom, registerNodes } from "./nodes.js";
+import { createAudio, createVideo, isVideoFile } from "./media.js";
 import { buildPalette, fillWorkflowMenu, refreshSidePanel, setOverall, showErrors, toast } from "./panels.js";
 import { workflowFromPng } from "./png.js";
 import { SearchBox } from "./search.js";
@@ -550,9 +551,43 @@ export class App {
     });
   }
 
+  /** A video output (SaveVideo, SaveWEBM): the first file plays muted and looping on the node. */
+  showVideo(nodeId, files) {
+    const state = this.nodeState(nodeId);
+    if (state.video) state.video.pause();
+    state.videoUrl = this.api.viewUrl(files[0]);
+    state.video = createVideo(state.videoUrl, () => {
+      const node = this.node(nodeId);
+      if (node && !state.videoSized) {
+        state.videoSized = true;
+        ensureImageRoom(node, 220);
+        this.onNodeGrown();
+      }
+      this.canvas.setDirty(true, false);
+    });
+    state.videoSized = false;
+  }
+
+  /** An audio output (SaveAudio…, PreviewAudio): a player bar on the node for the first file. */
+  showAudio(nodeId, files) {
+    const state = this.nodeState(nodeId);
+    if (state.audio) state.audio.pause();
+    state.audioName = files[0].filename;
+    state.audioUrl = this.api.viewUrl(files[0]);
+    state.audio = createAudio(state.audioUrl, () => this.canvas.setDirty(true, false));
+    const node = this.node(nodeId);
+    if (node) ensureImageRoom(node, 50);
+  }
+
   showOutput(nodeId, output) {
     if (!output) return;
-    if (Array.isArray(output.images) && output.images.length) this.showImages(nodeId, output.images);
+    if (Array.isArray(output.images) && output.images.length) {
+      const videos = output.images.filter((f) => isVideoFile(f.filename));
+      const pictures = output.images.filter((f) => !isVideoFile(f.filename));
+      if (videos.length) this.showVideo(nodeId, videos);
+      if (pictures.length) this.showImages(nodeId, pictures);
+    }
+    if (Array.isArray(output.audio) && output.audio.length) this.showAudio(nodeId, output.audio);
     if (Array.isArray(output.text)) {
       this.nodeState(nodeId).text = output.text.join("\n");
       const node = this.node(nodeId);

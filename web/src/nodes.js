@@ -1,6 +1,7 @@
 // litegraph node classes built from /object_info: typed sockets, widgets, and what a run shows on a
 // node (progress, running highlight, live preview, output images and text, errors).
 
+import { AUDIO_BAR_HEIGHT, drawAudioBar } from "./media.js";
 import { typeColor, typesMatch } from "./types.js";
 import { addWidgets, CONTROL_VALUES, declaredInputs, isWidgetInput, parseSpec } from "./widgets.js";
 
@@ -167,6 +168,17 @@ export function registerNodes(app, info) {
         return extra;
       }
 
+      // a click on an audio output's player bar plays or pauses it
+      onMouseDown(event, pos) {
+        if (this.graph !== app.graph) return false;
+        const audio = app.nodeState(this.id).audio;
+        const top = widgetBottom(this) + 2;
+        if (!audio || pos[1] < top || pos[1] > top + AUDIO_BAR_HEIGHT) return false;
+        if (audio.paused) audio.play().catch(() => {});
+        else audio.pause();
+        return true;
+      }
+
       onDrawForeground(ctx) {
         // what runs show belongs to the workflow's nodes, not to a loop body's (their ids are the body graph's)
         const inWorkflow = this.graph === app.graph;
@@ -180,6 +192,14 @@ export function registerNodes(app, info) {
           ctx.fillRect(0, -titleH, w, h + titleH);
         }
         const top = widgetBottom(this);
+        const video = state.video;
+        if (video && video.readyState >= 2 && video.videoWidth) {
+          const availH = Math.max(h - top - 4, 20);
+          const scale = Math.min((w - 10) / video.videoWidth, availH / video.videoHeight);
+          const vw = video.videoWidth * scale, vh = video.videoHeight * scale;
+          ctx.drawImage(video, (w - vw) / 2, top + (availH - vh) / 2, vw, vh);
+        }
+        if (state.audio) drawAudioBar(ctx, state.audio, state.audioName, 5, top + 2, w - 10);
         const image = state.preview || (state.images && state.images[state.imageIndex || 0]);
         if (image && image.complete && image.naturalWidth) {
           const availH = Math.max(h - top - 4, 20);
