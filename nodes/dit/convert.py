@@ -172,9 +172,21 @@ def _swap_halves(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([second, first], dim=0)
 
 
-def convert_flux(sd: dict[str, Any]) -> dict[str, Any]:
-    """BFL-layout Flux.1 weights → ``FluxTransformer2DModel`` keys (the width read from ``img_in``)."""
-    inner = int(sd["img_in.weight"].shape[0])
+def flux_original_keys(num_layers: int, num_single_layers: int) -> list[str]:
+    """The BFL layout's linear-layer names (without ``.weight``) of a Flux.1 model of that depth."""
+    names = [k for k in _FLUX_TOP if k != "final_layer.linear"] + ["final_layer.linear", "final_layer.adaLN_modulation.1"]
+    for i in range(num_layers):
+        names += [f"double_blocks.{i}.{n}" for n in list(_FLUX_DOUBLE) + ["img_attn.qkv", "txt_attn.qkv"]]
+    for i in range(num_single_layers):
+        names += [f"single_blocks.{i}.{n}" for n in ("linear1", "linear2", "modulation.lin")]
+    return names
+
+
+def convert_flux(sd: dict[str, Any], inner: int | None = None) -> dict[str, Any]:
+    """BFL-layout Flux.1 weights → ``FluxTransformer2DModel`` keys (the width read from ``img_in``, or
+    given: a LoRA's ``up`` matrices convert the same way, row blocks split and reordered like the
+    weights they change)."""
+    inner = int(sd["img_in.weight"].shape[0]) if inner is None else inner
     out: dict[str, Any] = {}
     for key, value in sd.items():
         name, _, kind = key.rpartition(".")

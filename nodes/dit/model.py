@@ -59,6 +59,17 @@ class FlowModel(ManagerOwned):
     sampling_patches: SamplingPatches = SamplingPatches()
     #: a diffusers scheduler config's shift (diffusers folders), else the family's default
     default_shift: float | None = None
+    #: LoRA deltas added to the transformer's weights for each run (:mod:`.lora`)
+    patches: tuple = ()
+
+    def with_patch(self, patch) -> "FlowModel":
+        return dataclasses.replace(self, patches=self.patches + (patch,))
+
+    def lora_patch(self, sd: dict, strength: float, name: str):
+        """The LoRA patch of ``sd`` on this model's transformer (LoraLoader)."""
+        from nodegraph_nodes.dit.lora import flow_lora_patch
+
+        return flow_lora_patch(self.family, self.handle.get(), sd, strength, name)
 
     @property
     def format(self) -> LatentFormat:
@@ -262,6 +273,10 @@ def open_flow_runner(model: FlowModel, ctx, latent_shape: tuple) -> Iterator[SD3
     manager = ctx.service("models")
     with ExitStack() as stack:
         net = stack.enter_context(manager.use(model.handle, ctx.device))
+        if model.patches:
+            from nodegraph_nodes.diffusion.lora import patched
+
+            stack.enter_context(patched(net, model.patches))
         stack.enter_context(torch.inference_mode())
         stack.enter_context(small_work_threads(ctx.device, work_elements(net, latent_shape)))
         yield FluxRunner(net, ctx.device, model.format) if model.family == "flux" else SD3Runner(net, ctx.device)

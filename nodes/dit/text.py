@@ -58,6 +58,11 @@ class FlowClip(ManagerOwned):
     t5: T5Encoder | None = None
     embeddings_dir: Path | None = None
     layer_override: int | None = None
+    #: ``(index into encoders, LoraPatch)``: LoRA deltas on the CLIP encoders (LoraLoader)
+    patches: tuple = ()
+
+    def with_patch(self, index: int, patch) -> "FlowClip":
+        return dataclasses.replace(self, patches=self.patches + ((index, patch),))
 
     @property
     def encoders(self) -> tuple:
@@ -89,9 +94,13 @@ class FlowClip(ManagerOwned):
     def _clip(self, ctx, enc: TextEncoder, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         from nodegraph_nodes.diffusion.text_encode import encode_with_encoder
 
+        from nodegraph_nodes.diffusion.lora import patched
+
         manager = ctx.service("models")
         layer = self.layer_override if self.layer_override is not None else enc.layer
-        with manager.use(enc.handle, ctx.device) as module:
+        index = self.encoders.index(enc)
+        with manager.use(enc.handle, ctx.device) as module, \
+                patched(module, [p for i, p in self.patches if i == index]):
             z, pooled = encode_with_encoder(enc, module, text, layer, ctx.device, self.embeddings_dir,
                                             manager.allow_pickle)
         return z.cpu(), (pooled.cpu() if pooled is not None else None)

@@ -260,19 +260,6 @@ def test_flux_text_encode_refuses_an_sd3_clip(flow_engine):
     assert clip.clip_l.handle.get().config.hidden_size == CLIP_L and clip.clip_g.projection
 
 
-def test_lora_on_a_flow_model_is_a_clear_error(flow_engine, flow_root):
-    lora = {"lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight": torch.zeros(4, 128),
-            "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight": torch.zeros(384, 4)}
-    (flow_root / "models" / "loras").mkdir(parents=True, exist_ok=True)
-    save_file(lora, str(flow_root / "models" / "loras" / "tiny_flux_lora.safetensors"))
-    g = Graph()
-    unet = g.node("UNETLoader", unet_name="tiny_flux_dev.safetensors", weight_dtype="default")
-    out = g.node("LoraLoaderModelOnly", "n", model=unet, lora_name="tiny_flux_lora.safetensors", strength_model=1.0)
-    g.node("PreviewAny", source=out)
-    result = flow_engine.run(g)
-    assert result.failure is not None and "LoRAs for flux models are not supported yet" in str(result.failure)
-
-
 def _scaled_fp8(sd: dict) -> dict:
     """A state dict saved the way ComfyUI's ``*_fp8_scaled`` files are (per-layer scale, fp8 weights)."""
     out = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
