@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -197,6 +198,8 @@ def encode_video(path: Path, images: torch.Tensor, frame_rate: Fraction, audio: 
         raise MediaError(f"frames are {width}x{height}; {codec} with 4:2:0 colour needs an even width and height "
                          "(crop or pad the images by one pixel)")
     rate = Fraction(round(Fraction(frame_rate) * 1000), 1000)
+    if codec == "av1":
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its whole configuration otherwise (errors only)
     fmt = {"mkv": "matroska"}.get(container_format, container_format)
     options = {"movflags": "use_metadata_tags"} if container_format == "mp4" else {}
     try:
