@@ -187,8 +187,7 @@ def test_wav_loads_and_opus_resamples(make, paths):
     assert loaded["sample_rate"] == 22050 and loaded["waveform"].shape == (1, 1, 11025)
     assert (loaded["waveform"][0] - wave).abs().max() < 1e-4
     entry = make(an.SaveAudioOpus).execute({"waveform": wave[None], "sample_rate": 22050}, "o", "64k").ui["audio"][0]
-    again = make(an.LoadAudio).execute(str(Path("..") / "output" / entry["filename"]) if False else
-                                       entry["filename"] + " [output]")[0]
+    again = make(an.LoadAudio).execute(entry["filename"] + " [output]")[0]  # annotated: the output folder
     assert again["sample_rate"] == 48000 and abs(again["waveform"].shape[-1] - 24000) <= 1
 
 
