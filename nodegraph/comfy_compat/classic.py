@@ -249,15 +249,20 @@ class ClassicNode(Node):
         """A name a section of ``INPUT_TYPES`` says it contains (the "accept any input" mappings some
         packs use: ComfyUI passes such inputs), or — when the pack's function takes ``**kwargs`` — a
         link of any name (ComfyUI passes undeclared links; the inputs a pack's frontend adds arrive so).
-        An undeclared constant is not taken (ComfyUI drops it; here it is an ``unknown_input`` error)."""
+        A hidden section that says it contains every name (VideoHelperSuite's ``ContainsAll``: the
+        format widgets its frontend adds, ``crf``, ``pix_fmt`` …) takes the value as it comes, unchecked,
+        as ComfyUI passes a hidden input. An undeclared constant is not taken otherwise (ComfyUI drops
+        it; here it is an ``unknown_input`` error)."""
         types = cls.comfy_types()
-        for section in ("required", "optional"):
+        for section in ("required", "optional", "hidden"):
             declared = types.get(section)
             if declared is None or type(declared) is dict:
                 continue
             try:
                 if name not in declared:
                     continue
+                if section == "hidden":
+                    return Input(ANY, optional=True, name=name)
                 return make_input(name, declared[name], "optional", None)
             except Exception:  # an odd mapping: take the value as it comes
                 return Input(ANY, optional=True, name=name)
