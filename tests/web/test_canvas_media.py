@@ -1,5 +1,6 @@
 """Video and audio outputs previewed on the canvas in a real Chromium: SaveVideo's WebM plays on its node
-(drawn frame by frame into the node), PreviewAudio's FLAC gets a player bar that a click plays."""
+(drawn frame by frame into the node) and in the gallery, PreviewAudio's FLAC gets a player bar that a click
+plays."""
 
 from __future__ import annotations
 
@@ -76,6 +77,11 @@ def test_video_and_audio_outputs_preview_on_their_nodes(server, open_page):
     frame_h = 48 * min((width - 10) / 64, avail / 48)
     r, g, b, _ = page.js(PIXEL_AT, ["2", width / 2, top + (avail - frame_h) / 2 + 8])
     assert abs(r - 230) < 30 and g < 80 and b < 80, (r, g, b)
+    # the gallery shows the video as a (playing) video, not as a broken image
+    page.page.wait_for_function("(document.querySelector('#gallery-list video')?.readyState || 0) >= 1",
+                                timeout=20_000)
+    assert "web_00001_.webm" in page.js("() => document.querySelector('#gallery-list video').src")
+    assert page.js("() => document.querySelectorAll('#gallery-list img').length") == 0
     # the audio: a player bar whose click plays the PreviewAudio file (a temp file, served with its type)
     page.page.wait_for_function("window.app.states.get('4')?.audio?.duration > 0", timeout=20_000)
     assert abs(page.js("() => window.app.states.get('4').audio.duration") - 1.0) < 0.05

@@ -3,6 +3,15 @@
 // tab at full size or its run's workflow is loaded back onto the canvas.
 
 import { el, overlay } from "./dialogs.js";
+import { isVideoFile } from "./media.js";
+
+/** The thumbnail of a gallery item: a muted looping video for video files, else the image. */
+function thumbnail(item, name) {
+  if (isVideoFile(item.image.filename)) {
+    return el("video", { src: item.url, muted: true, loop: true, autoplay: true, playsInline: true, title: name });
+  }
+  return el("img", { src: item.url, alt: name, loading: "lazy" });
+}
 
 export const GALLERY_LIMIT = 500;
 
@@ -54,7 +63,7 @@ export class Gallery {
         type: "button", className: `gallery-item gallery-${item.image.type || "output"}`,
         title: `${name} (node ${item.nodeId ?? "?"})`, dataset: { url: item.url, promptId: item.promptId || "" },
         onclick: () => this.view(item),
-      }, el("img", { src: item.url, alt: name, loading: "lazy" })));
+      }, thumbnail(item, name)));
     }
   }
 
@@ -62,7 +71,9 @@ export class Gallery {
   view(item) {
     const name = item.image.subfolder ? `${item.image.subfolder}/${item.image.filename}` : item.image.filename;
     const content = el("div", { className: "viewer" },
-      el("img", { className: "viewer-image", src: item.url, alt: name }),
+      isVideoFile(item.image.filename)
+        ? el("video", { className: "viewer-image", src: item.url, controls: true, loop: true, autoplay: true, muted: true })
+        : el("img", { className: "viewer-image", src: item.url, alt: name }),
       el("div", { className: "viewer-bar" },
          el("span", { className: "viewer-name", textContent: `${name} · ${item.image.type || "output"}` }),
          el("a", { className: "viewer-open", href: item.url, target: "_blank", rel: "noopener", textContent: "Open image ↗" }),

@@ -1,6 +1,7 @@
 // DOM around the canvas: node palette, queue/history panel, error box, toasts, overall progress.
 
 import { formatDuration, formatStart, runRecord, workflowNameOf } from "./runs.js";
+import { isVideoFile } from "./media.js";
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -125,7 +126,11 @@ function historyRow(app, id, entry) {
                           title: `#${entry.prompt[0]} ${id}${run.attempts > 1 ? ` (attempt ${run.attempts})` : ""} — reopen this run's workflow and results` },
                  info);
   const first = Object.values(entry.outputs || {}).flatMap((o) => o.images || [])[0];
-  if (first) row.prepend(el("img", { src: app.api.viewUrl(first), alt: "" }));
+  if (first && isVideoFile(first.filename)) {
+    row.prepend(el("video", { src: app.api.viewUrl(first), muted: true, preload: "metadata" }));
+  } else if (first) {
+    row.prepend(el("img", { src: app.api.viewUrl(first), alt: "" }));
+  }
   row.appendChild(el("button", { textContent: "Open", className: "job-open", onclick: () => app.reopen(id, entry) }));
   return row;
 }
