@@ -103,6 +103,31 @@ def dominant_dtype(tensors: Iterable[Any]) -> torch.dtype | None:
     return max(sizes, key=sizes.get) if sizes else None
 
 
+_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                       "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
+
+
+def safetensors_dtype(folder: Any) -> torch.dtype | None:
+    """The floating dtype holding most bytes in a folder's ``.safetensors`` files (read from their
+    headers only), or ``None`` when there are none."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    sizes: dict[torch.dtype, int] = {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as fh:
+            for key in fh.keys():
+                part = fh.get_slice(key)
+                dtype = _SAFETENSORS_DTYPES.get(part.get_dtype())
+                if dtype is not None:
+                    numel = 1
+                    for n in part.get_shape():
+                        numel *= n
+                    sizes[dtype] = sizes.get(dtype, 0) + numel * dtype.itemsize
+    return max(sizes, key=sizes.get) if sizes else None
+
+
 def find_blocks(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     """The children of ``module``'s outermost ``ModuleList`` / ``Sequential`` containers, in order."""
     out: list[tuple[str, torch.nn.Module]] = []
@@ -110,7 +135,7 @@ def find_blocks(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
     def walk(prefix: str, mod: torch.nn.Module) -> None:
         for name, child in mod.named_children():
             path = f"{prefix}{name}"
-            if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) and len(child) > 1:
+            if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
                 out.extend((f"{path}.{n}", c) for n, c in child.named_children())
             else:
                 walk(path + ".", child)

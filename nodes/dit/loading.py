@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from nodegraph.offload import dominant_dtype, safetensors_dtype
 from nodegraph_nodes.diffusion import checkpoint as ck
 from nodegraph_nodes.diffusion.components import (TextEncoder, VaeModel, _manager_key, find_tokenizer, load_tokenizer)
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
@@ -48,6 +49,12 @@ def flow_dtype(device: str) -> torch.dtype:
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.float32
+
+
+def _stored(manager, sd: dict, dtype: torch.dtype) -> torch.dtype:
+    """The dtype to build a model from ``sd`` in: the file's own when the manager streams (``--lowvram`` /
+    ``--vram-budget-gb``: no converted copy, blocks cast when placed, see nodegraph.offload), else ``dtype``."""
+    return manager.storage_dtype(dominant_dtype(sd.values()), dtype)
 
 
 def file_keys(path: Path, allow_pickle: bool) -> list[str]:
@@ -97,9 +104,13 @@ def load_transformer_file(path: Path, manager, device: str, weight_dtype: str = 
     def loader():
         sd = convert.strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), kind.prefix)
         sd = convert.dequantize_scaled_fp8(sd)
-        return _apply_weight_dtype(convert.build_transformer(kind, sd, dtype), weight_dtype, device, dtype)
+        return _apply_weight_dtype(convert.build_transformer(kind, sd, _stored(manager, sd, dtype)), weight_dtype,
+                                   device, dtype)
 
-    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader)
+    # fp8 on a GPU: the layerwise casting computes in bf16, so placing only moves the fp8 weights
+    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
+    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
+                          placed=True)
     return FlowModel(handle, kind.family, kind.variant, source=str(path))
 
 
@@ -180,9 +191,9 @@ def _clip_encoder(hf: dict, key: str, family: str, manager, manager_key: tuple, 
         template = ck.family_config("sdxl", "text_encoder_2.json") if is_g else ck.family_config("sd1", "text_encoder.json")
         cfg = ck.infer_clip_config(hf, template)
         cfg.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
-        return ck.build_clip(hf, cfg, dtype, projection=is_g)
+        return ck.build_clip(hf, cfg, _stored(manager, hf, dtype), projection=is_g)
 
-    handle = manager.load(manager_key, loader)
+    handle = manager.load(manager_key, loader, compute_dtype=dtype)
     layer = -1 if family == "flux" else -2
     return TextEncoder(handle, tokenizer, key, layer, False, pad, is_g)
 
@@ -242,7 +253,8 @@ def load_text_encoders(paths: list[Path], family: str, manager, device: str, mod
     if t5 is not None:
         path, sd = t5
         tokenizer = load_t5_tokenizer(find_t5_tokenizer(models_dir, path))
-        handle = manager.load(_manager_key(path, "t5xxl", dtype), lambda sd=sd: build_t5(sd, dtype))
+        handle = manager.load(_manager_key(path, "t5xxl", dtype), lambda sd=sd: build_t5(sd, _stored(manager, sd, dtype)),
+                              compute_dtype=dtype)
         encoders["t5"] = T5Encoder(handle, tokenizer)
     if family == "flux" and ("t5" not in encoders or "clip_l" not in encoders or "clip_g" in encoders):
         raise ModelFileError(f"{where}: Flux takes a CLIP-L and a T5 encoder; got "
@@ -268,7 +280,8 @@ def load_flow_checkpoint(path: Path, manager, device: str, models_dir: Path):
         return holder["sd"]
 
     handle = manager.load(_manager_key(path, "transformer:default", dtype),
-                          lambda: convert.build_transformer(kind, convert.strip_prefix(sd(), kind.prefix), dtype))
+                          lambda: convert.build_transformer(kind, convert.strip_prefix(sd(), kind.prefix),
+                                                            _stored(manager, sd(), dtype)), compute_dtype=dtype)
     model = FlowModel(handle, kind.family, kind.variant, source=str(path))
     if not any(k.startswith(ck.VAE_PREFIX) for k in keys):
         raise ModelFileError(f"{path.name} holds a transformer but no VAE; put it in models/diffusion_models and "
@@ -284,7 +297,8 @@ def load_flow_checkpoint(path: Path, manager, device: str, models_dir: Path):
             sub = convert.strip_prefix(sd(), CLIP_PREFIXES[name])
             if name == "t5xxl":
                 tokenizer = load_t5_tokenizer(find_t5_tokenizer(models_dir, path))
-                t5_handle = manager.load(_manager_key(path, "t5xxl", dtype), lambda sub=sub: build_t5(sub, dtype))
+                t5_handle = manager.load(_manager_key(path, "t5xxl", dtype),
+                                         lambda sub=sub: build_t5(sub, _stored(manager, sub, dtype)), compute_dtype=dtype)
                 encoders["t5"] = T5Encoder(t5_handle, tokenizer)
             else:
                 tokenizer = load_tokenizer(find_tokenizer(models_dir, path, second=name == "clip_g"))
@@ -320,10 +334,11 @@ def load_flow_diffusers_folder(folder: Path, manager, device: str, models_dir: P
     dtype = flow_dtype(device)
     index = read_json(folder / "model_index.json")
 
-    def sub_loader(cls, sub):
+    def sub_loader(cls, sub, placed: bool = False):
         def loader():
+            store = manager.storage_dtype(safetensors_dtype(folder / sub), dtype) if placed else dtype
             try:
-                return cls.from_pretrained(str(folder / sub), torch_dtype=dtype, local_files_only=True,
+                return cls.from_pretrained(str(folder / sub), torch_dtype=store, local_files_only=True,
                                            use_safetensors=None if manager.allow_pickle else True).eval().requires_grad_(False)
             except Exception as exc:
                 raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
@@ -333,7 +348,8 @@ def load_flow_diffusers_folder(folder: Path, manager, device: str, models_dir: P
         if not (folder / part).is_dir():
             raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
     net_cls = SD3Transformer2DModel if family == "sd3" else FluxTransformer2DModel
-    handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype), sub_loader(net_cls, "transformer"))
+    handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype),
+                          sub_loader(net_cls, "transformer", placed=True), compute_dtype=dtype)
     shift = None
     sched = folder / "scheduler" / "scheduler_config.json"
     if family == "sd3" and sched.is_file():
@@ -351,7 +367,8 @@ def load_flow_diffusers_folder(folder: Path, manager, device: str, models_dir: P
         if index.get(te, [None])[0] is None or not (folder / te).is_dir():
             continue
         if key == "t5":
-            handle_t5 = manager.load(_manager_key(folder / te, te, dtype), sub_loader(T5EncoderModel, te))
+            handle_t5 = manager.load(_manager_key(folder / te, te, dtype), sub_loader(T5EncoderModel, te, placed=True),
+                                     compute_dtype=dtype)
             encoders["t5"] = T5Encoder(handle_t5, load_t5_tokenizer(folder / tk))
             continue
         is_g = key == "clip_g"
@@ -359,7 +376,8 @@ def load_flow_diffusers_folder(folder: Path, manager, device: str, models_dir: P
         tokenizer = load_tokenizer(folder / tk if (folder / tk / "vocab.json").is_file()
                                    else find_tokenizer(models_dir, folder, is_g))
         pad = 0 if is_g else int(tokenizer.eos_token_id)
-        enc_handle = manager.load(_manager_key(folder / te, te, dtype), sub_loader(cls, te))
+        enc_handle = manager.load(_manager_key(folder / te, te, dtype), sub_loader(cls, te, placed=True),
+                                  compute_dtype=dtype)
         encoders[key] = TextEncoder(enc_handle, tokenizer, key, -1 if family == "flux" else -2, False, pad, is_g)
     clip = FlowClip(family, encoders.get("clip_l"), encoders.get("clip_g"), encoders.get("t5"),
                     Path(models_dir) / "embeddings")
