@@ -6,7 +6,10 @@ layouts → diffusers transformers), :mod:`.text` (the CLIP value: CLIP-L/G + T5
 checkpoints, diffusers folders). Nodes: :mod:`.nodes_flow` (DualCLIPLoader, TripleCLIPLoader,
 EmptySD3LatentImage, CLIPTextEncodeSD3, CLIPTextEncodeFlux, FluxGuidance), :mod:`.kontext`
 (ReferenceLatent, FluxKontextImageScale, FluxKontextMultiReferenceLatentMethod), :mod:`.skip_layers`
-(SkipLayerGuidanceDiT, SkipLayerGuidanceDiTSimple). The shared loaders
+(SkipLayerGuidanceDiT, SkipLayerGuidanceDiTSimple). Qwen-Image and Z-Image: :mod:`.qwen_image`,
+:mod:`.z_image` (transformers, VAE, runners), :mod:`.llm_text` (their language-model CLIP),
+:mod:`.llm_loading` (their files and folders), nodes in :mod:`.qwen_edit` (TextEncodeQwenImageEdit,
+TextEncodeQwenImageEditPlus). The shared loaders
 (UNETLoader, CLIPLoader, CheckpointLoaderSimple, VAELoader) live in the ``diffusion`` family and hand
 these files to :mod:`.loading`; sampling is the ``sampling`` family's (KSampler, SamplerCustomAdvanced,
 ModelSamplingSD3/Flux).
@@ -21,6 +24,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import kontext, nodes_flow, skip_layers
+    from . import kontext, nodes_flow, qwen_edit, skip_layers
 
-    return [nodes_flow, kontext, skip_layers]
+    return [nodes_flow, kontext, skip_layers, qwen_edit]

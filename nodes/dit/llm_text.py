@@ -78,6 +78,42 @@ class LlmClip(ManagerOwned):
             hidden = hidden[:, template_end(self.tokenizer, ids):]
         return [[hidden, {}]]
 
+    def encode_with_images(self, ctx, full_text: str, images: list[torch.Tensor]) -> list:
+        """Qwen-Image-Edit: ``full_text`` (templated, one ``<|image_pad|>`` per image) with ``images``
+        (``[H, W, C]`` in 0..1) through the Qwen2.5-VL model's vision tower; system part dropped."""
+        manager = ctx.service("models")
+        with manager.use(self.handle, ctx.device) as module, torch.inference_mode():
+            vision = getattr(module.config, "vision_config", None)
+            if vision is None:
+                raise ValueError(f"{self.describe()} has no vision tower; image inputs need Qwen2.5-VL")
+            processor = vision_processor(self.tokenizer, vision)
+            inputs = processor(text=[full_text], images=[to_pil(i) for i in images], return_tensors="pt")
+            dtype = next(module.parameters()).dtype
+            out = module(input_ids=inputs["input_ids"].to(ctx.device), attention_mask=inputs["attention_mask"].to(ctx.device),
+                         pixel_values=inputs["pixel_values"].to(ctx.device, dtype),
+                         image_grid_thw=inputs["image_grid_thw"].to(ctx.device), output_hidden_states=True)
+            hidden = out.hidden_states[-1].float().cpu()
+        ids = inputs["input_ids"][0].tolist()
+        return [[hidden[:, template_end(self.tokenizer, ids):], {}]]
+
+
+def vision_processor(tokenizer, vision_config):
+    """transformers' Qwen2-VL processor for a model's vision tower (the released image settings: 3136 …
+    12845056 pixels, sides in multiples of patch × merge)."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+
+    images = Qwen2VLImageProcessor(patch_size=vision_config.patch_size, temporal_patch_size=vision_config.temporal_patch_size,
+                                   merge_size=vision_config.spatial_merge_size,
+                                   size={"shortest_edge": 3136, "longest_edge": 12845056})
+    return Qwen2VLProcessor(image_processor=images, tokenizer=tokenizer)
+
+
+def to_pil(image: torch.Tensor):
+    """An IMAGE ``[H, W, C]`` in 0..1 as an 8-bit RGB PIL image."""
+    from PIL import Image
+
+    return Image.fromarray((image[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy(), "RGB")
+
 
 def template_end(tokenizer, ids: list[int]) -> int:
     """Where the user's part starts: the second ``<|im_start|>``, past ``user`` + newline if they follow

@@ -18,7 +18,9 @@ Key layouts (detected from the names):
   one frame; nodegraph keeps images 4-D, the VAE wrapper adds and drops the frame axis).
 
 The runner packs the latent into 2×2 patches (padding odd sides circularly, as for Flux), gives the
-text states of each conditioning part with their mask and ``img_shapes`` ``(1, h/2, w/2)``, and calls
+text states of each conditioning part with their mask and ``img_shapes`` ``(1, h/2, w/2)`` — followed by the
+part's ``reference_latents`` (Qwen-Image-Edit; ReferenceLatent), packed the same way, each its own entry
+of ``img_shapes``, the output cut back to the image's tokens — and calls
 the network once per part (ComfyUI does not batch Qwen conditionings of different lengths either; the
 rows of one part are batched).
 """
@@ -234,7 +236,7 @@ class QwenImageModel(FlowModel):
         return msl.flux_flow(DEFAULT_SHIFT if self.default_shift is None else self.default_shift)
 
     def open_runner(self, ctx, latent_shape: tuple):
-        return open_runner(self, ctx, latent_shape, QwenImageRunner)
+        return open_runner(self, ctx, latent_shape, QwenImageRunner, self.format.process_in)
 
 
 def text_batch(parts: list[CondPart], device, dtype) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
@@ -252,13 +254,28 @@ def text_batch(parts: list[CondPart], device, dtype) -> list[tuple[torch.Tensor,
 class QwenImageRunner:
     """One run's calls of a ``QwenImageTransformer2DModel``."""
 
-    def __init__(self, net, device: str):
+    def __init__(self, net, device: str, process_in: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.net = net
         self.device = device
         self.dtype = next(net.parameters()).dtype
+        self.process_in = process_in or (lambda t: t)
 
     def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
         pass
+
+    def _references(self, part: CondPart) -> tuple[list[torch.Tensor], list[tuple[int, int, int]]]:
+        """A part's reference latents (Edit; raw VAE latents → model space), packed, and their shapes."""
+        packed, shapes = [], []
+        for ref in part.extras.get("reference_latents") or ():
+            if ref.ndim == 5:  # ComfyUI's one-frame video latents
+                ref = ref[:, :, 0]
+            r = self.process_in(ref.float()).to(self.device, self.dtype)
+            rh, rw = r.shape[-2:]
+            if rh % 2 or rw % 2:
+                r = torch.nn.functional.pad(r, (0, rw % 2, 0, rh % 2), mode="circular")
+            packed.append(_rows(pack_latents(r[:1]), part.rows))
+            shapes.append((1, r.shape[-2] // 2, r.shape[-1] // 2))
+        return packed, shapes
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         h, w = x_in.shape[-2:]
@@ -268,13 +285,14 @@ class QwenImageRunner:
         hh, ww = x.shape[-2:]
         t = timestep.to(self.device, self.dtype).reshape(-1).expand(x.shape[0])
         outs, row = [], 0
-        for states, mask, rows in text_batch(parts, self.device, self.dtype):
+        for part, (states, mask, rows) in zip(parts, text_batch(parts, self.device, self.dtype)):
             xs = pack_latents(x[row:row + rows])
+            refs, ref_shapes = self._references(part)
             if mask is None:
                 mask = torch.ones(states.shape[:2], device=self.device, dtype=torch.long)
-            out = self.net(hidden_states=xs, encoder_hidden_states=states, encoder_hidden_states_mask=mask,
-                           timestep=t[row:row + rows], img_shapes=[[(1, hh // 2, ww // 2)]] * rows,
-                           return_dict=False)[0]
+            out = self.net(hidden_states=torch.cat([xs, *refs], dim=1), encoder_hidden_states=states,
+                           encoder_hidden_states_mask=mask, timestep=t[row:row + rows],
+                           img_shapes=[[(1, hh // 2, ww // 2), *ref_shapes]] * rows, return_dict=False)[0]
             outs.append(unpack_latents(out[:, :xs.shape[1]], hh, ww))
             row += rows
         return torch.cat(outs)[..., :h, :w]
@@ -287,14 +305,14 @@ def _work_elements(net, latent_shape: tuple) -> int:
 
 
 @contextmanager
-def open_runner(model: FlowModel, ctx, latent_shape: tuple, runner_cls) -> Iterator[Any]:
-    """Load ``model``'s network on the run's device for one run and yield a ``runner_cls`` on it."""
+def open_runner(model: FlowModel, ctx, latent_shape: tuple, runner_cls, *args) -> Iterator[Any]:
+    """Load ``model``'s network on the run's device for one run and yield ``runner_cls(net, device, *args)``."""
     manager = ctx.service("models")
     with ExitStack() as stack:
         net = stack.enter_context(manager.use(model.handle, ctx.device))
         stack.enter_context(torch.inference_mode())
         stack.enter_context(small_work_threads(ctx.device, _work_elements(net, latent_shape)))
-        yield runner_cls(net, ctx.device)
+        yield runner_cls(net, ctx.device, *args)
 
 
 def replace_sampling(model: FlowModel, **changes) -> FlowModel:
