@@ -13,8 +13,10 @@ second copy, and a model moved to a GPU and back costs no CPU memory.
 ``encoder.layers``) — and the *resident* rest (embeddings, norms, projections). Under a budget it keeps
 the resident part and as many blocks as fit materialised for the whole use, and *streams* the others:
 a forward pre-hook materialises a block just before its forward and a forward hook releases it after.
-On CUDA the next streamed block is copied on a side stream while the current one computes (prefetch);
-the plan then reserves room for two streamed blocks instead of one.
+On CUDA the next streamed block is copied on a side stream while the current one computes (prefetch,
+issued once the current block's kernels are queued); the plan then reserves room for two streamed
+blocks instead of one. The copies come from the storage as it is (pageable, memory-mapped pages):
+pinning it would be a second copy in RAM.
 
 Materialised bytes are counted by a :class:`ComputeMemory` (current and peak): a tensor costs bytes only
 when placing it made a new tensor (another device or dtype); a CPU model computing in its storage dtype
@@ -241,12 +243,14 @@ class Placement:
             return
         if plan.prefetch:
             self._stream = torch.cuda.Stream(torch.device(plan.device))
+        self._streamed = streamed
         for i, group in enumerate(streamed):
             following = streamed[i + 1] if i + 1 < len(streamed) else None
             self._hooks.append(group.module.register_forward_pre_hook(self._pre_hook(group, following)))
-            self._hooks.append(group.module.register_forward_hook(self._post_hook(group)))
+            self._hooks.append(group.module.register_forward_hook(self._post_hook(group, following)))
+        if self._stream is not None:
+            self._hooks.append(self.module.register_forward_pre_hook(lambda *_: self._prefetch(streamed[0])))
         self._hooks.append(self.module.register_forward_hook(lambda *_: self._release(streamed)))
-        self._streamed = streamed
 
     def detach(self) -> None:
         """Release everything materialised; the module's tensors are the storage again."""
@@ -261,18 +265,20 @@ class Placement:
 
     def _pre_hook(self, group: _Group, following: _Group | None):
         def hook(module, args):
+            for other in self._streamed:  # blocks prefetched but skipped (a patch bypassed them) are let go
+                if other.on and other is not group:
+                    self._offload(other)
             self._onload(group)
-            if following is not None and self._stream is not None:
-                for other in self._streamed:  # blocks prefetched but skipped (patches) are let go
-                    if other.on and other is not group and other is not following:
-                        self._offload(other)
-                self._prefetch(following)
 
         return hook
 
-    def _post_hook(self, group: _Group):
+    def _post_hook(self, group: _Group, following: _Group | None):
+        # the block's kernels are queued: release it (its memory is reused only once the compute stream
+        # is past it) and copy the next block on the side stream while the GPU computes
         def hook(module, args, output):
             self._offload(group)
+            if following is not None and self._stream is not None:
+                self._prefetch(following)
 
         return hook
 

@@ -186,3 +186,38 @@ def test_rss_peak_stays_under_budget_plus_one_block_and_full_load_exceeds_it(fp1
     assert streamed["rss_peak"] <= BUDGET + block
     assert streamed["tracked_peak"] <= BUDGET
     torch.testing.assert_close(out_streamed, out_full, rtol=0, atol=0)
+
+
+def _meta(build):
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        return build()
+
+
+def test_plans_for_the_released_sizes_on_a_24_gb_gpu():
+    """Flux.1-dev (12B), SD3.5 Large and T5-XXL at their released sizes (meta tensors: shapes only), in
+    bf16 on a GPU: under a budget each plan's peak stays within it; --lowvram needs under 2 GiB."""
+    from transformers import T5Config, T5EncoderModel
+
+    gib = 1024**3
+    flux = _meta(lambda: diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True))
+    sd35 = _meta(lambda: diffusers.SD3Transformer2DModel(
+        sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64, num_attention_heads=38,
+        joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048, out_channels=16,
+        pos_embed_max_size=192, qk_norm="rms_norm"))
+    t5 = _meta(lambda: T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
+                                               num_heads=64, feed_forward_proj="gated-gelu")))
+    placements = {name: Placement(net, torch.bfloat16) for name, net in (("flux", flux), ("sd35", sd35), ("t5", t5))}
+    assert placements["flux"].full_cost("cuda") > 22 * gib  # fp32 storage on meta, counted in bf16
+    for name, placement in placements.items():
+        for budget in (20 * gib, 12 * gib, 8 * gib):
+            plan = placement.plan("cuda", budget)
+            assert plan.prefetch or not plan.streams
+            assert plan.peak_bound <= budget, (name, budget, plan)
+            assert plan.streams == (placement.full_cost("cuda") > budget)
+        assert placement.plan("cuda", None, stream_all=True).peak_bound < 2 * gib
+    plan = placements["flux"].plan("cuda", 20 * gib)
+    assert len(plan.kept) > 30 and plan.streamed  # most of Flux stays on a 24 GB card, the rest streams
