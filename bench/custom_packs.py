@@ -12,8 +12,8 @@ Point it at any folder: the packs (and their Python dependencies, from each pack
 Workflows run on a fresh engine whose input/output/temp folders are under ``--base`` (a temporary
 folder by default); put the files a workflow reads (a video for VHS_LoadVideo …) in ``<base>/input``, or
 let ``--make-inputs`` write ``ng_test.png`` (128x96, a red square on a gradient) and ``ng_test.mp4`` (12
-frames, 64x48) there. A workflow file is an API-format prompt, or ``{"prompt": …, "extra_data": …}`` for
-nodes that read the canvas workflow from ``extra_pnginfo`` (KJNodes' WidgetToString). ``--route PATH``
+frames, 64x48) there. A workflow file is an API-format prompt, or ``{"prompt": …, "workflow": …}`` (as ``nodegraph
+run`` reads it) for nodes that read the canvas workflow from ``extra_pnginfo`` (KJNodes' WidgetToString). ``--route PATH``
 starts a real ``nodegraph serve`` on the same folders (a free loopback port, stopped afterwards) and GETs
 each path, for the routes a pack adds (VideoHelperSuite's ``/vhs/…``).
 The printed table is what ``bench/RESULTS.md`` records for issue 20.
@@ -125,8 +125,9 @@ def run_workflow(registry: Any, base: Path, path: Path) -> dict[str, Any]:
 
     api = json.loads(path.read_text())
     extra_data = None
-    if "prompt" in api and isinstance(api["prompt"], dict):
-        api, extra_data = api["prompt"], api.get("extra_data")
+    if "prompt" in api and isinstance(api["prompt"], dict):  # as 'nodegraph run' reads such a file
+        workflow = api.get("workflow")
+        api, extra_data = api["prompt"], ({"extra_pnginfo": {"workflow": workflow}} if workflow else None)
     engine = Engine(registry, paths=Paths.under(base), device="cpu", threads=2)
     start = time.perf_counter()
     try:
