@@ -74,6 +74,7 @@ def _add_serve_parser(sub) -> None:
                             "when binding a non-loopback address without one")
     _add_threads_option(serve)
     _add_cache_options(serve)
+    _add_memory_options(serve)
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto (default)")
     serve.add_argument("--max-upload-mb", type=float, default=100, help="upload size cap (default 100 MiB)")
     serve.add_argument("--max-queue", type=int, default=10_000, help="queued prompts cap (default 10000)")
@@ -201,9 +202,24 @@ def _add_engine_options(p: argparse.ArgumentParser) -> None:
     _add_threads_option(p)
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow loading pickle model files (.ckpt .pt .bin .pth); they can run code, trust them first")
-    p.add_argument("--lowvram", action="store_true", help="move each model back to the CPU after use")
-    p.add_argument("--vram-budget-gb", type=float, default=None, help="keep at most this much model weight on the GPU")
+    _add_memory_options(p)
     _add_cache_options(p)
+
+
+def _add_memory_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lowvram", action="store_true",
+                   help="move each model back to the CPU after use; big models (SD3/Flux transformers and text "
+                        "encoders) stream block by block (docs/models.md)")
+    p.add_argument("--vram-budget-gb", type=float, default=None,
+                   help="keep at most this much model weight on the GPU (on the CPU: weights cast to the compute "
+                        "dtype); a big model that does not fit keeps what fits and streams the rest per block")
+
+
+def vram_budget_bytes(args: argparse.Namespace) -> int | None:
+    budget = getattr(args, "vram_budget_gb", None)
+    if budget is not None and budget < 0:
+        raise NodegraphError("--vram-budget-gb must be 0 or more")
+    return None if budget is None else int(budget * 1024**3)
 
 
 def model_manager(args: argparse.Namespace):
@@ -211,10 +227,8 @@ def model_manager(args: argparse.Namespace):
     from .context import pick_device
     from .models import ModelManager
 
-    budget = getattr(args, "vram_budget_gb", None)
     return ModelManager(pick_device(args.device), allow_pickle=getattr(args, "allow_pickle", False),
-                        low_vram=getattr(args, "lowvram", False),
-                        vram_budget=int(budget * 1024**3) if budget else None)
+                        low_vram=getattr(args, "lowvram", False), vram_budget=vram_budget_bytes(args))
 
 
 def _paths(args: argparse.Namespace) -> Paths:
@@ -466,6 +480,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                           max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), max_queue=args.max_queue,
                           max_prompt_nodes=args.max_prompt_nodes,
                           cache_ram_bytes=cache_ram, cache_vram_bytes=cache_vram, sync_commits=args.sync_commits,
+                          low_vram=args.lowvram, vram_budget_bytes=vram_budget_bytes(args),
                           allowed_origins=tuple(o.rstrip("/") for o in args.allow_origin),
                           allowed_hosts=tuple(args.allow_host), nodes_modules=tuple(args.nodes_module),
                           frontend=args.frontend, **_custom_nodes_config(args))

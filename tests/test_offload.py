@@ -221,3 +221,21 @@ def test_plans_for_the_released_sizes_on_a_24_gb_gpu():
         assert placement.plan("cuda", None, stream_all=True).peak_bound < 2 * gib
     plan = placements["flux"].plan("cuda", 20 * gib)
     assert len(plan.kept) > 30 and plan.streamed  # most of Flux stays on a 24 GB card, the rest streams
+
+
+def test_run_and_serve_take_the_memory_flags():
+    from nodegraph.cli import build_parser, model_manager
+    from nodegraph.server.app import build_engine
+    from nodegraph.server.config import ServerConfig
+
+    run = build_parser().parse_args(["run", "w.json", "--device", "cpu", "--lowvram", "--vram-budget-gb", "0.5"])
+    manager = model_manager(run)
+    assert manager.low_vram and manager.vram_budget == 512 * MIB and manager.streams
+    serve = build_parser().parse_args(["serve", "--vram-budget-gb", "0"])
+    assert serve.vram_budget_gb == 0 and not serve.lowvram
+    engine = build_engine(ServerConfig(device="cpu", low_vram=True, vram_budget_bytes=3 * MIB))
+    try:
+        models = engine.services["models"]
+        assert (models.low_vram, models.vram_budget) == (True, 3 * MIB)
+    finally:
+        engine.close()

@@ -87,6 +87,8 @@ def build_engine(config: ServerConfig) -> Engine:
         registry.add_module(importlib.import_module(name))
     cache = OutputCache(config.cache_ram_bytes, config.cache_vram_bytes)
     engine = Engine(registry, cache=cache, paths=config.paths, device=config.device, threads=config.threads)
+    models = engine.services["models"]
+    models.low_vram, models.vram_budget = config.low_vram, config.vram_budget_bytes
     if config.custom_nodes_dirs:
         custom_nodes.load_packs(engine, config.custom_nodes_dirs, config.disabled_custom_nodes)
     return engine

@@ -54,6 +54,9 @@ class ServerConfig:
     #: 0: keep no results between prompts, ``--cache-none``)
     cache_ram_bytes: int | None = None
     cache_vram_bytes: int | None = None
+    #: the model manager's placement (``serve --lowvram`` / ``--vram-budget-gb``, see ``nodegraph.models``)
+    low_vram: bool = False
+    vram_budget_bytes: int | None = None
     #: flush every job-store commit to the disk before it returns (``serve --sync-commits``); by default
     #: commits survive a crash of the server at once and a power failure after ``SYNC_DELAY`` (0.2 s)
     sync_commits: bool = False
