@@ -266,8 +266,8 @@ class Node:
     def accepts_input(cls, name: str) -> bool:
         """True when a workflow may give this class an input of that name: a declared input, a
         hidden one it declares, a name matching :attr:`extra_inputs`, or a canvas-only companion of
-        a declared widget (``upload`` beside an image-upload combo; ``control_after_generate`` and
-        ``control_filter_list`` beside a widget with that control)."""
+        a declared widget (``upload`` beside an upload combo, ``video-preview`` beside a video one;
+        ``control_after_generate`` and ``control_filter_list`` beside a widget with that control)."""
         if name in cls.INPUTS or name in cls.hidden:
             return True
         return cls._EXTRA is not None and cls._EXTRA.fullmatch(name) is not None
@@ -296,6 +296,8 @@ def _extra_pattern(patterns: Iterable[str], inputs: Iterable[Input]) -> "re.Patt
     for spec in inputs:
         if spec.image_upload or spec.video_upload or spec.audio_upload:
             parts.append("upload")
+        if spec.video_upload:  # ComfyUI's frontend posts its video preview widget's empty value
+            parts.append("video-preview")
         if spec.control_after_generate:
             parts.extend(("control_after_generate", "control_filter_list"))
     return re.compile("|".join(f"(?:{p})" for p in dict.fromkeys(parts))) if parts else None
