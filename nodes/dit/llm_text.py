@@ -32,7 +32,8 @@ QWEN_IMAGE_EDIT_TEMPLATE = ("<|im_start|>system\nDescribe the key features of th
                             "texture, objects, background), then explain how the user's text instruction should "
                             "alter or modify the image. Generate a new image that meets the user's requirements "
                             "while maintaining consistency with the original input where appropriate.<|im_end|>\n"
-                            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n")
+                            "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{}<|im_end|>\n"
+                            "<|im_start|>assistant\n")
 Z_IMAGE_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
 
 #: family → (template, hidden layer counted from the end (−1 last), whether the system part is dropped)
@@ -86,10 +87,10 @@ class LlmClip(ManagerOwned):
             vision = getattr(module.config, "vision_config", None)
             if vision is None:
                 raise ValueError(f"{self.describe()} has no vision tower; image inputs need Qwen2.5-VL")
-            processor = vision_processor(self.tokenizer, vision)
-            inputs = processor(text=[full_text], images=[to_pil(i) for i in images], return_tensors="pt")
+            inputs = vision_inputs(self.tokenizer, vision, full_text, [to_pil(i) for i in images])
             dtype = next(module.parameters()).dtype
-            out = module(input_ids=inputs["input_ids"].to(ctx.device), attention_mask=inputs["attention_mask"].to(ctx.device),
+            input_ids = inputs["input_ids"].to(ctx.device)
+            out = module(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                          pixel_values=inputs["pixel_values"].to(ctx.device, dtype),
                          image_grid_thw=inputs["image_grid_thw"].to(ctx.device), output_hidden_states=True)
             hidden = out.hidden_states[-1].float().cpu()
@@ -97,15 +98,30 @@ class LlmClip(ManagerOwned):
         return [[hidden[:, template_end(self.tokenizer, ids):], {}]]
 
 
-def vision_processor(tokenizer, vision_config):
-    """transformers' Qwen2-VL processor for a model's vision tower (the released image settings: 3136 …
-    12845056 pixels, sides in multiples of patch × merge)."""
-    from transformers import Qwen2VLImageProcessor, Qwen2VLProcessor
+IMAGE_PAD = "<|image_pad|>"
 
-    images = Qwen2VLImageProcessor(patch_size=vision_config.patch_size, temporal_patch_size=vision_config.temporal_patch_size,
-                                   merge_size=vision_config.spatial_merge_size,
-                                   size={"shortest_edge": 3136, "longest_edge": 12845056})
-    return Qwen2VLProcessor(image_processor=images, tokenizer=tokenizer)
+
+def vision_inputs(tokenizer, vision_config, text: str, images: list) -> dict:
+    """Token ids and pixel inputs for ``text`` (one ``<|image_pad|>`` per image) and PIL ``images``, as
+    transformers' Qwen2-VL processor makes them: the image processor's patches (the released settings:
+    3136 … 12845056 pixels, sides in multiples of patch × merge) and each ``<|image_pad|>`` repeated once
+    per merged patch."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    processor = Qwen2VLImageProcessorPil(patch_size=vision_config.patch_size,
+                                         temporal_patch_size=vision_config.temporal_patch_size,
+                                         merge_size=vision_config.spatial_merge_size,
+                                         size={"shortest_edge": 3136, "longest_edge": 12845056})
+    feats = processor(images=images, return_tensors="pt")
+    grid = feats["image_grid_thw"]
+    pieces = text.split(IMAGE_PAD)
+    if len(pieces) != len(images) + 1:
+        raise ValueError(f"the prompt holds {len(pieces) - 1} image places for {len(images)} images")
+    merge = int(vision_config.spatial_merge_size) ** 2
+    expanded = pieces[0] + "".join(IMAGE_PAD * (int(grid[i].prod()) // merge) + pieces[i + 1]
+                                   for i in range(len(images)))
+    ids = tokenizer(expanded, add_special_tokens=False)["input_ids"]
+    return {"input_ids": torch.tensor([ids]), "pixel_values": feats["pixel_values"], "image_grid_thw": grid}
 
 
 def to_pil(image: torch.Tensor):
