@@ -5,7 +5,9 @@
   module under ``web/src/``: browsers send no ``Authorization`` header for ``<script>``, ``<link>`` or
   ``import``, and the security middleware wants the token on every request. When canvas files are
   missing, ``/`` is a short HTML page naming them and the fix (and :func:`add_static_routes` logs the
-  same warning at start-up) instead of a blank canvas.
+  same warning at start-up) instead of a blank canvas. The import map also points ComfyUI's
+  ``/scripts/app.js`` and ``/scripts/api.js`` at ``web/src/comfy_app.js`` / ``comfy_api.js``, for the
+  frontend extensions of custom node packs (``web/src/extensions.js``).
 * ``GET /src/{name}.js``, ``GET /style.css`` — our ES modules and style sheet (flat folder, no
   sub-paths).
 * ``GET /lib/litegraph.core.js``, ``GET /lib/litegraph.css`` — litegraph.js's built files, vendored in
@@ -65,6 +67,9 @@ def render_index(text: str, token: str | None, modules: list[str]) -> str:
     """``index.html`` with ``{{q}}`` replaced by the token query and the import map filled in."""
     query = f"?token={quote(token, safe='')}" if token else ""
     imports = {f"/src/{name}": f"/src/{name}{query}" for name in modules} if token else {}
+    # a pack's frontend extension imports ComfyUI's app and api modules: ours stand in (web/src/extensions.js)
+    imports.update({f"/scripts/{name}.js": f"/src/comfy_{name}.js{query}" for name in ("app", "api")
+                    if f"comfy_{name}.js" in modules})
     importmap = json.dumps({"imports": imports}).replace("<", "\\u003c")
     return (text.replace("{{q}}", html.escape(query, quote=True))
                 .replace("{{importmap}}", importmap))

@@ -3,6 +3,7 @@
 
 import { Api, ApiError } from "./api.js";
 import { askText } from "./dialogs.js";
+import { Extensions } from "./extensions.js";
 import { Gallery } from "./gallery.js";
 import { LOOP_CLASSES, LoopBodies } from "./loopbody.js";
 import { showHelp } from "./help.js";
@@ -50,6 +51,12 @@ export class App {
     this.undo = null;            // GraphHistory, once the graph exists
     this.loops = new LoopBodies(this);   // the loop body being edited as a graph, if any
     this.gallery = null;
+    this.extensions = new Extensions(this);   // the custom node packs' frontend extensions
+  }
+
+  /** ComfyUI's app.registerExtension, for the packs' frontend extensions (extensions.js). */
+  registerExtension(extension) {
+    this.extensions.register(extension);
   }
 
   // -- start ---------------------------------------------------------------------------------------
@@ -81,7 +88,9 @@ export class App {
         ? "This server needs its token: open the page as /?token=…" : `cannot load /object_info: ${e.message}`, { error: true, ms: 600000 });
       throw e;
     }
+    await this.extensions.load();      // before the node classes: beforeRegisterNodeDef may patch them
     const types = registerNodes(this, this.objectInfo);
+    await this.extensions.settle();
     installTypeRules(LiteGraph, LGraphCanvas, this.canvas, types);
     buildPalette(this);
     this.gallery = new Gallery(this);
@@ -95,6 +104,7 @@ export class App {
     this.api.listWorkflows().then((items) => fillWorkflowMenu(this, items)).catch(() => fillWorkflowMenu(this, []));
     setInterval(() => { this.undo.check(); this.persist(); }, 1000);
     window.addEventListener("beforeunload", () => this.persist());
+    await this.extensions.invoke("setup", this);
     this.ready = true;
     document.body.dataset.ready = "1";
   }

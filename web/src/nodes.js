@@ -103,6 +103,9 @@ export function registerNodes(app, info) {
         app.loops.decorate(this, type);   // a loop's body: a button that opens it as a graph (loopbody.js)
         const size = this.computeSize();
         this.size = [Math.max(size[0], 240), size[1] + (def.output_node ? 10 : 0)];
+        this.comfyClass = type;   // as ComfyUI's nodes carry it; litegraph sets type after construction
+        if (!this.type) this.type = type;
+        app.extensions.invokeNow("nodeCreated", this, app);   // packs' frontend extensions (extensions.js)
       }
 
       onConfigure(infoIn) {
@@ -242,6 +245,8 @@ export function registerNodes(app, info) {
     NodegraphNode.title = displayName(type, def);
     NodegraphNode.comfyClass = type;
     NodegraphNode.nodeData = def;
+    if (!def.name) def.name = type;
+    app.extensions.invokeNow("beforeRegisterNodeDef", NodegraphNode, def, app);
     LiteGraph.registerNodeType(type, NodegraphNode);
     NodegraphNode.category = def.category || "";
     NodegraphNode.description = def.description || "";
