@@ -91,7 +91,7 @@ def _window(count: int, rate: Fraction, start: float, duration: float) -> tuple[
     total = count / float(rate)
     if start < 0:
         start = max(0.0, total + start)
-    first = min(count, max(0, int(round(start * float(rate) - 1e-9)) if start else 0))
+    first = min(count, max(0, round(start * float(rate))))  # the frame nearest the start time
     if duration <= 0:
         return first, count
     return first, min(count, first + int(round(duration * float(rate))))
