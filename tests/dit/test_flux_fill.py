@@ -64,3 +64,48 @@ def test_flux_fill_matches_flux_fill_pipeline(flow_engine, flow_root, tiny_flux,
                    output_type="pt").images.permute(0, 2, 3, 1)
     out = result.value("out")
     assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+
+
+def test_flux_control_model_matches_flux_control_pipeline(flow_engine, flow_root, tiny_flux, monkeypatch):
+    """Flux.1 Canny/Depth models (128 input channels): InstructPixToPixConditioning's image latent as the
+    extra channels, as ComfyUI's flux_canny_model_example does, equals diffusers' FluxControlPipeline."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlPipeline
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from PIL import Image
+
+    net = flux_transformer(in_channels=128)
+    save_file(_contig(flux_to_bfl(net)), str(flow_root / "models" / "diffusion_models" / "tiny_flux_canny.safetensors"))
+    flow_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    rgb = np.random.default_rng(5).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(flow_engine.paths.input_dir / "control.png")
+    g = Graph()
+    unet = g.node("UNETLoader", unet_name="tiny_flux_canny.safetensors", weight_dtype="default")
+    model = g.node("ModelSamplingFlux", model=unet, max_shift=1.15, base_shift=0.5, width=64, height=64)
+    clip = g.node("DualCLIPLoader", clip_name1="tiny_clip_l.safetensors", clip_name2="tiny_t5xxl.safetensors",
+                  type="flux")
+    vae = g.node("VAELoader", vae_name="tiny_flux_ae.safetensors")
+    text = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    pos = g.node("FluxGuidance", conditioning=text, guidance=GUIDANCE)
+    control = g.node("InstructPixToPixConditioning", positive=pos, negative=g.node("ConditioningZeroOut", conditioning=text),
+                     vae=vae, pixels=g.node("LoadImage", image="control.png").out(0))
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
+                positive=control.out(0), negative=control.out(1), latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
+    out = flow_engine.run(g).raise_for_status().value("out")
+
+    text_enc = tiny_flux.text
+    pipe = FluxControlPipeline(transformer=net, vae=tiny_flux.vae, text_encoder=text_enc.clip_l,
+                               tokenizer=text_enc.tokenizer, text_encoder_2=text_enc.t5,
+                               tokenizer_2=text_enc.tokenizer_t5,
+                               scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(
+                                   str(tiny_flux.diffusers_dir / "scheduler")))
+    pipe.set_progress_bar_config(disable=True)
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    noise, _ = engine_noise((1, 16, 8, 8), SEED)
+    with torch.no_grad():
+        # a tensor control image is taken as already normalised ([-1, 1]) by this pipeline
+        ref = pipe(PROMPT, control_image=torch.from_numpy(rgb).float().permute(2, 0, 1)[None] / 255 * 2 - 1,
+                   num_inference_steps=STEPS, guidance_scale=GUIDANCE, latents=pack_latents(noise), height=64,
+                   width=64, max_sequence_length=256, output_type="pt").images.permute(0, 2, 3, 1)
+    assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
