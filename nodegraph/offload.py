@@ -8,7 +8,7 @@ device, in the compute dtype) and pointed back at the storage when released. So 
 second copy, and a model moved to a GPU and back costs no CPU memory.
 
 :meth:`Placement.plan` splits the module into *blocks* — the children of its outermost ``ModuleList`` /
-``Sequential`` containers (a diffusers transformer's ``transformer_blocks`` / ``single_transformer_blocks``
+``Sequential`` containers of composite modules (a diffusers transformer's ``transformer_blocks`` / ``single_transformer_blocks``
 / ``joint_blocks``, a UNet's ``down_blocks`` / ``up_blocks``, T5's ``encoder.block``, CLIP's
 ``encoder.layers``) — and the *resident* rest (embeddings, norms, projections). Under a budget it keeps
 the resident part and as many blocks as fit materialised for the whole use, and *streams* the others:
@@ -131,13 +131,17 @@ def safetensors_dtype(folder: Any) -> torch.dtype | None:
 
 
 def find_blocks(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """The children of ``module``'s outermost ``ModuleList`` / ``Sequential`` containers, in order."""
+    """The children of ``module``'s outermost ``ModuleList`` / ``Sequential`` containers of composite
+    modules (transformer blocks, UNet stages), in order. Containers of bare layers (an MLP's
+    ``Sequential(Linear, SiLU, Linear)``, an attention's ``to_out``) stay with their parent: code reads
+    their weights' dtype outside their forward."""
     out: list[tuple[str, torch.nn.Module]] = []
 
     def walk(prefix: str, mod: torch.nn.Module) -> None:
         for name, child in mod.named_children():
             path = f"{prefix}{name}"
-            if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
+            if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)) and any(
+                    any(True for _ in c.children()) for c in child.children()):
                 out.extend((f"{path}.{n}", c) for n, c in child.named_children())
             else:
                 walk(path + ".", child)

@@ -57,7 +57,7 @@ def detect_transformer(keys) -> tuple[str, str] | None:
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default"):
     """UNETLoader for a Qwen-Image / Z-Image transformer file."""
-    from nodegraph_nodes.dit.loading import _apply_weight_dtype
+    from nodegraph_nodes.dit.loading import _apply_weight_dtype, _fp8, _stored
 
     family, prefix = detect_transformer(keys)
     dtype = _dtype(device)
@@ -65,9 +65,11 @@ def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str =
 
     def loader():
         sd = dequantize_scaled_fp8(strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
-        return _apply_weight_dtype(build(sd, dtype), weight_dtype, device, dtype)
+        return _apply_weight_dtype(build(sd, _stored(manager, sd, dtype)), weight_dtype, device, dtype)
 
-    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader)
+    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype  # see dit.loading
+    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
+                          placed=True)
     cls = qwen_image.QwenImageModel if family == "qwen_image" else z_image.ZImageModel
     return cls(handle, family, source=str(path))
 
@@ -210,10 +212,13 @@ def load_text_encoder(path: Path, clip_type: str, manager, device: str, models_d
     dtype = _dtype(device)
 
     def loader():
-        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-        return build_qwen25vl(sd, tokenizer, dtype) if kind == "qwen25vl" else build_qwen3(sd, dtype)
+        from nodegraph_nodes.dit.loading import _stored
 
-    handle = manager.load(_manager_key(path, kind, dtype), loader)
+        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
+        store = _stored(manager, sd, dtype)
+        return build_qwen25vl(sd, tokenizer, store) if kind == "qwen25vl" else build_qwen3(sd, store)
+
+    handle = manager.load(_manager_key(path, kind, dtype), loader, compute_dtype=dtype)
     return LlmClip(family, handle, tokenizer, source=str(path))
 
 
@@ -252,10 +257,13 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
     family = diffusers_family(folder)
     dtype = _dtype(device)
 
-    def sub_loader(cls, sub, wrap=None):
+    def sub_loader(cls, sub, wrap=None, placed: bool = False):
         def loader():
+            from nodegraph.offload import safetensors_dtype
+
+            store = manager.storage_dtype(safetensors_dtype(folder / sub), dtype) if placed else dtype
             try:
-                net = cls.from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=dtype,
+                net = cls.from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=store,
                                           use_safetensors=None if manager.allow_pickle else True)
                 net = net.eval().requires_grad_(False)
             except Exception as exc:
@@ -279,9 +287,9 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
         if sched.is_file():
             shift = float(read_json(sched).get("shift", z_image.DEFAULT_SHIFT))
     handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype),
-                          sub_loader(net_cls, "transformer"))
+                          sub_loader(net_cls, "transformer", placed=True), compute_dtype=dtype)
     model = model_cls(handle, family, source=str(folder), default_shift=shift)
     te_handle = manager.load(_manager_key(folder / "text_encoder", "text_encoder", dtype),
-                             sub_loader(te_cls, "text_encoder"))
+                             sub_loader(te_cls, "text_encoder", placed=True), compute_dtype=dtype)
     clip = LlmClip(family, te_handle, load_llm_tokenizer(folder / "tokenizer"), source=str(folder))
     return model, clip, vae
