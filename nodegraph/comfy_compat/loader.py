@@ -95,6 +95,8 @@ class LoadedPack:
     shadowed: tuple[str, ...] = ()
     #: HTTP routes the pack declared while it was imported (the server adds them)
     routes: tuple[RecordedRoute, ...] = ()
+    #: its module imported (``error`` may still name classes that did not register)
+    imported: bool = False
 
     @property
     def python_module(self) -> str:
@@ -102,7 +104,9 @@ class LoadedPack:
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not self.disabled
+        """Imported and not disabled: its routes and web folder are served, as ComfyUI serves those of
+        every pack that imported, even when some of its classes did not register (``error`` says which)."""
+        return self.imported and not self.disabled
 
 
 #: path → the imported module and the routes it declared, or the import's error text (a pack is
@@ -222,6 +226,7 @@ def load_custom_nodes(registry: NodeRegistry, settings: CustomNodeSettings, *, p
                 raise
             pack.error = f"import failed: {exc if isinstance(exc, PackImportFailed) else f'{type(exc).__name__}: {exc}'}"
         else:
+            pack.imported = True
             register_module(registry, pack, module, builtin)
         pack.seconds = time.perf_counter() - start
         if pack.error is not None:
