@@ -16,6 +16,7 @@ import time
 import pytest
 
 from nodegraph.registry import default_registry
+from nodegraph.server.comfy_frontend import templates
 from nodegraph.workflow.ui_format import ui_to_api
 from tests.helpers.live_server import LiveServers, ServerSetup
 from tests.comfy_frontend.comfy_page import ComfyPage
@@ -42,10 +43,14 @@ def open_page(browser):
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory):
     """One ``nodegraph serve --frontend comfyui`` for the module: its engine keeps the shapes-world
-    models loaded from one test to the next."""
-    servers = LiveServers(ServerSetup(server_class=FrontendServer), tmp_path_factory.mktemp("comfy"))
-    yield servers.start(frontend="comfyui")
-    servers.stop_all()
+    models loaded from one test to the next. ComfyUI's template packages, when installed here (bench/
+    templates.py reads them), are left out: their categories would open the first-visit dialog instead of
+    ours."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(templates, "package_template_dirs", lambda: ())
+        servers = LiveServers(ServerSetup(server_class=FrontendServer), tmp_path_factory.mktemp("comfy"))
+        yield servers.start(frontend="comfyui")
+        servers.stop_all()
 
 
 @pytest.fixture
