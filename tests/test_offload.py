@@ -196,7 +196,7 @@ def _meta(build):
 
 
 def test_plans_for_the_released_sizes_on_a_24_gb_gpu():
-    """Flux.1-dev (12B), SD3.5 Large and T5-XXL at their released sizes (meta tensors: shapes only), in
+    """Flux.1-dev (12B), SD3.5 Large, T5-XXL and Qwen-Image (20B) at their released sizes (meta tensors: shapes only), in
     bf16 on a GPU: under a budget each plan's peak stays within it; --lowvram needs under 2 GiB."""
     from transformers import T5Config, T5EncoderModel
 
@@ -210,7 +210,12 @@ def test_plans_for_the_released_sizes_on_a_24_gb_gpu():
         pos_embed_max_size=192, qk_norm="rms_norm"))
     t5 = _meta(lambda: T5EncoderModel(T5Config(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24,
                                                num_heads=64, feed_forward_proj="gated-gelu")))
-    placements = {name: Placement(net, torch.bfloat16) for name, net in (("flux", flux), ("sd35", sd35), ("t5", t5))}
+    qwen = _meta(lambda: diffusers.QwenImageTransformer2DModel(
+        patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
+        joint_attention_dim=3584, guidance_embeds=False, axes_dims_rope=(16, 56, 56)))
+    placements = {name: Placement(net, torch.bfloat16)
+                  for name, net in (("flux", flux), ("sd35", sd35), ("t5", t5), ("qwen_image", qwen))}
+    assert placements["qwen_image"].full_cost("cuda") > 36 * gib  # 20B: streams on any 24 GB card
     assert placements["flux"].full_cost("cuda") > 22 * gib  # fp32 storage on meta, counted in bf16
     for name, placement in placements.items():
         for budget in (20 * gib, 12 * gib, 8 * gib):
