@@ -149,9 +149,12 @@ class ModelManager:
         return self.low_vram or self.vram_budget is not None
 
     def storage_dtype(self, file_dtype: Any, compute_dtype: Any) -> Any:
-        """The dtype a loader should keep a placed model's weights in: the file's own (no converted copy;
-        blocks are cast when placed) when streaming, else the compute dtype (cast once at load)."""
-        return file_dtype if self.streams and file_dtype is not None else compute_dtype
+        """The dtype a loader should keep a placed model's weights in: the file's own (memory-mapped, no
+        converted copy in RAM; cast when placed) when streaming or computing on a GPU, else (the CPU
+        without a budget) the compute dtype, cast once at load: that copy is the one computed with."""
+        if file_dtype is not None and (self.streams or self.device != self.offload_device):
+            return file_dtype
+        return compute_dtype
 
     @property
     def memory(self):

@@ -244,3 +244,12 @@ def test_run_and_serve_take_the_memory_flags():
         assert (models.low_vram, models.vram_budget) == (True, 3 * MIB)
     finally:
         engine.close()
+
+
+def test_storage_dtype_is_the_files_unless_the_cpu_computes_without_a_budget():
+    f16, f32 = torch.float16, torch.float32
+    assert ModelManager("cpu").storage_dtype(f16, f32) == f32  # cast once: the copy computed with
+    assert ModelManager("cpu", vram_budget=0).storage_dtype(f16, f32) == f16
+    assert ModelManager("cpu", low_vram=True).storage_dtype(f16, f32) == f16
+    assert ModelManager("cuda").storage_dtype(f16, torch.bfloat16) == f16  # cast on the GPU when placed
+    assert ModelManager("cuda").storage_dtype(None, torch.bfloat16) == torch.bfloat16
