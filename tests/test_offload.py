@@ -253,3 +253,43 @@ def test_storage_dtype_is_the_files_unless_the_cpu_computes_without_a_budget():
     assert ModelManager("cpu", low_vram=True).storage_dtype(f16, f32) == f16
     assert ModelManager("cuda").storage_dtype(f16, torch.bfloat16) == f16  # cast on the GPU when placed
     assert ModelManager("cuda").storage_dtype(None, torch.bfloat16) == torch.bfloat16
+
+
+def _stream_all_equals_whole(net, call):
+    """``net`` (fp16 storage) streamed block by block in fp32 gives what the fp32 model gives."""
+    ref_net = net.float()
+    with torch.inference_mode():
+        ref = call(ref_net)
+    manager = ModelManager("cpu", low_vram=True)
+    entry = manager.load("m", lambda: net.half().eval().requires_grad_(False), compute_dtype=torch.float32)
+    with manager.use(entry) as placed, torch.inference_mode():
+        out = call(placed)
+        plan = entry.placement.attached
+    assert plan.streams and not plan.kept
+    assert manager.memory.peak <= plan.peak_bound < entry.placement.full_cost("cpu")
+    assert manager.memory.current == 0
+    return out, ref, plan
+
+
+def test_a_unet_and_a_clip_text_encoder_stream_too():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    # fp16-exact weights, so the fp32 reference and the streamed fp16 storage hold the same values
+    unet = unet.half().float()
+    x, states = torch.randn(1, 4, 8, 8), torch.randn(1, 5, 32)
+    out, ref, plan = _stream_all_equals_whole(unet, lambda n: n(x, 10, encoder_hidden_states=states).sample)
+    assert any(name.startswith("down_blocks.") for name in plan.streamed)
+    assert any(name.startswith("mid_block.") for name in plan.streamed)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=4, max_position_embeddings=16)).half().float()
+    ids = torch.tensor([[0, 5, 7, 9, 98]])
+    out, ref, plan = _stream_all_equals_whole(clip, lambda n: n(ids).last_hidden_state)
+    assert [name.split("encoder.")[-1] for name in plan.streamed] == [f"layers.{i}" for i in range(3)]
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
