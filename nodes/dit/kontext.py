@@ -30,7 +30,7 @@ PREFERRED_KONTEXT_RESOLUTIONS = (
     (1024, 1024), (1104, 944), (1184, 880), (1248, 832), (1328, 800), (1392, 752), (1456, 720), (1504, 688),
     (1568, 672),
 )
-METHODS = ["offset", "index", "uxo/uno"]
+METHODS = ["offset", "index", "uxo/uno", "index_timestep_zero"]  # the last: Qwen-Image-Edit 2511 (nodes/dit/qwen_image)
 
 
 def reference_positions(method: str, image_hw: tuple[int, int], refs: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
@@ -39,7 +39,7 @@ def reference_positions(method: str, image_hw: tuple[int, int], refs: list[tuple
     out = []
     h = w = index = 0
     for rh, rw in refs:
-        if method == "index":
+        if method in ("index", "index_timestep_zero"):
             index += 1
             out.append((index, 0, 0))
         elif method == "uxo":

@@ -20,7 +20,9 @@ Key layouts (detected from the names):
 The runner packs the latent into 2×2 patches (padding odd sides circularly, as for Flux), gives the
 text states of each conditioning part with their mask and ``img_shapes`` ``(1, h/2, w/2)`` — followed by the
 part's ``reference_latents`` (Qwen-Image-Edit; ReferenceLatent), packed the same way, each its own entry
-of ``img_shapes``, the output cut back to the image's tokens — and calls
+of ``img_shapes`` (positions by index, as diffusers; ``reference_latents_method`` ``index_timestep_zero``,
+Edit 2511's, also modulates the reference tokens at timestep 0), the output cut back to the image's
+tokens — and calls
 the network once per part (ComfyUI does not batch Qwen conditionings of different lengths either; the
 rows of one part are batched).
 """
@@ -290,12 +292,31 @@ class QwenImageRunner:
             refs, ref_shapes = self._references(part)
             if mask is None:
                 mask = torch.ones(states.shape[:2], device=self.device, dtype=torch.long)
-            out = self.net(hidden_states=torch.cat([xs, *refs], dim=1), encoder_hidden_states=states,
-                           encoder_hidden_states_mask=mask, timestep=t[row:row + rows],
-                           img_shapes=[[(1, hh // 2, ww // 2), *ref_shapes]] * rows, return_dict=False)[0]
+            zero = bool(refs) and part.extras.get("reference_latents_method") == "index_timestep_zero"
+            with reference_timestep_zero(self.net, zero):
+                out = self.net(hidden_states=torch.cat([xs, *refs], dim=1), encoder_hidden_states=states,
+                               encoder_hidden_states_mask=mask, timestep=t[row:row + rows],
+                               img_shapes=[[(1, hh // 2, ww // 2), *ref_shapes]] * rows, return_dict=False)[0]
             outs.append(unpack_latents(out[:, :xs.shape[1]], hh, ww))
             row += rows
         return torch.cat(outs)[..., :h, :w]
+
+
+@contextmanager
+def reference_timestep_zero(net, on: bool) -> Iterator[None]:
+    """Qwen-Image-Edit 2511's ``index_timestep_zero``: the reference tokens are modulated at timestep 0
+    (diffusers' ``zero_cond_t``, switched on for this call only)."""
+    if not on or getattr(net, "zero_cond_t", False):
+        yield
+        return
+    modules = [net, *net.transformer_blocks]
+    for m in modules:
+        m.zero_cond_t = True
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.zero_cond_t = False
 
 
 def _work_elements(net, latent_shape: tuple) -> int:

@@ -28,7 +28,8 @@ def _image(size: int = 1024) -> Image.Image:
     return Image.fromarray(np.kron(base, np.ones((64, 64, 1), dtype=np.uint8)))  # blocks: a plausible image
 
 
-def edit_graph(node: str = "TextEncodeQwenImageEdit", images: int = 1, vae_reference: bool = True) -> Graph:
+def edit_graph(node: str = "TextEncodeQwenImageEdit", images: int = 1, vae_reference: bool = True,
+               method: str | None = None) -> Graph:
     g = Graph()
     model = g.node("UNETLoader", unet_name="tiny_qwen_image.safetensors", weight_dtype="default").out(0)
     clip = g.node("CLIPLoader", clip_name="tiny_qwen_2.5_vl.safetensors", type="qwen_image").out(0)
@@ -44,6 +45,8 @@ def edit_graph(node: str = "TextEncodeQwenImageEdit", images: int = 1, vae_refer
         else:
             inputs.update({f"image{i + 1}": img for i in range(images)})
     pos = g.node(node, **inputs)
+    if method is not None:
+        pos = g.node("FluxKontextMultiReferenceLatentMethod", conditioning=pos, reference_latents_method=method)
     neg = g.node(node, clip=clip, prompt="")
     lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
     ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
@@ -83,12 +86,17 @@ class Processor:
         return BatchFeature({**tokens, **feats})
 
 
-def reference(tiny) -> torch.Tensor:
-    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline
+def reference(tiny, zero_cond_t: bool = False) -> torch.Tensor:
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline, QwenImageTransformer2DModel
 
+    net = tiny.transformer
+    if zero_cond_t:  # Edit 2511's transformer config, the same weights
+        net = QwenImageTransformer2DModel.from_config(net.config, zero_cond_t=True).eval()
+        assert net.zero_cond_t
+        net.load_state_dict(tiny.transformer.state_dict())
     pipe = QwenImageEditPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=tiny.vae,
                                  text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
-                                 processor=Processor(tiny.tokenizer, tiny.text_encoder), transformer=tiny.transformer)
+                                 processor=Processor(tiny.tokenizer, tiny.text_encoder), transformer=net)
     pipe.set_progress_bar_config(disable=True)
     noise, _ = engine_noise((1, 16, 8, 8), SEED)
     latents = QwenImageEditPipeline._pack_latents(noise, 1, 16, 8, 8)
@@ -110,6 +118,14 @@ def test_qwen_image_edit_matches_pipeline(edit_engine, tiny_qwen_image):
     ref = reference(tiny_qwen_image)
     assert image.shape == ref.shape == (1, 64, 64, 3)
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+
+
+def test_index_timestep_zero_matches_zero_cond_t_transformer(edit_engine, tiny_qwen_image):
+    """Edit 2511's FluxKontextMultiReferenceLatentMethod index_timestep_zero equals diffusers' zero_cond_t."""
+    image = edit_engine.run(edit_graph(method="index_timestep_zero")).raise_for_status().value("out")
+    ref = reference(tiny_qwen_image, zero_cond_t=True)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, reference(tiny_qwen_image), atol=1e-3)
 
 
 def test_edit_plus_images_reach_encoder_and_model(edit_engine, tiny_qwen_image):
