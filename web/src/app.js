@@ -52,6 +52,7 @@ export class App {
     this.loops = new LoopBodies(this);   // the loop body being edited as a graph, if any
     this.gallery = null;
     this.extensions = new Extensions(this);   // the custom node packs' frontend extensions
+    this.ui = { settings: this.extensions.settings };   // ComfyUI's app.ui.settings, for them
   }
 
   /** ComfyUI's app.registerExtension, for the packs' frontend extensions (extensions.js). */
