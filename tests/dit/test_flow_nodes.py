@@ -43,7 +43,7 @@ SPECS = {  # ComfyUI's declarations (nodes.py, comfy_extras/nodes_sd3.py, nodes_
                                                                ("latent", "LATENT", {})], ["CONDITIONING"]),
     "FluxKontextImageScale": ("advanced/conditioning/flux", [("image", "IMAGE", {})], ["IMAGE"]),
     "FluxKontextMultiReferenceLatentMethod": ("advanced/conditioning/flux", [
-        ("conditioning", "CONDITIONING", {}), ("reference_latents_method", ["offset", "index", "uxo/uno"], {})],
+        ("conditioning", "CONDITIONING", {}), ("reference_latents_method", ["offset", "index", "uxo/uno", "index_timestep_zero"], {})],
         ["CONDITIONING"]),
     "SkipLayerGuidanceDiT": ("advanced/guidance", [
         ("model", "MODEL", {}), ("double_layers", "STRING", {"default": "7, 8, 9"}),
