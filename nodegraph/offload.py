@@ -309,10 +309,15 @@ class Placement:
             for s in group.slots:
                 if s.cost:
                     s.placed.record_stream(current)
-        elif not group.on:
+        elif group.on:
+            return  # already in place
+        else:
             self._materialise(group, non_blocking=True)
         for s in group.slots:
+            # the module holds the copy from here on (hooks such as diffusers' layerwise casting may
+            # swap it for a converted one: no reference is kept that would pin the old one)
             s.tensor.data = s.placed
+            s.placed = None
 
     def _prefetch(self, group: _Group) -> None:
         if group.on:
