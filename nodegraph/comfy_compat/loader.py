@@ -230,7 +230,8 @@ def load_custom_nodes(registry: NodeRegistry, settings: CustomNodeSettings, *, p
             register_module(registry, pack, module, builtin)
         pack.seconds = time.perf_counter() - start
         if pack.error is not None:
-            log.warning("custom node pack %s (%s) failed to load: %s", name, path, pack.error)
+            log.warning("custom node pack %s (%s) %s: %s", name, path,
+                        "loaded in part" if pack.imported else "failed to load", pack.error)
             registry.load_errors.append(PackLoadError(f"custom_nodes/{name}", pack.error))
     HOST.bind(registry=registry)  # NODE_CLASS_MAPPINGS now holds the packs' classes too
     registry.custom_packs.extend(packs)
