@@ -124,9 +124,15 @@ _OPAQUE = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType
 
 
 def _add_tensor(fp: Footprint, tensor: torch.Tensor) -> None:
-    if tensor.is_meta:
-        return
     try:
+        if tensor.is_cpu:  # the usual case first (a CPU tensor is on device -1 and not on meta)
+            storage = tensor.untyped_storage()
+            key = (-1, storage.data_ptr())
+            if key not in fp.storages:
+                fp.storages[key] = (storage.nbytes(), False)
+            return
+        if tensor.is_meta:
+            return
         storage = tensor.untyped_storage()
         key = (tensor.get_device(), storage.data_ptr())
         if key not in fp.storages:

@@ -697,6 +697,14 @@ def _call_mapped(instance: Node, cls: type[Node], kwargs: dict[str, list],
     if cls.takes_lists:
         block = find_blocker(kwargs.values(), whole_lists=True)
         return [blocked(block) if block is not None else instance.execute(**kwargs)]
+    # the usual case first: one item per input, none of them a blocker — one call, no list bookkeeping
+    single = {}
+    for name, items in kwargs.items():
+        if len(items) != 1 or isinstance(items[0], ExecutionBlocker):
+            break
+        single[name] = items[0]
+    else:
+        return [instance.execute(**single)]
     lengths = [len(v) for v in kwargs.values()]
     count = max(lengths) if lengths else 1
     if lengths and min(lengths) == 0:
@@ -716,6 +724,14 @@ def _call_mapped(instance: Node, cls: type[Node], kwargs: dict[str, list],
 
 def _merge_returns(node: PlannedNode, returned: list) -> tuple[NodeOutputs, dict | None, list | None]:
     declared = node.cls.outputs
+    if len(returned) == 1:  # the usual case first: one call returned a plain tuple, one value per output
+        value = returned[0]
+        if type(value) is tuple and len(value) == len(declared):
+            for out in declared:
+                if out.is_list:
+                    break
+            else:
+                return tuple([item] for item in value), None, None
     outputs: NodeOutputs = tuple([] for _ in declared)
     ui: dict | None = None
     expansions: list | None = None

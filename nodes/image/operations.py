@@ -143,7 +143,7 @@ class ImageInvert(Node):
     outputs = (Output(IMAGE),)
 
     def execute(self, image: torch.Tensor) -> tuple:
-        return (1.0 - image,)
+        return (torch.rsub(image, 1.0),)  # 1 − image, without the Python wrapper of Tensor.__rsub__
 
 
 class ImageFlip(Node):
