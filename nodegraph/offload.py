@@ -204,14 +204,16 @@ class Placement:
         return sum(self._group_cost(g, dev) for g in [self.resident, *self.blocks])
 
     def plan(self, device: str, budget: int | None, stream_all: bool = False) -> OffloadPlan:
-        """Keep everything when it fits ``budget`` (``None``: no limit), else the resident part and the
-        leading blocks that fit beside the streaming window; ``stream_all`` streams every block."""
+        """Keep everything when it fits ``budget`` (``None``: no limit) or costs nothing, else the resident
+        part and the leading blocks that fit beside the streaming window; ``stream_all`` streams every
+        block."""
         dev = torch.device(device)
         prefetch = dev.type == "cuda"
         resident = self._group_cost(self.resident, dev)
         costs = [self._group_cost(b, dev) for b in self.blocks]
         names = [b.name for b in self.blocks]
-        if not self.blocks or (not stream_all and (budget is None or resident + sum(costs) <= budget)):
+        fits = budget is None or resident + sum(costs) <= budget
+        if not self.blocks or not any(costs) or (not stream_all and fits):  # (placing costs nothing: keep all)
             return OffloadPlan(device, self.compute_dtype, resident, tuple(names), (), sum(costs), 0, False)
         window = (2 if prefetch else 1) * max(costs)
         kept: list[int] = []

@@ -293,3 +293,14 @@ def test_a_unet_and_a_clip_text_encoder_stream_too():
     out, ref, plan = _stream_all_equals_whole(clip, lambda n: n(ids).last_hidden_state)
     assert [name.split("encoder.")[-1] for name in plan.streamed] == [f"layers.{i}" for i in range(3)]
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_nothing_streams_when_placing_costs_nothing():
+    """fp32 storage computed in fp32 on the CPU: the weights are used where they are, even with --lowvram."""
+    net = diffusers.SD3Transformer2DModel(**{**CONFIG, "num_layers": 2})
+    manager = ModelManager("cpu", low_vram=True, vram_budget=0)
+    entry = manager.load("m", lambda: net.eval().requires_grad_(False), compute_dtype=torch.float32)
+    first = next(net.parameters()).data_ptr()
+    with manager.use(entry) as placed:
+        assert not entry.placement.attached.streams and next(placed.parameters()).data_ptr() == first
+    assert manager.memory.peak == 0
