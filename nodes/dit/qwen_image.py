@@ -137,11 +137,21 @@ def transformer_config(sd: dict) -> dict:
             "axes_dims_rope": rope_axes(head_dim)}
 
 
+def refuse_integer_weights(sd: dict, what: str) -> None:
+    """Integer-quantized files (ComfyUI's ``*_int8_convrot`` and similar) are not read yet: say so
+    instead of building a model from raw integers."""
+    bad = next((k for k, v in sd.items() if hasattr(v, "dtype") and not v.is_floating_point() and v.ndim >= 2), None)
+    if bad is not None:
+        raise ModelFileError(f"this {what} file holds integer-quantized weights ({bad}: {sd[bad].dtype}); "
+                             "nodegraph does not read int8-quantized files yet: use the bf16 or fp8 release")
+
+
 def build_transformer(sd: dict, dtype: torch.dtype):
     from diffusers import QwenImageTransformer2DModel
 
     from nodegraph_nodes.diffusion.checkpoint import _instantiate
 
+    refuse_integer_weights(sd, "Qwen-Image transformer")
     return _instantiate(QwenImageTransformer2DModel, transformer_config(sd), sd, dtype, "Qwen-Image transformer")
 
 

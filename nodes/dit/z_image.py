@@ -26,7 +26,7 @@ import torch
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _rows
-from nodegraph_nodes.dit.qwen_image import open_runner
+from nodegraph_nodes.dit.qwen_image import open_runner, refuse_integer_weights
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -91,6 +91,7 @@ def build_transformer(sd: dict, dtype: torch.dtype):
 
     from nodegraph_nodes.diffusion.checkpoint import _instantiate
 
+    refuse_integer_weights(sd, "Z-Image transformer")
     sd = to_diffusers(sd)
     return _instantiate(ZImageTransformer2DModel, transformer_config(sd), sd, dtype, "Z-Image transformer")
 

@@ -80,3 +80,12 @@ def test_missing_tokenizer_names_the_folder(qwen_root, tiny_z_image, tmp_path, q
     finally:
         engine.close()
     assert "qwen3_tokenizer" in message and "never downloads" in message
+
+
+def test_integer_quantized_transformer_is_refused(tiny_z_image):
+    sd = {k: v for k, v in tiny_z_image.transformer.state_dict().items()}
+    sd["layers.0.attention.to_q.weight"] = sd["layers.0.attention.to_q.weight"].to(torch.int8)
+    with pytest.raises(Exception, match="int8"):
+        z_image.build_transformer(sd, torch.float32)
+    with pytest.raises(Exception, match="int8"):
+        qwen_image.refuse_integer_weights({"w": torch.zeros(2, 2, dtype=torch.int8)}, "Qwen-Image transformer")
