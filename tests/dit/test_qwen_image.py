@@ -19,7 +19,7 @@ PROMPT = "a red fox in snow"
 SEED, STEPS, SHIFT = 77, 4, 3.1
 
 
-def qwen_graph(how: str, shift: float = SHIFT, prompt: str = PROMPT) -> Graph:
+def qwen_graph(how: str, shift: float = SHIFT, prompt: str = PROMPT, batch: int = 1) -> Graph:
     g = Graph()
     if how == "files":
         model = g.node("UNETLoader", unet_name="tiny_qwen_image.safetensors", weight_dtype="default").out(0)
@@ -31,7 +31,7 @@ def qwen_graph(how: str, shift: float = SHIFT, prompt: str = PROMPT) -> Graph:
     model = g.node("ModelSamplingAuraFlow", model=model, shift=shift).out(0)
     pos = g.node("CLIPTextEncode", text=prompt, clip=clip)
     neg = g.node("CLIPTextEncode", text="", clip=clip)
-    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=batch)
     ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
                 positive=pos, negative=neg, latent_image=lat, denoise=1.0)
     dec = g.node("VAEDecode", "out", samples=ks, vae=vae)
@@ -39,17 +39,17 @@ def qwen_graph(how: str, shift: float = SHIFT, prompt: str = PROMPT) -> Graph:
     return g
 
 
-def reference(tiny, shift: float = SHIFT, prompt: str = PROMPT) -> torch.Tensor:
+def reference(tiny, shift: float = SHIFT, prompt: str = PROMPT, batch: int = 1) -> torch.Tensor:
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
 
     pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=tiny.vae,
                              text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, transformer=tiny.transformer)
     pipe.set_progress_bar_config(disable=True)
-    noise, _ = engine_noise((1, 16, 8, 8), SEED)
-    latents = QwenImagePipeline._pack_latents(noise, 1, 16, 8, 8)
+    noise, _ = engine_noise((batch, 16, 8, 8), SEED)
+    latents = QwenImagePipeline._pack_latents(noise, batch, 16, 8, 8)
     with torch.no_grad():
         image = pipe(prompt, num_inference_steps=STEPS, true_cfg_scale=1.0, latents=latents, height=64, width=64,
-                     output_type="pt").images
+                     num_images_per_prompt=batch, output_type="pt").images
     return image.permute(0, 2, 3, 1)
 
 
@@ -69,3 +69,11 @@ def test_qwen_image_shift_and_prompt_reach_the_model(qwen_engine, tiny_qwen_imag
     assert not torch.allclose(base, other_shift, atol=1e-3)
     assert not torch.allclose(base, other_prompt, atol=1e-3)
     assert torch.allclose(other_shift, reference(tiny_qwen_image, shift=6.0), atol=1e-4)
+
+
+def test_qwen_image_batch_matches_pipeline(qwen_engine, tiny_qwen_image):
+    image = qwen_engine.run(qwen_graph("files", batch=2)).raise_for_status().value("out")
+    ref = reference(tiny_qwen_image, batch=2)
+    assert image.shape == ref.shape == (2, 64, 64, 3)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image[0], image[1], atol=1e-3)
