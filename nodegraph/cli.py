@@ -539,6 +539,10 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command == "serve":  # this process is the server: its heap on huge pages
+        from .heap import exec_with_heap_tunables
+
+        exec_with_heap_tunables()
     if args.command == "worker":
         print("warning: 'nodegraph worker' is deprecated; use 'nodegraph join'", file=sys.stderr)
     handlers = {"run": cmd_run, "validate": cmd_validate, "nodes": cmd_nodes, "serve": cmd_serve,
