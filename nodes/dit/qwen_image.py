@@ -250,6 +250,11 @@ class QwenImageModel(FlowModel):
     def open_runner(self, ctx, latent_shape: tuple):
         return open_runner(self, ctx, latent_shape, QwenImageRunner, self.format.process_in)
 
+    def lora_patch(self, sd: dict, strength: float, name: str):
+        from nodegraph_nodes.dit.llm_lora import llm_lora_patch
+
+        return llm_lora_patch(self.family, self.handle.get(), sd, strength, name)
+
 
 def text_batch(parts: list[CondPart], device, dtype) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
     """Per part: its states ``[rows, L, D]``, its mask (or ``None``) and its row count."""
@@ -341,6 +346,10 @@ def open_runner(model: FlowModel, ctx, latent_shape: tuple, runner_cls, *args) -
     manager = ctx.service("models")
     with ExitStack() as stack:
         net = stack.enter_context(manager.use(model.handle, ctx.device))
+        if getattr(model, "patches", ()):  # LoRAs (LoraLoader): added to the weights for this run
+            from nodegraph_nodes.diffusion.lora import patched
+
+            stack.enter_context(patched(net, model.patches))
         stack.enter_context(torch.inference_mode())
         stack.enter_context(small_work_threads(ctx.device, _work_elements(net, latent_shape)))
         yield runner_cls(net, ctx.device, *args)

@@ -115,6 +115,11 @@ class ZImageModel(FlowModel):
     def open_runner(self, ctx, latent_shape: tuple):
         return open_runner(self, ctx, latent_shape, ZImageRunner)
 
+    def lora_patch(self, sd: dict, strength: float, name: str):
+        from nodegraph_nodes.dit.llm_lora import llm_lora_patch
+
+        return llm_lora_patch(self.family, self.handle.get(), sd, strength, name)
+
 
 class ZImageRunner:
     """One run's calls of a ``ZImageTransformer2DModel``."""

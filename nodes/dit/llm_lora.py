@@ -1,0 +1,67 @@
+"""LoRAs for Qwen-Image and Z-Image transformers (LoraLoader / LoraLoaderModelOnly; the MODEL's
+``lora_patch``), in the layouts users have:
+
+* Qwen-Image: ComfyUI / lightx2v names (``diffusion_model.transformer_blocks.N.attn.to_q.lora_down.weight``
+  + ``.alpha``, or ``lora_A``/``lora_B``), diffusers / PEFT names (``transformer.transformer_blocks.…``),
+  kohya names (``lora_unet_transformer_blocks_N_attn_to_q``) and bare names — the transformer's own
+  names in all of them.
+* Z-Image: ComfyUI names of the NextDiT layout (``diffusion_model.layers.N.attention.qkv``, ``.out``,
+  ``x_embedder`` …; a fused ``qkv`` delta is split by rows into ``to_q``/``to_k``/``to_v`` with the
+  shared down matrix) and diffusers names.
+
+The deltas are ``strength · alpha/rank · up @ down`` on the matching weights (alpha defaults to the rank
+when absent, as in ComfyUI), patched per run and restored (nodegraph_nodes.diffusion.lora.patched).
+A file none of whose weights match is an error naming a key.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nodegraph_nodes.diffusion.components import LoraPatch
+from nodegraph_nodes.diffusion.files import ModelFileError
+from nodegraph_nodes.diffusion.lora import _group, _module_names
+
+PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet_", "lora_transformer_", "")
+TEXT_PREFIXES = ("lora_te", "text_encoder", "te_", "lora_clip")
+
+
+def _z_names(name: str, up: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Diffusers' names (and the up matrix, split for a fused qkv) of a Z-Image layer in ComfyUI's names."""
+    from nodegraph_nodes.dit.z_image import to_diffusers
+
+    return {k[:-len(".weight")]: v for k, v in to_diffusers({name + ".weight": up}).items()}
+
+
+def llm_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float, name: str) -> LoraPatch:
+    """The deltas of LoRA ``sd`` on a ``qwen_image`` / ``z_image`` transformer ``net``."""
+    modules = _module_names(net, "unet")
+    deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    unread = []
+    for key, parts in _group(sd).items():
+        if "up" not in parts or "down" not in parts:
+            continue
+        down, up = parts["down"], parts["up"]
+        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
+        hit = False
+        for prefix in PREFIXES:
+            if not key.startswith(prefix):
+                continue
+            layer = key[len(prefix):]
+            if layer in modules:
+                deltas[modules[layer] + ".weight"] = (up, down, scale)
+                hit = True
+                break
+            if family == "z_image" and "." in layer:
+                names = _z_names(layer, up)
+                if names and all(n in modules for n in names):
+                    for n, part in names.items():
+                        deltas[modules[n] + ".weight"] = (part, down, scale)
+                    hit = True
+                    break
+        if not hit and not key.startswith(TEXT_PREFIXES):
+            unread.append(key)
+    if unread and not deltas:
+        raise ModelFileError(f"LoRA {name} has no weights matching this {family} transformer (e.g. {unread[0]}); "
+                             "it was made for another model")
+    return LoraPatch(name, deltas, float(strength))
