@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
@@ -31,8 +32,12 @@ def _api(name: str, registry) -> dict:
     return api
 
 
-def _run(engine, registry, name: str, steps: int | None = None):
+def _run(engine, registry, name: str, steps: int | None = None, lightning: bool = False):
     api = _api(name, registry)
+    if lightning:  # the template's 'enable the Lightning LoRA' boolean
+        booleans = [n for n in api.values() if n["class_type"] == "PrimitiveBoolean"]
+        assert len(booleans) == 1
+        booleans[0]["inputs"]["value"] = True
     if steps is not None:  # the template's step count comes from a primitive behind a switch
         for n in api.values():
             if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") == 20:
@@ -56,20 +61,22 @@ def test_z_image_turbo_template_runs(qwen_engine, qwen_registry, qwen_root, tiny
     assert {"UNETLoader", "CLIPLoader", "VAELoader", "ModelSamplingAuraFlow", "KSampler", "ConditioningZeroOut"} <= kinds
 
 
-def test_qwen_image_template_runs(qwen_engine, qwen_registry, qwen_root, tiny_qwen_image):
+@pytest.mark.parametrize("lightning", [False, True])
+def test_qwen_image_template_runs(qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, lightning):
     copy_as(qwen_root, {"diffusion_models/tiny_qwen_image.safetensors": "diffusion_models/qwen_image_fp8_e4m3fn.safetensors",
                         "text_encoders/tiny_qwen_2.5_vl.safetensors": "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors",
                         "vae/tiny_qwen_image_vae.safetensors": "vae/qwen_image_vae.safetensors"})
-    # the template names the Lightning LoRA (its switch is off, so it must exist but is not applied)
+    # the template names the Lightning LoRA behind a switch (off as saved: it must exist but is not applied;
+    # on: LoraLoaderModelOnly applies it and the switches pick 8 steps at cfg 1)
     lora = qwen_root / "models" / "loras" / "Qwen-Image-Lightning-8steps-V1.0.safetensors"
     lora.parent.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(2, 64, generator=g),
                "transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(64, 2, generator=g)}, str(lora))
-    api, result = _run(qwen_engine, qwen_registry, "image_qwen_image")
+    api, result = _run(qwen_engine, qwen_registry, "image_qwen_image", lightning=lightning)
     kinds = {api[n]["class_type"] for n in result.executed}
     assert {"UNETLoader", "CLIPLoader", "VAELoader", "ModelSamplingAuraFlow", "KSampler"} <= kinds
-    assert "LoraLoaderModelOnly" not in kinds
+    assert ("LoraLoaderModelOnly" in kinds) == lightning
 
 
 def test_qwen_image_edit_template_runs(qwen_engine, qwen_registry, qwen_root, tiny_qwen_image):
