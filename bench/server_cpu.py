@@ -20,6 +20,10 @@ both, one after the other (alternating which goes first), so that both see the s
 median CPU (all threads of the process, including what runs after the prompt's end) and wall time
 of each. This is the comparison to trust on a loaded machine.
 
+``threads`` and ``engine`` first re-execute this process with the glibc heap tunables that ``nodegraph
+serve`` starts with (huge pages, one arena: ``nodegraph/heap.py``) unless ``--plain-heap`` is given
+or ``GLIBC_TUNABLES`` already sets them.
+
 ``engine``: the engine alone on the same prompts, built as the server builds it (its registry, cache
 budget and threads): ``Engine.validate`` then ``Engine.execute`` in this process, no reporter, no queue;
 median CPU (``time.process_time``, all threads) and wall per prompt, with the minor page faults.
@@ -307,6 +311,9 @@ def main() -> None:
     parser.add_argument("--warmups", type=int, default=3)
     parser.add_argument("--tree", type=pathlib.Path, help="threads/engine: the source tree whose nodegraph to run")
     parser.add_argument("--base", type=pathlib.Path, help="pair: the source tree to compare with")
+    parser.add_argument("--plain-heap", action="store_true",
+                        help="threads/engine: glibc's default heap, not the huge-page tunables that "
+                             "`nodegraph serve` starts with (nodegraph/heap.py)")
     args = parser.parse_args()
     args.case = args.case or DEFAULT_CASES
     if args.mode == "pair":
@@ -314,6 +321,14 @@ def main() -> None:
             parser.error("pair needs --base DIR")
         run_pair(args)
         return
+    if not args.plain_heap:  # the heap as `nodegraph serve` sets it up (huge pages: nodegraph/heap.py)
+        import importlib.util
+
+        # loaded by file, not as nodegraph.heap: the --tree's nodegraph package must be the one imported
+        spec = importlib.util.spec_from_file_location("_nodegraph_heap", ROOT / "nodegraph" / "heap.py")
+        heap = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(heap)
+        heap.exec_with_heap_tunables()
     sys.path.insert(0, str(args.tree or ROOT))
     if args.mode == "engine":
         run_engine(args)

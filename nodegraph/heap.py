@@ -123,7 +123,8 @@ class TrimGate:
 
 
 #: glibc tunables :func:`exec_with_heap_tunables` starts the server with (module docstring)
-HEAP_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=1", f"glibc.malloc.trim_threshold={TRIM_SLACK}")
+HEAP_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=1",
+                 f"glibc.malloc.trim_threshold={TRIM_SLACK}")
 #: ``0`` turns the re-execution off
 TUNABLES_SWITCH = "NODEGRAPH_HEAP_TUNABLES"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
