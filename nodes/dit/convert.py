@@ -49,6 +49,8 @@ def detect_transformer(keys) -> TransformerKind | None:
     """The flow-transformer family of a state dict's keys, or ``None``."""
     keys = list(keys)
     for prefix in (PREFIX, ""):
+        if prefix + "distilled_guidance_layer.in_proj.weight" in keys:  # Chroma: Flux's blocks, its own model
+            return None
         if any(k.startswith(prefix + "joint_blocks.") for k in keys) and prefix + "x_embedder.proj.weight" in keys:
             qk = any(k.startswith(prefix) and ".ln_q." in k for k in keys)
             return TransformerKind("sd3", "sd3.5" if qk else "sd3", prefix)

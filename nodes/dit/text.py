@@ -11,6 +11,7 @@ A :class:`FlowClip` holds up to three text encoders: CLIP-L, CLIP-G (each a
   77 tokens. A missing encoder contributes zeros (ComfyUI: 768 / 1280 wide pooled parts).
 * **Flux.1**: the conditioning is T5's states (at least 256 tokens), pooled = CLIP-L's unprojected
   pooled output; CLIPTextEncodeFlux adds ``guidance``.
+* **Chroma** (``family="chroma"``): T5's states only, no padding (the prompt's tokens and ``</s>``).
 
 T5 tokens: the prompt's weighted segments tokenized without special tokens, the end token (``</s>``)
 appended, padded with the pad token to the minimum length; one sequence however long (no windows).
@@ -33,7 +34,7 @@ from nodegraph_nodes.diffusion.prompt_weights import parse_prompt_weights
 
 #: ComfyUI's fixed widths for a missing encoder's zeros
 CLIP_L_WIDTH, CLIP_G_WIDTH, T5_WIDTH = 768, 1280, 4096
-T5_MIN_LENGTH = {"sd3": 77, "flux": 256}
+T5_MIN_LENGTH = {"sd3": 77, "flux": 256, "chroma": 1}  # Chroma: no padding (ComfyUI's PixArt T5)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +88,10 @@ class FlowClip(ManagerOwned):
         """CONDITIONING for separate prompts per encoder (``None``: that encoder is left out)."""
         if self.family == "flux":
             cond, pooled = self._encode_flux(ctx, clip_l, t5xxl)
+        elif self.family == "chroma":  # T5 only, no pooled output (nodegraph_nodes.dit.chroma)
+            if self.t5 is None:
+                raise ValueError("Chroma needs a T5-XXL text encoder (CLIPLoader type chroma)")
+            return [[self._t5(ctx, t5xxl or ""), dict(extras or {})]]
         else:
             cond, pooled = self._encode_sd3(ctx, clip_l, clip_g, t5xxl)
         return [[cond, {"pooled_output": pooled, **(extras or {})}]]

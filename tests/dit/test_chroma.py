@@ -1,0 +1,129 @@
+"""Chroma text-to-image through ComfyUI's nodes (UNETLoader with the single file, CLIPLoader type chroma
+with the T5 file, VAELoader with Flux's VAE; and CheckpointLoaderSimple with the ChromaPipeline folder)
+equals diffusers' ChromaPipeline on the same tiny weights, seed, steps, CFG and ComfyUI's default shift.
+
+The pipeline is given the prompt states of ComfyUI's recipe (T5 of the prompt's tokens and ``</s>``, no
+padding; diffusers' own encoding pads to 512 and lets one pad token through the mask) and the engine's
+starting noise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from nodegraph_nodes.dit import chroma, convert
+from nodegraph_nodes.dit.model import pack_latents
+from tests.dit.tiny_chroma import build_chroma, chroma_to_comfy
+from tests.helpers.engines import make_engine
+from tests.helpers.noise import engine_noise
+
+PROMPT, NEGATIVE = "a photo of a red fox in snow", "blue sky"
+SEED, STEPS, CFG = 5, 4, 4.0
+
+
+@pytest.fixture(scope="module")
+def chroma_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chroma_models")
+    return root, build_chroma(root)
+
+
+@pytest.fixture
+def engine(chroma_root, tmp_path):
+    eng = make_engine(chroma_root[0], tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+def chroma_graph(how: str, negative: str = NEGATIVE, shift_node: bool = False) -> Graph:
+    g = Graph()
+    if how == "folder":
+        ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_chroma")
+        model, clip, vae = ck.out(0), ck.out(1), ck.out(2)
+    else:
+        model = g.node("UNETLoader", unet_name="tiny_chroma.safetensors", weight_dtype="default").out(0)
+        clip = g.node("CLIPLoader", clip_name="tiny_t5xxl.safetensors", type="chroma").out(0)
+        vae = g.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
+    if shift_node:
+        model = g.node("ModelSamplingFlux", model=model, max_shift=1.15, base_shift=0.5, width=64, height=64).out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text=negative, clip=clip)
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    samples = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                     scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))
+    return g
+
+
+def comfy_t5(tiny, text: str) -> torch.Tensor:
+    """ComfyUI's Chroma prompt states: T5 over the prompt's tokens and ``</s>``, no padding."""
+    tok = tiny.text.tokenizer_t5
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    with torch.no_grad():
+        return tiny.text.t5(input_ids=torch.tensor([ids]))[0]
+
+
+def reference(tiny, negative: str = NEGATIVE, base_shift: float = 1.15) -> torch.Tensor:
+    from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(tiny.diffusers_dir / "scheduler"),
+                                                                base_shift=base_shift)
+    pipe = ChromaPipeline(transformer=tiny.transformer, vae=tiny.vae, text_encoder=tiny.text.t5,
+                          tokenizer=tiny.text.tokenizer_t5, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    noise, _ = engine_noise((1, 16, 8, 8), SEED)
+    pos, neg = comfy_t5(tiny, PROMPT), comfy_t5(tiny, negative)
+    with torch.no_grad():
+        image = pipe(prompt_embeds=pos, prompt_attention_mask=torch.ones(pos.shape[:2]),
+                     negative_prompt_embeds=neg, negative_prompt_attention_mask=torch.ones(neg.shape[:2]),
+                     num_inference_steps=STEPS, guidance_scale=CFG, latents=pack_latents(noise), height=64,
+                     width=64, output_type="pt").images
+    return image.permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("how", ["files", "folder"])
+def test_chroma_txt2img_matches_pipeline(engine, chroma_root, how):
+    tiny = chroma_root[1]
+    image = engine.run(chroma_graph(how)).raise_for_status().value("out")
+    ref = reference(tiny)
+    assert image.shape == ref.shape == (1, 64, 64, 3)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert image.std() > 0.01
+
+
+def test_chroma_model_sampling_flux_and_empty_negative(engine, chroma_root):
+    """ModelSamplingFlux's resolution shift (mu from 64x64) equals the pipeline's dynamic shift; an empty
+    negative prompt is T5 over ``</s>`` alone."""
+    tiny = chroma_root[1]
+    image = engine.run(chroma_graph("files", negative="", shift_node=True)).raise_for_status().value("out")
+    ref = reference(tiny, negative="", base_shift=0.5)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, reference(tiny, negative=""), atol=1e-3)
+
+
+def test_chroma_single_file_is_detected_and_converts_exactly(chroma_root):
+    tiny = chroma_root[1]
+    sd = {"model.diffusion_model." + k: v for k, v in chroma_to_comfy(tiny.transformer).items()}
+    assert chroma.detect_prefix(sd) == "model.diffusion_model."
+    assert convert.detect_transformer(sd) is None  # not taken for a Flux.1 schnell file
+    back = chroma.to_diffusers(convert.strip_prefix(sd, "model.diffusion_model."))
+    own = tiny.transformer.state_dict()
+    assert set(back) == set(own)
+    assert all(torch.equal(back[k], own[k]) for k in own)
+    assert chroma.detect_prefix(own) == ""  # diffusers' names load too
+
+
+def test_chroma_clip_type_refuses_other_encoders(engine, chroma_root):
+    from safetensors.torch import save_file
+
+    root = chroma_root[0]
+    save_file({"text_model.embeddings.token_embedding.weight": torch.zeros(4, 8)},
+              str(root / "models" / "text_encoders" / "not_t5.safetensors"))
+    g = Graph()
+    clip = g.node("CLIPLoader", clip_name="not_t5.safetensors", type="chroma")
+    g.node("PreviewAny", source=g.node("CLIPTextEncode", text="a", clip=clip))
+    result = engine.run(g)
+    assert result.failure is not None
+    assert "type chroma takes a T5-XXL" in str(result.failure)
