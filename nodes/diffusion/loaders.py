@@ -106,6 +106,10 @@ class CheckpointLoaderSimple(Node):
         from nodegraph_nodes.dit import llm_loading
         from nodegraph_nodes.dit.loading import is_flow_checkpoint, load_flow_any
 
+        from nodegraph_nodes.dit import wan
+
+        if path.is_dir() and wan.is_wan_folder(path):  # WanPipeline folders
+            return wan.load_diffusers_folder(path, manager, self.ctx.device)
         from nodegraph_nodes.dit import chroma
 
         if path.is_dir() and chroma.is_chroma_folder(path):  # ChromaPipeline folders
@@ -238,13 +242,13 @@ class LoraLoaderModelOnly(Node):
 #: ComfyUI's CLIPLoader types, plus nodegraph's ``sd2`` (OpenCLIP-H for SD 2.x)
 CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
               "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "sd2"]
-LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "chroma")
+LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "wan", "chroma")
 
 
 class CLIPLoader(Node):
     """Loads a standalone text encoder from models/text_encoders: ``stable_diffusion`` (CLIP-L), ``sd2``
     (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros),
-    ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Qwen3 file (Z-Image's), ``chroma`` (T5-XXL).
+    ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL).
     The other types of ComfyUI's list are refused with a clear error until their families load."""
 
     category = "advanced/loaders"
@@ -264,6 +268,10 @@ class CLIPLoader(Node):
                              f"{', '.join(LOADED_CLIP_TYPES)} (Flux: DualCLIPLoader type flux)")
         path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
         target = "cpu" if device == "cpu" else self.ctx.device
+        if type == "wan":  # UMT5-XXL
+            from nodegraph_nodes.dit.wan import load_text_encoder as load_umt5
+
+            return (load_umt5(path, self.ctx.service("models"), target, Path(self.ctx.paths.models_dir)),)
         if type == "chroma":  # T5-XXL (nodegraph_nodes.dit.chroma)
             from nodegraph_nodes.dit.chroma import load_text_encoder as load_chroma_t5
 
@@ -304,6 +312,10 @@ class UNETLoader(Node):
         from nodegraph_nodes.dit.loading import file_keys, is_flow_transformer, load_transformer_file
 
         keys = file_keys(path, manager.allow_pickle) if path.is_file() else []
+        from nodegraph_nodes.dit import wan
+
+        if wan.detect_transformer(keys) is not None:  # Wan 2.1
+            return (wan.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
         from nodegraph_nodes.dit import chroma
 
         if chroma.detect_prefix(keys) is not None:  # Chroma (before Flux: the same block names)

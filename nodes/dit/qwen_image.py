@@ -195,6 +195,9 @@ class ImageVae(torch.nn.Module):
         return self.vae.config
 
     def decode(self, z: torch.Tensor, return_dict: bool = False):
+        if z.ndim == 5:  # a video latent (Wan): its frames as a batch of images
+            video = self.vae.decode(z, return_dict=False)[0]
+            return (video.permute(0, 2, 1, 3, 4).flatten(0, 1),)
         return (self.vae.decode(z.unsqueeze(2), return_dict=False)[0][:, :, 0],)
 
     def encode(self, x: torch.Tensor):

@@ -1,0 +1,333 @@
+"""Wan 2.1 text-to-video: the transformer (diffusers ``WanTransformer3DModel``), its UMT5-XXL text encoder
+(transformers ``UMT5EncoderModel``; CLIPLoader type ``wan``), the MODEL value's runner and the loading of
+ComfyUI's repackaged split files and of ``WanPipeline`` diffusers folders. Nothing is downloaded.
+
+Facts (ComfyUI's): latent format Wan 2.1 (16 channels, ``(latent - mean) / std`` per channel, the same
+as Qwen-Image's), video latents 5-D ``[B, 16, 1 + (frames - 1) / 4, h / 8, w / 8]``; default sampling
+SD3-type discrete flow with shift 8 (network time = sigma · 1000; templates set ``ModelSamplingSD3``);
+the network predicts the flow velocity. The VAE is Wan 2.1's 3D causal VAE (VAELoader reads it like
+Qwen-Image's: :func:`nodegraph_nodes.dit.qwen_image.build_vae`); VAEDecode of a video latent gives its
+frames as an IMAGE batch.
+
+Key layouts (detected from the names):
+
+* transformer: ComfyUI's ``wan2.1_t2v_*.safetensors`` keep Wan's original names (``patch_embedding``,
+  ``text_embedding.0``, ``blocks.N.self_attn.q``, ``head.modulation`` …), bare or under
+  ``model.diffusion_model.``; converted with diffusers' Wan converter. Diffusers-layout files
+  (``condition_embedder.…``, ``blocks.N.attn1.to_q``) load as is. The config comes from the shapes; the
+  head width is not in the weights: 128 (every release) when the width is a multiple of 128, else one head.
+* text encoder: ``umt5_xxl_*.safetensors`` in transformers' layout (``shared.weight``,
+  ``encoder.block.N.layer.0.SelfAttention.relative_attention_bias`` in every block — UMT5, not T5);
+  ``*_fp8_scaled`` files are dequantized on load. Tokenizer (the files hold none): ``<file>.tokenizer/``,
+  else ``models/text_encoders/umt5_tokenizer/`` (the ``tokenizer`` folder of Wan-AI's diffusers release).
+
+Text encoding (ComfyUI's and diffusers' recipe): the prompt with the end token, padded to 512 tokens, the
+last hidden states with the padded positions zeroed. Prompt weights ``(word:1.2)`` are not parsed (the
+text goes to the model as written; ComfyUI would weight them).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nodegraph.models import ManagerOwned
+from nodegraph_nodes.diffusion.components import _manager_key
+from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
+from nodegraph_nodes.dit.convert import dequantize_scaled_fp8, strip_prefix
+from nodegraph_nodes.dit.model import FlowModel, _rows
+from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
+from nodegraph_nodes.sampling import model_sampling as msl
+from nodegraph_nodes.sampling.model import CondPart
+
+DEFAULT_SHIFT = 8.0
+TEXT_LENGTH = 512
+TOKENIZER_FOLDER = "umt5_tokenizer"
+
+# -- transformer files ------------------------------------------------------------------------------
+
+PREFIXES = ("model.diffusion_model.", "")
+ORIGINAL_MARKERS = ("patch_embedding.weight", "text_embedding.0.weight", "blocks.0.self_attn.q.weight")
+DIFFUSERS_MARKERS = ("patch_embedding.weight", "condition_embedder.text_embedder.linear_1.weight",
+                     "blocks.0.attn1.to_q.weight")
+
+
+def detect_transformer(keys) -> tuple[str, str] | None:
+    """``(layout, prefix)`` of a Wan transformer file's keys (``original`` / ``diffusers``), else ``None``."""
+    keyset = set(keys)
+    for prefix in PREFIXES:
+        for layout, markers in (("original", ORIGINAL_MARKERS), ("diffusers", DIFFUSERS_MARKERS)):
+            if all(prefix + m in keyset for m in markers):
+                return layout, prefix
+    return None
+
+
+def _count(sd: dict, pattern: str) -> int:
+    return len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+
+
+def transformer_config(sd: dict) -> dict:
+    """``WanTransformer3DModel`` config from diffusers-layout weights' shapes (text-to-video models)."""
+    try:
+        patch = sd["patch_embedding.weight"]
+        proj = sd["proj_out.weight"]
+        text = sd["condition_embedder.text_embedder.linear_1.weight"]
+        time = sd["condition_embedder.time_embedder.linear_1.weight"]
+        ffn = sd["blocks.0.ffn.net.0.proj.weight"]
+    except KeyError as exc:
+        raise ModelFileError(f"the Wan transformer weights lack {exc.args[0]}") from None
+    if any(k.startswith("condition_embedder.image_embedder.") for k in sd):
+        raise ModelFileError("this Wan transformer is an image-to-video model (it has an image embedder); "
+                             "nodegraph runs Wan text-to-video models so far")
+    inner = int(patch.shape[0])
+    head = 128 if inner % 128 == 0 else inner
+    size = tuple(int(s) for s in patch.shape[2:])
+    out = int(proj.shape[0]) // (size[0] * size[1] * size[2])
+    return {"patch_size": size, "num_attention_heads": inner // head, "attention_head_dim": head,
+            "in_channels": int(patch.shape[1]), "out_channels": out, "text_dim": int(text.shape[1]),
+            "freq_dim": int(time.shape[1]), "ffn_dim": int(ffn.shape[0]),
+            "num_layers": _count(sd, r"blocks\.(\d+)\."), "cross_attn_norm": "blocks.0.norm2.weight" in sd,
+            "qk_norm": "rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in sd else None, "eps": 1e-6}
+
+
+def build_transformer(sd: dict, layout: str, dtype: torch.dtype):
+    from diffusers import WanTransformer3DModel
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    from nodegraph_nodes.diffusion.checkpoint import _instantiate
+
+    refuse_integer_weights(sd, "Wan transformer")
+    if layout == "original":
+        sd = convert_wan_transformer_to_diffusers(dict(sd))
+    return _instantiate(WanTransformer3DModel, transformer_config(sd), sd, dtype, "Wan transformer")
+
+
+def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default") -> "WanModel":
+    """UNETLoader for a Wan transformer file."""
+    from nodegraph_nodes.dit.loading import _apply_weight_dtype, _fp8, _stored, flow_dtype
+
+    layout, prefix = detect_transformer(keys)
+    dtype = flow_dtype(device)
+
+    def loader():
+        sd = dequantize_scaled_fp8(strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
+        return _apply_weight_dtype(build_transformer(sd, layout, _stored(manager, sd, dtype)), weight_dtype,
+                                   device, dtype)
+
+    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
+    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
+                          placed=True)
+    return WanModel(handle, "wan", source=str(path))
+
+
+# -- MODEL ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class WanModel(FlowModel):
+    """MODEL: a Wan 2.1 transformer (5-D video latents)."""
+
+    family: str = "wan"
+
+    @property
+    def format(self):
+        return WAN21
+
+    @property
+    def model_sampling(self) -> msl.ModelSampling:
+        if self.sampling is not None:
+            return self.sampling
+        return msl.sd3_flow(DEFAULT_SHIFT if self.default_shift is None else self.default_shift)
+
+    def latent_preview(self, latent: torch.Tensor) -> torch.Tensor:
+        if latent.ndim == 5:  # the first frame
+            latent = latent[:, :, 0]
+        return self.format.preview(self.process_latent_out(latent))
+
+    def open_runner(self, ctx, latent_shape: tuple):
+        return open_runner(self, ctx, latent_shape, WanRunner)
+
+
+class WanRunner:
+    """One run's calls of a ``WanTransformer3DModel``: one call per conditioning part (its rows batched)."""
+
+    def __init__(self, net, device: str):
+        self.net = net
+        self.device = device
+        self.dtype = next(net.parameters()).dtype
+
+    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
+        pass
+
+    def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
+        if x_in.ndim != 5:
+            raise ValueError(f"Wan models sample video latents [B, 16, frames, h, w]; this latent is "
+                             f"{list(x_in.shape)} (make it with EmptyHunyuanLatentVideo)")
+        x = x_in.to(self.device, self.dtype)
+        t = timestep.to(self.device, self.dtype).reshape(-1).expand(x.shape[0])
+        outs, row = [], 0
+        for part in parts:
+            states = _rows(part.cond.to(self.device, self.dtype), part.rows)
+            outs.append(self.net(hidden_states=x[row:row + part.rows], timestep=t[row:row + part.rows],
+                                 encoder_hidden_states=states, return_dict=False)[0])
+            row += part.rows
+        return torch.cat(outs)
+
+
+# -- text encoder -----------------------------------------------------------------------------------
+
+def is_umt5(keys) -> bool:
+    """UMT5 (every block has its own relative attention bias), in transformers' layout."""
+    keyset = set(keys)
+    return ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in keyset
+            and "encoder.block.1.layer.0.SelfAttention.relative_attention_bias.weight" in keyset)
+
+
+def umt5_config(sd: dict):
+    from transformers import UMT5Config
+
+    embed = sd.get("shared.weight", sd.get("encoder.embed_tokens.weight"))
+    if embed is None:
+        raise ModelFileError("the UMT5 weights lack shared.weight / encoder.embed_tokens.weight")
+    bias = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+    heads = int(bias.shape[1])
+    inner = int(sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0])
+    return UMT5Config(vocab_size=int(embed.shape[0]), d_model=int(embed.shape[1]), d_kv=inner // heads,
+                      d_ff=int(sd["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0]),
+                      num_layers=_count(sd, r"encoder\.block\.(\d+)\."), num_heads=heads,
+                      relative_attention_num_buckets=int(bias.shape[0]), feed_forward_proj="gated-gelu",
+                      is_encoder_decoder=False, use_cache=False)
+
+
+def build_umt5(sd: dict, dtype: torch.dtype):
+    from transformers import UMT5EncoderModel
+
+    from nodegraph_nodes.diffusion.checkpoint import _instantiate
+
+    sd = dict(sd)
+    if "shared.weight" not in sd:
+        sd["shared.weight"] = sd["encoder.embed_tokens.weight"]
+    sd.setdefault("encoder.embed_tokens.weight", sd["shared.weight"])
+    return _instantiate(UMT5EncoderModel, umt5_config(sd), sd, dtype, "UMT5 text encoder", is_transformers=True)
+
+
+def find_tokenizer(models_dir: Path, near: Path) -> Path:
+    for c in (near.with_name(near.stem + ".tokenizer"), near.parent / TOKENIZER_FOLDER,
+              Path(models_dir) / "text_encoders" / TOKENIZER_FOLDER):
+        if (c / "tokenizer.json").is_file() or (c / "spiece.model").is_file():
+            return c
+    raise ModelFileError(f"no tokenizer found for {near.name} (tokenizer.json or spiece.model). Model files hold "
+                         f"no tokenizer and this engine never downloads: copy the 'tokenizer' folder of "
+                         f"Wan-AI/Wan2.1-T2V-1.3B-Diffusers into models/text_encoders/{TOKENIZER_FOLDER}")
+
+
+def load_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except Exception as exc:
+        raise ModelFileError(f"could not read the tokenizer in {folder}: {exc}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class WanClip(ManagerOwned):
+    """CLIP for Wan: a UMT5 encoder (``handle``) and its tokenizer."""
+
+    handle: Any
+    tokenizer: Any
+    source: str = ""
+    family: str = "wan"
+    patches: tuple = ()
+
+    @property
+    def encoders(self) -> tuple:
+        return ()
+
+    def with_layer(self, layer: int) -> "WanClip":
+        if layer != -1:
+            raise ValueError("CLIPSetLastLayer: Wan's UMT5 encoder uses its last layer only")
+        return self
+
+    def describe(self) -> str:
+        return "wan text encoder (UMT5-XXL)"
+
+    def encode_text(self, ctx, text: str) -> list:
+        tok = self.tokenizer(text, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
+                             add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        manager = ctx.service("models")
+        with manager.use(self.handle, ctx.device) as module, torch.inference_mode():
+            ids, mask = tok["input_ids"].to(ctx.device), tok["attention_mask"].to(ctx.device)
+            hidden = module(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+            hidden = (hidden * mask[..., None].to(hidden.dtype)).cpu()
+        return [[hidden, {}]]
+
+
+def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where: str = "CLIPLoader") -> WanClip:
+    """CLIPLoader type ``wan``: a UMT5-XXL file."""
+    from nodegraph_nodes.dit.loading import _stored, file_keys, flow_dtype
+
+    if not is_umt5(file_keys(path, manager.allow_pickle)):
+        raise ModelFileError(f"{where}.type wan takes a UMT5-XXL encoder (umt5_xxl_*.safetensors); {path.name} "
+                             "is not one")
+    tokenizer = load_tokenizer(find_tokenizer(models_dir, path))
+    dtype = flow_dtype(device)
+
+    def loader():
+        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
+        return build_umt5(sd, _stored(manager, sd, dtype))
+
+    handle = manager.load(_manager_key(path, "umt5", dtype), loader, compute_dtype=dtype)
+    return WanClip(handle, tokenizer, source=str(path))
+
+
+# -- diffusers folders ------------------------------------------------------------------------------
+
+def is_wan_folder(folder: Path) -> bool:
+    return is_diffusers_folder(folder) and read_json(folder / "model_index.json").get("_class_name") == "WanPipeline"
+
+
+def load_diffusers_folder(folder: Path, manager, device: str):
+    """MODEL, CLIP, VAE of a ``WanPipeline`` diffusers folder (its scheduler's ``flow_shift`` is the default
+    shift)."""
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    from transformers import UMT5EncoderModel
+
+    from nodegraph_nodes.diffusion.components import VaeModel
+    from nodegraph_nodes.dit.loading import flow_dtype
+    from nodegraph_nodes.dit.qwen_image import ImageVae
+
+    dtype = flow_dtype(device)
+    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
+        if not (folder / part).is_dir():
+            raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
+
+    def sub_loader(cls, sub, wrap=None):
+        def loader():
+            try:
+                net = cls.from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=dtype,
+                                          use_safetensors=None if manager.allow_pickle else True)
+            except Exception as exc:
+                raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
+            net = net.eval().requires_grad_(False)
+            return wrap(net) if wrap else net
+        return loader
+
+    shift = None
+    sched = folder / "scheduler" / "scheduler_config.json"
+    if sched.is_file():
+        config = read_json(sched)
+        value = config.get("flow_shift", config.get("shift"))
+        shift = float(value) if value is not None else None
+    handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype),
+                          sub_loader(WanTransformer3DModel, "transformer"), compute_dtype=dtype, placed=True)
+    model = WanModel(handle, "wan", source=str(folder), default_shift=shift)
+    te = manager.load(_manager_key(folder / "text_encoder", "text_encoder", dtype),
+                      sub_loader(UMT5EncoderModel, "text_encoder"), compute_dtype=dtype)
+    clip = WanClip(te, load_tokenizer(folder / "tokenizer"), source=str(folder))
+    vae = VaeModel(manager.load(_manager_key(folder / "vae", "vae", dtype),
+                                sub_loader(AutoencoderKLWan, "vae", ImageVae)), 8, 16)
+    return model, clip, vae

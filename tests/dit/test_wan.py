@@ -1,0 +1,107 @@
+"""Wan 2.1 text-to-video through ComfyUI's nodes (EmptyHunyuanLatentVideo → KSampler → VAEDecode →
+CreateVideo → SaveVideo) equals diffusers' WanPipeline on the same tiny weights, seed, steps, guidance and
+shift — from ComfyUI's split files (UNETLoader with Wan's original names, CLIPLoader type wan, VAELoader
+with Wan's VAE layout) and from the diffusers folder (CheckpointLoaderSimple)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from tests.dit.tiny_wan import build_wan
+from tests.helpers.engines import make_engine
+from tests.helpers.noise import engine_noise
+
+PROMPT = "a red fox running in snow"
+SEED, STEPS, CFG, SHIFT = 11, 3, 4.0, 5.0
+WIDTH, HEIGHT, LENGTH = 32, 32, 5  # latent [1, 16, 2, 4, 4]
+
+
+@pytest.fixture(scope="module")
+def tiny_wan(tmp_path_factory):
+    return build_wan(tmp_path_factory.mktemp("wan_models"), shift=SHIFT)
+
+
+@pytest.fixture
+def wan_engine(tiny_wan, tmp_path):
+    eng = make_engine(tiny_wan.root, tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+def wan_graph(how: str, prompt: str = PROMPT, shift: float | None = SHIFT, save: bool = False) -> Graph:
+    g = Graph()
+    if how == "files":
+        model = g.node("UNETLoader", unet_name="tiny_wan2.1_t2v.safetensors", weight_dtype="default").out(0)
+        clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+        vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    else:
+        ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_wan")
+        model, clip, vae = ck.out(0), ck.out(1), ck.out(2)
+    if shift is not None:
+        model = g.node("ModelSamplingSD3", model=model, shift=shift).out(0)
+    pos = g.node("CLIPTextEncode", text=prompt, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    lat = g.node("EmptyHunyuanLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal",
+                positive=pos, negative=neg, latent_image=lat, denoise=1.0)
+    dec = g.node("VAEDecode", "out", samples=ks, vae=vae)
+    g.node("PreviewAny", source=dec)
+    if save:
+        video = g.node("CreateVideo", images=dec, fps=8.0)
+        g.node("SaveVideo", "save", video=video, filename_prefix="wan/tiny", format="mp4", **{"format.codec": "h264"})
+    return g
+
+
+def reference(tiny, prompt: str = PROMPT, shift: float = SHIFT) -> torch.Tensor:
+    """WanPipeline's frames ``[F, H, W, 3]`` from the engine's starting noise."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    pipe = WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=tiny.transformer,
+                       vae=tiny.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+    pipe.set_progress_bar_config(disable=True)
+    noise, _ = engine_noise((1, 16, (LENGTH - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8), SEED)
+    with torch.no_grad():
+        video = pipe(prompt, negative_prompt="", height=HEIGHT, width=WIDTH, num_frames=LENGTH,
+                     num_inference_steps=STEPS, guidance_scale=CFG, latents=noise, max_sequence_length=512,
+                     output_type="pt").frames
+    return video[0].permute(0, 2, 3, 1).float()
+
+
+def test_empty_video_latent_and_trim(wan_engine):
+    g = Graph()
+    lat = g.node("EmptyHunyuanLatentVideo", "lat", width=48, height=32, length=9, batch_size=2)
+    trim = g.node("TrimVideoLatent", "trim", samples=lat, trim_amount=1)
+    g.node("PreviewAny", source=lat)
+    g.node("PreviewAny", source=trim)
+    result = wan_engine.run(g).raise_for_status()
+    assert result.value("lat")["samples"].shape == (2, 16, 3, 4, 6)
+    assert result.value("trim")["samples"].shape == (2, 16, 2, 4, 6)
+
+
+@pytest.mark.parametrize("how", ["files", "folder"])
+def test_wan_t2v_matches_pipeline(wan_engine, tiny_wan, how):
+    frames = wan_engine.run(wan_graph(how)).raise_for_status().value("out")
+    ref = reference(tiny_wan)
+    assert frames.shape == ref.shape == (LENGTH, HEIGHT, WIDTH, 3)
+    assert torch.allclose(frames, ref, atol=1e-4), (frames - ref).abs().max()
+    assert frames.std() > 0.01
+    assert not torch.allclose(frames[0], frames[-1], atol=1e-3)
+
+
+def test_wan_prompt_and_shift_reach_the_model_and_video_saves(wan_engine, tiny_wan):
+    base = wan_engine.run(wan_graph("files", save=True)).raise_for_status()
+    other_prompt = wan_engine.run(wan_graph("files", prompt="blue sky")).raise_for_status().value("out")
+    default_shift = wan_engine.run(wan_graph("files", shift=None)).raise_for_status().value("out")
+    assert not torch.allclose(base.value("out"), other_prompt, atol=1e-3)
+    assert torch.allclose(default_shift, reference(tiny_wan, shift=8.0), atol=1e-4)  # ComfyUI's default shift 8
+    saved = list((wan_engine.paths.output_dir / "wan").glob("tiny*.mp4"))
+    assert len(saved) == 1
+
+    import av
+
+    with av.open(str(saved[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == LENGTH

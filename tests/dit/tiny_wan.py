@@ -1,0 +1,131 @@
+"""A tiny random-weight Wan 2.1 text-to-video model built from the real diffusers / transformers classes and
+saved in ComfyUI's repackaged split layout and as a diffusers folder.
+
+``build_wan(root)`` writes into ``root/models``: ``diffusion_models/tiny_wan2.1_t2v.safetensors`` (Wan's
+original names under ``model.diffusion_model.``, as ComfyUI's files), ``text_encoders/tiny_umt5_xxl.safetensors``
+(transformers' UMT5 layout) with ``text_encoders/umt5_tokenizer/``, ``vae/tiny_wan_2.1_vae.safetensors`` (Wan's
+original VAE layout) and ``diffusers/tiny_wan/`` (``WanPipeline``).
+
+Tokenizer: a word-level tokenizer built here (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, the end token appended),
+standing in for UMT5's sentencepiece model — the recipe (end token, padding to 512, mask) is the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from tests.dit.tiny_flow import _random_transformer
+from tests.dit.tiny_qwen import wan_vae_layout
+from tests.helpers.tiny_sd import _randomize
+
+WORDS = "a red fox in snow blue sky cat running on the beach dog under tree".split()
+TEXT_WIDTH = 32
+
+
+def write_umt5_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def umt5():
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(5)
+    config = UMT5Config(vocab_size=64, d_model=TEXT_WIDTH, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                        relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+                        use_cache=False)
+    model = UMT5EncoderModel(config).eval()
+    _randomize(model, 0.2)
+    return model
+
+
+def wan_transformer():
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    net = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=16,
+                                out_channels=16, text_dim=TEXT_WIDTH, freq_dim=32, ffn_dim=96, num_layers=2,
+                                cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
+    return _random_transformer(net, 41)
+
+
+def wan_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(6)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16).eval()
+    _randomize(vae, 0.1)
+    return vae
+
+
+ORIGINAL_NAMES = (
+    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
+    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
+    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
+    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
+    ("condition_embedder.time_proj", "time_projection.1"),
+    ("attn1", "self_attn"), ("attn2", "cross_attn"),
+    (".to_out.0.", ".o."), (".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."),
+    ("ffn.net.0.proj", "ffn.0"), ("ffn.net.2", "ffn.2"),
+    ("norm2", "norm__swap"), ("norm3", "norm2"), ("norm__swap", "norm3"),
+)
+
+
+def wan_original_layout(sd: dict[str, torch.Tensor], prefix: str = "model.diffusion_model.") -> dict:
+    """Wan's original transformer names (ComfyUI's repackaged files) for a diffusers state dict."""
+    out = {}
+    for k, v in sd.items():
+        new = k
+        if new == "scale_shift_table":
+            new = "head.modulation"
+        elif new.startswith("proj_out."):
+            new = "head.head." + new[len("proj_out."):]
+        else:
+            new = new.replace(".scale_shift_table", ".modulation")
+            for a, b in ORIGINAL_NAMES:
+                new = new.replace(a, b)
+        out[prefix + new] = v.contiguous()
+    return out
+
+
+@dataclass
+class TinyWan:
+    transformer: Any
+    text_encoder: Any
+    tokenizer: Any
+    vae: Any
+    root: Path
+
+
+def build_wan(root: Path, shift: float = 5.0) -> TinyWan:
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    models = root / "models"
+    for sub in ("diffusion_models", "text_encoders", "vae", "diffusers"):
+        (models / sub).mkdir(parents=True, exist_ok=True)
+    tokenizer = write_umt5_tokenizer(models / "text_encoders" / "umt5_tokenizer")
+    te, net, vae = umt5(), wan_transformer(), wan_vae()
+    save_file(wan_original_layout(net.state_dict()), str(models / "diffusion_models" / "tiny_wan2.1_t2v.safetensors"))
+    save_file({k: v.clone().contiguous() for k, v in te.state_dict().items()},
+              str(models / "text_encoders" / "tiny_umt5_xxl.safetensors"))
+    save_file(wan_vae_layout(vae.state_dict()), str(models / "vae" / "tiny_wan_2.1_vae.safetensors"))
+    pipe = WanPipeline(tokenizer=tokenizer, text_encoder=te, transformer=net, vae=vae,
+                       scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+    pipe.save_pretrained(str(models / "diffusers" / "tiny_wan"))
+    return TinyWan(net, te, tokenizer, vae, root)
