@@ -114,6 +114,10 @@ class CheckpointLoaderSimple(Node):
 
         if path.is_dir() and chroma.is_chroma_folder(path):  # ChromaPipeline folders
             return chroma.load_diffusers_folder(path, manager, self.ctx.device, Path(paths.models_dir))
+        from nodegraph_nodes.dit import flux2_loading
+
+        if path.is_dir() and flux2_loading.is_diffusers_flux2(path):  # Flux2Pipeline folders
+            return flux2_loading.load_diffusers_folder(path, manager, self.ctx.device)
         if path.is_dir() and llm_loading.diffusers_family(path) is not None:  # Qwen-Image, Z-Image folders
             return llm_loading.load_diffusers_folder(path, self.ctx.service("models"), self.ctx.device,
                                                      Path(paths.models_dir))
@@ -139,6 +143,10 @@ class VAELoader(Node):
         from nodegraph_nodes.dit import llm_loading
 
         manager = self.ctx.service("models")
+        from nodegraph_nodes.dit import flux2_loading
+
+        if flux2_loading.is_vae_file(path, manager.allow_pickle):  # Flux.2's VAE (with its bn statistics)
+            return (flux2_loading.load_vae(path, manager, self.ctx.device),)
         if llm_loading.is_vae_file(path, manager.allow_pickle):  # Qwen-Image's (Wan 2.1) VAE
             return (llm_loading.load_vae(path, manager, self.ctx.device),)
         return (load_vae_file(path, manager, self.ctx.device),)
@@ -241,8 +249,8 @@ class LoraLoaderModelOnly(Node):
 
 #: ComfyUI's CLIPLoader types, plus nodegraph's ``sd2`` (OpenCLIP-H for SD 2.x)
 CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
-              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "sd2"]
-LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "wan", "chroma")
+              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "sd2"]
+LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma")
 
 
 class CLIPLoader(Node):
@@ -276,6 +284,11 @@ class CLIPLoader(Node):
             from nodegraph_nodes.dit.chroma import load_text_encoder as load_chroma_t5
 
             return (load_chroma_t5(path, self.ctx.service("models"), target, Path(self.ctx.paths.models_dir)),)
+        if type == "flux2":  # Mistral (Flux.2)
+            from nodegraph_nodes.dit import flux2_loading
+
+            return (flux2_loading.load_text_encoder(path, self.ctx.service("models"), target,
+                                                    Path(self.ctx.paths.models_dir), "CLIPLoader"),)
         if type in ("qwen_image", "lumina2"):  # Qwen2.5-VL (Qwen-Image), Qwen3 (Z-Image)
             from nodegraph_nodes.dit.llm_loading import load_text_encoder
 
@@ -320,6 +333,10 @@ class UNETLoader(Node):
 
         if chroma.detect_prefix(keys) is not None:  # Chroma (before Flux: the same block names)
             return (chroma.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
+        from nodegraph_nodes.dit import flux2_loading
+
+        if flux2_loading.detect_transformer(keys) is not None:  # Flux.2
+            return (flux2_loading.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
         if llm_loading.detect_transformer(keys) is not None:  # Qwen-Image, Z-Image
             return (llm_loading.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
         if is_flow_transformer(path, manager.allow_pickle):

@@ -1,0 +1,198 @@
+"""Loading Flux.2 files: the transformer (UNETLoader), the Mistral text encoder (CLIPLoader type
+``flux2``), the VAE (VAELoader) and diffusers folders (``Flux2Pipeline``; CheckpointLoaderSimple).
+Nothing is downloaded.
+
+Text-encoder files: ComfyUI's ``mistral_3_small_flux2_*.safetensors`` (the language model only:
+``model.layers.…``, ``model.embed_tokens``, ``model.norm``, maybe ``lm_head``) or transformers'
+``Mistral3ForConditionalGeneration`` layouts (``model.language_model.…`` / ``language_model.model.…``;
+the vision tower is not needed for text). Config from the shapes; the head width (128), RoPE theta (1e9)
+and norm eps (1e-5) are Mistral Small 3's, not in the weights. ``*_fp8_scaled`` files are dequantized.
+
+Tokenizer (never downloaded; ComfyUI reads the Tekken tokenizer stored in its repackaged file, which
+nodegraph does not read yet): a folder with ``tokenizer.json`` (+ ``tokenizer_config.json``) —
+``<file>.tokenizer/`` next to the encoder file, ``mistral3_tokenizer/`` beside it or in
+``models/text_encoders/`` (the ``tokenizer`` folder of black-forest-labs/FLUX.2-dev's diffusers release),
+or a diffusers folder's own ``tokenizer/``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
+from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
+from nodegraph_nodes.dit import flux2
+from nodegraph_nodes.dit.convert import dequantize_scaled_fp8, strip_prefix
+from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
+
+MISTRAL_HEAD_DIM, MISTRAL_ROPE_THETA, MISTRAL_EPS = 128, 1_000_000_000.0, 1e-5
+TOKENIZER_FOLDER = "mistral3_tokenizer"
+LM_PREFIXES = ("model.language_model.", "language_model.model.", "model.")
+
+
+def _dtype(device: str) -> torch.dtype:
+    from nodegraph_nodes.dit.loading import flow_dtype
+
+    return flow_dtype(device)
+
+
+# -- transformer ------------------------------------------------------------------------------------
+
+def detect_transformer(keys) -> str | None:
+    """The prefix of a Flux.2 transformer file's keys, else ``None``."""
+    return flux2.detect_prefix(keys)
+
+
+def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default"):
+    """UNETLoader for a Flux.2 transformer file."""
+    from nodegraph_nodes.dit.loading import _apply_weight_dtype, _fp8, _stored
+
+    prefix = flux2.detect_prefix(keys)
+    dtype = _dtype(device)
+
+    def loader():
+        sd = dequantize_scaled_fp8(strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
+        return _apply_weight_dtype(flux2.build_transformer(sd, _stored(manager, sd, dtype)), weight_dtype, device,
+                                   dtype)
+
+    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
+    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
+                          placed=True)
+    return flux2.Flux2Model(handle, "flux2", source=str(path))
+
+
+# -- text encoder -----------------------------------------------------------------------------------
+
+def is_mistral(keys) -> bool:
+    keyset = set(keys)
+    for p in LM_PREFIXES:
+        if p + "layers.0.self_attn.q_proj.weight" in keyset:
+            # Qwen2.5 has q/k/v biases and Qwen3 q_norm; Mistral neither
+            return (p + "layers.0.self_attn.q_proj.bias" not in keyset
+                    and p + "layers.0.self_attn.q_norm.weight" not in keyset)
+    return False
+
+
+def mistral_weights(sd: dict) -> dict:
+    """``MistralModel`` names for a Mistral (or Mistral 3's language model) state dict."""
+    for p in LM_PREFIXES:
+        if p + "embed_tokens.weight" in sd:
+            return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+    raise ModelFileError("the Mistral text-encoder weights lack embed_tokens.weight")
+
+
+def build_mistral(sd: dict, dtype: torch.dtype):
+    from transformers import MistralConfig, MistralModel
+
+    from nodegraph_nodes.diffusion.checkpoint import _instantiate
+
+    sd = mistral_weights(sd)
+    emb = sd["embed_tokens.weight"]
+    layers = len({int(m.group(1)) for k in sd if (m := re.match(r"layers\.(\d+)\.", k))})
+    cfg = MistralConfig(vocab_size=int(emb.shape[0]), hidden_size=int(emb.shape[1]),
+                        intermediate_size=int(sd["layers.0.mlp.gate_proj.weight"].shape[0]), num_hidden_layers=layers,
+                        head_dim=MISTRAL_HEAD_DIM,
+                        num_attention_heads=int(sd["layers.0.self_attn.q_proj.weight"].shape[0]) // MISTRAL_HEAD_DIM,
+                        num_key_value_heads=int(sd["layers.0.self_attn.k_proj.weight"].shape[0]) // MISTRAL_HEAD_DIM,
+                        rms_norm_eps=MISTRAL_EPS, rope_theta=MISTRAL_ROPE_THETA, max_position_embeddings=131072,
+                        sliding_window=None, tie_word_embeddings=False)
+    return _instantiate(MistralModel, cfg, sd, dtype, "Mistral text encoder", is_transformers=True)
+
+
+def find_tokenizer(models_dir: Path, near: Path) -> Path:
+    candidates = [near.with_name(near.stem + ".tokenizer"), near.parent / TOKENIZER_FOLDER,
+                  Path(models_dir) / "text_encoders" / TOKENIZER_FOLDER]
+    for c in candidates:
+        if (c / "tokenizer.json").is_file():
+            return c
+    raise ModelFileError(
+        f"no tokenizer found for {near.name} (tokenizer.json with tokenizer_config.json). nodegraph does not read "
+        f"the Tekken tokenizer inside ComfyUI's file yet and never downloads: copy the 'tokenizer' folder of "
+        f"black-forest-labs/FLUX.2-dev's diffusers release into models/text_encoders/{TOKENIZER_FOLDER}")
+
+
+def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where: str = "CLIPLoader"):
+    """CLIPLoader type ``flux2``: a Mistral file."""
+    from nodegraph_nodes.dit.loading import _stored, file_keys
+
+    if not is_mistral(file_keys(path, manager.allow_pickle)):
+        raise ModelFileError(f"{where}.type flux2 takes Flux.2's Mistral text encoder "
+                             f"(mistral_3_small_flux2*.safetensors); {path.name} is not a Mistral model")
+    tokenizer = load_llm_tokenizer(find_tokenizer(models_dir, path))
+    dtype = _dtype(device)
+
+    def loader():
+        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
+        sd = {k: v for k, v in sd.items() if k != "tekken_model"}
+        return build_mistral(sd, _stored(manager, sd, dtype))
+
+    handle = manager.load(_manager_key(path, "mistral", dtype), loader, compute_dtype=dtype)
+    return flux2.Flux2Clip("flux2", handle, tokenizer, source=str(path))
+
+
+# -- VAE --------------------------------------------------------------------------------------------
+
+def is_vae_file(path: Path, allow_pickle: bool) -> bool:
+    from nodegraph_nodes.dit.loading import file_keys
+
+    return path.is_file() and flux2.is_flux2_vae(file_keys(path, allow_pickle))
+
+
+def load_vae(path: Path, manager, device: str) -> VaeModel:
+    """VAELoader for Flux.2's VAE (BFL/LDM or diffusers layout, with its ``bn`` statistics)."""
+    dtype = _dtype(device)
+    handle = manager.load(_manager_key(path, "vae", dtype),
+                          lambda: flux2.build_vae(read_state_dict(path, allow_pickle=manager.allow_pickle), dtype))
+    return VaeModel(handle, 16, 128)
+
+
+# -- diffusers folders ------------------------------------------------------------------------------
+
+def is_diffusers_flux2(folder: Path) -> bool:
+    return is_diffusers_folder(folder) and \
+        read_json(folder / "model_index.json").get("_class_name", "") == "Flux2Pipeline"
+
+
+def load_diffusers_folder(folder: Path, manager, device: str):
+    """MODEL, CLIP, VAE of a ``Flux2Pipeline`` folder (its text encoder's language model only)."""
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+
+    dtype = _dtype(device)
+    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
+        if not (folder / part).is_dir():
+            raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
+
+    def sub_loader(cls, sub, wrap=None, placed: bool = False):
+        def loader():
+            from nodegraph.offload import safetensors_dtype
+
+            store = manager.storage_dtype(safetensors_dtype(folder / sub), dtype) if placed else dtype
+            try:
+                net = cls.from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=store,
+                                          use_safetensors=None if manager.allow_pickle else True)
+            except Exception as exc:
+                raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
+            net = net.eval().requires_grad_(False)
+            return wrap(net) if wrap else net
+        return loader
+
+    def text_loader():
+        from nodegraph.offload import safetensors_dtype
+
+        sd = {}
+        for f in sorted((folder / "text_encoder").glob("*.safetensors")):
+            sd.update(read_state_dict(f, allow_pickle=False))
+        if not sd:
+            raise ModelFileError(f"diffusers folder {folder.name}/text_encoder holds no safetensors weights")
+        return build_mistral(sd, manager.storage_dtype(safetensors_dtype(folder / "text_encoder"), dtype))
+
+    handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype),
+                          sub_loader(Flux2Transformer2DModel, "transformer", placed=True), compute_dtype=dtype)
+    vae = VaeModel(manager.load(_manager_key(folder / "vae", "vae", dtype),
+                                sub_loader(AutoencoderKLFlux2, "vae", flux2.Flux2Vae)), 16, 128)
+    te = manager.load(_manager_key(folder / "text_encoder", "mistral", dtype), text_loader, compute_dtype=dtype)
+    clip = flux2.Flux2Clip("flux2", te, load_llm_tokenizer(folder / "tokenizer"), source=str(folder))
+    return flux2.Flux2Model(handle, "flux2", source=str(folder)), clip, vae

@@ -1,0 +1,112 @@
+"""Flux.2 text-to-image through ComfyUI's nodes (UNETLoader with BFL's layout or diffusers' layout,
+CLIPLoader type flux2 with a Mistral file, VAELoader with the LDM-layout VAE, or CheckpointLoaderSimple
+on a Flux2Pipeline folder; CLIPTextEncode, FluxGuidance, EmptyFlux2LatentImage, Flux2Scheduler,
+BasicGuider, SamplerCustomAdvanced — the official Flux.2 template's nodes) equals diffusers' Flux2Pipeline
+on the same tiny weights, seed, steps and guidance.
+
+The text states are compared with the pipeline's own Mistral encoding of the same prompt (its chat
+template, no padding); the pipeline is then given ComfyUI's model input (those states left-padded with
+zeros to 512 tokens, as ComfyUI's Flux.2 model pads them — the pipeline would pad the tokens instead)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from tests.dit.tiny_flux2 import build_flux2, scheduler
+from tests.helpers.engines import make_engine
+from tests.helpers.noise import engine_noise
+
+PROMPT, SEED, STEPS, GUIDANCE = "a red fox in snow", 7, 4, 4.0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flux2_models")
+    return root, build_flux2(root)
+
+
+@pytest.fixture
+def engine(tiny, tmp_path):
+    eng = make_engine(tiny[0], tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+def flux2_graph(how: str, unet: str = "tiny_flux2_dev.safetensors", guidance: float = GUIDANCE) -> Graph:
+    g = Graph()
+    if how == "files":
+        model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+        clip = g.node("CLIPLoader", clip_name="tiny_mistral_3_small_flux2.safetensors", type="flux2").out(0)
+        vae = g.node("VAELoader", vae_name="tiny_flux2_vae.safetensors").out(0)
+    else:
+        ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_flux2")
+        model, clip, vae = ck.out(0), ck.out(1), ck.out(2)
+    cond = g.node("CLIPTextEncode", "cond", text=PROMPT, clip=clip)
+    guided = g.node("FluxGuidance", conditioning=cond, guidance=guidance)
+    guider = g.node("BasicGuider", model=model, conditioning=guided)
+    lat = g.node("EmptyFlux2LatentImage", width=64, height=64, batch_size=1)
+    sigmas = g.node("Flux2Scheduler", steps=STEPS, width=64, height=64)
+    sampler = g.node("KSamplerSelect", sampler_name="euler")
+    noise = g.node("RandomNoise", noise_seed=SEED)
+    sca = g.node("SamplerCustomAdvanced", noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                 latent_image=lat)
+    dec = g.node("VAEDecode", "out", samples=sca.out(0), vae=vae)
+    g.node("PreviewAny", source=dec)
+    g.node("PreviewAny", source=cond)
+    return g
+
+
+def pipeline_states(t) -> torch.Tensor:
+    from diffusers import Flux2Pipeline
+
+    from nodegraph_nodes.dit.flux2 import TEMPLATE
+
+    length = 1 + len(t.tokenizer(TEMPLATE.format(PROMPT), add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        return Flux2Pipeline._get_mistral_3_small_prompt_embeds(t.text_encoder, t.tokenizer, PROMPT,
+                                                                max_sequence_length=length)
+
+
+def reference(t, states: torch.Tensor, guidance: float = GUIDANCE) -> torch.Tensor:
+    from diffusers import Flux2Pipeline
+
+    from nodegraph_nodes.dit.flux2 import pad_text
+
+    pipe = Flux2Pipeline(scheduler=scheduler(), vae=t.vae, text_encoder=t.text_encoder, tokenizer=t.tokenizer,
+                         transformer=t.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    noise, _ = engine_noise((1, 128, 4, 4), SEED)
+    with torch.no_grad():
+        image = pipe(prompt_embeds=pad_text(states), num_inference_steps=STEPS, guidance_scale=guidance,
+                     latents=noise, height=64, width=64, output_type="pt").images
+    return image.permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("how,unet", [("files", "tiny_flux2_dev.safetensors"),
+                                      ("files", "tiny_flux2_diffusers.safetensors"), ("folder", "")])
+def test_flux2_txt2img_matches_pipeline(engine, tiny, how, unet):
+    t = tiny[1]
+    result = engine.run(flux2_graph(how, unet)).raise_for_status()
+    states = pipeline_states(t)
+    cond = result.value("cond")
+    assert cond[0][0].shape == states.shape and states.shape[-1] == 3 * 32
+    assert torch.allclose(cond[0][0], states, atol=1e-5), (cond[0][0] - states).abs().max()
+    image, ref = result.value("out"), reference(t, states)
+    assert image.shape == ref.shape == (1, 64, 64, 3)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert image.std() > 0.01
+
+
+def test_flux2_guidance_reaches_the_model(engine, tiny):
+    """FluxGuidance's value is the guidance embedding's input: 1.5 equals the pipeline at 1.5 and differs
+    from 4."""
+    t = tiny[1]
+    states = pipeline_states(t)
+    image = engine.run(flux2_graph("files", guidance=1.5)).raise_for_status().value("out")
+    ref = reference(t, states, guidance=1.5)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, reference(t, states), atol=1e-3)
