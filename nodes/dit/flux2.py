@@ -301,8 +301,14 @@ class Flux2Runner:
         pass
 
     def _references(self, part: CondPart) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """ReferenceLatent's latents (Flux.2 edit): their tokens and ids, time 10, 20, … (BFL's offsets)."""
+        """ReferenceLatent's latents (Flux.2 edit): their tokens and ids, time 10, 20, … (ComfyUI's ``index``
+        placement with Flux.2's scale 10, as BFL's and diffusers' code). The other placements of
+        FluxKontextMultiReferenceLatentMethod are refused (not checked against a reference yet)."""
         tokens, ids = [], []
+        method = part.extras.get("reference_latents_method", "index")
+        if part.extras.get("reference_latents") and method != "index":
+            raise ValueError(f"Flux.2: reference_latents_method {method!r} is not supported yet (index is, the "
+                             "Flux.2 default)")
         for i, ref in enumerate(part.extras.get("reference_latents") or ()):
             r = ref.to(self.device, self.dtype)
             tokens.append(_rows(r[:1].flatten(2).transpose(1, 2), part.rows))

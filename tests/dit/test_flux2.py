@@ -36,7 +36,8 @@ def engine(tiny, tmp_path):
     eng.close()
 
 
-def flux2_graph(how: str, unet: str = "tiny_flux2_dev.safetensors", guidance: float = GUIDANCE) -> Graph:
+def flux2_graph(how: str, unet: str = "tiny_flux2_dev.safetensors", guidance: float = GUIDANCE,
+                reference_image: str | None = None) -> Graph:
     g = Graph()
     if how == "files":
         model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
@@ -46,6 +47,10 @@ def flux2_graph(how: str, unet: str = "tiny_flux2_dev.safetensors", guidance: fl
         ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_flux2")
         model, clip, vae = ck.out(0), ck.out(1), ck.out(2)
     cond = g.node("CLIPTextEncode", "cond", text=PROMPT, clip=clip)
+    if reference_image is not None:  # the edit template: the input image's latent as a reference
+        img = g.node("LoadImage", image=reference_image)
+        enc = g.node("VAEEncode", pixels=img.out(0), vae=vae)
+        cond = g.node("ReferenceLatent", conditioning=cond, latent=enc)
     guided = g.node("FluxGuidance", conditioning=cond, guidance=guidance)
     guider = g.node("BasicGuider", model=model, conditioning=guided)
     lat = g.node("EmptyFlux2LatentImage", width=64, height=64, batch_size=1)
@@ -108,5 +113,32 @@ def test_flux2_guidance_reaches_the_model(engine, tiny):
     states = pipeline_states(t)
     image = engine.run(flux2_graph("files", guidance=1.5)).raise_for_status().value("out")
     ref = reference(t, states, guidance=1.5)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, reference(t, states), atol=1e-3)
+
+
+def test_flux2_reference_latent_matches_pipeline_edit(engine, tiny, tmp_path):
+    """Flux.2 editing: LoadImage → VAEEncode → ReferenceLatent equals Flux2Pipeline(image=…) (reference
+    tokens at time 10 after the image's)."""
+    from diffusers import Flux2Pipeline
+    from PIL import Image
+
+    from nodegraph_nodes.dit.flux2 import pad_text
+
+    t = tiny[1]
+    gen = torch.Generator().manual_seed(3)
+    pixels = (torch.rand(64, 64, 3, generator=gen) * 255).to(torch.uint8).numpy()
+    (tmp_path / "input").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").save(tmp_path / "input" / "ref.png")
+    image = engine.run(flux2_graph("files", reference_image="ref.png")).raise_for_status().value("out")
+    states = pipeline_states(t)
+    pipe = Flux2Pipeline(scheduler=scheduler(), vae=t.vae, text_encoder=t.text_encoder, tokenizer=t.tokenizer,
+                         transformer=t.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    noise, _ = engine_noise((1, 128, 4, 4), SEED)
+    with torch.no_grad():
+        ref = pipe(image=Image.fromarray(pixels, "RGB"), prompt_embeds=pad_text(states), num_inference_steps=STEPS,
+                   guidance_scale=GUIDANCE, latents=noise, height=64, width=64, output_type="pt").images
+    ref = ref.permute(0, 2, 3, 1)
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
     assert not torch.allclose(image, reference(t, states), atol=1e-3)
