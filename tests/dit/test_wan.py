@@ -105,3 +105,37 @@ def test_wan_prompt_and_shift_reach_the_model_and_video_saves(wan_engine, tiny_w
 
     with av.open(str(saved[0])) as container:
         assert sum(1 for _ in container.decode(video=0)) == LENGTH
+
+
+def test_comfy_text_to_video_wan_template_runs(wan_engine, tiny_wan):
+    """ComfyUI's official ``text_to_video_wan`` template (tests/data/comfy_templates_dit, MIT) on the tiny
+    model saved under its file names; only the latent (32×32, 5 frames instead of 832×480, 33) and the steps
+    (4 instead of 30) are made smaller."""
+    import json
+    from pathlib import Path
+
+    import av
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_qwen import copy_as
+
+    copy_as(tiny_wan.root, {"diffusion_models/tiny_wan2.1_t2v.safetensors": "diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors",
+                            "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                            "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
+    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "text_to_video_wan.json"
+    api = load_workflow_data(json.loads(path.read_text()), wan_engine.registry).api
+    kinds = {n["class_type"] for n in api.values()}
+    assert {"UNETLoader", "CLIPLoader", "EmptyHunyuanLatentVideo", "ModelSamplingSD3", "CreateVideo", "SaveVideo"} <= kinds
+    for n in api.values():
+        if n["class_type"] == "EmptyHunyuanLatentVideo":
+            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
+        if n["class_type"] == "KSampler":
+            n["inputs"]["steps"] = 4
+    result = wan_engine.run(api).raise_for_status()
+    assert all(n in result.executed for n in api)
+    saved = list(wan_engine.paths.output_dir.rglob("*.mp4"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(frames) == LENGTH and frames[0].shape == (HEIGHT, WIDTH, 3)
