@@ -114,6 +114,10 @@ class CheckpointLoaderSimple(Node):
 
         if path.is_dir() and chroma.is_chroma_folder(path):  # ChromaPipeline folders
             return chroma.load_diffusers_folder(path, manager, self.ctx.device, Path(paths.models_dir))
+        from nodegraph_nodes.dit import lumina2
+
+        if path.is_dir() and lumina2.is_lumina2_folder(path):  # Lumina2Pipeline folders
+            return lumina2.load_diffusers_folder(path, manager, self.ctx.device, Path(paths.models_dir))
         from nodegraph_nodes.dit import flux2_loading
 
         if path.is_dir() and flux2_loading.is_diffusers_flux2(path):  # Flux2Pipeline folders
@@ -256,7 +260,7 @@ LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", 
 class CLIPLoader(Node):
     """Loads a standalone text encoder from models/text_encoders: ``stable_diffusion`` (CLIP-L), ``sd2``
     (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros),
-    ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL).
+    ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Gemma 2 file (Lumina 2's) or a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL).
     The other types of ComfyUI's list are refused with a clear error until their families load."""
 
     category = "advanced/loaders"
@@ -289,6 +293,13 @@ class CLIPLoader(Node):
 
             return (flux2_loading.load_text_encoder(path, self.ctx.service("models"), target,
                                                     Path(self.ctx.paths.models_dir), "CLIPLoader"),)
+        if type == "lumina2" and path.is_file():  # Gemma 2 (Lumina 2); a Qwen3 file goes on to Z-Image's
+            from nodegraph_nodes.dit import lumina2
+            from nodegraph_nodes.dit.loading import file_keys
+
+            if lumina2.is_gemma2(file_keys(path, self.ctx.service("models").allow_pickle)):
+                return (lumina2.load_text_encoder(path, self.ctx.service("models"), target,
+                                                  Path(self.ctx.paths.models_dir)),)
         if type in ("qwen_image", "lumina2"):  # Qwen2.5-VL (Qwen-Image), Qwen3 (Z-Image)
             from nodegraph_nodes.dit.llm_loading import load_text_encoder
 
@@ -333,6 +344,10 @@ class UNETLoader(Node):
 
         if chroma.detect_prefix(keys) is not None:  # Chroma (before Flux: the same block names)
             return (chroma.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
+        from nodegraph_nodes.dit import lumina2
+
+        if lumina2.detect_prefix(keys) is not None:  # Lumina 2 (NextDiT without Z-Image's pad tokens)
+            return (lumina2.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
         from nodegraph_nodes.dit import flux2_loading
 
         if flux2_loading.detect_transformer(keys) is not None:  # Flux.2

@@ -25,6 +25,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import flux2_nodes, kontext, nodes_flow, qwen_edit, skip_layers, video_latent
+    from . import flux2_nodes, kontext, lumina2_nodes, nodes_flow, qwen_edit, skip_layers, video_latent
 
-    return [nodes_flow, kontext, skip_layers, qwen_edit, video_latent, flux2_nodes]
+    return [nodes_flow, kontext, skip_layers, qwen_edit, video_latent, flux2_nodes, lumina2_nodes]

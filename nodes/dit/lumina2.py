@@ -1,0 +1,370 @@
+"""Lumina Image 2.0: the NextDiT transformer (diffusers ``Lumina2Transformer2DModel``), its Gemma 2 2B
+text encoder (CLIPLoader type ``lumina2`` with a Gemma 2 file) and Flux.1's VAE.
+
+Facts (ComfyUI's ``Lumina2`` model): latent format Flux's (16 channels), sampling flow with shift 6
+(``ModelSamplingAuraFlow`` sets another; network time = sigma, multiplier 1). The network runs on reversed
+time ``1 - sigma`` and predicts the negated velocity; the runner turns both back. Text: Gemma 2 over
+``<bos>`` + the prompt's tokens (no end token, no padding), the second-to-last hidden states;
+CLIPTextEncodeLumina2 writes ``"{system prompt} <Prompt Start> {prompt}"`` (:mod:`.lumina2_nodes`).
+Prompt weights ``(word:1.2)`` are not parsed (the text goes to Gemma as written). ComfyUI's RenormCFG
+(the pipeline's ``cfg_normalization``/``cfg_trunc_ratio``) is not provided yet: plain CFG only.
+
+Key layouts: ComfyUI's repackaged ``lumina_2_model_bf16.safetensors`` (Lumina's NextDiT names:
+``layers.N.attention.qkv``, ``attention.out``, ``q_norm``/``k_norm``, ``feed_forward.w1..w3``,
+``attention_norm1/2``, ``ffn_norm1/2``, ``adaLN_modulation.1``, ``cap_embedder``, ``t_embedder.mlp``,
+``x_embedder``, ``final_layer``, no pad tokens — that is Z-Image), bare or under
+``model.diffusion_model.``; diffusers' names load as they are. Config from the shapes (head width from
+``q_norm``; RoPE axes: the released head width 96 uses (32, 32, 32), others a near-even split).
+Text encoder files: ``gemma_2_2b_fp16.safetensors`` (``model.layers.N.…`` with
+``pre_feedforward_layernorm``; Gemma 2's head width 256 is not in the weights). Tokenizer (never
+downloaded): a folder with ``tokenizer.json`` + ``tokenizer_config.json`` — ``<file>.tokenizer/`` next to
+the encoder, else ``models/text_encoders/gemma2_tokenizer/`` (the ``tokenizer`` folder of
+Alpha-VLLM/Lumina-Image-2.0's diffusers release). Diffusers folders: ``Lumina2Pipeline``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from nodegraph.models import ManagerOwned
+from nodegraph_nodes.diffusion.components import _manager_key
+from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
+from nodegraph_nodes.dit import convert
+from nodegraph_nodes.dit.formats import FLUX
+from nodegraph_nodes.dit.model import FlowModel, _rows
+from nodegraph_nodes.sampling import model_sampling as msl
+from nodegraph_nodes.sampling.model import CondPart
+
+DEFAULT_SHIFT = 6.0
+PREFIXES = ("model.diffusion_model.", "")
+COMFY_MARKERS = ("cap_embedder.0.weight", "layers.0.attention.qkv.weight", "x_embedder.weight")
+DIFFUSERS_MARKERS = ("time_caption_embed.caption_embedder.0.weight", "layers.0.attn.to_q.weight", "x_embedder.weight")
+PIPELINE = "Lumina2Pipeline"
+GEMMA2_HEAD_DIM = 256
+TOKENIZER_FOLDER = "gemma2_tokenizer"
+SYSTEM_PROMPTS = {
+    "superior": "You are an assistant designed to generate superior images with the superior degree of "
+                "image-text alignment based on textual prompts or user prompts.",
+    "alignment": "You are an assistant designed to generate high-quality images with the highest degree of "
+                 "image-text alignment based on textual prompts.",
+}
+
+
+# -- transformer ------------------------------------------------------------------------------------
+
+def detect_prefix(keys) -> str | None:
+    """The key prefix of a Lumina 2 transformer's weights (either layout), or ``None`` (Z-Image's files,
+    the same NextDiT names, also hold ``cap_pad_token``)."""
+    keyset = set(keys)
+    for prefix in PREFIXES:
+        if prefix + "cap_pad_token" in keyset or prefix + "x_pad_token" in keyset:
+            continue
+        for markers in (COMFY_MARKERS, DIFFUSERS_MARKERS):
+            if all(prefix + m in keyset for m in markers):
+                return prefix
+    return None
+
+
+_RENAMES = (("cap_embedder.", "time_caption_embed.caption_embedder."),
+            ("t_embedder.mlp.0.", "time_caption_embed.timestep_embedder.linear_1."),
+            ("t_embedder.mlp.2.", "time_caption_embed.timestep_embedder.linear_2."),
+            ("final_layer.adaLN_modulation.1.", "norm_out.linear_1."), ("final_layer.linear.", "norm_out.linear_2."))
+_BLOCK = {"attention.out": "attn.to_out.0", "attention.q_norm": "attn.norm_q", "attention.k_norm": "attn.norm_k",
+          "feed_forward.w1": "feed_forward.linear_1", "feed_forward.w2": "feed_forward.linear_2",
+          "feed_forward.w3": "feed_forward.linear_3", "adaLN_modulation.1": "norm1.linear",
+          "attention_norm2": "norm2", "ffn_norm1": "ffn_norm1", "ffn_norm2": "ffn_norm2"}
+
+
+def to_diffusers(sd: dict) -> dict:
+    """``Lumina2Transformer2DModel`` names for Lumina 2 weights in either layout (prefix removed)."""
+    if "time_caption_embed.caption_embedder.0.weight" in sd:
+        return sd
+    dim = int(sd["x_embedder.weight"].shape[0])
+    out = {}
+    for key, value in sd.items():
+        if key == "norm_final.weight":  # in the original files, unused
+            continue
+        if key.startswith("x_embedder."):
+            out[key] = value
+            continue
+        renamed = next((new + key[len(old):] for old, new in _RENAMES if key.startswith(old)), None)
+        if renamed is not None:
+            out[renamed] = value
+            continue
+        m = re.match(r"(layers|noise_refiner|context_refiner)\.(\d+)\.(.+)\.(weight|bias)$", key)
+        if m is None:
+            raise ModelFileError(f"unexpected Lumina 2 weight {key}")
+        group, i, name, kind = m.groups()
+        base = f"{group}.{i}."
+        if name == "attention.qkv":
+            kv = (value.shape[0] - dim) // 2
+            for n, part in zip(("to_q", "to_k", "to_v"), torch.split(value, (dim, kv, kv), dim=0)):
+                out[f"{base}attn.{n}.{kind}"] = part
+        elif name == "attention_norm1":
+            out[f"{base}{'norm1' if group == 'context_refiner' else 'norm1.norm'}.{kind}"] = value
+        elif name in _BLOCK:
+            out[f"{base}{_BLOCK[name]}.{kind}"] = value
+        else:
+            raise ModelFileError(f"unexpected Lumina 2 weight {key}")
+    return out
+
+
+def rope_axes(head_dim: int) -> list[int]:
+    if head_dim == 96:
+        return [32, 32, 32]
+    a = (head_dim // 3) // 2 * 2
+    b = (head_dim - a) // 2 // 2 * 2
+    return [a, b, head_dim - a - b]
+
+
+def transformer_config(sd: dict) -> dict:
+    """``Lumina2Transformer2DModel`` config from diffusers-layout weights."""
+    try:
+        x_emb = sd["x_embedder.weight"]
+        head = int(sd["layers.0.attn.norm_q.weight"].shape[0])
+        k = sd["layers.0.attn.to_k.weight"]
+        cap = sd["time_caption_embed.caption_embedder.1.weight"]
+        ffn = int(sd["layers.0.feed_forward.linear_1.weight"].shape[0])
+        out = sd["norm_out.linear_2.weight"]
+    except KeyError as exc:
+        raise ModelFileError(f"the Lumina 2 transformer weights lack {exc.args[0]}") from None
+    dim = int(x_emb.shape[0])
+    patch_in = int(x_emb.shape[1])
+    in_channels = patch_in // 4
+
+    def count(prefix: str) -> int:
+        return len({int(m.group(1)) for key in sd if (m := re.match(prefix + r"\.(\d+)\.", key))})
+
+    return {"sample_size": 128, "patch_size": 2, "in_channels": in_channels,
+            "out_channels": int(out.shape[0]) // 4 if int(out.shape[0]) != patch_in else None,
+            "hidden_size": dim, "num_layers": count("layers"), "num_refiner_layers": count("noise_refiner"),
+            "num_attention_heads": dim // head, "num_kv_heads": int(k.shape[0]) // head, "multiple_of": ffn,
+            "ffn_dim_multiplier": None if ffn >= 4 * dim else ffn / (4 * dim), "norm_eps": 1e-5,
+            "scaling_factor": 1.0, "axes_dim_rope": rope_axes(head), "axes_lens": (300, 512, 512),
+            "cap_feat_dim": int(cap.shape[1])}
+
+
+def build_transformer(sd: dict, dtype: torch.dtype):
+    from diffusers import Lumina2Transformer2DModel
+
+    from nodegraph_nodes.diffusion.checkpoint import _instantiate
+
+    sd = to_diffusers(sd)
+    return _instantiate(Lumina2Transformer2DModel, transformer_config(sd), sd, dtype, "Lumina 2 transformer")
+
+
+@dataclass(frozen=True, eq=False)
+class Lumina2Model(FlowModel):
+    """MODEL: a Lumina 2 transformer."""
+
+    family: str = "lumina2"
+
+    def lora_patch(self, sd: dict, strength: float, name: str):
+        raise ModelFileError(f"LoRA {name}: LoRAs for Lumina 2 are not supported yet")
+
+    @property
+    def format(self):
+        return FLUX
+
+    @property
+    def model_sampling(self) -> msl.ModelSampling:
+        if self.sampling is not None:
+            return self.sampling
+        return msl.sd3_flow(DEFAULT_SHIFT if self.default_shift is None else self.default_shift, 1.0)
+
+    def open_runner(self, ctx, latent_shape: tuple):
+        from nodegraph_nodes.dit.qwen_image import open_runner
+
+        return open_runner(self, ctx, latent_shape, Lumina2Runner)
+
+
+class Lumina2Runner:
+    """One run's calls of a ``Lumina2Transformer2DModel`` (one call per conditioning part)."""
+
+    def __init__(self, net, device: str):
+        self.net = net
+        self.device = device
+        self.dtype = next(net.parameters()).dtype
+
+    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
+        pass
+
+    def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
+        h, w = x_in.shape[-2:]
+        x = x_in.to(self.device, self.dtype)
+        if h % 2 or w % 2:
+            x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="circular")
+        t = 1.0 - timestep.to(self.device, torch.float32).reshape(-1).expand(x.shape[0])
+        outs, row = [], 0
+        for p in parts:
+            states = _rows(p.cond.to(self.device, self.dtype), p.rows)
+            mask = torch.ones(states.shape[:2], dtype=torch.bool, device=self.device)
+            out = self.net(hidden_states=x[row:row + p.rows], timestep=t[row:row + p.rows].to(self.dtype),
+                           encoder_hidden_states=states, encoder_attention_mask=mask, return_dict=False)[0]
+            outs.append(-out.float())
+            row += p.rows
+        return torch.cat(outs)[..., :h, :w].to(self.dtype)
+
+
+# -- Gemma 2 text encoder ---------------------------------------------------------------------------
+
+def is_gemma2(keys) -> bool:
+    keyset = set(keys)
+    return any(p + "layers.0.pre_feedforward_layernorm.weight" in keyset for p in ("model.", ""))
+
+
+def build_gemma2(sd: dict, dtype: torch.dtype):
+    from transformers import Gemma2Config, Gemma2Model
+
+    from nodegraph_nodes.diffusion.checkpoint import _instantiate
+
+    if any(k.startswith("model.") for k in sd):
+        sd = {k[len("model."):]: v for k, v in sd.items() if k.startswith("model.")}
+    try:
+        emb = sd["embed_tokens.weight"]
+        q = sd["layers.0.self_attn.q_proj.weight"]
+        k = sd["layers.0.self_attn.k_proj.weight"]
+        ffn = sd["layers.0.mlp.gate_proj.weight"]
+    except KeyError as exc:
+        raise ModelFileError(f"the Gemma 2 weights lack {exc.args[0]}") from None
+    layers = len({int(m.group(1)) for key in sd if (m := re.match(r"layers\.(\d+)\.", key))})
+    cfg = Gemma2Config(vocab_size=int(emb.shape[0]), hidden_size=int(emb.shape[1]),
+                       intermediate_size=int(ffn.shape[0]), num_hidden_layers=layers, head_dim=GEMMA2_HEAD_DIM,
+                       num_attention_heads=int(q.shape[0]) // GEMMA2_HEAD_DIM,
+                       num_key_value_heads=int(k.shape[0]) // GEMMA2_HEAD_DIM, query_pre_attn_scalar=GEMMA2_HEAD_DIM,
+                       hidden_activation="gelu_pytorch_tanh", rms_norm_eps=1e-6, rope_theta=10000.0,
+                       attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096,
+                       max_position_embeddings=8192, pad_token_id=0, bos_token_id=2, eos_token_id=1)
+    return _instantiate(Gemma2Model, cfg, sd, dtype, "Gemma 2 text encoder", is_transformers=True)
+
+
+@dataclass(frozen=True, eq=False)
+class Lumina2Clip(ManagerOwned):
+    """CLIP for Lumina 2: a Gemma 2 model (``handle``) and its tokenizer."""
+
+    handle: Any
+    tokenizer: Any
+    source: str = ""
+    layer_override: int | None = None
+    family: str = "lumina2"
+    patches: tuple = ()
+
+    @property
+    def encoders(self) -> tuple:
+        return ()
+
+    def with_layer(self, layer: int) -> "Lumina2Clip":
+        return dataclasses.replace(self, layer_override=layer)
+
+    def describe(self) -> str:
+        return "lumina2 text encoder (Gemma 2)"
+
+    def encode_text(self, ctx, text: str) -> list:
+        layer = -2 if self.layer_override is None else self.layer_override
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        ids = ([int(bos)] if bos is not None else []) + list(ids)
+        manager = ctx.service("models")
+        with manager.use(self.handle, ctx.device) as module, torch.inference_mode():
+            input_ids = torch.tensor([ids], device=ctx.device)
+            out = module(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True)
+            hidden = out.hidden_states[layer].float().cpu()
+        return [[hidden, {}]]
+
+
+def find_tokenizer(models_dir: Path, near: Path) -> Path:
+    for c in (near.with_name(near.stem + ".tokenizer"), near.parent / TOKENIZER_FOLDER,
+              Path(models_dir) / "text_encoders" / TOKENIZER_FOLDER):
+        if (c / "tokenizer.json").is_file() or (c / "tokenizer.model").is_file():
+            return c
+    raise ModelFileError(
+        f"no tokenizer found for {near.name} (tokenizer.json or tokenizer.model, with tokenizer_config.json). "
+        f"Model files hold no tokenizer and this engine never downloads: copy the 'tokenizer' folder of "
+        f"Alpha-VLLM/Lumina-Image-2.0's diffusers release into models/text_encoders/{TOKENIZER_FOLDER}")
+
+
+def load_text_encoder(path: Path, manager, device: str, models_dir: Path) -> Lumina2Clip:
+    """CLIPLoader type ``lumina2`` with a Gemma 2 file."""
+    from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
+    from nodegraph_nodes.dit.loading import _stored, flow_dtype
+
+    tokenizer = load_llm_tokenizer(find_tokenizer(models_dir, path))
+    dtype = flow_dtype(device)
+
+    def loader():
+        sd = convert.dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
+        return build_gemma2(sd, _stored(manager, sd, dtype))
+
+    handle = manager.load(_manager_key(path, "gemma2", dtype), loader, compute_dtype=dtype)
+    return Lumina2Clip(handle, tokenizer, source=str(path))
+
+
+# -- files and folders ------------------------------------------------------------------------------
+
+def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default") -> Lumina2Model:
+    """UNETLoader for a Lumina 2 transformer file."""
+    from nodegraph_nodes.dit.loading import WEIGHT_DTYPES, _apply_weight_dtype, _fp8, _stored, flow_dtype
+
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ModelFileError(f"UNETLoader.weight_dtype: unknown {weight_dtype!r}; use one of {WEIGHT_DTYPES}")
+    prefix = detect_prefix(keys)
+    dtype = flow_dtype(device)
+
+    def loader():
+        sd = convert.dequantize_scaled_fp8(convert.strip_prefix(
+            read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
+        return _apply_weight_dtype(build_transformer(sd, _stored(manager, sd, dtype)), weight_dtype, device, dtype)
+
+    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
+    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
+                          placed=True)
+    return Lumina2Model(handle, "lumina2", source=str(path))
+
+
+def is_lumina2_folder(folder: Path) -> bool:
+    return is_diffusers_folder(folder) and read_json(folder / "model_index.json").get("_class_name") == PIPELINE
+
+
+def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
+    """MODEL, CLIP, VAE of a ``Lumina2Pipeline`` diffusers folder (shift from its scheduler config)."""
+    from diffusers import AutoencoderKL, Lumina2Transformer2DModel
+    from transformers import Gemma2Model
+
+    from nodegraph.offload import safetensors_dtype
+    from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
+    from nodegraph_nodes.dit.loading import flow_dtype, vae_model
+
+    dtype = flow_dtype(device)
+    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
+        if not (folder / part).is_dir():
+            raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
+
+    def sub_loader(cls, sub, placed: bool = False):
+        def loader():
+            store = manager.storage_dtype(safetensors_dtype(folder / sub), dtype) if placed else dtype
+            try:
+                return cls.from_pretrained(str(folder / sub), torch_dtype=store, local_files_only=True,
+                                           use_safetensors=None if manager.allow_pickle else True
+                                           ).eval().requires_grad_(False)
+            except Exception as exc:
+                raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
+        return loader
+
+    shift = None
+    sched = folder / "scheduler" / "scheduler_config.json"
+    if sched.is_file():
+        shift = float(read_json(sched).get("shift", DEFAULT_SHIFT))
+    handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype),
+                          sub_loader(Lumina2Transformer2DModel, "transformer", placed=True), compute_dtype=dtype)
+    model = Lumina2Model(handle, "lumina2", source=str(folder), default_shift=shift)
+    vae = vae_model(manager.load(_manager_key(folder / "vae", "vae", dtype), sub_loader(AutoencoderKL, "vae")))
+    te = manager.load(_manager_key(folder / "text_encoder", "text_encoder", dtype),
+                      sub_loader(Gemma2Model, "text_encoder", placed=True), compute_dtype=dtype)
+    clip = Lumina2Clip(te, load_llm_tokenizer(folder / "tokenizer"), source=str(folder))
+    return model, clip, vae

@@ -1,0 +1,101 @@
+"""Lumina Image 2.0 text-to-image through ComfyUI's nodes (UNETLoader with ComfyUI's repackaged NextDiT
+file, CLIPLoader type lumina2 with a Gemma 2 file, VAELoader with Flux's VAE, CLIPTextEncodeLumina2; and
+CheckpointLoaderSimple with the Lumina2Pipeline folder) equals diffusers' Lumina2Pipeline on the same tiny
+weights, seed, steps, CFG and shift (the pipeline's own tokenization and Gemma encoding, padded to 256
+with its mask; ``cfg_normalization`` off: ComfyUI's plain CFG)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from nodegraph_nodes.dit import lumina2, z_image
+from tests.dit.tiny_lumina2 import build_lumina2, lumina2_to_comfy
+from tests.helpers.engines import make_engine
+from tests.helpers.noise import engine_noise
+
+PROMPT, NEGATIVE = "a photo of a red fox in snow", "blue sky"
+SEED, STEPS, CFG = 5, 4, 4.0
+
+
+@pytest.fixture(scope="module")
+def lumina_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lumina2_models")
+    return root, build_lumina2(root)
+
+
+@pytest.fixture
+def engine(lumina_root, tmp_path):
+    eng = make_engine(lumina_root[0], tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+def lumina_graph(how: str, system: str = "superior", shift: float | None = None) -> Graph:
+    g = Graph()
+    if how == "folder":
+        ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_lumina_2")
+        model, clip, vae = ck.out(0), ck.out(1), ck.out(2)
+    else:
+        model = g.node("UNETLoader", unet_name="tiny_lumina_2.safetensors", weight_dtype="default").out(0)
+        clip = g.node("CLIPLoader", clip_name="tiny_gemma_2_2b.safetensors", type="lumina2").out(0)
+        vae = g.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
+    if shift is not None:
+        model = g.node("ModelSamplingAuraFlow", model=model, shift=shift).out(0)
+    pos = g.node("CLIPTextEncodeLumina2", system_prompt=system, user_prompt=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    samples = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                     scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))
+    return g
+
+
+def reference(tiny, system: str = "superior", shift: float = 6.0) -> torch.Tensor:
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline
+
+    pipe = Lumina2Pipeline(transformer=tiny.transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
+                           vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    noise, _ = engine_noise((1, 16, 8, 8), SEED)
+    with torch.no_grad():
+        image = pipe(PROMPT, negative_prompt=NEGATIVE, system_prompt=lumina2.SYSTEM_PROMPTS[system],
+                     num_inference_steps=STEPS, guidance_scale=CFG, cfg_normalization=False, cfg_trunc_ratio=1.0,
+                     latents=noise, height=64, width=64, output_type="pt").images
+    return image.permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("how", ["files", "folder"])
+def test_lumina2_txt2img_matches_pipeline(engine, lumina_root, how):
+    tiny = lumina_root[1]
+    image = engine.run(lumina_graph(how)).raise_for_status().value("out")
+    ref = reference(tiny)
+    assert image.shape == ref.shape == (1, 64, 64, 3)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert image.std() > 0.01
+
+
+def test_lumina2_system_prompt_and_shift_reach_the_model(engine, lumina_root):
+    tiny = lumina_root[1]
+    image = engine.run(lumina_graph("files", system="alignment", shift=3.0)).raise_for_status().value("out")
+    ref = reference(tiny, system="alignment", shift=3.0)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, reference(tiny), atol=1e-3)
+
+
+def test_lumina2_single_file_is_detected_and_converts_exactly(lumina_root):
+    tiny = lumina_root[1]
+    sd = {"model.diffusion_model." + k: v for k, v in lumina2_to_comfy(tiny.transformer).items()}
+    assert lumina2.detect_prefix(sd) == "model.diffusion_model."
+    assert z_image.detect_prefix(sd) is None
+    back = lumina2.to_diffusers({k[len("model.diffusion_model."):]: v for k, v in sd.items()})
+    own = tiny.transformer.state_dict()
+    assert set(back) == set(own)
+    assert all(torch.equal(back[k], own[k]) for k in own)
+    cfg = lumina2.transformer_config(back)
+    assert cfg["axes_dim_rope"] == list(tiny.transformer.config.axes_dim_rope)
+    assert lumina2.detect_prefix({"cap_pad_token": 0, **{k[len("model.diffusion_model."):]: v
+                                                         for k, v in sd.items()}}) is None  # Z-Image
