@@ -127,6 +127,8 @@ HEAP_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=1",
                  f"glibc.malloc.trim_threshold={TRIM_SLACK}")
 #: ``0`` turns the re-execution off
 TUNABLES_SWITCH = "NODEGRAPH_HEAP_TUNABLES"
+#: the user's ``GLIBC_TUNABLES`` (maybe empty) before the re-execution, restored for child processes
+_BEFORE = "NODEGRAPH_GLIBC_TUNABLES_BEFORE"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -150,6 +152,7 @@ def tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
     if "glibc.malloc.hugetlb" in current or "glibc.malloc.arena_max" in current:
         return None
     env = dict(environ)
+    env[_BEFORE] = current
     env["GLIBC_TUNABLES"] = ":".join(part for part in (current, *HEAP_TUNABLES) if part)
     return env
 
@@ -157,7 +160,16 @@ def tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
 def exec_with_heap_tunables() -> None:
     """Re-execute this process (same interpreter and command line) with :data:`HEAP_TUNABLES`; returns
     without doing anything where :func:`tuned_environment` says so, off Linux/glibc or without THP.
-    Call it first thing in a process's entry point, before any thread starts."""
+    Call it first thing in a process's entry point, before any thread starts. In the re-executed
+    process it puts the user's ``GLIBC_TUNABLES`` back into ``os.environ``, so that the processes it
+    starts (ffmpeg, workers) get glibc's defaults as before."""
+    before = os.environ.pop(_BEFORE, None)
+    if before is not None:  # the re-executed process: glibc has read the tunables already
+        if before:
+            os.environ["GLIBC_TUNABLES"] = before
+        else:
+            os.environ.pop("GLIBC_TUNABLES", None)
+        return
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not _thp_usable():
         return
     env = tuned_environment(os.environ)

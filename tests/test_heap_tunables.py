@@ -18,6 +18,7 @@ def test_the_tunables_are_added_after_the_users_own():
     env = tuned_environment({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.pthread.rseq=0"})
     assert env is not None and env["PATH"] == "/bin"
     assert env["GLIBC_TUNABLES"] == ":".join(("glibc.pthread.rseq=0", *HEAP_TUNABLES))
+    assert env["NODEGRAPH_GLIBC_TUNABLES_BEFORE"] == "glibc.pthread.rseq=0"
     assert tuned_environment({})["GLIBC_TUNABLES"] == ":".join(HEAP_TUNABLES)
     assert "glibc.malloc.hugetlb=1" in HEAP_TUNABLES and "glibc.malloc.arena_max=1" in HEAP_TUNABLES
 
@@ -32,8 +33,13 @@ def test_nothing_to_do(environ):
     assert tuned_environment(environ) is None
 
 
+# whether the process was executed with GLIBC_TUNABLES (/proc/self/environ; glibc cuts the text there
+# while parsing it, so only its presence is compared), and what its children get (os.environ)
 CHILD = ("import os, sys; from nodegraph.heap import exec_with_heap_tunables; print('start', flush=True); "
-         "exec_with_heap_tunables(); print('tunables', os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
+         "exec_with_heap_tunables(); "
+         "seen = [e.decode() for e in open('/proc/self/environ', 'rb').read().split(bytes(1)) "
+         "if e.startswith(b'GLIBC_TUNABLES=')]; "
+         "print('tunables', bool(seen), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:])")
 
 
 def _child(extra_env: dict[str, str]) -> list[str]:
@@ -46,7 +52,8 @@ def _child(extra_env: dict[str, str]) -> list[str]:
 @pytest.mark.skipif(sys.platform != "linux" or platform.libc_ver()[0] != "glibc" or not heap._thp_usable(),
                     reason="needs Linux, glibc and transparent huge pages")
 def test_the_process_runs_again_once_with_the_tunables_and_its_arguments():
-    lines = _child({})
-    assert lines == ["start", "start", f"tunables {':'.join(HEAP_TUNABLES)} ['--flag', 'x']"]
-    assert _child({"NODEGRAPH_HEAP_TUNABLES": "0"}) == ["start", "tunables None ['--flag', 'x']"]
+    assert _child({}) == ["start", "start", "tunables True None ['--flag', 'x']"]
+    assert _child({"GLIBC_TUNABLES": "glibc.pthread.rseq=0"}) == [
+        "start", "start", "tunables True glibc.pthread.rseq=0 ['--flag', 'x']"]
+    assert _child({"NODEGRAPH_HEAP_TUNABLES": "0"}) == ["start", "tunables False None ['--flag', 'x']"]
 
