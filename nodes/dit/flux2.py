@@ -168,7 +168,10 @@ def vae_config(sd: dict) -> dict:
     levels = _count(sd, "encoder.down_blocks")
     widths = [int(sd[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in range(levels)]
     per_block = _count(sd, "encoder.down_blocks.0.resnets")
+    # BFL's full_encoder_small_decoder VAE has a narrower decoder: up_blocks run from the widest level
+    decoder = [int(sd[f"decoder.up_blocks.{i}.resnets.0.conv2.weight"].shape[0]) for i in range(levels)][::-1]
     return {"block_out_channels": widths, "layers_per_block": per_block,
+            "decoder_block_out_channels": decoder if decoder != widths else None,
             "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
             "latent_channels": int(sd["encoder.conv_out.weight"].shape[0]) // 2,
             "norm_num_groups": 32,  # not in the weights; every released Flux VAE

@@ -142,3 +142,46 @@ def test_flux2_reference_latent_matches_pipeline_edit(engine, tiny, tmp_path):
     ref = ref.permute(0, 2, 3, 1)
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
     assert not torch.allclose(image, reference(t, states), atol=1e-3)
+
+
+def test_flux2_template_runs(engine, tiny):
+    """ComfyUI's image_flux2_text_to_image template (tests/data/comfy_templates_dit, MIT) on the tiny models
+    under its file names, with a small-decoder VAE as its full_encoder_small_decoder file; 64×64 and 4
+    steps instead of 1024² and 20. The Turbo LoRA sits behind a switch that is off: it must exist, it is
+    not applied."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_flow import _contig
+    from tests.dit.tiny_flux2 import small_decoder_vae
+
+    models = tiny[0] / "models"
+    shutil.copy(models / "diffusion_models" / "tiny_flux2_dev.safetensors",
+                models / "diffusion_models" / "flux2_dev_fp8mixed.safetensors")
+    shutil.copy(models / "text_encoders" / "tiny_mistral_3_small_flux2.safetensors",
+                models / "text_encoders" / "mistral_3_small_flux2_bf16.safetensors")
+    save_file(_contig(small_decoder_vae().state_dict()), str(models / "vae" / "full_encoder_small_decoder.safetensors"))
+    (models / "loras").mkdir(exist_ok=True)
+    save_file({"x": torch.zeros(1)}, str(models / "loras" / "Flux_2-Turbo-LoRA_comfyui.safetensors"))
+    template = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "image_flux2_text_to_image.json"
+    api = load_workflow_data(json.loads(template.read_text()), engine.registry).api
+    for n in api.values():
+        if n["class_type"] in ("EmptyFlux2LatentImage", "Flux2Scheduler"):
+            n["inputs"].update(width=64, height=64)
+        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") == 20:
+            n["inputs"]["value"] = 4
+    result = engine.run(api).raise_for_status()
+    kinds = {api[n]["class_type"] for n in result.executed}
+    assert {"UNETLoader", "CLIPLoader", "VAELoader", "Flux2Scheduler", "EmptyFlux2LatentImage",
+            "SamplerCustomAdvanced", "SaveImage"} <= kinds
+    assert "LoraLoaderModelOnly" not in kinds
+    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
+    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    assert image.shape == (64, 64, 3) and image.std() > 0.01

@@ -187,3 +187,14 @@ def scheduler():
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
                                            base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
                                            max_image_seq_len=4096, time_shift_type="exponential")
+
+
+def small_decoder_vae():
+    """A Flux.2 VAE with a narrower decoder than encoder (BFL's full_encoder_small_decoder), diffusers names."""
+    from diffusers import AutoencoderKLFlux2
+
+    torch.manual_seed(14)
+    v = AutoencoderKLFlux2(block_out_channels=(32, 64, 64, 64), decoder_block_out_channels=(32, 32, 32, 32),
+                           layers_per_block=1, latent_channels=32, norm_num_groups=32, sample_size=64).eval()
+    _randomize(v)
+    return v
