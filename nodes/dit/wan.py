@@ -158,9 +158,34 @@ class WanRunner:
         self.net = net
         self.device = device
         self.dtype = next(net.parameters()).dtype
+        self.in_channels = int(net.config.in_channels)
 
     def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
         pass
+
+    def _concat(self, x: torch.Tensor, part: CondPart) -> torch.Tensor:
+        """Image-to-video models' extra channels (ComfyUI's Wan ``concat_cond``): ``1 - concat_mask`` as four
+        channels (zeros without one), then ``concat_latent_image`` in the model's space (zeros without one)."""
+        extra = self.in_channels - x.shape[1]
+        image = part.extras.get("concat_latent_image")
+        if image is None:
+            return torch.zeros(x.shape[0], extra, *x.shape[2:], device=x.device, dtype=x.dtype)
+        if tuple(image.shape[2:]) != tuple(x.shape[2:]):
+            raise ValueError(f"WanImageToVideo's start-image latent {list(image.shape)} does not fit the sampled "
+                             f"latent {list(x.shape)}: use the latent WanImageToVideo gives")
+        image = _rows(WAN21.process_in(image.float()), x.shape[0])[:, :extra - 4]
+        mask = part.extras.get("concat_mask")
+        if mask is None:
+            mask = torch.zeros(x.shape[0], 4, *x.shape[2:])
+        else:
+            mask = mask.float()
+            if mask.shape[1] != 4:
+                mask = mask.mean(dim=1, keepdim=True)
+            mask = 1.0 - mask
+            if mask.shape[2] < x.shape[2]:
+                mask = torch.nn.functional.pad(mask, (0, 0, 0, 0, 0, x.shape[2] - mask.shape[2]))
+            mask = _rows(mask.expand(-1, 4, -1, -1, -1), x.shape[0])
+        return torch.cat([mask, image], dim=1).to(x.device, x.dtype)
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         if x_in.ndim != 5:
@@ -171,7 +196,10 @@ class WanRunner:
         outs, row = [], 0
         for part in parts:
             states = _rows(part.cond.to(self.device, self.dtype), part.rows)
-            outs.append(self.net(hidden_states=x[row:row + part.rows], timestep=t[row:row + part.rows],
+            xs = x[row:row + part.rows]
+            if self.in_channels > xs.shape[1]:
+                xs = torch.cat([xs, self._concat(xs, part)], dim=1)
+            outs.append(self.net(hidden_states=xs, timestep=t[row:row + part.rows],
                                  encoder_hidden_states=states, return_dict=False)[0])
             row += part.rows
         return torch.cat(outs)

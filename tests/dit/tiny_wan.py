@@ -55,14 +55,16 @@ def umt5():
     return model
 
 
-def wan_transformer():
+def wan_transformer(in_channels: int = 16, seed: int = 41):
+    """Text-to-video (16 input channels) or image-to-video without an image embedder (36: Wan 2.2 A14B style)."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    net = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=16,
+    net = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128,
+                                in_channels=in_channels,
                                 out_channels=16, text_dim=TEXT_WIDTH, freq_dim=32, ffn_dim=96, num_layers=2,
                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
-    return _random_transformer(net, 41)
+    return _random_transformer(net, seed)
 
 
 def wan_vae():
@@ -111,6 +113,7 @@ class TinyWan:
     tokenizer: Any
     vae: Any
     root: Path
+    i2v_transformer: Any = None
 
 
 def build_wan(root: Path, shift: float = 5.0) -> TinyWan:
@@ -125,7 +128,9 @@ def build_wan(root: Path, shift: float = 5.0) -> TinyWan:
     save_file({k: v.clone().contiguous() for k, v in te.state_dict().items()},
               str(models / "text_encoders" / "tiny_umt5_xxl.safetensors"))
     save_file(wan_vae_layout(vae.state_dict()), str(models / "vae" / "tiny_wan_2.1_vae.safetensors"))
+    i2v = wan_transformer(36, 43)
+    save_file(wan_original_layout(i2v.state_dict()), str(models / "diffusion_models" / "tiny_wan_i2v.safetensors"))
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=te, transformer=net, vae=vae,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
     pipe.save_pretrained(str(models / "diffusers" / "tiny_wan"))
-    return TinyWan(net, te, tokenizer, vae, root)
+    return TinyWan(net, te, tokenizer, vae, root, i2v)

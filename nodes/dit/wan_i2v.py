@@ -1,0 +1,74 @@
+"""ComfyUI's ``WanImageToVideo``: the start image(s) as the extra input channels of Wan image-to-video
+transformers (36 input channels: the noisy latent, a 4-channel mask, the 16-channel latent of the start
+frames followed by gray frames).
+
+Facts (ComfyUI's): the start images are resized to width × height (bilinear, center crop), placed first
+in ``length`` frames of gray (0.5), encoded as one video by the VAE (``concat_latent_image``); the mask
+(``concat_mask``) is 0 on the latent frames the start images cover, 1 elsewhere. The runner
+(:class:`nodegraph_nodes.dit.wan.WanRunner`) gives the transformer ``1 - mask`` (four channels) and the
+latent in the model's space after the noisy latent.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nodegraph.node import INT, Input, Node, Output
+from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
+
+from nodegraph_nodes.diffusion.conditioning import set_values
+from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
+
+MAX_RESOLUTION = 16384
+
+
+def encode_video(ctx, vae, frames: torch.Tensor, where: str) -> torch.Tensor:
+    """``frames`` ``[F, H, W, 3]`` (0..1) encoded as one video: the latent ``[1, C, 1 + (F - 1) / 4, h, w]``
+    (the distribution's mean)."""
+    from nodegraph_nodes.dit.qwen_image import ImageVae
+
+    manager = ctx.service("models")
+    with manager.use(vae.handle, ctx.device) as module, torch.inference_mode():
+        if not isinstance(module, ImageVae):
+            raise ValueError(f"{where}.vae: a Wan (3D causal) VAE is needed to encode video frames; this is "
+                             f"{type(module).__name__}")
+        dtype = next(module.parameters()).dtype
+        x = frames[..., :3].permute(3, 0, 1, 2)[None].to(ctx.device, dtype) * 2 - 1
+        return module.vae.encode(x).latent_dist.mode().float().cpu()
+
+
+class WanImageToVideo(Node):
+    """Image-to-video conditioning for Wan: an empty video latent, and (with ``start_image``) the start
+    frames' latent and mask on both conditionings. ``clip_vision_output`` is accepted for ComfyUI's
+    workflows but not used: nodegraph loads Wan transformers without an image embedder (Wan 2.2 A14B
+    style); Wan 2.1 I2V files (with one) are refused at load."""
+
+    category = "conditioning/video_models"
+    positive = Input(CONDITIONING)
+    negative = Input(CONDITIONING)
+    vae = Input(VAE)
+    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
+    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
+    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
+    batch_size = Input(INT, default=1, min=1, max=4096)
+    clip_vision_output = Input(CLIP_VISION_OUTPUT, optional=True)
+    start_image = Input(IMAGE, optional=True)
+    outputs = (Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"), Output(LATENT, "latent"))
+
+    def execute(self, positive, negative, vae, width: int, height: int, length: int, batch_size: int,
+                clip_vision_output=None, start_image: torch.Tensor | None = None) -> tuple:
+        from nodegraph_nodes.image.operations import common_upscale
+
+        frames = (length - 1) // 4 + 1
+        latent = torch.zeros([batch_size, 16, frames, height // 8, width // 8])
+        if start_image is not None:
+            start = common_upscale(start_image[:length, :, :, :3].permute(0, 3, 1, 2).float(), width, height,
+                                   "bilinear", "center").permute(0, 2, 3, 1)
+            video = torch.full((length, height, width, 3), 0.5)
+            video[:start.shape[0]] = start
+            image_latent = encode_video(self.ctx, vae, video, "WanImageToVideo")
+            mask = torch.ones((1, 1, frames, image_latent.shape[-2], image_latent.shape[-1]))
+            mask[:, :, :(start.shape[0] - 1) // 4 + 1] = 0.0
+            values = {"concat_latent_image": image_latent, "concat_mask": mask}
+            positive, negative = set_values(positive, values), set_values(negative, values)
+        return positive, negative, {"samples": latent}
