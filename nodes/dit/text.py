@@ -61,6 +61,10 @@ class FlowClip(ManagerOwned):
     layer_override: int | None = None
     #: ``(index into encoders, LoraPatch)``: LoRA deltas on the CLIP encoders (LoraLoader)
     patches: tuple = ()
+    #: T5TokenizerOptions: pad tokens always appended after ``</s>``, and the minimum length (replacing
+    #: the family's: SD3 77, Flux 256, Chroma 1); ``None``: not set
+    t5_min_padding: int | None = None
+    t5_min_length: int | None = None
 
     def with_patch(self, index: int, patch) -> "FlowClip":
         return dataclasses.replace(self, patches=self.patches + ((index, patch),))
@@ -113,7 +117,8 @@ class FlowClip(ManagerOwned):
     def _t5(self, ctx, text: str) -> torch.Tensor:
         manager = ctx.service("models")
         with manager.use(self.t5.handle, ctx.device) as module:
-            return encode_t5(module, self.t5.tokenizer, text, T5_MIN_LENGTH[self.family], ctx.device).cpu()
+            length = T5_MIN_LENGTH[self.family] if self.t5_min_length is None else self.t5_min_length
+            return encode_t5(module, self.t5.tokenizer, text, length, ctx.device, self.t5_min_padding or 0).cpu()
 
     def _encode_sd3(self, ctx, text_l, text_g, text_t5) -> tuple[torch.Tensor, torch.Tensor]:
         l_out = g_out = None
@@ -169,8 +174,9 @@ class FlowClip(ManagerOwned):
         return self._t5(ctx, text_t5 or ""), pooled
 
 
-def t5_tokens(tokenizer, text: str, min_length: int) -> list[list[tuple[int, float]]]:
-    """``(id, weight)`` pairs of one T5 sequence: segments, end token, padding to ``min_length``."""
+def t5_tokens(tokenizer, text: str, min_length: int, min_padding: int = 0) -> list[list[tuple[int, float]]]:
+    """``(id, weight)`` pairs of one T5 sequence: segments, end token, ``min_padding`` pad tokens, padding
+    to ``min_length``."""
     pairs: list[tuple[int, float]] = []
     for segment, weight in parse_prompt_weights(text):
         if not segment.strip():
@@ -179,13 +185,14 @@ def t5_tokens(tokenizer, text: str, min_length: int) -> list[list[tuple[int, flo
         pairs.extend((int(t), weight) for t in ids)
     pairs.append((int(tokenizer.eos_token_id), 1.0))
     pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    pairs.extend([(pad, 1.0)] * min_padding)
     pairs.extend([(pad, 1.0)] * (min_length - len(pairs)))
     return pairs
 
 
-def encode_t5(module, tokenizer, text: str, min_length: int, device: str) -> torch.Tensor:
+def encode_t5(module, tokenizer, text: str, min_length: int, device: str, min_padding: int = 0) -> torch.Tensor:
     """T5 states ``[1, tokens, d_model]`` (float32) with ComfyUI's weighting."""
-    pairs = t5_tokens(tokenizer, text, min_length)
+    pairs = t5_tokens(tokenizer, text, min_length, min_padding)
     ids = torch.tensor([[t for t, _ in pairs]], device=device)
     weights = torch.tensor([w for _, w in pairs])
     with torch.inference_mode():

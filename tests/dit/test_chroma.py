@@ -127,3 +127,77 @@ def test_chroma_clip_type_refuses_other_encoders(engine, chroma_root):
     result = engine.run(g)
     assert result.failure is not None
     assert "type chroma takes a T5-XXL" in str(result.failure)
+
+
+def test_t5_tokenizer_options_min_padding_one(engine, chroma_root):
+    """T5TokenizerOptions min_padding 1 (the Chroma templates' 'official' setting) appends one pad token
+    after ``</s>``: the pipeline given those states (mask all ones) agrees."""
+    tiny = chroma_root[1]
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="tiny_chroma.safetensors", weight_dtype="default").out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_t5xxl.safetensors", type="chroma").out(0)
+    clip = g.node("T5TokenizerOptions", clip=clip, min_padding=1, min_length=0).out(0)
+    vae = g.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    samples = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                     scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))
+    image = engine.run(g).raise_for_status().value("out")
+
+    from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
+
+    tok = tiny.text.tokenizer_t5
+
+    def states(text):
+        ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id, tok.pad_token_id]
+        with torch.no_grad():
+            return tiny.text.t5(input_ids=torch.tensor([ids]))[0]
+
+    pipe = ChromaPipeline(transformer=tiny.transformer, vae=tiny.vae, text_encoder=tiny.text.t5, tokenizer=tok,
+                          scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(
+                              str(tiny.diffusers_dir / "scheduler")))
+    pipe.set_progress_bar_config(disable=True)
+    pos_s, neg_s = states(PROMPT), states(NEGATIVE)
+    noise, _ = engine_noise((1, 16, 8, 8), SEED)
+    with torch.no_grad():
+        ref = pipe(prompt_embeds=pos_s, prompt_attention_mask=torch.ones(pos_s.shape[:2]),
+                   negative_prompt_embeds=neg_s, negative_prompt_attention_mask=torch.ones(neg_s.shape[:2]),
+                   num_inference_steps=STEPS, guidance_scale=CFG, latents=pack_latents(noise), height=64, width=64,
+                   output_type="pt").images.permute(0, 2, 3, 1)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, reference(tiny), atol=1e-3)
+
+
+def test_chroma_template_runs(engine, chroma_root):
+    """ComfyUI's image_chroma_text_to_image template (copied, MIT) runs end to end on the tiny model saved
+    under its file names (CLIPLoader type chroma, T5TokenizerOptions, ModelSamplingAuraFlow shift 1,
+    CFGGuider, BasicScheduler beta, SamplerCustomAdvanced, SaveImage); only the empty latent is made 64x64
+    and the 26 steps 4."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+    from tests.dit.tiny_qwen import copy_as
+
+    copy_as(chroma_root[0], {"diffusion_models/tiny_chroma.safetensors": "diffusion_models/Chroma1-HD-fp8mixed.safetensors",
+                             "text_encoders/tiny_t5xxl.safetensors": "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors",
+                             "vae/tiny_flux_ae.safetensors": "vae/ae.safetensors"})
+    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "image_chroma_text_to_image.json"
+    api = load_workflow_data(json.loads(path.read_text()), default_registry(packs=False)).api
+    for n in api.values():
+        if n["class_type"] == "EmptySD3LatentImage":
+            n["inputs"].update(width=64, height=64)
+        if n["class_type"] == "BasicScheduler":
+            n["inputs"].update(steps=4)
+    result = engine.run(api).raise_for_status()
+    kinds = {api[n]["class_type"] for n in result.executed}
+    assert {"CLIPLoader", "T5TokenizerOptions", "UNETLoader", "CFGGuider", "SaveImage"} <= kinds
+    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
+    assert outputs
+    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    assert image.shape == (64, 64, 3) and image.std() > 0.01
