@@ -10,7 +10,7 @@ EmptySD3LatentImage, CLIPTextEncodeSD3, CLIPTextEncodeFlux, FluxGuidance), :mod:
 :mod:`.z_image` (transformers, VAE, runners), :mod:`.llm_text` (their language-model CLIP),
 :mod:`.llm_loading` (their files and folders), nodes in :mod:`.qwen_edit` (TextEncodeQwenImageEdit,
 TextEncodeQwenImageEditPlus). Wan 2.1 text-to-video: :mod:`.wan` (transformer, UMT5 CLIP, runner,
-files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, TrimVideoLatent). The shared loaders
+files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, TrimVideoLatent), :mod:`.wan_i2v` (WanImageToVideo). The shared loaders
 (UNETLoader, CLIPLoader, CheckpointLoaderSimple, VAELoader) live in the ``diffusion`` family and hand
 these files to :mod:`.loading`; sampling is the ``sampling`` family's (KSampler, SamplerCustomAdvanced,
 ModelSamplingSD3/Flux).
@@ -25,8 +25,8 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import flux2_nodes, kontext, lumina2_nodes, nodes_flow, qwen_edit, skip_layers, video_latent
+    from . import flux2_nodes, kontext, lumina2_nodes, nodes_flow, qwen_edit, skip_layers, video_latent, wan_i2v
     from . import t5_options
 
-    return [nodes_flow, kontext, skip_layers, qwen_edit, video_latent, flux2_nodes, lumina2_nodes,
+    return [nodes_flow, kontext, skip_layers, qwen_edit, video_latent, wan_i2v, flux2_nodes, lumina2_nodes,
             t5_options]
