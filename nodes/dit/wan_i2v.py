@@ -1,4 +1,4 @@
-"""ComfyUI's ``WanImageToVideo``: the start image(s) as the extra input channels of Wan image-to-video
+"""ComfyUI's ``WanImageToVideo`` and ``WanFirstLastFrameToVideo``: the start (and end) image(s) as the extra input channels of Wan image-to-video
 transformers (36 input channels: the noisy latent, a 4-channel mask, the 16-channel latent of the start
 frames followed by gray frames).
 
@@ -6,7 +6,9 @@ Facts (ComfyUI's): the start images are resized to width × height (bilinear, ce
 in ``length`` frames of gray (0.5), encoded as one video by the VAE (``concat_latent_image``); the mask
 (``concat_mask``) is 0 on the latent frames the start images cover, 1 elsewhere. The runner
 (:class:`nodegraph_nodes.dit.wan.WanRunner`) gives the transformer ``1 - mask`` (four channels) and the
-latent in the model's space after the noisy latent.
+latent in the model's space after the noisy latent. ``WanFirstLastFrameToVideo`` places the end images
+last and makes a 4-channel mask over the pixel frames (the start images and the 3 frames after them, the
+end images: 0), four pixel frames per latent frame.
 """
 
 from __future__ import annotations
@@ -72,3 +74,52 @@ class WanImageToVideo(Node):
             values = {"concat_latent_image": image_latent, "concat_mask": mask}
             positive, negative = set_values(positive, values), set_values(negative, values)
         return positive, negative, {"samples": latent}
+
+
+def _resized(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    from nodegraph_nodes.image.operations import common_upscale
+
+    return common_upscale(images[..., :3].permute(0, 3, 1, 2).float(), width, height, "bilinear",
+                          "center").permute(0, 2, 3, 1)
+
+
+class WanFirstLastFrameToVideo(Node):
+    """First-last-frame conditioning for Wan: an empty video latent, and the start / end frames' latent
+    (gray between them) with a 4-channel mask on both conditionings. The clip vision inputs are accepted for
+    ComfyUI's workflows but not used (see WanImageToVideo)."""
+
+    category = "conditioning/video_models"
+    positive = Input(CONDITIONING)
+    negative = Input(CONDITIONING)
+    vae = Input(VAE)
+    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
+    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
+    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
+    batch_size = Input(INT, default=1, min=1, max=4096)
+    clip_vision_start_image = Input(CLIP_VISION_OUTPUT, optional=True)
+    clip_vision_end_image = Input(CLIP_VISION_OUTPUT, optional=True)
+    start_image = Input(IMAGE, optional=True)
+    end_image = Input(IMAGE, optional=True)
+    outputs = (Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"), Output(LATENT, "latent"))
+
+    def execute(self, positive, negative, vae, width: int, height: int, length: int, batch_size: int,
+                clip_vision_start_image=None, clip_vision_end_image=None, start_image: torch.Tensor | None = None,
+                end_image: torch.Tensor | None = None) -> tuple:
+        frames = (length - 1) // 4 + 1
+        h, w = height // 8, width // 8
+        latent = torch.zeros([batch_size, 16, frames, h, w])
+        video = torch.full((length, height, width, 3), 0.5)
+        mask = torch.ones((1, 1, frames * 4, h, w))
+        if start_image is not None:
+            start = _resized(start_image[:length], width, height)
+            video[:start.shape[0]] = start
+            mask[:, :, :start.shape[0] + 3] = 0.0
+        if end_image is not None:
+            end = _resized(end_image[-length:], width, height)
+            video[-end.shape[0]:] = end
+            mask[:, :, -end.shape[0]:] = 0.0
+        image_latent = encode_video(self.ctx, vae, video, "WanFirstLastFrameToVideo")
+        mask = mask.view(1, frames, 4, h, w).transpose(1, 2)
+        values = {"concat_latent_image": image_latent, "concat_mask": mask}
+        return set_values(positive, values), set_values(negative, values), {"samples": latent}
+

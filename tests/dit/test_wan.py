@@ -141,17 +141,21 @@ def test_comfy_text_to_video_wan_template_runs(wan_engine, tiny_wan):
     assert len(frames) == LENGTH and frames[0].shape == (HEIGHT, WIDTH, 3)
 
 
-def test_wan_image_to_video_matches_pipeline(wan_engine, tiny_wan):
-    """WanImageToVideo (start image → gray frames → VAE latent + mask as extra channels) with a 36-channel
-    transformer equals WanImageToVideoPipeline (no image encoder: Wan 2.2 A14B style) to 1e-4."""
+@pytest.mark.parametrize("last", [False, True], ids=["WanImageToVideo", "WanFirstLastFrameToVideo"])
+def test_wan_image_to_video_matches_pipeline(wan_engine, tiny_wan, last):
+    """WanImageToVideo (start image → gray frames → VAE latent + mask as extra channels) and
+    WanFirstLastFrameToVideo (start and end images) with a 36-channel transformer equal
+    WanImageToVideoPipeline (no image encoder: Wan 2.2 A14B style; ``last_image``) to 1e-4."""
     import numpy as np
     from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
     from PIL import Image
 
     rng = np.random.default_rng(3)
     start = Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB")
+    end = Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB")
     (wan_engine.paths.input_dir).mkdir(parents=True, exist_ok=True)
     start.save(wan_engine.paths.input_dir / "start.png")
+    end.save(wan_engine.paths.input_dir / "end.png")
     g = Graph()
     model = g.node("UNETLoader", unet_name="tiny_wan_i2v.safetensors", weight_dtype="default").out(0)
     model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
@@ -160,8 +164,12 @@ def test_wan_image_to_video_matches_pipeline(wan_engine, tiny_wan):
     image = g.node("LoadImage", image="start.png").out(0)
     pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
     neg = g.node("CLIPTextEncode", text="", clip=clip)
-    i2v = g.node("WanImageToVideo", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT, length=LENGTH,
-                 batch_size=1, start_image=image)
+    if last:
+        i2v = g.node("WanFirstLastFrameToVideo", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
+                     length=LENGTH, batch_size=1, start_image=image, end_image=g.node("LoadImage", image="end.png").out(0))
+    else:
+        i2v = g.node("WanImageToVideo", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
+                     length=LENGTH, batch_size=1, start_image=image)
     ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal",
                 positive=i2v.out(0), negative=i2v.out(1), latent_image=i2v.out(2), denoise=1.0)
     dec = g.node("VAEDecode", "out", samples=ks, vae=vae)
@@ -179,7 +187,7 @@ def test_wan_image_to_video_matches_pipeline(wan_engine, tiny_wan):
                        scheduler=None)  # the i2v pipeline's prompt cleaning needs ftfy; the encoding is the same
     with torch.no_grad():
         embeds, negative_embeds = text.encode_prompt(PROMPT, negative_prompt="", max_sequence_length=512)
-        video = pipe(image=start, prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, height=HEIGHT,
+        video = pipe(image=start, last_image=end if last else None, prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, height=HEIGHT,
                      width=WIDTH, num_frames=LENGTH,
                      num_inference_steps=STEPS, guidance_scale=CFG, latents=noise, max_sequence_length=512,
                      output_type="pt").frames
