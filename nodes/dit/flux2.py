@@ -14,6 +14,9 @@ Facts (ComfyUI's):
   ``hidden_states[10/20/30]``) concatenated per token (``[1, L, 3·D]``). The model is given them
   left-padded with zeros to 512 tokens (ComfyUI's Flux.2 model does this; diffusers' pipeline instead pads
   the tokens, so its text states differ from ComfyUI's — parity tests give the pipeline ComfyUI's states).
+* **Klein** (Qwen3 4B / 8B files under CLIPLoader type ``flux2``): ComfyUI's Klein recipe — Qwen3's chat
+  template without thinking, padded on the right to 512 tokens with ``<|endoftext|>`` (masked), the
+  states entering layers 9, 18, 27; Klein transformers have no guidance embedding (CFGGuider).
 * **Guidance**: the conditioning's ``guidance`` (FluxGuidance; ComfyUI's default 3.5) for models with a
   guidance embedding (dev); Klein models have none.
 
@@ -45,6 +48,10 @@ TEXT_LAYERS = (10, 20, 30)
 SYSTEM_PROMPT = ("You are an AI that reasons about image descriptions. You give structured responses focusing on "
                  "object relationships, object\nattribution and actions without speculation.")
 TEMPLATE = "[SYSTEM_PROMPT]" + SYSTEM_PROMPT + "[/SYSTEM_PROMPT][INST]{}[/INST]"
+#: Flux.2 Klein (Qwen3 4B / 8B encoders): Qwen3's chat template without thinking, states entering layers
+#: 9, 18, 27, the tokens padded on the right to 512 with ``<|endoftext|>`` (masked)
+KLEIN_TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+KLEIN_LAYERS = (9, 18, 27)
 
 # -- latent format ----------------------------------------------------------------------------------
 
@@ -233,21 +240,32 @@ class Flux2Clip(LlmClip):
     recipe, module docstring)."""
 
     def describe(self) -> str:
-        return "flux2 text encoder (Mistral)"
+        return "flux2 Klein text encoder (Qwen3)" if self.family == "flux2_klein" else "flux2 text encoder (Mistral)"
 
-    def encode_text(self, ctx, text: str) -> list:
+    def _tokens(self, text: str) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
+        if self.family == "flux2_klein":
+            ids = tok(KLEIN_TEMPLATE.format(text), add_special_tokens=False)["input_ids"]
+            pad = tok.convert_tokens_to_ids("<|endoftext|>")
+            if not isinstance(pad, int) or pad == tok.unk_token_id:
+                pad = tok.pad_token_id
+            missing = max(0, TEXT_LENGTH - len(ids))
+            return ids + [pad] * missing, [1] * len(ids) + [0] * missing
         bos = tok.bos_token_id if tok.bos_token_id is not None else 1
         ids = [bos] + tok(TEMPLATE.format(text), add_special_tokens=False)["input_ids"]
+        return ids, [1] * len(ids)
+
+    def encode_text(self, ctx, text: str) -> list:
+        ids, mask = self._tokens(text)
         manager = ctx.service("models")
         with manager.use(self.handle, ctx.device) as module, torch.inference_mode():
             input_ids = torch.tensor([ids], device=ctx.device)
-            out = module(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), output_hidden_states=True,
-                         use_cache=False)
-            layers = TEXT_LAYERS
+            out = module(input_ids=input_ids, attention_mask=torch.tensor([mask], device=ctx.device),
+                         output_hidden_states=True, use_cache=False)
+            layers = KLEIN_LAYERS if self.family == "flux2_klein" else TEXT_LAYERS
             if len(out.hidden_states) <= max(layers) + 1:  # the last entry is after the final norm
                 raise ValueError(f"{self.describe()} has {len(out.hidden_states) - 1} layers; Flux.2 takes the "
-                                 f"states entering layers {layers} (the released model has 40)")
+                                 f"states entering layers {layers}")
             states = torch.stack([out.hidden_states[k] for k in layers], dim=2).float().cpu()
         return [[states.reshape(1, states.shape[1], -1), {}]]
 

@@ -1,5 +1,5 @@
 """Loading Flux.2 files: the transformer (UNETLoader), the Mistral text encoder (CLIPLoader type
-``flux2``), the VAE (VAELoader) and diffusers folders (``Flux2Pipeline``; CheckpointLoaderSimple).
+``flux2``; a Qwen3 file there is Flux.2 Klein's encoder), the VAE (VAELoader) and diffusers folders (``Flux2Pipeline``; CheckpointLoaderSimple).
 Nothing is downloaded.
 
 Text-encoder files: ComfyUI's ``mistral_3_small_flux2_*.safetensors`` (the language model only:
@@ -118,9 +118,15 @@ def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where:
     """CLIPLoader type ``flux2``: a Mistral file."""
     from nodegraph_nodes.dit.loading import _stored, file_keys
 
-    if not is_mistral(file_keys(path, manager.allow_pickle)):
+    from nodegraph_nodes.dit import llm_loading
+
+    keys = file_keys(path, manager.allow_pickle)
+    if llm_loading.encoder_kind(keys) == "qwen3":  # Flux.2 Klein's Qwen3 4B / 8B
+        return load_klein_text_encoder(path, manager, device, models_dir)
+    if not is_mistral(keys):
         raise ModelFileError(f"{where}.type flux2 takes Flux.2's Mistral text encoder "
-                             f"(mistral_3_small_flux2*.safetensors); {path.name} is not a Mistral model")
+                             f"(mistral_3_small_flux2*.safetensors) or Klein's Qwen3 (qwen_3_4b / qwen_3_8b); "
+                             f"{path.name} is neither")
     tokenizer = load_llm_tokenizer(find_tokenizer(models_dir, path))
     dtype = _dtype(device)
 
@@ -131,6 +137,22 @@ def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where:
 
     handle = manager.load(_manager_key(path, "mistral", dtype), loader, compute_dtype=dtype)
     return flux2.Flux2Clip("flux2", handle, tokenizer, source=str(path))
+
+
+def load_klein_text_encoder(path: Path, manager, device: str, models_dir: Path):
+    """Flux.2 Klein's Qwen3 encoder (tokenizer as for Z-Image's: ``qwen3_tokenizer/``)."""
+    from nodegraph_nodes.dit import llm_loading
+    from nodegraph_nodes.dit.loading import _stored
+
+    tokenizer = load_llm_tokenizer(llm_loading.find_llm_tokenizer(models_dir, path, "qwen3"))
+    dtype = _dtype(device)
+
+    def loader():
+        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
+        return llm_loading.build_qwen3(sd, _stored(manager, sd, dtype))
+
+    handle = manager.load(_manager_key(path, "qwen3", dtype), loader, compute_dtype=dtype)
+    return flux2.Flux2Clip("flux2_klein", handle, tokenizer, source=str(path))
 
 
 # -- VAE --------------------------------------------------------------------------------------------

@@ -185,3 +185,43 @@ def test_flux2_template_runs(engine, tiny):
     outputs = sorted(engine.paths.output_dir.rglob("*.png"))
     image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
     assert image.shape == (64, 64, 3) and image.std() > 0.01
+
+
+@pytest.fixture(scope="module")
+def klein(tiny):
+    from tests.dit.tiny_flux2 import build_klein
+
+    return build_klein(tiny[0], tiny[1].vae)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_flux2_klein_matches_pipeline(engine, klein, cfg):
+    """Klein (Qwen3 encoder under CLIPLoader type flux2, no guidance embedding): distilled settings (cfg 1)
+    and base settings (CFGGuider cfg 4 with an empty negative prompt) equal Flux2KleinPipeline, which
+    encodes the prompts itself (the same right padding to 512)."""
+    from diffusers import Flux2KleinPipeline
+
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="tiny_flux2_klein.safetensors", weight_dtype="default")
+    clip = g.node("CLIPLoader", clip_name="tiny_qwen_3_klein.safetensors", type="flux2")
+    vae = g.node("VAELoader", vae_name="tiny_flux2_vae.safetensors")
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    guider = g.node("CFGGuider", model=model, positive=pos, negative=neg, cfg=cfg)
+    sca = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=SEED), guider=guider,
+                 sampler=g.node("KSamplerSelect", sampler_name="euler"),
+                 sigmas=g.node("Flux2Scheduler", steps=STEPS, width=64, height=64),
+                 latent_image=g.node("EmptyFlux2LatentImage", width=64, height=64, batch_size=1))
+    dec = g.node("VAEDecode", "out", samples=sca.out(0), vae=vae)
+    g.node("PreviewAny", source=dec)
+    image = engine.run(g).raise_for_status().value("out")
+
+    pipe = Flux2KleinPipeline(scheduler=scheduler(), vae=klein.vae, text_encoder=klein.text_encoder,
+                              tokenizer=klein.tokenizer, transformer=klein.transformer, is_distilled=cfg == 1.0)
+    pipe.set_progress_bar_config(disable=True)
+    noise, _ = engine_noise((1, 128, 4, 4), SEED)
+    with torch.no_grad():
+        ref = pipe(prompt=PROMPT, num_inference_steps=STEPS, guidance_scale=cfg, latents=noise, height=64, width=64,
+                   output_type="pt").images.permute(0, 2, 3, 1)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert image.std() > 0.01

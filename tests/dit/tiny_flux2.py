@@ -198,3 +198,43 @@ def small_decoder_vae():
                            layers_per_block=1, latent_channels=32, norm_num_groups=32, sample_size=64).eval()
     _randomize(v)
     return v
+
+
+# -- Klein ------------------------------------------------------------------------------------------
+
+KLEIN_TE_LAYERS = 28  # layers 9/18/27 are read; hidden_states[27] stays before the final norm
+
+
+def qwen3_causal(vocab: int, pad: int, eos: int):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(15)
+    cfg = Qwen3Config(vocab_size=vocab, hidden_size=TE_WIDTH, intermediate_size=64, num_hidden_layers=KLEIN_TE_LAYERS,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6,
+                      rope_theta=1000000.0, max_position_embeddings=40960, tie_word_embeddings=True,
+                      bos_token_id=pad, eos_token_id=eos)
+    model = Qwen3ForCausalLM(cfg).eval()
+    _randomize(model)
+    return model
+
+
+@dataclass
+class TinyKlein:
+    transformer: object
+    vae: object
+    text_encoder: object
+    tokenizer: object
+
+
+def build_klein(root: Path, ae) -> TinyKlein:
+    """Klein: a guidance-free transformer (BFL layout) and a Qwen3 encoder (ComfyUI's ``model.layers.…``)."""
+    from tests.dit.tiny_qwen import QWEN3_CHAT_TEMPLATE, write_qwen_tokenizer
+
+    models = root / "models"
+    tok = write_qwen_tokenizer(models / "text_encoders" / "qwen3_tokenizer", QWEN3_CHAT_TEMPLATE)
+    te = qwen3_causal(len(tok), tok.pad_token_id, tok.eos_token_id)
+    net = transformer(guidance=False)
+    save_file({"model.diffusion_model." + k: v for k, v in to_bfl(_contig(net.state_dict())).items()},
+              str(models / "diffusion_models" / "tiny_flux2_klein.safetensors"))
+    save_file(_contig(te.state_dict()), str(models / "text_encoders" / "tiny_qwen_3_klein.safetensors"))
+    return TinyKlein(net, ae, te, tok)
