@@ -118,6 +118,11 @@ class CheckpointLoaderSimple(Node):
 
         if path.is_dir() and lumina2.is_lumina2_folder(path):  # Lumina2Pipeline folders
             return lumina2.load_diffusers_folder(path, manager, self.ctx.device, Path(paths.models_dir))
+        if path.is_file() and path.suffix.lower() in (".safetensors", ".sft"):
+            from nodegraph_nodes.dit.loading import file_keys
+
+            if lumina2.is_checkpoint(file_keys(path, manager.allow_pickle)):  # Lumina 2 all-in-one
+                return lumina2.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
         from nodegraph_nodes.dit import flux2_loading
 
         if path.is_dir() and flux2_loading.is_diffusers_flux2(path):  # Flux2Pipeline folders

@@ -20,6 +20,11 @@ Text encoder files: ``gemma_2_2b_fp16.safetensors`` (``model.layers.N.…`` with
 downloaded): a folder with ``tokenizer.json`` + ``tokenizer_config.json`` — ``<file>.tokenizer/`` next to
 the encoder, else ``models/text_encoders/gemma2_tokenizer/`` (the ``tokenizer`` folder of
 Alpha-VLLM/Lumina-Image-2.0's diffusers release). Diffusers folders: ``Lumina2Pipeline``.
+All-in-one checkpoints (ComfyUI's ``lumina_2.safetensors``, ``NetaYumev35_pretrained_all_in_one``;
+CheckpointLoaderSimple): the NextDiT under ``model.diffusion_model.``, Flux's VAE (LDM names) under
+``vae.``, Gemma 2 under ``text_encoders.gemma2_2b.transformer.``; the SentencePiece model such files
+carry (``text_encoders.gemma2_2b.spiece_model``) is not read (that needs the sentencepiece package): the
+tokenizer comes from the folders above.
 """
 
 from __future__ import annotations
@@ -47,6 +52,10 @@ COMFY_MARKERS = ("cap_embedder.0.weight", "layers.0.attention.qkv.weight", "x_em
 DIFFUSERS_MARKERS = ("time_caption_embed.caption_embedder.0.weight", "layers.0.attn.to_q.weight", "x_embedder.weight")
 PIPELINE = "Lumina2Pipeline"
 GEMMA2_HEAD_DIM = 256
+#: RoPE table sizes (caption + image row, rows, columns). The release's config says (300, 512, 512), which
+#: caps prompts at 299 tokens in diffusers; ComfyUI computes positions without a cap. A position's angles do
+#: not depend on the table size, so a longer first axis changes nothing below 300 and lifts the cap.
+AXES_LENS = (8192, 512, 512)
 TOKENIZER_FOLDER = "gemma2_tokenizer"
 SYSTEM_PROMPTS = {
     "superior": "You are an assistant designed to generate superior images with the superior degree of "
@@ -146,7 +155,7 @@ def transformer_config(sd: dict) -> dict:
             "hidden_size": dim, "num_layers": count("layers"), "num_refiner_layers": count("noise_refiner"),
             "num_attention_heads": dim // head, "num_kv_heads": int(k.shape[0]) // head, "multiple_of": ffn,
             "ffn_dim_multiplier": None if ffn >= 4 * dim else ffn / (4 * dim), "norm_eps": 1e-5,
-            "scaling_factor": 1.0, "axes_dim_rope": rope_axes(head), "axes_lens": (300, 512, 512),
+            "scaling_factor": 1.0, "axes_dim_rope": rope_axes(head), "axes_lens": AXES_LENS,
             "cap_feat_dim": int(cap.shape[1])}
 
 
@@ -367,4 +376,57 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
     te = manager.load(_manager_key(folder / "text_encoder", "text_encoder", dtype),
                       sub_loader(Gemma2Model, "text_encoder", placed=True), compute_dtype=dtype)
     clip = Lumina2Clip(te, load_llm_tokenizer(folder / "tokenizer"), source=str(folder))
+    return model, clip, vae
+
+
+# -- all-in-one checkpoints -------------------------------------------------------------------------
+
+CKPT_VAE_PREFIX = "vae."
+CKPT_GEMMA_PREFIX = "text_encoders.gemma2_2b.transformer."
+
+
+def is_checkpoint(keys) -> bool:
+    """Whether a checkpoint file's keys are a Lumina 2 all-in-one file (transformer + VAE)."""
+    keys = list(keys)
+    return detect_prefix(keys) == "model.diffusion_model." and any(k.startswith(CKPT_VAE_PREFIX) for k in keys)
+
+
+def load_checkpoint(path: Path, manager, device: str, models_dir: Path):
+    """MODEL, CLIP (``None`` without the Gemma part) and VAE of a Lumina 2 all-in-one file."""
+    from nodegraph_nodes.diffusion import checkpoint as ck
+    from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
+    from nodegraph_nodes.dit.loading import _stored, file_keys, flow_dtype, vae_model
+
+    keys = file_keys(path, manager.allow_pickle)
+    dtype = flow_dtype(device)
+    holder: dict[str, Any] = {}
+
+    def sd() -> dict:
+        if "sd" not in holder:
+            holder["sd"] = convert.dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
+        return holder["sd"]
+
+    def part(prefix: str) -> dict:
+        return {k[len(prefix):]: v for k, v in sd().items() if k.startswith(prefix)}
+
+    def net_loader():
+        weights = part("model.diffusion_model.")
+        return build_transformer(weights, _stored(manager, weights, dtype))
+
+    handle = manager.load(_manager_key(path, "transformer:default", dtype), net_loader, compute_dtype=dtype,
+                          placed=True)
+    model = Lumina2Model(handle, "lumina2", source=str(path))
+    vae = vae_model(manager.load(_manager_key(path, "vae", dtype),
+                                 lambda: ck.build_vae(part(CKPT_VAE_PREFIX), "sd1", dtype)[0]))
+    clip = None
+    if any(k.startswith(CKPT_GEMMA_PREFIX) for k in keys):
+        tokenizer = load_llm_tokenizer(find_tokenizer(models_dir, path))
+
+        def te_loader():
+            weights = {k: v for k, v in part(CKPT_GEMMA_PREFIX).items() if isinstance(v, torch.Tensor)
+                       and k.startswith("model.")}
+            return build_gemma2(weights, _stored(manager, weights, dtype))
+
+        clip = Lumina2Clip(manager.load(_manager_key(path, "gemma2", dtype), te_loader, compute_dtype=dtype),
+                           tokenizer, source=str(path))
     return model, clip, vae

@@ -36,8 +36,9 @@ def engine(lumina_root, tmp_path):
 
 def lumina_graph(how: str, system: str = "superior", shift: float | None = None) -> Graph:
     g = Graph()
-    if how == "folder":
-        ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_lumina_2")
+    if how in ("folder", "checkpoint"):
+        name = "tiny_lumina_2" if how == "folder" else "tiny_lumina_2_all_in_one.safetensors"
+        ck = g.node("CheckpointLoaderSimple", ckpt_name=name)
         model, clip, vae = ck.out(0), ck.out(1), ck.out(2)
     else:
         model = g.node("UNETLoader", unet_name="tiny_lumina_2.safetensors", weight_dtype="default").out(0)
@@ -68,7 +69,7 @@ def reference(tiny, system: str = "superior", shift: float = 6.0) -> torch.Tenso
     return image.permute(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize("how", ["files", "folder"])
+@pytest.mark.parametrize("how", ["files", "folder", "checkpoint"])
 def test_lumina2_txt2img_matches_pipeline(engine, lumina_root, how):
     tiny = lumina_root[1]
     image = engine.run(lumina_graph(how)).raise_for_status().value("out")
@@ -99,3 +100,35 @@ def test_lumina2_single_file_is_detected_and_converts_exactly(lumina_root):
     assert cfg["axes_dim_rope"] == list(tiny.transformer.config.axes_dim_rope)
     assert lumina2.detect_prefix({"cap_pad_token": 0, **{k[len("model.diffusion_model."):]: v
                                                          for k, v in sd.items()}}) is None  # Z-Image
+
+
+def test_netayume_lumina_template_runs(engine, lumina_root):
+    """ComfyUI's image_netayume_lumina_t2i template (copied, MIT: CheckpointLoaderSimple with the all-in-one
+    file, PrimitiveStringMultiline + StringConcatenate prompts with their own system prefixes, CLIPTextEncode,
+    ModelSamplingAuraFlow 4, KSampler res_multistep, SaveImage; inside a subgraph) runs end to end on the
+    tiny all-in-one file under its name; only the empty latent is made 64x64 and the 30 steps 4."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+    from tests.dit.tiny_qwen import copy_as
+
+    copy_as(lumina_root[0], {"checkpoints/tiny_lumina_2_all_in_one.safetensors":
+                             "checkpoints/NetaYumev35_pretrained_all_in_one.safetensors"})
+    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "image_netayume_lumina_t2i.json"
+    api = load_workflow_data(json.loads(path.read_text()), default_registry(packs=False)).api
+    for n in api.values():
+        if n["class_type"] == "EmptySD3LatentImage":
+            n["inputs"].update(width=64, height=64)
+        if n["class_type"] == "KSampler":
+            n["inputs"].update(steps=4)
+    result = engine.run(api).raise_for_status()
+    kinds = {api[n]["class_type"] for n in result.executed}
+    assert {"CheckpointLoaderSimple", "CLIPTextEncode", "ModelSamplingAuraFlow", "KSampler", "SaveImage"} <= kinds
+    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
+    assert outputs
+    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    assert image.shape == (64, 64, 3) and image.std() > 0.01

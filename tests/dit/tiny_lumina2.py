@@ -4,7 +4,9 @@
 ``model.diffusion_model.``), ``text_encoders/tiny_gemma_2_2b.safetensors`` (``model.layers.…``, as
 ``gemma_2_2b_fp16.safetensors``), the tokenizer in ``text_encoders/gemma2_tokenizer/`` (a Unigram
 ``tokenizer.json`` built here, ``<bos>`` added like Gemma's), Flux's VAE (``vae/tiny_flux_ae.safetensors``)
-and ``diffusers/tiny_lumina_2/`` (a ``Lumina2Pipeline`` folder, scheduler shift 6).
+``checkpoints/tiny_lumina_2_all_in_one.safetensors`` (ComfyUI's all-in-one layout: ``model.diffusion_model.``,
+``vae.``, ``text_encoders.gemma2_2b.transformer.``) and ``diffusers/tiny_lumina_2/`` (a ``Lumina2Pipeline``
+folder, scheduler shift 6).
 
 The single-file export is written from the layout's key names, independently of the engine's import.
 """
@@ -126,6 +128,11 @@ def build_lumina2(root: Path) -> TinyLumina2:
     save_file(_contig({"model." + k: v for k, v in te.state_dict().items()}),
               str(models / "text_encoders" / "tiny_gemma_2_2b.safetensors"))
     save_file(_contig(_vae_file(vae)), str(models / "vae" / "tiny_flux_ae.safetensors"))
+    allinone = dict(comfy)  # ComfyUI's lumina_2.safetensors: + VAE under vae., Gemma 2 under text_encoders.
+    allinone.update({"vae." + k: v for k, v in _vae_file(vae).items()})
+    allinone.update({"text_encoders.gemma2_2b.transformer.model." + k: v for k, v in te.state_dict().items()})
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_file(_contig(allinone), str(models / "checkpoints" / "tiny_lumina_2_all_in_one.safetensors"))
     folder = models / "diffusers" / "tiny_lumina_2"
     _save_folder(folder, "Lumina2Pipeline", {"transformer": net, "vae": vae, "text_encoder": te},
                  {"tokenizer": tokenizer}, FlowMatchEulerDiscreteScheduler(shift=6.0))
