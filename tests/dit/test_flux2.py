@@ -225,3 +225,57 @@ def test_flux2_klein_matches_pipeline(engine, klein, cfg):
                    output_type="pt").images.permute(0, 2, 3, 1)
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
     assert image.std() > 0.01
+
+
+def test_flux2_package_templates_validate_with_file_errors_only():
+    """Every Flux.2 template of comfyui-workflow-templates-json (not the api_ ones) validates against
+    nodegraph's nodes with file errors only, apart from the Klein KV-cache node (FluxKVCache)."""
+    import json
+    from pathlib import Path
+
+    from nodegraph.errors import ValidationFailed
+    from nodegraph.validation import validate
+    from nodegraph.workflow.loader import load_workflow_data
+
+    package = pytest.importorskip("comfyui_workflow_templates_json")
+    paths = sorted(p for p in (Path(package.__file__).parent / "templates").glob("*flux2*.json")
+                   if not p.name.startswith("api_"))
+    assert len(paths) >= 10
+    registry = default_registry(packs=False)
+    missing = set()
+    for path in paths:
+        api = load_workflow_data(json.loads(path.read_text()), registry).api
+        try:
+            validate(api, registry)
+            continue
+        except ValidationFailed as failure:
+            for error in failure.errors:
+                if error.kind == "unknown_node_type":
+                    missing.add(error.class_type)
+                else:
+                    assert "not one of its choices" in str(error) or "not found in inputs" in str(error), \
+                        (path.name, str(error))
+    assert missing == {"FluxKVCache"}
+
+
+def test_flux2_loader_errors(engine, tiny):
+    """CLIPLoader type flux2 names what it takes; a Mistral file without a tokenizer says where to put one."""
+    import shutil
+
+    models = tiny[0] / "models"
+    g = Graph()
+    clip = g.node("CLIPLoader", clip_name="tiny_flux2_diffusers.safetensors", type="flux2")
+    g.node("PreviewAny", source=g.node("CLIPTextEncode", text="x", clip=clip))
+    (models / "text_encoders" / "tiny_flux2_diffusers.safetensors").write_bytes(
+        (models / "diffusion_models" / "tiny_flux2_diffusers.safetensors").read_bytes())
+    with pytest.raises(Exception, match=r"mistral_3_small_flux2.*is neither"):
+        engine.run(g).raise_for_status()
+
+    lonely = tiny[0] / "lonely" / "models"
+    (lonely / "text_encoders").mkdir(parents=True)
+    shutil.copy(models / "text_encoders" / "tiny_mistral_3_small_flux2.safetensors", lonely / "text_encoders")
+    from nodegraph_nodes.diffusion.files import ModelFileError
+    from nodegraph_nodes.dit.flux2_loading import find_tokenizer
+
+    with pytest.raises(ModelFileError, match="mistral3_tokenizer"):
+        find_tokenizer(lonely, lonely / "text_encoders" / "tiny_mistral_3_small_flux2.safetensors")
