@@ -195,3 +195,55 @@ def test_wan_image_to_video_matches_pipeline(wan_engine, tiny_wan, last):
     assert frames.shape == ref.shape == (LENGTH, HEIGHT, WIDTH, 3)
     assert torch.allclose(frames, ref, atol=1e-4), (frames - ref).abs().max()
     assert not torch.allclose(frames, wan_engine.run(wan_graph("files")).raise_for_status().value("out"), atol=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["t2v", "i2v"])
+def test_comfy_wan22_14b_templates_run(wan_engine, tiny_wan, kind):
+    """ComfyUI's official ``video_wan2_2_14B_t2v`` / ``_i2v`` templates (two experts: high-noise steps 0–2 and
+    low-noise steps 2–4 through KSamplerAdvanced; tests/data/comfy_templates_dit, MIT) on the tiny models saved
+    under their file names. Their lightx2v LoRA path is switched off, so the LoRA files are placeholders that
+    only satisfy validation. Made smaller: the latent (32×32, 5 frames) and the 20 steps (4)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_qwen import copy_as
+
+    net = "tiny_wan2.1_t2v" if kind == "t2v" else "tiny_wan_i2v"
+    lora = "lora_v1.1" if kind == "t2v" else "lora_v1"
+    copy_as(tiny_wan.root, {
+        f"diffusion_models/{net}.safetensors": f"diffusion_models/wan2.2_{kind}_high_noise_14B_fp8_scaled.safetensors",
+        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
+    copy_as(tiny_wan.root, {f"diffusion_models/{net}.safetensors":
+                            f"diffusion_models/wan2.2_{kind}_low_noise_14B_fp8_scaled.safetensors"})
+    models = tiny_wan.root / "models"
+    (models / "loras").mkdir(exist_ok=True)
+    for noise in ("high", "low"):
+        shutil.copyfile(models / "vae" / "tiny_wan_2.1_vae.safetensors",
+                        models / "loras" / f"wan2.2_{kind}_lightx2v_4steps_{lora}_{noise}_noise.safetensors")
+    wan_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 40, 3), dtype=np.uint8), "RGB").save(
+        wan_engine.paths.input_dir / "video_wan2_2_14B_i2v_input_image.jpg")
+    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / f"video_wan2_2_14B_{kind}.json"
+    api = load_workflow_data(json.loads(path.read_text()), wan_engine.registry).api
+    for n in api.values():
+        if n["class_type"] in ("EmptyHunyuanLatentVideo", "WanImageToVideo"):
+            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
+        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") == 20:
+            n["inputs"]["value"] = 4
+    result = wan_engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    assert executed.count("UNETLoader") == 2 and executed.count("KSamplerAdvanced") == 2
+    assert "LoraLoaderModelOnly" not in executed
+    assert ("WanImageToVideo" in executed) == (kind == "i2v")
+    saved = list(wan_engine.paths.output_dir.rglob("*.mp4"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == LENGTH
