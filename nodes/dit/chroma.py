@@ -16,6 +16,8 @@ under ``model.diffusion_model.``; diffusers' names (``distilled_guidance_layer.l
 ``transformer_blocks.N.attn.to_q``) load as they are. Config from the shapes (head width 128, RoPE axes
 (16, 56, 56) as Flux.1). Diffusers folders: ``ChromaPipeline`` (CheckpointLoaderSimple).
 
+LoRAs: Flux's layouts (kohya / ComfyUI names of BFL's blocks, diffusers / PEFT names; :mod:`.lora`).
+
 Each conditioning part runs as its own call (its T5 length kept: no padding or repetition, as the
 pipeline gives the transformer each prompt separately).
 """
@@ -129,7 +131,11 @@ class ChromaModel(FlowModel):
     family: str = "chroma"
 
     def lora_patch(self, sd: dict, strength: float, name: str):
-        raise ModelFileError(f"LoRA {name}: LoRAs for Chroma are not supported yet")
+        """LoRAs in Flux's block names (kohya / ComfyUI ``lora_unet_double_blocks_…``, diffusers / PEFT):
+        Chroma's blocks are Flux's (:mod:`.lora`)."""
+        from nodegraph_nodes.dit.lora import flow_lora_patch
+
+        return flow_lora_patch("flux", self.handle.get(), sd, strength, name)
 
     @property
     def format(self):
@@ -181,6 +187,10 @@ def open_chroma_runner(model: FlowModel, ctx, latent_shape: tuple) -> Iterator[C
     manager = ctx.service("models")
     with ExitStack() as stack:
         net = stack.enter_context(manager.use(model.handle, ctx.device))
+        if model.patches:  # LoRAs (LoraLoader): added to the weights for this run
+            from nodegraph_nodes.diffusion.lora import patched
+
+            stack.enter_context(patched(net, model.patches))
         stack.enter_context(torch.inference_mode())
         stack.enter_context(small_work_threads(ctx.device, work_elements(net, latent_shape)))
         yield ChromaRunner(net, ctx.device)

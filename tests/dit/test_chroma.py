@@ -201,3 +201,47 @@ def test_chroma_template_runs(engine, chroma_root):
     assert outputs
     image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
     assert image.shape == (64, 64, 3) and image.std() > 0.01
+
+
+def test_chroma_kohya_lora_equals_merged_weights(engine, chroma_root):
+    """LoraLoaderModelOnly with a LoRA in kohya's names of the BFL blocks (fused qkv, single blocks'
+    linear1) equals the single file with the LoRA merged into those weights."""
+    from safetensors.torch import load_file, save_file
+
+    models = chroma_root[0] / "models"
+    base = load_file(str(models / "diffusion_models" / "tiny_chroma.safetensors"))
+    g = torch.Generator().manual_seed(3)
+    lora, merged = {}, dict(base)
+    for layer in ("double_blocks.0.img_attn.qkv", "double_blocks.0.txt_mlp.0", "single_blocks.1.linear1"):
+        w = base["model.diffusion_model." + layer + ".weight"]
+        down = torch.randn(2, w.shape[1], generator=g) * 0.05
+        up = torch.randn(w.shape[0], 2, generator=g) * 0.05
+        kohya = "lora_unet_" + layer.replace(".", "_")
+        lora.update({kohya + ".lora_down.weight": down, kohya + ".lora_up.weight": up,
+                     kohya + ".alpha": torch.tensor(1.0)})
+        merged["model.diffusion_model." + layer + ".weight"] = w + 0.8 * (up @ down) * 0.5
+    (models / "loras").mkdir(exist_ok=True)
+    save_file(lora, str(models / "loras" / "tiny_chroma_lora.safetensors"))
+    save_file({k: v.contiguous() for k, v in merged.items()},
+              str(models / "diffusion_models" / "tiny_chroma_merged.safetensors"))
+
+    def run(unet: str, with_lora: bool) -> torch.Tensor:
+        g2 = Graph()
+        model = g2.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+        if with_lora:
+            model = g2.node("LoraLoaderModelOnly", model=model, lora_name="tiny_chroma_lora.safetensors",
+                            strength_model=0.8).out(0)
+        clip = g2.node("CLIPLoader", clip_name="tiny_t5xxl.safetensors", type="chroma").out(0)
+        pos = g2.node("CLIPTextEncode", text=PROMPT, clip=clip)
+        neg = g2.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
+        lat = g2.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+        samples = g2.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                          scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
+        vae = g2.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
+        g2.node("PreviewAny", source=g2.node("VAEDecode", "out", samples=samples, vae=vae))
+        return engine.run(g2).raise_for_status().value("out")
+
+    with_lora, merged_out, plain = run("tiny_chroma.safetensors", True), run("tiny_chroma_merged.safetensors", False), \
+        run("tiny_chroma.safetensors", False)
+    assert torch.allclose(with_lora, merged_out, atol=1e-4), (with_lora - merged_out).abs().max()
+    assert not torch.allclose(with_lora, plain, atol=1e-3)
