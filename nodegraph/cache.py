@@ -40,7 +40,8 @@ def machine_ram() -> int:
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            text = open(limit_file).read().strip()
+            with open(limit_file) as file:
+                text = file.read().strip()
         except OSError:
             continue
         if text.isdigit() and 0 < int(text) < total:
