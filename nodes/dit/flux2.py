@@ -292,7 +292,9 @@ class Flux2Model(FlowModel):
         return open_runner(self, ctx, latent_shape, Flux2Runner)
 
     def lora_patch(self, sd: dict, strength: float, name: str):
-        raise ValueError("LoraLoader: LoRAs on Flux.2 models are not supported yet")
+        from nodegraph_nodes.dit.flux2_lora import flux2_lora_patch
+
+        return flux2_lora_patch(self.handle.get(), sd, strength, name)
 
 
 def pad_text(states: torch.Tensor, length: int = TEXT_LENGTH) -> torch.Tensor:

@@ -37,7 +37,7 @@ def engine(tiny, tmp_path):
 
 
 def flux2_graph(how: str, unet: str = "tiny_flux2_dev.safetensors", guidance: float = GUIDANCE,
-                reference_image: str | None = None) -> Graph:
+                reference_image: str | None = None, lora: str | None = None, lora_strength: float = 1.0) -> Graph:
     g = Graph()
     if how == "files":
         model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
@@ -46,6 +46,8 @@ def flux2_graph(how: str, unet: str = "tiny_flux2_dev.safetensors", guidance: fl
     else:
         ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_flux2")
         model, clip, vae = ck.out(0), ck.out(1), ck.out(2)
+    if lora is not None:
+        model = g.node("LoraLoaderModelOnly", model=model, lora_name=lora, strength_model=lora_strength).out(0)
     cond = g.node("CLIPTextEncode", "cond", text=PROMPT, clip=clip)
     if reference_image is not None:  # the edit template: the input image's latent as a reference
         img = g.node("LoadImage", image=reference_image)
@@ -76,13 +78,13 @@ def pipeline_states(t) -> torch.Tensor:
                                                                 max_sequence_length=length)
 
 
-def reference(t, states: torch.Tensor, guidance: float = GUIDANCE) -> torch.Tensor:
+def reference(t, states: torch.Tensor, guidance: float = GUIDANCE, transformer=None) -> torch.Tensor:
     from diffusers import Flux2Pipeline
 
     from nodegraph_nodes.dit.flux2 import pad_text
 
     pipe = Flux2Pipeline(scheduler=scheduler(), vae=t.vae, text_encoder=t.text_encoder, tokenizer=t.tokenizer,
-                         transformer=t.transformer)
+                         transformer=transformer or t.transformer)
     pipe.set_progress_bar_config(disable=True)
     noise, _ = engine_noise((1, 128, 4, 4), SEED)
     with torch.no_grad():
@@ -279,3 +281,29 @@ def test_flux2_loader_errors(engine, tiny):
 
     with pytest.raises(ModelFileError, match="mistral3_tokenizer"):
         find_tokenizer(lonely, lonely / "text_encoders" / "tiny_mistral_3_small_flux2.safetensors")
+
+
+def test_flux2_lora_in_comfy_layout_matches_merged_weights(engine, tiny):
+    """A LoRA saved in BFL's names (ComfyUI / ai-toolkit: fused qkv, linear1, the final modulation, with
+    alpha) through LoraLoaderModelOnly equals the pipeline on a transformer whose diffusers modules got
+    strength · alpha/rank · B·A added (the LoRA was made in diffusers' names and fused here for the file)."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    from tests.dit.tiny_flux2 import flux2_lora
+
+    t = tiny[1]
+    modules, bfl = flux2_lora(t.transformer)
+    (tiny[0] / "models" / "loras").mkdir(exist_ok=True)
+    save_file(bfl, str(tiny[0] / "models" / "loras" / "tiny_flux2_lora.safetensors"))
+    merged = copy.deepcopy(t.transformer)
+    with torch.no_grad():
+        for name, (down, up, scale) in modules.items():
+            merged.get_submodule(name).weight += 0.8 * scale * (up @ down)
+    image = engine.run(flux2_graph("files", lora="tiny_flux2_lora.safetensors", lora_strength=0.8)) \
+        .raise_for_status().value("out")
+    states = pipeline_states(t)
+    ref = reference(t, states, transformer=merged)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, reference(t, states), atol=1e-3)

@@ -238,3 +238,41 @@ def build_klein(root: Path, ae) -> TinyKlein:
               str(models / "diffusion_models" / "tiny_flux2_klein.safetensors"))
     save_file(_contig(te.state_dict()), str(models / "text_encoders" / "tiny_qwen_3_klein.safetensors"))
     return TinyKlein(net, ae, te, tok)
+
+
+def flux2_lora(net, rank: int = 4, alpha: float = 2.0):
+    """A random LoRA on ``net`` in diffusers' module names (``{module: (down, up, alpha/rank)}``) and the
+    same LoRA in BFL's names as ComfyUI saves them (``diffusion_model.<layer>.lora_A/B.weight``, ``.alpha``):
+    q/k/v share one ``down`` so that they fuse into ``qkv``; the final modulation's halves are swapped."""
+    g = torch.Generator().manual_seed(21)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=g) * 0.3
+
+    def width(name):
+        return net.get_submodule(name).weight.shape
+
+    modules, bfl = {}, {}
+    for stream, names in (("img", ("to_q", "to_k", "to_v")), ("txt", ("add_q_proj", "add_k_proj", "add_v_proj"))):
+        down = rnd(rank, width(f"transformer_blocks.0.attn.{names[0]}")[1])
+        ups = [rnd(width(f"transformer_blocks.0.attn.{n}")[0], rank) for n in names]
+        for n, up in zip(names, ups):
+            modules[f"transformer_blocks.0.attn.{n}"] = (down, up)
+        bfl[f"double_blocks.0.{stream}_attn.qkv"] = (down, torch.cat(ups))
+    for diff, orig in (("transformer_blocks.0.attn.to_out.0", "double_blocks.0.img_attn.proj"),
+                       ("transformer_blocks.0.ff.linear_in", "double_blocks.0.img_mlp.0"),
+                       ("single_transformer_blocks.1.attn.to_qkv_mlp_proj", "single_blocks.1.linear1"),
+                       ("norm_out.linear", "final_layer.adaLN_modulation.1")):
+        out_f, in_f = width(diff)
+        down, up = rnd(rank, in_f), rnd(out_f, rank)
+        modules[diff] = (down, up)
+        if orig.startswith("final_layer"):
+            shift, scale = up.chunk(2)
+            up = torch.cat([scale, shift])
+        bfl[orig] = (down, up)
+    file = {}
+    for layer, (down, up) in bfl.items():
+        file[f"diffusion_model.{layer}.lora_A.weight"] = down.contiguous()
+        file[f"diffusion_model.{layer}.lora_B.weight"] = up.contiguous()
+        file[f"diffusion_model.{layer}.alpha"] = torch.tensor(alpha)
+    return {k: (d, u, alpha / rank) for k, (d, u) in modules.items()}, file
