@@ -10,7 +10,9 @@ EmptySD3LatentImage, CLIPTextEncodeSD3, CLIPTextEncodeFlux, FluxGuidance), :mod:
 :mod:`.z_image` (transformers, VAE, runners), :mod:`.llm_text` (their language-model CLIP),
 :mod:`.llm_loading` (their files and folders), nodes in :mod:`.qwen_edit` (TextEncodeQwenImageEdit,
 TextEncodeQwenImageEditPlus). Wan 2.1 text-to-video: :mod:`.wan` (transformer, UMT5 CLIP, runner,
-files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, TrimVideoLatent), :mod:`.wan_i2v` (WanImageToVideo). The shared loaders
+files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, TrimVideoLatent), :mod:`.wan_i2v` (WanImageToVideo). Flux.2 (dev, Klein):
+:mod:`.flux2` (transformer, VAE, Mistral/Qwen3 CLIP, runner), :mod:`.flux2_loading` (files, folders),
+:mod:`.flux2_lora`, nodes in :mod:`.flux2_nodes` (EmptyFlux2LatentImage, Flux2Scheduler). The shared loaders
 (UNETLoader, CLIPLoader, CheckpointLoaderSimple, VAELoader) live in the ``diffusion`` family and hand
 these files to :mod:`.loading`; sampling is the ``sampling`` family's (KSampler, SamplerCustomAdvanced,
 ModelSamplingSD3/Flux).
