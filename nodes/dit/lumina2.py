@@ -8,6 +8,7 @@ time ``1 - sigma`` and predicts the negated velocity; the runner turns both back
 CLIPTextEncodeLumina2 writes ``"{system prompt} <Prompt Start> {prompt}"`` (:mod:`.lumina2_nodes`).
 Prompt weights ``(word:1.2)`` are not parsed (the text goes to Gemma as written). ComfyUI's RenormCFG
 (the pipeline's ``cfg_normalization``/``cfg_trunc_ratio``) is not provided yet: plain CFG only.
+LoRAs: ComfyUI's / kohya's NextDiT names and diffusers / PEFT names (:func:`lora_patch`).
 
 Key layouts: ComfyUI's repackaged ``lumina_2_model_bf16.safetensors`` (Lumina's NextDiT names:
 ``layers.N.attention.qkv``, ``attention.out``, ``q_norm``/``k_norm``, ``feed_forward.w1..w3``,
@@ -90,11 +91,12 @@ _BLOCK = {"attention.out": "attn.to_out.0", "attention.q_norm": "attn.norm_q", "
           "attention_norm2": "norm2", "ffn_norm1": "ffn_norm1", "ffn_norm2": "ffn_norm2"}
 
 
-def to_diffusers(sd: dict) -> dict:
-    """``Lumina2Transformer2DModel`` names for Lumina 2 weights in either layout (prefix removed)."""
+def to_diffusers(sd: dict, dim: int | None = None) -> dict:
+    """``Lumina2Transformer2DModel`` names for Lumina 2 weights in either layout (prefix removed); ``dim``
+    (the model width, to split a fused qkv) is read from ``x_embedder`` unless given (LoRA ``up`` parts)."""
     if "time_caption_embed.caption_embedder.0.weight" in sd:
         return sd
-    dim = int(sd["x_embedder.weight"].shape[0])
+    dim = int(sd["x_embedder.weight"].shape[0]) if dim is None else dim
     out = {}
     for key, value in sd.items():
         if key == "norm_final.weight":  # in the original files, unused
@@ -175,7 +177,7 @@ class Lumina2Model(FlowModel):
     family: str = "lumina2"
 
     def lora_patch(self, sd: dict, strength: float, name: str):
-        raise ModelFileError(f"LoRA {name}: LoRAs for Lumina 2 are not supported yet")
+        return lora_patch(self.handle.get(), sd, strength, name)
 
     @property
     def format(self):
@@ -219,6 +221,55 @@ class Lumina2Runner:
             outs.append(-out.float())
             row += p.rows
         return torch.cat(outs)[..., :h, :w].to(self.dtype)
+
+
+LORA_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet_", "lora_transformer_", "")
+
+
+def lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str):
+    """The deltas of LoRA ``sd`` on a Lumina 2 transformer: ComfyUI / musubi names of the NextDiT layout
+    (``diffusion_model.layers.N.attention.qkv``: the fused ``up`` split by rows into ``to_q``/``to_k``/
+    ``to_v`` with the shared ``down``), kohya's (``lora_unet_layers_N_attention_qkv``) and diffusers / PEFT
+    names (``transformer.layers.N.attn.to_q``); ``strength · alpha/rank · up @ down``."""
+    from nodegraph_nodes.diffusion.components import LoraPatch
+    from nodegraph_nodes.diffusion.lora import _group, _module_names
+
+    modules = _module_names(net, "unet")
+    dim = int(net.config.hidden_size)
+    original = {}
+    for group in ("layers", "noise_refiner", "context_refiner"):
+        for i in range(len(getattr(net, group))):
+            for layer in ("attention.qkv", "attention.out", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3",
+                          "adaLN_modulation.1"):
+                dotted = f"{group}.{i}.{layer}"
+                original[dotted] = original[dotted.replace(".", "_")] = dotted
+    for layer in ("x_embedder", "cap_embedder.1", "t_embedder.mlp.0", "t_embedder.mlp.2", "final_layer.linear",
+                  "final_layer.adaLN_modulation.1"):
+        original[layer] = original[layer.replace(".", "_")] = layer
+    deltas, unread = {}, []
+    for key, parts in _group(sd).items():
+        if "up" not in parts or "down" not in parts:
+            continue
+        down, up = parts["down"], parts["up"]
+        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
+        for prefix in LORA_PREFIXES:
+            if not key.startswith(prefix):
+                continue
+            layer = key[len(prefix):]
+            if layer in modules:
+                deltas[modules[layer] + ".weight"] = (up, down, scale)
+                break
+            if layer in original:
+                for target, part in to_diffusers({original[layer] + ".weight": up}, dim).items():
+                    deltas[modules[target[:-len(".weight")]] + ".weight"] = (part, down, scale)
+                break
+        else:
+            if not key.startswith(("lora_te", "text_encoder", "te_", "lora_clip")):
+                unread.append(key)
+    if unread and not deltas:
+        raise ModelFileError(f"LoRA {name} has no weights matching this Lumina 2 transformer (e.g. {unread[0]}); "
+                             "it was made for another model")
+    return LoraPatch(name, deltas, float(strength))
 
 
 # -- Gemma 2 text encoder ---------------------------------------------------------------------------

@@ -132,3 +132,47 @@ def test_netayume_lumina_template_runs(engine, lumina_root):
     assert outputs
     image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
     assert image.shape == (64, 64, 3) and image.std() > 0.01
+
+
+@pytest.mark.parametrize("names", ["comfy", "kohya"])
+def test_lumina2_lora_equals_merged_weights(engine, lumina_root, names):
+    """LoraLoaderModelOnly with a LoRA in the NextDiT names (fused qkv split by rows, feed_forward.w1,
+    a refiner's out) equals the single file with the LoRA merged into those weights."""
+    from safetensors.torch import load_file, save_file
+
+    models = lumina_root[0] / "models"
+    base = load_file(str(models / "diffusion_models" / "tiny_lumina_2.safetensors"))
+    g = torch.Generator().manual_seed(4)
+    lora, merged = {}, dict(base)
+    for layer in ("layers.0.attention.qkv", "layers.1.feed_forward.w1", "noise_refiner.0.attention.out"):
+        w = base["model.diffusion_model." + layer + ".weight"]
+        down = torch.randn(2, w.shape[1], generator=g) * 0.05
+        up = torch.randn(w.shape[0], 2, generator=g) * 0.05
+        key = ("diffusion_model." + layer) if names == "comfy" else "lora_unet_" + layer.replace(".", "_")
+        lora.update({key + ".lora_down.weight": down, key + ".lora_up.weight": up, key + ".alpha": torch.tensor(1.0)})
+        merged["model.diffusion_model." + layer + ".weight"] = w + 0.7 * (up @ down) * 0.5
+    (models / "loras").mkdir(exist_ok=True)
+    save_file(lora, str(models / "loras" / f"tiny_lumina_lora_{names}.safetensors"))
+    save_file({k: v.contiguous() for k, v in merged.items()},
+              str(models / "diffusion_models" / f"tiny_lumina_merged_{names}.safetensors"))
+
+    def run(unet: str, with_lora: bool) -> torch.Tensor:
+        g2 = Graph()
+        model = g2.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+        if with_lora:
+            model = g2.node("LoraLoaderModelOnly", model=model, lora_name=f"tiny_lumina_lora_{names}.safetensors",
+                            strength_model=0.7).out(0)
+        clip = g2.node("CLIPLoader", clip_name="tiny_gemma_2_2b.safetensors", type="lumina2").out(0)
+        pos = g2.node("CLIPTextEncode", text=PROMPT, clip=clip)
+        neg = g2.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
+        lat = g2.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+        samples = g2.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                          scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
+        vae = g2.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
+        g2.node("PreviewAny", source=g2.node("VAEDecode", "out", samples=samples, vae=vae))
+        return engine.run(g2).raise_for_status().value("out")
+
+    with_lora = run("tiny_lumina_2.safetensors", True)
+    merged_out = run(f"tiny_lumina_merged_{names}.safetensors", False)
+    assert torch.allclose(with_lora, merged_out, atol=1e-4), (with_lora - merged_out).abs().max()
+    assert not torch.allclose(with_lora, run("tiny_lumina_2.safetensors", False), atol=1e-3)
