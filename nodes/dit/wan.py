@@ -80,9 +80,13 @@ def transformer_config(sd: dict) -> dict:
         ffn = sd["blocks.0.ffn.net.0.proj.weight"]
     except KeyError as exc:
         raise ModelFileError(f"the Wan transformer weights lack {exc.args[0]}") from None
-    if any(k.startswith("condition_embedder.image_embedder.") for k in sd):
-        raise ModelFileError("this Wan transformer is an image-to-video model (it has an image embedder); "
-                             "nodegraph runs Wan text-to-video models so far")
+    image = {}
+    if "condition_embedder.image_embedder.norm1.weight" in sd:  # Wan 2.1 I2V: CLIP vision states attended to
+        if "condition_embedder.image_embedder.pos_embed" in sd:
+            raise ModelFileError("this is a Wan 2.1 first-last-frame (FLF2V) transformer (image position "
+                                 "embedding); nodegraph does not run it yet")
+        image = {"image_dim": int(sd["condition_embedder.image_embedder.norm1.weight"].shape[0]),
+                 "added_kv_proj_dim": int(sd["blocks.0.attn2.add_k_proj.weight"].shape[1])}
     inner = int(patch.shape[0])
     head = 128 if inner % 128 == 0 else inner
     size = tuple(int(s) for s in patch.shape[2:])
@@ -91,7 +95,8 @@ def transformer_config(sd: dict) -> dict:
             "in_channels": int(patch.shape[1]), "out_channels": out, "text_dim": int(text.shape[1]),
             "freq_dim": int(time.shape[1]), "ffn_dim": int(ffn.shape[0]),
             "num_layers": _count(sd, r"blocks\.(\d+)\."), "cross_attn_norm": "blocks.0.norm2.weight" in sd,
-            "qk_norm": "rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in sd else None, "eps": 1e-6}
+            "qk_norm": "rms_norm_across_heads" if "blocks.0.attn1.norm_q.weight" in sd else None, "eps": 1e-6,
+            **image}
 
 
 def build_transformer(sd: dict, layout: str, dtype: torch.dtype):
@@ -159,6 +164,7 @@ class WanRunner:
         self.device = device
         self.dtype = next(net.parameters()).dtype
         self.in_channels = int(net.config.in_channels)
+        self.image_dim = getattr(net.config, "image_dim", None)
 
     def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
         pass
@@ -187,6 +193,16 @@ class WanRunner:
             mask = _rows(mask.expand(-1, 4, -1, -1, -1), x.shape[0])
         return torch.cat([mask, image], dim=1).to(x.device, x.dtype)
 
+    def _image_states(self, part: CondPart) -> torch.Tensor:
+        """Wan 2.1 I2V: the start image's CLIP vision penultimate states (WanImageToVideo's
+        ``clip_vision_output``)."""
+        output = part.extras.get("clip_vision_output")
+        if output is None:
+            raise ValueError("this Wan 2.1 image-to-video model needs the start image's CLIP vision output: connect "
+                             "CLIPVisionEncode to WanImageToVideo.clip_vision_output")
+        states = output.penultimate_hidden_states
+        return _rows(states.to(self.device, self.dtype), part.rows)
+
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         if x_in.ndim != 5:
             raise ValueError(f"Wan models sample video latents [B, 16, frames, h, w]; this latent is "
@@ -199,8 +215,11 @@ class WanRunner:
             xs = x[row:row + part.rows]
             if self.in_channels > xs.shape[1]:
                 xs = torch.cat([xs, self._concat(xs, part)], dim=1)
+            extra = {}
+            if self.image_dim is not None:
+                extra["encoder_hidden_states_image"] = self._image_states(part)
             outs.append(self.net(hidden_states=xs, timestep=t[row:row + part.rows],
-                                 encoder_hidden_states=states, return_dict=False)[0])
+                                 encoder_hidden_states=states, return_dict=False, **extra)[0])
             row += part.rows
         return torch.cat(outs)
 

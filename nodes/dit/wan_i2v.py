@@ -41,9 +41,9 @@ def encode_video(ctx, vae, frames: torch.Tensor, where: str) -> torch.Tensor:
 
 class WanImageToVideo(Node):
     """Image-to-video conditioning for Wan: an empty video latent, and (with ``start_image``) the start
-    frames' latent and mask on both conditionings. ``clip_vision_output`` is accepted for ComfyUI's
-    workflows but not used: nodegraph loads Wan transformers without an image embedder (Wan 2.2 A14B
-    style); Wan 2.1 I2V files (with one) are refused at load."""
+    frames' latent and mask on both conditionings; ``clip_vision_output`` (CLIPVisionEncode of the start
+    image) is what Wan 2.1 I2V transformers attend to (Wan 2.2 A14B ones have no image embedder and
+    ignore it)."""
 
     category = "conditioning/video_models"
     positive = Input(CONDITIONING)
@@ -72,6 +72,9 @@ class WanImageToVideo(Node):
             mask = torch.ones((1, 1, frames, image_latent.shape[-2], image_latent.shape[-1]))
             mask[:, :, :(start.shape[0] - 1) // 4 + 1] = 0.0
             values = {"concat_latent_image": image_latent, "concat_mask": mask}
+            positive, negative = set_values(positive, values), set_values(negative, values)
+        if clip_vision_output is not None:
+            values = {"clip_vision_output": clip_vision_output}
             positive, negative = set_values(positive, values), set_values(negative, values)
         return positive, negative, {"samples": latent}
 

@@ -55,15 +55,17 @@ def umt5():
     return model
 
 
-def wan_transformer(in_channels: int = 16, seed: int = 41):
-    """Text-to-video (16 input channels) or image-to-video without an image embedder (36: Wan 2.2 A14B style)."""
+def wan_transformer(in_channels: int = 16, seed: int = 41, image_dim: int | None = None):
+    """Text-to-video (16 input channels) or image-to-video (36) without an image embedder (Wan 2.2 A14B style)
+    or with one (``image_dim``: Wan 2.1 I2V, CLIP vision states)."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
     net = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128,
                                 in_channels=in_channels,
                                 out_channels=16, text_dim=TEXT_WIDTH, freq_dim=32, ffn_dim=96, num_layers=2,
-                                cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
+                                cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
+                                image_dim=image_dim, added_kv_proj_dim=256 if image_dim else None)
     return _random_transformer(net, seed)
 
 
@@ -77,6 +79,11 @@ def wan_vae():
 
 
 ORIGINAL_NAMES = (
+    ("condition_embedder.image_embedder.norm1", "img_emb.proj.0"),
+    ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
+    ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
+    ("condition_embedder.image_embedder.norm2", "img_emb.proj.4"),
+    (".add_k_proj.", ".k_img."), (".add_v_proj.", ".v_img."), (".norm_added_k.", ".norm_k_img."),
     ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
     ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
     ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
@@ -114,6 +121,7 @@ class TinyWan:
     vae: Any
     root: Path
     i2v_transformer: Any = None
+    i2v21_transformer: Any = None
 
 
 def build_wan(root: Path, shift: float = 5.0) -> TinyWan:
@@ -130,7 +138,26 @@ def build_wan(root: Path, shift: float = 5.0) -> TinyWan:
     save_file(wan_vae_layout(vae.state_dict()), str(models / "vae" / "tiny_wan_2.1_vae.safetensors"))
     i2v = wan_transformer(36, 43)
     save_file(wan_original_layout(i2v.state_dict()), str(models / "diffusion_models" / "tiny_wan_i2v.safetensors"))
+    i2v21 = wan_transformer(36, 47, image_dim=CLIP_VISION_WIDTH)
+    save_file(wan_original_layout(i2v21.state_dict()), str(models / "diffusion_models" / "tiny_wan21_i2v.safetensors"))
+    write_clip_vision(models / "clip_vision" / "tiny_clip_vision")
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=te, transformer=net, vae=vae,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
     pipe.save_pretrained(str(models / "diffusers" / "tiny_wan"))
-    return TinyWan(net, te, tokenizer, vae, root, i2v)
+    return TinyWan(net, te, tokenizer, vae, root, i2v, i2v21)
+
+
+CLIP_VISION_WIDTH = 32
+
+
+def write_clip_vision(folder: Path) -> None:
+    """A tiny CLIP vision tower (32×32 images, 8×8 patches) with its image processor settings."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(8)
+    model = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=CLIP_VISION_WIDTH, intermediate_size=48,
+                                                           num_hidden_layers=2, num_attention_heads=2, image_size=32,
+                                                           patch_size=8, projection_dim=16)).eval()
+    _randomize(model, 0.2)
+    model.save_pretrained(str(folder))
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
