@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import threading
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +132,6 @@ def save(make, images, fmt, prompt=None, extra=None, prefix="adv/shot", **fields
 
 
 def test_png_8_and_16_bit_with_metadata(make, paths):
-    cv2 = pytest.importorskip("cv2")
     images = torch.rand(2, 5, 7, 3, generator=torch.Generator().manual_seed(2))
     result = save(make, images, "png", {"1": {"class_type": "X"}}, {"workflow": {"nodes": []}})
     assert result.outputs[0] is images
@@ -143,18 +143,59 @@ def test_png_8_and_16_bit_with_metadata(make, paths):
         "prompt": json.dumps({"1": {"class_type": "X"}}), "workflow": json.dumps({"nodes": []})}
     deep = save(make, images[:1], "png", bit_depth="16-bit")
     assert deep.ui["images"][0]["filename"] == "shot_00003.png"                     # the counter goes on
-    read = cv2.imread(str(paths.output_dir / "adv" / "shot_00003.png"), cv2.IMREAD_UNCHANGED)
+    read = read_png16(paths.output_dir / "adv" / "shot_00003.png")
     assert read.dtype == np.uint16 and read.shape == (5, 7, 3)
     expected = (images[0] * 65535).clamp(0, 65535).to(torch.int32).numpy()
-    assert np.array_equal(read[..., ::-1].astype(np.int64), expected)               # OpenCV gives BGR
+    assert np.array_equal(read.astype(np.int64), expected)
     rgba = torch.rand(1, 3, 4, 4)
     save(make, rgba, "png", bit_depth="16-bit", prefix="alpha")
-    read = cv2.imread(str(paths.output_dir / "alpha_00001.png"), cv2.IMREAD_UNCHANGED)
+    read = read_png16(paths.output_dir / "alpha_00001.png")
     assert read.shape == (3, 4, 4) and np.array_equal(read[..., 3], (rgba[0, ..., 3] * 65535).to(torch.int32).numpy())
     grey = torch.rand(1, 3, 4, 1)
     save(make, grey, "png", prefix="grey")
     with Image.open(paths.output_dir / "grey_00001.png") as img:
         assert img.mode == "L" and np.array_equal(np.asarray(img), (grey[0, ..., 0] * 255).to(torch.uint8).numpy())
+
+
+def read_png16(path: Path) -> np.ndarray:
+    """A 16-bit RGB/RGBA PNG's pixels [H, W, C] as uint16, decoded here from the file's chunks (PNG spec:
+    zlib stream of scanlines, each with a filter byte 0-4), independent of the encoder under test."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, header = 8, b"", None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, color_type, _, _, interlace = header
+    assert depth == 16 and color_type in (2, 6) and interlace == 0
+    channels = 3 if color_type == 2 else 4
+    bpp, stride = 2 * channels, 2 * channels * width
+    raw = zlib.decompress(idat)
+    rows, prev = [], bytearray(stride)
+    for y in range(height):
+        line = raw[y * (stride + 1):(y + 1) * (stride + 1)]
+        kind, row = line[0], bytearray(line[1:])
+        for i in range(stride):
+            a = row[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if kind == 1:
+                row[i] = (row[i] + a) & 0xFF
+            elif kind == 2:
+                row[i] = (row[i] + b) & 0xFF
+            elif kind == 3:
+                row[i] = (row[i] + (a + b) // 2) & 0xFF
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                row[i] = (row[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
+        rows.append(bytes(row))
+        prev = row
+    return np.frombuffer(b"".join(rows), dtype=">u2").reshape(height, width, channels).astype(np.uint16)
 
 
 def read_exr(path: Path) -> tuple[dict[str, tuple[str, bytes]], dict[str, np.ndarray]]:
