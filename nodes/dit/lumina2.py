@@ -5,9 +5,9 @@ Facts (ComfyUI's ``Lumina2`` model): latent format Flux's (16 channels), samplin
 (``ModelSamplingAuraFlow`` sets another; network time = sigma, multiplier 1). The network runs on reversed
 time ``1 - sigma`` and predicts the negated velocity; the runner turns both back. Text: Gemma 2 over
 ``<bos>`` + the prompt's tokens (no end token, no padding), the second-to-last hidden states;
-CLIPTextEncodeLumina2 writes ``"{system prompt} <Prompt Start> {prompt}"`` (:mod:`.lumina2_nodes`).
-Prompt weights ``(word:1.2)`` are not parsed (the text goes to Gemma as written). ComfyUI's RenormCFG
-(the pipeline's ``cfg_normalization``/``cfg_trunc_ratio``) is not provided yet: plain CFG only.
+CLIPTextEncodeLumina2 writes ``"{system prompt} <Prompt Start> {prompt}"`` and RenormCFG caps the guided
+prediction (:mod:`.lumina2_nodes`). Prompt weights ``(word:1.2)`` are not parsed (the text goes to Gemma
+as written).
 LoRAs: ComfyUI's / kohya's NextDiT names and diffusers / PEFT names (:func:`lora_patch`).
 
 Key layouts: ComfyUI's repackaged ``lumina_2_model_bf16.safetensors`` (Lumina's NextDiT names:

@@ -176,3 +176,41 @@ def test_lumina2_lora_equals_merged_weights(engine, lumina_root, names):
     merged_out = run(f"tiny_lumina_merged_{names}.safetensors", False)
     assert torch.allclose(with_lora, merged_out, atol=1e-4), (with_lora - merged_out).abs().max()
     assert not torch.allclose(with_lora, run("tiny_lumina_2.safetensors", False), atol=1e-3)
+
+
+def _renorm_graph(cfg: float, renorm: tuple[float, float] | None) -> Graph:
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="tiny_lumina_2.safetensors", weight_dtype="default").out(0)
+    if renorm is not None:
+        model = g.node("RenormCFG", model=model, cfg_trunc=renorm[0], renorm_cfg=renorm[1]).out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_gemma_2_2b.safetensors", type="lumina2").out(0)
+    pos = g.node("CLIPTextEncodeLumina2", system_prompt="superior", user_prompt=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    samples = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=cfg, sampler_name="euler",
+                     scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
+    vae = g.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))
+    return g
+
+
+def test_renorm_cfg(engine, lumina_root):
+    """RenormCFG: renorm 0 is plain CFG; cfg_trunc 0 guides nowhere (the positive alone, as cfg 1); the
+    default cap changes a strongly guided result; the cap formula on tensors."""
+    from nodegraph_nodes.dit.lumina2_nodes import _RenormCfg
+
+    run = lambda cfg, renorm: engine.run(_renorm_graph(cfg, renorm)).raise_for_status().value("out")  # noqa: E731
+    plain = run(CFG, None)
+    assert torch.allclose(run(CFG, (100.0, 0.0)), plain, atol=1e-5)
+    assert torch.allclose(run(CFG, (0.0, 1.0)), run(1.0, None), atol=1e-5)
+    assert not torch.allclose(run(CFG, (100.0, 1.0)), plain, atol=1e-3)
+
+    g = torch.Generator().manual_seed(0)
+    cond, uncond, x = (torch.randn(2, 16, 4, 4, generator=g) for _ in range(3))
+    out = x - _RenormCfg(100.0, 1.0, 16)({"cond_denoised": cond, "uncond_denoised": uncond, "cond_scale": 4.0,
+                                         "input": x, "timestep": torch.tensor([0.5, 0.5])})
+    guided = uncond + 4.0 * (cond - uncond)
+    for i in range(2):
+        cap, norm = cond[i].norm(), guided[i].norm()
+        want = guided[i] * (cap / norm) if norm >= cap else guided[i]
+        assert torch.allclose(out[i], want, atol=1e-6)
