@@ -305,3 +305,45 @@ def test_wan21_image_to_video_with_clip_vision_matches_pipeline(wan_engine, tiny
     ref = video[0].permute(0, 2, 3, 1).float()
     assert frames.shape == ref.shape == (LENGTH, HEIGHT, WIDTH, 3)
     assert torch.allclose(frames, ref, atol=1e-4), (frames - ref).abs().max()
+
+
+def test_comfy_image_to_video_wan_template_runs(wan_engine, tiny_wan):
+    """ComfyUI's official ``image_to_video_wan`` template (Wan 2.1 I2V with CLIP vision H;
+    tests/data/comfy_templates_dit, MIT) on the tiny models under its file names (the tiny CLIP vision tower
+    as one ComfyUI-style file). Made smaller: WanImageToVideo 32×32, 5 frames; 4 steps instead of 20."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_qwen import copy_as
+
+    copy_as(tiny_wan.root, {
+        "diffusion_models/tiny_wan21_i2v.safetensors": "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors",
+        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
+    models = tiny_wan.root / "models"
+    shutil.copyfile(models / "clip_vision" / "tiny_clip_vision" / "model.safetensors",
+                    models / "clip_vision" / "clip_vision_h.safetensors")
+    wan_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB").save(
+        wan_engine.paths.input_dir / "image_to_video_wan_start_image.png")
+    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "image_to_video_wan.json"
+    api = load_workflow_data(json.loads(path.read_text()), wan_engine.registry).api
+    for n in api.values():
+        if n["class_type"] == "WanImageToVideo":
+            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
+        if n["class_type"] == "KSampler":
+            n["inputs"]["steps"] = 4
+    result = wan_engine.run(api).raise_for_status()
+    executed = {api[n]["class_type"] for n in result.executed}
+    assert {"CLIPVisionLoader", "CLIPVisionEncode", "WanImageToVideo", "SaveVideo"} <= executed
+    saved = list(wan_engine.paths.output_dir.rglob("*.mp4"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == LENGTH
