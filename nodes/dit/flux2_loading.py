@@ -8,11 +8,12 @@ Text-encoder files: ComfyUI's ``mistral_3_small_flux2_*.safetensors`` (the langu
 the vision tower is not needed for text). Config from the shapes; the head width (128), RoPE theta (1e9)
 and norm eps (1e-5) are Mistral Small 3's, not in the weights. ``*_fp8_scaled`` files are dequantized.
 
-Tokenizer (never downloaded; ComfyUI reads the Tekken tokenizer stored in its repackaged file, which
-nodegraph does not read yet): a folder with ``tokenizer.json`` (+ ``tokenizer_config.json``) —
-``<file>.tokenizer/`` next to the encoder file, ``mistral3_tokenizer/`` beside it or in
-``models/text_encoders/`` (the ``tokenizer`` folder of black-forest-labs/FLUX.2-dev's diffusers release),
-or a diffusers folder's own ``tokenizer/``.
+Tokenizer (never downloaded): the Tekken tokenizer ComfyUI's repackaged file carries (its ``tekken_model``
+entry: the bytes of Mistral's ``tekken.json``, turned into a ``tokenizers`` BPE by transformers'
+``MistralConverter``, as ComfyUI reads it); else a folder with ``tokenizer.json`` (+
+``tokenizer_config.json``) — ``<file>.tokenizer/`` next to the encoder file, ``mistral3_tokenizer/``
+beside it or in ``models/text_encoders/`` (the ``tokenizer`` folder of black-forest-labs/FLUX.2-dev's
+diffusers release), or a diffusers folder's own ``tokenizer/``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,37 @@ def build_mistral(sd: dict, dtype: torch.dtype):
     return _instantiate(MistralModel, cfg, sd, dtype, "Mistral text encoder", is_transformers=True)
 
 
+TEKKEN_KEY = "tekken_model"
+
+
+def tekken_tokenizer(data: bytes, where: str):
+    """A fast tokenizer from the bytes of a ``tekken.json`` (special tokens by rank: ``<s>`` is 1)."""
+    import tempfile
+
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.mistral.tokenizer import MistralConverter
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "tekken.json"
+            path.write_bytes(data)
+            raw = MistralConverter(vocab_file=str(path)).converted()
+    except Exception as exc:
+        raise ModelFileError(f"could not read the Tekken tokenizer in {where}: {exc}") from None
+    return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def file_tokenizer(path: Path, keys) -> object | None:
+    """The Tekken tokenizer stored in a ComfyUI Mistral file, or ``None``."""
+    if TEKKEN_KEY not in set(keys) or path.suffix.lower() not in (".safetensors", ".sft"):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        data = fh.get_tensor(TEKKEN_KEY)
+    return tekken_tokenizer(data.to(torch.uint8).numpy().tobytes(), path.name)
+
+
 def find_tokenizer(models_dir: Path, near: Path) -> Path:
     candidates = [near.with_name(near.stem + ".tokenizer"), near.parent / TOKENIZER_FOLDER,
                   Path(models_dir) / "text_encoders" / TOKENIZER_FOLDER]
@@ -109,8 +141,8 @@ def find_tokenizer(models_dir: Path, near: Path) -> Path:
         if (c / "tokenizer.json").is_file():
             return c
     raise ModelFileError(
-        f"no tokenizer found for {near.name} (tokenizer.json with tokenizer_config.json). nodegraph does not read "
-        f"the Tekken tokenizer inside ComfyUI's file yet and never downloads: copy the 'tokenizer' folder of "
+        f"no tokenizer found for {near.name} (the file holds no tekken_model; looked for tokenizer.json with "
+        f"tokenizer_config.json). Models are never downloaded: use ComfyUI's repackaged file, or copy the 'tokenizer' folder of "
         f"black-forest-labs/FLUX.2-dev's diffusers release into models/text_encoders/{TOKENIZER_FOLDER}")
 
 
@@ -127,12 +159,12 @@ def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where:
         raise ModelFileError(f"{where}.type flux2 takes Flux.2's Mistral text encoder "
                              f"(mistral_3_small_flux2*.safetensors) or Klein's Qwen3 (qwen_3_4b / qwen_3_8b); "
                              f"{path.name} is neither")
-    tokenizer = load_llm_tokenizer(find_tokenizer(models_dir, path))
+    tokenizer = file_tokenizer(path, keys) or load_llm_tokenizer(find_tokenizer(models_dir, path))
     dtype = _dtype(device)
 
     def loader():
         sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-        sd = {k: v for k, v in sd.items() if k != "tekken_model"}
+        sd = {k: v for k, v in sd.items() if k != TEKKEN_KEY}
         return build_mistral(sd, _stored(manager, sd, dtype))
 
     handle = manager.load(_manager_key(path, "mistral", dtype), loader, compute_dtype=dtype)

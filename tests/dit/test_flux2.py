@@ -357,3 +357,32 @@ def test_flux2_budget_streams_blocks_and_keeps_the_image(tiny, tmp_path):
         finally:
             engine.close()
     assert image.std() > 0.01
+
+
+def test_flux2_tokenizer_from_the_files_tekken_model(tiny, tmp_path):
+    """ComfyUI's repackaged Mistral file carries Mistral's tekken.json (``tekken_model``): with no tokenizer
+    folder anywhere, CLIPLoader type flux2 reads it and the text states equal the pipeline's (whose
+    tokenizer is the BPE the tekken.json was written from)."""
+    import numpy as np
+    from safetensors.torch import load_file, save_file
+
+    from tests.dit.tiny_flux2 import tekken_json
+
+    t = tiny[1]
+    root = tmp_path / "tekken"
+    (root / "models" / "text_encoders").mkdir(parents=True)
+    sd = load_file(str(tiny[0] / "models" / "text_encoders" / "tiny_mistral_3_small_flux2.safetensors"))
+    sd["tekken_model"] = torch.from_numpy(np.frombuffer(tekken_json(t.tokenizer), dtype=np.uint8).copy())
+    save_file(sd, str(root / "models" / "text_encoders" / "mistral_3_small_flux2_bf16.safetensors"))
+    g = Graph()
+    clip = g.node("CLIPLoader", clip_name="mistral_3_small_flux2_bf16.safetensors", type="flux2")
+    cond = g.node("CLIPTextEncode", "cond", text=PROMPT, clip=clip)
+    g.node("PreviewAny", source=cond)
+    engine = make_engine(root, tmp_path / "run", default_registry(packs=False))
+    try:
+        states = engine.run(g).raise_for_status().value("cond")[0][0]
+    finally:
+        engine.close()
+    ref = pipeline_states(t)
+    assert states.shape == ref.shape
+    assert torch.allclose(states, ref, atol=1e-5), (states - ref).abs().max()

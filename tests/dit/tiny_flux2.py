@@ -276,3 +276,31 @@ def flux2_lora(net, rank: int = 4, alpha: float = 2.0):
         file[f"diffusion_model.{layer}.lora_B.weight"] = up.contiguous()
         file[f"diffusion_model.{layer}.alpha"] = torch.tensor(alpha)
     return {k: (d, u, alpha / rank) for k, (d, u) in modules.items()}, file
+
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def tekken_json(tok) -> bytes:
+    """The tiny tokenizer in Mistral's ``tekken.json`` format (as ComfyUI's repackaged Mistral file stores
+    it under ``tekken_model``): special tokens by rank, then every byte-level token's bytes by rank (id minus
+    the special count), the GPT-2 split pattern the tiny tokenizer's ByteLevel pre-tokenizer uses."""
+    import base64
+
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    decode = {v: k for k, v in bytes_to_unicode().items()}
+    vocab = tok.backend_tokenizer.get_vocab()
+    specials = len(SPECIALS)
+    assert all(vocab[s] == i for i, s in enumerate(SPECIALS))
+    entries = []
+    for text, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
+        if idx < specials:
+            continue
+        raw = bytes(decode[c] for c in text)
+        entries.append({"rank": idx - specials, "token_bytes": base64.b64encode(raw).decode(), "token_str": None})
+    doc = {"config": {"pattern": GPT2_PATTERN, "num_vocab_tokens": len(vocab), "default_vocab_size": len(vocab),
+                      "default_num_special_tokens": specials, "version": "v7"},
+           "vocab": entries,
+           "special_tokens": [{"rank": i, "token_str": s, "is_control": True} for i, s in enumerate(SPECIALS)]}
+    return json.dumps(doc).encode()
