@@ -12,7 +12,10 @@ EmptySD3LatentImage, CLIPTextEncodeSD3, CLIPTextEncodeFlux, FluxGuidance), :mod:
 TextEncodeQwenImageEditPlus). Wan 2.1 text-to-video: :mod:`.wan` (transformer, UMT5 CLIP, runner,
 files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, TrimVideoLatent), :mod:`.wan_i2v` (WanImageToVideo). Flux.2 (dev, Klein):
 :mod:`.flux2` (transformer, VAE, Mistral/Qwen3 CLIP, runner), :mod:`.flux2_loading` (files, folders),
-:mod:`.flux2_lora`, nodes in :mod:`.flux2_nodes` (EmptyFlux2LatentImage, Flux2Scheduler). The shared loaders
+:mod:`.flux2_lora`, nodes in :mod:`.flux2_nodes` (EmptyFlux2LatentImage, Flux2Scheduler). Chroma:
+:mod:`.chroma` (transformer, runner, files, folders; T5 CLIP in :mod:`.text`). Lumina 2: :mod:`.lumina2`
+(transformer, Gemma 2 CLIP, runner, LoRAs, files, folders, all-in-one files), nodes in :mod:`.lumina2_nodes`
+(CLIPTextEncodeLumina2, RenormCFG). :mod:`.t5_options` (T5TokenizerOptions). The shared loaders
 (UNETLoader, CLIPLoader, CheckpointLoaderSimple, VAELoader) live in the ``diffusion`` family and hand
 these files to :mod:`.loading`; sampling is the ``sampling`` family's (KSampler, SamplerCustomAdvanced,
 ModelSamplingSD3/Flux).
