@@ -386,3 +386,35 @@ def test_flux2_tokenizer_from_the_files_tekken_model(tiny, tmp_path):
     ref = pipeline_states(t)
     assert states.shape == ref.shape
     assert torch.allclose(states, ref, atol=1e-5), (states - ref).abs().max()
+
+
+def test_flux2_klein_template_runs(engine, tiny, klein):
+    """ComfyUI's image_flux2_klein_text_to_image template (copied, MIT) on the tiny Klein under its file
+    names; 64×64 (its size primitives) and 4 steps instead of 1024² and 20."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    models = tiny[0] / "models"
+    for src, dst in (("diffusion_models/tiny_flux2_klein.safetensors", "diffusion_models/flux-2-klein-base-4b.safetensors"),
+                     ("text_encoders/tiny_qwen_3_klein.safetensors", "text_encoders/qwen_3_4b.safetensors"),
+                     ("vae/tiny_flux2_vae.safetensors", "vae/flux2-vae.safetensors")):
+        shutil.copy(models / src, models / dst)
+    template = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "image_flux2_klein_text_to_image.json"
+    api = load_workflow_data(json.loads(template.read_text()), engine.registry).api
+    for n in api.values():
+        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") == 1024:
+            n["inputs"]["value"] = 64
+        if n["class_type"] == "Flux2Scheduler":
+            n["inputs"]["steps"] = 4
+    result = engine.run(api).raise_for_status()
+    kinds = {api[n]["class_type"] for n in result.executed}
+    assert {"UNETLoader", "CLIPLoader", "CFGGuider", "Flux2Scheduler", "SaveImage"} <= kinds
+    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
+    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    assert image.shape == (64, 64, 3) and image.std() > 0.01
