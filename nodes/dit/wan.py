@@ -82,11 +82,11 @@ def transformer_config(sd: dict) -> dict:
         raise ModelFileError(f"the Wan transformer weights lack {exc.args[0]}") from None
     image = {}
     if "condition_embedder.image_embedder.norm1.weight" in sd:  # Wan 2.1 I2V: CLIP vision states attended to
-        if "condition_embedder.image_embedder.pos_embed" in sd:
-            raise ModelFileError("this is a Wan 2.1 first-last-frame (FLF2V) transformer (image position "
-                                 "embedding); nodegraph does not run it yet")
         image = {"image_dim": int(sd["condition_embedder.image_embedder.norm1.weight"].shape[0]),
                  "added_kv_proj_dim": int(sd["blocks.0.attn2.add_k_proj.weight"].shape[1])}
+        pos = sd.get("condition_embedder.image_embedder.pos_embed")
+        if pos is not None:  # Wan 2.1 FLF2V: start and end images' states, with positions
+            image["pos_embed_seq_len"] = int(pos.shape[1])
     inner = int(patch.shape[0])
     head = 128 if inner % 128 == 0 else inner
     size = tuple(int(s) for s in patch.shape[2:])
@@ -107,7 +107,10 @@ def build_transformer(sd: dict, layout: str, dtype: torch.dtype):
 
     refuse_integer_weights(sd, "Wan transformer")
     if layout == "original":
-        sd = convert_wan_transformer_to_diffusers(dict(sd))
+        sd = dict(sd)
+        if "img_emb.emb_pos" in sd:  # FLF2V's image position embedding (not in diffusers' converter)
+            sd["condition_embedder.image_embedder.pos_embed"] = sd.pop("img_emb.emb_pos")
+        sd = convert_wan_transformer_to_diffusers(sd)
     return _instantiate(WanTransformer3DModel, transformer_config(sd), sd, dtype, "Wan transformer")
 
 
@@ -165,6 +168,7 @@ class WanRunner:
         self.dtype = next(net.parameters()).dtype
         self.in_channels = int(net.config.in_channels)
         self.image_dim = getattr(net.config, "image_dim", None)
+        self.image_positions = getattr(net.config, "pos_embed_seq_len", None)
 
     def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
         pass
@@ -200,8 +204,14 @@ class WanRunner:
         if output is None:
             raise ValueError("this Wan 2.1 image-to-video model needs the start image's CLIP vision output: connect "
                              "CLIPVisionEncode to WanImageToVideo.clip_vision_output")
-        states = output.penultimate_hidden_states
-        return _rows(states.to(self.device, self.dtype), part.rows)
+        states = _rows(output.penultimate_hidden_states.to(self.device, self.dtype), part.rows)
+        if self.image_positions:  # FLF2V: start and end states side by side; diffusers takes them as two rows
+            if states.shape[1] != self.image_positions:
+                raise ValueError(f"this Wan 2.1 first-last-frame model needs the CLIP vision outputs of both the start "
+                                 f"and the end image ({self.image_positions} states; these are {states.shape[1]}): "
+                                 "connect WanFirstLastFrameToVideo.clip_vision_start_image and clip_vision_end_image")
+            states = states.reshape(states.shape[0] * 2, states.shape[1] // 2, states.shape[2])
+        return states
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         if x_in.ndim != 5:

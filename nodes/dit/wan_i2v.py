@@ -88,8 +88,8 @@ def _resized(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 class WanFirstLastFrameToVideo(Node):
     """First-last-frame conditioning for Wan: an empty video latent, and the start / end frames' latent
-    (gray between them) with a 4-channel mask on both conditionings. The clip vision inputs are accepted for
-    ComfyUI's workflows but not used (see WanImageToVideo)."""
+    (gray between them) with a 4-channel mask on both conditionings; the two CLIP vision outputs' states side
+    by side for Wan 2.1 FLF2V transformers (ignored by models without an image embedder)."""
 
     category = "conditioning/video_models"
     positive = Input(CONDITIONING)
@@ -124,5 +124,17 @@ class WanFirstLastFrameToVideo(Node):
         image_latent = encode_video(self.ctx, vae, video, "WanFirstLastFrameToVideo")
         mask = mask.view(1, frames, 4, h, w).transpose(1, 2)
         values = {"concat_latent_image": image_latent, "concat_mask": mask}
+        vision = clip_vision_start_image
+        if clip_vision_end_image is not None:
+            if vision is None:
+                vision = clip_vision_end_image
+            else:  # both images' penultimate states side by side (ComfyUI's)
+                from dataclasses import replace
+
+                states = torch.cat([vision.penultimate_hidden_states,
+                                    clip_vision_end_image.penultimate_hidden_states], dim=-2)
+                vision = replace(vision, penultimate_hidden_states=states)
+        if vision is not None:
+            values["clip_vision_output"] = vision
         return set_values(positive, values), set_values(negative, values), {"samples": latent}
 

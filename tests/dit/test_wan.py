@@ -249,10 +249,12 @@ def test_comfy_wan22_14b_templates_run(wan_engine, tiny_wan, kind):
         assert sum(1 for _ in container.decode(video=0)) == LENGTH
 
 
-def test_wan21_image_to_video_with_clip_vision_matches_pipeline(wan_engine, tiny_wan):
+@pytest.mark.parametrize("flf", [False, True], ids=["i2v", "flf2v"])
+def test_wan21_image_to_video_with_clip_vision_matches_pipeline(wan_engine, tiny_wan, flf):
     """Wan 2.1 I2V (an image embedder): CLIPVisionLoader → CLIPVisionEncode → WanImageToVideo's
-    clip_vision_output reaches the transformer; equals WanImageToVideoPipeline given the same CLIP vision
-    states (its own CLIP preprocessing is PIL's, ComfyUI's is on tensors) to 1e-4."""
+    clip_vision_output reaches the transformer; Wan 2.1 FLF2V: WanFirstLastFrameToVideo with both images' CLIP
+    vision outputs. Equal WanImageToVideoPipeline (``last_image``) given the same CLIP vision states (its own
+    CLIP preprocessing is PIL's, ComfyUI's is on tensors) to 1e-4."""
     import numpy as np
     from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
     from PIL import Image
@@ -260,10 +262,13 @@ def test_wan21_image_to_video_with_clip_vision_matches_pipeline(wan_engine, tiny
     start = Image.fromarray(np.random.default_rng(9).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB")
     wan_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     start.save(wan_engine.paths.input_dir / "start21.png")
+    end = Image.fromarray(np.random.default_rng(10).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB")
+    end.save(wan_engine.paths.input_dir / "end21.png")
+    net_file = "tiny_wan21_flf2v.safetensors" if flf else "tiny_wan21_i2v.safetensors"
 
     def graph(with_vision: bool) -> Graph:
         g = Graph()
-        model = g.node("UNETLoader", unet_name="tiny_wan21_i2v.safetensors", weight_dtype="default").out(0)
+        model = g.node("UNETLoader", unet_name=net_file, weight_dtype="default").out(0)
         model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
         clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
         vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
@@ -276,8 +281,18 @@ def test_wan21_image_to_video_with_clip_vision_matches_pipeline(wan_engine, tiny
             g.node("PreviewAny", source=extra["clip_vision_output"])
         pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
         neg = g.node("CLIPTextEncode", text="", clip=clip)
-        i2v = g.node("WanImageToVideo", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
-                     length=LENGTH, batch_size=1, start_image=image, **extra)
+        if flf:
+            end_image = g.node("LoadImage", image="end21.png").out(0)
+            if with_vision:
+                extra = {"clip_vision_start_image": extra["clip_vision_output"],
+                         "clip_vision_end_image": g.node("CLIPVisionEncode", "cv_end", clip_vision=vision,
+                                                         image=end_image, crop="none").out(0)}
+                g.node("PreviewAny", source=extra["clip_vision_end_image"])
+            i2v = g.node("WanFirstLastFrameToVideo", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
+                         length=LENGTH, batch_size=1, start_image=image, end_image=end_image, **extra)
+        else:
+            i2v = g.node("WanImageToVideo", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
+                         length=LENGTH, batch_size=1, start_image=image, **extra)
         ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
                     scheduler="normal", positive=i2v.out(0), negative=i2v.out(1), latent_image=i2v.out(2), denoise=1.0)
         dec = g.node("VAEDecode", "out", samples=ks, vae=vae)
@@ -285,23 +300,27 @@ def test_wan21_image_to_video_with_clip_vision_matches_pipeline(wan_engine, tiny
         return g
 
     result = wan_engine.run(graph(True)).raise_for_status()
-    frames, vision = result.value("out"), result.value("cv")
+    frames, vision = result.value("out"), result.value("cv").penultimate_hidden_states
+    if flf:
+        vision = torch.cat([vision, result.value("cv_end").penultimate_hidden_states])  # the pipeline's two rows
     failed = wan_engine.run(graph(False))
-    assert failed.status == "error" and "clip_vision_output" in str(failed.failure)
+    assert failed.status == "error" and "clip_vision" in str(failed.failure)
 
     pipe = WanImageToVideoPipeline(tokenizer=tiny_wan.tokenizer, text_encoder=tiny_wan.text_encoder,
-                                   transformer=tiny_wan.i2v21_transformer, vae=tiny_wan.vae,
+                                   transformer=tiny_wan.flf21_transformer if flf else tiny_wan.i2v21_transformer,
+                                   vae=tiny_wan.vae,
                                    scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT))
     pipe.set_progress_bar_config(disable=True)
-    pipe.encode_image = lambda image, device: vision.penultimate_hidden_states.to(device)
+    pipe.encode_image = lambda image, device: vision.to(device)
     text = WanPipeline(tokenizer=tiny_wan.tokenizer, text_encoder=tiny_wan.text_encoder, transformer=None, vae=None,
                        scheduler=None)
     noise, _ = engine_noise((1, 16, (LENGTH - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8), SEED)
     with torch.no_grad():
         embeds, negative_embeds = text.encode_prompt(PROMPT, negative_prompt="", max_sequence_length=512)
-        video = pipe(image=start, prompt_embeds=embeds, negative_prompt_embeds=negative_embeds, height=HEIGHT,
-                     width=WIDTH, num_frames=LENGTH, num_inference_steps=STEPS, guidance_scale=CFG, latents=noise,
-                     max_sequence_length=512, output_type="pt").frames
+        video = pipe(image=start, last_image=end if flf else None, prompt_embeds=embeds,
+                     negative_prompt_embeds=negative_embeds, height=HEIGHT, width=WIDTH, num_frames=LENGTH,
+                     num_inference_steps=STEPS, guidance_scale=CFG, latents=noise, max_sequence_length=512,
+                     output_type="pt").frames
     ref = video[0].permute(0, 2, 3, 1).float()
     assert frames.shape == ref.shape == (LENGTH, HEIGHT, WIDTH, 3)
     assert torch.allclose(frames, ref, atol=1e-4), (frames - ref).abs().max()

@@ -55,7 +55,8 @@ def umt5():
     return model
 
 
-def wan_transformer(in_channels: int = 16, seed: int = 41, image_dim: int | None = None):
+def wan_transformer(in_channels: int = 16, seed: int = 41, image_dim: int | None = None,
+                    image_positions: int | None = None):
     """Text-to-video (16 input channels) or image-to-video (36) without an image embedder (Wan 2.2 A14B style)
     or with one (``image_dim``: Wan 2.1 I2V, CLIP vision states)."""
     from diffusers import WanTransformer3DModel
@@ -65,7 +66,8 @@ def wan_transformer(in_channels: int = 16, seed: int = 41, image_dim: int | None
                                 in_channels=in_channels,
                                 out_channels=16, text_dim=TEXT_WIDTH, freq_dim=32, ffn_dim=96, num_layers=2,
                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6,
-                                image_dim=image_dim, added_kv_proj_dim=256 if image_dim else None)
+                                image_dim=image_dim, added_kv_proj_dim=256 if image_dim else None,
+                                pos_embed_seq_len=image_positions)
     return _random_transformer(net, seed)
 
 
@@ -79,6 +81,7 @@ def wan_vae():
 
 
 ORIGINAL_NAMES = (
+    ("condition_embedder.image_embedder.pos_embed", "img_emb.emb_pos"),
     ("condition_embedder.image_embedder.norm1", "img_emb.proj.0"),
     ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
     ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
@@ -122,6 +125,7 @@ class TinyWan:
     root: Path
     i2v_transformer: Any = None
     i2v21_transformer: Any = None
+    flf21_transformer: Any = None
 
 
 def build_wan(root: Path, shift: float = 5.0) -> TinyWan:
@@ -140,14 +144,17 @@ def build_wan(root: Path, shift: float = 5.0) -> TinyWan:
     save_file(wan_original_layout(i2v.state_dict()), str(models / "diffusion_models" / "tiny_wan_i2v.safetensors"))
     i2v21 = wan_transformer(36, 47, image_dim=CLIP_VISION_WIDTH)
     save_file(wan_original_layout(i2v21.state_dict()), str(models / "diffusion_models" / "tiny_wan21_i2v.safetensors"))
+    flf21 = wan_transformer(36, 53, image_dim=CLIP_VISION_WIDTH, image_positions=2 * CLIP_VISION_TOKENS)
+    save_file(wan_original_layout(flf21.state_dict()), str(models / "diffusion_models" / "tiny_wan21_flf2v.safetensors"))
     write_clip_vision(models / "clip_vision" / "tiny_clip_vision")
     pipe = WanPipeline(tokenizer=tokenizer, text_encoder=te, transformer=net, vae=vae,
                        scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
     pipe.save_pretrained(str(models / "diffusers" / "tiny_wan"))
-    return TinyWan(net, te, tokenizer, vae, root, i2v, i2v21)
+    return TinyWan(net, te, tokenizer, vae, root, i2v, i2v21, flf21)
 
 
 CLIP_VISION_WIDTH = 32
+CLIP_VISION_TOKENS = 17  # (32 / 8)² patches + the class token
 
 
 def write_clip_vision(folder: Path) -> None:
