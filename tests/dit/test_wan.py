@@ -366,3 +366,63 @@ def test_comfy_image_to_video_wan_template_runs(wan_engine, tiny_wan):
     assert len(saved) == 1
     with av.open(str(saved[0])) as container:
         assert sum(1 for _ in container.decode(video=0)) == LENGTH
+
+
+FLF_TEMPLATES = {
+    "wan2.1_flf2v_720_f16": {"tiny_wan21_flf2v": ["wan2.1_flf2v_720p_14B_fp16"]},
+    "video_wan2_2_14B_flf2v": {"tiny_wan_i2v": ["wan2.2_i2v_high_noise_14B_fp8_scaled",
+                                                "wan2.2_i2v_low_noise_14B_fp8_scaled"]},
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLF_TEMPLATES))
+def test_comfy_wan_first_last_frame_templates_run(wan_engine, tiny_wan, name):
+    """ComfyUI's official ``wan2.1_flf2v_720_f16`` (Wan 2.1 FLF2V with both images' CLIP vision H) and
+    ``video_wan2_2_14B_flf2v`` (two experts through KSamplerAdvanced) templates (tests/data/comfy_templates_dit,
+    MIT) on the tiny models under their file names. Made smaller: WanFirstLastFrameToVideo 32×32, 5 frames;
+    4 steps (the 2.2 template's expert switch moved from step 10 to 2)."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_qwen import copy_as
+
+    pairs = {"text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+             "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"}
+    for src, names in FLF_TEMPLATES[name].items():
+        for dst in names:
+            copy_as(tiny_wan.root, {f"diffusion_models/{src}.safetensors": f"diffusion_models/{dst}.safetensors"})
+    copy_as(tiny_wan.root, pairs)
+    models = tiny_wan.root / "models"
+    shutil.copyfile(models / "clip_vision" / "tiny_clip_vision" / "model.safetensors",
+                    models / "clip_vision" / "clip_vision_h.safetensors")
+    wan_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for which in ("start", "end"):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB").save(
+            wan_engine.paths.input_dir / f"{name}_{which}_image.png")
+    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / f"{name}.json"
+    api = load_workflow_data(json.loads(path.read_text()), wan_engine.registry).api
+    for n in api.values():
+        if n["class_type"] == "WanFirstLastFrameToVideo":
+            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
+        if n["class_type"] in ("KSampler", "KSamplerAdvanced"):
+            n["inputs"]["steps"] = 4
+            if n["inputs"].get("end_at_step") == 10:
+                n["inputs"]["end_at_step"] = 2
+            if n["inputs"].get("start_at_step") == 10:
+                n["inputs"]["start_at_step"] = 2
+    result = wan_engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    assert "WanFirstLastFrameToVideo" in executed and "SaveVideo" in executed
+    assert ("CLIPVisionEncode" in executed) == (name == "wan2.1_flf2v_720_f16")
+    saved = list(wan_engine.paths.output_dir.rglob("*.mp4"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == LENGTH
