@@ -418,3 +418,44 @@ def test_flux2_klein_template_runs(engine, tiny, klein):
     outputs = sorted(engine.paths.output_dir.rglob("*.png"))
     image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
     assert image.shape == (64, 64, 3) and image.std() > 0.01
+
+
+def test_flux2_edit_template_runs(engine, tiny):
+    """ComfyUI's image_flux2 edit template (copied, MIT): the input image scaled to 0.01 megapixels instead
+    of 1 (the latent and schedule follow its size through GetImageSize), 4 steps instead of 20."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    models = tiny[0] / "models"
+    for src, dst in (("diffusion_models/tiny_flux2_dev.safetensors", "diffusion_models/flux2_dev_fp8mixed.safetensors"),
+                     ("text_encoders/tiny_mistral_3_small_flux2.safetensors",
+                      "text_encoders/mistral_3_small_flux2_bf16.safetensors"),
+                     ("vae/tiny_flux2_vae.safetensors", "vae/full_encoder_small_decoder.safetensors")):
+        shutil.copy(models / src, models / dst)
+    (models / "loras").mkdir(exist_ok=True)
+    save_file({"x": torch.zeros(1)}, str(models / "loras" / "Flux_2-Turbo-LoRA_comfyui.safetensors"))
+    inputs = engine.paths.input_dir
+    Path(inputs).mkdir(parents=True, exist_ok=True)
+    pixels = (np.random.RandomState(0).rand(96, 96, 3) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(Path(inputs) / "image_flux2_input_image.png")
+    template = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "image_flux2.json"
+    api = load_workflow_data(json.loads(template.read_text()), engine.registry).api
+    for n in api.values():
+        if n["class_type"] == "ImageScaleToTotalPixels":
+            n["inputs"]["megapixels"] = 0.01
+        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") == 20:
+            n["inputs"]["value"] = 4
+    result = engine.run(api).raise_for_status()
+    kinds = {api[n]["class_type"] for n in result.executed}
+    assert {"ReferenceLatent", "VAEEncode", "GetImageSize", "Flux2Scheduler", "SaveImage"} <= kinds
+    assert "LoraLoaderModelOnly" not in kinds
+    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
+    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    assert image.shape == (96, 96, 3) and image.std() > 0.01
