@@ -217,7 +217,7 @@ def test_unetloader_fp8_rounds_weights_on_cpu(flow_engine, tiny_sd3):
                         "type": "flux"}, "Flux takes a CLIP-L and a T5"),
     ("DualCLIPLoader", {"clip_name1": "tiny_clip_l.safetensors", "clip_name2": "tiny_clip_g.safetensors",
                         "type": "hidream"}, "not supported yet"),
-    ("CLIPLoader", {"clip_name": "tiny_t5xxl.safetensors", "type": "wan"}, "not supported yet"),
+    ("CLIPLoader", {"clip_name": "tiny_t5xxl.safetensors", "type": "hidream"}, "not supported yet"),
     ("TripleCLIPLoader", {"clip_name1": "tiny_clip_l.safetensors", "clip_name2": "tiny_clip_g.safetensors",
                           "clip_name3": "not_a_text_encoder.safetensors"}, "not a CLIP or T5 text encoder"),
     ("TripleCLIPLoader", {"clip_name1": "tiny_clip_l.safetensors", "clip_name2": "tiny_clip_l.safetensors",
