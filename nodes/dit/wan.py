@@ -1,4 +1,4 @@
-"""Wan 2.1 text-to-video: the transformer (diffusers ``WanTransformer3DModel``), its UMT5-XXL text encoder
+"""Wan 2.1 / 2.2 A14B video: the transformer (diffusers ``WanTransformer3DModel``), its UMT5-XXL text encoder
 (transformers ``UMT5EncoderModel``; CLIPLoader type ``wan``), the MODEL value's runner and the loading of
 ComfyUI's repackaged split files and of ``WanPipeline`` diffusers folders. Nothing is downloaded.
 
@@ -16,6 +16,10 @@ Key layouts (detected from the names):
   ``model.diffusion_model.``; converted with diffusers' Wan converter. Diffusers-layout files
   (``condition_embedder.…``, ``blocks.N.attn1.to_q``) load as is. The config comes from the shapes; the
   head width is not in the weights: 128 (every release) when the width is a multiple of 128, else one head.
+  Image-to-video transformers have 36 input channels (the runner appends WanImageToVideo's mask and start
+  latent, :mod:`.wan_i2v`); Wan 2.1 I2V ones also an image embedder (``img_emb.…``, ``k_img``/``v_img``) that
+  attends to the start image's CLIP vision penultimate states, FLF2V ones an image position embedding
+  (``img_emb.emb_pos``) over the start and end images' states side by side.
 * text encoder: ``umt5_xxl_*.safetensors`` in transformers' layout (``shared.weight``,
   ``encoder.block.N.layer.0.SelfAttention.relative_attention_bias`` in every block — UMT5, not T5);
   ``*_fp8_scaled`` files are dequantized on load. Tokenizer (the files hold none): ``<file>.tokenizer/``,
