@@ -205,13 +205,17 @@ def load_vae(path: Path, manager, device: str) -> VaeModel:
 
 # -- diffusers folders ------------------------------------------------------------------------------
 
+PIPELINES = ("Flux2Pipeline", "Flux2KleinPipeline")
+
+
 def is_diffusers_flux2(folder: Path) -> bool:
     return is_diffusers_folder(folder) and \
-        read_json(folder / "model_index.json").get("_class_name", "") == "Flux2Pipeline"
+        read_json(folder / "model_index.json").get("_class_name", "") in PIPELINES
 
 
 def load_diffusers_folder(folder: Path, manager, device: str):
-    """MODEL, CLIP, VAE of a ``Flux2Pipeline`` folder (its text encoder's language model only)."""
+    """MODEL, CLIP, VAE of a ``Flux2Pipeline`` (Mistral) or ``Flux2KleinPipeline`` (Qwen3) folder (the text
+    encoder's language model only)."""
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
 
     dtype = _dtype(device)
@@ -241,12 +245,21 @@ def load_diffusers_folder(folder: Path, manager, device: str):
             sd.update(read_state_dict(f, allow_pickle=False))
         if not sd:
             raise ModelFileError(f"diffusers folder {folder.name}/text_encoder holds no safetensors weights")
-        return build_mistral(sd, manager.storage_dtype(safetensors_dtype(folder / "text_encoder"), dtype))
+        store = manager.storage_dtype(safetensors_dtype(folder / "text_encoder"), dtype)
+        if klein:
+            from nodegraph_nodes.dit.llm_loading import build_qwen3
+
+            return build_qwen3(sd, store)
+        return build_mistral(sd, store)
+
+    klein = read_json(folder / "model_index.json").get("_class_name") == "Flux2KleinPipeline"
 
     handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype),
                           sub_loader(Flux2Transformer2DModel, "transformer", placed=True), compute_dtype=dtype)
     vae = VaeModel(manager.load(_manager_key(folder / "vae", "vae", dtype),
                                 sub_loader(AutoencoderKLFlux2, "vae", flux2.Flux2Vae)), 16, 128)
-    te = manager.load(_manager_key(folder / "text_encoder", "mistral", dtype), text_loader, compute_dtype=dtype)
-    clip = flux2.Flux2Clip("flux2", te, load_llm_tokenizer(folder / "tokenizer"), source=str(folder))
+    te = manager.load(_manager_key(folder / "text_encoder", "qwen3" if klein else "mistral", dtype), text_loader,
+                      compute_dtype=dtype)
+    clip = flux2.Flux2Clip("flux2_klein" if klein else "flux2", te, load_llm_tokenizer(folder / "tokenizer"),
+                           source=str(folder))
     return flux2.Flux2Model(handle, "flux2", source=str(folder)), clip, vae

@@ -196,17 +196,22 @@ def klein(tiny):
     return build_klein(tiny[0], tiny[1].vae)
 
 
-@pytest.mark.parametrize("cfg", [1.0, 4.0])
-def test_flux2_klein_matches_pipeline(engine, klein, cfg):
-    """Klein (Qwen3 encoder under CLIPLoader type flux2, no guidance embedding): distilled settings (cfg 1)
-    and base settings (CFGGuider cfg 4 with an empty negative prompt) equal Flux2KleinPipeline, which
+@pytest.mark.parametrize("cfg,how", [(1.0, "files"), (4.0, "files"), (4.0, "folder")])
+def test_flux2_klein_matches_pipeline(engine, klein, cfg, how):
+    """Klein (Qwen3 encoder under CLIPLoader type flux2, or a Flux2KleinPipeline folder; no guidance
+    embedding): distilled settings (cfg 1) and base settings (CFGGuider cfg 4 with an empty negative prompt)
+    equal Flux2KleinPipeline, which
     encodes the prompts itself (the same right padding to 512)."""
     from diffusers import Flux2KleinPipeline
 
     g = Graph()
-    model = g.node("UNETLoader", unet_name="tiny_flux2_klein.safetensors", weight_dtype="default")
-    clip = g.node("CLIPLoader", clip_name="tiny_qwen_3_klein.safetensors", type="flux2")
-    vae = g.node("VAELoader", vae_name="tiny_flux2_vae.safetensors")
+    if how == "files":
+        model = g.node("UNETLoader", unet_name="tiny_flux2_klein.safetensors", weight_dtype="default").out(0)
+        clip = g.node("CLIPLoader", clip_name="tiny_qwen_3_klein.safetensors", type="flux2").out(0)
+        vae = g.node("VAELoader", vae_name="tiny_flux2_vae.safetensors").out(0)
+    else:  # a Flux2KleinPipeline folder
+        ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_flux2_klein")
+        model, clip, vae = ck.out(0), ck.out(1), ck.out(2)
     pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
     neg = g.node("CLIPTextEncode", text="", clip=clip)
     guider = g.node("CFGGuider", model=model, positive=pos, negative=neg, cfg=cfg)

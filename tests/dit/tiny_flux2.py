@@ -163,7 +163,7 @@ def build_flux2(root: Path) -> TinyFlux2:
     return TinyFlux2(net, ae, te, tok, folder)
 
 
-def _save_pipeline(folder: Path, net, ae, te, tok) -> None:
+def _save_pipeline(folder: Path, net, ae, te, tok, pipeline: str = "Flux2Pipeline") -> None:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -172,9 +172,9 @@ def _save_pipeline(folder: Path, net, ae, te, tok) -> None:
     te.save_pretrained(str(folder / "text_encoder"), safe_serialization=True)
     tok.save_pretrained(str(folder / "tokenizer"))
     scheduler().save_pretrained(str(folder / "scheduler"))
-    index = {"_class_name": "Flux2Pipeline", "_diffusers_version": "0.36.0",
+    index = {"_class_name": pipeline, "_diffusers_version": "0.36.0",
              "transformer": ["diffusers", "Flux2Transformer2DModel"], "vae": ["diffusers", "AutoencoderKLFlux2"],
-             "text_encoder": ["transformers", "MistralForCausalLM"], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+             "text_encoder": ["transformers", type(te).__name__], "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
              "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}
     (folder / "model_index.json").write_text(json.dumps(index))
     assert FlowMatchEulerDiscreteScheduler
@@ -237,6 +237,7 @@ def build_klein(root: Path, ae) -> TinyKlein:
     save_file({"model.diffusion_model." + k: v for k, v in to_bfl(_contig(net.state_dict())).items()},
               str(models / "diffusion_models" / "tiny_flux2_klein.safetensors"))
     save_file(_contig(te.state_dict()), str(models / "text_encoders" / "tiny_qwen_3_klein.safetensors"))
+    _save_pipeline(models / "checkpoints" / "tiny_flux2_klein", net, ae, te, tok, "Flux2KleinPipeline")
     return TinyKlein(net, ae, te, tok)
 
 
