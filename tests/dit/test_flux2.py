@@ -464,3 +464,21 @@ def test_flux2_edit_template_runs(engine, tiny):
     outputs = sorted(engine.paths.output_dir.rglob("*.png"))
     image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
     assert image.shape == (96, 96, 3) and image.std() > 0.01
+
+
+def test_mistral3_layout_builds_the_same_language_model(tiny):
+    """Today's transformers layout of Mistral3ForConditionalGeneration (``model.language_model.…`` beside
+    ``model.vision_tower.…``, as diffusers' FLUX.2-dev text_encoder folder holds it) gives the same text
+    model as ComfyUI's ``model.layers.…`` file."""
+    from nodegraph_nodes.dit.flux2_loading import build_mistral, is_mistral
+
+    t = tiny[1]
+    sd = {k: v.clone() for k, v in t.text_encoder.state_dict().items()}
+    mistral3 = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v for k, v in sd.items()}
+    mistral3["model.vision_tower.patch_conv.weight"] = torch.zeros(4, 3, 2, 2)
+    assert is_mistral(sd) and is_mistral(mistral3)
+    ids = torch.tensor([[1, 5, 9, 30, 2]])
+    a = build_mistral(sd, torch.float32)(input_ids=ids, output_hidden_states=True).hidden_states[20]
+    b = build_mistral(mistral3, torch.float32)(input_ids=ids, output_hidden_states=True).hidden_states[20]
+    ref = t.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[20]
+    assert torch.equal(a, b) and torch.allclose(a, ref, atol=1e-6)
