@@ -265,7 +265,8 @@ LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", 
 class CLIPLoader(Node):
     """Loads a standalone text encoder from models/text_encoders: ``stable_diffusion`` (CLIP-L), ``sd2``
     (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros),
-    ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Gemma 2 file (Lumina 2's) or a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL).
+    ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Gemma 2 file (Lumina 2's) or a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL),
+    ``flux2`` (Mistral Small 3, Flux.2 dev's; a Qwen3 file: Flux.2 Klein's).
     The other types of ComfyUI's list are refused with a clear error until their families load."""
 
     category = "advanced/loaders"
