@@ -10,6 +10,7 @@ from nodegraph import Engine, OutputCache, Paths
 
 from tests.engine_nodes import LOG, TEST_NODES
 from tests.helpers.chromium import launch_chromium
+from tests.helpers.direct_nodes import make, paths  # noqa: F401  (fixtures: node instances on temp folders)
 from tests.helpers.engines import registry_with
 from tests.helpers.live_server import LiveServer, LiveServers, ServerSetup
 

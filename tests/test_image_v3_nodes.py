@@ -5,18 +5,13 @@ ComfyUI's flat DynamicCombo / autogrow input names."""
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from nodegraph.builder import Graph
-from nodegraph.context import NodeContext, Paths, RunContext
 from nodegraph.errors import ValidationFailed
-from nodegraph.events import EventBus
 from nodegraph.node import NodeResult
 from nodegraph.registry import default_registry
 from nodegraph.workflow.api_to_ui import api_to_ui
@@ -117,23 +112,6 @@ def test_object_info_matches_comfyui(name):
 
 
 # -- direct calls -----------------------------------------------------------------------------------
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    paths = Paths.under(tmp_path)
-    for folder in (paths.input_dir, paths.output_dir, paths.temp_dir):
-        folder.mkdir(parents=True)
-    return paths
-
-
-@pytest.fixture
-def make(paths: Paths):
-    run = RunContext(prompt_id="t", bus=EventBus(), interrupt=threading.Event(), paths=paths)
-
-    def factory(cls):
-        return cls(NodeContext(run, "1", cls.__name__))
-    return factory
-
 
 def ramp(b: int = 1, h: int = 4, w: int = 6, c: int = 3) -> torch.Tensor:
     """A batch whose every value is distinct, to see where pixels go."""

@@ -6,18 +6,14 @@ import hashlib
 import json
 import math
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from nodegraph.context import NodeContext, Paths, RunContext
-from nodegraph.events import EventBus
 from nodegraph.node import NodeResult
 from nodegraph.pngmeta import read_png_text
 from nodegraph.registry import describe_node
@@ -25,23 +21,6 @@ from nodegraph_nodes.io import files as nio
 
 PROMPT = {"9": {"class_type": "SaveImage", "inputs": {"filename_prefix": "fox"}}}
 EXTRA = {"workflow": {"nodes": [], "version": 0.4}}
-
-
-@pytest.fixture
-def paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Paths:
-    paths = Paths.under(tmp_path)
-    for folder in (paths.input_dir, paths.output_dir, paths.temp_dir):
-        folder.mkdir(parents=True)
-    return paths
-
-
-@pytest.fixture
-def make(paths: Paths):
-    run = RunContext(prompt_id="t", bus=EventBus(), interrupt=threading.Event(), paths=paths)
-
-    def factory(cls, node_id: str = "1"):
-        return cls(NodeContext(run, node_id, cls.__name__))
-    return factory
 
 
 def images(b: int = 1, h: int = 4, w: int = 6, value: float = 0.5) -> torch.Tensor:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import threading
 import zlib
 from pathlib import Path
 
@@ -18,9 +17,8 @@ import torch
 from PIL import Image
 
 from nodegraph.builder import Graph
-from nodegraph.context import NodeContext, Paths, RunContext
+from nodegraph.context import Paths
 from nodegraph.errors import ValidationFailed
-from nodegraph.events import EventBus
 from nodegraph.pngmeta import read_png_text
 from nodegraph.registry import default_registry
 from nodegraph_nodes.io import compare, encoders, output_files
@@ -65,23 +63,6 @@ def test_object_info_matches_comfyui(tmp_path):
                                                    {"default": "new.png [output]", "image_upload": True}]}
     assert load["output"] == ["IMAGE", "MASK"] and load["display_name"] == "Load Image (from Outputs)"
     assert load["category"] == "image" and load["experimental"]
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    paths = Paths.under(tmp_path)
-    for folder in (paths.input_dir, paths.output_dir, paths.temp_dir):
-        folder.mkdir(parents=True)
-    return paths
-
-
-@pytest.fixture
-def make(paths: Paths):
-    run = RunContext(prompt_id="t", bus=EventBus(), interrupt=threading.Event(), paths=paths)
-
-    def factory(cls):
-        return cls(NodeContext(run, "1", cls.__name__))
-    return factory
 
 
 def ramp(b: int = 1, h: int = 4, w: int = 6, c: int = 3) -> torch.Tensor:

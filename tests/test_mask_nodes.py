@@ -3,8 +3,6 @@ each node run through the engine or called with a test context."""
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +10,8 @@ import torch
 from PIL import Image
 
 from nodegraph.builder import Graph
-from nodegraph.context import NodeContext, Paths, RunContext
+from nodegraph.context import Paths
 from nodegraph.errors import ValidationFailed
-from nodegraph.events import EventBus
 from nodegraph.node import NodeResult
 from nodegraph.registry import default_registry
 from nodegraph_nodes.mask import compositing as comp
@@ -84,23 +81,6 @@ def test_load_image_mask_and_preview_specs(tmp_path):
 
 
 # -- direct calls -----------------------------------------------------------------------------------
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    paths = Paths.under(tmp_path)
-    for folder in (paths.input_dir, paths.output_dir, paths.temp_dir):
-        folder.mkdir(parents=True)
-    return paths
-
-
-@pytest.fixture
-def make(paths: Paths):
-    run = RunContext(prompt_id="t", bus=EventBus(), interrupt=threading.Event(), paths=paths)
-
-    def factory(cls):
-        return cls(NodeContext(run, "1", cls.__name__))
-    return factory
-
 
 def ramp_mask(b: int = 1, h: int = 4, w: int = 5) -> torch.Tensor:
     return torch.arange(b * h * w, dtype=torch.float32).reshape(b, h, w) / (b * h * w)

@@ -4,7 +4,6 @@ animations opened with Pillow, every node run."""
 from __future__ import annotations
 
 import json
-import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,8 +13,7 @@ import torch
 from PIL import Image, ImageSequence
 
 from nodegraph import Engine, OutputCache
-from nodegraph.context import NodeContext, Paths, RunContext
-from nodegraph.events import EventBus
+from nodegraph.context import Paths
 from nodegraph.registry import default_registry
 from nodegraph_nodes.media import animated, audio_nodes as an, video_nodes as vn
 from nodegraph_nodes.media.codec import encode_audio
@@ -23,20 +21,6 @@ from nodegraph_nodes.media.video import VideoFromFile
 
 PROMPT = {"1": {"class_type": "CreateVideo", "inputs": {"fps": 8.0}}}
 WORKFLOW = {"workflow": {"nodes": [], "links": []}}
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    paths = Paths.under(tmp_path)
-    for folder in (paths.input_dir, paths.output_dir, paths.temp_dir):
-        folder.mkdir(parents=True)
-    return paths
-
-
-@pytest.fixture
-def make(paths: Paths):
-    run = RunContext(prompt_id="t", bus=EventBus(), interrupt=threading.Event(), paths=paths)
-    return lambda cls: cls(NodeContext(run, "1", cls.__name__))
 
 
 def frames(n: int = 12, h: int = 48, w: int = 64) -> torch.Tensor:
