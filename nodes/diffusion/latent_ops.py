@@ -76,6 +76,12 @@ def second_like(s1: torch.Tensor, s2: torch.Tensor, names: tuple[str, str], meth
     return fit_batch(resize_like(s1, s2, method), s1.shape[0], names[1], names[0])
 
 
+def sample_pair(samples1: dict, samples2: dict, method: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs ``samples1`` and ``samples2``'s tensors, the second shaped like the first (:func:`second_like`)."""
+    s1 = samples_of(samples1, "samples1")
+    return s1, second_like(s1, samples_of(samples2, "samples2"), ("samples1", "samples2"), method)
+
+
 def with_samples(latent: dict, samples: torch.Tensor) -> dict:
     out = dict(latent)
     out["samples"] = samples
@@ -201,8 +207,7 @@ class LatentBlend(Node):
     outputs = (Output(LATENT),)
 
     def execute(self, samples1: dict, samples2: dict, blend_factor: float) -> tuple:
-        s1 = samples_of(samples1, "samples1")
-        s2 = second_like(s1, samples_of(samples2, "samples2"), ("samples1", "samples2"), "bicubic")
+        s1, s2 = sample_pair(samples1, samples2, "bicubic")
         return (with_samples(samples1, s1 * blend_factor + s2 * (1 - blend_factor)),)
 
 
@@ -217,8 +222,7 @@ class LatentAdd(Node):
     outputs = (Output(LATENT),)
 
     def execute(self, samples1: dict, samples2: dict) -> tuple:
-        s1 = samples_of(samples1, "samples1")
-        s2 = second_like(s1, samples_of(samples2, "samples2"), ("samples1", "samples2"))
+        s1, s2 = sample_pair(samples1, samples2)
         return (with_samples(samples1, s1 + s2),)
 
 
@@ -231,8 +235,7 @@ class LatentSubtract(Node):
     outputs = (Output(LATENT),)
 
     def execute(self, samples1: dict, samples2: dict) -> tuple:
-        s1 = samples_of(samples1, "samples1")
-        s2 = second_like(s1, samples_of(samples2, "samples2"), ("samples1", "samples2"))
+        s1, s2 = sample_pair(samples1, samples2)
         return (with_samples(samples1, s1 - s2),)
 
 
@@ -264,8 +267,7 @@ class LatentInterpolate(Node):
     outputs = (Output(LATENT),)
 
     def execute(self, samples1: dict, samples2: dict, ratio: float) -> tuple:
-        s1 = samples_of(samples1, "samples1")
-        s2 = second_like(s1, samples_of(samples2, "samples2"), ("samples1", "samples2"))
+        s1, s2 = sample_pair(samples1, samples2)
         u1, m1 = _unit(s1)
         u2, m2 = _unit(s2)
         direction, _ = _unit(u1 * ratio + u2 * (1.0 - ratio))
