@@ -34,7 +34,7 @@ import torch
 
 from nodegraph.cpu_threads import small_work_threads
 from nodegraph_nodes.diffusion.components import _manager_key
-from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
+from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json
 from nodegraph_nodes.dit import convert
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _pad_even, _rows, image_ids, pack_latents, unpack_latents
@@ -200,21 +200,13 @@ def open_chroma_runner(model: FlowModel, ctx, latent_shape: tuple) -> Iterator[C
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default") -> ChromaModel:
     """UNETLoader for a Chroma transformer file."""
-    from nodegraph_nodes.dit.loading import WEIGHT_DTYPES, _apply_weight_dtype, _fp8, _stored, flow_dtype
+    from nodegraph_nodes.dit.file_loading import load_transformer_handle
+    from nodegraph_nodes.dit.loading import WEIGHT_DTYPES, flow_dtype
 
     if weight_dtype not in WEIGHT_DTYPES:
         raise ModelFileError(f"UNETLoader.weight_dtype: unknown {weight_dtype!r}; use one of {WEIGHT_DTYPES}")
-    prefix = detect_prefix(keys)
-    dtype = flow_dtype(device)
-
-    def loader():
-        sd = convert.dequantize_scaled_fp8(convert.strip_prefix(
-            read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
-        return _apply_weight_dtype(build_transformer(sd, _stored(manager, sd, dtype)), weight_dtype, device, dtype)
-
-    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
-    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
-                          placed=True)
+    handle = load_transformer_handle(path, detect_prefix(keys), manager, device, weight_dtype, flow_dtype(device),
+                                     build_transformer)
     return ChromaModel(handle, "chroma", source=str(path))
 
 

@@ -26,7 +26,7 @@ import torch
 from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import flux2
-from nodegraph_nodes.dit.convert import dequantize_scaled_fp8, strip_prefix
+from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
 from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
 
 MISTRAL_HEAD_DIM, MISTRAL_ROPE_THETA, MISTRAL_EPS = 128, 1_000_000_000.0, 1e-5
@@ -49,19 +49,10 @@ def detect_transformer(keys) -> str | None:
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default"):
     """UNETLoader for a Flux.2 transformer file."""
-    from nodegraph_nodes.dit.loading import _apply_weight_dtype, _fp8, _stored
+    from nodegraph_nodes.dit.file_loading import load_transformer_handle
 
-    prefix = flux2.detect_prefix(keys)
-    dtype = _dtype(device)
-
-    def loader():
-        sd = dequantize_scaled_fp8(strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
-        return _apply_weight_dtype(flux2.build_transformer(sd, _stored(manager, sd, dtype)), weight_dtype, device,
-                                   dtype)
-
-    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
-    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
-                          placed=True)
+    handle = load_transformer_handle(path, flux2.detect_prefix(keys), manager, device, weight_dtype, _dtype(device),
+                                     flux2.build_transformer)
     return flux2.Flux2Model(handle, "flux2", source=str(path))
 
 

@@ -26,7 +26,7 @@ import torch
 from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import qwen_image, z_image
-from nodegraph_nodes.dit.convert import dequantize_scaled_fp8, strip_prefix
+from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
 from nodegraph_nodes.dit.llm_text import LlmClip
 
 QWEN25_HEAD_DIM, QWEN25_VISION_HEAD_DIM = 128, 80
@@ -57,19 +57,11 @@ def detect_transformer(keys) -> tuple[str, str] | None:
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default"):
     """UNETLoader for a Qwen-Image / Z-Image transformer file."""
-    from nodegraph_nodes.dit.loading import _apply_weight_dtype, _fp8, _stored
+    from nodegraph_nodes.dit.file_loading import load_transformer_handle
 
     family, prefix = detect_transformer(keys)
-    dtype = _dtype(device)
     build = qwen_image.build_transformer if family == "qwen_image" else z_image.build_transformer
-
-    def loader():
-        sd = dequantize_scaled_fp8(strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
-        return _apply_weight_dtype(build(sd, _stored(manager, sd, dtype)), weight_dtype, device, dtype)
-
-    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype  # see dit.loading
-    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
-                          placed=True)
+    handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, _dtype(device), build)
     cls = qwen_image.QwenImageModel if family == "qwen_image" else z_image.ZImageModel
     return cls(handle, family, source=str(path))
 

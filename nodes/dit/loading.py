@@ -99,18 +99,10 @@ def load_transformer_file(path: Path, manager, device: str, weight_dtype: str = 
     kind = convert.detect_transformer(file_keys(path, manager.allow_pickle))
     if kind is None:
         raise ModelFileError(f"{path.name} is not an SD3 or Flux.1 transformer")
-    dtype = flow_dtype(device)
+    from nodegraph_nodes.dit.file_loading import load_transformer_handle
 
-    def loader():
-        sd = convert.strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), kind.prefix)
-        sd = convert.dequantize_scaled_fp8(sd)
-        return _apply_weight_dtype(convert.build_transformer(kind, sd, _stored(manager, sd, dtype)), weight_dtype,
-                                   device, dtype)
-
-    # fp8 on a GPU: the layerwise casting computes in bf16, so placing only moves the fp8 weights
-    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
-    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
-                          placed=True)
+    handle = load_transformer_handle(path, kind.prefix, manager, device, weight_dtype, flow_dtype(device),
+                                     lambda sd, stored: convert.build_transformer(kind, sd, stored))
     return FlowModel(handle, kind.family, kind.variant, source=str(path))
 
 

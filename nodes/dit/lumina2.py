@@ -369,21 +369,13 @@ def load_text_encoder(path: Path, manager, device: str, models_dir: Path) -> Lum
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default") -> Lumina2Model:
     """UNETLoader for a Lumina 2 transformer file."""
-    from nodegraph_nodes.dit.loading import WEIGHT_DTYPES, _apply_weight_dtype, _fp8, _stored, flow_dtype
+    from nodegraph_nodes.dit.file_loading import load_transformer_handle
+    from nodegraph_nodes.dit.loading import WEIGHT_DTYPES, flow_dtype
 
     if weight_dtype not in WEIGHT_DTYPES:
         raise ModelFileError(f"UNETLoader.weight_dtype: unknown {weight_dtype!r}; use one of {WEIGHT_DTYPES}")
-    prefix = detect_prefix(keys)
-    dtype = flow_dtype(device)
-
-    def loader():
-        sd = convert.dequantize_scaled_fp8(convert.strip_prefix(
-            read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
-        return _apply_weight_dtype(build_transformer(sd, _stored(manager, sd, dtype)), weight_dtype, device, dtype)
-
-    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
-    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
-                          placed=True)
+    handle = load_transformer_handle(path, detect_prefix(keys), manager, device, weight_dtype, flow_dtype(device),
+                                     build_transformer)
     return Lumina2Model(handle, "lumina2", source=str(path))
 
 

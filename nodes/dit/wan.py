@@ -42,7 +42,7 @@ import torch
 from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
-from nodegraph_nodes.dit.convert import dequantize_scaled_fp8, strip_prefix
+from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
 from nodegraph_nodes.sampling import model_sampling as msl
@@ -120,19 +120,12 @@ def build_transformer(sd: dict, layout: str, dtype: torch.dtype):
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default") -> "WanModel":
     """UNETLoader for a Wan transformer file."""
-    from nodegraph_nodes.dit.loading import _apply_weight_dtype, _fp8, _stored, flow_dtype
+    from nodegraph_nodes.dit.file_loading import load_transformer_handle
+    from nodegraph_nodes.dit.loading import flow_dtype
 
     layout, prefix = detect_transformer(keys)
-    dtype = flow_dtype(device)
-
-    def loader():
-        sd = dequantize_scaled_fp8(strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
-        return _apply_weight_dtype(build_transformer(sd, layout, _stored(manager, sd, dtype)), weight_dtype,
-                                   device, dtype)
-
-    compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
-    handle = manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
-                          placed=True)
+    handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device),
+                                     lambda sd, stored: build_transformer(sd, layout, stored))
     return WanModel(handle, "wan", source=str(path))
 
 
