@@ -64,7 +64,7 @@ class ShippedFile:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class FilesShipped(Event):
     """Sent just before a node's ``NodeFinished`` when the actor ships files: what it wrote."""
 
