@@ -187,39 +187,49 @@ def _report(stats: CacheStats) -> None:
 
 
 @dataclass(eq=False)
-class EasyCachePatch(ModelPatch):
+class _StepCachePatch(ModelPatch):
+    """The settings both caches take, and the last run's stats (kept and logged when the run ends)."""
+
     key = "step_cache"
+    #: the name in logs and :class:`CacheStats`
+    cache_name = ""
     reuse_threshold: float = 0.2
     start_percent: float = 0.15
     end_percent: float = 0.95
     verbose: bool = False
     last_stats: CacheStats | None = field(default=None, repr=False)
 
+    def _start(self, run: PatchRun) -> tuple[CacheStats, ChangeTracker]:
+        tracker = _tracker(self.cache_name, self.reuse_threshold, self.start_percent, self.end_percent,
+                           self.verbose, run)
+        return CacheStats(self.cache_name, max(len(run.sigmas) - 1, 0)), tracker
+
+    def _finish(self, stats: CacheStats) -> None:
+        self.last_stats = stats
+        _report(stats)
+
+
+@dataclass(eq=False)
+class EasyCachePatch(_StepCachePatch):
+    cache_name = "EasyCache"
+
     @contextmanager
     def attach(self, run: PatchRun) -> Iterator[None]:
-        stats = CacheStats("EasyCache", max(len(run.sigmas) - 1, 0))
-        tracker = _tracker("EasyCache", self.reuse_threshold, self.start_percent, self.end_percent, self.verbose, run)
+        stats, tracker = self._start(run)
         run.runner = _EasyCacheRunner(run.runner, tracker, stats)
         try:
             yield
         finally:
-            self.last_stats = stats
-            _report(stats)
+            self._finish(stats)
 
 
 @dataclass(eq=False)
-class LazyCachePatch(ModelPatch):
-    key = "step_cache"
-    reuse_threshold: float = 0.2
-    start_percent: float = 0.15
-    end_percent: float = 0.95
-    verbose: bool = False
-    last_stats: CacheStats | None = field(default=None, repr=False)
+class LazyCachePatch(_StepCachePatch):
+    cache_name = "LazyCache"
 
     @contextmanager
     def attach(self, run: PatchRun) -> Iterator[None]:
-        stats = CacheStats("LazyCache", max(len(run.sigmas) - 1, 0))
-        tr = _tracker("LazyCache", self.reuse_threshold, self.start_percent, self.end_percent, self.verbose, run)
+        stats, tr = self._start(run)
         state: dict = {"residual": None, "uncond_residual": None}
 
         def wrapper(predict, x: torch.Tensor, sigma: torch.Tensor) -> Prediction:
@@ -245,8 +255,7 @@ class LazyCachePatch(ModelPatch):
         try:
             yield
         finally:
-            self.last_stats = stats
-            _report(stats)
+            self._finish(stats)
 
 
 _THRESHOLD = dict(min=0.0, max=3.0, step=0.01)
