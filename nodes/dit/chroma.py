@@ -36,6 +36,7 @@ from nodegraph.cpu_threads import small_work_threads
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json
 from nodegraph_nodes.dit import convert
+from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _pad_even, _rows, image_ids, pack_latents, unpack_latents
 from nodegraph_nodes.sampling import model_sampling as msl
@@ -200,7 +201,6 @@ def open_chroma_runner(model: FlowModel, ctx, latent_shape: tuple) -> Iterator[C
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default") -> ChromaModel:
     """UNETLoader for a Chroma transformer file."""
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
     from nodegraph_nodes.dit.loading import WEIGHT_DTYPES, flow_dtype
 
     if weight_dtype not in WEIGHT_DTYPES:
@@ -230,25 +230,12 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
     from diffusers import AutoencoderKL, ChromaTransformer2DModel
     from transformers import T5EncoderModel
 
-    from nodegraph.offload import safetensors_dtype
     from nodegraph_nodes.dit.loading import flow_dtype, load_t5_tokenizer, vae_model
     from nodegraph_nodes.dit.text import FlowClip, T5Encoder
 
     dtype = flow_dtype(device)
-    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
-        if not (folder / part).is_dir():
-            raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
-
-    def sub_loader(cls, sub, placed: bool = False):
-        def loader():
-            store = manager.storage_dtype(safetensors_dtype(folder / sub), dtype) if placed else dtype
-            try:
-                return cls.from_pretrained(str(folder / sub), torch_dtype=store, local_files_only=True,
-                                           use_safetensors=None if manager.allow_pickle else True
-                                           ).eval().requires_grad_(False)
-            except Exception as exc:
-                raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
-        return loader
+    require_subfolders(folder, ("transformer", "vae", "text_encoder", "tokenizer"))
+    sub_loader = diffusers_sub_loader(folder, manager, dtype)
 
     handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype),
                           sub_loader(ChromaTransformer2DModel, "transformer", placed=True), compute_dtype=dtype)

@@ -27,6 +27,7 @@ from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import flux2
 from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
+from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
 
 MISTRAL_HEAD_DIM, MISTRAL_ROPE_THETA, MISTRAL_EPS = 128, 1_000_000_000.0, 1e-5
@@ -49,7 +50,6 @@ def detect_transformer(keys) -> str | None:
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default"):
     """UNETLoader for a Flux.2 transformer file."""
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
 
     handle = load_transformer_handle(path, flux2.detect_prefix(keys), manager, device, weight_dtype, _dtype(device),
                                      flux2.build_transformer)
@@ -210,23 +210,8 @@ def load_diffusers_folder(folder: Path, manager, device: str):
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
 
     dtype = _dtype(device)
-    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
-        if not (folder / part).is_dir():
-            raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
-
-    def sub_loader(cls, sub, wrap=None, placed: bool = False):
-        def loader():
-            from nodegraph.offload import safetensors_dtype
-
-            store = manager.storage_dtype(safetensors_dtype(folder / sub), dtype) if placed else dtype
-            try:
-                net = cls.from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=store,
-                                          use_safetensors=None if manager.allow_pickle else True)
-            except Exception as exc:
-                raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
-            net = net.eval().requires_grad_(False)
-            return wrap(net) if wrap else net
-        return loader
+    require_subfolders(folder, ("transformer", "vae", "text_encoder", "tokenizer"))
+    sub_loader = diffusers_sub_loader(folder, manager, dtype)
 
     def text_loader():
         from nodegraph.offload import safetensors_dtype

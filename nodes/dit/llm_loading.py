@@ -27,6 +27,7 @@ from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import qwen_image, z_image
 from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
+from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.llm_text import LlmClip
 
 QWEN25_HEAD_DIM, QWEN25_VISION_HEAD_DIM = 128, 80
@@ -57,7 +58,6 @@ def detect_transformer(keys) -> tuple[str, str] | None:
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default"):
     """UNETLoader for a Qwen-Image / Z-Image transformer file."""
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
 
     family, prefix = detect_transformer(keys)
     build = qwen_image.build_transformer if family == "qwen_image" else z_image.build_transformer
@@ -249,23 +249,8 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
     family = diffusers_family(folder)
     dtype = _dtype(device)
 
-    def sub_loader(cls, sub, wrap=None, placed: bool = False):
-        def loader():
-            from nodegraph.offload import safetensors_dtype
-
-            store = manager.storage_dtype(safetensors_dtype(folder / sub), dtype) if placed else dtype
-            try:
-                net = cls.from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=store,
-                                          use_safetensors=None if manager.allow_pickle else True)
-                net = net.eval().requires_grad_(False)
-            except Exception as exc:
-                raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
-            return wrap(net) if wrap else net
-        return loader
-
-    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
-        if not (folder / part).is_dir():
-            raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
+    sub_loader = diffusers_sub_loader(folder, manager, dtype)
+    require_subfolders(folder, ("transformer", "vae", "text_encoder", "tokenizer"))
     shift = None
     if family == "qwen_image":
         net_cls, model_cls, te_cls = QwenImageTransformer2DModel, qwen_image.QwenImageModel, Qwen2_5_VLForConditionalGeneration

@@ -30,11 +30,12 @@ from typing import Any
 
 import torch
 
-from nodegraph.offload import dominant_dtype, safetensors_dtype
+from nodegraph.offload import dominant_dtype
 from nodegraph_nodes.diffusion import checkpoint as ck
 from nodegraph_nodes.diffusion.components import (TextEncoder, VaeModel, _manager_key, find_tokenizer, load_tokenizer)
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import convert
+from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.model import FlowModel
 from nodegraph_nodes.dit.text import FlowClip, T5Encoder
 
@@ -99,7 +100,6 @@ def load_transformer_file(path: Path, manager, device: str, weight_dtype: str = 
     kind = convert.detect_transformer(file_keys(path, manager.allow_pickle))
     if kind is None:
         raise ModelFileError(f"{path.name} is not an SD3 or Flux.1 transformer")
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
 
     handle = load_transformer_handle(path, kind.prefix, manager, device, weight_dtype, flow_dtype(device),
                                      lambda sd, stored: convert.build_transformer(kind, sd, stored))
@@ -326,19 +326,9 @@ def load_flow_diffusers_folder(folder: Path, manager, device: str, models_dir: P
     dtype = flow_dtype(device)
     index = read_json(folder / "model_index.json")
 
-    def sub_loader(cls, sub, placed: bool = False):
-        def loader():
-            store = manager.storage_dtype(safetensors_dtype(folder / sub), dtype) if placed else dtype
-            try:
-                return cls.from_pretrained(str(folder / sub), torch_dtype=store, local_files_only=True,
-                                           use_safetensors=None if manager.allow_pickle else True).eval().requires_grad_(False)
-            except Exception as exc:
-                raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
-        return loader
+    sub_loader = diffusers_sub_loader(folder, manager, dtype)
 
-    for part in ("transformer", "vae"):
-        if not (folder / part).is_dir():
-            raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
+    require_subfolders(folder, ("transformer", "vae"))
     net_cls = SD3Transformer2DModel if family == "sd3" else FluxTransformer2DModel
     handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype),
                           sub_loader(net_cls, "transformer", placed=True), compute_dtype=dtype)

@@ -42,6 +42,7 @@ from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import convert
+from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.sampling import model_sampling as msl
@@ -369,7 +370,6 @@ def load_text_encoder(path: Path, manager, device: str, models_dir: Path) -> Lum
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default") -> Lumina2Model:
     """UNETLoader for a Lumina 2 transformer file."""
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
     from nodegraph_nodes.dit.loading import WEIGHT_DTYPES, flow_dtype
 
     if weight_dtype not in WEIGHT_DTYPES:
@@ -388,25 +388,12 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
     from diffusers import AutoencoderKL, Lumina2Transformer2DModel
     from transformers import Gemma2Model
 
-    from nodegraph.offload import safetensors_dtype
     from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
     from nodegraph_nodes.dit.loading import flow_dtype, vae_model
 
     dtype = flow_dtype(device)
-    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
-        if not (folder / part).is_dir():
-            raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
-
-    def sub_loader(cls, sub, placed: bool = False):
-        def loader():
-            store = manager.storage_dtype(safetensors_dtype(folder / sub), dtype) if placed else dtype
-            try:
-                return cls.from_pretrained(str(folder / sub), torch_dtype=store, local_files_only=True,
-                                           use_safetensors=None if manager.allow_pickle else True
-                                           ).eval().requires_grad_(False)
-            except Exception as exc:
-                raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
-        return loader
+    require_subfolders(folder, ("transformer", "vae", "text_encoder", "tokenizer"))
+    sub_loader = diffusers_sub_loader(folder, manager, dtype)
 
     shift = None
     sched = folder / "scheduler" / "scheduler_config.json"

@@ -43,6 +43,7 @@ from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
+from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
 from nodegraph_nodes.sampling import model_sampling as msl
@@ -120,7 +121,6 @@ def build_transformer(sd: dict, layout: str, dtype: torch.dtype):
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default") -> "WanModel":
     """UNETLoader for a Wan transformer file."""
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
     from nodegraph_nodes.dit.loading import flow_dtype
 
     layout, prefix = detect_transformer(keys)
@@ -355,20 +355,8 @@ def load_diffusers_folder(folder: Path, manager, device: str):
     from nodegraph_nodes.dit.qwen_image import ImageVae
 
     dtype = flow_dtype(device)
-    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
-        if not (folder / part).is_dir():
-            raise ModelFileError(f"diffusers folder {folder.name} has no '{part}' subfolder")
-
-    def sub_loader(cls, sub, wrap=None):
-        def loader():
-            try:
-                net = cls.from_pretrained(str(folder / sub), local_files_only=True, torch_dtype=dtype,
-                                          use_safetensors=None if manager.allow_pickle else True)
-            except Exception as exc:
-                raise ModelFileError(f"could not load {folder.name}/{sub}: {exc}") from None
-            net = net.eval().requires_grad_(False)
-            return wrap(net) if wrap else net
-        return loader
+    require_subfolders(folder, ("transformer", "vae", "text_encoder", "tokenizer"))
+    sub_loader = diffusers_sub_loader(folder, manager, dtype)
 
     shift = None
     sched = folder / "scheduler" / "scheduler_config.json"
