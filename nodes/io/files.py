@@ -26,7 +26,7 @@ import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -97,6 +97,26 @@ def load_image_file(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.stack(masks)
 
 
+def check_image_choice(image: str, paths: Paths, resolve: Callable[[str, Paths], Path]) -> bool | str:
+    """An image combo's check at validation: True when ``resolve(image, paths)`` is a file, else the
+    message."""
+    try:
+        path = resolve(image, paths)
+    except ValueError as exc:
+        return f"Invalid image file: {exc}"
+    if not path.is_file():
+        return f"Invalid image file: {image} (not found in {path.parent})"
+    return True
+
+
+def image_choice_fingerprint(image: Any, paths: Paths, resolve: Callable[[str, Paths], Path]) -> Any:
+    """SHA-256 of the image combo's file; NaN (always re-run) when it cannot be resolved or read."""
+    try:
+        return file_sha256(resolve(str(image), paths))
+    except (OSError, ValueError):
+        return math.nan
+
+
 class InputImageNode(Node):
     """Base of the nodes that load a file from the input folder (LoadImage, LoadImageMask): the ``image``
     combo with upload, its check at validation and the file's hash as the fingerprint."""
@@ -106,21 +126,12 @@ class InputImageNode(Node):
 
     @classmethod
     def validate_inputs(cls, image: str, paths: Paths) -> bool | str:
-        try:
-            path = resolve_annotated(str(image), paths)
-        except ValueError as exc:
-            return f"Invalid image file: {exc}"
-        if not path.is_file():
-            return f"Invalid image file: {image} (not found in {path.parent})"
-        return True
+        return check_image_choice(str(image), paths, resolve_annotated)
 
     @classmethod
     def fingerprint(cls, paths: Paths, image: str | None = None, **_: Any) -> Any:
         """SHA-256 of the file; NaN (always re-run) when it cannot be read."""
-        try:
-            return file_sha256(resolve_annotated(str(image), paths))
-        except (OSError, ValueError):
-            return math.nan
+        return image_choice_fingerprint(image, paths, resolve_annotated)
 
 
 class LoadImage(InputImageNode):

@@ -22,7 +22,6 @@ without the trailing ``_``, so a second run wrote over the first); 10-bit and HD
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from pathlib import Path
@@ -37,7 +36,7 @@ from nodegraph.user_files import IMAGE_EXTENSIONS, resolve_inside, split_annotat
 from nodegraph.value_checks import check_image
 
 from .encoders import EncodeError, encode_avif, encode_exr, encode_png_depth
-from .files import expand_prefix_vars, file_sha256, load_image_file, split_prefix
+from .files import check_image_choice, expand_prefix_vars, image_choice_fingerprint, load_image_file, split_prefix
 
 FORMATS = ["png", "exr", "avif"]
 #: each format's bit depths (first = default) and input colour spaces, in ComfyUI's order
@@ -223,21 +222,12 @@ class LoadImageOutput(Node):
 
     @classmethod
     def validate_inputs(cls, image: str, paths: Paths) -> bool | str:
-        try:
-            path = resolve_output_image(image, paths)
-        except ValueError as exc:
-            return f"Invalid image file: {exc}"
-        if not path.is_file():
-            return f"Invalid image file: {image} (not found in {path.parent})"
-        return True
+        return check_image_choice(image, paths, resolve_output_image)
 
     @classmethod
     def fingerprint(cls, paths: Paths, image: str | None = None, **_: Any) -> Any:
         """SHA-256 of the file; NaN (always re-run) when it cannot be read."""
-        try:
-            return file_sha256(resolve_output_image(str(image), paths))
-        except (OSError, ValueError):
-            return math.nan
+        return image_choice_fingerprint(image, paths, resolve_output_image)
 
     def execute(self, image: str) -> tuple:
         try:
