@@ -162,6 +162,17 @@ def infer_controlnet_config(sd: dict[str, Any], time_embed_dim: int | None = Non
     )
     if "middle_block.1.proj_in.weight" not in sd:
         cfg["mid_block_type"] = "UNetMidBlock2D" if "middle_block.0.in_layers.0.weight" in sd else None
+    _set_attention(cfg, sd, heads, channels)
+    if "label_emb.0.0.weight" in sd:
+        adm = int(sd["label_emb.0.0.weight"].shape[1])
+        cfg.update(addition_embed_type="text_time", addition_time_embed_dim=_time_dim(adm, time_embed_dim),
+                   projection_class_embeddings_input_dim=adm)
+    return family, cfg
+
+
+def _set_attention(cfg: dict, sd: dict[str, Any], heads: dict, channels: list[int]) -> None:
+    """Both layouts' attention settings: the cross-attention width (from any ``attn2.to_k``) and the head
+    dimension (the family's fixed head count, or channels per head at each level)."""
     to_k = next((v for k, v in sd.items() if k.endswith("attn2.to_k.weight")), None)
     if to_k is not None:
         cfg["cross_attention_dim"] = int(to_k.shape[1])
@@ -169,11 +180,6 @@ def infer_controlnet_config(sd: dict[str, Any], time_embed_dim: int | None = Non
         cfg["attention_head_dim"] = heads["num_heads"]
     else:
         cfg["attention_head_dim"] = [max(1, c // heads["head_channels"]) for c in channels]
-    if "label_emb.0.0.weight" in sd:
-        adm = int(sd["label_emb.0.0.weight"].shape[1])
-        cfg.update(addition_embed_type="text_time", addition_time_embed_dim=_time_dim(adm, time_embed_dim),
-                   projection_class_embeddings_input_dim=adm)
-    return family, cfg
 
 
 def _family_of_config(cfg: dict) -> str:
@@ -223,13 +229,7 @@ def infer_diffusers_config(sd: dict[str, Any], time_embed_dim: int | None = None
     )
     if not _ids(sd, "mid_block.attentions."):
         cfg["mid_block_type"] = "UNetMidBlock2D"
-    to_k = next((v for k, v in sd.items() if k.endswith("attn2.to_k.weight")), None)
-    if to_k is not None:
-        cfg["cross_attention_dim"] = int(to_k.shape[1])
-    if "num_heads" in heads:
-        cfg["attention_head_dim"] = heads["num_heads"]
-    else:
-        cfg["attention_head_dim"] = [max(1, c // heads["head_channels"]) for c in channels]
+    _set_attention(cfg, sd, heads, channels)
     if family == "sdxl":
         adm = int(sd["add_embedding.linear_1.weight"].shape[1])
         cfg.update(addition_embed_type="text_time", addition_time_embed_dim=_time_dim(adm, time_embed_dim),
