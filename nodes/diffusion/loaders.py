@@ -344,6 +344,10 @@ class UNETLoader(Node):
         keys = file_keys(path, manager.allow_pickle) if path.is_file() else []
         from nodegraph_nodes.dit import wan
 
+        from nodegraph_nodes.dit import hidream
+
+        if (prefix := hidream.detect_prefix(keys)) is not None:  # HiDream I1
+            return (hidream.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
         if wan.detect_transformer(keys) is not None:  # Wan 2.1
             return (wan.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
         from nodegraph_nodes.dit import chroma
