@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.dit.tiny_flow import (T5_DIM, TinyFlow, _contig, _random_transformer, _save_folder, _vae, _vae_file,
-                                 build_text_encoders)
+                                 build_text_encoders, flux_blocks_to_bfl)
 
 
 def chroma_transformer():
@@ -44,28 +44,7 @@ def chroma_to_comfy(net) -> dict[str, torch.Tensor]:
             out[f"{g}layers.{i}.in_layer.{kind}"] = sd[f"{g}layers.{i}.linear_1.{kind}"]
             out[f"{g}layers.{i}.out_layer.{kind}"] = sd[f"{g}layers.{i}.linear_2.{kind}"]
         out[f"{g}norms.{i}.scale"] = sd[f"{g}norms.{i}.weight"]
-    for i in range(net.config.num_layers):
-        b, t = f"double_blocks.{i}.", f"transformer_blocks.{i}."
-        for kind in ("weight", "bias"):
-            out[f"{b}img_attn.qkv.{kind}"] = torch.cat([sd[f"{t}attn.to_{x}.{kind}"] for x in "qkv"])
-            out[f"{b}txt_attn.qkv.{kind}"] = torch.cat([sd[f"{t}attn.add_{x}_proj.{kind}"] for x in "qkv"])
-            for ours, theirs in (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
-                                 ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
-                                 ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2")):
-                out[f"{b}{ours}.{kind}"] = sd[f"{t}{theirs}.{kind}"]
-        for ours, theirs in (("img_attn.norm.query_norm.scale", "attn.norm_q.weight"),
-                             ("img_attn.norm.key_norm.scale", "attn.norm_k.weight"),
-                             ("txt_attn.norm.query_norm.scale", "attn.norm_added_q.weight"),
-                             ("txt_attn.norm.key_norm.scale", "attn.norm_added_k.weight")):
-            out[b + ours] = sd[t + theirs]
-    for i in range(net.config.num_single_layers):
-        b, t = f"single_blocks.{i}.", f"single_transformer_blocks.{i}."
-        for kind in ("weight", "bias"):
-            out[f"{b}linear1.{kind}"] = torch.cat([sd[f"{t}attn.to_{x}.{kind}"] for x in "qkv"]
-                                                  + [sd[f"{t}proj_mlp.{kind}"]])
-            out[f"{b}linear2.{kind}"] = sd[f"{t}proj_out.{kind}"]
-        out[f"{b}norm.query_norm.scale"] = sd[f"{t}attn.norm_q.weight"]
-        out[f"{b}norm.key_norm.scale"] = sd[f"{t}attn.norm_k.weight"]
+    out.update(flux_blocks_to_bfl(net, modulation=False))
     return out
 
 

@@ -198,15 +198,24 @@ def flux_to_bfl(net) -> dict[str, torch.Tensor]:
                 key = f"time_text_embed.{theirs}.{lin}.{kind}"
                 if key in sd:
                     out[f"{ours}.{layer}.{kind}"] = sd[key]
+    out.update(flux_blocks_to_bfl(net, modulation=True))
+    return out
+
+
+def flux_blocks_to_bfl(net, modulation: bool) -> dict[str, torch.Tensor]:
+    """The double and single blocks of a diffusers Flux-layout transformer under BFL's names; with
+    ``modulation`` also the blocks' own modulation layers (Flux has them, Chroma does not)."""
+    sd = net.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    mods = (("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear")) if modulation else ()
     for i in range(net.config.num_layers):
         b, t = f"double_blocks.{i}.", f"transformer_blocks.{i}."
         for kind in ("weight", "bias"):
             out[f"{b}img_attn.qkv.{kind}"] = torch.cat([sd[f"{t}attn.to_{x}.{kind}"] for x in "qkv"])
             out[f"{b}txt_attn.qkv.{kind}"] = torch.cat([sd[f"{t}attn.add_{x}_proj.{kind}"] for x in "qkv"])
-            for ours, theirs in (("img_mod.lin", "norm1.linear"), ("txt_mod.lin", "norm1_context.linear"),
-                                 ("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
-                                 ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
-                                 ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2")):
+            for ours, theirs in mods + (("img_attn.proj", "attn.to_out.0"), ("txt_attn.proj", "attn.to_add_out"),
+                                        ("img_mlp.0", "ff.net.0.proj"), ("img_mlp.2", "ff.net.2"),
+                                        ("txt_mlp.0", "ff_context.net.0.proj"), ("txt_mlp.2", "ff_context.net.2")):
                 out[f"{b}{ours}.{kind}"] = sd[f"{t}{theirs}.{kind}"]
         for ours, theirs in (("img_attn.norm.query_norm.scale", "attn.norm_q.weight"),
                              ("img_attn.norm.key_norm.scale", "attn.norm_k.weight"),
@@ -219,7 +228,8 @@ def flux_to_bfl(net) -> dict[str, torch.Tensor]:
             out[f"{b}linear1.{kind}"] = torch.cat([sd[f"{t}attn.to_{x}.{kind}"] for x in "qkv"]
                                                   + [sd[f"{t}proj_mlp.{kind}"]])
             out[f"{b}linear2.{kind}"] = sd[f"{t}proj_out.{kind}"]
-            out[f"{b}modulation.lin.{kind}"] = sd[f"{t}norm.linear.{kind}"]
+            if modulation:
+                out[f"{b}modulation.lin.{kind}"] = sd[f"{t}norm.linear.{kind}"]
         out[f"{b}norm.query_norm.scale"] = sd[f"{t}attn.norm_q.weight"]
         out[f"{b}norm.key_norm.scale"] = sd[f"{t}attn.norm_k.weight"]
     return out
