@@ -16,11 +16,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from nodegraph.errors import ValidationFailed
-from nodegraph.validation import validate
 from nodegraph.workflow.loader import load_workflow_data
 
 from tests.dit.tiny_flow import _contig, flux_to_bfl, flux_transformer
+from tests.helpers.package_templates import check_templates, package_templates
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_flow"
 #: node types of the package's Flux.1 / SD3.5 templates that nodegraph does not have yet
@@ -67,34 +66,13 @@ def test_template_runs_end_to_end(flow_engine, flow_registry, template_files, na
     assert image.shape == (64, 64, 3) and image.std() > 0.01
 
 
-def _package_templates() -> list[Path]:
-    package = pytest.importorskip("comfyui_workflow_templates_json")
-    folder = Path(package.__file__).parent / "templates"
-    return sorted(p for p in folder.glob("*.json")
-                  if (("flux" in p.name and not p.name.startswith("api_") and "flux2" not in p.name
-                       and "flux3" not in p.name) or p.name.startswith("sd3")))
+def _flow_template(name: str) -> bool:
+    return ("flux" in name and "flux2" not in name and "flux3" not in name) or name.startswith("sd3")
 
 
 def test_package_templates_validate_with_file_errors_only(flow_registry):
-    paths = _package_templates()
+    paths = package_templates(_flow_template)
     assert len(paths) >= 10
-    clean, missing_types = [], set()
-    for path in paths:
-        api = load_workflow_data(json.loads(path.read_text()), flow_registry).api
-        try:
-            validate(api, flow_registry)
-            clean.append(path.name)
-            continue
-        except ValidationFailed as failure:
-            errors = failure.errors
-        for error in errors:
-            text = str(error)
-            if error.kind == "unknown_node_type":
-                missing_types.add(error.class_type)
-            else:
-                assert "not one of its choices" in text or "not found in inputs" in text, (path.name, text)
-        if not any(e.kind == "unknown_node_type" for e in errors):
-            clean.append(path.name)
-    assert missing_types <= MISSING_NODE_TYPES, f"new missing node types: {missing_types - MISSING_NODE_TYPES}"
-    assert MISSING_NODE_TYPES <= missing_types, f"built now, take them off: {MISSING_NODE_TYPES - missing_types}"
-    assert len(clean) >= 13, clean
+    check = check_templates(paths, flow_registry)
+    check.assert_missing(MISSING_NODE_TYPES)
+    assert len(check.clean) >= 13, check.clean

@@ -237,32 +237,11 @@ def test_flux2_klein_matches_pipeline(engine, klein, cfg, how):
 def test_flux2_package_templates_validate_with_file_errors_only():
     """Every Flux.2 template of comfyui-workflow-templates-json (not the api_ ones) validates against
     nodegraph's nodes with file errors only, apart from the Klein KV-cache node (FluxKVCache)."""
-    import json
-    from pathlib import Path
+    from tests.helpers.package_templates import check_templates, package_templates
 
-    from nodegraph.errors import ValidationFailed
-    from nodegraph.validation import validate
-    from nodegraph.workflow.loader import load_workflow_data
-
-    package = pytest.importorskip("comfyui_workflow_templates_json")
-    paths = sorted(p for p in (Path(package.__file__).parent / "templates").glob("*flux2*.json")
-                   if not p.name.startswith("api_"))
+    paths = package_templates(lambda name: "flux2" in name)
     assert len(paths) >= 10
-    registry = default_registry(packs=False)
-    missing = set()
-    for path in paths:
-        api = load_workflow_data(json.loads(path.read_text()), registry).api
-        try:
-            validate(api, registry)
-            continue
-        except ValidationFailed as failure:
-            for error in failure.errors:
-                if error.kind == "unknown_node_type":
-                    missing.add(error.class_type)
-                else:
-                    assert "not one of its choices" in str(error) or "not found in inputs" in str(error), \
-                        (path.name, str(error))
-    assert missing == {"FluxKVCache"}
+    assert check_templates(paths, default_registry(packs=False)).missing_types == {"FluxKVCache"}
 
 
 def test_flux2_loader_errors(engine, tiny):
