@@ -16,6 +16,7 @@ from nodegraph.registry import default_registry
 
 from nodegraph_nodes.dit import chroma, convert
 from nodegraph_nodes.dit.model import pack_latents
+from tests.dit.template_runs import last_saved_image, small_template
 from tests.dit.tiny_chroma import build_chroma, chroma_to_comfy
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -175,31 +176,16 @@ def test_chroma_template_runs(engine, chroma_root):
     under its file names (CLIPLoader type chroma, T5TokenizerOptions, ModelSamplingAuraFlow shift 1,
     CFGGuider, BasicScheduler beta, SamplerCustomAdvanced, SaveImage); only the empty latent is made 64x64
     and the 26 steps 4."""
-    import json
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
-    from nodegraph.workflow.loader import load_workflow_data
     from tests.dit.tiny_qwen import copy_as
 
     copy_as(chroma_root[0], {"diffusion_models/tiny_chroma.safetensors": "diffusion_models/Chroma1-HD-fp8mixed.safetensors",
                              "text_encoders/tiny_t5xxl.safetensors": "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors",
                              "vae/tiny_flux_ae.safetensors": "vae/ae.safetensors"})
-    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "image_chroma_text_to_image.json"
-    api = load_workflow_data(json.loads(path.read_text()), default_registry(packs=False)).api
-    for n in api.values():
-        if n["class_type"] == "EmptySD3LatentImage":
-            n["inputs"].update(width=64, height=64)
-        if n["class_type"] == "BasicScheduler":
-            n["inputs"].update(steps=4)
+    api = small_template("image_chroma_text_to_image", default_registry(packs=False), "BasicScheduler")
     result = engine.run(api).raise_for_status()
     kinds = {api[n]["class_type"] for n in result.executed}
     assert {"CLIPLoader", "T5TokenizerOptions", "UNETLoader", "CFGGuider", "SaveImage"} <= kinds
-    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
-    assert outputs
-    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    image = last_saved_image(engine.paths.output_dir)
     assert image.shape == (64, 64, 3) and image.std() > 0.01
 
 

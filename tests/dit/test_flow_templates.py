@@ -10,14 +10,12 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from nodegraph.workflow.loader import load_workflow_data
 
+from tests.dit.template_runs import last_saved_image
 from tests.dit.tiny_flow import _contig, flux_to_bfl, flux_transformer
 from tests.helpers.package_templates import check_templates, package_templates
 
@@ -60,9 +58,7 @@ def test_template_runs_end_to_end(flow_engine, flow_registry, template_files, na
     result = flow_engine.run(api).raise_for_status()
     saves = [n for n, v in api.items() if v["class_type"] == "SaveImage"]
     assert saves and all(s in result.executed for s in saves)
-    outputs = sorted(flow_engine.paths.output_dir.rglob("*.png"))
-    assert outputs, "SaveImage wrote no file"
-    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    image = last_saved_image(flow_engine.paths.output_dir)
     assert image.shape == (64, 64, 3) and image.std() > 0.01
 
 

@@ -16,6 +16,7 @@ import torch
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
+from tests.dit.template_runs import last_saved_image
 from tests.dit.tiny_flux2 import build_flux2, scheduler
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -155,8 +156,6 @@ def test_flux2_template_runs(engine, tiny):
     import shutil
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
     from safetensors.torch import save_file
 
     from nodegraph.workflow.loader import load_workflow_data
@@ -184,8 +183,7 @@ def test_flux2_template_runs(engine, tiny):
     assert {"UNETLoader", "CLIPLoader", "VAELoader", "Flux2Scheduler", "EmptyFlux2LatentImage",
             "SamplerCustomAdvanced", "SaveImage"} <= kinds
     assert "LoraLoaderModelOnly" not in kinds
-    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
-    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    image = last_saved_image(engine.paths.output_dir)
     assert image.shape == (64, 64, 3) and image.std() > 0.01
 
 
@@ -379,9 +377,6 @@ def test_flux2_klein_template_runs(engine, tiny, klein):
     import shutil
     from pathlib import Path
 
-    import numpy as np
-    from PIL import Image
-
     from nodegraph.workflow.loader import load_workflow_data
 
     models = tiny[0] / "models"
@@ -399,8 +394,7 @@ def test_flux2_klein_template_runs(engine, tiny, klein):
     result = engine.run(api).raise_for_status()
     kinds = {api[n]["class_type"] for n in result.executed}
     assert {"UNETLoader", "CLIPLoader", "CFGGuider", "Flux2Scheduler", "SaveImage"} <= kinds
-    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
-    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    image = last_saved_image(engine.paths.output_dir)
     assert image.shape == (64, 64, 3) and image.std() > 0.01
 
 
@@ -440,8 +434,7 @@ def test_flux2_edit_template_runs(engine, tiny):
     kinds = {api[n]["class_type"] for n in result.executed}
     assert {"ReferenceLatent", "VAEEncode", "GetImageSize", "Flux2Scheduler", "SaveImage"} <= kinds
     assert "LoraLoaderModelOnly" not in kinds
-    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
-    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    image = last_saved_image(engine.paths.output_dir)
     assert image.shape == (96, 96, 3) and image.std() > 0.01
 
 

@@ -13,6 +13,7 @@ from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
 from nodegraph_nodes.dit import lumina2, z_image
+from tests.dit.template_runs import last_saved_image, small_template
 from tests.dit.tiny_lumina2 import build_lumina2, lumina2_to_comfy
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -107,30 +108,15 @@ def test_netayume_lumina_template_runs(engine, lumina_root):
     file, PrimitiveStringMultiline + StringConcatenate prompts with their own system prefixes, CLIPTextEncode,
     ModelSamplingAuraFlow 4, KSampler res_multistep, SaveImage; inside a subgraph) runs end to end on the
     tiny all-in-one file under its name; only the empty latent is made 64x64 and the 30 steps 4."""
-    import json
-    from pathlib import Path
-
-    import numpy as np
-    from PIL import Image
-
-    from nodegraph.workflow.loader import load_workflow_data
     from tests.dit.tiny_qwen import copy_as
 
     copy_as(lumina_root[0], {"checkpoints/tiny_lumina_2_all_in_one.safetensors":
                              "checkpoints/NetaYumev35_pretrained_all_in_one.safetensors"})
-    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "image_netayume_lumina_t2i.json"
-    api = load_workflow_data(json.loads(path.read_text()), default_registry(packs=False)).api
-    for n in api.values():
-        if n["class_type"] == "EmptySD3LatentImage":
-            n["inputs"].update(width=64, height=64)
-        if n["class_type"] == "KSampler":
-            n["inputs"].update(steps=4)
+    api = small_template("image_netayume_lumina_t2i", default_registry(packs=False), "KSampler")
     result = engine.run(api).raise_for_status()
     kinds = {api[n]["class_type"] for n in result.executed}
     assert {"CheckpointLoaderSimple", "CLIPTextEncode", "ModelSamplingAuraFlow", "KSampler", "SaveImage"} <= kinds
-    outputs = sorted(engine.paths.output_dir.rglob("*.png"))
-    assert outputs
-    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    image = last_saved_image(engine.paths.output_dir)
     assert image.shape == (64, 64, 3) and image.std() > 0.01
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from nodegraph.workflow.loader import load_workflow_data
 
 from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, tiny_z_image  # noqa: F401
+from tests.dit.template_runs import last_saved_image
 from tests.dit.tiny_qwen import copy_as
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit"
@@ -45,9 +46,7 @@ def _run(engine, registry, name: str, steps: int | None = None, lightning: bool 
     result = engine.run(api).raise_for_status()
     saves = [n for n, v in api.items() if v["class_type"] == "SaveImage"]
     assert saves and all(s in result.executed for s in saves)
-    outputs = sorted(p for p in engine.paths.output_dir.rglob("*.png"))
-    assert outputs, "SaveImage wrote no file"
-    image = torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+    image = last_saved_image(engine.paths.output_dir)
     assert image.shape[-1] == 3 and min(image.shape[:2]) >= 64 and image.std() > 0.01
     return api, result
 

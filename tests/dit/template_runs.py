@@ -1,0 +1,34 @@
+"""Running ComfyUI's copied model templates (tests/data/comfy_templates_dit, MIT) on the tiny models: the
+template made small enough for a test, and the image its SaveImage wrote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nodegraph.workflow.loader import load_workflow_data
+
+DIT_TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit"
+
+
+def small_template(name: str, registry, steps_node: str, steps: int = 4) -> dict:
+    """Template ``name``'s API prompt with its EmptySD3LatentImage made 64×64 and ``steps_node``'s steps
+    set to ``steps``."""
+    api = load_workflow_data(json.loads((DIT_TEMPLATES / f"{name}.json").read_text()), registry).api
+    for n in api.values():
+        if n["class_type"] == "EmptySD3LatentImage":
+            n["inputs"].update(width=64, height=64)
+        if n["class_type"] == steps_node:
+            n["inputs"].update(steps=steps)
+    return api
+
+
+def last_saved_image(output_dir: Path) -> torch.Tensor:
+    """The last (by name) PNG under ``output_dir`` as an H×W×C float tensor in [0, 1]."""
+    outputs = sorted(output_dir.rglob("*.png"))
+    assert outputs, "SaveImage wrote no file"
+    return torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
