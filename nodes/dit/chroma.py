@@ -25,20 +25,18 @@ pipeline gives the transformer each prompt separately).
 from __future__ import annotations
 
 import re
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
-from nodegraph.cpu_threads import small_work_threads
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json
 from nodegraph_nodes.dit import convert
 from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.formats import FLUX
-from nodegraph_nodes.dit.model import FlowModel, _pad_even, _rows, image_ids, pack_latents, unpack_latents
+from nodegraph_nodes.dit.model import FlowModel, _rows, image_ids, pack_latents, unpack_latents
+from nodegraph_nodes.dit.runner_common import NetRunner, open_runner, pad_even
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -149,24 +147,16 @@ class ChromaModel(FlowModel):
         return msl.flux_flow(DEFAULT_SHIFT if self.default_shift is None else self.default_shift)
 
     def open_runner(self, ctx, latent_shape: tuple):
-        return open_chroma_runner(self, ctx, latent_shape)
+        return open_runner(self, ctx, latent_shape, ChromaRunner)
 
 
-class ChromaRunner:
+class ChromaRunner(NetRunner):
     """One run's calls of a ``ChromaTransformer2DModel``: Flux's packing and position ids, one call per
     conditioning part."""
 
-    def __init__(self, net, device: str):
-        self.net = net
-        self.device = device
-        self.dtype = next(net.parameters()).dtype
-
-    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
-        pass
-
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         h, w = x_in.shape[-2:]
-        x = _pad_even(x_in.to(self.device, self.dtype))
+        x = pad_even(x_in.to(self.device, self.dtype))
         hh, ww = x.shape[-2:]
         tokens, ids = pack_latents(x), image_ids(hh, ww, self.device, self.dtype)
         t = timestep.to(self.device, self.dtype).reshape(-1).expand(x.shape[0])
@@ -179,22 +169,6 @@ class ChromaRunner:
             outs.append(out)
             row += p.rows
         return unpack_latents(torch.cat(outs), hh, ww)[..., :h, :w]
-
-
-@contextmanager
-def open_chroma_runner(model: FlowModel, ctx, latent_shape: tuple) -> Iterator[ChromaRunner]:
-    from nodegraph_nodes.dit.model import work_elements
-
-    manager = ctx.service("models")
-    with ExitStack() as stack:
-        net = stack.enter_context(manager.use(model.handle, ctx.device))
-        if model.patches:  # LoRAs (LoraLoader): added to the weights for this run
-            from nodegraph_nodes.diffusion.lora import patched
-
-            stack.enter_context(patched(net, model.patches))
-        stack.enter_context(torch.inference_mode())
-        stack.enter_context(small_work_threads(ctx.device, work_elements(net, latent_shape)))
-        yield ChromaRunner(net, ctx.device)
 
 
 # -- loading ----------------------------------------------------------------------------------------

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -39,6 +38,7 @@ from nodegraph_nodes.dit.formats import FLUX_DEFAULT_GUIDANCE
 from nodegraph_nodes.dit.llm_text import LlmClip
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import open_runner, refuse_integer_weights
+from nodegraph_nodes.dit.runner_common import NetRunner
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -311,17 +311,12 @@ def image_ids(h: int, w: int, t: int = 0) -> torch.Tensor:
     return torch.stack([torch.full_like(rows, t), rows, cols, torch.zeros_like(rows)], dim=-1)
 
 
-class Flux2Runner:
+class Flux2Runner(NetRunner):
     """One run's calls of a ``Flux2Transformer2DModel``: one call per conditioning part."""
 
     def __init__(self, net, device: str):
-        self.net = net
-        self.device = device
-        self.dtype = next(net.parameters()).dtype
+        super().__init__(net, device)
         self.guidance_embeds = bool(getattr(net.config, "guidance_embeds", False))
-
-    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
-        pass
 
     def _references(self, part: CondPart) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """ReferenceLatent's latents (Flux.2 edit): their tokens and ids, time 10, 20, … (ComfyUI's ``index``

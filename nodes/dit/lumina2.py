@@ -34,7 +34,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -45,6 +45,7 @@ from nodegraph_nodes.dit import convert
 from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _rows
+from nodegraph_nodes.dit.runner_common import NetRunner, pad_even
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -196,22 +197,12 @@ class Lumina2Model(FlowModel):
         return open_runner(self, ctx, latent_shape, Lumina2Runner)
 
 
-class Lumina2Runner:
+class Lumina2Runner(NetRunner):
     """One run's calls of a ``Lumina2Transformer2DModel`` (one call per conditioning part)."""
-
-    def __init__(self, net, device: str):
-        self.net = net
-        self.device = device
-        self.dtype = next(net.parameters()).dtype
-
-    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
-        pass
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         h, w = x_in.shape[-2:]
-        x = x_in.to(self.device, self.dtype)
-        if h % 2 or w % 2:
-            x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="circular")
+        x = pad_even(x_in.to(self.device, self.dtype))
         t = 1.0 - timestep.to(self.device, torch.float32).reshape(-1).expand(x.shape[0])
         outs, row = [], 0
         for p in parts:

@@ -24,16 +24,15 @@ the CPU, which cannot compute in fp8, round the weights through fp8 and compute 
 from __future__ import annotations
 
 import dataclasses
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
-from nodegraph.cpu_threads import small_work_threads
 from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.unet_runner import common_length
 from nodegraph_nodes.dit.formats import FLUX_DEFAULT_GUIDANCE, LatentFormat, default_sampling, latent_format
+from nodegraph_nodes.dit.runner_common import NetRunner, open_runner, pad_even
 from nodegraph_nodes.sampling.model import CondPart, SamplingPatches
 from nodegraph_nodes.sampling.model_sampling import ModelSampling
 
@@ -104,16 +103,8 @@ class FlowModel(ManagerOwned):
         return open_flow_runner(self, ctx, latent_shape)
 
 
-class SD3Runner:
+class SD3Runner(NetRunner):
     """One run's calls of an ``SD3Transformer2DModel``."""
-
-    def __init__(self, net, device: str):
-        self.net = net
-        self.device = device
-        self.dtype = next(net.parameters()).dtype
-
-    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
-        pass
 
     def _text(self, parts: list[CondPart]) -> tuple[torch.Tensor, torch.Tensor]:
         states = common_length([_rows(p.cond.to(self.device, self.dtype), p.rows) for p in parts])
@@ -151,11 +142,6 @@ def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
     ids[..., 1] = torch.arange(h // 2)[:, None]
     ids[..., 2] = torch.arange(w // 2)[None, :]
     return ids.reshape(-1, 3).to(device, dtype)
-
-
-def _pad_even(x: torch.Tensor) -> torch.Tensor:
-    ph, pw = x.shape[-2] % 2, x.shape[-1] % 2
-    return torch.nn.functional.pad(x, (0, pw, 0, ph), mode="circular") if ph or pw else x
 
 
 def _references(extras: dict) -> tuple:
@@ -220,7 +206,7 @@ class FluxRunner(SD3Runner):
         if not refs:
             return None
         method = extras.get("reference_latents_method", "offset")
-        latents = [_pad_even(self.format.process_in(r.to(self.device, torch.float32)).to(self.dtype)) for r in refs]
+        latents = [pad_even(self.format.process_in(r.to(self.device, torch.float32)).to(self.dtype)) for r in refs]
         places = reference_positions(method, hw, [tuple(r.shape[-2:]) for r in refs])
         tokens, ids = [], []
         for lat, (index, h_off, w_off) in zip(latents, places):
@@ -238,7 +224,7 @@ class FluxRunner(SD3Runner):
         x = x_in.to(self.device, self.dtype)
         if self.in_channels > self.out_channels:
             x = self._concat(x, parts)
-        x = _pad_even(x)
+        x = pad_even(x)
         hh, ww = x.shape[-2:]
         guidance = None
         if self.guidance_embeds:
@@ -260,23 +246,8 @@ class FluxRunner(SD3Runner):
         return unpack_latents(out[:, :image_tokens], hh, ww)[..., :h, :w]
 
 
-def work_elements(net, latent_shape: tuple) -> int:
-    """Elements of one step's widest activation (CFG batch × tokens × width) for the thread choice."""
-    cfg = net.config
-    width = int(cfg.num_attention_heads) * int(cfg.attention_head_dim)
-    return 2 * latent_shape[0] * (latent_shape[-2] * latent_shape[-1] // 4) * width
-
-
-@contextmanager
-def open_flow_runner(model: FlowModel, ctx, latent_shape: tuple) -> Iterator[SD3Runner]:
-    """Load ``model``'s transformer on the run's device for one run."""
-    manager = ctx.service("models")
-    with ExitStack() as stack:
-        net = stack.enter_context(manager.use(model.handle, ctx.device))
-        if model.patches:
-            from nodegraph_nodes.diffusion.lora import patched
-
-            stack.enter_context(patched(net, model.patches))
-        stack.enter_context(torch.inference_mode())
-        stack.enter_context(small_work_threads(ctx.device, work_elements(net, latent_shape)))
-        yield FluxRunner(net, ctx.device, model.format) if model.family == "flux" else SD3Runner(net, ctx.device)
+def open_flow_runner(model: FlowModel, ctx, latent_shape: tuple):
+    """Load ``model``'s transformer on the run's device for one run (a context yielding its runner)."""
+    if model.family == "flux":
+        return open_runner(model, ctx, latent_shape, FluxRunner, model.format)
+    return open_runner(model, ctx, latent_shape, SD3Runner)

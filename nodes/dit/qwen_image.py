@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 
-from nodegraph.cpu_threads import small_work_threads
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.model import FlowModel, _rows, pack_latents, unpack_latents
+from nodegraph_nodes.dit.runner_common import NetRunner, open_runner, pad_even  # open_runner: also the other families' import
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -271,17 +271,12 @@ def text_batch(parts: list[CondPart], device, dtype) -> list[tuple[torch.Tensor,
     return out
 
 
-class QwenImageRunner:
+class QwenImageRunner(NetRunner):
     """One run's calls of a ``QwenImageTransformer2DModel``."""
 
     def __init__(self, net, device: str, process_in: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        self.net = net
-        self.device = device
-        self.dtype = next(net.parameters()).dtype
+        super().__init__(net, device)
         self.process_in = process_in or (lambda t: t)
-
-    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
-        pass
 
     def _references(self, part: CondPart) -> tuple[list[torch.Tensor], list[tuple[int, int, int]]]:
         """A part's reference latents (Edit; raw VAE latents → model space), packed, and their shapes."""
@@ -290,18 +285,14 @@ class QwenImageRunner:
             if ref.ndim == 5:  # ComfyUI's one-frame video latents
                 ref = ref[:, :, 0]
             r = self.process_in(ref.float()).to(self.device, self.dtype)
-            rh, rw = r.shape[-2:]
-            if rh % 2 or rw % 2:
-                r = torch.nn.functional.pad(r, (0, rw % 2, 0, rh % 2), mode="circular")
+            r = pad_even(r)
             packed.append(_rows(pack_latents(r[:1]), part.rows))
             shapes.append((1, r.shape[-2] // 2, r.shape[-1] // 2))
         return packed, shapes
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         h, w = x_in.shape[-2:]
-        x = x_in.to(self.device, self.dtype)
-        if h % 2 or w % 2:
-            x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="circular")
+        x = pad_even(x_in.to(self.device, self.dtype))
         hh, ww = x.shape[-2:]
         t = timestep.to(self.device, self.dtype).reshape(-1).expand(x.shape[0])
         outs, row = [], 0
@@ -335,27 +326,6 @@ def reference_timestep_zero(net, on: bool) -> Iterator[None]:
     finally:
         for m in modules:
             m.zero_cond_t = False
-
-
-def _work_elements(net, latent_shape: tuple) -> int:
-    cfg = net.config
-    width = int(getattr(cfg, "num_attention_heads", 1)) * int(getattr(cfg, "attention_head_dim", getattr(cfg, "dim", 1)))
-    return 2 * latent_shape[0] * (latent_shape[-2] * latent_shape[-1] // 4) * width
-
-
-@contextmanager
-def open_runner(model: FlowModel, ctx, latent_shape: tuple, runner_cls, *args) -> Iterator[Any]:
-    """Load ``model``'s network on the run's device for one run and yield ``runner_cls(net, device, *args)``."""
-    manager = ctx.service("models")
-    with ExitStack() as stack:
-        net = stack.enter_context(manager.use(model.handle, ctx.device))
-        if getattr(model, "patches", ()):  # LoRAs (LoraLoader): added to the weights for this run
-            from nodegraph_nodes.diffusion.lora import patched
-
-            stack.enter_context(patched(net, model.patches))
-        stack.enter_context(torch.inference_mode())
-        stack.enter_context(small_work_threads(ctx.device, _work_elements(net, latent_shape)))
-        yield runner_cls(net, ctx.device, *args)
 
 
 def replace_sampling(model: FlowModel, **changes) -> FlowModel:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -46,6 +46,7 @@ from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
 from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
+from nodegraph_nodes.dit.runner_common import NetRunner
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -156,19 +157,14 @@ class WanModel(FlowModel):
         return open_runner(self, ctx, latent_shape, WanRunner)
 
 
-class WanRunner:
+class WanRunner(NetRunner):
     """One run's calls of a ``WanTransformer3DModel``: one call per conditioning part (its rows batched)."""
 
     def __init__(self, net, device: str):
-        self.net = net
-        self.device = device
-        self.dtype = next(net.parameters()).dtype
+        super().__init__(net, device)
         self.in_channels = int(net.config.in_channels)
         self.image_dim = getattr(net.config, "image_dim", None)
         self.image_positions = getattr(net.config, "pos_embed_seq_len", None)
-
-    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
-        pass
 
     def _concat(self, x: torch.Tensor, part: CondPart) -> torch.Tensor:
         """Image-to-video models' extra channels (ComfyUI's Wan ``concat_cond``): ``1 - concat_mask`` as four

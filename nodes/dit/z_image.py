@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -27,6 +26,7 @@ from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import open_runner, refuse_integer_weights
+from nodegraph_nodes.dit.runner_common import NetRunner, pad_even
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -121,22 +121,12 @@ class ZImageModel(FlowModel):
         return llm_lora_patch(self.family, self.handle.get(), sd, strength, name)
 
 
-class ZImageRunner:
+class ZImageRunner(NetRunner):
     """One run's calls of a ``ZImageTransformer2DModel``."""
-
-    def __init__(self, net, device: str):
-        self.net = net
-        self.device = device
-        self.dtype = next(net.parameters()).dtype
-
-    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
-        pass
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         h, w = x_in.shape[-2:]
-        x = x_in.to(self.device, self.dtype)
-        if h % 2 or w % 2:
-            x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="circular")
+        x = pad_even(x_in.to(self.device, self.dtype))
         t = 1.0 - timestep.to(self.device, torch.float32).reshape(-1).expand(x.shape[0])
         outs, row = [], 0
         for p in parts:
