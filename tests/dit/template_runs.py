@@ -1,5 +1,6 @@
-"""Running ComfyUI's copied model templates (tests/data/comfy_templates_dit, MIT) on the tiny models: the
-template made small enough for a test, and the image its SaveImage wrote."""
+"""Graph pieces the DiT suites share: ComfyUI's copied model templates (tests/data/comfy_templates_dit, MIT)
+made small enough for a test, the image a template's SaveImage wrote, and the text-to-image tail of the
+parity graphs."""
 
 from __future__ import annotations
 
@@ -32,3 +33,12 @@ def last_saved_image(output_dir: Path) -> torch.Tensor:
     outputs = sorted(output_dir.rglob("*.png"))
     assert outputs, "SaveImage wrote no file"
     return torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+
+
+def sample_and_preview(g, model, positive, negative, vae, seed: int, steps: int, cfg: float) -> None:
+    """The text-to-image tail of the parity graphs: a 64×64 EmptySD3LatentImage, KSampler (euler, simple,
+    denoise 1) and VAEDecode into PreviewAny, whose value the run reports as ``out``."""
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    samples = g.node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
+                     scheduler="simple", positive=positive, negative=negative, latent_image=lat, denoise=1.0).out(0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))

@@ -16,7 +16,7 @@ from nodegraph.registry import default_registry
 
 from nodegraph_nodes.dit import chroma, convert
 from nodegraph_nodes.dit.model import pack_latents
-from tests.dit.template_runs import last_saved_image, small_template
+from tests.dit.template_runs import last_saved_image, sample_and_preview, small_template
 from tests.dit.tiny_chroma import build_chroma, chroma_to_comfy
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -51,10 +51,7 @@ def chroma_graph(how: str, negative: str = NEGATIVE, shift_node: bool = False) -
         model = g.node("ModelSamplingFlux", model=model, max_shift=1.15, base_shift=0.5, width=64, height=64).out(0)
     pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
     neg = g.node("CLIPTextEncode", text=negative, clip=clip)
-    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
-    samples = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
-                     scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
-    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))
+    sample_and_preview(g, model, pos, neg, vae, SEED, STEPS, CFG)
     return g
 
 
@@ -141,10 +138,7 @@ def test_t5_tokenizer_options_min_padding_one(engine, chroma_root):
     vae = g.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
     pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
     neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
-    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
-    samples = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
-                     scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
-    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))
+    sample_and_preview(g, model, pos, neg, vae, SEED, STEPS, CFG)
     image = engine.run(g).raise_for_status().value("out")
 
     from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
@@ -220,11 +214,8 @@ def test_chroma_kohya_lora_equals_merged_weights(engine, chroma_root):
         clip = g2.node("CLIPLoader", clip_name="tiny_t5xxl.safetensors", type="chroma").out(0)
         pos = g2.node("CLIPTextEncode", text=PROMPT, clip=clip)
         neg = g2.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
-        lat = g2.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
-        samples = g2.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
-                          scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
         vae = g2.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
-        g2.node("PreviewAny", source=g2.node("VAEDecode", "out", samples=samples, vae=vae))
+        sample_and_preview(g2, model, pos, neg, vae, SEED, STEPS, CFG)
         return engine.run(g2).raise_for_status().value("out")
 
     with_lora, merged_out, plain = run("tiny_chroma.safetensors", True), run("tiny_chroma_merged.safetensors", False), \

@@ -13,7 +13,7 @@ from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
 from nodegraph_nodes.dit import lumina2, z_image
-from tests.dit.template_runs import last_saved_image, small_template
+from tests.dit.template_runs import last_saved_image, sample_and_preview, small_template
 from tests.dit.tiny_lumina2 import build_lumina2, lumina2_to_comfy
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -49,10 +49,7 @@ def lumina_graph(how: str, system: str = "superior", shift: float | None = None)
         model = g.node("ModelSamplingAuraFlow", model=model, shift=shift).out(0)
     pos = g.node("CLIPTextEncodeLumina2", system_prompt=system, user_prompt=PROMPT, clip=clip)
     neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
-    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
-    samples = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
-                     scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
-    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))
+    sample_and_preview(g, model, pos, neg, vae, SEED, STEPS, CFG)
     return g
 
 
@@ -151,11 +148,8 @@ def test_lumina2_lora_equals_merged_weights(engine, lumina_root, names):
         clip = g2.node("CLIPLoader", clip_name="tiny_gemma_2_2b.safetensors", type="lumina2").out(0)
         pos = g2.node("CLIPTextEncode", text=PROMPT, clip=clip)
         neg = g2.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
-        lat = g2.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
-        samples = g2.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
-                          scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
         vae = g2.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
-        g2.node("PreviewAny", source=g2.node("VAEDecode", "out", samples=samples, vae=vae))
+        sample_and_preview(g2, model, pos, neg, vae, SEED, STEPS, CFG)
         return engine.run(g2).raise_for_status().value("out")
 
     with_lora = run("tiny_lumina_2.safetensors", True)
@@ -172,11 +166,8 @@ def _renorm_graph(cfg: float, renorm: tuple[float, float] | None) -> Graph:
     clip = g.node("CLIPLoader", clip_name="tiny_gemma_2_2b.safetensors", type="lumina2").out(0)
     pos = g.node("CLIPTextEncodeLumina2", system_prompt="superior", user_prompt=PROMPT, clip=clip)
     neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
-    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
-    samples = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=cfg, sampler_name="euler",
-                     scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0).out(0)
     vae = g.node("VAELoader", vae_name="tiny_flux_ae.safetensors").out(0)
-    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))
+    sample_and_preview(g, model, pos, neg, vae, SEED, STEPS, cfg)
     return g
 
 
