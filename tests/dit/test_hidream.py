@@ -1,0 +1,133 @@
+"""HiDream I1 text-to-image through ComfyUI's nodes (UNETLoader, QuadrupleCLIPLoader, CLIPTextEncode /
+CLIPTextEncodeHiDream, ModelSamplingSD3, KSampler, VAEDecode) equals diffusers' HiDreamImagePipeline on the
+same tiny weights, seed, steps, guidance and shift; the pipeline encodes the prompts itself (its recipe
+gives ComfyUI's states for short prompts, checked here too).
+
+ComfyUI's cfg is the pipeline's ``guidance_scale``; KSampler's ``normal`` scheduler gives diffusers' Euler sigmas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from tests.dit.tiny_hidream import build_hidream
+from tests.helpers.engines import make_engine
+from tests.helpers.noise import engine_noise
+
+PROMPT, NEGATIVE = "a photo of a cat", "blue sky"
+SEED, STEPS, SHIFT, CFG = 5, 3, 3.0, 5.0
+CLIPS = ["tiny_t5xxl.safetensors", "tiny_llama_3.1_8b_instruct.safetensors", "tiny_clip_g_hidream.safetensors",
+         "tiny_clip_l_hidream.safetensors"]  # any order
+
+
+@pytest.fixture(scope="module")
+def hidream_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("hidream_models")
+
+
+@pytest.fixture(scope="module")
+def tiny_hidream(hidream_root):
+    return build_hidream(hidream_root)
+
+
+@pytest.fixture
+def engine(hidream_root, tiny_hidream, tmp_path):
+    eng = make_engine(hidream_root, tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+def hidream_graph(unet: str = "tiny_hidream_i1.safetensors", per_encoder: bool = False) -> Graph:
+    g = Graph()
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+    clip = g.node("QuadrupleCLIPLoader", clip_name1=CLIPS[0], clip_name2=CLIPS[1], clip_name3=CLIPS[2],
+                  clip_name4=CLIPS[3]).out(0)
+    vae = g.node("VAELoader", vae_name="tiny_hidream_ae.safetensors").out(0)
+    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
+    if per_encoder:
+        pos = g.node("CLIPTextEncodeHiDream", clip=clip, clip_l=PROMPT, clip_g=PROMPT, t5xxl=PROMPT, llama=PROMPT)
+        neg = g.node("CLIPTextEncodeHiDream", clip=clip, clip_l=NEGATIVE, clip_g=NEGATIVE, t5xxl=NEGATIVE,
+                     llama=NEGATIVE)
+    else:
+        pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+        neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal",
+                positive=pos, negative=neg, latent_image=lat, denoise=1.0)
+    dec = g.node("VAEDecode", "out", samples=ks, vae=vae)
+    g.node("PreviewAny", source=dec)
+    return g
+
+
+def pipeline(tiny):
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline
+
+    pipe = HiDreamImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=tiny.vae,
+                                text_encoder=tiny.clip_l, tokenizer=tiny.tokenizer, text_encoder_2=tiny.clip_g,
+                                tokenizer_2=tiny.tokenizer_2, text_encoder_3=tiny.t5, tokenizer_3=tiny.tokenizer_3,
+                                text_encoder_4=tiny.llama, tokenizer_4=tiny.tokenizer_4, transformer=tiny.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.default_sample_size = 8  # the pipeline rescales to this area (default 1024²): keep 64×64
+    return pipe
+
+
+def reference(tiny) -> torch.Tensor:
+    pipe = pipeline(tiny)
+    noise, _ = engine_noise((1, 16, 8, 8), SEED)
+    with torch.no_grad():
+        image = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=CFG,
+                     latents=noise, height=64, width=64, output_type="pt").images
+    return image.permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("per_encoder", [False, True])
+def test_hidream_txt2img_matches_pipeline(engine, tiny_hidream, per_encoder):
+    image = engine.run(hidream_graph(per_encoder=per_encoder)).raise_for_status().value("out")
+    ref = reference(tiny_hidream)
+    assert image.shape == ref.shape == (1, 64, 64, 3)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert image.std() > 0.01
+
+
+def test_hidream_prefixed_file_and_prompt_states(engine, tiny_hidream):
+    """The ``model.diffusion_model.``-prefixed layout gives the same image; CLIPTextEncode's states equal
+    the pipeline's encode_prompt (T5 at 128 tokens, Llama's layers, projected pooled L ++ G)."""
+    from nodegraph_nodes.dit.hidream import transformer_config
+
+    a = engine.run(hidream_graph()).raise_for_status().value("out")
+    b = engine.run(hidream_graph("tiny_hidream_i1_prefixed.safetensors")).raise_for_status().value("out")
+    assert torch.equal(a, b)
+    g = Graph()
+    clip = g.node("QuadrupleCLIPLoader", clip_name1=CLIPS[0], clip_name2=CLIPS[1], clip_name3=CLIPS[2],
+                  clip_name4=CLIPS[3]).out(0)
+    g.node("PreviewAny", source=g.node("CLIPTextEncode", "cond", text=PROMPT, clip=clip))
+    cond = engine.run(g).raise_for_status().value("cond")
+    states, extras = cond[0]
+    pipe = pipeline(tiny_hidream)
+    with torch.no_grad():
+        t5, _, llama, _, pooled, _ = pipe.encode_prompt(PROMPT, None, None, None, do_classifier_free_guidance=False,
+                                                        device="cpu", max_sequence_length=128)
+    assert states.shape == t5.shape and torch.allclose(states, t5, atol=1e-5)
+    assert torch.allclose(extras["pooled_output"], pooled, atol=1e-5)
+    assert torch.allclose(extras["conditioning_llama3"], llama.movedim(0, 1), atol=1e-5)
+    cfg = transformer_config(tiny_hidream.transformer.state_dict())
+    for key in ("num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads", "caption_channels",
+                "text_emb_dim", "num_routed_experts", "in_channels"):
+        assert cfg[key] == tiny_hidream.transformer.config[key] or list(cfg[key]) == list(tiny_hidream.transformer.config[key])
+
+
+def test_quadruple_clip_loader_refuses_an_unprojected_clip(engine, hidream_root, tiny_hidream):
+    from safetensors.torch import save_file
+
+    te = hidream_root / "models" / "text_encoders"
+    sd = {k: v.contiguous() for k, v in tiny_hidream.clip_l.state_dict().items() if not k.startswith("text_projection")}
+    save_file(sd, str(te / "tiny_clip_l_plain.safetensors"))
+    g = Graph()
+    clip = g.node("QuadrupleCLIPLoader", clip_name1=CLIPS[0], clip_name2=CLIPS[1], clip_name3=CLIPS[2],
+                  clip_name4="tiny_clip_l_plain.safetensors").out(0)
+    g.node("PreviewAny", source=g.node("CLIPTextEncode", "cond", text=PROMPT, clip=clip))
+    result = engine.run(g)
+    assert result.failure is not None and "text_projection" in str(result.failure), result.failure
