@@ -59,13 +59,10 @@ class WanImageToVideo(Node):
 
     def execute(self, positive, negative, vae, width: int, height: int, length: int, batch_size: int,
                 clip_vision_output=None, start_image: torch.Tensor | None = None) -> tuple:
-        from nodegraph_nodes.image.operations import common_upscale
-
         frames = (length - 1) // 4 + 1
         latent = torch.zeros([batch_size, 16, frames, height // 8, width // 8])
         if start_image is not None:
-            start = common_upscale(start_image[:length, :, :, :3].permute(0, 3, 1, 2).float(), width, height,
-                                   "bilinear", "center").permute(0, 2, 3, 1)
+            start = _resized(start_image[:length], width, height)
             video = torch.full((length, height, width, 3), 0.5)
             video[:start.shape[0]] = start
             image_latent = encode_video(self.ctx, vae, video, "WanImageToVideo")
