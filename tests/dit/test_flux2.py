@@ -294,51 +294,15 @@ def test_flux2_lora_in_comfy_layout_matches_merged_weights(engine, tiny):
 def test_flux2_budget_streams_blocks_and_keeps_the_image(tiny, tmp_path):
     """--vram-budget-gb / --lowvram: fp16 Flux.2 files (as released, bf16) under a budget smaller than the
     transformer stream its blocks, stay under the budget and give the unbudgeted image."""
-    import shutil
+    from tests.dit.offload_runs import budgeted_run, fp16_copy, unbudgeted_run
 
-    from safetensors.torch import load_file, save_file
-
-    from nodegraph.offload import Placement
-
-    root = tmp_path / "fp16"
-    shutil.copytree(tiny[0] / "models", root / "models", symlinks=True)
-    for name in ("diffusion_models/tiny_flux2_dev.safetensors", "text_encoders/tiny_mistral_3_small_flux2.safetensors"):
-        path = root / "models" / name
-        sd = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(str(path)).items()}
-        path.unlink()
-        save_file(sd, str(path))
+    root = fp16_copy(tiny[0], tmp_path / "fp16", ("diffusion_models/tiny_flux2_dev.safetensors",
+                                                  "text_encoders/tiny_mistral_3_small_flux2.safetensors"))
     registry = default_registry(packs=False)
-
-    def transformer(manager):
-        return next(e for e in manager._models.values() if "transformer" in str(e.key) and e.model is not None)
-
-    whole = make_engine(root, tmp_path / "whole", registry)
-    try:
-        image = whole.run(flux2_graph("files")).raise_for_status().value("out")
-        models = whole.services["models"]
-        entry = transformer(models)
-        full = sum(p.numel() * 4 for p in entry.model.parameters())
-        floors = {e.key: Placement(e.model.half(), torch.float32).plan("cpu", None, stream_all=True).peak_bound
-                  for e in models._models.values() if e.placed and e.model is not None}
-    finally:
-        whole.close()
-    budget = (floors[entry.key] + full) // 2
-    assert budget < full
-    limit = max(budget, *floors.values())
-    for name, kwargs in {"budget": {"vram_budget": budget}, "lowvram": {"low_vram": True}}.items():
-        engine = make_engine(root, tmp_path / name, registry, **kwargs)
-        try:
-            out = engine.run(flux2_graph("files")).raise_for_status().value("out")
-            manager = engine.services["models"]
-            placed = transformer(manager)
-            assert placed.placement is not None and {p.dtype for p in placed.model.parameters()} == {torch.float16}
-            if name == "budget":
-                assert placed.placement.plan("cpu", budget).streams
-                assert 0 < manager.memory.peak <= limit
-            torch.testing.assert_close(out, image, rtol=0, atol=1e-6)
-        finally:
-            engine.close()
-    assert image.std() > 0.01
+    base = unbudgeted_run(root, tmp_path, registry, lambda: flux2_graph("files"))
+    for mode in ("budget", "lowvram"):
+        budgeted_run(root, tmp_path, registry, lambda: flux2_graph("files"), base, mode)
+    assert base.image.std() > 0.01
 
 
 def test_flux2_tokenizer_from_the_files_tekken_model(tiny, tmp_path):

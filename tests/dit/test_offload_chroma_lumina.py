@@ -6,16 +6,14 @@ tests/dit/test_offload_flow.py does for SD3.5, Flux.1, Qwen-Image and Z-Image)."
 from __future__ import annotations
 
 import pytest
-import torch
 
 from nodegraph.registry import default_registry
 
+from tests.dit.offload_runs import budgeted_run, fp16_copy, unbudgeted_run
 from tests.dit.test_chroma import chroma_graph
 from tests.dit.test_lumina2 import lumina_graph
-from tests.dit.test_offload_flow import _fp16_copy, _transformer
 from tests.dit.tiny_chroma import build_chroma
 from tests.dit.tiny_lumina2 import build_lumina2
-from tests.helpers.engines import make_engine
 
 CASES = {
     "chroma": (build_chroma, ("diffusion_models/tiny_chroma.safetensors", "text_encoders/tiny_t5xxl.safetensors"),
@@ -27,35 +25,11 @@ CASES = {
 
 @pytest.mark.parametrize("family", list(CASES))
 def test_budget_streams_blocks_and_keeps_the_image(tmp_path_factory, tmp_path, family):
-    from nodegraph.offload import Placement
-
     build, fp16_files, graph = CASES[family]
     src = tmp_path_factory.mktemp(f"{family}_models")
     build(src)
-    root = _fp16_copy(src, tmp_path_factory.mktemp(f"{family}_fp16"), fp16_files)
+    root = fp16_copy(src, tmp_path_factory.mktemp(f"{family}_fp16"), fp16_files)
     registry = default_registry(packs=False)
-    whole = make_engine(root, tmp_path / "whole", registry)
-    try:
-        image = whole.run(graph()).raise_for_status().value("out")
-        models = whole.services["models"]
-        transformer = _transformer(models)
-        full = sum(p.numel() * 4 for p in transformer.model.parameters())
-        floors = {e.key: Placement(e.model.half(), torch.float32).plan("cpu", None, stream_all=True).peak_bound
-                  for e in models._models.values() if e.placed and e.model is not None}
-    finally:
-        whole.close()
-    budget = (floors[transformer.key] + full) // 2
-    assert budget < full
-    limit = max(budget, *floors.values())
-    engine = make_engine(root, tmp_path / "budget", registry, vram_budget=budget)
-    try:
-        out = engine.run(graph()).raise_for_status().value("out")
-        manager = engine.services["models"]
-        entry = _transformer(manager)
-        assert entry.placement is not None and {p.dtype for p in entry.model.parameters()} == {torch.float16}
-        assert entry.placement.plan("cpu", budget).streams
-        assert 0 < manager.memory.peak <= limit
-        torch.testing.assert_close(out, image, rtol=0, atol=1e-6)
-    finally:
-        engine.close()
-    assert image.std() > 0.01
+    base = unbudgeted_run(root, tmp_path, registry, graph)
+    budgeted_run(root, tmp_path, registry, graph, base, "budget")
+    assert base.image.std() > 0.01
