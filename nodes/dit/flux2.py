@@ -284,9 +284,7 @@ class Flux2Model(FlowModel):
 
     @property
     def model_sampling(self) -> msl.ModelSampling:
-        if self.sampling is not None:
-            return self.sampling
-        return msl.flux_flow(DEFAULT_SHIFT if self.default_shift is None else self.default_shift)
+        return self.sampling_or(msl.flux_flow, DEFAULT_SHIFT)
 
     def open_runner(self, ctx, latent_shape: tuple):
         return open_runner(self, ctx, latent_shape, Flux2Runner)

@@ -187,9 +187,7 @@ class Lumina2Model(FlowModel):
 
     @property
     def model_sampling(self) -> msl.ModelSampling:
-        if self.sampling is not None:
-            return self.sampling
-        return msl.sd3_flow(DEFAULT_SHIFT if self.default_shift is None else self.default_shift, 1.0)
+        return self.sampling_or(msl.sd3_flow, DEFAULT_SHIFT, 1.0)
 
     def open_runner(self, ctx, latent_shape: tuple):
         from nodegraph_nodes.dit.qwen_image import open_runner

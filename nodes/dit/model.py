@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -83,6 +83,13 @@ class FlowModel(ManagerOwned):
         if self.sampling is not None:
             return self.sampling
         return default_sampling(self.family, self.variant, self.default_shift)
+
+    def sampling_or(self, make: Callable[..., ModelSampling], default_shift: float, *args) -> ModelSampling:
+        """The sampling set on this MODEL (ModelSamplingSD3 / ModelSamplingFlux / …) if any, else
+        ``make(shift, *args)`` with the diffusers folder's shift or, without one, ``default_shift``."""
+        if self.sampling is not None:
+            return self.sampling
+        return make(default_shift if self.default_shift is None else self.default_shift, *args)
 
     def with_model_sampling(self, ms: ModelSampling) -> "FlowModel":
         return dataclasses.replace(self, sampling=ms)

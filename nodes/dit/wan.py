@@ -144,9 +144,7 @@ class WanModel(FlowModel):
 
     @property
     def model_sampling(self) -> msl.ModelSampling:
-        if self.sampling is not None:
-            return self.sampling
-        return msl.sd3_flow(DEFAULT_SHIFT if self.default_shift is None else self.default_shift)
+        return self.sampling_or(msl.sd3_flow, DEFAULT_SHIFT)
 
     def latent_preview(self, latent: torch.Tensor) -> torch.Tensor:
         if latent.ndim == 5:  # the first frame
