@@ -125,6 +125,10 @@ class CheckpointLoaderSimple(Node):
                 return lumina2.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
         from nodegraph_nodes.dit import flux2_loading
 
+        from nodegraph_nodes.dit import hidream_folder
+
+        if hidream_folder.is_hidream_folder(path):  # HiDreamImagePipeline folders
+            return hidream_folder.load_diffusers_folder(path, manager, self.ctx.device, Path(paths.models_dir))
         if path.is_dir() and flux2_loading.is_diffusers_flux2(path):  # Flux2Pipeline folders
             return flux2_loading.load_diffusers_folder(path, manager, self.ctx.device)
         if path.is_dir() and llm_loading.diffusers_family(path) is not None:  # Qwen-Image, Z-Image folders

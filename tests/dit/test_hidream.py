@@ -1,7 +1,8 @@
 """HiDream I1 text-to-image through ComfyUI's nodes (UNETLoader, QuadrupleCLIPLoader, CLIPTextEncode /
 CLIPTextEncodeHiDream, ModelSamplingSD3, KSampler, VAEDecode) equals diffusers' HiDreamImagePipeline on the
 same tiny weights, seed, steps, guidance and shift; the pipeline encodes the prompts itself (its recipe
-gives ComfyUI's states for short prompts, checked here too).
+gives ComfyUI's states for short prompts, checked here too); also from the pipeline's diffusers folder
+(CheckpointLoaderSimple).
 
 ComfyUI's cfg is the pipeline's ``guidance_scale``; KSampler's ``normal`` scheduler gives diffusers' Euler sigmas."""
 
@@ -13,7 +14,7 @@ import torch
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
-from tests.dit.tiny_hidream import build_hidream
+from tests.dit.tiny_hidream import build_hidream, pipeline
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
 
@@ -40,13 +41,17 @@ def engine(hidream_root, tiny_hidream, tmp_path):
     eng.close()
 
 
-def hidream_graph(unet: str = "tiny_hidream_i1.safetensors", per_encoder: bool = False) -> Graph:
+def hidream_graph(unet: str = "tiny_hidream_i1.safetensors", per_encoder: bool = False, folder: bool = False) -> Graph:
     g = Graph()
-    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
-    clip = g.node("QuadrupleCLIPLoader", clip_name1=CLIPS[0], clip_name2=CLIPS[1], clip_name3=CLIPS[2],
-                  clip_name4=CLIPS[3]).out(0)
-    vae = g.node("VAELoader", vae_name="tiny_hidream_ae.safetensors").out(0)
-    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
+    if folder:  # the scheduler config's shift is the default: no ModelSamplingSD3
+        ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_hidream")
+        model, clip, vae = ck.out(0), ck.out(1), ck.out(2)
+    else:
+        model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+        clip = g.node("QuadrupleCLIPLoader", clip_name1=CLIPS[0], clip_name2=CLIPS[1], clip_name3=CLIPS[2],
+                      clip_name4=CLIPS[3]).out(0)
+        vae = g.node("VAELoader", vae_name="tiny_hidream_ae.safetensors").out(0)
+        model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
     if per_encoder:
         pos = g.node("CLIPTextEncodeHiDream", clip=clip, clip_l=PROMPT, clip_g=PROMPT, t5xxl=PROMPT, llama=PROMPT)
         neg = g.node("CLIPTextEncodeHiDream", clip=clip, clip_l=NEGATIVE, clip_g=NEGATIVE, t5xxl=NEGATIVE,
@@ -62,18 +67,6 @@ def hidream_graph(unet: str = "tiny_hidream_i1.safetensors", per_encoder: bool =
     return g
 
 
-def pipeline(tiny):
-    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline
-
-    pipe = HiDreamImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=tiny.vae,
-                                text_encoder=tiny.clip_l, tokenizer=tiny.tokenizer, text_encoder_2=tiny.clip_g,
-                                tokenizer_2=tiny.tokenizer_2, text_encoder_3=tiny.t5, tokenizer_3=tiny.tokenizer_3,
-                                text_encoder_4=tiny.llama, tokenizer_4=tiny.tokenizer_4, transformer=tiny.transformer)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.default_sample_size = 8  # the pipeline rescales to this area (default 1024²): keep 64×64
-    return pipe
-
-
 def reference(tiny) -> torch.Tensor:
     pipe = pipeline(tiny)
     noise, _ = engine_noise((1, 16, 8, 8), SEED)
@@ -83,9 +76,9 @@ def reference(tiny) -> torch.Tensor:
     return image.permute(0, 2, 3, 1)
 
 
-@pytest.mark.parametrize("per_encoder", [False, True])
-def test_hidream_txt2img_matches_pipeline(engine, tiny_hidream, per_encoder):
-    image = engine.run(hidream_graph(per_encoder=per_encoder)).raise_for_status().value("out")
+@pytest.mark.parametrize("per_encoder,folder", [(False, False), (True, False), (False, True)])
+def test_hidream_txt2img_matches_pipeline(engine, tiny_hidream, per_encoder, folder):
+    image = engine.run(hidream_graph(per_encoder=per_encoder, folder=folder)).raise_for_status().value("out")
     ref = reference(tiny_hidream)
     assert image.shape == ref.shape == (1, 64, 64, 3)
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()

@@ -3,7 +3,7 @@ transformers CLIP-L/G with projection, T5, ``LlamaForCausalLM``) and saved as Co
 files: ``diffusion_models/tiny_hidream_i1.safetensors`` (diffusers' names, as the repackaged files),
 ``text_encoders/`` CLIP-L / CLIP-G (128 positions: HiDream's "long" CLIPs), T5, Llama (``model.*`` +
 ``lm_head``) with a locally built Llama-style BPE tokenizer (``<|begin_of_text|>`` added, ``<|eot_id|>`` the
-end / pad token) in ``text_encoders/llama_tokenizer``, and ``vae/`` Flux's VAE. Nothing is downloaded.
+end / pad token) in ``text_encoders/llama_tokenizer``, and ``vae/`` Flux's VAE; and the pipeline's diffusers folder ``diffusers/tiny_hidream``. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -117,5 +117,25 @@ def build_hidream(root: Path) -> TinyHiDream:
     save_file(_contig(clip_l.state_dict()), str(te / "tiny_clip_l_hidream.safetensors"))
     save_file(_contig(clip_g.state_dict()), str(te / "tiny_clip_g_hidream.safetensors"))
     save_file(_contig(lm.state_dict()), str(te / "tiny_llama_3.1_8b_instruct.safetensors"))
-    tok2 = text.tokenizer_2
-    return TinyHiDream(net, vae, clip_l, clip_g, text.t5, lm, text.tokenizer, tok2, text.tokenizer_t5, tok4)
+    tiny = TinyHiDream(net, vae, clip_l, clip_g, text.t5, lm, text.tokenizer, text.tokenizer_2, text.tokenizer_t5, tok4)
+    save_folder(tiny, models / "diffusers" / "tiny_hidream")
+    return tiny
+
+
+def pipeline(tiny, shift: float = 3.0):
+    """diffusers' HiDreamImagePipeline on the tiny parts (64×64: its area rescaling set to 8×8 latents)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline
+
+    pipe = HiDreamImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=tiny.vae,
+                                text_encoder=tiny.clip_l, tokenizer=tiny.tokenizer, text_encoder_2=tiny.clip_g,
+                                tokenizer_2=tiny.tokenizer_2, text_encoder_3=tiny.t5, tokenizer_3=tiny.tokenizer_3,
+                                text_encoder_4=tiny.llama, tokenizer_4=tiny.tokenizer_4, transformer=tiny.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.default_sample_size = 8  # the pipeline rescales to this area (default 1024²): keep 64×64
+    return pipe
+
+
+def save_folder(tiny, folder: Path) -> None:
+    """The pipeline's diffusers folder (with the Llama as text_encoder_4 / tokenizer_4)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    pipeline(tiny).save_pretrained(str(folder), safe_serialization=True)
