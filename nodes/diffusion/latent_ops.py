@@ -213,30 +213,34 @@ class LatentBlend(Node):
 
 # -- arithmetic -------------------------------------------------------------------------------------
 
-class LatentAdd(Node):
+class _LatentPairOp(Node):
+    """Base of LatentAdd and LatentSubtract: ``combine`` of samples1 and samples2 (see :func:`sample_pair`)."""
+
+    abstract = True
+    category = "latent/advanced"
+    samples1 = Input(LATENT)
+    samples2 = Input(LATENT)
+    outputs = (Output(LATENT),)
+
+    def combine(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def execute(self, samples1: dict, samples2: dict) -> tuple:
+        return (with_samples(samples1, self.combine(*sample_pair(samples1, samples2))),)
+
+
+class LatentAdd(_LatentPairOp):
     """samples1 + samples2 (samples2 scaled to samples1's size; batches equal or one)."""
 
-    category = "latent/advanced"
-    samples1 = Input(LATENT)
-    samples2 = Input(LATENT)
-    outputs = (Output(LATENT),)
-
-    def execute(self, samples1: dict, samples2: dict) -> tuple:
-        s1, s2 = sample_pair(samples1, samples2)
-        return (with_samples(samples1, s1 + s2),)
+    def combine(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        return s1 + s2
 
 
-class LatentSubtract(Node):
+class LatentSubtract(_LatentPairOp):
     """samples1 − samples2 (samples2 scaled to samples1's size; batches equal or one)."""
 
-    category = "latent/advanced"
-    samples1 = Input(LATENT)
-    samples2 = Input(LATENT)
-    outputs = (Output(LATENT),)
-
-    def execute(self, samples1: dict, samples2: dict) -> tuple:
-        s1, s2 = sample_pair(samples1, samples2)
-        return (with_samples(samples1, s1 - s2),)
+    def combine(self, s1: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        return s1 - s2
 
 
 class LatentMultiply(Node):
