@@ -192,16 +192,22 @@ def next_counter(folder: Path, stem: str) -> int:
     return best + 1
 
 
-def write_new_file(folder: Path, stem: str, counter: int, data: bytes) -> tuple[str, int]:
-    """Create ``<stem>_<counter:05>_.png`` exclusively, bumping the counter while names are taken."""
+def write_numbered(folder: Path, name_of: Callable[[int], str], counter: int, data: bytes) -> tuple[str, int]:
+    """Create the file ``name_of(counter)`` exclusively, bumping the counter while names are taken; the
+    name written and its counter."""
     while True:
-        name = f"{stem}_{counter:05}_.png"
+        name = name_of(counter)
         try:
             with open(folder / name, "xb") as handle:
                 handle.write(data)
             return name, counter
         except FileExistsError:
             counter += 1
+
+
+def write_new_file(folder: Path, stem: str, counter: int, data: bytes) -> tuple[str, int]:
+    """Create ``<stem>_<counter:05>_.png`` exclusively, bumping the counter while names are taken."""
+    return write_numbered(folder, lambda c: f"{stem}_{c:05}_.png", counter, data)
 
 
 #: what one temp folder keeps of previews at most; the oldest files go first

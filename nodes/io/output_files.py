@@ -36,7 +36,8 @@ from nodegraph.user_files import IMAGE_EXTENSIONS, resolve_inside, split_annotat
 from nodegraph.value_checks import check_image
 
 from .encoders import EncodeError, encode_avif, encode_exr, encode_png_depth
-from .files import check_image_choice, expand_prefix_vars, image_choice_fingerprint, load_image_file, split_prefix
+from .files import (check_image_choice, expand_prefix_vars, image_choice_fingerprint, load_image_file, split_prefix,
+                    write_numbered)
 
 FORMATS = ["png", "exr", "avif"]
 #: each format's bit depths (first = default) and input colour spaces, in ComfyUI's order
@@ -66,14 +67,7 @@ def next_free_counter(folder: Path, stem: str) -> int:
 
 def write_exclusive(folder: Path, stem: str, counter: int, extension: str, data: bytes) -> tuple[str, int]:
     """Create ``<stem>_<counter:05>.<extension>``, bumping the counter while the name is taken."""
-    while True:
-        name = f"{stem}_{counter:05}.{extension}"
-        try:
-            with open(folder / name, "xb") as handle:
-                handle.write(data)
-            return name, counter
-        except FileExistsError:
-            counter += 1
+    return write_numbered(folder, lambda c: f"{stem}_{c:05}.{extension}", counter, data)
 
 
 class SaveImageAdvanced(Node):
