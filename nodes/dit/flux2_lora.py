@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 
 from nodegraph_nodes.diffusion.components import LoraPatch
-from nodegraph_nodes.diffusion.files import ModelFileError
-from nodegraph_nodes.diffusion.lora import _group, _module_names
+from nodegraph_nodes.diffusion.lora import _module_names
+from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, check_matched, lora_layers
 
 DIFFUSERS_PREFIXES = ("transformer.", "lora_transformer_")
 ORIGINAL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "lora_unet_")
@@ -51,11 +51,7 @@ def flux2_lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str)
     original = original_layers(net.config)
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     unread = []
-    for key, parts in _group(sd).items():
-        if "up" not in parts or "down" not in parts:
-            continue
-        down, up = parts["down"], parts["up"]
-        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
+    for key, up, down, scale in lora_layers(sd):
         prefix = next((p for p in DIFFUSERS_PREFIXES if key.startswith(p)), None)
         if prefix is not None and key[len(prefix):] in modules:
             deltas[modules[key[len(prefix):]] + ".weight"] = (up, down, scale)
@@ -65,9 +61,7 @@ def flux2_lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str)
             for target, up_part in _convert_up(original[key[len(prefix):]], up).items():
                 deltas[target] = (up_part, down, scale)
             continue
-        if not key.startswith(("lora_te", "text_encoder", "te_", "lora_clip")):
+        if not key.startswith(TEXT_PREFIXES):
             unread.append(key)
-    if unread and not deltas:
-        raise ModelFileError(f"LoRA {name} has no weights matching this Flux.2 transformer (e.g. {unread[0]}); it "
-                             "was made for another model")
+    check_matched(name, "Flux.2", deltas, unread)
     return LoraPatch(name, deltas, float(strength))

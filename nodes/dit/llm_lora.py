@@ -19,11 +19,10 @@ from __future__ import annotations
 import torch
 
 from nodegraph_nodes.diffusion.components import LoraPatch
-from nodegraph_nodes.diffusion.files import ModelFileError
-from nodegraph_nodes.diffusion.lora import _group, _module_names
+from nodegraph_nodes.diffusion.lora import _module_names
+from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, check_matched, lora_layers
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet_", "lora_transformer_", "")
-TEXT_PREFIXES = ("lora_te", "text_encoder", "te_", "lora_clip")
 
 
 def _z_names(name: str, up: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -38,11 +37,7 @@ def llm_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float,
     modules = _module_names(net, "unet")
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     unread = []
-    for key, parts in _group(sd).items():
-        if "up" not in parts or "down" not in parts:
-            continue
-        down, up = parts["down"], parts["up"]
-        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
+    for key, up, down, scale in lora_layers(sd):
         hit = False
         for prefix in PREFIXES:
             if not key.startswith(prefix):
@@ -61,7 +56,5 @@ def llm_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float,
                     break
         if not hit and not key.startswith(TEXT_PREFIXES):
             unread.append(key)
-    if unread and not deltas:
-        raise ModelFileError(f"LoRA {name} has no weights matching this {family} transformer (e.g. {unread[0]}); "
-                             "it was made for another model")
+    check_matched(name, family, deltas, unread)
     return LoraPatch(name, deltas, float(strength))

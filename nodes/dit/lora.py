@@ -23,8 +23,9 @@ import torch
 
 from nodegraph_nodes.diffusion.components import LoraPatch
 from nodegraph_nodes.diffusion.files import ModelFileError
-from nodegraph_nodes.diffusion.lora import _group, _module_names
+from nodegraph_nodes.diffusion.lora import _module_names
 from nodegraph_nodes.dit import convert
+from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, check_matched, lora_layers
 
 _DIFFUSERS_PREFIXES = ("transformer.", "lora_transformer_")
 _ORIGINAL_PREFIXES = ("lora_unet_", "diffusion_model.", "model.diffusion_model.")
@@ -37,17 +38,12 @@ def _original_lookup(cfg) -> dict[str, str]:
 
 def flow_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float, name: str) -> LoraPatch:
     """The deltas of LoRA ``sd`` on the transformer ``net`` of ``family`` (``sd3`` / ``flux``)."""
-    groups = _group(sd)
     modules = _module_names(net, "unet")
     original = _original_lookup(net.config) if family == "flux" else {}
     inner = int(net.config.num_attention_heads) * int(net.config.attention_head_dim)
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     unread = []
-    for key, parts in groups.items():
-        if "up" not in parts or "down" not in parts:
-            continue
-        down, up = parts["down"], parts["up"]
-        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
+    for key, up, down, scale in lora_layers(sd):
         prefix = next((p for p in _DIFFUSERS_PREFIXES if key.startswith(p)), None)
         if prefix is not None and key[len(prefix):] in modules:
             deltas[modules[key[len(prefix):]] + ".weight"] = (up, down, scale)
@@ -61,9 +57,7 @@ def flow_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float
         if key.startswith(("lora_unet_joint_blocks", "diffusion_model.joint_blocks", "joint_blocks")):
             raise ModelFileError(f"LoRA {name}: SD3 LoRAs in the original MMDiT names (joint_blocks) are not supported "
                                  "yet; use one in diffusers' names (transformer.transformer_blocks…)")
-        if not key.startswith(("lora_te", "text_encoder", "te_", "lora_clip")):
+        if not key.startswith(TEXT_PREFIXES):
             unread.append(key)
-    if unread and not deltas:
-        raise ModelFileError(f"LoRA {name} has no weights matching this {family} transformer (e.g. {unread[0]}); it "
-                             "was made for another model")
+    check_matched(name, family, deltas, unread)
     return LoraPatch(name, deltas, float(strength))

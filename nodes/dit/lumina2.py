@@ -222,7 +222,8 @@ def lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str):
     ``to_v`` with the shared ``down``), kohya's (``lora_unet_layers_N_attention_qkv``) and diffusers / PEFT
     names (``transformer.layers.N.attn.to_q``); ``strength · alpha/rank · up @ down``."""
     from nodegraph_nodes.diffusion.components import LoraPatch
-    from nodegraph_nodes.diffusion.lora import _group, _module_names
+    from nodegraph_nodes.diffusion.lora import _module_names
+    from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, check_matched, lora_layers
 
     modules = _module_names(net, "unet")
     dim = int(net.config.hidden_size)
@@ -237,11 +238,7 @@ def lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str):
                   "final_layer.adaLN_modulation.1"):
         original[layer] = original[layer.replace(".", "_")] = layer
     deltas, unread = {}, []
-    for key, parts in _group(sd).items():
-        if "up" not in parts or "down" not in parts:
-            continue
-        down, up = parts["down"], parts["up"]
-        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
+    for key, up, down, scale in lora_layers(sd):
         for prefix in LORA_PREFIXES:
             if not key.startswith(prefix):
                 continue
@@ -254,11 +251,9 @@ def lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str):
                     deltas[modules[target[:-len(".weight")]] + ".weight"] = (part, down, scale)
                 break
         else:
-            if not key.startswith(("lora_te", "text_encoder", "te_", "lora_clip")):
+            if not key.startswith(TEXT_PREFIXES):
                 unread.append(key)
-    if unread and not deltas:
-        raise ModelFileError(f"LoRA {name} has no weights matching this Lumina 2 transformer (e.g. {unread[0]}); "
-                             "it was made for another model")
+    check_matched(name, "Lumina 2", deltas, unread)
     return LoraPatch(name, deltas, float(strength))
 
 

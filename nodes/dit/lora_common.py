@@ -1,0 +1,43 @@
+"""What the DiT families' LoRA readers share (SD3/Flux, Flux.2, Qwen-Image / Z-Image, Lumina 2): the
+low-rank layers of a LoRA file with their scale, which keys belong to a text encoder, and the error for a
+LoRA that matches nothing in the transformer. Each family keeps its own name mapping."""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import torch
+
+from nodegraph_nodes.diffusion.files import ModelFileError
+from nodegraph_nodes.diffusion.lora import _group
+
+#: key starts of text-encoder layers (a LoRA may hold them beside the transformer's; not "unread")
+TEXT_PREFIXES = ("lora_te", "text_encoder", "te_", "lora_clip")
+
+
+class LoraLayer(NamedTuple):
+    """One low-rank layer of a LoRA file: its key without the suffix, ``up``, ``down`` and ``alpha/rank``
+    (1 without an alpha)."""
+
+    key: str
+    up: torch.Tensor
+    down: torch.Tensor
+    scale: float
+
+
+def lora_layers(sd: dict) -> Iterator[LoraLayer]:
+    """The layers of LoRA ``sd`` that have both matrices (suffixes: :mod:`nodegraph_nodes.diffusion.lora`)."""
+    for key, parts in _group(sd).items():
+        if "up" not in parts or "down" not in parts:
+            continue
+        down, up = parts["down"], parts["up"]
+        scale = float(parts["alpha"]) / down.shape[0] if "alpha" in parts else 1.0
+        yield LoraLayer(key, up, down, scale)
+
+
+def check_matched(name: str, what: str, deltas: dict, unread: list[str]) -> None:
+    """A clear error when LoRA ``name`` has transformer keys (``unread``) but none matched the ``what``
+    transformer: it was made for another model."""
+    if unread and not deltas:
+        raise ModelFileError(f"LoRA {name} has no weights matching this {what} transformer (e.g. {unread[0]}); "
+                             "it was made for another model")
