@@ -8,6 +8,8 @@ ComfyUI's cfg is the pipeline's ``guidance_scale``; KSampler's ``normal`` schedu
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -124,3 +126,63 @@ def test_quadruple_clip_loader_refuses_an_unprojected_clip(engine, hidream_root,
     g.node("PreviewAny", source=g.node("CLIPTextEncode", "cond", text=PROMPT, clip=clip))
     result = engine.run(g)
     assert result.failure is not None and "text_projection" in str(result.failure), result.failure
+
+
+# -- ComfyUI's official HiDream templates ----------------------------------------------------------
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_hidream"
+
+
+@pytest.fixture(scope="module")
+def template_files(hidream_root, tiny_hidream):
+    import shutil
+
+    models = hidream_root / "models"
+    copies = {"vae/ae.safetensors": "vae/tiny_hidream_ae.safetensors",
+              "text_encoders/clip_l_hidream.safetensors": "text_encoders/tiny_clip_l_hidream.safetensors",
+              "text_encoders/clip_g_hidream.safetensors": "text_encoders/tiny_clip_g_hidream.safetensors",
+              "text_encoders/t5xxl_fp8_e4m3fn_scaled.safetensors": "text_encoders/tiny_t5xxl.safetensors",
+              "text_encoders/llama_3.1_8b_instruct_fp8_scaled.safetensors":
+                  "text_encoders/tiny_llama_3.1_8b_instruct.safetensors"}
+    copies.update({f"diffusion_models/hidream_i1_{v}_fp8.safetensors": "diffusion_models/tiny_hidream_i1.safetensors"
+                   for v in ("full", "dev", "fast")})
+    for name, source in copies.items():
+        shutil.copy(models / source, models / name)
+    return models
+
+
+@pytest.mark.parametrize("variant", ["full", "dev", "fast"])
+def test_hidream_template_runs_end_to_end(engine, template_files, variant):
+    import json
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.template_runs import last_saved_image
+
+    data = json.loads((TEMPLATES / f"hidream_i1_{variant}.json").read_text())
+    api = load_workflow_data(data, engine.registry).api
+    for node in api.values():
+        if node["class_type"] == "EmptySD3LatentImage":
+            node["inputs"].update(width=64, height=64)
+        if node["class_type"] == "KSampler":
+            node["inputs"].update(steps=3)
+    result = engine.run(api).raise_for_status()
+    saves = [n for n, v in api.items() if v["class_type"] == "SaveImage"]
+    assert saves and all(s in result.executed for s in saves)
+    image = last_saved_image(engine.paths.output_dir)
+    assert image.shape == (64, 64, 3) and image.std() > 0.01
+
+
+def test_package_hidream_templates_validate_with_file_errors_only():
+    """The package's HiDream I1 templates validate with at most model-file errors; E1 (edit) templates with
+    at most file errors (their input images); O1's nodes are not implemented."""
+    from tests.helpers.package_templates import check_templates, package_templates
+
+    paths = package_templates(lambda name: "hidream" in name)
+    if not paths:
+        pytest.skip("comfyui-workflow-templates-json is not installed")
+    check = check_templates(paths, default_registry(packs=False))
+    check.assert_missing({"EmptyHiDreamO1LatentImage", "HiDreamO1ReferenceImages", "ModelNoiseScale", "TextGenerate",
+                          "HiDreamO1PatchSeamSmoothing"})
+    assert {"hidream_i1_full.json", "hidream_i1_dev.json", "hidream_i1_fast.json", "hidream_e1_1.json",
+            "hidream_e1_full.json"} <= set(check.clean), check.clean
