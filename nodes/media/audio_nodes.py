@@ -27,7 +27,7 @@ from nodegraph_nodes.io.files import file_sha256
 
 from .audio import AUDIO, check_audio, make_audio, trim_samples
 from .codec import MediaError, decode_audio, encode_audio
-from .video_nodes import container_metadata, output_file
+from .video_nodes import container_metadata, output_file, removed_on_media_error
 
 MP3_QUALITIES = ["V0", "128k", "320k"]
 OPUS_QUALITIES = ["64k", "96k", "128k", "192k", "320k"]
@@ -53,11 +53,8 @@ def save_audio(node: Node, node_name: str, audio: Any, filename_prefix: str, for
     for batch_number, item in enumerate(waveform.detach().cpu()):
         prefix = filename_prefix.replace("%batch_num%", str(batch_number))
         path, name, subfolder = output_file(base, prefix, 0, 0, format)
-        try:
+        with removed_on_media_error(path, node_name):
             path.write_bytes(encode_audio(item, rate, format, quality, metadata))
-        except MediaError as exc:
-            path.unlink(missing_ok=True)
-            raise ValueError(f"{node_name}: {exc}") from None
         results.append({"filename": name, "subfolder": subfolder, "type": folder_type})
     return NodeResult(outputs=(), ui={"audio": results})
 

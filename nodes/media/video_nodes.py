@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -27,7 +28,7 @@ from nodegraph.node import BOOLEAN, COMBO, FLOAT, STRING, Input, Node, NodeResul
 from nodegraph.types import ANY, IMAGE
 from nodegraph.user_files import VIDEO_EXTENSIONS, resolve_annotated
 from nodegraph.value_checks import check_image
-from nodegraph_nodes.io.files import expand_prefix_vars, file_sha256, next_counter, split_prefix
+from nodegraph_nodes.io.files import expand_prefix_vars, file_sha256, next_counter, split_prefix, write_numbered
 
 from .audio import AUDIO, check_audio, make_audio
 from .codec import MediaError, encode_video
@@ -51,14 +52,19 @@ def output_file(base: Path, prefix: str, width: int, height: int, extension: str
         prefix = expand_prefix_vars(prefix, width, height)
     folder, stem, subfolder = split_prefix(prefix, base)
     folder.mkdir(parents=True, exist_ok=True)
-    counter = next_counter(folder, stem)
-    while True:
-        name = f"{stem}_{counter:05}_.{extension}"
-        try:
-            with open(folder / name, "xb"):
-                return folder / name, name, subfolder
-        except FileExistsError:
-            counter += 1
+    name, _ = write_numbered(folder, lambda c: f"{stem}_{c:05}_.{extension}", next_counter(folder, stem), b"")
+    return folder / name, name, subfolder
+
+
+@contextmanager
+def removed_on_media_error(path: Path, node_name: str) -> Iterator[None]:
+    """Around writing ``path``: a MediaError removes the partial file and becomes ``ValueError("<node_name>:
+    <message>")``."""
+    try:
+        yield
+    except MediaError as exc:
+        path.unlink(missing_ok=True)
+        raise ValueError(f"{node_name}: {exc}") from None
 
 
 def container_metadata(prompt: dict | None, extra_pnginfo: dict | None) -> dict[str, Any] | None:
@@ -168,12 +174,9 @@ class SaveVideo(Node):
             raise ValueError(f"SaveVideo: {exc}") from None
         width, height = video.get_dimensions()
         path, name, subfolder = output_file(self.ctx.paths.output_dir, filename_prefix, width, height, container)
-        try:
+        with removed_on_media_error(path, "SaveVideo"):
             video.save_to(path, format=format, codec=codec, metadata=container_metadata(prompt, extra_pnginfo),
                           crf=crf)
-        except MediaError as exc:
-            path.unlink(missing_ok=True)
-            raise ValueError(f"SaveVideo: {exc}") from None
         return NodeResult(outputs=(video,), ui=video_ui(name, subfolder))
 
 
@@ -200,12 +203,9 @@ class SaveWEBM(Node):
         images = check_image(images, "images")
         path, name, subfolder = output_file(self.ctx.paths.output_dir, filename_prefix, int(images.shape[2]),
                                             int(images.shape[1]), "webm")
-        try:
+        with removed_on_media_error(path, "SaveWEBM"):
             encode_video(path, images, Fraction(fps).limit_denominator(1000), None, "webm", codec,
                          container_metadata(prompt, extra_pnginfo), crf)
-        except MediaError as exc:
-            path.unlink(missing_ok=True)
-            raise ValueError(f"SaveWEBM: {exc}") from None
         return NodeResult(outputs=(images,), ui=video_ui(name, subfolder))
 
 
