@@ -60,3 +60,22 @@ def diffusers_sub_loader(folder: Path, manager, dtype: torch.dtype):
         return loader
 
     return sub_loader
+
+
+class CheckpointWeights:
+    """``sd()``: an all-in-one file's weights, read (ComfyUI's ``fp8_scaled`` dequantized) on the first call
+    and kept for the next ones, so each part's loader reads the file at most once; ``clear()`` lets them go
+    (a later reload reads the file again)."""
+
+    def __init__(self, path: Path, manager):
+        self.path = path
+        self.manager = manager
+        self._sd: dict | None = None
+
+    def __call__(self) -> dict:
+        if self._sd is None:
+            self._sd = dequantize_scaled_fp8(read_state_dict(self.path, allow_pickle=self.manager.allow_pickle))
+        return self._sd
+
+    def clear(self) -> None:
+        self._sd = None

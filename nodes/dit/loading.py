@@ -35,7 +35,8 @@ from nodegraph_nodes.diffusion import checkpoint as ck
 from nodegraph_nodes.diffusion.components import (TextEncoder, VaeModel, _manager_key, find_tokenizer, load_tokenizer)
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import convert
-from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
+from nodegraph_nodes.dit.file_loading import (CheckpointWeights, diffusers_sub_loader, load_transformer_handle,
+                                               require_subfolders)
 from nodegraph_nodes.dit.model import FlowModel
 from nodegraph_nodes.dit.text import FlowClip, T5Encoder
 
@@ -264,12 +265,7 @@ def load_flow_checkpoint(path: Path, manager, device: str, models_dir: Path):
     if kind is None:
         raise ModelFileError(f"{path.name} is not an SD3 or Flux.1 checkpoint")
     dtype = flow_dtype(device)
-    holder: dict[str, Any] = {}
-
-    def sd() -> dict:
-        if "sd" not in holder:
-            holder["sd"] = convert.dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-        return holder["sd"]
+    sd = CheckpointWeights(path, manager)
 
     handle = manager.load(_manager_key(path, "transformer:default", dtype),
                           lambda: convert.build_transformer(kind, convert.strip_prefix(sd(), kind.prefix),
@@ -298,7 +294,7 @@ def load_flow_checkpoint(path: Path, manager, device: str, models_dir: Path):
                                                _manager_key(path, name, dtype), tokenizer, dtype)
         clip = FlowClip(kind.family, encoders.get("clip_l"), encoders.get("clip_g"), encoders.get("t5"),
                         Path(models_dir) / "embeddings")
-    holder.clear()
+    sd.clear()
     return model, clip, vae
 
 

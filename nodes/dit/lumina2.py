@@ -42,7 +42,8 @@ from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import convert
-from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
+from nodegraph_nodes.dit.file_loading import (CheckpointWeights, diffusers_sub_loader, load_transformer_handle,
+                                               require_subfolders)
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.runner_common import NetRunner, pad_even
@@ -413,12 +414,7 @@ def load_checkpoint(path: Path, manager, device: str, models_dir: Path):
 
     keys = file_keys(path, manager.allow_pickle)
     dtype = flow_dtype(device)
-    holder: dict[str, Any] = {}
-
-    def sd() -> dict:
-        if "sd" not in holder:
-            holder["sd"] = convert.dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-        return holder["sd"]
+    sd = CheckpointWeights(path, manager)
 
     def part(prefix: str) -> dict:
         return {k[len(prefix):]: v for k, v in sd().items() if k.startswith(prefix)}
