@@ -39,7 +39,7 @@ import torch
 
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.model import FlowModel, _rows, pack_latents, unpack_latents
-from nodegraph_nodes.dit.runner_common import NetRunner, open_runner, pad_even  # open_runner: also the other families' import
+from nodegraph_nodes.dit.runner_common import NetRunner, open_runner, pad_even
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 

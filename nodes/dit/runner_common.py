@@ -36,7 +36,8 @@ def work_elements(net, latent_shape: tuple) -> int:
     """Elements of one step's widest activation (CFG batch × tokens × width) for the thread choice; the
     width is heads × head size (``dim`` where a config has no head size)."""
     cfg = net.config
-    width = int(getattr(cfg, "num_attention_heads", 1)) * int(getattr(cfg, "attention_head_dim", getattr(cfg, "dim", 1)))
+    heads = int(getattr(cfg, "num_attention_heads", 1))
+    width = heads * int(getattr(cfg, "attention_head_dim", getattr(cfg, "dim", 1)))
     return 2 * latent_shape[0] * (latent_shape[-2] * latent_shape[-1] // 4) * width
 
 
