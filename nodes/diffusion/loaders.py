@@ -263,15 +263,15 @@ class LoraLoaderModelOnly(Node):
 #: ComfyUI's CLIPLoader types, plus nodegraph's ``sd2`` (OpenCLIP-H for SD 2.x)
 CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
               "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "sd2"]
-LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma")
+LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma", "hidream")
 
 
 class CLIPLoader(Node):
     """Loads a standalone text encoder from models/text_encoders: ``stable_diffusion`` (CLIP-L), ``sd2``
     (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros),
     ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Gemma 2 file (Lumina 2's) or a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL),
-    ``flux2`` (Mistral Small 3, Flux.2 dev's; a Qwen3 file: Flux.2 Klein's).
-    The other types of ComfyUI's list are refused with a clear error until their families load."""
+    ``flux2`` (Mistral Small 3, Flux.2 dev's; a Qwen3 file: Flux.2 Klein's), ``hidream`` (one of HiDream's four
+    encoders; the others' parts are zeros as in ComfyUI). The other types of ComfyUI's list are refused with a clear error until their families load."""
 
     category = "advanced/loaders"
     display_name = "Load CLIP"
@@ -290,6 +290,11 @@ class CLIPLoader(Node):
                              f"{', '.join(LOADED_CLIP_TYPES)} (Flux: DualCLIPLoader type flux)")
         path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
         target = "cpu" if device == "cpu" else self.ctx.device
+        if type == "hidream":  # one of CLIP-L/G, T5-XXL, Llama 3.1 (nodegraph_nodes.dit.hidream_text)
+            from nodegraph_nodes.dit.hidream_text import load_clip as load_hidream_clip
+
+            return (load_hidream_clip([path], self.ctx.service("models"), target, Path(self.ctx.paths.models_dir),
+                                      "CLIPLoader"),)
         if type == "wan":  # UMT5-XXL
             from nodegraph_nodes.dit.wan import load_text_encoder as load_umt5
 

@@ -53,7 +53,7 @@ def _load(ctx, names: list[str], family: str, device: str, where: str) -> FlowCl
 
 class DualCLIPLoader(Node):
     """Loads two text encoders into one CLIP: ``sd3`` (CLIP-L / CLIP-G / T5, any two), ``flux`` (CLIP-L and
-    T5). Other types of ComfyUI's list are refused (their families are not loaded by nodegraph yet)."""
+    T5), ``hidream`` (two of CLIP-L / CLIP-G / T5 / Llama 3.1). Other types of ComfyUI's list are refused (their families are not loaded by nodegraph yet)."""
 
     category = "advanced/loaders"
     clip_name1 = Input(COMBO, choices=_text_encoder_choices)
@@ -68,6 +68,12 @@ class DualCLIPLoader(Node):
         return _identities(paths, [clip_name1, clip_name2])
 
     def execute(self, clip_name1: str, clip_name2: str, type: str, device: str = "default") -> tuple:
+        if type == "hidream":  # two of HiDream's four encoders, the others' parts zeros (ComfyUI's)
+            from nodegraph_nodes.dit.hidream_text import load_clip
+
+            paths = [resolve_model(self.ctx.paths, "text_encoders", n) for n in (clip_name1, clip_name2)]
+            return (load_clip(paths, self.ctx.service("models"), "cpu" if device == "cpu" else self.ctx.device,
+                              Path(self.ctx.paths.models_dir), "DualCLIPLoader"),)
         if type not in SUPPORTED_DUAL:
             raise ValueError(f"DualCLIPLoader.type: {type!r} is not supported yet; nodegraph loads "
                              f"{', '.join(SUPPORTED_DUAL)} (SDXL's two encoders come with its checkpoint)")

@@ -186,3 +186,25 @@ def test_package_hidream_templates_validate_with_file_errors_only():
                           "HiDreamO1PatchSeamSmoothing"})
     assert {"hidream_i1_full.json", "hidream_i1_dev.json", "hidream_i1_fast.json", "hidream_e1_1.json",
             "hidream_e1_full.json"} <= set(check.clean), check.clean
+
+
+def _cond(engine, node: str, **inputs):
+    g = Graph()
+    clip = g.node(node, **inputs).out(0)
+    g.node("PreviewAny", source=g.node("CLIPTextEncode", "cond", text=PROMPT, clip=clip))
+    return engine.run(g).raise_for_status().value("cond")[0]
+
+
+def test_dual_and_single_clip_loader_hidream_give_zeros_for_missing_encoders(engine, tiny_hidream):
+    """DualCLIPLoader / CLIPLoader type hidream: the given encoders' parts as with all four, the others zeros
+    of the released widths (ComfyUI's)."""
+    full_states, full = _cond(engine, "QuadrupleCLIPLoader", clip_name1=CLIPS[0], clip_name2=CLIPS[1],
+                              clip_name3=CLIPS[2], clip_name4=CLIPS[3])
+    states, extras = _cond(engine, "DualCLIPLoader", clip_name1=CLIPS[1], clip_name2=CLIPS[0], type="hidream")
+    assert torch.equal(states, full_states)
+    assert torch.equal(extras["conditioning_llama3"], full["conditioning_llama3"])
+    assert extras["pooled_output"].shape == (1, 768 + 1280) and not extras["pooled_output"].any()
+    states, extras = _cond(engine, "CLIPLoader", clip_name=CLIPS[3], type="hidream")
+    assert states.shape == (1, 128, 4096) and not states.any()
+    assert extras["conditioning_llama3"].shape == (1, 32, 1, 4096)
+    assert torch.equal(extras["pooled_output"][:, :32], full["pooled_output"][:, :32])
