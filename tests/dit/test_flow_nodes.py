@@ -188,10 +188,7 @@ def test_flux_schnell_is_detected_and_samples_like_comfyui(flow_engine, flow_roo
     assert float(model.model_sampling.schedule.shift) == 1.0
     # ComfyUI's schnell sampling: Flux's exponential shift with mu = 1 (the pipeline: base = max shift = 1)
     sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=1.0, max_shift=1.0)
-    pipe = FluxPipeline(transformer=net, vae=tiny_flux.vae, text_encoder=tiny_flux.text.clip_l,
-                        tokenizer=tiny_flux.text.tokenizer, text_encoder_2=tiny_flux.text.t5,
-                        tokenizer_2=tiny_flux.text.tokenizer_t5, scheduler=sched)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_flux.flux_pipeline(FluxPipeline, net, sched)
     noise, _ = engine_noise((1, 16, 8, 8), 5)
     with torch.no_grad():
         ref = pipe("a red fox", num_inference_steps=4, latents=pack_latents(noise), height=64, width=64,

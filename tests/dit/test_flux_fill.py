@@ -19,7 +19,7 @@ SEED, STEPS, GUIDANCE = 21, 4, 30.0
 
 
 def test_flux_fill_matches_flux_fill_pipeline(flow_engine, flow_root, tiny_flux, monkeypatch):
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline
+    from diffusers import FluxFillPipeline
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from PIL import Image
 
@@ -50,12 +50,7 @@ def test_flux_fill_matches_flux_fill_pipeline(flow_engine, flow_root, tiny_flux,
 
     pixels = torch.from_numpy(rgba[..., :3]).float().permute(2, 0, 1)[None] / 255
     mask = torch.from_numpy(rgba[..., 3] == 0).float()[None, None]
-    text = tiny_flux.text
-    pipe = FluxFillPipeline(transformer=net, vae=tiny_flux.vae, text_encoder=text.clip_l, tokenizer=text.tokenizer,
-                            text_encoder_2=text.t5, tokenizer_2=text.tokenizer_t5,
-                            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(
-                                str(tiny_flux.diffusers_dir / "scheduler")))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_flux.flux_pipeline(FluxFillPipeline, net)
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
     noise, _ = engine_noise((1, 16, 8, 8), SEED)
     with torch.no_grad():
@@ -69,7 +64,7 @@ def test_flux_fill_matches_flux_fill_pipeline(flow_engine, flow_root, tiny_flux,
 def test_flux_control_model_matches_flux_control_pipeline(flow_engine, flow_root, tiny_flux, monkeypatch):
     """Flux.1 Canny/Depth models (128 input channels): InstructPixToPixConditioning's image latent as the
     extra channels, as ComfyUI's flux_canny_model_example does, equals diffusers' FluxControlPipeline."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlPipeline
+    from diffusers import FluxControlPipeline
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
     from PIL import Image
 
@@ -94,13 +89,7 @@ def test_flux_control_model_matches_flux_control_pipeline(flow_engine, flow_root
     g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
     out = flow_engine.run(g).raise_for_status().value("out")
 
-    text_enc = tiny_flux.text
-    pipe = FluxControlPipeline(transformer=net, vae=tiny_flux.vae, text_encoder=text_enc.clip_l,
-                               tokenizer=text_enc.tokenizer, text_encoder_2=text_enc.t5,
-                               tokenizer_2=text_enc.tokenizer_t5,
-                               scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(
-                                   str(tiny_flux.diffusers_dir / "scheduler")))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_flux.flux_pipeline(FluxControlPipeline, net)
     monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
     noise, _ = engine_noise((1, 16, 8, 8), SEED)
     with torch.no_grad():

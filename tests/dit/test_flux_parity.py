@@ -53,13 +53,9 @@ def flux_graph(how: str, path: str, guidance: float = GUIDANCE) -> Graph:
 
 
 def reference(tiny, guidance: float = GUIDANCE) -> torch.Tensor:
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers import FluxPipeline
 
-    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(tiny.diffusers_dir / "scheduler"))
-    pipe = FluxPipeline(transformer=tiny.transformer, vae=tiny.vae, text_encoder=tiny.text.clip_l,
-                        tokenizer=tiny.text.tokenizer, text_encoder_2=tiny.text.t5, tokenizer_2=tiny.text.tokenizer_t5,
-                        scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny.flux_pipeline(FluxPipeline)
     noise, _ = engine_noise((1, 16, 8, 8), SEED)
     with torch.no_grad():
         image = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=guidance, latents=pack_latents(noise),

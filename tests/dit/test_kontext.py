@@ -49,16 +49,11 @@ def kontext_graph() -> Graph:
 
 
 def test_kontext_edit_matches_flux_kontext_pipeline(flow_engine, tiny_flux):
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline
+    from diffusers import FluxKontextPipeline
 
     pixels = _image(flow_engine)
     image = flow_engine.run(kontext_graph()).raise_for_status().value("out")
-    text = tiny_flux.text
-    pipe = FluxKontextPipeline(transformer=tiny_flux.transformer, vae=tiny_flux.vae, text_encoder=text.clip_l,
-                               tokenizer=text.tokenizer, text_encoder_2=text.t5, tokenizer_2=text.tokenizer_t5,
-                               scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(
-                                   str(tiny_flux.diffusers_dir / "scheduler")))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_flux.flux_pipeline(FluxKontextPipeline)
     noise, _ = engine_noise((1, 16, 8, 8), SEED)
     with torch.no_grad():
         ref = pipe(image=pixels.permute(2, 0, 1)[None], prompt=PROMPT, num_inference_steps=STEPS,

@@ -263,6 +263,19 @@ class TinyFlow:
     diffusers_dir: Path
     files: dict = field(default_factory=dict)
 
+    def flux_pipeline(self, pipeline_class, transformer=None, scheduler=None):
+        """A diffusers Flux-family pipeline (``FluxPipeline``, ``FluxFillPipeline``, ...) on these models' CLIP-L
+        and T5: ``transformer`` (this one unless given), the folder's scheduler unless given, no progress bar."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        if scheduler is None:
+            scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(self.diffusers_dir / "scheduler"))
+        pipe = pipeline_class(transformer=self.transformer if transformer is None else transformer, vae=self.vae,
+                              text_encoder=self.text.clip_l, tokenizer=self.text.tokenizer,
+                              text_encoder_2=self.text.t5, tokenizer_2=self.text.tokenizer_t5, scheduler=scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
 
 def build_text_encoders(root: Path) -> TextEncoders:
     models = root / "models"
