@@ -208,3 +208,18 @@ def test_dual_and_single_clip_loader_hidream_give_zeros_for_missing_encoders(eng
     assert states.shape == (1, 128, 4096) and not states.any()
     assert extras["conditioning_llama3"].shape == (1, 32, 1, 4096)
     assert torch.equal(extras["pooled_output"][:, :32], full["pooled_output"][:, :32])
+
+
+def test_hidream_under_a_budget_streams_blocks_and_keeps_the_image(tmp_path_factory, tmp_path, tiny_hidream,
+                                                                   hidream_root):
+    """--vram-budget-gb: the fp16 tiny HiDream (and Llama) under a budget smaller than the transformer stream
+    block by block, stay under the budget and give the unbudgeted image (tests/dit/offload_runs.py)."""
+    from tests.dit.offload_runs import budgeted_run, fp16_copy, unbudgeted_run
+
+    root = fp16_copy(hidream_root, tmp_path_factory.mktemp("hidream_fp16"),
+                     ("diffusion_models/tiny_hidream_i1.safetensors",
+                      "text_encoders/tiny_llama_3.1_8b_instruct.safetensors"))
+    registry = default_registry(packs=False)
+    base = unbudgeted_run(root, tmp_path, registry, hidream_graph)
+    budgeted_run(root, tmp_path, registry, hidream_graph, base, "budget")
+    assert base.image.std() > 0.01
