@@ -60,18 +60,24 @@ def test_z_image_turbo_template_runs(qwen_engine, qwen_registry, qwen_root, tiny
     assert {"UNETLoader", "CLIPLoader", "VAELoader", "ModelSamplingAuraFlow", "KSampler", "ConditioningZeroOut"} <= kinds
 
 
-@pytest.mark.parametrize("lightning", [False, True])
-def test_qwen_image_template_runs(qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, lightning):
-    copy_as(qwen_root, {"diffusion_models/tiny_qwen_image.safetensors": "diffusion_models/qwen_image_fp8_e4m3fn.safetensors",
+def _qwen_template_files(qwen_root, unet: str, lora: str) -> None:
+    """The tiny Qwen-Image files under a template's names (``unet`` the diffusion model's) and a tiny
+    LoRA file as its Lightning LoRA ``lora``."""
+    copy_as(qwen_root, {"diffusion_models/tiny_qwen_image.safetensors": f"diffusion_models/{unet}",
                         "text_encoders/tiny_qwen_2.5_vl.safetensors": "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors",
                         "vae/tiny_qwen_image_vae.safetensors": "vae/qwen_image_vae.safetensors"})
-    # the template names the Lightning LoRA behind a switch (off as saved: it must exist but is not applied;
-    # on: LoraLoaderModelOnly applies it and the switches pick 8 steps at cfg 1)
-    lora = qwen_root / "models" / "loras" / "Qwen-Image-Lightning-8steps-V1.0.safetensors"
-    lora.parent.mkdir(parents=True, exist_ok=True)
+    path = qwen_root / "models" / "loras" / lora
+    path.parent.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
     save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(2, 64, generator=g),
-               "transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(64, 2, generator=g)}, str(lora))
+               "transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(64, 2, generator=g)}, str(path))
+
+
+@pytest.mark.parametrize("lightning", [False, True])
+def test_qwen_image_template_runs(qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, lightning):
+    # the template names the Lightning LoRA behind a switch (off as saved: it must exist but is not applied;
+    # on: LoraLoaderModelOnly applies it and the switches pick 8 steps at cfg 1)
+    _qwen_template_files(qwen_root, "qwen_image_fp8_e4m3fn.safetensors", "Qwen-Image-Lightning-8steps-V1.0.safetensors")
     api, result = _run(qwen_engine, qwen_registry, "image_qwen_image", lightning=lightning)
     kinds = {api[n]["class_type"] for n in result.executed}
     assert {"UNETLoader", "CLIPLoader", "VAELoader", "ModelSamplingAuraFlow", "KSampler"} <= kinds
@@ -79,14 +85,8 @@ def test_qwen_image_template_runs(qwen_engine, qwen_registry, qwen_root, tiny_qw
 
 
 def test_qwen_image_edit_template_runs(qwen_engine, qwen_registry, qwen_root, tiny_qwen_image):
-    copy_as(qwen_root, {"diffusion_models/tiny_qwen_image.safetensors": "diffusion_models/qwen_image_edit_fp8_e4m3fn.safetensors",
-                        "text_encoders/tiny_qwen_2.5_vl.safetensors": "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors",
-                        "vae/tiny_qwen_image_vae.safetensors": "vae/qwen_image_vae.safetensors"})
-    lora = qwen_root / "models" / "loras" / "Qwen-Image-Edit-Lightning-4steps-V1.0-bf16.safetensors"
-    lora.parent.mkdir(parents=True, exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(2, 64, generator=g),
-               "transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(64, 2, generator=g)}, str(lora))
+    _qwen_template_files(qwen_root, "qwen_image_edit_fp8_e4m3fn.safetensors",
+                         "Qwen-Image-Edit-Lightning-4steps-V1.0-bf16.safetensors")
     qwen_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     pixels = np.kron(np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8), np.ones((32, 32, 1), np.uint8))
     Image.fromarray(pixels).save(qwen_engine.paths.input_dir / "image_qwen_image_edit_input_image.png")
