@@ -123,7 +123,11 @@ class HiDreamModel(FlowModel):
         return open_runner(self, ctx, latent_shape, HiDreamRunner)
 
     def lora_patch(self, sd: dict, strength: float, name: str):
-        raise ValueError("LoRAs for HiDream are not supported yet")
+        """LoRAs in the transformer's own (diffusers') names: ComfyUI's ``diffusion_model.…``, diffusers /
+        PEFT ``transformer.…``, kohya ``lora_unet_…`` (:mod:`.llm_lora`)."""
+        from nodegraph_nodes.dit.llm_lora import llm_lora_patch
+
+        return llm_lora_patch(self.family, self.handle.get(), sd, strength, name)
 
 
 def llama_for_blocks(states: torch.Tensor, llama_layers: list[int]) -> torch.Tensor:

@@ -223,3 +223,66 @@ def test_hidream_under_a_budget_streams_blocks_and_keeps_the_image(tmp_path_fact
     base = unbudgeted_run(root, tmp_path, registry, hidream_graph)
     budgeted_run(root, tmp_path, registry, hidream_graph, base, "budget")
     assert base.image.std() > 0.01
+
+
+LORA_LAYERS = ("double_stream_blocks.0.block.attn1.to_q", "double_stream_blocks.1.block.ff_i.experts.0.w1",
+               "single_stream_blocks.1.block.attn1.to_out", "caption_projection.2.linear")
+
+
+@pytest.mark.parametrize("layout", ["comfy", "kohya", "peft"])
+def test_hidream_lora_equals_merged_weights(engine, hidream_root, tiny_hidream, layout):
+    """LoraLoaderModelOnly with a LoRA in ComfyUI's (``diffusion_model.…`` + alpha), kohya's or diffusers /
+    PEFT names equals UNETLoader on the transformer with the LoRA merged into its weights (1e-4)."""
+    from safetensors.torch import save_file
+
+    strength, rank, alpha = 0.8, 2, 1.0
+    weights = tiny_hidream.transformer.state_dict()
+    g = torch.Generator().manual_seed(3)
+    lora, merged = {}, {k: v.clone() for k, v in weights.items()}
+    for layer in LORA_LAYERS:
+        out_dim, in_dim = weights[layer + ".weight"].shape
+        down, up = torch.randn(rank, in_dim, generator=g) * 0.3, torch.randn(out_dim, rank, generator=g) * 0.3
+        if layout == "comfy":
+            key = "diffusion_model." + layer
+            lora.update({key + ".lora_down.weight": down, key + ".lora_up.weight": up, key + ".alpha": torch.tensor(alpha)})
+            scale = alpha / rank
+        elif layout == "kohya":
+            key = "lora_unet_" + layer.replace(".", "_")
+            lora.update({key + ".lora_down.weight": down, key + ".lora_up.weight": up, key + ".alpha": torch.tensor(alpha)})
+            scale = alpha / rank
+        else:
+            key = "transformer." + layer
+            lora.update({key + ".lora_A.weight": down, key + ".lora_B.weight": up})
+            scale = 1.0
+        merged[layer + ".weight"] = (merged[layer + ".weight"] + strength * scale * (up @ down)).contiguous()
+    models = hidream_root / "models"
+    (models / "loras").mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in lora.items()}, str(models / "loras" / f"tiny_hidream_{layout}.safetensors"))
+    save_file({k: v.contiguous() for k, v in merged.items()},
+              str(models / "diffusion_models" / f"tiny_hidream_merged_{layout}.safetensors"))
+
+    g_lora = Graph()
+    model = g_lora.node("UNETLoader", unet_name="tiny_hidream_i1.safetensors", weight_dtype="default").out(0)
+    model = g_lora.node("LoraLoaderModelOnly", model=model, lora_name=f"tiny_hidream_{layout}.safetensors",
+                        strength_model=strength).out(0)
+    with_lora = engine.run(_sample(g_lora, model)).raise_for_status().value("out")
+    g_merged = Graph()
+    model = g_merged.node("UNETLoader", unet_name=f"tiny_hidream_merged_{layout}.safetensors", weight_dtype="default").out(0)
+    merged_image = engine.run(_sample(g_merged, model)).raise_for_status().value("out")
+    plain = engine.run(hidream_graph()).raise_for_status().value("out")
+    assert torch.allclose(with_lora, merged_image, atol=1e-4), (with_lora - merged_image).abs().max()
+    assert not torch.allclose(with_lora, plain, atol=1e-3)
+
+
+def _sample(g: Graph, model) -> Graph:
+    clip = g.node("QuadrupleCLIPLoader", clip_name1=CLIPS[0], clip_name2=CLIPS[1], clip_name3=CLIPS[2],
+                  clip_name4=CLIPS[3]).out(0)
+    vae = g.node("VAELoader", vae_name="tiny_hidream_ae.safetensors").out(0)
+    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text=NEGATIVE, clip=clip)
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal",
+                positive=pos, negative=neg, latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
+    return g
