@@ -21,6 +21,8 @@ lengths):
 * a missing encoder contributes zeros (ComfyUI: 768 / 1280-wide pooled parts, ``[1, 128, 4096]`` T5
   states, ``[1, 32, 1, 4096]`` Llama states).
 
+LoRAs (LoraLoader) patch the CLIP-L / CLIP-G encoders as for SD3; not T5 or Llama.
+
 Prompt weights ``(word:1.2)`` are applied to neither T5 nor Llama (the text goes in as written, weight
 syntax included); CLIP's pooled output follows the SD recipe.
 
@@ -78,7 +80,13 @@ class HiDreamClip(ManagerOwned):
 
     @property
     def encoders(self) -> tuple:
+        """The CLIP encoders (LoraLoader patches them by index, as for SD3)."""
         return tuple(e for e in (self.clip_l, self.clip_g) if e is not None)
+
+    def with_patch(self, index: int, patch) -> "HiDreamClip":
+        import dataclasses
+
+        return dataclasses.replace(self, patches=self.patches + ((index, patch),))
 
     def describe(self) -> str:
         have = [n for n, e in (("clip_l", self.clip_l), ("clip_g", self.clip_g), ("t5xxl", self.t5),
@@ -99,10 +107,13 @@ class HiDreamClip(ManagerOwned):
     def _pooled(self, ctx, enc: TextEncoder | None, text: str, width: int) -> torch.Tensor:
         if enc is None:
             return torch.zeros(1, width)
+        from nodegraph_nodes.diffusion.lora import patched
         from nodegraph_nodes.diffusion.text_encode import encode_with_encoder
 
         manager = ctx.service("models")
-        with manager.use(enc.handle, ctx.device) as module:
+        index = self.encoders.index(enc)
+        with manager.use(enc.handle, ctx.device) as module, \
+                patched(module, [p for i, p in self.patches if i == index]):
             _, pooled = encode_with_encoder(enc, module, text, -1, ctx.device, self.embeddings_dir, manager.allow_pickle)
         return pooled.float().cpu()[:1]
 

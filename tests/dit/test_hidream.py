@@ -286,3 +286,29 @@ def _sample(g: Graph, model) -> Graph:
                 positive=pos, negative=neg, latent_image=lat, denoise=1.0)
     g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
     return g
+
+
+def test_hidream_lora_on_clip_l_changes_only_its_pooled_part(engine, hidream_root, tiny_hidream):
+    """LoraLoader: a kohya text-encoder LoRA (``lora_te1_…``) patches CLIP-L, so only CLIP-L's part of the pooled
+    output moves; T5 and Llama states stay."""
+    from safetensors.torch import save_file
+
+    key = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj"
+    g = torch.Generator().manual_seed(4)
+    lora = {key + ".lora_down.weight": torch.randn(2, 32, generator=g), key + ".lora_up.weight": torch.randn(32, 2, generator=g),
+            key + ".alpha": torch.tensor(2.0)}
+    (hidream_root / "models" / "loras").mkdir(exist_ok=True)
+    save_file(lora, str(hidream_root / "models" / "loras" / "tiny_hidream_te.safetensors"))
+    graph = Graph()
+    model = graph.node("UNETLoader", unet_name="tiny_hidream_i1.safetensors", weight_dtype="default").out(0)
+    clip = graph.node("QuadrupleCLIPLoader", clip_name1=CLIPS[0], clip_name2=CLIPS[1], clip_name3=CLIPS[2],
+                      clip_name4=CLIPS[3]).out(0)
+    patched = graph.node("LoraLoader", model=model, clip=clip, lora_name="tiny_hidream_te.safetensors",
+                         strength_model=1.0, strength_clip=1.0).out(1)
+    graph.node("PreviewAny", source=graph.node("CLIPTextEncode", "a", text=PROMPT, clip=clip))
+    graph.node("PreviewAny", source=graph.node("CLIPTextEncode", "b", text=PROMPT, clip=patched))
+    result = engine.run(graph).raise_for_status()
+    (sa, ea), (sb, eb) = result.value("a")[0], result.value("b")[0]
+    assert torch.equal(sa, sb) and torch.equal(ea["conditioning_llama3"], eb["conditioning_llama3"])
+    assert torch.equal(ea["pooled_output"][:, 32:], eb["pooled_output"][:, 32:])
+    assert not torch.allclose(ea["pooled_output"][:, :32], eb["pooled_output"][:, :32], atol=1e-3)
