@@ -10,6 +10,10 @@ Conditioning (ComfyUI's HiDream recipe, :mod:`.hidream_text`): the entry's state
 is CLIP-L's ++ CLIP-G's projected pooled outputs and ``conditioning_llama3`` Llama 3.1's hidden states of
 all layers, ``[rows, layers, tokens, width]``.
 
+HiDream E1 (editing; the same network): InstructPixToPixConditioning's ``concat_latent_image`` is put to
+the right of the latent (width axis) and the output cropped back, as ComfyUI does; there is no diffusers
+pipeline for E1 in diffusers' core to compare with.
+
 Key layout: ComfyUI's repackaged ``hidream_i1_{full,dev,fast}_*.safetensors`` use diffusers' names (bare or
 under ``model.diffusion_model.``, diffusers' single-file converter only strips that prefix). The config
 comes from the shapes, except what the weights do not hold: the head width (the released 128 when the
@@ -153,21 +157,34 @@ class HiDreamRunner:
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         h, w = x_in.shape[-2:]
-        x = x_in.to(self.device, self.dtype)
-        if h % 2 or w % 2:
-            x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="circular")
-        t = timestep.to(self.device, torch.float32).reshape(-1).expand(x.shape[0])
+        t = timestep.to(self.device, torch.float32).reshape(-1).expand(x_in.shape[0])
         outs, row = [], 0
         for p in parts:
+            x = self._input(x_in[row:row + p.rows].to(self.device, self.dtype), p)
             pooled, llama = p.extras.get("pooled_output"), p.extras.get("conditioning_llama3")
             if pooled is None or llama is None:
                 raise ValueError("this conditioning lacks HiDream's pooled output or Llama states; encode the "
                                  "prompt with QuadrupleCLIPLoader's CLIP (CLIP-L, CLIP-G, T5-XXL, Llama 3.1)")
             t5 = _rows(p.cond.to(self.device, self.dtype), p.rows)
             llama = llama_for_blocks(_rows(llama.to(self.device, self.dtype), p.rows), self.llama_layers)
-            out = self.net(hidden_states=x[row:row + p.rows], timesteps=t[row:row + p.rows],
+            out = self.net(hidden_states=x, timesteps=t[row:row + p.rows],
                            encoder_hidden_states_t5=t5, encoder_hidden_states_llama3=llama,
                            pooled_embeds=_rows(pooled.to(self.device, self.dtype), p.rows), return_dict=False)[0]
-            outs.append(-out.float())
+            outs.append(-out.float()[..., :h, :w])
             row += p.rows
-        return torch.cat(outs)[..., :h, :w].to(self.dtype)
+        return torch.cat(outs).to(self.dtype)
+
+    def _input(self, x: torch.Tensor, p: CondPart) -> torch.Tensor:
+        """The latent, with (HiDream E1) the entry's ``concat_latent_image`` (InstructPixToPixConditioning) in
+        the model's latent space placed to its right, padded (circularly) to even sides."""
+        image = p.extras.get("concat_latent_image")
+        if image is not None:
+            image = FLUX.process_in(_rows(image.to(self.device, torch.float32), p.rows)).to(self.dtype)
+            if image.shape[-2] != x.shape[-2]:
+                raise ValueError(f"HiDream E1: the image latent is {image.shape[-2]} high, the sampled latent "
+                                 f"{x.shape[-2]}; encode the image at the output size")
+            x = torch.cat([x, image], dim=-1)
+        h, w = x.shape[-2:]
+        if h % 2 or w % 2:
+            x = torch.nn.functional.pad(x, (0, w % 2, 0, h % 2), mode="circular")
+        return x

@@ -312,3 +312,61 @@ def test_hidream_lora_on_clip_l_changes_only_its_pooled_part(engine, hidream_roo
     assert torch.equal(sa, sb) and torch.equal(ea["conditioning_llama3"], eb["conditioning_llama3"])
     assert torch.equal(ea["pooled_output"][:, 32:], eb["pooled_output"][:, 32:])
     assert not torch.allclose(ea["pooled_output"][:, :32], eb["pooled_output"][:, :32], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["hidream_e1_full", "hidream_e1_1"])
+def test_hidream_e1_template_runs_end_to_end(engine, template_files, name):
+    """ComfyUI's HiDream E1 editing templates on the tiny transformer under their names (input scaled to 64×64,
+    E1.1 to ImageScaleToTotalPixels' minimum 0.01 MP)."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.template_runs import last_saved_image
+
+    shutil.copy(template_files / "diffusion_models" / "tiny_hidream_i1.safetensors",
+                template_files / "diffusion_models" / f"{name}_bf16.safetensors")
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    pixels = (torch.rand(64, 64, 3, generator=torch.Generator().manual_seed(1)) * 255).byte().numpy()
+    Image.fromarray(pixels).save(engine.paths.input_dir / f"{name}_input_image.jpg")
+    api = load_workflow_data(json.loads((TEMPLATES / f"{name}.json").read_text()), engine.registry).api
+    for node in api.values():
+        if node["class_type"] == "ImageScale":
+            node["inputs"].update(width=64, height=64)
+        if node["class_type"] == "ImageScaleToTotalPixels":
+            node["inputs"].update(megapixels=0.01)  # its minimum: 100×100
+        if node["class_type"] == "BasicScheduler":
+            node["inputs"].update(steps=3)
+    result = engine.run(api).raise_for_status()
+    saves = [n for n, v in api.items() if v["class_type"] == "SaveImage"]
+    assert saves and all(s in result.executed for s in saves)
+    image = last_saved_image(engine.paths.output_dir)
+    side = 64 if name == "hidream_e1_full" else 96  # 100×100 encodes to 12×12 latents
+    assert image.shape == (side, side, 3) and image.std() > 0.01
+
+
+def test_hidream_e1_image_latent_goes_right_of_the_latent(tiny_hidream):
+    """The runner with an entry's concat_latent_image gives minus the network on [latent | image latent in the
+    model's space] (width axis), cropped to the latent (ComfyUI's HiDream E1 input)."""
+    from nodegraph_nodes.dit.formats import FLUX
+    from nodegraph_nodes.dit.hidream import HiDreamRunner, build_transformer
+    from nodegraph_nodes.sampling.model import CondPart
+
+    net = build_transformer({k: v.clone() for k, v in tiny_hidream.transformer.state_dict().items()}, torch.float32)
+    g = torch.Generator().manual_seed(2)
+    x, image = torch.randn(1, 16, 6, 8, generator=g), torch.randn(1, 16, 6, 8, generator=g)
+    t5, llama, pooled = torch.randn(1, 128, 96, generator=g), torch.randn(1, 3, 128, 32, generator=g), torch.randn(1, 80, generator=g)
+    extras = {"pooled_output": pooled, "conditioning_llama3": llama, "concat_latent_image": image}
+    with torch.no_grad():
+        out = HiDreamRunner(net, "cpu")(x, torch.tensor([600.0]), [CondPart(t5, extras, 1)])
+        ref = -tiny_hidream.transformer(hidden_states=torch.cat([x, FLUX.process_in(image)], dim=-1),
+                                        timesteps=torch.tensor([600.0]), encoder_hidden_states_t5=t5,
+                                        encoder_hidden_states_llama3=llama.movedim(1, 0), pooled_embeds=pooled,
+                                        return_dict=False)[0][..., :8]
+        plain = HiDreamRunner(net, "cpu")(x, torch.tensor([600.0]), [CondPart(t5, {**extras, "concat_latent_image": None}, 1)])
+    assert out.shape == (1, 16, 6, 8)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert not torch.allclose(out, plain, atol=1e-3)
