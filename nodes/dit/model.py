@@ -30,20 +30,12 @@ from typing import Any, Callable
 import torch
 
 from nodegraph.models import ManagerOwned
+from nodegraph_nodes.diffusion.control_run import fit_rows as _rows  # the families import _rows from here
 from nodegraph_nodes.diffusion.unet_runner import common_length
 from nodegraph_nodes.dit.formats import FLUX_DEFAULT_GUIDANCE, LatentFormat, default_sampling, latent_format
 from nodegraph_nodes.dit.runner_common import NetRunner, open_runner, pad_even
 from nodegraph_nodes.sampling.model import CondPart, SamplingPatches
 from nodegraph_nodes.sampling.model_sampling import ModelSampling
-
-
-def _rows(t: torch.Tensor, rows: int) -> torch.Tensor:
-    if t.shape[0] == rows:
-        return t
-    if t.shape[0] == 1:
-        return t.expand(rows, *t.shape[1:])
-    reps = (rows + t.shape[0] - 1) // t.shape[0]
-    return t.repeat(reps, *([1] * (t.ndim - 1)))[:rows]
 
 
 @dataclass(frozen=True, eq=False)
