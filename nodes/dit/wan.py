@@ -44,6 +44,7 @@ from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
 from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
+from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer  # AutoTokenizer, local files only
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
 from nodegraph_nodes.dit.runner_common import NetRunner
@@ -272,15 +273,6 @@ def find_tokenizer(models_dir: Path, near: Path) -> Path:
                          f"Wan-AI/Wan2.1-T2V-1.3B-Diffusers into models/text_encoders/{TOKENIZER_FOLDER}")
 
 
-def load_tokenizer(folder: Path):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as exc:
-        raise ModelFileError(f"could not read the tokenizer in {folder}: {exc}") from None
-
-
 @dataclass(frozen=True, eq=False)
 class WanClip(ManagerOwned):
     """CLIP for Wan: a UMT5 encoder (``handle``) and its tokenizer."""
@@ -321,7 +313,7 @@ def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where:
     if not is_umt5(file_keys(path, manager.allow_pickle)):
         raise ModelFileError(f"{where}.type wan takes a UMT5-XXL encoder (umt5_xxl_*.safetensors); {path.name} "
                              "is not one")
-    tokenizer = load_tokenizer(find_tokenizer(models_dir, path))
+    tokenizer = load_llm_tokenizer(find_tokenizer(models_dir, path))
     dtype = flow_dtype(device)
 
     def loader():
@@ -363,7 +355,7 @@ def load_diffusers_folder(folder: Path, manager, device: str):
     model = WanModel(handle, "wan", source=str(folder), default_shift=shift)
     te = manager.load(_manager_key(folder / "text_encoder", "text_encoder", dtype),
                       sub_loader(UMT5EncoderModel, "text_encoder"), compute_dtype=dtype)
-    clip = WanClip(te, load_tokenizer(folder / "tokenizer"), source=str(folder))
+    clip = WanClip(te, load_llm_tokenizer(folder / "tokenizer"), source=str(folder))
     vae = VaeModel(manager.load(_manager_key(folder / "vae", "vae", dtype),
                                 sub_loader(AutoencoderKLWan, "vae", ImageVae)), 8, 16)
     return model, clip, vae
