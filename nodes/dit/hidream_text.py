@@ -10,8 +10,10 @@ width 128, or half the width for tiny test models).
 Recipe (ComfyUI's; diffusers' ``HiDreamImagePipeline.encode_prompt`` gives the same for prompts within its
 lengths):
 
-* ``pooled_output`` = CLIP-L's projected pooled output ++ CLIP-G's (77-token windows as for SD; only the
-  pooled output of the first window is used, the CLIP states are not);
+* ``pooled_output`` = CLIP-L's projected pooled output ++ CLIP-G's; the released files are "long" CLIPs
+  (248 positions) and, as ComfyUI, take one window as long as their positions (the prompt's first 246
+  tokens; textual-inversion embeddings are not looked up there); 77-position files use the SD recipe's
+  77-token windows (first window); the CLIP states are not used;
 * the entry's states = T5's at 128 tokens (the prompt's first 127 tokens, ``</s>``, pad), with the
   attention mask over the real tokens;
 * ``conditioning_llama3`` = Llama's hidden states after each of its layers (the last one after the final
@@ -114,8 +116,12 @@ class HiDreamClip(ManagerOwned):
         index = self.encoders.index(enc)
         with manager.use(enc.handle, ctx.device) as module, \
                 patched(module, [p for i, p in self.patches if i == index]):
-            _, pooled = encode_with_encoder(enc, module, text, -1, ctx.device, self.embeddings_dir, manager.allow_pickle)
-        return pooled.float().cpu()[:1]
+            positions = int(module.config.max_position_embeddings)
+            if positions <= 77:
+                _, pooled = encode_with_encoder(enc, module, text, -1, ctx.device, self.embeddings_dir,
+                                                manager.allow_pickle)
+                return pooled.float().cpu()[:1]
+            return long_clip_pooled(enc, module, text, positions, ctx.device)
 
     def _t5(self, ctx, text: str) -> torch.Tensor:
         tok = self.t5.tokenizer
@@ -141,6 +147,24 @@ class HiDreamClip(ManagerOwned):
             out = module(input_ids=torch.tensor([ids], device=ctx.device), attention_mask=mask,
                          output_hidden_states=True)
         return torch.stack([h.float() for h in out.hidden_states[1:]], dim=1).cpu()
+
+
+def long_clip_pooled(enc: TextEncoder, module, text: str, positions: int, device: str) -> torch.Tensor:
+    """The projected pooled output of a long CLIP (HiDream's 248 positions): one window as long as the model's
+    positions (ComfyUI sizes the window from the file), i.e. ``<bos>``, the prompt's first ``positions - 2``
+    tokens (weight syntax removed, weights do not touch the pooled output) and ``<eos>``; the pooled output
+    is read at ``<eos>`` under the causal mask, so the padding after it does not matter and is left out."""
+    from nodegraph_nodes.diffusion.prompt_weights import parse_prompt_weights
+
+    tok = enc.tokenizer
+    ids: list[int] = []
+    for segment, _ in parse_prompt_weights(text):
+        if segment.strip():
+            ids += [int(t) for t in tok(segment, add_special_tokens=False)["input_ids"]]
+    ids = [int(tok.bos_token_id)] + ids[:positions - 2] + [int(tok.eos_token_id)]
+    with torch.inference_mode():
+        out = module(input_ids=torch.tensor([ids], device=device))
+    return out.text_embeds.float().cpu()[:1]
 
 
 # -- loading ----------------------------------------------------------------------------------------

@@ -87,6 +87,28 @@ def test_hidream_txt2img_matches_pipeline(engine, tiny_hidream, per_encoder, fol
     assert image.std() > 0.01
 
 
+LONG_PROMPT = ", ".join(["a photo of a cat", "a red fox in snow", "a dog under a tree", "blue sky"] * 3)
+
+
+@pytest.mark.parametrize("text", [PROMPT, LONG_PROMPT])
+def test_hidream_prompt_states_match_encode_prompt(engine, tiny_hidream, text):
+    """CLIPTextEncode's states equal the pipeline's encode_prompt, also for a prompt longer than 77 CLIP tokens
+    (the long CLIPs take it in one window)."""
+    clip_tokens = len(tiny_hidream.tokenizer(text)["input_ids"])
+    assert (clip_tokens > 77) == (text == LONG_PROMPT) and clip_tokens < 128
+    g = Graph()
+    clip = g.node("QuadrupleCLIPLoader", clip_name1=CLIPS[0], clip_name2=CLIPS[1], clip_name3=CLIPS[2],
+                  clip_name4=CLIPS[3]).out(0)
+    g.node("PreviewAny", source=g.node("CLIPTextEncode", "cond", text=text, clip=clip))
+    states, extras = engine.run(g).raise_for_status().value("cond")[0]
+    with torch.no_grad():
+        t5, _, llama, _, pooled, _ = pipeline(tiny_hidream).encode_prompt(
+            text, None, None, None, do_classifier_free_guidance=False, device="cpu", max_sequence_length=128)
+    assert torch.allclose(states, t5, atol=1e-5)
+    assert torch.allclose(extras["pooled_output"], pooled, atol=1e-5)
+    assert torch.allclose(extras["conditioning_llama3"], llama.movedim(0, 1), atol=1e-5)
+
+
 def test_hidream_prefixed_file_and_prompt_states(engine, tiny_hidream):
     """The ``model.diffusion_model.``-prefixed layout gives the same image; CLIPTextEncode's states equal
     the pipeline's encode_prompt (T5 at 128 tokens, Llama's layers, projected pooled L ++ G)."""
