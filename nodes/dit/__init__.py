@@ -15,8 +15,8 @@ files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, Trim
 :mod:`.flux2_lora`, nodes in :mod:`.flux2_nodes` (EmptyFlux2LatentImage, Flux2Scheduler). Chroma:
 :mod:`.chroma` (transformer, runner, files, folders; T5 CLIP in :mod:`.text`). Lumina 2: :mod:`.lumina2`
 (transformer, Gemma 2 CLIP, runner, LoRAs, files, folders, all-in-one files), nodes in :mod:`.lumina2_nodes`
-(CLIPTextEncodeLumina2, RenormCFG). :mod:`.t5_options` (T5TokenizerOptions). HiDream I1: :mod:`.hidream` (transformer, runner), :mod:`.hidream_text`
-(four-encoder CLIP, loading), nodes in :mod:`.hidream_nodes` (QuadrupleCLIPLoader, CLIPTextEncodeHiDream). The shared loaders
+(CLIPTextEncodeLumina2, RenormCFG). :mod:`.t5_options` (T5TokenizerOptions). HiDream I1 / E1: :mod:`.hidream` (transformer, runner), :mod:`.hidream_text`
+(four-encoder CLIP, loading), :mod:`.hidream_folder` (diffusers folders), nodes in :mod:`.hidream_nodes` (QuadrupleCLIPLoader, CLIPTextEncodeHiDream). The shared loaders
 (UNETLoader, CLIPLoader, CheckpointLoaderSimple, VAELoader) live in the ``diffusion`` family and hand
 these files to :mod:`.loading`; sampling is the ``sampling`` family's (KSampler, SamplerCustomAdvanced,
 ModelSamplingSD3/Flux).
