@@ -46,7 +46,7 @@ from nodegraph_nodes.dit.file_loading import (CheckpointWeights, diffusers_sub_l
                                                require_subfolders)
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _rows
-from nodegraph_nodes.dit.runner_common import NetRunner, pad_even
+from nodegraph_nodes.dit.runner_common import NetRunner, open_runner, pad_even
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -191,8 +191,6 @@ class Lumina2Model(FlowModel):
         return self.sampling_or(msl.sd3_flow, DEFAULT_SHIFT, 1.0)
 
     def open_runner(self, ctx, latent_shape: tuple):
-        from nodegraph_nodes.dit.qwen_image import open_runner
-
         return open_runner(self, ctx, latent_shape, Lumina2Runner)
 
 
