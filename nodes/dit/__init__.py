@@ -16,7 +16,7 @@ files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, Trim
 :mod:`.chroma` (transformer, runner, files, folders; T5 CLIP in :mod:`.text`). Lumina 2: :mod:`.lumina2`
 (transformer, Gemma 2 CLIP, runner, LoRAs, files, folders, all-in-one files), nodes in :mod:`.lumina2_nodes`
 (CLIPTextEncodeLumina2, RenormCFG). :mod:`.t5_options` (T5TokenizerOptions). HiDream I1 / E1: :mod:`.hidream` (transformer, runner), :mod:`.hidream_text`
-(four-encoder CLIP, loading), :mod:`.hidream_folder` (diffusers folders), nodes in :mod:`.hidream_nodes` (QuadrupleCLIPLoader, CLIPTextEncodeHiDream). The shared loaders
+(four-encoder CLIP, loading), :mod:`.hidream_folder` (diffusers folders), nodes in :mod:`.hidream_nodes` (QuadrupleCLIPLoader, CLIPTextEncodeHiDream). Flux.1 Redux: :mod:`.redux` (StyleModelLoader, StyleModelApply). The shared loaders
 (UNETLoader, CLIPLoader, CheckpointLoaderSimple, VAELoader) live in the ``diffusion`` family and hand
 these files to :mod:`.loading`; sampling is the ``sampling`` family's (KSampler, SamplerCustomAdvanced,
 ModelSamplingSD3/Flux).
@@ -32,7 +32,7 @@ from types import ModuleType
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
     from . import flux2_nodes, kontext, lumina2_nodes, nodes_flow, qwen_edit, skip_layers, video_latent, wan_i2v
-    from . import hidream_nodes, t5_options
+    from . import hidream_nodes, redux, t5_options
 
     return [nodes_flow, kontext, skip_layers, qwen_edit, video_latent, wan_i2v, flux2_nodes, lumina2_nodes,
-            t5_options, hidream_nodes]
+            t5_options, hidream_nodes, redux]
