@@ -1,16 +1,16 @@
 """LoRAs in a user layout change the output as diffusers' own LoRA loading does: the same file through
 ComfyUI's LoraLoaderModelOnly in our engine, and through ``pipe.load_lora_weights`` (PEFT) in the diffusers
 pipeline at the same strength, seed and latents, agree at 1e-4 (Flux.1 with a kohya file, SD3.5 with a
-diffusers / PEFT file)."""
+diffusers / PEFT file, Qwen-Image with a ComfyUI / lightx2v file)."""
 
 from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from safetensors.torch import save_file
 
+from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, tiny_z_image  # noqa: F401
 from tests.dit.tiny_flow import _contig, flux_to_bfl
 
 RANK, ALPHA, STRENGTH = 4, 2.0, 0.8
@@ -110,5 +110,41 @@ def test_sd3_diffusers_lora_matches_diffusers_load_lora_weights(flow_engine, flo
     with torch.no_grad():
         ref = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=CFG, latents=noise,
                    height=64, width=64, max_sequence_length=77, output_type="pt").images.permute(0, 2, 3, 1)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, base_image, atol=1e-3)
+
+
+def test_qwen_image_comfy_lora_matches_diffusers_load_lora_weights(qwen_engine, qwen_root, tiny_qwen_image):
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    from tests.dit.test_qwen_image import PROMPT, SEED, SHIFT, STEPS, qwen_graph
+    from tests.helpers.noise import engine_noise
+
+    net = tiny_qwen_image.transformer
+    lora = {}
+    targets = [(0, "attn.to_q"), (1, "img_mlp.net.0.proj"), (0, "attn.add_v_proj"), (1, "attn.to_out.0")]
+    for i, (block, name) in enumerate(targets):
+        up, down = _pair(net.transformer_blocks[block].get_submodule(name).weight.shape, 50 + i)
+        base = f"diffusion_model.transformer_blocks.{block}.{name}"
+        lora.update({base + ".lora_up.weight": up, base + ".lora_down.weight": down,
+                     base + ".alpha": torch.tensor(ALPHA)})
+    path = qwen_root / "models" / "loras" / "qwen_user_comfy.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(_contig(lora), str(path))
+
+    prompt = qwen_graph("files").to_api()
+    base_image = qwen_engine.run(prompt).raise_for_status().value("out")
+    image = qwen_engine.run(_with_model_lora(prompt, path.name)).raise_for_status().value("out")
+
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=tiny_qwen_image.vae,
+                             text_encoder=tiny_qwen_image.text_encoder, tokenizer=tiny_qwen_image.tokenizer,
+                             transformer=copy.deepcopy(net))
+    pipe.set_progress_bar_config(disable=True)
+    _with_adapter(pipe, path)
+    noise, _ = engine_noise((1, 16, 8, 8), SEED)
+    latents = QwenImagePipeline._pack_latents(noise, 1, 16, 8, 8)
+    with torch.no_grad():
+        ref = pipe(PROMPT, num_inference_steps=STEPS, true_cfg_scale=1.0, latents=latents, height=64, width=64,
+                   output_type="pt").images.permute(0, 2, 3, 1)
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
     assert not torch.allclose(image, base_image, atol=1e-3)
