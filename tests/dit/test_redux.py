@@ -50,7 +50,7 @@ def redux_files(flow_root):
 
 
 def redux_graph(strength: float = 1.0, strength_type: str = "multiply", sample: bool = True,
-                style_file: str = "tiny_flux1-redux-dev.safetensors") -> Graph:
+                style_file: str = "tiny_flux1-redux-dev.safetensors", images: int = 1) -> Graph:
     g = Graph()
     unet = g.node("UNETLoader", unet_name="tiny_flux_dev.safetensors", weight_dtype="default")
     clip = g.node("DualCLIPLoader", clip_name1="tiny_t5xxl.safetensors", clip_name2="tiny_clip_l.safetensors",
@@ -59,7 +59,7 @@ def redux_graph(strength: float = 1.0, strength_type: str = "multiply", sample: 
     model = g.node("ModelSamplingFlux", model=unet.out(0), max_shift=1.15, base_shift=0.5, width=64,
                    height=64).out(0)
     pos = g.node("CLIPTextEncodeFlux", "text", clip=clip.out(0), clip_l=PROMPT, t5xxl=PROMPT, guidance=GUIDANCE)
-    image = g.node("EmptyImage", width=48, height=40, batch_size=1, color=0x3C8AD2)
+    image = g.node("EmptyImage", width=48, height=40, batch_size=images, color=0x3C8AD2)
     cv = g.node("CLIPVisionLoader", clip_name="tiny_sigclip.safetensors")
     enc = g.node("CLIPVisionEncode", "cv", clip_vision=cv, image=image, crop="none")
     style = g.node("StyleModelLoader", style_model_name=style_file)
@@ -115,6 +115,9 @@ def test_strength_scales_the_image_tokens_only(flow_engine, tiny_flux, redux_fil
     assert torch.allclose(half[:, 256:], 0.25 * full[:, 256:], atol=1e-6)
     assert full[:, 256:].abs().max() > 0.01
     assert torch.equal(bias1, full)  # ComfyUI adds no attention bias at strength 1
+    two = flow_engine.run(redux_graph(images=2, sample=False)).raise_for_status().value("styled")[0][0]
+    assert two.shape == (1, 256 + 2 * 17, T5_DIM)  # the images' tokens side by side in one row
+    assert torch.allclose(two[:, 256 + 17:], full[:, 256:], atol=1e-5)
 
 
 def test_attn_bias_below_one_and_other_style_models_are_refused(flow_engine, tiny_flux, redux_files):
