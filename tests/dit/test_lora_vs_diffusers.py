@@ -1,7 +1,8 @@
 """LoRAs in a user layout change the output as diffusers' own LoRA loading does: the same file through
 ComfyUI's LoraLoaderModelOnly in our engine, and through ``pipe.load_lora_weights`` (PEFT) in the diffusers
 pipeline at the same strength, seed and latents, agree at 1e-4 (Flux.1 with a kohya file, SD3.5 with a
-diffusers / PEFT file, Qwen-Image with a ComfyUI / lightx2v file)."""
+diffusers / PEFT file, Qwen-Image with a ComfyUI / lightx2v file, Flux.2
+with a ComfyUI / BFL-layout file)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, tiny_z_image  # noqa: F401
+from tests.dit.test_flux2 import engine, tiny  # noqa: F401  (Flux.2's fixtures)
 from tests.dit.tiny_flow import _contig, flux_to_bfl
 
 RANK, ALPHA, STRENGTH = 4, 2.0, 0.8
@@ -148,3 +150,61 @@ def test_qwen_image_comfy_lora_matches_diffusers_load_lora_weights(qwen_engine, 
                    output_type="pt").images.permute(0, 2, 3, 1)
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
     assert not torch.allclose(image, base_image, atol=1e-3)
+
+
+def _flux2_diffusers_image(t, states, path) -> torch.Tensor:
+    from diffusers import Flux2Pipeline
+
+    from tests.dit.test_flux2 import reference
+    from tests.dit.tiny_flux2 import scheduler
+
+    net = copy.deepcopy(t.transformer)
+    pipe = Flux2Pipeline(scheduler=scheduler(), vae=t.vae, text_encoder=t.text_encoder, tokenizer=t.tokenizer,
+                         transformer=net)
+    _with_adapter(pipe, path)
+    return reference(t, states, transformer=net)
+
+
+def test_flux2_comfy_lora_matches_diffusers_load_lora_weights(engine, tiny):  # noqa: F811
+    """The same BFL-layout file on both sides, less two things diffusers' Flux.2 converter does not take:
+    ``.alpha`` entries (it raises "original_state_dict should be empty"; as ai-toolkit saves, alpha = rank on
+    both sides) and ``final_layer.adaLN_modulation.1`` (it renames it to ``norm_out.linear`` without swapping
+    the shift / scale halves, unlike its Flux.1 converters; ComfyUI and we apply it to the BFL layer as it is,
+    see the next test)."""
+    from tests.dit.test_flux2 import flux2_graph, pipeline_states, reference
+    from tests.dit.tiny_flux2 import flux2_lora
+
+    root, t = tiny
+    _, bfl = flux2_lora(t.transformer)
+    bfl = {k: v for k, v in bfl.items() if not k.endswith(".alpha") and "final_layer" not in k}
+    path = root / "models" / "loras" / "flux2_user_comfy.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(bfl, str(path))
+    image = engine.run(flux2_graph("files", lora=path.name, lora_strength=STRENGTH)).raise_for_status().value("out")
+    states = pipeline_states(t)
+    ref = _flux2_diffusers_image(t, states, path)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, reference(t, states), atol=1e-3)
+
+
+def test_flux2_comfy_lora_with_final_layer_matches_diffusers_named_lora(engine, tiny):  # noqa: F811
+    """The whole ComfyUI-layout file (fused qkv, linear1, final modulation, alpha) in our engine equals
+    diffusers loading its diffusers-named equivalent (``transformer.<module>.lora_A/B``, alpha / rank folded
+    into B since that layout carries no alpha)."""
+    from tests.dit.test_flux2 import flux2_graph, pipeline_states
+    from tests.dit.tiny_flux2 import flux2_lora
+
+    root, t = tiny
+    modules, bfl = flux2_lora(t.transformer)
+    loras = root / "models" / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    save_file(bfl, str(loras / "flux2_user_comfy_full.safetensors"))
+    diff = {}
+    for name, (down, up, scale) in modules.items():
+        diff[f"transformer.{name}.lora_A.weight"] = down.clone()
+        diff[f"transformer.{name}.lora_B.weight"] = (up * scale).contiguous()
+    save_file(diff, str(loras / "flux2_user_diffusers.safetensors"))
+    image = engine.run(flux2_graph("files", lora="flux2_user_comfy_full.safetensors", lora_strength=STRENGTH)) \
+        .raise_for_status().value("out")
+    ref = _flux2_diffusers_image(t, pipeline_states(t), loras / "flux2_user_diffusers.safetensors")
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
