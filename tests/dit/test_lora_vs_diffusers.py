@@ -19,8 +19,9 @@ RANK, ALPHA, STRENGTH = 4, 2.0, 0.8
 # Layers left out because diffusers (0.42.1 here) takes them differently, not our engine (test_lora.py checks
 # them against merged weights): single_blocks.N.linear1 - its kohya converter splits it at full-size Flux
 # widths (3072 x3 + 12288), which a tiny model does not have; final_layer.adaLN_modulation.1 - it drops that
-# layer's alpha (scale 1 instead of alpha / rank); img_in - the converted delta is right (x_embedder, alpha /
-# rank) yet the image differs by 0.17, cause not found.
+# layer's alpha (scale 1 instead of alpha / rank); img_in - lora_state_dict converts it right (x_embedder,
+# alpha / rank) but it does not reach the transformer: a file with img_in alone loads no adapter at all
+# ("not in the list of present adapters: set()"), and in a mixed file the image differs by 0.17.
 FLUX_LAYERS = ["double_blocks.0.img_attn.qkv", "double_blocks.0.txt_mlp.0", "double_blocks.0.img_attn.proj",
                "double_blocks.0.txt_attn.qkv", "single_blocks.0.linear2"]
 
