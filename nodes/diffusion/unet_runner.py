@@ -23,7 +23,7 @@ import torch
 
 from nodegraph.cpu_threads import small_work_threads
 
-from nodegraph_nodes.diffusion.control_run import UNetInputs
+from nodegraph_nodes.diffusion.control_run import UNetInputs, fit_rows
 from nodegraph_nodes.sampling.model import CondPart
 
 
@@ -52,15 +52,6 @@ def common_length(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.repeat(1, n // t.shape[1], 1) for t in tensors]
 
 
-def _rows(cond: torch.Tensor, rows: int) -> torch.Tensor:
-    if cond.shape[0] == rows:
-        return cond
-    if cond.shape[0] == 1:
-        return cond.expand(rows, *cond.shape[1:])
-    reps = (rows + cond.shape[0] - 1) // cond.shape[0]
-    return cond.repeat(reps, *([1] * (cond.ndim - 1)))[:rows]
-
-
 class UNetRunner:
     """One run's UNet calls (see the module docstring)."""
 
@@ -84,7 +75,7 @@ class UNetRunner:
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         h, w = x_in.shape[-2], x_in.shape[-1]
-        embeds = common_length([_rows(p.cond.to(self.device, self.dtype), p.rows) for p in parts])
+        embeds = common_length([fit_rows(p.cond.to(self.device, self.dtype), p.rows) for p in parts])
         kwargs: dict = {}
         added = None
         if self.model.is_sdxl:
