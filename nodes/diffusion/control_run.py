@@ -29,7 +29,6 @@ from contextlib import ExitStack
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from nodegraph_nodes.diffusion.controlnet import ControlHint
 from nodegraph_nodes.image.operations import common_upscale

@@ -17,7 +17,6 @@ The deltas are added to the transformer's weights for each run and removed after
 
 from __future__ import annotations
 
-import re
 
 import torch
 

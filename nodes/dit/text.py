@@ -21,7 +21,6 @@ Weights ≠ 1 move the states away from the empty prompt's, as for CLIP.
 from __future__ import annotations
 
 import dataclasses
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -15,7 +15,6 @@ takes ``bit_depth`` 8 (or auto) and ``color_space`` sRGB only: 10-bit and HDR ar
 from __future__ import annotations
 
 import math
-import os
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path

@@ -32,7 +32,7 @@ from nodegraph.node import BOOLEAN, FLOAT, Input, Node, Output
 from nodegraph.types import MODEL
 
 from nodegraph_nodes.sampling.model import Prediction, require_sampling_model
-from nodegraph_nodes.sampling.run_patches import ModelPatch, PatchRun, RunnerProxy, with_patch
+from nodegraph_nodes.sampling.run_patches import ModelPatch, PatchRun, RunnerProxy
 
 log = logging.getLogger(__name__)
 
