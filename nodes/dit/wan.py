@@ -47,6 +47,7 @@ from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transfor
 from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer  # AutoTokenizer, local files only
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
+from nodegraph_nodes.dit import wan_vace
 from nodegraph_nodes.dit.runner_common import NetRunner
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
@@ -118,7 +119,11 @@ def build_transformer(sd: dict, layout: str, dtype: torch.dtype):
         if "img_emb.emb_pos" in sd:  # FLF2V's image position embedding (not in diffusers' converter)
             sd["condition_embedder.image_embedder.pos_embed"] = sd.pop("img_emb.emb_pos")
         sd = convert_wan_transformer_to_diffusers(sd)
-    return _instantiate(WanTransformer3DModel, transformer_config(sd), sd, dtype, "Wan transformer")
+    config = transformer_config(sd)
+    if wan_vace.is_vace(sd):  # Wan 2.1 VACE (:mod:`.wan_vace`)
+        config.update(wan_vace.vace_config(sd, config["num_layers"]))
+        return _instantiate(wan_vace.transformer_class(), config, sd, dtype, "Wan VACE transformer")
+    return _instantiate(WanTransformer3DModel, config, sd, dtype, "Wan transformer")
 
 
 def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str = "default") -> "WanModel":
@@ -164,6 +169,7 @@ class WanRunner(NetRunner):
         self.in_channels = int(net.config.in_channels)
         self.image_dim = getattr(net.config, "image_dim", None)
         self.image_positions = getattr(net.config, "pos_embed_seq_len", None)
+        self.vace = getattr(net.config, "vace_layers", None) is not None
 
     def _concat(self, x: torch.Tensor, part: CondPart) -> torch.Tensor:
         """Image-to-video models' extra channels (ComfyUI's Wan ``concat_cond``): ``1 - concat_mask`` as four
@@ -220,6 +226,8 @@ class WanRunner(NetRunner):
             extra = {}
             if self.image_dim is not None:
                 extra["encoder_hidden_states_image"] = self._image_states(part)
+            if self.vace:
+                extra.update(wan_vace.control_inputs(self.net, part, xs, self.device, self.dtype))
             outs.append(self.net(hidden_states=xs, timestep=t[row:row + part.rows],
                                  encoder_hidden_states=states, return_dict=False, **extra)[0])
             row += part.rows

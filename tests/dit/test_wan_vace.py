@@ -1,0 +1,154 @@
+"""Wan 2.1 VACE through ComfyUI's nodes (UNETLoader on a VACE single file → WanVaceToVideo → KSampler →
+TrimVideoLatent → VAEDecode) equals diffusers' WanVACEPipeline on the same tiny weights, seed, steps,
+guidance and shift (1e-4): with a control video, control masks and a reference image, and with none of
+them (text-to-video through VACE); and ComfyUI's official VACE templates run on the tiny files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from tests.dit.tiny_wan_vace import VACE_FILE, build_wan_vace
+from tests.helpers.engines import make_engine
+from tests.helpers.noise import engine_noise
+
+PROMPT = "a red fox running in snow"
+SEED, STEPS, CFG, SHIFT = 13, 3, 4.0, 5.0
+WIDTH, HEIGHT, LENGTH = 32, 32, 5  # latent [1, 16, 2, 4, 4] (+1 frame with a reference image)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_wan_vace(tmp_path_factory.mktemp("wan_vace_models"))
+
+
+@pytest.fixture
+def engine(tiny, tmp_path):
+    eng = make_engine(tiny.root, tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+def control_inputs(input_dir):
+    """A 5-frame control video with binary masks (an animated RGBA PNG: LoadImage's mask is 1 - alpha, 1 on
+    the left half of each frame and a moving square), a reference image; and the same as PIL images for
+    diffusers (masks white = 1)."""
+    rng = np.random.default_rng(21)
+    frames, masks, rgba = [], [], []
+    for i in range(LENGTH):
+        rgb = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+        mask = np.zeros((HEIGHT, WIDTH), dtype=np.uint8)
+        mask[:, :WIDTH // 2] = 255
+        mask[8 + i:16 + i, 16:24] = 255
+        frames.append(Image.fromarray(rgb, "RGB"))
+        masks.append(Image.fromarray(np.repeat(mask[..., None], 3, axis=2), "RGB"))
+        rgba.append(Image.fromarray(np.concatenate([rgb, (255 - mask)[..., None]], axis=2), "RGBA"))
+    input_dir.mkdir(parents=True, exist_ok=True)
+    rgba[0].save(input_dir / "control.png", save_all=True, append_images=rgba[1:], duration=100, loop=0)
+    reference = Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB")
+    reference.save(input_dir / "reference.png")
+    return frames, masks, reference
+
+
+def vace_graph(with_inputs: bool, strength: float) -> Graph:
+    g = Graph()
+    model = g.node("UNETLoader", unet_name=VACE_FILE, weight_dtype="default").out(0)
+    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    extra = {}
+    if with_inputs:
+        control = g.node("LoadImage", image="control.png")
+        extra = {"control_video": control.out(0), "control_masks": control.out(1),
+                 "reference_image": g.node("LoadImage", image="reference.png").out(0)}
+    vace = g.node("WanVaceToVideo", "vace", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
+                  length=LENGTH, batch_size=1, strength=strength, **extra)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal",
+                positive=vace.out(0), negative=vace.out(1), latent_image=vace.out(2), denoise=1.0)
+    trim = g.node("TrimVideoLatent", samples=ks, trim_amount=vace.out(3))
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=trim, vae=vae))
+    g.node("PreviewAny", source=vace.out(3))
+    return g
+
+
+def reference_frames(tiny, frames, masks, reference, strength: float) -> torch.Tensor:
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanVACEPipeline
+
+    pipe = WanVACEPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=tiny.transformer,
+                           vae=tiny.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT))
+    pipe.set_progress_bar_config(disable=True)
+    refs = 1 if reference is not None else 0
+    noise, _ = engine_noise((1, 16, (LENGTH - 1) // 4 + 1 + refs, HEIGHT // 8, WIDTH // 8), SEED)
+    text = WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=None, vae=None,
+                       scheduler=None)  # the VACE pipeline's prompt cleaning needs ftfy; the encoding is the same
+    with torch.no_grad():
+        embeds, negative = text.encode_prompt(PROMPT, negative_prompt="", max_sequence_length=512)
+        video = pipe(video=frames, mask=masks, reference_images=reference, prompt_embeds=embeds,
+                     negative_prompt_embeds=negative, height=HEIGHT, width=WIDTH, num_frames=LENGTH,
+                     num_inference_steps=STEPS, guidance_scale=CFG, latents=noise, conditioning_scale=strength,
+                     output_type="pt").frames
+    return video[0].permute(0, 2, 3, 1).float()
+
+
+@pytest.mark.parametrize("with_inputs,strength", [(True, 1.0), (True, 0.6), (False, 1.0)],
+                         ids=["control+reference", "strength0.6", "no-inputs"])
+def test_wan_vace_matches_pipeline(engine, tiny, with_inputs, strength):
+    frames = masks = reference = None
+    if with_inputs:
+        frames, masks, reference = control_inputs(engine.paths.input_dir)
+    result = engine.run(vace_graph(with_inputs, strength)).raise_for_status()
+    out = result.value("out")
+    ref = reference_frames(tiny, frames, masks, reference, strength)
+    assert out.shape == ref.shape == (LENGTH, HEIGHT, WIDTH, 3)
+    assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+    assert out.std() > 0.01
+    trim = result.value("vace", 3)
+    assert trim == (1 if with_inputs else 0)
+    assert result.value("vace", 2)["samples"].shape == (1, 16, 2 + trim, HEIGHT // 8, WIDTH // 8)
+
+
+def test_wan_vace_control_changes_the_output(engine, tiny):
+    control_inputs(engine.paths.input_dir)
+    with_control = engine.run(vace_graph(True, 1.0)).raise_for_status().value("out")
+    without = engine.run(vace_graph(False, 1.0)).raise_for_status().value("out")
+    zero_strength = engine.run(vace_graph(True, 0.0)).raise_for_status().value("out")
+    assert not torch.allclose(with_control, without, atol=1e-3)
+    assert not torch.allclose(with_control, zero_strength, atol=1e-3)
+
+
+def test_wan_vace_node_shapes_and_errors(engine, tiny):
+    """The conditioning values (32-channel frames, 64-channel mask, strength) and a clear error for two
+    WanVaceToVideo nodes chained on one conditioning."""
+    control_inputs(engine.paths.input_dir)
+    g = vace_graph(True, 1.0)
+    result = engine.run(g).raise_for_status()
+    extras = result.value("vace", 0)[0][1]
+    assert extras["vace_frames"][0].shape == (1, 32, 3, HEIGHT // 8, WIDTH // 8)
+    assert extras["vace_mask"][0].shape == (1, 64, 3, HEIGHT // 8, WIDTH // 8)
+    assert torch.all(extras["vace_mask"][0][:, :, 0] == 0)  # the reference frame
+    assert extras["vace_strength"] == [1.0]
+
+    g = Graph()
+    model = g.node("UNETLoader", unet_name=VACE_FILE, weight_dtype="default").out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    a = g.node("WanVaceToVideo", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT, length=LENGTH,
+               batch_size=1, strength=1.0)
+    b = g.node("WanVaceToVideo", positive=a.out(0), negative=a.out(1), vae=vae, width=WIDTH, height=HEIGHT,
+               length=LENGTH, batch_size=1, strength=1.0)
+    ks = g.node("KSampler", "ks", model=model, seed=SEED, steps=1, cfg=CFG, sampler_name="euler", scheduler="normal",
+           positive=b.out(0), negative=b.out(1), latent_image=b.out(2), denoise=1.0)
+    g.node("PreviewAny", source=ks)
+    failed = engine.run(g)
+    assert not failed.ok
+    message = str(failed.failure)
+    assert "WanVaceToVideo" in message and "chained" in message, message
