@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -96,4 +97,48 @@ def test_z_image_user_loras_match_diffusers_load_lora_weights(qwen_engine, qwen_
 
 HIDREAM_LAYERS = ["double_stream_blocks.0.block.attn1.to_q", "double_stream_blocks.0.block.attn1.to_k_t",
                   "double_stream_blocks.0.block.ff_i.shared_experts.w1", "single_stream_blocks.0.block.attn1.to_out",
-                  "double_stream_blocks.0.block.adaLN_modulation.1"]
+                  "double_stream_blocks.0.block.adaLN_modulation.1", "single_stream_blocks.0.block.ff_i.experts.1.w2"]
+
+
+@pytest.fixture(scope="module")
+def hidream(tmp_path_factory):
+    from tests.dit.tiny_hidream import build_hidream
+
+    root = tmp_path_factory.mktemp("hidream_lora_models")
+    return root, build_hidream(root)
+
+
+def test_hidream_comfy_lora_matches_diffusers_load_lora_weights(hidream, tmp_path):
+    """ComfyUI / ai-toolkit names (``diffusion_model.<the transformer's own module>.lora_A/B``, no alpha): the
+    same file on both sides. Diffusers' HiDream converter only renames the prefix, so it takes neither
+    ``.alpha`` entries ("Invalid LoRA checkpoint. Make sure all LoRA param names contain 'lora'") nor
+    ``lora_down``/``lora_up`` names (no rank found: IndexError in get_peft_kwargs); our engine reads that
+    layout with ``.alpha`` too, checked here as the same weights (``up · rank / alpha``) giving the same image."""
+    from nodegraph.registry import default_registry
+
+    from tests.dit.test_hidream import hidream_graph, reference
+    from tests.dit.tiny_hidream import pipeline
+    from tests.helpers.engines import make_engine
+
+    root, t = hidream
+    sd, with_alpha = {}, {}
+    for i, layer in enumerate(HIDREAM_LAYERS):
+        up, down = _pair(t.transformer.get_submodule(layer).weight.shape, 90 + i)
+        base = "diffusion_model." + layer
+        sd.update({base + ".lora_B.weight": up, base + ".lora_A.weight": down})
+        with_alpha.update({base + ".lora_up.weight": up * (RANK / ALPHA), base + ".lora_down.weight": down,
+                           base + ".alpha": torch.tensor(ALPHA)})
+    path = _save(root, "hidream_user_comfy.safetensors", sd)
+    _save(root, "hidream_user_comfy_alpha.safetensors", with_alpha)
+    engine = make_engine(root, tmp_path, default_registry(packs=False))
+    try:
+        base = _run(engine, hidream_graph(), None)
+        image = _run(engine, hidream_graph(), path.name)
+        image_alpha = _run(engine, hidream_graph(), "hidream_user_comfy_alpha.safetensors")
+    finally:
+        engine.close()
+    net = _adapted(lambda n: pipeline(dataclasses.replace(t, transformer=n)), copy.deepcopy(t.transformer), path)
+    ref = reference(dataclasses.replace(t, transformer=net))
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, base, atol=1e-3)
+    assert torch.allclose(image_alpha, image, atol=1e-5)
