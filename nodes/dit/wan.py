@@ -160,6 +160,12 @@ class WanModel(FlowModel):
     def open_runner(self, ctx, latent_shape: tuple):
         return open_runner(self, ctx, latent_shape, WanRunner)
 
+    def lora_patch(self, sd: dict, strength: float, name: str):
+        """LoraLoader: diffusers-named or Wan-original-named LoRAs (:mod:`.wan_lora`)."""
+        from nodegraph_nodes.dit.wan_lora import wan_lora_patch
+
+        return wan_lora_patch(self.handle.get(), sd, strength, name)
+
 
 class WanRunner(NetRunner):
     """One run's calls of a ``WanTransformer3DModel``: one call per conditioning part (its rows batched)."""

@@ -152,3 +152,125 @@ def test_wan_vace_node_shapes_and_errors(engine, tiny):
     assert not failed.ok
     message = str(failed.failure)
     assert "WanVaceToVideo" in message and "chained" in message, message
+
+
+def write_original_lora(net, path, rank: int = 4, seed: int = 3) -> None:
+    """A random LoRA in Wan's original names (``diffusion_model.blocks.N.self_attn.q.lora_down.weight``, as
+    CausVid / lightx2v files) on the attention and feed-forward layers of ``net``'s blocks (not the VACE
+    blocks: diffusers' Wan LoRA conversion refuses them; those of the nodegraph side are read alike)."""
+    from safetensors.torch import save_file
+
+    from tests.dit.tiny_wan_vace import vace_original_layout
+
+    gen = torch.Generator().manual_seed(seed)
+    names = {}
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("blocks.") and (
+                ".attn" in name or ".ffn." in name):
+            names[name + ".weight"] = module
+    original = vace_original_layout({k: torch.zeros(1) for k in names}, prefix="diffusion_model.")
+    sd = {}
+    for (key, module), okey in zip(names.items(), original):
+        base = okey[:-len(".weight")]
+        out_f, in_f = module.weight.shape
+        sd[base + ".lora_down.weight"] = torch.randn(rank, in_f, generator=gen) * 0.3
+        sd[base + ".lora_up.weight"] = torch.randn(out_f, rank, generator=gen) * 0.3
+        sd[base + ".alpha"] = torch.tensor(float(rank) / 2)
+    save_file(sd, str(path))
+
+
+def test_wan_original_named_lora_matches_diffusers(engine, tiny):
+    """A Wan LoRA in Wan's original names (ComfyUI users' CausVid / lightx2v files) through
+    LoraLoaderModelOnly on the VACE model equals WanVACEPipeline after ``load_lora_weights`` of the same file
+    (diffusers' own conversion of these names) at 1e-4, and changes the output."""
+    pytest.importorskip("peft")
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanVACEPipeline
+
+    loras = tiny.root / "models" / "loras"
+    loras.mkdir(exist_ok=True)
+    write_original_lora(tiny.transformer, loras / "tiny_wan_lora.safetensors")
+    base = engine.run(vace_graph(False, 1.0)).raise_for_status().value("out")
+    g = Graph()
+    model = g.node("UNETLoader", unet_name=VACE_FILE, weight_dtype="default").out(0)
+    model = g.node("LoraLoaderModelOnly", model=model, lora_name="tiny_wan_lora.safetensors", strength_model=0.8).out(0)
+    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    vace = g.node("WanVaceToVideo", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT, length=LENGTH,
+                  batch_size=1, strength=1.0)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal",
+                positive=vace.out(0), negative=vace.out(1), latent_image=vace.out(2), denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
+    out = engine.run(g).raise_for_status().value("out")
+
+    import copy
+
+    net = copy.deepcopy(tiny.transformer)
+    pipe = WanVACEPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=net,
+                           vae=tiny.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(loras / "tiny_wan_lora.safetensors"), adapter_name="tiny")
+    pipe.set_adapters(["tiny"], [0.8])
+    noise, _ = engine_noise((1, 16, (LENGTH - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8), SEED)
+    text = WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=None, vae=None,
+                       scheduler=None)
+    with torch.no_grad():
+        embeds, negative = text.encode_prompt(PROMPT, negative_prompt="", max_sequence_length=512)
+        video = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, height=HEIGHT, width=WIDTH,
+                     num_frames=LENGTH, num_inference_steps=STEPS, guidance_scale=CFG, latents=noise,
+                     output_type="pt").frames
+    ref = video[0].permute(0, 2, 3, 1).float()
+    assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+    assert not torch.allclose(out, base, atol=1e-3)
+
+
+VACE_TEMPLATES = ("video_wan_vace_14B_t2v", "video_wan_vace_14B_ref2v")
+
+
+@pytest.mark.parametrize("name", VACE_TEMPLATES)
+def test_comfy_wan_vace_templates_run(engine, tiny, name):
+    """ComfyUI's official VACE templates (the installed comfyui_workflow_templates_json package, MIT) on the
+    tiny files saved under their names (the CausVid LoRA: a tiny LoRA in Wan's original names). Made smaller:
+    WanVaceToVideo 32×32, 5 frames; the template's 4 uni_pc steps are kept."""
+    import json
+
+    import av
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_qwen import copy_as
+    from tests.helpers.package_templates import package_templates
+
+    copy_as(tiny.root, {f"diffusion_models/{VACE_FILE}": "diffusion_models/wan2.1_vace_14B_fp16.safetensors",
+                        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp16.safetensors",
+                        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
+    loras = tiny.root / "models" / "loras"
+    loras.mkdir(exist_ok=True)
+    write_original_lora(tiny.transformer, loras / "Wan21_CausVid_14B_T2V_lora_rank32.safetensors")
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB").save(
+        engine.paths.input_dir / f"{name}_reference_image.jpg")
+    api = load_workflow_data(json.loads(package_templates(lambda n: n == f"{name}.json")[0].read_text()), engine.registry).api
+    for n in api.values():
+        if n["class_type"] == "WanVaceToVideo":
+            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
+    result = engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    assert {"WanVaceToVideo", "LoraLoader", "TrimVideoLatent", "SaveVideo"} <= set(executed)
+    assert ("LoadImage" in executed) == (name == "video_wan_vace_14B_ref2v")
+    saved = list(engine.paths.output_dir.rglob("*.mp4"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == LENGTH
+
+
+def test_comfy_wan_vace_templates_validate(engine):
+    """Every official VACE template validates with file errors only, except the inpainting one, which needs
+    SAM3_Detect (a segmentation model nodegraph does not have)."""
+    from tests.helpers.package_templates import check_templates, package_templates
+
+    check = check_templates(package_templates(lambda n: "vace" in n), engine.registry)
+    assert len(check.clean) == 5, check.clean
+    check.assert_missing({"SAM3_Detect"})

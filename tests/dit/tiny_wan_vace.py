@@ -34,7 +34,7 @@ def vace_transformer(seed: int = 61):
     return _random_transformer(net, seed)
 
 
-def vace_original_layout(sd: dict) -> dict:
+def vace_original_layout(sd: dict, prefix: str = "model.diffusion_model.") -> dict:
     """Wan's original names for a diffusers VACE state dict (the VACE blocks' projections as
     ``before_proj`` / ``after_proj``)."""
     renamed = {}
@@ -42,7 +42,7 @@ def vace_original_layout(sd: dict) -> dict:
         if k.startswith("vace_blocks."):
             k = k.replace(".proj_in.", ".before_proj.").replace(".proj_out.", ".after_proj.")
         renamed[k] = v
-    return wan_original_layout(renamed)
+    return wan_original_layout(renamed, prefix)
 
 
 @dataclass
