@@ -260,9 +260,14 @@ class LoraLoaderModelOnly(Node):
         return (new_model,)
 
 
-#: ComfyUI's CLIPLoader types, plus nodegraph's ``sd2`` (OpenCLIP-H for SD 2.x)
+#: ComfyUI's CLIPLoader types in its order (nodes.py, Comfy-Org/ComfyUI 02217e3), then the newer ones the
+#: official templates (comfyui-workflow-templates-json 0.1.123) save (``moss_image``, ``fibo2``, ``flux3``:
+#: their place in ComfyUI's list is not known here), then nodegraph's ``sd2`` (OpenCLIP-H for SD 2.x).
+#: Types outside LOADED_CLIP_TYPES validate and fail at run time with an error naming the type.
 CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "mochi", "ltxv", "pixart", "cosmos",
-              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "sd2"]
+              "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis",
+              "longcat_image", "cogvideox", "lens", "pixeldit", "ideogram4", "boogu", "krea2", "joyimage", "mage",
+              "minimax", "yue2", "moss_image", "fibo2", "flux3", "sd2"]
 LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma", "hidream")
 
 

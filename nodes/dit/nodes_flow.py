@@ -23,7 +23,10 @@ from nodegraph_nodes.diffusion.files import file_identity, list_model_files, res
 from nodegraph_nodes.dit.text import FlowClip
 
 MAX_RESOLUTION = 16384
-DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"]
+#: ComfyUI's DualCLIPLoader types in its order (nodes.py, Comfy-Org/ComfyUI 02217e3); the ones nodegraph does
+#: not load validate and fail at run time with an error naming the type.
+DUAL_CLIP_TYPES = ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image", "hunyuan_video_15", "kandinsky5",
+                   "kandinsky5_image", "ltxv", "newbie", "ace"]
 SUPPORTED_DUAL = ("sd3", "flux")
 
 
