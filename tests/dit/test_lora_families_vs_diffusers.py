@@ -142,3 +142,49 @@ def test_hidream_comfy_lora_matches_diffusers_load_lora_weights(hidream, tmp_pat
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
     assert not torch.allclose(image, base, atol=1e-3)
     assert torch.allclose(image_alpha, image, atol=1e-5)
+
+
+# -- Chroma ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def chroma(tmp_path_factory):
+    from tests.dit.tiny_chroma import build_chroma
+
+    root = tmp_path_factory.mktemp("chroma_lora_models")
+    return root, build_chroma(root)
+
+
+def test_chroma_kohya_lora_matches_diffusers_load_lora_weights(chroma, tmp_path):
+    """A kohya file in BFL's Flux block names (Chroma's blocks are Flux's), with ``.alpha``: ChromaPipeline
+    loads it with Flux's loader (its kohya converter). The layers diffusers takes differently for Flux.1 are
+    left out for the same reasons (test_lora_vs_diffusers.FLUX_LAYERS: ``linear1`` split at full-size widths)."""
+    from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
+
+    from nodegraph.registry import default_registry
+
+    from tests.dit.test_chroma import chroma_graph, reference
+    from tests.dit.test_lora_vs_diffusers import FLUX_LAYERS
+    from tests.dit.tiny_chroma import chroma_to_comfy
+    from tests.helpers.engines import make_engine
+
+    root, t = chroma
+    bfl = chroma_to_comfy(t.transformer)
+    sd = {}
+    for i, layer in enumerate(FLUX_LAYERS + ["single_blocks.1.linear2", "double_blocks.0.txt_attn.proj"]):
+        up, down = _pair(bfl[layer + ".weight"].shape, 110 + i)
+        flat = "lora_unet_" + layer.replace(".", "_")
+        sd.update({flat + ".lora_up.weight": up, flat + ".lora_down.weight": down, flat + ".alpha": torch.tensor(ALPHA)})
+    path = _save(root, "chroma_user_kohya.safetensors", sd)
+    engine = make_engine(root, tmp_path, default_registry(packs=False))
+    try:
+        base = _run(engine, chroma_graph("files"), None)
+        image = _run(engine, chroma_graph("files"), path.name)
+    finally:
+        engine.close()
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(t.diffusers_dir / "scheduler"))
+    net = _adapted(lambda n: ChromaPipeline(transformer=n, vae=t.vae, text_encoder=t.text.t5,
+                                            tokenizer=t.text.tokenizer_t5, scheduler=scheduler),
+                   copy.deepcopy(t.transformer), path)
+    ref = reference(dataclasses.replace(t, transformer=net))
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(image, base, atol=1e-3)
