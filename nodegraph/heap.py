@@ -21,7 +21,9 @@ that one fault maps 2 MiB, where the kernel's THP mode is ``madvise`` or ``alway
 ``glibc.malloc.arena_max=1`` keeps every thread on that heap, since glibc madvises only the main
 arena). glibc reads tunables when the process starts, so :func:`exec_with_heap_tunables` re-executes
 the process once with them in ``GLIBC_TUNABLES``; nothing happens where they are set already, where
-``NODEGRAPH_HEAP_TUNABLES=0``, or without glibc and THP.
+``NODEGRAPH_HEAP_TUNABLES=0``, or without glibc and THP. Even 2 MiB at a time, the kernel zeroes every
+fresh page at its first touch; :func:`prefault_heap` lets the job runner do that touching while it
+waits for the next job, for as many bytes as the last job's results took (:data:`RESERVE_LIMIT` at most).
 """
 
 from __future__ import annotations
@@ -122,6 +124,43 @@ class TrimGate:
         self._at = time.monotonic()
 
 
+#: the most :func:`prefault_heap` keeps ready (under :data:`TRIM_SLACK`, so glibc does not trim it)
+RESERVE_LIMIT = 24 << 20
+#: below this, a reserve is not worth its calls
+RESERVE_MIN = 1 << 20
+#: each piece of a reserve: under glibc's fixed 128 KiB mmap threshold, so it comes from the heap
+_RESERVE_PIECE = 96 << 10
+
+
+def started_with_trim_threshold() -> bool:
+    """Whether glibc started this process with a raised ``trim_threshold``: the re-execution of
+    :func:`exec_with_heap_tunables` happened, or the user's ``GLIBC_TUNABLES`` sets it. Only then does
+    freed memory at the heap's top stay for :func:`prefault_heap` to prepare."""
+    return _reexecuted or "glibc.malloc.trim_threshold=" in os.environ.get("GLIBC_TUNABLES", "")
+
+
+def prefault_heap(nbytes: int, stop: threading.Event | None = None) -> int:
+    """Have about ``nbytes`` (at most :data:`RESERVE_LIMIT`) of the heap's top touched and free again.
+
+    A result the output cache keeps lives in fresh pages, and the kernel zeroes each one at its first
+    touch, in the middle of the next run (a 403-node chain of 64 px images: ~20 MiB, a tenth of its
+    run). Called while the runner waits for work, this touches that much heap in small pieces and frees
+    it: the pieces merge back into the heap's top, which glibc keeps (under its trim threshold), and
+    the next run's results are carved from pages already there. Stops early when ``stop`` is set (a
+    job arrived). Returns the bytes touched. The pieces are ``bytearray`` objects (zero-filled by one
+    ``memset`` each, from the heap): a tensor's fill would wake torch's thread pool for every piece."""
+    nbytes = min(nbytes, RESERVE_LIMIT)
+    if nbytes < RESERVE_MIN:
+        return 0
+    pieces: list[bytearray] = []
+    touched = 0
+    while touched < nbytes and not (stop is not None and stop.is_set()):
+        pieces.append(bytearray(_RESERVE_PIECE))
+        touched += _RESERVE_PIECE
+    del pieces
+    return touched
+
+
 #: glibc tunables :func:`exec_with_heap_tunables` starts the server with (module docstring)
 HEAP_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=1",
                  f"glibc.malloc.trim_threshold={TRIM_SLACK}")
@@ -130,6 +169,8 @@ TUNABLES_SWITCH = "NODEGRAPH_HEAP_TUNABLES"
 #: the user's ``GLIBC_TUNABLES`` (maybe empty) before the re-execution, restored for child processes
 _BEFORE = "NODEGRAPH_GLIBC_TUNABLES_BEFORE"
 _THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
+#: whether :func:`exec_with_heap_tunables` ran in the re-executed process (the tunables are in effect)
+_reexecuted = False
 
 
 def _thp_usable() -> bool:
@@ -163,8 +204,10 @@ def exec_with_heap_tunables() -> None:
     Call it first thing in a process's entry point, before any thread starts. In the re-executed
     process it puts the user's ``GLIBC_TUNABLES`` back into ``os.environ``, so that the processes it
     starts (ffmpeg, workers) get glibc's defaults as before."""
+    global _reexecuted
     before = os.environ.pop(_BEFORE, None)
     if before is not None:  # the re-executed process: glibc has read the tunables already
+        _reexecuted = True
         if before:
             os.environ["GLIBC_TUNABLES"] = before
         else:

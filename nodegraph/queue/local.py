@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 from ..errors import ValidationFailed
 from ..executor import Engine
-from ..heap import TrimGate
+from ..heap import TrimGate, prefault_heap, started_with_trim_threshold
 from ..plan import Plan
 from .base import RunnerBase, output_meta
 from .protocol import EventSink
@@ -47,6 +47,10 @@ class LocalRunner(RunnerBase):
         self._lock = threading.Lock()
         self._plans: OrderedDict[str, tuple[Plan, dict | None]] = OrderedDict()
         self._trim_gate = TrimGate()
+        #: bytes of new results the last job left in the cache: the heap reserve to have ready
+        self._grown = 0
+        #: the reserve stays only where glibc keeps a freed heap top (``nodegraph serve``'s tunables)
+        self._prefault = started_with_trim_threshold()
 
     # -- control (any thread) ---------------------------------------------------------------------
 
@@ -118,6 +122,9 @@ class LocalRunner(RunnerBase):
                 job = None
             if job is None:
                 self.idle.set()
+                if self._grown:  # nothing queued: have fresh heap ready for the next job's results
+                    prefault_heap(self._grown, self._wake)
+                    self._grown = 0
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
@@ -125,6 +132,7 @@ class LocalRunner(RunnerBase):
             self.current = job
             self._interrupt_requested = None
             self.broadcast_status()
+            held_before = self._cache_bytes()
             try:
                 self._run(job)
             except Exception:  # an engine bug must not kill the queue or leave the job hanging
@@ -134,6 +142,8 @@ class LocalRunner(RunnerBase):
                 self.current = None
                 self.current_reporter = None
             self._release_memory()  # after the job's end was reported: off its latency
+            if self._prefault:
+                self._grown = max(0, self._cache_bytes() - held_before)
 
     def _release_memory(self) -> None:
         """Give the heap's free memory back to the OS when it may hold enough (:class:`TrimGate`)."""
