@@ -188,3 +188,74 @@ def test_chroma_kohya_lora_matches_diffusers_load_lora_weights(chroma, tmp_path)
     ref = reference(dataclasses.replace(t, transformer=net))
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
     assert not torch.allclose(image, base, atol=1e-3)
+
+
+# -- Lumina 2 --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lumina(tmp_path_factory):
+    from tests.dit.tiny_lumina2 import build_lumina2
+
+    root = tmp_path_factory.mktemp("lumina2_lora_models")
+    return root, build_lumina2(root)
+
+
+#: ComfyUI / musubi layer → diffusers module (the mapping of diffusers' own Lumina 2 converter)
+LUMINA_LAYERS = {"layers.1.attention.out": "layers.1.attn.to_out.0",
+                 "noise_refiner.0.feed_forward.w2": "noise_refiner.0.feed_forward.linear_2",
+                 "context_refiner.0.feed_forward.w1": "context_refiner.0.feed_forward.linear_1",
+                 "layers.1.adaLN_modulation.1": "layers.1.norm1.linear"}
+
+
+def test_lumina2_user_loras_match_diffusers_load_lora_weights(lumina, tmp_path):
+    """A diffusers / PEFT file (``transformer.layers.N.attn.to_q.lora_A/B``, what diffusers' Lumina 2 trainer
+    saves) on both sides; and a ComfyUI-layout file (``diffusion_model.layers.N.attention.qkv`` fused,
+    ``.alpha``) in our engine against diffusers loading its diffusers-named equivalent (``up`` split by rows
+    into q / k / v with the shared ``down``, alpha / rank folded into ``up``). Diffusers' own converter for the
+    ComfyUI layout cannot take a tiny model's file: it splits the fused qkv at full-size Lumina 2 widths
+    ([2304, 768, 768]), expects every block's qkv / out / w1-3 (KeyError otherwise) and refuses ``.alpha``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline
+
+    from nodegraph.registry import default_registry
+
+    from tests.dit.test_lumina2 import lumina_graph, reference
+    from tests.helpers.engines import make_engine
+
+    root, t = lumina
+    net = t.transformer
+    q, kv = net.layers[0].attn.to_q.weight.shape[0], net.layers[0].attn.to_k.weight.shape[0]
+    peft, comfy, equivalent = {}, {}, {}
+    for i, name in enumerate(["layers.0.attn.to_q", "layers.1.attn.to_out.0", "noise_refiner.0.feed_forward.linear_2",
+                              "context_refiner.0.attn.to_k", "layers.1.norm1.linear"]):
+        up, down = _pair(net.get_submodule(name).weight.shape, 130 + i)
+        peft.update({f"transformer.{name}.lora_B.weight": up, f"transformer.{name}.lora_A.weight": down})
+    fused = {"layers.0.attention.qkv": ["layers.0.attn.to_q", "layers.0.attn.to_k", "layers.0.attn.to_v"]}
+    for i, layer in enumerate([*fused, *LUMINA_LAYERS]):
+        targets = fused.get(layer, [LUMINA_LAYERS.get(layer)])
+        rows = sum(net.get_submodule(n).weight.shape[0] for n in targets)
+        up, down = _pair((rows, net.get_submodule(targets[0]).weight.shape[1]), 150 + i)
+        base = "diffusion_model." + layer
+        comfy.update({base + ".lora_B.weight": up, base + ".lora_A.weight": down, base + ".alpha": torch.tensor(ALPHA)})
+        parts = up.split([q, kv, kv]) if len(targets) == 3 else [up]
+        for name, part in zip(targets, parts):
+            equivalent.update({f"transformer.{name}.lora_B.weight": part * (ALPHA / RANK),
+                               f"transformer.{name}.lora_A.weight": down})
+    files = {"peft": _save(root, "lumina2_user_peft.safetensors", peft),
+             "comfy": _save(root, "lumina2_user_comfy.safetensors", comfy)}
+    diffusers_files = {"peft": files["peft"], "comfy": _save(root, "lumina2_comfy_as_diffusers.safetensors", equivalent)}
+    engine = make_engine(root, tmp_path, default_registry(packs=False))
+    try:
+        base = _run(engine, lumina_graph("files"), None)
+        images = {k: _run(engine, lumina_graph("files"), p.name) for k, p in files.items()}
+    finally:
+        engine.close()
+
+    def make(n):
+        return Lumina2Pipeline(transformer=n, scheduler=FlowMatchEulerDiscreteScheduler(shift=6.0), vae=t.vae,
+                               text_encoder=t.text_encoder, tokenizer=t.tokenizer)
+
+    for layout, image in images.items():
+        adapted = _adapted(make, copy.deepcopy(net), diffusers_files[layout])
+        ref = reference(dataclasses.replace(t, transformer=adapted))
+        assert torch.allclose(image, ref, atol=1e-4), (layout, (image - ref).abs().max())
+        assert not torch.allclose(image, base, atol=1e-3)
