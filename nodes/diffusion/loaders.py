@@ -123,6 +123,10 @@ class CheckpointLoaderSimple(Node):
 
             if lumina2.is_checkpoint(file_keys(path, manager.allow_pickle)):  # Lumina 2 all-in-one
                 return lumina2.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
+            from nodegraph_nodes.dit import audio_loading
+
+            if (loaded := audio_loading.load_checkpoint(path, manager, self.ctx.device)) is not None:
+                return loaded  # Stable Audio, ACE-Step (nodegraph_nodes.dit.audio_loading)
         from nodegraph_nodes.dit import flux2_loading
 
         from nodegraph_nodes.dit import hidream_folder
@@ -268,13 +272,13 @@ CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "moch
               "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis",
               "longcat_image", "cogvideox", "lens", "pixeldit", "ideogram4", "boogu", "krea2", "joyimage", "mage",
               "minimax", "yue2", "moss_image", "fibo2", "flux3", "sd2"]
-LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma", "hidream")
+LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma", "hidream", "stable_audio")
 
 
 class CLIPLoader(Node):
     """Loads a standalone text encoder from models/text_encoders: ``stable_diffusion`` (CLIP-L), ``sd2``
     (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros),
-    ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Gemma 2 file (Lumina 2's) or a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL),
+    ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Gemma 2 file (Lumina 2's) or a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL), ``stable_audio`` (T5-base),
     ``flux2`` (Mistral Small 3, Flux.2 dev's; a Qwen3 file: Flux.2 Klein's), ``hidream`` (one of HiDream's four
     encoders; the others' parts are zeros as in ComfyUI). The other types of ComfyUI's list are refused with a clear error until their families load."""
 
@@ -300,6 +304,10 @@ class CLIPLoader(Node):
 
             return (load_hidream_clip([path], self.ctx.service("models"), target, Path(self.ctx.paths.models_dir),
                                       "CLIPLoader"),)
+        if type == "stable_audio":  # T5-base (nodegraph_nodes.dit.stable_audio)
+            from nodegraph_nodes.dit.stable_audio import load_text_encoder as load_t5_base
+
+            return (load_t5_base(path, self.ctx.service("models"), target, Path(self.ctx.paths.models_dir)),)
         if type == "wan":  # UMT5-XXL
             from nodegraph_nodes.dit.wan import load_text_encoder as load_umt5
 

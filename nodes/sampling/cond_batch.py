@@ -158,7 +158,7 @@ def _job(c: Cond, x_in: torch.Tensor, sigma: torch.Tensor, index: int) -> _Job |
         return None
     if c.sigma_end is not None and s < c.sigma_end:
         return None
-    H, W = x_in.shape[2], x_in.shape[3]
+    H, W = x_in.shape[2], (x_in.shape[3] if x_in.ndim > 3 else 1)  # audio latents [B, C, T] have no width
     area = None
     x = x_in
     if c.area is not None:
