@@ -33,8 +33,9 @@ def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
     from . import flux2_nodes, kontext, lumina2_nodes, nodes_flow, qwen_edit, skip_layers, video_latent, wan_i2v
     from . import hidream_nodes, redux, t5_options, text_generate, wan_vace
+    from . import ltx2_nodes
 
     from . import model_patch, model_patch_apply
 
     return [model_patch, model_patch_apply, nodes_flow, kontext, skip_layers, qwen_edit, video_latent, wan_i2v, flux2_nodes, lumina2_nodes,
-            t5_options, hidream_nodes, redux, wan_vace, text_generate]
+            t5_options, hidream_nodes, redux, wan_vace, text_generate, ltx2_nodes]

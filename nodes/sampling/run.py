@@ -114,6 +114,9 @@ def sample(ctx, guider: Guider, sampler: Sampler, sigmas: torch.Tensor, latent: 
            preview_every: int = 2, where: str = "sampler") -> RunResult:
     """Run ``sampler`` over ``sigmas`` on ``latent`` with ``guider``'s predictions."""
     model = require_sampling_model(guider.model, where)
+    bind = getattr(model, "for_latent", None)
+    if bind is not None:  # a model whose runner needs the LATENT's layout (LTX-2's packed audio-video latents)
+        model = bind(latent)
     out = dict(latent)
     samples = fit_latent(model, latent["samples"], where)
     out["samples"] = samples

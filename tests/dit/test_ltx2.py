@@ -1,0 +1,97 @@
+"""LTX-2 (video + audio) through ComfyUI's nodes equals diffusers' LTX2Pipeline on the same tiny weights, noise,
+sigmas and guidance: the all-in-one checkpoint (CheckpointLoaderSimple → MODEL + video VAE, LTXVAudioVAELoader,
+LTXAVTextEncoderLoader with a Gemma 3 file), EmptyLTXVLatentVideo + LTXVEmptyLatentAudio → LTXVConcatAVLatent →
+SamplerCustomAdvanced (LTXVScheduler, CFGGuider) → LTXVSeparateAVLatent → VAEDecode / LTXVAudioVAEDecode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from tests.dit.tiny_ltx2 import CHECKPOINT, GEMMA_FILE, build_ltx2
+from tests.helpers.engines import make_engine
+from tests.helpers.noise import engine_noise
+
+PROMPT = "a red fox running in snow"
+SEED, STEPS, CFG, RATE = 13, 3, 3.0, 25
+WIDTH, HEIGHT, LENGTH = 64, 64, 9  # video latent [1, 128, 2, 2, 2]; audio latent [1, 4, 9, 4]
+
+
+@pytest.fixture(scope="module")
+def tiny_ltx2(tmp_path_factory):
+    return build_ltx2(tmp_path_factory.mktemp("ltx2_models"))
+
+
+@pytest.fixture
+def ltx2_engine(tiny_ltx2, tmp_path):
+    eng = make_engine(tiny_ltx2.root, tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+def t2v_graph(prompt: str = PROMPT, cfg: float = CFG) -> Graph:
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    clip = g.node("LTXAVTextEncoderLoader", text_encoder=GEMMA_FILE, ckpt_name=CHECKPOINT, device="default").out(0)
+    audio_vae = g.node("LTXVAudioVAELoader", ckpt_name=CHECKPOINT).out(0)
+    pos = g.node("CLIPTextEncode", text=prompt, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    cond = g.node("LTXVConditioning", positive=pos, negative=neg, frame_rate=float(RATE))
+    video = g.node("EmptyLTXVLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    audio = g.node("LTXVEmptyLatentAudio", frames_number=LENGTH, frame_rate=RATE, batch_size=1, audio_vae=audio_vae)
+    av = g.node("LTXVConcatAVLatent", video_latent=video, audio_latent=audio)
+    sigmas = g.node("LTXVScheduler", "sigmas", steps=STEPS, max_shift=2.05, base_shift=0.95, stretch=True,
+                    terminal=0.1, latent=av)
+    guider = g.node("CFGGuider", model=ck.out(0), positive=cond.out(0), negative=cond.out(1), cfg=cfg)
+    sampled = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=SEED), guider=guider,
+                     sampler=g.node("KSamplerSelect", sampler_name="euler"), sigmas=sigmas, latent_image=av)
+    sep = g.node("LTXVSeparateAVLatent", av_latent=sampled.out(0))
+    g.node("PreviewAny", "vlat", source=sep.out(0))
+    frames = g.node("VAEDecode", "frames", samples=sep.out(0), vae=ck.out(2))
+    wave = g.node("LTXVAudioVAEDecode", "audio", samples=sep.out(1), audio_vae=audio_vae)
+    g.node("PreviewAny", source=frames)
+    g.node("PreviewAny", source=wave)
+    g.node("PreviewAny", source=sigmas)
+    return g
+
+
+def reference(tiny, sigmas: torch.Tensor, cfg: float = CFG):
+    """LTX2Pipeline on the engine's starting noise (unpacked and put in the pipeline's un-normalized spaces)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from nodegraph_nodes.dit import ltx2_latent as L
+
+    lay = L.Layout(128, (LENGTH - 1) // 8 + 1, HEIGHT // 32, WIDTH // 32, 4, 9, 4)
+    noise, _ = engine_noise((1, lay.features, 1, lay.tokens), SEED)
+    v_noise, a_noise = L.unpack(noise, lay)
+    vae, avae = tiny.vae, tiny.audio_vae
+    latents = v_noise * vae.latents_std.view(1, -1, 1, 1, 1) + vae.latents_mean.view(1, -1, 1, 1, 1)
+    packed = L.audio_tokens(a_noise) * avae.latents_std + avae.latents_mean
+    audio_latents = packed.unflatten(2, (4, 4)).transpose(1, 2)
+    pipe = tiny.pipeline(FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False))
+    with torch.no_grad():
+        out = pipe(prompt=PROMPT, negative_prompt="", height=HEIGHT, width=WIDTH, num_frames=LENGTH,
+                   frame_rate=float(RATE), num_inference_steps=STEPS, sigmas=sigmas[:-1].tolist(),
+                   guidance_scale=cfg, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0,
+                   audio_modality_scale=1.0, guidance_rescale=0.0, audio_guidance_rescale=0.0,
+                   audio_guidance_scale=cfg, latents=latents, audio_latents=audio_latents, max_sequence_length=1024,
+                   output_type="pt")
+    return out.frames, out.audio
+
+
+def test_ltx2_text_to_audio_video_matches_pipeline(ltx2_engine, tiny_ltx2):
+    result = ltx2_engine.run(t2v_graph()).raise_for_status()
+    frames, audio, sigmas = result.value("frames"), result.value("audio"), result.value("sigmas")
+    ref_video, ref_audio = reference(tiny_ltx2, sigmas)
+    ref_frames = ref_video[0].permute(0, 2, 3, 1).float()
+    assert frames.shape == ref_frames.shape == (LENGTH, HEIGHT, WIDTH, 3)
+    assert torch.allclose(frames, ref_frames, atol=1e-4), (frames - ref_frames).abs().max()
+    wave = audio["waveform"]
+    assert audio["sample_rate"] == tiny_ltx2.vocoder.config.output_sampling_rate
+    assert wave.shape == ref_audio.shape and wave.shape[1] == 2 and float(wave.std()) > 1e-3
+    assert torch.allclose(wave, ref_audio.float(), atol=1e-4), (wave - ref_audio).abs().max()
+    other = ltx2_engine.run(t2v_graph(prompt="a blue cat on the beach")).raise_for_status()
+    assert not torch.allclose(other.value("frames"), frames, atol=1e-3)
