@@ -36,8 +36,8 @@ from nodegraph_nodes.langvision.prompt_templates import (CAPTION_QA_EXAMPLES, CA
                                           GENERAL_CRITIQUE_SYSTEM, GENERAL_REWRITE_EXAMPLES, GENERAL_REWRITE_SYSTEM,
                                           SHAPES_CRITIQUE_EXAMPLES, SHAPES_CRITIQUE_SYSTEM, SHAPES_REWRITE_EXAMPLES,
                                           SHAPES_REWRITE_SYSTEM, Example, few_shot_messages, single_prompt_line)
-from nodegraph_nodes.shapes.text import (complete_scene, conflicts, emphasized_caption, parse_spec, scene_caption,
-                                     wrong_attributes)
+from nodegraph_nodes.langvision.shapes_revise import issue_attributes, revise_caption
+from nodegraph_nodes.shapes.text import complete_scene, conflicts, parse_spec, scene_caption, wrong_attributes
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
 #: The style preset whose prompts are shapes-world captions (the built-in generator's grammar).
@@ -361,9 +361,13 @@ STOP_WORDS = frozenset("a an the of in on at with and or to for from by is are i
 class PromptCritique(_Generating):
     """Compare what the image shows (its caption) with the instruction and rewrite the prompt (design loop step).
 
-    Style "shapes world": the revised prompt is a shapes-world caption of the requested scene, with
-    ``(word:1.2)`` emphasis (growing each round) on what the image got wrong. The LLM is asked (few-shot)
-    only when the prompt used is not a caption of the request; otherwise the revision is exact.
+    Style "shapes world": the revised prompt is the requested scene written again
+    (:func:`~nodegraph_nodes.langvision.shapes_revise.revise_caption`): every attribute named in the
+    generator's own words, the object the picture got wrong named first (the sentence turned round
+    when the relation was wrong), and ``(word:1.2)`` emphasis (growing each round) on the wrong words.
+    The LLM is asked (few-shot) only when the prompt used is not a caption of the request; otherwise
+    the revision is exact. The optional ``issues`` (DesignScore's) add what another reading of the
+    picture found wrong, e.g. an outline the caption reads right.
     """
 
     category = "llm/prompt"
@@ -376,6 +380,9 @@ class PromptCritique(_Generating):
     style = Input(COMBO, choices=list(STYLE_PRESETS), default="none",
                   tooltip="'shapes world' answers in the shapes-world caption grammar; the others are "
                           "free-form prompts")
+    issues = Input(STRING, default="", optional=True, force_input=True,
+                   tooltip="'shapes world': what a judge found wrong beyond the caption (DesignScore's issues: "
+                           "shape:blue, background, relation …); corrected too.")
     outputs = (Output(STRING, "revised_prompt"), Output(STRING, "critique"))
 
     STOP_WORDS = STOP_WORDS
@@ -384,7 +391,7 @@ class PromptCritique(_Generating):
         return missing_terms(instruction, caption)
 
     def execute(self, llm, instruction, prompt, caption, seed=0, temperature=0.7, max_tokens=96,
-                style="none") -> tuple:
+                style="none", issues="") -> tuple:
         check_text(instruction, "instruction")
         check_text(prompt, "prompt")
         check_text(caption, "caption", allow_empty=True)
@@ -392,7 +399,8 @@ class PromptCritique(_Generating):
             raise ValueError(f"input 'style': unknown style {style!r}; use one of {', '.join(STYLE_PRESETS)}")
         instruction, caption = " ".join(instruction.split()), " ".join(caption.split())
         if style == SHAPES_STYLE:
-            return self.shapes_critique(llm, instruction, prompt.strip(), caption, seed, temperature, max_tokens)
+            return self.shapes_critique(llm, instruction, prompt.strip(), caption, seed, temperature, max_tokens,
+                                        issues or "")
         missing = self.missing_terms(instruction, caption)
         ask = (f"Instruction: {instruction}\nPrompt used: {prompt.strip()}\n"
                f"The image shows: {caption or '(nothing recognisable)'}")
@@ -406,7 +414,7 @@ class PromptCritique(_Generating):
         return (revised, critique)
 
     def shapes_critique(self, llm, instruction: str, prompt: str, caption: str, seed: int, temperature: float,
-                        max_tokens: int) -> tuple:
+                        max_tokens: int, issues: str = "") -> tuple:
         request, used, shown = parse_spec(instruction), parse_spec(prompt), parse_spec(caption)
         if used.objects and not conflicts(request, used):
             # the prompt used is a caption of the request: keep what it chose where the request is
@@ -419,10 +427,10 @@ class PromptCritique(_Generating):
                 llm, few_shot_messages(SHAPES_CRITIQUE_SYSTEM, SHAPES_CRITIQUE_EXAMPLES, ask), seed, temperature,
                 max_tokens)))
         target = complete_scene(request, suggestion, seed)
-        wrong = wrong_attributes(target, shown)
+        wrong = wrong_attributes(target, shown) | issue_attributes(target, issues)
         if not wrong:  # a prompt that gave the requested picture is kept as it was, emphasis included
             return (prompt, "the picture matches the caption")
-        revised = emphasized_caption(target, wrong, prompt)
+        revised = revise_caption(target, wrong, prompt)
         names = sorted({"background" if i < 0 and a == "background" else a if i < 0 else
                         (f"{a} of the {target.objects[i].shape}" if a != "position" else "position")
                         for i, a in wrong})

@@ -1,0 +1,115 @@
+"""The design loop's prompt rewrite for the shapes world: say the scene again so the wrong part comes first.
+
+:func:`revise_caption` writes the requested scene (every attribute named, in the generator's own
+words: no synonyms, nothing left open) in a sentence built around what the last picture got wrong:
+
+- two objects: the object the picture got wrong is named first — "a large blue square to the right of
+  a small red circle …" instead of "a small red circle to the left of a large blue square …" (the same
+  scene; the relation is turned round with it). When the relation itself was wrong, or both objects
+  were, the sentence is turned round from the way the last prompt said it;
+- one object at a position: when the position was wrong the place is said first ("at the top, a large
+  red circle on a white background"); when another of its attributes was wrong the sentence is turned
+  round from the way the last prompt said it (place first ↔ object first);
+- a wrong background is said first ("on a (white:1.2) background, a small red circle …");
+- the words the picture got wrong carry ``(word:w)`` emphasis: 1.2 the first time, 0.1 more each
+  round the same word is still wrong (at most 1.5).
+
+Both sentence forms are in the generator's training captions (``nodes/shapes/captions.py``
+paraphrases); the rewrite reads back (:func:`~nodegraph_nodes.shapes.text.parse_spec`) as the same scene.
+"""
+
+from __future__ import annotations
+
+import re
+
+from nodegraph_nodes.shapes.captions import POSITION_PHRASES, RELATION_PHRASES
+from nodegraph_nodes.shapes.text import parse_spec, previous_weight
+from nodegraph_nodes.shapes.world import Scene, ShapeObject
+
+WEIGHT_START, WEIGHT_STEP, WEIGHT_MAX = 1.2, 0.1, 1.5
+MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+RELATION_KEYWORD = {"left of": "left", "right of": "right", "above": "above", "below": "below"}
+
+
+def _first_object_of(prompt: str, scene: Scene) -> int | None:
+    """Which of the scene's objects the prompt names first (by shape and colour), if it says."""
+    spec = parse_spec(prompt or "")
+    if not spec.objects:
+        return None
+    first = spec.objects[0]
+    for i, o in enumerate(scene.objects):
+        if (first.shape, first.color) == (o.shape, o.color):
+            return i
+    return None
+
+
+def revise_caption(scene: Scene, wrong: set[tuple[int, str]], previous_prompt: str = "") -> str:
+    """The scene in words, ordered and emphasised by ``wrong`` ((object index or -1, attribute) pairs)."""
+
+    def word(text: str, key: tuple[int, str]) -> str:
+        if key not in wrong:
+            return text
+        weight = min(WEIGHT_MAX, max(WEIGHT_START, previous_weight(previous_prompt, text) + WEIGHT_STEP))
+        return f"({text}:{weight:.1f})"
+
+    def obj(i: int, o: ShapeObject) -> str:
+        return f"a {word(o.size, (i, 'size'))} {word(o.color, (i, 'color'))} {word(o.shape, (i, 'shape'))}"
+
+    background = f"on a {word(scene.background, (-1, 'background'))} background"
+    background_first = (-1, "background") in wrong
+
+    def sentence(text: str) -> str:
+        return f"{background}, {text}" if background_first else f"{text} {background}"
+
+    if scene.position is not None:
+        where = POSITION_PHRASES[scene.position]
+        if (0, "position") in wrong:
+            last = where.split()[-1]
+            where = where[: -len(last)] + word(last, (0, "position"))
+            place_first = True
+        else:
+            place_first = _place_first(previous_prompt) != bool({a for i, a in wrong if i == 0})
+        return sentence(f"{where}, {obj(0, scene.objects[0])}" if place_first
+                        else f"{obj(0, scene.objects[0])} {where}")
+
+    wrong_objects = {i for i, a in wrong if i >= 0}
+    said_first = _first_object_of(previous_prompt, scene)
+    if (-1, "relation") in wrong or wrong_objects == {0, 1}:
+        first = 1 - said_first if said_first is not None else 1  # turn the last sentence round
+    elif wrong_objects:
+        first = next(iter(wrong_objects))  # the object the picture got wrong comes first
+    else:
+        first = said_first if said_first is not None else 0
+    relation = scene.relation if first == 0 else MIRROR[scene.relation]
+    phrase = RELATION_PHRASES[relation]
+    if (-1, "relation") in wrong:
+        key = RELATION_KEYWORD[relation]
+        phrase = phrase.replace(key, word(key, (-1, "relation")))
+    second = 1 - first
+    return sentence(f"{obj(first, scene.objects[first])} {phrase} {obj(second, scene.objects[second])}")
+
+
+def _place_first(prompt: str) -> bool:
+    """Whether a one-object prompt says its place before the object ("at the top, a red circle …")."""
+    text = re.sub(r"\(([^():]+):[0-9.]+\)", r"\1", (prompt or "").lower())
+    text = re.sub(r"^on an? \w+ background,\s*", "", text.strip())
+    return any(text.startswith(phrase) for phrase in POSITION_PHRASES.values())
+
+
+def issue_attributes(scene: Scene, issues: str) -> set[tuple[int, str]]:
+    """DesignScore's issue keys (``shape:blue, background, relation`` …) as (object index or -1, attribute).
+
+    Objects are named by colour (a scene's colours differ); keys naming no object of ``scene`` and
+    keys for nothing the sentence says (``count``, ``stray``) are left out.
+    """
+    wrong: set[tuple[int, str]] = set()
+    for key in (k.strip() for k in (issues or "").split(",")):
+        attr, _, colour = key.partition(":")
+        if attr in ("background", "relation") and not colour:
+            if attr == "background" or scene.relation is not None:
+                wrong.add((-1, attr))
+        elif attr in ("shape", "color", "size", "position") and colour:
+            index = next((i for i, o in enumerate(scene.objects) if o.color == colour), None)
+            if index is not None and (attr != "position" or scene.position is not None):
+                wrong.add((index, attr))
+    return wrong
