@@ -23,7 +23,7 @@ SHAPE_WORDS = {"five-pointed star": "star", "five pointed star": "star", "round 
                "disk": "circle", "dot": "circle", "round": "circle", "sphere": "circle", "ring": "circle",
                "square": "square", "squares": "square", "box": "square", "boxes": "square", "block": "square",
                "cube": "square", "rectangle": "square", "tile": "square",
-               "triangle": "triangle", "triangles": "triangle", "pyramid": "triangle",
+               "triangle": "triangle", "triangles": "triangle", "upward triangle": "triangle", "pyramid": "triangle",
                "star": "star", "stars": "star"}
 SIZE_WORDS = {"small": "small", "little": "small", "tiny": "small", "smaller": "small", "mini": "small",
               "large": "large", "big": "large", "huge": "large", "bigger": "large", "larger": "large",
