@@ -3,7 +3,9 @@ weights, seed, steps and shift — from ComfyUI's split files (UNETLoader + CLIP
 VAELoader, Wan-layout VAE, older-layout Qwen2.5-VL) and from the diffusers folder.
 
 The pipeline's true CFG rescales the combined prediction to the positive one's norm per patch, which
-ComfyUI's KSampler does not do; the comparison runs at cfg 1 (true_cfg_scale 1, no negative)."""
+ComfyUI's KSampler does not do; the comparison runs at cfg 1 (true_cfg_scale 1, no negative). Why no
+ComfyUI graph (CFGNorm included) can equal it at cfg > 1, and what KSampler / CFGNorm compute there instead:
+test_qwen_true_cfg.py."""
 
 from __future__ import annotations
 

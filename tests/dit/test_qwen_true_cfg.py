@@ -1,0 +1,168 @@
+"""Qwen-Image at cfg > 1: what ComfyUI's KSampler (plain CFG, optionally CFGNorm) computes, and why it cannot
+equal diffusers' QwenImagePipeline at ``true_cfg_scale`` > 1.
+
+With velocity predictions ``v_c`` (positive), ``v_u`` (negative), latent ``x`` at noise level ``σ`` and scale
+``s``, both start from the same combination ``c = v_u + s·(v_c − v_u)`` (ComfyUI combines the denoised
+predictions ``D = x − σ·v``, which is linear: ``D_cfg = x − σ·c``). Then:
+
+* diffusers (pipeline_qwenimage.py, the Edit pipelines alike) rescales the *velocity*, per 2×2 patch over the
+  64 packed values (16 channels × 2 × 2), without a clamp: ``v̂ = c · ‖v_c‖ / ‖c‖`` and steps
+  ``x' = x + (σ' − σ)·v̂``;
+* ComfyUI's CFGNorm (comfy_extras/nodes_cfg.py, a post-CFG function) rescales the *denoised* prediction, per
+  latent pixel over the 16 channels (dim 1), clamped to at most 1, times ``strength`` k:
+  ``D̂ = D_cfg · k · min(1, ‖D_c‖ / ‖D_cfg‖)`` with ``D_c = x − σ·v_c``; Euler then steps with the velocity
+  ``(x − D̂)/σ = c·k·r + x·(1 − k·r)/σ`` (r the clamped ratio).
+
+For the two steps to agree for every ``x`` the ``x`` term must vanish (``k·r = 1``) and then ``c·1 = c·ρ``
+(``ρ = ‖v_c‖/‖c‖`` = 1), i.e. only where guidance does not change the prediction's norm — not in general, for
+no ``strength``; the norms are also taken over different groups (pixel vs 2×2 patch). So the engine's Qwen-Image
+parity with diffusers is at cfg 1 (test_qwen_image.py), and here each formula is checked on its own, on the
+same tiny model, by running diffusers' pipeline at ``true_cfg_scale`` 1 with the transformer wrapped so that
+each call returns the guided velocity computed by one formula:
+
+* the wrapper with diffusers' formula equals the pipeline's own ``true_cfg_scale`` 4 output (the harness);
+* the wrapper with plain CFG equals the engine's KSampler at cfg 4;
+* the wrapper with ComfyUI's CFGNorm formula equals the engine's KSampler cfg 4 + CFGNorm (strength 1, 0.9);
+* diffusers' result differs from both.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import pytest
+import torch
+
+from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, tiny_z_image  # noqa: F401
+from tests.helpers.noise import engine_noise
+
+CFG, NEGATIVE = 4.0, "blue sky, blurry"
+
+
+def _unpack(v: torch.Tensor, h: int = 8, w: int = 8) -> torch.Tensor:
+    """Packed (B, h/2·w/2, C·4) → latent (B, C, h, w) (the inverse of QwenImagePipeline._pack_latents)."""
+    b, _, d = v.shape
+    return v.view(b, h // 2, w // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, h, w)
+
+
+def _pack(x: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    return x.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def diffusers_true_cfg(x, sigma, v_c, v_u, s):
+    """pipeline_qwenimage.py: velocity CFG rescaled to the positive's norm per packed patch (no clamp)."""
+    c = v_u + s * (v_c - v_u)
+    return c * (torch.norm(v_c, dim=-1, keepdim=True) / torch.norm(c, dim=-1, keepdim=True))
+
+
+def plain_cfg(x, sigma, v_c, v_u, s):
+    return v_u + s * (v_c - v_u)
+
+
+def comfy_cfg_norm(strength):
+    """ComfyUI's KSampler CFG then CFGNorm on the denoised predictions (per latent pixel over channels, ratio
+    clamped to [0, 1], times strength), returned as the velocity Euler steps with."""
+    def combine(x, sigma, v_c, v_u, s):
+        xs, vc, vu, sigma = _unpack(x), _unpack(v_c), _unpack(v_u), sigma.reshape(-1, 1, 1, 1)
+        d_c, d_u = xs - sigma * vc, xs - sigma * vu
+        d = d_u + s * (d_c - d_u)
+        ratio = (torch.norm(d_c, dim=1, keepdim=True) / (torch.norm(d, dim=1, keepdim=True) + 1e-8)).clamp(0.0, 1.0)
+        return _pack((xs - d * ratio * strength) / sigma)
+    return combine
+
+
+def _pipeline(tiny, net):
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    from tests.dit.test_qwen_image import SHIFT
+
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=tiny.vae,
+                             text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, transformer=net)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _latents():
+    from tests.dit.test_qwen_image import SEED
+
+    noise, _ = engine_noise((1, 16, 8, 8), SEED)
+    return _pack(noise)
+
+
+def pipeline_true_cfg(tiny) -> torch.Tensor:
+    from tests.dit.test_qwen_image import PROMPT, STEPS
+
+    pipe = _pipeline(tiny, tiny.transformer)
+    with torch.no_grad():
+        image = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, true_cfg_scale=CFG,
+                     latents=_latents(), height=64, width=64, output_type="pt").images
+    return image.permute(0, 2, 3, 1)
+
+
+def wrapped(tiny, combine) -> torch.Tensor:
+    """The pipeline at true_cfg_scale 1 whose transformer returns ``combine(x, σ, v_c, v_u, CFG)``: each call
+    also runs the negative prompt (the pipeline's own encoding of it) on the same latents."""
+    from tests.dit.test_qwen_image import PROMPT, STEPS
+
+    net = copy.deepcopy(tiny.transformer)
+    pipe = _pipeline(tiny, net)
+    with torch.no_grad():
+        neg, neg_mask = pipe.encode_prompt(NEGATIVE, device="cpu")
+    forward = net.forward
+
+    def guided(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_mask, **kw):
+        v_c = forward(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
+                      encoder_hidden_states_mask=encoder_hidden_states_mask, **kw)[0]
+        v_u = forward(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=neg,
+                      encoder_hidden_states_mask=neg_mask, **kw)[0]
+        return (combine(hidden_states, timestep.float(), v_c, v_u, CFG),)  # the pipeline passes t / 1000 = σ
+
+    net.forward = types.MethodType(guided, net)
+    with torch.no_grad():
+        image = pipe(PROMPT, num_inference_steps=STEPS, true_cfg_scale=1.0, latents=_latents(), height=64, width=64,
+                     output_type="pt").images
+    return image.permute(0, 2, 3, 1)
+
+
+def _engine_prompt(cfg_norm: float | None) -> dict:
+    """test_qwen_image's graph at cfg 4 with the negative prompt, with a CFGNorm before KSampler if given."""
+    from tests.dit.test_qwen_image import qwen_graph
+
+    prompt = qwen_graph("files").to_api()
+    ks_id, ks = next((k, n) for k, n in prompt.items() if n["class_type"] == "KSampler")
+    ks["inputs"]["cfg"] = CFG
+    prompt[ks["inputs"]["negative"][0]]["inputs"]["text"] = NEGATIVE
+    if cfg_norm is not None:
+        prompt["cfgnorm"] = {"class_type": "CFGNorm", "inputs": {"model": ks["inputs"]["model"], "strength": cfg_norm}}
+        ks["inputs"]["model"] = ["cfgnorm", 0]
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def diffusers_image(tiny_qwen_image):
+    return pipeline_true_cfg(tiny_qwen_image)
+
+
+def test_wrapper_with_diffusers_formula_is_the_pipeline(tiny_qwen_image, diffusers_image):
+    ref = wrapped(tiny_qwen_image, diffusers_true_cfg)
+    assert torch.allclose(ref, diffusers_image, atol=1e-5), (ref - diffusers_image).abs().max()
+
+
+def test_ksampler_cfg_matches_plain_cfg(qwen_engine, tiny_qwen_image, diffusers_image):
+    image = qwen_engine.run(_engine_prompt(None)).raise_for_status().value("out")
+    ref = wrapped(tiny_qwen_image, plain_cfg)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert (image - diffusers_image).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.9])
+def test_ksampler_cfg_norm_matches_comfy_formula_not_diffusers(qwen_engine, tiny_qwen_image, diffusers_image,
+                                                               strength):
+    image = qwen_engine.run(_engine_prompt(strength)).raise_for_status().value("out")
+    ref = wrapped(tiny_qwen_image, comfy_cfg_norm(strength))
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    plain = qwen_engine.run(_engine_prompt(None)).raise_for_status().value("out")
+    assert not torch.allclose(image, plain, atol=1e-3)  # CFGNorm acts on this run
+    assert (image - diffusers_image).abs().max() > 1e-2  # and still is not diffusers' true CFG
