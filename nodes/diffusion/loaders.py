@@ -168,6 +168,10 @@ class VAELoader(Node):
 
         if flux2_loading.is_vae_file(path, manager.allow_pickle):  # Flux.2's VAE (with its bn statistics)
             return (flux2_loading.load_vae(path, manager, self.ctx.device),)
+        from nodegraph_nodes.dit import wan22_5b
+
+        if wan22_5b.is_vae_file(path, manager.allow_pickle):  # Wan 2.2's 48-channel VAE (before Wan 2.1's check)
+            return (wan22_5b.load_vae(path, manager, self.ctx.device),)
         if llm_loading.is_vae_file(path, manager.allow_pickle):  # Qwen-Image's (Wan 2.1) VAE
             return (llm_loading.load_vae(path, manager, self.ctx.device),)
         return (load_vae_file(path, manager, self.ctx.device),)

@@ -130,10 +130,13 @@ def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str =
     """UNETLoader for a Wan transformer file."""
     from nodegraph_nodes.dit.loading import flow_dtype
 
+    from nodegraph_nodes.dit import wan22_5b
+
     layout, prefix = detect_transformer(keys)
     handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device),
                                      lambda sd, stored: build_transformer(sd, layout, stored))
-    return WanModel(handle, "wan", source=str(path))
+    variant = wan22_5b.variant_of_channels(wan22_5b.file_in_channels(path, prefix + "patch_embedding.weight") or 16)
+    return WanModel(handle, "wan", variant=variant, source=str(path))
 
 
 # -- MODEL ------------------------------------------------------------------------------------------
@@ -146,7 +149,9 @@ class WanModel(FlowModel):
 
     @property
     def format(self):
-        return WAN21
+        from nodegraph_nodes.dit import wan22_5b
+
+        return wan22_5b.WAN22 if self.variant == wan22_5b.VARIANT else WAN21
 
     @property
     def model_sampling(self) -> msl.ModelSampling:
@@ -158,7 +163,10 @@ class WanModel(FlowModel):
         return self.format.preview(self.process_latent_out(latent))
 
     def open_runner(self, ctx, latent_shape: tuple):
-        return open_runner(self, ctx, latent_shape, WanRunner)
+        from nodegraph_nodes.dit import wan22_5b
+
+        runner = wan22_5b.runner_class() if self.variant == wan22_5b.VARIANT else WanRunner
+        return open_runner(self, ctx, latent_shape, runner)
 
     def lora_patch(self, sd: dict, strength: float, name: str):
         """LoraLoader: diffusers-named or Wan-original-named LoRAs (:mod:`.wan_lora`)."""
@@ -201,6 +209,10 @@ class WanRunner(NetRunner):
             mask = _rows(mask.expand(-1, 4, -1, -1, -1), x.shape[0])
         return torch.cat([mask, image], dim=1).to(x.device, x.dtype)
 
+    def prepare(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The network's input and timesteps from the sampled ones (Wan 2.2 5B's runner changes them)."""
+        return x, t
+
     def _image_states(self, part: CondPart) -> torch.Tensor:
         """Wan 2.1 I2V: the start image's CLIP vision penultimate states (WanImageToVideo's
         ``clip_vision_output``)."""
@@ -223,6 +235,7 @@ class WanRunner(NetRunner):
                              f"{list(x_in.shape)} (make it with EmptyHunyuanLatentVideo)")
         x = x_in.to(self.device, self.dtype)
         t = timestep.to(self.device, self.dtype).reshape(-1).expand(x.shape[0])
+        x, t = self.prepare(x, t)
         outs, row = [], 0
         for part in parts:
             states = _rows(part.cond.to(self.device, self.dtype), part.rows)
@@ -366,10 +379,15 @@ def load_diffusers_folder(folder: Path, manager, device: str):
         shift = float(value) if value is not None else None
     handle = manager.load(_manager_key(folder / "transformer", "transformer:default", dtype),
                           sub_loader(WanTransformer3DModel, "transformer"), compute_dtype=dtype, placed=True)
-    model = WanModel(handle, "wan", source=str(folder), default_shift=shift)
+    from nodegraph_nodes.dit import wan22_5b
+
+    in_channels = int(read_json(folder / "transformer" / "config.json").get("in_channels", 16))
+    model = WanModel(handle, "wan", variant=wan22_5b.variant_of_channels(in_channels), source=str(folder),
+                     default_shift=shift)
     te = manager.load(_manager_key(folder / "text_encoder", "text_encoder", dtype),
                       sub_loader(UMT5EncoderModel, "text_encoder"), compute_dtype=dtype)
     clip = WanClip(te, load_llm_tokenizer(folder / "tokenizer"), source=str(folder))
+    z_dim = int(read_json(folder / "vae" / "config.json").get("z_dim", 16))  # 48: Wan 2.2's VAE (16x smaller)
     vae = VaeModel(manager.load(_manager_key(folder / "vae", "vae", dtype),
-                                sub_loader(AutoencoderKLWan, "vae", ImageVae)), 8, 16)
+                                sub_loader(AutoencoderKLWan, "vae", ImageVae)), 16 if z_dim == 48 else 8, z_dim)
     return model, clip, vae

@@ -93,12 +93,21 @@ def fit_latent(model, samples: torch.Tensor, where: str) -> torch.Tensor:
 
 
 def _mask_for(noise_mask: torch.Tensor, shape: tuple, device) -> torch.Tensor:
-    mask = noise_mask.reshape((-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])).float()
-    mask = torch.nn.functional.interpolate(mask, size=shape[2:], mode="bilinear")
+    """The noise mask fitted to the latent ``shape`` (ComfyUI's ``reshape_mask``: video latents' 5-D masks
+    trilinearly)."""
+    if len(shape) == 5:
+        mask = noise_mask.float()
+        if mask.ndim < 5:
+            mask = mask.reshape((1, 1, -1, mask.shape[-2], mask.shape[-1]))
+        mask = torch.nn.functional.interpolate(mask, size=shape[2:], mode="trilinear")
+    else:
+        mask = noise_mask.reshape((-1, 1, noise_mask.shape[-2], noise_mask.shape[-1])).float()
+        mask = torch.nn.functional.interpolate(mask, size=shape[2:], mode="bilinear")
+    rest = (1,) * (len(shape) - 2)
     if mask.shape[1] < shape[1]:
-        mask = mask.repeat(1, shape[1], 1, 1)[:, :shape[1]]
+        mask = mask.repeat(1, shape[1], *rest)[:, :shape[1]]
     if mask.shape[0] < shape[0]:
-        mask = mask.repeat((shape[0] + mask.shape[0] - 1) // mask.shape[0], 1, 1, 1)[:shape[0]]
+        mask = mask.repeat((shape[0] + mask.shape[0] - 1) // mask.shape[0], 1, *rest)[:shape[0]]
     return mask[:shape[0]].to(device)
 
 
