@@ -1,8 +1,10 @@
 """ComfyUI's ``TextGenerate`` ("Generate Text"): text written by the language model a CLIP holds.
 
 The CLIP is one that CLIPLoader loads from a language-model text encoder: Qwen3 (Z-Image's
-``qwen_3_4b``, type ``lumina2``), Qwen2.5-VL (Qwen-Image's, type ``qwen_image``; with an ``image``) or
-Gemma 2 (Lumina 2's, type ``lumina2``). Other CLIPs are refused with an error naming the input.
+``qwen_3_4b``, type ``lumina2``), Qwen2.5-VL (Qwen-Image's, type ``qwen_image``; with an ``image``),
+Gemma 2 (Lumina 2's, type ``lumina2``) or LTX-2's Gemma 3 (a CLIP of family ``ltx2`` whose model holds
+the language model as ``.gemma``). Other CLIPs are refused with an error naming the input.
+``TextGenerateLTX2Prompt`` ("Generate LTX2 Prompt") is the same with LTX-2's prompt-enhancer turn.
 
 What it does (ComfyUI's facts, ``comfy_extras/nodes_textgen.py`` and ``comfy/text_encoders/llama.py``):
 
@@ -10,8 +12,9 @@ What it does (ComfyUI's facts, ``comfy_extras/nodes_textgen.py`` and ``comfy/tex
   ``<|im_start|>user\\n…<|im_end|>\\n<|im_start|>assistant\\n``, a ``system_prompt`` as a system turn
   before it, an image as ``<|vision_start|><|image_pad|><|vision_end|>`` before the text; Qwen3 without
   ``thinking`` gets the empty ``<think>\\n\\n</think>\\n\\n`` block its chat template writes for
-  ``enable_thinking=False``; Gemma: ``<start_of_turn>user\\n…<end_of_turn>\\n<start_of_turn>model\\n``
-  after ``<bos>``); without it the prompt is tokenized as written.
+  ``enable_thinking=False``; Gemma: ``<start_of_turn>user\\n…<end_of_turn>\\n<start_of_turn>model\\n``,
+  a system prompt first in the user turn); without it the prompt is tokenized as written. Gemma's
+  ``<bos>`` always comes first.
 * **Decoding**: up to ``max_length`` new tokens; it stops after a stop token (Qwen ``<|im_end|>`` /
   ``<|endoftext|>``, Gemma ``<eos>`` / ``<end_of_turn>``). ``sampling_mode`` ``off`` is greedy;
   ``on`` samples with ComfyUI's recipe, in this order: repetition penalty (divide positive logits,
@@ -25,7 +28,7 @@ What it does (ComfyUI's facts, ``comfy_extras/nodes_textgen.py`` and ``comfy/tex
 
 The output projection ("LM head"): a file's ``lm_head.weight`` when it has one; text-encoder files often
 leave it out, and then the token embeddings are used where the released model ties them (Qwen3 up to
-4B, Qwen2.5-VL 3B, Gemma 2). A file without a head whose release does not tie (Qwen3 8B, Qwen2.5-VL 7B)
+4B, Qwen2.5-VL 3B, Gemma 2 and 3). A file without a head whose release does not tie (Qwen3 8B, Qwen2.5-VL 7B)
 is refused with an error — stricter than ComfyUI, which samples from the embeddings regardless.
 
 Not supported (clear errors): ``video`` and ``audio`` inputs, images with a text-only model. ``mtp``
@@ -49,9 +52,9 @@ SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty
 OFF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0,
                 "seed": None, "presence_penalty": 0.0}
 #: Largest hidden width of a released model of the kind that ties its LM head to the embeddings.
-TIED_UP_TO = {"qwen3": 2560, "qwen25vl": 2048, "gemma2": 1 << 30}
+TIED_UP_TO = {"qwen3": 2560, "qwen25vl": 2048, "gemma2": 1 << 30, "gemma3": 1 << 30}
 STOP_TOKENS = {"qwen3": ("<|im_end|>", "<|endoftext|>"), "qwen25vl": ("<|im_end|>", "<|endoftext|>"),
-               "gemma2": ("<eos>", "<end_of_turn>")}
+               "gemma2": ("<eos>", "<end_of_turn>"), "gemma3": ("<eos>", "<end_of_turn>")}
 MTP_CHOICES = ["auto", "off", "2", "3", "4", "5"]
 
 
@@ -112,8 +115,8 @@ class _ComfySampler:
 
 # -- the model behind a CLIP --------------------------------------------------------------------------
 
-def clip_kind(clip) -> str:
-    """``qwen3``, ``qwen25vl`` or ``gemma2`` for a CLIP TextGenerate can use; an error otherwise."""
+def clip_kind(clip, node: str = NODE) -> str:
+    """``qwen3``, ``qwen25vl``, ``gemma2`` or ``gemma3`` for a CLIP TextGenerate can use; an error otherwise."""
     from nodegraph_nodes.dit.llm_text import LlmClip
     from nodegraph_nodes.dit.lumina2 import Lumina2Clip
 
@@ -121,10 +124,12 @@ def clip_kind(clip) -> str:
         return "qwen25vl" if clip.family == "qwen_image" else "qwen3"
     if isinstance(clip, Lumina2Clip):
         return "gemma2"
+    if getattr(clip, "family", None) == "ltx2" and hasattr(clip, "handle") and hasattr(clip, "tokenizer"):
+        return "gemma3"  # LTX-2's Gemma 3 (nodegraph_nodes.dit.ltx2; its model holds it as .gemma)
     what = clip.describe() if hasattr(clip, "describe") else type(clip).__name__
-    raise GenerationError(f"{NODE}.clip: {what} cannot generate text; TextGenerate takes a language-model text "
+    raise GenerationError(f"{node}.clip: {what} cannot generate text; {node} takes a language-model text "
                           "encoder loaded by CLIPLoader (Qwen3: type lumina2; Qwen2.5-VL: type qwen_image; "
-                          "Gemma 2: type lumina2)")
+                          "Gemma 2: type lumina2) or LTX-2's Gemma 3")
 
 
 def _file_head(source: str, kind: str, hidden: int) -> torch.Tensor | None:
@@ -157,12 +162,13 @@ def _causal_lm(module, kind: str, source: str, device):
                 _file_head(source, kind, hidden)  # raises the missing-head error
         return module
     from accelerate import init_empty_weights
-    from transformers import Gemma2ForCausalLM, Qwen3ForCausalLM
+    from transformers import Gemma2ForCausalLM, Gemma3ForCausalLM, Qwen3ForCausalLM
 
-    cls = {"qwen3": Qwen3ForCausalLM, "gemma2": Gemma2ForCausalLM}[kind]
+    cls = {"qwen3": Qwen3ForCausalLM, "gemma2": Gemma2ForCausalLM, "gemma3": Gemma3ForCausalLM}[kind]
+    module = getattr(module, "gemma", module)  # LTX-2's text stack: the language model and its connectors
     embed = module.get_input_embeddings().weight
-    head = _file_head(source, kind, int(embed.shape[1])) if Path(source).is_file() else None
-    if head is None and Path(source).is_dir() and not getattr(module.config, "tie_word_embeddings", True):
+    head = _file_head(source, kind, int(embed.shape[1])) if source and Path(source).is_file() else None
+    if head is None and source and Path(source).is_dir() and not getattr(module.config, "tie_word_embeddings", True):
         raise GenerationError(f"{NODE}.clip: this diffusers folder's text encoder does not tie its LM head and "
                               "holds none; it cannot generate text")
     with init_empty_weights():
@@ -182,7 +188,7 @@ def chat_text(kind: str, prompt: str, *, system_prompt: str, thinking: bool, ima
     """The text the model reads (module docstring)."""
     if not use_default_template:
         return prompt
-    if kind == "gemma2":
+    if kind in ("gemma2", "gemma3"):
         system = f"{system_prompt}\n\n" if system_prompt else ""
         return f"<start_of_turn>user\n{system}{prompt}<end_of_turn>\n<start_of_turn>model\n"
     text = f"<|im_start|>system\n{system_prompt}<|im_end|>\n" if system_prompt else ""
@@ -203,16 +209,17 @@ def split_thinking(generated: str, prompt: str) -> tuple[str, str]:
 
 
 def generate_text(ctx, clip, prompt: str, *, max_length: int, settings: dict, image: torch.Tensor | None = None,
-                  system_prompt: str = "", thinking: bool = False, use_default_template: bool = True) -> str:
+                  system_prompt: str = "", thinking: bool = False, use_default_template: bool = True,
+                  node: str = NODE) -> str:
     """The decoded new tokens (special tokens dropped) for ``prompt``; ``settings``: ``do_sample`` and
     ComfyUI's sampling fields."""
     from transformers import GenerationConfig, LogitsProcessorList
 
     from nodegraph_nodes.dit.llm_text import to_pil, vision_inputs
 
-    kind = clip_kind(clip)
+    kind = clip_kind(clip, node)
     if image is not None and kind != "qwen25vl":
-        raise GenerationError(f"{NODE}.image: {clip.describe()} reads text only; images need a Qwen2.5-VL "
+        raise GenerationError(f"{node}.image: {clip.describe()} reads text only here; images need a Qwen2.5-VL "
                               "encoder (CLIPLoader type qwen_image)")
     tokenizer = clip.tokenizer
     text = chat_text(kind, prompt, system_prompt=system_prompt, thinking=thinking, image=image is not None,
@@ -227,7 +234,7 @@ def generate_text(ctx, clip, prompt: str, *, max_length: int, settings: dict, im
         if image is not None:
             vision = getattr(module.config, "vision_config", None)
             if vision is None or not text.count("<|image_pad|>"):
-                raise GenerationError(f"{NODE}.image: the prompt has no image place (<|image_pad|>) or the "
+                raise GenerationError(f"{node}.image: the prompt has no image place (<|image_pad|>) or the "
                                       "model no vision tower")
             pictures = [to_pil(i) for i in image] if image.ndim == 4 else [to_pil(image)]
             if len(pictures) > 1:  # a batch: one place per picture, in order
@@ -239,10 +246,11 @@ def generate_text(ctx, clip, prompt: str, *, max_length: int, settings: dict, im
             extra = {"pixel_values": inputs["pixel_values"].to(ctx.device, dtype),
                      "image_grid_thw": inputs["image_grid_thw"].to(ctx.device)}
         else:
-            bos = [int(tokenizer.bos_token_id)] if kind == "gemma2" and tokenizer.bos_token_id is not None else []
+            gemma = kind in ("gemma2", "gemma3")
+            bos = [int(tokenizer.bos_token_id)] if gemma and tokenizer.bos_token_id is not None else []
             ids = torch.tensor([bos + tokenizer(text, add_special_tokens=False)["input_ids"]], device=ctx.device)
         if ids.shape[1] == 0:
-            raise GenerationError(f"{NODE}.prompt: the prompt is empty and no template is used; there is nothing "
+            raise GenerationError(f"{node}.prompt: the prompt is empty and no template is used; there is nothing "
                                   "to continue")
         lm = _causal_lm(module, kind, clip.source, ctx.device)
         seed = settings.get("seed")
@@ -315,16 +323,72 @@ class TextGenerate(Node):
     def execute(self, clip, prompt: str, max_length: int, sampling_mode: str, image=None, video=None, audio=None,
                 thinking: bool = False, use_default_template: bool = True, mtp: str = "auto",
                 system_prompt: str | None = None, **fields: Any) -> tuple:
-        if video is not None:
-            raise GenerationError(f"{NODE}.video: video input is not supported by nodegraph yet")
-        if audio is not None:
-            raise GenerationError(f"{NODE}.audio: audio input is not supported by nodegraph yet")
-        if mtp not in MTP_CHOICES:
-            raise GenerationError(f"{NODE}.mtp: {mtp!r} is not one of {', '.join(MTP_CHOICES)}")
-        settings = _sampling_settings(sampling_mode, fields)
-        if isinstance(image, torch.Tensor) and image.ndim not in (3, 4):
-            raise GenerationError(f"{NODE}.image: expected an IMAGE [B, H, W, C], got shape {tuple(image.shape)}")
+        settings = self._checked(sampling_mode, fields, image, video, audio, mtp)
         out = generate_text(self.ctx, clip, prompt, max_length=max_length, settings=settings, image=image,
                             system_prompt=(system_prompt or "") if use_default_template else "",
-                            thinking=bool(thinking), use_default_template=bool(use_default_template))
+                            thinking=bool(thinking), use_default_template=bool(use_default_template),
+                            node=type(self).__name__)
         return split_thinking(out, prompt)
+
+    def _checked(self, sampling_mode: str, fields: dict, image, video, audio, mtp: str) -> dict:
+        node = type(self).__name__
+        if video is not None:
+            raise GenerationError(f"{node}.video: video input is not supported by nodegraph yet")
+        if audio is not None:
+            raise GenerationError(f"{node}.audio: audio input is not supported by nodegraph yet")
+        if mtp not in MTP_CHOICES:
+            raise GenerationError(f"{node}.mtp: {mtp!r} is not one of {', '.join(MTP_CHOICES)}")
+        if isinstance(image, torch.Tensor) and image.ndim not in (3, 4):
+            raise GenerationError(f"{node}.image: expected an IMAGE [B, H, W, C], got shape {tuple(image.shape)}")
+        return _sampling_settings(sampling_mode, fields)
+
+
+#: LTX-2's prompt-enhancer instructions, in nodegraph's own words (ComfyUI's wording is GPL text and not
+#: copied): expand a short request into one detailed paragraph for a video model, with sound.
+LTX2_T2V_SYSTEM = (
+    "You turn a user's short request into a detailed prompt for a text-to-video model that also makes sound. "
+    "Keep everything the user asked for (style, subjects, actions, camera, sound) and add concrete visual "
+    "detail where the request is vague: setting, lighting, materials, clothing, expressions. Describe the "
+    "action in the present progressive, in the order it happens, and weave the soundscape (ambience, effects, "
+    "speech in quotes with the voice described, music when asked) into that order. Use plain, restrained "
+    "words, describe only what is seen and heard, invent no camera moves, cuts or dialogue the user did not "
+    "ask for. Answer with a single paragraph of English prose, no headings or lists; if the request cannot "
+    "be used, answer with it unchanged.")
+LTX2_I2V_SYSTEM = (
+    "You write a prompt for an image-to-video model that also makes sound. The image is the first frame; "
+    "the user's short request says what should happen. Describe what changes from that frame, in the order "
+    "it happens, in the present progressive, keeping every motion, camera move, sound and line of speech "
+    "the user asked for and staying consistent with the image. Weave the soundscape (ambience, effects, "
+    "speech in quotes with the voice described, music when asked) into the action. Use plain, restrained "
+    "words, describe only what is seen and heard, invent no camera moves, cuts or dialogue the user did not "
+    "ask for. Answer with a single paragraph of English prose, no headings or lists; if the request cannot "
+    "be used, answer with it unchanged.")
+
+
+def ltx2_prompt(prompt: str, system_prompt: str = "", image: bool = False) -> str:
+    """The turn ComfyUI's TextGenerateLTX2Prompt writes for Gemma 3 (system turn, the user's request after
+    ``User Raw Input Prompt:``, an image token first when an image is given, the model turn opened)."""
+    system = system_prompt.strip() or (LTX2_I2V_SYSTEM if image else LTX2_T2V_SYSTEM)
+    media = "\n<image_soft_token>\n" if image else ""
+    return (f"<start_of_turn>system\n{system}<end_of_turn>\n"
+            f"<start_of_turn>user\n{media}\nUser Raw Input Prompt: {prompt}.<end_of_turn>\n"
+            f"<start_of_turn>model\n")
+
+
+class TextGenerateLTX2Prompt(TextGenerate):
+    """LTX-2's prompt enhancer: TextGenerate with the request wrapped in a Gemma turn that asks for a
+    detailed video-and-sound prompt; an empty answer gives back the prompt. Differs from ComfyUI: the
+    default instructions are nodegraph's own wording (give ``system_prompt`` for others), so sampled text
+    differs from ComfyUI's; images are refused (LTX-2's Gemma 3 is loaded without its vision tower)."""
+
+    display_name = "Generate LTX2 Prompt"
+
+    def execute(self, clip, prompt: str, max_length: int, sampling_mode: str, image=None, video=None, audio=None,
+                thinking: bool = False, use_default_template: bool = True, mtp: str = "auto",
+                system_prompt: str | None = None, **fields: Any) -> tuple:
+        settings = self._checked(sampling_mode, fields, image, video, audio, mtp)
+        text = ltx2_prompt(prompt, system_prompt or "", image is not None)
+        out = generate_text(self.ctx, clip, text, max_length=max_length, settings=settings, image=image,
+                            thinking=bool(thinking), use_default_template=False, node=type(self).__name__)
+        answer, reasoning = split_thinking(out, text)
+        return answer or prompt, reasoning

@@ -252,3 +252,111 @@ def test_template_widget_layouts(values, expect):
     got = map_widget_values(tg.TextGenerate, values)
     for k, v in expect.items():
         assert got[k] == v, (k, got)
+
+
+# -- Gemma 2 (Lumina 2's CLIP) and Gemma 3 (LTX-2's CLIP: the model holds it as .gemma) -------------------
+
+GEMMA_SPECIALS = ["<bos>", "<eos>", "<pad>", "<start_of_turn>", "<end_of_turn>", "<image_soft_token>"]
+
+
+def _gemma_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, min_frequency=1, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=GEMMA_SPECIALS)
+    tok.train_from_iterator([PROMPT, "user\n", "model\n", "User Raw Input Prompt:", tg.LTX2_T2V_SYSTEM] * 3, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   additional_special_tokens=GEMMA_SPECIALS[3:])
+    fast.save_pretrained(str(folder))
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+class _Stack(torch.nn.Module):
+    """The shape of LTX-2's text stack: the language model as ``.gemma`` (connectors left out)."""
+
+    def __init__(self, gemma):
+        super().__init__()
+        self.gemma = gemma
+
+
+def _gemma_models(kind: str, tok):
+    from transformers import (Gemma2Config, Gemma2ForCausalLM, Gemma2Model, Gemma3ForCausalLM, Gemma3TextConfig,
+                              Gemma3TextModel)
+
+    torch.manual_seed(5)
+    common = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=32, pad_token_id=tok.pad_token_id,
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    if kind == "gemma2":
+        cfg, base_cls, lm_cls = Gemma2Config(**common, sliding_window=16), Gemma2Model, Gemma2ForCausalLM
+    else:
+        cfg, base_cls, lm_cls = Gemma3TextConfig(**common, sliding_window=16), Gemma3TextModel, Gemma3ForCausalLM
+    base = base_cls(cfg).eval()
+    for p in base.parameters():
+        p.data.normal_(0, 0.1)
+    lm = lm_cls(cfg).eval()
+    lm.model.load_state_dict(base.state_dict())
+    lm.lm_head.weight = lm.model.embed_tokens.weight
+    return base, lm
+
+
+def _gemma_reference(lm, tok, text: str, max_new: int) -> str:
+    ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]])
+    stops = [tok.convert_tokens_to_ids("<eos>"), tok.convert_tokens_to_ids("<end_of_turn>")]
+    with torch.inference_mode():
+        out = lm.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                          eos_token_id=stops, pad_token_id=tok.pad_token_id)
+    return tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
+
+
+def test_gemma2_lumina2_clip_greedy_equals_transformers(engine, tmp_path):
+    from nodegraph_nodes.dit.lumina2 import Lumina2Clip
+
+    tok = _gemma_tokenizer(tmp_path / "gemma_tok")
+    base, lm = _gemma_models("gemma2", tok)
+    handle = engine.services["models"].load(("textgen-test", "gemma2"), lambda: base)
+    clip = Lumina2Clip(handle, tok)
+    node = tg.TextGenerate(_ctx(engine))
+    text, thinking = node.execute(clip, PROMPT, 12, "off", system_prompt="be brief")
+    assert text == _gemma_reference(lm, tok, f"<start_of_turn>user\nbe brief\n\n{PROMPT}<end_of_turn>\n"
+                                             "<start_of_turn>model\n", 12)
+    assert len(text) > 0 and thinking == ""
+
+
+def test_ltx2_prompt_on_gemma3_equals_transformers(engine, tmp_path):
+    from dataclasses import dataclass
+
+    tok = _gemma_tokenizer(tmp_path / "gemma3_tok")
+    base, lm = _gemma_models("gemma3", tok)
+    handle = engine.services["models"].load(("textgen-test", "gemma3"), lambda: _Stack(base))
+
+    @dataclass(frozen=True, eq=False)
+    class Ltx2LikeClip:
+        handle: object
+        tokenizer: object
+        source: str = ""
+        family: str = "ltx2"
+
+        def describe(self):
+            return "ltx2 text encoder (Gemma 3 + connectors)"
+
+    clip = Ltx2LikeClip(handle, tok)
+    node = tg.TextGenerateLTX2Prompt(_ctx(engine))
+    text, _ = node.execute(clip, PROMPT, 12, "off")
+    formatted = tg.ltx2_prompt(PROMPT)
+    assert formatted.startswith("<start_of_turn>system\n") and "User Raw Input Prompt: a red fox in snow." in formatted
+    expected = _gemma_reference(lm, tok, formatted, 12)
+    assert text == expected and len(text) > 0
+    with pytest.raises(tg.GenerationError, match="TextGenerateLTX2Prompt.image"):
+        node.execute(clip, PROMPT, 4, "off", image=torch.zeros(1, 16, 16, 3))
+    with pytest.raises(tg.GenerationError, match="TextGenerateLTX2Prompt.clip"):
+        node.execute(object(), PROMPT, 4, "off")
+
+
+def test_ltx2_prompt_gives_back_the_prompt_when_the_answer_is_empty(monkeypatch, engine):
+    monkeypatch.setattr(tg, "generate_text", lambda *a, **k: "  ")
+    assert tg.TextGenerateLTX2Prompt(_ctx(engine)).execute(object(), PROMPT, 4, "off") == (PROMPT, "")
