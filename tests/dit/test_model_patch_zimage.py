@@ -1,0 +1,204 @@
+"""ModelPatchLoader + QwenImageDiffsynthControlnet / ZImageFunControlnet with a Z-Image Fun ControlNet (v1 union
+layout: ``control_all_x_embedder.2-1``, ``control_noise_refiner.{0,1}``, six ``control_layers``).
+
+The tiny patch is a diffusers ``ZImageControlNetModel`` with random weights saved under its own names (the
+VideoX-Fun names the released file uses). The reference is diffusers' ZImagePipeline on an 11-layer tiny
+Z-Image whose main layers get hooks written here after ComfyUI's math: the control latent (VAE mode, Flux
+shift/scale) patchified channels last and embedded, refined by the two control noise-refiner blocks on the
+image tokens, control layer 0 fed ``before_proj(c) + x`` (x = the main layers' input image tokens), hint ``k``
+(``after_proj``) added times strength after main layer ``5k`` (``div = round(30 / 6)``) — layers 0, 5 and 10
+here. A patch with zero ``after_proj`` leaves the output exactly unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from nodegraph.builder import Graph
+from nodegraph.workflow.loader import load_workflow_data
+
+from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, tiny_z_image  # noqa: F401
+from tests.dit.template_runs import last_saved_image
+from tests.dit.test_model_patch_qwen import control_image, save_inputs, write_patch
+from tests.dit.tiny_flow import _random_transformer
+from tests.dit.tiny_qwen import QWEN3_WIDTH, copy_as, z_comfy_layout
+from tests.helpers.noise import engine_noise
+from tests.helpers.tiny_sd import _randomize
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit"
+PROMPT, SEED, STEPS, SHIFT = "a photo of a cat", 5, 4, 3.0
+
+
+@pytest.fixture(scope="module")
+def z11(qwen_root, tiny_z_image):
+    """An 11-layer tiny Z-Image (so that hints 0, 1 and 2 land on layers 0, 5 and 10), saved in ComfyUI's layout."""
+    from diffusers import ZImageTransformer2DModel
+
+    torch.manual_seed(0)
+    net = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=11,
+                                   n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=QWEN3_WIDTH,
+                                   axes_dims=[8, 12, 12])
+    net = _random_transformer(net, 43)
+    save_file(z_comfy_layout(net.state_dict()), str(qwen_root / "models" / "diffusion_models" / "tiny_z_image_11.safetensors"))
+    return net
+
+
+def control_net(zero: bool = False, seed: int = 9):
+    from diffusers import ZImageControlNetModel
+
+    torch.manual_seed(seed)
+    net = ZImageControlNetModel(control_layers_places=[0, 5, 10, 15, 20, 25], control_in_dim=16, dim=64,
+                                n_refiner_layers=2, n_heads=2, n_kv_heads=2).eval()
+    _randomize(net, 0.2)
+    if zero:
+        with torch.no_grad():
+            for layer in net.control_layers:
+                layer.after_proj.weight.zero_()
+                layer.after_proj.bias.zero_()
+    return net
+
+
+def graph(patch: str | None, node: str = "QwenImageDiffsynthControlnet", strength: float = 0.8,
+          unet: str = "tiny_z_image_11.safetensors") -> Graph:
+    g = Graph()
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_qwen_3.safetensors", type="lumina2").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_z_image_ae.safetensors").out(0)
+    model = g.node("ModelSamplingAuraFlow", model=model, shift=SHIFT).out(0)
+    if patch is not None:
+        mp = g.node("ModelPatchLoader", name=patch).out(0)
+        img = g.node("LoadImage", image="control_128.png").out(0)
+        model = g.node(node, model=model, model_patch=mp, vae=vae, image=img, strength=strength).out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
+                positive=pos, negative=g.node("ConditioningZeroOut", conditioning=pos), latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
+    return g
+
+
+@contextmanager
+def reference_control(transformer, cnet, vae, strength: float):
+    pixels = torch.nn.functional.avg_pool2d(control_image(128).permute(0, 3, 1, 2), 2)
+    pixels = torch.round(pixels * 255) / 255 * 2 - 1
+    with torch.no_grad():
+        lat = vae.encode(pixels).latent_dist.mode()
+    lat = (lat - vae.config.shift_factor) * vae.config.scaling_factor
+    b, ch, h, w = lat.shape
+    tokens = lat.reshape(b, ch, h // 2, 2, w // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w // 4, 4 * ch)
+    state = {}
+
+    def before(module, args):
+        unified, _, freqs, adaln = args[:4]
+        c = cnet.control_all_x_embedder["2-1"](tokens)
+        n = c.shape[1]
+        x, f = unified[:, :n], freqs[:, :n]
+        for blk in cnet.control_noise_refiner:
+            c = blk(c, None, f, adaln)
+        hints = []
+        for k, layer in enumerate(cnet.control_layers):
+            h0 = layer.before_proj(c) + x if k == 0 else c
+            h1 = original_block(layer, h0, f, adaln)
+            hints.append(layer.after_proj(h1))
+            c = h1
+        state["hints"] = hints
+
+    def after(i, out):
+        if i % 5:
+            return out
+        hint = state["hints"][i // 5]
+        n = hint.shape[1]
+        return torch.cat([out[:, :n] + strength * hint, out[:, n:]], dim=1)
+
+    handles = [transformer.layers[0].register_forward_pre_hook(before)]
+    handles += [layer.register_forward_hook(lambda m, a, o, i=i: after(i, o)) for i, layer in enumerate(transformer.layers)]
+    try:
+        yield
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
+def original_block(layer, c, freqs, adaln):
+    """A control layer's transformer part alone (adaLN-modulated attention and feed-forward, Z-Image's)."""
+    scale_msa, gate_msa, scale_mlp, gate_mlp = layer.adaLN_modulation(adaln).unsqueeze(1).chunk(4, dim=2)
+    attn = layer.attention(layer.attention_norm1(c) * (1 + scale_msa), attention_mask=None, freqs_cis=freqs)
+    c = c + gate_msa.tanh() * layer.attention_norm2(attn)
+    return c + gate_mlp.tanh() * layer.ffn_norm2(layer.feed_forward(layer.ffn_norm1(c) * (1 + scale_mlp)))
+
+
+def reference(tiny, transformer) -> torch.Tensor:
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
+
+    pipe = ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=tiny.vae,
+                          text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer, transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    noise, _ = engine_noise((1, 16, 8, 8), SEED)
+    with torch.no_grad():
+        image = pipe(PROMPT, num_inference_steps=STEPS, guidance_scale=0.0, latents=noise, height=64, width=64,
+                     output_type="pt").images
+    return image.permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("node", ["QwenImageDiffsynthControlnet", "ZImageFunControlnet"])
+def test_fun_controlnet_matches_reference(qwen_engine, qwen_root, tiny_z_image, z11, node):
+    cnet = control_net()
+    write_patch(qwen_root, "tiny_z_fun_cnet.safetensors", cnet.state_dict())
+    save_inputs(qwen_engine)
+    plain = qwen_engine.run(graph(None)).raise_for_status().value("out")
+    assert torch.allclose(plain, reference(tiny_z_image, z11), atol=1e-4)
+    image = qwen_engine.run(graph("tiny_z_fun_cnet.safetensors", node)).raise_for_status().value("out")
+    with torch.no_grad(), reference_control(z11, cnet, tiny_z_image.vae, 0.8):
+        ref = reference(tiny_z_image, z11)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert (image - plain).abs().max() > 1e-2
+
+
+def test_zero_fun_controlnet_leaves_output_unchanged(qwen_engine, qwen_root, tiny_z_image, z11):
+    write_patch(qwen_root, "tiny_z_fun_cnet_zero.safetensors", control_net(zero=True).state_dict())
+    save_inputs(qwen_engine)
+    plain = qwen_engine.run(graph(None)).raise_for_status().value("out")
+    zero = qwen_engine.run(graph("tiny_z_fun_cnet_zero.safetensors")).raise_for_status().value("out")
+    assert torch.equal(plain, zero)
+
+
+def test_fun_controlnet_refuses_qwen_models_and_union_2(qwen_engine, qwen_root, tiny_qwen_image, tiny_z_image, z11):
+    write_patch(qwen_root, "tiny_z_fun_cnet.safetensors", control_net().state_dict())
+    save_inputs(qwen_engine)
+    on_qwen = qwen_engine.run(graph("tiny_z_fun_cnet.safetensors", unet="tiny_qwen_image.safetensors"))
+    assert on_qwen.failure is not None and "patches Z-Image models" in on_qwen.failure.exception_message
+    sd = control_net().state_dict()
+    sd["control_noise_refiner.0.after_proj.weight"] = torch.zeros(64, 64)
+    write_patch(qwen_root, "tiny_z_fun_union2.safetensors", sd)
+    bad = qwen_engine.run(graph("tiny_z_fun_union2.safetensors"))
+    assert bad.failure is not None and "2.x" in bad.failure.exception_message
+
+
+def test_z_image_fun_union_template_runs(qwen_engine, qwen_registry, qwen_root, tiny_z_image, z11):
+    """ComfyUI's image_z_image_turbo_fun_union_controlnet (Canny → Fun ControlNet, inside a subgraph) on the tiny
+    files (the 2-layer Z-Image as z_image_turbo_bf16), a 128×128 input image and 2 steps instead of 8."""
+    copy_as(qwen_root, {"diffusion_models/tiny_z_image.safetensors": "diffusion_models/z_image_turbo_bf16.safetensors",
+                        "text_encoders/tiny_qwen_3.safetensors": "text_encoders/qwen_3_4b.safetensors",
+                        "vae/tiny_z_image_ae.safetensors": "vae/ae.safetensors"})
+    write_patch(qwen_root, "Z-Image-Turbo-Fun-Controlnet-Union.safetensors", control_net().state_dict())
+    qwen_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    pixels = (control_image(128)[0].numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(qwen_engine.paths.input_dir / "image_z_image_turbo_fun_union_controlnet_input_image.png")
+    api = load_workflow_data(json.loads((TEMPLATES / "image_z_image_turbo_fun_union_controlnet.json").read_text()),
+                             qwen_registry).api
+    for n in api.values():
+        if n["class_type"] == "KSampler":
+            n["inputs"]["steps"] = 2
+    result = qwen_engine.run(api).raise_for_status()
+    kinds = {api[n]["class_type"] for n in result.executed}
+    assert {"ModelPatchLoader", "QwenImageDiffsynthControlnet", "Canny", "GetImageSize", "KSampler"} <= kinds
+    image = last_saved_image(qwen_engine.paths.output_dir)
+    assert image.shape == (128, 128, 3) and image.std() > 0.01
