@@ -166,6 +166,10 @@ class VAELoader(Node):
         manager = self.ctx.service("models")
         from nodegraph_nodes.dit import flux2_loading
 
+        from nodegraph_nodes.dit import audio_loading
+
+        if (audio_vae := audio_loading.load_vae(path, manager, self.ctx.device)) is not None:
+            return (audio_vae,)  # Stable Audio's / ACE-Step 1.5's Oobleck (nodegraph_nodes.dit.audio_loading)
         if flux2_loading.is_vae_file(path, manager.allow_pickle):  # Flux.2's VAE (with its bn statistics)
             return (flux2_loading.load_vae(path, manager, self.ctx.device),)
         from nodegraph_nodes.dit import wan22_5b
@@ -280,7 +284,8 @@ CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "moch
               "lumina2", "wan", "hidream", "chroma", "ace", "omnigen2", "qwen_image", "hunyuan_image", "flux2", "ovis",
               "longcat_image", "cogvideox", "lens", "pixeldit", "ideogram4", "boogu", "krea2", "joyimage", "mage",
               "minimax", "yue2", "moss_image", "fibo2", "flux3", "sd2"]
-LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma", "hidream", "stable_audio")
+LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma", "hidream",
+                     "stable_audio")
 
 
 class CLIPLoader(Node):
@@ -380,6 +385,11 @@ class UNETLoader(Node):
             return (hidream.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
         if wan.detect_transformer(keys) is not None:  # Wan 2.1
             return (wan.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
+        from nodegraph_nodes.dit import audio_loading
+
+        audio_model = audio_loading.load_transformer(path, keys, manager, self.ctx.device, weight_dtype)
+        if audio_model is not None:  # ACE-Step 1.5 (nodegraph_nodes.dit.audio_loading)
+            return (audio_model,)
         from nodegraph_nodes.dit import chroma
 
         if chroma.detect_prefix(keys) is not None:  # Chroma (before Flux: the same block names)

@@ -1,0 +1,74 @@
+"""ComfyUI's ACE-Step 1.5 nodes: ``EmptyAceStep1.5LatentAudio`` (a ``[B, 64, T]`` latent at 25 frames per
+second) and ``TextEncodeAceStepAudio1.5`` (caption, lyrics and metadata through ACE-Step's Qwen3 encoder,
+:mod:`.ace_step`).
+
+Stricter than ComfyUI: ``generate_audio_codes`` (the 5 Hz LM's audio codes) is not supported yet and is refused
+with a clear error when true; set it to false (ComfyUI's advice when an audio reference is given).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nodegraph.node import BOOLEAN, COMBO, FLOAT, INT, STRING, Input, Node, Output
+from nodegraph.types import CLIP, CONDITIONING, LATENT
+
+TIME_SIGNATURES = ["2", "3", "4", "6"]
+LANGUAGES = ["en", "zh", "ja", "ko", "es", "fr", "de", "it", "pt", "ru", "ar", "az", "bg", "bn", "ca", "cs", "da",
+             "el", "fa", "fi", "he", "hi", "hr", "ht", "hu", "id", "is", "la", "lt", "ms", "ne", "nl", "no", "pa",
+             "pl", "ro", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue",
+             "unknown"]
+KEYSCALES = [f"{root} {mode}" for mode in ("major", "minor")
+             for root in ("C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb", "B")]
+
+
+class EmptyAceStep15LatentAudio(Node):
+    """An empty ACE-Step 1.5 latent ``[B, 64, round(seconds · 25)]`` (48 kHz audio, 1920 samples a frame)."""
+
+    CLASS_TYPE = "EmptyAceStep1.5LatentAudio"
+    category = "latent/audio"
+    seconds = Input(FLOAT, default=120.0, min=1.0, max=1000.0, step=0.01)
+    batch_size = Input(INT, default=1, min=1, max=4096, tooltip="The number of latent images in the batch.")
+    outputs = (Output(LATENT),)
+
+    def execute(self, seconds: float, batch_size: int = 1) -> tuple:
+        length = int(round(seconds * 48000 / 1920))
+        return ({"samples": torch.zeros([batch_size, 64, length]), "type": "audio"},)
+
+
+class TextEncodeAceStepAudio15(Node):
+    """Encodes tags, lyrics and music metadata for ACE-Step 1.5."""
+
+    CLASS_TYPE = "TextEncodeAceStepAudio1.5"
+    category = "conditioning"
+    clip = Input(CLIP)
+    tags = Input(STRING, multiline=True, dynamic_prompts=True)
+    lyrics = Input(STRING, multiline=True, dynamic_prompts=True)
+    seed = Input(INT, default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True)
+    bpm = Input(INT, default=120, min=10, max=300)
+    duration = Input(FLOAT, default=120.0, min=0.0, max=2000.0, step=0.1)
+    timesignature = Input(COMBO, choices=TIME_SIGNATURES, default="4")
+    language = Input(COMBO, choices=LANGUAGES, default="en")
+    keyscale = Input(COMBO, choices=KEYSCALES, default="C major")
+    generate_audio_codes = Input(BOOLEAN, default=True, tooltip="Enable the LLM that generates audio codes (not "
+                                                                "supported by nodegraph yet: set it to false).")
+    cfg_scale = Input(FLOAT, default=2.0, min=0.0, max=100.0, step=0.1)
+    temperature = Input(FLOAT, default=0.85, min=0.0, max=2.0, step=0.01)
+    top_p = Input(FLOAT, default=0.9, min=0.0, max=2000.0, step=0.01)
+    top_k = Input(INT, default=0, min=0, max=100)
+    min_p = Input(FLOAT, default=0.0, min=0.0, max=1.0, step=0.001)
+    outputs = (Output(CONDITIONING),)
+
+    def execute(self, clip, tags: str, lyrics: str, seed: int, bpm: int, duration: float, timesignature: str,
+                language: str, keyscale: str, generate_audio_codes: bool, cfg_scale: float, temperature: float,
+                top_p: float, top_k: int, min_p: float = 0.0) -> tuple:
+        from nodegraph_nodes.dit.ace_step import AceClip, caption_text, lyrics_text
+
+        if not isinstance(clip, AceClip):
+            raise TypeError("TextEncodeAceStepAudio1.5.clip: ACE-Step 1.5's text encoders are needed (DualCLIPLoader "
+                            f"type ace); this CLIP is {getattr(clip, 'family', type(clip).__name__)}'s")
+        if generate_audio_codes:
+            raise ValueError("TextEncodeAceStepAudio1.5.generate_audio_codes: the 5 Hz LM's audio codes are not "
+                             "supported by nodegraph yet; set generate_audio_codes to false")
+        return (clip.encode_ace(self.ctx, caption_text(tags, bpm, duration, str(int(timesignature)), keyscale),
+                                lyrics_text(lyrics, language)),)

@@ -1,0 +1,104 @@
+"""ACE-Step 1.5 through ComfyUI's nodes (UNETLoader with ACE-Step's split DiT file, DualCLIPLoader type ace,
+VAELoader with the Oobleck, TextEncodeAceStepAudio1.5, EmptyAceStep1.5LatentAudio, ModelSamplingAuraFlow,
+KSampler euler / simple at cfg 1 as the turbo templates, VAEDecodeAudio) equals diffusers' AceStepPipeline on the
+same tiny weights, seed, steps and shift.
+
+The pipeline formats its prompt its own way (the text2music instruction, other line breaks); the reference takes
+ComfyUI's strings (``_format_prompt`` replaced), so what is compared is everything after the text: the Qwen3
+encoding, the condition encoder, the silence context and timbre reference, the schedule and the DiT.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from tests.dit.tiny_ace_step import build_ace_step
+from tests.helpers.engines import make_engine
+from tests.helpers.noise import engine_noise
+
+TAGS = "a warm soul track with drums and piano"
+LYRICS = "[verse]\nnight city rain\nlove in my city"
+SEED, STEPS, SHIFT = 5, 4, 3.0
+SECONDS = 2.4  # 60 latent frames
+LATENT = (1, 64, 60)
+CAPTION = ("# Instruction\nGenerate audio semantic tokens based on the given conditions:\n\n# Caption\n" + TAGS +
+           "\n\n# Metas\n- bpm: 120\n- timesignature: 4\n- keyscale: E minor\n- duration: 3 seconds\n"
+           "<|endoftext|>\n<|endoftext|>")
+LYRICS_PROMPT = "# Languages\nen\n\n# Lyric\n" + LYRICS + "<|endoftext|><|endoftext|>"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_ace_step(tmp_path_factory.mktemp("ace_step_models"))
+
+
+@pytest.fixture
+def engine(tiny, tmp_path):
+    eng = make_engine(tiny.root, tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+def graph(tags: str = TAGS, generate_audio_codes: bool = False) -> Graph:
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="tiny_acestep_v1.5.safetensors", weight_dtype="default").out(0)
+    model = g.node("ModelSamplingAuraFlow", model=model, shift=SHIFT).out(0)
+    clip = g.node("DualCLIPLoader", clip_name1="tiny_qwen_ace15_embed.safetensors",
+                  clip_name2="tiny_qwen_ace15_lm.safetensors", type="ace").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_ace_1.5_vae.safetensors").out(0)
+    pos = g.node("TextEncodeAceStepAudio1.5", clip=clip, tags=tags, lyrics=LYRICS, seed=0, bpm=120, duration=SECONDS,
+                 timesignature="4", language="en", keyscale="E minor", generate_audio_codes=generate_audio_codes,
+                 cfg_scale=2.0, temperature=0.85, top_p=0.9, top_k=0, min_p=0.0).out(0)
+    neg = g.node("ConditioningZeroOut", conditioning=pos).out(0)
+    lat = g.node("EmptyAceStep1.5LatentAudio", seconds=SECONDS, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
+                positive=pos, negative=neg, latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecodeAudio", "out", samples=ks, vae=vae))
+    return g
+
+
+def reference(tiny) -> torch.Tensor:
+    from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
+
+    pipe = AceStepPipeline(vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
+                           transformer=tiny.transformer, condition_encoder=tiny.condition_encoder,
+                           scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0))
+    pipe.set_progress_bar_config(disable=True)
+    pipe._format_prompt = lambda **_: (CAPTION, LYRICS_PROMPT)
+    assert pipe.latents_per_second == 2.0  # the 30-second timbre reference is 60 frames, the sampled length
+    noise, _ = engine_noise(LATENT, SEED)
+    with torch.no_grad():
+        latents = pipe(TAGS, lyrics=LYRICS, audio_duration=30.0, num_inference_steps=STEPS, guidance_scale=1.0,
+                       shift=SHIFT, latents=noise.transpose(1, 2), output_type="latent").audios
+        audio = tiny.vae.decode(latents.transpose(1, 2)).sample
+    std = torch.std(audio, dim=[1, 2], keepdim=True) * 5.0
+    std[std < 1.0] = 1.0
+    return audio / std
+
+
+def test_empty_latent_length():
+    from nodegraph_nodes.dit.ace_step_nodes import EmptyAceStep15LatentAudio
+
+    assert EmptyAceStep15LatentAudio.execute(None, seconds=120.0, batch_size=2)[0]["samples"].shape == (2, 64, 3000)
+    assert EmptyAceStep15LatentAudio.execute(None, seconds=SECONDS)[0]["samples"].shape == LATENT
+
+
+def test_ace_step_matches_pipeline(engine, tiny):
+    audio = engine.run(graph()).raise_for_status().value("out")
+    ref = reference(tiny)
+    assert audio["sample_rate"] == 48000
+    wave = audio["waveform"]
+    assert wave.shape == ref.shape == (1, 2, LATENT[2] * 4)
+    assert torch.allclose(wave, ref, atol=1e-4), (wave - ref).abs().max()
+    assert wave.std() > 1e-3
+    other = engine.run(graph(tags="a warm soul track with bass")).raise_for_status().value("out")["waveform"]
+    assert not torch.allclose(wave, other, atol=1e-4)
+
+
+def test_audio_codes_refused(engine, tiny):
+    result = engine.run(graph(generate_audio_codes=True))
+    assert result.failure is not None and "generate_audio_codes" in result.failure.exception_message
