@@ -286,6 +286,10 @@ CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "moch
               "minimax", "yue2", "moss_image", "fibo2", "flux3", "sd2"]
 LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma", "hidream",
                      "stable_audio")
+#: Types nodegraph does not load whose Qwen3 files ComfyUI loads as Z-Image's Qwen3 encoder (its ``sd.py``:
+#: a Qwen3-4B file is Flux.2 Klein's under flux/flux2, Z-Image's under any other type of its list then), e.g.
+#: the ``llm_qwen3_text_gen`` template's ``ltxv`` for TextGenerate. Newer families' types are not assumed.
+QWEN3_FALLBACK_TYPES = ("stable_cascade", "mochi", "ltxv", "pixart", "cosmos", "ace", "omnigen2", "hunyuan_image")
 
 
 class CLIPLoader(Node):
@@ -307,10 +311,16 @@ class CLIPLoader(Node):
         return _fingerprint(paths, "text_encoders", clip_name)
 
     def execute(self, clip_name: str, type: str, device: str = "default") -> tuple:
+        path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
+        if type in QWEN3_FALLBACK_TYPES and path.is_file():
+            from nodegraph_nodes.dit.llm_loading import encoder_kind
+            from nodegraph_nodes.dit.loading import file_keys
+
+            if encoder_kind(file_keys(path, self.ctx.service("models").allow_pickle)) == "qwen3":
+                type = "lumina2"  # ComfyUI: a Qwen3 file under a type without a Qwen3 recipe is Z-Image's encoder
         if type not in LOADED_CLIP_TYPES:
             raise ValueError(f"CLIPLoader.type: {type!r} is not supported yet; nodegraph loads "
                              f"{', '.join(LOADED_CLIP_TYPES)} (Flux: DualCLIPLoader type flux)")
-        path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
         target = "cpu" if device == "cpu" else self.ctx.device
         if type == "hidream":  # one of CLIP-L/G, T5-XXL, Llama 3.1 (nodegraph_nodes.dit.hidream_text)
             from nodegraph_nodes.dit.hidream_text import load_clip as load_hidream_clip

@@ -360,3 +360,65 @@ def test_ltx2_prompt_on_gemma3_equals_transformers(engine, tmp_path):
 def test_ltx2_prompt_gives_back_the_prompt_when_the_answer_is_empty(monkeypatch, engine):
     monkeypatch.setattr(tg, "generate_text", lambda *a, **k: "  ")
     assert tg.TextGenerateLTX2Prompt(_ctx(engine)).execute(object(), PROMPT, 4, "off") == (PROMPT, "")
+
+
+def test_llm_qwen3_text_gen_template_runs(engine, te_root):
+    """The package's llm_qwen3_text_gen template (CLIPLoader qwen_3_4b.safetensors with type ``ltxv``, which
+    ComfyUI loads as the Z-Image Qwen3 encoder; TextGenerate with sampling on; PreviewAny) runs end to end on
+    the tiny Qwen3 file under its name; only max_length is made 16."""
+    import json
+    import shutil
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.helpers.package_templates import package_templates
+
+    paths = package_templates(lambda name: name == "llm_qwen3_text_gen.json")
+    if not paths:
+        pytest.skip("the template package has no llm_qwen3_text_gen")
+    te = te_root["root"] / "models" / "text_encoders"
+    shutil.copyfile(te / "tiny_qwen_3.safetensors", te / "qwen_3_4b.safetensors")
+    api = load_workflow_data(json.loads(paths[0].read_text()), default_registry(packs=False)).api
+    (nid, node), = [(k, n) for k, n in api.items() if n["class_type"] == "TextGenerate"]
+    assert node["inputs"]["sampling_mode"] == "on" and node["inputs"]["sampling_mode.top_k"] == 64
+    assert node["inputs"]["sampling_mode.seed"] == 0 and node["inputs"]["max_length"] == 2048
+    loader = api[node["inputs"]["clip"][0]]
+    assert loader["class_type"] == "CLIPLoader" and loader["inputs"]["type"] == "ltxv"
+    node["inputs"]["max_length"] = 16
+    result = engine.run(api).raise_for_status()
+    text = result.value(nid, 0)
+    assert isinstance(text, str) and len(text) > 0
+    (preview,) = [k for k, n in api.items() if n["class_type"] == "PreviewAny"]
+    assert result.outputs[preview]["text"] == [text]  # what the template shows
+
+
+def test_qwen3_file_under_a_newer_family_type_is_refused(engine):
+    result, _ = _run(engine, "tiny_qwen_3.safetensors", "krea2", prompt=PROMPT, max_length=4, sampling_mode="off")
+    assert "CLIPLoader.type: 'krea2' is not supported yet" in str(result.failure)
+
+
+def test_untied_file_head_is_used(engine, te_root, monkeypatch):
+    """A Qwen3 file of a width whose release does not tie (8B) with its own lm_head.weight: that head is
+    the output projection (transformers' untied Qwen3ForCausalLM)."""
+    from transformers import Qwen3ForCausalLM
+
+    base, tok = te_root["qwen3"], te_root["qwen3_tok"]
+    head = torch.randn(base.config.vocab_size, base.config.hidden_size, generator=torch.Generator().manual_seed(9))
+    te = te_root["root"] / "models" / "text_encoders"
+    sd = {"model." + k: v.contiguous() for k, v in base.state_dict().items()}
+    save_file({**sd, "lm_head.weight": head}, str(te / "tiny_qwen_3_head.safetensors"))
+    tied, _ = _text(engine, "tiny_qwen_3.safetensors", "lumina2", prompt=PROMPT, max_length=16, sampling_mode="off")
+    monkeypatch.setitem(tg.TIED_UP_TO, "qwen3", 16)
+    text, _ = _text(engine, "tiny_qwen_3_head.safetensors", "lumina2", prompt=PROMPT, max_length=16,
+                    sampling_mode="off")
+    cfg = base.config.__class__.from_dict({**base.config.to_dict(), "tie_word_embeddings": False})
+    lm = Qwen3ForCausalLM(cfg).eval()
+    lm.model.load_state_dict(base.state_dict())
+    lm.lm_head.weight.data.copy_(head)
+    chat = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True,
+                                   enable_thinking=False)
+    assert text == _reference(lm, tok, chat, 16) and text != tied
+    save_file(sd, str(te / "tiny_qwen_3_nohead.safetensors"))
+    result, _ = _run(engine, "tiny_qwen_3_nohead.safetensors", "lumina2", prompt=PROMPT, max_length=4,
+                     sampling_mode="off")
+    assert "lm_head" in str(result.failure) and "TextGenerate.clip" in str(result.failure)
