@@ -29,7 +29,11 @@ What it does (ComfyUI's facts, ``comfy_extras/nodes_textgen.py`` and ``comfy/tex
 The output projection ("LM head"): a file's ``lm_head.weight`` when it has one; text-encoder files often
 leave it out, and then the token embeddings are used where the released model ties them (Qwen3 up to
 4B, Qwen2.5-VL 3B, Gemma 2 and 3). A file without a head whose release does not tie (Qwen3 8B, Qwen2.5-VL 7B)
-is refused with an error — stricter than ComfyUI, which samples from the embeddings regardless.
+is refused with an error — stricter than ComfyUI, which samples from the embeddings regardless. ComfyUI
+also uses the embeddings for Qwen2.5-VL when the file has a head (its model has none); nodegraph uses the
+file's head (the model's own output layer, as transformers), so Qwen2.5-VL 7B text differs from ComfyUI's.
+Images for Qwen2.5-VL are prepared by transformers' Qwen2-VL image processor (as TextEncodeQwenImageEdit);
+ComfyUI resizes with its own code, so pixel-level inputs may differ slightly.
 
 Not supported (clear errors): ``video`` and ``audio`` inputs, images with a text-only model. ``mtp``
 (speculative decoding with a checkpoint's multi-token-prediction head) is accepted and has no effect:
