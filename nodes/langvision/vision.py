@@ -29,6 +29,7 @@ from nodegraph.node import Input, Node, Output
 from nodegraph.types import BOOLEAN, COMBO, FLOAT, IMAGE, INT, STRING
 
 from nodegraph.value_checks import check_image, check_text, validate_text
+from nodegraph_nodes.langvision import siglip
 from nodegraph_nodes.langvision.common import (LOAD_LOCK, DTYPE_CHOICES, ModelFolderError, folder_fingerprint,
                                 image_settings, list_model_folders, load_tokenizer, manager_key, pick_dtype,
                                 preprocess, read_config, resolve_model_path)
@@ -84,6 +85,8 @@ class ClipVisionOutput:
     last_hidden_state: torch.Tensor
     penultimate_hidden_states: torch.Tensor
     image_sizes: list | None = None
+    #: every layer's output ``[B, layers, tokens, width]`` (SigLIP, as ComfyUI)
+    all_hidden_states: torch.Tensor | None = None
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -354,30 +357,46 @@ class CLIPVisionLoader(Node):
             if path.suffix.lower() not in (".safetensors", ".sft"):
                 raise ModelFolderError(f"input 'clip_name': {clip_name!r} is not a .safetensors file or a folder")
             sd = load_file(str(path))
-            cfg = clip_vision_config_from_weights(sd)
-            settings = image_settings(None, {"image_size": cfg["image_size"]})
+            if siglip.is_siglip(sd.keys()):  # Flux Redux's SigLIP (nodegraph_nodes.langvision.siglip)
+                cfg = siglip.siglip_config(sd)
+                settings = siglip.settings(cfg)
 
-            def loader():
-                from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-                with LOAD_LOCK:
-                    model = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg))
-                state = load_file(str(path))
-                if "visual_projection.weight" not in state:
-                    state["visual_projection.weight"] = torch.eye(cfg["hidden_size"])
-                missing, unexpected = model.load_state_dict(state, strict=False)
-                missing = [k for k in missing if "position_ids" not in k]
-                if missing:
-                    raise ModelFolderError(f"input 'clip_name': {clip_name!r} lacks weights {missing[:5]}")
-                return model.to(torch_dtype).eval()
+                def loader():
+                    return siglip.build_siglip(load_file(str(path)), cfg, torch_dtype, clip_name, LOAD_LOCK)
+            else:
+                cfg = clip_vision_config_from_weights(sd)
+                settings = image_settings(None, {"image_size": cfg["image_size"]})
+                loader = _clip_file_loader(path, cfg, torch_dtype, clip_name)
         manager = self.ctx.service("models")
         entry = manager.load(manager_key(path, "clip_vision", torch_dtype), loader)
         return (ClipVision(entry, settings, clip_name, torch_dtype),)
 
 
+def _clip_file_loader(path: Path, cfg: dict, torch_dtype: torch.dtype, clip_name: str):
+    """The manager loader of a CLIP vision single file (transformers' key layout)."""
+    from safetensors.torch import load_file
+
+    def loader():
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        with LOAD_LOCK:
+            model = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg))
+        state = load_file(str(path))
+        if "visual_projection.weight" not in state:
+            state["visual_projection.weight"] = torch.eye(cfg["hidden_size"])
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if "position_ids" not in k]
+        if missing:
+            raise ModelFolderError(f"input 'clip_name': {clip_name!r} lacks weights {missing[:5]}")
+        return model.to(torch_dtype).eval()
+    return loader
+
+
 def encode_clip_vision(clip_vision: ClipVision, manager: Any, image: torch.Tensor, crop: bool = True) -> ClipVisionOutput:
     with torch.inference_mode(), manager.use(clip_vision.handle) as model:
         device = next(model.parameters()).device
+        if siglip.is_siglip_model(model):
+            return siglip.encode(model, _pixels(clip_vision, image, device, crop))
         out = model(pixel_values=_pixels(clip_vision, image, device, crop), output_hidden_states=True)
         return ClipVisionOutput(image_embeds=out.image_embeds.float().cpu(),
                                 last_hidden_state=out.last_hidden_state.float().cpu(),

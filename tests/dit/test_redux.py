@@ -3,7 +3,7 @@ StyleModelApply) equals diffusers' FluxPipeline given the prompt embeddings Flux
 (T5 states ++ ``ReduxImageEncoder(vision last_hidden_state)``, CLIP-L's pooled output unchanged), on tiny
 random weights saved in the file layout users download (``redux_up.*`` / ``redux_down.*``).
 
-The vision tower here is a tiny CLIP vision file (CLIPVisionLoader does not load SigLIP files yet), so the
+The vision tower here is a tiny CLIP vision file (SigLIP files and the template: test_redux_siglip.py), so the
 prior pipeline itself is written out: its recipe at ``prompt_embeds_scale=1`` is the concatenation below.
 """
 
