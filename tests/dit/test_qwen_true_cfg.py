@@ -23,7 +23,8 @@ each call returns the guided velocity computed by one formula:
 * the wrapper with diffusers' formula equals the pipeline's own ``true_cfg_scale`` 4 output (the harness);
 * the wrapper with plain CFG equals the engine's KSampler at cfg 4;
 * the wrapper with ComfyUI's CFGNorm formula equals the engine's KSampler cfg 4 + CFGNorm (strength 1, 0.9);
-* diffusers' result differs from both.
+* diffusers' result differs from both;
+* the same for Qwen-Image-Edit (QwenImageEditPipeline vs the template's TextEncodeQwenImageEdit + CFGNorm).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_
 from tests.helpers.noise import engine_noise
 
 CFG, NEGATIVE = 4.0, "blue sky, blurry"
+STEPS_ = 4  # test_qwen_image.STEPS and test_qwen_edit.STEPS
 
 
 def _unpack(v: torch.Tensor, h: int = 8, w: int = 8) -> torch.Tensor:
@@ -84,46 +86,54 @@ def _pipeline(tiny, net):
     return pipe
 
 
-def _latents():
+def _latents(seed: int | None = None):
     from tests.dit.test_qwen_image import SEED
 
-    noise, _ = engine_noise((1, 16, 8, 8), SEED)
+    noise, _ = engine_noise((1, 16, 8, 8), SEED if seed is None else seed)
     return _pack(noise)
 
 
 def pipeline_true_cfg(tiny) -> torch.Tensor:
-    from tests.dit.test_qwen_image import PROMPT, STEPS
+    from tests.dit.test_qwen_image import PROMPT
 
     pipe = _pipeline(tiny, tiny.transformer)
     with torch.no_grad():
-        image = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, true_cfg_scale=CFG,
+        image = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS_, true_cfg_scale=CFG,
                      latents=_latents(), height=64, width=64, output_type="pt").images
     return image.permute(0, 2, 3, 1)
 
 
-def wrapped(tiny, combine) -> torch.Tensor:
-    """The pipeline at true_cfg_scale 1 whose transformer returns ``combine(x, σ, v_c, v_u, CFG)``: each call
-    also runs the negative prompt (the pipeline's own encoding of it) on the same latents."""
-    from tests.dit.test_qwen_image import PROMPT, STEPS
-
-    net = copy.deepcopy(tiny.transformer)
-    pipe = _pipeline(tiny, net)
-    with torch.no_grad():
-        neg, neg_mask = pipe.encode_prompt(NEGATIVE, device="cpu")
+def _run_wrapped(pipe, combine, negative: tuple, **call) -> torch.Tensor:
+    """``pipe`` at true_cfg_scale 1 with its transformer returning ``combine(x, σ, v_c, v_u, CFG)``: each call
+    also runs the ``negative`` (states, mask: the pipeline's own encoding) on the same input. ``x`` and the
+    predictions are the generated latent's tokens (the Edit pipelines append the reference image's after)."""
+    net = pipe.transformer
     forward = net.forward
+    tokens = call["latents"].shape[1]
 
     def guided(self, hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_mask, **kw):
         v_c = forward(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=encoder_hidden_states,
-                      encoder_hidden_states_mask=encoder_hidden_states_mask, **kw)[0]
-        v_u = forward(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=neg,
-                      encoder_hidden_states_mask=neg_mask, **kw)[0]
-        return (combine(hidden_states, timestep.float(), v_c, v_u, CFG),)  # the pipeline passes t / 1000 = σ
+                      encoder_hidden_states_mask=encoder_hidden_states_mask, **kw)[0][:, :tokens]
+        v_u = forward(hidden_states=hidden_states, timestep=timestep, encoder_hidden_states=negative[0],
+                      encoder_hidden_states_mask=negative[1], **kw)[0][:, :tokens]
+        # the pipeline passes t / 1000 = σ
+        return (combine(hidden_states[:, :tokens], timestep.float(), v_c, v_u, CFG),)
 
     net.forward = types.MethodType(guided, net)
     with torch.no_grad():
-        image = pipe(PROMPT, num_inference_steps=STEPS, true_cfg_scale=1.0, latents=_latents(), height=64, width=64,
-                     output_type="pt").images
+        image = pipe(num_inference_steps=STEPS_, true_cfg_scale=1.0, height=64, width=64, output_type="pt",
+                     **call).images
     return image.permute(0, 2, 3, 1)
+
+
+def wrapped(tiny, combine) -> torch.Tensor:
+    """Text-to-image: QwenImagePipeline with the wrapped transformer (:func:`_run_wrapped`)."""
+    from tests.dit.test_qwen_image import PROMPT
+
+    pipe = _pipeline(tiny, copy.deepcopy(tiny.transformer))
+    with torch.no_grad():
+        negative = pipe.encode_prompt(NEGATIVE, device="cpu")
+    return _run_wrapped(pipe, combine, negative, prompt=PROMPT, latents=_latents())
 
 
 def _engine_prompt(cfg_norm: float | None) -> dict:
@@ -166,3 +176,69 @@ def test_ksampler_cfg_norm_matches_comfy_formula_not_diffusers(qwen_engine, tiny
     plain = qwen_engine.run(_engine_prompt(None)).raise_for_status().value("out")
     assert not torch.allclose(image, plain, atol=1e-3)  # CFGNorm acts on this run
     assert (image - diffusers_image).abs().max() > 1e-2  # and still is not diffusers' true CFG
+
+
+# -- Qwen-Image-Edit: the same combination in QwenImageEditPipeline; ComfyUI's template (image_qwen_image_edit)
+# encodes both prompts with TextEncodeQwenImageEdit and puts CFGNorm before KSampler. The negative gets the
+# image too (the pipeline encodes its negative prompt with the image, and both passes see the reference latent).
+
+def _edit_pipeline(tiny, net):
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPipeline
+
+    from tests.dit.test_qwen_edit import SHIFT, Processor
+
+    pipe = QwenImageEditPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=tiny.vae,
+                                 text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
+                                 processor=Processor(tiny.tokenizer, tiny.text_encoder), transformer=net)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _edit_engine_prompt(cfg_norm: float | None) -> dict:
+    from tests.dit.test_qwen_edit import edit_graph
+
+    prompt = edit_graph().to_api()
+    ks = next(n for n in prompt.values() if n["class_type"] == "KSampler")
+    pos = prompt[ks["inputs"]["positive"][0]]
+    ks["inputs"]["cfg"] = CFG
+    prompt[ks["inputs"]["negative"][0]]["inputs"] = {**pos["inputs"], "prompt": NEGATIVE}
+    if cfg_norm is not None:
+        prompt["cfgnorm"] = {"class_type": "CFGNorm", "inputs": {"model": ks["inputs"]["model"], "strength": cfg_norm}}
+        ks["inputs"]["model"] = ["cfgnorm", 0]
+    return prompt
+
+
+@pytest.fixture
+def edit_engine(qwen_engine):
+    from tests.dit.test_qwen_edit import _image
+
+    qwen_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    _image().save(qwen_engine.paths.input_dir / "edit_input.png")
+    return qwen_engine
+
+
+@pytest.mark.slow  # four runs with the 1024² reference image's 4096 latent tokens: ~4 minutes on 2 CPU cores
+def test_qwen_edit_cfg_norm_matches_comfy_formula_and_wrapper_is_the_pipeline(edit_engine, tiny_qwen_image):
+    from tests.dit.test_qwen_edit import PROMPT, SEED, _image
+
+    t = tiny_qwen_image
+    with torch.no_grad():
+        pipe = _edit_pipeline(t, t.transformer)
+        own = pipe(image=_image(), prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS_,
+                   true_cfg_scale=CFG, latents=_latents(SEED), height=64, width=64,
+                   output_type="pt").images.permute(0, 2, 3, 1)
+
+    def wrapped_edit(combine):
+        pipe = _edit_pipeline(t, copy.deepcopy(t.transformer))
+        with torch.no_grad():
+            negative = pipe.encode_prompt(NEGATIVE, image=_image(), device="cpu")
+        return _run_wrapped(pipe, combine, negative, image=_image(), prompt=PROMPT, latents=_latents(SEED))
+
+    harness = wrapped_edit(diffusers_true_cfg)
+    assert torch.allclose(harness, own, atol=1e-5), (harness - own).abs().max()
+    image = edit_engine.run(_edit_engine_prompt(1.0)).raise_for_status().value("out")
+    ref = wrapped_edit(comfy_cfg_norm(1.0))
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    # outside the parity tolerance (8e-4 here: with the image in both prompts, the tiny model's positive and
+    # negative predictions are close, so the two rescalings differ less than in text-to-image)
+    assert (image - own).abs().max() > 2e-4
