@@ -23,11 +23,13 @@ The silence latent (VAE-encoded silence, ``[1, T, 64]``) is not in ComfyUI's fil
 its code): it is read from a ``silence_latent`` key of the file, else from ``<file stem>.silence_latent.pt`` /
 ``silence_latent.pt`` beside the file (the ACE-Step release's ``silence_latent.pt``, ``[1, 64, T]``).
 
-Text encoding (ComfyUI's TextEncodeAceStepAudio1.5 recipe, without the 5 Hz LM): the caption in
-``# Instruction / # Caption / # Metas`` form (bpm, time signature, key, duration rounded up) through the
-Qwen3 embedding model (last hidden states), the lyrics as ``# Languages / # Lyric`` through its token
-embeddings only. ``generate_audio_codes`` (audio codes sampled by the Qwen3 LM) is not supported yet: it is
-refused with a clear error.
+Text encoding (ComfyUI's TextEncodeAceStepAudio1.5 recipe): the caption in ``# Instruction / # Caption /
+# Metas`` form (bpm, time signature, key, duration rounded up) through the Qwen3 embedding model (last hidden
+states), the lyrics as ``# Languages / # Lyric`` through its token embeddings only; with
+``generate_audio_codes`` the 5 Hz LM samples ``ceil(duration) · 5`` audio codes (:mod:`.ace_step_lm`), which
+the DiT's context takes through the file's quantizer (FSQ levels 8, 8, 8, 5, 5, 5: not in the weights) and
+detokenizer (cut to the latent's length, padded with silence). ComfyUI keeps the reference-timbre path
+(``reference_audio_timbre_latents``) apart; nodegraph has no node that sets it yet.
 """
 
 from __future__ import annotations
@@ -80,9 +82,10 @@ def _attention_names(key: str) -> str:
     return key
 
 
-def split_weights(sd: dict) -> tuple[dict, dict]:
-    """``(transformer, condition encoder)`` weights in diffusers' names from ACE-Step's (no prefix)."""
-    dit, cond = {}, {}
+def split_weights(sd: dict) -> tuple[dict, dict, dict, dict]:
+    """``(transformer, condition encoder, quantizer, detokenizer)`` weights in diffusers' names from
+    ACE-Step's (no prefix); the last two are empty when the file lacks the audio-code path."""
+    dit, cond, quant, detok = {}, {}, {}, {}
     for key, value in sd.items():
         if key.startswith("decoder."):
             new = key[len("decoder."):].replace("proj_in.1.", "proj_in_conv.").replace("proj_out.1.", "proj_out_conv.")
@@ -91,7 +94,11 @@ def split_weights(sd: dict) -> tuple[dict, dict]:
             cond[_attention_names(key[len("encoder."):])] = value
         elif key == "null_condition_emb":
             cond[key] = value
-    return dit, cond
+        elif key.startswith("tokenizer.quantizer."):
+            quant[key[len("tokenizer.quantizer."):]] = value
+        elif key.startswith("detokenizer."):
+            detok[_attention_names(key[len("detokenizer."):])] = value
+    return dit, cond, quant, detok
 
 
 def _count(sd: dict, pattern: str) -> int:
@@ -133,13 +140,51 @@ def condition_config(sd: dict) -> dict:
             "attention_bias": "lyric_encoder.layers.0.self_attn.to_q.bias" in sd}
 
 
-class AceStepNet(torch.nn.Module):
-    """The DiT and its condition encoder, loaded and placed together; ``silence`` ``[1, T, 64]``."""
+def detokenizer_config(sd: dict) -> dict:
+    head = int(sd["layers.0.self_attn.norm_q.weight"].shape[0])
+    return {"hidden_size": int(sd["embed_tokens.weight"].shape[0]),
+            "intermediate_size": int(sd["layers.0.mlp.gate_proj.weight"].shape[0]),
+            "audio_acoustic_hidden_dim": int(sd["proj_out.weight"].shape[0]),
+            "pool_window_size": int(sd["special_tokens"].shape[1]),
+            "num_attention_pooler_hidden_layers": _count(sd, r"layers\.(\d+)\."), "head_dim": head,
+            "num_attention_heads": int(sd["layers.0.self_attn.to_q.weight"].shape[0]) // head,
+            "num_key_value_heads": int(sd["layers.0.self_attn.to_k.weight"].shape[0]) // head,
+            "attention_bias": "layers.0.self_attn.to_q.bias" in sd}
 
-    def __init__(self, transformer, condition, silence: torch.Tensor):
+
+#: ACE-Step 1.5's FSQ levels (64000 codes) for its 6-dimensional codebook; not in the weights
+FSQ_LEVELS = [8, 8, 8, 5, 5, 5]
+
+
+def build_code_path(quant: dict, detok: dict, dtype: torch.dtype):
+    """``(quantizer, detokenizer)`` of the 5 Hz audio codes, or ``(None, None)`` without their weights."""
+    if not quant or not detok:
+        return None, None
+    from diffusers.pipelines.ace_step.modeling_ace_step import AceStepAudioTokenDetokenizer, _AceStepResidualFSQ
+
+    from nodegraph_nodes.diffusion.checkpoint import _instantiate
+
+    width = int(quant["project_in.weight"].shape[0])
+    if width != len(FSQ_LEVELS):
+        raise ModelFileError(f"this ACE-Step file's audio-code quantizer has {width} dimensions; ACE-Step 1.5's has "
+                             f"{len(FSQ_LEVELS)}")
+    quantizer = _AceStepResidualFSQ(dim=int(quant["project_in.weight"].shape[1]), levels=list(FSQ_LEVELS))
+    quantizer.load_state_dict({k: v.to(dtype) for k, v in quant.items()})
+    detokenizer = _instantiate(AceStepAudioTokenDetokenizer, detokenizer_config(detok), detok, dtype,
+                               "ACE-Step 1.5 audio detokenizer")
+    return quantizer.to(dtype).eval().requires_grad_(False), detokenizer
+
+
+class AceStepNet(torch.nn.Module):
+    """The DiT, its condition encoder and (when the file has them) the audio-code quantizer and detokenizer,
+    loaded and placed together; ``silence`` ``[1, T, 64]``."""
+
+    def __init__(self, transformer, condition, silence: torch.Tensor, quantizer=None, detokenizer=None):
         super().__init__()
         self.transformer = transformer
         self.condition = condition
+        self.quantizer = quantizer
+        self.detokenizer = detokenizer
         self.register_buffer("silence", silence, persistent=False)
 
     @property
@@ -171,13 +216,14 @@ def build_net(path: Path, sd: dict, dtype: torch.dtype) -> AceStepNet:
     from nodegraph_nodes.diffusion.checkpoint import _instantiate
 
     silence = read_silence_latent(path, sd)
-    dit, cond = split_weights(sd)
+    dit, cond, quant, detok = split_weights(sd)
     transformer = _instantiate(AceStepTransformer1DModel, transformer_config(dit), dit, dtype, "ACE-Step 1.5 DiT")
     config = condition_config(cond)
     # the encoder's own silence buffer is not used (the runner passes ``silence``): fill it to fit
     cond["silence_latent"] = torch.zeros(1, 15000, config["timbre_hidden_dim"])
     encoder = _instantiate(AceStepConditionEncoder, config, cond, dtype, "ACE-Step 1.5 condition encoder")
-    return AceStepNet(transformer, encoder, silence.to(dtype)).eval().requires_grad_(False)
+    quantizer, detokenizer = build_code_path(quant, detok, dtype)
+    return AceStepNet(transformer, encoder, silence.to(dtype), quantizer, detokenizer).eval().requires_grad_(False)
 
 
 # -- MODEL ------------------------------------------------------------------------------------------
@@ -213,8 +259,6 @@ class AceStepRunner(NetRunner):
         if lyrics is None:
             raise ValueError("this conditioning has no lyrics embedding; encode the prompt with "
                              "TextEncodeAceStepAudio1.5 and ACE-Step's text encoders (DualCLIPLoader type ace)")
-        if part.extras.get("audio_codes") is not None:
-            raise ValueError("ACE-Step 1.5 audio codes (generate_audio_codes) are not supported yet")
         lyrics = lyrics.to(self.device, self.dtype)
         silence = net.silence[:, :length].to(self.device, self.dtype)
         if silence.shape[1] < length:
@@ -229,6 +273,24 @@ class AceStepRunner(NetRunner):
             states = net.condition.null_condition_emb.to(states).expand_as(states)
         return _rows(states, part.rows)
 
+    def _source(self, part: CondPart, length: int) -> torch.Tensor:
+        """The context's source latents ``[1, T, 64]``: the audio codes' (TextEncodeAceStepAudio1.5's
+        ``generate_audio_codes``) through the quantizer and detokenizer, cut to the latent's length and padded
+        with the silence latent; without codes the silence latent."""
+        silence = self.net.silence[:, :length].to(self.device, self.dtype)
+        codes = part.extras.get("audio_codes")
+        if not codes or not codes[0]:
+            return silence
+        if self.net.detokenizer is None:
+            raise ValueError("this ACE-Step 1.5 file has no audio-code detokenizer (tokenizer./detokenizer. weights); "
+                             "set TextEncodeAceStepAudio1.5.generate_audio_codes to false")
+        indices = torch.tensor(codes[0], device=self.device, dtype=torch.long).view(1, -1, 1)
+        quantized = self.net.quantizer.get_output_from_indices(indices).to(self.dtype)
+        source = self.net.detokenizer(quantized).to(self.dtype)[:, :length]
+        if source.shape[1] < length:
+            source = torch.cat([source, silence[:, source.shape[1]:]], dim=1)
+        return source
+
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         if x_in.ndim != 3:
             raise ValueError(f"ACE-Step 1.5 samples audio latents [B, 64, T]; this latent is {list(x_in.shape)} "
@@ -236,15 +298,14 @@ class AceStepRunner(NetRunner):
         x = x_in.to(self.device, self.dtype).transpose(1, 2)
         length = x.shape[1]
         t = timestep.to(self.device, self.dtype).reshape(-1).expand(x.shape[0])
-        silence = self.net.silence[:, :length].to(self.device, self.dtype)
-        context = torch.cat([silence, torch.ones_like(silence)], dim=-1)
         outs, row = [], 0
         for part in parts:
             states = self._encoder_states(part, length)
+            source = self._source(part, length)
+            context = torch.cat([source, torch.ones_like(source)], dim=-1).expand(part.rows, -1, -1)
             rows = slice(row, row + part.rows)
             out = self.net.transformer(hidden_states=x[rows], timestep=t[rows], timestep_r=t[rows],
-                                       encoder_hidden_states=states, context_latents=context.expand(part.rows, -1, -1),
-                                       return_dict=False)[0]
+                                       encoder_hidden_states=states, context_latents=context, return_dict=False)[0]
             outs.append(out.transpose(1, 2))
             row += part.rows
         return torch.cat(outs)
@@ -283,7 +344,7 @@ def lyrics_text(lyrics: str, language: str) -> str:
 @dataclass(frozen=True, eq=False)
 class AceClip(ManagerOwned):
     """CLIP for ACE-Step 1.5: the Qwen3 embedding model (``handle``), its tokenizer, and the 5 Hz LM's handle
-    when a second file was given (``lm``; kept for audio codes, not used yet)."""
+    when a second file was given (``lm``: the 5 Hz LM of the audio codes)."""
 
     handle: Any
     tokenizer: Any
@@ -304,15 +365,30 @@ class AceClip(ManagerOwned):
     def describe(self) -> str:
         return "ace text encoder (Qwen3)"
 
-    def encode_ace(self, ctx, caption: str, lyrics: str) -> list:
-        """CONDITIONING of a formatted caption and lyrics text (:func:`caption_text`, :func:`lyrics_text`)."""
+    def encode_ace(self, ctx, caption: str, lyrics: str, codes: list[int] | None = None) -> list:
+        """CONDITIONING of a formatted caption and lyrics text (:func:`caption_text`, :func:`lyrics_text`), with
+        the LM's audio codes when given."""
         cap = self.tokenizer(caption, return_tensors="pt")["input_ids"]
         lyr = self.tokenizer(lyrics, return_tensors="pt")["input_ids"]
         manager = ctx.service("models")
         with manager.use(self.handle, ctx.device) as module, torch.inference_mode():
             hidden = module(input_ids=cap.to(ctx.device)).last_hidden_state.float().cpu()
             embeds = module.get_input_embeddings()(lyr.to(ctx.device)).float().cpu()
-        return [[hidden, {"conditioning_lyrics": embeds}]]
+        extras = {"conditioning_lyrics": embeds}
+        if codes is not None:
+            extras["audio_codes"] = [list(codes)]
+        return [[hidden, extras]]
+
+    def audio_codes(self, ctx, positive: str, negative: str, count: int, **sampling) -> list[int]:
+        """``count`` codes from the 5 Hz LM (:mod:`.ace_step_lm`)."""
+        from nodegraph_nodes.dit.ace_step_lm import generate_codes
+
+        if self.lm is None:
+            raise ValueError("TextEncodeAceStepAudio1.5.generate_audio_codes needs ACE-Step's LM: load it as the "
+                             "second file of DualCLIPLoader type ace (qwen_1.7b_ace15 / qwen_4b_ace15)")
+        manager = ctx.service("models")
+        with manager.use(self.lm, ctx.device) as lm:
+            return generate_codes(lm, self.tokenizer, positive, negative, count, device=ctx.device, **sampling)
 
     def encode_text(self, ctx, text: str) -> list:
         return self.encode_ace(ctx, caption_text(text, 120, 120, "4", "C major"), lyrics_text("", "en"))

@@ -2,11 +2,13 @@
 second) and ``TextEncodeAceStepAudio1.5`` (caption, lyrics and metadata through ACE-Step's Qwen3 encoder,
 :mod:`.ace_step`).
 
-Stricter than ComfyUI: ``generate_audio_codes`` (the 5 Hz LM's audio codes) is not supported yet and is refused
-with a clear error when true; set it to false (ComfyUI's advice when an audio reference is given).
+``generate_audio_codes`` samples the 5 Hz LM's audio codes (:mod:`.ace_step_lm`; the LM is DualCLIPLoader's second
+file); without it the DiT's context is the silence latent.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -50,8 +52,9 @@ class TextEncodeAceStepAudio15(Node):
     timesignature = Input(COMBO, choices=TIME_SIGNATURES, default="4")
     language = Input(COMBO, choices=LANGUAGES, default="en")
     keyscale = Input(COMBO, choices=KEYSCALES, default="C major")
-    generate_audio_codes = Input(BOOLEAN, default=True, tooltip="Enable the LLM that generates audio codes (not "
-                                                                "supported by nodegraph yet: set it to false).")
+    generate_audio_codes = Input(BOOLEAN, default=True, tooltip="Enable the LLM that generates audio codes. This can "
+                                 "be slow but will increase the quality of the generated audio. Turn this off if you "
+                                 "are giving the model an audio reference.")
     cfg_scale = Input(FLOAT, default=2.0, min=0.0, max=100.0, step=0.1)
     temperature = Input(FLOAT, default=0.85, min=0.0, max=2.0, step=0.01)
     top_p = Input(FLOAT, default=0.9, min=0.0, max=2000.0, step=0.01)
@@ -67,8 +70,13 @@ class TextEncodeAceStepAudio15(Node):
         if not isinstance(clip, AceClip):
             raise TypeError("TextEncodeAceStepAudio1.5.clip: ACE-Step 1.5's text encoders are needed (DualCLIPLoader "
                             f"type ace); this CLIP is {getattr(clip, 'family', type(clip).__name__)}'s")
+        codes = None
         if generate_audio_codes:
-            raise ValueError("TextEncodeAceStepAudio1.5.generate_audio_codes: the 5 Hz LM's audio codes are not "
-                             "supported by nodegraph yet; set generate_audio_codes to false")
+            from nodegraph_nodes.dit.ace_step_lm import lm_prompts
+
+            positive, negative = lm_prompts(tags, lyrics, bpm, duration, keyscale, timesignature)
+            codes = clip.audio_codes(self.ctx, positive, negative, math.ceil(duration) * 5, seed=seed,
+                                     cfg_scale=cfg_scale, temperature=temperature, top_p=top_p, top_k=top_k,
+                                     min_p=min_p)
         return (clip.encode_ace(self.ctx, caption_text(tags, bpm, duration, str(int(timesignature)), keyscale),
-                                lyrics_text(lyrics, language)),)
+                                lyrics_text(lyrics, language), codes),)

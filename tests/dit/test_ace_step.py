@@ -23,8 +23,8 @@ from tests.helpers.noise import engine_noise
 TAGS = "a warm soul track with drums and piano"
 LYRICS = "[verse]\nnight city rain\nlove in my city"
 SEED, STEPS, SHIFT = 5, 4, 3.0
-SECONDS = 2.4  # 60 latent frames
-LATENT = (1, 64, 60)
+SECONDS = 3.0  # 75 latent frames; with audio codes 15 codes of 5 frames
+LATENT = (1, 64, 75)
 CAPTION = ("# Instruction\nGenerate audio semantic tokens based on the given conditions:\n\n# Caption\n" + TAGS +
            "\n\n# Metas\n- bpm: 120\n- timesignature: 4\n- keyscale: E minor\n- duration: 3 seconds\n"
            "<|endoftext|>\n<|endoftext|>")
@@ -61,19 +61,21 @@ def graph(tags: str = TAGS, generate_audio_codes: bool = False) -> Graph:
     return g
 
 
-def reference(tiny) -> torch.Tensor:
+def reference(tiny, codes: list[int] | None = None) -> torch.Tensor:
     from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
 
     pipe = AceStepPipeline(vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
                            transformer=tiny.transformer, condition_encoder=tiny.condition_encoder,
-                           scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0))
+                           scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
+                           audio_tokenizer=tiny.audio_tokenizer, audio_token_detokenizer=tiny.audio_detokenizer)
     pipe.set_progress_bar_config(disable=True)
     pipe._format_prompt = lambda **_: (CAPTION, LYRICS_PROMPT)
-    assert pipe.latents_per_second == 2.0  # the 30-second timbre reference is 60 frames, the sampled length
+    assert pipe.latents_per_second == 2.5  # the 30-second timbre reference is 75 frames, the sampled length
     noise, _ = engine_noise(LATENT, SEED)
     with torch.no_grad():
         latents = pipe(TAGS, lyrics=LYRICS, audio_duration=30.0, num_inference_steps=STEPS, guidance_scale=1.0,
-                       shift=SHIFT, latents=noise.transpose(1, 2), output_type="latent").audios
+                       shift=SHIFT, latents=noise.transpose(1, 2), output_type="latent",
+                       audio_codes="".join(f"<|audio_code_{c}|>" for c in codes) if codes else None).audios
         audio = tiny.vae.decode(latents.transpose(1, 2)).sample
     std = torch.std(audio, dim=[1, 2], keepdim=True) * 5.0
     std[std < 1.0] = 1.0
@@ -99,6 +101,37 @@ def test_ace_step_matches_pipeline(engine, tiny):
     assert not torch.allclose(wave, other, atol=1e-4)
 
 
-def test_audio_codes_refused(engine, tiny):
-    result = engine.run(graph(generate_audio_codes=True))
-    assert result.failure is not None and "generate_audio_codes" in result.failure.exception_message
+def encoded(engine, seed: int = 0, top_p: float = 0.9, temperature: float = 0.85) -> list:
+    g = Graph()
+    clip = g.node("DualCLIPLoader", clip_name1="tiny_qwen_ace15_embed.safetensors",
+                  clip_name2="tiny_qwen_ace15_lm.safetensors", type="ace").out(0)
+    g.node("PreviewAny", source=g.node("TextEncodeAceStepAudio1.5", "cond", clip=clip, tags=TAGS, lyrics=LYRICS,
+                                        seed=seed, bpm=120, duration=SECONDS, timesignature="4", language="en",
+                                        keyscale="E minor", generate_audio_codes=True, cfg_scale=2.0,
+                                        temperature=temperature, top_p=top_p, top_k=0, min_p=0.0))
+    return engine.run(g).raise_for_status().value("cond")
+
+
+def test_lm_audio_codes_reach_the_dit_as_the_pipeline_takes_them(engine, tiny):
+    """The 5 Hz LM's codes (seeded, ceil(duration) · 5 of them) condition the DiT through the file's quantizer and
+    detokenizer as AceStepPipeline's ``audio_codes`` do."""
+    codes = encoded(engine)[0][1]["audio_codes"][0]
+    assert len(codes) == 15 and all(0 <= c < 16 for c in codes)
+    wide = [encoded(engine, seed, top_p=1.0, temperature=1.5)[0][1]["audio_codes"][0] for seed in (1, 2)]
+    assert wide[0] != wide[1]  # the seed drives the draws
+    wave = engine.run(graph(generate_audio_codes=True)).raise_for_status().value("out")["waveform"]
+    ref = reference(tiny, codes)
+    assert torch.allclose(wave, ref, atol=1e-4), (wave - ref).abs().max()
+    assert not torch.allclose(wave, reference(tiny), atol=1e-3)  # the codes change the result
+
+
+def test_lm_sampling_filters():
+    from nodegraph_nodes.dit.ace_step_lm import _filter, metas_yaml
+
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    floor = torch.finfo(logits.dtype).min
+    assert (_filter(logits, 2, 1.0, 0.0) == torch.tensor([[3.0, 2.0, floor, floor]])).all()
+    kept = _filter(logits, 0, 0.7, 0.0)  # softmax 0.64, 0.24, …: the nucleus keeps the first two
+    assert (kept[0, :2] == logits[0, :2]).all() and (kept[0, 2:] == floor).all()
+    assert (_filter(logits, 0, 1.0, 0.5)[0, 1:] == floor).all()  # 0.24 < 0.5 · 0.64
+    assert metas_yaml(190, 119.2, "E minor", "4") == "bpm: 190\nduration: 120\nkeyscale: E minor\ntimesignature: 4"

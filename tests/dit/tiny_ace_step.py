@@ -6,8 +6,8 @@ file) and ``tiny_qwen_ace15_lm.safetensors`` (a wider Qwen3 causal LM: the 5 Hz 
 ``text_encoders/qwen3_tokenizer/`` (a word-level stand-in with Qwen's ``<|endoftext|>``), and
 ``vae/tiny_ace_1.5_vae.safetensors`` (a 64-channel Oobleck in diffusers' names).
 
-The VAE's sampling_rate config is 8 for the reference pipeline (2 latent frames a second with its hop of 4), so
-the pipeline's 30-second timbre reference is 60 frames — the length the test samples (ComfyUI's timbre reference
+The VAE's sampling_rate config is 10 for the reference pipeline (2.5 latent frames a second with its hop of 4),
+so the pipeline's 30-second timbre reference is 75 frames — the length the test samples (ComfyUI's timbre reference
 is the silence over the sampled length).
 """
 
@@ -27,18 +27,21 @@ WORDS = ("a warm soul track with drums and piano bass guitar voice night city ra
          "duration seconds languages lyric en e minor major c verse chorus").split()
 TEXT_WIDTH = 32
 SILENCE_FRAMES = 200
+AUDIO_CODES = 16  # <|audio_code_0|> … in the tokenizer (ACE-Step's has 64000)
 
 
 def write_qwen_tokenizer(folder: Path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, "<|endoftext|>": 1}
-    for w in WORDS:
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    specials += [f"<|audio_code_{i}|>" for i in range(AUDIO_CODES)]
+    vocab = {"<unk>": 0}
+    for w in specials + WORDS:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.add_special_tokens(["<|endoftext|>"])
+    tok.add_special_tokens(specials)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<|endoftext|>",
                                    eos_token="<|endoftext|>")
     folder.mkdir(parents=True, exist_ok=True)
@@ -50,7 +53,7 @@ def qwen3(width: int, seed: int, lm: bool = False):
     from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
 
     torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=96, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+    cfg = Qwen3Config(vocab_size=128, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6,
                       rope_theta=1000000.0, max_position_embeddings=4096, tie_word_embeddings=True)
     model = (Qwen3ForCausalLM if lm else Qwen3Model)(cfg).eval()
@@ -84,12 +87,26 @@ def condition_encoder():
     return enc
 
 
+def code_path():
+    """The audio tokenizer (whose quantizer turns codes into vectors) and detokenizer of the 5 Hz codes."""
+    from diffusers.pipelines.ace_step.modeling_ace_step import AceStepAudioTokenDetokenizer, AceStepAudioTokenizer
+
+    torch.manual_seed(7)
+    shape = dict(hidden_size=64, intermediate_size=96, audio_acoustic_hidden_dim=64, pool_window_size=5,
+                 num_attention_pooler_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32)
+    tokenizer = AceStepAudioTokenizer(fsq_dim=64, **shape).eval()
+    detokenizer = AceStepAudioTokenDetokenizer(**shape).eval()
+    _randomize(tokenizer, 0.1)
+    _randomize(detokenizer, 0.1)
+    return tokenizer, detokenizer
+
+
 def oobleck():
     from diffusers import AutoencoderOobleck
 
     torch.manual_seed(2)
     vae = AutoencoderOobleck(encoder_hidden_size=128, downsampling_ratios=[2, 2], channel_multiples=[1, 1],
-                             decoder_channels=4, decoder_input_channels=64, audio_channels=2, sampling_rate=8).eval()
+                             decoder_channels=4, decoder_input_channels=64, audio_channels=2, sampling_rate=10).eval()
     _randomize(vae, 0.1)
     return vae
 
@@ -104,9 +121,13 @@ def _original_attention(key: str) -> str:
     return key
 
 
-def ace_layout(net, enc) -> dict:
-    """ACE-Step's checkpoint names for the DiT and the condition encoder (what ComfyUI's split file holds)."""
+def ace_layout(net, enc, tokenizer, detokenizer) -> dict:
+    """ACE-Step's checkpoint names for the DiT, the condition encoder and the audio-code path (what ComfyUI's
+    split file holds)."""
     sd = {}
+    for prefix, module in (("tokenizer.", tokenizer), ("detokenizer.", detokenizer)):
+        for k, v in module.state_dict().items():
+            sd[prefix + _original_attention(k)] = v
     for k, v in net.state_dict().items():
         k = k.replace("proj_in_conv.", "proj_in.1.").replace("proj_out_conv.", "proj_out.1.")
         sd["decoder." + _original_attention(k)] = v
@@ -128,6 +149,8 @@ class TinyAceStep:
     vae: Any
     text_encoder: Any
     tokenizer: Any
+    audio_tokenizer: Any
+    audio_detokenizer: Any
 
 
 def build_ace_step(root: Path) -> TinyAceStep:
@@ -135,8 +158,9 @@ def build_ace_step(root: Path) -> TinyAceStep:
     for sub in ("diffusion_models", "text_encoders", "vae"):
         (models / sub).mkdir(parents=True, exist_ok=True)
     net, enc, vae = transformer(), condition_encoder(), oobleck()
+    audio_tokenizer, audio_detokenizer = code_path()
     te, lm = qwen3(TEXT_WIDTH, 3), qwen3(48, 4, lm=True)
-    save_file({k: v.contiguous() for k, v in ace_layout(net, enc).items()},
+    save_file({k: v.contiguous() for k, v in ace_layout(net, enc, audio_tokenizer, audio_detokenizer).items()},
               str(models / "diffusion_models" / "tiny_acestep_v1.5.safetensors"))
     save_file({"model." + k: v.contiguous() for k, v in te.state_dict().items()},
               str(models / "text_encoders" / "tiny_qwen_ace15_embed.safetensors"))
@@ -144,4 +168,4 @@ def build_ace_step(root: Path) -> TinyAceStep:
               str(models / "text_encoders" / "tiny_qwen_ace15_lm.safetensors"))
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(models / "vae" / "tiny_ace_1.5_vae.safetensors"))
     tokenizer = write_qwen_tokenizer(models / "text_encoders" / "qwen3_tokenizer")
-    return TinyAceStep(root, net, enc, vae, te, tokenizer)
+    return TinyAceStep(root, net, enc, vae, te, tokenizer, audio_tokenizer, audio_detokenizer)
