@@ -422,3 +422,17 @@ def test_untied_file_head_is_used(engine, te_root, monkeypatch):
     result, _ = _run(engine, "tiny_qwen_3_nohead.safetensors", "lumina2", prompt=PROMPT, max_length=4,
                      sampling_mode="off")
     assert "lm_head" in str(result.failure) and "TextGenerate.clip" in str(result.failure)
+
+
+def test_qwen25vl_seeded_sampling_equals_transformers_generate(engine, te_root):
+    model, tok = te_root["qwen25"], te_root["qwen25_tok"]
+    chat = f"<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\n{PROMPT}<|im_end|>\n<|im_start|>assistant\n"
+    g = Graph()
+    clip = g.node("CLIPLoader", clip_name="tiny_qwen_2.5_vl.safetensors", type="qwen_image")
+    system = g.node("PrimitiveString", value="be brief")
+    node = g.node("TextGenerate", clip=clip, prompt=PROMPT, max_length=20, sampling_mode="on", system_prompt=system[0],
+                  **{"sampling_mode.temperature": 0.9, "sampling_mode.top_k": 0, "sampling_mode.top_p": 0.85,
+                     "sampling_mode.min_p": 0.0, "sampling_mode.repetition_penalty": 1.0, "sampling_mode.seed": 3})
+    g.node("PreviewAny", source=node[0])
+    text = engine.run(g).raise_for_status().value(node.id, 0)
+    assert text == _reference(model, tok, chat, 20, seed=3, temperature=0.9, top_k=0, top_p=0.85) and len(text) > 0
