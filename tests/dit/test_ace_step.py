@@ -135,3 +135,44 @@ def test_lm_sampling_filters():
     assert (kept[0, :2] == logits[0, :2]).all() and (kept[0, 2:] == floor).all()
     assert (_filter(logits, 0, 1.0, 0.5)[0, 1:] == floor).all()  # 0.24 < 0.5 · 0.64
     assert metas_yaml(190, 119.2, "E minor", "4") == "bpm: 190\nduration: 120\nkeyscale: E minor\ntimesignature: 4"
+
+
+def test_comfy_ace_step_split_template_runs(engine, tiny):
+    """ComfyUI's official ``audio_ace_step_1_5_split`` template (copied, MIT) on the tiny files saved under its file
+    names, the 5 Hz LM generating the audio codes as the template asks; only the length (3 s instead of 120, in the
+    latent and the text encoder) and the steps (3 instead of 8) are made smaller. It saves an mp3 (V0)."""
+    import json
+    from pathlib import Path
+
+    import av
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_qwen import copy_as
+
+    copy_as(tiny.root, {"diffusion_models/tiny_acestep_v1.5.safetensors": "diffusion_models/acestep_v1.5_turbo.safetensors",
+                        "text_encoders/tiny_qwen_ace15_embed.safetensors": "text_encoders/qwen_0.6b_ace15.safetensors",
+                        "text_encoders/tiny_qwen_ace15_lm.safetensors": "text_encoders/qwen_1.7b_ace15.safetensors",
+                        "vae/tiny_ace_1.5_vae.safetensors": "vae/ace_1.5_vae.safetensors"})
+    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "audio_ace_step_1_5_split.json"
+    api = load_workflow_data(json.loads(path.read_text()), engine.registry).api
+    kinds = {n["class_type"] for n in api.values()}
+    assert {"UNETLoader", "DualCLIPLoader", "VAELoader", "TextEncodeAceStepAudio1.5", "EmptyAceStep1.5LatentAudio",
+            "ModelSamplingAuraFlow", "VAEDecodeAudio", "SaveAudioAdvanced"} <= kinds
+    for n in api.values():
+        if n["class_type"] == "EmptyAceStep1.5LatentAudio":
+            n["inputs"]["seconds"] = SECONDS
+        if n["class_type"] == "TextEncodeAceStepAudio1.5":
+            assert n["inputs"]["generate_audio_codes"] is True
+            n["inputs"]["duration"] = SECONDS
+        if n["class_type"] == "KSampler":
+            n["inputs"]["steps"] = 3
+    result = engine.run(api).raise_for_status()
+    assert all(n in result.executed for n in api)
+    saved = list(engine.paths.output_dir.rglob("*.mp3"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        stream = container.streams.audio[0]
+        assert stream.rate == 48000 and stream.channels == 2
+        samples = sum(f.samples for f in container.decode(audio=0))
+    assert abs(samples - LATENT[2] * 4) <= 2304  # mp3 frames pad the start and end
