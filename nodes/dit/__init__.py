@@ -39,5 +39,5 @@ def node_modules() -> list[ModuleType]:
     from . import layered_radiance, model_patch, model_patch_apply
 
     return [model_patch, model_patch_apply, layered_radiance, nodes_flow, kontext, skip_layers, qwen_edit, video_latent, wan_i2v, flux2_nodes, lumina2_nodes,
-            t5_options, hidream_nodes, redux, wan_vace, wan22_5b, text_generate, ltx2_nodes,
+            t5_options, hidream_nodes, redux, wan_vace, wan22_5b, text_generate, ltx2_nodes, ltx2_guides,
             ace_step_nodes]

@@ -327,20 +327,20 @@ def video_vae_config(sd: dict) -> dict:
             "downsample_type": ("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
             "upsample_residual": (True,) * 3, "upsample_factor": (2, 2, 2),
             "timestep_conditioning": "decoder.time_embedder.timestep_embedder.linear_1.weight" in sd,
-            "patch_size": patch, "patch_size_t": 1, "encoder_causal": True, "decoder_causal": False}
+            "patch_size": patch, "patch_size_t": 1, "encoder_causal": True, "decoder_causal": False,
+            "spatial_compression_ratio": patch * 8, "temporal_compression_ratio": 8}
 
 
-class LtxVideoVae(torch.nn.Module):
-    """The LTX-2 video VAE as the VAE value's module: normalized 5-D latents ↔ frames (``decode`` gives the
-    frames of one video as a batch of images; ``encode`` takes one video ``[1, 3, F, H, W]`` or images)."""
+def _image_vae_base():
+    from nodegraph_nodes.dit.qwen_image import ImageVae
 
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
+    return ImageVae
 
-    @property
-    def config(self):
-        return self.vae.config
+
+class LtxVideoVae(_image_vae_base()):
+    """The LTX-2 video VAE as the VAE value's module (a video VAE seen as an image VAE, like Wan's):
+    normalized 5-D latents ↔ frames (``decode`` gives the frames of one video as a batch of images;
+    ``encode_video`` takes one video ``[1, 3, F, H, W]``, ``encode`` images one by one)."""
 
     def _stats(self, z):
         mean = self.vae.latents_mean.view(1, -1, 1, 1, 1).to(z.device, z.dtype)
@@ -377,6 +377,9 @@ def build_video_vae(sd: dict, dtype: torch.dtype) -> LtxVideoVae:
     vae = _instantiate(AutoencoderKLLTX2Video, video_vae_config(sd), sd, dtype, "LTX-2 video VAE")
     vae.use_framewise_encoding = False
     vae.use_framewise_decoding = False
+    # the compression under the names the temporal tiling of VAEDecodeTiled reads (Wan's config names)
+    vae.register_to_config(scale_factor_temporal=int(vae.temporal_compression_ratio),
+                           scale_factor_spatial=int(vae.spatial_compression_ratio))
     return LtxVideoVae(vae)
 
 
@@ -526,7 +529,7 @@ class Ltx2Model(FlowModel):
 
     @property
     def latent_channels(self) -> int:
-        return int(self.handle.get().config.in_channels) if self.layout is None else 128
+        return 128
 
     @property
     def model_sampling(self) -> msl.ModelSampling:
@@ -554,7 +557,6 @@ class Ltx2Runner(NetRunner):
                              "(EmptyLTXVLatentVideo) and the audio latent (LTXVEmptyLatentAudio) with LTXVConcatAVLatent")
         self.layout = layout
         self.mask: torch.Tensor | None = None
-        cfg = net.config
         self.video_width = int(net.caption_projection.linear_1.in_features)
 
     def set_latent(self, latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> None:
@@ -567,6 +569,20 @@ class Ltx2Runner(NetRunner):
             return t[:, None].expand(-1, lay.video_tokens), t[:, None].expand(-1, lay.audio_tokens)
         mask = _rows(self.mask[:, 0, 0].to(t.device, t.dtype), rows)
         return t[:, None] * mask[:, :lay.video_tokens], t[:, None] * mask[:, lay.video_tokens:lay.tokens]
+
+    def _video_coords(self, keyframes: torch.Tensor | None, rows: int, fps: float) -> torch.Tensor | None:
+        """The video tokens' RoPE coordinates; LTXVAddGuide's appended frames take their ``keyframe_idxs``."""
+        if keyframes is None:
+            return None
+        lay = self.layout
+        coords = self.net.rope.prepare_video_coords(rows, lay.frames, lay.height, lay.width, self.device, fps=fps)
+        keys = _rows(keyframes.to(self.device, coords.dtype), rows).clone()
+        if keys.shape[2] > coords.shape[2]:
+            raise ValueError("LTXVAddGuide's keyframes do not fit the latent: crop them with LTXVCropGuides before "
+                             "sampling another latent")
+        keys[:, 0] = keys[:, 0] / fps
+        coords[:, :, -keys.shape[2]:] = keys
+        return coords
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         from nodegraph_nodes.dit.ltx2_latent import pack_tokens, unpack_tokens
@@ -583,6 +599,7 @@ class Ltx2Runner(NetRunner):
             mask = None if mask is None else _rows(mask.to(self.device), n)
             frame_rate = float(part.extras.get("frame_rate", 25.0))
             tv, ta = self._token_times(t[row:row + n], n)
+            coords = self._video_coords(part.extras.get("keyframe_idxs"), n, frame_rate)
             v, a = self.net(
                 hidden_states=video[row:row + n], audio_hidden_states=audio[row:row + n],
                 encoder_hidden_states=ctx[..., :self.video_width], audio_encoder_hidden_states=ctx[..., self.video_width:],
@@ -590,7 +607,7 @@ class Ltx2Runner(NetRunner):
                 audio_sigma=t[row:row + n].to(self.dtype),
                 encoder_attention_mask=mask, audio_encoder_attention_mask=mask,
                 num_frames=lay.frames, height=lay.height, width=lay.width, fps=frame_rate,
-                audio_num_frames=lay.audio_frames, use_cross_timestep=True, return_dict=False)
+                audio_num_frames=lay.audio_frames, video_coords=coords, use_cross_timestep=True, return_dict=False)
             outs.append(pack_tokens(v.float(), a.float(), lay))
             row += n
         return torch.cat(outs)

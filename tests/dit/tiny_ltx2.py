@@ -100,7 +100,8 @@ def video_vae():
         decoder_inject_noise=(False, False, False, False),
         downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
         upsample_residual=(True, True, True), upsample_factor=(2, 2, 2), timestep_conditioning=False,
-        patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False).eval()
+        patch_size=4, patch_size_t=1, encoder_causal=True, decoder_causal=False, spatial_compression_ratio=32,
+        temporal_compression_ratio=8).eval()
     _randomize(vae, 0.1)
     g = torch.Generator().manual_seed(9)
     vae.latents_mean.copy_(torch.randn(128, generator=g) * 0.1)
@@ -127,11 +128,20 @@ def vocoder():
     from diffusers.pipelines.ltx2.vocoder import LTX2Vocoder
 
     torch.manual_seed(11)
-    voc = LTX2Vocoder(in_channels=32, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[4, 4],
-                      upsample_factors=[2, 2], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
-                      output_sampling_rate=400).eval()
-    _randomize(voc, 0.1)
+    voc = LTX2Vocoder(in_channels=32, hidden_channels=32, out_channels=2, upsample_kernel_sizes=[20, 16],
+                      upsample_factors=[10, 8], resnet_kernel_sizes=[3], resnet_dilations=[[1, 3, 5]],
+                      output_sampling_rate=8000).eval()  # 100 mel frames a second × 80
+    _randomize(voc, 0.03)
     return voc
+
+
+def upsampler():
+    from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
+
+    torch.manual_seed(12)
+    net = LTX2LatentUpsamplerModel(in_channels=128, mid_channels=32, num_blocks_per_stage=1).eval()
+    _randomize(net, 0.05)
+    return net
 
 
 # -- the original (LTX / ComfyUI) key names -----------------------------------------------------------------
@@ -221,6 +231,7 @@ class TinyLtx2:
     audio_vae: Any
     vocoder: Any
     root: Path
+    upsampler: Any = None
 
     def pipeline(self, scheduler=None):
         from diffusers import FlowMatchEulerDiscreteScheduler, LTX2Pipeline
@@ -233,6 +244,7 @@ class TinyLtx2:
 
 
 CHECKPOINT = "tiny-ltx-2-19b-dev.safetensors"
+UPSAMPLER = "tiny-ltx-2-spatial-upscaler-x2.safetensors"
 GEMMA_FILE = "tiny_gemma_3_12B_it.safetensors"
 
 
@@ -252,4 +264,7 @@ def build_ltx2(root: Path) -> TinyLtx2:
     save_file(sd, str(models / "checkpoints" / CHECKPOINT))
     save_file({"model." + k: v.clone().contiguous() for k, v in te.state_dict().items()},
               str(models / "text_encoders" / GEMMA_FILE))
-    return TinyLtx2(net, conn, te, tokenizer, vae, avae, voc, root)
+    up = upsampler()
+    save_file({k: v.clone().contiguous() for k, v in up.state_dict().items()},
+              str(models / "latent_upscale_models" / UPSAMPLER))
+    return TinyLtx2(net, conn, te, tokenizer, vae, avae, voc, root, up)

@@ -1,0 +1,87 @@
+"""ComfyUI's official LTX-2 templates (the installed ``comfyui_workflow_templates_json`` package) run end to end
+on the tiny LTX-2 files saved under the templates' file names, and the LTX templates' validation status."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.dit.test_ltx2 import ltx2_engine, tiny_ltx2  # noqa: F401 (fixtures)
+from tests.dit.tiny_ltx2 import CHECKPOINT, GEMMA_FILE, UPSAMPLER
+from tests.helpers.package_templates import package_templates
+
+
+def _template(name: str) -> dict:
+    found = package_templates(lambda n: n == f"{name}.json")
+    if not found:
+        pytest.skip(f"template {name} not in the installed package")
+    return json.loads(found[0].read_text())
+
+
+def _files(tiny, checkpoint: str, gemma: str, upsampler: str | None = None) -> None:
+    from tests.dit.tiny_qwen import copy_as
+
+    pairs = {f"checkpoints/{CHECKPOINT}": f"checkpoints/{checkpoint}",
+             f"text_encoders/{GEMMA_FILE}": f"text_encoders/{gemma}"}
+    if upsampler:
+        pairs[f"latent_upscale_models/{UPSAMPLER}"] = f"latent_upscale_models/{upsampler}"
+    copy_as(tiny.root, pairs)
+
+
+def _saved_video(engine):
+    import av
+
+    saved = list(engine.paths.output_dir.rglob("*.mp4"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    with av.open(str(saved[0])) as container:
+        audio = [s for s in container.streams if s.type == "audio"]
+        samples = sum(f.samples for f in container.decode(audio=0)) if audio else 0
+    return frames, samples
+
+
+def test_comfy_ltx2_t2v_distilled_template_runs(ltx2_engine, tiny_ltx2):
+    """``video_ltx2_t2v_distilled``: two stages (half size, LTXVLatentUpsampler ×2, refine from sigma 0.909 with
+    the first stage's audio), euler_ancestral, CFG 1, VAEDecodeTiled, LTXVAudioVAEDecode, CreateVideo, SaveVideo.
+    Made smaller: 128×128 before the ×0.5 (latent 2×2, upscaled to 4×4) and 9 frames instead of 121."""
+    from nodegraph.workflow.loader import load_workflow_data
+
+    _files(tiny_ltx2, "ltx-2-19b-distilled.safetensors", "gemma_3_12B_it_fp4_mixed.safetensors",
+           "ltx-2-spatial-upscaler-x2-1.0.safetensors")
+    api = load_workflow_data(_template("video_ltx2_t2v_distilled"), ltx2_engine.registry).api
+    for n in api.values():
+        if n["class_type"] == "EmptyImage":
+            n["inputs"].update(width=128, height=128)
+        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") == 121:
+            n["inputs"]["value"] = 9
+    result = ltx2_engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    for kind in ("LTXVLatentUpsampler", "LTXVAudioVAEDecode", "VAEDecodeTiled", "SaveVideo"):
+        assert kind in executed
+    assert executed.count("SamplerCustomAdvanced") == 2
+    frames, samples = _saved_video(ltx2_engine)
+    assert frames == 9
+    assert samples > 0
+
+
+def test_ltx2_latent_upsampler_equals_diffusers(ltx2_engine, tiny_ltx2):
+    """LTXVLatentUpsampler = the VAE's statistics undone, LTX2LatentUpsamplerModel, statistics redone."""
+    from nodegraph.builder import Graph
+
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    up = g.node("LatentUpscaleModelLoader", model_name=UPSAMPLER)
+    lat = g.node("EmptyLTXVLatentVideo", width=64, height=64, length=9, batch_size=1)
+    out = g.node("LTXVLatentUpsampler", "up", samples=lat, upscale_model=up, vae=ck.out(2))
+    g.node("PreviewAny", source=out)
+    # the empty latent's zeros un-normalize to the VAE's (random) mean
+    result = ltx2_engine.run(g).raise_for_status().value("up")["samples"]
+    vae, model = tiny_ltx2.vae, tiny_ltx2.upsampler
+    mean, std = vae.latents_mean.view(1, -1, 1, 1, 1), vae.latents_std.view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        ref = (model(torch.zeros(1, 128, 2, 2, 2) * std + mean) - mean) / std
+    assert result.shape == (1, 128, 2, 4, 4)
+    assert torch.allclose(result, ref, atol=1e-5)
