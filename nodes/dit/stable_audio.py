@@ -96,7 +96,8 @@ def convert_conditioners(sd: dict) -> dict:
     """The number conditioners (without ``conditioner.conditioners.``) → ``StableAudioProjectionModel``'s."""
     out = {}
     for key, value in sd.items():
-        for old, new in (("seconds_start.", "start_number_conditioner."), ("seconds_total.", "end_number_conditioner.")):
+        for old, new in (("seconds_start.", "start_number_conditioner."),
+                         ("seconds_total.", "end_number_conditioner.")):
             if key.startswith(old):
                 out[new + key[len(old):].replace("embedder.embedding", "time_positional_embedding")] = value
     return out

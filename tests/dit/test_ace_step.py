@@ -150,7 +150,8 @@ def test_comfy_ace_step_split_template_runs(engine, tiny):
 
     from tests.dit.tiny_qwen import copy_as
 
-    copy_as(tiny.root, {"diffusion_models/tiny_acestep_v1.5.safetensors": "diffusion_models/acestep_v1.5_turbo.safetensors",
+    copy_as(tiny.root, {"diffusion_models/tiny_acestep_v1.5.safetensors":
+                        "diffusion_models/acestep_v1.5_turbo.safetensors",
                         "text_encoders/tiny_qwen_ace15_embed.safetensors": "text_encoders/qwen_0.6b_ace15.safetensors",
                         "text_encoders/tiny_qwen_ace15_lm.safetensors": "text_encoders/qwen_1.7b_ace15.safetensors",
                         "vae/tiny_ace_1.5_vae.safetensors": "vae/ace_1.5_vae.safetensors"})

@@ -76,7 +76,8 @@ def condition_encoder():
     from diffusers.pipelines.ace_step.modeling_ace_step import AceStepConditionEncoder
 
     torch.manual_seed(1)
-    enc = AceStepConditionEncoder(hidden_size=64, intermediate_size=96, text_hidden_dim=TEXT_WIDTH, timbre_hidden_dim=64,
+    enc = AceStepConditionEncoder(hidden_size=64, intermediate_size=96, text_hidden_dim=TEXT_WIDTH,
+                                  timbre_hidden_dim=64,
                                   num_lyric_encoder_hidden_layers=2, num_timbre_encoder_hidden_layers=2,
                                   num_attention_heads=2, num_key_value_heads=1, head_dim=32).eval()
     _randomize(enc, 0.1)
@@ -166,6 +167,7 @@ def build_ace_step(root: Path) -> TinyAceStep:
               str(models / "text_encoders" / "tiny_qwen_ace15_embed.safetensors"))
     save_file({k: v.contiguous() for k, v in lm.state_dict().items() if k != "lm_head.weight"},
               str(models / "text_encoders" / "tiny_qwen_ace15_lm.safetensors"))
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(models / "vae" / "tiny_ace_1.5_vae.safetensors"))
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()},
+              str(models / "vae" / "tiny_ace_1.5_vae.safetensors"))
     tokenizer = write_qwen_tokenizer(models / "text_encoders" / "qwen3_tokenizer")
     return TinyAceStep(root, net, enc, vae, te, tokenizer, audio_tokenizer, audio_detokenizer)

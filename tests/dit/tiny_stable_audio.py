@@ -139,7 +139,8 @@ def oobleck_tools_layout(sd: dict, blocks: int) -> dict:
 def conditioners_tools_layout(sd: dict) -> dict:
     out = {}
     for key, value in sd.items():
-        for old, new in (("start_number_conditioner.", "seconds_start."), ("end_number_conditioner.", "seconds_total.")):
+        for old, new in (("start_number_conditioner.", "seconds_start."),
+                         ("end_number_conditioner.", "seconds_total.")):
             if key.startswith(old):
                 out[new + key[len(old):].replace("time_positional_embedding", "embedder.embedding")] = value
     return out
