@@ -7,7 +7,8 @@
   names in all of them.
 * Z-Image: ComfyUI names of the NextDiT layout (``diffusion_model.layers.N.attention.qkv``, ``.out``,
   ``x_embedder`` …; a fused ``qkv`` delta is split by rows into ``to_q``/``to_k``/``to_v`` with the
-  shared down matrix) and diffusers names.
+  shared down matrix), their kohya forms (``lora_unet_layers_0_attention_qkv``, as ComfyUI maps every
+  ``lora_unet_`` + flattened layer name) and diffusers names (dotted or kohya-flattened).
 
 The deltas are ``strength · alpha/rank · up @ down`` on the matching weights (alpha defaults to the rank
 when absent, as in ComfyUI), patched per run and restored (nodegraph_nodes.diffusion.lora.patched).
@@ -32,9 +33,22 @@ def _z_names(name: str, up: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k[:-len(".weight")]: v for k, v in to_diffusers({name + ".weight": up}).items()}
 
 
+def _z_original(modules: dict[str, str]) -> dict[str, str]:
+    """ComfyUI's (NextDiT) names of a Z-Image transformer's layers, dotted and kohya-flattened → dotted."""
+    out = {}
+    for module in set(modules.values()):
+        if ".attention.to_k" in module or ".attention.to_v" in module:
+            continue
+        dotted = (module.replace(".attention.to_q", ".attention.qkv").replace(".attention.to_out.0", ".attention.out")
+                  .replace("all_x_embedder.2-1", "x_embedder").replace("all_final_layer.2-1", "final_layer"))
+        out[dotted] = out[dotted.replace(".", "_")] = dotted
+    return out
+
+
 def llm_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float, name: str) -> LoraPatch:
     """The deltas of LoRA ``sd`` on a ``qwen_image`` / ``z_image`` transformer ``net``."""
     modules = _module_names(net, "unet")
+    original = _z_original(modules) if family == "z_image" else {}
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     unread = []
     for key, up, down, scale in lora_layers(sd):
@@ -47,8 +61,9 @@ def llm_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float,
                 deltas[modules[layer] + ".weight"] = (up, down, scale)
                 hit = True
                 break
-            if family == "z_image" and "." in layer:
-                names = _z_names(layer, up)
+            dotted = layer if "." in layer else original.get(layer)
+            if family == "z_image" and dotted:
+                names = _z_names(dotted, up)
                 if names and all(n in modules for n in names):
                     for n, part in names.items():
                         deltas[modules[n] + ".weight"] = (part, down, scale)

@@ -56,10 +56,22 @@ Z_LAYERS = ["layers.0.attention.to_q", "layers.1.attention.to_out.0", "noise_ref
             "context_refiner.0.attention.to_k", "layers.1.adaLN_modulation.0", "layers.0.feed_forward.w3"]
 
 
+#: ComfyUI's / the original NextDiT names (fused qkv, ``out``) that kohya-style trainers on that module tree
+#: save, and the diffusers modules they cover
+Z_ORIGINAL = {"layers.0.attention.qkv": ["layers.0.attention.to_q", "layers.0.attention.to_k", "layers.0.attention.to_v"],
+              "layers.1.attention.out": ["layers.1.attention.to_out.0"],
+              "context_refiner.0.attention.qkv": ["context_refiner.0.attention.to_q", "context_refiner.0.attention.to_k",
+                                                  "context_refiner.0.attention.to_v"],
+              "noise_refiner.0.feed_forward.w2": ["noise_refiner.0.feed_forward.w2"],
+              "layers.1.adaLN_modulation.0": ["layers.1.adaLN_modulation.0"]}
+
+
 def _z_lora(net, layout: str) -> dict:
     sd = {}
-    for i, layer in enumerate(Z_LAYERS):
-        up, down = _pair(net.get_submodule(layer).weight.shape, 70 + i)
+    layers = Z_ORIGINAL if layout == "kohya_original" else {layer: [layer] for layer in Z_LAYERS}
+    for i, (layer, targets) in enumerate(layers.items()):
+        weights = [net.get_submodule(n).weight for n in targets]
+        up, down = _pair((sum(w.shape[0] for w in weights), weights[0].shape[1]), 70 + i)
         if layout == "comfy":
             base = "diffusion_model." + layer
             sd.update({base + ".lora_B.weight": up, base + ".lora_A.weight": down})
@@ -71,8 +83,10 @@ def _z_lora(net, layout: str) -> dict:
 
 
 def test_z_image_user_loras_match_diffusers_load_lora_weights(qwen_engine, qwen_root, tiny_z_image):
-    """ComfyUI / ai-toolkit and kohya / musubi files, each with ``.alpha`` (diffusers' Z-Image converter folds
-    alpha / rank into the matrices; we scale the delta): both equal the pipeline with the file loaded."""
+    """ComfyUI / ai-toolkit names, kohya / musubi names of diffusers' modules and kohya names of the original
+    NextDiT tree (``lora_unet_layers_0_attention_qkv``: diffusers' converter splits the fused ``up`` in three),
+    each with ``.alpha`` (diffusers folds alpha / rank into the matrices; we scale the delta): each equals the
+    pipeline with the file loaded."""
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline
 
     from tests.dit.test_z_image import SHIFT, reference, z_graph
@@ -80,7 +94,7 @@ def test_z_image_user_loras_match_diffusers_load_lora_weights(qwen_engine, qwen_
     t = tiny_z_image
     images = {}
     base = _run(qwen_engine, z_graph("files", cfg=3.0), None)
-    for layout in ("comfy", "kohya"):
+    for layout in ("comfy", "kohya", "kohya_original"):
         path = _save(qwen_root, f"z_image_user_{layout}.safetensors", _z_lora(t.transformer, layout))
         image = _run(qwen_engine, z_graph("files", cfg=3.0), path.name)
         net = _adapted(lambda n: ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT), vae=t.vae,
