@@ -23,7 +23,13 @@ CROP_METHODS = ["disabled", "center"]
 
 # -- VAE helpers ------------------------------------------------------------------------------------
 
+def _refuse_audio_vae(vae, node: str) -> None:
+    if getattr(vae, "sample_rate", None) is not None:  # nodegraph_nodes.dit.audio_vae.AudioVae
+        raise TypeError(f"{node}: this is an audio VAE ({vae.family}); use VAEDecodeAudio / VAEEncodeAudio")
+
+
 def vae_decode(ctx, vae, samples: torch.Tensor) -> torch.Tensor:
+    _refuse_audio_vae(vae, "VAEDecode")
     manager = ctx.service("models")
     with manager.use(vae.handle, ctx.device) as module, torch.inference_mode():
         dtype = next(module.parameters()).dtype
@@ -45,6 +51,7 @@ def crop_to_multiple(pixels: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 def vae_encode(ctx, vae, pixels: torch.Tensor) -> torch.Tensor:
+    _refuse_audio_vae(vae, "VAEEncode")
     pixels = crop_to_multiple(pixels[..., :3], vae.scale_factor)
     if pixels.shape[1] == 0 or pixels.shape[2] == 0:
         raise ValueError(f"the image is smaller than {vae.scale_factor} pixels; it cannot be encoded")

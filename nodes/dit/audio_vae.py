@@ -136,9 +136,9 @@ class AudioVae(ManagerOwned):
     sample_rate: int
     family: str = "stable_audio"
     source: str = ""
-    #: latent channels; image nodes refuse this VAE by it
     latent_channels: int = 64
-    scale_factor: int = 0
+    #: image nodes' size arithmetic stays defined; VAEDecode / VAEEncode refuse this VAE by its sample_rate
+    scale_factor: int = 1
 
     def decode_audio(self, ctx, latent: torch.Tensor) -> torch.Tensor:
         """Waveforms ``[B, C, T · hop]`` of latents ``[B, 64, T]`` (ComfyUI's loudness limit applied)."""

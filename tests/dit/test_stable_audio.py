@@ -134,6 +134,12 @@ def test_image_vae_and_image_latent_refused(engine, tiny):
     result = engine.run(g)
     assert result.failure is not None and "audio latents [B, C, T]" in result.failure.exception_message
 
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_stable_audio.safetensors")
+    g.node("PreviewAny", source=g.node("VAEDecode", samples=g.node("EmptyLatentAudio", seconds=1.0), vae=ck.out(2)))
+    result = engine.run(g)
+    assert result.failure is not None and "use VAEDecodeAudio" in result.failure.exception_message
+
 
 def test_comfy_stable_audio_template_runs(engine, tiny):
     """ComfyUI's official ``audio_stable_audio_example`` template (copied, MIT) on the tiny files saved under its
