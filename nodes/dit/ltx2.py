@@ -557,10 +557,14 @@ class Ltx2Runner(NetRunner):
                              "(EmptyLTXVLatentVideo) and the audio latent (LTXVEmptyLatentAudio) with LTXVConcatAVLatent")
         self.layout = layout
         self.mask: torch.Tensor | None = None
+        self.latent_image: torch.Tensor | None = None
         self.video_width = int(net.caption_projection.linear_1.in_features)
 
     def set_latent(self, latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> None:
+        """The run's starting latent and noise mask: masked-out tokens (mask 0, e.g. LTXVImgToVideoInplace's
+        frames) reach the network clean, with time 0 (ComfyUI's LTXV ``scale_latent_inpaint``)."""
         self.mask = denoise_mask
+        self.latent_image = latent_image
 
     def _token_times(self, t: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token network times of the video and audio tokens (the noise mask scales them)."""
@@ -589,6 +593,9 @@ class Ltx2Runner(NetRunner):
 
         lay = self.layout
         x = x_in.to(self.device, self.dtype)
+        if self.mask is not None and self.latent_image is not None:
+            keep = _rows(self.mask.to(self.device, self.dtype), x.shape[0])
+            x = x * keep + _rows(self.latent_image.to(self.device, self.dtype), x.shape[0]) * (1 - keep)
         t = (timestep.to(self.device, torch.float32).reshape(-1) * 1000.0).expand(x.shape[0])
         video, audio = unpack_tokens(x, lay)
         outs, row = [], 0

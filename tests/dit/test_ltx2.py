@@ -95,3 +95,70 @@ def test_ltx2_text_to_audio_video_matches_pipeline(ltx2_engine, tiny_ltx2):
     assert torch.allclose(wave, ref_audio.float(), atol=1e-4), (wave - ref_audio).abs().max()
     other = ltx2_engine.run(t2v_graph(prompt="a blue cat on the beach")).raise_for_status()
     assert not torch.allclose(other.value("frames"), frames, atol=1e-3)
+
+
+def test_ltx2_image_to_video_matches_pipeline(ltx2_engine, tiny_ltx2):
+    """LTXVImgToVideoInplace (strength 1) on the empty video latent: the first latent frame is the image's and
+    stays clean (time 0 for its tokens, ComfyUI's inpainting of LTXV latents); equals LTX2ImageToVideoPipeline
+    given the same latents (its first frame the image latent) to 1e-4."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler, LTX2ImageToVideoPipeline
+    from PIL import Image
+
+    from nodegraph_nodes.dit import ltx2_latent as L
+
+    ltx2_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB").save(
+        ltx2_engine.paths.input_dir / "start.png")
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    clip = g.node("LTXAVTextEncoderLoader", text_encoder=GEMMA_FILE, ckpt_name=CHECKPOINT, device="default").out(0)
+    audio_vae = g.node("LTXVAudioVAELoader", ckpt_name=CHECKPOINT).out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    cond = g.node("LTXVConditioning", positive=pos, negative=neg, frame_rate=float(RATE))
+    video = g.node("EmptyLTXVLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    image = g.node("LoadImage", image="start.png").out(0)
+    video = g.node("LTXVImgToVideoInplace", "i2v", vae=ck.out(2), image=image, latent=video, strength=1.0,
+                   bypass=False)
+    g.node("PreviewAny", source=video)
+    audio = g.node("LTXVEmptyLatentAudio", frames_number=LENGTH, frame_rate=RATE, batch_size=1, audio_vae=audio_vae)
+    av = g.node("LTXVConcatAVLatent", video_latent=video, audio_latent=audio)
+    sigmas = g.node("LTXVScheduler", "sigmas", steps=STEPS, max_shift=2.05, base_shift=0.95, stretch=True,
+                    terminal=0.1, latent=av)
+    guider = g.node("CFGGuider", model=ck.out(0), positive=cond.out(0), negative=cond.out(1), cfg=CFG)
+    sampled = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=SEED), guider=guider,
+                     sampler=g.node("KSamplerSelect", sampler_name="euler"), sigmas=sigmas, latent_image=av)
+    sep = g.node("LTXVSeparateAVLatent", av_latent=sampled.out(0))
+    frames = g.node("VAEDecode", "frames", samples=sep.out(0), vae=ck.out(2))
+    wave = g.node("LTXVAudioVAEDecode", "audio", samples=sep.out(1), audio_vae=audio_vae)
+    g.node("PreviewAny", source=frames)
+    g.node("PreviewAny", source=wave)
+    g.node("PreviewAny", source=sigmas)
+    result = ltx2_engine.run(g).raise_for_status()
+    start = result.value("i2v")
+    assert float(start["noise_mask"][0, 0, 0].max()) == 0.0 and float(start["noise_mask"][0, 0, 1].min()) == 1.0
+
+    lay = L.Layout(128, (LENGTH - 1) // 8 + 1, HEIGHT // 32, WIDTH // 32, 4, 9, 4)
+    noise, _ = engine_noise((1, lay.features, 1, lay.tokens), SEED)
+    v_noise, a_noise = L.unpack(noise, lay)
+    v_noise[:, :, :1] = start["samples"][:, :, :1]
+    vae, avae = tiny_ltx2.vae, tiny_ltx2.audio_vae
+    latents = v_noise * vae.latents_std.view(1, -1, 1, 1, 1) + vae.latents_mean.view(1, -1, 1, 1, 1)
+    audio_latents = (L.audio_tokens(a_noise) * avae.latents_std + avae.latents_mean).unflatten(2, (4, 4)).transpose(1, 2)
+    t = tiny_ltx2
+    pipe = LTX2ImageToVideoPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+                                    vae=t.vae, audio_vae=t.audio_vae, text_encoder=t.text_encoder, tokenizer=t.tokenizer,
+                                    connectors=t.connectors, transformer=t.transformer, vocoder=t.vocoder)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        out = pipe(image=None, prompt=PROMPT, negative_prompt="", height=HEIGHT, width=WIDTH, num_frames=LENGTH,
+                   frame_rate=float(RATE), num_inference_steps=STEPS, sigmas=result.value("sigmas")[:-1].tolist(),
+                   guidance_scale=CFG, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0,
+                   audio_modality_scale=1.0, guidance_rescale=0.0, audio_guidance_rescale=0.0,
+                   audio_guidance_scale=CFG, latents=latents, audio_latents=audio_latents, max_sequence_length=1024,
+                   output_type="pt")
+    ref_frames = out.frames[0].permute(0, 2, 3, 1).float()
+    got = result.value("frames")
+    assert torch.allclose(got, ref_frames, atol=1e-4), (got - ref_frames).abs().max()
+    assert torch.allclose(result.value("audio")["waveform"], out.audio.float(), atol=1e-4)

@@ -85,3 +85,34 @@ def test_ltx2_latent_upsampler_equals_diffusers(ltx2_engine, tiny_ltx2):
         ref = (model(torch.zeros(1, 128, 2, 2, 2) * std + mean) - mean) / std
     assert result.shape == (1, 128, 2, 4, 4)
     assert torch.allclose(result, ref, atol=1e-5)
+
+
+def test_comfy_ltx2_i2v_distilled_template_runs(ltx2_engine, tiny_ltx2):
+    """``video_ltx2_i2v_distilled``: LTXVPreprocess → LTXVImgToVideoInplace at half size, sampling with the
+    first frame kept (noise mask), LTXVCropGuides, LTXVLatentUpsampler, LTXVImgToVideoInplace again, refine with
+    gradient_estimation, VAEDecode + LTXVAudioVAEDecode → SaveVideo. Made smaller: the image resized to 128×128
+    (64×64 sampled first), 9 frames instead of 121."""
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    _files(tiny_ltx2, "ltx-2-19b-distilled.safetensors", "gemma_3_12B_it_fp4_mixed.safetensors",
+           "ltx-2-spatial-upscaler-x2-1.0.safetensors")
+    ltx2_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (96, 120, 3), dtype=np.uint8), "RGB").save(
+        ltx2_engine.paths.input_dir / "snow_bike_jump_crew.png")
+    api = load_workflow_data(_template("video_ltx2_i2v_distilled"), ltx2_engine.registry).api
+    for n in api.values():
+        inputs = n["inputs"]
+        if n["class_type"] == "ResizeImageMaskNode":
+            inputs.update({"resize_type.width": 128, "resize_type.height": 128, "resize_type.longer_size": 128})
+        if n["class_type"] == "PrimitiveInt" and inputs.get("value") == 121:
+            inputs["value"] = 9
+    result = ltx2_engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    for kind in ("LTXVPreprocess", "LTXVImgToVideoInplace", "LTXVCropGuides", "LTXVLatentUpsampler"):
+        assert kind in executed
+    frames, samples = _saved_video(ltx2_engine)
+    assert frames == 9
+    assert samples > 0
