@@ -177,3 +177,26 @@ def test_comfy_ace_step_split_template_runs(engine, tiny):
         assert stream.rate == 48000 and stream.channels == 2
         samples = sum(f.samples for f in container.decode(audio=0))
     assert abs(samples - LATENT[2] * 4) <= 2304  # mp3 frames pad the start and end
+
+
+def test_ace_vae_encodes_resampled_audio(engine, tiny):
+    """VAEEncodeAudio with ACE-Step's 48 kHz VAE resamples a 44.1 kHz file first; the latent is the VAE's mean of the
+    resampled waveform."""
+    from nodegraph_nodes.media.codec import _resample, encode_audio
+
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    tone = (0.5 * torch.sin(torch.arange(4410.0) / 5)).repeat(2, 1)
+    (engine.paths.input_dir / "tone.wav").write_bytes(encode_audio(tone, 44100, "wav", None, None))
+    g = Graph()
+    vae = g.node("VAELoader", vae_name="tiny_ace_1.5_vae.safetensors").out(0)
+    audio = g.node("LoadAudio", "audio", audio="tone.wav")
+    g.node("PreviewAny", source=audio)
+    g.node("PreviewAny", source=g.node("VAEEncodeAudio", "lat", audio=audio, vae=vae))
+    result = engine.run(g).raise_for_status()
+    lat, wave = result.value("lat")["samples"], result.value("audio")["waveform"]
+    resampled = _resample(wave[0], 44100, 48000)[None]
+    assert abs(resampled.shape[-1] - 4800) <= 32
+    with torch.no_grad():
+        ref = tiny.vae.encode(resampled).latent_dist.mean
+    assert lat.shape == ref.shape == (1, 64, resampled.shape[-1] // 4)
+    assert torch.allclose(lat, ref, atol=1e-5)
