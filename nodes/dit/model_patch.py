@@ -9,8 +9,9 @@ Layouts (detected from the keys, as ComfyUI):
   ``controlnet_blocks.N.{x_rms,y_rms}.weight`` (RMSNorm, eps 1e-6), ``….input_proj.{weight,bias}``,
   ``….output_proj.{weight,bias}``. Block ``N`` adds ``output_proj(gelu(input_proj(rms_x(img) + rms_y(c))))``
   (exact GELU) to the image tokens after transformer block ``N`` (:mod:`.model_patch_apply`).
-* **Z-Image Fun ControlNet** (alibaba-pai ``Z-Image-Turbo-Fun-Controlnet-Union``): ``control_all_x_embedder.2-1``
-  and ``control_layers.N`` / ``control_noise_refiner.N`` transformer blocks (:mod:`.model_patch_zimage`).
+* **Z-Image Fun ControlNet** (alibaba-pai ``Z-Image-Turbo-Fun-Controlnet-Union`` v1 and 2.x):
+  ``control_all_x_embedder.2-1`` and ``control_layers.N`` / ``control_noise_refiner.N`` transformer blocks
+  (:mod:`.model_patch_zimage`).
 
 Other model patches ComfyUI loads (USO's SigLIP projector, InfiniteTalk's audio blocks, Anima's LLLite) are
 refused with an error naming the file.

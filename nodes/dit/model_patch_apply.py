@@ -93,10 +93,14 @@ class ControlPatchBase(ModelPatch):
 
 
 def mask_at(mask: torch.Tensor, h: int, w: int, mode: str, crop: str = "disabled") -> torch.Tensor:
-    """``[B, H, W]`` → ``[B, 1, h, w]`` resized with ``mode``."""
-    from nodegraph_nodes.image.operations import common_upscale
+    """``[B, H, W]`` → ``[B, 1, h, w]`` resized with torch's ``mode`` (ComfyUI's common_upscale: any
+    interpolate mode, ``crop`` center first crops to the target's aspect)."""
+    from nodegraph_nodes.image.operations import center_crop_to_aspect
 
-    return common_upscale(mask.float().unsqueeze(1), w, h, mode, crop)
+    x = mask.float().unsqueeze(1)
+    if crop == "center":
+        x = center_crop_to_aspect(x, w, h)
+    return torch.nn.functional.interpolate(x, size=(h, w), mode=mode)
 
 
 @dataclass(eq=False)

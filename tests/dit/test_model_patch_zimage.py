@@ -7,7 +7,10 @@ Z-Image whose main layers get hooks written here after ComfyUI's math: the contr
 shift/scale) patchified channels last and embedded, refined by the two control noise-refiner blocks on the
 image tokens, control layer 0 fed ``before_proj(c) + x`` (x = the main layers' input image tokens), hint ``k``
 (``after_proj``) added times strength after main layer ``5k`` (``div = round(30 / 6)``) — layers 0, 5 and 10
-here. A patch with zero ``after_proj`` leaves the output exactly unchanged.
+here. A patch with zero ``after_proj`` leaves the output exactly unchanged. A Union 2.x patch (15 control layers,
+control blocks in the noise refiner, 33 channels with the mask and inpaint latent) through ZImageFunControlnet with
+image, inpaint image and mask matches its own written-out reference on a 6-layer tiny Z-Image with two noise-refiner
+layers.
 """
 
 from __future__ import annotations
@@ -170,16 +173,20 @@ def test_zero_fun_controlnet_leaves_output_unchanged(qwen_engine, qwen_root, tin
     assert torch.equal(plain, zero)
 
 
-def test_fun_controlnet_refuses_qwen_models_and_union_2(qwen_engine, qwen_root, tiny_qwen_image, tiny_z_image, z11):
+def test_fun_controlnet_refusals(qwen_engine, qwen_root, tiny_qwen_image, tiny_z_image, z11, z6):
     write_patch(qwen_root, "tiny_z_fun_cnet.safetensors", control_net().state_dict())
     save_inputs(qwen_engine)
+    save_2x_inputs(qwen_engine)
     on_qwen = qwen_engine.run(graph("tiny_z_fun_cnet.safetensors", unet="tiny_qwen_image.safetensors"))
     assert on_qwen.failure is not None and "patches Z-Image models" in on_qwen.failure.exception_message
-    sd = control_net().state_dict()
+    sd = control_net_2x().state_dict()
     sd["control_noise_refiner.0.after_proj.weight"] = torch.zeros(64, 64)
-    write_patch(qwen_root, "tiny_z_fun_union2.safetensors", sd)
-    bad = qwen_engine.run(graph("tiny_z_fun_union2.safetensors"))
-    assert bad.failure is not None and "2.x" in bad.failure.exception_message
+    sd["control_noise_refiner.0.after_proj.bias"] = torch.zeros(64)
+    write_patch(qwen_root, "tiny_z_fun_union2_broken.safetensors", sd)
+    bad = qwen_engine.run(graph("tiny_z_fun_union2_broken.safetensors"))
+    assert bad.failure is not None and "all-zero" in bad.failure.exception_message
+    v1 = qwen_engine.run(graph_2x("tiny_z_fun_cnet.safetensors"))
+    assert v1.failure is not None and "needs a Z-Image Fun ControlNet 2.x" in v1.failure.exception_message
 
 
 def test_z_image_fun_union_template_runs(qwen_engine, qwen_registry, qwen_root, tiny_z_image, z11):
@@ -202,3 +209,140 @@ def test_z_image_fun_union_template_runs(qwen_engine, qwen_registry, qwen_root, 
     assert {"ModelPatchLoader", "QwenImageDiffsynthControlnet", "Canny", "GetImageSize", "KSampler"} <= kinds
     image = last_saved_image(qwen_engine.paths.output_dir)
     assert image.shape == (128, 128, 3) and image.std() > 0.01
+
+
+# -- Union 2.x: control blocks in the noise refiner, inpaint channels ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def z6(qwen_root, tiny_z_image):
+    """A 6-layer tiny Z-Image with Z-Image's two noise-refiner layers (2.x hints land on layers 0, 2 and 4)."""
+    from diffusers import ZImageTransformer2DModel
+
+    torch.manual_seed(0)
+    net = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=6,
+                                   n_refiner_layers=2, n_heads=2, n_kv_heads=2, cap_feat_dim=QWEN3_WIDTH,
+                                   axes_dims=[8, 12, 12])
+    net = _random_transformer(net, 47)
+    save_file(z_comfy_layout(net.state_dict()), str(qwen_root / "models" / "diffusion_models" / "tiny_z_image_6.safetensors"))
+    return net
+
+
+def control_net_2x(seed: int = 12):
+    from diffusers import ZImageControlNetModel
+
+    torch.manual_seed(seed)
+    net = ZImageControlNetModel(control_layers_places=list(range(0, 30, 2)), control_refiner_layers_places=[0, 1],
+                                control_in_dim=33, add_control_noise_refiner="control_noise_refiner", dim=64,
+                                n_refiner_layers=2, n_heads=2, n_kv_heads=2).eval()
+    _randomize(net, 0.2)
+    return net
+
+
+def save_2x_inputs(engine) -> None:
+    rng = np.random.default_rng(7)
+    inpaint = np.kron(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    Image.fromarray(inpaint).save(engine.paths.input_dir / "inpaint_64.png")
+    mask = np.kron(rng.integers(0, 2, (8, 8), dtype=np.uint8) * 255, np.ones((8, 8), np.uint8))
+    Image.fromarray(np.stack([mask] * 3, -1)).save(engine.paths.input_dir / "mask_64.png")
+    control = (control_image(64)[0].numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(control).save(engine.paths.input_dir / "control_64.png")
+
+
+def graph_2x(patch: str, strength: float = 0.8) -> Graph:
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="tiny_z_image_6.safetensors", weight_dtype="default").out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_qwen_3.safetensors", type="lumina2").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_z_image_ae.safetensors").out(0)
+    model = g.node("ModelSamplingAuraFlow", model=model, shift=SHIFT).out(0)
+    mp = g.node("ModelPatchLoader", name=patch).out(0)
+    img = g.node("LoadImage", image="control_64.png").out(0)
+    inpaint = g.node("LoadImage", image="inpaint_64.png").out(0)
+    mask = g.node("ImageToMask", image=g.node("LoadImage", image="mask_64.png").out(0), channel="red").out(0)
+    model = g.node("ZImageFunControlnet", model=model, model_patch=mp, vae=vae, strength=strength, image=img,
+                   inpaint_image=inpaint, mask=mask).out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
+                positive=pos, negative=g.node("ConditioningZeroOut", conditioning=pos), latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
+    return g
+
+
+def _png(engine, name: str) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(engine.paths.input_dir / name))).float().div(255).permute(2, 0, 1)[None]
+
+
+@contextmanager
+def reference_control_2x(engine, transformer, cnet, vae, strength: float):
+    """ComfyUI's 2.x math written out: 33 control channels (control latent, ``1 − mask`` at the latent size
+    (nearest), the inpaint image's latent with the masked-out part set to grey), control noise-refiner blocks
+    on the model's two noise-refiner layers (hints added there), control layer ``k`` after main layer ``2k``."""
+    def latent(pixels):
+        with torch.no_grad():
+            z = vae.encode(pixels * 2 - 1).latent_dist.mode()
+        return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+    keep = 1 - _png(engine, "mask_64.png")[:, :1]  # the node's mask is the red channel; ComfyUI inverts it
+    inpaint = (_png(engine, "inpaint_64.png") - 0.5) * keep.round() + 0.5
+    lat = torch.cat([latent(_png(engine, "control_64.png")), keep[:, :, ::8, ::8], latent(inpaint)], dim=1)
+    b, ch, h, w = lat.shape
+    tokens = lat.reshape(b, ch, h // 2, 2, w // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w // 4, 4 * ch)
+    state = {}
+
+    def step(layer, c, x, f, adaln, first):
+        h0 = layer.before_proj(c) + x if first else c
+        h1 = original_block(layer, h0, f, adaln)
+        return layer.after_proj(h1), h1
+
+    def refiner_in(module, args):
+        x, _, freqs, adaln = args[:4]
+        state["c"] = cnet.control_all_x_embedder["2-1"](tokens)
+        n = state["c"].shape[1]
+        state.update(x=x[:, :n], f=freqs[:, :n], adaln=adaln)
+
+    def refiner_out(i, out):
+        hint, state["c"] = step(cnet.control_noise_refiner[i], state["c"], state["x"], state["f"], state["adaln"], i == 0)
+        n = hint.shape[1]
+        return torch.cat([out[:, :n] + strength * hint, out[:, n:]], dim=1)
+
+    def main_in(module, args):
+        unified, _, freqs, adaln = args[:4]
+        c = state["c"]
+        n = c.shape[1]
+        hints = []
+        for k, layer in enumerate(cnet.control_layers[:3]):
+            hint, c = step(layer, c, unified[:, :n], freqs[:, :n], adaln, k == 0)
+            hints.append(hint)
+        state["hints"] = hints
+
+    def main_out(i, out):
+        if i % 2:
+            return out
+        hint = state["hints"][i // 2]
+        n = hint.shape[1]
+        return torch.cat([out[:, :n] + strength * hint, out[:, n:]], dim=1)
+
+    handles = [transformer.noise_refiner[0].register_forward_pre_hook(refiner_in),
+               transformer.layers[0].register_forward_pre_hook(main_in)]
+    handles += [layer.register_forward_hook(lambda m, a, o, i=i: refiner_out(i, o))
+                for i, layer in enumerate(transformer.noise_refiner)]
+    handles += [layer.register_forward_hook(lambda m, a, o, i=i: main_out(i, o)) for i, layer in enumerate(transformer.layers)]
+    try:
+        yield
+    finally:
+        for hd in handles:
+            hd.remove()
+
+
+def test_fun_controlnet_2x_inpaint_matches_reference(qwen_engine, qwen_root, tiny_z_image, z6):
+    cnet = control_net_2x()
+    write_patch(qwen_root, "tiny_z_fun_cnet_2x.safetensors", cnet.state_dict())
+    qwen_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    save_2x_inputs(qwen_engine)
+    image = qwen_engine.run(graph_2x("tiny_z_fun_cnet_2x.safetensors")).raise_for_status().value("out")
+    with torch.no_grad(), reference_control_2x(qwen_engine, z6, cnet, tiny_z_image.vae, 0.8):
+        ref = reference(tiny_z_image, z6)
+    plain = reference(tiny_z_image, z6)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert (image - plain).abs().max() > 1e-2
