@@ -7,7 +7,8 @@ downloaded.
 Facts: latents ``[B, 64, T]`` at 25 per second (EmptyAceStep1.5LatentAudio; the DiT works on ``[B, T, 64]``),
 flow matching with network time = sigma (ComfyUI's default shift 3, multiplier 1; the templates set
 ModelSamplingAuraFlow 3), the network predicts the velocity. Each step the DiT sees the noisy latent beside
-its context: source latents (the silence latent without reference audio) and a chunk mask of ones.
+its context: source latents (the audio codes' when the conditioning has them, else the silence latent) and a
+chunk mask of ones.
 The cross-attention states come from the condition encoder: the prompt's Qwen3 hidden states (projected),
 the lyrics' token embeddings (through the lyric encoder) and a timbre embedding of the reference audio (the
 silence latent over the sampled length, as ComfyUI). A conditioning whose text states are all zero
@@ -16,7 +17,7 @@ silence latent over the sampled length, as ComfyUI). A conditioning whose text s
 DiT file layout (ACE-Step's names, bare or under ``model.diffusion_model.``): ``decoder.`` the DiT
 (``proj_in.1`` / ``proj_out.1`` the patch convs; attention ``q_proj``/``k_proj``/``v_proj``/``o_proj``,
 ``q_norm``/``k_norm`` — diffusers' ``to_q``… names load as well), ``encoder.`` the condition encoder,
-``null_condition_emb``; ``tokenizer.`` / ``detokenizer.`` (the 5 Hz audio-code path) are not used. The config
+``null_condition_emb``; ``tokenizer.quantizer.`` / ``detokenizer.`` (the 5 Hz audio-code path). The config
 comes from the shapes; the attention window (128) and the layer pattern (sliding, full, alternating) are not in
 the weights: ACE-Step 1.5's are used.
 The silence latent (VAE-encoded silence, ``[1, T, 64]``) is not in ComfyUI's files (ComfyUI carries it in
@@ -28,8 +29,9 @@ Text encoding (ComfyUI's TextEncodeAceStepAudio1.5 recipe): the caption in ``# I
 states), the lyrics as ``# Languages / # Lyric`` through its token embeddings only; with
 ``generate_audio_codes`` the 5 Hz LM samples ``ceil(duration) · 5`` audio codes (:mod:`.ace_step_lm`), which
 the DiT's context takes through the file's quantizer (FSQ levels 8, 8, 8, 5, 5, 5: not in the weights) and
-detokenizer (cut to the latent's length, padded with silence). ComfyUI keeps the reference-timbre path
-(``reference_audio_timbre_latents``) apart; nodegraph has no node that sets it yet.
+detokenizer (cut to the latent's length; too few codes are padded with ComfyUI's code of silence). ComfyUI
+keeps the reference-timbre path (``reference_audio_timbre_latents``) apart; nodegraph has no node that sets it
+yet.
 """
 
 from __future__ import annotations
@@ -154,6 +156,8 @@ def detokenizer_config(sd: dict) -> dict:
 
 #: ACE-Step 1.5's FSQ levels (64000 codes) for its 6-dimensional codebook; not in the weights
 FSQ_LEVELS = [8, 8, 8, 5, 5, 5]
+#: the audio code ComfyUI pads short code lists with (silence)
+SILENCE_CODE = 35847
 
 
 def build_code_path(quant: dict, detok: dict, dtype: torch.dtype):
@@ -275,8 +279,8 @@ class AceStepRunner(NetRunner):
 
     def _source(self, part: CondPart, length: int) -> torch.Tensor:
         """The context's source latents ``[1, T, 64]``: the audio codes' (TextEncodeAceStepAudio1.5's
-        ``generate_audio_codes``) through the quantizer and detokenizer, cut to the latent's length and padded
-        with the silence latent; without codes the silence latent."""
+        ``generate_audio_codes``; too few are padded with the code of silence, as ComfyUI) through the quantizer
+        and detokenizer, cut to the latent's length; without codes the silence latent."""
         silence = self.net.silence[:, :length].to(self.device, self.dtype)
         codes = part.extras.get("audio_codes")
         if not codes or not codes[0]:
@@ -284,12 +288,13 @@ class AceStepRunner(NetRunner):
         if self.net.detokenizer is None:
             raise ValueError("this ACE-Step 1.5 file has no audio-code detokenizer (tokenizer./detokenizer. weights); "
                              "set TextEncodeAceStepAudio1.5.generate_audio_codes to false")
-        indices = torch.tensor(codes[0], device=self.device, dtype=torch.long).view(1, -1, 1)
+        codes = list(codes[0])
+        pool = int(self.net.detokenizer.config.pool_window_size)
+        if len(codes) * pool < length:  # ComfyUI pads with the code of silence
+            codes += [SILENCE_CODE] * (math.ceil(length / pool) - len(codes))
+        indices = torch.tensor(codes, device=self.device, dtype=torch.long).view(1, -1, 1)
         quantized = self.net.quantizer.get_output_from_indices(indices).to(self.dtype)
-        source = self.net.detokenizer(quantized).to(self.dtype)[:, :length]
-        if source.shape[1] < length:
-            source = torch.cat([source, silence[:, source.shape[1]:]], dim=1)
-        return source
+        return self.net.detokenizer(quantized).to(self.dtype)[:, :length]
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         if x_in.ndim != 3:

@@ -43,14 +43,14 @@ def engine(tiny, tmp_path):
     eng.close()
 
 
-def graph(tags: str = TAGS, generate_audio_codes: bool = False) -> Graph:
+def graph(tags: str = TAGS, generate_audio_codes: bool = False, duration: float = SECONDS) -> Graph:
     g = Graph()
     model = g.node("UNETLoader", unet_name="tiny_acestep_v1.5.safetensors", weight_dtype="default").out(0)
     model = g.node("ModelSamplingAuraFlow", model=model, shift=SHIFT).out(0)
     clip = g.node("DualCLIPLoader", clip_name1="tiny_qwen_ace15_embed.safetensors",
                   clip_name2="tiny_qwen_ace15_lm.safetensors", type="ace").out(0)
     vae = g.node("VAELoader", vae_name="tiny_ace_1.5_vae.safetensors").out(0)
-    pos = g.node("TextEncodeAceStepAudio1.5", clip=clip, tags=tags, lyrics=LYRICS, seed=0, bpm=120, duration=SECONDS,
+    pos = g.node("TextEncodeAceStepAudio1.5", clip=clip, tags=tags, lyrics=LYRICS, seed=0, bpm=120, duration=duration,
                  timesignature="4", language="en", keyscale="E minor", generate_audio_codes=generate_audio_codes,
                  cfg_scale=2.0, temperature=0.85, top_p=0.9, top_k=0, min_p=0.0).out(0)
     neg = g.node("ConditioningZeroOut", conditioning=pos).out(0)
@@ -61,7 +61,7 @@ def graph(tags: str = TAGS, generate_audio_codes: bool = False) -> Graph:
     return g
 
 
-def reference(tiny, codes: list[int] | None = None) -> torch.Tensor:
+def reference(tiny, codes: list[int] | None = None, caption: str = CAPTION) -> torch.Tensor:
     from diffusers import AceStepPipeline, FlowMatchEulerDiscreteScheduler
 
     pipe = AceStepPipeline(vae=tiny.vae, text_encoder=tiny.text_encoder, tokenizer=tiny.tokenizer,
@@ -69,7 +69,7 @@ def reference(tiny, codes: list[int] | None = None) -> torch.Tensor:
                            scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0),
                            audio_tokenizer=tiny.audio_tokenizer, audio_token_detokenizer=tiny.audio_detokenizer)
     pipe.set_progress_bar_config(disable=True)
-    pipe._format_prompt = lambda **_: (CAPTION, LYRICS_PROMPT)
+    pipe._format_prompt = lambda **_: (caption, LYRICS_PROMPT)
     assert pipe.latents_per_second == 2.5  # the 30-second timbre reference is 75 frames, the sampled length
     noise, _ = engine_noise(LATENT, SEED)
     with torch.no_grad():
@@ -101,12 +101,12 @@ def test_ace_step_matches_pipeline(engine, tiny):
     assert not torch.allclose(wave, other, atol=1e-4)
 
 
-def encoded(engine, seed: int = 0, top_p: float = 0.9, temperature: float = 0.85) -> list:
+def encoded(engine, seed: int = 0, top_p: float = 0.9, temperature: float = 0.85, duration: float = SECONDS) -> list:
     g = Graph()
     clip = g.node("DualCLIPLoader", clip_name1="tiny_qwen_ace15_embed.safetensors",
                   clip_name2="tiny_qwen_ace15_lm.safetensors", type="ace").out(0)
     g.node("PreviewAny", source=g.node("TextEncodeAceStepAudio1.5", "cond", clip=clip, tags=TAGS, lyrics=LYRICS,
-                                        seed=seed, bpm=120, duration=SECONDS, timesignature="4", language="en",
+                                        seed=seed, bpm=120, duration=duration, timesignature="4", language="en",
                                         keyscale="E minor", generate_audio_codes=True, cfg_scale=2.0,
                                         temperature=temperature, top_p=top_p, top_k=0, min_p=0.0))
     return engine.run(g).raise_for_status().value("cond")
@@ -200,3 +200,13 @@ def test_ace_vae_encodes_resampled_audio(engine, tiny):
         ref = tiny.vae.encode(resampled).latent_dist.mean
     assert lat.shape == ref.shape == (1, 64, resampled.shape[-1] // 4)
     assert torch.allclose(lat, ref, atol=1e-5)
+
+
+def test_short_audio_codes_are_padded_with_the_code_of_silence(engine, tiny):
+    """A text-encoder duration shorter than the latent gives too few codes (2 s: 10 codes, 50 frames for 75): they
+    are padded with ComfyUI's code of silence (35847), which the pipeline is handed explicitly."""
+    codes = encoded(engine, duration=2.0)[0][1]["audio_codes"][0]
+    assert len(codes) == 10
+    wave = engine.run(graph(generate_audio_codes=True, duration=2.0)).raise_for_status().value("out")["waveform"]
+    ref = reference(tiny, codes + [35847] * 5, caption=CAPTION.replace("duration: 3 seconds", "duration: 2 seconds"))
+    assert torch.allclose(wave, ref, atol=1e-4), (wave - ref).abs().max()
