@@ -58,10 +58,9 @@ Z_LAYERS = ["layers.0.attention.to_q", "layers.1.attention.to_out.0", "noise_ref
 
 #: ComfyUI's / the original NextDiT names (fused qkv, ``out``) that kohya-style trainers on that module tree
 #: save, and the diffusers modules they cover
-Z_ORIGINAL = {"layers.0.attention.qkv": ["layers.0.attention.to_q", "layers.0.attention.to_k", "layers.0.attention.to_v"],
+Z_ORIGINAL = {"layers.0.attention.qkv": [f"layers.0.attention.to_{p}" for p in "qkv"],
               "layers.1.attention.out": ["layers.1.attention.to_out.0"],
-              "context_refiner.0.attention.qkv": ["context_refiner.0.attention.to_q", "context_refiner.0.attention.to_k",
-                                                  "context_refiner.0.attention.to_v"],
+              "context_refiner.0.attention.qkv": [f"context_refiner.0.attention.to_{p}" for p in "qkv"],
               "noise_refiner.0.feed_forward.w2": ["noise_refiner.0.feed_forward.w2"],
               "layers.1.adaLN_modulation.0": ["layers.1.adaLN_modulation.0"]}
 
@@ -187,7 +186,8 @@ def test_chroma_kohya_lora_matches_diffusers_load_lora_weights(chroma, tmp_path)
     for i, layer in enumerate(FLUX_LAYERS + ["single_blocks.1.linear2", "double_blocks.0.txt_attn.proj"]):
         up, down = _pair(bfl[layer + ".weight"].shape, 110 + i)
         flat = "lora_unet_" + layer.replace(".", "_")
-        sd.update({flat + ".lora_up.weight": up, flat + ".lora_down.weight": down, flat + ".alpha": torch.tensor(ALPHA)})
+        sd.update({flat + ".lora_up.weight": up, flat + ".lora_down.weight": down,
+                   flat + ".alpha": torch.tensor(ALPHA)})
     path = _save(root, "chroma_user_kohya.safetensors", sd)
     engine = make_engine(root, tmp_path, default_registry(packs=False))
     try:
@@ -256,7 +256,8 @@ def test_lumina2_user_loras_match_diffusers_load_lora_weights(lumina, tmp_path):
                                f"transformer.{name}.lora_A.weight": down})
     files = {"peft": _save(root, "lumina2_user_peft.safetensors", peft),
              "comfy": _save(root, "lumina2_user_comfy.safetensors", comfy)}
-    diffusers_files = {"peft": files["peft"], "comfy": _save(root, "lumina2_comfy_as_diffusers.safetensors", equivalent)}
+    diffusers_files = {"peft": files["peft"],
+                       "comfy": _save(root, "lumina2_comfy_as_diffusers.safetensors", equivalent)}
     engine = make_engine(root, tmp_path, default_registry(packs=False))
     try:
         base = _run(engine, lumina_graph("files"), None)

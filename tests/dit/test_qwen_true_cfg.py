@@ -10,8 +10,8 @@ predictions ``D = x − σ·v``, which is linear: ``D_cfg = x − σ·c``). Then
   ``x' = x + (σ' − σ)·v̂``;
 * ComfyUI's CFGNorm (comfy_extras/nodes_cfg.py, a post-CFG function) rescales the *denoised* prediction, per
   latent pixel over the 16 channels (dim 1), clamped to at most 1, times ``strength`` k:
-  ``D̂ = D_cfg · k · min(1, ‖D_c‖ / ‖D_cfg‖)`` with ``D_c = x − σ·v_c``; Euler then steps with the velocity
-  ``(x − D̂)/σ = c·k·r + x·(1 − k·r)/σ`` (r the clamped ratio).
+  ``D̂ = D_cfg · k · min(1, ‖D_c‖ / ‖D_cfg‖)`` with ``D_c = x − σ·v_c``; Euler then steps with the
+  velocity ``(x − D̂)/σ = c·k·r + x·(1 − k·r)/σ`` (r the clamped ratio).
 
 For the two steps to agree for every ``x`` the ``x`` term must vanish (``k·r = 1``) and then ``c·1 = c·ρ``
 (``ρ = ‖v_c‖/‖c‖`` = 1), i.e. only where guidance does not change the prediction's norm — not in general, for
