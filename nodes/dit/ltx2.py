@@ -510,6 +510,35 @@ def load_audio_vae(path: Path, manager, device: str) -> AudioVae:
                     module.latents_per_second())
 
 
+LORA_RENAMES = (("audio_patchify_proj", "audio_proj_in"), ("patchify_proj", "proj_in"),
+                ("av_ca_video_scale_shift_adaln_single", "av_cross_attn_video_scale_shift"),
+                ("av_ca_a2v_gate_adaln_single", "av_cross_attn_video_a2v_gate"),
+                ("av_ca_audio_scale_shift_adaln_single", "av_cross_attn_audio_scale_shift"),
+                ("av_ca_v2a_gate_adaln_single", "av_cross_attn_audio_v2a_gate"))
+
+
+def lora_to_diffusers(sd: dict) -> dict:
+    """A LoRA in LTX's original module names → diffusers' names under ``transformer.`` (connector and text
+    projection layers dropped: the CLIP side is not patched)."""
+    out = {}
+    for key, value in sd.items():
+        prefix = next((p for p in ("model.diffusion_model.", "diffusion_model.") if key.startswith(p)), None)
+        if prefix is None:
+            out[key] = value
+            continue
+        rest = key[len(prefix):]
+        if rest.startswith(CONNECTOR_PARTS) or rest.startswith("text_embedding_projection"):
+            continue
+        for a, b in LORA_RENAMES:
+            rest = rest.replace(a, b)
+        if rest.startswith("adaln_single."):
+            rest = "time_embed." + rest[len("adaln_single."):]
+        elif rest.startswith("audio_adaln_single."):
+            rest = "audio_time_embed." + rest[len("audio_adaln_single."):]
+        out["transformer." + rest] = value
+    return out
+
+
 # -- MODEL and runner -------------------------------------------------------------------------------------
 
 LTXV = LatentFormat(128, 1.0, 0.0, tuple((0.0, 0.0, 0.0) for _ in range(128)), (0.0, 0.0, 0.0))
@@ -534,6 +563,13 @@ class Ltx2Model(FlowModel):
     @property
     def model_sampling(self) -> msl.ModelSampling:
         return self.sampling_or(msl.flux_flow, DEFAULT_SHIFT)
+
+    def lora_patch(self, sd: dict, strength: float, name: str):
+        """LoRAs in LTX's names (ComfyUI / Lightricks: ``diffusion_model.transformer_blocks.N.attn1.to_q.lora_A``)
+        or diffusers' (``transformer.…``) on the transformer; the text connectors' layers are not patched."""
+        from nodegraph_nodes.dit.lora import flow_lora_patch
+
+        return flow_lora_patch("ltx2", self.handle.get(), lora_to_diffusers(sd), strength, name)
 
     def for_latent(self, latent: dict) -> "Ltx2Model":
         from nodegraph_nodes.dit.ltx2_latent import layout_of

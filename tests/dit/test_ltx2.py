@@ -17,6 +17,7 @@ from tests.helpers.noise import engine_noise
 
 PROMPT = "a red fox running in snow"
 SEED, STEPS, CFG, RATE = 13, 3, 3.0, 25
+LORA_STRENGTH = 0.8
 WIDTH, HEIGHT, LENGTH = 64, 64, 9  # video latent [1, 128, 2, 2, 2]; audio latent [1, 4, 9, 4]
 
 
@@ -32,9 +33,12 @@ def ltx2_engine(tiny_ltx2, tmp_path):
     eng.close()
 
 
-def t2v_graph(prompt: str = PROMPT, cfg: float = CFG) -> Graph:
+def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None) -> Graph:
     g = Graph()
     ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    model = ck.out(0)
+    if lora:
+        model = g.node("LoraLoaderModelOnly", model=model, lora_name=lora, strength_model=LORA_STRENGTH).out(0)
     clip = g.node("LTXAVTextEncoderLoader", text_encoder=GEMMA_FILE, ckpt_name=CHECKPOINT, device="default").out(0)
     audio_vae = g.node("LTXVAudioVAELoader", ckpt_name=CHECKPOINT).out(0)
     pos = g.node("CLIPTextEncode", text=prompt, clip=clip)
@@ -45,7 +49,7 @@ def t2v_graph(prompt: str = PROMPT, cfg: float = CFG) -> Graph:
     av = g.node("LTXVConcatAVLatent", video_latent=video, audio_latent=audio)
     sigmas = g.node("LTXVScheduler", "sigmas", steps=STEPS, max_shift=2.05, base_shift=0.95, stretch=True,
                     terminal=0.1, latent=av)
-    guider = g.node("CFGGuider", model=ck.out(0), positive=cond.out(0), negative=cond.out(1), cfg=cfg)
+    guider = g.node("CFGGuider", model=model, positive=cond.out(0), negative=cond.out(1), cfg=cfg)
     sampled = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=SEED), guider=guider,
                      sampler=g.node("KSamplerSelect", sampler_name="euler"), sigmas=sigmas, latent_image=av)
     sep = g.node("LTXVSeparateAVLatent", av_latent=sampled.out(0))
@@ -162,3 +166,46 @@ def test_ltx2_image_to_video_matches_pipeline(ltx2_engine, tiny_ltx2):
     got = result.value("frames")
     assert torch.allclose(got, ref_frames, atol=1e-4), (got - ref_frames).abs().max()
     assert torch.allclose(result.value("audio")["waveform"], out.audio.float(), atol=1e-4)
+
+
+LORA_LAYERS = {  # LTX's original names → diffusers' module names in the transformer
+    "transformer_blocks.0.attn1.to_q": "transformer_blocks.0.attn1.to_q",
+    "transformer_blocks.1.audio_ff.net.0.proj": "transformer_blocks.1.audio_ff.net.0.proj",
+    "patchify_proj": "proj_in",
+    "audio_patchify_proj": "audio_proj_in",
+}
+
+
+def test_ltx2_lora_in_ltx_names_matches_merged_weights(ltx2_engine, tiny_ltx2):
+    """LoraLoaderModelOnly with a LoRA in LTX's names (``diffusion_model.…``, renamed layers included) equals the
+    pipeline on a transformer with ``strength · alpha / rank · B @ A`` merged into the same weights."""
+    import copy
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    net = tiny_ltx2.transformer
+    modules = dict(net.named_modules())
+    g = torch.Generator().manual_seed(21)
+    sd, merged = {}, copy.deepcopy(net)
+    merged_modules = dict(merged.named_modules())
+    rank, alpha = 4, 2.0
+    for original, name in LORA_LAYERS.items():
+        w = modules[name].weight
+        down = torch.randn(rank, w.shape[1], generator=g) * 0.05
+        up = torch.randn(w.shape[0], rank, generator=g) * 0.05
+        sd[f"diffusion_model.{original}.lora_A.weight"] = down
+        sd[f"diffusion_model.{original}.lora_B.weight"] = up
+        sd[f"diffusion_model.{original}.alpha"] = torch.tensor(alpha)
+        with torch.no_grad():
+            merged_modules[name].weight += LORA_STRENGTH * alpha / rank * (up @ down)
+    (tiny_ltx2.root / "models" / "loras").mkdir(exist_ok=True)
+    save_file(sd, str(tiny_ltx2.root / "models" / "loras" / "tiny_ltx2_lora.safetensors"))
+    result = ltx2_engine.run(t2v_graph(lora="tiny_ltx2_lora.safetensors")).raise_for_status()
+    frames, sigmas = result.value("frames"), result.value("sigmas")
+    ref_video, ref_audio = reference(dataclasses.replace(tiny_ltx2, transformer=merged), sigmas)
+    ref_frames = ref_video[0].permute(0, 2, 3, 1).float()
+    assert torch.allclose(frames, ref_frames, atol=1e-4), (frames - ref_frames).abs().max()
+    assert torch.allclose(result.value("audio")["waveform"], ref_audio.float(), atol=1e-4)
+    plain = ltx2_engine.run(t2v_graph()).raise_for_status().value("frames")
+    assert not torch.allclose(plain, frames, atol=1e-3)
