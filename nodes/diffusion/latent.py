@@ -171,6 +171,10 @@ class VAEDecodeTiled(Node):
                 temporal_overlap: int = 8) -> tuple:
         f = vae.scale_factor
         latents = samples["samples"]
+        if latents.ndim == 5:  # a video latent: temporal chunks (nodegraph_nodes.dit.vae_temporal_tiling)
+            from nodegraph_nodes.dit.vae_temporal_tiling import decode_tiled
+
+            return (decode_tiled(self.ctx, vae, latents, tile_size, overlap, temporal_size, temporal_overlap),)
         images = tiled(lambda t: vae_decode(self.ctx, vae, t).permute(0, 3, 1, 2), latents,
                        max(1, tile_size // f), overlap // f, f, 3)
         return (images.permute(0, 2, 3, 1).contiguous(),)
