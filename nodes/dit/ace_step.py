@@ -22,7 +22,8 @@ comes from the shapes; the attention window (128) and the layer pattern (sliding
 the weights: ACE-Step 1.5's are used.
 The silence latent (VAE-encoded silence, ``[1, T, 64]``) is not in ComfyUI's files (ComfyUI carries it in
 its code): it is read from a ``silence_latent`` key of the file, else from ``<file stem>.silence_latent.pt`` /
-``silence_latent.pt`` beside the file (the ACE-Step release's ``silence_latent.pt``, ``[1, 64, T]``).
+``silence_latent.pt`` beside the file (the ACE-Step release's ``silence_latent.pt``, ``[1, 64, T]``), else made
+on the first run by encoding silence with the ACE-Step VAE in ``models/vae`` (:mod:`.ace_step_silence`).
 
 Text encoding (ComfyUI's TextEncodeAceStepAudio1.5 recipe): the caption in ``# Instruction / # Caption /
 # Metas`` form (bpm, time signature, key, duration rounded up) through the Qwen3 embedding model (last hidden
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import math
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +185,7 @@ class AceStepNet(torch.nn.Module):
     """The DiT, its condition encoder and (when the file has them) the audio-code quantizer and detokenizer,
     loaded and placed together; ``silence`` ``[1, T, 64]``."""
 
-    def __init__(self, transformer, condition, silence: torch.Tensor, quantizer=None, detokenizer=None):
+    def __init__(self, transformer, condition, silence: torch.Tensor | None, quantizer=None, detokenizer=None):
         super().__init__()
         self.transformer = transformer
         self.condition = condition
@@ -196,8 +198,8 @@ class AceStepNet(torch.nn.Module):
         return self.transformer.config
 
 
-def read_silence_latent(path: Path, sd: dict) -> torch.Tensor:
-    """The silence latent ``[1, T, 64]`` (see the module docstring)."""
+def read_silence_latent(path: Path, sd: dict) -> torch.Tensor | None:
+    """The silence latent ``[1, T, 64]`` of the file or beside it (see the module docstring), else ``None``."""
     value = sd.get("silence_latent", sd.get("encoder.silence_latent"))
     if value is None:
         for cand in (path.with_name(path.stem + ".silence_latent.pt"), path.parent / "silence_latent.pt"):
@@ -207,8 +209,7 @@ def read_silence_latent(path: Path, sd: dict) -> torch.Tensor:
                     value = value.transpose(1, 2)
                 break
     if value is None:
-        raise ModelFileError(f"{path.name} holds no silence latent and no silence_latent.pt lies beside it: copy the "
-                             "ACE-Step 1.5 release's silence_latent.pt (ACE-Step/Ace-Step1.5) next to the file")
+        return None
     value = value.float()
     return value if value.ndim == 3 else value[None]
 
@@ -227,7 +228,8 @@ def build_net(path: Path, sd: dict, dtype: torch.dtype) -> AceStepNet:
     cond["silence_latent"] = torch.zeros(1, 15000, config["timbre_hidden_dim"])
     encoder = _instantiate(AceStepConditionEncoder, config, cond, dtype, "ACE-Step 1.5 condition encoder")
     quantizer, detokenizer = build_code_path(quant, detok, dtype)
-    return AceStepNet(transformer, encoder, silence.to(dtype), quantizer, detokenizer).eval().requires_grad_(False)
+    silence = None if silence is None else silence.to(dtype)
+    return AceStepNet(transformer, encoder, silence, quantizer, detokenizer).eval().requires_grad_(False)
 
 
 # -- MODEL ------------------------------------------------------------------------------------------
@@ -249,8 +251,14 @@ class AceStepModel(FlowModel):
     def lora_patch(self, sd: dict, strength: float, name: str):
         raise ModelFileError(f"LoRA {name}: LoRAs for ACE-Step 1.5 are not supported yet")
 
+    @contextmanager
     def open_runner(self, ctx, latent_shape: tuple):
-        return open_runner(self, ctx, latent_shape, AceStepRunner)
+        with open_runner(self, ctx, latent_shape, AceStepRunner) as runner:
+            if runner.net.silence is None:  # made once per loaded model (nodegraph_nodes.dit.ace_step_silence)
+                from nodegraph_nodes.dit.ace_step_silence import silence_for
+
+                runner.net.silence = silence_for(ctx).to(runner.device, runner.dtype)
+            yield runner
 
 
 class AceStepRunner(NetRunner):

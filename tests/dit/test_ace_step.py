@@ -43,9 +43,10 @@ def engine(tiny, tmp_path):
     eng.close()
 
 
-def graph(tags: str = TAGS, generate_audio_codes: bool = False, duration: float = SECONDS) -> Graph:
+def graph(tags: str = TAGS, generate_audio_codes: bool = False, duration: float = SECONDS,
+          unet: str = "tiny_acestep_v1.5.safetensors") -> Graph:
     g = Graph()
-    model = g.node("UNETLoader", unet_name="tiny_acestep_v1.5.safetensors", weight_dtype="default").out(0)
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
     model = g.node("ModelSamplingAuraFlow", model=model, shift=SHIFT).out(0)
     clip = g.node("DualCLIPLoader", clip_name1="tiny_qwen_ace15_embed.safetensors",
                   clip_name2="tiny_qwen_ace15_lm.safetensors", type="ace").out(0)
@@ -210,3 +211,28 @@ def test_short_audio_codes_are_padded_with_the_code_of_silence(engine, tiny):
     wave = engine.run(graph(generate_audio_codes=True, duration=2.0)).raise_for_status().value("out")["waveform"]
     ref = reference(tiny, codes + [35847] * 5, caption=CAPTION.replace("duration: 3 seconds", "duration: 2 seconds"))
     assert torch.allclose(wave, ref, atol=1e-4), (wave - ref).abs().max()
+
+
+def test_silence_latent_from_the_vae_when_the_file_has_none(engine, tiny):
+    """ComfyUI's split DiT files hold no silence latent: without one beside the file, the ACE-Step VAE in
+    models/vae encodes silence (its first 4 frames, then a middle frame repeated, as ComfyUI's constant is built)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny.root / "models" / "diffusion_models"
+    sd = load_file(str(folder / "tiny_acestep_v1.5.safetensors"))
+    del sd["silence_latent"]
+    save_file(sd, str(folder / "tiny_acestep_no_silence.safetensors"))
+    wave = engine.run(graph(unet="tiny_acestep_no_silence.safetensors")).raise_for_status().value("out")["waveform"]
+
+    with torch.no_grad():
+        encoded = tiny.vae.encode(torch.zeros(1, 2, 16 * 4)).latent_dist.mean[0].T
+    silence = encoded[8].expand(15000, -1).clone()
+    silence[:4] = encoded[:4]
+    kept = tiny.condition_encoder.silence_latent
+    tiny.condition_encoder.silence_latent = silence[None]
+    try:
+        ref = reference(tiny)
+    finally:
+        tiny.condition_encoder.silence_latent = kept
+    assert torch.allclose(wave, ref, atol=1e-4), (wave - ref).abs().max()
+    assert not torch.allclose(wave, reference(tiny), atol=1e-3)
