@@ -2,7 +2,8 @@
 48 kHz Oobleck VAE in ``models/vae`` encodes a short stretch of digital silence, and the latent is built as
 ComfyUI builds its own (a constant carried in its code): the encoding's first ``HEAD`` frames, then one frame
 from the middle of the encoding repeated (away from the edges, the encoding of silence is the same every frame).
-Values match ComfyUI's to its bf16 rounding when the VAE is ACE-Step 1.5's.
+With ACE-Step 1.5's VAE this should give ComfyUI's constant up to its bf16 rounding; that is not checked here
+(no released weights in the tests).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from nodegraph_nodes.diffusion.files import ModelFileError
 
 HEAD = 4
-ENCODED_FRAMES = 16
+ENCODED_FRAMES = 32
 FRAMES = 15000  # 10 minutes at 25 frames a second, as the release's silence_latent.pt
 
 

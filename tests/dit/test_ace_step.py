@@ -225,8 +225,8 @@ def test_silence_latent_from_the_vae_when_the_file_has_none(engine, tiny):
     wave = engine.run(graph(unet="tiny_acestep_no_silence.safetensors")).raise_for_status().value("out")["waveform"]
 
     with torch.no_grad():
-        encoded = tiny.vae.encode(torch.zeros(1, 2, 16 * 4)).latent_dist.mean[0].T
-    silence = encoded[8].expand(15000, -1).clone()
+        encoded = tiny.vae.encode(torch.zeros(1, 2, 32 * 4)).latent_dist.mean[0].T
+    silence = encoded[16].expand(15000, -1).clone()
     silence[:4] = encoded[:4]
     kept = tiny.condition_encoder.silence_latent
     tiny.condition_encoder.silence_latent = silence[None]
