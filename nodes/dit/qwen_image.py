@@ -289,6 +289,10 @@ class QwenImageRunner(NetRunner):
         return packed, shapes
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
+        if x_in.ndim != 4:
+            raise ValueError(f"this Qwen-Image model samples image latents [B, 16, h, w], not {tuple(x_in.shape)}; "
+                             "Qwen-Image-Layered latents (EmptyQwenImageLayeredLatentImage) need the layered model, "
+                             "which nodegraph does not load yet")
         h, w = x_in.shape[-2:]
         x = pad_even(x_in.to(self.device, self.dtype))
         hh, ww = x.shape[-2:]

@@ -208,3 +208,16 @@ def test_qwen_controlnet_patch_template_runs(qwen_engine, qwen_registry, qwen_ro
     assert {"ModelPatchLoader", "QwenImageDiffsynthControlnet", "Canny", "KSampler", "SaveImage"} <= kinds
     image = last_saved_image(qwen_engine.paths.output_dir)
     assert image.shape[-1] == 3 and min(image.shape[:2]) >= 64 and image.std() > 0.01
+
+
+def test_layered_latent_on_qwen_image_is_refused_clearly(qwen_engine, tiny_qwen_image):
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="tiny_qwen_image.safetensors", weight_dtype="default").out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_qwen_2.5_vl.safetensors", type="qwen_image").out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    lat = g.node("EmptyQwenImageLayeredLatentImage", width=64, height=64, layers=2, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple",
+                positive=pos, negative=pos, latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=ks)
+    result = qwen_engine.run(g)
+    assert result.failure is not None and "Qwen-Image-Layered" in result.failure.exception_message
