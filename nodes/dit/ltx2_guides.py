@@ -130,9 +130,10 @@ def keyframe_count(cond: list) -> tuple[torch.Tensor | None, int]:
     return None, 0
 
 
-def keyframe_coords(guide: torch.Tensor, frame_idx: int) -> torch.Tensor:
+def keyframe_coords(guide: torch.Tensor, frame_idx: int, pixel_frames: int) -> torch.Tensor:
     """Pixel coordinate bounds ``[1, 3, tokens, 2]`` of the guide latent's tokens placed at pixel frame
-    ``frame_idx`` (the causal first-frame fix only at frame 0, as ComfyUI)."""
+    ``frame_idx`` (the causal first-frame fix only at frame 0, as ComfyUI); a guide of one pixel frame spans one
+    pixel frame in time (LTX-2's keyframe conditioning, diffusers' ``_prepare_keyframe_coords``)."""
     _, _, f, h, w = guide.shape
     grid = torch.stack(torch.meshgrid(torch.arange(f), torch.arange(h), torch.arange(w), indexing="ij"))
     grid = grid.flatten(1).float()
@@ -140,6 +141,8 @@ def keyframe_coords(guide: torch.Tensor, frame_idx: int) -> torch.Tensor:
     if frame_idx == 0:
         bounds[0] = (bounds[0] + 1 - SCALE[0]).clamp(min=0)
     bounds[0] += frame_idx
+    if pixel_frames == 1:
+        bounds[0, :, 1] = bounds[0, :, 0] + 1
     return bounds[None]
 
 
@@ -180,7 +183,7 @@ class LTXVAddGuide(Node):
         prefix = min(2, t.shape[2])
         guide = t[:, :, :prefix].expand(samples.shape[0], -1, -1, -1, -1)
         mask[:, :, latent_idx:latent_idx + prefix] = 1.0
-        coords = keyframe_coords(guide, frame_idx)
+        coords = keyframe_coords(guide, frame_idx, pixels.shape[0])
         coords = coords if keyframes is None else torch.cat([keyframes, coords], dim=2)
         positive = set_values(positive, {"keyframe_idxs": coords})
         negative = set_values(negative, {"keyframe_idxs": coords})

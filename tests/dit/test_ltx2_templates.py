@@ -116,3 +116,30 @@ def test_comfy_ltx2_i2v_distilled_template_runs(ltx2_engine, tiny_ltx2):
     frames, samples = _saved_video(ltx2_engine)
     assert frames == 9
     assert samples > 0
+
+
+def test_comfy_ltx2_3_flf2v_template_runs_on_ltx2(ltx2_engine, tiny_ltx2):
+    """``video_ltx2_3_flf2v`` (first and last frame through two LTXVAddGuide at strength 0.7, LTXVCropGuides after
+    sampling, SamplerEulerAncestral, VAEDecodeTiled) on the tiny LTX-2.0 files saved under the 2.3 template's names
+    (the graph is the same for both model generations). Made smaller: 64×64, 1 second at 8 fps (9 frames)."""
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    _files(tiny_ltx2, "ltx-2.3-22b-distilled-fp8.safetensors", "gemma_3_12B_it_fp4_mixed.safetensors")
+    ltx2_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(("low_view_classic_car.png", "high_view_classic_car.png")):
+        Image.fromarray(np.random.default_rng(30 + i).integers(0, 256, (72, 80, 3), dtype=np.uint8), "RGB").save(
+            ltx2_engine.paths.input_dir / name)
+    api = load_workflow_data(_template("video_ltx2_3_flf2v"), ltx2_engine.registry).api
+    values = {5: 1, 25: 8, 1280: 64, 720: 64}
+    for n in api.values():
+        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") in values:
+            n["inputs"]["value"] = values[n["inputs"]["value"]]
+    result = ltx2_engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    assert executed.count("LTXVAddGuide") == 2 and "LTXVCropGuides" in executed
+    frames, samples = _saved_video(ltx2_engine)
+    assert frames == 9
+    assert samples > 0
