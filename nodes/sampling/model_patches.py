@@ -207,3 +207,60 @@ class CFGNorm(Node):
     def execute(self, model, strength: float) -> tuple:
         model = require_sampling_model(model, "CFGNorm.model")
         return (model.with_sampling_patches(model.sampling_patches.with_post_cfg(_CfgNorm(strength))),)
+
+
+def _patch_norm(t: torch.Tensor, patch: int) -> torch.Tensor:
+    """The L2 norm over the channels (dim 1) and each ``patch``×``patch`` block of the last two dims, spread
+    back over the block (sides not a multiple of ``patch``: the last block holds the values there are)."""
+    sq = (t.float() ** 2).sum(dim=1, keepdim=True)
+    h, w = sq.shape[-2:]
+    ph, pw = -h % patch, -w % patch
+    if ph or pw:
+        sq = torch.nn.functional.pad(sq, (0, pw, 0, ph))
+    lead = sq.shape[:-2]
+    hp, wp = (h + ph) // patch, (w + pw) // patch
+    sums = sq.reshape(*lead, hp, patch, wp, patch).sum(dim=(-3, -1))
+    sums = sums.repeat_interleave(patch, dim=-2).repeat_interleave(patch, dim=-1)[..., :h, :w]
+    return sums.sqrt()
+
+
+class _VelocityNormRescale:
+    """cfg_function: diffusers' QwenImagePipeline true CFG. With velocities ``v_c``, ``v_u`` and scale ``s``:
+    ``c = v_u + s·(v_c − v_u)``, then ``c · ‖v_c‖ / ‖c‖`` per patch (no clamp). The sampling core's
+    ``cond``/``uncond`` are the noise directions ``x − D``, which for a flow model are ``σ·v`` (``D = x − σ·v``):
+    the combination is linear and the norm ratio is the same for ``σ·v`` as for ``v``, so the result is
+    ``σ·v̂`` (the direction the core takes back to ``D̂ = x − σ·v̂``) and σ = 0 needs no division."""
+
+    def __init__(self, patch: int):
+        self.patch = patch
+
+    def __call__(self, args: dict) -> torch.Tensor:
+        ms = args.get("model_sampling")
+        if ms is not None and not ms.is_flow:
+            raise ValueError(f"CFGVelocityNormRescale.model: needs a flow (velocity) model; this model's "
+                             f"sampling predicts {ms.prediction!r}")
+        cond, uncond, scale = args["cond"], args["uncond"], args["cond_scale"]
+        comb = uncond + scale * (cond - uncond)
+        ratio = _patch_norm(cond, self.patch) / _patch_norm(comb, self.patch).clamp_min(torch.finfo(torch.float32).tiny)
+        return comb * ratio.to(comb.dtype)
+
+
+class CFGVelocityNormRescale(Node):
+    """nodegraph's own node (not in ComfyUI): classifier-free guidance as diffusers' QwenImagePipeline and
+    QwenImageEdit(Plus)Pipeline do it at true_cfg_scale > 1 — the guided velocity
+    ``c = v_neg + cfg·(v_pos − v_neg)`` rescaled to the positive velocity's norm, per ``patch_size``×``patch_size``
+    latent patch over all channels (Qwen-Image: 2, i.e. the 64 packed values of diffusers' token), without a
+    clamp. Use it before KSampler (cfg > 1) to get diffusers' Qwen-Image results; ComfyUI's CFGNorm instead
+    rescales the denoised image per pixel with a clamp and cannot reproduce them. Flow (velocity) models
+    only: other models are an error at sampling time. Replaces the CFG combination (the last such patch,
+    e.g. RescaleCFG, wins); post-CFG patches still apply after it."""
+
+    category = "advanced/guidance"
+    model = Input(MODEL)
+    patch_size = Input(INT, default=2, min=1, max=16, step=1)
+    outputs = (Output(MODEL, "patched_model"),)
+
+    def execute(self, model, patch_size: int = 2) -> tuple:
+        model = require_sampling_model(model, "CFGVelocityNormRescale.model")
+        patches = model.sampling_patches.with_cfg_function(_VelocityNormRescale(int(patch_size)))
+        return (model.with_sampling_patches(patches),)

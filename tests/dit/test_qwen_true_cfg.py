@@ -25,6 +25,10 @@ each call returns the guided velocity computed by one formula:
 * the wrapper with ComfyUI's CFGNorm formula equals the engine's KSampler cfg 4 + CFGNorm (strength 1, 0.9);
 * diffusers' result differs from both;
 * the same for Qwen-Image-Edit (QwenImageEditPipeline vs the template's TextEncodeQwenImageEdit + CFGNorm).
+
+nodegraph's own model patch ``CFGVelocityNormRescale`` (nodes/sampling/model_patches.py) implements diffusers'
+formula as the sampling core's CFG function; with it before KSampler (cfg 4) the engine equals the pipeline's
+``true_cfg_scale`` 4 output at 1e-4, for text-to-image and for Qwen-Image-Edit.
 """
 
 from __future__ import annotations
@@ -136,8 +140,9 @@ def wrapped(tiny, combine) -> torch.Tensor:
     return _run_wrapped(pipe, combine, negative, prompt=PROMPT, latents=_latents())
 
 
-def _engine_prompt(cfg_norm: float | None) -> dict:
-    """test_qwen_image's graph at cfg 4 with the negative prompt, with a CFGNorm before KSampler if given."""
+def _engine_prompt(cfg_norm: float | None, velocity_rescale: bool = False) -> dict:
+    """test_qwen_image's graph at cfg 4 with the negative prompt, with a CFGNorm before KSampler if given,
+    or nodegraph's CFGVelocityNormRescale (``velocity_rescale``)."""
     from tests.dit.test_qwen_image import qwen_graph
 
     prompt = qwen_graph("files").to_api()
@@ -147,7 +152,14 @@ def _engine_prompt(cfg_norm: float | None) -> dict:
     if cfg_norm is not None:
         prompt["cfgnorm"] = {"class_type": "CFGNorm", "inputs": {"model": ks["inputs"]["model"], "strength": cfg_norm}}
         ks["inputs"]["model"] = ["cfgnorm", 0]
+    if velocity_rescale:
+        _add_velocity_rescale(prompt, ks)
     return prompt
+
+
+def _add_velocity_rescale(prompt: dict, ks: dict) -> None:
+    prompt["vrescale"] = {"class_type": "CFGVelocityNormRescale", "inputs": {"model": ks["inputs"]["model"]}}
+    ks["inputs"]["model"] = ["vrescale", 0]
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +206,7 @@ def _edit_pipeline(tiny, net):
     return pipe
 
 
-def _edit_engine_prompt(cfg_norm: float | None) -> dict:
+def _edit_engine_prompt(cfg_norm: float | None, velocity_rescale: bool = False) -> dict:
     from tests.dit.test_qwen_edit import edit_graph
 
     prompt = edit_graph().to_api()
@@ -205,6 +217,8 @@ def _edit_engine_prompt(cfg_norm: float | None) -> dict:
     if cfg_norm is not None:
         prompt["cfgnorm"] = {"class_type": "CFGNorm", "inputs": {"model": ks["inputs"]["model"], "strength": cfg_norm}}
         ks["inputs"]["model"] = ["cfgnorm", 0]
+    if velocity_rescale:
+        _add_velocity_rescale(prompt, ks)
     return prompt
 
 
@@ -242,3 +256,62 @@ def test_qwen_edit_cfg_norm_matches_comfy_formula_and_wrapper_is_the_pipeline(ed
     # outside the parity tolerance (8e-4 here: with the image in both prompts, the tiny model's positive and
     # negative predictions are close, so the two rescalings differ less than in text-to-image)
     assert (image - own).abs().max() > 2e-4
+
+
+# -- nodegraph's CFGVelocityNormRescale: diffusers' true CFG in the engine ------------------------------------
+
+def test_velocity_norm_rescale_node_equals_pipeline_true_cfg(qwen_engine, diffusers_image):
+    image = qwen_engine.run(_engine_prompt(None, velocity_rescale=True)).raise_for_status().value("out")
+    assert torch.allclose(image, diffusers_image, atol=1e-4), (image - diffusers_image).abs().max()
+    plain = qwen_engine.run(_engine_prompt(None)).raise_for_status().value("out")
+    assert (plain - diffusers_image).abs().max() > 1e-2  # the node is what makes the difference
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 8, 6), (1, 16, 2, 4, 4)])
+def test_patch_norm_is_the_packed_token_norm(shape):
+    from nodegraph_nodes.sampling.model_patches import _patch_norm
+
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    frames = t.movedim(2, 1).reshape(-1, 16, *shape[-2:]) if t.ndim == 5 else t
+    tokens = torch.norm(_pack(frames), dim=-1, keepdim=True)  # (B, tokens, 1), as diffusers' norm
+    ours = _pack(_patch_norm(frames, 2).expand(-1, 16, -1, -1))[..., :1]
+    assert torch.allclose(ours, tokens, atol=1e-5)
+    if t.ndim == 5:  # per frame
+        assert torch.allclose(_patch_norm(t, 2).movedim(2, 1).reshape(-1, 1, *shape[-2:]), _patch_norm(frames, 2))
+
+
+def test_patch_norm_odd_sides_use_the_values_there_are():
+    from nodegraph_nodes.sampling.model_patches import _patch_norm
+
+    t = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
+    n = _patch_norm(t, 2)
+    assert torch.isclose(n[0, 0, 0, 0], torch.tensor([1.0, 2, 4, 5]).norm())
+    assert torch.isclose(n[0, 0, 2, 2], torch.tensor(9.0))
+    assert torch.isclose(n[0, 0, 2, 0], torch.tensor([7.0, 8]).norm())
+
+
+def test_velocity_norm_rescale_refuses_a_non_flow_model():
+    from nodegraph_nodes.sampling import model_sampling as msl
+    from nodegraph_nodes.sampling.model_patches import _VelocityNormRescale
+
+    x = torch.randn(1, 4, 4, 4)
+    args = {"cond": x, "uncond": x * 0.5, "cond_scale": 4.0, "model_sampling": msl.discrete("eps")}
+    with pytest.raises(ValueError, match="CFGVelocityNormRescale.model.*flow"):
+        _VelocityNormRescale(2)(args)
+    args["model_sampling"] = msl.sd3_flow(3.0, 1.0)
+    out = _VelocityNormRescale(2)(args)
+    ref = _unpack(diffusers_true_cfg(None, None, _pack(x), _pack(x * 0.5), 4.0), 4, 4)
+    assert torch.allclose(out, ref, atol=1e-6)
+
+
+@pytest.mark.slow  # two runs with the 1024² reference image's 4096 latent tokens: ~2 minutes on 2 CPU cores
+def test_velocity_norm_rescale_node_equals_edit_pipeline_true_cfg(edit_engine, tiny_qwen_image):
+    from tests.dit.test_qwen_edit import PROMPT, SEED, _image
+
+    t = tiny_qwen_image
+    with torch.no_grad():
+        own = _edit_pipeline(t, t.transformer)(
+            image=_image(), prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS_, true_cfg_scale=CFG,
+            latents=_latents(SEED), height=64, width=64, output_type="pt").images.permute(0, 2, 3, 1)
+    image = edit_engine.run(_edit_engine_prompt(None, velocity_rescale=True)).raise_for_status().value("out")
+    assert torch.allclose(image, own, atol=1e-4), (image - own).abs().max()
