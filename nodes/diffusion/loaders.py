@@ -129,8 +129,9 @@ class CheckpointLoaderSimple(Node):
                 return ltx2.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
             from nodegraph_nodes.dit import audio_loading
 
-            if (loaded := audio_loading.load_checkpoint(path, manager, self.ctx.device)) is not None:
-                return loaded  # Stable Audio, ACE-Step (nodegraph_nodes.dit.audio_loading)
+            loaded = audio_loading.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
+            if loaded is not None:  # Stable Audio, ACE-Step 1.5 (nodegraph_nodes.dit.audio_loading)
+                return loaded
         from nodegraph_nodes.dit import flux2_loading
 
         from nodegraph_nodes.dit import hidream_folder

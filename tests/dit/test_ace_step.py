@@ -236,3 +236,57 @@ def test_silence_latent_from_the_vae_when_the_file_has_none(engine, tiny):
         tiny.condition_encoder.silence_latent = kept
     assert torch.allclose(wave, ref, atol=1e-4), (wave - ref).abs().max()
     assert not torch.allclose(wave, reference(tiny), atol=1e-3)
+
+
+def test_all_in_one_checkpoint_equals_the_split_files(engine, tiny):
+    """CheckpointLoaderSimple with the all-in-one file (DiT, both Qwen3 models, the VAE in stable-audio-tools'
+    names) gives what the split files give."""
+    split = engine.run(graph(generate_audio_codes=True)).raise_for_status().value("out")["waveform"]
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_ace_step_1.5_aio.safetensors")
+    model = g.node("ModelSamplingAuraFlow", model=ck.out(0), shift=SHIFT).out(0)
+    pos = g.node("TextEncodeAceStepAudio1.5", clip=ck.out(1), tags=TAGS, lyrics=LYRICS, seed=0, bpm=120,
+                 duration=SECONDS, timesignature="4", language="en", keyscale="E minor", generate_audio_codes=True,
+                 cfg_scale=2.0, temperature=0.85, top_p=0.9, top_k=0, min_p=0.0).out(0)
+    neg = g.node("ConditioningZeroOut", conditioning=pos).out(0)
+    lat = g.node("EmptyAceStep1.5LatentAudio", seconds=SECONDS, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
+                positive=pos, negative=neg, latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecodeAudio", "out", samples=ks, vae=ck.out(2)))
+    audio = engine.run(g).raise_for_status().value("out")
+    assert audio["sample_rate"] == 48000
+    assert torch.allclose(audio["waveform"], split, atol=1e-5), (audio["waveform"] - split).abs().max()
+
+
+def test_comfy_ace_step_checkpoint_template_runs(engine, tiny):
+    """ComfyUI's official ``audio_ace_step_1_5_checkpoint`` template (copied, MIT) on the tiny all-in-one file saved
+    under its file name; the length (3 s) and the steps (3) made smaller. It saves a flac."""
+    import json
+    from pathlib import Path
+
+    import av
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_qwen import copy_as
+
+    copy_as(tiny.root, {"checkpoints/tiny_ace_step_1.5_aio.safetensors":
+                        "checkpoints/ace_step_1.5_turbo_aio.safetensors"})
+    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "audio_ace_step_1_5_checkpoint.json"
+    api = load_workflow_data(json.loads(path.read_text()), engine.registry).api
+    assert {"CheckpointLoaderSimple", "TextEncodeAceStepAudio1.5", "EmptyAceStep1.5LatentAudio",
+            "VAEDecodeAudio", "SaveAudioAdvanced"} <= {n["class_type"] for n in api.values()}
+    for n in api.values():
+        if n["class_type"] == "EmptyAceStep1.5LatentAudio":
+            n["inputs"]["seconds"] = SECONDS
+        if n["class_type"] == "TextEncodeAceStepAudio1.5":
+            n["inputs"]["duration"] = SECONDS
+        if n["class_type"] == "KSampler":
+            n["inputs"]["steps"] = 3
+    result = engine.run(api).raise_for_status()
+    assert all(n in result.executed for n in api)
+    saved = list(engine.paths.output_dir.rglob("*.flac"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        assert container.streams.audio[0].rate == 48000
+        assert sum(f.samples for f in container.decode(audio=0)) == LATENT[2] * 4

@@ -4,7 +4,8 @@ split layout of ComfyUI's template files: ``diffusion_models/tiny_acestep_v1.5.s
 ComfyUI carries in its code), ``text_encoders/tiny_qwen_ace15_embed.safetensors`` (a Qwen3 model, the narrower
 file) and ``tiny_qwen_ace15_lm.safetensors`` (a wider Qwen3 causal LM: the 5 Hz LM's place), the tokenizer in
 ``text_encoders/qwen3_tokenizer/`` (a word-level stand-in with Qwen's ``<|endoftext|>``), and
-``vae/tiny_ace_1.5_vae.safetensors`` (a 64-channel Oobleck in diffusers' names).
+``vae/tiny_ace_1.5_vae.safetensors`` (a 64-channel Oobleck in diffusers' names); the same weights in one
+all-in-one file ``checkpoints/tiny_ace_step_1.5_aio.safetensors`` (:func:`write_all_in_one`).
 
 The VAE's sampling_rate config is 10 for the reference pipeline (2.5 latent frames a second with its hop of 4),
 so the pipeline's 30-second timbre reference is 75 frames — the length the test samples (ComfyUI's timbre reference
@@ -142,6 +143,20 @@ def ace_layout(net, enc, tokenizer, detokenizer) -> dict:
     return sd
 
 
+def write_all_in_one(path: Path, net, enc, audio_tokenizer, audio_detokenizer, te, lm, vae) -> None:
+    """ComfyUI's all-in-one layout: the DiT under ``model.diffusion_model.``, the Qwen3 models under
+    ``cond_stage_model.qwen3_06b.transformer.`` / ``cond_stage_model.qwen3_2b.transformer.``, the VAE in
+    stable-audio-tools' names under ``first_stage_model.``."""
+    from tests.dit.tiny_stable_audio import oobleck_tools_layout
+
+    sd = {"model.diffusion_model." + k: v for k, v in ace_layout(net, enc, audio_tokenizer, audio_detokenizer).items()}
+    sd.update({"cond_stage_model.qwen3_06b.transformer.model." + k: v for k, v in te.state_dict().items()})
+    sd.update({"cond_stage_model.qwen3_2b.transformer." + k: v for k, v in lm.state_dict().items()
+               if k != "lm_head.weight"})
+    sd.update({"first_stage_model." + k: v for k, v in oobleck_tools_layout(vae.state_dict(), 2).items()})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+
+
 @dataclass
 class TinyAceStep:
     root: Path
@@ -156,7 +171,7 @@ class TinyAceStep:
 
 def build_ace_step(root: Path) -> TinyAceStep:
     models = root / "models"
-    for sub in ("diffusion_models", "text_encoders", "vae"):
+    for sub in ("diffusion_models", "text_encoders", "vae", "checkpoints"):
         (models / sub).mkdir(parents=True, exist_ok=True)
     net, enc, vae = transformer(), condition_encoder(), oobleck()
     audio_tokenizer, audio_detokenizer = code_path()
@@ -170,4 +185,6 @@ def build_ace_step(root: Path) -> TinyAceStep:
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()},
               str(models / "vae" / "tiny_ace_1.5_vae.safetensors"))
     tokenizer = write_qwen_tokenizer(models / "text_encoders" / "qwen3_tokenizer")
+    write_all_in_one(models / "checkpoints" / "tiny_ace_step_1.5_aio.safetensors", net, enc, audio_tokenizer,
+                     audio_detokenizer, te, lm, vae)
     return TinyAceStep(root, net, enc, vae, te, tokenizer, audio_tokenizer, audio_detokenizer)
