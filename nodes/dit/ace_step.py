@@ -19,7 +19,9 @@ DiT file layout (ACE-Step's names, bare or under ``model.diffusion_model.``): ``
 ``q_norm``/``k_norm`` — diffusers' ``to_q``… names load as well), ``encoder.`` the condition encoder,
 ``null_condition_emb``; ``tokenizer.quantizer.`` / ``detokenizer.`` (the 5 Hz audio-code path). The config
 comes from the shapes; the attention window (128) and the layer pattern (sliding, full, alternating) are not in
-the weights: ACE-Step 1.5's are used.
+the weights: ACE-Step 1.5's are used. Differs from ComfyUI: diffusers' lyric and timbre encoders (used here) apply
+that window on alternate layers, ComfyUI's attend over all tokens, so lyrics over 128 tokens or a reference
+longer than 128 frames encode slightly differently (the DiT's attention is the same in both).
 The silence latent (VAE-encoded silence, ``[1, T, 64]``) is not in ComfyUI's files (ComfyUI carries it in
 its code): it is read from a ``silence_latent`` key of the file, else from ``<file stem>.silence_latent.pt`` /
 ``silence_latent.pt`` beside the file (the ACE-Step release's ``silence_latent.pt``, ``[1, 64, T]``), else made
