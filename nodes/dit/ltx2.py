@@ -443,6 +443,14 @@ class LtxAudioVae(torch.nn.Module):
     def _packed_stats(self, z):
         return (self.vae.latents_mean.to(z.device, z.dtype), self.vae.latents_std.to(z.device, z.dtype))
 
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel spectrograms ``[B, C, T, bins]`` → normalized latents (the distribution's mean)."""
+        z = self.vae.encode(mel).latent_dist.mode()
+        c, m = z.shape[1], z.shape[3]
+        packed = z.transpose(1, 2).flatten(2, 3)
+        mean, std = self._packed_stats(packed)
+        return ((packed - mean) / std).unflatten(2, (c, m)).transpose(1, 2)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         b, c, t, m = z.shape
         packed = z.transpose(1, 2).flatten(2, 3)
@@ -450,6 +458,49 @@ class LtxAudioVae(torch.nn.Module):
         z = (packed * std + mean).unflatten(2, (c, m)).transpose(1, 2)
         mel = self.vae.decode(z, return_dict=False)[0]
         return self.vocoder(mel)
+
+
+def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    logstep = math.log(6.4) / 27.0
+    mels = f / f_sp
+    return torch.where(f >= min_log_hz, min_log_hz / f_sp + torch.log(f.clamp(min=1e-10) / min_log_hz) / logstep, mels)
+
+
+def _mel_to_hz(m: torch.Tensor) -> torch.Tensor:
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+    return torch.where(m >= min_log_mel, min_log_hz * torch.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+
+def mel_filters(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """Triangular mel filters ``[n_fft / 2 + 1, n_mels]`` on Slaney's scale with Slaney's area normalization,
+    0 Hz to Nyquist (torchaudio's ``melscale_fbanks(…, norm="slaney", mel_scale="slaney")``)."""
+    freqs = torch.linspace(0, sample_rate // 2, n_fft // 2 + 1, dtype=torch.float64)
+    m_pts = torch.linspace(float(_hz_to_mel(torch.tensor(0.0, dtype=torch.float64))),
+                           float(_hz_to_mel(torch.tensor(sample_rate / 2.0, dtype=torch.float64))), n_mels + 2,
+                           dtype=torch.float64)
+    f_pts = _mel_to_hz(m_pts)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts[None, :] - freqs[:, None]
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    fb = torch.clamp(torch.minimum(down, up), min=0.0)
+    return (fb * (2.0 / (f_pts[2:n_mels + 2] - f_pts[:n_mels]))[None, :]).float()
+
+
+def log_mel(waveform: torch.Tensor, sample_rate: int, n_mels: int, hop: int, n_fft: int = 1024) -> torch.Tensor:
+    """LTX-2's audio front end: ``[B, C, samples]`` at ``sample_rate`` → ``log(max(mel, 1e-5))`` ``[B, C, T, n_mels]``
+    (magnitude STFT, Hann window of ``n_fft``, centred with reflection, Slaney mel filters)."""
+    b, c, n = waveform.shape
+    flat = waveform.reshape(b * c, n).float()
+    if n_fft // 2 >= n:
+        flat = torch.nn.functional.pad(flat, (0, n_fft // 2 + 1 - n))
+    spec = torch.stft(flat, n_fft=n_fft, hop_length=hop, win_length=n_fft, window=torch.hann_window(n_fft),
+                      center=True, pad_mode="reflect", return_complex=True).abs()
+    mel = torch.matmul(mel_filters(n_fft, n_mels, sample_rate).T, spec)
+    return torch.log(mel.clamp(min=1e-5)).reshape(b, c, n_mels, -1).transpose(2, 3)
 
 
 def audio_weights(sd: dict, prefix: str) -> dict:

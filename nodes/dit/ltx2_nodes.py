@@ -1,7 +1,7 @@
 """ComfyUI's LTX-2 nodes (names, inputs, outputs and maths as ComfyUI's ``nodes_lt.py`` / ``nodes_lt_audio.py``):
 loaders (LTXAVTextEncoderLoader, LTXVAudioVAELoader), latents (EmptyLTXVLatentVideo, LTXVEmptyLatentAudio,
 LTXVConcatAVLatent, LTXVSeparateAVLatent), audio (LTXVAudioVAEDecode), conditioning (LTXVConditioning) and
-LTXVScheduler. Image conditioning nodes: :mod:`.ltx2_guides`. Models: :mod:`.ltx2`.
+LTXVScheduler, LTXVAudioVAEEncode. Image conditioning nodes: :mod:`.ltx2_guides`. Models: :mod:`.ltx2`.
 """
 
 from __future__ import annotations
@@ -191,6 +191,43 @@ class LTXVAudioVAEDecode(Node):
             dtype = next(module.parameters()).dtype
             wave = module.decode(latent.to(self.ctx.device, dtype)).float().cpu()
         return ({"waveform": wave, "sample_rate": vae.sample_rate},)
+
+
+class LTXVAudioVAEEncode(Node):
+    """AUDIO → LTX-2 audio latent: resampled to the audio VAE's rate (FFmpeg's resampler; ComfyUI uses
+    torchaudio's), log-mel spectrogram (LTX-2's front end), audio VAE encoder (the distribution's mean, normalized
+    with the VAE's statistics). Mono is duplicated to the VAE's two channels."""
+
+    category = "audio"
+    display_name = "LTXV Audio VAE Encode"
+    audio = Input(AUDIO)
+    audio_vae = Input(VAE)
+    outputs = (Output(LATENT, "Audio Latent"),)
+
+    def execute(self, audio: dict, audio_vae) -> tuple:
+        from nodegraph_nodes.dit.ltx2 import log_mel
+        from nodegraph_nodes.media.audio import check_audio
+
+        vae = _audio_vae(audio_vae, "LTXVAudioVAEEncode")
+        waveform, rate = check_audio(audio, "LTXVAudioVAEEncode")
+        waveform, rate = waveform.float(), int(rate)
+        manager = self.ctx.service("models")
+        with manager.use(vae.handle, self.ctx.device) as module, torch.inference_mode():
+            cfg = module.vae.config
+            if rate != int(cfg.sample_rate):
+                from nodegraph_nodes.media.codec import _resample
+
+                waveform = torch.stack([_resample(w, rate, int(cfg.sample_rate)) for w in waveform])
+            channels = int(cfg.in_channels)
+            if waveform.shape[1] == 1 and channels > 1:
+                waveform = waveform.expand(-1, channels, -1)
+            elif waveform.shape[1] != channels:
+                raise ValueError(f"LTXVAudioVAEEncode.audio: {waveform.shape[1]} channels; the audio VAE takes "
+                                 f"{channels} (or mono)")
+            mel = log_mel(waveform, int(cfg.sample_rate), int(cfg.mel_bins), int(cfg.mel_hop_length))
+            dtype = next(module.parameters()).dtype
+            latent = module.encode(mel.to(self.ctx.device, dtype)).float().cpu()
+        return ({"samples": latent, "sample_rate": vae.sample_rate, "type": "audio"},)
 
 
 def ltxv_sigmas(steps: int, max_shift: float, base_shift: float, stretch: bool, terminal: float,

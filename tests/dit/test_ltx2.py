@@ -209,3 +209,47 @@ def test_ltx2_lora_in_ltx_names_matches_merged_weights(ltx2_engine, tiny_ltx2):
     assert torch.allclose(result.value("audio")["waveform"], ref_audio.float(), atol=1e-4)
     plain = ltx2_engine.run(t2v_graph()).raise_for_status().value("frames")
     assert not torch.allclose(plain, frames, atol=1e-3)
+
+
+def test_ltx2_audio_vae_encode(ltx2_engine, tiny_ltx2):
+    """LTXVAudioVAEEncode: the AUDIO resampled to the VAE's 16 kHz, LTX-2's log-mel front end, the audio VAE
+    encoder's mean normalized with its statistics (equal to the diffusers encoder on the same mel to 1e-5);
+    the latent length is the decoder's (latents per second of the video), and it decodes back to a waveform."""
+    import wave
+
+    import numpy as np
+
+    from nodegraph_nodes.dit.ltx2 import log_mel
+
+    rate = 8000
+    t = np.arange(rate) / rate
+    pcm = (np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)], 1) * 12000).astype(np.int16)
+    ltx2_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(ltx2_engine.paths.input_dir / "tone.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm.tobytes())
+    g = Graph()
+    audio_vae = g.node("LTXVAudioVAELoader", ckpt_name=CHECKPOINT).out(0)
+    audio = g.node("LoadAudio", "in", audio="tone.wav")
+    lat = g.node("LTXVAudioVAEEncode", "lat", audio=audio, audio_vae=audio_vae)
+    g.node("PreviewAny", source=lat)
+    back = g.node("LTXVAudioVAEDecode", "back", samples=lat, audio_vae=audio_vae)
+    g.node("PreviewAny", source=back)
+    g.node("PreviewAny", source=audio)
+    result = ltx2_engine.run(g).raise_for_status()
+    latent = result.value("lat")["samples"]
+    assert latent.shape[:2] == (1, 4) and latent.shape[3] == 4
+    assert latent.shape[2] == 25 + 1  # one second: 16000 / 160 = 100 mel frames (+1 centred) → ⌈101 / 4⌉
+    loaded = result.value("in")
+    from nodegraph_nodes.media.codec import _resample
+
+    wave16 = torch.stack([_resample(w.float(), loaded["sample_rate"], 16000) for w in loaded["waveform"]])
+    mel = log_mel(wave16, 16000, 16, 160)
+    avae = tiny_ltx2.audio_vae
+    with torch.no_grad():
+        z = avae.encode(mel).latent_dist.mode()
+    packed = (z.transpose(1, 2).flatten(2, 3) - avae.latents_mean) / avae.latents_std
+    assert torch.allclose(latent, packed.unflatten(2, (4, 4)).transpose(1, 2), atol=1e-5)
+    assert result.value("back")["waveform"].shape[0] == 1

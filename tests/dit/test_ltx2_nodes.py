@@ -104,3 +104,26 @@ def test_ltx2_loaders_refuse_other_files(tmp_path):
     assert not ltx2.is_checkpoint(["model.diffusion_model.x.weight"])
     with pytest.raises(ModelFileError, match="LTX-2.3"):
         ltx2.transformer_config({"proj_in.weight": torch.zeros(4, 4), "prompt_adaln.linear.weight": torch.zeros(1)})
+
+
+def test_log_mel_front_end():
+    """Slaney mel filters (the 1 kHz knee, unit area per filter), and a 1 kHz tone peaking in the filter centred
+    nearest 1 kHz; shape ``[B, C, frames, mels]`` with one frame per hop (centred STFT)."""
+    from nodegraph_nodes.dit.ltx2 import _hz_to_mel, _mel_to_hz, log_mel, mel_filters
+
+    assert abs(float(_hz_to_mel(torch.tensor(1000.0))) - 15.0) < 1e-6
+    f = torch.tensor([200.0, 1000.0, 4321.0], dtype=torch.float64)
+    assert torch.allclose(_mel_to_hz(_hz_to_mel(f)), f)
+    fb = mel_filters(1024, 64, 16000)
+    assert fb.shape == (513, 64) and float(fb.min()) >= 0.0
+    hz_per_bin = 16000 / 1024
+    areas = fb.sum(0) * hz_per_bin  # Slaney normalization: each triangle's area ≈ 1
+    assert torch.allclose(areas[5:60], torch.ones(55), atol=0.1)
+    t = torch.arange(16000) / 16000
+    tone = torch.sin(2 * math.pi * 1000 * t)[None, None].expand(1, 2, -1)
+    mel = log_mel(tone, 16000, 64, 160)
+    assert mel.shape == (1, 2, 101, 64)
+    centres = _mel_to_hz(torch.linspace(float(_hz_to_mel(torch.tensor(0.0))), float(_hz_to_mel(torch.tensor(8000.0))),
+                                        66, dtype=torch.float64))[1:-1]
+    assert int(mel[0, 0, 50].argmax()) == int((centres - 1000).abs().argmin())
+
