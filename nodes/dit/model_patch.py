@@ -13,8 +13,11 @@ Layouts (detected from the keys, as ComfyUI):
   ``control_all_x_embedder.2-1`` and ``control_layers.N`` / ``control_noise_refiner.N`` transformer blocks
   (:mod:`.model_patch_zimage`).
 
-Other model patches ComfyUI loads (USO's SigLIP projector, InfiniteTalk's audio blocks, Anima's LLLite) are
-refused with an error naming the file.
+* **USO's SigLIP projector** (``uso-flux1-projector-v1``: ``feature_embedder.{high,mid,low}_…``) for
+  USOStyleReference (:mod:`.uso`).
+
+Other model patches ComfyUI loads (InfiniteTalk's audio blocks, Anima's LLLite) are refused with an error naming
+the file.
 """
 
 from __future__ import annotations
@@ -96,9 +99,8 @@ def patch_kind(keys) -> str:
         return "qwen_blockwise_controlnet"
     if ZIMAGE_MARKER in keys:
         return "z_image_fun_controlnet"
-    if "feature_embedder.mid_layer_norm.bias" in keys:
-        raise ModelFileError("this is USO's SigLIP style projector (USOStyleReference), which nodegraph does "
-                             "not support yet")
+    if "feature_embedder.high_projection.weight" in keys:
+        return "uso_siglip_projector"
     if "audio_proj.proj1.weight" in keys:
         raise ModelFileError("this is an InfiniteTalk/MultiTalk audio patch, which nodegraph does not support yet")
     raise ModelFileError("not a model patch nodegraph knows (DiffSynth Qwen-Image ControlNet: "
@@ -108,6 +110,10 @@ def patch_kind(keys) -> str:
 def build_patch(kind: str, sd: dict, dtype: torch.dtype) -> torch.nn.Module:
     if kind == "qwen_blockwise_controlnet":
         net = QwenBlockwiseControlNet(**qwen_config(sd))
+    elif kind == "uso_siglip_projector":
+        from nodegraph_nodes.dit.uso import build_uso_projector
+
+        net, sd = build_uso_projector(sd)
     else:
         from nodegraph_nodes.dit.model_patch_zimage import build_z_image_control
 
@@ -120,7 +126,7 @@ def build_patch(kind: str, sd: dict, dtype: torch.dtype) -> torch.nn.Module:
 
 @dataclass(frozen=True, eq=False)
 class ModelPatchValue:
-    """MODEL_PATCH: ``kind`` (``qwen_blockwise_controlnet`` / ``z_image_fun_controlnet``), the manager's
+    """MODEL_PATCH: ``kind`` (``qwen_blockwise_controlnet`` / ``z_image_fun_controlnet`` / ``uso_siglip_projector``), the manager's
     handle of the network and the file name."""
 
     kind: str
@@ -161,9 +167,10 @@ def model_patch_choices(paths: Paths) -> list[str]:
 
 class ModelPatchLoader(Node):
     """Load a model patch from models/model_patches: the DiffSynth blockwise ControlNets of Qwen-Image and
-    the Z-Image Fun ControlNet (apply with QwenImageDiffsynthControlnet / ZImageFunControlnet).
+    the Z-Image Fun ControlNets (apply with QwenImageDiffsynthControlnet / ZImageFunControlnet), USO's style
+    projector (USOStyleReference).
 
-    Stricter than ComfyUI: other patch kinds (USO, InfiniteTalk) are refused with an error."""
+    Stricter than ComfyUI: other patch kinds (InfiniteTalk, Anima LLLite) are refused with an error."""
 
     category = "advanced/loaders"
     display_name = "ModelPatchLoader"

@@ -201,6 +201,9 @@ def apply_control(node: Node, model, model_patch, vae, strength: float, image=No
     if inpaint_image is not None:
         inpaint_image, _ = _prepare(inpaint_image, None, where)
     manager = node.ctx.service("models")
+    if model_patch.kind == "uso_siglip_projector":
+        raise TypeError(f"input 'model_patch' of {where}: {model_patch.name!r} is a USO projector; apply it with "
+                        "USOStyleReference")
     if model_patch.kind == "qwen_blockwise_controlnet":
         if image is None:
             raise ValueError(f"{where}: the DiffSynth Qwen-Image ControlNet needs 'image'")
