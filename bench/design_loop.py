@@ -1,6 +1,6 @@
 """Does the design loop improve pictures for real? ``workflows/design_loop.json`` over 20 shapes-world instructions.
 
-    nice -n 5 python bench/design_loop.py [--count 20] [--rounds 3] [--seed 22] [--threads N]
+    nice -n 5 python bench/design_loop.py [--count 20] [--rounds 3] [--seed 22] [--size PX] [--threads N]
 
 The instructions are drawn from the shapes grammar with a fixed seed: scenes from
 :func:`~nodegraph_nodes.shapes.world.sample_scene` (even: one object, odd: two), each said in free wording by
@@ -65,6 +65,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=None, help="the workflow's own count by default")
     parser.add_argument("--seed", type=int, default=22, help="seed of the instruction sample")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--size", type=int, default=None,
+                        help="picture size in pixels (default: the workflow's 'latent' node, as a user runs it)")
     parser.add_argument("--workflow", type=Path, default=ROOT / "workflows" / "design_loop.json")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-instruction results here")
     args = parser.parse_args()
@@ -80,6 +82,8 @@ def main() -> int:
     if args.rounds:
         api["loop"]["inputs"]["rounds"] = args.rounds
     rounds = api["loop"]["inputs"]["rounds"]
+    if args.size:
+        api["latent"]["inputs"]["width"] = api["latent"]["inputs"]["height"] = args.size
     size = api["latent"]["inputs"]["width"], api["latent"]["inputs"]["height"]
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, "
           f"load average before: {os.getloadavg()[0]:.2f}")

@@ -1,11 +1,13 @@
 """Make the README's Getting-started pictures: run the design loop as a user does and lay out what it made.
 
-    python docs/design_loop_pictures.py [--prompt TEXT] [--out docs/design_loop.png]
+    python docs/design_loop_pictures.py [--prompt TEXT] [--seed N] [--out docs/design_loop.png]
 
-Runs ``nodegraph run workflows/design_loop.json`` (a fresh process, the built-in models), then draws one
-strip: each round's 64×64 image (shown ×3, nearest) and the final upscaled 256×256 image, each with its
-score and the prompt it was made from. Also writes the run's printed rounds next to the picture
-(``.txt``). Rerun it whenever the built-in models change.
+Runs ``nodegraph run workflows/design_loop.json`` (a fresh process, the built-in models; ``--seed`` sets
+the loop's base noise seed, ``start.seed``), then draws one strip: each round that ran (its picture
+enlarged, nearest) with its score, its seed, the prompt it was drawn from and what the judge and the
+critique found, then the final picture (the best round's, upscaled ×4) and a line for each round that
+did not run. Also writes the run's printed rounds next to the picture (``.txt``). Rerun it whenever the
+built-in models change.
 """
 
 from __future__ import annotations
@@ -21,36 +23,48 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parents[1]
-REPORT = re.compile(r"^node \S+: (round \d+|final): score ([0-9.]+)")  # what the CLI prints on stdout
+#: what the CLI prints on stdout for a round, the final result, or a round that did not run
+REPORT = re.compile(r"^node \S+: (round \d+|final): score ([0-9.]+) \((.*)\)\s*$")
+NOT_RUN = re.compile(r"^node \S+: (round \d+: not run .*)$")
+FIELDS = ("prompt", "caption", "seed", "critique", "next")
 
 
-def run_design_loop(prompt: str | None, out: Path) -> str:
+def run_design_loop(prompt: str | None, seed: int | None, out: Path) -> str:
     cmd = [sys.executable, "-m", "nodegraph.cli", "run", str(ROOT / "workflows" / "design_loop.json"),
            "--output-dir", str(out)]
     if prompt:
         cmd += ["--prompt", prompt]
+    if seed is not None:
+        cmd += ["--set", f"start.seed={seed}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"the design loop failed:\n{done.stderr[-3000:]}")
     return done.stdout
 
 
-def rounds_of(log: str) -> list[dict]:
-    """[{label, score, prompt, caption}] in order, from the lines the CLI printed."""
+def rounds_of(log: str) -> tuple[list[dict], list[str]]:
+    """([{label, score, why, prompt, caption, seed, critique, next}] in order, [lines of rounds not run])."""
     items: list[dict] = []
+    skipped: list[str] = []
     for line in log.splitlines():
         m = REPORT.match(line)
         if m:
-            items.append({"label": m.group(1), "score": float(m.group(2)), "prompt": "", "caption": ""})
-        elif items and line.strip().startswith(("prompt:", "caption:")):
-            key, _, value = line.strip().partition(":")
+            items.append({"label": m.group(1), "score": float(m.group(2)), "why": m.group(3),
+                          **{k: "" for k in FIELDS}})
+            continue
+        m = NOT_RUN.match(line)
+        if m:
+            skipped.append(m.group(1))
+            continue
+        key, _, value = line.strip().partition(":")
+        if items and key in FIELDS and value:
             items[-1][key] = value.strip()
-    return items
+    return items, skipped
 
 
-def draw_strip(images: list[Path], items: list[dict], path: Path) -> None:
-    tile, pad, text_h = 256, 12, 140
-    sheet = Image.new("RGB", (pad + len(images) * (tile + pad), pad + tile + text_h), "white")
+def draw_strip(images: list[Path], items: list[dict], skipped: list[str], path: Path) -> None:
+    tile, pad, text_h = 256, 12, 236
+    sheet = Image.new("RGB", (pad + len(images) * (tile + pad), pad + tile + text_h + 18 * len(skipped)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default()
     for i, (image_path, item) in enumerate(zip(images, items)):
@@ -58,10 +72,15 @@ def draw_strip(images: list[Path], items: list[dict], path: Path) -> None:
             im = im.convert("RGB").resize((tile, tile), Image.NEAREST)
         x = pad + i * (tile + pad)
         sheet.paste(im, (x, pad))
-        lines = ([f"{item['label']}: score {item['score']:.2f}"] + textwrap.wrap(f"prompt: {item['prompt']}", 42)[:4]
-                 + textwrap.wrap(f"caption: {item['caption']}", 42)[:3])
-        for j, line in enumerate(lines):
-            draw.text((x, pad + tile + 6 + j * 16), line, fill="black", font=font)
+        head = f"{item['label']}: score {item['score']:.2f}" + (f"  (seed {item['seed']})" if item["seed"] else "")
+        lines = [head] + textwrap.wrap(item["why"], 42)[:3] + textwrap.wrap(f"prompt: {item['prompt']}", 42)[:3]
+        if item["critique"]:
+            lines += textwrap.wrap(f"critique: {item['critique']}", 42)[:3]
+            lines += textwrap.wrap(f"next: {item['next']}", 42)[:3]
+        for j, line in enumerate(lines[:13]):
+            draw.text((x, pad + tile + 6 + j * 17), line, fill="black", font=font)
+    for j, line in enumerate(skipped):
+        draw.text((pad, pad + tile + text_h + j * 18), line, fill=(90, 90, 90), font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
 
@@ -69,19 +88,25 @@ def draw_strip(images: list[Path], items: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default=None)
+    parser.add_argument("--seed", type=int, default=None, help="the loop's base noise seed (start.seed)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "design_loop.png")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        log = run_design_loop(args.prompt, Path(tmp))
+        log = run_design_loop(args.prompt, args.seed, Path(tmp))
         folder = Path(tmp) / "design_loop"
         images = sorted(folder.glob("round_*.png")) + sorted(folder.glob("final_*.png"))
-        items = rounds_of(log)
+        items, skipped = rounds_of(log)
         if len(items) != len(images):
             sys.exit(f"found {len(images)} images but {len(items)} reports in the output:\n{log[-2000:]}")
-        draw_strip(images, items, args.out)
-    transcript = "\n".join(f"{it['label']}: score {it['score']:.2f}\n  prompt:  {it['prompt']}\n  caption: {it['caption']}"
-                           for it in items)
-    args.out.with_suffix(".txt").write_text(transcript + "\n")
+        draw_strip(images, items, skipped, args.out)
+    command = "nodegraph run workflows/design_loop.json" + (f' --prompt "{args.prompt}"' if args.prompt else "") + (
+        f" --set start.seed={args.seed}" if args.seed is not None else "")
+    transcript = [f"$ {command}"]
+    for it in items:
+        transcript.append(f"{it['label']}: score {it['score']:.2f} ({it['why']})")
+        transcript += [f"  {k + ':':9} {it[k]}" for k in FIELDS if it[k]]
+    transcript += skipped
+    args.out.with_suffix(".txt").write_text("\n".join(transcript) + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.txt')}")
 
 

@@ -211,8 +211,8 @@ def geometric_reading(picture: np.ndarray, request: SceneSpec, target: Scene,
         if blob is None:
             failed.append((key, f"no {obj.color} shape" if attr == "color" else f"no {obj.color} shape to read its {attr}"))
         elif attr in ("shape", "size") and blob[attr] is None:
-            failed.append((key, f"the {obj.color} shape has no clear outline for its {attr} (closest: "
-                                f"{blob['best']}, IoU {blob['iou']:.2f})"))
+            failed.append((key, f"the {obj.color} shape has no clear outline (closest: {blob['best']}, "
+                                f"IoU {blob['iou']:.2f})"))
         elif attr in ("shape", "size") and blob[attr] != value:
             failed.append((key, f"the {obj.color} shape's outline is {blob[attr]}, not {value}"))
     checks += 1
@@ -236,5 +236,6 @@ def judge(model, image: torch.Tensor, instruction: str, prompt: str = "") -> Jud
     match = scene_match(request, parse_spec(caption))
     met = match.score == 1.0 and not failed
     issues = tuple(dict.fromkeys(seen_wrong + [key for key, _ in failed]))
-    return Judgement((confidence + geometric) / 2, met, confidence, geometric, caption, tuple(per),
-                     tuple(words for _, words in failed), match.differences, issues)
+    words = tuple(dict.fromkeys(w for _, w in failed))  # one outline problem may fail shape and size
+    return Judgement((confidence + geometric) / 2, met, confidence, geometric, caption, tuple(per), words,
+                     match.differences, issues)

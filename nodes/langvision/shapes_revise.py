@@ -1,21 +1,22 @@
-"""The design loop's prompt rewrite for the shapes world: say the scene again so the wrong part comes first.
+"""The design loop's prompt rewrite for the shapes world: say the scene again, another way, stressing what was wrong.
 
 :func:`revise_caption` writes the requested scene (every attribute named, in the generator's own
 words: no synonyms, nothing left open) in a sentence built around what the last picture got wrong:
 
-- two objects: the object the picture got wrong is named first — "a large blue square to the right of
-  a small red circle …" instead of "a small red circle to the left of a large blue square …" (the same
-  scene; the relation is turned round with it). When the relation itself was wrong, or both objects
-  were, the sentence is turned round from the way the last prompt said it;
-- one object at a position: when the position was wrong the place is said first ("at the top, a large
-  red circle on a white background"); when another of its attributes was wrong the sentence is turned
-  round from the way the last prompt said it (place first ↔ object first);
+- the sentence is turned round from the way the last prompt said it whenever an object, the
+  position or the relation was wrong: two objects — "a small red circle to the left of a large blue
+  square …" becomes "a large blue square to the right of a small red circle …" (the same scene, the
+  relation turned with it; the first time an object other than the first is wrong, this names it
+  first); one object — the place and the object swap ("a large red circle at the top …" ↔ "at the
+  top, a large red circle …");
 - a wrong background is said first ("on a (white:1.2) background, a small red circle …");
 - the words the picture got wrong carry ``(word:w)`` emphasis: 1.2 the first time, 0.1 more each
   round the same word is still wrong (at most 1.5).
 
-Both sentence forms are in the generator's training captions (``nodes/shapes/captions.py``
-paraphrases); the rewrite reads back (:func:`~nodegraph_nodes.shapes.text.parse_spec`) as the same scene.
+So each round after a wrong picture draws from a new wording (new text-encoder states) as well as its
+own noise. Every form is one the generator was trained on (``nodes/shapes/captions.py`` paraphrases:
+both orders of a relation, the place first or last, the background first or last), and the rewrite
+reads back (:func:`~nodegraph_nodes.shapes.text.parse_spec`) as the same scene.
 """
 
 from __future__ import annotations
@@ -66,20 +67,13 @@ def revise_caption(scene: Scene, wrong: set[tuple[int, str]], previous_prompt: s
         if (0, "position") in wrong:
             last = where.split()[-1]
             where = where[: -len(last)] + word(last, (0, "position"))
-            place_first = True
-        else:
-            place_first = _place_first(previous_prompt) != bool({a for i, a in wrong if i == 0})
+        place_first = _place_first(previous_prompt) != any(i == 0 for i, _ in wrong)  # turned round
         return sentence(f"{where}, {obj(0, scene.objects[0])}" if place_first
                         else f"{obj(0, scene.objects[0])} {where}")
 
-    wrong_objects = {i for i, a in wrong if i >= 0}
-    said_first = _first_object_of(previous_prompt, scene)
-    if (-1, "relation") in wrong or wrong_objects == {0, 1}:
-        first = 1 - said_first if said_first is not None else 1  # turn the last sentence round
-    elif wrong_objects:
-        first = next(iter(wrong_objects))  # the object the picture got wrong comes first
-    else:
-        first = said_first if said_first is not None else 0
+    said_first = _first_object_of(previous_prompt, scene) or 0
+    turn = (-1, "relation") in wrong or any(i >= 0 for i, _ in wrong)
+    first = 1 - said_first if turn else said_first  # the last sentence turned round
     relation = scene.relation if first == 0 else MIRROR[scene.relation]
     phrase = RELATION_PHRASES[relation]
     if (-1, "relation") in wrong:

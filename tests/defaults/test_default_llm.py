@@ -283,7 +283,7 @@ def test_general_rewrite_is_one_prompt_line_that_keeps_the_subject(llm_engine):
     assert rewrite(llm_engine, "a fox in a snowy forest", "photographic", seed=2) != first
 
 
-def test_shapes_critique_asks_again_for_the_request_with_emphasis_on_what_was_wrong(llm_engine):
+def test_shapes_critique_rewrites_the_request_with_emphasis_on_what_was_wrong(llm_engine):
     g = Graph()
     s = lambda v: g.node("PrimitiveString", value=v).out(0)  # noqa: E731
     crit = g.node("PromptCritique", llm=g.node("LLMLoader"), instruction=s("a big red ball above a small blue box"),
@@ -298,7 +298,8 @@ def test_shapes_critique_asks_again_for_the_request_with_emphasis_on_what_was_wr
     g.node("ShowText", text=asked.out(0))
     r = run_ok(llm_engine, g)
     revised, critique = r.value(crit.id, 0), r.value(crit.id, 1)
-    assert revised == "a large (red:1.2) circle above a small blue square on a white background"
+    # said the other way round (a new wording), the wrong colour stressed
+    assert revised == "a small blue square below a large (red:1.2) circle on a white background"
     assert "color of the circle" in critique
     fixed = r.value(asked.id, 0)
     assert "\n" not in fixed and scene_match(parse_spec("a tiny green star at the bottom"), parse_spec(fixed)).score == 1.0
