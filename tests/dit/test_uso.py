@@ -134,3 +134,68 @@ def test_uso_needs_siglip_layers(flow_engine, tiny_flux, uso_files, redux_files)
     g.node("PreviewAny", source=g.node("USOStyleReference", model=model, model_patch=patch, clip_vision_output=enc))
     result = flow_engine.run(g)
     assert result.failure is not None and "SigLIP" in result.failure.exception_message
+
+
+def _flux_checkpoint(models) -> None:
+    """A tiny Flux.1 dev all-in-one file (ComfyUI's checkpoint layout) from the session's split files."""
+    from safetensors.torch import load_file
+
+    parts = {"model.diffusion_model.": "diffusion_models/tiny_flux_dev.safetensors",
+             "first_stage_model.": "vae/tiny_flux_ae.safetensors",
+             "text_encoders.clip_l.transformer.": "text_encoders/tiny_clip_l.safetensors",
+             "text_encoders.t5xxl.transformer.": "text_encoders/tiny_t5xxl.safetensors"}
+    sd = {}
+    for prefix, name in parts.items():
+        sd.update({prefix + k: v for k, v in load_file(str(models / name)).items()})
+    (models / "checkpoints").mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(models / "checkpoints" / "flux1-dev-fp8.safetensors"))
+
+
+def test_uso_template_runs_with_style_references_on(flow_engine, flow_root, tiny_flux, uso_files, flow_registry):
+    """ComfyUI's flux1_dev_uso_reference_image_gen (the character-reference path: ReferenceLatent with the
+    ``uxo/uno`` method, the USO DiT LoRA) with its two style references switched on (as saved they are bypassed),
+    on tiny files under the template's names: 64×64, 2 steps, the reference image scaled to 64 instead of 512."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from nodegraph.workflow.loader import load_workflow_data
+    from tests.dit.template_runs import last_saved_image
+
+    models = flow_root / "models"
+    _flux_checkpoint(models)
+    shutil.copyfile(models / "clip_vision" / "tiny_siglip20.safetensors",
+                    models / "clip_vision" / "sigclip_vision_patch14_384.safetensors")
+    shutil.copyfile(models / "model_patches" / "tiny_uso_projector.safetensors",
+                    models / "model_patches" / "uso-flux1-projector-v1.safetensors")
+    g = torch.Generator().manual_seed(9)
+    (models / "loras").mkdir(parents=True, exist_ok=True)
+    save_file({"diffusion_model.double_blocks.0.img_attn.proj.lora_A.weight": torch.randn(2, HIDDEN, generator=g) * 0.1,
+               "diffusion_model.double_blocks.0.img_attn.proj.lora_B.weight": torch.randn(HIDDEN, 2, generator=g) * 0.1},
+              str(models / "loras" / "uso-flux1-dit-lora-v1.safetensors"))
+    flow_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(8).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(flow_engine.paths.input_dir / "flux1_dev_uso_reference_image_gen_input_image.png")
+
+    ui = json.loads((Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit"
+                     / "flux1_dev_uso_reference_image_gen.json").read_text())
+    for sg in ui["definitions"]["subgraphs"]:
+        if sg["name"] == "USO Character Reference":
+            for n in sg["nodes"]:
+                if n["id"] in (46, 53, 55, 56):  # the two style-reference images and their USOStyleReference
+                    n["mode"] = 0
+    api = load_workflow_data(ui, flow_registry).api
+    for n in api.values():
+        if n["class_type"] == "EmptySD3LatentImage":
+            n["inputs"].update(width=64, height=64)
+        if n["class_type"] == "KSampler":
+            n["inputs"]["steps"] = 2
+        if n["class_type"] == "ImageScaleToMaxDimension":
+            n["inputs"]["largest_size"] = 64
+    result = flow_engine.run(api).raise_for_status()
+    kinds = [api[n]["class_type"] for n in result.executed]
+    assert kinds.count("USOStyleReference") == 2 and "ModelPatchLoader" in kinds
+    assert {"CheckpointLoaderSimple", "LoraLoaderModelOnly", "ReferenceLatent", "FluxKontextMultiReferenceLatentMethod",
+            "KSampler", "SaveImage"} <= set(kinds)
+    image = last_saved_image(flow_engine.paths.output_dir)
+    assert image.shape == (64, 64, 3) and image.std() > 0.01
