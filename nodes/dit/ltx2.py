@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, read_state_dict
 from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
-from nodegraph_nodes.dit.file_loading import CheckpointWeights
 from nodegraph_nodes.dit.formats import LatentFormat
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.runner_common import NetRunner, open_runner
@@ -74,6 +73,23 @@ def is_checkpoint(keys) -> bool:
 
 def has_audio_vae(keys) -> bool:
     return AUDIO_MARKER in set(keys)
+
+
+def read_parts(path: Path, manager, prefixes: tuple[str, ...]) -> dict:
+    """The tensors of ``path`` whose names start with one of ``prefixes`` (a .safetensors file is read only for
+    those: the all-in-one files are tens of GB), ComfyUI's ``fp8_scaled`` weights dequantized."""
+    if Path(path).suffix.lower() in (".safetensors", ".sft"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
+        except Exception as exc:
+            raise ModelFileError(f"{Path(path).name} is not a readable .safetensors file ({exc})") from None
+    else:
+        sd = {k: v for k, v in read_state_dict(path, allow_pickle=manager.allow_pickle).items()
+              if k.startswith(prefixes)}
+    return dequantize_scaled_fp8(sd)
 
 
 def _count(sd: dict, pattern: str) -> int:
@@ -296,7 +312,8 @@ def load_text_encoder(te_path: Path, ckpt_path: Path, manager, device: str, mode
 
     def loader():
         gemma_sd = gemma3_weights(dequantize_scaled_fp8(read_state_dict(te_path, allow_pickle=manager.allow_pickle)))
-        conn_sd = connectors_weights(read_state_dict(ckpt_path, allow_pickle=manager.allow_pickle))
+        conn_sd = connectors_weights(read_parts(ckpt_path, manager, tuple(DIT + p for p in CONNECTOR_PARTS)
+                                                + (PROJECTION,)))
         return TextStack(build_gemma3(gemma_sd, _stored(manager, gemma_sd, dtype)),
                          build_connectors(conn_sd, dtype)).eval()
 
@@ -552,8 +569,7 @@ def load_audio_vae(path: Path, manager, device: str) -> AudioVae:
     dtype = torch.float32 if not device.startswith("cuda") else flow_dtype(device)
 
     def loader():
-        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-        return build_audio_vae(sd, dtype)
+        return build_audio_vae(read_parts(path, manager, ("audio_vae.", "vocoder.")), dtype)
 
     handle = manager.load(_manager_key(path, "ltx2_audio_vae", dtype), loader)
     module = handle.get()
@@ -713,14 +729,13 @@ def load_checkpoint(path: Path, manager, device: str, models_dir: Path):
     from nodegraph_nodes.dit.loading import _stored, flow_dtype
 
     dtype = flow_dtype(device)
-    weights = CheckpointWeights(path, manager)
 
     def dit_loader():
-        sd = _part(weights(), DIT)
+        sd = _part(read_parts(path, manager, (DIT,)), DIT)
         return build_transformer(sd, _stored(manager, sd, dtype)).eval()
 
     def vae_loader():
-        return build_video_vae(_part(weights(), "vae."), dtype).eval()
+        return build_video_vae(_part(read_parts(path, manager, ("vae.",)), "vae."), dtype).eval()
 
     model = Ltx2Model(manager.load(_manager_key(path, "transformer:default", dtype), dit_loader, compute_dtype=dtype,
                                    placed=True), "ltx2", source=str(path))

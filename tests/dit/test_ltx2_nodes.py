@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-from nodegraph_nodes.dit import ltx2_latent as L
 from nodegraph_nodes.dit.ltx2_guides import LTXVCropGuides, keyframe_coords
 from nodegraph_nodes.dit.ltx2_nodes import (EmptyLTXVLatentVideo, LTXVConcatAVLatent, LTXVConditioning,
                                            LTXVScheduler, LTXVSeparateAVLatent)

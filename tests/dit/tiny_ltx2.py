@@ -189,7 +189,7 @@ def connectors_original(sd: dict) -> dict:
 
 
 def _vae_block(m: re.Match) -> str:
-    part, kind, i, up = m.group(1), m.group(2), int(m.group(3)), m.group(4)
+    part, i, up = m.group(1), int(m.group(3)), m.group(4)
     if part == "encoder":
         return f"encoder.down_blocks.{2 * i + 1 if up else 2 * i}"
     return f"decoder.up_blocks.{2 * i + 1 if up else 2 * i + 2}"
