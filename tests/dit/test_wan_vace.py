@@ -226,14 +226,31 @@ def test_wan_original_named_lora_matches_diffusers(engine, tiny):
     assert not torch.allclose(out, base, atol=1e-3)
 
 
-VACE_TEMPLATES = ("video_wan_vace_14B_t2v", "video_wan_vace_14B_ref2v")
+VACE_TEMPLATES = ("video_wan_vace_14B_t2v", "video_wan_vace_14B_ref2v", "video_wan_vace_14B_v2v",
+                  "video_wan_vace_outpainting")
+
+
+def write_mp4(path, frames: int, size: int = 32, seed: int = 12) -> None:
+    """A small h264 clip of random frames (an input video for LoadVideo)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=16)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
 
 
 @pytest.mark.parametrize("name", VACE_TEMPLATES)
 def test_comfy_wan_vace_templates_run(engine, tiny, name):
     """ComfyUI's official VACE templates (the installed comfyui_workflow_templates_json package, MIT) on the
-    tiny files saved under their names (the CausVid LoRA: a tiny LoRA in Wan's original names). Made smaller:
-    WanVaceToVideo 32×32, 5 frames; the template's 4 uni_pc steps are kept."""
+    tiny files saved under their names (the CausVid LoRA: a tiny LoRA in Wan's original names; the input videos:
+    small random clips). Made smaller: WanVaceToVideo 32×32, 5 frames (the outpainting template's size and length
+    primitives); the templates' 3–4 uni_pc steps are kept."""
     import json
 
     import av
@@ -252,14 +269,23 @@ def test_comfy_wan_vace_templates_run(engine, tiny, name):
     engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(8).integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB").save(
         engine.paths.input_dir / f"{name}_reference_image.jpg")
+    write_mp4(engine.paths.input_dir / "video_wan_vace_14B_v2v_reference_image_control_video.mp4", 8)
+    write_mp4(engine.paths.input_dir / "video_wan_vace_outpainting_input_video.mp4", 6)
     api = load_workflow_data(json.loads(package_templates(lambda n: n == f"{name}.json")[0].read_text()), engine.registry).api
     for n in api.values():
         if n["class_type"] == "WanVaceToVideo":
-            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
+            sizes = {"width": WIDTH, "height": HEIGHT, "length": LENGTH}
+            for key, value in sizes.items():
+                linked = n["inputs"][key]
+                if isinstance(linked, list):  # a PrimitiveInt (the outpainting template's)
+                    api[linked[0]]["inputs"]["value"] = value
+                else:
+                    n["inputs"][key] = value
     result = engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
     assert {"WanVaceToVideo", "LoraLoader", "TrimVideoLatent", "SaveVideo"} <= set(executed)
-    assert ("LoadImage" in executed) == (name == "video_wan_vace_14B_ref2v")
+    assert ("LoadImage" in executed) == (name in ("video_wan_vace_14B_ref2v", "video_wan_vace_14B_v2v"))
+    assert ("LoadVideo" in executed) == (name in ("video_wan_vace_14B_v2v", "video_wan_vace_outpainting"))
     saved = list(engine.paths.output_dir.rglob("*.mp4"))
     assert len(saved) == 1
     with av.open(str(saved[0])) as container:
