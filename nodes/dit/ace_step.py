@@ -19,9 +19,9 @@ DiT file layout (ACE-Step's names, bare or under ``model.diffusion_model.``): ``
 ``q_norm``/``k_norm`` — diffusers' ``to_q``… names load as well), ``encoder.`` the condition encoder,
 ``null_condition_emb``; ``tokenizer.quantizer.`` / ``detokenizer.`` (the 5 Hz audio-code path). The config
 comes from the shapes; the attention window (128) and the layer pattern (sliding, full, alternating) are not in
-the weights: ACE-Step 1.5's are used. Differs from ComfyUI: diffusers' lyric and timbre encoders (used here) apply
-that window on alternate layers, ComfyUI's attend over all tokens, so lyrics over 128 tokens or a reference
-longer than 128 frames encode slightly differently (the DiT's attention is the same in both).
+the weights: ACE-Step 1.5's are used in the DiT. The lyric and timbre encoders attend over all tokens as
+ComfyUI's do (diffusers' apply the window on alternate layers there, so AceStepPipeline differs from ComfyUI and
+from nodegraph for lyrics over 128 tokens or latents over 128 frames).
 The silence latent (VAE-encoded silence, ``[1, T, 64]``) is not in ComfyUI's files (ComfyUI carries it in
 its code): it is read from a ``silence_latent`` key of the file, else from ``<file stem>.silence_latent.pt`` /
 ``silence_latent.pt`` beside the file (the ACE-Step release's ``silence_latent.pt``, ``[1, 64, T]``), else made
@@ -229,6 +229,8 @@ def build_net(path: Path, sd: dict, dtype: torch.dtype) -> AceStepNet:
     # the encoder's own silence buffer is not used (the runner passes ``silence``): fill it to fit
     cond["silence_latent"] = torch.zeros(1, 15000, config["timbre_hidden_dim"])
     encoder = _instantiate(AceStepConditionEncoder, config, cond, dtype, "ACE-Step 1.5 condition encoder")
+    for sub in (encoder.lyric_encoder, encoder.timbre_encoder):  # ComfyUI's encoders attend over all tokens
+        sub._layer_types = ["full_attention"] * len(sub.layers)
     quantizer, detokenizer = build_code_path(quant, detok, dtype)
     silence = None if silence is None else silence.to(dtype)
     return AceStepNet(transformer, encoder, silence, quantizer, detokenizer).eval().requires_grad_(False)

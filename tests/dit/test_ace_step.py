@@ -290,3 +290,26 @@ def test_comfy_ace_step_checkpoint_template_runs(engine, tiny):
     with av.open(str(saved[0])) as container:
         assert container.streams.audio[0].rate == 48000
         assert sum(f.samples for f in container.decode(audio=0)) == LATENT[2] * 4
+
+
+def test_encoders_attend_over_all_tokens_as_comfyui(engine, tiny):
+    """ComfyUI's lyric and timbre encoders have no attention window (diffusers' use 128 tokens on alternate layers):
+    with lyrics longer than the window the engine equals the pipeline whose encoders attend over all tokens."""
+    global LYRICS, LYRICS_PROMPT
+    long_lyrics = "\n".join(["night city rain love in my city"] * 30)  # 210 words
+    kept = LYRICS, LYRICS_PROMPT
+    LYRICS, LYRICS_PROMPT = long_lyrics, "# Languages\nen\n\n# Lyric\n" + long_lyrics + "<|endoftext|><|endoftext|>"
+    encoders = (tiny.condition_encoder.lyric_encoder, tiny.condition_encoder.timbre_encoder)
+    windowed = [list(e._layer_types) for e in encoders]
+    try:
+        wave = engine.run(graph()).raise_for_status().value("out")["waveform"]
+        with_window = reference(tiny)
+        for e in encoders:
+            e._layer_types = ["full_attention"] * len(e.layers)
+        full = reference(tiny)
+    finally:
+        LYRICS, LYRICS_PROMPT = kept
+        for e, types in zip(encoders, windowed):
+            e._layer_types = types
+    same, windowed_gap = (wave - full).abs().max(), (wave - with_window).abs().max()
+    assert same < 1e-6 and windowed_gap > 20 * same + 1e-5, (same, windowed_gap)  # the tiny lyrics' effect is small
