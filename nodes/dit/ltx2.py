@@ -1,7 +1,7 @@
 """LTX-2 (video + audio) through diffusers: the all-in-one checkpoint's parts (``LTX2VideoTransformer3DModel``,
 ``LTX2TextConnectors``, ``AutoencoderKLLTX2Video``, ``AutoencoderKLLTX2Audio``, ``LTX2Vocoder``), its Gemma 3 text
-encoder (transformers ``Gemma3TextModel``), the MODEL value and its runner. Nodes: :mod:`.ltx2_nodes`,
-:mod:`.ltx2_av`; the audio-video latent packing: :mod:`.ltx2_latent`. Nothing is downloaded.
+encoder (transformers ``Gemma3TextModel``), the MODEL value and its runner, LoRAs. Nodes: :mod:`.ltx2_nodes`,
+:mod:`.ltx2_guides`; the audio-video latent packing: :mod:`.ltx2_latent`. Nothing is downloaded.
 
 Files (detected from the key names):
 
