@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from tests.dit.tiny_wan import umt5, wan_original_layout, wan_transformer, write_umt5_tokenizer
+from tests.dit.tiny_wan import umt5, wan_original_layout, write_umt5_tokenizer
 from tests.helpers.tiny_sd import _randomize
 
 NET_FILE = "tiny_wan2.2_ti2v_5B.safetensors"
@@ -111,5 +111,3 @@ def build_wan22(root: Path) -> TinyWan22:
     save_file(wan22_vae_original_layout(vae.state_dict()), str(models / "vae" / VAE_FILE))
     return TinyWan22(net, te, tokenizer, vae, root)
 
-
-__all__ = ["build_wan22", "wan_transformer"]
