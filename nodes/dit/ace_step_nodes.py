@@ -16,10 +16,9 @@ from nodegraph.node import BOOLEAN, COMBO, FLOAT, INT, STRING, Input, Node, Outp
 from nodegraph.types import CLIP, CONDITIONING, LATENT
 
 TIME_SIGNATURES = ["2", "3", "4", "6"]
-LANGUAGES = ["en", "zh", "ja", "ko", "es", "fr", "de", "it", "pt", "ru", "ar", "az", "bg", "bn", "ca", "cs", "da",
-             "el", "fa", "fi", "he", "hi", "hr", "ht", "hu", "id", "is", "la", "lt", "ms", "ne", "nl", "no", "pa",
-             "pl", "ro", "sa", "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue",
-             "unknown"]
+LANGUAGES = ["ar", "az", "bg", "bn", "ca", "cs", "da", "de", "el", "en", "es", "fa", "fi", "fr", "he", "hi", "hr", "ht",
+             "hu", "id", "is", "it", "ja", "ko", "la", "lt", "ms", "ne", "nl", "no", "pa", "pl", "pt", "ro", "ru", "sa",
+             "sk", "sr", "sv", "sw", "ta", "te", "th", "tl", "tr", "uk", "ur", "vi", "yue", "zh", "unknown"]
 KEYSCALES = [f"{root} {mode}" for mode in ("major", "minor")
              for root in ("C", "C#", "Db", "D", "D#", "Eb", "E", "F", "F#", "Gb", "G", "G#", "Ab", "A", "A#", "Bb",
                           "B")]
