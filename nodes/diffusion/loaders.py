@@ -396,6 +396,10 @@ class UNETLoader(Node):
             return (hidream.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
         if wan.detect_transformer(keys) is not None:  # Wan 2.1
             return (wan.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
+        from nodegraph_nodes.dit import ltx2
+
+        if (prefix := ltx2.detect_transformer(keys)) is not None:  # LTX-2 (transformer-only files)
+            return (ltx2.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
         from nodegraph_nodes.dit import audio_loading
 
         audio_model = audio_loading.load_transformer(path, keys, manager, self.ctx.device, weight_dtype)

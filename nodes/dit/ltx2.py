@@ -723,6 +723,30 @@ class Ltx2Runner(NetRunner):
         return torch.cat(outs)
 
 
+TRANSFORMER_MARKERS = ("av_ca_a2v_gate_adaln_single.emb.timestep_embedder.linear_1.weight",
+                       "av_cross_attn_video_a2v_gate.emb.timestep_embedder.linear_1.weight")
+
+
+def detect_transformer(keys) -> str | None:
+    """The prefix of an LTX-2 audio-video transformer's keys (``model.diffusion_model.`` or none; LTX's or
+    diffusers' names), else ``None``."""
+    keyset = set(keys)
+    for prefix in (DIT, ""):
+        if any(prefix + m in keyset for m in TRANSFORMER_MARKERS):
+            return prefix
+    return None
+
+
+def load_transformer(path: Path, prefix: str, manager, device: str, weight_dtype: str = "default") -> "Ltx2Model":
+    """UNETLoader on an LTX-2 transformer file (a transformer-only split of the all-in-one file)."""
+    from nodegraph_nodes.dit.file_loading import load_transformer_handle
+    from nodegraph_nodes.dit.loading import flow_dtype
+
+    handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device),
+                                     lambda sd, stored: build_transformer(sd, stored))
+    return Ltx2Model(handle, "ltx2", source=str(path))
+
+
 def load_checkpoint(path: Path, manager, device: str, models_dir: Path):
     """CheckpointLoaderSimple on an LTX-2 all-in-one file: MODEL, CLIP ``None`` (ComfyUI's too: the text encoder
     comes from LTXAVTextEncoderLoader) and the video VAE."""

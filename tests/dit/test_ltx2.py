@@ -33,10 +33,12 @@ def ltx2_engine(tiny_ltx2, tmp_path):
     eng.close()
 
 
-def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None) -> Graph:
+def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None, unet: str | None = None) -> Graph:
     g = Graph()
     ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     model = ck.out(0)
+    if unet:
+        model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
     if lora:
         model = g.node("LoraLoaderModelOnly", model=model, lora_name=lora, strength_model=LORA_STRENGTH).out(0)
     clip = g.node("LTXAVTextEncoderLoader", text_encoder=GEMMA_FILE, ckpt_name=CHECKPOINT, device="default").out(0)
@@ -253,3 +255,20 @@ def test_ltx2_audio_vae_encode(ltx2_engine, tiny_ltx2):
     packed = (z.transpose(1, 2).flatten(2, 3) - avae.latents_mean) / avae.latents_std
     assert torch.allclose(latent, packed.unflatten(2, (4, 4)).transpose(1, 2), atol=1e-5)
     assert result.value("back")["waveform"].shape[0] == 1
+
+
+def test_ltx2_transformer_only_file_through_unet_loader(ltx2_engine, tiny_ltx2):
+    """UNETLoader on a transformer-only split of the checkpoint (LTX's names under ``model.diffusion_model.``,
+    connectors included as in Kijai's / ComfyUI's splits) gives the same video as CheckpointLoaderSimple's MODEL."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.dit.tiny_ltx2 import CHECKPOINT as NAME
+
+    models = tiny_ltx2.root / "models"
+    sd = load_file(str(models / "checkpoints" / NAME))
+    (models / "diffusion_models").mkdir(exist_ok=True)
+    save_file({k: v for k, v in sd.items() if k.startswith("model.diffusion_model.")},
+              str(models / "diffusion_models" / "tiny_ltx-2-19b-dev_transformer_only.safetensors"))
+    split = ltx2_engine.run(t2v_graph(unet="tiny_ltx-2-19b-dev_transformer_only.safetensors")).raise_for_status()
+    whole = ltx2_engine.run(t2v_graph()).raise_for_status()
+    assert torch.allclose(split.value("frames"), whole.value("frames"), atol=1e-6)
