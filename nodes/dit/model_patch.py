@@ -140,15 +140,13 @@ class ModelPatchValue:
 def load_model_patch(path: Path, name: str, manager, device: str) -> ModelPatchValue:
     from nodegraph_nodes.diffusion.components import _manager_key
     from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
-    from nodegraph_nodes.dit.loading import flow_dtype
+    from nodegraph_nodes.dit.loading import file_keys, flow_dtype
 
     dtype = flow_dtype(device)
     try:
-        sd = read_state_dict(path, allow_pickle=manager.allow_pickle)
-        kind = patch_kind(sd.keys())
+        kind = patch_kind(file_keys(path, manager.allow_pickle))  # the names only; the weights load on first use
     except ModelFileError as exc:
         raise ModelFileError(f"input 'name': {name!r}: {exc}") from None
-    del sd
 
     def loader():
         state = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
