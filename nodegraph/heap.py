@@ -62,6 +62,10 @@ def _glibc():
                 libc.malloc_trim.argtypes = [ctypes.c_size_t]
                 libc.malloc_trim.restype = ctypes.c_int
                 libc.mallinfo2.restype = _MallInfo2
+                libc.malloc.argtypes = [ctypes.c_size_t]
+                libc.malloc.restype = ctypes.c_void_p
+                libc.free.argtypes = [ctypes.c_void_p]
+                libc.free.restype = None
                 _libc = libc
             except (OSError, AttributeError):  # not glibc, or older than 2.33 (no mallinfo2)
                 _libc = None
@@ -147,17 +151,26 @@ def prefault_heap(nbytes: int, stop: threading.Event | None = None) -> int:
     run). Called while the runner waits for work, this touches that much heap in small pieces and frees
     it: the pieces merge back into the heap's top, which glibc keeps (under its trim threshold), and
     the next run's results are carved from pages already there. Stops early when ``stop`` is set (a
-    job arrived). Returns the bytes touched. The pieces are ``bytearray`` objects (zero-filled by one
-    ``memset`` each, from the heap): a tensor's fill would wake torch's thread pool for every piece."""
+    job arrived). Returns the bytes touched. The pieces come from glibc's ``malloc`` and are zeroed by
+    ``memset``, both called through ctypes, which lets go of the GIL for each call: a prompt arriving
+    meanwhile is parsed and validated without waiting for this."""
     nbytes = min(nbytes, RESERVE_LIMIT)
-    if nbytes < RESERVE_MIN:
+    libc = _glibc()
+    if nbytes < RESERVE_MIN or libc is None:
         return 0
-    pieces: list[bytearray] = []
+    pieces: list[int] = []
     touched = 0
-    while touched < nbytes and not (stop is not None and stop.is_set()):
-        pieces.append(bytearray(_RESERVE_PIECE))
-        touched += _RESERVE_PIECE
-    del pieces
+    try:
+        while touched < nbytes and not (stop is not None and stop.is_set()):
+            address = libc.malloc(_RESERVE_PIECE)
+            if not address:
+                break
+            pieces.append(address)
+            ctypes.memset(address, 0, _RESERVE_PIECE)
+            touched += _RESERVE_PIECE
+    finally:
+        for address in pieces:
+            libc.free(address)
     return touched
 
 
