@@ -6,7 +6,9 @@ are packed as tokens ``[B, P, 1, F·H·W + T]``: each video position (frame, row
 channels, each audio latent frame a token of its ``C·M`` features (channel-major, diffusers' packing), both
 zero-padded to ``P = max(128, C·M)`` features. Elementwise sampler maths, noise and per-token noise masks
 (``[B, 1, 1, tokens]``) then work unchanged; the LTX-2 runner and LTXVSeparateAVLatent unpack. The initial
-noise is drawn over the packed tensor, so a seed does not give ComfyUI's noise for these latents.
+noise is ComfyUI's for nested latents: one generator seeded with the seed draws the video's noise, then the
+audio's (the LATENT's ``noise_layout`` is this layout, whose :meth:`Layout.draw_noise` the NOISE source calls),
+packed the same way.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ class Layout:
     def features(self) -> int:
         return max(self.channels, self.audio_features)
 
+    def draw_noise(self, seed: int, batch: int) -> torch.Tensor:
+        """ComfyUI's initial noise of the nested latent (video then audio from one generator), packed."""
+        from nodegraph_nodes.sampling.noise import SEED_MASK
+
+        generator = torch.Generator("cpu").manual_seed(int(seed) & SEED_MASK)
+        video = torch.randn((batch, self.channels, self.frames, self.height, self.width), generator=generator)
+        audio = torch.randn((batch, self.audio_channels, self.audio_frames, self.bins), generator=generator)
+        return pack_tokens(video_tokens(video), audio_tokens(audio), self)
+
     def as_dict(self) -> dict:
         return {"video": [self.channels, self.frames, self.height, self.width],
                 "audio": [self.audio_channels, self.audio_frames, self.bins]}
@@ -59,8 +70,8 @@ class Layout:
 def layout_of(latent: dict) -> Layout | None:
     """The layout a LATENT carries (``None``: not an audio-video latent)."""
     info = latent.get(KEY)
-    if info is None:
-        return None
+    if info is None or isinstance(info, Layout):
+        return info
     return Layout(*[int(v) for v in info["video"]], *[int(v) for v in info["audio"]])
 
 

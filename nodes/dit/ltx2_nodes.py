@@ -143,7 +143,7 @@ class LTXVConcatAVLatent(Node):
         from nodegraph_nodes.dit import ltx2_latent as L
 
         packed, lay = L.pack(video_latent["samples"], audio_latent["samples"])
-        out = {"samples": packed, L.KEY: lay.as_dict()}
+        out = {"samples": packed, L.KEY: lay, "noise_layout": lay}
         vm, am = video_latent.get("noise_mask"), audio_latent.get("noise_mask")
         if vm is not None or am is not None:
             out["noise_mask"] = L.pack_mask(vm, am, lay, packed.shape[0])

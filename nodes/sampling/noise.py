@@ -48,6 +48,9 @@ class RandomNoise:
     seed: int
 
     def generate(self, latent: dict) -> torch.Tensor:
+        nested = getattr(latent.get("noise_layout"), "draw_noise", None)
+        if nested is not None:  # a packed nested latent (LTX-2 audio + video): its parts' noise, as ComfyUI draws it
+            return nested(self.seed, latent["samples"].shape[0])
         return prepare_noise(latent["samples"], self.seed, latent.get("batch_index"))[0]
 
 

@@ -13,7 +13,6 @@ from nodegraph.registry import default_registry
 
 from tests.dit.tiny_ltx2 import CHECKPOINT, GEMMA_FILE, build_ltx2
 from tests.helpers.engines import make_engine
-from tests.helpers.noise import engine_noise
 
 PROMPT = "a red fox running in snow"
 SEED, STEPS, CFG, RATE = 13, 3, 3.0, 25
@@ -64,15 +63,20 @@ def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None, u
     return g
 
 
+def comfy_noise() -> tuple[torch.Tensor, torch.Tensor]:
+    """ComfyUI's starting noise of the nested latent: one CPU generator, the video's draw then the audio's."""
+    generator = torch.Generator("cpu").manual_seed(SEED)
+    video = torch.randn((1, 128, (LENGTH - 1) // 8 + 1, HEIGHT // 32, WIDTH // 32), generator=generator)
+    return video, torch.randn((1, 4, 9, 4), generator=generator)
+
+
 def reference(tiny, sigmas: torch.Tensor, cfg: float = CFG):
-    """LTX2Pipeline on the engine's starting noise (unpacked and put in the pipeline's un-normalized spaces)."""
+    """LTX2Pipeline on ComfyUI's starting noise for the seed (put in the pipeline's un-normalized spaces)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     from nodegraph_nodes.dit import ltx2_latent as L
 
-    lay = L.Layout(128, (LENGTH - 1) // 8 + 1, HEIGHT // 32, WIDTH // 32, 4, 9, 4)
-    noise, _ = engine_noise((1, lay.features, 1, lay.tokens), SEED)
-    v_noise, a_noise = L.unpack(noise, lay)
+    v_noise, a_noise = comfy_noise()
     vae, avae = tiny.vae, tiny.audio_vae
     latents = v_noise * vae.latents_std.view(1, -1, 1, 1, 1) + vae.latents_mean.view(1, -1, 1, 1, 1)
     packed = L.audio_tokens(a_noise) * avae.latents_std + avae.latents_mean
@@ -145,9 +149,7 @@ def test_ltx2_image_to_video_matches_pipeline(ltx2_engine, tiny_ltx2):
     start = result.value("i2v")
     assert float(start["noise_mask"][0, 0, 0].max()) == 0.0 and float(start["noise_mask"][0, 0, 1].min()) == 1.0
 
-    lay = L.Layout(128, (LENGTH - 1) // 8 + 1, HEIGHT // 32, WIDTH // 32, 4, 9, 4)
-    noise, _ = engine_noise((1, lay.features, 1, lay.tokens), SEED)
-    v_noise, a_noise = L.unpack(noise, lay)
+    v_noise, a_noise = comfy_noise()
     v_noise[:, :, :1] = start["samples"][:, :, :1]
     vae, avae = tiny_ltx2.vae, tiny_ltx2.audio_vae
     latents = v_noise * vae.latents_std.view(1, -1, 1, 1, 1) + vae.latents_mean.view(1, -1, 1, 1, 1)
