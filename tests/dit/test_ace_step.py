@@ -313,3 +313,15 @@ def test_encoders_attend_over_all_tokens_as_comfyui(engine, tiny):
             e._layer_types = types
     same, windowed_gap = (wave - full).abs().max(), (wave - with_window).abs().max()
     assert same < 1e-6 and windowed_gap > 20 * same + 1e-5, (same, windowed_gap)  # the tiny lyrics' effect is small
+
+
+def test_xl_dit_wider_than_its_condition_encoder(engine, tiny):
+    """ACE-Step 1.5 XL's DiT is wider than its condition encoder (condition_embedder projects up): read from the
+    shapes, it equals the pipeline too."""
+    wave = engine.run(graph(unet="tiny_acestep_v1.5_xl.safetensors")).raise_for_status().value("out")["waveform"]
+    base, tiny.transformer = tiny.transformer, tiny.xl_transformer
+    try:
+        ref = reference(tiny)
+    finally:
+        tiny.transformer = base
+    assert torch.allclose(wave, ref, atol=1e-4), (wave - ref).abs().max()

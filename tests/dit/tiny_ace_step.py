@@ -62,13 +62,14 @@ def qwen3(width: int, seed: int, lm: bool = False):
     return model
 
 
-def transformer():
+def transformer(hidden: int = 64, heads: int = 2):
+    """The DiT; ``hidden`` 96 with 3 heads is the XL shape (a DiT wider than its 64-wide condition encoder)."""
     from diffusers import AceStepTransformer1DModel
 
     torch.manual_seed(0)
-    net = AceStepTransformer1DModel(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                                    num_key_value_heads=1, head_dim=32, in_channels=192, audio_acoustic_hidden_dim=64,
-                                    patch_size=2, encoder_hidden_size=64).eval()
+    net = AceStepTransformer1DModel(hidden_size=hidden, intermediate_size=96, num_hidden_layers=2,
+                                    num_attention_heads=heads, num_key_value_heads=1, head_dim=32, in_channels=192,
+                                    audio_acoustic_hidden_dim=64, patch_size=2, encoder_hidden_size=64).eval()
     _randomize(net, 0.1)
     return net
 
@@ -167,6 +168,7 @@ class TinyAceStep:
     tokenizer: Any
     audio_tokenizer: Any
     audio_detokenizer: Any
+    xl_transformer: Any
 
 
 def build_ace_step(root: Path) -> TinyAceStep:
@@ -187,4 +189,7 @@ def build_ace_step(root: Path) -> TinyAceStep:
     tokenizer = write_qwen_tokenizer(models / "text_encoders" / "qwen3_tokenizer")
     write_all_in_one(models / "checkpoints" / "tiny_ace_step_1.5_aio.safetensors", net, enc, audio_tokenizer,
                      audio_detokenizer, te, lm, vae)
-    return TinyAceStep(root, net, enc, vae, te, tokenizer, audio_tokenizer, audio_detokenizer)
+    xl = transformer(hidden=96, heads=3)
+    save_file({k: v.contiguous() for k, v in ace_layout(xl, enc, audio_tokenizer, audio_detokenizer).items()},
+              str(models / "diffusion_models" / "tiny_acestep_v1.5_xl.safetensors"))
+    return TinyAceStep(root, net, enc, vae, te, tokenizer, audio_tokenizer, audio_detokenizer, xl)
