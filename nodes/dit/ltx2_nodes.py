@@ -1,7 +1,7 @@
 """ComfyUI's LTX-2 nodes (names, inputs, outputs and maths as ComfyUI's ``nodes_lt.py`` / ``nodes_lt_audio.py``):
 loaders (LTXAVTextEncoderLoader, LTXVAudioVAELoader), latents (EmptyLTXVLatentVideo, LTXVEmptyLatentAudio,
 LTXVConcatAVLatent, LTXVSeparateAVLatent), audio (LTXVAudioVAEDecode), conditioning (LTXVConditioning) and
-LTXVScheduler, LTXVAudioVAEEncode. Image conditioning nodes: :mod:`.ltx2_guides`. Models: :mod:`.ltx2`.
+LTXVScheduler, LTXVAudioVAEEncode, LTXVDualCFGGuider (video and audio CFG scales). Image conditioning nodes: :mod:`.ltx2_guides`. Models: :mod:`.ltx2`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import torch
 
 from nodegraph.context import Paths
 from nodegraph.node import BOOLEAN, COMBO, FLOAT, INT, Input, Node, Output
-from nodegraph.types import CLIP, CONDITIONING, LATENT, VAE
+from nodegraph.types import CLIP, CONDITIONING, LATENT, MODEL, VAE
 
 from nodegraph_nodes.diffusion.conditioning import set_values
 from nodegraph_nodes.diffusion.files import checkpoint_choices, list_model_files, resolve_model
 from nodegraph_nodes.media.audio import AUDIO
-from nodegraph_nodes.sampling.types import SIGMAS
+from nodegraph_nodes.sampling import guiders
+from nodegraph_nodes.sampling.model import Prediction
+from nodegraph_nodes.sampling.types import GUIDER, SIGMAS
 
 MAX_RESOLUTION = 16384
 
@@ -228,6 +230,51 @@ class LTXVAudioVAEEncode(Node):
             dtype = next(module.parameters()).dtype
             latent = module.encode(mel.to(self.ctx.device, dtype)).float().cpu()
         return ({"samples": latent, "sample_rate": vae.sample_rate, "type": "audio"},)
+
+
+class DualCfg(guiders.Guider):
+    """Classifier-free guidance with one scale for the video tokens and another for the audio tokens of an
+    LTX-2 audio-video latent (both combinations from one positive / negative evaluation)."""
+
+    def __init__(self, model, positive: list, negative: list, video_cfg: float, audio_cfg: float):
+        super().__init__(model, {"positive": positive, "negative": negative})
+        self.video_cfg, self.audio_cfg = float(video_cfg), float(audio_cfg)
+
+    def predict(self, ev, x: torch.Tensor, sigma: torch.Tensor) -> Prediction:
+        lay = getattr(ev.runner, "layout", None)
+        if lay is None:
+            raise ValueError("LTXVDualCFGGuider: an LTX-2 model sampling an audio-video latent (LTXVConcatAVLatent) "
+                             "is needed")
+        skip = (math.isclose(self.video_cfg, 1.0) and math.isclose(self.audio_cfg, 1.0)
+                and not (ev.force_uncond or ev.patches.disable_cfg1_optimization))
+        neg = None if skip else "negative"
+        cond, uncond = ev.calc(["positive", neg], x, sigma)
+        if ev.patches.pre_cfg:
+            cond, uncond = guiders.pre_cfg(ev, cond, uncond, self.video_cfg, x, sigma)
+        video = guiders.cfg_combine(ev, cond, uncond, self.video_cfg, x, sigma, "positive", neg)
+        audio = video if self.audio_cfg == self.video_cfg else guiders.cfg_combine(
+            ev, cond, uncond, self.audio_cfg, x, sigma, "positive", neg)
+        is_audio = torch.zeros(x.shape[-1], dtype=torch.bool, device=x.device)
+        is_audio[lay.video_tokens:] = True
+        return Prediction(torch.where(is_audio, audio, video), uncond)
+
+
+class LTXVDualCFGGuider(Node):
+    """CFG guidance with separate scales for the video and the audio of an LTX-2 audio-video latent."""
+
+    category = "sampling/custom_sampling/guiders"
+    model = Input(MODEL)
+    positive = Input(CONDITIONING)
+    negative = Input(CONDITIONING)
+    video_cfg = Input(FLOAT, default=3.0, min=0.0, max=100.0, step=0.1, round=0.01)
+    audio_cfg = Input(FLOAT, default=7.0, min=0.0, max=100.0, step=0.1, round=0.01)
+    outputs = (Output(GUIDER),)
+
+    def execute(self, model, positive: list, negative: list, video_cfg: float, audio_cfg: float) -> tuple:
+        from nodegraph_nodes.sampling.model import require_sampling_model
+
+        require_sampling_model(model, "LTXVDualCFGGuider.model")
+        return (DualCfg(model, positive, negative, video_cfg, audio_cfg),)
 
 
 def ltxv_sigmas(steps: int, max_shift: float, base_shift: float, stretch: bool, terminal: float,

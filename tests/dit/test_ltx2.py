@@ -32,7 +32,8 @@ def ltx2_engine(tiny_ltx2, tmp_path):
     eng.close()
 
 
-def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None, unet: str | None = None) -> Graph:
+def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None, unet: str | None = None,
+              audio_cfg: float | None = None) -> Graph:
     g = Graph()
     ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     model = ck.out(0)
@@ -50,7 +51,11 @@ def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None, u
     av = g.node("LTXVConcatAVLatent", video_latent=video, audio_latent=audio)
     sigmas = g.node("LTXVScheduler", "sigmas", steps=STEPS, max_shift=2.05, base_shift=0.95, stretch=True,
                     terminal=0.1, latent=av)
-    guider = g.node("CFGGuider", model=model, positive=cond.out(0), negative=cond.out(1), cfg=cfg)
+    if audio_cfg is None:
+        guider = g.node("CFGGuider", model=model, positive=cond.out(0), negative=cond.out(1), cfg=cfg)
+    else:
+        guider = g.node("LTXVDualCFGGuider", model=model, positive=cond.out(0), negative=cond.out(1), video_cfg=cfg,
+                        audio_cfg=audio_cfg)
     sampled = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=SEED), guider=guider,
                      sampler=g.node("KSamplerSelect", sampler_name="euler"), sigmas=sigmas, latent_image=av)
     sep = g.node("LTXVSeparateAVLatent", av_latent=sampled.out(0))
@@ -70,7 +75,7 @@ def comfy_noise() -> tuple[torch.Tensor, torch.Tensor]:
     return video, torch.randn((1, 4, 9, 4), generator=generator)
 
 
-def reference(tiny, sigmas: torch.Tensor, cfg: float = CFG):
+def reference(tiny, sigmas: torch.Tensor, cfg: float = CFG, audio_cfg: float | None = None):
     """LTX2Pipeline on ComfyUI's starting noise for the seed (put in the pipeline's un-normalized spaces)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -87,8 +92,8 @@ def reference(tiny, sigmas: torch.Tensor, cfg: float = CFG):
                    frame_rate=float(RATE), num_inference_steps=STEPS, sigmas=sigmas[:-1].tolist(),
                    guidance_scale=cfg, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0,
                    audio_modality_scale=1.0, guidance_rescale=0.0, audio_guidance_rescale=0.0,
-                   audio_guidance_scale=cfg, latents=latents, audio_latents=audio_latents, max_sequence_length=1024,
-                   output_type="pt")
+                   audio_guidance_scale=cfg if audio_cfg is None else audio_cfg, latents=latents,
+                   audio_latents=audio_latents, max_sequence_length=1024, output_type="pt")
     return out.frames, out.audio
 
 
@@ -274,3 +279,14 @@ def test_ltx2_transformer_only_file_through_unet_loader(ltx2_engine, tiny_ltx2):
     split = ltx2_engine.run(t2v_graph(unet="tiny_ltx-2-19b-dev_transformer_only.safetensors")).raise_for_status()
     whole = ltx2_engine.run(t2v_graph()).raise_for_status()
     assert torch.allclose(split.value("frames"), whole.value("frames"), atol=1e-6)
+
+
+def test_ltx2_dual_cfg_guider_matches_pipeline_audio_guidance(ltx2_engine, tiny_ltx2):
+    """LTXVDualCFGGuider (video_cfg 3, audio_cfg 5) equals LTX2Pipeline with guidance_scale 3 and
+    audio_guidance_scale 5 to 1e-4."""
+    result = ltx2_engine.run(t2v_graph(audio_cfg=5.0)).raise_for_status()
+    ref_video, ref_audio = reference(tiny_ltx2, result.value("sigmas"), audio_cfg=5.0)
+    frames = result.value("frames")
+    ref_frames = ref_video[0].permute(0, 2, 3, 1).float()
+    assert torch.allclose(frames, ref_frames, atol=1e-4), (frames - ref_frames).abs().max()
+    assert torch.allclose(result.value("audio")["waveform"], ref_audio.float(), atol=1e-4)
