@@ -6,6 +6,7 @@ Nothing here is global: the executor builds one :class:`NodeContext` per node ca
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import Interrupted
-from .events import EventBus, NodeImage, NodePreview, NodeProgress
+from .events import EventBus, NodeImage, NodePreview, NodeProgress, NodeWarning
 from .model_folders import LEGACY_SUBFOLDERS, ModelFolder, canonical_kind
 
 
@@ -141,6 +142,13 @@ class NodeContext:
             if getattr(image, "ndim", 0) == 4:
                 image = image[0]
             self.run.bus.emit(NodePreview(self.run.prompt_id, self.node_id, image))
+
+    def warn(self, message: str) -> None:
+        """A warning for the user: logged (``nodegraph.nodes``, so the server's log and the frontend's logs
+        panel show it) and sent as a :class:`~nodegraph.events.NodeWarning` event."""
+        logging.getLogger("nodegraph.nodes").warning("node %s (%s): %s", self.display_node, self.class_type, message)
+        if self.run.bus.active:
+            self.run.bus.emit(NodeWarning(self.run.prompt_id, self.node_id, self.class_type, str(message)))
 
     def send_image(self, data: bytes, image_format: str = "PNG") -> None:
         """Send an encoded image (``PNG`` or ``JPEG`` file bytes) to the client that queued the prompt,

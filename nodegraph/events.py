@@ -117,6 +117,16 @@ class NodeMessage(Event):
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class NodeWarning(Event):
+    """A running node's warning for the user (:meth:`~nodegraph.context.NodeContext.warn`): something
+    it did not do and goes on without (a LoRA's unmatched keys …). Also logged; a WebSocket client that
+    announced ``nodegraph_events`` gets it as our ``node_warning`` message."""
+    node_id: str = ""
+    class_type: str = ""
+    message: str = ""
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class ExecutionInterrupted(Event):
     node_id: str | None = None
     class_type: str | None = None

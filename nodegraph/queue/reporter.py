@@ -17,7 +17,7 @@ as in ComfyUI:
   messages the latest preview wins; one still waiting when its node ends is dropped;
 * images a node sends as results (``SaveImageWebsocket``) always, in the order the node sent them;
 * frames as ``PREVIEW_IMAGE_WITH_METADATA`` when it announced ``supports_preview_metadata``;
-* ``node_finished`` (ours) only when it announced ``nodegraph_events``.
+* ``node_finished`` and ``node_warning`` (ours) only when it announced ``nodegraph_events``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import threading
 from typing import Callable
 
 from ..events import (Event, ExecutionBlocked, ExecutionDone, ExecutionInterrupted, ExecutionStarted, NodeFailed,
-                      NodeFinished, NodeImage, NodeMessage, NodePreview, NodeProgress, NodesCached, NodeStarted)
+                      NodeFinished, NodeImage, NodeMessage, NodePreview, NodeProgress, NodesCached, NodeStarted,
+                      NodeWarning)
 from .messages import ClientFeatures, encode, encode_preview, executing, image_frame, now_ms, wants_previews
 from .protocol import EventSink
 from .store import Job
@@ -172,6 +173,11 @@ class RunReporter:
                 "exception_type": event.exception_type, "traceback": list(event.traceback),
                 "current_inputs": event.inputs, "current_outputs": list(event.executed),
                 "timestamp": now_ms()}, keep=True)
+        elif isinstance(event, NodeWarning):  # ours, as node_finished: only to clients that announced them
+            features = self.features()
+            if features is not None and features.extra_events:
+                self.send("node_warning", {"node": event.node_id, "node_type": event.class_type,
+                                           "message": event.message, "prompt_id": event.prompt_id})
         elif isinstance(event, NodeMessage):  # a custom node's send_sync: as it is, not kept in history
             self.events.post(event.client_id or self.client, encode(event.event, event.data))
         elif isinstance(event, ExecutionBlocked):  # as ComfyUI: an error message, not kept; the run goes on

@@ -28,11 +28,14 @@ from nodegraph_nodes.diffusion.files import ModelFileError, file_identity, is_di
 
 @dataclass(frozen=True)
 class LoraPatch:
-    """Low-rank deltas for one module: ``{param name: (up, down, scale)}`` times ``strength``."""
+    """Low-rank deltas for one module: ``{param name: (up, down, scale)}`` times ``strength``.
+    ``unmatched``: the LoRA's layer keys this module's reader took as its part but could not apply (no
+    such layer, or an ``up``/``down`` matrix missing); LoraLoader reports them as a warning."""
 
     name: str
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]]
     strength: float
+    unmatched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

@@ -13,6 +13,7 @@ choice when a workflow names none.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +183,15 @@ class VAELoader(Node):
         return (load_vae_file(path, manager, self.ctx.device),)
 
 
+@contextmanager
+def _named_errors(where: str):
+    """A model-file error raised inside, with the node and input it concerns in front."""
+    try:
+        yield
+    except ModelFileError as exc:
+        raise ModelFileError(f"{where}: {exc}") from exc
+
+
 def _read_lora(ctx, name: str) -> dict:
     from nodegraph_nodes.diffusion.lora import count_lora_keys
 
@@ -198,32 +208,42 @@ def _read_lora(ctx, name: str) -> dict:
 def _patch_model(ctx, model, sd: dict, name: str, strength: float):
     from nodegraph_nodes.diffusion.lora import UNET_PREFIXES, lora_patch
 
+    """The patched model, the number of weights patched and the LoRA keys not applied."""
+    from nodegraph_nodes.diffusion.lora_report import unread_forms
+
     own = getattr(model, "lora_patch", None)
     if own is not None:  # a family with its own key layouts (SD3 / Flux: nodegraph_nodes.dit.lora)
         patch = own(sd, strength, name)
-        return model.with_patch(patch), len(patch.deltas)
+        return model.with_patch(patch), len(patch.deltas), list(patch.unmatched) + unread_forms(sd, text=False)
     if not hasattr(model, "with_patch"):
         raise ModelFileError(f"LoRA {name}: LoRAs for {getattr(model, 'family', type(model).__name__)} models are "
                              "not supported")
 
     unet = model.handle.get()
     patch = lora_patch(sd, unet, UNET_PREFIXES, strength, name, style="unet")
-    return model.with_patch(patch), len(patch.deltas)
+    return model.with_patch(patch), len(patch.deltas), list(patch.unmatched) + unread_forms(sd, text=False)
 
 
 def _patch_clip(ctx, clip, sd: dict, name: str, strength: float):
-    from nodegraph_nodes.diffusion.lora import TE_PREFIXES, lora_patch
+    """The patched CLIP, the number of weights patched and the LoRA's text-encoder keys not applied (those
+    of no encoder this CLIP has, e.g. an LLM encoder's, included)."""
+    from nodegraph_nodes.diffusion.lora import TE_PREFIXES, TEXT_KEY_STARTS, _group, lora_patch
+    from nodegraph_nodes.diffusion.lora_report import unread_forms
 
-    total = 0
+    total, unmatched, covered = 0, [], ()
     for index, enc in enumerate(clip.encoders):
         prefixes = TE_PREFIXES[index] if len(clip.encoders) > 1 else TE_PREFIXES[0]
         if len(clip.encoders) == 1 and clip.family == "sdxl_refiner":
             prefixes = TE_PREFIXES[1]
         patch = lora_patch(sd, enc.handle.get(), prefixes, strength, name, style="text")
+        covered += tuple(prefixes)
+        unmatched += patch.unmatched
         if patch.deltas:
             clip = clip.with_patch(index, patch)
             total += len(patch.deltas)
-    return clip, total
+    unmatched += [k for k in _group(sd) if k.startswith(TEXT_KEY_STARTS) and not k.startswith(covered)]
+    unmatched += [k for k in unread_forms(sd, text=True) if k.startswith(TEXT_KEY_STARTS)]
+    return clip, total, unmatched
 
 
 class LoraLoader(Node):
@@ -245,12 +265,18 @@ class LoraLoader(Node):
     def execute(self, model, clip, lora_name: str, strength_model: float, strength_clip: float) -> tuple:
         if strength_model == 0 and strength_clip == 0:
             return model, clip
-        sd = _read_lora(self.ctx, lora_name)
-        new_model, n_model = _patch_model(self.ctx, model, sd, lora_name, strength_model)
-        new_clip, n_clip = _patch_clip(self.ctx, clip, sd, lora_name, strength_clip)
-        if n_model + n_clip == 0:
-            raise ModelFileError(f"LoRA {lora_name} has no weights matching this model's layers; "
-                                 f"it was made for another model family")
+        from nodegraph_nodes.diffusion.lora_report import warn_unmatched
+
+        with _named_errors("LoraLoader.lora_name"):
+            sd = _read_lora(self.ctx, lora_name)
+            new_model, n_model, model_left = _patch_model(self.ctx, model, sd, lora_name, strength_model)
+            new_clip, n_clip, clip_left = _patch_clip(self.ctx, clip, sd, lora_name, strength_clip)
+            if n_model + n_clip == 0:
+                raise ModelFileError(f"LoRA {lora_name} has no weights matching this model's or text encoder's "
+                                     f"layers (e.g. {(model_left + clip_left or list(sd))[0]}); it was made for "
+                                     "another model family")
+        warn_unmatched(self.ctx, lora_name,
+                       (model_left if strength_model else []) + (clip_left if strength_clip else []))
         return new_model, new_clip
 
 
@@ -270,10 +296,15 @@ class LoraLoaderModelOnly(Node):
     def execute(self, model, lora_name: str, strength_model: float) -> tuple:
         if strength_model == 0:
             return (model,)
-        sd = _read_lora(self.ctx, lora_name)
-        new_model, n = _patch_model(self.ctx, model, sd, lora_name, strength_model)
-        if n == 0:
-            raise ModelFileError(f"LoRA {lora_name} has no weights matching this model's UNet")
+        from nodegraph_nodes.diffusion.lora_report import warn_unmatched
+
+        with _named_errors("LoraLoaderModelOnly.lora_name"):
+            sd = _read_lora(self.ctx, lora_name)
+            new_model, n, left = _patch_model(self.ctx, model, sd, lora_name, strength_model)
+            if n == 0:
+                raise ModelFileError(f"LoRA {lora_name} has no weights matching this diffusion model's layers "
+                                     f"(e.g. {(left or list(sd))[0]}); it was made for another model")
+        warn_unmatched(self.ctx, lora_name, left)
         return (new_model,)
 
 

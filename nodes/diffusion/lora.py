@@ -19,6 +19,9 @@ import torch
 from nodegraph_nodes.diffusion.components import LoraPatch
 
 UNET_PREFIXES = ("lora_unet_", "unet.")
+#: key starts of text-encoder layers in every layout read (kohya ``lora_te*``, diffusers ``text_encoder*``,
+#: ``te_…``, ``lora_clip…``): a diffusion-model reader leaves them to the text encoders
+TEXT_KEY_STARTS = ("lora_te", "text_encoder", "te_", "lora_clip")
 TE_PREFIXES = {0: ("lora_te_", "lora_te1_", "text_encoder."), 1: ("lora_te2_", "text_encoder_2.")}
 _SUFFIXES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".lora.down.weight": "down",
              ".lora.up.weight": "up", ".lora_A.weight": "down", ".lora_B.weight": "up", ".alpha": "alpha"}
@@ -66,24 +69,30 @@ def _maybe_sgm(groups: dict[str, dict], unet_config) -> dict[str, dict]:
 
 def lora_patch(sd: dict[str, torch.Tensor], module: torch.nn.Module, prefixes: Iterable[str], strength: float,
                name: str, style: str = "unet") -> LoraPatch:
-    """The deltas of ``sd`` that apply to ``module`` (keys under one of ``prefixes``)."""
+    """The deltas of ``sd`` that apply to ``module`` (keys under one of ``prefixes``). ``unmatched``: the
+    keys under ``prefixes`` that do not apply (for the UNet, ``style="unet"``, also every key that is not
+    under them and not a text encoder's: nothing else reads those)."""
     groups = _group(sd)
     if style == "unet":
         groups = _maybe_sgm(groups, getattr(module, "config", None))
     lookup = _module_names(module, style)
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+    unmatched: list[str] = []
     for key, parts in groups.items():
         prefix = next((p for p in prefixes if key.startswith(p)), None)
-        if prefix is None or "up" not in parts or "down" not in parts:
+        if prefix is None:
+            if style == "unet" and not key.startswith(TEXT_KEY_STARTS):
+                unmatched.append(key)
             continue
         target = lookup.get(key[len(prefix):])
-        if target is None:
+        if target is None or "up" not in parts or "down" not in parts:
+            unmatched.append(key)
             continue
         down, up = parts["down"], parts["up"]
         rank = down.shape[0]
         alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
         deltas[target + ".weight"] = (up, down, alpha / rank)
-    return LoraPatch(name, deltas, float(strength))
+    return LoraPatch(name, deltas, float(strength), tuple(unmatched))
 
 
 def count_lora_keys(sd: dict[str, Any]) -> int:

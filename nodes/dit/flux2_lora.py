@@ -20,7 +20,7 @@ import torch
 
 from nodegraph_nodes.diffusion.components import LoraPatch
 from nodegraph_nodes.diffusion.lora import _module_names
-from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, check_matched, lora_layers
+from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, finish, lora_layers
 
 DIFFUSERS_PREFIXES = ("transformer.", "lora_transformer_")
 ORIGINAL_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "lora_unet_")
@@ -63,5 +63,4 @@ def flux2_lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str)
             continue
         if not key.startswith(TEXT_PREFIXES):
             unread.append(key)
-    check_matched(name, "Flux.2", deltas, unread)
-    return LoraPatch(name, deltas, float(strength))
+    return finish(name, "Flux.2", deltas, unread, strength, sd)

@@ -21,7 +21,7 @@ import torch
 
 from nodegraph_nodes.diffusion.components import LoraPatch
 from nodegraph_nodes.diffusion.lora import _module_names
-from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, check_matched, lora_layers
+from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, finish, lora_layers
 
 PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "lora_unet_", "lora_transformer_", "")
 
@@ -71,5 +71,4 @@ def llm_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float,
                     break
         if not hit and not key.startswith(TEXT_PREFIXES):
             unread.append(key)
-    check_matched(name, family, deltas, unread)
-    return LoraPatch(name, deltas, float(strength))
+    return finish(name, family, deltas, unread, strength, sd)

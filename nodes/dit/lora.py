@@ -24,7 +24,7 @@ from nodegraph_nodes.diffusion.components import LoraPatch
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.diffusion.lora import _module_names
 from nodegraph_nodes.dit import convert
-from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, check_matched, lora_layers
+from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, finish, lora_layers
 
 _DIFFUSERS_PREFIXES = ("transformer.", "lora_transformer_")
 _ORIGINAL_PREFIXES = ("lora_unet_", "diffusion_model.", "model.diffusion_model.")
@@ -58,5 +58,4 @@ def flow_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float
                                  "yet; use one in diffusers' names (transformer.transformer_blocks…)")
         if not key.startswith(TEXT_PREFIXES):
             unread.append(key)
-    check_matched(name, family, deltas, unread)
-    return LoraPatch(name, deltas, float(strength))
+    return finish(name, family, deltas, unread, strength, sd)

@@ -1,6 +1,7 @@
 """What the DiT families' LoRA readers share (SD3/Flux, Flux.2, Qwen-Image / Z-Image, Lumina 2): the
-low-rank layers of a LoRA file with their scale, which keys belong to a text encoder, and the error for a
-LoRA that matches nothing in the transformer. Each family keeps its own name mapping."""
+low-rank layers of a LoRA file with their scale, which keys belong to a text encoder, the error for a
+LoRA that matches nothing in the transformer, and the patch with the keys that did not match (LoraLoader
+warns about them). Each family keeps its own name mapping."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import Iterator, NamedTuple
 
 import torch
 
+from nodegraph_nodes.diffusion.components import LoraPatch
 from nodegraph_nodes.diffusion.files import ModelFileError
-from nodegraph_nodes.diffusion.lora import _group
+from nodegraph_nodes.diffusion.lora import TEXT_KEY_STARTS, _group
 
 #: key starts of text-encoder layers (a LoRA may hold them beside the transformer's; not "unread")
-TEXT_PREFIXES = ("lora_te", "text_encoder", "te_", "lora_clip")
+TEXT_PREFIXES = TEXT_KEY_STARTS
 
 
 class LoraLayer(NamedTuple):
@@ -41,3 +43,12 @@ def check_matched(name: str, what: str, deltas: dict, unread: list[str]) -> None
     if unread and not deltas:
         raise ModelFileError(f"LoRA {name} has no weights matching this {what} transformer (e.g. {unread[0]}); "
                              "it was made for another model")
+
+
+def finish(name: str, what: str, deltas: dict, unread: list[str], strength: float, sd: dict) -> LoraPatch:
+    """The patch of a family's reader: :func:`check_matched`, then the deltas with the unmatched keys —
+    ``unread`` and the transformer layers missing their ``up`` or ``down`` matrix."""
+    check_matched(name, what, deltas, unread)
+    incomplete = [k for k, parts in _group(sd).items()
+                  if ("up" not in parts or "down" not in parts) and not k.startswith(TEXT_PREFIXES)]
+    return LoraPatch(name, deltas, float(strength), tuple(unread) + tuple(incomplete))

@@ -220,9 +220,8 @@ def lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str):
     (``diffusion_model.layers.N.attention.qkv``: the fused ``up`` split by rows into ``to_q``/``to_k``/
     ``to_v`` with the shared ``down``), kohya's (``lora_unet_layers_N_attention_qkv``) and diffusers / PEFT
     names (``transformer.layers.N.attn.to_q``); ``strength · alpha/rank · up @ down``."""
-    from nodegraph_nodes.diffusion.components import LoraPatch
     from nodegraph_nodes.diffusion.lora import _module_names
-    from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, check_matched, lora_layers
+    from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, finish, lora_layers
 
     modules = _module_names(net, "unet")
     dim = int(net.config.hidden_size)
@@ -252,8 +251,7 @@ def lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str):
         else:
             if not key.startswith(TEXT_PREFIXES):
                 unread.append(key)
-    check_matched(name, "Lumina 2", deltas, unread)
-    return LoraPatch(name, deltas, float(strength))
+    return finish(name, "Lumina 2", deltas, unread, strength, sd)
 
 
 # -- Gemma 2 text encoder ---------------------------------------------------------------------------
