@@ -143,3 +143,38 @@ def test_comfy_ltx2_3_flf2v_template_runs_on_ltx2(ltx2_engine, tiny_ltx2):
     frames, samples = _saved_video(ltx2_engine)
     assert frames == 9
     assert samples > 0
+
+
+def test_comfy_ltx2_t2v_template_runs(ltx2_engine, tiny_ltx2):
+    """``video_ltx2_t2v`` (dev model: LTXVScheduler on the audio-video latent, CFG 4; then the distilled LoRA through
+    LoraLoaderModelOnly for the upscaled refine at CFG 1) on tiny files, the LoRA a small one in LTX's names
+    under the template's LoRA name. Made smaller: 128×128 before the ×0.5, 9 frames, 3 steps instead of 20."""
+    from safetensors.torch import save_file
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    _files(tiny_ltx2, "ltx-2-19b-dev-fp8.safetensors", "gemma_3_12B_it_fp4_mixed.safetensors",
+           "ltx-2-spatial-upscaler-x2-1.0.safetensors")
+    g = torch.Generator().manual_seed(5)
+    lora = {}
+    for layer, (out, inp) in {"transformer_blocks.0.attn1.to_k": (128, 128),
+                              "transformer_blocks.1.audio_attn1.to_v": (64, 64)}.items():
+        lora[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(2, inp, generator=g) * 0.05
+        lora[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(out, 2, generator=g) * 0.05
+    (tiny_ltx2.root / "models" / "loras").mkdir(exist_ok=True)
+    save_file(lora, str(tiny_ltx2.root / "models" / "loras" / "ltx-2-19b-distilled-lora-384.safetensors"))
+    api = load_workflow_data(_template("video_ltx2_t2v"), ltx2_engine.registry).api
+    for n in api.values():
+        if n["class_type"] == "EmptyImage":
+            n["inputs"].update(width=128, height=128)
+        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") == 121:
+            n["inputs"]["value"] = 9
+        if n["class_type"] == "LTXVScheduler":
+            n["inputs"]["steps"] = 3
+    result = ltx2_engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    for kind in ("LTXVScheduler", "LoraLoaderModelOnly", "LTXVCropGuides", "LTXVLatentUpsampler"):
+        assert kind in executed
+    frames, samples = _saved_video(ltx2_engine)
+    assert frames == 9
+    assert samples > 0
