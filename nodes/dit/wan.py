@@ -135,7 +135,7 @@ def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str =
     layout, prefix = detect_transformer(keys)
     handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device),
                                      lambda sd, stored: build_transformer(sd, layout, stored))
-    variant = wan22_5b.variant_of_channels(wan22_5b.file_in_channels(path, prefix + "patch_embedding.weight") or 16)
+    variant = wan22_5b.variant_of_channels(wan22_5b.file_out_channels(path, prefix) or 16)
     return WanModel(handle, "wan", variant=variant, source=str(path))
 
 
@@ -195,7 +195,10 @@ class WanRunner(NetRunner):
         if tuple(image.shape[2:]) != tuple(x.shape[2:]):
             raise ValueError(f"WanImageToVideo's start-image latent {list(image.shape)} does not fit the sampled "
                              f"latent {list(x.shape)}: use the latent WanImageToVideo gives")
-        image = _rows(WAN21.process_in(image.float()), x.shape[0])[:, :extra - 4]
+        from nodegraph_nodes.dit.wan22_5b import WAN22
+
+        fmt = WAN22 if x.shape[1] == WAN22.channels else WAN21  # the sampled latent's format (Wan 2.2 5B: 48)
+        image = _rows(fmt.process_in(image.float()), x.shape[0])[:, :extra - 4]
         mask = part.extras.get("concat_mask")
         if mask is None:
             mask = torch.zeros(x.shape[0], 4, *x.shape[2:])
@@ -381,8 +384,8 @@ def load_diffusers_folder(folder: Path, manager, device: str):
                           sub_loader(WanTransformer3DModel, "transformer"), compute_dtype=dtype, placed=True)
     from nodegraph_nodes.dit import wan22_5b
 
-    in_channels = int(read_json(folder / "transformer" / "config.json").get("in_channels", 16))
-    model = WanModel(handle, "wan", variant=wan22_5b.variant_of_channels(in_channels), source=str(folder),
+    out_channels = int(read_json(folder / "transformer" / "config.json").get("out_channels", 16))
+    model = WanModel(handle, "wan", variant=wan22_5b.variant_of_channels(out_channels), source=str(folder),
                      default_shift=shift)
     te = manager.load(_manager_key(folder / "text_encoder", "text_encoder", dtype),
                       sub_loader(UMT5EncoderModel, "text_encoder"), compute_dtype=dtype)

@@ -170,19 +170,25 @@ def load_vae(path, manager, device: str):
 
 # -- transformer ------------------------------------------------------------------------------------
 
-def variant_of_channels(in_channels: int) -> str:
-    """The WanModel variant of a transformer with ``in_channels`` inputs (48: Wan 2.2 TI2V 5B)."""
-    return VARIANT if in_channels == 48 else ""
+def variant_of_channels(out_channels: int) -> str:
+    """The WanModel variant of a transformer predicting ``out_channels`` latent channels (48: Wan 2.2 5B, TI2V
+    and Fun)."""
+    return VARIANT if out_channels == 48 else ""
 
 
-def file_in_channels(path, key: str) -> int | None:
-    """The input channels of a Wan transformer file's ``patch_embedding`` (``key``), from the header."""
+def file_out_channels(path, prefix: str) -> int | None:
+    """The latent channels a Wan transformer file predicts (its output projection's rows over the 1×2×2 patch),
+    from the header; ``None`` when it cannot tell."""
     if path.suffix != ".safetensors":
         return None
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return int(f.get_slice(key).get_shape()[1]) if key in f.keys() else None
+        keys = set(f.keys())
+        for key in (prefix + "head.head.weight", prefix + "proj_out.weight"):
+            if key in keys:
+                return int(f.get_slice(key).get_shape()[0]) // 4
+    return None
 
 
 def runner_class():

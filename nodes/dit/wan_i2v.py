@@ -106,8 +106,9 @@ class WanFirstLastFrameToVideo(Node):
                 clip_vision_start_image=None, clip_vision_end_image=None, start_image: torch.Tensor | None = None,
                 end_image: torch.Tensor | None = None) -> tuple:
         frames = (length - 1) // 4 + 1
-        h, w = height // 8, width // 8
-        latent = torch.zeros([batch_size, 16, frames, h, w])
+        scale = int(getattr(vae, "scale_factor", 8))  # ComfyUI's: the VAE's channels and size (Wan 2.2's: 48, 1/16)
+        h, w = height // scale, width // scale
+        latent = torch.zeros([batch_size, int(getattr(vae, "latent_channels", 16)), frames, h, w])
         video = torch.full((length, height, width, 3), 0.5)
         mask = torch.ones((1, 1, frames * 4, h, w))
         if start_image is not None:

@@ -145,3 +145,88 @@ def test_comfy_wan22_5b_ti2v_template_runs(engine, tiny):
     assert len(saved) == 1
     with av.open(str(saved[0])) as container:
         assert sum(1 for _ in container.decode(video=0)) == LENGTH
+
+
+def test_wan22_5b_fun_inpaint_matches_pipeline(engine, tiny):
+    """WanFunInpaintToVideo with the 48-channel VAE (ComfyUI's: the VAE's channels and 1/16 size) and a Fun InP
+    5B transformer (100 input channels: the latent, the 4-channel mask, the start/end frames' latent) equals
+    WanImageToVideoPipeline with ``last_image`` on the same weights (1e-4)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
+
+    from tests.dit.tiny_wan22 import FUN_FILE
+
+    rng = np.random.default_rng(6)
+    start, end = (Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB") for _ in range(2))
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    start.save(engine.paths.input_dir / "fun_start.png")
+    end.save(engine.paths.input_dir / "fun_end.png")
+    g = Graph()
+    model = g.node("UNETLoader", unet_name=FUN_FILE, weight_dtype="default").out(0)
+    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name=VAE_FILE).out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    fun = g.node("WanFunInpaintToVideo", "fun", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
+                 length=LENGTH, batch_size=1, start_image=g.node("LoadImage", image="fun_start.png").out(0),
+                 end_image=g.node("LoadImage", image="fun_end.png").out(0))
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="normal",
+                positive=fun.out(0), negative=fun.out(1), latent_image=fun.out(2), denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
+    result = engine.run(g).raise_for_status()
+    assert result.value("fun", 2)["samples"].shape == (1, 48, 2, HEIGHT // 16, WIDTH // 16)
+    out = result.value("out")
+
+    pipe = WanImageToVideoPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder,
+                                   transformer=tiny.fun_transformer, vae=tiny.vae,
+                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT))
+    pipe.set_progress_bar_config(disable=True)
+    text = WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=None, vae=None,
+                       scheduler=None)
+    noise, _ = engine_noise((1, 48, (LENGTH - 1) // 4 + 1, HEIGHT // 16, WIDTH // 16), SEED)
+    with torch.no_grad():
+        embeds, negative = text.encode_prompt(PROMPT, negative_prompt="", max_sequence_length=512)
+        video = pipe(image=start, last_image=end, prompt_embeds=embeds, negative_prompt_embeds=negative,
+                     height=HEIGHT, width=WIDTH, num_frames=LENGTH, num_inference_steps=STEPS, guidance_scale=CFG,
+                     latents=noise, output_type="pt").frames
+    ref = video[0].permute(0, 2, 3, 1).float()
+    assert out.shape == ref.shape == (LENGTH, HEIGHT, WIDTH, 3)
+    assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+
+
+def test_comfy_wan22_5b_fun_inpaint_template_runs(engine, tiny):
+    """ComfyUI's official ``video_wan2_2_5B_fun_inpaint`` template on the tiny Fun InP 5B transformer and the
+    48-channel VAE under its names. Made smaller: 64×64, 5 frames, 4 steps."""
+    import json
+
+    import av
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_qwen import copy_as
+    from tests.dit.tiny_wan22 import FUN_FILE
+    from tests.helpers.package_templates import check_templates, package_templates
+
+    name = "video_wan2_2_5B_fun_inpaint"
+    copy_as(tiny.root, {f"diffusion_models/{FUN_FILE}": "diffusion_models/wan2.2_fun_inpaint_5B_bf16.safetensors",
+                        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                        f"vae/{VAE_FILE}": "vae/wan2.2_vae.safetensors"})
+    rng = np.random.default_rng(7)
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    for which in ("start", "end"):
+        Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8), "RGB").save(
+            engine.paths.input_dir / f"{name}_{which}_image.png")
+    path = package_templates(lambda n: n == f"{name}.json")[0]
+    assert check_templates([path], engine.registry).clean == [path.name]
+    api = load_workflow_data(json.loads(path.read_text()), engine.registry).api
+    for n in api.values():
+        if n["class_type"] == "WanFunInpaintToVideo":
+            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
+        if n["class_type"] == "KSampler":
+            n["inputs"]["steps"] = 4
+    result = engine.run(api).raise_for_status()
+    assert "WanFunInpaintToVideo" in {api[n]["class_type"] for n in result.executed}
+    saved = list(engine.paths.output_dir.rglob("*.mp4"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        assert sum(1 for _ in container.decode(video=0)) == LENGTH

@@ -5,7 +5,8 @@ in Wan's original VAE names (``encoder.downsamples.N.downsamples.M.residual.…`
 ComfyUI's repackaged ``wan2.2_ti2v_5B_fp16.safetensors`` and ``wan2.2_vae.safetensors`` have them; beside the
 tiny UMT5 encoder and tokenizer of :mod:`tests.dit.tiny_wan`.
 
-``build_wan22(root)`` writes ``root/models/diffusion_models/tiny_wan2.2_ti2v_5B.safetensors``,
+``build_wan22(root)`` writes ``root/models/diffusion_models/tiny_wan2.2_ti2v_5B.safetensors`` (and a Fun InP 5B
+transformer, 100 input channels: ``tiny_wan2.2_fun_inpaint_5B.safetensors``),
 ``vae/tiny_wan2.2_vae.safetensors``, ``text_encoders/tiny_umt5_xxl.safetensors`` (+ ``umt5_tokenizer/``).
 """
 
@@ -23,6 +24,7 @@ from tests.dit.tiny_wan import umt5, wan_original_layout, write_umt5_tokenizer
 from tests.helpers.tiny_sd import _randomize
 
 NET_FILE = "tiny_wan2.2_ti2v_5B.safetensors"
+FUN_FILE = "tiny_wan2.2_fun_inpaint_5B.safetensors"  # 100 input channels: latent, 4-channel mask, image latent
 VAE_FILE = "tiny_wan2.2_vae.safetensors"
 
 
@@ -84,19 +86,21 @@ class TinyWan22:
     tokenizer: Any
     vae: Any
     root: Path
+    fun_transformer: Any = None
 
 
-def wan22_transformer():
+def wan22_transformer(in_channels: int = 48, seed: int = 71):
     from diffusers import WanTransformer3DModel
 
     from tests.dit.tiny_flow import _random_transformer
     from tests.dit.tiny_wan import TEXT_WIDTH
 
     torch.manual_seed(0)
-    net = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128, in_channels=48,
+    net = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=128,
+                                in_channels=in_channels,
                                 out_channels=48, text_dim=TEXT_WIDTH, freq_dim=32, ffn_dim=96, num_layers=2,
                                 cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
-    return _random_transformer(net, 71)
+    return _random_transformer(net, seed)
 
 
 def build_wan22(root: Path) -> TinyWan22:
@@ -109,5 +113,7 @@ def build_wan22(root: Path) -> TinyWan22:
     save_file({k: v.clone().contiguous() for k, v in te.state_dict().items()},
               str(models / "text_encoders" / "tiny_umt5_xxl.safetensors"))
     save_file(wan22_vae_original_layout(vae.state_dict()), str(models / "vae" / VAE_FILE))
-    return TinyWan22(net, te, tokenizer, vae, root)
+    fun = wan22_transformer(100, 73)
+    save_file(wan_original_layout(fun.state_dict()), str(models / "diffusion_models" / FUN_FILE))
+    return TinyWan22(net, te, tokenizer, vae, root, fun)
 
