@@ -115,7 +115,8 @@ class EmptyLTXVLatentVideo(Node):
 
 class LTXVEmptyLatentAudio(Node):
     """An empty LTX-2 audio latent for ``frames_number`` video frames at ``frame_rate``: the audio VAE's latent
-    channels × ``round(frames / rate × latents per second)`` frames × its latent mel bins."""
+    channels × ``ceil(frames / rate × latents per second)`` frames (ComfyUI's count; diffusers rounds) × its
+    latent mel bins."""
 
     category = "latent/audio"
     display_name = "LTXV Empty Latent Audio"
@@ -127,7 +128,7 @@ class LTXVEmptyLatentAudio(Node):
 
     def execute(self, frames_number: int, frame_rate: int, batch_size: int, audio_vae) -> tuple:
         vae = _audio_vae(audio_vae, "LTXVEmptyLatentAudio")
-        frames = round(frames_number / frame_rate * vae.latents_per_second)
+        frames = math.ceil((float(frames_number) / frame_rate) * vae.latents_per_second)
         latent = torch.zeros([batch_size, vae.latent_channels, frames, vae.latent_bins])
         return ({"samples": latent, "sample_rate": vae.sample_rate, "type": "audio"},)
 
