@@ -12,6 +12,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import animated, audio_latent, audio_nodes, video_nodes
+    from . import animated, audio_latent, audio_nodes, record_audio, video_nodes
 
-    return [video_nodes, audio_nodes, animated, audio_latent]
+    return [video_nodes, audio_nodes, animated, audio_latent, record_audio]

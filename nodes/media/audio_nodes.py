@@ -9,8 +9,8 @@ up to the next one (48 kHz at most); FFmpeg's Opus decoder always gives 48 kHz b
 
 Stricter than ComfyUI: more than two channels cannot be saved (ComfyUI wrote them as stereo), a quality
 the chosen format does not offer is an error, an empty or misshapen AUDIO is an error naming the input.
-LoadAudio reads any audio or video file FFmpeg reads; RecordAudio is not provided (its input is a
-recording the ComfyUI frontend makes and uploads; load that file with LoadAudio).
+LoadAudio reads any audio or video file FFmpeg reads; RecordAudio (:mod:`.record_audio`) loads the
+recording the ComfyUI frontend makes and uploads.
 """
 
 from __future__ import annotations
