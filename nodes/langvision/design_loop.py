@@ -7,10 +7,13 @@ A design loop (``workflows/design_loop.json``) is a ``Repeat`` whose carried val
     the request, unchanged;
 ``prompt``
     the prompt the next round draws from (the rewrite first, then each critique's revision);
+``negative``
+    the next round's negative prompt: what the last wrong picture showed instead (the critique's
+    ``negative``, e.g. ``star`` where a circle was asked), empty at first;
 ``seed``
     the base noise seed; round *i* (from 0) samples with :func:`round_seed` (``seed``, *i*);
 ``rounds``
-    one record per round run: ``round`` (from 1), ``seed``, ``prompt``, ``caption``, ``score``, ``met``,
+    one record per round run: ``round`` (from 1), ``seed``, ``prompt``, ``negative``, ``caption``, ``score``, ``met``,
     ``judge`` (the score's reasons), ``critique``, ``revised_prompt``, ``image`` (IMAGE);
 ``best``
     the index in ``rounds`` of the best picture so far (the highest score; the earlier one on a tie);
@@ -20,10 +23,10 @@ A design loop (``workflows/design_loop.json``) is a ``Repeat`` whose carried val
 Nodes:
 
 - **DesignStart** (instruction, prompt, seed → state) starts it.
-- **DesignRound** (state, round → prompt, seed, instruction) says what a round tries: the state's
-  prompt and the round's own noise seed.
-- **DesignUpdate** (state, round, seed, prompt + lazily image, score, met, caption, judge, critique,
-  revised_prompt → state, image, report) records the round and keeps the best picture. Its picture
+- **DesignRound** (state, round → prompt, seed, instruction, negative) says what a round tries: the
+  state's prompt and negative prompt and the round's own noise seed.
+- **DesignUpdate** (state, round, seed, prompt, negative + lazily image, score, met, caption, judge,
+  critique, revised_prompt, next_negative → state, image, report) records the round and keeps the best picture. Its picture
   and judgement inputs are *lazy*: once the state is done it asks for none of them, so a round after
   the request was met generates nothing (its SaveImage gets a silent blocker and saves nothing, its
   report says why); when the round met the request it does not ask for the critique either.
@@ -83,7 +86,7 @@ class DesignStart(Node):
     def execute(self, instruction, prompt, seed=0) -> tuple:
         check_text(instruction, "instruction")
         check_text(prompt, "prompt")
-        return ({"instruction": _one_line(instruction), "prompt": prompt.strip(), "seed": int(seed),
+        return ({"instruction": _one_line(instruction), "prompt": prompt.strip(), "negative": "", "seed": int(seed),
                  "rounds": [], "best": None, "done": False},)
 
 
@@ -93,23 +96,26 @@ class DesignRound(Node):
     category = "llm/design"
     state = Input(DESIGN_STATE)
     round = Input(INT, default=0, min=0, max=10_000, force_input=True, tooltip="The loop's round index (from 0).")
-    outputs = (Output(STRING, "prompt"), Output(INT, "seed"), Output(STRING, "instruction"))
+    outputs = (Output(STRING, "prompt"), Output(INT, "seed"), Output(STRING, "instruction"), Output(STRING, "negative"))
 
     def execute(self, state, round=0) -> tuple:  # noqa: A002
         state = check_state(state)
-        return (state["prompt"], round_seed(state["seed"], int(round)), state["instruction"])
+        return (state["prompt"], round_seed(state["seed"], int(round)), state["instruction"], state.get("negative", ""))
 
 
 def round_report(record: dict) -> str:
     """The lines the CLI prints for a round (``round N: score S (…)``, prompt, caption, critique)."""
     lines = [f"round {record['round']}: score {record['score']:.2f} ({record['judge']})",
-             f"  prompt:  {_one_line(record['prompt'])}", f"  caption: {_one_line(record['caption'])}",
-             f"  seed:    {record['seed']}"]
+             f"  prompt:  {_one_line(record['prompt'])}"]
+    if record.get("negative"):
+        lines.append(f"  negative: {record['negative']}")
+    lines += [f"  caption: {_one_line(record['caption'])}", f"  seed:    {record['seed']}"]
     if record["met"]:
         lines.append("  the request is met: the loop stops here")
     elif record.get("critique"):
         lines.append(f"  critique: {_one_line(record['critique'])}")
-        lines.append(f"  next:    {_one_line(record['revised_prompt'])}")
+        lines.append(f"  next:    {_one_line(record['revised_prompt'])}"
+                     + (f" (negative: {record['next_negative']})" if record.get("next_negative") else ""))
     return "\n".join(lines)
 
 
@@ -121,6 +127,7 @@ class DesignUpdate(Node):
     round = Input(INT, default=0, min=0, max=10_000, force_input=True)
     seed = Input(INT, default=0, min=0, max=UINT64_MAX, force_input=True, tooltip="The seed the round sampled with.")
     prompt = Input(STRING, default="", multiline=True, force_input=True, tooltip="The prompt the round drew from.")
+    negative = Input(STRING, default="", force_input=True, optional=True, tooltip="The round's negative prompt.")
     image = Input(IMAGE, lazy=True)
     score = Input(FLOAT, default=0.0, lazy=True, force_input=True)
     met = Input(BOOLEAN, default=False, lazy=True, force_input=True, tooltip="The picture is what was asked.")
@@ -130,6 +137,8 @@ class DesignUpdate(Node):
     revised_prompt = Input(STRING, default="", lazy=True, force_input=True,
                            tooltip="The critique's prompt for the next round (asked for only when not met).")
     critique = Input(STRING, default="", lazy=True, force_input=True, optional=True)
+    next_negative = Input(STRING, default="", lazy=True, force_input=True, optional=True,
+                          tooltip="The critique's negative prompt for the next round.")
     outputs = (Output(DESIGN_STATE, "state"), Output(IMAGE, "image"), Output(STRING, "report"))
 
     def check_lazy(self, state=None, met=None, **inputs: Any) -> list[str]:
@@ -140,10 +149,10 @@ class DesignUpdate(Node):
             return [n for n in ("image", "score", "met", "caption", "judge") if values.get(n) is None]
         if met:
             return []  # met: the critique is not needed
-        return [n for n in ("revised_prompt", "critique") if values.get(n) is None]
+        return [n for n in ("revised_prompt", "critique", "next_negative") if values.get(n) is None]
 
     def execute(self, state, round=0, seed=0, prompt="", image=None, score=None, met=None, caption=None,  # noqa: A002
-                judge="", revised_prompt=None, critique="") -> tuple:
+                judge="", revised_prompt=None, critique="", negative="", next_negative="") -> tuple:
         state = check_state(state)
         number = int(round) + 1
         if state["done"]:
@@ -153,7 +162,8 @@ class DesignUpdate(Node):
             return (state, ExecutionBlocker(None), report)
         if image is None or score is None:
             raise ValueError("inputs 'image' and 'score' are required while the request is not met")
-        record = {"round": number, "seed": int(seed), "prompt": prompt, "caption": _one_line(caption),
+        record = {"round": number, "seed": int(seed), "prompt": prompt, "negative": _one_line(negative),
+                  "next_negative": "" if met else _one_line(next_negative), "caption": _one_line(caption),
                   "score": float(score), "met": bool(met), "judge": _one_line(judge),
                   "critique": "" if met else _one_line(critique),
                   "revised_prompt": prompt if met else (revised_prompt or prompt).strip(), "image": image}
@@ -161,7 +171,8 @@ class DesignUpdate(Node):
         best = state["best"]
         if best is None or record["score"] > rounds[best]["score"]:
             best = len(rounds) - 1
-        new = {**state, "rounds": rounds, "best": best, "done": bool(met), "prompt": record["revised_prompt"]}
+        new = {**state, "rounds": rounds, "best": best, "done": bool(met), "prompt": record["revised_prompt"],
+               "negative": record["negative"] if met else record["next_negative"]}
         return (new, image, round_report(record))
 
 

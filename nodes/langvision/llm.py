@@ -36,7 +36,7 @@ from nodegraph_nodes.langvision.prompt_templates import (CAPTION_QA_EXAMPLES, CA
                                           GENERAL_CRITIQUE_SYSTEM, GENERAL_REWRITE_EXAMPLES, GENERAL_REWRITE_SYSTEM,
                                           SHAPES_CRITIQUE_EXAMPLES, SHAPES_CRITIQUE_SYSTEM, SHAPES_REWRITE_EXAMPLES,
                                           SHAPES_REWRITE_SYSTEM, Example, few_shot_messages, single_prompt_line)
-from nodegraph_nodes.langvision.shapes_revise import issue_attributes, revise_caption
+from nodegraph_nodes.langvision.shapes_revise import issue_attributes, revise_caption, wrong_readings
 from nodegraph_nodes.shapes.text import complete_scene, conflicts, parse_spec, scene_caption, wrong_attributes
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF
@@ -367,7 +367,9 @@ class PromptCritique(_Generating):
     when the relation was wrong), and ``(word:1.2)`` emphasis (growing each round) on the wrong words.
     The LLM is asked (few-shot) only when the prompt used is not a caption of the request; otherwise
     the revision is exact. The optional ``issues`` (DesignScore's) add what another reading of the
-    picture found wrong, e.g. an outline the caption reads right.
+    picture found wrong, e.g. an outline the caption reads right. Output ``negative`` ("shapes world"): what
+    the picture showed instead (``star`` where a circle was asked), for the next round's negative prompt
+    (empty for the other styles, and when nothing of that kind was wrong).
     """
 
     category = "llm/prompt"
@@ -383,7 +385,7 @@ class PromptCritique(_Generating):
     issues = Input(STRING, default="", optional=True, force_input=True,
                    tooltip="'shapes world': what a judge found wrong beyond the caption (DesignScore's issues: "
                            "shape:blue, background, relation …); corrected too.")
-    outputs = (Output(STRING, "revised_prompt"), Output(STRING, "critique"))
+    outputs = (Output(STRING, "revised_prompt"), Output(STRING, "critique"), Output(STRING, "negative"))
 
     STOP_WORDS = STOP_WORDS
 
@@ -411,7 +413,7 @@ class PromptCritique(_Generating):
         revised = join_terms(text or prompt, emphasis) if emphasis else join_terms(text or prompt)
         critique = (f"missing from the image: {', '.join(missing)}" if missing
                     else "the caption covers the instruction")
-        return (revised, critique)
+        return (revised, critique, "")
 
     def shapes_critique(self, llm, instruction: str, prompt: str, caption: str, seed: int, temperature: float,
                         max_tokens: int, issues: str = "") -> tuple:
@@ -429,12 +431,13 @@ class PromptCritique(_Generating):
         target = complete_scene(request, suggestion, seed)
         wrong = wrong_attributes(target, shown) | issue_attributes(target, issues)
         if not wrong:  # a prompt that gave the requested picture is kept as it was, emphasis included
-            return (prompt, "the picture matches the caption")
+            return (prompt, "the picture matches the caption", "")
         revised = revise_caption(target, wrong, prompt)
         names = sorted({"background" if i < 0 and a == "background" else a if i < 0 else
                         (f"{a} of the {target.objects[i].shape}" if a != "position" else "position")
                         for i, a in wrong})
-        return (revised, f"the picture shows {caption or 'nothing recognisable'}; wrong: {', '.join(names)}")
+        return (revised, f"the picture shows {caption or 'nothing recognisable'}; wrong: {', '.join(names)}",
+                wrong_readings(target, shown, wrong))
 
 
 class CaptionQA(_Generating):

@@ -299,11 +299,11 @@ def test_shapes_critique_rewrites_the_request_with_emphasis_on_what_was_wrong(ll
     r = run_ok(llm_engine, g)
     revised, critique = r.value(crit.id, 0), r.value(crit.id, 1)
     # said the other way round (a new wording), the wrong colour stressed
-    assert revised == "a small blue square below a large (red:1.2) circle on a white background"
+    assert revised == "a small blue square below a large (red:1.3) circle on a white background"
     assert "color of the circle" in critique
     fixed = r.value(asked.id, 0)
     assert "\n" not in fixed and scene_match(parse_spec("a tiny green star at the bottom"), parse_spec(fixed)).score == 1.0
-    assert "(star:1.2)" in fixed and "(bottom:1.2)" in fixed  # the image showed a circle in the centre
+    assert "(star:1.3)" in fixed and "(bottom:1.3)" in fixed  # the image showed a circle in the centre
 
 
 def test_caption_qa_answers_from_the_caption(llm_engine):
@@ -320,7 +320,7 @@ def test_shapes_critique_keeps_a_prompt_that_gave_the_requested_picture(llm_engi
     """Emphasis that worked stays: the next round repeats the prompt that made the right picture."""
     g = Graph()
     s = lambda v: g.node("PrimitiveString", value=v).out(0)  # noqa: E731
-    used = "a small red (circle:1.2) to the left of a large blue square on a white background"
+    used = "a small red (circle:1.3) to the left of a large blue square on a white background"
     crit = g.node("PromptCritique", llm=g.node("LLMLoader"),
                   instruction=s("a small red ball to the left of a big blue box on a white background"),
                   prompt=s(used), caption=s("a small red circle to the left of a large blue square on a white background"),

@@ -69,27 +69,31 @@ def test_the_critique_rewrites_the_prompt_around_what_was_wrong(make):
     used = scene_caption(scene)
     critique = make(PromptCritique)
     # the square came out a triangle: the prompt is said the other way round, the square named first
-    revised, why = critique.execute(None, REQUEST, used, scene_caption(WRONG), style="shapes world")
-    assert revised == "a large blue (square:1.2) to the right of a small red circle on a white background"
+    revised, why, negative = critique.execute(None, REQUEST, used, scene_caption(WRONG), style="shapes world")
+    assert revised == "a large blue (square:1.3) to the right of a small red circle on a white background"
     assert without_emphasis(revised) != used  # rewritten, not only re-weighted
     assert parse_spec(revised).normalized() == parse_spec(used).normalized()  # the same scene
     assert "shape of the square" in why
+    assert negative == "triangle"  # what the picture showed instead: the next round's negative prompt
     # the relation was wrong: the last sentence is turned round again, the relation stressed
     stacked = "a small red circle above a large blue square on a white background"
-    again, why = critique.execute(None, REQUEST, revised, stacked, style="shapes world")
-    assert again == "a small red circle to the (left:1.2) of a large blue square on a white background"
-    assert without_emphasis(again) != without_emphasis(revised) and "relation" in why
+    again, why, negative = critique.execute(None, REQUEST, revised, stacked, style="shapes world")
+    assert again == "a small red circle to the (left:1.3) of a large blue square on a white background"
+    assert without_emphasis(again) != without_emphasis(revised) and "relation" in why and negative == ""
+    # a wrong reading that the request itself uses elsewhere never goes into the negative prompt
+    swapped = "a small blue circle to the left of a large blue square on a white background"
+    assert critique.execute(None, REQUEST, used, swapped, style="shapes world")[2] == ""
     # one object in the wrong place: the place comes first
     single = complete_scene(parse_spec("a large green star at the top on black"))
     moved = Scene("black", single.objects, position="bottom")
     assert revise_caption(single, {(0, "position")}, scene_caption(single)) == \
-        "at the (top:1.2), a large green star on a black background"
+        "at the (top:1.3), a large green star on a black background"
     assert parse_spec(revise_caption(single, {(0, "position")})).position == "top"
     # a prompt that gave the requested picture is kept as it was
-    same, why = critique.execute(None, REQUEST, used, used, style="shapes world")
-    assert same == used and why == "the picture matches the caption"
+    same, why, negative = critique.execute(None, REQUEST, used, used, style="shapes world")
+    assert same == used and why == "the picture matches the caption" and negative == ""
     # … unless the outline check saw what the caption did not (DesignScore's issues)
-    outlined, why = critique.execute(None, REQUEST, used, used, style="shapes world", issues="shape:blue, stray")
+    outlined, why, _ = critique.execute(None, REQUEST, used, used, style="shapes world", issues="shape:blue, stray")
     assert outlined == revised and "shape of the square" in why
     assert scene_caption(moved) != scene_caption(single)
 
@@ -150,7 +154,7 @@ def test_a_met_round_ends_the_loop_without_asking_for_more(make):
     # met: the critique is not asked for; not met: it is
     assert update.check_lazy(state=state, met=True, image=1, score=1.0, caption="c", judge="j") == []
     assert update.check_lazy(state=state, met=False, image=1, score=0.5, caption="c", judge="j") == \
-        ["revised_prompt", "critique"]
+        ["revised_prompt", "critique", "next_negative"]
     done = record(make, state, 0, 0.97, True, torch.zeros(1, 8, 8, 3))[0]
     assert done["done"] and done["prompt"] == "p0"
     assert make(DesignUpdate).check_lazy(state=done, met=None) == []  # nothing of the next round is computed
@@ -177,6 +181,7 @@ def test_the_loop_in_a_graph_rewrites_resamples_and_stops_when_met(tmp_path):
         # the prompts stay captions of the request, so the critique never consults its LLM
         "no_llm": {"class_type": "LoopInput", "inputs": {"name": "context1"}},
         "plan": {"class_type": "DesignRound", "inputs": {"state": ["state", 0], "round": ["round", 0]}},
+        "show_negative": {"class_type": "ShowText", "inputs": {"text": ["plan", 3]}},
         "picture": {"class_type": "ImageFromBatch", "inputs": {"image": ["pictures", 0], "batch_index": ["round", 0],
                                                                "length": 1}},
         "score": {"class_type": "DesignScore", "inputs": {"captioner": ["captioner", 0], "image": ["picture", 0],
@@ -187,7 +192,8 @@ def test_the_loop_in_a_graph_rewrites_resamples_and_stops_when_met(tmp_path):
         "update": {"class_type": "DesignUpdate", "inputs": {
             "state": ["state", 0], "round": ["round", 0], "seed": ["plan", 1], "prompt": ["plan", 0],
             "image": ["picture", 0], "score": ["score", 0], "met": ["score", 1], "caption": ["score", 2],
-            "judge": ["score", 3], "revised_prompt": ["critique", 0], "critique": ["critique", 1]}},
+            "judge": ["score", 3], "revised_prompt": ["critique", 0], "critique": ["critique", 1],
+            "negative": ["plan", 3], "next_negative": ["critique", 2]}},
         "show": {"class_type": "ShowText", "inputs": {"text": ["update", 2]}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["update", 1], "filename_prefix": "round"}},
         "next": {"class_type": "LoopOutput", "inputs": {"value": ["update", 0]}},
@@ -213,6 +219,8 @@ def test_the_loop_in_a_graph_rewrites_resamples_and_stops_when_met(tmp_path):
     assert not first["met"] and second["met"] and state["done"] and len(state["rounds"]) == 2
     assert first["seed"] == 7 and second["seed"] == round_seed(7, 1)
     assert second["prompt"] != first["prompt"] and without_emphasis(second["prompt"]) != first["prompt"]
+    assert first["negative"] == "" and second["negative"] == "triangle"  # what round 1 showed instead
+    assert run.outputs[f"{loop.id}.0.r2.show_negative"]["text"] == ["triangle"]
     assert second["score"] >= first["score"] and run.value(result.id, 2) == second["score"]
     assert torch.equal(run.value(result.id, 0), second["image"])
     r3 = f"{loop.id}.0.r3."
