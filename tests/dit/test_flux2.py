@@ -234,12 +234,14 @@ def test_flux2_klein_matches_pipeline(engine, klein, cfg, how):
 
 def test_flux2_package_templates_validate_with_file_errors_only():
     """Every Flux.2 template of comfyui-workflow-templates-json (not the api_ ones) validates against
-    nodegraph's nodes with file errors only, apart from the Klein KV-cache node (FluxKVCache)."""
+    nodegraph's nodes with file errors only (the Klein KV edit's FluxKVCache included: tests/dit/test_flux2_kv.py)."""
     from tests.helpers.package_templates import check_templates, package_templates
 
     paths = package_templates(lambda name: "flux2" in name)
     assert len(paths) >= 10
-    assert check_templates(paths, default_registry(packs=False)).missing_types == {"FluxKVCache"}
+    check = check_templates(paths, default_registry(packs=False))
+    assert check.missing_types == set()
+    assert "image_flux2_klein_9b_kv_image_edit.json" in check.clean
 
 
 def test_flux2_loader_errors(engine, tiny):
