@@ -54,21 +54,24 @@ def _kv_processors(net) -> dict:
 
 
 class _Entry:
-    """One conditioning part's cache: the reference latents it was made from and the per-block K/V."""
+    """One conditioning part's cache: what the reference K/V depend on (the reference latents, the row
+    count, the guidance value of models with a guidance embedding) and the per-block K/V."""
 
-    def __init__(self, references: list[torch.Tensor], rows: int, cache):
+    def __init__(self, references: list[torch.Tensor], rows: int, guidance: float | None, cache):
         self.references = references
         self.rows = rows
+        self.guidance = guidance
         self.cache = cache
 
-    def matches(self, references: list[torch.Tensor], rows: int) -> bool:
-        return (rows == self.rows and len(references) == len(self.references)
+    def matches(self, references: list[torch.Tensor], rows: int, guidance: float | None) -> bool:
+        return (rows == self.rows and guidance == self.guidance and len(references) == len(self.references)
                 and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(references, self.references)))
 
 
 class Flux2KVRunner:
     """A Flux.2 runner with reference K/V caching: per conditioning part (by its place in the call), the
-    first call extracts, later calls with the same reference latents reuse. ``reuse = False`` extracts at
+    first call extracts, later calls with the same reference latents reuse (the text does not enter the
+    reference K/V, so a negative prompt with the same references may reuse the positive's). ``reuse = False`` extracts at
     every call (the uncached computation of the same thing, for checks)."""
 
     reuse = True
@@ -105,14 +108,14 @@ class Flux2KVRunner:
             txt_ids = torch.stack([torch.zeros(length, dtype=torch.long)] * 3 + [torch.arange(length)], -1)
             txt_ids = txt_ids.to(self.device).unsqueeze(0).expand(p.rows, -1, -1)
             tokens = x[rows].flatten(2).transpose(1, 2)
-            guidance = None
+            guidance, g_value = None, None
             if self.base.guidance_embeds:
-                guidance = torch.full((p.rows,), float(p.extras.get("guidance", FLUX_DEFAULT_GUIDANCE)),
-                                      device=self.device, dtype=torch.float32)
+                g_value = float(p.extras.get("guidance", FLUX_DEFAULT_GUIDANCE))
+                guidance = torch.full((p.rows,), g_value, device=self.device, dtype=torch.float32)
             common = dict(encoder_hidden_states=states, timestep=t[rows], txt_ids=txt_ids, guidance=guidance,
                           return_dict=False)
             entry = self.entries.get(index)
-            if self.reuse and entry is not None and entry.matches(raw, p.rows):
+            if self.reuse and entry is not None and entry.matches(raw, p.rows, g_value):
                 out = self.net(hidden_states=tokens, img_ids=img_ids.unsqueeze(0).expand(p.rows, -1, -1),
                                kv_cache=entry.cache, kv_cache_mode="cached", **common)[0]
             else:
@@ -121,7 +124,7 @@ class Flux2KVRunner:
                                       img_ids=ids.unsqueeze(0).expand(p.rows, -1, -1), kv_cache_mode="extract",
                                       num_ref_tokens=sum(r.shape[1] for r in refs), ref_fixed_timestep=0.0,
                                       **common)
-                self.entries[index] = _Entry(raw, p.rows, cache)
+                self.entries[index] = _Entry(raw, p.rows, g_value, cache)
             outs.append(out[:, :h * w].transpose(1, 2).reshape(p.rows, c, h, w))
             row += p.rows
         return torch.cat(outs)

@@ -51,7 +51,7 @@ def _inputs(engine, names: list[str], size: int = 64) -> None:
         Image.fromarray(_pixels(i, size), "RGB").save(folder / name)
 
 
-def kv_graph(references: list[str], kv: bool = True, seed: int = SEED) -> Graph:
+def kv_graph(references: list[str], kv: bool = True, seed: int = SEED, cfg: float = 1.0) -> Graph:
     g = Graph()
     model = g.node("UNETLoader", unet_name="tiny_flux2_klein.safetensors", weight_dtype="default").out(0)
     clip = g.node("CLIPLoader", clip_name="tiny_qwen_3_klein.safetensors", type="flux2").out(0)
@@ -64,7 +64,7 @@ def kv_graph(references: list[str], kv: bool = True, seed: int = SEED) -> Graph:
         neg = g.node("ReferenceLatent", conditioning=neg, latent=latent)
     if kv:
         model = g.node("FluxKVCache", model=model).out(0)
-    guider = g.node("CFGGuider", model=model, positive=pos, negative=neg, cfg=1.0)
+    guider = g.node("CFGGuider", model=model, positive=pos, negative=neg, cfg=cfg)
     sca = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=seed), guider=guider,
                  sampler=g.node("KSamplerSelect", sampler_name="euler"),
                  sigmas=g.node("Flux2Scheduler", steps=STEPS, width=64, height=64),
@@ -115,37 +115,43 @@ def _fresh(tiny, tmp_path, name: str, inputs: list[str]):
     return eng
 
 
-def test_flux_kv_cache_is_exact_and_differs_from_the_plain_reference_path(engine, tiny, tmp_path, monkeypatch):
+@pytest.mark.parametrize("cfg", [1.0, 2.0])
+def test_flux_kv_cache_is_exact_and_differs_from_the_plain_reference_path(engine, tiny, tmp_path, monkeypatch,
+                                                                          cfg):
     """The cached run equals the run that extracts the reference K/V at every step (the references see
-    neither text, image nor timestep); without FluxKVCache the same MODEL runs the plain reference path
-    (full attention, the step's timestep on the references), which gives another image."""
+    neither text, image nor timestep); only the first step extracts (cfg 2: the zeroed negative with the
+    same references too). Without FluxKVCache the same MODEL runs the plain reference path (full attention,
+    the step's timestep on the references), which gives another image."""
     from nodegraph_nodes.dit.flux2_kv import Flux2KVRunner
 
     names = ["a.png", "b.png"]
     _inputs(engine, names)
-    calls = {"extract": 0, "cached": 0}
+    calls = {"extract": 0, "cached": 0, "parts": 0}
     net_call = Flux2KVRunner.__call__
 
     def counting(self, x_in, timestep, parts):
         before = dict(self.entries)
         out = net_call(self, x_in, timestep, parts)
-        for i in self.entries:
+        calls["parts"] += len(parts)
+        for i in range(len(parts)):
             calls["cached" if before.get(i) is self.entries[i] else "extract"] += 1
         return out
 
     monkeypatch.setattr(Flux2KVRunner, "__call__", counting)
-    cached = engine.run(kv_graph(names)).raise_for_status().value("out")
-    assert calls == {"extract": 1, "cached": STEPS - 1}
+    cached = engine.run(kv_graph(names, cfg=cfg)).raise_for_status().value("out")
+    per_step = 1 if cfg == 1.0 else 2
+    assert calls["parts"] == STEPS * per_step
+    assert calls["extract"] in (1, per_step) and calls["extract"] + calls["cached"] == calls["parts"]
     monkeypatch.setattr(Flux2KVRunner, "reuse", False)
-    calls.update(extract=0, cached=0)
+    calls.update(extract=0, cached=0, parts=0)
     other = _fresh(tiny, tmp_path, "recompute", names)
     try:
-        recomputed = other.run(kv_graph(names)).raise_for_status().value("out")
+        recomputed = other.run(kv_graph(names, cfg=cfg)).raise_for_status().value("out")
     finally:
         other.close()
-    assert calls == {"extract": STEPS, "cached": 0}
+    assert calls == {"extract": STEPS * per_step, "cached": 0, "parts": STEPS * per_step}
     assert torch.allclose(cached, recomputed, atol=1e-5), (cached - recomputed).abs().max()
-    plain = engine.run(kv_graph(names, kv=False)).raise_for_status().value("out")
+    plain = engine.run(kv_graph(names, kv=False, cfg=cfg)).raise_for_status().value("out")
     assert not torch.allclose(cached, plain, atol=1e-3)
 
 
@@ -175,7 +181,7 @@ def test_flux_kv_cache_refuses_other_models(make):
         node.execute(model=object())
 
 
-def test_flux2_klein_kv_template_runs(engine, tiny):
+def test_flux2_klein_kv_template_runs(engine, tiny, monkeypatch):
     """ComfyUI's image_flux2_klein_9b_kv_image_edit template (the installed comfyui-workflow-templates-json
     package) on the tiny Klein under its file names: two reference images scaled to 0.01 megapixels instead
     of 1 (the canvas follows the first through GetImageSize), 4 steps as in the template."""
@@ -198,7 +204,18 @@ def test_flux2_klein_kv_template_runs(engine, tiny):
     for n in api.values():
         if n["class_type"] == "ImageScaleToTotalPixels":
             n["inputs"]["megapixels"] = 0.01
+    from nodegraph_nodes.dit.flux2_kv import Flux2KVRunner
+
+    runners = []
+    init = Flux2KVRunner.__init__
+
+    def recording(self, base):
+        init(self, base)
+        runners.append(self)
+
+    monkeypatch.setattr(Flux2KVRunner, "__init__", recording)
     result = engine.run(api).raise_for_status()
+    assert len(runners) == 1 and len(runners[0].entries) == 1  # the positive's references, cached
     kinds = [api[n]["class_type"] for n in result.executed]
     assert {"FluxKVCache", "UNETLoader", "CLIPLoader", "CFGGuider", "Flux2Scheduler", "SamplerCustomAdvanced",
             "SaveImage"} <= set(kinds)
