@@ -172,6 +172,10 @@ class VAELoader(Node):
 
         if (audio_vae := audio_loading.load_vae(path, manager, self.ctx.device)) is not None:
             return (audio_vae,)  # Stable Audio's / ACE-Step 1.5's Oobleck (nodegraph_nodes.dit.audio_loading)
+        from nodegraph_nodes.dit import qwen_image21
+
+        if qwen_image21.is_vae_file(path, manager.allow_pickle):  # Qwen-Image 2.1's RGBA VAE
+            return (qwen_image21.load_vae(path, manager, self.ctx.device),)
         if flux2_loading.is_vae_file(path, manager.allow_pickle):  # Flux.2's VAE (with its bn statistics)
             return (flux2_loading.load_vae(path, manager, self.ctx.device),)
         from nodegraph_nodes.dit import wan22_5b
@@ -344,6 +348,14 @@ class CLIPLoader(Node):
 
     def execute(self, clip_name: str, type: str, device: str = "default") -> tuple:
         path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
+        if type == "qwen_image" and path.is_file():  # Qwen3-VL: Qwen-Image 2.1's encoder
+            from nodegraph_nodes.dit import qwen_image21_text
+            from nodegraph_nodes.dit.loading import file_keys
+
+            if qwen_image21_text.is_qwen3vl(file_keys(path, self.ctx.service("models").allow_pickle)):
+                target = "cpu" if device == "cpu" else self.ctx.device
+                return (qwen_image21_text.load_text_encoder(path, self.ctx.service("models"), target,
+                                                            Path(self.ctx.paths.models_dir)),)
         if type in QWEN3_FALLBACK_TYPES and path.is_file():
             from nodegraph_nodes.dit.llm_loading import encoder_kind
             from nodegraph_nodes.dit.loading import file_keys
@@ -448,6 +460,10 @@ class UNETLoader(Node):
 
         if flux2_loading.detect_transformer(keys) is not None:  # Flux.2
             return (flux2_loading.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
+        from nodegraph_nodes.dit import qwen_image21
+
+        if (prefix := qwen_image21.detect_prefix(keys)) is not None:  # Qwen-Image 2.1
+            return (qwen_image21.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
         if llm_loading.detect_transformer(keys) is not None:  # Qwen-Image, Z-Image
             return (llm_loading.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
         if is_flow_transformer(path, manager.allow_pickle):
