@@ -71,8 +71,8 @@ class _Entry:
 class Flux2KVRunner:
     """A Flux.2 runner with reference K/V caching: per conditioning part (by its place in the call), the
     first call extracts, later calls with the same reference latents reuse (the text does not enter the
-    reference K/V, so a negative prompt with the same references may reuse the positive's). ``reuse = False`` extracts at
-    every call (the uncached computation of the same thing, for checks)."""
+    reference K/V, so a negative prompt with the same references may reuse the positive's).
+    ``reuse = False`` extracts at every call (the uncached computation of the same thing, for checks)."""
 
     reuse = True
 

@@ -195,7 +195,8 @@ def test_flux2_klein_kv_template_runs(engine, tiny, monkeypatch):
     paths = package_templates(lambda name: name == "image_flux2_klein_9b_kv_image_edit.json")
     assert len(paths) == 1
     models = tiny[0] / "models"
-    for src, dst in (("diffusion_models/tiny_flux2_klein.safetensors", "diffusion_models/flux-2-klein-9b-kv-fp8.safetensors"),
+    for src, dst in (("diffusion_models/tiny_flux2_klein.safetensors",
+                      "diffusion_models/flux-2-klein-9b-kv-fp8.safetensors"),
                      ("text_encoders/tiny_qwen_3_klein.safetensors", "text_encoders/qwen_3_8b_fp8mixed.safetensors"),
                      ("vae/tiny_flux2_vae.safetensors", "vae/flux2-vae.safetensors")):
         shutil.copy(models / src, models / dst)
