@@ -290,3 +290,87 @@ def test_ltx2_dual_cfg_guider_matches_pipeline_audio_guidance(ltx2_engine, tiny_
     ref_frames = ref_video[0].permute(0, 2, 3, 1).float()
     assert torch.allclose(frames, ref_frames, atol=1e-4), (frames - ref_frames).abs().max()
     assert torch.allclose(result.value("audio")["waveform"], ref_audio.float(), atol=1e-4)
+
+
+def test_ltx2_add_guide_matches_condition_pipeline(ltx2_engine, tiny_ltx2, monkeypatch):
+    """LTXVAddGuide (an image at pixel frame 1, strength 1: appended as keyframe tokens at time 0 with their own
+    positions) → sampling → LTXVCropGuides equals LTX2ConditionPipeline with the same image as a keyframe condition
+    at latent index 1 (CRF 0), given ComfyUI's noise for the seed, to 1e-4."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.ltx2 import pipeline_ltx2_condition as cond_module
+    from PIL import Image
+
+    from nodegraph_nodes.dit import ltx2_latent as L
+
+    pixels = np.random.default_rng(12).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    ltx2_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "RGB").save(ltx2_engine.paths.input_dir / "guide.png")
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    clip = g.node("LTXAVTextEncoderLoader", text_encoder=GEMMA_FILE, ckpt_name=CHECKPOINT, device="default").out(0)
+    audio_vae = g.node("LTXVAudioVAELoader", ckpt_name=CHECKPOINT).out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    cond = g.node("LTXVConditioning", positive=pos, negative=neg, frame_rate=float(RATE))
+    video = g.node("EmptyLTXVLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    guide = g.node("LTXVAddGuide", positive=cond.out(0), negative=cond.out(1), vae=ck.out(2), latent=video,
+                   image=g.node("LoadImage", image="guide.png").out(0), frame_idx=1, strength=1.0)
+    audio = g.node("LTXVEmptyLatentAudio", frames_number=LENGTH, frame_rate=RATE, batch_size=1, audio_vae=audio_vae)
+    av = g.node("LTXVConcatAVLatent", video_latent=guide.out(2), audio_latent=audio)
+    sigmas = g.node("LTXVScheduler", "sigmas", steps=STEPS, max_shift=2.05, base_shift=0.95, stretch=True,
+                    terminal=0.1)
+    guider = g.node("CFGGuider", model=ck.out(0), positive=guide.out(0), negative=guide.out(1), cfg=CFG)
+    sampled = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=SEED), guider=guider,
+                     sampler=g.node("KSamplerSelect", sampler_name="euler"), sigmas=sigmas, latent_image=av)
+    sep = g.node("LTXVSeparateAVLatent", av_latent=sampled.out(0))
+    crop = g.node("LTXVCropGuides", "crop", positive=guide.out(0), negative=guide.out(1), latent=sep.out(0))
+    frames = g.node("VAEDecode", "frames", samples=crop.out(2), vae=ck.out(2))
+    g.node("PreviewAny", source=crop.out(2))
+    wave = g.node("LTXVAudioVAEDecode", "audio", samples=sep.out(1), audio_vae=audio_vae)
+    for node in (frames, wave, sigmas):
+        g.node("PreviewAny", source=node)
+    result = ltx2_engine.run(g).raise_for_status()
+
+    generator = torch.Generator("cpu").manual_seed(SEED)  # ComfyUI's nested noise: video (with the guide frame)
+    v_noise = torch.randn((1, 128, 3, HEIGHT // 32, WIDTH // 32), generator=generator)
+    a_noise = torch.randn((1, 4, 9, 4), generator=generator)
+    queue = [L.video_tokens(v_noise), L.audio_tokens(a_noise)]
+
+    def noise_in_order(shape, **_):
+        out = queue.pop(0)
+        assert tuple(out.shape) == tuple(shape), (out.shape, shape)
+        return out.clone()
+
+    monkeypatch.setattr(cond_module, "randn_tensor", noise_in_order)
+    t = tiny_ltx2
+    pipe = cond_module.LTX2ConditionPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False), vae=t.vae,
+        audio_vae=t.audio_vae, text_encoder=t.text_encoder, tokenizer=t.tokenizer, connectors=t.connectors,
+        transformer=t.transformer, vocoder=t.vocoder)
+    pipe.set_progress_bar_config(disable=True)
+    condition = cond_module.LTX2VideoCondition(frames=Image.fromarray(pixels, "RGB"), index=1, strength=1.0, crf=0)
+    with torch.no_grad():
+        out = pipe(conditions=[condition], prompt=PROMPT, negative_prompt="", height=HEIGHT, width=WIDTH,
+                   num_frames=LENGTH, frame_rate=float(RATE), num_inference_steps=STEPS,
+                   sigmas=result.value("sigmas")[:-1].tolist(), guidance_scale=CFG, stg_scale=0.0,
+                   audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0, guidance_rescale=0.0,
+                   audio_guidance_rescale=0.0, audio_guidance_scale=CFG, max_sequence_length=1024, output_type="pt")
+    assert not queue
+    queue.extend([L.video_tokens(v_noise), L.audio_tokens(a_noise)])
+    with torch.no_grad():  # the video latent itself (the frames are a damped view of it through the tiny VAE)
+        latent = pipe(conditions=[condition], prompt=PROMPT, negative_prompt="", height=HEIGHT, width=WIDTH,
+                      num_frames=LENGTH, frame_rate=float(RATE), num_inference_steps=STEPS,
+                      sigmas=result.value("sigmas")[:-1].tolist(), guidance_scale=CFG, stg_scale=0.0,
+                      audio_stg_scale=0.0, modality_scale=1.0, audio_modality_scale=1.0, guidance_rescale=0.0,
+                      audio_guidance_rescale=0.0, audio_guidance_scale=CFG, max_sequence_length=1024,
+                      output_type="latent").frames
+    vae = tiny_ltx2.vae
+    mine = result.value("crop", 2)["samples"] * vae.latents_std.view(1, -1, 1, 1, 1) + vae.latents_mean.view(1, -1, 1, 1, 1)
+    assert mine.shape == latent.shape == (1, 128, 2, HEIGHT // 32, WIDTH // 32)
+    assert torch.allclose(mine, latent, atol=1e-4), (mine - latent).abs().max()
+    ref_frames = out.frames[0].permute(0, 2, 3, 1).float()
+    got = result.value("frames")
+    assert got.shape == ref_frames.shape == (LENGTH, HEIGHT, WIDTH, 3)
+    assert torch.allclose(got, ref_frames, atol=1e-4), (got - ref_frames).abs().max()
+    assert torch.allclose(result.value("audio")["waveform"], out.audio.float(), atol=1e-4)

@@ -70,7 +70,10 @@ def transformer(seed: int = 41):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in net.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.05 if p.ndim > 1 else 0.02))
+            if re.search(r"norm_[qk]\.weight$", name):  # q/k RMS norms near 1: attention sharp enough that
+                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.1)  # the positions (RoPE) matter
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * (0.05 if p.ndim > 1 else 0.02))
     return net
 
 
