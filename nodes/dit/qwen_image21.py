@@ -212,6 +212,8 @@ class QwenImage21Model(FlowModel):
 
     family: str = "qwen_image21"
     cache: tuple[str, str] = ("auto", "default")
+    #: an empty latent of another node (EmptyLatentImage: 1/8 of the image) is fitted to 1/16 (ComfyUI's rule)
+    empty_latent_scale: float = 0.5
 
     @property
     def format(self):

@@ -85,7 +85,11 @@ def fit_latent(model, samples: torch.Tensor, where: str) -> torch.Tensor:
     """An empty latent takes the model's channel count; a filled one must already have it."""
     channels = model.latent_channels
     if samples.shape[1] != channels and not bool(samples.any()):
-        return torch.zeros((samples.shape[0], channels, *samples.shape[2:]), dtype=samples.dtype)
+        # ComfyUI also fits an empty latent made for 1/8 of the image size to a model whose VAE compresses
+        # more (``empty_latent_scale``: 8 / its factor, e.g. Qwen-Image 2.1's 16× → 0.5)
+        scale = getattr(model, "empty_latent_scale", 1)
+        size = tuple(max(1, round(s * scale)) for s in samples.shape[2:]) if scale != 1 else tuple(samples.shape[2:])
+        return torch.zeros((samples.shape[0], channels, *size), dtype=samples.dtype)
     if samples.shape[1] != channels:
         raise ValueError(f"{where}: the latent has {samples.shape[1]} channels but the model expects {channels}; "
                          "encode the image with this model's VAE")
