@@ -73,3 +73,19 @@ def test_api_prompt_with_the_recorded_name(paths):
             engine.run({**prompt, "1": {"class_type": "RecordAudio", "inputs": {"audio": "gone.wav"}}})
     finally:
         engine.close()
+
+
+def test_ui_workflow_as_the_frontend_saves_it():
+    """The official frontend saves the recorder's name and its player's (empty) value in widgets_values."""
+    from nodegraph.workflow.ui_format import ui_to_api
+
+    workflow = {"last_node_id": 2, "last_link_id": 1, "version": 0.4, "nodes": [
+        {"id": 1, "type": "RecordAudio", "mode": 0, "inputs": [],
+         "outputs": [{"name": "AUDIO", "type": "AUDIO", "links": [1]}],
+         "widgets_values": ["audio/recording-1.wav [temp]", ""]},
+        {"id": 2, "type": "SaveAudio", "mode": 0, "inputs": [{"name": "audio", "type": "AUDIO", "link": 1}],
+         "outputs": [], "widgets_values": ["audio/ComfyUI"]}],
+        "links": [[1, 1, 0, 2, 0, "AUDIO"]]}
+    prompt = ui_to_api(workflow, default_registry(packs=False))
+    assert prompt["1"]["inputs"] == {"audio": "audio/recording-1.wav [temp]"}
+    assert prompt["2"]["inputs"]["audio"] == ["1", 0]
