@@ -58,8 +58,8 @@ def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None, u
                         audio_cfg=audio_cfg)
     sampled = g.node("SamplerCustomAdvanced", noise=g.node("RandomNoise", noise_seed=SEED), guider=guider,
                      sampler=g.node("KSamplerSelect", sampler_name="euler"), sigmas=sigmas, latent_image=av)
-    sep = g.node("LTXVSeparateAVLatent", av_latent=sampled.out(0))
-    g.node("PreviewAny", "vlat", source=sep.out(0))
+    sep = g.node("LTXVSeparateAVLatent", "sep", av_latent=sampled.out(0))
+    g.node("PreviewAny", source=sep.out(0))
     frames = g.node("VAEDecode", "frames", samples=sep.out(0), vae=ck.out(2))
     wave = g.node("LTXVAudioVAEDecode", "audio", samples=sep.out(1), audio_vae=audio_vae)
     g.node("PreviewAny", source=frames)
@@ -75,7 +75,8 @@ def comfy_noise() -> tuple[torch.Tensor, torch.Tensor]:
     return video, torch.randn((1, 4, 9, 4), generator=generator)
 
 
-def reference(tiny, sigmas: torch.Tensor, cfg: float = CFG, audio_cfg: float | None = None):
+def reference(tiny, sigmas: torch.Tensor, cfg: float = CFG, audio_cfg: float | None = None,
+              output_type: str = "pt"):
     """LTX2Pipeline on ComfyUI's starting noise for the seed (put in the pipeline's un-normalized spaces)."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -93,11 +94,13 @@ def reference(tiny, sigmas: torch.Tensor, cfg: float = CFG, audio_cfg: float | N
                    guidance_scale=cfg, stg_scale=0.0, audio_stg_scale=0.0, modality_scale=1.0,
                    audio_modality_scale=1.0, guidance_rescale=0.0, audio_guidance_rescale=0.0,
                    audio_guidance_scale=cfg if audio_cfg is None else audio_cfg, latents=latents,
-                   audio_latents=audio_latents, max_sequence_length=1024, output_type="pt")
+                   audio_latents=audio_latents, max_sequence_length=1024, output_type=output_type)
     return out.frames, out.audio
 
 
 def test_ltx2_text_to_audio_video_matches_pipeline(ltx2_engine, tiny_ltx2):
+    from nodegraph_nodes.dit import ltx2_latent as L
+
     result = ltx2_engine.run(t2v_graph()).raise_for_status()
     frames, audio, sigmas = result.value("frames"), result.value("audio"), result.value("sigmas")
     ref_video, ref_audio = reference(tiny_ltx2, sigmas)
@@ -108,6 +111,13 @@ def test_ltx2_text_to_audio_video_matches_pipeline(ltx2_engine, tiny_ltx2):
     assert audio["sample_rate"] == tiny_ltx2.vocoder.config.output_sampling_rate
     assert wave.shape == ref_audio.shape and wave.shape[1] == 2 and float(wave.std()) > 1e-3
     assert torch.allclose(wave, ref_audio.float(), atol=1e-4), (wave - ref_audio).abs().max()
+    # the latents themselves (un-normalized as the pipeline returns them)
+    ref_v, ref_a = reference(tiny_ltx2, sigmas, output_type="latent")
+    vae, avae = tiny_ltx2.vae, tiny_ltx2.audio_vae
+    video = result.value("sep", 0)["samples"] * vae.latents_std.view(1, -1, 1, 1, 1) + vae.latents_mean.view(1, -1, 1, 1, 1)
+    assert torch.allclose(video, ref_v, atol=1e-4), (video - ref_v).abs().max()
+    audio_lat = L.audio_tokens(result.value("sep", 1)["samples"]) * avae.latents_std + avae.latents_mean
+    assert torch.allclose(audio_lat.unflatten(2, (4, 4)).transpose(1, 2), ref_a, atol=1e-4)
     other = ltx2_engine.run(t2v_graph(prompt="a blue cat on the beach")).raise_for_status()
     assert not torch.allclose(other.value("frames"), frames, atol=1e-3)
 
