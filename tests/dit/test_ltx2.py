@@ -384,3 +384,24 @@ def test_ltx2_add_guide_matches_condition_pipeline(ltx2_engine, tiny_ltx2, monke
     assert got.shape == ref_frames.shape == (LENGTH, HEIGHT, WIDTH, 3)
     assert torch.allclose(got, ref_frames, atol=1e-4), (got - ref_frames).abs().max()
     assert torch.allclose(result.value("audio")["waveform"], out.audio.float(), atol=1e-4)
+
+
+def test_ltx2_refuses_a_video_only_latent_and_wrong_vaes(ltx2_engine):
+    """An LTX-2 model sampling EmptyLTXVLatentVideo alone and LTXVEmptyLatentAudio given the video VAE fail with
+    errors naming the fix."""
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    clip = g.node("LTXAVTextEncoderLoader", text_encoder=GEMMA_FILE, ckpt_name=CHECKPOINT, device="default").out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    video = g.node("EmptyLTXVLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    ks = g.node("KSampler", model=ck.out(0), seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple",
+                positive=pos, negative=pos, latent_image=video, denoise=1.0)
+    g.node("PreviewAny", source=ks)
+    failed = ltx2_engine.run(g)
+    assert failed.status == "error" and "LTXVConcatAVLatent" in str(failed.failure)
+    g = Graph()
+    ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    audio = g.node("LTXVEmptyLatentAudio", frames_number=LENGTH, frame_rate=RATE, batch_size=1, audio_vae=ck.out(2))
+    g.node("PreviewAny", source=audio)
+    failed = ltx2_engine.run(g)
+    assert failed.status == "error" and "LTXVAudioVAELoader" in str(failed.failure)
