@@ -192,7 +192,9 @@ class Qwen21Clip(ManagerOwned):
             if images:
                 inputs = vision_inputs(self.tokenizer, module.config.vision_config, full, images)
                 ids = inputs["input_ids"]
-                kwargs = dict(pixel_values=inputs["pixel_values"].to(ctx.device, next(module.parameters()).dtype),
+                pad = self.tokenizer.convert_tokens_to_ids(IMAGE_PAD)  # M-RoPE's token types: 1 at image slots
+                kwargs = dict(mm_token_type_ids=(ids == pad).long().to(ctx.device),
+                              pixel_values=inputs["pixel_values"].to(ctx.device, next(module.parameters()).dtype),
                               image_grid_thw=inputs["image_grid_thw"].to(ctx.device))
             else:
                 ids = torch.tensor([self.tokenizer(full, add_special_tokens=False)["input_ids"]])

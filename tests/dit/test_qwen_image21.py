@@ -125,23 +125,45 @@ def build(root: Path, names: dict[str, str] | None = None) -> TinyQwen21:
 
 
 class TextProcessor:
-    """Qwen3VLProcessor's text path (torchvision, which its video processor needs, is not installed here): the
-    chat template for the pipeline's system-turn count and the tokenizer with padding for the prompts."""
+    """Qwen3VLProcessor's behaviour without its video processor (which needs torchvision, not installed here):
+    the chat template for the pipeline's system-turn count, the tokenizer with padding, and for images
+    transformers' Qwen2-VL image processor with Qwen3-VL's settings (patch 16, merge 2, mean/std 0.5, no resize
+    between 32² and 4096² px), each ``<|image_pad|>`` expanded once per merged patch as the processor does."""
 
     def __init__(self, tokenizer):
+        from transformers import Qwen2VLImageProcessorPil
+
         tokenizer.chat_template = CHAT_TEMPLATE
         self.tokenizer = tokenizer
+        self.image_processor = Qwen2VLImageProcessorPil(
+            patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+            size={"shortest_edge": 32 * 32, "longest_edge": 4096 * 4096})
 
     def apply_chat_template(self, messages, tokenize=True, return_dict=False):
         return [self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)]
 
     def __call__(self, text, padding=True, padding_side="left", return_tensors="pt", images=None):
-        assert images is None, "reference images need the real processor"
-        return self.tokenizer(text, padding=padding, padding_side=padding_side, return_tensors=return_tensors,
-                              add_special_tokens=False)
+        extra = {}
+        if images is not None:
+            feats = self.image_processor(images=images, return_tensors="pt")
+            grids = iter(feats["image_grid_thw"].tolist())
+            expanded = []
+            for t in text:
+                pieces = t.split("<|image_pad|>")
+                expanded.append(pieces[0] + "".join("<|image_pad|>" * (g[0] * g[1] * g[2] // 4) + p
+                                                    for g, p in zip(grids, pieces[1:])))
+            text = expanded
+            extra = {"pixel_values": feats["pixel_values"], "image_grid_thw": feats["image_grid_thw"]}
+        enc = self.tokenizer(text, padding=padding, padding_side=padding_side, return_tensors=return_tensors,
+                             add_special_tokens=False)
+        if extra:  # the processor's token types: 1 at image slots
+            pad = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+            extra["mm_token_type_ids"] = (enc["input_ids"] == pad).long()
+        enc.update(extra)
+        return enc
 
 
-def reference(tiny: TinyQwen21, *, shift=SHIFT, prompt=PROMPT, negative=None, cfg=1.0, size=64, kv=True):
+def reference(tiny: TinyQwen21, *, shift=SHIFT, prompt=PROMPT, negative=None, cfg=1.0, size=64, kv=True, image=None):
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImage21Pipeline
 
     pipe = QwenImage21Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), vae=tiny.vae,
@@ -153,11 +175,13 @@ def reference(tiny: TinyQwen21, *, shift=SHIFT, prompt=PROMPT, negative=None, cf
     latents = noise.view(1, 64, lat * lat).transpose(1, 2)
     with torch.no_grad():
         image = pipe(prompt, negative_prompt=negative, true_cfg_scale=cfg, num_inference_steps=STEPS,
-                     latents=latents, height=size, width=size, output_type="pt", use_kv_cache=kv).images
+                     latents=latents, height=size, width=size, output_type="pt", use_kv_cache=kv, image=image,
+                     output_resolution=size).images
     return image.permute(0, 2, 3, 1)
 
 
-def graph(*, shift=SHIFT, prompt=PROMPT, negative="", cfg=1.0, cache=("auto", "default"), size=64) -> Graph:
+def graph(*, shift=SHIFT, prompt=PROMPT, negative="", cfg=1.0, cache=("auto", "default"), size=64,
+          image: str | None = None) -> Graph:
     g = Graph()
     model = g.node("UNETLoader", unet_name="tiny_qwen_image21.safetensors", weight_dtype="default").out(0)
     clip = g.node("CLIPLoader", clip_name="tiny_qwen3vl.safetensors", type="qwen_image").out(0)
@@ -165,7 +189,10 @@ def graph(*, shift=SHIFT, prompt=PROMPT, negative="", cfg=1.0, cache=("auto", "d
     model = g.node("QwenImage21Cache", model=model, device=cache[0], dtype=cache[1]).out(0)
     model = g.node("ModelSamplingAuraFlow", model=model, shift=shift).out(0)
     # the encoder's empty latent: resolution² without reference images (as the templates sample)
-    enc = g.node("TextEncodeQwenImage21", clip=clip, prompt=prompt, negative_prompt=negative, resolution=size)
+    refs = {}
+    if image is not None:  # a reference image (LoadImage), also VAE-encoded
+        refs = {"images.image_1": g.node("LoadImage", image=image).out(0), "vae": vae_}
+    enc = g.node("TextEncodeQwenImage21", clip=clip, prompt=prompt, negative_prompt=negative, resolution=size, **refs)
     lat = enc.out(2)
     ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=cfg, sampler_name="euler", scheduler="simple",
                 positive=enc.out(0), negative=enc.out(1), latent_image=lat, denoise=1.0)
@@ -225,3 +252,18 @@ def test_shift_and_prompt_reach_the_model(engine21, tiny21):
     shifted = engine21.run(graph(shift=6.0)).raise_for_status().value("out")
     assert not torch.allclose(base, other, atol=1e-3)
     assert torch.allclose(shifted, reference(tiny21, shift=6.0), atol=1e-4)
+
+
+def test_edit_with_reference_image_matches_pipeline(engine21, tiny21):
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    engine21.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(engine21.paths.input_dir / "ref.png")
+    image = engine21.run(graph(image="ref.png", prompt="make the sky green")).raise_for_status().value("out")
+    ref = reference(tiny21, prompt="make the sky green", image=Image.fromarray(pixels))
+    plain = reference(tiny21, prompt="make the sky green")
+    assert image.shape == ref.shape == (1, 64, 64, 4)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+    assert not torch.allclose(ref, plain, atol=1e-3)  # the reference reaches the model
