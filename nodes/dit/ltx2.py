@@ -644,7 +644,19 @@ class Ltx2Model(FlowModel):
         return replace(self, layout=layout_of(latent))
 
     def latent_preview(self, latent: torch.Tensor) -> torch.Tensor:
-        return torch.full((8, 8, 3), 0.5)
+        """A rough preview ``[h, w, 3]``: the first video frame's first three latent channels, standardized (no
+        RGB factors for the LTX latent space are known here)."""
+        from nodegraph_nodes.dit.ltx2_latent import unpack
+
+        if self.layout is not None and latent.ndim == 4:
+            latent = unpack(latent.float(), self.layout)[0]
+        if latent.ndim == 5:
+            latent = latent[:, :, 0]
+        if latent.ndim != 4 or latent.shape[1] < 3:
+            return torch.full((8, 8, 3), 0.5)
+        rgb = latent[0, :3].float()
+        rgb = (rgb - rgb.mean(dim=(1, 2), keepdim=True)) / (4 * rgb.std(dim=(1, 2), keepdim=True).clamp(min=1e-6))
+        return (rgb + 0.5).clamp(0, 1).permute(1, 2, 0).cpu()
 
     def open_runner(self, ctx, latent_shape: tuple):
         return open_runner(self, ctx, latent_shape, Ltx2Runner, self.layout)

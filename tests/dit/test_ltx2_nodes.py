@@ -126,3 +126,16 @@ def test_log_mel_front_end():
                                         66, dtype=torch.float64))[1:-1]
     assert int(mel[0, 0, 50].argmax()) == int((centres - 1000).abs().argmin())
 
+
+
+def test_ltx2_latent_preview_of_packed_latents():
+    """The sampling preview of an audio-video latent shows the first video frame (size h × w, 0..1)."""
+    from nodegraph_nodes.dit import ltx2_latent as L
+    from nodegraph_nodes.dit.ltx2 import Ltx2Model
+
+    video, audio = torch.randn(1, 128, 2, 3, 5), torch.randn(1, 4, 7, 4)
+    packed, lay = L.pack(video, audio)
+    model = Ltx2Model(handle=None, family="ltx2", layout=lay)
+    preview = model.latent_preview(packed)
+    assert preview.shape == (3, 5, 3) and float(preview.min()) >= 0 and float(preview.max()) <= 1
+    assert torch.equal(model.latent_preview(packed), Ltx2Model(handle=None, family="ltx2").latent_preview(video))
