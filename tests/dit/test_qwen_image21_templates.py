@@ -46,15 +46,25 @@ def test_the_five_templates_validate_with_file_errors_only(registry):
     assert sorted(check.clean) == sorted(p.name for p in paths)
 
 
-def test_t2i_template_runs(tmp_path_factory, tmp_path, registry):
+@pytest.fixture(scope="module")
+def template_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("qwen21_template")
     build(root)
     models = root / "models"
     for src, names in FILES.items():
         for name in names:
             shutil.copyfile(models / src, models / name)
-    path = next(p for p in templates() if p.name == "image_qwen_image_2_1_t2i.json")
-    api = load_workflow_data(json.loads(path.read_text()), registry).api
+    return root
+
+
+def _api(name: str, registry) -> dict:
+    path = next(p for p in templates() if p.name == name)
+    return load_workflow_data(json.loads(path.read_text()), registry).api
+
+
+def test_t2i_template_runs(template_root, tmp_path, registry):
+    root = template_root
+    api = _api("image_qwen_image_2_1_t2i.json", registry)
     kinds = {n["class_type"] for n in api.values()}
     assert {"TextEncodeQwenImage21", "QwenImage21Cache", "EmptyLatentImage", "KSampler", "TextGenerate"} <= kinds
     for n in api.values():
@@ -77,3 +87,32 @@ def test_t2i_template_runs(tmp_path_factory, tmp_path, registry):
 
     image = Image.open(saved[-1])
     assert image.size == (64, 64)
+
+
+def test_image_edit_template_runs(template_root, tmp_path, registry):
+    """The edit template: two reference images (resolution 0: each at its own size rounded to 32 px; here 64×64
+    and 96×64 instead of the template's photos), the encoder's latent on the first image's size, 4 steps."""
+    import numpy as np
+    from PIL import Image
+
+    api = _api("image_qwen_image_2_1_image_edit.json", registry)
+    (tmp_path / "input").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "input" / "portrait_model_denim.png")
+    Image.fromarray(rng.integers(0, 256, (96, 64, 3), dtype=np.uint8)).save(
+        tmp_path / "input" / "clothing_light_blue_denim_shirt.png")
+    for n in api.values():
+        if n["class_type"] == "KSampler":
+            n["inputs"].update(steps=4)
+    eng = make_engine(template_root, tmp_path, registry)
+    try:
+        result = eng.run(api).raise_for_status()
+    finally:
+        eng.close()
+    ran = {api[n]["class_type"] for n in result.executed}
+    assert {"TextEncodeQwenImage21", "QwenImage21Cache", "KSampler", "VAEDecode", "SaveImageAdvanced"} <= ran
+    assert "TextGenerate" not in ran
+    from PIL import Image as _Image
+
+    saved = sorted((tmp_path / "output").rglob("*.png"))
+    assert saved and _Image.open(saved[-1]).size == (64, 64)
