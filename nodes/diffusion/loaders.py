@@ -141,6 +141,10 @@ class CheckpointLoaderSimple(Node):
             return hidream_folder.load_diffusers_folder(path, manager, self.ctx.device, Path(paths.models_dir))
         if path.is_dir() and flux2_loading.is_diffusers_flux2(path):  # Flux2Pipeline folders
             return flux2_loading.load_diffusers_folder(path, manager, self.ctx.device)
+        from nodegraph_nodes.dit import qwen_image21_folder
+
+        if qwen_image21_folder.is_folder(path):  # QwenImage21Pipeline folders
+            return qwen_image21_folder.load_diffusers_folder(path, manager, self.ctx.device)
         if path.is_dir() and llm_loading.diffusers_family(path) is not None:  # Qwen-Image, Z-Image folders
             return llm_loading.load_diffusers_folder(path, self.ctx.service("models"), self.ctx.device,
                                                      Path(paths.models_dir))

@@ -121,7 +121,27 @@ def build(root: Path, names: dict[str, str] | None = None) -> TinyQwen21:
     save_file(comfy_layout(net.state_dict()), str(models / "diffusion_models" / names["unet"]))
     save_file(old_layout(te), str(models / "text_encoders" / names["clip"]))
     save_file({k: t.contiguous() for k, t in v.state_dict().items()}, str(models / "vae" / names["vae"]))
+    write_folder(models / "diffusers" / "tiny_qwen_image21", net, te, tok, v)
     return TinyQwen21(net, te, tok, v)
+
+
+def write_folder(folder: Path, net, te, tok, v) -> None:
+    """The same weights as a ``QwenImage21Pipeline`` folder (the tokenizer in ``processor/``, as released)."""
+    import json
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    net.save_pretrained(str(folder / "transformer"))
+    v.save_pretrained(str(folder / "vae"))
+    te.save_pretrained(str(folder / "text_encoder"))
+    tok.save_pretrained(str(folder / "processor"))
+    FlowMatchEulerDiscreteScheduler(shift=SHIFT).save_pretrained(str(folder / "scheduler"))
+    (folder / "model_index.json").write_text(json.dumps({
+        "_class_name": "QwenImage21Pipeline", "_diffusers_version": "0.42.1",
+        "transformer": ["diffusers", "QwenImage21Transformer2DModel"], "vae": ["diffusers", "AutoencoderKLQwenImage21"],
+        "text_encoder": ["transformers", "Qwen3VLForConditionalGeneration"],
+        "processor": ["transformers", "Qwen3VLProcessor"],
+        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}))
 
 
 class TextProcessor:
@@ -181,11 +201,15 @@ def reference(tiny: TinyQwen21, *, shift=SHIFT, prompt=PROMPT, negative=None, cf
 
 
 def graph(*, shift=SHIFT, prompt=PROMPT, negative="", cfg=1.0, cache=("auto", "default"), size=64,
-          image: str | None = None) -> Graph:
+          image: str | None = None, folder: bool = False) -> Graph:
     g = Graph()
-    model = g.node("UNETLoader", unet_name="tiny_qwen_image21.safetensors", weight_dtype="default").out(0)
-    clip = g.node("CLIPLoader", clip_name="tiny_qwen3vl.safetensors", type="qwen_image").out(0)
-    vae_ = g.node("VAELoader", vae_name="tiny_qwen_image21_vae.safetensors").out(0)
+    if folder:  # the diffusers folder (its scheduler's shift is the default; ModelSamplingAuraFlow sets it anyway)
+        ck = g.node("CheckpointLoaderSimple", ckpt_name="tiny_qwen_image21")
+        model, clip, vae_ = ck.out(0), ck.out(1), ck.out(2)
+    else:
+        model = g.node("UNETLoader", unet_name="tiny_qwen_image21.safetensors", weight_dtype="default").out(0)
+        clip = g.node("CLIPLoader", clip_name="tiny_qwen3vl.safetensors", type="qwen_image").out(0)
+        vae_ = g.node("VAELoader", vae_name="tiny_qwen_image21_vae.safetensors").out(0)
     model = g.node("QwenImage21Cache", model=model, device=cache[0], dtype=cache[1]).out(0)
     model = g.node("ModelSamplingAuraFlow", model=model, shift=shift).out(0)
     # the encoder's empty latent: resolution² without reference images (as the templates sample)
@@ -267,3 +291,25 @@ def test_edit_with_reference_image_matches_pipeline(engine21, tiny21):
     assert image.shape == ref.shape == (1, 64, 64, 4)
     assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
     assert not torch.allclose(ref, plain, atol=1e-3)  # the reference reaches the model
+
+
+def test_diffusers_folder_matches_pipeline(engine21, tiny21):
+    image = engine21.run(graph(folder=True)).raise_for_status().value("out")
+    ref = reference(tiny21)
+    assert torch.allclose(image, ref, atol=1e-4), (image - ref).abs().max()
+
+
+def test_odd_latent_size_is_a_clear_error(engine21, tiny21):
+    from nodegraph.errors import ExecutionFailed
+
+    g = Graph()
+    clip = g.node("CLIPLoader", clip_name="tiny_qwen3vl.safetensors", type="qwen_image").out(0)
+    model = g.node("UNETLoader", unet_name="tiny_qwen_image21.safetensors", weight_dtype="default").out(0)
+    enc = g.node("TextEncodeQwenImage21", clip=clip, prompt="x", negative_prompt="", resolution=64)
+    # 48 px: an odd latent side at 1/16, which the 2x2 vision slots cannot cover
+    lat = g.node("EmptySD3LatentImage", width=48, height=48, batch_size=1)
+    ks = g.node("KSampler", model=model, seed=1, steps=1, cfg=1.0, sampler_name="euler", scheduler="simple",
+                positive=enc.out(0), negative=enc.out(1), latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=ks)
+    with pytest.raises(ExecutionFailed, match="multiples of 32"):
+        engine21.run(g).raise_for_status()
