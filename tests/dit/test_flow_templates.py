@@ -21,7 +21,7 @@ from tests.helpers.package_templates import check_templates, package_templates
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_flow"
 #: node types of the package's Flux.1 / SD3.5 templates that nodegraph does not have yet
-MISSING_NODE_TYPES = {"ModelPatchLoader", "LotusConditioning"}
+MISSING_NODE_TYPES = {"LotusConditioning"}
 
 
 @pytest.fixture(scope="module")

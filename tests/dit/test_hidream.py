@@ -204,7 +204,7 @@ def test_package_hidream_templates_validate_with_file_errors_only():
     if not paths:
         pytest.skip("comfyui-workflow-templates-json is not installed")
     check = check_templates(paths, default_registry(packs=False))
-    check.assert_missing({"EmptyHiDreamO1LatentImage", "HiDreamO1ReferenceImages", "ModelNoiseScale", "TextGenerate",
+    check.assert_missing({"EmptyHiDreamO1LatentImage", "HiDreamO1ReferenceImages", "ModelNoiseScale",
                           "HiDreamO1PatchSeamSmoothing"})
     assert {"hidream_i1_full.json", "hidream_i1_dev.json", "hidream_i1_fast.json", "hidream_e1_1.json",
             "hidream_e1_full.json"} <= set(check.clean), check.clean
