@@ -313,3 +313,19 @@ def test_odd_latent_size_is_a_clear_error(engine21, tiny21):
     g.node("PreviewAny", source=ks)
     with pytest.raises(ExecutionFailed, match="multiples of 32"):
         engine21.run(g).raise_for_status()
+
+
+@pytest.mark.parametrize("device, modes", [("auto", ["extract"] + ["cached"] * (STEPS - 1)), ("off", [None] * STEPS)])
+def test_cache_fills_once_then_serves_the_steps(engine21, tiny21, monkeypatch, device, modes):
+    from nodegraph_nodes.dit.qwen_image21 import QwenImage21Runner
+
+    seen, kv = [], QwenImage21Runner._kv
+
+    def spy(self, key, layers):
+        cache, mode = kv(self, key, layers)
+        seen.append(mode)
+        return cache, mode
+
+    monkeypatch.setattr(QwenImage21Runner, "_kv", spy)
+    engine21.run(graph(cache=(device, "default"))).raise_for_status()
+    assert seen == modes
