@@ -8,9 +8,9 @@ The instructions are drawn from the shapes grammar with a fixed seed: scenes fro
 left out). Each runs through the shipped workflow as it is — PromptRewrite (SmolLM2), then the ``Repeat``
 of DesignRound → generate → SafetyCheck → DesignScore → PromptCritique → DesignUpdate, then DesignResult —
 in one engine (models loaded once), base noise seed ``1000 + i``. Per instruction it prints each round's
-score and verdict, the seed, and for every round after one whose picture was wrong: whether the critique
-changed the prompt and how much the picture changed (share of pixels that moved by more than 25/255 in
-some channel, and the mean absolute difference). Then:
+score and verdict, the seed, the prompt (and negative prompt), and for every round after one whose
+picture was wrong: whether the critique changed the prompt and how much the picture changed (share of
+pixels that moved by more than 25/255 in some channel, and the mean absolute difference). Then:
 
 - rounds that differ where the critique found an error (prompt and picture);
 - final score ≥ round 1's (every instruction), and the mean final score (target ≥ 0.95);
@@ -124,7 +124,7 @@ def report(i: int, text: str, state: dict, seconds: float) -> dict:
     for k, r in enumerate(recs):
         verdict = "met" if r["met"] else f"wrong: {r['judge'].split('wrong: ', 1)[-1]}"
         print(f"     round {r['round']}: {r['score']:.3f}  seed {r['seed']:<16} {verdict}")
-        print(f"       prompt:  {r['prompt']}")
+        print(f"       prompt:  {r['prompt']}" + (f"   (negative: {r['negative']})" if r.get("negative") else ""))
         if not r["met"] and k + 1 < len(recs):
             nxt = recs[k + 1]
             found = r["revised_prompt"] != r["prompt"]

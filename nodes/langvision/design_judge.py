@@ -202,12 +202,15 @@ def geometric_reading(picture: np.ndarray, request: SceneSpec, target: Scene,
             indices = [0] if attr == "position" else [0, 1]
             lost = [norm.objects[i].color for i in indices if blobs[i] is None or not blobs[i]["placed"]]
             if lost:
-                key = f"position:{lost[0]}" if attr == "position" else "relation"
+                missing = [i for i in indices if blobs[i] is None]
+                key = (f"color:{norm.objects[missing[0]].color}" if missing else
+                       f"position:{lost[0]}" if attr == "position" else "relation")
                 failed.append((key, f"the {' and '.join(lost)} shape{'s are' if len(lost) > 1 else ' is'} not where "
                                     f"the {attr} puts {'it' if len(lost) == 1 else 'them'}"))
             continue
         obj, blob = norm.objects[index], blobs[index]
-        key = f"{attr}:{obj.color}"
+        # no blob of the colour: its shape, size and place are unreadable, the colour is what is wrong
+        key = f"{attr if blob is not None else 'color'}:{obj.color}"
         if blob is None:
             failed.append((key, f"no {obj.color} shape" if attr == "color" else f"no {obj.color} shape to read its {attr}"))
         elif attr in ("shape", "size") and blob[attr] is None:

@@ -13,8 +13,10 @@ words: no synonyms, nothing left open) in a sentence built around what the last 
 - the words the picture got wrong carry ``(word:w)`` emphasis: 1.3 the first time, 0.2 more each
   round the same word is still wrong (at most 1.7).
 
-:func:`wrong_readings` gives the words of what the picture showed instead (``star`` where a circle was
-asked), for the next round's negative prompt — leaving out any word the requested scene itself uses.
+:func:`wrong_readings` gives the shape the picture showed instead (``star`` where a circle was asked),
+for the next round's negative prompt — unless the requested scene itself uses that word. Shapes only:
+on the shipped generator a colour as negative overshoots to the neighbouring colour (``red`` for an
+asked orange gave yellow), while ``star`` against a lumpy circle gave a clean one.
 
 So each round after a wrong picture draws from a new wording (new text-encoder states) as well as its
 own noise. In the shapes world a caption fixes the picture, so the shipped generator learned an almost
@@ -119,7 +121,7 @@ def issue_attributes(scene: Scene, issues: str) -> set[tuple[int, str]]:
 
 
 def wrong_readings(scene: Scene, shown: SceneSpec, wrong: set[tuple[int, str]]) -> str:
-    """The shown values of the wrong shapes, colours and sizes (``"star, red"``), for a negative prompt.
+    """The shown values of the wrong shapes (``"star"``), for a negative prompt.
 
     Words the requested scene uses anywhere (a colour of the other object, the background …) are left
     out, so the negative prompt never pushes away from what is asked.
@@ -133,7 +135,7 @@ def wrong_readings(scene: Scene, shown: SceneSpec, wrong: set[tuple[int, str]]) 
     words: list[str] = []
     for j, got in enumerate(seen.objects):
         index = (len(want.objects) - 1 - j) if flipped else j
-        for attr in ("shape", "color", "size"):
+        for attr in ("shape",):
             value = getattr(got, attr)
             if (index, attr) in wrong and value and value != getattr(want.objects[j], attr) and value not in used:
                 words.append(value)

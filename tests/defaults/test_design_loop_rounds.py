@@ -113,6 +113,10 @@ def test_the_judge_combines_captioner_confidence_and_the_outline_check(scale):
     assert wrong.issues == ("shape:blue",) and right.issues == ()
     assert wrong.geometric < 1.0 and any("outline is triangle, not square" in f for f in wrong.failed)
     assert dict(wrong.probabilities)["shape 2"] < 0.5 and "shape 2 triangle (asked square)" in wrong.wrong
+    # a missing colour makes its shape, size and place unreadable: the colour is the one issue to correct
+    green = Scene("white", (RIGHT.objects[0], ShapeObject("square", "green", "large")), relation="left of")
+    missing = judge(model, image_of(green, scale), REQUEST, prompt)
+    assert missing.issues == ("color:blue", "stray") and "no blue shape" in missing.failed
     # what the request leaves open does not count against the picture: no background was asked
     open_request = judge(model, image_of(RIGHT, scale), "a small red ball left of a big blue box", prompt)
     assert open_request.met and not any(name == "background" for name, _ in open_request.probabilities)
