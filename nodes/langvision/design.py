@@ -85,6 +85,7 @@ class DesignScore(Node):
     """
 
     category = "llm/design"
+    display_name = "Design Score (shapes world)"
     captioner = Input(CAPTIONER)
     image = Input(IMAGE)
     instruction = Input(STRING, default="", multiline=True, force_input=True)

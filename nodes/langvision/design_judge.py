@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from nodegraph_nodes.shapes.text import ObjectSpec, SceneSpec, complete_scene, parse_spec, scene_match
-from nodegraph_nodes.shapes.world import CANVAS, COLORS, POSITION_CENTERS, POSITIONS, SHAPES, SIZES, Scene
+from nodegraph_nodes.shapes.world import CANVAS, COLORS, POSITIONS, SHAPES, SIZES, Scene
 
 #: How far (px, at the world's canvas size) a blob's centre may be from where the scene puts it.
 CENTRE_TOLERANCE = 6

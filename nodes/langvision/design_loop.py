@@ -76,6 +76,7 @@ class DesignStart(Node):
     """Start a design loop: the request, the first round's prompt and the base noise seed (a DESIGN_STATE)."""
 
     category = "llm/design"
+    display_name = "Design Loop Start"
     instruction = Input(STRING, default="", multiline=True, force_input=True)
     prompt = Input(STRING, default="", multiline=True, force_input=True,
                    tooltip="The first round's prompt (e.g. PromptRewrite's).")
@@ -94,6 +95,7 @@ class DesignRound(Node):
     """What a design-loop round tries: the state's current prompt and the round's own noise seed."""
 
     category = "llm/design"
+    display_name = "Design Loop Round"
     state = Input(DESIGN_STATE)
     round = Input(INT, default=0, min=0, max=10_000, force_input=True, tooltip="The loop's round index (from 0).")
     outputs = (Output(STRING, "prompt"), Output(INT, "seed"), Output(STRING, "instruction"), Output(STRING, "negative"))
@@ -123,6 +125,7 @@ class DesignUpdate(Node):
     """Record a design-loop round, keep the best picture so far, and stop once the request is met."""
 
     category = "llm/design"
+    display_name = "Design Loop Update"
     state = Input(DESIGN_STATE)
     round = Input(INT, default=0, min=0, max=10_000, force_input=True)
     seed = Input(INT, default=0, min=0, max=UINT64_MAX, force_input=True, tooltip="The seed the round sampled with.")
@@ -180,6 +183,7 @@ class DesignResult(Node):
     """The design loop's result: the best picture of all rounds, its prompt, its score and a report."""
 
     category = "llm/design"
+    display_name = "Design Loop Result"
     state = Input(DESIGN_STATE)
     outputs = (Output(IMAGE, "image"), Output(STRING, "prompt"), Output(FLOAT, "score"), Output(STRING, "report"))
 
