@@ -1,6 +1,6 @@
 """Loading steps the DiT families share (SD3/Flux, Chroma, Lumina 2, Flux.2, Qwen-Image / Z-Image, Wan):
-a transformer file through the model manager (UNETLoader's ``weight_dtype``) and the sub-model loaders of a
-diffusers folder. Each family keeps its own detection and building; only these steps are here.
+a transformer file through the model manager (UNETLoader's ``weight_dtype``), a text encoder file through
+it, and the sub-model loaders of a diffusers folder. Each family keeps its own detection and building; only these steps are here.
 """
 
 from __future__ import annotations
@@ -30,6 +30,20 @@ def load_transformer_handle(path: Path, prefix: str, manager, device: str, weigh
     compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
     return manager.load(_manager_key(path, f"transformer:{weight_dtype}", dtype), loader, compute_dtype=compute,
                         placed=True)
+
+
+def load_encoder_handle(path: Path, kind: str, manager, dtype: torch.dtype,
+                        build: Callable[[dict, torch.dtype], torch.nn.Module]):
+    """The manager's handle of the text encoder in file ``path`` (CLIPLoader's files): its weights read
+    (ComfyUI's ``fp8_scaled`` dequantized), ``build(sd, storage dtype)`` the module, computing in ``dtype``;
+    ``kind`` names it in the manager's key."""
+    from nodegraph_nodes.dit.loading import _stored
+
+    def loader():
+        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
+        return build(sd, _stored(manager, sd, dtype))
+
+    return manager.load(_manager_key(path, kind, dtype), loader, compute_dtype=dtype)
 
 
 def require_subfolders(folder: Path, parts: tuple[str, ...]) -> None:

@@ -32,9 +32,10 @@ import torch
 from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError
-from nodegraph_nodes.dit.file_loading import CheckpointWeights
+from nodegraph_nodes.dit.file_loading import CheckpointWeights, load_encoder_handle
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.runner_common import NetRunner, open_runner
+from nodegraph_nodes.dit.text import masked_states
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -262,20 +263,13 @@ class T5BaseClip(ManagerOwned):
         n = len(self.tokenizer(text, add_special_tokens=True)["input_ids"])
         tok = self.tokenizer(text, padding="max_length", max_length=max(TEXT_LENGTH, n), truncation=False,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-        manager = ctx.service("models")
-        with manager.use(self.handle, ctx.device) as module, torch.inference_mode():
-            ids, mask = tok["input_ids"].to(ctx.device), tok["attention_mask"].to(ctx.device)
-            hidden = module(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            hidden = (hidden * mask[..., None].to(hidden.dtype)).cpu()
-        return [[hidden, {}]]
+        return [[masked_states(ctx, self.handle, tok), {}]]
 
 
 def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where: str = "CLIPLoader") -> T5BaseClip:
     """CLIPLoader type ``stable_audio``: a T5 (base) encoder file."""
-    from nodegraph_nodes.diffusion.files import read_state_dict
-    from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
     from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
-    from nodegraph_nodes.dit.loading import _stored, build_t5, file_keys, find_t5_tokenizer, flow_dtype
+    from nodegraph_nodes.dit.loading import build_t5, file_keys, find_t5_tokenizer, flow_dtype
 
     keys = file_keys(path, manager.allow_pickle)
     if "encoder.final_layer_norm.weight" not in keys or not any(k.startswith("encoder.block.") for k in keys):
@@ -284,12 +278,7 @@ def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where:
     tokenizer = load_llm_tokenizer(find_t5_tokenizer(models_dir, path))
     dtype = flow_dtype(device)
 
-    def loader():
-        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-        return build_t5(sd, _stored(manager, sd, dtype))
-
-    handle = manager.load(_manager_key(path, "t5base", dtype), loader, compute_dtype=dtype)
-    return T5BaseClip(handle, tokenizer, source=str(path))
+    return T5BaseClip(load_encoder_handle(path, "t5base", manager, dtype, build_t5), tokenizer, source=str(path))
 
 
 # -- checkpoint -------------------------------------------------------------------------------------

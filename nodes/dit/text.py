@@ -173,6 +173,16 @@ class FlowClip(ManagerOwned):
         return self._t5(ctx, text_t5 or ""), pooled
 
 
+def masked_states(ctx, handle, tok) -> torch.Tensor:
+    """The last hidden states (float, on the CPU) of the encoder ``handle`` for the tokenizer output ``tok``
+    (``input_ids``, ``attention_mask``), the padded positions zeroed (Wan's UMT5, Stable Audio's T5-base)."""
+    manager = ctx.service("models")
+    with manager.use(handle, ctx.device) as module, torch.inference_mode():
+        ids, mask = tok["input_ids"].to(ctx.device), tok["attention_mask"].to(ctx.device)
+        hidden = module(input_ids=ids, attention_mask=mask).last_hidden_state.float()
+        return (hidden * mask[..., None].to(hidden.dtype)).cpu()
+
+
 def t5_tokens(tokenizer, text: str, min_length: int, min_padding: int = 0) -> list[list[tuple[int, float]]]:
     """``(id, weight)`` pairs of one T5 sequence: segments, end token, ``min_padding`` pad tokens, padding
     to ``min_length``."""

@@ -41,14 +41,15 @@ import torch
 
 from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import _manager_key
-from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
-from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
-from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
+from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json
+from nodegraph_nodes.dit.file_loading import (diffusers_sub_loader, load_encoder_handle, load_transformer_handle,
+                                              require_subfolders)
 from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer  # AutoTokenizer, local files only
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
 from nodegraph_nodes.dit import wan_vace
 from nodegraph_nodes.dit.runner_common import NetRunner
+from nodegraph_nodes.dit.text import masked_states
 from nodegraph_nodes.sampling import model_sampling as msl
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -328,17 +329,12 @@ class WanClip(ManagerOwned):
     def encode_text(self, ctx, text: str) -> list:
         tok = self.tokenizer(text, padding="max_length", max_length=TEXT_LENGTH, truncation=True,
                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
-        manager = ctx.service("models")
-        with manager.use(self.handle, ctx.device) as module, torch.inference_mode():
-            ids, mask = tok["input_ids"].to(ctx.device), tok["attention_mask"].to(ctx.device)
-            hidden = module(input_ids=ids, attention_mask=mask).last_hidden_state.float()
-            hidden = (hidden * mask[..., None].to(hidden.dtype)).cpu()
-        return [[hidden, {}]]
+        return [[masked_states(ctx, self.handle, tok), {}]]
 
 
 def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where: str = "CLIPLoader") -> WanClip:
     """CLIPLoader type ``wan``: a UMT5-XXL file."""
-    from nodegraph_nodes.dit.loading import _stored, file_keys, flow_dtype
+    from nodegraph_nodes.dit.loading import file_keys, flow_dtype
 
     if not is_umt5(file_keys(path, manager.allow_pickle)):
         raise ModelFileError(f"{where}.type wan takes a UMT5-XXL encoder (umt5_xxl_*.safetensors); {path.name} "
@@ -346,12 +342,7 @@ def load_text_encoder(path: Path, manager, device: str, models_dir: Path, where:
     tokenizer = load_llm_tokenizer(find_tokenizer(models_dir, path))
     dtype = flow_dtype(device)
 
-    def loader():
-        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-        return build_umt5(sd, _stored(manager, sd, dtype))
-
-    handle = manager.load(_manager_key(path, "umt5", dtype), loader, compute_dtype=dtype)
-    return WanClip(handle, tokenizer, source=str(path))
+    return WanClip(load_encoder_handle(path, "umt5", manager, dtype, build_umt5), tokenizer, source=str(path))
 
 
 # -- diffusers folders ------------------------------------------------------------------------------
