@@ -15,7 +15,6 @@ recording the ComfyUI frontend makes and uploads.
 
 from __future__ import annotations
 
-import math
 import random
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,10 @@ from typing import Any
 from nodegraph.context import Paths
 from nodegraph.node import COMBO, FLOAT, STRING, Input, Node, NodeResult, Output
 from nodegraph.user_files import AUDIO_EXTENSIONS, VIDEO_EXTENSIONS, folder_of, resolve_annotated
-from nodegraph_nodes.io.files import file_sha256
 
 from .audio import AUDIO, check_audio, make_audio, trim_samples
 from .codec import MediaError, decode_audio, encode_audio
-from .video_nodes import container_metadata, output_file, removed_on_media_error
+from .video_nodes import container_metadata, input_file_fingerprint, output_file, removed_on_media_error
 
 MP3_QUALITIES = ["V0", "128k", "320k"]
 OPUS_QUALITIES = ["64k", "96k", "128k", "192k", "320k"]
@@ -41,6 +39,16 @@ def list_input_audio(paths: Paths) -> list[str]:
         return sorted(p.name for p in paths.input_dir.iterdir() if p.is_file() and p.suffix.lower() in wanted)
     except OSError:
         return []
+
+
+def read_audio_file(path: Path, node_name: str) -> dict:
+    """The AUDIO value of the audio file at ``path`` (its first audio stream); a MediaError becomes a
+    ValueError naming ``node_name``'s ``audio`` input."""
+    try:
+        waveform, rate = decode_audio(path)
+    except MediaError as exc:
+        raise ValueError(f"{node_name}: input 'audio': {exc}") from None
+    return make_audio(waveform, rate)
 
 
 def save_audio(node: Node, node_name: str, audio: Any, filename_prefix: str, format: str, quality: str | None,
@@ -167,21 +175,14 @@ class LoadAudio(Node):
 
     @classmethod
     def fingerprint(cls, paths: Paths, audio: str | None = None, **_: Any) -> Any:
-        try:
-            return file_sha256(resolve_annotated(str(audio), paths))
-        except (OSError, ValueError):
-            return math.nan
+        return input_file_fingerprint(paths, audio)
 
     def execute(self, audio: str) -> tuple:
         path = resolve_annotated(audio, self.ctx.paths)
         if not path.is_file():
             raise FileNotFoundError(f"LoadAudio: input 'audio': {audio!r} does not exist in the input folder "
                                     f"({self.ctx.paths.input_dir})")
-        try:
-            waveform, rate = decode_audio(Path(path))
-        except MediaError as exc:
-            raise ValueError(f"LoadAudio: input 'audio': {exc}") from None
-        return (make_audio(waveform, rate),)
+        return (read_audio_file(Path(path), "LoadAudio"),)
 
 
 class TrimAudioDuration(Node):

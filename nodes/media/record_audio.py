@@ -16,7 +16,6 @@ LoadAudio, or type the name of a file already in the input or temp folder.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,10 @@ from nodegraph.context import Paths
 from nodegraph.node import Input, Node, Output
 from nodegraph.types import ANY
 from nodegraph.user_files import resolve_annotated
-from nodegraph_nodes.io.files import file_sha256
 
-from .audio import AUDIO, make_audio
-from .codec import MediaError, decode_audio
+from .audio import AUDIO
+from .audio_nodes import read_audio_file
+from .video_nodes import input_file_fingerprint
 
 AUDIO_RECORD = "AUDIO_RECORD"
 
@@ -76,15 +75,8 @@ class RecordAudio(Node):
 
     @classmethod
     def fingerprint(cls, paths: Paths, audio: str | None = None, **_: Any) -> Any:
-        try:
-            return file_sha256(resolve_annotated(str(audio), paths))
-        except (OSError, ValueError):
-            return math.nan
+        return input_file_fingerprint(paths, audio)
 
     def execute(self, audio: str) -> tuple:
         path = _check_name(audio, self.ctx.paths)
-        try:
-            waveform, rate = decode_audio(path)
-        except MediaError as exc:
-            raise ValueError(f"RecordAudio: input 'audio': {exc}") from None
-        return (make_audio(waveform, rate),)
+        return (read_audio_file(path, "RecordAudio"),)

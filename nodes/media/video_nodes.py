@@ -74,6 +74,15 @@ def container_metadata(prompt: dict | None, extra_pnginfo: dict | None) -> dict[
     return metadata or None
 
 
+def input_file_fingerprint(paths: Paths, name: Any) -> Any:
+    """The loaders' fingerprint: the sha256 of the file ``name`` names (annotated names such as
+    ``x.wav [temp]`` allowed); NaN (never equal to itself, so the node runs) when it cannot be read."""
+    try:
+        return file_sha256(resolve_annotated(str(name), paths))
+    except (OSError, ValueError):
+        return math.nan
+
+
 def check_video(video: Any, node: str, input_name: str = "video") -> Video:
     if not isinstance(video, Video):
         raise TypeError(f"{node}: input '{input_name}' must be a VIDEO, got {type(video).__name__}")
@@ -105,10 +114,7 @@ class LoadVideo(Node):
 
     @classmethod
     def fingerprint(cls, paths: Paths, file: str | None = None, **_: Any) -> Any:
-        try:
-            return file_sha256(resolve_annotated(str(file), paths))
-        except (OSError, ValueError):
-            return math.nan
+        return input_file_fingerprint(paths, file)
 
     def execute(self, file: str) -> tuple:
         path = resolve_annotated(file, self.ctx.paths)
