@@ -40,7 +40,6 @@ yet.
 from __future__ import annotations
 
 import math
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +50,7 @@ import torch
 from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError
+from nodegraph_nodes.dit.convert import count_indices, marker_prefix
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.runner_common import NetRunner, open_runner
 from nodegraph_nodes.dit.stable_audio import AudioLatentFormat
@@ -68,11 +68,7 @@ LYRICS_TEMPLATE = "# Languages\n{}\n\n# Lyric\n{}<|endoftext|><|endoftext|>"
 
 
 def detect_prefix(keys) -> str | None:
-    keyset = set(keys)
-    for prefix in PREFIXES:
-        if all(prefix + m in keyset for m in MARKERS):
-            return prefix
-    return None
+    return marker_prefix(keys, PREFIXES, MARKERS)
 
 
 # -- conversion -------------------------------------------------------------------------------------
@@ -107,8 +103,7 @@ def split_weights(sd: dict) -> tuple[dict, dict, dict, dict]:
     return dit, cond, quant, detok
 
 
-def _count(sd: dict, pattern: str) -> int:
-    return len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+_count = count_indices
 
 
 def transformer_config(sd: dict) -> dict:

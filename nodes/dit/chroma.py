@@ -33,6 +33,7 @@ import torch
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json
 from nodegraph_nodes.dit import convert
+from nodegraph_nodes.dit.convert import count_indices
 from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _rows, image_ids, pack_latents, unpack_latents
@@ -60,8 +61,7 @@ def detect_prefix(keys) -> str | None:
     return None
 
 
-def _count(sd: dict, pattern: str) -> int:
-    return len({int(m.group(1)) for key in sd if (m := re.match(pattern, key))})
+_count = count_indices
 
 
 def to_diffusers(sd: dict) -> dict:

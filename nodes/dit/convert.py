@@ -89,6 +89,22 @@ def strip_prefix(sd: dict[str, Any], prefix: str) -> dict[str, Any]:
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
+def marker_prefix(keys, prefixes, markers) -> str | None:
+    """The first of ``prefixes`` under which every one of ``markers`` is among ``keys``, or ``None`` (the
+    families' ``detect_prefix``)."""
+    keyset = set(keys)
+    for prefix in prefixes:
+        if all(prefix + m in keyset for m in markers):
+            return prefix
+    return None
+
+
+def count_indices(sd: dict, pattern: str) -> int:
+    """How many distinct indices ``pattern``'s first group matches at the start of ``sd``'s keys (the
+    blocks or layers of a stack, e.g. ``r"transformer_blocks\.(\d+)\."``)."""
+    return len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+
+
 def _count(sd: dict[str, Any], block: str) -> int:
     ids = {int(m.group(1)) for k in sd if (m := re.match(re.escape(block) + r"\.(\d+)\.", k))}
     return max(ids) + 1 if ids else 0

@@ -25,7 +25,6 @@ conditioning's layers, so a Llama with another depth (tiny test models) works th
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -33,6 +32,7 @@ from typing import Callable
 import torch
 
 from nodegraph_nodes.diffusion.files import ModelFileError
+from nodegraph_nodes.dit.convert import count_indices, marker_prefix
 from nodegraph_nodes.dit.formats import FLUX
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import open_runner, refuse_integer_weights
@@ -46,11 +46,7 @@ PREFIXES = ("model.diffusion_model.", "")
 
 def detect_prefix(keys) -> str | None:
     """The key prefix of a HiDream transformer's weights, or ``None``."""
-    keyset = set(keys)
-    for prefix in PREFIXES:
-        if all(prefix + m in keyset for m in MARKERS):
-            return prefix
-    return None
+    return marker_prefix(keys, PREFIXES, MARKERS)
 
 
 def head_dim(inner: int) -> int:
@@ -67,7 +63,7 @@ def transformer_config(sd: dict) -> dict:
         raise ModelFileError(f"the HiDream transformer weights lack {exc.args[0]}") from None
 
     def count(pattern: str) -> int:
-        return len({int(m.group(1)) for key in sd if (m := re.match(pattern, key))})
+        return count_indices(sd, pattern)
 
     inner = int(x_emb.shape[0])
     hd = head_dim(inner)

@@ -18,7 +18,6 @@ folder of Qwen/Qwen-Image's diffusers release) or ``models/text_encoders/qwen3_t
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ import torch
 from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import qwen_image, z_image
-from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
+from nodegraph_nodes.dit.convert import count_indices, dequantize_scaled_fp8
 from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
 from nodegraph_nodes.dit.llm_text import LlmClip
 
@@ -79,8 +78,7 @@ def encoder_kind(keys) -> str | None:
     return None
 
 
-def _count(sd: dict, pattern: str) -> int:
-    return len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+_count = count_indices
 
 
 def _qwen25vl_weights(sd: dict) -> dict:

@@ -35,7 +35,6 @@ conditioned frames get time 0).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ import torch
 from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, read_state_dict
-from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
+from nodegraph_nodes.dit.convert import count_indices, dequantize_scaled_fp8
 from nodegraph_nodes.dit.formats import LatentFormat
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.runner_common import NetRunner, open_runner
@@ -92,8 +91,7 @@ def read_parts(path: Path, manager, prefixes: tuple[str, ...]) -> dict:
     return dequantize_scaled_fp8(sd)
 
 
-def _count(sd: dict, pattern: str) -> int:
-    return len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+_count = count_indices
 
 
 def _part(sd: dict, prefix: str) -> dict:

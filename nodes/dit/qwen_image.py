@@ -38,6 +38,7 @@ from typing import Callable, Iterator
 import torch
 
 from nodegraph_nodes.diffusion.files import ModelFileError
+from nodegraph_nodes.dit.convert import count_indices, marker_prefix
 from nodegraph_nodes.dit.model import FlowModel, _rows, pack_latents, unpack_latents
 from nodegraph_nodes.dit.runner_common import NetRunner, open_runner, pad_even
 from nodegraph_nodes.sampling import model_sampling as msl
@@ -104,11 +105,7 @@ MARKERS = ("txt_norm.weight", "img_in.weight", "transformer_blocks.0.img_mod.1.w
 
 def detect_prefix(keys) -> str | None:
     """The key prefix of a Qwen-Image transformer's weights, or ``None`` if these are not one."""
-    keyset = set(keys)
-    for prefix in PREFIXES:
-        if all(prefix + m in keyset for m in MARKERS):
-            return prefix
-    return None
+    return marker_prefix(keys, PREFIXES, MARKERS)
 
 
 def rope_axes(head_dim: int) -> tuple[int, int, int]:
@@ -129,7 +126,7 @@ def transformer_config(sd: dict) -> dict:
     except KeyError as exc:
         raise ModelFileError(f"the Qwen-Image transformer weights lack {exc.args[0]}") from None
     inner = int(img_in.shape[0])
-    layers = len({int(m.group(1)) for k in sd if (m := re.match(r"transformer_blocks\.(\d+)\.", k))})
+    layers = count_indices(sd, r"transformer_blocks\.(\d+)\.")
     patch = 2
     return {"patch_size": patch, "in_channels": int(img_in.shape[1]), "out_channels": int(proj.shape[0]) // (patch * patch),
             "num_layers": layers, "attention_head_dim": head_dim, "num_attention_heads": inner // head_dim,

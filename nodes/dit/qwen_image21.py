@@ -43,6 +43,7 @@ from typing import Callable
 import torch
 
 from nodegraph_nodes.diffusion.files import ModelFileError
+from nodegraph_nodes.dit.convert import count_indices, marker_prefix
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import DEFAULT_SHIFT, ChannelLatentFormat, refuse_integer_weights, rope_axes
 from nodegraph_nodes.dit.runner_common import NetRunner, open_runner
@@ -73,11 +74,7 @@ def latent_format() -> ChannelLatentFormat:
 
 def detect_prefix(keys) -> str | None:
     """The key prefix of a Qwen-Image 2.1 transformer's weights, or ``None``."""
-    keyset = set(keys)
-    for prefix in PREFIXES:
-        if all(prefix + m in keyset for m in MARKERS):
-            return prefix
-    return None
+    return marker_prefix(keys, PREFIXES, MARKERS)
 
 
 def to_diffusers(sd: dict) -> dict:
@@ -104,7 +101,7 @@ def transformer_config(sd: dict) -> dict:
     except KeyError as exc:
         raise ModelFileError(f"the Qwen-Image 2.1 transformer weights lack {exc.args[0]}") from None
     inner = int(img_in.shape[0])
-    layers = len({int(m.group(1)) for k in sd if (m := re.match(r"transformer_blocks\.(\d+)\.", k))})
+    layers = count_indices(sd, r"transformer_blocks\.(\d+)\.")
     return {"patch_size": 1, "in_channels": int(img_in.shape[1]), "out_channels": int(proj.shape[0]),
             "num_layers": layers, "attention_head_dim": head_dim, "num_attention_heads": inner // head_dim,
             "context_in_dim": int(txt.shape[1]), "mlp_ratio": int(mlp.shape[0]) // inner,

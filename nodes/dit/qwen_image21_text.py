@@ -20,7 +20,6 @@ count (the release's 8, 16, 24 spacing). Tokenizer (never downloaded): ``<file>.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 
 from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.files import ModelFileError
+from nodegraph_nodes.dit.convert import count_indices
 
 SYSTEM = "Comprehend and analyze the provided prompt."
 SYSTEM_TURN = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
@@ -70,8 +70,7 @@ def _weights(sd: dict) -> dict:
     return out
 
 
-def _count(sd: dict, pattern: str) -> int:
-    return len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+_count = count_indices
 
 
 def mrope_section(head_dim: int) -> list[int]:

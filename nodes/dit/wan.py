@@ -32,7 +32,6 @@ text goes to the model as written; ComfyUI would weight them).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ import torch
 from nodegraph.models import ManagerOwned
 from nodegraph_nodes.diffusion.components import _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json
+from nodegraph_nodes.dit.convert import count_indices
 from nodegraph_nodes.dit.file_loading import (diffusers_sub_loader, load_encoder_handle, load_transformer_handle,
                                               require_subfolders)
 from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer  # AutoTokenizer, local files only
@@ -75,8 +75,7 @@ def detect_transformer(keys) -> tuple[str, str] | None:
     return None
 
 
-def _count(sd: dict, pattern: str) -> int:
-    return len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+_count = count_indices
 
 
 def transformer_config(sd: dict) -> dict:
