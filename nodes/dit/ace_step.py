@@ -422,19 +422,15 @@ def _qwen3_width(path: Path, manager) -> int:
 def load_text_encoders(paths: list[Path], manager, device: str, models_dir: Path, where: str = "DualCLIPLoader"):
     """DualCLIPLoader / CLIPLoader type ``ace``: the Qwen3 embedding model (the narrower file, 0.6B) and
     optionally the 5 Hz LM (the wider)."""
-    from nodegraph_nodes.diffusion.files import read_state_dict
-    from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
+    from nodegraph_nodes.dit.file_loading import load_encoder_handle
     from nodegraph_nodes.dit.llm_loading import build_qwen3, find_llm_tokenizer, load_llm_tokenizer
-    from nodegraph_nodes.dit.loading import _stored, flow_dtype
+    from nodegraph_nodes.dit.loading import flow_dtype
 
     ordered = sorted(paths, key=lambda p: _qwen3_width(p, manager))
     dtype = flow_dtype(device)
 
     def handle_of(path: Path):
-        def loader():
-            sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-            return build_qwen3(sd, _stored(manager, sd, dtype))
-        return manager.load(_manager_key(path, "qwen3_ace", dtype), loader, compute_dtype=dtype)
+        return load_encoder_handle(path, "qwen3_ace", manager, dtype, build_qwen3)
 
     tokenizer = load_llm_tokenizer(find_llm_tokenizer(models_dir, ordered[0], "qwen3"))
     lm = handle_of(ordered[1]) if len(ordered) > 1 else None

@@ -25,8 +25,9 @@ import torch
 from nodegraph_nodes.diffusion.components import VaeModel, _manager_key
 from nodegraph_nodes.diffusion.files import ModelFileError, is_diffusers_folder, read_json, read_state_dict
 from nodegraph_nodes.dit import qwen_image, z_image
-from nodegraph_nodes.dit.convert import count_indices, dequantize_scaled_fp8
-from nodegraph_nodes.dit.file_loading import diffusers_sub_loader, load_transformer_handle, require_subfolders
+from nodegraph_nodes.dit.convert import count_indices
+from nodegraph_nodes.dit.file_loading import (diffusers_sub_loader, load_encoder_handle, load_transformer_handle,
+                                              require_subfolders)
 from nodegraph_nodes.dit.llm_text import LlmClip
 
 QWEN25_HEAD_DIM, QWEN25_VISION_HEAD_DIM = 128, 80
@@ -96,6 +97,18 @@ def _qwen25vl_weights(sd: dict) -> dict:
     return out
 
 
+def vision_token_ids(tokenizer) -> dict:
+    """The Qwen-VL configs' special token ids (image / video pad, vision start / end) that ``tokenizer``
+    knows."""
+    ids = {}
+    for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+            ids[name] = tid
+    return ids
+
+
 def qwen25vl_config(sd: dict, tokenizer):
     from transformers import Qwen2_5_VLConfig
 
@@ -120,12 +133,7 @@ def qwen25vl_config(sd: dict, tokenizer):
                       patch_size=int(patch.shape[-1]), temporal_patch_size=int(patch.shape[2]),
                       spatial_merge_size=2, window_size=112,
                       fullatt_block_indexes=[i for i in (7, 15, 23, 31) if i < depth] or [depth - 1])
-    ids = {}
-    for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-            ids[name] = tid
+    ids = vision_token_ids(tokenizer)
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
 
 
@@ -201,14 +209,10 @@ def load_text_encoder(path: Path, clip_type: str, manager, device: str, models_d
     tokenizer = load_llm_tokenizer(find_llm_tokenizer(models_dir, path, kind))
     dtype = _dtype(device)
 
-    def loader():
-        from nodegraph_nodes.dit.loading import _stored
-
-        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-        store = _stored(manager, sd, dtype)
+    def build(sd: dict, store: torch.dtype):
         return build_qwen25vl(sd, tokenizer, store) if kind == "qwen25vl" else build_qwen3(sd, store)
 
-    handle = manager.load(_manager_key(path, kind, dtype), loader, compute_dtype=dtype)
+    handle = load_encoder_handle(path, kind, manager, dtype, build)
     return LlmClip(family, handle, tokenizer, source=str(path))
 
 

@@ -85,6 +85,8 @@ def mrope_section(head_dim: int) -> list[int]:
 def config_from_weights(sd: dict, tokenizer):
     from transformers import Qwen3VLConfig
 
+    from nodegraph_nodes.dit.llm_loading import vision_token_ids
+
     p = "model.language_model."
     emb = sd[p + "embed_tokens.weight"]
     head = int(sd[p + "layers.0.self_attn.q_norm.weight"].shape[0])
@@ -109,12 +111,7 @@ def config_from_weights(sd: dict, tokenizer):
                   num_position_embeddings=int(sd[v + "pos_embed.weight"].shape[0]),
                   deepstack_visual_indexes=[depth * (i + 1) // (stacks + 1) for i in range(stacks)]
                   if depth != 27 else [8, 16, 24][:stacks])
-    ids = {}
-    for name, token in (("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-                        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>")):
-        tid = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-            ids[name] = tid
+    ids = vision_token_ids(tokenizer)
     return Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
 
 
@@ -143,20 +140,15 @@ def find_tokenizer(models_dir: Path, near: Path) -> Path:
 
 def load_text_encoder(path: Path, manager, device: str, models_dir: Path) -> "Qwen21Clip":
     """CLIPLoader (type ``qwen_image``) for a Qwen3-VL file."""
-    from nodegraph_nodes.diffusion.components import _manager_key
-    from nodegraph_nodes.diffusion.files import read_state_dict
-    from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
+    from nodegraph_nodes.dit.file_loading import load_encoder_handle
     from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
-    from nodegraph_nodes.dit.loading import _stored, flow_dtype
+    from nodegraph_nodes.dit.loading import flow_dtype
 
     tokenizer = load_llm_tokenizer(find_tokenizer(models_dir, path))
     dtype = flow_dtype(device)
 
-    def loader():
-        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
-        return build_encoder(sd, tokenizer, _stored(manager, sd, dtype))
-
-    handle = manager.load(_manager_key(path, "qwen3vl", dtype), loader, compute_dtype=dtype)
+    handle = load_encoder_handle(path, "qwen3vl", manager, dtype,
+                                 lambda sd, store: build_encoder(sd, tokenizer, store))
     return Qwen21Clip(handle, tokenizer, source=str(path))
 
 
