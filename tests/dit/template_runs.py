@@ -1,6 +1,6 @@
 """Graph pieces the DiT suites share: ComfyUI's copied model templates (tests/data/comfy_templates_dit, MIT)
-made small enough for a test, the image a template's SaveImage wrote, and the text-to-image tail of the
-parity graphs."""
+made small enough for a test and run, the image or audio file a template saved, VAEDecodeAudio's loudness
+scaling for the audio references, and the text-to-image tail of the parity graphs."""
 
 from __future__ import annotations
 
@@ -16,10 +16,24 @@ from nodegraph.workflow.loader import load_workflow_data
 DIT_TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit"
 
 
+def template_api(name: str, registry) -> dict:
+    """Template ``name``'s API prompt."""
+    return load_workflow_data(json.loads((DIT_TEMPLATES / f"{name}.json").read_text()), registry).api
+
+
+def run_template(engine, api: dict, inputs: dict[str, dict]):
+    """Runs ``api`` with ``inputs[class_type]`` set on each node of that type; every node must run. The result."""
+    for n in api.values():
+        n["inputs"].update(inputs.get(n["class_type"], {}))
+    result = engine.run(api).raise_for_status()
+    assert all(n in result.executed for n in api)
+    return result
+
+
 def small_template(name: str, registry, steps_node: str, steps: int = 4) -> dict:
     """Template ``name``'s API prompt with its EmptySD3LatentImage made 64×64 and ``steps_node``'s steps
     set to ``steps``."""
-    api = load_workflow_data(json.loads((DIT_TEMPLATES / f"{name}.json").read_text()), registry).api
+    api = template_api(name, registry)
     for n in api.values():
         if n["class_type"] == "EmptySD3LatentImage":
             n["inputs"].update(width=64, height=64)
@@ -33,6 +47,26 @@ def last_saved_image(output_dir: Path) -> torch.Tensor:
     outputs = sorted(output_dir.rglob("*.png"))
     assert outputs, "SaveImage wrote no file"
     return torch.from_numpy(np.array(Image.open(outputs[-1]))).float() / 255
+
+
+def saved_audio(output_dir: Path, extension: str) -> tuple[int, int, int]:
+    """The sample rate, channels and decoded sample count of the one ``*.extension`` file under
+    ``output_dir``."""
+    import av
+
+    saved = list(output_dir.rglob(f"*.{extension}"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        stream = container.streams.audio[0]
+        return stream.rate, stream.channels, sum(f.samples for f in container.decode(audio=0))
+
+
+def comfy_audio_scale(audio: torch.Tensor) -> torch.Tensor:
+    """``audio`` ``[B, C, T]`` scaled as ComfyUI's VAEDecodeAudio does: divided by 5 × its std where that is
+    above 1."""
+    std = torch.std(audio, dim=[1, 2], keepdim=True) * 5.0
+    std[std < 1.0] = 1.0
+    return audio / std
 
 
 def sample_and_preview(g, model, positive, negative, vae, seed: int, steps: int, cfg: float) -> None:

@@ -16,6 +16,7 @@ import torch
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
+from tests.dit.template_runs import comfy_audio_scale, run_template, saved_audio, template_api
 from tests.dit.tiny_ace_step import build_ace_step
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -78,9 +79,7 @@ def reference(tiny, codes: list[int] | None = None, caption: str = CAPTION) -> t
                        shift=SHIFT, latents=noise.transpose(1, 2), output_type="latent",
                        audio_codes="".join(f"<|audio_code_{c}|>" for c in codes) if codes else None).audios
         audio = tiny.vae.decode(latents.transpose(1, 2)).sample
-    std = torch.std(audio, dim=[1, 2], keepdim=True) * 5.0
-    std[std < 1.0] = 1.0
-    return audio / std
+    return comfy_audio_scale(audio)
 
 
 def test_empty_latent_length():
@@ -142,13 +141,6 @@ def test_comfy_ace_step_split_template_runs(engine, tiny):
     """ComfyUI's official ``audio_ace_step_1_5_split`` template (copied, MIT) on the tiny files saved under its file
     names, the 5 Hz LM generating the audio codes as the template asks; only the length (3 s instead of 120, in the
     latent and the text encoder) and the steps (3 instead of 8) are made smaller. It saves an mp3 (V0)."""
-    import json
-    from pathlib import Path
-
-    import av
-
-    from nodegraph.workflow.loader import load_workflow_data
-
     from tests.dit.tiny_qwen import copy_as
 
     copy_as(tiny.root, {"diffusion_models/tiny_acestep_v1.5.safetensors":
@@ -156,27 +148,16 @@ def test_comfy_ace_step_split_template_runs(engine, tiny):
                         "text_encoders/tiny_qwen_ace15_embed.safetensors": "text_encoders/qwen_0.6b_ace15.safetensors",
                         "text_encoders/tiny_qwen_ace15_lm.safetensors": "text_encoders/qwen_1.7b_ace15.safetensors",
                         "vae/tiny_ace_1.5_vae.safetensors": "vae/ace_1.5_vae.safetensors"})
-    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "audio_ace_step_1_5_split.json"
-    api = load_workflow_data(json.loads(path.read_text()), engine.registry).api
+    api = template_api("audio_ace_step_1_5_split", engine.registry)
     kinds = {n["class_type"] for n in api.values()}
     assert {"UNETLoader", "DualCLIPLoader", "VAELoader", "TextEncodeAceStepAudio1.5", "EmptyAceStep1.5LatentAudio",
             "ModelSamplingAuraFlow", "VAEDecodeAudio", "SaveAudioAdvanced"} <= kinds
-    for n in api.values():
-        if n["class_type"] == "EmptyAceStep1.5LatentAudio":
-            n["inputs"]["seconds"] = SECONDS
-        if n["class_type"] == "TextEncodeAceStepAudio1.5":
-            assert n["inputs"]["generate_audio_codes"] is True
-            n["inputs"]["duration"] = SECONDS
-        if n["class_type"] == "KSampler":
-            n["inputs"]["steps"] = 3
-    result = engine.run(api).raise_for_status()
-    assert all(n in result.executed for n in api)
-    saved = list(engine.paths.output_dir.rglob("*.mp3"))
-    assert len(saved) == 1
-    with av.open(str(saved[0])) as container:
-        stream = container.streams.audio[0]
-        assert stream.rate == 48000 and stream.channels == 2
-        samples = sum(f.samples for f in container.decode(audio=0))
+    assert all(n["inputs"]["generate_audio_codes"] is True for n in api.values()
+               if n["class_type"] == "TextEncodeAceStepAudio1.5")
+    run_template(engine, api, {"EmptyAceStep1.5LatentAudio": {"seconds": SECONDS},
+                               "TextEncodeAceStepAudio1.5": {"duration": SECONDS}, "KSampler": {"steps": 3}})
+    rate, channels, samples = saved_audio(engine.paths.output_dir, "mp3")
+    assert rate == 48000 and channels == 2
     assert abs(samples - LATENT[2] * 4) <= 2304  # mp3 frames pad the start and end
 
 
@@ -261,35 +242,17 @@ def test_all_in_one_checkpoint_equals_the_split_files(engine, tiny):
 def test_comfy_ace_step_checkpoint_template_runs(engine, tiny):
     """ComfyUI's official ``audio_ace_step_1_5_checkpoint`` template (copied, MIT) on the tiny all-in-one file saved
     under its file name; the length (3 s) and the steps (3) made smaller. It saves a flac."""
-    import json
-    from pathlib import Path
-
-    import av
-
-    from nodegraph.workflow.loader import load_workflow_data
-
     from tests.dit.tiny_qwen import copy_as
 
     copy_as(tiny.root, {"checkpoints/tiny_ace_step_1.5_aio.safetensors":
                         "checkpoints/ace_step_1.5_turbo_aio.safetensors"})
-    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "audio_ace_step_1_5_checkpoint.json"
-    api = load_workflow_data(json.loads(path.read_text()), engine.registry).api
+    api = template_api("audio_ace_step_1_5_checkpoint", engine.registry)
     assert {"CheckpointLoaderSimple", "TextEncodeAceStepAudio1.5", "EmptyAceStep1.5LatentAudio",
             "VAEDecodeAudio", "SaveAudioAdvanced"} <= {n["class_type"] for n in api.values()}
-    for n in api.values():
-        if n["class_type"] == "EmptyAceStep1.5LatentAudio":
-            n["inputs"]["seconds"] = SECONDS
-        if n["class_type"] == "TextEncodeAceStepAudio1.5":
-            n["inputs"]["duration"] = SECONDS
-        if n["class_type"] == "KSampler":
-            n["inputs"]["steps"] = 3
-    result = engine.run(api).raise_for_status()
-    assert all(n in result.executed for n in api)
-    saved = list(engine.paths.output_dir.rglob("*.flac"))
-    assert len(saved) == 1
-    with av.open(str(saved[0])) as container:
-        assert container.streams.audio[0].rate == 48000
-        assert sum(f.samples for f in container.decode(audio=0)) == LATENT[2] * 4
+    run_template(engine, api, {"EmptyAceStep1.5LatentAudio": {"seconds": SECONDS},
+                               "TextEncodeAceStepAudio1.5": {"duration": SECONDS}, "KSampler": {"steps": 3}})
+    rate, _, samples = saved_audio(engine.paths.output_dir, "flac")
+    assert rate == 48000 and samples == LATENT[2] * 4
 
 
 def test_encoders_attend_over_all_tokens_as_comfyui(engine, tiny):

@@ -18,6 +18,7 @@ import torch
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
+from tests.dit.template_runs import comfy_audio_scale, run_template, saved_audio, template_api
 from tests.dit.tiny_stable_audio import build_stable_audio
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -80,9 +81,7 @@ def reference(tiny, prompt: str = PROMPT, seconds: tuple[float, float] | None = 
         latents = pipe(prompt, negative_prompt="", audio_start_in_s=start, audio_end_in_s=end,
                        num_inference_steps=STEPS, guidance_scale=CFG, latents=noise, output_type="latent").audios
         audio = tiny.vae.decode(latents).sample
-    std = torch.std(audio, dim=[1, 2], keepdim=True) * 5.0
-    std[std < 1.0] = 1.0
-    return audio / std
+    return comfy_audio_scale(audio)
 
 
 def test_empty_latent_audio_length():
@@ -145,32 +144,14 @@ def test_comfy_stable_audio_template_runs(engine, tiny):
     """ComfyUI's official ``audio_stable_audio_example`` template (copied, MIT) on the tiny files saved under its
     file names; only the length (2.97 s instead of 47.6) and the steps (3 instead of 50) are made smaller. Its
     sampler is dpmpp_3m_sde_gpu (stochastic), so the test checks the saved file, not values."""
-    import json
-    from pathlib import Path
-
-    import av
-
-    from nodegraph.workflow.loader import load_workflow_data
-
     from tests.dit.tiny_qwen import copy_as
 
     copy_as(tiny.root, {"checkpoints/tiny_stable_audio.safetensors": "checkpoints/stable-audio-open-1.0.safetensors",
                         "text_encoders/tiny_t5_base.safetensors": "text_encoders/t5-base.safetensors"})
-    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "audio_stable_audio_example.json"
-    api = load_workflow_data(json.loads(path.read_text()), engine.registry).api
+    api = template_api("audio_stable_audio_example", engine.registry)
     kinds = {n["class_type"] for n in api.values()}
     assert {"CheckpointLoaderSimple", "CLIPLoader", "EmptyLatentAudio", "VAEDecodeAudio", "SaveAudioAdvanced"} <= kinds
-    for n in api.values():
-        if n["class_type"] == "EmptyLatentAudio":
-            n["inputs"]["seconds"] = SECONDS
-        if n["class_type"] == "KSampler":
-            n["inputs"]["steps"] = 3
-    result = engine.run(api).raise_for_status()
-    assert all(n in result.executed for n in api)
-    saved = list(engine.paths.output_dir.rglob("*.flac"))
-    assert len(saved) == 1
-    with av.open(str(saved[0])) as container:
-        stream = container.streams.audio[0]
-        assert stream.rate == 44100 and stream.channels == 2
-        samples = sum(f.samples for f in container.decode(audio=0))
+    run_template(engine, api, {"EmptyLatentAudio": {"seconds": SECONDS}, "KSampler": {"steps": 3}})
+    rate, channels, samples = saved_audio(engine.paths.output_dir, "flac")
+    assert rate == 44100 and channels == 2
     assert samples == LATENT[2] * 4
