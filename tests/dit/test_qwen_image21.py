@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
-from tests.dit.tiny_qwen import write_qwen_tokenizer
+from tests.dit.tiny_qwen import qwen25vl_comfy_layout, vl_token_ids, write_qwen_tokenizer
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
 from tests.helpers.tiny_sd import _randomize
@@ -47,9 +47,7 @@ def qwen3vl(tokenizer):
     from nodegraph_nodes.dit.qwen_image21_text import mrope_section
 
     torch.manual_seed(21)
-    ids = {n: tokenizer.convert_tokens_to_ids(t) for n, t in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    ids = vl_token_ids(tokenizer)
     cfg = Qwen3VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=TE_WIDTH, intermediate_size=96, num_hidden_layers=2,
                          head_dim=32, num_attention_heads=2, num_key_value_heads=1, rms_norm_eps=1e-6,
@@ -62,18 +60,6 @@ def qwen3vl(tokenizer):
     model = Qwen3VLForConditionalGeneration(cfg).eval()
     _randomize(model)
     return model
-
-
-def old_layout(model) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in model.state_dict().items():
-        if k.startswith("model.language_model."):
-            out["model." + k[len("model.language_model."):]] = v
-        elif k.startswith("model.visual."):
-            out[k[len("model."):]] = v
-        else:
-            out[k] = v
-    return {k: v.contiguous() for k, v in out.items()}
 
 
 def transformer():
@@ -119,7 +105,7 @@ def build(root: Path, names: dict[str, str] | None = None) -> TinyQwen21:
     tok = write_qwen_tokenizer(models / "text_encoders" / "qwen3vl_tokenizer")
     te, net, v = qwen3vl(tok), transformer(), vae()
     save_file(comfy_layout(net.state_dict()), str(models / "diffusion_models" / names["unet"]))
-    save_file(old_layout(te), str(models / "text_encoders" / names["clip"]))
+    save_file(qwen25vl_comfy_layout(te), str(models / "text_encoders" / names["clip"]))
     save_file({k: t.contiguous() for k, t in v.state_dict().items()}, str(models / "vae" / names["vae"]))
     write_folder(models / "diffusers" / "tiny_qwen_image21", net, te, tok, v)
     return TinyQwen21(net, te, tok, v)

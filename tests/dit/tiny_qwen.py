@@ -78,13 +78,18 @@ def load_tokenizer(folder: Path):
 TE_WIDTH = 128  # Qwen2.5-VL's head width is 128 (not in the weights), so one head
 
 
+def vl_token_ids(tokenizer) -> dict:
+    """The Qwen-VL configs' special token ids (image / video pad, vision start / end) in ``tokenizer``."""
+    return {n: tokenizer.convert_tokens_to_ids(t) for n, t in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+
+
 def qwen25vl(tokenizer):
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(21)
-    ids = {n: tokenizer.convert_tokens_to_ids(t) for n, t in (
-        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
-        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    ids = vl_token_ids(tokenizer)
     cfg = Qwen2_5_VLConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=TE_WIDTH, intermediate_size=192, num_hidden_layers=2,
                          num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1000000.0,
@@ -100,7 +105,7 @@ def qwen25vl(tokenizer):
 
 
 def qwen25vl_comfy_layout(model) -> dict[str, torch.Tensor]:
-    """ComfyUI's file layout (the older transformers names)."""
+    """ComfyUI's file layout (the older transformers names) of a Qwen2.5-VL or Qwen3-VL model."""
     out = {}
     for k, v in model.state_dict().items():
         if k.startswith("model.language_model."):
