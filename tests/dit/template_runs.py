@@ -18,13 +18,33 @@ DIT_TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_
 
 def template_api(name: str, registry) -> dict:
     """Template ``name``'s API prompt."""
-    return load_workflow_data(json.loads((DIT_TEMPLATES / f"{name}.json").read_text()), registry).api
+    return template_api_of(DIT_TEMPLATES / f"{name}.json", registry)
+
+
+def package_template_api(name: str, registry) -> dict:
+    """The installed templates package's template ``name``: it must check clean (every node type known, no
+    errors but missing model files); its API prompt."""
+    from tests.helpers.package_templates import check_templates, package_templates
+
+    path = package_templates(lambda n: n == f"{name}.json")[0]
+    assert check_templates([path], registry).clean == [path.name]
+    return template_api_of(path, registry)
+
+
+def template_api_of(path: Path, registry) -> dict:
+    """The API prompt of the UI workflow file at ``path``."""
+    return load_workflow_data(json.loads(path.read_text()), registry).api
+
+
+def set_inputs(api: dict, inputs: dict[str, dict]) -> None:
+    """Sets ``inputs[class_type]`` on each node of ``api`` of that type."""
+    for n in api.values():
+        n["inputs"].update(inputs.get(n["class_type"], {}))
 
 
 def run_template(engine, api: dict, inputs: dict[str, dict]):
     """Runs ``api`` with ``inputs[class_type]`` set on each node of that type; every node must run. The result."""
-    for n in api.values():
-        n["inputs"].update(inputs.get(n["class_type"], {}))
+    set_inputs(api, inputs)
     result = engine.run(api).raise_for_status()
     assert all(n in result.executed for n in api)
     return result
@@ -59,6 +79,16 @@ def saved_audio(output_dir: Path, extension: str) -> tuple[int, int, int]:
     with av.open(str(saved[0])) as container:
         stream = container.streams.audio[0]
         return stream.rate, stream.channels, sum(f.samples for f in container.decode(audio=0))
+
+
+def saved_video_frames(output_dir: Path) -> int:
+    """The decoded frame count of the one ``*.mp4`` file under ``output_dir``."""
+    import av
+
+    saved = list(output_dir.rglob("*.mp4"))
+    assert len(saved) == 1
+    with av.open(str(saved[0])) as container:
+        return sum(1 for _ in container.decode(video=0))
 
 
 def comfy_audio_scale(audio: torch.Tensor) -> torch.Tensor:

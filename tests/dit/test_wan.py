@@ -11,6 +11,7 @@ import torch
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
+from tests.dit.template_runs import saved_video_frames
 from tests.dit.tiny_wan import build_wan
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -207,7 +208,6 @@ def test_comfy_wan22_14b_templates_run(wan_engine, tiny_wan, kind):
     import shutil
     from pathlib import Path
 
-    import av
     import numpy as np
     from PIL import Image
 
@@ -243,10 +243,7 @@ def test_comfy_wan22_14b_templates_run(wan_engine, tiny_wan, kind):
     assert executed.count("UNETLoader") == 2 and executed.count("KSamplerAdvanced") == 2
     assert "LoraLoaderModelOnly" not in executed
     assert ("WanImageToVideo" in executed) == (kind == "i2v")
-    saved = list(wan_engine.paths.output_dir.rglob("*.mp4"))
-    assert len(saved) == 1
-    with av.open(str(saved[0])) as container:
-        assert sum(1 for _ in container.decode(video=0)) == LENGTH
+    assert saved_video_frames(wan_engine.paths.output_dir) == LENGTH
 
 
 @pytest.mark.parametrize("flf", [False, True], ids=["i2v", "flf2v"])
@@ -334,7 +331,6 @@ def test_comfy_image_to_video_wan_template_runs(wan_engine, tiny_wan):
     import shutil
     from pathlib import Path
 
-    import av
     import numpy as np
     from PIL import Image
 
@@ -362,10 +358,7 @@ def test_comfy_image_to_video_wan_template_runs(wan_engine, tiny_wan):
     result = wan_engine.run(api).raise_for_status()
     executed = {api[n]["class_type"] for n in result.executed}
     assert {"CLIPVisionLoader", "CLIPVisionEncode", "WanImageToVideo", "SaveVideo"} <= executed
-    saved = list(wan_engine.paths.output_dir.rglob("*.mp4"))
-    assert len(saved) == 1
-    with av.open(str(saved[0])) as container:
-        assert sum(1 for _ in container.decode(video=0)) == LENGTH
+    assert saved_video_frames(wan_engine.paths.output_dir) == LENGTH
 
 
 FLF_TEMPLATES = {
@@ -385,7 +378,6 @@ def test_comfy_wan_first_last_frame_templates_run(wan_engine, tiny_wan, name):
     import shutil
     from pathlib import Path
 
-    import av
     import numpy as np
     from PIL import Image
 
@@ -422,7 +414,4 @@ def test_comfy_wan_first_last_frame_templates_run(wan_engine, tiny_wan, name):
     executed = [api[n]["class_type"] for n in result.executed]
     assert "WanFirstLastFrameToVideo" in executed and "SaveVideo" in executed
     assert ("CLIPVisionEncode" in executed) == (name == "wan2.1_flf2v_720_f16")
-    saved = list(wan_engine.paths.output_dir.rglob("*.mp4"))
-    assert len(saved) == 1
-    with av.open(str(saved[0])) as container:
-        assert sum(1 for _ in container.decode(video=0)) == LENGTH
+    assert saved_video_frames(wan_engine.paths.output_dir) == LENGTH

@@ -13,6 +13,8 @@ from PIL import Image
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
+from tests.dit.template_runs import package_template_api, saved_video_frames, set_inputs
+from tests.dit.tiny_wan import flf_reference
 from tests.dit.tiny_wan22 import NET_FILE, VAE_FILE, build_wan22
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -118,41 +120,24 @@ def test_comfy_wan22_5b_ti2v_template_runs(engine, tiny):
     """ComfyUI's official ``video_wan2_2_5B_ti2v`` template (the installed comfyui_workflow_templates_json
     package, MIT) on the tiny files under its names. Made smaller: the latent (64×64, 5 frames) and the steps
     (4)."""
-    import json
-
-    import av
-
-    from nodegraph.workflow.loader import load_workflow_data
-
     from tests.dit.tiny_qwen import copy_as
-    from tests.helpers.package_templates import check_templates, package_templates
 
     copy_as(tiny.root, {f"diffusion_models/{NET_FILE}": "diffusion_models/wan2.2_ti2v_5B_fp16.safetensors",
                         "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
                         f"vae/{VAE_FILE}": "vae/wan2.2_vae.safetensors"})
-    path = package_templates(lambda n: n == "video_wan2_2_5B_ti2v.json")[0]
-    assert check_templates([path], engine.registry).clean == [path.name]
-    api = load_workflow_data(json.loads(path.read_text()), engine.registry).api
-    for n in api.values():
-        if n["class_type"] == "Wan22ImageToVideoLatent":
-            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
-        if n["class_type"] == "KSampler":
-            n["inputs"]["steps"] = 4
+    api = package_template_api("video_wan2_2_5B_ti2v", engine.registry)
+    set_inputs(api, {"Wan22ImageToVideoLatent": dict(width=WIDTH, height=HEIGHT, length=LENGTH),
+                     "KSampler": {"steps": 4}})
     result = engine.run(api).raise_for_status()
     executed = {api[n]["class_type"] for n in result.executed}
     assert {"Wan22ImageToVideoLatent", "KSampler", "SaveVideo"} <= executed
-    saved = list(engine.paths.output_dir.rglob("*.mp4"))
-    assert len(saved) == 1
-    with av.open(str(saved[0])) as container:
-        assert sum(1 for _ in container.decode(video=0)) == LENGTH
+    assert saved_video_frames(engine.paths.output_dir) == LENGTH
 
 
 def test_wan22_5b_fun_inpaint_matches_pipeline(engine, tiny):
     """WanFunInpaintToVideo with the 48-channel VAE (ComfyUI's: the VAE's channels and 1/16 size) and a Fun InP
     5B transformer (100 input channels: the latent, the 4-channel mask, the start/end frames' latent) equals
     WanImageToVideoPipeline with ``last_image`` on the same weights (1e-4)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
-
     from tests.dit.tiny_wan22 import FUN_FILE
 
     rng = np.random.default_rng(6)
@@ -177,19 +162,9 @@ def test_wan22_5b_fun_inpaint_matches_pipeline(engine, tiny):
     assert result.value("fun", 2)["samples"].shape == (1, 48, 2, HEIGHT // 16, WIDTH // 16)
     out = result.value("out")
 
-    pipe = WanImageToVideoPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder,
-                                   transformer=tiny.fun_transformer, vae=tiny.vae,
-                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT))
-    pipe.set_progress_bar_config(disable=True)
-    text = WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=None, vae=None,
-                       scheduler=None)
-    noise, _ = engine_noise((1, 48, (LENGTH - 1) // 4 + 1, HEIGHT // 16, WIDTH // 16), SEED)
-    with torch.no_grad():
-        embeds, negative = text.encode_prompt(PROMPT, negative_prompt="", max_sequence_length=512)
-        video = pipe(image=start, last_image=end, prompt_embeds=embeds, negative_prompt_embeds=negative,
-                     height=HEIGHT, width=WIDTH, num_frames=LENGTH, num_inference_steps=STEPS, guidance_scale=CFG,
-                     latents=noise, output_type="pt").frames
-    ref = video[0].permute(0, 2, 3, 1).float()
+    latent = (1, 48, (LENGTH - 1) // 4 + 1, HEIGHT // 16, WIDTH // 16)
+    ref = flf_reference(tiny, tiny.fun_transformer, start, end, latent, prompt=PROMPT, height=HEIGHT, width=WIDTH,
+                        length=LENGTH, steps=STEPS, cfg=CFG, shift=SHIFT, seed=SEED)
     assert out.shape == ref.shape == (LENGTH, HEIGHT, WIDTH, 3)
     assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
 
@@ -197,15 +172,8 @@ def test_wan22_5b_fun_inpaint_matches_pipeline(engine, tiny):
 def test_comfy_wan22_5b_fun_inpaint_template_runs(engine, tiny):
     """ComfyUI's official ``video_wan2_2_5B_fun_inpaint`` template on the tiny Fun InP 5B transformer and the
     48-channel VAE under its names. Made smaller: 64×64, 5 frames, 4 steps."""
-    import json
-
-    import av
-
-    from nodegraph.workflow.loader import load_workflow_data
-
     from tests.dit.tiny_qwen import copy_as
     from tests.dit.tiny_wan22 import FUN_FILE
-    from tests.helpers.package_templates import check_templates, package_templates
 
     name = "video_wan2_2_5B_fun_inpaint"
     copy_as(tiny.root, {f"diffusion_models/{FUN_FILE}": "diffusion_models/wan2.2_fun_inpaint_5B_bf16.safetensors",
@@ -216,17 +184,9 @@ def test_comfy_wan22_5b_fun_inpaint_template_runs(engine, tiny):
     for which in ("start", "end"):
         Image.fromarray(rng.integers(0, 256, (48, 40, 3), dtype=np.uint8), "RGB").save(
             engine.paths.input_dir / f"{name}_{which}_image.png")
-    path = package_templates(lambda n: n == f"{name}.json")[0]
-    assert check_templates([path], engine.registry).clean == [path.name]
-    api = load_workflow_data(json.loads(path.read_text()), engine.registry).api
-    for n in api.values():
-        if n["class_type"] == "WanFunInpaintToVideo":
-            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
-        if n["class_type"] == "KSampler":
-            n["inputs"]["steps"] = 4
+    api = package_template_api(name, engine.registry)
+    set_inputs(api, {"WanFunInpaintToVideo": dict(width=WIDTH, height=HEIGHT, length=LENGTH),
+                     "KSampler": {"steps": 4}})
     result = engine.run(api).raise_for_status()
     assert "WanFunInpaintToVideo" in {api[n]["class_type"] for n in result.executed}
-    saved = list(engine.paths.output_dir.rglob("*.mp4"))
-    assert len(saved) == 1
-    with av.open(str(saved[0])) as container:
-        assert sum(1 for _ in container.decode(video=0)) == LENGTH
+    assert saved_video_frames(engine.paths.output_dir) == LENGTH

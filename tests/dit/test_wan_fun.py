@@ -13,9 +13,9 @@ from PIL import Image
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
-from tests.dit.tiny_wan import build_wan
+from tests.dit.template_runs import package_template_api, saved_video_frames, set_inputs
+from tests.dit.tiny_wan import build_wan, flf_reference
 from tests.helpers.engines import make_engine
-from tests.helpers.noise import engine_noise
 
 PROMPT = "a red fox running in snow"
 SEED, STEPS, CFG, SHIFT = 19, 3, 4.0, 5.0
@@ -46,8 +46,6 @@ def images(input_dir, name: str):
 
 
 def test_wan_fun_inpaint_matches_pipeline(engine, tiny):
-    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
-
     start, end = images(engine.paths.input_dir, "fun")
     g = Graph()
     model = g.node("UNETLoader", unet_name="tiny_wan_i2v.safetensors", weight_dtype="default").out(0)
@@ -64,19 +62,9 @@ def test_wan_fun_inpaint_matches_pipeline(engine, tiny):
     g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
     out = engine.run(g).raise_for_status().value("out")
 
-    pipe = WanImageToVideoPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder,
-                                   transformer=tiny.i2v_transformer, vae=tiny.vae,
-                                   scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT))
-    pipe.set_progress_bar_config(disable=True)
-    text = WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=None, vae=None,
-                       scheduler=None)
-    noise, _ = engine_noise((1, 16, (LENGTH - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8), SEED)
-    with torch.no_grad():
-        embeds, negative = text.encode_prompt(PROMPT, negative_prompt="", max_sequence_length=512)
-        video = pipe(image=start, last_image=end, prompt_embeds=embeds, negative_prompt_embeds=negative,
-                     height=HEIGHT, width=WIDTH, num_frames=LENGTH, num_inference_steps=STEPS, guidance_scale=CFG,
-                     latents=noise, output_type="pt").frames
-    ref = video[0].permute(0, 2, 3, 1).float()
+    latent = (1, 16, (LENGTH - 1) // 4 + 1, HEIGHT // 8, WIDTH // 8)
+    ref = flf_reference(tiny, tiny.i2v_transformer, start, end, latent, prompt=PROMPT, height=HEIGHT, width=WIDTH,
+                        length=LENGTH, steps=STEPS, cfg=CFG, shift=SHIFT, seed=SEED)
     assert out.shape == ref.shape == (LENGTH, HEIGHT, WIDTH, 3)
     assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
 
@@ -85,15 +73,8 @@ def test_comfy_wan22_fun_inpaint_template_runs(engine, tiny):
     """ComfyUI's ``video_wan2_2_14B_fun_inpaint`` template (the installed comfyui_workflow_templates_json package,
     MIT) on the tiny 36-channel model under both experts' names, with tiny lightx2v LoRAs in Wan's original names.
     Made smaller: WanFunInpaintToVideo 32×32, 5 frames; the template's 4 steps are kept."""
-    import json
-
-    import av
-
-    from nodegraph.workflow.loader import load_workflow_data
-
     from tests.dit.test_wan_vace import write_original_lora
     from tests.dit.tiny_qwen import copy_as
-    from tests.helpers.package_templates import check_templates, package_templates
 
     name = "video_wan2_2_14B_fun_inpaint"
     for noise in ("high", "low"):
@@ -105,17 +86,10 @@ def test_comfy_wan22_fun_inpaint_template_runs(engine, tiny):
     copy_as(tiny.root, {"text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
                         "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
     images(engine.paths.input_dir, name)
-    path = package_templates(lambda n: n == f"{name}.json")[0]
-    assert check_templates([path], engine.registry).clean == [path.name]
-    api = load_workflow_data(json.loads(path.read_text()), engine.registry).api
-    for n in api.values():
-        if n["class_type"] == "WanFunInpaintToVideo":
-            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
+    api = package_template_api(name, engine.registry)
+    set_inputs(api, {"WanFunInpaintToVideo": dict(width=WIDTH, height=HEIGHT, length=LENGTH)})
     result = engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
     assert executed.count("KSamplerAdvanced") == 2 and executed.count("LoraLoaderModelOnly") == 2
     assert "WanFunInpaintToVideo" in executed
-    saved = list(engine.paths.output_dir.rglob("*.mp4"))
-    assert len(saved) == 1
-    with av.open(str(saved[0])) as container:
-        assert sum(1 for _ in container.decode(video=0)) == LENGTH
+    assert saved_video_frames(engine.paths.output_dir) == LENGTH

@@ -168,3 +168,26 @@ def write_clip_vision(folder: Path) -> None:
     _randomize(model, 0.2)
     model.save_pretrained(str(folder))
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
+
+
+def flf_reference(tiny, transformer, start, end, latent_shape: tuple, *, prompt: str, height: int, width: int,
+                  length: int, steps: int, cfg: float, shift: float, seed: int) -> torch.Tensor:
+    """diffusers' first-last-frame reference: WanImageToVideoPipeline with ``last_image`` on ``transformer`` and
+    ``tiny``'s text encoder and VAE (the prompt and the empty negative encoded by WanPipeline, 512 tokens), the
+    engine's noise of ``latent_shape`` at ``seed``. Its frames ``[F, H, W, 3]``."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline, WanPipeline
+
+    from tests.helpers.noise import engine_noise
+
+    pipe = WanImageToVideoPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=transformer,
+                                   vae=tiny.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=shift))
+    pipe.set_progress_bar_config(disable=True)
+    text = WanPipeline(tokenizer=tiny.tokenizer, text_encoder=tiny.text_encoder, transformer=None, vae=None,
+                       scheduler=None)
+    noise, _ = engine_noise(latent_shape, seed)
+    with torch.no_grad():
+        embeds, negative = text.encode_prompt(prompt, negative_prompt="", max_sequence_length=512)
+        video = pipe(image=start, last_image=end, prompt_embeds=embeds, negative_prompt_embeds=negative,
+                     height=height, width=width, num_frames=length, num_inference_steps=steps, guidance_scale=cfg,
+                     latents=noise, output_type="pt").frames
+    return video[0].permute(0, 2, 3, 1).float()
