@@ -40,18 +40,24 @@ TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit"
 PROMPT, SEED, STEPS, SHIFT = "a photo of a cat", 5, 4, 3.0
 
 
-@pytest.fixture(scope="module")
-def z11(qwen_root, tiny_z_image):
-    """An 11-layer tiny Z-Image (so that hints 0, 1 and 2 land on layers 0, 5 and 10), saved in ComfyUI's layout."""
+def tiny_z(root, layers: int, refiner_layers: int, seed: int):
+    """A tiny random Z-Image of ``layers`` layers and ``refiner_layers`` noise-refiner layers, saved in ComfyUI's
+    layout as ``tiny_z_image_<layers>.safetensors``."""
     from diffusers import ZImageTransformer2DModel
 
     torch.manual_seed(0)
-    net = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=11,
-                                   n_refiner_layers=1, n_heads=2, n_kv_heads=2, cap_feat_dim=QWEN3_WIDTH,
+    net = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=layers,
+                                   n_refiner_layers=refiner_layers, n_heads=2, n_kv_heads=2, cap_feat_dim=QWEN3_WIDTH,
                                    axes_dims=[8, 12, 12])
-    net = _random_transformer(net, 43)
-    save_file(z_comfy_layout(net.state_dict()), str(qwen_root / "models" / "diffusion_models" / "tiny_z_image_11.safetensors"))
+    net = _random_transformer(net, seed)
+    save_file(z_comfy_layout(net.state_dict()), str(root / "models" / "diffusion_models" / f"tiny_z_image_{layers}.safetensors"))
     return net
+
+
+@pytest.fixture(scope="module")
+def z11(qwen_root, tiny_z_image):
+    """An 11-layer tiny Z-Image (so that hints 0, 1 and 2 land on layers 0, 5 and 10), saved in ComfyUI's layout."""
+    return tiny_z(qwen_root, layers=11, refiner_layers=1, seed=43)
 
 
 def control_net(zero: bool = False, seed: int = 9):
@@ -72,20 +78,30 @@ def control_net(zero: bool = False, seed: int = 9):
 def graph(patch: str | None, node: str = "QwenImageDiffsynthControlnet", strength: float = 0.8,
           unet: str = "tiny_z_image_11.safetensors") -> Graph:
     g = Graph()
-    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
-    clip = g.node("CLIPLoader", clip_name="tiny_qwen_3.safetensors", type="lumina2").out(0)
-    vae = g.node("VAELoader", vae_name="tiny_z_image_ae.safetensors").out(0)
-    model = g.node("ModelSamplingAuraFlow", model=model, shift=SHIFT).out(0)
+    model, clip, vae = loaders(g, unet)
     if patch is not None:
         mp = g.node("ModelPatchLoader", name=patch).out(0)
         img = g.node("LoadImage", image="control_128.png").out(0)
         model = g.node(node, model=model, model_patch=mp, vae=vae, image=img, strength=strength).out(0)
+    sample(g, model, clip, vae)
+    return g
+
+
+def loaders(g: Graph, unet: str) -> tuple:
+    """The tiny Z-Image ``unet`` (with ModelSamplingAuraFlow), its Qwen3 CLIP and VAE."""
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_qwen_3.safetensors", type="lumina2").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_z_image_ae.safetensors").out(0)
+    return g.node("ModelSamplingAuraFlow", model=model, shift=SHIFT).out(0), clip, vae
+
+
+def sample(g: Graph, model, clip, vae) -> None:
+    """PROMPT at cfg 1 (zeroed negative) on a 64×64 latent, decoded into PreviewAny ``out``."""
     pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
     lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
     ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
                 positive=pos, negative=g.node("ConditioningZeroOut", conditioning=pos), latent_image=lat, denoise=1.0)
     g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
-    return g
 
 
 @contextmanager
@@ -95,8 +111,7 @@ def reference_control(transformer, cnet, vae, strength: float):
     with torch.no_grad():
         lat = vae.encode(pixels).latent_dist.mode()
     lat = (lat - vae.config.shift_factor) * vae.config.scaling_factor
-    b, ch, h, w = lat.shape
-    tokens = lat.reshape(b, ch, h // 2, 2, w // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w // 4, 4 * ch)
+    tokens = patch_tokens(lat)
     state = {}
 
     def before(module, args):
@@ -117,9 +132,7 @@ def reference_control(transformer, cnet, vae, strength: float):
     def after(i, out):
         if i % 5:
             return out
-        hint = state["hints"][i // 5]
-        n = hint.shape[1]
-        return torch.cat([out[:, :n] + strength * hint, out[:, n:]], dim=1)
+        return add_hint(out, state["hints"][i // 5], strength)
 
     handles = [transformer.layers[0].register_forward_pre_hook(before)]
     handles += [layer.register_forward_hook(lambda m, a, o, i=i: after(i, o)) for i, layer in enumerate(transformer.layers)]
@@ -128,6 +141,18 @@ def reference_control(transformer, cnet, vae, strength: float):
     finally:
         for hd in handles:
             hd.remove()
+
+
+def patch_tokens(lat: torch.Tensor) -> torch.Tensor:
+    """A latent ``[B, C, H, W]`` as Z-Image's 2×2 patch tokens ``[B, H·W/4, 4·C]``."""
+    b, ch, h, w = lat.shape
+    return lat.reshape(b, ch, h // 2, 2, w // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w // 4, 4 * ch)
+
+
+def add_hint(out: torch.Tensor, hint: torch.Tensor, strength: float) -> torch.Tensor:
+    """A layer's output with ``strength`` × a control ``hint`` added to its first (image) tokens."""
+    n = hint.shape[1]
+    return torch.cat([out[:, :n] + strength * hint, out[:, n:]], dim=1)
 
 
 def original_block(layer, c, freqs, adaln):
@@ -217,15 +242,7 @@ def test_z_image_fun_union_template_runs(qwen_engine, qwen_registry, qwen_root, 
 @pytest.fixture(scope="module")
 def z6(qwen_root, tiny_z_image):
     """A 6-layer tiny Z-Image with Z-Image's two noise-refiner layers (2.x hints land on layers 0, 2 and 4)."""
-    from diffusers import ZImageTransformer2DModel
-
-    torch.manual_seed(0)
-    net = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=64, n_layers=6,
-                                   n_refiner_layers=2, n_heads=2, n_kv_heads=2, cap_feat_dim=QWEN3_WIDTH,
-                                   axes_dims=[8, 12, 12])
-    net = _random_transformer(net, 47)
-    save_file(z_comfy_layout(net.state_dict()), str(qwen_root / "models" / "diffusion_models" / "tiny_z_image_6.safetensors"))
-    return net
+    return tiny_z(qwen_root, layers=6, refiner_layers=2, seed=47)
 
 
 def control_net_2x(seed: int = 12):
@@ -251,21 +268,14 @@ def save_2x_inputs(engine) -> None:
 
 def graph_2x(patch: str, strength: float = 0.8) -> Graph:
     g = Graph()
-    model = g.node("UNETLoader", unet_name="tiny_z_image_6.safetensors", weight_dtype="default").out(0)
-    clip = g.node("CLIPLoader", clip_name="tiny_qwen_3.safetensors", type="lumina2").out(0)
-    vae = g.node("VAELoader", vae_name="tiny_z_image_ae.safetensors").out(0)
-    model = g.node("ModelSamplingAuraFlow", model=model, shift=SHIFT).out(0)
+    model, clip, vae = loaders(g, "tiny_z_image_6.safetensors")
     mp = g.node("ModelPatchLoader", name=patch).out(0)
     img = g.node("LoadImage", image="control_64.png").out(0)
     inpaint = g.node("LoadImage", image="inpaint_64.png").out(0)
     mask = g.node("ImageToMask", image=g.node("LoadImage", image="mask_64.png").out(0), channel="red").out(0)
     model = g.node("ZImageFunControlnet", model=model, model_patch=mp, vae=vae, strength=strength, image=img,
                    inpaint_image=inpaint, mask=mask).out(0)
-    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
-    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
-    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
-                positive=pos, negative=g.node("ConditioningZeroOut", conditioning=pos), latent_image=lat, denoise=1.0)
-    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
+    sample(g, model, clip, vae)
     return g
 
 
@@ -286,8 +296,7 @@ def reference_control_2x(engine, transformer, cnet, vae, strength: float):
     keep = 1 - _png(engine, "mask_64.png")[:, :1]  # the node's mask is the red channel; ComfyUI inverts it
     inpaint = (_png(engine, "inpaint_64.png") - 0.5) * keep.round() + 0.5
     lat = torch.cat([latent(_png(engine, "control_64.png")), keep[:, :, ::8, ::8], latent(inpaint)], dim=1)
-    b, ch, h, w = lat.shape
-    tokens = lat.reshape(b, ch, h // 2, 2, w // 2, 2).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w // 4, 4 * ch)
+    tokens = patch_tokens(lat)
     state = {}
 
     def step(layer, c, x, f, adaln, first):
@@ -303,8 +312,7 @@ def reference_control_2x(engine, transformer, cnet, vae, strength: float):
 
     def refiner_out(i, out):
         hint, state["c"] = step(cnet.control_noise_refiner[i], state["c"], state["x"], state["f"], state["adaln"], i == 0)
-        n = hint.shape[1]
-        return torch.cat([out[:, :n] + strength * hint, out[:, n:]], dim=1)
+        return add_hint(out, hint, strength)
 
     def main_in(module, args):
         unified, _, freqs, adaln = args[:4]
@@ -319,9 +327,7 @@ def reference_control_2x(engine, transformer, cnet, vae, strength: float):
     def main_out(i, out):
         if i % 2:
             return out
-        hint = state["hints"][i // 2]
-        n = hint.shape[1]
-        return torch.cat([out[:, :n] + strength * hint, out[:, n:]], dim=1)
+        return add_hint(out, state["hints"][i // 2], strength)
 
     handles = [transformer.noise_refiner[0].register_forward_pre_hook(refiner_in),
                transformer.layers[0].register_forward_pre_hook(main_in)]
