@@ -32,21 +32,29 @@ def ltx2_engine(tiny_ltx2, tmp_path):
     eng.close()
 
 
-def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None, unet: str | None = None,
-              audio_cfg: float | None = None) -> Graph:
-    g = Graph()
+def loaders_and_conditioning(g: Graph, prompt: str = PROMPT) -> tuple:
+    """The tiny checkpoint (CheckpointLoaderSimple), its audio VAE, LTXVConditioning of ``prompt`` and an empty
+    negative (Gemma + the checkpoint's connectors) and the empty video latent: ``(checkpoint node, audio VAE,
+    conditioning node, video latent node)``."""
     ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    model = ck.out(0)
-    if unet:
-        model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
-    if lora:
-        model = g.node("LoraLoaderModelOnly", model=model, lora_name=lora, strength_model=LORA_STRENGTH).out(0)
     clip = g.node("LTXAVTextEncoderLoader", text_encoder=GEMMA_FILE, ckpt_name=CHECKPOINT, device="default").out(0)
     audio_vae = g.node("LTXVAudioVAELoader", ckpt_name=CHECKPOINT).out(0)
     pos = g.node("CLIPTextEncode", text=prompt, clip=clip)
     neg = g.node("CLIPTextEncode", text="", clip=clip)
     cond = g.node("LTXVConditioning", positive=pos, negative=neg, frame_rate=float(RATE))
     video = g.node("EmptyLTXVLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    return ck, audio_vae, cond, video
+
+
+def t2v_graph(prompt: str = PROMPT, cfg: float = CFG, lora: str | None = None, unet: str | None = None,
+              audio_cfg: float | None = None) -> Graph:
+    g = Graph()
+    ck, audio_vae, cond, video = loaders_and_conditioning(g, prompt)
+    model = ck.out(0)
+    if unet:
+        model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+    if lora:
+        model = g.node("LoraLoaderModelOnly", model=model, lora_name=lora, strength_model=LORA_STRENGTH).out(0)
     audio = g.node("LTXVEmptyLatentAudio", frames_number=LENGTH, frame_rate=RATE, batch_size=1, audio_vae=audio_vae)
     av = g.node("LTXVConcatAVLatent", video_latent=video, audio_latent=audio)
     sigmas = g.node("LTXVScheduler", "sigmas", steps=STEPS, max_shift=2.05, base_shift=0.95, stretch=True,
@@ -136,13 +144,7 @@ def test_ltx2_image_to_video_matches_pipeline(ltx2_engine, tiny_ltx2):
     Image.fromarray(np.random.default_rng(8).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB").save(
         ltx2_engine.paths.input_dir / "start.png")
     g = Graph()
-    ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    clip = g.node("LTXAVTextEncoderLoader", text_encoder=GEMMA_FILE, ckpt_name=CHECKPOINT, device="default").out(0)
-    audio_vae = g.node("LTXVAudioVAELoader", ckpt_name=CHECKPOINT).out(0)
-    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
-    neg = g.node("CLIPTextEncode", text="", clip=clip)
-    cond = g.node("LTXVConditioning", positive=pos, negative=neg, frame_rate=float(RATE))
-    video = g.node("EmptyLTXVLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    ck, audio_vae, cond, video = loaders_and_conditioning(g)
     image = g.node("LoadImage", image="start.png").out(0)
     video = g.node("LTXVImgToVideoInplace", "i2v", vae=ck.out(2), image=image, latent=video, strength=1.0,
                    bypass=False)
@@ -317,13 +319,7 @@ def test_ltx2_add_guide_matches_condition_pipeline(ltx2_engine, tiny_ltx2, monke
     ltx2_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels, "RGB").save(ltx2_engine.paths.input_dir / "guide.png")
     g = Graph()
-    ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
-    clip = g.node("LTXAVTextEncoderLoader", text_encoder=GEMMA_FILE, ckpt_name=CHECKPOINT, device="default").out(0)
-    audio_vae = g.node("LTXVAudioVAELoader", ckpt_name=CHECKPOINT).out(0)
-    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
-    neg = g.node("CLIPTextEncode", text="", clip=clip)
-    cond = g.node("LTXVConditioning", positive=pos, negative=neg, frame_rate=float(RATE))
-    video = g.node("EmptyLTXVLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+    ck, audio_vae, cond, video = loaders_and_conditioning(g)
     guide = g.node("LTXVAddGuide", positive=cond.out(0), negative=cond.out(1), vae=ck.out(2), latent=video,
                    image=g.node("LoadImage", image="guide.png").out(0), frame_idx=1, strength=1.0)
     audio = g.node("LTXVEmptyLatentAudio", frames_number=LENGTH, frame_rate=RATE, batch_size=1, audio_vae=audio_vae)
