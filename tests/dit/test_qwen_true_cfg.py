@@ -149,6 +149,12 @@ def _engine_prompt(cfg_norm: float | None, velocity_rescale: bool = False) -> di
     ks_id, ks = next((k, n) for k, n in prompt.items() if n["class_type"] == "KSampler")
     ks["inputs"]["cfg"] = CFG
     prompt[ks["inputs"]["negative"][0]]["inputs"]["text"] = NEGATIVE
+    return _with_norms(prompt, ks, cfg_norm, velocity_rescale)
+
+
+def _with_norms(prompt: dict, ks: dict, cfg_norm: float | None, velocity_rescale: bool) -> dict:
+    """``prompt`` with a CFGNorm of strength ``cfg_norm`` (if given) and nodegraph's CFGVelocityNormRescale (if
+    ``velocity_rescale``) before its KSampler ``ks``."""
     if cfg_norm is not None:
         prompt["cfgnorm"] = {"class_type": "CFGNorm", "inputs": {"model": ks["inputs"]["model"], "strength": cfg_norm}}
         ks["inputs"]["model"] = ["cfgnorm", 0]
@@ -214,12 +220,7 @@ def _edit_engine_prompt(cfg_norm: float | None, velocity_rescale: bool = False) 
     pos = prompt[ks["inputs"]["positive"][0]]
     ks["inputs"]["cfg"] = CFG
     prompt[ks["inputs"]["negative"][0]]["inputs"] = {**pos["inputs"], "prompt": NEGATIVE}
-    if cfg_norm is not None:
-        prompt["cfgnorm"] = {"class_type": "CFGNorm", "inputs": {"model": ks["inputs"]["model"], "strength": cfg_norm}}
-        ks["inputs"]["model"] = ["cfgnorm", 0]
-    if velocity_rescale:
-        _add_velocity_rescale(prompt, ks)
-    return prompt
+    return _with_norms(prompt, ks, cfg_norm, velocity_rescale)
 
 
 @pytest.fixture
