@@ -11,7 +11,6 @@ cfg 1.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,14 +22,12 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from nodegraph.builder import Graph
-from nodegraph.workflow.loader import load_workflow_data
 
 from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, tiny_z_image  # noqa: F401
-from tests.dit.template_runs import last_saved_image
+from tests.dit.template_runs import last_saved_image, set_inputs, template_api
 from tests.dit.test_qwen_image import PROMPT, SEED, SHIFT, STEPS, reference
 from tests.dit.tiny_qwen import copy_as
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit"
 DIM = 64  # the tiny transformer's width (2 heads × 32)
 
 
@@ -196,13 +193,8 @@ def test_qwen_controlnet_patch_template_runs(qwen_engine, qwen_registry, qwen_ro
     qwen_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     pixels = (control_image(128)[0].numpy() * 255).round().astype(np.uint8)
     Image.fromarray(pixels).save(qwen_engine.paths.input_dir / "image_qwen_image_controlnet_patch_input_image.png")
-    api = load_workflow_data(json.loads((TEMPLATES / "image_qwen_image_controlnet_patch.json").read_text()),
-                             qwen_registry).api
-    for n in api.values():
-        if n["class_type"] == "ImageScaleToTotalPixels":
-            n["inputs"]["megapixels"] = 0.01
-        if n["class_type"] == "KSampler":
-            n["inputs"]["steps"] = 2
+    api = template_api("image_qwen_image_controlnet_patch", qwen_registry)
+    set_inputs(api, {"ImageScaleToTotalPixels": {"megapixels": 0.01}, "KSampler": {"steps": 2}})
     result = qwen_engine.run(api).raise_for_status()
     kinds = {api[n]["class_type"] for n in result.executed}
     assert {"ModelPatchLoader", "QwenImageDiffsynthControlnet", "Canny", "KSampler", "SaveImage"} <= kinds

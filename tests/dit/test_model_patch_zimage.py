@@ -15,9 +15,7 @@ layers.
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,17 +24,15 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from nodegraph.builder import Graph
-from nodegraph.workflow.loader import load_workflow_data
 
 from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, tiny_z_image  # noqa: F401
-from tests.dit.template_runs import last_saved_image
+from tests.dit.template_runs import last_saved_image, set_inputs, template_api
 from tests.dit.test_model_patch_qwen import control_image, save_inputs, write_patch
 from tests.dit.tiny_flow import _random_transformer
 from tests.dit.tiny_qwen import QWEN3_WIDTH, copy_as, z_comfy_layout
 from tests.helpers.noise import engine_noise
 from tests.helpers.tiny_sd import _randomize
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit"
 PROMPT, SEED, STEPS, SHIFT = "a photo of a cat", 5, 4, 3.0
 
 
@@ -224,11 +220,8 @@ def test_z_image_fun_union_template_runs(qwen_engine, qwen_registry, qwen_root, 
     qwen_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     pixels = (control_image(128)[0].numpy() * 255).round().astype(np.uint8)
     Image.fromarray(pixels).save(qwen_engine.paths.input_dir / "image_z_image_turbo_fun_union_controlnet_input_image.png")
-    api = load_workflow_data(json.loads((TEMPLATES / "image_z_image_turbo_fun_union_controlnet.json").read_text()),
-                             qwen_registry).api
-    for n in api.values():
-        if n["class_type"] == "KSampler":
-            n["inputs"]["steps"] = 2
+    api = template_api("image_z_image_turbo_fun_union_controlnet", qwen_registry)
+    set_inputs(api, {"KSampler": {"steps": 2}})
     result = qwen_engine.run(api).raise_for_status()
     kinds = {api[n]["class_type"] for n in result.executed}
     assert {"ModelPatchLoader", "QwenImageDiffsynthControlnet", "Canny", "GetImageSize", "KSampler"} <= kinds
