@@ -42,6 +42,14 @@ def set_inputs(api: dict, inputs: dict[str, dict]) -> None:
         n["inputs"].update(inputs.get(n["class_type"], {}))
 
 
+def set_primitive_ints(api: dict, values: dict[int, int]) -> None:
+    """Sets each PrimitiveInt of ``api`` whose value is a key of ``values`` to the value it maps to (the
+    templates' size, length and rate primitives)."""
+    for n in api.values():
+        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") in values:
+            n["inputs"]["value"] = values[n["inputs"]["value"]]
+
+
 def run_template(engine, api: dict, inputs: dict[str, dict]):
     """Runs ``api`` with ``inputs[class_type]`` set on each node of that type; every node must run. The result."""
     set_inputs(api, inputs)

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from tests.dit.template_runs import set_inputs, set_primitive_ints
 from tests.dit.test_ltx2 import ltx2_engine, tiny_ltx2  # noqa: F401 (fixtures)
 from tests.dit.tiny_ltx2 import CHECKPOINT, GEMMA_FILE, UPSAMPLER
 from tests.helpers.package_templates import package_templates
@@ -52,11 +53,8 @@ def test_comfy_ltx2_t2v_distilled_template_runs(ltx2_engine, tiny_ltx2):
     _files(tiny_ltx2, "ltx-2-19b-distilled.safetensors", "gemma_3_12B_it_fp4_mixed.safetensors",
            "ltx-2-spatial-upscaler-x2-1.0.safetensors")
     api = load_workflow_data(_template("video_ltx2_t2v_distilled"), ltx2_engine.registry).api
-    for n in api.values():
-        if n["class_type"] == "EmptyImage":
-            n["inputs"].update(width=128, height=128)
-        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") == 121:
-            n["inputs"]["value"] = 9
+    set_inputs(api, {"EmptyImage": dict(width=128, height=128)})
+    set_primitive_ints(api, {121: 9})
     result = ltx2_engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
     for kind in ("LTXVLatentUpsampler", "LTXVAudioVAEDecode", "VAEDecodeTiled", "SaveVideo"):
@@ -103,12 +101,9 @@ def test_comfy_ltx2_i2v_distilled_template_runs(ltx2_engine, tiny_ltx2):
     Image.fromarray(np.random.default_rng(4).integers(0, 256, (96, 120, 3), dtype=np.uint8), "RGB").save(
         ltx2_engine.paths.input_dir / "snow_bike_jump_crew.png")
     api = load_workflow_data(_template("video_ltx2_i2v_distilled"), ltx2_engine.registry).api
-    for n in api.values():
-        inputs = n["inputs"]
-        if n["class_type"] == "ResizeImageMaskNode":
-            inputs.update({"resize_type.width": 128, "resize_type.height": 128, "resize_type.longer_size": 128})
-        if n["class_type"] == "PrimitiveInt" and inputs.get("value") == 121:
-            inputs["value"] = 9
+    set_inputs(api, {"ResizeImageMaskNode": {"resize_type.width": 128, "resize_type.height": 128,
+                                             "resize_type.longer_size": 128}})
+    set_primitive_ints(api, {121: 9})
     result = ltx2_engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
     for kind in ("LTXVPreprocess", "LTXVImgToVideoInplace", "LTXVCropGuides", "LTXVLatentUpsampler"):
@@ -133,10 +128,7 @@ def test_comfy_ltx2_3_flf2v_template_runs_on_ltx2(ltx2_engine, tiny_ltx2):
         Image.fromarray(np.random.default_rng(30 + i).integers(0, 256, (72, 80, 3), dtype=np.uint8), "RGB").save(
             ltx2_engine.paths.input_dir / name)
     api = load_workflow_data(_template("video_ltx2_3_flf2v"), ltx2_engine.registry).api
-    values = {5: 1, 25: 8, 1280: 64, 720: 64}
-    for n in api.values():
-        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") in values:
-            n["inputs"]["value"] = values[n["inputs"]["value"]]
+    set_primitive_ints(api, {5: 1, 25: 8, 1280: 64, 720: 64})
     result = ltx2_engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
     assert executed.count("LTXVAddGuide") == 2 and "LTXVCropGuides" in executed
@@ -164,13 +156,8 @@ def test_comfy_ltx2_t2v_template_runs(ltx2_engine, tiny_ltx2):
     (tiny_ltx2.root / "models" / "loras").mkdir(exist_ok=True)
     save_file(lora, str(tiny_ltx2.root / "models" / "loras" / "ltx-2-19b-distilled-lora-384.safetensors"))
     api = load_workflow_data(_template("video_ltx2_t2v"), ltx2_engine.registry).api
-    for n in api.values():
-        if n["class_type"] == "EmptyImage":
-            n["inputs"].update(width=128, height=128)
-        if n["class_type"] == "PrimitiveInt" and n["inputs"].get("value") == 121:
-            n["inputs"]["value"] = 9
-        if n["class_type"] == "LTXVScheduler":
-            n["inputs"]["steps"] = 3
+    set_inputs(api, {"EmptyImage": dict(width=128, height=128), "LTXVScheduler": {"steps": 3}})
+    set_primitive_ints(api, {121: 9})
     result = ltx2_engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
     for kind in ("LTXVScheduler", "LoraLoaderModelOnly", "LTXVCropGuides", "LTXVLatentUpsampler"):
