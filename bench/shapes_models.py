@@ -13,7 +13,7 @@ Each run is a fresh Python process (nothing cached, the OS file cache warm) that
 - ``load``: loading every default image model through the loader nodes — ``CheckpointLoaderSimple``
   "shapes-world (built-in)" (UNet, VAE and the packaged MiniLM text encoder) and ``CaptionerLoader``
   "shapes-world (built-in)" — the figure issue 8 bounds (≤ 3 s); ``classes + load`` is also printed;
-- ``sample``: ``workflows/txt2img.json`` as shipped (20 Euler steps, CFG 5, 64×64) after the load, i.e.
+- ``sample``: ``workflows/txt2img.json`` as shipped (20 Euler steps, CFG 5, 128×128 from 16×16 latents) after the load, i.e.
   text encoding + sampling + VAE decode + saving the PNG (the second-and-later prompt of a session);
 - ``caption``: captioning that image with the built-in captioner.
 

@@ -107,9 +107,10 @@ def tiled(fn, x: torch.Tensor, tile: int, overlap: int, factor: float, out_chann
 class EmptyLatentImage(Node):
     """A batch of empty latent images to be denoised by a sampler.
 
-    ComfyUI assumes SD's VAE (1/8 of the image size, 4 channels). Connect the optional ``vae`` to size
-    the latent for that VAE instead (the built-in shapes-world VAE works at 1/4): width and height
-    are then image pixels for it and must be multiples of its scale factor.
+    ComfyUI assumes SD's VAE (1/8 of the image size, 4 channels), as the built-in shapes-world VAE
+    does. Connect the optional ``vae`` to size the latent for another VAE (other scale factor or
+    channel count): width and height are then image pixels for it and must be multiples of its scale
+    factor.
     """
 
     category = "latent"

@@ -1,4 +1,5 @@
-"""The shapes-world captioner: a small CNN that reads a 64×64 render and predicts its scene
+"""The shapes-world captioner: a small CNN that reads a 64×64 render (larger images, e.g. the
+generator's 128×128, are area-averaged to 64 first) and predicts its scene
 (background; one object with its position, or two objects left/right or top/bottom), from which the
 canonical caption is written. Predictions are for the normalized scene ('A left of B', 'A above B').
 """

@@ -4,7 +4,9 @@
 one object, odd i: two objects). Training draws its scenes from ``random.Random(seed + small offset)``
 streams with seeds far below 10**9, so these fixed scenes are not training items by construction
 (a scene may of course coincide with one seen in training; the world is finite). Each prompt is
-sampled once (Euler, 20 steps, CFG, noise seed = the scene seed) and judged:
+sampled once (Euler, 30 steps, CFG 2.5 by default, noise seed = the scene seed) at the model's own size (128×128 for
+the shipped 8× model) and judged on the image area-averaged to the world's 64-px grid (both checks
+below read 64 px; :func:`.render.downscale_to_canvas`):
 
 - **geometric check** (:func:`geometric_check`): every pixel is snapped to the nearest palette colour;
   the border must be the scene's background; each object's colour (pixels nearest to it and within L1
@@ -15,8 +17,10 @@ sampled once (Euler, 20 steps, CFG, noise seed = the scene seed) and judged:
   must cover under 3 % of the image;
 - **captioner** (when ``weights/captioner.safetensors`` exists): its predicted scene equals the prompt's.
 
-"Fully right" = both pass (the geometric check alone without captioner weights). Prints single- and
-two-object accuracy and writes a contact sheet of the first 32 results.
+"Fully right" = both pass (the geometric check alone without captioner weights). Also reported: the
+first version of the geometric check (:func:`fill_ratio_check`: shape by fill ratio, size by extent),
+alone and with the captioner. Prints single- and two-object accuracy and writes a contact sheet of the
+first 32 results.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from nodegraph_nodes.shapes.captions import canonical_caption
-from nodegraph_nodes.shapes.render import render_objects
+from nodegraph_nodes.shapes.render import downscale_to_canvas, render_objects
 from nodegraph_nodes.shapes.world import CANVAS, PALETTE, SHAPES, SIZE_PIXELS, Scene, ShapeObject, scene_for_seed
 
 HELDOUT_BASE = 10**9
@@ -143,7 +147,9 @@ class Check:
 
 
 def geometric_check(image: np.ndarray, scene: Scene) -> Check:
-    """``image``: uint8 ``[64, 64, 3]``. See the module docstring for the rules."""
+    """``image``: uint8 ``[H, W, 3]``, 64 px (the world's units) or a multiple (the generator's 128 px),
+    which is area-averaged to 64 first. See the module docstring for the rules."""
+    image = downscale_to_canvas(image)
     labels = snap_to_palette(image)
     reasons = []
     border = np.concatenate([labels[:2].ravel(), labels[-2:].ravel(), labels[:, :2].ravel(), labels[:, -2:].ravel()])
@@ -171,9 +177,53 @@ def geometric_check(image: np.ndarray, scene: Scene) -> Check:
     return Check(not reasons, reasons)
 
 
+def _fill_ratio(mask: np.ndarray) -> float:
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return 0.0
+    return float(mask.sum()) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+
+
+@lru_cache(maxsize=1)
+def _fill_prototypes() -> dict[tuple[str, str], float]:
+    """Fill ratio of each shape at each size, measured on the renderer's own drawings."""
+    protos = {}
+    for shape, size in TEMPLATES:
+        image = render_objects("black", [(ShapeObject(shape, "white", size), (CANVAS // 2, CANVAS // 2))])
+        protos[(shape, size)] = _fill_ratio(object_mask(image, "white"))
+    return protos
+
+
+def fill_ratio_check(image: np.ndarray, scene: Scene) -> Check:
+    """The geometric check's first version, reported for comparison (``fill_ratio`` in the results):
+    the same background, stray-colour, colour and position rules, but size judged by the blob's extent
+    (within 35 % of the nominal size) and shape by its fill ratio (area / bounding box) nearest to that
+    of the described shape. It fails 6.5 % of ground-truth renders blurred by half a pixel (a small
+    star's fill ratio is 0.49 against a triangle's 0.54), which is why :func:`geometric_check` compares
+    outlines instead."""
+    image = downscale_to_canvas(image)
+    check = geometric_check(image, scene)
+    reasons = [r for r in check.reasons if " looks like a " not in r and "matches no shape" not in r]
+    protos = _fill_prototypes()
+    for obj, _ in scene.placements():
+        mask = object_mask(image, obj.color)
+        if mask.sum() < 10:
+            continue
+        ys, xs = np.nonzero(mask)
+        extent = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+        if abs(extent - SIZE_PIXELS[obj.size]) > 0.35 * SIZE_PIXELS[obj.size]:
+            reasons.append(f"{obj.color} {extent}px across, not {obj.size}")
+        ratio = _fill_ratio(mask)
+        guess = min(SHAPES, key=lambda shape: abs(protos[(shape, obj.size)] - ratio))
+        if guess != obj.shape:
+            reasons.append(f"{obj.color} looks like a {guess} (fill ratio {ratio:.2f})")
+    return Check(not reasons, reasons)
+
+
 def generate(model_dir: Path, prompts: list[str], seeds: list[int], steps: int, cfg: float,
              batch_size: int = 10) -> np.ndarray:
-    """uint8 ``[N, 64, 64, 3]`` sampled with the plain Euler/CFG loop of :func:`.generator.sample`."""
+    """uint8 ``[N, S, S, 3]`` (S: the model's image size, 128 px for the shipped one) sampled with the
+    plain Euler/CFG loop of :func:`.generator.sample`."""
     from nodegraph_nodes.shapes.generator import load_pipeline_parts, sample
     from nodegraph_nodes.shapes.text_encoder import encode
 
@@ -199,15 +249,15 @@ def captioner_verdicts(images: np.ndarray, scenes: list[Scene]) -> list[bool] | 
 
 
 def contact_sheet(images: np.ndarray, labels: list[str], marks: list[bool], path: Path, columns: int = 8) -> None:
-    scale, pad, text_h = 2, 4, 34
-    cell_w, cell_h = CANVAS * scale + pad, CANVAS * scale + pad + text_h
+    side, pad, text_h = 2 * CANVAS, 4, 34  # every image shown 128 px across (a 64-px one doubled)
+    cell_w, cell_h = side + pad, side + pad + text_h
     rows = (len(images) + columns - 1) // columns
     sheet = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for k, (img, label, ok) in enumerate(zip(images, labels, marks)):
         x, y = pad + (k % columns) * cell_w, pad + (k // columns) * cell_h
-        sheet.paste(Image.fromarray(img).resize((CANVAS * scale, CANVAS * scale), Image.NEAREST), (x, y))
-        draw.rectangle([x - 2, y - 2, x + CANVAS * scale + 1, y + CANVAS * scale + 1],
+        sheet.paste(Image.fromarray(img).resize((side, side), Image.NEAREST), (x, y))
+        draw.rectangle([x - 2, y - 2, x + side + 1, y + side + 1],
                        outline=(30, 160, 60) if ok else (210, 40, 40), width=2)
         words, lines, line = label.split(), [], ""
         for w in words:  # wrap to the cell width (~21 characters per line at the default font)
@@ -217,12 +267,12 @@ def contact_sheet(images: np.ndarray, labels: list[str], marks: list[bool], path
             else:
                 line = f"{line} {w}".strip()
         lines.append(line)
-        draw.multiline_text((x, y + CANVAS * scale + 2), "\n".join(lines[:3]), fill=(0, 0, 0), spacing=0)
+        draw.multiline_text((x, y + side + 2), "\n".join(lines[:3]), fill=(0, 0, 0), spacing=0)
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path)
 
 
-def evaluate(model_dir: Path, steps: int = 20, cfg: float = 5.0, count: int = 100,
+def evaluate(model_dir: Path, steps: int = 30, cfg: float = 2.5, count: int = 100,
              sheet: Path | None = None) -> dict:
     items = heldout_scenes(count)
     scenes = [s for _, s in items]
@@ -231,8 +281,10 @@ def evaluate(model_dir: Path, steps: int = 20, cfg: float = 5.0, count: int = 10
     images = generate(model_dir, prompts, [seed for seed, _ in items], steps, cfg)
     seconds = time.time() - t0
     geo = [geometric_check(img, s) for img, s in zip(images, scenes)]
+    fill = [fill_ratio_check(img, s) for img, s in zip(images, scenes)]
     cap = captioner_verdicts(images, scenes)
     right = [g.ok and (cap is None or cap[k]) for k, g in enumerate(geo)]
+    fill_right = [f.ok and (cap is None or cap[k]) for k, f in enumerate(fill)]
     single = [k for k, s in enumerate(scenes) if len(s.objects) == 1]
     pair = [k for k, s in enumerate(scenes) if len(s.objects) == 2]
 
@@ -242,8 +294,14 @@ def evaluate(model_dir: Path, steps: int = 20, cfg: float = 5.0, count: int = 10
     result = {"model": str(model_dir), "prompts": count, "steps": steps, "cfg": cfg,
               "seconds_per_image": seconds / count,
               "single_object": rate(right, single), "two_object": rate(right, pair),
+              "image_size": int(images.shape[1]),
               "geometric": {"single_object": rate([g.ok for g in geo], single),
                             "two_object": rate([g.ok for g in geo], pair)},
+              # the first geometric check (fill ratio instead of outlines), alone and with the captioner
+              "fill_ratio": {"geometric": {"single_object": rate([f.ok for f in fill], single),
+                                           "two_object": rate([f.ok for f in fill], pair)},
+                             "fully_right": {"single_object": rate(fill_right, single),
+                                             "two_object": rate(fill_right, pair)}},
               "captioner": None if cap is None else {"single_object": rate(cap, single), "two_object": rate(cap, pair)}}
     if sheet is not None:
         n = min(32, count)
@@ -258,8 +316,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_FOLDER)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--cfg", type=float, default=5.0)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--cfg", type=float, default=2.5)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--sheet", type=Path, default=Path("docs/shapes_generator_sheet.png"))
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
@@ -270,8 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     result = evaluate(args.model, args.steps, args.cfg, args.count, args.sheet)
     failures = result.pop("failures")
     print(json.dumps(result, indent=2))
-    print(f"single-object fully right: {result['single_object']:.0%} (target ≥ 90%), "
-          f"two-object: {result['two_object']:.0%} (target ≥ 70%)"
+    print(f"single-object fully right: {result['single_object']:.0%} (target ≥ 95%), "
+          f"two-object: {result['two_object']:.0%} (target ≥ 85%); fill-ratio check: "
+          f"{result['fill_ratio']['fully_right']['single_object']:.0%} / {result['fill_ratio']['fully_right']['two_object']:.0%}"
           + ("" if result["captioner"] is not None else "  [no captioner weights: geometric check only]"))
     for prompt, reasons in list(failures.items())[:10]:
         print(f"  ✗ {prompt}: {'; '.join(reasons) or 'captioner disagrees'}")

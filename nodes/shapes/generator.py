@@ -1,8 +1,12 @@
 """The shapes-world text-to-image model: Stable Diffusion's structure at toy size.
 
-- VAE: diffusers ``AutoencoderKL``, 64×64×3 ↔ 16×16×4 (16/32/64 channels, 4× down, no mid attention;
-  0.65 M parameters, ~0.5 GFLOP per decoded image). GroupNorm groups hold ≥ 4 channels (SD: 4 of 128):
-  a group of one channel is instance norm, which erases each image's flat colours and stalls training.
+- VAE: diffusers ``AutoencoderKL``, 128×128×3 ↔ 16×16×4 — 8× down, SD's and hence ComfyUI's latent
+  convention, so ``EmptyLatentImage`` 128×128 without its ``vae`` input sizes the latent right
+  (8/16/32/64 channels, no mid attention). Its latents are those of a 64-px 4× VAE
+  (:data:`VAE64_CONFIG`, 16/32/64 channels, the first training stage) onto which it is distilled
+  (``training/shapes/train_generator.py --stage vae8x``), so the UNet trained on those latents runs
+  unchanged. GroupNorm: 4 groups (SD: 32 of 128 channels); a group of one channel is instance norm,
+  which erases each image's flat colours and stalls training.
 - UNet: diffusers ``UNet2DConditionModel`` on the 16×16×4 latents (32/64/128 channels at 16/8/4 px,
   ~4.6 M parameters, ~0.58 GFLOP per call at batch 2), cross-attention at 8×8, 4×4 and the middle to
   the 384-d token embeddings of all-MiniLM-L6-v2 (:mod:`.text_encoder`), v-prediction.
@@ -39,9 +43,16 @@ DEFAULT_FOLDER = Path(__file__).parent / "weights" / "generator"
 
 VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4,
-    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-    block_out_channels=(16, 32, 64), layers_per_block=1, norm_num_groups=4, sample_size=64,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 16, 32, 64), layers_per_block=1, norm_num_groups=4, sample_size=128,
     mid_block_add_attention=False, scaling_factor=1.0,
+)
+
+#: The first VAE of the recipe (training stage ``vae``): 64×64×3 ↔ 16×16×4 (4×), the latent space the
+#: UNet is trained on. The shipped VAE (:data:`VAE_CONFIG`, 8×) is distilled onto the same latents.
+VAE64_CONFIG = dict(
+    VAE_CONFIG, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    block_out_channels=(16, 32, 64), norm_num_groups=4, sample_size=64,
 )
 
 UNET_CONFIG = dict(
@@ -71,10 +82,11 @@ TEXT_ENCODER_REFERENCE = {"package": PACKAGE, "subfolder": SUBFOLDER, "class": "
 INITIAL_LOGVAR = -8.0
 
 
-def build_vae(**overrides):
+def build_vae(config: dict | None = None, **overrides):
+    """A fresh ``AutoencoderKL`` of ``config`` (default :data:`VAE_CONFIG`, the shipped 8× VAE)."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(**{**VAE_CONFIG, **overrides})
+    vae = AutoencoderKL(**{**(config or VAE_CONFIG), **overrides})
     latent = vae.config.latent_channels
     with torch.no_grad():
         vae.quant_conv.bias[latent:] = INITIAL_LOGVAR
@@ -160,7 +172,8 @@ def _diffusers_version() -> str:
 @torch.inference_mode()
 def sample(unet, vae, cond: torch.Tensor, uncond: torch.Tensor, steps: int = 20, cfg: float = 5.0,
            seed: int = 0, scheduler_config: dict | None = None) -> torch.Tensor:
-    """Plain Euler + CFG sampling (the same computation KSampler does): images ``[B, 64, 64, 3]`` 0..1.
+    """Plain Euler + CFG sampling (the same computation KSampler does): images ``[B, S, S, 3]`` 0..1
+    (S = 8 × the UNet's sample size for an 8× VAE: 128 px for the shipped model).
 
     ``cond``/``uncond``: ``[B, 32, 384]`` / ``[1 or B, 32, 384]``. Initial noise: one ``randn`` over
     ``[B, 4, 16, 16]`` from a CPU generator seeded with ``seed`` (as the engine draws it).
@@ -172,7 +185,8 @@ def sample(unet, vae, cond: torch.Tensor, uncond: torch.Tensor, steps: int = 20,
     scheduler.set_timesteps(steps)
     b = cond.shape[0]
     generator = torch.Generator("cpu").manual_seed(seed)
-    x = torch.randn((b, 4, 16, 16), generator=generator) * scheduler.init_noise_sigma
+    size = int(unet.config.sample_size)
+    x = torch.randn((b, int(unet.config.in_channels), size, size), generator=generator) * scheduler.init_noise_sigma
     embeds = torch.cat([uncond.expand(b, -1, -1), cond])
     for t in scheduler.timesteps:
         x_in = scheduler.scale_model_input(torch.cat([x, x]), t)

@@ -1,7 +1,9 @@
-"""The seeded procedural renderer: a :class:`Scene` → a 64×64 RGB image (anti-aliased, flat colours).
+"""The seeded procedural renderer: a :class:`Scene` → an RGB image (anti-aliased, flat colours).
 
-Shapes are drawn at 4× resolution and box-filtered down, so edges are anti-aliased and interiors keep
-the exact palette colour.
+The world is defined in 64-px units (:data:`.world.CANVAS`); ``size`` renders the same picture at any
+multiple of it (the generator's images are :data:`IMAGE_SIZE` = 128 px, 8× its 16×16 latents, as in
+ComfyUI). Shapes are drawn at 4× the output resolution and box-filtered down, so edges are
+anti-aliased and interiors keep the exact palette colour.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from PIL import Image, ImageDraw
 from nodegraph_nodes.shapes.world import CANVAS, PALETTE, SIZE_PIXELS, Scene, ShapeObject
 
 SUPERSAMPLE = 4
+#: The generator's image size (pixels): 8× its 16×16 latents (ComfyUI's latent convention).
+IMAGE_SIZE = 128
 
 
 def _polygon_points(obj: ShapeObject, cx: float, cy: float, radius: float) -> list[tuple[float, float]]:
@@ -29,8 +33,8 @@ def _polygon_points(obj: ShapeObject, cx: float, cy: float, radius: float) -> li
     raise ValueError(obj.shape)
 
 
-def draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, center: tuple[int, int]) -> None:
-    s = SUPERSAMPLE
+def draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, center: tuple[int, int], s: int = SUPERSAMPLE) -> None:
+    """Draws ``obj`` at ``center`` (world pixels) on a canvas ``s`` times the world's size."""
     radius = SIZE_PIXELS[obj.size] / 2 * s
     cx, cy = center[0] * s, center[1] * s
     fill = PALETTE[obj.color]
@@ -43,21 +47,36 @@ def draw_object(draw: ImageDraw.ImageDraw, obj: ShapeObject, center: tuple[int, 
         draw.polygon(_polygon_points(obj, cx - 0.5, cy - 0.5, radius), fill=fill)
 
 
-def render_objects(background: str, placements: list[tuple[ShapeObject, tuple[int, int]]]) -> np.ndarray:
-    """``uint8 [64, 64, 3]``: objects drawn at any centres (pixels) on a flat background."""
-    size = CANVAS * SUPERSAMPLE
-    image = Image.new("RGB", (size, size), PALETTE[background])
+def _scale(size: int) -> int:
+    if size % CANVAS or size <= 0:
+        raise ValueError(f"render size must be a positive multiple of {CANVAS}, got {size}")
+    return size // CANVAS
+
+
+def render_objects(background: str, placements: list[tuple[ShapeObject, tuple[int, int]]],
+                   size: int = CANVAS) -> np.ndarray:
+    """``uint8 [size, size, 3]``: objects drawn at any centres (world pixels) on a flat background."""
+    s = SUPERSAMPLE * _scale(size)
+    image = Image.new("RGB", (CANVAS * s, CANVAS * s), PALETTE[background])
     draw = ImageDraw.Draw(image)
     for obj, center in placements:
-        draw_object(draw, obj, center)
-    return np.asarray(image.resize((CANVAS, CANVAS), Image.BOX))
+        draw_object(draw, obj, center, s)
+    return np.asarray(image.resize((size, size), Image.BOX))
 
 
-def render_scene(scene: Scene) -> np.ndarray:
-    """``uint8 [64, 64, 3]``."""
-    return render_objects(scene.background, scene.placements())
+def render_scene(scene: Scene, size: int = CANVAS) -> np.ndarray:
+    """``uint8 [size, size, 3]`` (64 px by default, the world's own resolution)."""
+    return render_objects(scene.background, scene.placements(), size)
 
 
-def render_batch(scenes: list[Scene]) -> np.ndarray:
-    """``uint8 [B, 64, 64, 3]``."""
-    return np.stack([render_scene(s) for s in scenes])
+def render_batch(scenes: list[Scene], size: int = CANVAS) -> np.ndarray:
+    """``uint8 [B, size, size, 3]``."""
+    return np.stack([render_scene(s, size) for s in scenes])
+
+
+def downscale_to_canvas(image: np.ndarray) -> np.ndarray:
+    """``uint8 [H, W, 3]`` → ``[64, 64, 3]`` by area averaging (identity at 64 px), so checks written
+    for the world's 64-px units read a 128-px generator image."""
+    if image.shape[:2] == (CANVAS, CANVAS):
+        return image
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((CANVAS, CANVAS), Image.BOX))

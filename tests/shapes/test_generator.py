@@ -1,7 +1,8 @@
 """The shapes-world generator end to end at toy scale: a few training steps write a diffusers folder
 whose text encoder is the packaged MiniLM; it loads through CheckpointLoaderSimple and a txt2img graph
-(CLIPTextEncode → KSampler → VAEDecode) samples a 64×64 image. Also: the node's prompt encoding equals
-the training encoding.
+(CLIPTextEncode → KSampler → VAEDecode) samples a 128×128 image from 16×16 latents (8×, as ComfyUI
+assumes). Also: the node's prompt encoding equals the training encoding; the 8× VAE starts as the
+64-px one it is distilled from.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes_gen")
     out = root / "models" / "diffusers" / "shapes"
     train_main(["--stage", "all", "--seed", "7", "--out", str(out), "--work", str(root / "work"),
-                "--vae-steps", "2", "--decoder-steps", "2", "--unet-steps", "3", "--pool", "16", "--batch-size", "4",
+                "--vae-steps", "2", "--unet-steps", "3", "--vae8x-steps", "2", "--pool", "16", "--batch-size", "4",
                 "--vae-batch-size", "4"])
     return root
 
@@ -55,8 +56,8 @@ def txt2img(prompt: str, negative: str = "", seed: int = 5, steps: int = 20, cfg
     ck = g.node("CheckpointLoaderSimple", "ck", ckpt_name="shapes")
     pos = g.node("CLIPTextEncode", "pos", text=prompt, clip=ck.out(1))
     neg = g.node("CLIPTextEncode", "neg", text=negative, clip=ck.out(1))
-    # this VAE is 4× down: connected to EmptyLatentImage, 64×64 pixels → 16×16 latents
-    lat = g.node("EmptyLatentImage", width=64, height=64, batch_size=1, vae=ck.out(2))
+    # this VAE is 8× down like SD's: 128×128 pixels → 16×16 latents, with or without the vae input
+    lat = g.node("EmptyLatentImage", width=128, height=128, batch_size=1)
     ks = g.node("KSampler", "ks", model=ck.out(0), seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
                 scheduler="normal", positive=pos, negative=neg, latent_image=lat, denoise=1.0)
     dec = g.node("VAEDecode", "dec", samples=ks, vae=ck.out(2))
@@ -86,10 +87,10 @@ def test_training_resumes_from_its_checkpoint(trained, tmp_path):
     assert torch.load(work / "unet_state.pt", weights_only=False)["step"] == before + 1
 
 
-def test_txt2img_workflow_samples_a_64px_image(engine):
+def test_txt2img_workflow_samples_a_128px_image(engine):
     result = engine.run(txt2img("a large red circle at the top on a white background")).raise_for_status()
     images = result.value("dec")
-    assert tuple(images.shape) == (1, 64, 64, 3)
+    assert tuple(images.shape) == (1, 128, 128, 3)
     assert result.value("ks")["samples"].shape[1:] == (4, 16, 16)
     assert torch.isfinite(images).all() and 0 <= float(images.min()) <= float(images.max()) <= 1
 
@@ -97,17 +98,42 @@ def test_txt2img_workflow_samples_a_64px_image(engine):
 def test_empty_latent_sized_for_the_connected_vae(engine):
     g = Graph()
     ck = g.node("CheckpointLoaderSimple", ckpt_name="shapes")
-    g.node("PreviewAny", source=g.node("EmptyLatentImage", "four", width=64, height=32, batch_size=2, vae=ck.out(2)))
-    g.node("PreviewAny", source=g.node("EmptyLatentImage", "sd", width=64, height=32, batch_size=1))
+    g.node("PreviewAny", source=g.node("EmptyLatentImage", "own", width=128, height=64, batch_size=2, vae=ck.out(2)))
+    g.node("PreviewAny", source=g.node("EmptyLatentImage", "sd", width=128, height=64, batch_size=1))
     result = engine.run(g).raise_for_status()
-    assert tuple(result.value("four")["samples"].shape) == (2, 4, 8, 16)
-    assert tuple(result.value("sd")["samples"].shape) == (1, 4, 4, 8)  # without a VAE: SD's 1/8, as ComfyUI
+    assert tuple(result.value("own")["samples"].shape) == (2, 4, 8, 16)
+    assert tuple(result.value("sd")["samples"].shape) == (1, 4, 8, 16)  # without a VAE: SD's 1/8, the same
     bad = Graph()
     ck = bad.node("CheckpointLoaderSimple", ckpt_name="shapes")
-    bad.node("PreviewAny", source=bad.node("EmptyLatentImage", "odd", width=66, height=64, vae=ck.out(2)))
+    bad.node("PreviewAny", source=bad.node("EmptyLatentImage", "odd", width=132, height=128, vae=ck.out(2)))
     failure = engine.run(bad).failure
     assert failure is not None and failure.node_id == "odd"
-    assert "width 66 is not a multiple of 4" in failure.exception_message
+    assert "width 132 is not a multiple of 8" in failure.exception_message
+
+
+def test_8x_vae_starts_from_the_64px_vae(trained):
+    """Stage vae8x copies the 64-px VAE's inner levels: before any training step the 8× decoder's 64-px
+    features equal the 64-px decoder's, and the 64→128 upsampling starts as nearest-neighbour."""
+    from diffusers import AutoencoderKL
+
+    from nodegraph_nodes.shapes.world import scene_for_seed
+    from training.shapes.train_generator import images_tensor, init_from_teacher
+
+    teacher = AutoencoderKL.from_pretrained(str(trained / "work" / "vae")).eval()
+    student = gen.build_vae(scaling_factor=teacher.config.scaling_factor).eval()
+    assert init_from_teacher(student, teacher) > 100
+    with torch.no_grad():
+        z = teacher.encode(images_tensor([scene_for_seed(i) for i in range(2)])).latent_dist.mean
+        a, b = (m.decoder.mid_block(m.decoder.conv_in(m.post_quant_conv(z))) for m in (student, teacher))
+        for i in range(3):
+            for rs, rt in zip(student.decoder.up_blocks[i].resnets, teacher.decoder.up_blocks[i].resnets):
+                a, b = rs(a, None), rt(b, None)
+            if i < 2:
+                a, b = student.decoder.up_blocks[i].upsamplers[0](a), teacher.decoder.up_blocks[i].upsamplers[0](b)
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        up = student.decoder.up_blocks[2].upsamplers[0](a)
+        torch.testing.assert_close(up, torch.nn.functional.interpolate(a, scale_factor=2.0, mode="nearest"))
+    assert student.decode(z).sample.shape == (2, 3, 128, 128)
 
 
 def test_clip_text_encode_equals_training_encoding(engine):
@@ -140,7 +166,7 @@ def test_pipeline_sampler_matches_ksampler(engine, trained):
 def test_sampling_time_one_image_20_steps(trained):
     """Prints the time of one 20-step CFG sample (text encoding + UNet ×20 at batch 2 + VAE decode)."""
     torch.manual_seed(0)
-    unet, vae = gen.build_unet().eval(), gen.build_vae().eval()  # the shipped sizes, random weights
+    unet, vae = gen.build_unet().eval(), gen.build_vae().eval()  # the shipped sizes (8× VAE), random weights
     uncond = encode([""])
     times = []
     for _ in range(3):

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from nodegraph_nodes.shapes.evaluate import best_template, geometric_check, heldout_scenes, object_mask
-from nodegraph_nodes.shapes.render import render_scene
+from nodegraph_nodes.shapes.evaluate import (best_template, fill_ratio_check, geometric_check, heldout_scenes,
+                                              object_mask)
+from nodegraph_nodes.shapes.render import downscale_to_canvas, render_scene
 from nodegraph_nodes.shapes.world import COLORS, POSITIONS, SHAPES, Scene, ShapeObject, scene_for_seed
 
 SCENES = [scene for _, scene in heldout_scenes(60)]
@@ -32,6 +33,30 @@ def test_exact_renders_pass():
     for scene in SCENES:
         check = geometric_check(render_scene(scene), scene)
         assert check.ok, (scene, check.reasons)
+
+
+def test_128px_renders_are_read_on_the_64px_grid():
+    """The generator draws at 128 px (8× its 16×16 latents): the check area-averages to the world's 64-px
+    grid, where a 128-px render is the 64-px render up to anti-aliasing, and passes it."""
+    for scene in SCENES:
+        big = render_scene(scene, 128)
+        assert big.shape == (128, 128, 3)
+        small = downscale_to_canvas(big)
+        assert np.abs(small.astype(int) - render_scene(scene).astype(int)).mean() < 0.5
+        check = geometric_check(big, scene)
+        assert check.ok, (scene, check.reasons)
+    with pytest.raises(ValueError, match="multiple of 64"):
+        render_scene(SCENES[0], 100)
+
+
+def test_fill_ratio_check_is_the_old_looser_shape_rule():
+    """The first check (reported alongside): exact renders pass it; a changed shape fails it too."""
+    for scene in SCENES[:20]:
+        assert fill_ratio_check(render_scene(scene), scene).ok
+    scene = Scene("white", (ShapeObject("square", "red", "large"),), position="center")
+    drawn = Scene("white", (ShapeObject("circle", "red", "large"),), position="center")
+    check = fill_ratio_check(render_scene(drawn), scene)
+    assert not check.ok and any("looks like a circle" in r for r in check.reasons)
 
 
 def test_slightly_soft_renders_pass():

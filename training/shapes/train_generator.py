@@ -43,24 +43,24 @@ import torch
 
 from nodegraph_nodes.shapes import generator as gen
 from nodegraph_nodes.shapes.captions import paraphrase
-from nodegraph_nodes.shapes.render import render_batch
+from nodegraph_nodes.shapes.render import IMAGE_SIZE, render_batch
 from nodegraph_nodes.shapes.text_encoder import encode, load_text_encoder
-from nodegraph_nodes.shapes.world import PALETTE, sample_scene
+from nodegraph_nodes.shapes.world import CANVAS, PALETTE, sample_scene
 
 #: The UNet recipe's data mix and loss (``--pair-share``, ``--canonical-share``, ``--loss-weighting``).
 PAIR_SHARE, CANONICAL_SHARE, LOSS_WEIGHTING = 0.6, 0.3, "min-snr-plus-one"
 
 #: Training scenes come from ``random.Random(seed + offset)``; evaluation uses seeds ≥ 10**9.
-VAE_DATA_OFFSET, SCALE_DATA_OFFSET, POOL_DATA_OFFSET, DECODER_DATA_OFFSET = 1, 2, 3, 4
+VAE_DATA_OFFSET, SCALE_DATA_OFFSET, POOL_DATA_OFFSET, DECODER_DATA_OFFSET, VAE8X_DATA_OFFSET = 1, 2, 3, 4, 5
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def images_tensor(scenes) -> torch.Tensor:
-    """``[B, 3, 64, 64]`` in -1..1."""
-    return torch.from_numpy(render_batch(scenes)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def images_tensor(scenes, size: int = CANVAS) -> torch.Tensor:
+    """``[B, 3, size, size]`` in -1..1 (64 px: the first VAE's and the pool's; 128 px: the shipped VAE's)."""
+    return torch.from_numpy(render_batch(scenes, size)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _save_atomic(obj, path: Path) -> None:
@@ -118,10 +118,11 @@ def _set_rng_state(state: dict, rng: random.Random, gen_: torch.Generator) -> No
 
 def train_vae(work: Path, seed: int, budget: Budget, batch_size: int = 16, lr: float = 1e-3,
               kl_weight: float = 1e-6, checkpoint_minutes: float = 5.0) -> Path:
-    """Trains (or resumes) the VAE; writes ``work/vae`` (diffusers, fp32) and returns it."""
+    """Trains (or resumes) the 64-px VAE (4×, :data:`.generator.VAE64_CONFIG`) whose latent space the UNet
+    learns; writes ``work/vae`` (diffusers, fp32) and returns it."""
     state_path = work / "vae_state.pt"
     torch.manual_seed(seed)
-    vae = gen.build_vae()
+    vae = gen.build_vae(gen.VAE64_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     rng, noise_gen = random.Random(seed + VAE_DATA_OFFSET), torch.Generator().manual_seed(seed)
     step, elapsed = 0, 0.0
@@ -183,7 +184,7 @@ def latent_scaling_factor(vae, seed: int, count: int = 1024) -> float:
 @torch.no_grad()
 def reconstruction_mse(vae, seed: int, count: int = 256) -> float:
     rng = random.Random(10**9 + seed)
-    x = images_tensor([sample_scene(rng) for _ in range(count)])
+    x = images_tensor([sample_scene(rng) for _ in range(count)], int(vae.config.sample_size))
     return float(torch.nn.functional.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x))
 
 
@@ -284,16 +285,178 @@ def train_decoder(work: Path, seed: int, budget: Budget, batch_size: int = 16, l
 
 
 @torch.no_grad()
-def reconstruction_check_rate(vae, count: int = 100) -> float:
+def reconstruction_check_rate(vae, encoder=None, count: int = 100) -> float:
     """Share of the evaluation's held-out scenes whose VAE round trip passes its geometric check: the
-    ceiling of what any UNet can score through this decoder."""
+    ceiling of what any UNet can score through this decoder. ``encoder``: another VAE (the 64-px
+    teacher) whose latents are decoded instead of ``vae``'s own."""
     from nodegraph_nodes.shapes.evaluate import geometric_check, heldout_scenes
 
     items = heldout_scenes(count)
-    x = images_tensor([s for _, s in items])
-    y = vae.decode(vae.encode(x).latent_dist.mean).sample
+    enc = encoder or vae
+    x = images_tensor([s for _, s in items], int(enc.config.sample_size))
+    y = vae.decode(enc.encode(x).latent_dist.mean).sample
     images = ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
     return sum(geometric_check(img, s).ok for img, (_, s) in zip(images, items)) / count
+
+
+# -- the 8× VAE, distilled onto the 64-px VAE's latents ----------------------------------------
+
+def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path | None = None,
+                batch_size: int = 8, lr: float = 5e-4, edge_weight: float = 4.0, palette_weight: float = 0.05,
+                latent_noise: float = 0.05, checkpoint_minutes: float = 5.0) -> Path:
+    """The shipped VAE: 128×128×3 ↔ 16×16×4 (8×, ComfyUI's convention, :data:`.generator.VAE_CONFIG`),
+    trained so that its latents *are* the 64-px VAE's: the UNet, trained on those, runs unchanged.
+
+    Each step renders fresh scenes at 64 and 128 px. The encoder regresses the 64-px VAE's scaled
+    latent means of the 64-px render from the 128-px render (MSE); the decoder maps those teacher
+    latents, jittered by ``latent_noise`` × their std (sampler latents are slightly off), to the 128-px
+    render with the decoder stage's loss (MSE + L1 weighted ``1 + edge_weight`` on edge pixels, plus
+    ``palette_weight`` × squared distance to the nearest palette colour). Encoder and decoder train
+    together but independently (the decoder never sees the student encoder's output). The teacher is
+    ``work/vae`` (stage ``vae``) or the ``vae/`` of ``teacher`` (a 64-px model folder). Writes
+    ``work/vae8x`` and, when ``work/unet_final`` or ``out`` holds a UNet, the finished model to ``out``.
+    """
+    from diffusers import AutoencoderKL
+
+    teacher_dir = (teacher / "vae") if teacher is not None else work / "vae"
+    if not (teacher_dir / "config.json").is_file():
+        raise SystemExit(f"no 64-px VAE in {teacher_dir}: run --stage vae first (or give --teacher)")
+    t_vae = AutoencoderKL.from_pretrained(str(teacher_dir), torch_dtype=torch.float32, local_files_only=True).eval()
+    t_vae.requires_grad_(False)
+    if int(t_vae.config.sample_size) != CANVAS or len(t_vae.config.block_out_channels) != 3:
+        raise SystemExit(f"{teacher_dir} is not a 64-px (4×) VAE")
+    scale = float(t_vae.config.scaling_factor)
+    state_path = work / "vae8x_state.pt"
+    torch.manual_seed(seed + 5)
+    vae = gen.build_vae(gen.VAE_CONFIG, scaling_factor=scale)
+    copied = init_from_teacher(vae, t_vae)
+    log(f"vae8x: {copied} of {sum(1 for _ in vae.state_dict())} tensors initialised from the 64-px VAE")
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    rng, noise_gen = random.Random(seed + VAE8X_DATA_OFFSET), torch.Generator().manual_seed(seed + 31)
+    step, elapsed = 0, 0.0
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        _set_rng_state(state["rng"], rng, noise_gen)
+        step, elapsed = state["step"], state["elapsed"]
+        log(f"vae8x: resumed at step {step} ({elapsed / 60:.1f} min)")
+    ckpt = Checkpointer(state_path, checkpoint_minutes)
+    vae.train()
+    start, rec_losses, enc_losses = time.time() - elapsed, [], []
+
+    def snapshot() -> dict:
+        return {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                "elapsed": time.time() - start, "rng": _rng_state(rng, noise_gen)}
+
+    while not budget.done(step, time.time() - start):
+        for group in opt.param_groups:
+            group["lr"] = lr * budget.lr_factor(step, 100)
+        scenes = [sample_scene(rng) for _ in range(batch_size)]
+        x, x64 = images_tensor(scenes, IMAGE_SIZE), images_tensor(scenes)
+        with torch.no_grad():
+            target = t_vae.encode(x64).latent_dist.mean
+            z = target + (latent_noise / scale) * torch.randn(target.shape, generator=noise_gen)
+        enc = torch.nn.functional.mse_loss(vae.encode(x).latent_dist.mean * scale, target * scale)
+        recon = vae.decode(z).sample
+        weights = edge_weights(x, edge_weight)
+        err = recon - x
+        rec = (weights * (err.pow(2) + err.abs())).mean() / weights.mean()
+        loss = rec + palette_weight * palette_distance(recon).mean() + enc
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        rec_losses.append(rec.item())
+        enc_losses.append(enc.item())
+        if step % 50 == 0:
+            log(f"vae8x step {step} weighted rec {np.mean(rec_losses):.5f} latent mse {np.mean(enc_losses):.5f} "
+                f"({(time.time() - start) / max(1, step):.2f} s/step, {(time.time() - start) / 60:.1f} min)")
+            rec_losses, enc_losses = [], []
+        if ckpt.due():
+            ckpt.save(snapshot())
+    ckpt.save(snapshot())
+    vae.eval()
+    vae.save_pretrained(str(work / "vae8x"), safe_serialization=True)
+    report = {"steps": step, "minutes": (time.time() - start) / 60, "scaling_factor": scale,
+              "holdout_latent_mse": latent_match_mse(vae, t_vae),
+              "holdout_mse": reconstruction_mse(vae, seed),
+              "holdout_reconstructions_passing_geometric_check": reconstruction_check_rate(vae),
+              "holdout_teacher_latents_decoded_passing_geometric_check": reconstruction_check_rate(vae, t_vae)}
+    with open(work / "vae8x_report.json", "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+    log(f"vae8x done: {report}")
+    finish_folder(work, out, vae, teacher)
+    return work / "vae8x"
+
+
+@torch.no_grad()
+def init_from_teacher(vae, teacher) -> int:
+    """Starts the 8× VAE from the 64-px one: its three inner levels have the teacher's shapes, so the
+    decoder's 64-px features (and the encoder's from 32 px down) begin as the teacher's. Student
+    encoder block ``i + 1`` ← teacher block ``i``; decoder up blocks 0–2, the middle blocks and the
+    latent convolutions keep their names; every tensor whose shape matches is copied (the 128-px
+    level, the encoder's first block's input convolution and the decoder's output layers are new).
+    The new 64→128 upsampling convolution starts as the identity (nearest-neighbour upsampling of the
+    teacher's features). Returns how many tensors were copied."""
+    src = teacher.state_dict()
+    copied = 0
+    for name, tensor in vae.state_dict().items():
+        origin = name
+        if name.startswith("encoder.down_blocks."):
+            index = int(name.split(".")[2])
+            if index == 0:
+                continue
+            origin = name.replace(f"encoder.down_blocks.{index}.", f"encoder.down_blocks.{index - 1}.", 1)
+        if origin in src and src[origin].shape == tensor.shape:
+            tensor.copy_(src[origin])
+            copied += 1
+    up = vae.decoder.up_blocks[len(vae.decoder.up_blocks) - 2].upsamplers[0].conv
+    up.weight.zero_()
+    up.bias.zero_()
+    centre = up.weight.shape[-1] // 2
+    up.weight[:, :, centre, centre] = torch.eye(up.weight.shape[0])
+    return copied
+
+
+@torch.no_grad()
+def latent_match_mse(vae, teacher, count: int = 128) -> float:
+    """Held-out MSE (scaled units) between the 8× VAE's latents and the 64-px teacher's."""
+    from nodegraph_nodes.shapes.evaluate import heldout_scenes
+
+    scenes = [s for _, s in heldout_scenes(count)]
+    scale = float(teacher.config.scaling_factor)
+    a = vae.encode(images_tensor(scenes, IMAGE_SIZE)).latent_dist.mean * scale
+    b = teacher.encode(images_tensor(scenes)).latent_dist.mean * scale
+    return float(torch.nn.functional.mse_loss(a, b))
+
+
+def finish_folder(work: Path, out: Path, vae, teacher: Path | None = None) -> None:
+    """Writes ``out`` = the UNet (``work/unet_final``, else the ``teacher`` folder's, else the one already
+    in ``out``) + the 8× ``vae``."""
+    from diffusers import UNet2DConditionModel
+
+    folders = [work / "unet_final"] + ([teacher / "unet"] if teacher is not None else []) + [out / "unet"]
+    meta_from = [teacher, out] if teacher is not None else [out]
+    for unet_dir in folders:
+        if (unet_dir / "config.json").is_file():
+            break
+    else:
+        log(f"no UNet yet (run --stage unet): the 8× VAE stays in {work / 'vae8x'}")
+        return
+    unet = UNet2DConditionModel.from_pretrained(str(unet_dir), torch_dtype=torch.float32, local_files_only=True)
+    meta = {}
+    for name in ("unet_meta.json",):
+        if (work / name).is_file():
+            meta = json.loads((work / name).read_text())
+    for folder in meta_from:
+        if not meta and (folder / "model_index.json").is_file():
+            meta = json.loads((folder / "model_index.json").read_text()).get("_shapes_world", {})
+    for name in ("vae_report", "vae8x_report"):
+        if (work / f"{name}.json").is_file():
+            meta[name.replace("_report", "")] = json.loads((work / f"{name}.json").read_text())
+    gen.save_pipeline_folder(out, unet.eval(), vae, metadata=meta)
+    log(f"model written to {out} (UNet from {unet_dir}, 8x VAE)")
 
 
 # -- data pool for the UNet ----------------------------------------------------------------------
@@ -433,17 +596,21 @@ def train_unet(work: Path, out: Path, seed: int, budget: Budget, pool_size: int 
     meta = {"seed": seed, "unet_steps": step, "pool": n, "batch_size": batch_size, "pair_share": pair_share,
             "loss_weighting": loss_weighting, "canonical_share": canonical_share,
             "minutes": round((time.time() - t_start) / 60, 2)}
-    vae_report = work / "vae_report.json"
-    if vae_report.is_file():
-        meta["vae"] = json.loads(vae_report.read_text())
-    gen.save_pipeline_folder(out, ema.eval(), vae, metadata=meta)
-    log(f"unet done: {step} steps; model written to {out}")
+    ema.eval().save_pretrained(str(work / "unet_final"), safe_serialization=True)
+    (work / "unet_meta.json").write_text(json.dumps(meta, indent=2))
+    log(f"unet done: {step} steps; UNet written to {work / 'unet_final'}")
+    if (work / "vae8x" / "config.json").is_file():
+        from diffusers import AutoencoderKL
+
+        finish_folder(work, out, AutoencoderKL.from_pretrained(str(work / "vae8x"), local_files_only=True))
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("vae", "decoder", "unet", "all"), default="all")
+    parser.add_argument("--stage", choices=("vae", "decoder", "unet", "vae8x", "all"), default="all")
+    parser.add_argument("--teacher", type=Path, default=None,
+                        help="vae8x: a 64-px model folder whose vae/ (and unet/) to use instead of the work folder's")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", type=Path, default=gen.DEFAULT_FOLDER)
     parser.add_argument("--work", type=Path, default=None, help="training state (default: <out>.train)")
@@ -453,6 +620,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int, default=None)
     parser.add_argument("--decoder-steps", type=int, default=None)
     parser.add_argument("--unet-steps", type=int, default=None)
+    parser.add_argument("--vae8x-steps", type=int, default=None)
     parser.add_argument("--pool", type=int, default=12288, help="scenes (with one paraphrase each) for the UNet")
     parser.add_argument("--pair-share", type=float, default=PAIR_SHARE, help="two-object scenes in the pool")
     parser.add_argument("--canonical-share", type=float, default=CANONICAL_SHARE,
@@ -468,11 +636,12 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     work = args.work or args.out.with_name(args.out.name + ".train")
     work.mkdir(parents=True, exist_ok=True)
-    stages = ("vae", "decoder", "unet") if args.stage == "all" else (args.stage,)
-    steps = {"vae": args.vae_steps, "decoder": args.decoder_steps, "unet": args.unet_steps}
+    stages = ("vae", "unet", "vae8x") if args.stage == "all" else (args.stage,)
+    steps = {"vae": args.vae_steps, "decoder": args.decoder_steps, "unet": args.unet_steps,
+             "vae8x": args.vae8x_steps}
     if args.minutes is None and any(steps[s] is None for s in stages):
         parser.error("give --minutes or the step counts of the stages run")
-    fractions = {"vae": args.vae_fraction, "decoder": args.decoder_fraction}
+    fractions = {"vae": args.vae_fraction, "decoder": args.decoder_fraction, "vae8x": args.decoder_fraction}
     log(f"train_generator: stages {', '.join(stages)}, seed {args.seed}, threads {torch.get_num_threads()}, work {work}")
     t0 = time.time()
     for stage in stages:
@@ -484,6 +653,9 @@ def main(argv: list[str] | None = None) -> None:
         if stage == "vae":
             train_vae(work, args.seed, budget, batch_size=args.vae_batch_size,
                       checkpoint_minutes=args.checkpoint_minutes)
+        elif stage == "vae8x":
+            train_vae8x(work, args.out, args.seed, budget, teacher=args.teacher, batch_size=args.vae_batch_size,
+                        checkpoint_minutes=args.checkpoint_minutes)
         elif stage == "decoder":
             train_decoder(work, args.seed, budget, batch_size=args.vae_batch_size,
                           checkpoint_minutes=args.checkpoint_minutes, out=args.out)
