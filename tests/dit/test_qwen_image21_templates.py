@@ -7,14 +7,13 @@ run), QwenImage21Cache, KSampler euler/simple at cfg 1, SaveImageAdvanced — ru
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
 from nodegraph.registry import default_registry
-from nodegraph.workflow.loader import load_workflow_data
 
+from tests.dit.template_runs import last_saved_image, set_inputs, template_api_of
 from tests.dit.test_qwen_image21 import build
 from tests.helpers.engines import make_engine
 from tests.helpers.package_templates import check_templates, package_templates
@@ -58,8 +57,18 @@ def template_root(tmp_path_factory):
 
 
 def _api(name: str, registry) -> dict:
-    path = next(p for p in templates() if p.name == name)
-    return load_workflow_data(json.loads(path.read_text()), registry).api
+    return template_api_of(next(p for p in templates() if p.name == name), registry)
+
+
+def _run(root, tmp_path, registry, api: dict) -> set[str]:
+    """Runs ``api`` on a fresh engine over ``root``'s models (outputs under ``tmp_path``): the node types that
+    ran."""
+    eng = make_engine(root, tmp_path, registry)
+    try:
+        result = eng.run(api).raise_for_status()
+    finally:
+        eng.close()
+    return {api[n]["class_type"] for n in result.executed}
 
 
 def test_t2i_template_runs(template_root, tmp_path, registry):
@@ -67,26 +76,12 @@ def test_t2i_template_runs(template_root, tmp_path, registry):
     api = _api("image_qwen_image_2_1_t2i.json", registry)
     kinds = {n["class_type"] for n in api.values()}
     assert {"TextEncodeQwenImage21", "QwenImage21Cache", "EmptyLatentImage", "KSampler", "TextGenerate"} <= kinds
-    for n in api.values():
-        if n["class_type"] == "EmptyLatentImage":
-            n["inputs"].update(width=64, height=64)
-        if n["class_type"] == "KSampler":
-            n["inputs"].update(steps=4)
-    eng = make_engine(root, tmp_path, registry)
-    try:
-        result = eng.run(api).raise_for_status()
-    finally:
-        eng.close()
-    ran = {api[n]["class_type"] for n in result.executed}
+    set_inputs(api, {"EmptyLatentImage": dict(width=64, height=64), "KSampler": dict(steps=4)})
+    ran = _run(root, tmp_path, registry, api)
     assert {"UNETLoader", "CLIPLoader", "VAELoader", "QwenImage21Cache", "TextEncodeQwenImage21", "KSampler",
             "VAEDecode", "SaveImageAdvanced"} <= ran
     assert "TextGenerate" not in ran  # the prompt enhancer is switched off as saved
-    saved = sorted(p for p in (tmp_path / "output").rglob("*.png"))
-    assert saved, "SaveImageAdvanced wrote no file"
-    from PIL import Image
-
-    image = Image.open(saved[-1])
-    assert image.size == (64, 64)
+    assert last_saved_image(tmp_path / "output").shape[:2] == (64, 64)
 
 
 def test_image_edit_template_runs(template_root, tmp_path, registry):
@@ -101,18 +96,8 @@ def test_image_edit_template_runs(template_root, tmp_path, registry):
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "input" / "portrait_model_denim.png")
     Image.fromarray(rng.integers(0, 256, (96, 64, 3), dtype=np.uint8)).save(
         tmp_path / "input" / "clothing_light_blue_denim_shirt.png")
-    for n in api.values():
-        if n["class_type"] == "KSampler":
-            n["inputs"].update(steps=4)
-    eng = make_engine(template_root, tmp_path, registry)
-    try:
-        result = eng.run(api).raise_for_status()
-    finally:
-        eng.close()
-    ran = {api[n]["class_type"] for n in result.executed}
+    set_inputs(api, {"KSampler": dict(steps=4)})
+    ran = _run(template_root, tmp_path, registry, api)
     assert {"TextEncodeQwenImage21", "QwenImage21Cache", "KSampler", "VAEDecode", "SaveImageAdvanced"} <= ran
     assert "TextGenerate" not in ran
-    from PIL import Image as _Image
-
-    saved = sorted((tmp_path / "output").rglob("*.png"))
-    assert saved and _Image.open(saved[-1]).size == (64, 64)
+    assert last_saved_image(tmp_path / "output").shape[:2] == (64, 64)
