@@ -9,10 +9,6 @@ dev through SamplerCustomAdvanced) runs end to end with the tiny Flux, SigLIP an
 
 from __future__ import annotations
 
-import json
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -20,12 +16,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from nodegraph.builder import Graph
-from nodegraph.workflow.loader import load_workflow_data
 
-from tests.dit.template_runs import last_saved_image
+from tests.dit.template_runs import last_saved_image, template_api
 from tests.dit.tiny_flow import T5_DIM
+from tests.dit.tiny_qwen import copy_as
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit"
 WIDTH = 64
 
 
@@ -82,8 +77,7 @@ def test_flux_redux_template_runs(flow_engine, flow_root, tiny_flux, siglip_file
              "text_encoders/tiny_clip_l.safetensors": "text_encoders/clip_l.safetensors",
              "vae/tiny_flux_ae.safetensors": "vae/ae.safetensors",
              "clip_vision/tiny_siglip.safetensors": "clip_vision/sigclip_vision_patch14_384.safetensors"}
-    for src, dst in names.items():
-        shutil.copyfile(models / src, models / dst)
+    copy_as(flow_root, names)
     torch.manual_seed(6)
     redux = ReduxImageEncoder(redux_dim=WIDTH, txt_in_features=T5_DIM).eval()
     (models / "style_models").mkdir(parents=True, exist_ok=True)
@@ -93,8 +87,7 @@ def test_flux_redux_template_runs(flow_engine, flow_root, tiny_flux, siglip_file
     for i, seed in ((1, 3), (2, 4)):
         pixels = np.random.default_rng(seed).integers(0, 256, (48, 40, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(flow_engine.paths.input_dir / f"flux_redux_model_example_reference_image_{i}.png")
-    api = load_workflow_data(json.loads((TEMPLATES / "flux_redux_model_example.json").read_text()),
-                             flow_registry).api
+    api = template_api("flux_redux_model_example", flow_registry)
     for n in api.values():
         if n["class_type"] in ("EmptySD3LatentImage", "ModelSamplingFlux"):
             n["inputs"].update(width=64, height=64)
