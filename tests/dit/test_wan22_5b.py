@@ -14,7 +14,7 @@ from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
 from tests.dit.template_runs import package_template_api, saved_video_frames, set_inputs
-from tests.dit.tiny_wan import flf_reference
+from tests.dit.tiny_wan import flf_reference, wan_inputs
 from tests.dit.tiny_wan22 import NET_FILE, VAE_FILE, build_wan22
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
@@ -38,12 +38,7 @@ def engine(tiny, tmp_path):
 
 def graph(start: bool) -> Graph:
     g = Graph()
-    model = g.node("UNETLoader", unet_name=NET_FILE, weight_dtype="default").out(0)
-    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
-    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
-    vae = g.node("VAELoader", vae_name=VAE_FILE).out(0)
-    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
-    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    model, vae, pos, neg = wan_inputs(g, NET_FILE, VAE_FILE, PROMPT, SHIFT)
     extra = {"start_image": g.node("LoadImage", image="start.png").out(0)} if start else {}
     lat = g.node("Wan22ImageToVideoLatent", "lat", vae=vae, width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1,
                  **extra)
@@ -146,12 +141,7 @@ def test_wan22_5b_fun_inpaint_matches_pipeline(engine, tiny):
     start.save(engine.paths.input_dir / "fun_start.png")
     end.save(engine.paths.input_dir / "fun_end.png")
     g = Graph()
-    model = g.node("UNETLoader", unet_name=FUN_FILE, weight_dtype="default").out(0)
-    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
-    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
-    vae = g.node("VAELoader", vae_name=VAE_FILE).out(0)
-    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
-    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    model, vae, pos, neg = wan_inputs(g, FUN_FILE, VAE_FILE, PROMPT, SHIFT)
     fun = g.node("WanFunInpaintToVideo", "fun", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
                  length=LENGTH, batch_size=1, start_image=g.node("LoadImage", image="fun_start.png").out(0),
                  end_image=g.node("LoadImage", image="fun_end.png").out(0))

@@ -14,7 +14,7 @@ from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
 from tests.dit.template_runs import package_template_api, saved_video_frames, set_inputs
-from tests.dit.tiny_wan import build_wan, flf_reference
+from tests.dit.tiny_wan import build_wan, flf_reference, wan_inputs
 from tests.helpers.engines import make_engine
 
 PROMPT = "a red fox running in snow"
@@ -48,12 +48,7 @@ def images(input_dir, name: str):
 def test_wan_fun_inpaint_matches_pipeline(engine, tiny):
     start, end = images(engine.paths.input_dir, "fun")
     g = Graph()
-    model = g.node("UNETLoader", unet_name="tiny_wan_i2v.safetensors", weight_dtype="default").out(0)
-    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
-    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
-    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
-    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
-    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    model, vae, pos, neg = wan_inputs(g, "tiny_wan_i2v.safetensors", "tiny_wan_2.1_vae.safetensors", PROMPT, SHIFT)
     fun = g.node("WanFunInpaintToVideo", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
                  length=LENGTH, batch_size=1, start_image=g.node("LoadImage", image="fun_start_image.png").out(0),
                  end_image=g.node("LoadImage", image="fun_end_image.png").out(0))

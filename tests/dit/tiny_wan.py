@@ -191,3 +191,13 @@ def flf_reference(tiny, transformer, start, end, latent_shape: tuple, *, prompt:
                      height=height, width=width, num_frames=length, num_inference_steps=steps, guidance_scale=cfg,
                      latents=noise, output_type="pt").frames
     return video[0].permute(0, 2, 3, 1).float()
+
+
+def wan_inputs(g, unet: str, vae_name: str, prompt: str, shift: float) -> tuple:
+    """A Wan graph's inputs: UNETLoader ``unet`` through ModelSamplingSD3 ``shift``, the tiny UMT5 (CLIPLoader type
+    wan) encoding ``prompt`` and an empty negative, VAELoader ``vae_name``: ``(model, vae, positive, negative)``."""
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+    model = g.node("ModelSamplingSD3", model=model, shift=shift).out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name=vae_name).out(0)
+    return model, vae, g.node("CLIPTextEncode", text=prompt, clip=clip), g.node("CLIPTextEncode", text="", clip=clip)
