@@ -174,56 +174,6 @@ def prefault_heap(nbytes: int, stop: threading.Event | None = None) -> int:
     return touched
 
 
-class HeapWarmer:
-    """:func:`prefault_heap` on a thread of its own, for a job that starts before the idle runner
-    could prepare all the heap it will take: the kernel's zeroing of the rest then happens on another
-    core while the job runs, and the job's later results are carved from the pieces when they are freed."""
-
-    def __init__(self) -> None:
-        self._wanted = 0
-        self._lock = threading.Lock()
-        self._go = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._closed = False
-        self._thread: threading.Thread | None = None
-        self.touched = 0
-
-    def warm(self, nbytes: int) -> None:
-        """Start touching ``nbytes`` (at most :data:`RESERVE_LIMIT`) in the background; returns at once."""
-        if nbytes < RESERVE_MIN or self._closed:
-            return
-        with self._lock:
-            self._wanted = nbytes
-            self._idle.clear()
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._main, name="nodegraph-heap-warmer", daemon=True)
-                self._thread.start()
-        self._go.set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Whether the last :meth:`warm` is done (waits up to ``timeout`` seconds)."""
-        return self._idle.wait(timeout)
-
-    def close(self) -> None:
-        self._closed = True
-        self._go.set()
-
-    def _main(self) -> None:
-        while True:
-            self._go.wait()
-            self._go.clear()
-            if self._closed:
-                self._idle.set()
-                return
-            with self._lock:
-                nbytes, self._wanted = self._wanted, 0
-            self.touched += prefault_heap(nbytes)
-            with self._lock:
-                if not self._wanted:
-                    self._idle.set()
-
-
 #: glibc tunables :func:`exec_with_heap_tunables` starts the server with (module docstring)
 HEAP_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=1",
                  f"glibc.malloc.trim_threshold={TRIM_SLACK}")

@@ -100,15 +100,3 @@ def test_prefault_heap_stops_when_asked_and_skips_small_amounts():
     assert heap.prefault_heap(8 << 20, stop) == 0
     assert heap.prefault_heap(heap.RESERVE_MIN - 1) == 0
     assert heap.RESERVE_LIMIT <= heap.prefault_heap(1 << 30) < heap.RESERVE_LIMIT + (1 << 20)
-
-
-def test_the_heap_warmer_touches_in_the_background_and_stops_when_closed():
-    warmer = heap.HeapWarmer()
-    warmer.warm(heap.RESERVE_MIN - 1)  # too little to be worth it: nothing starts
-    assert warmer.wait(0) and warmer.touched == 0
-    warmer.warm(4 << 20)
-    assert warmer.wait(30)
-    assert 4 << 20 <= warmer.touched < (4 << 20) + (1 << 20)
-    warmer.close()
-    warmer.warm(4 << 20)  # closed: ignored
-    assert warmer.wait(1) and warmer.touched < (5 << 20)

@@ -18,7 +18,7 @@ from collections import OrderedDict
 
 from ..errors import ValidationFailed
 from ..executor import Engine
-from ..heap import HeapWarmer, TrimGate, prefault_heap, started_with_trim_threshold
+from ..heap import TrimGate, prefault_heap, started_with_trim_threshold
 from ..plan import Plan
 from .base import RunnerBase, output_meta
 from .protocol import EventSink
@@ -51,8 +51,6 @@ class LocalRunner(RunnerBase):
         self._grown = 0
         #: the reserve stays only where glibc keeps a freed heap top (``nodegraph serve``'s tunables)
         self._prefault = started_with_trim_threshold()
-        #: what the idle runner could not prepare is prepared beside the next job, on another thread
-        self._warmer = HeapWarmer()
 
     # -- control (any thread) ---------------------------------------------------------------------
 
@@ -87,7 +85,6 @@ class LocalRunner(RunnerBase):
         if current is not None:
             self.engine.interrupt(current.prompt_id)
         self._wake.set()
-        self._warmer.close()
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -126,7 +123,8 @@ class LocalRunner(RunnerBase):
             if job is None:
                 self.idle.set()
                 if self._grown:  # nothing queued: have fresh heap ready for the next job's results
-                    self._grown -= min(self._grown, prefault_heap(self._grown, self._wake))
+                    prefault_heap(self._grown, self._wake)
+                    self._grown = 0
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
@@ -135,9 +133,6 @@ class LocalRunner(RunnerBase):
             self._interrupt_requested = None
             self.broadcast_status()
             held_before = self._cache_bytes()
-            if self._grown:  # a job came before the idle runner had the heap ready: the rest beside it
-                self._warmer.warm(self._grown)
-                self._grown = 0
             try:
                 self._run(job)
             except Exception:  # an engine bug must not kill the queue or leave the job hanging
