@@ -132,7 +132,7 @@ class LocalRunner(RunnerBase):
             self.current = job
             self._interrupt_requested = None
             self.broadcast_status()
-            held_before = self._cache_bytes()
+            held_before = self._cache_bytes() if self._prefault else 0
             try:
                 self._run(job)
             except Exception:  # an engine bug must not kill the queue or leave the job hanging
@@ -141,16 +141,18 @@ class LocalRunner(RunnerBase):
             finally:
                 self.current = None
                 self.current_reporter = None
-            self._release_memory()  # after the job's end was reported: off its latency
+            held = self._release_memory()  # after the job's end was reported: off its latency
             if self._prefault:
-                self._grown = max(0, self._cache_bytes() - held_before)
+                self._grown = max(0, held - held_before)
 
-    def _release_memory(self) -> None:
-        """Give the heap's free memory back to the OS when it may hold enough (:class:`TrimGate`)."""
+    def _release_memory(self) -> int:
+        """Give the heap's free memory back to the OS when it may hold enough (:class:`TrimGate`);
+        returns the bytes the cache holds."""
         held = self._cache_bytes()
         if self._trim_gate.due(held):
             self.engine.release_memory()
             self._trim_gate.checked(held)
+        return held
 
     def _cache_bytes(self) -> int:
         stats = getattr(self.engine.cache, "stats", None)
