@@ -11,6 +11,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import logic, numbers, regex, strings, text_ops, values
+    from . import camera_angle, logic, numbers, regex, strings, text_ops, values
 
-    return [values, strings, text_ops, regex, numbers, logic]
+    return [values, strings, text_ops, regex, numbers, logic, camera_angle]
