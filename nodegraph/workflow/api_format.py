@@ -29,12 +29,19 @@ def is_link_json(value: Any) -> bool:
             and type(value[1]) is int)
 
 
+class ArrayConstant(list):
+    """A list constant a workflow wrote as ``{"__value__": [...]}``: a list, but not the bare list that
+    validation refuses (neither a link nor a constant there)."""
+
+
 def parse_input_value(value: Any) -> Any:
-    """A JSON input value → :class:`Link`, or the constant (``{"__value__": [...]}`` unwrapped)."""
+    """A JSON input value → :class:`Link`, or the constant (``{"__value__": [...]}`` unwrapped, a list as
+    :class:`ArrayConstant`)."""
     if is_link_json(value):
         return Link(value[0], value[1])
     if type(value) is dict and len(value) == 1 and "__value__" in value:
-        return value["__value__"]
+        inner = value["__value__"]
+        return ArrayConstant(inner) if type(inner) is list else inner
     return value
 
 
