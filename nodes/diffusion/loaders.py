@@ -325,7 +325,7 @@ CLIP_TYPES = ["stable_diffusion", "stable_cascade", "sd3", "stable_audio", "moch
               "longcat_image", "cogvideox", "lens", "pixeldit", "ideogram4", "boogu", "krea2", "joyimage", "mage",
               "minimax", "yue2", "moss_image", "fibo2", "flux3", "sd2"]
 LOADED_CLIP_TYPES = ("stable_diffusion", "sd2", "sd3", "qwen_image", "lumina2", "flux2", "wan", "chroma", "hidream",
-                     "stable_audio")
+                     "stable_audio", "flux3")
 #: Types nodegraph does not load whose Qwen3 files ComfyUI loads as Z-Image's Qwen3 encoder (its ``sd.py``:
 #: a Qwen3-4B file is Flux.2 Klein's under flux/flux2, Z-Image's under any other type of its list then), e.g.
 #: the ``llm_qwen3_text_gen`` template's ``ltxv`` for TextGenerate. Newer families' types are not assumed.
@@ -337,7 +337,7 @@ class CLIPLoader(Node):
     (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros),
     ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Gemma 2 file (Lumina 2's) or a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL), ``stable_audio`` (T5-base),
     ``flux2`` (Mistral Small 3, Flux.2 dev's; a Qwen3 file: Flux.2 Klein's), ``hidream`` (one of HiDream's four
-    encoders; the others' parts are zeros as in ComfyUI). The other types of ComfyUI's list are refused with a clear error until their families load."""
+    encoders; the others' parts are zeros as in ComfyUI), ``flux3`` (Qwen3-VL, FLUX.3's). The other types of ComfyUI's list are refused with a clear error until their families load."""
 
     category = "advanced/loaders"
     display_name = "Load CLIP"
@@ -387,6 +387,11 @@ class CLIPLoader(Node):
             from nodegraph_nodes.dit.chroma import load_text_encoder as load_chroma_t5
 
             return (load_chroma_t5(path, self.ctx.service("models"), target, Path(self.ctx.paths.models_dir)),)
+        if type == "flux3":  # Qwen3-VL (FLUX.3, nodegraph_nodes.dit.flux3)
+            from nodegraph_nodes.dit import flux3
+
+            return (flux3.load_text_encoder(path, self.ctx.service("models"), target,
+                                            Path(self.ctx.paths.models_dir)),)
         if type == "flux2":  # Mistral (Flux.2)
             from nodegraph_nodes.dit import flux2_loading
 
@@ -464,6 +469,10 @@ class UNETLoader(Node):
 
         if flux2_loading.detect_transformer(keys) is not None:  # Flux.2
             return (flux2_loading.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
+        from nodegraph_nodes.dit import flux3
+
+        if (prefix := flux3.detect_prefix(keys)) is not None:  # FLUX.3
+            return (flux3.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
         from nodegraph_nodes.dit import qwen_image21
 
         if (prefix := qwen_image21.detect_prefix(keys)) is not None:  # Qwen-Image 2.1

@@ -154,6 +154,9 @@ def sample(ctx, guider: Guider, sampler: Sampler, sigmas: torch.Tensor, latent: 
         ctx.progress(done, steps)
 
     with model.open_runner(ctx, tuple(samples.shape)) as runner, torch.inference_mode(), ExitStack() as patches:
+        set_schedule = getattr(runner, "set_schedule", None)
+        if set_schedule is not None:  # runners that read the schedule (FLUX.3's distilled flow map)
+            set_schedule(sigmas)
         patch_run = PatchRun(runner, sigmas, ms)  # the model patches (step cache, FreeU, …) for this run
         runner = attach_patches(patches, model.sampling_patches.model_patches, patch_run)
         latent_image = samples.to(device, torch.float32)
