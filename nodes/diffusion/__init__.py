@@ -15,7 +15,7 @@ from types import ModuleType
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
     from . import (canny, clip_text_encode, conditioning, controlnet_nodes, image_prompt, inpaint_conditioning, ksampler,
-                   latent, latent_ops, loaders)
+                   latent, latent_ops, loaders, lotus)
 
     return [loaders, clip_text_encode, conditioning, latent, latent_ops, ksampler, image_prompt, controlnet_nodes,
-            inpaint_conditioning, canny]
+            inpaint_conditioning, canny, lotus]

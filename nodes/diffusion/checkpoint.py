@@ -68,13 +68,27 @@ def detect_unet_family(unet_sd: dict[str, Any]) -> str | None:
     """Family of a bare LDM UNet state dict (keys ``input_blocks.…``)."""
     if "input_blocks.0.0.weight" not in unet_sd:
         return None
-    if "label_emb.0.0.weight" in unet_sd:
+    if "label_emb.0.0.weight" in unet_sd and not is_lotus_unet(unet_sd):
         levels = _unet_levels(unet_sd)
         return "sdxl_refiner" if len(levels) == 4 else "sdxl"
     proj = next((v for k, v in unet_sd.items() if k.endswith("proj_in.weight")), None)
     if proj is not None and proj.ndim == 2:
         return "sd2"
     return "sd1"
+
+
+#: Lotus-D's class-embedding input: its task embedding (sin and cos of the task label (1, 0), depth)
+LOTUS_TASK_WIDTH = 4
+
+
+def is_lotus_unet(unet_sd: dict[str, Any]) -> bool:
+    """A Lotus-D UNet (an SD 2.x UNet with a 4-wide class embedding, ComfyUI's ``LotusD``), LDM or diffusers
+    key names."""
+    for key in ("label_emb.0.0.weight", "class_embedding.linear_1.weight"):
+        weight = unet_sd.get(key)
+        if weight is not None and len(weight.shape) == 2 and int(weight.shape[1]) == LOTUS_TASK_WIDTH:
+            return True
+    return False
 
 
 def describe_contents(sd: dict[str, Any]) -> str:
@@ -149,6 +163,8 @@ def infer_unet_config(unet_sd: dict[str, Any], family: str, pooled_dim: int | No
     if "label_emb.0.0.weight" in unet_sd:
         adm = int(unet_sd["label_emb.0.0.weight"].shape[1])
         cfg["projection_class_embeddings_input_dim"] = adm
+        if family not in ("sdxl", "sdxl_refiner"):  # Lotus: a class embedding, not SDXL's text-time one
+            cfg["class_embed_type"] = "projection"
         if pooled_dim is not None:  # adm = pooled + n_time_ids * time_embed_dim
             n_ids = 5 if family == "sdxl_refiner" else 6
             if (adm - pooled_dim) > 0 and (adm - pooled_dim) % n_ids == 0:

@@ -57,6 +57,8 @@ class DiffusionModel(ManagerOwned):
     sampling: ModelSampling | None = None
     #: CFG patches (RescaleCFG, CFGNorm, CFGZeroStar, …)
     sampling_patches: SamplingPatches = SamplingPatches()
+    #: a fixed class-embedding input of every UNet call (Lotus-D's task embedding, :mod:`.lotus`)
+    class_labels: tuple[float, ...] | None = None
 
     def with_patch(self, patch: LoraPatch) -> "DiffusionModel":
         return dataclasses.replace(self, patches=self.patches + (patch,))
@@ -307,9 +309,9 @@ def load_diffusers_folder(folder: Path, manager, device: str, models_dir: Path):
     vae = manager.load(_manager_key(folder / "vae", "vae", vae_dtype), load_module(AutoencoderKL, "vae", vae_dtype))
     sched = read_json(folder / "scheduler" / "scheduler_config.json")
     vae_cfg = vae.get().config
-    model = DiffusionModel(unet, family, sched, float(vae_cfg.scaling_factor), int(unet.get().config.out_channels),
-                           tuple(map(tuple, spec["latent_rgb_factors"])), tuple(spec["latent_rgb_bias"]),
-                           source=str(folder))
+    model = with_lotus_settings(DiffusionModel(
+        unet, family, sched, float(vae_cfg.scaling_factor), int(unet.get().config.out_channels),
+        tuple(map(tuple, spec["latent_rgb_factors"])), tuple(spec["latent_rgb_bias"]), source=str(folder)))
     reference = read_package_reference(folder)
     if reference is not None:  # a sentence encoder from an installed package (e.g. the shapes world's)
         return model, _package_clip(reference, manager, unet_dtype, family, models_dir), \
@@ -388,8 +390,21 @@ def load_unet_file(path: Path, manager, device: str) -> DiffusionModel:
     spec = ck.family_config(family, "family.json")
     sched = ck.family_config(family, "scheduler.json")
     vae_cfg = ck.family_config(family, "vae.json")
-    return DiffusionModel(handle, family, sched, float(vae_cfg["scaling_factor"]), int(handle.get().config.out_channels),
-                          tuple(map(tuple, spec["latent_rgb_factors"])), tuple(spec["latent_rgb_bias"]), source=str(path))
+    model = DiffusionModel(handle, family, sched, float(vae_cfg["scaling_factor"]), int(handle.get().config.out_channels),
+                           tuple(map(tuple, spec["latent_rgb_factors"])), tuple(spec["latent_rgb_bias"]), source=str(path))
+    return with_lotus_settings(model)
+
+
+def with_lotus_settings(model: DiffusionModel) -> DiffusionModel:
+    """A Lotus-D UNet (a 4-wide class embedding, :func:`checkpoint.is_lotus_unet`) gets its task embedding
+    on every call and ComfyUI's ``IMG_TO_IMG`` sampling (input unscaled, output the prediction itself);
+    any other model is returned as it is."""
+    from nodegraph_nodes.diffusion.lotus import LOTUS_DEPTH_TASK, lotus_sampling
+
+    cfg = model.handle.get().config
+    if cfg.class_embed_type != "projection" or cfg.projection_class_embeddings_input_dim != ck.LOTUS_TASK_WIDTH:
+        return model
+    return dataclasses.replace(model, class_labels=LOTUS_DEPTH_TASK, sampling=lotus_sampling(model.scheduler_config))
 
 
 def _family_from_unet_config(cfg) -> str:

@@ -91,6 +91,9 @@ class UNetRunner:
             kwargs["added_cond_kwargs"] = added
         t = timestep.to(self.device)
         x = x_in.to(self.device, self.dtype)
+        labels = getattr(self.model, "class_labels", None)
+        if labels is not None:  # Lotus-D's task embedding, the same for every row
+            kwargs["class_labels"] = torch.tensor(labels, device=self.device, dtype=self.dtype).expand(x.shape[0], -1)
         states = torch.cat(embeds)
         if self.inputs is not None:
             rows = [(p.extras, p.rows) for p in parts]

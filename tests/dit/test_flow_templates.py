@@ -21,7 +21,7 @@ from tests.helpers.package_templates import check_templates, package_templates
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_flow"
 #: node types of the package's Flux.1 / SD3.5 templates that nodegraph does not have yet
-MISSING_NODE_TYPES = {"LotusConditioning"}
+MISSING_NODE_TYPES: set[str] = set()
 
 
 @pytest.fixture(scope="module")
@@ -71,4 +71,4 @@ def test_package_templates_validate_with_file_errors_only(flow_registry):
     assert len(paths) >= 10
     check = check_templates(paths, flow_registry)
     check.assert_missing(MISSING_NODE_TYPES)
-    assert len(check.clean) >= 13, check.clean
+    assert len(check.clean) >= 17, check.clean

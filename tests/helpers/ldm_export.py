@@ -19,6 +19,8 @@ def unet_to_ldm(sd: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
            "input_blocks.0.0.": "conv_in.", "out.0.": "conv_norm_out.", "out.2.": "conv_out.",
            "label_emb.0.0.": "add_embedding.linear_1.", "label_emb.0.2.": "add_embedding.linear_2."}
     prefixes: list[tuple[str, str]] = [(ldm, hf) for ldm, hf in top.items()]
+    # a class embedding (Lotus-D's task embedding) is the same LDM label_emb as SDXL's add_embedding
+    prefixes += [("label_emb.0.0.", "class_embedding.linear_1."), ("label_emb.0.2.", "class_embedding.linear_2.")]
     for i in range(levels):
         for j in range(L):
             prefixes.append((f"input_blocks.{i * (L + 1) + j + 1}.0.", f"down_blocks.{i}.resnets.{j}."))

@@ -3,7 +3,10 @@
 ``build_sd1(root)`` writes into ``root/models``: ``checkpoints/tiny_sd15.safetensors`` (LDM single file),
 ``diffusers/tiny_sd15/`` (diffusers folder), ``vae/tiny_vae.safetensors``, a CLIP BPE tokenizer in
 ``text_encoders/tokenizer/`` (built locally with ``tokenizers``), and returns the diffusers modules.
-``build_sdxl(root)`` does the same for an SDXL-shaped model (``checkpoints/tiny_sdxl.safetensors``).
+``build_sdxl(root)`` does the same for an SDXL-shaped model (``checkpoints/tiny_sdxl.safetensors``),
+``build_sd2(root)`` for an SD 2.x-shaped one (``checkpoints/tiny_sd21.safetensors``: linear transformer
+projections, the OpenCLIP text tower under ``cond_stage_model.model.`` whose last layer SD2 leaves out), and
+``lotus_unet()`` is a Lotus-D-shaped UNet (SD 2.x with a 4-wide projection class embedding).
 """
 
 from __future__ import annotations
@@ -187,3 +190,41 @@ def build_sdxl(root: Path, name: str = "tiny_sdxl") -> TinySD:
     sd.update(clip_to_open_clip(text_2.state_dict(), "conditioner.embedders.1.model."))
     save_file({k: v.contiguous() for k, v in sd.items()}, str(ckpt))
     return TinySD(unet, vae, text, tokenizer, None, ckpt, None, text_2, tokenizer_2)
+
+
+def _sd2_unet(**extra):
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=1, use_linear_projection=True, norm_num_groups=32, **extra).eval()
+    _randomize(unet)
+    return unet
+
+
+def build_sd2(root: Path, name: str = "tiny_sd21") -> TinySD:
+    models = root / "models"
+    tok_dir = models / "text_encoders" / "tokenizer"
+    if not tok_dir.exists():
+        write_tokenizer(tok_dir)
+    tokenizer = load_tokenizer(tok_dir)
+    unet = _sd2_unet()
+    vae = _vae(3)
+    _randomize(vae, 0.03)
+    text = _clip(32, len(tokenizer), tokenizer.eos_token_id, projection=True, layers=3, act="gelu")
+    _randomize(text, 0.1)
+    ckpt = models / "checkpoints" / f"{name}.safetensors"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    sd = {}
+    sd.update(unet_to_ldm(unet.state_dict(), unet.config))
+    sd.update(vae_to_ldm(vae.state_dict(), vae.config))
+    sd.update(clip_to_open_clip(text.state_dict(), "cond_stage_model.model."))
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(ckpt))
+    return TinySD(unet, vae, text, tokenizer, None, ckpt, None)
+
+
+def lotus_unet():
+    """A Lotus-D-shaped UNet: SD 2.x with a projection class embedding of width 4 (its task embedding)."""
+    return _sd2_unet(class_embed_type="projection", projection_class_embeddings_input_dim=4)
