@@ -188,6 +188,10 @@ class VAELoader(Node):
             return (wan22_5b.load_vae(path, manager, self.ctx.device),)
         if llm_loading.is_vae_file(path, manager.allow_pickle):  # Qwen-Image's (Wan 2.1) VAE
             return (llm_loading.load_vae(path, manager, self.ctx.device),)
+        from nodegraph_nodes.dit import hunyuan_video15
+
+        if hunyuan_video15.is_vae_file(path, manager.allow_pickle):  # HunyuanVideo 1.5's 32-channel VAE
+            return (hunyuan_video15.load_vae(path, manager, self.ctx.device),)
         return (load_vae_file(path, manager, self.ctx.device),)
 
 
@@ -446,6 +450,10 @@ class UNETLoader(Node):
 
         if (prefix := hidream.detect_prefix(keys)) is not None:  # HiDream I1
             return (hidream.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
+        from nodegraph_nodes.dit import hunyuan_video15
+
+        if (prefix := hunyuan_video15.detect_transformer(keys)) is not None:  # HunyuanVideo 1.5
+            return (hunyuan_video15.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
         if wan.detect_transformer(keys) is not None:  # Wan 2.1
             return (wan.load_transformer(path, keys, manager, self.ctx.device, weight_dtype),)
         from nodegraph_nodes.dit import ltx2

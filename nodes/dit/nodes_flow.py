@@ -56,7 +56,7 @@ def _load(ctx, names: list[str], family: str, device: str, where: str) -> FlowCl
 
 class DualCLIPLoader(Node):
     """Loads two text encoders into one CLIP: ``sd3`` (CLIP-L / CLIP-G / T5, any two), ``flux`` (CLIP-L and
-    T5), ``hidream`` (two of CLIP-L / CLIP-G / T5 / Llama 3.1), ``ace`` (ACE-Step 1.5's two Qwen3 files). Other types of ComfyUI's list are refused (their families are not loaded by nodegraph yet)."""
+    T5), ``hidream`` (two of CLIP-L / CLIP-G / T5 / Llama 3.1), ``ace`` (ACE-Step 1.5's two Qwen3 files), ``hunyuan_video_15`` (Qwen2.5-VL and ByT5, HunyuanVideo 1.5's). Other types of ComfyUI's list are refused (their families are not loaded by nodegraph yet)."""
 
     category = "advanced/loaders"
     clip_name1 = Input(COMBO, choices=_text_encoder_choices)
@@ -83,6 +83,12 @@ class DualCLIPLoader(Node):
             paths = [resolve_model(self.ctx.paths, "text_encoders", n) for n in (clip_name1, clip_name2)]
             return (load_ace(paths, self.ctx.service("models"), "cpu" if device == "cpu" else self.ctx.device,
                              Path(self.ctx.paths.models_dir)),)
+        if type == "hunyuan_video_15":  # Qwen2.5-VL + ByT5 (nodegraph_nodes.dit.hunyuan_video15_text)
+            from nodegraph_nodes.dit.hunyuan_video15_text import load_clip as load_hv15
+
+            paths = [resolve_model(self.ctx.paths, "text_encoders", n) for n in (clip_name1, clip_name2)]
+            return (load_hv15(paths, self.ctx.service("models"), "cpu" if device == "cpu" else self.ctx.device,
+                              Path(self.ctx.paths.models_dir)),)
         if type not in SUPPORTED_DUAL:
             raise ValueError(f"DualCLIPLoader.type: {type!r} is not supported yet; nodegraph loads "
                              f"{', '.join(SUPPORTED_DUAL)} (SDXL's two encoders come with its checkpoint)")

@@ -85,13 +85,14 @@ def vl_token_ids(tokenizer) -> dict:
         ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
 
 
-def qwen25vl(tokenizer):
+def qwen25vl(tokenizer, layers: int = 2):
+    """A tiny Qwen2.5-VL (``layers`` text layers, one vision block)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(21)
     ids = vl_token_ids(tokenizer)
     cfg = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=TE_WIDTH, intermediate_size=192, num_hidden_layers=2,
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=TE_WIDTH, intermediate_size=192, num_hidden_layers=layers,
                          num_attention_heads=1, num_key_value_heads=1, rms_norm_eps=1e-6, rope_theta=1000000.0,
                          max_position_embeddings=128000, tie_word_embeddings=False,
                          bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
