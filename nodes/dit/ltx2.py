@@ -29,7 +29,8 @@ side by side (video | audio) and their mask in ``attention_mask``. Prompt weight
 
 Sampling (ComfyUI's LTXV): flux-type flow schedule with shift 2.37, the network time is sigma × 1000, the
 network predicts the velocity. Per-token timesteps come from the noise mask (LTXVImgToVideoInplace's
-conditioned frames get time 0).
+conditioned frames get time 0). A conditioning's ``ref_audio`` (LTXVReferenceAudio, ID-LoRA) leads the audio
+tokens: :mod:`.ltx2_reference_audio`.
 """
 
 from __future__ import annotations
@@ -703,6 +704,7 @@ class Ltx2Runner(NetRunner):
 
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         from nodegraph_nodes.dit.ltx2_latent import pack_tokens, unpack_tokens
+        from nodegraph_nodes.dit.ltx2_reference_audio import REF_AUDIO, audio_stream
 
         lay = self.layout
         x = x_in.to(self.device, self.dtype)
@@ -720,15 +722,17 @@ class Ltx2Runner(NetRunner):
             frame_rate = float(part.extras.get("frame_rate", 25.0))
             tv, ta = self._token_times(t[row:row + n], n)
             coords = self._video_coords(part.extras.get("keyframe_idxs"), n, frame_rate)
+            stream = audio_stream(self.net, audio[row:row + n], ta, part.extras.get(REF_AUDIO), self.device)
             v, a = self.net(
-                hidden_states=video[row:row + n], audio_hidden_states=audio[row:row + n],
+                hidden_states=video[row:row + n], audio_hidden_states=stream.tokens,
                 encoder_hidden_states=ctx[..., :self.video_width], audio_encoder_hidden_states=ctx[..., self.video_width:],
-                timestep=tv.to(self.dtype), audio_timestep=ta.to(self.dtype), sigma=t[row:row + n].to(self.dtype),
-                audio_sigma=t[row:row + n].to(self.dtype),
+                timestep=tv.to(self.dtype), audio_timestep=stream.times.to(self.dtype),
+                sigma=t[row:row + n].to(self.dtype), audio_sigma=t[row:row + n].to(self.dtype),
                 encoder_attention_mask=mask, audio_encoder_attention_mask=mask,
                 num_frames=lay.frames, height=lay.height, width=lay.width, fps=frame_rate,
-                audio_num_frames=lay.audio_frames, video_coords=coords, use_cross_timestep=True, return_dict=False)
-            outs.append(pack_tokens(v.float(), a.float(), lay))
+                audio_num_frames=lay.audio_frames, video_coords=coords, audio_coords=stream.coords,
+                use_cross_timestep=True, return_dict=False)
+            outs.append(pack_tokens(v.float(), stream.target(a).float(), lay))
             row += n
         return torch.cat(outs)
 

@@ -1,6 +1,7 @@
 """ComfyUI's LTX image conditioning and latent upscaling nodes (maths as ComfyUI's ``nodes_lt.py``):
 LTXVImgToVideoInplace / LTXVImgToVideo (start frames encoded into the latent, their noise mask lowered),
-LTXVAddGuide (guide frames appended to the latent with their own time positions, ``keyframe_idxs``),
+LTXVAddGuide (guide frames appended to the latent with their own time positions, ``keyframe_idxs``;
+IC-LoRA parameters of factor 1 only), GetICLoRAParameters (the IC-LoRA's metadata: :mod:`.ltx2_iclora`),
 LTXVCropGuides (the appended frames removed again), LTXVPreprocess (H.264 round trip of the image, as the
 model was trained on compressed frames), LatentUpscaleModelLoader / LTXVLatentUpsampler (diffusers'
 ``LTX2LatentUpsamplerModel`` on the un-normalized latent).
@@ -19,13 +20,15 @@ import torch
 
 from nodegraph.context import Paths
 from nodegraph.node import BOOLEAN, COMBO, FLOAT, INT, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
+from nodegraph.types import CONDITIONING, IMAGE, LATENT, MASK, MODEL, VAE
 
 from nodegraph_nodes.diffusion.conditioning import set_values
 from nodegraph_nodes.diffusion.files import ModelFileError, list_model_files, read_state_dict, resolve_model
 
 SCALE = (8, 32, 32)
 LATENT_UPSCALE_MODEL = "LATENT_UPSCALE_MODEL"
+#: GetICLoRAParameters' output: ``{"reference_downscale_factor": int}``
+IC_LORA_PARAMETERS = "IC_LORA_PARAMETERS"
 
 
 def encode_frames(ctx, vae, frames: torch.Tensor, where: str) -> torch.Tensor:
@@ -146,6 +149,33 @@ def keyframe_coords(guide: torch.Tensor, frame_idx: int, pixel_frames: int) -> t
     return bounds[None]
 
 
+def reference_downscale_factor(parameters: dict | None) -> int:
+    """An IC_LORA_PARAMETERS value's ``reference_downscale_factor``: rounded, at least 1; 1 without one."""
+    if not parameters:
+        return 1
+    try:
+        return max(1, round(float(parameters.get("reference_downscale_factor", 1))))
+    except (TypeError, ValueError):
+        return 1
+
+
+class GetICLoRAParameters(Node):
+    """The IC-LoRA parameters in the safetensors metadata of the LoRA last applied to the MODEL (LoraLoader /
+    LoraLoaderModelOnly's output for the IC-LoRA): ``reference_downscale_factor`` (the metadata entry whose
+    key ends with that name; rounded, at least 1; 1 when the LoRA has no such entry or the MODEL no LoRA)."""
+
+    category = "conditioning/video_models"
+    display_name = "Get IC-LoRA Parameters"
+    iclora_model = Input(MODEL, tooltip="Direct output from a LoRA Loader for the specific IC-LoRA from which to "
+                                        "extract the metadata.")
+    outputs = (Output(IC_LORA_PARAMETERS, "iclora_parameters"),)
+
+    def execute(self, iclora_model) -> tuple:
+        from nodegraph_nodes.dit.ltx2_iclora import iclora_parameters, last_lora_metadata
+
+        return (iclora_parameters(last_lora_metadata(self.ctx.paths, iclora_model)),)
+
+
 class LTXVAddGuide(Node):
     """Guide image(s) at ``frame_idx``: the first two latent frames of the guide are appended after the video
     (their own time positions in ``keyframe_idxs`` on both conditionings, noise mask ``1 - strength``), the
@@ -160,10 +190,23 @@ class LTXVAddGuide(Node):
     frame_idx = Input(INT, default=0, min=-9999, max=9999,
                       tooltip="Frame index to start the conditioning at; negative values count from the end.")
     strength = Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.01)
+    attention_mask = Input(MASK, optional=True,
+                           tooltip="Optional pixel-space spatial mask of the guide's self-attention influence.")
+    iclora_parameters = Input(IC_LORA_PARAMETERS, optional=True,
+                              tooltip="Optional IC-LoRA parameters from a Get IC-LoRA Parameters node.")
     outputs = (Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"), Output(LATENT, "latent"))
 
     def execute(self, positive, negative, vae, latent: dict, image: torch.Tensor, frame_idx: int,
-                strength: float) -> tuple:
+                strength: float, attention_mask: torch.Tensor | None = None,
+                iclora_parameters: dict | None = None) -> tuple:
+        if attention_mask is not None:
+            raise ValueError("LTXVAddGuide.attention_mask: per-region guide attention is not supported yet; "
+                             "leave the input unconnected")
+        factor = reference_downscale_factor(iclora_parameters)
+        if factor > 1:
+            raise ValueError(f"LTXVAddGuide.iclora_parameters: this IC-LoRA's reference_downscale_factor is "
+                             f"{factor}; guides encoded at 1/{factor} size (dilated onto a sparse grid) are not "
+                             "supported yet, only factor 1")
         samples = _video_latent(latent, "LTXVAddGuide")
         mask = noise_mask_of(latent)
         _, _, length, h, w = samples.shape

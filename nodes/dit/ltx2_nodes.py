@@ -1,7 +1,8 @@
 """ComfyUI's LTX-2 nodes (names, inputs, outputs and maths as ComfyUI's ``nodes_lt.py`` / ``nodes_lt_audio.py``):
 loaders (LTXAVTextEncoderLoader, LTXVAudioVAELoader), latents (EmptyLTXVLatentVideo, LTXVEmptyLatentAudio,
 LTXVConcatAVLatent, LTXVSeparateAVLatent), audio (LTXVAudioVAEDecode), conditioning (LTXVConditioning) and
-LTXVScheduler, LTXVAudioVAEEncode, LTXVDualCFGGuider (video and audio CFG scales). Image conditioning nodes: :mod:`.ltx2_guides`. Models: :mod:`.ltx2`.
+LTXVScheduler, LTXVAudioVAEEncode, LTXVDualCFGGuider (video and audio CFG scales), LTXVReferenceAudio (ID-LoRA
+reference audio and identity guidance: :mod:`.ltx2_reference_audio`). Image conditioning nodes: :mod:`.ltx2_guides`. Models: :mod:`.ltx2`.
 """
 
 from __future__ import annotations
@@ -208,29 +209,75 @@ class LTXVAudioVAEEncode(Node):
     outputs = (Output(LATENT, "Audio Latent"),)
 
     def execute(self, audio: dict, audio_vae) -> tuple:
-        from nodegraph_nodes.dit.ltx2 import log_mel
-        from nodegraph_nodes.media.audio import check_audio
-
         vae = _audio_vae(audio_vae, "LTXVAudioVAEEncode")
-        waveform, rate = check_audio(audio, "LTXVAudioVAEEncode")
-        waveform, rate = waveform.float(), int(rate)
-        manager = self.ctx.service("models")
-        with manager.use(vae.handle, self.ctx.device) as module, torch.inference_mode():
-            cfg = module.vae.config
-            if rate != int(cfg.sample_rate):
-                from nodegraph_nodes.media.codec import _resample
-
-                waveform = torch.stack([_resample(w, rate, int(cfg.sample_rate)) for w in waveform])
-            channels = int(cfg.in_channels)
-            if waveform.shape[1] == 1 and channels > 1:
-                waveform = waveform.expand(-1, channels, -1)
-            elif waveform.shape[1] != channels:
-                raise ValueError(f"LTXVAudioVAEEncode.audio: {waveform.shape[1]} channels; the audio VAE takes "
-                                 f"{channels} (or mono)")
-            mel = log_mel(waveform, int(cfg.sample_rate), int(cfg.mel_bins), int(cfg.mel_hop_length))
-            dtype = next(module.parameters()).dtype
-            latent = module.encode(mel.to(self.ctx.device, dtype)).float().cpu()
+        latent = encode_audio(self.ctx, vae, audio, "LTXVAudioVAEEncode")
         return ({"samples": latent, "sample_rate": vae.sample_rate, "type": "audio"},)
+
+
+def encode_audio(ctx, vae, audio: dict, where: str) -> torch.Tensor:
+    """AUDIO → the normalized LTX-2 audio latent ``[B, C, T, M]`` (LTXVAudioVAEEncode's maths)."""
+    from nodegraph_nodes.dit.ltx2 import log_mel
+    from nodegraph_nodes.media.audio import check_audio
+
+    waveform, rate = check_audio(audio, where)
+    waveform, rate = waveform.float(), int(rate)
+    manager = ctx.service("models")
+    with manager.use(vae.handle, ctx.device) as module, torch.inference_mode():
+        cfg = module.vae.config
+        if rate != int(cfg.sample_rate):
+            from nodegraph_nodes.media.codec import _resample
+
+            waveform = torch.stack([_resample(w, rate, int(cfg.sample_rate)) for w in waveform])
+        channels = int(cfg.in_channels)
+        if waveform.shape[1] == 1 and channels > 1:
+            waveform = waveform.expand(-1, channels, -1)
+        elif waveform.shape[1] != channels:
+            raise ValueError(f"{where}: the audio has {waveform.shape[1]} channels; the audio VAE takes "
+                             f"{channels} (or mono)")
+        mel = log_mel(waveform, int(cfg.sample_rate), int(cfg.mel_bins), int(cfg.mel_hop_length))
+        dtype = next(module.parameters()).dtype
+        return module.encode(mel.to(ctx.device, dtype)).float().cpu()
+
+
+class LTXVReferenceAudio(Node):
+    """ID-LoRA speaker identity: the reference clip encoded by the audio VAE into both conditionings
+    (``ref_audio``: the tokens the runner puts before the audio tokens, clean), and the MODEL patched with
+    identity guidance — one more evaluation of the positive without the reference per step, the result moved
+    by ``identity_guidance_scale`` times the difference (0: no extra pass), between ``start_percent`` and
+    ``end_percent`` of the schedule (:mod:`.ltx2_reference_audio`)."""
+
+    category = "conditioning/video_models"
+    display_name = "LTXV Reference Audio (ID-LoRA)"
+    model = Input(MODEL)
+    positive = Input(CONDITIONING)
+    negative = Input(CONDITIONING)
+    reference_audio = Input(AUDIO, tooltip="Reference audio clip whose speaker identity to transfer. ~5 seconds "
+                                           "recommended (training duration).")
+    audio_vae = Input(VAE, tooltip="LTXV Audio VAE for encoding.")
+    identity_guidance_scale = Input(FLOAT, default=3.0, min=0.0, max=100.0, step=0.01, round=0.01,
+                                    tooltip="Strength of identity guidance (an extra pass without the reference "
+                                            "each step); 0 disables it.")
+    start_percent = Input(FLOAT, default=0.0, min=0.0, max=1.0, step=0.001)
+    end_percent = Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.001)
+    outputs = (Output(MODEL, "model"), Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"))
+
+    def execute(self, model, positive, negative, reference_audio: dict, audio_vae, identity_guidance_scale: float,
+                start_percent: float = 0.0, end_percent: float = 1.0) -> tuple:
+        from nodegraph_nodes.dit.ltx2 import Ltx2Model
+        from nodegraph_nodes.dit.ltx2_reference_audio import (REF_AUDIO, IdentityGuidance, ReferenceAudioPatch,
+                                                              reference_tokens)
+
+        if not isinstance(model, Ltx2Model):
+            raise ValueError(f"LTXVReferenceAudio.model: an LTX-2 MODEL is needed; this is "
+                             f"{getattr(model, 'family', type(model).__name__)}")
+        vae = _audio_vae(audio_vae, "LTXVReferenceAudio")
+        tokens = reference_tokens(encode_audio(self.ctx, vae, reference_audio, "LTXVReferenceAudio.reference_audio"))
+        values = {REF_AUDIO: {"tokens": tokens}}
+        ms = model.model_sampling
+        guidance = IdentityGuidance(float(identity_guidance_scale), float(ms.percent_to_sigma(start_percent)),
+                                    float(ms.percent_to_sigma(end_percent)))
+        patches = model.sampling_patches.with_model_patch(ReferenceAudioPatch()).with_post_cfg(guidance)
+        return model.with_sampling_patches(patches), set_values(positive, values), set_values(negative, values)
 
 
 class DualCfg(guiders.Guider):
