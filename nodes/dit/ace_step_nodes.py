@@ -1,4 +1,5 @@
-"""ComfyUI's ACE-Step 1.5 nodes: ``EmptyAceStep1.5LatentAudio`` (a ``[B, 64, T]`` latent at 25 frames per
+"""ComfyUI's ACE-Step nodes: ``EmptyAceStepLatentAudio`` (1.0's ``[B, 8, 16, T]`` latent; no 1.0 model is built),
+``EmptyAceStep1.5LatentAudio`` (a ``[B, 64, T]`` latent at 25 frames per
 second) and ``TextEncodeAceStepAudio1.5`` (caption, lyrics and metadata through ACE-Step's Qwen3 encoder,
 :mod:`.ace_step`).
 
@@ -36,6 +37,23 @@ class EmptyAceStep15LatentAudio(Node):
     def execute(self, seconds: float, batch_size: int = 1) -> tuple:
         length = int(round(seconds * 48000 / 1920))
         return ({"samples": torch.zeros([batch_size, 64, length]), "type": "audio"},)
+
+
+class EmptyAceStepLatentAudio(Node):
+    """An empty ACE-Step 1.0 latent ``[B, 8, 16, ⌊seconds · 44100 / 512 / 8⌋]`` (ComfyUI's ``nodes_ace.py``: the
+    music DCAE's 8 channels × 16 mel-bin rows, one frame per 8 hops of 512 samples at 44.1 kHz). nodegraph has
+    no ACE-Step 1.0 model (transformer, DCAE, text encoder) to sample it with; 1.5 models take
+    ``EmptyAceStep1.5LatentAudio``'s latent."""
+
+    category = "latent/audio"
+    display_name = "Empty Ace Step 1.0 Latent Audio"
+    seconds = Input(FLOAT, default=120.0, min=1.0, max=1000.0, step=0.1)
+    batch_size = Input(INT, default=1, min=1, max=4096, tooltip="The number of latent images in the batch.")
+    outputs = (Output(LATENT),)
+
+    def execute(self, seconds: float, batch_size: int = 1) -> tuple:
+        length = int(seconds * 44100 / 512 / 8)
+        return ({"samples": torch.zeros([batch_size, 8, 16, length]), "type": "audio"},)
 
 
 class TextEncodeAceStepAudio15(Node):

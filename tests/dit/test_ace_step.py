@@ -89,6 +89,31 @@ def test_empty_latent_length():
     assert EmptyAceStep15LatentAudio.execute(None, seconds=SECONDS)[0]["samples"].shape == LATENT
 
 
+def test_empty_ace_step_1_0_latent_shape():
+    """ACE-Step 1.0's latent: 8 channels × 16 rows × ⌊seconds · 44100 / 512 / 8⌋ frames, zeros."""
+    from nodegraph_nodes.dit.ace_step_nodes import EmptyAceStepLatentAudio
+
+    out = EmptyAceStepLatentAudio.execute(None, seconds=120.0, batch_size=2)[0]
+    assert out["samples"].shape == (2, 8, 16, 1291) and out["type"] == "audio"
+    assert not out["samples"].any()
+    assert EmptyAceStepLatentAudio.execute(None, seconds=1.0)[0]["samples"].shape == (1, 8, 16, 10)
+
+
+#: node types of the package's ACE-Step templates nodegraph does not have: ACE-Step 1.0's text encoder node (no
+#: 1.0 model here: neither diffusers nor transformers implements it) and an API node
+MISSING_NODE_TYPES = {"TextEncodeAceStepAudio", "GeminiNodeV2"}
+
+
+def test_ace_step_templates_validate_with_file_errors_only():
+    from tests.helpers.package_templates import check_templates, package_templates
+
+    paths = package_templates(lambda name: "ace_step" in name)
+    assert len(paths) >= 9
+    check = check_templates(paths, default_registry(packs=False))
+    check.assert_missing(MISSING_NODE_TYPES)
+    assert len(check.clean) >= 6, check.clean
+
+
 def test_ace_step_matches_pipeline(engine, tiny):
     audio = engine.run(graph()).raise_for_status().value("out")
     ref = reference(tiny)
