@@ -1,0 +1,122 @@
+"""ComfyUI's four official FLUX.3 Klein templates (the ``comfyui_workflow_templates_json`` package) validate against
+nodegraph's nodes with model/input-file errors only, and all four run end to end on the tiny FLUX.3 files
+(:mod:`tests.dit.tiny_flux3`) saved under the templates' names (the names say ``int8_convrot``; the tiny files are
+float: nodegraph refuses integer-quantized files, see test_flux3). To keep the runs cheap on CPU the converted
+prompts' EmptyFlux2LatentImage is 64×64 (the templates: 1024² from ResolutionSelector), KSampler takes 4 steps
+(50 / 16) and the edit's ReferenceMultiLatent resizes to 0.01 MP (the template: 1 MP; 64² px → 102² → 96² on the 16-px grid);
+and the prompt-upsampler switch is turned so that TextGenerate and its Qwen 3.5 loader do not run (the
+templates save it on: the t2i ones take the upsampled prompt, the edit ones the upsampler's answer to the layout
+prompt; nodegraph's TextGenerate has no Qwen 3.5 yet): the t2i runs encode the prompt as typed, the edit run the
+layout prompt. Everything else (CreateBoundingBoxes and Flux3LayoutPrompt, KSampler's sampler, scheduler and cfg)
+runs as the templates set it."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from nodegraph.registry import default_registry
+
+from tests.dit.template_runs import last_saved_image, set_inputs, template_api_of
+from tests.dit.tiny_flux3 import NAMES, build_flux3
+from tests.helpers.engines import make_engine
+from tests.helpers.package_templates import check_templates, package_templates
+
+FILES = {f"diffusion_models/{NAMES['unet']}": ["diffusion_models/flux3-image-klein-base-int8-convrot.safetensors"],
+         f"diffusion_models/{NAMES['distilled']}": ["diffusion_models/flux3-image-klein-int8-convrot.safetensors"],
+         f"text_encoders/{NAMES['clip']}": ["text_encoders/qwen3vl_4b_int8_convrot.safetensors",
+                                            # the prompt upsampler's file: named, not loaded while it is off
+                                            "text_encoders/qwen3.5_9b_flux3_prompt_upsampler_w4a8.safetensors"],
+         f"vae/{NAMES['vae']}": ["vae/flux2-vae.safetensors"]}
+TEMPLATES = ("image_flux3_klein_t2i.json", "image_flux3_klein_distilled_t2i.json", "image_flux3_klein_image_edit.json",
+             "image_flux3_klein_distilled_image_edit.json")
+SMALL = {"EmptyFlux2LatentImage": dict(width=64, height=64), "KSampler": dict(steps=4)}
+
+
+@pytest.fixture(scope="module")
+def registry():
+    return default_registry(packs=False)
+
+
+def templates():
+    return package_templates(lambda name: name.startswith("image_flux3"))
+
+
+def test_package_templates_validate_with_file_errors_only(registry):
+    paths = templates()
+    assert sorted(p.name for p in paths) == sorted(TEMPLATES)
+    check = check_templates(paths, registry, file_errors=("not one of its choices", "not found in inputs",
+                                                          "Invalid image file"))
+    check.assert_missing(set())
+    assert sorted(check.clean) == sorted(TEMPLATES)
+
+
+@pytest.fixture(scope="module")
+def template_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flux3_template")
+    build_flux3(root)
+    models = root / "models"
+    for src, names in FILES.items():
+        for name in names:
+            shutil.copyfile(models / src, models / name)
+    return root
+
+
+def _api(name: str, registry) -> dict:
+    return template_api_of(next(p for p in templates() if p.name == name), registry)
+
+
+def _run(root, tmp_path, registry, api: dict, texts: list | None = None) -> set[str]:
+    """Runs ``api`` on a fresh engine over ``root``'s models; the node types that ran (``texts`` gets the
+    PreviewAny texts)."""
+    eng = make_engine(root, tmp_path, registry)
+    try:
+        result = eng.run(api).raise_for_status()
+    finally:
+        eng.close()
+    if texts is not None:
+        texts.extend(t for out in result.outputs.values() for t in out.get("text", []))
+    return {api[n]["class_type"] for n in result.executed}
+
+
+@pytest.mark.parametrize("name, steps, cfg", [("image_flux3_klein_t2i.json", 50, 3.5),
+                                               ("image_flux3_klein_distilled_t2i.json", 16, 1)])
+def test_t2i_templates_run(template_root, tmp_path, registry, name, steps, cfg):
+    api = _api(name, registry)
+    (sampler,) = [n["inputs"] for n in api.values() if n["class_type"] == "KSampler"]
+    assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (steps, cfg, "euler",
+                                                                                                "simple")
+    set_inputs(api, {**SMALL, "ComfySwitchNode": dict(switch=False)})  # on_false: the prompt as typed
+    ran = _run(template_root, tmp_path, registry, api)
+    assert {"UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "EmptyFlux2LatentImage", "KSampler",
+            "VAEDecode", "SaveImage", "CreateBoundingBoxes", "Flux3LayoutPrompt"} <= ran
+    assert "TextGenerate" not in ran  # the prompt upsampler is switched off as saved
+    image = last_saved_image(tmp_path / "output")
+    assert image.shape[:2] == (64, 64) and float(image.std()) > 0.01
+
+
+@pytest.mark.parametrize("name, picture", [
+    ("image_flux3_klein_image_edit.json", "fashion_portrait_blue_silk_gown_vis.png"),
+    ("image_flux3_klein_distilled_image_edit.json", "woman_gold_earring_teal_top_portrait.png")])
+def test_image_edit_templates_run(template_root, tmp_path, registry, name, picture):
+    """The edit templates: a 64×64 picture instead of the template's photo, its boxes (as saved)
+    cited in the layout prompt that reaches the text encoder, ReferenceMultiLatent's empty latent as KSampler's."""
+    from PIL import Image
+
+    api = _api(name, registry)
+    (tmp_path / "input").mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(6).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "input" / picture)
+    switch = next(n for n in api.values() if n["class_type"] == "ComfySwitchNode")
+    assert switch["inputs"]["switch"] is False  # as saved: on_false, the upsampler's answer
+    set_inputs(api, {"KSampler": dict(steps=4), "ReferenceMultiLatent": {"resolution.megapixels": 0.01},
+                     "ComfySwitchNode": dict(switch=True)})  # on_true: the layout prompt itself
+    texts: list = []
+    ran = _run(template_root, tmp_path, registry, api, texts)
+    assert any('<obj_1>' in t and '"id": "obj_1"' in t for t in texts), texts  # the layout prompt went in
+    assert {"CreateBoundingBoxes", "Flux3LayoutPrompt", "ReferenceMultiLatent", "CLIPTextEncode", "KSampler",
+            "VAEDecode", "SaveImage"} <= ran
+    assert "TextGenerate" not in ran
+    assert last_saved_image(tmp_path / "output").shape[:2] == (96, 96)  # the reference's size
