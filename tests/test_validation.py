@@ -85,6 +85,16 @@ def test_malformed_nodes_and_constants_where_links_belong(registry):
                      ("6", "invalid_value")]
 
 
+def test_wrapped_list_constants_are_constants_and_bare_lists_are_not(registry):
+    """``{"__value__": [...]}`` is how the frontend writes a list constant (CreateBoundingBoxes' editor state):
+    it validates and reaches the node as a list; a bare list that is not a link stays an error."""
+    plan = validate({"1": {"class_type": "Sink", "inputs": {"value": {"__value__": [{"x": 1}, {"x": 2}]}}}}, registry)
+    value = plan.nodes["1"].constants["value"]
+    assert isinstance(value, list) and value == [{"x": 1}, {"x": 2}]
+    errors = errors_of({"1": {"class_type": "Sink", "inputs": {"value": [1, 2, 3]}}}, registry)
+    assert [e.kind for e in errors] == ["bad_linked_input"]
+
+
 @pytest.mark.parametrize("value, ok", [(3, True), (3.0, True), (3.5, False), ("3", False), (True, False),
                                        (float("inf"), False), (2**80, False), (None, False)])
 def test_int_inputs_are_not_silently_coerced(registry, value, ok):
