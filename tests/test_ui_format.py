@@ -584,6 +584,21 @@ def test_muted_subgraph_node_drops_its_contents():
     assert convert(subgraph_workflow(outer_mode=2)) == {"1": empty_api(), "6": save_api(None)}
 
 
+def test_subgraph_output_naming_a_missing_link_feeds_nothing():
+    """The pattern of the package's ``video_ltx2_i2v_lora`` template: the subgraph's output slot lists link 3 in
+    ``linkIds``, but the definition's links lack it (and the inner node's output lists no links). The frontend
+    resolves a subgraph output through the links it finds for the slot (``SubgraphNode.resolveSubgraphOutputLink``:
+    none here), so the outer input is left out of the prompt (ComfyUI then reports it missing); nothing is
+    guessed from the slot's type."""
+    data = subgraph_workflow()
+    definition = data["definitions"]["subgraphs"][0]
+    definition["links"] = [link for link in definition["links"] if link["id"] != 3]
+    definition["nodes"][1]["outputs"][0]["links"] = []
+    api = convert(data)
+    assert api["6"] == save_api(None)
+    assert api["5:2"]["inputs"]["image"] == ["5:1", 0]
+
+
 def test_proxy_widget_value_reaches_the_other_targets_of_its_subgraph_input():
     """Today's frontend saves a promoted widget as ``properties.proxyWidgets`` with its value left on the
     inner node (the subgraph node's own ``widgets_values`` empty). A subgraph input that feeds such a

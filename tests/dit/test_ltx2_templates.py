@@ -1,5 +1,6 @@
 """ComfyUI's official LTX-2 templates (the installed ``comfyui_workflow_templates_json`` package) run end to end
-on the tiny LTX-2 files saved under the templates' file names, and the LTX templates' validation status."""
+on the tiny LTX-2 files saved under the templates' file names, and the LTX templates' validation status (a
+known, shrinking list of missing node types; one template shipped with a dangling subgraph link)."""
 
 from __future__ import annotations
 
@@ -165,3 +166,39 @@ def test_comfy_ltx2_t2v_template_runs(ltx2_engine, tiny_ltx2):
     frames, samples = _saved_video(ltx2_engine)
     assert frames == 9
     assert samples > 0
+
+
+#: node types of the package's LTX templates that nodegraph does not have yet (MoGe: a separate depth model)
+MISSING_NODE_TYPES = {"LoadMoGeModel", "MoGeInference", "MoGeRender"}
+#: how many of them (BROKEN apart) validate with file errors only
+MIN_CLEAN = 18
+#: a template shipped broken: its subgraph's VIDEO output names link 265, which the subgraph's links lack, so
+#: SaveVideo gets no video (ComfyUI's frontend drops the input the same way; see tests/test_ui_format.py)
+BROKEN = "video_ltx2_i2v_lora.json"
+
+
+def test_ltx_templates_validate_with_file_errors_only():
+    from nodegraph.registry import default_registry
+    from nodegraph.validation import validate
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.helpers.package_templates import check_templates
+
+    paths = package_templates(lambda name: "ltx" in name.lower())
+    assert len(paths) >= 20
+    registry = default_registry(packs=False)
+    check = check_templates([p for p in paths if p.name != BROKEN], registry)
+    check.assert_missing(MISSING_NODE_TYPES)
+    assert len(check.clean) >= MIN_CLEAN, check.clean
+    broken = next(p for p in paths if p.name == BROKEN)
+    data = json.loads(broken.read_text())
+    sub = data["definitions"]["subgraphs"][0]
+    assert 265 in sub["outputs"][0]["linkIds"] and all(link["id"] != 265 for link in sub["links"]), \
+        "the template's subgraph output link is back: take it off BROKEN"
+    from nodegraph.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed) as failed:
+        validate(load_workflow_data(data, registry).api, registry)
+    other = [str(e) for e in failed.value.errors if not any(s in str(e) for s in ("not one of its choices",
+                                                                                   "not found in inputs"))]
+    assert len(other) == 1 and "SaveVideo" in other[0] and "'video'" in other[0], other
