@@ -12,7 +12,8 @@ EmptySD3LatentImage, CLIPTextEncodeSD3, CLIPTextEncodeFlux, FluxGuidance), :mod:
 TextEncodeQwenImageEditPlus). Wan 2.1 text-to-video: :mod:`.wan` (transformer, UMT5 CLIP, runner,
 files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, TrimVideoLatent), :mod:`.wan_i2v` (WanImageToVideo), :mod:`.wan_vace` (WanVaceToVideo, the VACE transformer), :mod:`.wan22_5b` (Wan 2.2 5B: 48-channel VAE, Wan22ImageToVideoLatent), :mod:`.wan_fun` (WanFunInpaintToVideo). Flux.2 (dev, Klein):
 :mod:`.flux2` (transformer, VAE, Mistral/Qwen3 CLIP, runner), :mod:`.flux2_loading` (files, folders),
-:mod:`.flux2_lora`, nodes in :mod:`.flux2_nodes` (EmptyFlux2LatentImage, Flux2Scheduler). Chroma:
+:mod:`.flux2_lora`, nodes in :mod:`.flux2_nodes` (EmptyFlux2LatentImage, Flux2Scheduler). FLUX.3: :mod:`.flux3`
+(transformer, Qwen3-VL CLIP, runner, files), nodes in :mod:`.flux3_nodes` (Flux3LayoutPrompt, ReferenceMultiLatent). Chroma:
 :mod:`.chroma` (transformer, runner, files, folders; T5 CLIP in :mod:`.text`). Lumina 2: :mod:`.lumina2`
 (transformer, Gemma 2 CLIP, runner, LoRAs, files, folders, all-in-one files), nodes in :mod:`.lumina2_nodes`
 (CLIPTextEncodeLumina2, RenormCFG). :mod:`.t5_options` (T5TokenizerOptions). HiDream I1 / E1: :mod:`.hidream` (transformer, runner), :mod:`.hidream_text`
