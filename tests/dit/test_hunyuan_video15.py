@@ -139,3 +139,66 @@ def test_hv15_prompt_and_default_shift_reach_the_model(hv15_engine, tiny_hv15):
     default_shift = hv15_engine.run(hv15_graph(shift=None)).raise_for_status().value("out")
     assert not torch.allclose(base, other, atol=1e-3)
     assert torch.allclose(default_shift, reference(tiny_hv15, shift=7.0), atol=1e-4)  # ComfyUI's default shift 7
+
+
+def _start_image(folder):
+    """A random 32×32 RGB start image saved as ``start.png`` in ``folder``; the PIL image."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8), "RGB")
+    image.save(folder / "start.png")
+    return image
+
+
+def i2v_reference(tiny, start) -> torch.Tensor:
+    """HunyuanVideo15ImageToVideoPipeline's frames (its SigLIP states of the start image, the image's latent on the
+    first latent frame with mask 1 there), as :func:`reference`."""
+    from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15ImageToVideoPipeline
+    from transformers import ByT5Tokenizer, SiglipImageProcessor
+
+    from nodegraph_nodes.dit.hunyuan_video15_text import TEMPLATE, system_message
+    from nodegraph_nodes.dit.llm_text import template_end
+
+    pipe = HunyuanVideo15ImageToVideoPipeline(
+        text_encoder=tiny.text_encoder.model.language_model, tokenizer=tiny.tokenizer,
+        transformer=tiny.i2v_transformer, vae=tiny.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
+        text_encoder_2=tiny.byt5, tokenizer_2=ByT5Tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=CFG),
+        image_encoder=tiny.siglip, feature_extractor=SiglipImageProcessor(size={"height": HEIGHT, "width": WIDTH}))
+    pipe.set_progress_bar_config(disable=True)
+    pipe.system_message = system_message()
+    ids = tiny.tokenizer(TEMPLATE.format(PROMPT), add_special_tokens=False)["input_ids"]
+    pipe.prompt_template_encode_start_idx = template_end(tiny.tokenizer, ids)
+    noise, _ = engine_noise((1, 32, (LENGTH - 1) // 4 + 1, HEIGHT // 16, WIDTH // 16), SEED)
+    with torch.no_grad():
+        video = pipe(image=start, prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=LENGTH,
+                     num_inference_steps=STEPS, latents=noise, output_type="pt").frames
+    return video[0].permute(0, 2, 3, 1).float()
+
+
+def test_hv15_i2v_matches_pipeline(hv15_engine, tiny_hv15):
+    """Image-to-video from Tencent's file names: LoadImage → CLIPVisionLoader (SigLIP) → CLIPVisionEncode (crop
+    none) and HunyuanVideo15ImageToVideo's start latent and mask → KSampler → VAEDecode."""
+    start = _start_image(hv15_engine.paths.input_dir)
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="tiny_hv15_i2v.safetensors", weight_dtype="default").out(0)
+    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
+    clip = g.node("DualCLIPLoader", clip_name1="tiny_qwen25vl.safetensors", clip_name2="tiny_byt5.safetensors",
+                  type="hunyuan_video_15").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_hv15_vae.safetensors").out(0)
+    image = g.node("LoadImage", image="start.png").out(0)
+    vision = g.node("CLIPVisionLoader", clip_name="tiny_siglip.safetensors").out(0)
+    encoded = g.node("CLIPVisionEncode", clip_vision=vision, image=image, crop="none")
+    i2v = g.node("HunyuanVideo15ImageToVideo", "i2v", positive=g.node("CLIPTextEncode", text=PROMPT, clip=clip),
+                 negative=g.node("CLIPTextEncode", text=NEGATIVE, clip=clip), vae=vae, width=WIDTH, height=HEIGHT,
+                 length=LENGTH, batch_size=1, start_image=image, clip_vision_output=encoded)
+    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler", scheduler="simple",
+                positive=i2v.out(0), negative=i2v.out(1), latent_image=i2v.out(2), denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
+    frames = hv15_engine.run(g).raise_for_status().value("out")
+    ref = i2v_reference(tiny_hv15, start)
+    assert frames.shape == ref.shape == (LENGTH, HEIGHT, WIDTH, 3)
+    assert torch.allclose(frames, ref, atol=1e-4), (frames - ref).abs().max()
+    assert frames.std() > 0.01

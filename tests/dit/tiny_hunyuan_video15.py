@@ -6,6 +6,7 @@ text-to-video transformer in ComfyUI's names, fused q/k/v: ``double_blocks.N.img
 ``txt_in.t_embedder.in_layer`` …) and ``tiny_hv15_i2v.safetensors`` (another one, in Tencent's names: separate
 ``img_attn_q`` / ``_k`` / ``_v``, ``img_mod.linear``, ``mlp.fc1``), ``text_encoders/tiny_qwen25vl.safetensors``
 (Qwen2.5-VL, three text layers, ComfyUI's layout) with ``text_encoders/qwen25_tokenizer/``,
+``clip_vision/tiny_siglip.safetensors`` (SigLIP in transformers' names, as ComfyUI's ``sigclip_vision_patch14_384``),
 ``text_encoders/tiny_byt5.safetensors`` (a T5 encoder over ByT5's 384 byte tokens) and
 ``vae/tiny_hv15_vae.safetensors`` (Tencent's VAE names: ``encoder.down.N.block.M``, ``mid.attn_1.q``).
 """
@@ -28,13 +29,15 @@ BYT5_WIDTH = 32
 IMAGE_WIDTH = 24  # SigLIP's 1152 in the release
 
 
-def transformer(seed: int, in_channels: int = 65):
+def transformer(seed: int, target_size: int = 640):
+    """``target_size`` (pixels) only steers diffusers' image-to-video pipeline's choice of the video size."""
     from diffusers import HunyuanVideo15Transformer3DModel
 
-    net = HunyuanVideo15Transformer3DModel(in_channels=in_channels, out_channels=32, num_attention_heads=1,
+    net = HunyuanVideo15Transformer3DModel(in_channels=65, out_channels=32, num_attention_heads=1,
                                            attention_head_dim=128, num_layers=2, num_refiner_layers=1, mlp_ratio=2.0,
                                            text_embed_dim=TE_WIDTH, text_embed_2_dim=BYT5_WIDTH,
-                                           image_embed_dim=IMAGE_WIDTH, rope_axes_dim=(16, 56, 56))
+                                           image_embed_dim=IMAGE_WIDTH, rope_axes_dim=(16, 56, 56),
+                                           target_size=target_size)
     return _random_transformer(net, seed)
 
 
@@ -45,6 +48,18 @@ def byt5():
     model = T5EncoderModel(T5Config(vocab_size=384, d_model=BYT5_WIDTH, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
                                     relative_attention_num_buckets=32, feed_forward_proj="gated-gelu",
                                     is_encoder_decoder=False, use_cache=False)).eval()
+    _randomize(model, 0.2)
+    return model
+
+
+def siglip():
+    """A tiny SigLIP vision tower (32×32 images, 8×8 patches: 16 states), one head as the loader assumes below 64
+    wide."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    torch.manual_seed(11)
+    model = SiglipVisionModel(SiglipVisionConfig(hidden_size=IMAGE_WIDTH, intermediate_size=48, num_hidden_layers=2,
+                                                 num_attention_heads=1, image_size=32, patch_size=8)).eval()
     _randomize(model, 0.2)
     return model
 
@@ -171,15 +186,17 @@ class TinyHunyuanVideo15:
     tokenizer: Any
     byt5: Any
     vae: Any
+    siglip: Any
     root: Path
 
 
 def build_hunyuan_video15(root: Path) -> TinyHunyuanVideo15:
     models = root / "models"
-    for sub in ("diffusion_models", "text_encoders", "vae"):
+    for sub in ("diffusion_models", "text_encoders", "vae", "clip_vision"):
         (models / sub).mkdir(parents=True, exist_ok=True)
     tokenizer = write_qwen_tokenizer(models / "text_encoders" / "qwen25_tokenizer", QWEN3_CHAT_TEMPLATE)
-    te, glyph, net, i2v, autoencoder = qwen25vl(tokenizer, layers=3), byt5(), transformer(61), transformer(63), vae()
+    te, glyph, net, i2v, autoencoder = qwen25vl(tokenizer, layers=3), byt5(), transformer(61), transformer(63, 32), vae()
+    vision = siglip()
     save_file(transformer_file_layout(net.state_dict()), str(models / "diffusion_models" / "tiny_hv15_t2v.safetensors"))
     save_file(transformer_file_layout(i2v.state_dict(), tencent=True, prefix="model.diffusion_model."),
               str(models / "diffusion_models" / "tiny_hv15_i2v.safetensors"))
@@ -187,4 +204,7 @@ def build_hunyuan_video15(root: Path) -> TinyHunyuanVideo15:
     save_file({k: v.clone().contiguous() for k, v in glyph.state_dict().items()},
               str(models / "text_encoders" / "tiny_byt5.safetensors"))
     save_file(vae_file_layout(autoencoder.state_dict()), str(models / "vae" / "tiny_hv15_vae.safetensors"))
-    return TinyHunyuanVideo15(net, i2v, te, tokenizer, glyph, autoencoder, root)
+    save_file({k if k.startswith("vision_model.") else "vision_model." + k: v.contiguous()  # the files' names
+               for k, v in vision.state_dict().items() if "position_ids" not in k},
+              str(models / "clip_vision" / "tiny_siglip.safetensors"))
+    return TinyHunyuanVideo15(net, i2v, te, tokenizer, glyph, autoencoder, vision, root)
