@@ -85,6 +85,9 @@ def test_track_nodes_through_the_engine(engine):
     alone = g.node("WanMoveConcatTrack", "alone", tracks_1=both.out(0))
     for node in (cat, alone):
         g.node("PreviewAny", source=node.out(0))
+    frames = g.node("EmptyImage", width=64, height=32, batch_size=1, color=0)
+    g.node("PreviewAny", source=g.node("WanMoveVisualizeTracks", "shown", images=frames, tracks=gen.out(0),
+                                       line_resolution=24, circle_size=4, opacity=1.0, line_width=2))
     result = engine.run(g).raise_for_status()
     assert result.value("gen", 1) == 2 and result.value("coords", 1) == 2
     coords_tracks = result.value("coords", 0)
@@ -95,6 +98,9 @@ def test_track_nodes_through_the_engine(engine):
     assert joined.path.shape == (2, 5, 2) and torch.equal(joined.path[:, 3:], coords_tracks.path)
     assert torch.allclose(joined.path[1, :3], torch.tensor([[64.0, 16.0]] * 3))
     assert result.value("alone", 0) is coords_tracks
+    shown = result.value("shown", 0)  # the black frame repeated for the 2 track frames; at (0, 16) the last of
+    # the 3 coinciding discs (colour 2)
+    assert shown.shape == (2, 32, 64, 3) and torch.allclose(shown[0, 16, 1], torch.tensor([255.0, 255, 0]) / 255)
 
 
 def test_json_tracks_and_ati_resampling():
@@ -248,3 +254,26 @@ def test_comfy_wan_ati_template_runs(engine, tiny):
     executed = {api[n]["class_type"] for n in result.executed}
     assert {"WanTrackToVideo", "CLIPVisionEncode", "KSampler", "SaveVideo"} <= executed
     assert saved_video_frames(engine.paths.output_dir) == 5
+
+
+def test_visualize_tracks_draws_discs_and_trails():
+    from nodegraph_nodes.dit.wan_tracks import Tracks
+    from nodegraph_nodes.dit.wan_tracks_preview import COLOURS, draw_tracks
+
+    # two tracks over 3 frames of one gray image (repeated): track 0 still at (10, 10); track 1 moving right along
+    # y = 30, hidden on frame 1
+    path = torch.tensor([[[10.0, 10.0], [5.0, 30.0]], [[10.0, 10.0], [20.0, 30.0]], [[10.0, 10.0], [35.0, 30.0]]])
+    seen = torch.tensor([[True, True], [True, False], [True, True]])
+    gray = torch.full((1, 48, 48, 3), 0.5)
+    out = draw_tracks(gray, Tracks(path, seen), trail=24, radius=3, opacity=0.5, width=4)
+    assert out.shape == (3, 48, 48, 3)
+    base = float(int(0.5 * 255))
+    alpha = int(255 * 0.5) / 255
+    disc = [int(c * alpha + base * (1 - alpha)) / 255 for c in COLOURS[0]]
+    assert torch.allclose(out[:, 10, 10], torch.tensor([disc] * 3), atol=1e-6)  # a still track: no trail
+    assert torch.allclose(out[:, 10, 20], torch.full((3, 3), base / 255))  # off the tracks: the frame
+    # track 1: its disc on frames 0 and 2, not on frame 1 (hidden); on frame 2 its trail runs back to x = 5
+    assert torch.allclose(out[1, 30, 20], torch.full((3,), base / 255))
+    assert not torch.allclose(out[2, 30, 35], torch.full((3,), base / 255))
+    assert not torch.allclose(out[2, 30, 12], torch.full((3,), base / 255))  # the trail, away from both discs
+    assert torch.allclose(out[0, 30, 12], torch.full((3,), base / 255))  # frame 0: no trail yet
