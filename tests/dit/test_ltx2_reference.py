@@ -10,25 +10,12 @@ import wave
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from nodegraph.builder import Graph
 
-from tests.dit.test_ltx2 import (CFG, HEIGHT, LENGTH, RATE, SEED, WIDTH, loaders_and_conditioning,  # noqa: F401
+from tests.dit.test_ltx2 import (HEIGHT, LENGTH, RATE, SEED, WIDTH, loaders_and_conditioning,  # noqa: F401
                                  ltx2_engine, tiny_ltx2)
-from tests.dit.tiny_ltx2 import CHECKPOINT
-
-
-def _lora(root, name: str, metadata: dict | None) -> None:
-    """A small LoRA in LTX's names on two of the tiny transformer's layers, with ``metadata``."""
-    g = torch.Generator().manual_seed(3)
-    sd = {}
-    for layer, (out, inp) in {"transformer_blocks.0.attn1.to_k": (128, 128),
-                              "transformer_blocks.1.audio_attn1.to_v": (64, 64)}.items():
-        sd[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(2, inp, generator=g) * 0.05
-        sd[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(out, 2, generator=g) * 0.05
-    (root / "models" / "loras").mkdir(exist_ok=True)
-    save_file(sd, str(root / "models" / "loras" / name), metadata=metadata)
+from tests.dit.tiny_ltx2 import CHECKPOINT, save_lora
 
 
 def _tone(engine, name: str = "voice.wav", rate: int = 8000, seconds: float = 0.5) -> None:
@@ -48,7 +35,7 @@ def _tone(engine, name: str = "voice.wav", rate: int = 8000, seconds: float = 0.
                                               ({"reference_downscale_factor": "two"}, 1),
                                               (None, 1)])
 def test_get_iclora_parameters_reads_the_applied_loras_metadata(ltx2_engine, tiny_ltx2, metadata, factor):
-    _lora(tiny_ltx2.root, "ic.safetensors", metadata)
+    save_lora(tiny_ltx2.root, "ic.safetensors", metadata)
     g = Graph()
     ck = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
     lora = g.node("LoraLoaderModelOnly", model=ck.out(0), lora_name="ic.safetensors", strength_model=1.0)
@@ -73,12 +60,12 @@ def _guide_graph(iclora: bool) -> Graph:
 
 def test_add_guide_takes_iclora_parameters(ltx2_engine, tiny_ltx2):
     """Factor 1: the guide as without parameters; a larger factor (a dilated guide) is refused by name."""
-    _lora(tiny_ltx2.root, "ic.safetensors", {"reference_downscale_factor": "1"})
+    save_lora(tiny_ltx2.root, "ic.safetensors", {"reference_downscale_factor": "1"})
     plain = ltx2_engine.run(_guide_graph(False)).raise_for_status().value("guide", 2)
     with_params = ltx2_engine.run(_guide_graph(True)).raise_for_status().value("guide", 2)
     assert torch.equal(plain["samples"], with_params["samples"])
     assert torch.equal(plain["noise_mask"], with_params["noise_mask"])
-    _lora(tiny_ltx2.root, "ic.safetensors", {"reference_downscale_factor": "2"})
+    save_lora(tiny_ltx2.root, "ic.safetensors", {"reference_downscale_factor": "2"})
     failed = ltx2_engine.run(_guide_graph(True))
     assert not failed.ok and "reference_downscale_factor is 2" in failed.failure.exception_message
 

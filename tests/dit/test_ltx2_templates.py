@@ -168,6 +168,52 @@ def test_comfy_ltx2_t2v_template_runs(ltx2_engine, tiny_ltx2):
     assert samples > 0
 
 
+def test_comfy_ltx2_3_id_lora_template_runs_on_ltx2(ltx2_engine, tiny_ltx2):
+    """``video_ltx2_3_id_lora`` (the distilled LoRA at 0.5, the ID-LoRA, LTXVReferenceAudio with identity guidance
+    3 on a reference clip; two stages with LTXVImgToVideoInplace, LTXVLatentUpsampler, LTXVCropGuides) on the tiny
+    LTX-2.0 files under the 2.3 template's names, tiny LoRAs under its LoRA names. Made smaller: 128×128 (64×64
+    sampled first), 0.32 s at 25 fps (9 frames), the image's longer side 128."""
+    import wave
+
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_ltx2 import save_lora
+
+    _files(tiny_ltx2, "ltx-2.3-22b-dev-fp8.safetensors", "gemma_3_12B_it_fp4_mixed.safetensors",
+           "ltx-2.3-spatial-upscaler-x2-1.1.safetensors")
+    for name in ("ltx_2.3_22b_distilled_1.1_lora_dynamic_fro09_avg_rank_111_bf16.safetensors",
+                 "ltx-2.3-id-lora-talkvid-3k.safetensors"):
+        save_lora(tiny_ltx2.root, name)
+    inputs = ltx2_engine.paths.input_dir
+    inputs.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (90, 70, 3), dtype=np.uint8), "RGB").save(
+        inputs / "vintage_thinker.png")
+    t = np.arange(8000) / 16000
+    with wave.open(str(inputs / "ltx23_reference_audio.mp3"), "wb") as w:  # WAV data: decoded by content
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.sin(2 * np.pi * 220 * t) * 9000).astype(np.int16).tobytes())
+    api = load_workflow_data(_template("video_ltx2_3_id_lora"), ltx2_engine.registry).api
+    set_primitive_ints(api, {1280: 128, 720: 128})
+    for n in api.values():
+        if n["class_type"] == "PrimitiveFloat" and n["inputs"].get("value") == 10:
+            n["inputs"]["value"] = 0.32
+        if n["class_type"] == "ResizeImageMaskNode" and n["inputs"]["resize_type"] == "scale longer dimension":
+            n["inputs"]["resize_type.longer_size"] = 128
+    result = ltx2_engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    for kind in ("LTXVReferenceAudio", "LTXVLatentUpsampler", "LTXVCropGuides", "LTXVAudioVAEDecode"):
+        assert kind in executed
+    assert executed.count("LoraLoaderModelOnly") == 2
+    frames, samples = _saved_video(ltx2_engine)
+    assert frames == 9
+    assert samples > 0
+
+
 #: node types of the package's LTX templates that nodegraph does not have yet (MoGe: a separate depth model)
 MISSING_NODE_TYPES = {"LoadMoGeModel", "MoGeInference", "MoGeRender"}
 #: how many of them (BROKEN apart) validate with file errors only

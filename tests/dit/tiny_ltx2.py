@@ -271,3 +271,16 @@ def build_ltx2(root: Path) -> TinyLtx2:
     save_file({k: v.clone().contiguous() for k, v in up.state_dict().items()},
               str(models / "latent_upscale_models" / UPSAMPLER))
     return TinyLtx2(net, conn, te, tokenizer, vae, avae, voc, root, up)
+
+
+def save_lora(root: Path, name: str, metadata: dict | None = None) -> None:
+    """A small LoRA in LTX's names (``diffusion_model.…lora_A/B``) on two of the tiny transformer's layers, saved
+    as ``models/loras/<name>`` with safetensors ``metadata``."""
+    g = torch.Generator().manual_seed(3)
+    sd = {}
+    for layer, (out, inp) in {"transformer_blocks.0.attn1.to_k": (128, 128),
+                              "transformer_blocks.1.audio_attn1.to_v": (64, 64)}.items():
+        sd[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(2, inp, generator=g) * 0.05
+        sd[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(out, 2, generator=g) * 0.05
+    (root / "models" / "loras").mkdir(exist_ok=True)
+    save_file(sd, str(root / "models" / "loras" / name), metadata=metadata)
