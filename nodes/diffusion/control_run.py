@@ -131,6 +131,9 @@ class UNetInputs:
     def _net(self, hint: ControlHint) -> torch.nn.Module:
         key = id(hint.net.handle)
         if key not in self._nets:
+            if hint.net.family not in ("sd1", "sd2", "sdxl", "sdxl_refiner"):
+                raise ValueError(f"ControlNet {hint.net.name} is a {hint.net.family} ControlNet; this MODEL is a "
+                                 "Stable Diffusion UNet")
             if getattr(hint.net, "is_union", False):
                 raise ValueError(f"ControlNet {hint.net.name}: union ControlNets are not supported yet")
             self._nets[key] = self.stack.enter_context(self.manager.use(hint.net.handle, self.device))

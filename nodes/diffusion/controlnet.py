@@ -62,6 +62,8 @@ class ControlNet(ManagerOwned):
     family: str
     is_union: bool = False
     control_type: tuple[int, ...] = ()
+    #: an inpainting ControlNet that takes the mask as an extra channel (ComfyUI's ``concat_mask``)
+    concat_mask: bool = False
 
     def with_control_type(self, types: tuple[int, ...]) -> "ControlNet":
         return dataclasses.replace(self, control_type=tuple(types))
@@ -81,6 +83,9 @@ class ControlHint:
     end_percent: float = 1.0
     vae: Any = None
     previous: "ControlHint | None" = None
+    #: channels concatenated to the encoded hint (ControlNetInpaintingAliMamaApply's ``1 - mask``,
+    #: ``[B, 1, H, W]``); an inpainting ControlNet without them gets ones
+    extra_concat: tuple[torch.Tensor, ...] = ()
 
     def chain(self) -> list["ControlHint"]:
         """This hint and those before it, the earliest first."""
@@ -305,6 +310,11 @@ def load_controlnet_folder(folder: Path, dtype: torch.dtype, allow_pickle: bool)
         from diffusers import ControlNetUnionModel
 
         cls = ControlNetUnionModel
+    family = None
+    if cfg.get("_class_name") == "QwenImageControlNetModel":  # Qwen-Image InstantX (nodegraph_nodes.dit)
+        from diffusers import QwenImageControlNetModel
+
+        cls, family = QwenImageControlNetModel, "qwen_image"
     variant = None  # a folder with only the fp16 weights (diffusion_pytorch_model.fp16.safetensors)
     if not any((folder / f"diffusion_pytorch_model.{ext}").is_file() for ext in ("safetensors", "bin")):
         variant = "fp16" if any(folder.glob("diffusion_pytorch_model.fp16.*")) else None
@@ -313,7 +323,7 @@ def load_controlnet_folder(folder: Path, dtype: torch.dtype, allow_pickle: bool)
                                      use_safetensors=None if allow_pickle else True)
     except Exception as exc:
         raise ModelFileError(f"could not load the ControlNet folder {folder.name}: {exc}") from None
-    return _family_of_config(dict(module.config)), module.eval().requires_grad_(False)
+    return family or _family_of_config(dict(module.config)), module.eval().requires_grad_(False)
 
 
 def read_controlnet_file(path: Path, allow_pickle: bool) -> dict[str, Any]:

@@ -1,11 +1,12 @@
 """ControlNet nodes (ComfyUI's names, inputs and outputs): ControlNetLoader, DiffControlNetLoader,
-ControlNetApply, ControlNetApplyAdvanced and SetUnionControlNetType.
+ControlNetApply, ControlNetApplyAdvanced, ControlNetInpaintingAliMamaApply and SetUnionControlNetType.
 
 The loaders list the ``controlnet`` model folders (files, and diffusers ControlNet folders holding a
 ``config.json``) and load through the engine's model manager (see :mod:`.controlnet` for the file
 layouts). The apply nodes put a :class:`~nodegraph_nodes.diffusion.controlnet.ControlHint` on each
 CONDITIONING entry (``extras["control"]``, chained to the entry's earlier ControlNet), which both
-KSampler paths and SamplerCustomAdvanced evaluate inside the UNet call (:mod:`.control_run`).
+KSampler paths and SamplerCustomAdvanced evaluate inside the UNet call (:mod:`.control_run`) — or, for
+Qwen-Image InstantX ControlNets, inside the Qwen-Image transformer call (``nodegraph_nodes.dit.qwen_controlnet``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from nodegraph.context import Paths
 from nodegraph.node import COMBO, FLOAT, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, MODEL, VAE
+from nodegraph.types import CONDITIONING, IMAGE, MASK, MODEL, VAE
 
 from nodegraph_nodes.diffusion.components import compute_dtype
 from nodegraph_nodes.diffusion.controlnet import (CONTROL_NET, FOLDER, UNION_CONTROLNET_TYPES, ControlHint, ControlNet,
@@ -81,7 +82,7 @@ def load_controlnet(ctx, name: str, model=None) -> ControlNet:
         module = handle.get()
         if type(module).__name__ == "ControlNetUnionModel":
             return ControlNet(handle, name, "sdxl", is_union=True)
-        return ControlNet(handle, name, holder.get("family") or _family_of(module))
+        return _control_net(handle, name, module, holder.get("family"))
     time_dim = None
     base = None
     if model is not None:
@@ -92,6 +93,13 @@ def load_controlnet(ctx, name: str, model=None) -> ControlNet:
 
     def file_loader():
         sd = read_controlnet_file(path, manager.allow_pickle)
+        from nodegraph_nodes.dit import qwen_controlnet
+
+        if qwen_controlnet.is_qwen_controlnet(sd):  # Qwen-Image InstantX (union / inpainting): bf16 on GPUs
+            from nodegraph_nodes.dit.loading import flow_dtype
+
+            info["family"] = "qwen_image"
+            return qwen_controlnet.build_controlnet(sd, flow_dtype(ctx.device), f"ControlNet {name}")
         difference = is_difference(sd)
         family, cfg, weights = convert_state_dict(sd, name, time_dim)
         if difference:
@@ -107,7 +115,15 @@ def load_controlnet(ctx, name: str, model=None) -> ControlNet:
     key = (*file_identity(path), "controlnet", str(dtype), time_dim,
            None if model is None else model.handle.key)
     handle = manager.load(key, file_loader)
-    return ControlNet(handle, name, info.get("family") or _family_of(handle.get()))
+    return _control_net(handle, name, handle.get(), info.get("family"))
+
+
+def _control_net(handle, name: str, module, family: str | None) -> ControlNet:
+    if type(module).__name__ == "QwenImageControlNetModel":
+        from nodegraph_nodes.dit.qwen_controlnet import concat_mask
+
+        return ControlNet(handle, name, "qwen_image", concat_mask=concat_mask(module))
+    return ControlNet(handle, name, family or _family_of(module))
 
 
 def _family_of(module) -> str:
@@ -218,19 +234,73 @@ class ControlNetApplyAdvanced(Node):
             return (positive, negative)
         net = _check_net(control_net, "ControlNetApplyAdvanced")
         hint = control_hint_image(image, net, "ControlNetApplyAdvanced")
-        made: dict[int, ControlHint] = {}  # one hint per earlier ControlNet, shared by both lists
-        out = []
-        for conditioning in (positive, negative):
-            entries = []
-            for cond, extras in conditioning:
-                previous = extras.get("control")
-                key = id(previous)
-                if key not in made:
-                    made[key] = ControlHint(net, hint, float(strength), float(start_percent), float(end_percent),
-                                            vae, previous)
-                entries.append([cond, {**extras, "control": made[key], "control_apply_to_uncond": False}])
-            out.append(entries)
-        return (out[0], out[1])
+        return apply_hint(positive, negative, net, hint, strength, start_percent, end_percent, vae)
+
+
+def apply_hint(positive: list, negative: list, net: ControlNet, hint: torch.Tensor, strength: float,
+               start_percent: float, end_percent: float, vae=None, extra_concat: tuple = ()) -> tuple:
+    """Both lists with a :class:`ControlHint` on every entry, chained to the entry's earlier ControlNet."""
+    made: dict[int, ControlHint] = {}  # one hint per earlier ControlNet, shared by both lists
+    out = []
+    for conditioning in (positive, negative):
+        entries = []
+        for cond, extras in conditioning:
+            previous = extras.get("control")
+            key = id(previous)
+            if key not in made:
+                made[key] = ControlHint(net, hint, float(strength), float(start_percent), float(end_percent),
+                                        vae, previous, tuple(extra_concat))
+            entries.append([cond, {**extras, "control": made[key], "control_apply_to_uncond": False}])
+        out.append(entries)
+    return (out[0], out[1])
+
+
+class ControlNetInpaintingAliMamaApply(Node):
+    """ControlNetApplyAdvanced for inpainting ControlNets (Qwen-Image InstantX Inpainting; the AliMama
+    inpainting ControlNets of Flux / SD3 are not loaded yet): for a ControlNet that takes the mask as an
+    extra channel, the image is blacked out where the mask is (``1 - mask``, bilinear at the image size,
+    rounded) and ``1 - mask`` rides along as that channel; other ControlNets get the image as it is. The VAE
+    encodes the hint at run time."""
+
+    category = "conditioning/controlnet"
+    display_name = "Apply ControlNet Inpainting (AliMama)"
+    positive = Input(CONDITIONING)
+    negative = Input(CONDITIONING)
+    control_net = Input(CONTROL_NET)
+    vae = Input(VAE)
+    image = Input(IMAGE)
+    mask = Input(MASK)
+    strength = Input(FLOAT, default=1.0, min=0.0, max=10.0, step=0.01)
+    start_percent = Input(FLOAT, default=0.0, min=0.0, max=1.0, step=0.001)
+    end_percent = Input(FLOAT, default=1.0, min=0.0, max=1.0, step=0.001)
+    outputs = (Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"))
+
+    def execute(self, positive: list, negative: list, control_net, vae, image: torch.Tensor, mask: torch.Tensor,
+                strength: float = 1.0, start_percent: float = 0.0, end_percent: float = 1.0) -> tuple:
+        where = "ControlNetInpaintingAliMamaApply"
+        net = _check_net(control_net, where)
+        extra: tuple = ()
+        if net.concat_mask:
+            image, keep = masked_hint_image(image, mask, where)
+            extra = (keep,)
+        if strength == 0:
+            return (positive, negative)
+        hint = control_hint_image(image, net, where)
+        return apply_hint(positive, negative, net, hint, strength, start_percent, end_percent, vae, extra)
+
+
+def masked_hint_image(image: torch.Tensor, mask: torch.Tensor, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComfyUI's inpainting hint: ``keep = 1 - mask`` ``[B, 1, h, w]``; the image times ``keep`` resized
+    (bilinear, centre crop) to the image and rounded."""
+    from nodegraph_nodes.image.operations import common_upscale
+
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        raise TypeError(f"{where}.mask: expected a MASK [B, H, W]")
+    keep = 1.0 - mask.float().reshape(-1, 1, mask.shape[-2], mask.shape[-1])
+    apply = common_upscale(keep, image.shape[2], image.shape[1], "bilinear", "center").round()
+    if apply.shape[0] != image.shape[0] and 1 not in (apply.shape[0], image.shape[0]):
+        raise ValueError(f"{where}: the mask has {apply.shape[0]} images but the image {image.shape[0]}")
+    return image.float() * apply.movedim(1, -1), keep
 
 
 class SetUnionControlNetType(Node):

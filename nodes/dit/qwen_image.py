@@ -24,14 +24,15 @@ of ``img_shapes`` (positions by index, as diffusers; ``reference_latents_method`
 Edit 2511's, also modulates the reference tokens at timestep 0), the output cut back to the image's
 tokens — and calls
 the network once per part (ComfyUI does not batch Qwen conditionings of different lengths either; the
-rows of one part are batched).
+rows of one part are batched). A part's InstantX ControlNet hints (``extras["control"]``) add their block
+residuals (:mod:`.qwen_controlnet`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -246,12 +247,23 @@ class QwenImageModel(FlowModel):
         return self.sampling_or(msl.flux_flow, DEFAULT_SHIFT)
 
     def open_runner(self, ctx, latent_shape: tuple):
-        return open_runner(self, ctx, latent_shape, QwenImageRunner, self.format.process_in)
+        return _open_qwen_runner(self, ctx, latent_shape)
 
     def lora_patch(self, sd: dict, strength: float, name: str):
         from nodegraph_nodes.dit.llm_lora import llm_lora_patch
 
         return llm_lora_patch(self.family, self.handle.get(), sd, strength, name)
+
+
+@contextmanager
+def _open_qwen_runner(model: "QwenImageModel", ctx, latent_shape: tuple) -> Iterator["QwenImageRunner"]:
+    """The runner, with the evaluation of InstantX ControlNet hints (:mod:`.qwen_controlnet`)."""
+    from nodegraph_nodes.dit.qwen_controlnet import QwenControl
+
+    with ExitStack() as stack:
+        runner = stack.enter_context(open_runner(model, ctx, latent_shape, QwenImageRunner, model.format.process_in))
+        runner.control = QwenControl(ctx.service("models"), ctx.device, stack, model.format.process_in)
+        yield runner
 
 
 def text_batch(parts: list[CondPart], device, dtype) -> list[tuple[torch.Tensor, torch.Tensor | None, int]]:
@@ -272,6 +284,11 @@ class QwenImageRunner(NetRunner):
     def __init__(self, net, device: str, process_in: Callable[[torch.Tensor], torch.Tensor] | None = None):
         super().__init__(net, device)
         self.process_in = process_in or (lambda t: t)
+        self.control = None  # QwenControl: ControlNet hints on the conditioning (set by the model's open_runner)
+
+    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
+        if self.control is not None:
+            self.control.begin_step(in_range)
 
     def _references(self, part: CondPart) -> tuple[list[torch.Tensor], list[tuple[int, int, int]]]:
         """A part's reference latents (Edit; raw VAE latents → model space), packed, and their shapes."""
@@ -301,10 +318,19 @@ class QwenImageRunner(NetRunner):
             if mask is None:
                 mask = torch.ones(states.shape[:2], device=self.device, dtype=torch.long)
             zero = bool(refs) and part.extras.get("reference_latents_method") == "index_timestep_zero"
+            extra = {}
+            hint = part.extras.get("control")
+            if hint is not None and self.control is not None:
+                samples = self.control.block_samples(hint, xs, states, mask, t[row:row + rows], (h, w),
+                                                     (1, hh // 2, ww // 2), sum(r.shape[1] for r in refs),
+                                                     len(self.net.transformer_blocks))
+                if samples is not None:
+                    extra["controlnet_block_samples"] = samples
             with reference_timestep_zero(self.net, zero):
                 out = self.net(hidden_states=torch.cat([xs, *refs], dim=1), encoder_hidden_states=states,
                                encoder_hidden_states_mask=mask, timestep=t[row:row + rows],
-                               img_shapes=[[(1, hh // 2, ww // 2), *ref_shapes]] * rows, return_dict=False)[0]
+                               img_shapes=[[(1, hh // 2, ww // 2), *ref_shapes]] * rows, return_dict=False,
+                               **extra)[0]
             outs.append(unpack_latents(out[:, :xs.shape[1]], hh, ww))
             row += rows
         return torch.cat(outs)[..., :h, :w]
