@@ -154,7 +154,8 @@ class CreateBoundingBoxes(Node):
     display_name = "Create Bounding Boxes"
     canvas_widgets = ("editor_state", "last_incoming")
     background = Input(IMAGE, optional=True, tooltip="Optional image used as background in the canvas and preview.")
-    bboxes = Input(f"{BOUNDING_BOX},{ARRAY},STRING", optional=True, tooltip="Bounding boxes, elements, or a JSON string to initialize the canvas.")
+    bboxes = Input(f"{BOUNDING_BOX},{ARRAY},STRING", optional=True,
+                   tooltip="Bounding boxes, elements, or a JSON string to initialize the canvas.")
     width = Input(INT, default=1024, min=64, max=16384, step=16,
                   tooltip="Width of the canvas and the pixel grid for the bounding boxes.")
     height = Input(INT, default=1024, min=64, max=16384, step=16,

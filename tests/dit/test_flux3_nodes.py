@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
@@ -61,7 +60,8 @@ def test_no_boxes_leave_the_prompt_unchanged_and_text_boxes_quote_their_words(en
     assert engine.run(boxes_graph([], "a quiet harbour")).raise_for_status().value("layout") == "a quiet harbour"
     sign = {"x": 0, "y": 0, "width": 448, "height": 576,
             "metadata": {"type": "text", "text": "OPEN", "desc": "red neon", "palette": ["#ff0000"]}}
-    layout = engine.run(boxes_graph([sign, DRESS], "a shop <obj_1>, a dress <obj_2>")).raise_for_status().value("layout")
+    graph = boxes_graph([sign, DRESS], "a shop <obj_1>, a dress <obj_2>")
+    layout = engine.run(graph).raise_for_status().value("layout")
     rows = json.loads(layout[len("a shop <obj_1>, a dress <obj_2> "):])
     assert rows == [{"id": "obj_1", "bbox": [0, 0, 500, 500], "desc": '"OPEN" red neon'},
                     {"id": "obj_2", "bbox": [167, 143, 944, 964], "desc": "dress"}]

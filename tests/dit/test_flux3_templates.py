@@ -3,12 +3,12 @@ nodegraph's nodes with model/input-file errors only, and all four run end to end
 (:mod:`tests.dit.tiny_flux3`) saved under the templates' names (the names say ``int8_convrot``; the tiny files are
 float: nodegraph refuses integer-quantized files, see test_flux3). To keep the runs cheap on CPU the converted
 prompts' EmptyFlux2LatentImage is 64×64 (the templates: 1024² from ResolutionSelector), KSampler takes 4 steps
-(50 / 16) and the edit's ReferenceMultiLatent resizes to 0.01 MP (the template: 1 MP; 64² px → 102² → 96² on the 16-px grid);
-and the prompt-upsampler switch is turned so that TextGenerate and its Qwen 3.5 loader do not run (the
-templates save it on: the t2i ones take the upsampled prompt, the edit ones the upsampler's answer to the layout
-prompt; nodegraph's TextGenerate has no Qwen 3.5 yet): the t2i runs encode the prompt as typed, the edit run the
-layout prompt. Everything else (CreateBoundingBoxes and Flux3LayoutPrompt, KSampler's sampler, scheduler and cfg)
-runs as the templates set it."""
+(50 / 16) and the edits' ReferenceMultiLatent resizes to 0.01 MP (the templates: 1 MP; 64² px → 102² → 96² on
+the 16-px grid). The prompt-upsampler switch is turned so that TextGenerate and its Qwen 3.5 loader do not run
+(the templates save it on: the t2i ones take the upsampled prompt, the edit ones the upsampler's answer to the
+layout prompt; nodegraph's TextGenerate has no Qwen 3.5 yet): the t2i runs encode the prompt as typed, the edit
+runs the layout prompt. Everything else (CreateBoundingBoxes and Flux3LayoutPrompt, KSampler's sampler, scheduler
+and cfg) runs as the templates set it."""
 
 from __future__ import annotations
 
