@@ -154,3 +154,16 @@ def test_flux3_loader_errors(engine, tiny):
               str(root / "diffusion_models" / "tiny_flux3_int8.safetensors"))
     with pytest.raises(Exception, match="integer-quantized"):
         engine.run(flux3_graph(unet="tiny_flux3_int8.safetensors")).raise_for_status()
+
+
+def test_flux3_budget_streams_blocks_and_keeps_the_image(tiny, tmp_path):
+    """--vram-budget-gb / --lowvram: an fp16 FLUX.3 file under a budget smaller than the transformer streams its
+    blocks, stays under the budget and gives the unbudgeted image."""
+    from tests.dit.offload_runs import budgeted_run, fp16_copy, unbudgeted_run
+
+    root = fp16_copy(tiny[0], tmp_path / "fp16", (f"diffusion_models/{NAMES['unet']}",))
+    registry = default_registry(packs=False)
+    base = unbudgeted_run(root, tmp_path, registry, flux3_graph)
+    for mode in ("budget", "lowvram"):
+        budgeted_run(root, tmp_path, registry, flux3_graph, base, mode)
+    assert base.image.std() > 0.01
