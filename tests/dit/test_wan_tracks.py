@@ -277,3 +277,26 @@ def test_visualize_tracks_draws_discs_and_trails():
     assert not torch.allclose(out[2, 30, 35], torch.full((3,), base / 255))
     assert not torch.allclose(out[2, 30, 12], torch.full((3,), base / 255))  # the trail, away from both discs
     assert torch.allclose(out[0, 30, 12], torch.full((3,), base / 255))  # frame 0: no trail yet
+
+
+def test_wan_track_to_video_batched_tracks(engine):
+    """ATI's batched form: one list of tracks per batch entry, each drawn into its own entry's latent."""
+    image = start_image(engine.paths.input_dir)
+    cell = {(1, 2): (16 + 16 / 3, 16 - 16 / 3), (3, 0): (0.0, 32.0)}  # latent cell → pixel (grid points ±1/3, ±1)
+    tracks = json.dumps([[[{"x": x, "y": y}] * 121] for x, y in cell.values()])
+    g = Graph()
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    ati = g.node("WanTrackToVideo", "ati", positive=g.node("CLIPTextEncode", text="a fox", clip=clip),
+                 negative=g.node("CLIPTextEncode", text="", clip=clip), vae=vae, tracks=tracks, width=WIDTH,
+                 height=HEIGHT, length=5, batch_size=2, temperature=220.0, topk=2,
+                 start_image=g.node("LoadImage", image=image).out(0))
+    g.node("PreviewAny", source=ati.out(0))
+    g.node("PreviewAny", source=ati.out(2))
+    result = engine.run(g).raise_for_status()
+    mask = result.value("ati", 0)[0][1]["concat_mask"]
+    assert mask.shape == (2, 4, 2, 4, 4) and result.value("ati", 2)["samples"].shape == (2, 16, 2, 4, 4)
+    for entry, (row, col) in enumerate(cell):
+        expected = torch.ones(4, 4)
+        expected[row, col] = 0.0
+        assert torch.allclose(mask[entry, 0, 1], expected, atol=1e-6), entry
