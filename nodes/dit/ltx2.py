@@ -29,7 +29,8 @@ side by side (video | audio) and their mask in ``attention_mask``. Prompt weight
 
 Sampling (ComfyUI's LTXV): flux-type flow schedule with shift 2.37, the network time is sigma × 1000, the
 network predicts the velocity. Per-token timesteps come from the noise mask (LTXVImgToVideoInplace's
-conditioned frames get time 0). A conditioning's ``ref_audio`` (LTXVReferenceAudio, ID-LoRA) leads the audio
+conditioned frames get time 0; tokens with a negative mask — a dilated IC-LoRA guide's fillers — are left out of
+the sequence, their output 0). A conditioning's ``ref_audio`` (LTXVReferenceAudio, ID-LoRA) leads the audio
 tokens: :mod:`.ltx2_reference_audio`.
 """
 
@@ -688,6 +689,14 @@ class Ltx2Runner(NetRunner):
         mask = _rows(self.mask[:, 0, 0].to(t.device, t.dtype), rows)
         return t[:, None] * mask[:, :lay.video_tokens], t[:, None] * mask[:, lay.video_tokens:lay.tokens]
 
+    def _kept_video_tokens(self) -> torch.Tensor | None:
+        """The video tokens the transformer sees (a bool index), or None for all: tokens whose noise mask is
+        negative (the fillers of a dilated IC-LoRA guide, :mod:`.ltx2_iclora`) are left out, as ComfyUI does."""
+        if self.mask is None:
+            return None
+        keep = self.mask.reshape(self.mask.shape[0], -1)[0, :self.layout.video_tokens] >= 0
+        return None if bool(keep.all()) else keep.to(self.device)
+
     def _video_coords(self, keyframes: torch.Tensor | None, rows: int, fps: float) -> torch.Tensor | None:
         """The video tokens' RoPE coordinates; LTXVAddGuide's appended frames take their ``keyframe_idxs``."""
         if keyframes is None:
@@ -722,9 +731,15 @@ class Ltx2Runner(NetRunner):
             frame_rate = float(part.extras.get("frame_rate", 25.0))
             tv, ta = self._token_times(t[row:row + n], n)
             coords = self._video_coords(part.extras.get("keyframe_idxs"), n, frame_rate)
+            tokens, keep = video[row:row + n], self._kept_video_tokens()
+            if keep is not None:  # a dilated IC-LoRA guide's fillers (negative noise mask) stay out
+                if coords is None:
+                    coords = self.net.rope.prepare_video_coords(n, lay.frames, lay.height, lay.width, self.device,
+                                                                fps=frame_rate)
+                tokens, tv, coords = tokens[:, keep], tv[:, keep], coords[:, :, keep]
             stream = audio_stream(self.net, audio[row:row + n], ta, part.extras.get(REF_AUDIO), self.device)
             v, a = self.net(
-                hidden_states=video[row:row + n], audio_hidden_states=stream.tokens,
+                hidden_states=tokens, audio_hidden_states=stream.tokens,
                 encoder_hidden_states=ctx[..., :self.video_width], audio_encoder_hidden_states=ctx[..., self.video_width:],
                 timestep=tv.to(self.dtype), audio_timestep=stream.times.to(self.dtype),
                 sigma=t[row:row + n].to(self.dtype), audio_sigma=t[row:row + n].to(self.dtype),
@@ -732,6 +747,10 @@ class Ltx2Runner(NetRunner):
                 num_frames=lay.frames, height=lay.height, width=lay.width, fps=frame_rate,
                 audio_num_frames=lay.audio_frames, video_coords=coords, audio_coords=stream.coords,
                 use_cross_timestep=True, return_dict=False)
+            if keep is not None:
+                full = v.new_zeros((n, lay.video_tokens, v.shape[2]))
+                full[:, keep] = v
+                v = full
             outs.append(pack_tokens(v.float(), stream.target(a).float(), lay))
             row += n
         return torch.cat(outs)

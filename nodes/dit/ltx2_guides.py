@@ -1,7 +1,7 @@
 """ComfyUI's LTX image conditioning and latent upscaling nodes (maths as ComfyUI's ``nodes_lt.py``):
 LTXVImgToVideoInplace / LTXVImgToVideo (start frames encoded into the latent, their noise mask lowered),
 LTXVAddGuide (guide frames appended to the latent with their own time positions, ``keyframe_idxs``;
-IC-LoRA parameters of factor 1 only), GetICLoRAParameters (the IC-LoRA's metadata: :mod:`.ltx2_iclora`),
+an IC-LoRA's ``reference_downscale_factor`` > 1: the guide encoded smaller and dilated), GetICLoRAParameters (the IC-LoRA's metadata: :mod:`.ltx2_iclora`),
 LTXVCropGuides (the appended frames removed again), LTXVPreprocess (H.264 round trip of the image, as the
 model was trained on compressed frames), LatentUpscaleModelLoader / LTXVLatentUpsampler (diffusers'
 ``LTX2LatentUpsamplerModel`` on the un-normalized latent).
@@ -204,9 +204,7 @@ class LTXVAddGuide(Node):
                              "leave the input unconnected")
         factor = reference_downscale_factor(iclora_parameters)
         if factor > 1:
-            raise ValueError(f"LTXVAddGuide.iclora_parameters: this IC-LoRA's reference_downscale_factor is "
-                             f"{factor}; guides encoded at 1/{factor} size (dilated onto a sparse grid) are not "
-                             "supported yet, only factor 1")
+            return self._downscaled(positive, negative, vae, latent, image, frame_idx, strength, factor)
         samples = _video_latent(latent, "LTXVAddGuide")
         mask = noise_mask_of(latent)
         _, _, length, h, w = samples.shape
@@ -240,6 +238,53 @@ class LTXVAddGuide(Node):
             samples[:, :, start:start + rest.shape[2]] = rest
             mask[:, :, start:start + rest.shape[2]] = 1.0 - strength
         return positive, negative, {**latent, "samples": samples, "noise_mask": mask}
+
+    def _downscaled(self, positive, negative, vae, latent: dict, image: torch.Tensor, frame_idx: int, strength: float,
+                    factor: int) -> tuple:
+        """An IC-LoRA guide with ``reference_downscale_factor`` > 1 (ComfyUI's current LTXVAddGuide): the guide
+        encoded at 1/factor of the latent's size, every latent frame of it appended, dilated onto the full grid
+        (:mod:`.ltx2_iclora`: the filler tokens' noise mask is negative, so the runner leaves them out; the real
+        ones cover factor × factor patches). A guide of several frames placed after frame 0 is encoded behind a
+        copy of its first frame, whose latent frame is then dropped (the VAE's first latent frame holds one pixel
+        frame)."""
+        from nodegraph_nodes.dit.ltx2_iclora import dilate, widen_coords
+
+        samples = _video_latent(latent, "LTXVAddGuide")
+        mask = noise_mask_of(latent)
+        _, _, length, h, w = samples.shape
+        if h % factor or w % factor:
+            raise ValueError(f"LTXVAddGuide: the latent's spatial size {w}x{h} must be divisible by the IC-LoRA's "
+                             f"reference_downscale_factor {factor}")
+        _, count = keyframe_count(positive)
+        kept = (image.shape[0] - 1) // SCALE[0] * SCALE[0] + 1
+        start = frame_idx if frame_idx >= 0 else max((length - count - 1) * SCALE[0] + 1 + frame_idx, 0)
+        causal = start == 0 or kept == 1
+        if not causal:
+            image = torch.cat([image[:1], image], dim=0)
+        image = image[:(image.shape[0] - 1) // SCALE[0] * SCALE[0] + 1]
+        pixels = _resize(image, w * SCALE[2] // factor, h * SCALE[1] // factor, "center")
+        t = encode_frames(self.ctx, vae, pixels, "LTXVAddGuide")
+        frames = pixels.shape[0]
+        if not causal:
+            t, frames = t[:, :, 1:], frames - 1
+        if frame_idx < 0:
+            frame_idx = max((length - count - 1) * SCALE[0] + 1 + frame_idx, 0)
+        if frames > 1 and frame_idx != 0:
+            frame_idx = (frame_idx - 1) // SCALE[0] * SCALE[0] + 1
+        latent_idx = (frame_idx + SCALE[0] - 1) // SCALE[0]
+        if latent_idx + t.shape[2] > length:
+            raise ValueError(f"LTXVAddGuide: the guide ({t.shape[2]} latent frames at latent frame {latent_idx}) runs "
+                             f"past the latent's {length} frames")
+        guide, guide_mask = dilate(t.expand(samples.shape[0], -1, -1, -1, -1), factor)
+        keyframes, _ = keyframe_count(positive)
+        coords = widen_coords(keyframe_coords(guide, frame_idx, frames), factor,
+                              SCALE[1:])
+        coords = coords if keyframes is None else torch.cat([keyframes, coords], dim=2)
+        positive = set_values(positive, {"keyframe_idxs": coords})
+        negative = set_values(negative, {"keyframe_idxs": coords})
+        mask = mask.expand(-1, -1, -1, h, w) if mask.shape[3] == 1 or mask.shape[4] == 1 else mask
+        mask = torch.cat([mask, guide_mask - min(strength, 1.0)], dim=2)
+        return positive, negative, {**latent, "samples": torch.cat([samples, guide], dim=2), "noise_mask": mask}
 
 
 class LTXVCropGuides(Node):

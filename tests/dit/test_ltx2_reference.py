@@ -58,16 +58,77 @@ def _guide_graph(iclora: bool) -> Graph:
     return g
 
 
-def test_add_guide_takes_iclora_parameters(ltx2_engine, tiny_ltx2):
-    """Factor 1: the guide as without parameters; a larger factor (a dilated guide) is refused by name."""
+def test_add_guide_with_factor_1_parameters_is_the_plain_guide(ltx2_engine, tiny_ltx2):
     save_lora(tiny_ltx2.root, "ic.safetensors", {"reference_downscale_factor": "1"})
     plain = ltx2_engine.run(_guide_graph(False)).raise_for_status().value("guide", 2)
     with_params = ltx2_engine.run(_guide_graph(True)).raise_for_status().value("guide", 2)
     assert torch.equal(plain["samples"], with_params["samples"])
     assert torch.equal(plain["noise_mask"], with_params["noise_mask"])
+
+
+def test_downscaled_iclora_guide_is_dilated_and_its_fillers_left_out(ltx2_engine, tiny_ltx2):
+    """reference_downscale_factor 2 on a 128×128 latent (4×4): the 64×64 guide image encoded as it is (= the
+    plain guide of a 64×64 latent), spread over every other row and column (zeros between; noise mask = the
+    dilation mask (1 / -1) − strength). The runner's call = the transformer on the video tokens plus the 4 guide tokens
+    at time 0, placed as diffusers' LTX2ICLoraPipeline places a downscaled reference (its small grid's RoPE
+    coordinates times the factor); the fillers' output is 0."""
+    from nodegraph_nodes.dit import ltx2_latent as L
+    from nodegraph_nodes.dit.ltx2 import Ltx2Runner
+    from nodegraph_nodes.sampling.model import CondPart
+
     save_lora(tiny_ltx2.root, "ic.safetensors", {"reference_downscale_factor": "2"})
-    failed = ltx2_engine.run(_guide_graph(True))
-    assert not failed.ok and "reference_downscale_factor is 2" in failed.failure.exception_message
+    g = Graph()
+    ck, _, cond, _ = loaders_and_conditioning(g)
+    image = g.node("EmptyImage", width=64, height=64, batch_size=1, color=0x2060A0)
+    params = g.node("GetICLoRAParameters", iclora_model=g.node(
+        "LoraLoaderModelOnly", model=ck.out(0), lora_name="ic.safetensors", strength_model=1.0))
+    big = g.node("EmptyLTXVLatentVideo", width=128, height=128, length=9, batch_size=1)
+    small = g.node("EmptyLTXVLatentVideo", width=64, height=64, length=9, batch_size=1)
+    guide = g.node("LTXVAddGuide", "guide", positive=cond.out(0), negative=cond.out(1), vae=ck.out(2), latent=big,
+                   image=image, frame_idx=0, strength=1.0, iclora_parameters=params)
+    plain = g.node("LTXVAddGuide", "plain", positive=cond.out(0), negative=cond.out(1), vae=ck.out(2),
+                   latent=small, image=image, frame_idx=0, strength=1.0)
+    for node in (guide, plain):
+        g.node("PreviewAny", source=node.out(2))
+    result = ltx2_engine.run(g).raise_for_status()
+    out, ref = result.value("guide", 2), result.value("plain", 2)
+    samples, mask = out["samples"], out["noise_mask"]
+    assert samples.shape == (1, 128, 3, 4, 4) and mask.shape == (1, 1, 3, 4, 4)
+    assert torch.equal(samples[:, :, 2, ::2, ::2], ref["samples"][:, :, 2])
+    fillers = torch.ones(4, 4, dtype=torch.bool)
+    fillers[::2, ::2] = False
+    assert not samples[:, :, 2][..., fillers].any()
+    assert (mask[0, 0, 2][fillers] == -2).all() and (mask[0, 0, 2][~fillers] == 0).all()  # dilation mask − 1
+    assert (mask[:, :, :2] == 1).all()
+
+    positive = result.value("guide", 0)
+    keys = positive[0][1]["keyframe_idxs"]
+    assert keys.shape == (1, 3, 16, 2)
+    net = tiny_ltx2.transformer
+    gen = torch.Generator().manual_seed(2)
+    audio = torch.zeros(1, 4, 9, 4)
+    x, layout = L.pack(torch.randn(1, 128, 3, 4, 4, generator=gen), audio)
+    latent_image, _ = L.pack(samples, audio)
+    runner = Ltx2Runner(net, "cpu", layout)
+    runner.set_latent(latent_image, L.pack_mask(mask, None, layout, 1))
+    ctx = torch.randn(1, 7, 64, generator=gen)
+    with torch.no_grad():
+        got = runner(x, torch.tensor([0.7]), [CondPart(ctx, {"frame_rate": float(RATE), "keyframe_idxs": keys}, 1)])
+        video = L.video_tokens(x[:, :128, 0, :48].reshape(1, 128, 3, 4, 4)[:, :, :2])
+        reference = L.video_tokens(ref["samples"][:, :, 2:])
+        coords = net.rope.prepare_video_coords(1, 2, 4, 4, "cpu", fps=float(RATE))
+        ref_coords = net.rope.prepare_video_coords(1, 1, 2, 2, "cpu", fps=float(RATE))
+        ref_coords[:, 1:] *= 2
+        t = torch.tensor([700.0])
+        v, _ = net(hidden_states=torch.cat([video, reference], 1), audio_hidden_states=L.audio_tokens(audio),
+                   encoder_hidden_states=ctx[..., :32], audio_encoder_hidden_states=ctx[..., 32:],
+                   timestep=torch.cat([t.expand(1, 32), torch.zeros(1, 4)], 1), audio_timestep=t.expand(1, 9),
+                   sigma=t, audio_sigma=t, num_frames=2, height=4, width=4, fps=float(RATE), audio_num_frames=9,
+                   video_coords=torch.cat([coords, ref_coords], dim=2), use_cross_timestep=True, return_dict=False)
+    got_video = L.unpack(got, layout)[0]
+    assert torch.allclose(L.video_tokens(got_video[:, :, :2]), v[:, :32], atol=1e-5)
+    assert torch.allclose(got_video[:, :, 2, ::2, ::2].flatten(2).transpose(1, 2), v[:, 32:], atol=1e-5)
+    assert not got_video[:, :, 2][..., fillers].any()
 
 
 def _reference_graph(scale: float | None, start: float = 0.0) -> Graph:
