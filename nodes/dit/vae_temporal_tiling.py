@@ -1,4 +1,5 @@
-"""Temporal tiling for decoding video latents (VAEDecodeTiled on a 5-D latent: Wan 2.1 / 2.2 VAEs).
+"""Temporal tiling for decoding video latents (VAEDecodeTiled on a 5-D latent: Wan 2.1 / 2.2, HunyuanVideo 1.5
+VAEs).
 
 A long clip's latent ``[B, C, T, h, w]`` is decoded ``temporal_size`` pixel frames (``tile_t`` latent frames) at
 a time and each chunk's frames are written straight into the output IMAGE batch on the host, so the device holds
@@ -87,9 +88,7 @@ def decode_tiled(ctx, vae, latent: torch.Tensor, tile_size: int, overlap: int, t
         b, _, frames, h, w = latent.shape
         tiling = hasattr(inner, "enable_tiling") and tile_size < max(h, w) * spatial
         if tiling:
-            inner.enable_tiling(tile_sample_min_height=tile_size, tile_sample_min_width=tile_size,
-                                tile_sample_stride_height=max(spatial, tile_size - overlap),
-                                tile_sample_stride_width=max(spatial, tile_size - overlap))
+            _enable_spatial_tiling(inner, tile_size, overlap, spatial)
         try:
             if not tiling and streamable(inner):
                 videos = [_stream_video(ctx, inner, latent[i:i + 1].to(dtype), tile, ratio) for i in range(b)]
@@ -100,6 +99,21 @@ def decode_tiled(ctx, vae, latent: torch.Tensor, tile_size: int, overlap: int, t
             if tiling:
                 inner.disable_tiling()
     return torch.cat(videos) if len(videos) > 1 else videos[0]
+
+
+def _enable_spatial_tiling(inner, tile_size: int, overlap: int, spatial: int) -> None:
+    """diffusers' spatial tiling of ``inner`` with ``tile_size`` pixel tiles overlapping by ``overlap``: Wan's VAEs
+    take strides, HunyuanVideo 1.5's the latent tile size and the overlap as a share of the tile."""
+    params = inspect.signature(inner.enable_tiling).parameters
+    kwargs = {"tile_sample_min_height": tile_size, "tile_sample_min_width": tile_size}
+    if "tile_sample_stride_height" in params:
+        stride = max(spatial, tile_size - overlap)
+        kwargs.update(tile_sample_stride_height=stride, tile_sample_stride_width=stride)
+    else:
+        latent = max(1, tile_size // spatial)
+        kwargs.update(tile_latent_min_height=latent, tile_latent_min_width=latent,
+                      tile_overlap_factor=max(overlap, spatial) / tile_size)
+    inner.enable_tiling(**{k: v for k, v in kwargs.items() if k in params})
 
 
 def _decode_video(ctx, module, z: torch.Tensor, tile: int, overlap: int, ratio: int) -> torch.Tensor:
