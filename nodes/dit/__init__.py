@@ -10,7 +10,7 @@ EmptySD3LatentImage, CLIPTextEncodeSD3, CLIPTextEncodeFlux, FluxGuidance), :mod:
 :mod:`.z_image` (transformers, VAE, runners), :mod:`.llm_text` (their language-model CLIP),
 :mod:`.llm_loading` (their files and folders), nodes in :mod:`.qwen_edit` (TextEncodeQwenImageEdit,
 TextEncodeQwenImageEditPlus). Wan 2.1 text-to-video: :mod:`.wan` (transformer, UMT5 CLIP, runner,
-files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, TrimVideoLatent), :mod:`.wan_i2v` (WanImageToVideo), :mod:`.wan_vace` (WanVaceToVideo, the VACE transformer), :mod:`.wan22_5b` (Wan 2.2 5B: 48-channel VAE, Wan22ImageToVideoLatent), :mod:`.wan_fun` (WanFunInpaintToVideo). Flux.2 (dev, Klein):
+files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, TrimVideoLatent), :mod:`.wan_i2v` (WanImageToVideo), :mod:`.wan_vace` (WanVaceToVideo, the VACE transformer), :mod:`.wan22_5b` (Wan 2.2 5B: 48-channel VAE, Wan22ImageToVideoLatent), :mod:`.wan_fun` (WanFunInpaintToVideo), :mod:`.wan_camera` (WanCameraEmbedding, WanCameraImageToVideo), :mod:`.wan_fun_control` (WanFunControlToVideo, Wan22FunControlToVideo; the Fun adapters: :mod:`.wan_fun_adapters`). Flux.2 (dev, Klein):
 :mod:`.flux2` (transformer, VAE, Mistral/Qwen3 CLIP, runner), :mod:`.flux2_loading` (files, folders),
 :mod:`.flux2_lora`, nodes in :mod:`.flux2_nodes` (EmptyFlux2LatentImage, Flux2Scheduler). FLUX.3: :mod:`.flux3`
 (transformer, Qwen3-VL CLIP, runner, files), nodes in :mod:`.flux3_nodes` (Flux3LayoutPrompt, ReferenceMultiLatent). Chroma:
@@ -34,6 +34,7 @@ def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
     from . import flux2_nodes, kontext, lumina2_nodes, nodes_flow, qwen_edit, skip_layers, video_latent, wan_i2v
     from . import hidream_nodes, redux, t5_options, text_generate, wan22_5b, wan_fun, wan_vace
+    from . import wan_camera, wan_fun_control
     from . import ltx2_guides, ltx2_nodes
     from . import ace_step_nodes
     from . import audio_encoder
@@ -48,4 +49,4 @@ def node_modules() -> list[ModuleType]:
     return [wan_tracks, wan_tracks_preview, wan_ati, wan_move, model_patch, model_patch_apply, layered_radiance, uso, nodes_flow, kontext, skip_layers, qwen_edit, video_latent, wan_i2v, flux2_nodes, lumina2_nodes,
             t5_options, hidream_nodes, redux, wan_vace, wan22_5b, wan_fun, text_generate, ltx2_nodes, ltx2_guides,
             ace_step_nodes, flux2_kv, qwen_image21_nodes, audio_encoder, flux3_nodes,
-            hunyuan_video15_nodes]
+            wan_camera, wan_fun_control, hunyuan_video15_nodes]

@@ -47,7 +47,7 @@ from nodegraph_nodes.dit.file_loading import (diffusers_sub_loader, load_encoder
 from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer  # AutoTokenizer, local files only
 from nodegraph_nodes.dit.model import FlowModel, _rows
 from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
-from nodegraph_nodes.dit import wan_vace
+from nodegraph_nodes.dit import wan_fun_adapters, wan_vace
 from nodegraph_nodes.dit.runner_common import NetRunner
 from nodegraph_nodes.dit.text import masked_states
 from nodegraph_nodes.sampling import model_sampling as msl
@@ -114,6 +114,7 @@ def build_transformer(sd: dict, layout: str, dtype: torch.dtype):
     from nodegraph_nodes.diffusion.checkpoint import _instantiate
 
     refuse_integer_weights(sd, "Wan transformer")
+    sd, adapters = wan_fun_adapters.split_adapters(sd)  # Fun Camera / Fun Control adapters keep their names
     if layout == "original":
         sd = dict(sd)
         if "img_emb.emb_pos" in sd:  # FLF2V's image position embedding (not in diffusers' converter)
@@ -123,6 +124,10 @@ def build_transformer(sd: dict, layout: str, dtype: torch.dtype):
     if wan_vace.is_vace(sd):  # Wan 2.1 VACE (:mod:`.wan_vace`)
         config.update(wan_vace.vace_config(sd, config["num_layers"]))
         return _instantiate(wan_vace.transformer_class(), config, sd, dtype, "Wan VACE transformer")
+    if adapters:  # Wan Fun Camera / Fun Control v1.1, 2.2 (:mod:`.wan_fun_adapters`)
+        config.update(wan_fun_adapters.adapter_config(adapters))
+        return _instantiate(wan_fun_adapters.transformer_class(), config, {**sd, **adapters}, dtype,
+                            "Wan Fun transformer")
     return _instantiate(WanTransformer3DModel, config, sd, dtype, "Wan transformer")
 
 
@@ -184,21 +189,37 @@ class WanRunner(NetRunner):
         self.image_dim = getattr(net.config, "image_dim", None)
         self.image_positions = getattr(net.config, "pos_embed_seq_len", None)
         self.vace = getattr(net.config, "vace_layers", None) is not None
+        self.fun = bool(getattr(net.config, "in_dim_control_adapter", None)
+                        or getattr(net.config, "in_dim_ref_conv", None))  # Fun Camera / Control adapters
 
     def _concat(self, x: torch.Tensor, part: CondPart) -> torch.Tensor:
-        """Image-to-video models' extra channels (ComfyUI's Wan ``concat_cond``): ``1 - concat_mask`` as four
-        channels (zeros without one), then ``concat_latent_image`` in the model's space (zeros without one)."""
+        """The extra input channels of image-to-video, Fun and camera models (ComfyUI's Wan ``concat_cond``):
+        ``concat_latent_image`` in the model's space (each latent-format block of channels normalized: Fun
+        Control's control and start latents side by side; zeros without one). Where the model takes exactly
+        those channels (Wan 2.1 Fun Control, Fun Camera) that is all; where it takes four more, ``1 -
+        concat_mask`` as four channels (zeros without a mask) goes first, or at channel ``concat_mask_index``
+        (Wan22FunControlToVideo: after the control latent)."""
         extra = self.in_channels - x.shape[1]
         image = part.extras.get("concat_latent_image")
         if image is None:
             return torch.zeros(x.shape[0], extra, *x.shape[2:], device=x.device, dtype=x.dtype)
         if tuple(image.shape[2:]) != tuple(x.shape[2:]):
-            raise ValueError(f"WanImageToVideo's start-image latent {list(image.shape)} does not fit the sampled "
-                             f"latent {list(x.shape)}: use the latent WanImageToVideo gives")
+            raise ValueError(f"the conditioning's concat latent {list(image.shape)} (WanImageToVideo and the other "
+                             f"Wan …ToVideo nodes) does not fit the sampled latent {list(x.shape)}: sample the "
+                             "latent that node gives")
         from nodegraph_nodes.dit.wan22_5b import WAN22
 
         fmt = WAN22 if x.shape[1] == WAN22.channels else WAN21  # the sampled latent's format (Wan 2.2 5B: 48)
-        image = _rows(fmt.process_in(image.float()), x.shape[0])[:, :extra - 4]
+        image = image.float()
+        image = torch.cat([fmt.process_in(image[:, i:i + fmt.channels])
+                           for i in range(0, image.shape[1], fmt.channels)], dim=1)
+        image = _rows(image, x.shape[0])
+        if image.shape[1] == extra:
+            return image.to(x.device, x.dtype)
+        if image.shape[1] < extra - 4:
+            raise ValueError(f"this Wan model takes {extra} extra input channels; the conditioning's concat latent "
+                             f"has {image.shape[1]} (+4 mask channels): use the …ToVideo node made for this model")
+        image = image[:, :extra - 4]
         mask = part.extras.get("concat_mask")
         if mask is None:
             mask = torch.zeros(x.shape[0], 4, *x.shape[2:])
@@ -210,7 +231,8 @@ class WanRunner(NetRunner):
             if mask.shape[2] < x.shape[2]:
                 mask = torch.nn.functional.pad(mask, (0, 0, 0, 0, 0, x.shape[2] - mask.shape[2]))
             mask = _rows(mask.expand(-1, 4, -1, -1, -1), x.shape[0])
-        return torch.cat([mask, image], dim=1).to(x.device, x.dtype)
+        index = int(part.extras.get("concat_mask_index", 0) or 0)
+        return torch.cat([image[:, :index], mask, image[:, index:]], dim=1).to(x.device, x.dtype)
 
     def prepare(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The network's input and timesteps from the sampled ones (Wan 2.2 5B's runner changes them)."""
@@ -250,6 +272,8 @@ class WanRunner(NetRunner):
                 extra["encoder_hidden_states_image"] = self._image_states(part)
             if self.vace:
                 extra.update(wan_vace.control_inputs(self.net, part, xs, self.device, self.dtype))
+            if self.fun:
+                extra.update(wan_fun_adapters.adapter_inputs(self.net, part, xs, self.device, self.dtype))
             outs.append(self.net(hidden_states=xs, timestep=t[row:row + part.rows],
                                  encoder_hidden_states=states, return_dict=False, **extra)[0])
             row += part.rows
