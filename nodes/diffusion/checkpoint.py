@@ -175,6 +175,54 @@ def infer_unet_config(unet_sd: dict[str, Any], family: str, pooled_dim: int | No
     return cfg
 
 
+def is_diffusers_unet(sd: dict[str, Any]) -> bool:
+    """A bare UNet in diffusers' names (``conv_in``, ``down_blocks.N``, ``time_embedding``)."""
+    return "conv_in.weight" in sd and "down_blocks.0.resnets.0.conv1.weight" in sd and "time_embedding.linear_1.weight" in sd
+
+
+def diffusers_unet_family(sd: dict[str, Any]) -> str:
+    """The family of a diffusers-named UNet state dict (as :func:`detect_unet_family` for LDM names)."""
+    if "add_embedding.linear_1.weight" in sd:
+        return "sdxl_refiner" if len(_block_ids(sd, "down_blocks.")) == 4 else "sdxl"
+    proj = next((v for k, v in sd.items() if k.endswith("proj_in.weight")), None)
+    return "sd2" if proj is not None and proj.ndim == 2 else "sd1"
+
+
+def infer_diffusers_unet_config(sd: dict[str, Any], family: str) -> dict:
+    """The UNet2DConditionModel config of a diffusers-named UNet state dict of ``family``."""
+    cfg = family_config(family, "unet.json")
+    spec = family_config(family, "family.json")
+    levels = _block_ids(sd, "down_blocks.")
+    channels = [int(sd[f"down_blocks.{i}.resnets.0.conv1.weight"].shape[0]) for i in levels]
+    attn = [bool(_block_ids(sd, f"down_blocks.{i}.attentions.")) for i in levels]
+    depths = [max(1, len(_block_ids(sd, f"down_blocks.{i}.attentions.0.transformer_blocks."))) for i in levels]
+    cfg.update(in_channels=int(sd["conv_in.weight"].shape[1]), out_channels=int(sd["conv_out.weight"].shape[0]),
+               block_out_channels=channels, layers_per_block=len(_block_ids(sd, "down_blocks.0.resnets.")),
+               down_block_types=["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn],
+               up_block_types=["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)],
+               transformer_layers_per_block=depths[0] if len(set(depths)) == 1 else depths)
+    to_k = next((v for k, v in sd.items() if k.endswith("attn2.to_k.weight")), None)
+    if to_k is not None:
+        cfg["cross_attention_dim"] = int(to_k.shape[1])
+    proj = next((v for k, v in sd.items() if k.endswith("proj_in.weight")), None)
+    cfg["use_linear_projection"] = bool(proj is not None and proj.ndim == 2)
+    heads = spec["unet_heads"]
+    cfg["attention_head_dim"] = (heads["num_heads"] if "num_heads" in heads
+                                 else [max(1, c // heads["head_channels"]) for c in channels])
+    if "class_embedding.linear_1.weight" in sd:  # Lotus-D's task embedding
+        cfg.update(class_embed_type="projection",
+                   projection_class_embeddings_input_dim=int(sd["class_embedding.linear_1.weight"].shape[1]))
+    if "add_embedding.linear_1.weight" in sd:  # SDXL: the time-id width has no weights; the template's (256)
+        cfg["projection_class_embeddings_input_dim"] = int(sd["add_embedding.linear_1.weight"].shape[1])
+    return cfg
+
+
+def build_diffusers_unet(sd: dict[str, Any], family: str, dtype: torch.dtype):
+    from diffusers import UNet2DConditionModel
+
+    return _instantiate(UNet2DConditionModel, infer_diffusers_unet_config(sd, family), sd, dtype, "UNet")
+
+
 def sd2_prediction_type(unet_sd: dict[str, Any]) -> str:
     """ComfyUI's test for SD2 v-prediction models: the spread of one norm bias."""
     bias = unet_sd.get("output_blocks.11.1.transformer_blocks.0.norm1.bias")

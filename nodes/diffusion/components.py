@@ -373,7 +373,10 @@ def load_unet_file(path: Path, manager, device: str) -> DiffusionModel:
             sd = read_state_dict(path, allow_pickle=manager.allow_pickle)
             if any(k.startswith(ck.UNET_PREFIX) for k in sd):
                 sd = {k[len(ck.UNET_PREFIX):]: v for k, v in sd.items() if k.startswith(ck.UNET_PREFIX)}
-            family = ck.detect_unet_family(sd)
+            if ck.is_diffusers_unet(sd):  # diffusers' names (a diffusers folder's unet/ weights as one file)
+                family = ck.diffusers_unet_family(sd)
+            else:
+                family = ck.detect_unet_family(sd)
             if family is None:
                 raise ModelFileError(f"{path.name} is not a UNet of a supported family: it looks like "
                                      f"{ck.describe_contents(sd)}")
@@ -382,6 +385,8 @@ def load_unet_file(path: Path, manager, device: str) -> DiffusionModel:
 
     def loader():
         sd, family = unet_sd()
+        if ck.is_diffusers_unet(sd):
+            return ck.build_diffusers_unet(sd, family, dtype)
         return ck.build_unet(sd, family, dtype)[0]
 
     key = _manager_key(path, "unet", dtype)

@@ -25,6 +25,7 @@ from tests.helpers.tiny_sd import build_sd2, lotus_unet
 
 LOTUS_FILE = "lotus-depth-d-v1-1.safetensors"
 VAE_FILE = "vae-ft-mse-840000-ema-pruned.safetensors"
+LOTUS_DIFFUSERS_FILE = "lotus_depth_diffusers_names.safetensors"  # the diffusers release's unet/ weights
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +37,8 @@ def sd2_root(tmp_path_factory):
     (models / "diffusion_models").mkdir(parents=True)
     ldm = {k[len("model.diffusion_model."):]: v.contiguous() for k, v in unet_to_ldm(unet.state_dict(), unet.config).items()}
     save_file(ldm, str(models / "diffusion_models" / LOTUS_FILE))
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()},
+              str(models / "diffusion_models" / LOTUS_DIFFUSERS_FILE))
     (models / "vae").mkdir()
     save_file({k[len("first_stage_model."):]: v.contiguous() for k, v in vae_to_ldm(tiny.vae.state_dict(), tiny.vae.config).items()},
               str(models / "vae" / VAE_FILE))
@@ -157,3 +160,88 @@ def test_lotus_depth_template_runs_and_is_the_unets_prediction(engine, sd2_root,
         decoded = tiny.vae.decode(pred / scale).sample
     expected = 1.0 - ((decoded + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
     torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+    # flux_depth_lora_example's first sigma 10000 is timestep 999 as well
+    for n in api.values():
+        if n["class_type"] == "SetFirstSigma":
+            n["inputs"]["sigma"] = 10000.0
+    again = engine.run(api).raise_for_status()
+    torch.testing.assert_close(again.values[invert][0][0], ours, atol=1e-5, rtol=0)
+    # the same UNet saved in diffusers' names loads through UNETLoader too
+    for n in api.values():
+        if n["class_type"] == "UNETLoader":
+            n["inputs"]["unet_name"] = LOTUS_DIFFUSERS_FILE
+    named = engine.run(api).raise_for_status()
+    torch.testing.assert_close(named.values[invert][0][0], ours, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("layout", ["open_clip", "transformers"])
+def test_text_encoder_files_are_sources(sd2_root, tmp_path, layout):
+    """A 1024-wide (ViT-H) text encoder in text_encoders/: OpenCLIP names are the full tower (SD2 leaves its
+    last layer out), transformers names of another depth than 24 are diffusers' text_encoder (taken whole)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from nodegraph_nodes.diffusion import sd2_empty_prompt as empty
+    from tests.helpers.ldm_export import clip_to_open_clip
+    from tests.helpers.tiny_sd import load_tokenizer
+
+    models = tmp_path / "models"
+    shutil.copytree(sd2_root[0] / "models" / "text_encoders", models / "text_encoders")
+    tok = load_tokenizer(models / "text_encoders" / "tokenizer")
+    torch.manual_seed(2)
+    cfg = CLIPTextConfig(hidden_size=1024, intermediate_size=64, num_hidden_layers=2, num_attention_heads=16,
+                         vocab_size=len(tok), max_position_embeddings=77, hidden_act="gelu",
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=0)
+    model = CLIPTextModel(cfg).eval()
+    sd = model.state_dict()
+    if layout == "open_clip":
+        sd = clip_to_open_clip(sd, "")
+    save_file({k: v.contiguous() for k, v in sd.items() if not k.endswith("position_ids")},
+              str(models / "text_encoders" / "sd2_text.safetensors"))
+    paths = Paths(models_dir=models, cache_dir=tmp_path / "cache")
+    source = empty.find_sd2_text_encoder(paths)
+    assert source is not None and source.path.name == "sd2_text.safetensors"
+    ours = empty.empty_prompt_embedding(source, paths, "cpu")
+    ids = torch.tensor([[tok.bos_token_id, tok.eos_token_id] + [0] * 75])
+    text_model = getattr(model, "text_model", model)  # transformers 4 / 5
+    with torch.no_grad():
+        out = text_model(ids, output_hidden_states=True)
+        layer = out.hidden_states[-2] if layout == "open_clip" else out.hidden_states[-1]
+        expected = text_model.final_layer_norm(layer)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_a_diffusers_folder_is_a_source(engine, sd2_root, tmp_path):
+    """Lotus's diffusers release layout (unet/ with a 4-wide class embedding, text_encoder/ = SD2's encoder
+    without its last layer, tokenizer/) in diffusers/: the same embedding as CLIPTextEncode("") on the SD 2.x
+    checkpoint holding the same text tower."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from nodegraph_nodes.diffusion import sd2_empty_prompt as empty
+
+    root, tiny, unet = sd2_root
+    folder = tmp_path / "models" / "diffusers" / "lotus-depth-d-v1-1"
+    unet.save_pretrained(str(folder / "unet"))
+    full = tiny.text_encoder.config
+    cfg = CLIPTextConfig(**{k: getattr(full, k) for k in ("hidden_size", "intermediate_size", "num_attention_heads",
+                                                           "vocab_size", "max_position_embeddings", "hidden_act",
+                                                           "bos_token_id", "eos_token_id", "pad_token_id")},
+                         num_hidden_layers=full.num_hidden_layers - 1)
+    text = CLIPTextModel(cfg).eval()
+    own = text.state_dict()
+    source_sd = {k.removeprefix("text_model."): v for k, v in tiny.text_encoder.state_dict().items()}
+    text.load_state_dict({k: source_sd[k.removeprefix("text_model.")] for k in own}, strict=True)
+    text.save_pretrained(str(folder / "text_encoder"))
+    shutil.copytree(root / "models" / "text_encoders" / "tokenizer", folder / "tokenizer")  # vocab.json + merges.txt
+    (folder / "model_index.json").write_text('{"_class_name": "LotusDPipeline"}')
+    paths = Paths(models_dir=tmp_path / "models", cache_dir=tmp_path / "cache")
+    source = empty.find_sd2_text_encoder(paths)
+    assert source is not None and source.kind == "diffusers" and source.path == folder
+    ours = empty.empty_prompt_embedding(source, paths, "cpu")
+    g = Graph()
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name="tiny_sd21.safetensors")
+    text_node = g.node("CLIPTextEncode", text="", clip=ckpt.out(1))
+    g.node("PreviewAny", source=text_node.out(0))
+    result = engine.run(g)
+    assert result.ok, result.failure
+    expected = result.values[text_node.id][0][0][0][0]
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
