@@ -31,7 +31,8 @@ def _template_files(tiny) -> None:
                         "diffusion_models/hunyuanvideo1.5_720p_t2v_fp16.safetensors",
                         "diffusion_models/tiny_hv15_i2v.safetensors":
                         "diffusion_models/hunyuanvideo1.5_720p_i2v_fp16.safetensors",
-                        "text_encoders/tiny_qwen25vl.safetensors": "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                        "text_encoders/tiny_qwen25vl.safetensors":
+                        "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors",
                         "text_encoders/tiny_byt5.safetensors": "text_encoders/byt5_small_glyphxl_fp16.safetensors",
                         "vae/tiny_hv15_vae.safetensors": "vae/hunyuanvideo15_vae_fp16.safetensors",
                         "clip_vision/tiny_siglip.safetensors": "clip_vision/sigclip_vision_patch14_384.safetensors"})

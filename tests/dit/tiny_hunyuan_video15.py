@@ -195,8 +195,8 @@ def build_hunyuan_video15(root: Path) -> TinyHunyuanVideo15:
     for sub in ("diffusion_models", "text_encoders", "vae", "clip_vision"):
         (models / sub).mkdir(parents=True, exist_ok=True)
     tokenizer = write_qwen_tokenizer(models / "text_encoders" / "qwen25_tokenizer", QWEN3_CHAT_TEMPLATE)
-    te, glyph, net, i2v, autoencoder = qwen25vl(tokenizer, layers=3), byt5(), transformer(61), transformer(63, 32), vae()
-    vision = siglip()
+    te, glyph, vision, autoencoder = qwen25vl(tokenizer, layers=3), byt5(), siglip(), vae()
+    net, i2v = transformer(61), transformer(63, target_size=32)
     save_file(transformer_file_layout(net.state_dict()), str(models / "diffusion_models" / "tiny_hv15_t2v.safetensors"))
     save_file(transformer_file_layout(i2v.state_dict(), tencent=True, prefix="model.diffusion_model."),
               str(models / "diffusion_models" / "tiny_hv15_i2v.safetensors"))
