@@ -21,7 +21,7 @@ hand, so where it may differ it is said):
   the transformer, which attends to the padding), the hidden states ``hidden_states[4, 8, …, 32]`` stacked per
   token (``[1, L, 8·D]``, 20480 wide for the 4B).
 
-Key layouts: BFL's / ComfyUI's single file (``emb_in.image``, ``early_stream_modulations.image.lin``,
+LoRAs: :mod:`.flux3_lora`. Key layouts: BFL's / ComfyUI's single file (``emb_in.image``, ``early_stream_modulations.image.lin``,
 ``content_mode_blocks.image.N.q_proj``, ``time_in``, ``ref_time_in`` …, bare or under ``model.diffusion_model.``)
 converted with diffusers' FLUX.3 converter; diffusers' names load as they are. Config from the shapes; RoPE axes
 head width / 4 each (released: 32 ×4), theta 10000 (diffusers' default; not in the weights). Integer-quantized
@@ -191,7 +191,9 @@ class Flux3Model(FlowModel):
         return open_runner(self, ctx, latent_shape, Flux3Runner)
 
     def lora_patch(self, sd: dict, strength: float, name: str):
-        raise ValueError(f"LoRAs for FLUX.3 are not supported yet ({name})")
+        from nodegraph_nodes.dit.flux3_lora import flux3_lora_patch
+
+        return flux3_lora_patch(self.handle.get(), sd, strength, name)
 
 
 def load_transformer(path, prefix: str, manager, device: str, weight_dtype: str = "default") -> Flux3Model:

@@ -35,9 +35,12 @@ def engine(tiny, tmp_path):
 
 
 def flux3_graph(unet: str = NAMES["unet"], cfg: float = CFG, negative: str = NEGATIVE,
-                references: tuple[str, ...] = (), sampler: str = "euler") -> Graph:
+                references: tuple[str, ...] = (), sampler: str = "euler", lora: str | None = None,
+                lora_strength: float = 1.0) -> Graph:
     g = Graph()
     model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+    if lora is not None:
+        model = g.node("LoraLoaderModelOnly", model=model, lora_name=lora, strength_model=lora_strength).out(0)
     clip = g.node("CLIPLoader", clip_name=NAMES["clip"], type="flux3").out(0)
     vae = g.node("VAELoader", vae_name=NAMES["vae"]).out(0)
     pos = g.node("CLIPTextEncode", "cond", text=PROMPT, clip=clip).out(0)
@@ -66,14 +69,21 @@ def pipeline(t, distilled: bool = False):
     return pipe
 
 
-def reference(t, *, distilled: bool = False, negative: str | None = NEGATIVE, images=None) -> dict:
+def reference(t, *, distilled: bool = False, negative: str | None = NEGATIVE, images=None, lora=None) -> dict:
     noise, _ = engine_noise((1, 128, 4, 4), SEED)
     kwargs = {} if distilled else {"negative_prompt": negative}
     if images is not None:
         kwargs["image"] = images
-    with torch.no_grad():
-        out = pipeline(t, distilled)(prompt=PROMPT, height=64, width=64, num_inference_steps=STEPS, latents=noise,
-                                     output_type="pt", output=["latents", "images"], **kwargs)
+    pipe = pipeline(t, distilled)
+    if lora is not None:
+        pipe.load_lora_weights(dict(lora))
+    try:
+        with torch.no_grad():
+            out = pipe(prompt=PROMPT, height=64, width=64, num_inference_steps=STEPS, latents=noise,
+                       output_type="pt", output=["latents", "images"], **kwargs)
+    finally:
+        if lora is not None:
+            pipe.unload_lora_weights()
     return {"latents": out["latents"], "image": out["images"].permute(0, 2, 3, 1)}
 
 
@@ -167,3 +177,44 @@ def test_flux3_budget_streams_blocks_and_keeps_the_image(tiny, tmp_path):
     for mode in ("budget", "lowvram"):
         budgeted_run(root, tmp_path, registry, flux3_graph, base, mode)
     assert base.image.std() > 0.01
+
+
+def bfl_lora(t, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A LoRA in ComfyUI's / ai-toolkit's BFL names (``diffusion_model.<layer>.lora_A/B.weight``) on a block layer
+    of each stack: the joint blocks, the image and the text mode blocks."""
+    gen = torch.Generator().manual_seed(9)
+    sd = {}
+    for layer in ("single_blocks.0.q_proj", "single_blocks.1.mlp_in", "content_mode_blocks.image.0.attn_out",
+                  "txt_mode_blocks.0.v_proj"):
+        module = t.transformer.get_submodule(layer.replace("single_blocks", "single_transformer_blocks")
+                                             .replace("content_mode_blocks", "mode_blocks")
+                                             .replace("q_proj", "attn.to_q").replace("v_proj", "attn.to_v")
+                                             .replace("attn_out", "attn.to_out.0").replace("mlp_in", "ff.linear_in"))
+        out_f, in_f = module.weight.shape
+        sd[f"diffusion_model.{layer}.lora_A.weight"] = torch.randn(rank, in_f, generator=gen) * 0.3
+        sd[f"diffusion_model.{layer}.lora_B.weight"] = torch.randn(out_f, rank, generator=gen) * 0.3
+    return sd
+
+
+def test_flux3_lora_in_bfl_names_matches_diffusers_lora_loading(engine, tiny):
+    """LoraLoaderModelOnly with a BFL-named LoRA changes the image as diffusers' Flux3LoraLoaderMixin
+    (``load_lora_weights`` on the pipeline, which converts the same file) does, at 1e-4."""
+    from safetensors.torch import save_file
+
+    t = tiny[1]
+    sd = bfl_lora(t)
+    (tiny[0] / "models" / "loras").mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(tiny[0] / "models" / "loras" / "flux3_bfl_lora.safetensors"))
+    result = engine.run(flux3_graph(lora="flux3_bfl_lora.safetensors")).raise_for_status()
+    ref = reference(t, lora=sd)
+    _close(result.value("lat")["samples"], ref["latents"])
+    _close(result.value("out"), ref["image"])
+    plain = engine.run(flux3_graph()).raise_for_status().value("out")
+    assert not torch.allclose(plain, result.value("out"), atol=1e-3)
+    # the same LoRA in diffusers / PEFT names (``transformer.<module>``) gives the same image
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_flux3_lora_to_diffusers
+
+    save_file(_convert_non_diffusers_flux3_lora_to_diffusers(dict(sd)),
+              str(tiny[0] / "models" / "loras" / "flux3_peft_lora.safetensors"))
+    peft = engine.run(flux3_graph(lora="flux3_peft_lora.safetensors")).raise_for_status().value("out")
+    _close(peft, result.value("out"), atol=1e-6)
