@@ -214,6 +214,42 @@ def test_comfy_ltx2_3_id_lora_template_runs_on_ltx2(ltx2_engine, tiny_ltx2):
     assert samples > 0
 
 
+def test_comfy_ltx2_3_ic_lora_ingredients_template_runs_on_ltx2(ltx2_engine, tiny_ltx2):
+    """``template_ltx2_3_ic_lora_ingredients`` (the IC-LoRA through LoraLoaderModelOnly, GetICLoRAParameters →
+    LTXVAddGuide with a repeated reference image as the guide video, KSampler euler_ancestral, LTXVCropGuides) on
+    the tiny LTX-2.0 files under the 2.3 template's names, the IC-LoRA a tiny one whose metadata says
+    ``reference_downscale_factor`` 2 (the guide dilated). Made smaller: 128×128, 9 frames at 9 fps, 2 steps."""
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.dit.tiny_ltx2 import save_lora
+
+    _files(tiny_ltx2, "ltx-2.3-22b-distilled-fp8.safetensors", "gemma_3_12B_it_fp4_mixed.safetensors")
+    save_lora(tiny_ltx2.root, "ltx-2.3-22b-ic-lora-ingredients-0.9.safetensors", {"reference_downscale_factor": "2"})
+    # the prompt-enhancer branch's Gemma LoRA: validated, not run (ComfySwitchNode takes the written prompt)
+    save_lora(tiny_ltx2.root, "gemma-3-12b-it-abliterated_lora_rank64_bf16.safetensors")
+    ltx2_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (80, 100, 3), dtype=np.uint8), "RGB").save(
+        ltx2_engine.paths.input_dir / "german_shepherd_news_anchor_ref.png")
+    api = load_workflow_data(_template("template_ltx2_3_ic_lora_ingredients"), ltx2_engine.registry).api
+    for n in api.values():  # the length (5 s × 25 fps) and rate primitives; others take links
+        if n["class_type"] == "PrimitiveInt" and n["inputs"]["value"] in (5, 25):
+            n["inputs"]["value"] = {5: 1, 25: 9}[n["inputs"]["value"]]
+    set_inputs(api, {"ResizeAndPadImage": dict(target_width=128, target_height=128), "KSampler": {"steps": 2}})
+    result = ltx2_engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    for kind in ("GetICLoRAParameters", "LTXVAddGuide", "LTXVCropGuides", "KSampler"):
+        assert kind in executed
+    assert "TextGenerateLTX2Prompt" not in executed
+    guide = next(n for n in result.executed if api[n]["class_type"] == "LTXVAddGuide")
+    assert result.value(guide, 2)["samples"].shape == (1, 128, 4, 4, 4)  # 2 video + 2 dilated guide frames
+    frames, samples = _saved_video(ltx2_engine)
+    assert frames == 9
+    assert samples > 0
+
+
 #: node types of the package's LTX templates that nodegraph does not have yet (MoGe: a separate depth model)
 MISSING_NODE_TYPES = {"LoadMoGeModel", "MoGeInference", "MoGeRender"}
 #: how many of them (BROKEN apart) validate with file errors only
