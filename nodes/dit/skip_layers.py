@@ -2,8 +2,9 @@
 ``SkipLayerGuidanceDiTSimple``).
 
 A per-run model patch (:mod:`nodegraph_nodes.sampling.run_patches`) wraps the transformer's blocks —
-``double`` = SD3's joint blocks / Flux's double-stream blocks (``transformer_blocks``), ``single`` =
-Flux's single-stream blocks (``single_transformer_blocks``) — so that while an evaluation asks for it
+``double`` = SD3's joint blocks / Flux's double-stream blocks (``transformer_blocks``) / Wan's blocks
+(``blocks``: ComfyUI's Wan reads the ``double_block`` replacements only), ``single`` = Flux's single-stream
+blocks (``single_transformer_blocks``) — so that while an evaluation asks for it
 (``PatchRun.options["skip_layers"]``) the listed blocks pass their inputs through unchanged.
 
 * **SkipLayerGuidanceDiT**: after CFG, where ``sigma_end ≤ sigma ≤ sigma_start`` (the percents mapped
@@ -41,7 +42,10 @@ def parse_layers(text: str) -> tuple[int, ...]:
 
 
 @contextmanager
-def _passthrough(block: torch.nn.Module, run: PatchRun, index: int, kind: str) -> Iterator[None]:
+def _passthrough(block: torch.nn.Module, run: PatchRun, index: int, kind: str,
+                 joint: bool = True) -> Iterator[None]:
+    """While an evaluation skips ``index``, ``block`` gives its inputs back: ``(context, hidden)`` for joint
+    (SD3 / Flux) blocks, the hidden states for Wan's."""
     had_own = "forward" in block.__dict__  # another patch's wrapper already on this block
     original = block.forward
 
@@ -50,7 +54,7 @@ def _passthrough(block: torch.nn.Module, run: PatchRun, index: int, kind: str) -
         if skip is not None and index in skip[kind]:
             hidden = kwargs.get("hidden_states", args[0] if args else None)
             context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-            return context, hidden
+            return (context, hidden) if joint else hidden
         return original(*args, **kwargs)
 
     block.forward = forward
@@ -64,6 +68,8 @@ def _passthrough(block: torch.nn.Module, run: PatchRun, index: int, kind: str) -
 
 
 def _blocks(network, where: str) -> dict[str, list]:
+    if hasattr(network, "blocks") and hasattr(network, "condition_embedder"):  # diffusers' Wan transformers
+        return {"double": list(network.blocks), "single": []}
     double = getattr(network, "transformer_blocks", None)
     if double is None or not hasattr(network, "time_text_embed"):
         raise TypeError(f"{where}: skip-layer guidance works on SD3 / Flux transformers; this model's network is "
@@ -91,7 +97,8 @@ class SkipLayersPatch(ModelPatch):
                     if index >= len(blocks[kind]):
                         raise ValueError(f"{self.where}: {kind}_layers names block {index}, but the model has "
                                          f"{len(blocks[kind])} {kind} blocks")
-                    stack.enter_context(_passthrough(blocks[kind][index], run, index, kind))
+                    joint = not hasattr(run.network, "condition_embedder")
+                    stack.enter_context(_passthrough(blocks[kind][index], run, index, kind, joint))
             if self.negative_range is not None:
                 run.runner = _NegativeSkipper(run.runner, run, self)
             yield
@@ -167,15 +174,15 @@ class _SlgPostCfg:
 
 def _flow_model(model, where: str):
     model = require_sampling_model(model, where)
-    if getattr(model, "family", None) not in ("sd3", "flux"):
-        raise TypeError(f"{where}: skip-layer guidance works on SD3 / Flux transformers; this MODEL is "
+    if getattr(model, "family", None) not in ("sd3", "flux", "wan"):
+        raise TypeError(f"{where}: skip-layer guidance works on SD3 / Flux / Wan transformers; this MODEL is "
                         f"{getattr(model, 'family', type(model).__name__)}")
     return model
 
 
 class SkipLayerGuidanceDiT(Node):
     """Guides away from the positive prediction made with some transformer blocks skipped (SD3: joint
-    blocks = ``double_layers``; Flux: double- and single-stream blocks), between ``start_percent`` and
+    blocks = ``double_layers``; Flux: double- and single-stream blocks; Wan: its blocks = ``double_layers``), between ``start_percent`` and
     ``end_percent`` of the schedule. An unknown block index is an error (ComfyUI ignores it)."""
 
     category = "advanced/guidance"
@@ -193,8 +200,8 @@ class SkipLayerGuidanceDiT(Node):
         where = "SkipLayerGuidanceDiT.model"
         model = _flow_model(model, where)
         double, single = parse_layers(double_layers), parse_layers(single_layers)
-        if model.family == "sd3":
-            single = ()  # MMDiT has joint blocks only
+        if model.family in ("sd3", "wan"):
+            single = ()  # MMDiT has joint blocks only; Wan's blocks are its double blocks
         if not double and not single:
             return (model,)
         ms = model.model_sampling
@@ -221,7 +228,7 @@ class SkipLayerGuidanceDiTSimple(Node):
         where = "SkipLayerGuidanceDiTSimple.model"
         model = _flow_model(model, where)
         double, single = parse_layers(double_layers), parse_layers(single_layers)
-        if model.family == "sd3":
+        if model.family in ("sd3", "wan"):
             single = ()
         if not double and not single:
             return (model,)

@@ -236,3 +236,76 @@ def test_comfy_wan22_5b_fun_control_template_runs(engine, tiny):
     executed = [api[n]["class_type"] for n in result.executed]
     assert "Wan22FunControlToVideo" in executed and "SaveVideo" in executed
     assert saved_video_frames(engine.paths.output_dir) == LENGTH
+
+
+def _clip_vision_h(tiny) -> None:
+    import shutil
+
+    models = tiny.root / "models"
+    shutil.copyfile(models / "clip_vision" / "tiny_clip_vision" / "model.safetensors",
+                    models / "clip_vision" / "clip_vision_h.safetensors")
+
+
+WAN21_FUN_TEMPLATES = {
+    "wan2.1_fun_control": ("tiny_wan21_fun_control.safetensors", "wan2.1_fun_control_1.3B_bf16.safetensors",
+                           "WanFunControlToVideo"),
+    "wan2.1_fun_inp": ("tiny_wan21_i2v.safetensors", "wan2.1_fun_inp_1.3B_bf16.safetensors", "WanFunInpaintToVideo"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WAN21_FUN_TEMPLATES))
+def test_comfy_wan21_fun_templates_run(engine, tiny, name):
+    """ComfyUI's ``wan2.1_fun_control`` (Canny of a loaded video as the control video, the start frame) and
+    ``wan2.1_fun_inp`` (start and end images) templates, both through SkipLayerGuidanceDiT, CFGZeroStar and
+    UNetTemporalAttentionMultiply (a no-op with a warning on Wan, as in ComfyUI), on tiny 1.3B-style models under
+    their file names. Made smaller: 32×32, 5 frames; 2 steps; SkipLayerGuidanceDiT skips block 1 of the tiny
+    model's 2 (the template's 9, 10 of 30)."""
+    from nodegraph.events import EventRecorder, NodeWarning
+
+    from tests.dit.tiny_qwen import copy_as
+
+    source, unet, node = WAN21_FUN_TEMPLATES[name]
+    copy_as(tiny.root, {f"diffusion_models/{source}": f"diffusion_models/{unet}",
+                        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
+    _clip_vision_h(tiny)
+    if name == "wan2.1_fun_control":
+        _start_image(engine, "wan2.1_fun_control_start_frame.png")
+        write_mp4(engine.paths.input_dir / "wan2.1_fun_control_control_video.mp4", LENGTH)
+    else:
+        for which in ("start", "end"):
+            _start_image(engine, f"wan2.1_fun_inp_{which}_image.png")
+    api = package_template_api(name, engine.registry)
+    set_inputs(api, {node: dict(width=WIDTH, height=HEIGHT, length=LENGTH), "KSampler": dict(steps=2),
+                     "SkipLayerGuidanceDiT": dict(double_layers="1", single_layers="1")})
+    recorder = EventRecorder()
+    result = engine.run(api, listeners=[recorder]).raise_for_status()
+    executed = {api[n]["class_type"] for n in result.executed}
+    assert {node, "SkipLayerGuidanceDiT", "CFGZeroStar", "UNetTemporalAttentionMultiply", "SaveVideo"} <= executed
+    assert [w.class_type for w in recorder.of(NodeWarning)] == ["UNetTemporalAttentionMultiply"]
+    assert saved_video_frames(engine.paths.output_dir) == LENGTH
+
+
+def test_skip_layer_guidance_on_wan(engine):
+    """SkipLayerGuidanceDiT on a Wan model (ComfyUI's Wan takes ``double_block`` replacements): skipping a block
+    changes the video; single layers alone (Wan has no single-stream blocks) leave the model as it is."""
+
+    def latent(double: str | None, single: str = "") -> torch.Tensor:
+        g = Graph()
+        model, vae, pos, neg = wan_inputs(g, "tiny_wan2.1_t2v.safetensors", "tiny_wan_2.1_vae.safetensors", PROMPT,
+                                          SHIFT)
+        if double is not None:
+            slg = g.node("SkipLayerGuidanceDiT", "slg", model=model, double_layers=double, single_layers=single,
+                         scale=3.0, start_percent=0.0, end_percent=1.0, rescaling_scale=0.0)
+            model = slg.out(0)
+        empty = g.node("EmptyHunyuanLatentVideo", width=WIDTH, height=HEIGHT, length=LENGTH, batch_size=1)
+        ks = g.node("KSampler", model=model, seed=3, steps=2, cfg=4.0, sampler_name="euler", scheduler="simple",
+                    positive=pos, negative=neg, latent_image=empty, denoise=1.0)
+        g.node("PreviewAny", source=ks.out(0))
+        return engine.run(g).raise_for_status().value(ks.id)["samples"]
+
+    plain, skipped = latent(None), latent("1")
+    assert (plain - skipped).abs().max() > 1e-3
+    with pytest.raises(Exception, match="names block 5, but the model has 2 double blocks"):
+        latent("5")
+    assert torch.equal(latent("", "0, 1"), plain)
