@@ -124,6 +124,10 @@ class CheckpointLoaderSimple(Node):
 
             if lumina2.is_checkpoint(file_keys(path, manager.allow_pickle)):  # Lumina 2 all-in-one
                 return lumina2.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
+            from nodegraph_nodes.dit import hidream_o1_loading
+
+            if hidream_o1_loading.is_checkpoint(file_keys(path, manager.allow_pickle)):  # HiDream-O1 all-in-one
+                return hidream_o1_loading.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
             from nodegraph_nodes.dit import ltx2
 
             if ltx2.is_checkpoint(file_keys(path, manager.allow_pickle)):  # LTX-2 all-in-one (CLIP: None)

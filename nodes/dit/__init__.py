@@ -17,7 +17,7 @@ files and folders), nodes in :mod:`.video_latent` (EmptyHunyuanLatentVideo, Trim
 :mod:`.chroma` (transformer, runner, files, folders; T5 CLIP in :mod:`.text`). Lumina 2: :mod:`.lumina2`
 (transformer, Gemma 2 CLIP, runner, LoRAs, files, folders, all-in-one files), nodes in :mod:`.lumina2_nodes`
 (CLIPTextEncodeLumina2, RenormCFG). :mod:`.t5_options` (T5TokenizerOptions). HiDream I1 / E1: :mod:`.hidream` (transformer, runner), :mod:`.hidream_text`
-(four-encoder CLIP, loading), :mod:`.hidream_folder` (diffusers folders), nodes in :mod:`.hidream_nodes` (QuadrupleCLIPLoader, CLIPTextEncodeHiDream). Flux.1 Redux: :mod:`.redux` (StyleModelLoader, StyleModelApply). Model patches (``models/model_patches``): :mod:`.model_patch` (ModelPatchLoader, the DiffSynth Qwen-Image ControlNet), :mod:`.model_patch_apply` (QwenImageDiffsynthControlnet, ZImageFunControlnet), :mod:`.model_patch_zimage` (the Z-Image Fun ControlNet). :mod:`.uso` (USOStyleReference, USO's SigLIP projector). :mod:`.layered_radiance` (EmptyQwenImageLayeredLatentImage, EmptyChromaRadianceLatentImage, ChromaRadianceOptions). Audio: :mod:`.stable_audio` (Stable Audio Open), :mod:`.ace_step` (ACE-Step 1.5; nodes in :mod:`.ace_step_nodes`), :mod:`.audio_vae` (their Oobleck VAE), :mod:`.audio_loading` (the loaders' hooks). The shared loaders
+(four-encoder CLIP, loading), :mod:`.hidream_folder` (diffusers folders), nodes in :mod:`.hidream_nodes` (QuadrupleCLIPLoader, CLIPTextEncodeHiDream). HiDream-O1-Image (pixel-space, on Qwen3-VL): :mod:`.hidream_o1` (network, MODEL, runner), :mod:`.hidream_o1_sequence` (token sequence, positions, reference images), :mod:`.hidream_o1_loading` (all-in-one file, tokenizer CLIP, pixel VAE), nodes in :mod:`.hidream_o1_nodes` (EmptyHiDreamO1LatentImage, ModelNoiseScale, HiDreamO1ReferenceImages, HiDreamO1PatchSeamSmoothing). Flux.1 Redux: :mod:`.redux` (StyleModelLoader, StyleModelApply). Model patches (``models/model_patches``): :mod:`.model_patch` (ModelPatchLoader, the DiffSynth Qwen-Image ControlNet), :mod:`.model_patch_apply` (QwenImageDiffsynthControlnet, ZImageFunControlnet), :mod:`.model_patch_zimage` (the Z-Image Fun ControlNet). :mod:`.uso` (USOStyleReference, USO's SigLIP projector). :mod:`.layered_radiance` (EmptyQwenImageLayeredLatentImage, EmptyChromaRadianceLatentImage, ChromaRadianceOptions). Audio: :mod:`.stable_audio` (Stable Audio Open), :mod:`.ace_step` (ACE-Step 1.5; nodes in :mod:`.ace_step_nodes`), :mod:`.audio_vae` (their Oobleck VAE), :mod:`.audio_loading` (the loaders' hooks). The shared loaders
 (UNETLoader, CLIPLoader, CheckpointLoaderSimple, VAELoader) live in the ``diffusion`` family and hand
 these files to :mod:`.loading`; sampling is the ``sampling`` family's (KSampler, SamplerCustomAdvanced,
 ModelSamplingSD3/Flux).
@@ -34,6 +34,7 @@ def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
     from . import flux2_nodes, kontext, lumina2_nodes, nodes_flow, qwen_edit, skip_layers, video_latent, wan_i2v
     from . import hidream_nodes, redux, t5_options, text_generate, wan22_5b, wan_fun, wan_vace
+    from . import hidream_o1_nodes
     from . import wan_camera, wan_fun_control
     from . import ltx2_guides, ltx2_nodes
     from . import ace_step_nodes
@@ -47,6 +48,6 @@ def node_modules() -> list[ModuleType]:
     from . import layered_radiance, model_patch, model_patch_apply, uso
 
     return [wan_tracks, wan_tracks_preview, wan_ati, wan_move, model_patch, model_patch_apply, layered_radiance, uso, nodes_flow, kontext, skip_layers, qwen_edit, video_latent, wan_i2v, flux2_nodes, lumina2_nodes,
-            t5_options, hidream_nodes, redux, wan_vace, wan22_5b, wan_fun, text_generate, ltx2_nodes, ltx2_guides,
+            t5_options, hidream_nodes, hidream_o1_nodes, redux, wan_vace, wan22_5b, wan_fun, text_generate, ltx2_nodes, ltx2_guides,
             ace_step_nodes, flux2_kv, qwen_image21_nodes, audio_encoder, flux3_nodes,
             wan_camera, wan_fun_control, hunyuan_video15_nodes]

@@ -256,6 +256,9 @@ class ModelSampling:
     schedule: Any
     prediction: str = "eps"
     sigma_data: float = 1.0
+    #: flow models trained with noise of this standard deviation (HiDream-O1 in pixel space: 8.0; ComfyUI's
+    #: ModelNoiseScale sets it): ``noise_scaling`` scales the unit noise by it
+    noise_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.prediction not in PREDICTIONS:
@@ -325,6 +328,8 @@ class ModelSampling:
         sampling starts at the top of the schedule, so the noise gets the full variance ``1 + sigma^2``)."""
         s = _view(sigma, noise.ndim)
         if self.prediction == "flow":
+            if self.noise_scale != 1.0:
+                noise = noise * self.noise_scale
             return s * noise + (1.0 - s) * latent_image
         noise = noise * torch.sqrt(1.0 + s ** 2.0) if max_denoise else noise * s
         return noise + latent_image

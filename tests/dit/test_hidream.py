@@ -196,18 +196,18 @@ def test_hidream_template_runs_end_to_end(engine, template_files, variant):
 
 
 def test_package_hidream_templates_validate_with_file_errors_only():
-    """The package's HiDream I1 templates validate with at most model-file errors; E1 (edit) templates with
-    at most file errors (their input images); O1's nodes are not implemented."""
+    """The package's HiDream templates validate with at most file errors: I1 with model files only; E1
+    (edit) and O1 (all-in-one, edit of a loaded image) with their input image too."""
     from tests.helpers.package_templates import check_templates, package_templates
 
     paths = package_templates(lambda name: "hidream" in name)
     if not paths:
         pytest.skip("comfyui-workflow-templates-json is not installed")
     check = check_templates(paths, default_registry(packs=False))
-    check.assert_missing({"EmptyHiDreamO1LatentImage", "HiDreamO1ReferenceImages", "ModelNoiseScale",
-                          "HiDreamO1PatchSeamSmoothing"})
+    check.assert_missing(set())
     assert {"hidream_i1_full.json", "hidream_i1_dev.json", "hidream_i1_fast.json", "hidream_e1_1.json",
-            "hidream_e1_full.json"} <= set(check.clean), check.clean
+            "hidream_e1_full.json", "image_hidream_o1.json", "image_hidream_o1_dev.json"} <= set(check.clean), \
+        check.clean
 
 
 def _cond(engine, node: str, **inputs):
