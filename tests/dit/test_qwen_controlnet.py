@@ -183,3 +183,44 @@ def test_instantx_inpainting_template_runs(qwen_engine, qwen_registry, qwen_root
     kinds = {api[n]["class_type"] for n in result.executed}
     assert {"ControlNetLoader", "ControlNetInpaintingAliMamaApply", "SetLatentNoiseMask", "KSampler",
             "ImageCompositeMasked", "SaveImage"} <= kinds
+
+
+def test_instantx_union_template_with_lotus_depth_runs(qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, files):
+    """ComfyUI's image_qwen_image_instantx_controlnet: Lotus depth (LotusConditioning on a tiny SD 2.x
+    checkpoint's text encoder, a tiny Lotus-D UNet) feeds the union ControlNet; FluxKontextImageScale (about
+    1 MP) replaced by a 64×64 ImageScale to keep it cheap."""
+    from tests.dit.template_runs import package_template_api
+    from tests.dit.tiny_qwen import copy_as
+    from tests.helpers.ldm_export import unet_to_ldm, vae_to_ldm
+    from tests.helpers.tiny_sd import build_sd2, lotus_unet
+
+    models = qwen_root / "models"
+    if not (models / "checkpoints" / "tiny_sd21.safetensors").is_file():
+        tiny_sd2 = build_sd2(qwen_root)
+        unet = lotus_unet()
+        (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
+        save_file({k[len("model.diffusion_model."):]: v.contiguous()
+                   for k, v in unet_to_ldm(unet.state_dict(), unet.config).items()},
+                  str(models / "diffusion_models" / "lotus-depth-d-v1-1.safetensors"))
+        save_file({k[len("first_stage_model."):]: v.contiguous()
+                   for k, v in vae_to_ldm(tiny_sd2.vae.state_dict(), tiny_sd2.vae.config).items()},
+                  str(models / "vae" / "vae-ft-mse-840000-ema-pruned.safetensors"))
+    copy_as(qwen_root, {"diffusion_models/tiny_qwen_image.safetensors": "diffusion_models/qwen_image_fp8_e4m3fn.safetensors",
+                        "text_encoders/tiny_qwen_2.5_vl.safetensors": "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                        "vae/tiny_qwen_image_vae.safetensors": "vae/qwen_image_vae.safetensors",
+                        "controlnet/tiny_qwen_instantx_union.safetensors":
+                            "controlnet/Qwen-Image-InstantX-ControlNet-Union.safetensors"})
+    lora = models / "loras" / "Qwen-Image-Lightning-4steps-V1.0.safetensors"
+    lora.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"transformer_blocks.0.attn.to_q.lora_A.weight": torch.zeros(2, 64),
+               "transformer_blocks.0.attn.to_q.lora_B.weight": torch.zeros(64, 2)}, str(lora))
+    api = package_template_api("image_qwen_image_instantx_controlnet", qwen_registry)
+    qwen_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    load = next(n for n in api.values() if n["class_type"] == "LoadImage")
+    Image.fromarray(blocks(3, 3)).save(qwen_engine.paths.input_dir / load["inputs"]["image"])
+    scale = next(n for n, v in api.items() if v["class_type"] == "FluxKontextImageScale")
+    api[scale] = {"class_type": "ImageScale", "inputs": {"image": api[scale]["inputs"]["image"], "width": 64,
+                                                          "height": 64, "upscale_method": "nearest-exact",
+                                                          "crop": "disabled"}}
+    result = qwen_engine.run(api).raise_for_status()
+    assert all(n in result.executed for n in api)
