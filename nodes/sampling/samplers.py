@@ -1044,6 +1044,17 @@ SAMPLER_FUNCTIONS["euler_cfg_pp_alternative"] = sample_euler_cfg_pp_alternative
 SAMPLER_FUNCTIONS["lcm_upscale"] = _lazy("lcm_upscale", "sample_lcm_upscale")
 
 
+#: samplers that add fresh noise as ``s_noise`` × unit noise: for a flow model trained with a noise scale
+#: (HiDream-O1; ModelNoiseScale) their ``s_noise`` is multiplied by it, as ComfyUI's samplers do (LCM
+#: re-noises through the model sampling's ``noise_scaling``, which applies the scale itself)
+NOISE_SCALED = frozenset({
+    "euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpm_fast", "dpm_adaptive",
+    "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde",
+    "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu",
+    "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
+    "sa_solver_pece"})
+
+
 @dataclass(frozen=True)
 class Sampler:
     """A ``SAMPLER`` value: an algorithm by name plus its options. ``random_inpaint_noise``: inpainting
@@ -1056,7 +1067,11 @@ class Sampler:
 
     def run(self, model: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, callback: Callback | None = None
             ) -> torch.Tensor:
-        return SAMPLER_FUNCTIONS[self.name](model, x, sigmas, callback=callback, **self.options)
+        options = self.options
+        scale = getattr(model.model_sampling, "noise_scale", 1.0)
+        if scale != 1.0 and self.name in NOISE_SCALED:
+            options = {**options, "s_noise": options.get("s_noise", 1.0) * scale}
+        return SAMPLER_FUNCTIONS[self.name](model, x, sigmas, callback=callback, **options)
 
 
 class SamplerChoiceError(ValueError):

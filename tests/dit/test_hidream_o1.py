@@ -197,3 +197,32 @@ def test_prefix_detection():
     for prefix in ("model.", "model.diffusion_model.", ""):
         assert detect_prefix([prefix + m for m in MARKERS] + ["lm_head.weight"]) == prefix
     assert detect_prefix(["model.language_model.embed_tokens.weight"]) is None
+
+
+class _HalfDenoiser:
+    """A stand-in denoiser (denoised = half the input) with flow sampling of the given noise scale."""
+
+    def __init__(self, noise_scale: float):
+        import dataclasses
+
+        from nodegraph_nodes.sampling import model_sampling as msl
+
+        self.model_sampling = dataclasses.replace(msl.sd3_flow(3.0), noise_scale=noise_scale)
+        self.seed, self.uncond_denoised = 5, None
+
+    def __call__(self, x, sigma):
+        return x * 0.5
+
+
+@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_2m_sde", "lcm"])
+def test_noise_scale_scales_the_samplers_fresh_noise_once(name):
+    """The stochastic samplers' fresh noise grows with the model's noise scale (their s_noise times it, as
+    ComfyUI's); LCM re-noises through noise_scaling, which applies it once."""
+    from nodegraph_nodes.sampling.samplers import sampler_object
+
+    x, sigmas = torch.ones(1, 3, 4, 4), torch.tensor([0.9, 0.6, 0.3])
+    plain = sampler_object(name, {"s_noise": 0.0}).run(_HalfDenoiser(1.0), x, sigmas)
+    one = sampler_object(name).run(_HalfDenoiser(1.0), x, sigmas) - plain
+    three = sampler_object(name).run(_HalfDenoiser(3.0), x, sigmas) - plain
+    assert one.abs().max() > 1e-2
+    assert torch.allclose(three, 3 * one, atol=1e-5), float((three - 3 * one).abs().max())
