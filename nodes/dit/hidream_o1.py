@@ -108,9 +108,8 @@ class HiDreamO1Net(nn.Module):
         self.config = config
         self.model = HiDreamO1Core(config)
 
-    def vision(self, s: seq.Sequence, dtype: torch.dtype) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def vision(self, s: seq.Sequence, dtype: torch.dtype, device) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The vision tower's merged tokens and DeepStack features of ``s``'s reference images."""
-        device = next(self.parameters()).device
         out = self.model.visual(s.pixel_values.to(device, dtype), grid_thw=s.image_grid_thw.to(device),
                                 return_dict=True)
         return out.pooler_output, list(out.deepstack_features)
@@ -243,9 +242,9 @@ class HiDreamO1Runner(NetRunner):
                     raise ValueError("HiDream-O1: reference images must be IMAGEs (HiDreamO1ReferenceImages)")
                 refs += list(image)
             s = seq.build([int(i) for i in ids.reshape(-1).tolist()], width, height, refs)
-            vision = self.net.vision(s, self.dtype) if s.pixel_values is not None else None
-            self.sequences[key] = (s, vision)
-        return self.sequences[key]
+            vision = self.net.vision(s, self.dtype, self.device) if s.pixel_values is not None else None
+            self.sequences[key] = (s, vision, part.extras)  # the extras kept alive: their id stays theirs
+        return self.sequences[key][:2]
 
     def _predict(self, x_in: torch.Tensor, timestep: torch.Tensor, parts: list[CondPart]) -> torch.Tensor:
         b, _, h, w = x_in.shape
