@@ -313,6 +313,18 @@ def infer_clip_config(hf_sd: dict[str, Any], template: dict, drop_last_layer: bo
     return cfg
 
 
+#: OpenCLIP ViT-H's text tower (SD 2.x) has 24 layers; SD2 uses the output of the 23rd (ComfyUI's "penultimate")
+VIT_H_LAYERS = 24
+
+
+def sd2_drops_last_layer(open_clip_names: bool, hf_sd: dict[str, Any]) -> bool:
+    """Whether an SD2 text encoder file holds the full ViT-H tower whose last layer SD2 leaves out: always for
+    OpenCLIP names; for transformers names when it has 24 layers (diffusers' SD2 ``text_encoder`` has 23,
+    already without it — ComfyUI's penultimate layer of a 24-layer model is then the file's last)."""
+    strip = {k[len("text_model."):] if k.startswith("text_model.") else k for k in hf_sd}
+    return open_clip_names or _layer_count({k: None for k in strip}, "encoder.layers.") == VIT_H_LAYERS
+
+
 def build_clip(hf_sd: dict[str, Any], cfg: dict, dtype: torch.dtype, projection: bool):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 

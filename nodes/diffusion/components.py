@@ -430,11 +430,13 @@ def load_clip_file(path: Path, manager, device: str, models_dir: Path, clip_type
             sd = read_state_dict(path, allow_pickle=manager.allow_pickle)
             if any(k.startswith(("cond_stage_model.", "conditioner.")) for k in sd):
                 sd = convert_ldm_clip_checkpoint(sd)
-            if any(".resblocks." in k for k in sd):
+            open_clip_names = any(".resblocks." in k for k in sd)
+            if open_clip_names:
                 sd = ck.convert_open_clip({"m." + k: v for k, v in sd.items()}, "m.")
             if not any(k.endswith("token_embedding.weight") for k in sd):
                 raise ModelFileError(f"{path.name} is not a CLIP text encoder: it looks like {ck.describe_contents(sd)}")
             holder["hf"] = sd
+            holder["drop"] = clip_type == "sd2" and ck.sd2_drops_last_layer(open_clip_names, sd)
         return holder["hf"]
 
     tokenizer = load_tokenizer(find_tokenizer(models_dir, path))
@@ -444,7 +446,7 @@ def load_clip_file(path: Path, manager, device: str, models_dir: Path, clip_type
     def loader():
         hf = weights()
         template = ck.family_config(family, "text_encoder.json")
-        cfg = ck.infer_clip_config(hf, template)
+        cfg = ck.infer_clip_config(hf, template, drop_last_layer=holder["drop"])  # SD2: its penultimate layer
         cfg.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                    pad_token_id=_pad_id(spec, tokenizer))
         return ck.build_clip(hf, cfg, dtype, projection="text_projection.weight" in hf)

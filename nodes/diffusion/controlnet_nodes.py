@@ -26,7 +26,7 @@ from nodegraph_nodes.diffusion.controlnet import (CONTROL_NET, FOLDER, UNION_CON
                                                   add_base_weights, build_controlnet, convert_state_dict,
                                                   is_controlnet_folder, is_difference, load_controlnet_folder,
                                                   read_controlnet_file, shuffle_name)
-from nodegraph_nodes.diffusion.files import MODEL_EXTENSIONS, ModelFileError, file_identity, resolve_model
+from nodegraph_nodes.diffusion.files import MODEL_EXTENSIONS, ModelFileError, file_identity, read_json, resolve_model
 
 
 def controlnet_choices(paths: Paths) -> list[str]:
@@ -71,6 +71,10 @@ def load_controlnet(ctx, name: str, model=None) -> ControlNet:
     if path.is_dir():
         if not is_controlnet_folder(path):
             raise ModelFileError(f"{name} is a folder without a ControlNet config.json")
+        if read_json(path / "config.json").get("_class_name") == "QwenImageControlNetModel":
+            from nodegraph_nodes.dit.loading import flow_dtype
+
+            dtype = flow_dtype(ctx.device)  # bf16 on GPUs, as the Qwen-Image transformer
         holder: dict[str, Any] = {}
 
         def folder_loader():

@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 #: bump when the way the embedding is computed changes (part of the cache key)
 FORMAT = 1
 VIT_H_WIDTH = 1024
-VIT_H_LAYERS = 24
 OPEN_CLIP_PREFIXES = (ck.SD2_CLIP_PREFIX, "model.", "")
 HF_TOKEN_KEY = "text_model.embeddings.token_embedding.weight"
 RECORD = "digests.json"
@@ -197,11 +196,6 @@ def _read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
                 and not k[len(prefix):].startswith(("visual.", "vision_model.", "logit_scale"))}
 
 
-def _layer_count(hf: dict[str, Any]) -> int:
-    ids = {int(k.split("encoder.layers.")[1].split(".")[0]) for k in hf if "encoder.layers." in k}
-    return max(ids) + 1 if ids else 0
-
-
 def _tokenizer_of(source: EncoderSource, models_dir: Path):
     from nodegraph_nodes.diffusion.components import find_tokenizer, load_tokenizer
 
@@ -229,7 +223,7 @@ def build_encoder(source: EncoderSource, dtype: torch.dtype, tokenizer, pad: int
         hf = _read_tensors(source.path, source.prefix)
         hf = {k if k.startswith("text_model.") or k.startswith("text_projection") else "text_model." + k: v
               for k, v in hf.items()}
-        drop = _layer_count(hf) == VIT_H_LAYERS
+        drop = ck.sd2_drops_last_layer(False, hf)
     hf.pop("text_projection.weight", None)
     cfg = ck.infer_clip_config(hf, template, drop_last_layer=drop)
     cfg.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)

@@ -177,7 +177,8 @@ def test_lotus_depth_template_runs_and_is_the_unets_prediction(engine, sd2_root,
 @pytest.mark.parametrize("layout", ["open_clip", "transformers"])
 def test_text_encoder_files_are_sources(sd2_root, tmp_path, layout):
     """A 1024-wide (ViT-H) text encoder in text_encoders/: OpenCLIP names are the full tower (SD2 leaves its
-    last layer out), transformers names of another depth than 24 are diffusers' text_encoder (taken whole)."""
+    last layer out), transformers names of another depth than 24 are diffusers' text_encoder (taken whole);
+    CLIPLoader type sd2 + CLIPTextEncode("") on the file takes the same layer."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from nodegraph_nodes.diffusion import sd2_empty_prompt as empty
@@ -208,6 +209,18 @@ def test_text_encoder_files_are_sources(sd2_root, tmp_path, layout):
         layer = out.hidden_states[-2] if layout == "open_clip" else out.hidden_states[-1]
         expected = text_model.final_layer_norm(layer)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    # CLIPLoader type sd2 + CLIPTextEncode("") on the same file: the same layer
+    eng = _engine(models, tmp_path / "run")
+    try:
+        g = Graph()
+        clip = g.node("CLIPLoader", clip_name="sd2_text.safetensors", type="sd2")
+        text = g.node("CLIPTextEncode", text="", clip=clip.out(0))
+        g.node("PreviewAny", source=text.out(0))
+        result = eng.run(g)
+        assert result.ok, result.failure
+        torch.testing.assert_close(result.values[text.id][0][0][0][0], expected, atol=1e-5, rtol=0)
+    finally:
+        eng.close()
 
 
 def test_a_diffusers_folder_is_a_source(engine, sd2_root, tmp_path):

@@ -7,7 +7,8 @@ on the same weights, seed, steps, shift and strength (1e-4, cfg 1: the pipeline 
 for the negative, ComfyUI evaluates it per entry). The pipeline encodes the control image with a sample of
 the VAE's posterior, ComfyUI with its mode: the test VAE's posterior is made sharp (log-variance −30, std
 3e-7) so both are the same. The mask and the image reach the output as specified: another mask or another
-image changes it, and a union (non-inpainting) ControlNet ignores the mask. Cheap sizes: 64×64, 4 steps."""
+image changes it, and a union (non-inpainting) ControlNet ignores the mask (as a file or a diffusers folder).
+Cheap sizes: 64×64, 4 steps."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def files(qwen_root, tiny_qwen_image):
     for kind, net in nets.items():
         save_file({k: v.contiguous() for k, v in net.state_dict().items()},
                   str(models / "controlnet" / f"tiny_qwen_instantx_{kind}.safetensors"))
+    nets["union"].save_pretrained(str(models / "controlnet" / "tiny_qwen_instantx_union_folder"))
     vae = sharp_vae(tiny_qwen_image.vae)
     save_file(wan_vae_layout(vae.state_dict()), str(models / "vae" / SHARP_VAE))
     return nets, vae
@@ -157,6 +159,8 @@ def test_union_controlnet_ignores_the_mask(qwen_engine, tiny_qwen_image, files):
     advanced = qwen_engine.run(graph("tiny_qwen_instantx_union.safetensors", node="advanced")
                                ).raise_for_status().value("out")
     assert torch.equal(a, b) and torch.equal(a, advanced)
+    folder = qwen_engine.run(graph("tiny_qwen_instantx_union_folder")).raise_for_status().value("out")
+    assert torch.allclose(folder, a, atol=1e-6)  # the diffusers folder of the same ControlNet
     plain = qwen_engine.run(graph(None)).raise_for_status().value("out")
     assert (a - plain).abs().max() > 1e-2
 
