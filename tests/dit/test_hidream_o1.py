@@ -250,3 +250,18 @@ def test_budget_streams_blocks_and_keeps_the_image(o1_root, tmp_path_factory, tm
     base = unbudgeted_run(root, tmp_path, registry, build)
     budgeted_run(root, tmp_path, registry, build, base, "budget")
     assert base.image.std() > 0.01
+
+
+def test_newer_quantized_files_are_refused_by_name(o1_root, tmp_path):
+    from safetensors.torch import save_file
+
+    from nodegraph.models import ModelManager
+    from nodegraph_nodes.diffusion.files import ModelFileError
+    from nodegraph_nodes.dit.hidream_o1_loading import load_checkpoint
+
+    sd = load_file(str(o1_root / "models" / "checkpoints" / CKPT))
+    sd["model.x_embedder.proj2.weight_scale"] = torch.ones(())
+    path = tmp_path / "hidream_o1_image_dev_mxfp8.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(ModelFileError, match="weight_scale"):
+        load_checkpoint(path, ModelManager("cpu"), "cpu", o1_root / "models")
