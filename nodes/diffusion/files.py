@@ -104,16 +104,19 @@ def file_identity(path: Path) -> tuple[str, int, int]:
 
 
 def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
-    """All tensors of a model file, on the CPU."""
+    """All tensors of a model file, on the CPU; ComfyUI's quantised layers (``comfy_quant`` markers,
+    ``fp8_scaled`` files: :mod:`nodegraph_nodes.diffusion.quantized`) dequantised as they are read."""
+    from nodegraph_nodes.diffusion.quantized import dequantize_state_dict, read_safetensors
+
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"model file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix in SAFE_EXTENSIONS:
-        from safetensors.torch import load_file
-
         try:
-            return load_file(str(path), device="cpu")
+            return read_safetensors(path)
+        except ModelFileError:
+            raise
         except Exception as exc:  # safetensors raises its own error types, or OSError / ValueError
             raise ModelFileError(f"{path.name} is not a readable .safetensors file (corrupt or truncated: "
                                  f"{exc}); download it again") from None
@@ -133,7 +136,7 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]
             data = data["state_dict"]
         if not isinstance(data, dict):
             raise ModelFileError(f"{path.name} does not hold a state dict")
-        return {k: v for k, v in data.items() if hasattr(v, "shape")}
+        return dequantize_state_dict({k: v for k, v in data.items() if hasattr(v, "shape")}, name=path.name)
     raise ModelFileError(f"{path.name}: unknown model file type {suffix!r}; use .safetensors")
 
 

@@ -65,22 +65,13 @@ def is_scaled_fp8(sd: dict[str, Any]) -> bool:
 
 
 def dequantize_scaled_fp8(sd: dict[str, Any]) -> dict[str, Any]:
-    """ComfyUI's ``*_fp8_scaled`` files (``scaled_fp8`` marker, per-layer ``scale_weight`` and
-    ``scale_input``): each scaled weight becomes ``weight · scale_weight`` in float32 (ComfyUI computes
-    the same product per call); markers and input scales are dropped. Other state dicts are returned
-    unchanged."""
-    if not is_scaled_fp8(sd):
-        return sd
-    out = {}
-    for key, value in sd.items():
-        if key.endswith(("scaled_fp8", ".scale_weight", ".scale_input")):
-            continue
-        if key.endswith(".weight"):
-            scale = sd.get(key[: -len("weight")] + "scale_weight")
-            if scale is not None:
-                value = value.to(torch.float32) * scale.to(torch.float32)
-        out[key] = value
-    return out
+    """A state dict already in memory with ComfyUI's quantised layers dequantised (``*_fp8_scaled`` files'
+    ``scale_weight``, and every ``comfy_quant`` format: :func:`nodegraph_nodes.diffusion.quantized.
+    dequantize_state_dict`); markers and scales are dropped. Other state dicts are returned unchanged.
+    :func:`read_state_dict <nodegraph_nodes.diffusion.files.read_state_dict>` already does this while reading."""
+    from nodegraph_nodes.diffusion.quantized import dequantize_state_dict
+
+    return dequantize_state_dict(sd)
 
 
 def strip_prefix(sd: dict[str, Any], prefix: str) -> dict[str, Any]:
