@@ -1,7 +1,7 @@
-"""ComfyUI's ACE-Step nodes: ``EmptyAceStepLatentAudio`` (1.0's ``[B, 8, 16, T]`` latent; no 1.0 model is built),
-``EmptyAceStep1.5LatentAudio`` (a ``[B, 64, T]`` latent at 25 frames per
-second) and ``TextEncodeAceStepAudio1.5`` (caption, lyrics and metadata through ACE-Step's Qwen3 encoder,
-:mod:`.ace_step`).
+"""ComfyUI's ACE-Step nodes: ``EmptyAceStepLatentAudio`` (1.0's ``[B, 8, 16, T]`` latent) and
+``TextEncodeAceStepAudio`` (1.0's tags and lyrics, :mod:`.ace_step1`), ``EmptyAceStep1.5LatentAudio`` (a
+``[B, 64, T]`` latent at 25 frames per second) and ``TextEncodeAceStepAudio1.5`` (caption, lyrics and metadata
+through ACE-Step's Qwen3 encoder, :mod:`.ace_step`).
 
 ``generate_audio_codes`` samples the 5 Hz LM's audio codes (:mod:`.ace_step_lm`; the LM is DualCLIPLoader's second
 file); without it the DiT's context is the silence latent.
@@ -41,9 +41,8 @@ class EmptyAceStep15LatentAudio(Node):
 
 class EmptyAceStepLatentAudio(Node):
     """An empty ACE-Step 1.0 latent ``[B, 8, 16, ⌊seconds · 44100 / 512 / 8⌋]`` (ComfyUI's ``nodes_ace.py``: the
-    music DCAE's 8 channels × 16 mel-bin rows, one frame per 8 hops of 512 samples at 44.1 kHz). nodegraph has
-    no ACE-Step 1.0 model (transformer, DCAE, text encoder) to sample it with; 1.5 models take
-    ``EmptyAceStep1.5LatentAudio``'s latent."""
+    music DCAE's 8 channels × 16 mel-bin rows, one frame per 8 hops of 512 samples at 44.1 kHz); ACE-Step 1.0's
+    checkpoint samples it (:mod:`.ace_step1`), 1.5 models take ``EmptyAceStep1.5LatentAudio``'s latent."""
 
     category = "latent/audio"
     display_name = "Empty Ace Step 1.0 Latent Audio"
@@ -54,6 +53,28 @@ class EmptyAceStepLatentAudio(Node):
     def execute(self, seconds: float, batch_size: int = 1) -> tuple:
         length = int(seconds * 44100 / 512 / 8)
         return ({"samples": torch.zeros([batch_size, 8, 16, length]), "type": "audio"},)
+
+
+class TextEncodeAceStepAudio(Node):
+    """Encodes tags (UMT5) and lyrics (ACE-Step's lyric tokens) for ACE-Step 1.0; ``lyrics_strength`` scales the
+    lyric encoder's output in the model."""
+
+    category = "conditioning"
+    clip = Input(CLIP)
+    tags = Input(STRING, multiline=True, dynamic_prompts=True)
+    lyrics = Input(STRING, multiline=True, dynamic_prompts=True)
+    lyrics_strength = Input(FLOAT, default=1.0, min=0.0, max=10.0, step=0.01)
+    outputs = (Output(CONDITIONING),)
+
+    def execute(self, clip, tags: str, lyrics: str, lyrics_strength: float = 1.0) -> tuple:
+        from nodegraph_nodes.dit.ace_step1 import AceStep1Clip
+
+        if not isinstance(clip, AceStep1Clip):
+            raise TypeError("TextEncodeAceStepAudio.clip: ACE-Step 1.0's text encoder is needed (the CLIP of "
+                            "CheckpointLoaderSimple with ace_step_v1_3.5b.safetensors); this CLIP is "
+                            f"{getattr(clip, 'family', type(clip).__name__)}'s (ACE-Step 1.5 takes "
+                            "TextEncodeAceStepAudio1.5)")
+        return (clip.encode_ace1(self.ctx, tags, lyrics, lyrics_strength),)
 
 
 class TextEncodeAceStepAudio15(Node):

@@ -1,7 +1,7 @@
 """Where the loaders hand audio models. Each function detects its files from the keys and returns ``None`` for
 other files, so the image families' detection goes on unchanged: :func:`load_checkpoint`
 (CheckpointLoaderSimple: Stable Audio's all-in-one file, :mod:`.stable_audio`; ACE-Step 1.5's,
-:mod:`.ace_step_checkpoint`), :func:`load_transformer`
+:mod:`.ace_step_checkpoint`; ACE-Step 1.0's, :mod:`.ace_step1`), :func:`load_transformer`
 (UNETLoader: ACE-Step 1.5's DiT, :mod:`.ace_step`), :func:`load_vae` (VAELoader: an Oobleck audio VAE,
 :mod:`.audio_vae`; 44.1 kHz when its hop is 2048 samples (Stable Audio), else 48 kHz (ACE-Step 1.5))."""
 
@@ -14,10 +14,12 @@ from pathlib import Path
 
 def load_checkpoint(path: Path, manager, device: str, models_dir: Path):
     """``(MODEL, CLIP, VAE)`` of an audio all-in-one file, else ``None``."""
-    from nodegraph_nodes.dit import ace_step_checkpoint, stable_audio
+    from nodegraph_nodes.dit import ace_step1, ace_step_checkpoint, stable_audio
     from nodegraph_nodes.dit.loading import file_keys
 
     keys = file_keys(path, manager.allow_pickle)
+    if ace_step1.is_checkpoint(keys):
+        return ace_step1.load_checkpoint(path, keys, manager, device, Path(models_dir))
     if stable_audio.is_checkpoint(keys):
         return stable_audio.load_checkpoint(path, manager, device)
     if ace_step_checkpoint.is_checkpoint(keys):

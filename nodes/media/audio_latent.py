@@ -20,11 +20,13 @@ from .audio import AUDIO, check_audio, make_audio
 
 
 def _audio_vae(vae, node: str):
+    from nodegraph_nodes.dit.ace_step1_vae import AceStep1Vae
     from nodegraph_nodes.dit.audio_vae import AudioVae
 
-    if not isinstance(vae, AudioVae):
-        raise TypeError(f"{node}.vae: an audio VAE is needed (Stable Audio's checkpoint VAE, ACE-Step 1.5's "
-                        f"ace_1.5_vae); this is {getattr(vae, 'family', type(vae).__name__)}'s image VAE")
+    if not isinstance(vae, (AudioVae, AceStep1Vae)):
+        raise TypeError(f"{node}.vae: an audio VAE is needed (Stable Audio's or ACE-Step 1.0's checkpoint "
+                        f"VAE, ACE-Step 1.5's ace_1.5_vae); this is "
+                        f"{getattr(vae, 'family', type(vae).__name__)}'s image VAE")
     return vae
 
 

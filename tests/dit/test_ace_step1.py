@@ -1,0 +1,133 @@
+"""ACE-Step 1.0 through ComfyUI's nodes on the tiny all-in-one file (tests/dit/tiny_ace_step1.py):
+CheckpointLoaderSimple → TextEncodeAceStepAudio → KSampler (ModelSamplingSD3) → VAEDecodeAudio equals the
+official ACE-Step code's transformer, vocoder and lyric tokens on the same weights (recorded in
+tests/data/ace_step1_official, see its README), and ComfyUI's ACE-Step 1.0 templates run end to end.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from tests.dit.template_runs import package_template_api, run_template, saved_audio
+from tests.dit.tiny_ace_step1 import CHECKPOINT, build_ace_step1
+from tests.helpers.engines import make_engine
+
+OFFICIAL = Path(__file__).resolve().parents[1] / "data" / "ace_step1_official" / "official_outputs.safetensors"
+TAGS = "a red fox in snow"
+LYRICS = "[verse]\nDr. Fox & 12 friends\n\nrunning on the beach"
+SEED, STEPS, CFG, SHIFT, SECONDS = 7, 3, 5.0, 5.0, 1.0
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_ace_step1(tmp_path_factory.mktemp("ace_step1_models"))
+
+
+@pytest.fixture
+def engine(tiny, tmp_path):
+    eng = make_engine(tiny.root, tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def official():
+    return load_file(str(OFFICIAL))
+
+
+def graph(lyrics_strength: float = 1.0, tags: str = TAGS) -> Graph:
+    g = Graph()
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    pos = g.node("TextEncodeAceStepAudio", "cond", clip=ckpt.out(1), tags=tags, lyrics=LYRICS,
+                 lyrics_strength=lyrics_strength).out(0)
+    neg = g.node("ConditioningZeroOut", conditioning=pos).out(0)
+    model = g.node("ModelSamplingSD3", model=ckpt.out(0), shift=SHIFT).out(0)
+    lat = g.node("EmptyAceStepLatentAudio", seconds=SECONDS, batch_size=1)
+    ks = g.node("KSampler", "latent", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                scheduler="simple", positive=pos, negative=neg, latent_image=lat, denoise=1.0)
+    g.node("PreviewAny", source=g.node("VAEDecodeAudio", "out", samples=ks, vae=ckpt.out(2)))
+    return g
+
+
+def test_transformer_equals_official(tiny, official):
+    from nodegraph_nodes.dit.ace_step1 import build_transformer, is_checkpoint
+    from nodegraph_nodes.dit.convert import strip_prefix
+
+    sd = load_file(str(tiny.root / "models" / "checkpoints" / CHECKPOINT))
+    assert is_checkpoint(sd)
+    net = build_transformer(strip_prefix(sd, "model.diffusion_model."), torch.float32)
+    with torch.no_grad():
+        out = net(official["dit_x"], official["dit_t"], official["dit_text"], official["dit_lyrics"])
+    ref = official["dit_out"]
+    assert out.shape == ref.shape == (2, 8, 16, 12)
+    assert torch.allclose(out, ref, atol=1e-4), float((out - ref).abs().max())
+    with torch.no_grad():  # lyrics_strength scales the lyric encoder's states
+        weaker = net(official["dit_x"], official["dit_t"], official["dit_text"], official["dit_lyrics"], 0.5)
+    assert not torch.allclose(weaker, ref, atol=1e-3)
+
+
+def test_text_encode_and_sample_equal_official(engine, official):
+    result = engine.run(graph()).raise_for_status()
+    ((text, extras),) = result.value("cond")
+    assert torch.allclose(text, official["sample_text"], atol=1e-5)
+    assert extras["conditioning_lyrics"].tolist() == official["sample_lyrics"].tolist()
+    assert extras["lyrics_strength"] == 1.0
+    latent, ref_latent = result.value("latent")["samples"], official["sample_latent"]
+    assert latent.shape == ref_latent.shape == (1, 8, 16, 10)
+    assert torch.allclose(latent, ref_latent, atol=1e-4, rtol=1e-5), float((latent - ref_latent).abs().max())
+    audio = result.value("out")
+    assert audio["sample_rate"] == 44100
+    wave, ref = audio["waveform"], official["sample_audio"]
+    assert wave.shape == ref.shape == (1, 2, 40960)
+    assert torch.allclose(wave, ref, atol=1e-4), float((wave - ref).abs().max())
+    assert wave.std() > 0.05 and not torch.allclose(wave[:, 0], wave[:, 1], atol=1e-2)
+    other = engine.run(graph(lyrics_strength=0.2)).raise_for_status().value("out")["waveform"]
+    assert not torch.allclose(wave, other, atol=1e-4)
+
+
+def test_lyric_tokens_follow_comfyui_lines(tiny):
+    from nodegraph_nodes.dit.ace_step1_lyrics import LyricTokenizer, clean, number_words
+
+    tok = LyricTokenizer(tiny.root / "models" / "text_encoders" / "ace_lyrics_tokenizer" / "vocab.json")
+    ids = lambda text: tok.tokenizer.encode(text).ids  # noqa: E731
+    assert tok("") == [261, 2]
+    assert tok("ab\n\n[de]cd") == [261, *ids("[en]ab"), 2, 2, *ids("[de]cd"), 2]
+    assert tok("[xx]ab") == [261, *ids("[en][xx]ab"), 2]  # not a language code: part of the line
+    assert tok("A  b") == [261, *ids("[en]a[SPACE]b"), 2]  # lower case, spaces collapsed and written [SPACE]
+    assert clean('Say "Hi" Mr. Fox & 1,234 Friends', "en") == "say hi mister fox and one thousand, two hundred and " \
+                                                             "thirty-four friends"
+    assert clean("Hallo 12 Freunde", "de") == "hallo 12 freunde"
+    assert [number_words(n) for n in (0, 15, 40, 105, 2000, 1005)] == [
+        "zero", "fifteen", "forty", "one hundred and five", "two thousand", "one thousand and five"]
+
+
+def test_text_encode_refuses_other_clips(engine, tiny):
+    from nodegraph_nodes.dit.ace_step_nodes import TextEncodeAceStepAudio
+
+    with pytest.raises(TypeError, match="ACE-Step 1.0's text encoder"):
+        TextEncodeAceStepAudio.execute(None, clip=object(), tags="x", lyrics="y")
+
+
+@pytest.mark.parametrize("name", ["audio_ace_step_1_t2a_song", "audio_ace_step_1_t2a_instrumentals"])
+def test_comfy_ace_step_1_template_runs(engine, tiny, name):
+    """ComfyUI's ACE-Step 1.0 text-to-audio templates (the installed package's) on the tiny file saved under the
+    templates' file name; only the length (1 s) and the steps (2) are made smaller."""
+    from tests.dit.tiny_qwen import copy_as
+
+    copy_as(tiny.root, {f"checkpoints/{CHECKPOINT}": "checkpoints/ace_step_v1_3.5b.safetensors"})
+    api = package_template_api(name, engine.registry)
+    kinds = {n["class_type"] for n in api.values()}
+    assert {"CheckpointLoaderSimple", "TextEncodeAceStepAudio", "EmptyAceStepLatentAudio", "ModelSamplingSD3",
+            "LatentApplyOperationCFG", "VAEDecodeAudio"} <= kinds
+    run_template(engine, api, {"EmptyAceStepLatentAudio": {"seconds": SECONDS}, "KSampler": {"steps": 2}})
+    extension = "flac" if name.endswith("song") else "mp3"
+    rate, channels, samples = saved_audio(engine.paths.output_dir, extension)
+    assert rate == 44100 and channels == 2
+    assert abs(samples - 40960) <= 2048  # mp3 frames pad the end
