@@ -121,7 +121,10 @@ class CheckpointLoaderSimple(Node):
             return lumina2.load_diffusers_folder(path, manager, self.ctx.device, Path(paths.models_dir))
         if path.is_file() and path.suffix.lower() in (".safetensors", ".sft"):
             from nodegraph_nodes.dit.loading import file_keys
+            from nodegraph_nodes.mask import sam3_loading
 
+            if sam3_loading.is_checkpoint(file_keys(path, manager.allow_pickle)):  # SAM 3 / 3.1 (detector, its CLIP)
+                return sam3_loading.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
             if lumina2.is_checkpoint(file_keys(path, manager.allow_pickle)):  # Lumina 2 all-in-one
                 return lumina2.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
             from nodegraph_nodes.dit import hidream_o1_loading

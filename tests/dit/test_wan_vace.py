@@ -289,10 +289,10 @@ def test_comfy_wan_vace_templates_run(engine, tiny, name):
 
 
 def test_comfy_wan_vace_templates_validate(engine):
-    """Every official VACE template validates with file errors only, except the inpainting one, which needs
-    SAM3_Detect (a segmentation model nodegraph does not have)."""
+    """Every official VACE template validates with file errors only (the inpainting one with SAM3_Detect,
+    nodes/mask/sam3_detect.py)."""
     from tests.helpers.package_templates import check_templates, package_templates
 
     check = check_templates(package_templates(lambda n: "vace" in n), engine.registry)
-    assert len(check.clean) == 5, check.clean
-    check.assert_missing({"SAM3_Detect"})
+    assert len(check.clean) == 6, check.clean
+    check.assert_missing(set())
