@@ -229,6 +229,11 @@ class HiDreamO1Runner(NetRunner):
         self.model = model
         self.sequences: dict = {}
 
+    @staticmethod
+    def can_batch(a, b) -> bool:
+        """Each entry is its own sequence: only an entry batches with itself."""
+        return a.extras is b.extras
+
     def _sequence(self, part: CondPart, width: int, height: int):
         key = (id(part.extras), width, height)
         if key not in self.sequences:

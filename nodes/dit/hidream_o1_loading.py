@@ -118,8 +118,9 @@ def build_network(sd: dict[str, Any], dtype: torch.dtype):
 
 @dataclass(frozen=True, eq=False)
 class HiDreamO1Clip(ManagerOwned):
-    """CLIP of a HiDream-O1 checkpoint: the tokenizer only (ComfyUI's CONDITIONING carries the ids as a
-    ``[1, tokens, 1]`` float tensor and ``extras["text_input_ids"]``)."""
+    """CLIP of a HiDream-O1 checkpoint: the tokenizer only. The CONDITIONING carries the prompt's ids in
+    ``extras["text_input_ids"]`` and, as ComfyUI's, the chat-templated ids as a ``[1, tokens, 1]`` float
+    tensor in the tensor's place (never empty, even for an empty prompt)."""
 
     tokenizer: Any
     source: str = ""
@@ -133,9 +134,11 @@ class HiDreamO1Clip(ManagerOwned):
         return "HiDream-O1 prompt tokenizer (the model reads the text itself)"
 
     def encode_text(self, ctx, text: str) -> list:
+        from nodegraph_nodes.dit.hidream_o1_sequence import wrap_prompt
+
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([ids], dtype=torch.long)
-        return [[ids.unsqueeze(-1).float(), {"text_input_ids": ids}]]
+        surrogate = torch.tensor([wrap_prompt(ids)], dtype=torch.float32).unsqueeze(-1)  # never empty
+        return [[surrogate, {"text_input_ids": torch.tensor([ids], dtype=torch.long)}]]
 
 
 class PixelCodec(nn.Module):

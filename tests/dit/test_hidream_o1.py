@@ -116,16 +116,17 @@ def test_seam_smoothing_blends_the_last_step_inside_the_borders(engine):
     assert torch.equal(off.value("8", 0)["samples"], plain)
 
 
-def test_dev_template_runs_end_to_end(o1_root, engine, tmp_path):
+@pytest.mark.parametrize("name,kinds,shape", [
+    ("image_hidream_o1_dev", {"SamplerLCM"}, (64, 96, 3)),  # the edit: the loaded image's size floored to 32
+    ("image_hidream_o1", {"HiDreamO1PatchSeamSmoothing", "KSamplerSelect"}, (64, 64, 3))])  # text-to-image
+def test_templates_run_end_to_end(o1_root, engine, tmp_path, name, kinds, shape):
     """ComfyUI's image_hidream_o1_dev (edit of a loaded image, SamplerLCM with per-step noise,
-    ModelNoiseScale 7.6) with the tiny checkpoint under its file name, 3 steps; the optional prompt
-    enhancement (a Gemma 4 TextGenerate subgraph behind a switch set to off) is dropped."""
+    ModelNoiseScale 7.6, cfg 1; its switch set to edit a 100×70 image) and image_hidream_o1 (the base model,
+    switch set to text-to-image: dpmpp_2m_sde_gpu, cfg 5, seam smoothing with median blend over the last 20 %) with the tiny checkpoint under their file names, 3 steps; the
+    optional prompt enhancement (a Gemma 4 TextGenerate subgraph behind a switch set to off) is dropped."""
     from tests.dit.template_runs import package_template_api
 
-    api = package_template_api("image_hidream_o1_dev", default_registry(packs=False))
-    models = o1_root / "models" / "checkpoints"
-    if not (models / "hidream_o1_image_dev_fp8_scaled.safetensors").exists():
-        shutil.copy(models / CKPT, models / "hidream_o1_image_dev_fp8_scaled.safetensors")
+    api = package_template_api(name, default_registry(packs=False))
     (tmp_path / "input").mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (70, 100, 3), dtype=np.uint8)).save(
         tmp_path / "input" / "noir_portrait.png")
@@ -142,13 +143,17 @@ def test_dev_template_runs_end_to_end(o1_root, engine, tmp_path):
             v["inputs"]["steps"] = 3
         if v["class_type"] == "EmptyHiDreamO1LatentImage" and not isinstance(v["inputs"]["width"], list):
             v["inputs"].update(width=64, height=64)  # the unused text-to-image latent
-    kinds = {v["class_type"] for v in api.values()}
-    assert {"ModelNoiseScale", "HiDreamO1ReferenceImages", "EmptyHiDreamO1LatentImage", "SamplerLCM"} <= kinds
+    present = {v["class_type"] for v in api.values()}
+    assert {"ModelNoiseScale", "HiDreamO1ReferenceImages", "EmptyHiDreamO1LatentImage"} | kinds <= present
+    models = o1_root / "models" / "checkpoints"
+    ckpt = next(v["inputs"]["ckpt_name"] for v in api.values() if v["class_type"] == "CheckpointLoaderSimple")
+    if not (models / ckpt).exists():
+        shutil.copy(models / CKPT, models / ckpt)
     engine.run(api).raise_for_status()
     saved = sorted((tmp_path / "output").rglob("*.png"))
     assert saved, "SaveImage wrote no file"
     image = np.asarray(Image.open(saved[-1]))
-    assert image.shape == (64, 96, 3)  # the loaded image's size floored to 32 (100×70 → 96×64)
+    assert image.shape == shape
     assert image.std() > 1.0
 
 
