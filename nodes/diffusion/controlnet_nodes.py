@@ -104,6 +104,13 @@ def load_controlnet(ctx, name: str, model=None) -> ControlNet:
 
             info["family"] = "qwen_image"
             return qwen_controlnet.build_controlnet(sd, flow_dtype(ctx.device), f"ControlNet {name}")
+        from nodegraph_nodes.dit import flux_controlnet
+
+        if flux_controlnet.is_flux_controlnet(sd):  # Flux.1 InstantX / AliMama inpainting (diffusers' names)
+            from nodegraph_nodes.dit.loading import flow_dtype
+
+            info["family"] = "flux"
+            return flux_controlnet.build_controlnet(sd, flow_dtype(ctx.device), f"ControlNet {name}")
         difference = is_difference(sd)
         family, cfg, weights = convert_state_dict(sd, name, time_dim)
         if difference:
@@ -127,6 +134,10 @@ def _control_net(handle, name: str, module, family: str | None) -> ControlNet:
         from nodegraph_nodes.dit.qwen_controlnet import concat_mask
 
         return ControlNet(handle, name, "qwen_image", concat_mask=concat_mask(module))
+    if type(module).__name__ == "FluxControlNetModel":
+        from nodegraph_nodes.dit import flux_controlnet
+
+        return ControlNet(handle, name, "flux", concat_mask=flux_controlnet.concat_mask(module))
     return ControlNet(handle, name, family or _family_of(module))
 
 

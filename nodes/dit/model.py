@@ -13,7 +13,8 @@ The runner turns a batch of conditioning parts into the transformer's inputs:
   The output is unpacked and cropped back. Reference latents (Flux Kontext's ReferenceLatent) are packed
   after the image's tokens with their own position ids (:mod:`.kontext`); only the image's tokens of
   the output are kept. Fill models (wider input) get the entry's ``concat_latent_image`` and
-  ``concat_mask`` (InpaintModelConditioning) as extra channels before packing.
+  ``concat_mask`` (InpaintModelConditioning) as extra channels before packing. ControlNet hints on the
+  entries add their residuals (:mod:`.flux_controlnet`).
 
 The network predicts the flow velocity; the model sampling (flow, shift) turns it into the denoised
 latent. Weight dtype: fp32 on CPU, bf16 on GPUs (fp16 overflows in these transformers); the fp8 choices
@@ -24,8 +25,9 @@ the CPU, which cannot compute in fp8, round the weights through fp8 and compute 
 from __future__ import annotations
 
 import dataclasses
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -158,6 +160,11 @@ class FluxRunner(SD3Runner):
         self.in_channels = int(cfg.in_channels) // 4
         self.out_channels = int(cfg.out_channels or cfg.in_channels) // 4
         self.denoise_mask: torch.Tensor | None = None
+        self.control = None  # FluxControl: ControlNet hints on the conditioning (set by open_flow_runner)
+
+    def begin_step(self, sigma: torch.Tensor, in_range: Callable[[float, float], bool]) -> None:
+        if self.control is not None:
+            self.control.begin_step(in_range)
 
     def set_latent(self, latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> None:
         self.denoise_mask = denoise_mask
@@ -237,16 +244,35 @@ class FluxRunner(SD3Runner):
         tokens, ids = pack_latents(x), image_ids(hh, ww, self.device, self.dtype)
         image_tokens = tokens.shape[1]
         refs = [self._reference_tokens(p.extras, p.rows, (h, w)) for p in parts]
+        control = {}
+        hints = [p.extras.get("control") for p in parts for _ in range(p.rows)]
+        if self.control is not None and any(hint is not None for hint in hints):  # ControlNets (.flux_controlnet)
+            latent = tokens if x.shape[1] == x_in.shape[1] else pack_latents(pad_even(x_in.to(self.device, self.dtype)))
+            control = self.control.residuals(
+                hints, latent, states, pooled, t, guidance, ids, txt_ids, (h, w),
+                0 if refs[0] is None else refs[0][0].shape[1],
+                (len(self.net.transformer_blocks), len(self.net.single_transformer_blocks)))
         if refs[0] is not None:  # parts batch together only with the same references (can_batch)
             tokens = torch.cat([tokens, torch.cat([r[0] for r in refs])], dim=1)
             ids = torch.cat([ids, refs[0][1]])
         out = self.net(hidden_states=tokens, encoder_hidden_states=states, pooled_projections=pooled,
-                       timestep=t, img_ids=ids, txt_ids=txt_ids, guidance=guidance, return_dict=False)[0]
+                       timestep=t, img_ids=ids, txt_ids=txt_ids, guidance=guidance, return_dict=False, **control)[0]
         return unpack_latents(out[:, :image_tokens], hh, ww)[..., :h, :w]
 
 
 def open_flow_runner(model: FlowModel, ctx, latent_shape: tuple):
     """Load ``model``'s transformer on the run's device for one run (a context yielding its runner)."""
     if model.family == "flux":
-        return open_runner(model, ctx, latent_shape, FluxRunner, model.format)
+        return _open_flux_runner(model, ctx, latent_shape)
     return open_runner(model, ctx, latent_shape, SD3Runner)
+
+
+@contextmanager
+def _open_flux_runner(model: FlowModel, ctx, latent_shape: tuple) -> Iterator[FluxRunner]:
+    """The Flux runner, with the evaluation of ControlNet hints (:mod:`.flux_controlnet`)."""
+    from nodegraph_nodes.dit.flux_controlnet import FluxControl
+
+    with ExitStack() as stack:
+        runner = stack.enter_context(open_runner(model, ctx, latent_shape, FluxRunner, model.format))
+        runner.control = FluxControl(ctx.service("models"), ctx.device, stack, model.format.process_in)
+        yield runner
