@@ -271,8 +271,8 @@ def apply_hint(positive: list, negative: list, net: ControlNet, hint: torch.Tens
 
 
 class ControlNetInpaintingAliMamaApply(Node):
-    """ControlNetApplyAdvanced for inpainting ControlNets (Qwen-Image InstantX Inpainting; the AliMama
-    inpainting ControlNets of Flux / SD3 are not loaded yet): for a ControlNet that takes the mask as an
+    """ControlNetApplyAdvanced for inpainting ControlNets (Qwen-Image InstantX Inpainting, Flux.1 AliMama
+    Inpainting; SD3's are not loaded yet): for a ControlNet that takes the mask as an
     extra channel, the image is blacked out where the mask is (``1 - mask``, bilinear at the image size,
     rounded) and ``1 - mask`` rides along as that channel; other ControlNets get the image as it is. The VAE
     encodes the hint at run time."""
