@@ -24,8 +24,8 @@ hand, so where it may differ it is said):
 LoRAs: :mod:`.flux3_lora`. Key layouts: BFL's / ComfyUI's single file (``emb_in.image``, ``early_stream_modulations.image.lin``,
 ``content_mode_blocks.image.N.q_proj``, ``time_in``, ``ref_time_in`` …, bare or under ``model.diffusion_model.``)
 converted with diffusers' FLUX.3 converter; diffusers' names load as they are. Config from the shapes; RoPE axes
-head width / 4 each (released: 32 ×4), theta 10000 (diffusers' default; not in the weights). Integer-quantized
-files (the templates' ``*_int8_convrot``) are refused with a clear error: not read yet.
+head width / 4 each (released: 32 ×4), theta 10000 (diffusers' default; not in the weights). The templates'
+ConvRot INT8 files (``*_int8_convrot``) are dequantised as they are read (:mod:`nodegraph_nodes.diffusion.quantized`).
 """
 
 from __future__ import annotations

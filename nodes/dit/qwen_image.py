@@ -136,12 +136,14 @@ def transformer_config(sd: dict) -> dict:
 
 
 def refuse_integer_weights(sd: dict, what: str) -> None:
-    """Integer-quantized files (ComfyUI's ``*_int8_convrot`` and similar) are not read yet: say so
-    instead of building a model from raw integers."""
+    """Integer weights left after reading: ComfyUI's quantised files (``*_int8_convrot`` …) arrive dequantised
+    (:mod:`nodegraph_nodes.diffusion.quantized`), so these are integers without ComfyUI's markers, a layout
+    nodegraph does not know: say so instead of building a model from raw integers."""
     bad = next((k for k, v in sd.items() if hasattr(v, "dtype") and not v.is_floating_point() and v.ndim >= 2), None)
     if bad is not None:
-        raise ModelFileError(f"this {what} file holds integer-quantized weights ({bad}: {sd[bad].dtype}); "
-                             "nodegraph does not read int8-quantized files yet: use the bf16 or fp8 release")
+        raise ModelFileError(f"this {what} file holds integer-quantized weights ({bad}: {sd[bad].dtype}) without "
+                             "ComfyUI's quantisation markers (comfy_quant), so nodegraph cannot dequantise them: use "
+                             "the bf16 or fp8 release, or a ComfyUI-quantised one")
 
 
 def build_transformer(sd: dict, dtype: torch.dtype):

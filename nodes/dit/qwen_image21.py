@@ -27,7 +27,8 @@ Key layouts (detected from the names):
   ``transformer_blocks.N.attn.to_q.weight`` …), bare or under ``model.diffusion_model.``; ComfyUI's files fuse
   each block's SwiGLU gate and up projections into ``img_mlp.gate_up.weight`` (gate rows first), split here as
   diffusers' single-file converter does. Config from the shapes; RoPE axes (16, 56, 56) for head width 128, else
-  (h/8, 7h/16, 7h/16). Integer-quantized files (``*_int8_convrot``) are refused with a clear error.
+  (h/8, 7h/16, 7h/16). ConvRot INT8 files (``*_int8_convrot``) are dequantised as they
+  are read (:mod:`nodegraph_nodes.diffusion.quantized`).
 * VAE: diffusers' names (``encoder.conv_in``, ``encoder.down_blocks.N.resnets.M``, ``…downsampler.resample.1``,
   ``decoder.up_blocks.N.upsampler``, ``quant_conv``); 4 input/output channels (RGBA). An RGB image is encoded
   with an opaque alpha channel; decoding gives RGBA ``[B, H, W, 4]``.

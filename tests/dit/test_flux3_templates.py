@@ -1,7 +1,8 @@
 """ComfyUI's four official FLUX.3 Klein templates (the ``comfyui_workflow_templates_json`` package) validate against
 nodegraph's nodes with model/input-file errors only, and all four run end to end on the tiny FLUX.3 files
-(:mod:`tests.dit.tiny_flux3`) saved under the templates' names (the names say ``int8_convrot``; the tiny files are
-float: nodegraph refuses integer-quantized files, see test_flux3). To keep the runs cheap on CPU the converted
+(:mod:`tests.dit.tiny_flux3`) saved under the templates' names; the ``int8_convrot`` ones hold ConvRot INT8 weights
+as those releases do (every 2-D weight quantised by comfy-kitchen, :mod:`tests.helpers.comfy_quant`; nodegraph
+dequantises them when it reads the file). To keep the runs cheap on CPU the converted
 prompts' EmptyFlux2LatentImage is 64×64 (the templates: 1024² from ResolutionSelector), KSampler takes 4 steps
 (50 / 16) and the edits' ReferenceMultiLatent resizes to 0.01 MP (the templates: 1 MP; 64² px → 102² → 96² on
 the 16-px grid). The prompt-upsampler switch is turned so that TextGenerate and its Qwen 3.5 loader do not run
@@ -21,6 +22,7 @@ from nodegraph.registry import default_registry
 
 from tests.dit.template_runs import last_saved_image, set_inputs, template_api_of
 from tests.dit.tiny_flux3 import NAMES, build_flux3
+from tests.helpers.comfy_quant import int8_convrot_file
 from tests.helpers.engines import make_engine
 from tests.helpers.package_templates import check_templates, package_templates
 
@@ -60,7 +62,10 @@ def template_root(tmp_path_factory):
     models = root / "models"
     for src, names in FILES.items():
         for name in names:
-            shutil.copyfile(models / src, models / name)
+            if "int8" in name:  # the templates' ConvRot INT8 files hold ConvRot INT8 weights
+                assert int8_convrot_file(models / src, models / name) > 10
+            else:
+                shutil.copyfile(models / src, models / name)
     return root
 
 
