@@ -1,6 +1,7 @@
 """ComfyUI's five official Qwen-Image 2.1 templates (the ``comfyui_workflow_templates_json`` package) validate
 against nodegraph's nodes with model/input-file errors only, and the text-to-image template runs end to end on
-the tiny 2.1 files saved under the template's names. To keep the run cheap on CPU the converted prompt's
+the tiny 2.1 files saved under the template's names (the transformers' and Qwen3-VL's ``*_int8_convrot`` files
+holding ConvRot INT8 weights quantised by comfy-kitchen, as the releases do). To keep the run cheap on CPU the converted prompt's
 EmptyLatentImage is 64×64 (the template: 1024² from ResolutionSelector) and KSampler takes 4 steps (25);
 everything else — the prompt-enhancer switch (off as saved, so TextGenerate and its Qwen 3.5 loader do not
 run), QwenImage21Cache, KSampler euler/simple at cfg 1, SaveImageAdvanced — runs as the template sets it."""
@@ -15,6 +16,7 @@ from nodegraph.registry import default_registry
 
 from tests.dit.template_runs import last_saved_image, set_inputs, template_api_of
 from tests.dit.test_qwen_image21 import build
+from tests.helpers.comfy_quant import int8_convrot_file
 from tests.helpers.engines import make_engine
 from tests.helpers.package_templates import check_templates, package_templates
 
@@ -25,6 +27,9 @@ FILES = {"diffusion_models/tiny_qwen_image21.safetensors": ["diffusion_models/qw
                                                     "text_encoders/qwen3.5_9b_qwen_image_2.1_pe_t2i.int8_convrot.safetensors",
                                                     "text_encoders/qwen3.5_9b_qwen_image_2.1_pe_i2i.int8_convrot.safetensors"],
          "vae/tiny_qwen_image21_vae.safetensors": ["vae/qwen_image_2.1_vae_bf16.safetensors"]}
+QUANTISED = {"diffusion_models/qwen_image_2.1_int8_convrot.safetensors",
+             "diffusion_models/qwen_image_2.1_turbo_int8_convrot.safetensors",
+             "text_encoders/qwen3vl_8b_int8_convrot.safetensors"}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,10 @@ def template_root(tmp_path_factory):
     models = root / "models"
     for src, names in FILES.items():
         for name in names:
-            shutil.copyfile(models / src, models / name)
+            if name in QUANTISED:  # the loaded ConvRot INT8 files hold ConvRot INT8 weights
+                assert int8_convrot_file(models / src, models / name) > 10
+            else:
+                shutil.copyfile(models / src, models / name)
     return root
 
 
