@@ -32,7 +32,9 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture
 def engine(tiny, tmp_path):
-    return make_engine(tiny.models_dir.parent, tmp_path, default_registry(packs=False))
+    eng = make_engine(tiny.models_dir.parent, tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
 
 
 def _image(seed: int = 1, size: int = 1008) -> torch.Tensor:
@@ -205,6 +207,49 @@ def test_image_segment_template_runs(tiny, engine, tmp_path):
     masks, boxes = _values(result, detect)
     assert masks.shape == (1, 96, 96) and len(boxes[0]) == 1  # "guitar": one detection kept
     assert json.dumps(boxes)
+
+
+def test_wan_vace_inpainting_template_runs(tmp_path_factory, tmp_path):
+    """ComfyUI's video_wan_vace_inpainting: SAM3_Detect ("cat") masks the frames of a clip, GrowMask, the masked
+    frames and masks go to WanVaceToVideo; on the tiny Wan 2.1 VACE files (tests/dit/tiny_wan_vace.py) and the
+    tiny SAM 3 file in one models folder. Made smaller: 32 x 32 frames (the template's two 720 primitives), 5 of
+    them (ImageFromBatch's 81); detection threshold 0 so the mask is not empty."""
+    from PIL import Image
+
+    from tests.dit.template_runs import package_template_api, saved_video_frames, set_inputs
+    from tests.dit.test_wan_vace import write_mp4, write_original_lora
+    from tests.dit.tiny_qwen import copy_as
+    from tests.dit.tiny_wan_vace import VACE_FILE, build_wan_vace
+
+    wan = build_wan_vace(tmp_path_factory.mktemp("wan_vace_sam3"))
+    build_sam3(wan.root)
+    copy_as(wan.root, {f"diffusion_models/{VACE_FILE}": "diffusion_models/wan2.1_vace_14B_fp16.safetensors",
+                       "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                       "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
+    (wan.root / "models" / "loras").mkdir(exist_ok=True)
+    write_original_lora(wan.transformer, wan.root / "models" / "loras" / "Wan21_CausVid_14B_T2V_lora_rank32.safetensors")
+    engine = make_engine(wan.root, tmp_path, default_registry(packs=False))
+    try:
+        engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+        write_mp4(engine.paths.input_dir / "video_wan_vace_inpainting_input_video.mp4", 6)
+        Image.fromarray(np.random.default_rng(8).integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB").save(
+            engine.paths.input_dir / "api_bfl_flux_1_kontext_multiple_images_input_dog.jpg")
+        api = package_template_api("video_wan_vace_inpainting", engine.registry)
+        for n in api.values():
+            if n["class_type"] == "PrimitiveInt" and n["inputs"]["value"] == 720:
+                n["inputs"]["value"] = 32
+            if n["class_type"] == "ImageFromBatch" and n["inputs"]["length"] == 81:
+                n["inputs"]["length"] = 5
+        set_inputs(api, {"SAM3_Detect": {"threshold": 0.0}})
+        result = engine.run(api).raise_for_status()
+        executed = {api[n]["class_type"] for n in result.executed}
+        assert {"SAM3_Detect", "GrowMask", "WanVaceToVideo", "KSampler", "SaveVideo"} <= executed  # lazy switches
+        detect = next(i for i, n in api.items() if n["class_type"] == "SAM3_Detect")
+        masks = _values(result, detect)[0]
+        assert masks.shape == (5, 32, 32) and masks.any()
+        assert saved_video_frames(engine.paths.output_dir) == 5
+    finally:
+        engine.close()
 
 
 #: the utility templates that load a SAM 3 file, and the node types of theirs nodegraph does not have yet
