@@ -8,9 +8,9 @@ official release's weights. The key names are the official ``Qwen3VLForCondition
 ``model.final_layer2.linear`` and an unused ``lm_head``. That ComfyUI's repack keeps these names is
 inferred, not read from ComfyUI: the MLX port ``mdream`` loads the Comfy-Org file with prefix ``model.``
 and these module names, stable-diffusion.cpp skips ``lm_head.`` and ``model.visual.deepstack_merger_list.``
-for it; a ``model.diffusion_model.`` prefix or none is accepted too. ``fp8_scaled`` weights are dequantized
-on load; ComfyUI's newer quantized layouts (``weight_scale`` / ``comfy_quant`` tensors, the mxfp8
-files) are refused with a clear error, not read.
+for it; a ``model.diffusion_model.`` prefix or none is accepted too. ComfyUI's quantized files (``fp8_scaled``,
+the ``comfy_quant`` layouts such as the mxfp8 file) are dequantized as they are read
+(:mod:`nodegraph_nodes.diffusion.quantized`).
 
 Config from the shapes: text width, layers, heads (from ``q_norm``'s head width), KV heads, MLP width,
 vocabulary; vision depth, width, MLP width, patch, merge, output width, position table; RoPE as
@@ -42,8 +42,6 @@ PREFIXES = ("model.diffusion_model.model.", "model.diffusion_model.", "model.", 
 MARKERS = ("t_embedder1.mlp.0.weight", "x_embedder.proj1.weight", "final_layer2.linear.weight",
            "language_model.embed_tokens.weight")
 VISION_HEAD_DIM = 72
-#: tensors of ComfyUI's newer quantized files (mxfp8 / per-tensor "comfy_quant" layouts), not read yet
-QUANT_SUFFIXES = (".weight_scale", ".weight_scale_2", ".comfy_quant", ".input_scale")
 QWEN3VL_8B_DEEPSTACK = {27: [8, 16, 24]}
 
 
@@ -181,10 +179,6 @@ def load_checkpoint(path: Path, manager, device: str, models_dir: Path):
     prefix = detect_prefix(keys)
     if prefix is None:
         raise ModelFileError(f"{path.name} is not a HiDream-O1 checkpoint")
-    quant = next((k for k in keys if k.endswith(QUANT_SUFFIXES)), None)
-    if quant is not None:
-        raise ModelFileError(f"{path.name}: ComfyUI's newer quantized layout ({quant}) is not read yet; use the "
-                             "bf16 file (hidream_o1_image*_bf16.safetensors)")
     handle = load_transformer_handle(path, prefix, manager, device, "default", flow_dtype(device),
                                      build_network)
     model = HiDreamO1Model(handle, "hidream_o1", source=str(path))

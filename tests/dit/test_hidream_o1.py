@@ -47,18 +47,19 @@ def _reference_images(folder: Path) -> list[str]:
 
 
 def graph(prompt: str, seed: int, refs: list[str] = (), sigmas: str = "1.0, 0.75, 0.5, 0.25, 0",
-          sampler: str = "euler", model_patch: dict | None = None, size: tuple[int, int] = (64, 96)) -> dict:
+          sampler: str = "euler", model_patch: dict | None = None, size: tuple[int, int] = (64, 96),
+          cfg: float = 1.0, negative: str = "") -> dict:
     api = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
         "2": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": prompt}},
-        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": ""}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": negative}},
         "4": {"class_type": "EmptyHiDreamO1LatentImage",
               "inputs": {"width": size[0], "height": size[1], "batch_size": 1}},
         "5": {"class_type": "ModelNoiseScale", "inputs": {"model": ["1", 0], "noise_scale": 8.0}},
         "6": {"class_type": "ManualSigmas", "inputs": {"sigmas": sigmas}},
         "7": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": sampler}},
         "8": {"class_type": "SamplerCustom", "inputs": {"model": ["5", 0], "add_noise": True, "noise_seed": seed,
-                                                       "cfg": 1.0, "positive": ["2", 0], "negative": ["3", 0],
+                                                       "cfg": cfg, "positive": ["2", 0], "negative": ["3", 0],
                                                        "sampler": ["7", 0], "sigmas": ["6", 0],
                                                        "latent_image": ["4", 0]}},
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
@@ -76,13 +77,16 @@ def graph(prompt: str, seed: int, refs: list[str] = (), sigmas: str = "1.0, 0.75
     return api
 
 
-@pytest.mark.parametrize("case,prompt,seed,count", [("t2i", "a red fox in snow", 41, 0),
-                                                    ("edit", "make the sky green", 7, 1),
-                                                    ("two_refs", "a photo of a cat", 3, 2)])
-def test_samples_match_the_official_code(engine, tmp_path, case, prompt, seed, count):
-    """The official pipeline's noise is ``randn(seed + 1)`` × the noise scale, so the engine's seed is one more."""
+@pytest.mark.parametrize("case,prompt,seed,count,cfg", [("t2i", "a red fox in snow", 41, 0, 1.0),
+                                                        ("edit", "make the sky green", 7, 1, 1.0),
+                                                        ("two_refs", "a photo of a cat", 3, 2, 1.0),
+                                                        ("t2i_cfg3", "a red fox in snow", 11, 0, 3.0),
+                                                        ("edit_cfg3", "make the sky green", 12, 1, 3.0)])
+def test_samples_match_the_official_code(engine, tmp_path, case, prompt, seed, count, cfg):
+    """The official pipeline's noise is ``randn(seed + 1)`` × the noise scale, so the engine's seed is one more;
+    its unconditional prompt is " " (with the same reference images)."""
     refs = _reference_images(tmp_path / "input")[:count]
-    result = engine.run(graph(prompt, seed + 1, refs)).raise_for_status()
+    result = engine.run(graph(prompt, seed + 1, refs, cfg=cfg, negative=" ")).raise_for_status()
     samples = result.value("8", 0)["samples"]
     official = load_file(str(OFFICIAL))[case]
     assert samples.shape == official.shape == (1, 3, 96, 64)
@@ -257,16 +261,19 @@ def test_budget_streams_blocks_and_keeps_the_image(o1_root, tmp_path_factory, tm
     assert base.image.std() > 0.01
 
 
-def test_newer_quantized_files_are_refused_by_name(o1_root, tmp_path):
-    from safetensors.torch import save_file
-
+def test_mxfp8_files_are_dequantised_on_load(o1_root, tmp_path):
+    """Comfy-Org's ``*_mxfp8`` file layout (``comfy_quant`` markers, e8m0 block scales; the 2-D weights whose sides
+    are multiples of 32 quantised by comfy-kitchen) loads through CheckpointLoaderSimple's loader: the network
+    holds comfy-kitchen's dequantised weights."""
     from nodegraph.models import ModelManager
-    from nodegraph_nodes.diffusion.files import ModelFileError
     from nodegraph_nodes.dit.hidream_o1_loading import load_checkpoint
+    from tests.helpers.comfy_quant import quantize_file
 
-    sd = load_file(str(o1_root / "models" / "checkpoints" / CKPT))
-    sd["model.x_embedder.proj2.weight_scale"] = torch.ones(())
     path = tmp_path / "hidream_o1_image_dev_mxfp8.safetensors"
-    save_file(sd, str(path))
-    with pytest.raises(ModelFileError, match="weight_scale"):
-        load_checkpoint(path, ModelManager("cpu"), "cpu", o1_root / "models")
+    references = quantize_file(o1_root / "models" / "checkpoints" / CKPT, path, "mxfp8",
+                               lambda k, v: {} if v.ndim == 2 and v.shape[0] % 32 == 0 == v.shape[1] % 32 else None)
+    assert len(references) > 10
+    model, _, _ = load_checkpoint(path, ModelManager("cpu"), "cpu", o1_root / "models")
+    weights = model.handle.get().state_dict()
+    for key, reference in references.items():  # the network keeps the file's names
+        assert torch.equal(weights[key], reference.to(weights[key].dtype)), key

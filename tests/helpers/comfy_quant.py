@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -102,19 +103,30 @@ def convrot_group(k: int) -> int | None:
     return None
 
 
-def int8_convrot_file(src: Path, dst: Path) -> int:
-    """``src`` saved as ``dst`` with every 2-D floating ``*.weight`` quantised to ConvRot INT8 (what
-    Comfy-Org's ``*_int8_convrot`` files hold); the other tensors as they are. Returns the layers quantised."""
+def quantize_file(src: Path, dst: Path, fmt: str, pick: Callable[[str, torch.Tensor], dict | None]) -> dict:
+    """``src`` saved as ``dst`` with each floating ``*.weight`` for which ``pick(key, tensor)`` gives options
+    quantised as ``fmt`` with them; the other tensors as they are. Returns comfy-kitchen's dequantised weights
+    by key."""
     from safetensors.torch import load_file, save_file
 
-    out, count = {}, 0
+    out, references = {}, {}
     for key, value in load_file(str(src)).items():
-        group = convrot_group(value.shape[-1]) if value.ndim == 2 else None
-        if key.endswith(".weight") and value.is_floating_point() and group is not None:
-            out.update(quantize_layer(key[: -len(".weight")], value, "int8_tensorwise", convrot=True,
-                                      convrot_groupsize=group).tensors)
-            count += 1
+        opts = pick(key, value) if key.endswith(".weight") and value.is_floating_point() else None
+        if opts is not None:
+            layer = quantize_layer(key[: -len(".weight")], value, fmt, **opts)
+            out.update(layer.tensors)
+            references[key] = layer.reference
         else:
             out[key] = value
     save_file(out, str(dst))
-    return count
+    return references
+
+
+def int8_convrot_file(src: Path, dst: Path) -> int:
+    """``src`` saved as ``dst`` with every 2-D floating ``*.weight`` quantised to ConvRot INT8 (what
+    Comfy-Org's ``*_int8_convrot`` files hold); the other tensors as they are. Returns the layers quantised."""
+    def pick(key: str, value: torch.Tensor) -> dict | None:
+        group = convrot_group(value.shape[-1]) if value.ndim == 2 else None
+        return None if group is None else dict(convrot=True, convrot_groupsize=group)
+
+    return len(quantize_file(src, dst, "int8_tensorwise", pick))
