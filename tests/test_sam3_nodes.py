@@ -223,11 +223,13 @@ def test_wan_vace_inpainting_template_runs(tmp_path_factory, tmp_path):
 
     wan = build_wan_vace(tmp_path_factory.mktemp("wan_vace_sam3"))
     build_sam3(wan.root)
-    copy_as(wan.root, {f"diffusion_models/{VACE_FILE}": "diffusion_models/wan2.1_vace_14B_fp16.safetensors",
-                       "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                       "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
-    (wan.root / "models" / "loras").mkdir(exist_ok=True)
-    write_original_lora(wan.transformer, wan.root / "models" / "loras" / "Wan21_CausVid_14B_T2V_lora_rank32.safetensors")
+    copy_as(wan.root, {
+        f"diffusion_models/{VACE_FILE}": "diffusion_models/wan2.1_vace_14B_fp16.safetensors",
+        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
+    loras = wan.root / "models" / "loras"
+    loras.mkdir(exist_ok=True)
+    write_original_lora(wan.transformer, loras / "Wan21_CausVid_14B_T2V_lora_rank32.safetensors")
     engine = make_engine(wan.root, tmp_path, default_registry(packs=False))
     try:
         engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
