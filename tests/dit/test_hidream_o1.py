@@ -277,3 +277,10 @@ def test_mxfp8_files_are_dequantised_on_load(o1_root, tmp_path):
     weights = model.handle.get().state_dict()
     for key, reference in references.items():  # the network keeps the file's names
         assert torch.equal(weights[key], reference.to(weights[key].dtype)), key
+
+
+def test_pixel_latent_preview_is_the_image():
+    from nodegraph_nodes.dit.hidream_o1 import PIXELS
+
+    x = torch.rand(1, 3, 4, 4) * 2 - 1
+    assert torch.allclose(PIXELS.preview(x), ((x[0] + 1) / 2).permute(1, 2, 0))
