@@ -6,6 +6,7 @@ tests/data/ace_step1_official, see its README), and ComfyUI's ACE-Step 1.0 templ
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -92,6 +93,34 @@ def test_text_encode_and_sample_equal_official(engine, official):
     assert not torch.allclose(wave, other, atol=1e-4)
 
 
+def encode_input() -> torch.Tensor:
+    """8192 stereo samples at 44.1 kHz (two sines and seeded noise) on the 16-bit grid, so a WAV keeps them."""
+    t = torch.arange(8192) / 44100.0
+    g = torch.Generator().manual_seed(3)
+    left = 0.5 * torch.sin(2 * math.pi * 220 * t) + 0.05 * torch.randn(8192, generator=g)
+    right = 0.4 * torch.sin(2 * math.pi * 330 * t) + 0.05 * torch.randn(8192, generator=g)
+    return torch.round(torch.stack([left, right]) * 32768) / 32768
+
+
+def test_vae_encode_equals_official(engine, official):
+    """VAEEncodeAudio: the release's log-mel (torchaudio's Slaney mel filters), the mel scaling and the DCAE
+    encoder with the latent shift and scale."""
+    from nodegraph_nodes.media.codec import encode_audio
+
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    (engine.paths.input_dir / "tone.wav").write_bytes(encode_audio(encode_input(), 44100, "wav", None, None))
+    g = Graph()
+    ckpt = g.node("CheckpointLoaderSimple", ckpt_name=CHECKPOINT)
+    audio = g.node("LoadAudio", "audio", audio="tone.wav")
+    g.node("PreviewAny", source=audio)
+    g.node("PreviewAny", source=g.node("VAEEncodeAudio", "lat", audio=audio, vae=ckpt.out(2)))
+    result = engine.run(g).raise_for_status()
+    assert torch.equal(result.value("audio")["waveform"][0], encode_input())
+    lat, ref = result.value("lat")["samples"], official["encode_latent"]
+    assert lat.shape == ref.shape == (1, 8, 16, 2)
+    assert torch.allclose(lat, ref, atol=1e-3, rtol=1e-5), float((lat - ref).abs().max())
+
+
 def test_lyric_tokens_follow_comfyui_lines(tiny):
     from nodegraph_nodes.dit.ace_step1_lyrics import LyricTokenizer, clean, number_words
 
@@ -131,3 +160,24 @@ def test_comfy_ace_step_1_template_runs(engine, tiny, name):
     rate, channels, samples = saved_audio(engine.paths.output_dir, extension)
     assert rate == 44100 and channels == 2
     assert abs(samples - 40960) <= 2048  # mp3 frames pad the end
+
+
+def test_comfy_ace_step_1_m2m_editing_template_runs(engine, tiny):
+    """ComfyUI's ACE-Step 1.0 music-to-music template: LoadAudio → VAEEncodeAudio → KSampler at denoise 0.3 →
+    VAEDecodeAudio; the input is a 1 s tone under the template's file name, steps 2."""
+    from nodegraph_nodes.media.codec import encode_audio
+    from tests.dit.template_runs import template_api_of
+    from tests.dit.tiny_qwen import copy_as
+    from tests.helpers.package_templates import package_templates
+
+    copy_as(tiny.root, {f"checkpoints/{CHECKPOINT}": "checkpoints/ace_step_v1_3.5b.safetensors"})
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    tone = (0.3 * torch.sin(torch.arange(44100.0) / 10)).repeat(2, 1)
+    (engine.paths.input_dir / "audio_ace_step_1_m2m_editing_input_audio.mp3").write_bytes(
+        encode_audio(tone, 44100, "mp3", None, None))
+    api = template_api_of(package_templates(lambda n: n == "audio_ace_step_1_m2m_editing.json")[0], engine.registry)
+    assert {"LoadAudio", "VAEEncodeAudio", "TextEncodeAceStepAudio"} <= {n["class_type"] for n in api.values()}
+    run_template(engine, api, {"KSampler": {"steps": 2}})
+    rate, channels, samples = saved_audio(engine.paths.output_dir, "flac")
+    assert rate == 44100 and channels == 2
+    assert samples % 4096 == 0 and samples >= 44100
