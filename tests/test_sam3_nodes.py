@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from nodegraph.registry import default_registry
+from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.mask import sam3_loading
 from nodegraph_nodes.mask.sam3_track import Sam3TrackData, _Tracker, selected_objects
 from tests.helpers.engines import make_engine
@@ -110,6 +111,15 @@ def test_checkpoint_layout_loads_the_same_weights(tmp_path, multiplex):
     ref, got = tiny.model.state_dict(), model.state_dict()
     assert set(ref) == set(got)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_checkpoint_with_unknown_or_missing_weights_is_refused(tiny):
+    sd = load_file(str(tiny.checkpoint))
+    with pytest.raises(ModelFileError, match="not understood"):
+        sam3_loading.build_model({**sd, "detector.transformer.decoder.bogus.weight": torch.zeros(2)}, torch.float32)
+    del sd["detector.transformer.decoder.norm.weight"]
+    with pytest.raises(ModelFileError, match="missing"):
+        sam3_loading.build_model(sd, torch.float32)
 
 
 def test_parse_prompts_as_comfyui():

@@ -117,6 +117,9 @@ _RENAMES: tuple[tuple[str, str], ...] = (
     (r"^segmentation_head\.cross_attn_norm\.", "mask_decoder.prompt_cross_attn_norm."),
 )
 _COMPILED = tuple((re.compile(p), r) for p, r in _RENAMES)
+#: parts of Meta's detector that transformers' Sam3Model has no place for (the one-to-many "instance" queries
+#: and boxes of training, the mask-prompt encoder): read and left out, as ComfyUI's own model does
+UNUSED = ("detr_decoder.instance_", "geometry_encoder.mask_encoder.")
 
 
 def is_checkpoint(keys) -> bool:
@@ -246,7 +249,8 @@ def build_model(sd: dict[str, Any], dtype: torch.dtype):
     with no_init_weights():  # every weight comes from the file; buffers (RoPE tables) are computed
         model = Sam3Model(config)
     missing, unexpected = model.load_state_dict(hf, strict=False)
-    missing = [k for k in missing if "rotary_emb" not in k and "instance_" not in k]
+    missing = [k for k in missing if "rotary_emb" not in k]
+    unexpected = [k for k in unexpected if not k.startswith(UNUSED)]
     if missing or unexpected:
         raise ModelFileError(f"SAM 3 checkpoint: {len(missing)} weights missing (e.g. {missing[:3]}), "
                              f"{len(unexpected)} not understood (e.g. {unexpected[:3]}); the file is incomplete "

@@ -166,6 +166,10 @@ def build_sam3(root: Path, name: str = "sam3.1_multiplex_fp16", seed: int = 0, m
         for p in model.parameters():  # larger random weights so scores and masks spread out
             p.add_(torch.randn_like(p) * 0.05)
     sd = to_meta(model.state_dict())
+    d = model.config.detr_decoder_config.hidden_size  # training-only parts of Meta's file, left out on load
+    sd["detector.transformer.decoder.instance_query_embed.weight"] = torch.randn(4, d)
+    sd["detector.transformer.decoder.instance_bbox_embed.layers.0.weight"] = torch.randn(d, d)
+    sd["detector.geometry_encoder.points_direct_project.weight"] = torch.randn(d, 2)
     if multiplex:  # SAM 3.1: three FPN levels (no 0.5x one) and the tracker's own necks
         for key in [k for k in sd if k.startswith("detector.backbone.vision_backbone.convs.3.")]:
             del sd[key]
