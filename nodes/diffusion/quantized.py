@@ -414,9 +414,11 @@ def dequantize_state_dict(sd: Mapping[str, Any], metadata: Mapping[str, str] | N
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """All tensors of a ``.safetensors`` file on the CPU, its quantised layers dequantised one at a time as
-    they are read (the file stays memory-mapped; no second copy of the quantised weights is held)."""
+def read_safetensors(path: Path, dtype: torch.dtype | None = None,
+                     want: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file on the CPU (those whose name ``want`` accepts, default all), its
+    quantised layers dequantised one at a time as they are read (the file stays memory-mapped; no second copy of
+    the quantised weights is held); markers and scales are not returned."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -424,10 +426,11 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, 
         keys = list(fh.keys())
         layers = find_layers(keys, fh.metadata(), fh.get_tensor, path.name)
         if not layers:
-            return {k: fh.get_tensor(k) for k in keys}
+            return {k: fh.get_tensor(k) for k in keys if want is None or want(k)}
+        keyset = set(keys)
         legacy = any(q.format == LEGACY_FORMAT for q in layers.values())
         weights = {q.weight_key: q for q in layers.values()}
-        missing = [q.layer for q in layers.values() if q.weight_key not in set(keys)]
+        missing = [q.layer for q in layers.values() if q.weight_key not in keyset]
         if missing:
             raise ModelFileError(f"{path.name}: the quantised layer {missing[0]} has no weight in the file")
         plain = [k for k in keys if k not in weights and not is_aux_key(k, layers, legacy)]
@@ -442,13 +445,15 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None) -> dict[str, 
                         numel *= int(s)
                     sizes[d] = sizes.get(d, 0) + numel * d.itemsize
             dtype = output_dtype(sizes)
-        keyset = set(keys)
+        plainset = set(plain)
         out: dict[str, torch.Tensor] = {}
         for key in keys:
+            if want is not None and not want(key):
+                continue
             quant = weights.get(key)
             if quant is not None:
                 aux = _aux_of(quant.layer, keyset.__contains__, fh.get_tensor)
                 out[key] = dequantize_weight(quant, fh.get_tensor(key), aux, path.name).to(dtype)
-            elif key in plain:
+            elif key in plainset:
                 out[key] = fh.get_tensor(key)
         return out

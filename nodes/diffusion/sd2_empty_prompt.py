@@ -189,11 +189,12 @@ def not_found_message(node: str, paths: Paths) -> str:
 # -- the encoder -------------------------------------------------------------------------------------------
 
 def _read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
+    from nodegraph_nodes.diffusion.quantized import read_safetensors
 
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)
-                and not k[len(prefix):].startswith(("visual.", "vision_model.", "logit_scale"))}
+    def want(key: str) -> bool:
+        return key.startswith(prefix) and not key[len(prefix):].startswith(("visual.", "vision_model.", "logit_scale"))
+
+    return {k[len(prefix):]: v for k, v in read_safetensors(path, want=want).items()}
 
 
 def _tokenizer_of(source: EncoderSource, models_dir: Path):

@@ -80,11 +80,12 @@ def read_parts(path: Path, manager, prefixes: tuple[str, ...]) -> dict:
     """The tensors of ``path`` whose names start with one of ``prefixes`` (a .safetensors file is read only for
     those: the all-in-one files are tens of GB), ComfyUI's ``fp8_scaled`` weights dequantized."""
     if Path(path).suffix.lower() in (".safetensors", ".sft"):
-        from safetensors import safe_open
+        from nodegraph_nodes.diffusion.quantized import read_safetensors
 
         try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                sd = {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)}
+            sd = read_safetensors(Path(path), want=lambda k: k.startswith(prefixes))  # quantised layers dequantised
+        except ModelFileError:
+            raise
         except Exception as exc:
             raise ModelFileError(f"{Path(path).name} is not a readable .safetensors file ({exc})") from None
     else:

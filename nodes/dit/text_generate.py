@@ -58,6 +58,7 @@ OFF_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0, "min_p": 0.0, "re
 #: Largest hidden width of a released model of the kind that ties its LM head to the embeddings.
 TIED_UP_TO = {"qwen3": 2560, "qwen25vl": 2048, "gemma2": 1 << 30, "gemma3": 1 << 30}
 STOP_TOKENS = {"qwen3": ("<|im_end|>", "<|endoftext|>"), "qwen25vl": ("<|im_end|>", "<|endoftext|>"),
+               "qwen35": ("<|im_end|>", "<|endoftext|>"),
                "gemma2": ("<eos>", "<end_of_turn>"), "gemma3": ("<eos>", "<end_of_turn>")}
 MTP_CHOICES = ["auto", "off", "2", "3", "4", "5"]
 
@@ -120,9 +121,14 @@ class _ComfySampler:
 # -- the model behind a CLIP --------------------------------------------------------------------------
 
 def clip_kind(clip, node: str = NODE) -> str:
-    """``qwen3``, ``qwen25vl``, ``gemma2`` or ``gemma3`` for a CLIP TextGenerate can use; an error otherwise."""
+    """``qwen3``, ``qwen25vl``, ``qwen35``, ``gemma2`` or ``gemma3`` for a CLIP TextGenerate can use; an error
+    otherwise."""
     from nodegraph_nodes.dit.llm_text import LlmClip
     from nodegraph_nodes.dit.lumina2 import Lumina2Clip
+    from nodegraph_nodes.dit.qwen35_text import Qwen35Clip
+
+    if isinstance(clip, Qwen35Clip):
+        return "qwen35"
 
     if isinstance(clip, LlmClip):
         return "qwen25vl" if clip.family == "qwen_image" else "qwen3"
@@ -133,20 +139,19 @@ def clip_kind(clip, node: str = NODE) -> str:
     what = clip.describe() if hasattr(clip, "describe") else type(clip).__name__
     raise GenerationError(f"{node}.clip: {what} cannot generate text; {node} takes a language-model text "
                           "encoder loaded by CLIPLoader (Qwen3: type lumina2; Qwen2.5-VL: type qwen_image; "
-                          "Gemma 2: type lumina2) or LTX-2's Gemma 3")
+                          "Gemma 2: type lumina2; Qwen 3.5: any type) or LTX-2's Gemma 3")
 
 
 def _file_head(source: str, kind: str, hidden: int) -> torch.Tensor | None:
     """The file's own ``lm_head.weight`` (``None``: the release ties it to the embeddings); an error when
     the file has none and the release does not tie."""
     path = Path(source)
-    if path.is_file():
-        from safetensors import safe_open
+    if path.is_file() and path.suffix.lower() in (".safetensors", ".sft"):
+        from nodegraph_nodes.diffusion.quantized import read_safetensors
 
-        if path.suffix.lower() in (".safetensors", ".sft"):
-            with safe_open(str(path), framework="pt") as fh:
-                if "lm_head.weight" in fh.keys():
-                    return fh.get_tensor("lm_head.weight")
+        head = read_safetensors(path, want=lambda k: k == "lm_head.weight").get("lm_head.weight")  # dequantised
+        if head is not None:
+            return head
     if hidden <= TIED_UP_TO[kind]:
         return None
     raise GenerationError(
@@ -157,6 +162,8 @@ def _file_head(source: str, kind: str, hidden: int) -> torch.Tensor | None:
 
 def _causal_lm(module, kind: str, source: str, device):
     """A transformers causal LM over the CLIP's loaded ``module`` (no weights copied)."""
+    if kind == "qwen35":  # already Qwen3_5ForCausalLM with its head (nodegraph_nodes.dit.qwen35_text)
+        return module
     if kind == "qwen25vl":
         hidden = int(module.config.text_config.hidden_size)
         if Path(source).is_file():
@@ -190,7 +197,7 @@ def _causal_lm(module, kind: str, source: str, device):
 def chat_text(kind: str, prompt: str, *, system_prompt: str, thinking: bool, image: bool,
               use_default_template: bool) -> str:
     """The text the model reads (module docstring)."""
-    if not use_default_template:
+    if not use_default_template or (kind == "qwen35" and prompt.startswith("<|im_start|>")):
         return prompt
     if kind in ("gemma2", "gemma3"):
         system = f"{system_prompt}\n\n" if system_prompt else ""
@@ -200,6 +207,8 @@ def chat_text(kind: str, prompt: str, *, system_prompt: str, thinking: bool, ima
     text += f"<|im_start|>user\n{vision}{prompt}<|im_end|>\n<|im_start|>assistant\n"
     if kind == "qwen3" and not thinking:
         text += "<think>\n\n</think>\n\n"
+    if kind == "qwen35" and not thinking:
+        text += "<think>\n</think>\n"  # ComfyUI's Qwen 3.5 turn (one newline each, not the chat template's two)
     return text
 
 
