@@ -4,7 +4,7 @@ the transformer (:mod:`.ace_step1_net`) under ``model.diffusion_model.``, the UM
 music DCAE and vocoder under ``vae.dcae.`` / ``vae.vocoder.`` (:mod:`.ace_step1_vae`).
 
 Text (TextEncodeAceStepAudio): the tags through UMT5 (sentencepiece tokens + end token, no padding; the last
-hidden states), the lyrics as token ids (:mod:`.ace_step1_lyrics`), ``lyrics_strength`` scaling the lyric
+hidden states; prompt weights as ComfyUI's, :func:`encode_tags`), the lyrics as token ids (:mod:`.ace_step1_lyrics`), ``lyrics_strength`` scaling the lyric
 encoder's output. The UMT5 tokenizer is read from the Wan UMT5 tokenizer folder
 (``models/text_encoders/umt5_tokenizer``, the same vocabulary; the file's sentencepiece model would need the
 ``sentencepiece`` package). Sampling: flow matching, network time ``1000 · sigma``, ComfyUI's default shift 3
@@ -131,15 +131,37 @@ class AceStep1Clip(ManagerOwned):
         return "ace 1.0 text encoder (UMT5-base)"
 
     def encode_ace1(self, ctx, tags: str, lyrics: str, lyrics_strength: float = 1.0) -> list:
-        ids = self.tokenizer(tags, add_special_tokens=True, return_tensors="pt")["input_ids"]
         manager = ctx.service("models")
         with manager.use(self.handle, ctx.device) as module, torch.inference_mode():
-            hidden = module(input_ids=ids.to(ctx.device)).last_hidden_state.float().cpu()
+            hidden = encode_tags(module, self.tokenizer, tags, ctx.device).cpu()
         tokens = torch.tensor([self.lyric_tokenizer(lyrics)], dtype=torch.long)
         return [[hidden, {"conditioning_lyrics": tokens, "lyrics_strength": float(lyrics_strength)}]]
 
     def encode_text(self, ctx, text: str) -> list:
         return self.encode_ace1(ctx, text, "")
+
+
+def encode_tags(module, tokenizer, tags: str, device) -> torch.Tensor:
+    """UMT5 states ``[1, tokens, width]`` of the tags with ComfyUI's weighting: weight segments tokenized apart,
+    the end token appended, no padding; weighted tokens moved from the encoding of an empty prompt (the end token
+    and pads, the pads masked) by their weight."""
+    from nodegraph_nodes.dit.text import t5_tokens
+
+    pairs = t5_tokens(tokenizer, tags, 1)
+    ids = torch.tensor([[t for t, _ in pairs]])
+    weights = torch.tensor([w for _, w in pairs])
+    mask = torch.ones_like(ids)
+    weighted = bool((weights != 1.0).any())
+    if weighted:
+        empty = torch.tensor([[pairs[-1][0]] + [int(tokenizer.pad_token_id or 0)] * (len(pairs) - 1)])
+        ids, mask = torch.cat([ids, empty]), torch.cat([mask, (torch.arange(len(pairs)) == 0).long()[None]])
+    hidden = module(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state.float()
+    z = hidden[:1].clone()
+    if weighted:
+        changed = weights != 1.0
+        w = weights[changed].to(z.device, z.dtype)[:, None]
+        z[0, changed] = (z[0, changed] - hidden[1, changed]) * w + hidden[1, changed]
+    return z
 
 
 def build_transformer(sd: dict, dtype: torch.dtype):

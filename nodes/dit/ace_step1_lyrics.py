@@ -4,6 +4,10 @@ spaces written ``[SPACE]`` through the BPE vocabulary, then token 2. A line star
 two-letter code sets its language (the tag is dropped); section lines (``[verse]``, ``[chorus]``…) are
 English; other lines are English.
 
+ComfyUI's prompt-weight syntax applies to the lyrics too (its tokenizer class is the CLIP one): ``(…)`` groups
+(``(text:1.2)``; ``\\(`` is a literal bracket; square brackets are plain text) split the lyrics into segments,
+each tokenized on its own by the recipe above without its leading 261; the weights themselves are dropped.
+
 The vocabulary is ACE-Step's ``vocab.json`` (a ``tokenizers`` file; the model files hold none): it is looked for
 in ``<checkpoint stem>.lyrics_tokenizer/`` beside the file, ``ace_lyrics_tokenizer/`` beside it or in
 ``models/text_encoders/``.
@@ -91,6 +95,14 @@ class LyricTokenizer:
         return self.tokenizer.encode(f"[{tag}]{clean(line, lang)}".replace(" ", "[SPACE]")).ids
 
     def __call__(self, lyrics: str) -> list[int]:
+        """ComfyUI's token ids of ``lyrics`` (weight segments, see the module docstring)."""
+        ids = [START]
+        for segment in weight_segments(lyrics):
+            ids += self.tokens(segment)[1:]
+        return ids
+
+    def tokens(self, lyrics: str) -> list[int]:
+        """The release's recipe for one text (lines, language tags), starting with 261."""
         ids = [START]
         for line in lyrics.split("\n"):
             line = line.strip()
@@ -104,6 +116,54 @@ class LyricTokenizer:
                 lang = "en"
             ids += self.encode_line(line, lang) + [LINE_END]
         return ids
+
+
+def _parentheses(text: str) -> list[str]:
+    """Top-level pieces: plain runs and whole ``(…)`` groups (an unmatched ``)`` ends nothing)."""
+    pieces, current, depth = [], "", 0
+    for char in text:
+        if char == "(":
+            if depth == 0:
+                if current:
+                    pieces.append(current)
+                current = ""
+            current += char
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            current += char
+            if depth == 0:
+                pieces.append(current)
+                current = ""
+        else:
+            current += char
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _segments(text: str) -> list[str]:
+    out = []
+    for piece in _parentheses(text):
+        if len(piece) >= 2 and piece[0] == "(" and piece[-1] == ")":
+            inner = piece[1:-1]
+            colon = inner.rfind(":")
+            if colon > 0:
+                try:
+                    float(inner[colon + 1:])
+                    inner = inner[:colon]
+                except ValueError:
+                    pass
+            out += _segments(inner)
+        else:
+            out.append(piece)
+    return out
+
+
+def weight_segments(text: str) -> list[str]:
+    """ComfyUI's prompt-weight segments of ``text`` (weights dropped), empty ones left out."""
+    escaped = text.replace("\\(", "\0\1").replace("\\)", "\0\2")
+    return [s.replace("\0\1", "(").replace("\0\2", ")") for s in _segments(escaped) if s]
 
 
 def find_vocab(models_dir: Path, near: Path) -> Path:

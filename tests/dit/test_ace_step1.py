@@ -126,15 +126,38 @@ def test_lyric_tokens_follow_comfyui_lines(tiny):
 
     tok = LyricTokenizer(tiny.root / "models" / "text_encoders" / "ace_lyrics_tokenizer" / "vocab.json")
     ids = lambda text: tok.tokenizer.encode(text).ids  # noqa: E731
-    assert tok("") == [261, 2]
+    assert tok("") == [261]  # ComfyUI: no segment, the start token alone
+    assert tok("\n") == [261, 2, 2]
     assert tok("ab\n\n[de]cd") == [261, *ids("[en]ab"), 2, 2, *ids("[de]cd"), 2]
     assert tok("[xx]ab") == [261, *ids("[en][xx]ab"), 2]  # not a language code: part of the line
+    # ComfyUI's weight syntax splits the lyrics into segments tokenized apart; [...] is plain text
+    assert tok("a (b c:1.2) d") == [261, *ids("[en]a"), 2, *ids("[en]b[SPACE]c"), 2, *ids("[en]d"), 2]
+    assert tok("[verse] \\(b\\)") == [261, *ids("[en][verse][SPACE](b)"), 2]
     assert tok("A  b") == [261, *ids("[en]a[SPACE]b"), 2]  # lower case, spaces collapsed and written [SPACE]
     assert clean('Say "Hi" Mr. Fox & 1,234 Friends', "en") == "say hi mister fox and one thousand, two hundred and " \
                                                              "thirty-four friends"
     assert clean("Hallo 12 Freunde", "de") == "hallo 12 freunde"
     assert [number_words(n) for n in (0, 15, 40, 105, 2000, 1005)] == [
         "zero", "fifteen", "forty", "one hundred and five", "two thousand", "one thousand and five"]
+
+
+def test_tag_weights_follow_comfyui(tiny):
+    """A weighted tag moves from the empty prompt's state by its weight; unweighted tokens are the plain
+    encoding of all segments (tokenized apart)."""
+    from transformers import AutoTokenizer
+
+    from nodegraph_nodes.dit.ace_step1 import encode_tags
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny.root / "models" / "text_encoders" / "umt5_tokenizer"))
+    te = tiny.text_encoder
+    with torch.no_grad():
+        plain = encode_tags(te, tokenizer, "a red fox", "cpu")
+        assert torch.allclose(plain, te(input_ids=tokenizer("a red fox", return_tensors="pt")["input_ids"])[0])
+        weighted = encode_tags(te, tokenizer, "a (red:1.5) fox", "cpu")
+        empty = te(input_ids=torch.tensor([[1, 0, 0, 0]]), attention_mask=torch.tensor([[1, 0, 0, 0]]))[0]
+    assert weighted.shape == plain.shape == (1, 4, 32)
+    assert torch.allclose(weighted[0, [0, 2, 3]], plain[0, [0, 2, 3]], atol=1e-6)
+    assert torch.allclose(weighted[0, 1], (plain[0, 1] - empty[0, 1]) * 1.5 + empty[0, 1], atol=1e-5)
 
 
 def test_text_encode_refuses_other_clips(engine, tiny):
