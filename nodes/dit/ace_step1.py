@@ -4,8 +4,8 @@ the transformer (:mod:`.ace_step1_net`) under ``model.diffusion_model.``, the UM
 music DCAE and vocoder under ``vae.dcae.`` / ``vae.vocoder.`` (:mod:`.ace_step1_vae`).
 
 Text (TextEncodeAceStepAudio): the tags through UMT5 (sentencepiece tokens + end token, no padding; the last
-hidden states; prompt weights as ComfyUI's, :func:`encode_tags`), the lyrics as token ids (:mod:`.ace_step1_lyrics`), ``lyrics_strength`` scaling the lyric
-encoder's output. The UMT5 tokenizer is read from the Wan UMT5 tokenizer folder
+hidden states; prompt weights as ComfyUI's, :func:`encode_tags`), the lyrics as token ids
+(:mod:`.ace_step1_lyrics`), ``lyrics_strength`` scaling the lyric encoder's output. The UMT5 tokenizer is read from the Wan UMT5 tokenizer folder
 (``models/text_encoders/umt5_tokenizer``, the same vocabulary; the file's sentencepiece model would need the
 ``sentencepiece`` package). Sampling: flow matching, network time ``1000 · sigma``, ComfyUI's default shift 3
 (the templates set ModelSamplingSD3 5); the network predicts the velocity. Latents ``[B, 8, 16, T]``
