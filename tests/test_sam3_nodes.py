@@ -282,3 +282,15 @@ def test_sam3_templates_validate_with_file_errors_only():
     check = check_templates(paths, default_registry(packs=False))
     check.assert_missing(MISSING_NODE_TYPES)
     assert sorted(check.clean) == ["utility_image_segment_sam3.json", "utility_video_segment_sam3.json"]
+
+
+def test_detect_runs_each_comma_separated_prompt(tiny, engine, tmp_path):
+    """``"red fox:2, cat"``: two prompts (ComfyUI's sam3_multi_cond), each detected on its own, in order."""
+    image = _image(seed=5)
+    threshold = float(_reference(tiny, image, "cat", 0.0, 200).probs.sort(descending=True).values[4])
+    refs = [_reference(tiny, image, "red fox", threshold, 2), _reference(tiny, image, "cat", threshold, 1)]
+    out_masks, out_boxes = _run_detect(engine, "red fox:2, cat", threshold, True, image, tmp_path / "input")
+    expected = torch.cat([r.scores for r in refs]).tolist()
+    assert len(expected) >= 2
+    assert [b["score"] for b in out_boxes[0]] == pytest.approx(expected, abs=1e-4)
+    assert (out_masks - torch.cat([r.comfy_masks for r in refs])).abs().mean() <= 1e-5

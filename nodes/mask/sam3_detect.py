@@ -196,7 +196,9 @@ class SAM3_Detect(Node):
             size = int(net.config.vision_config.image_size)
             for b in range(frames):
                 frame = prepare_frames(image[b:b + 1], size).to(self.ctx.device)
-                found = [detect(net, frame, p, per_frame[b], threshold, height, width) for p in prompts]
+                with torch.inference_mode():  # one vision pass per frame, shared by the prompts
+                    vision = net.get_vision_features(pixel_values=frame.to(next(net.parameters()).dtype))
+                found = [detect(net, frame, p, per_frame[b], threshold, height, width, vision=vision) for p in prompts]
                 boxes_out.append([d for det in found for d in det.box_dicts()])
                 frame_masks = torch.cat([det.masks for det in found], dim=0)
                 masks.append(frame_masks if individual_masks else (frame_masks > 0).any(dim=0).float())
