@@ -34,7 +34,7 @@ from nodegraph.node import COMBO, FLOAT, INT, Input, Node, Output
 from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
 
 from nodegraph_nodes.diffusion.conditioning import set_values
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_video
+from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, encode_into, pixel_frame_mask
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 
 WAN_CAMERA_EMBEDDING = "WAN_CAMERA_EMBEDDING"
@@ -164,14 +164,11 @@ class WanCameraImageToVideo(Node):
         latent = torch.zeros([batch_size, 16, frames, h, w])
         values = {}
         if start_image is not None:
-            start = _resized(start_image[:length], width, height)
-            encoded = encode_video(self.ctx, vae, start, "WanCameraImageToVideo")
             concat = WAN21.process_out(torch.zeros([1, 16, frames, h, w]))
-            n = min(encoded.shape[2], frames)
-            concat[:, :, :n] = encoded[:, :, :n]
-            mask = torch.ones((1, 1, frames * 4, h, w))
-            mask[:, :, :start.shape[0] + 3] = 0.0
-            values.update(concat_latent_image=concat, concat_mask=mask.view(1, frames, 4, h, w).transpose(1, 2))
+            encode_into(concat, slice(None), self.ctx, vae, start_image, width, height, length,
+                        "WanCameraImageToVideo")
+            mask = pixel_frame_mask(frames, h, w, start=min(start_image.shape[0], length))
+            values.update(concat_latent_image=concat, concat_mask=mask)
         if camera_conditions is not None:
             values["camera_conditions"] = camera_conditions
         if clip_vision_output is not None:

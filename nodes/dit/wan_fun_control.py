@@ -26,18 +26,9 @@ from nodegraph.node import INT, Input, Node, Output
 from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
 
 from nodegraph_nodes.diffusion.conditioning import set_values
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_video
+from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_into, encode_video, pixel_frame_mask
 from nodegraph_nodes.dit.wan_vace import _append
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
-
-
-def _place(concat: torch.Tensor, channels: slice, ctx, vae, images: torch.Tensor, width: int, height: int,
-           length: int, where: str) -> None:
-    """``images`` (the first ``length``, resized) encoded as one video into ``concat``'s ``channels`` from the
-    first latent frame."""
-    encoded = encode_video(ctx, vae, _resized(images[:length], width, height), where)
-    n = min(encoded.shape[2], concat.shape[2])
-    concat[:, channels, :n] = encoded[:, :, :n]
 
 
 def _format(channels: int):
@@ -71,9 +62,9 @@ class WanFunControlToVideo(Node):
         shape = [1, 16, (length - 1) // 4 + 1, height // 8, width // 8]
         concat = _format(16).process_out(torch.zeros(shape)).repeat(1, 2, 1, 1, 1)
         if start_image is not None:
-            _place(concat, slice(16, None), self.ctx, vae, start_image, width, height, length, where)
+            encode_into(concat, slice(16, None), self.ctx, vae, start_image, width, height, length, where)
         if control_video is not None:
-            _place(concat, slice(None, 16), self.ctx, vae, control_video, width, height, length, where)
+            encode_into(concat, slice(None, 16), self.ctx, vae, control_video, width, height, length, where)
         values = {"concat_latent_image": concat}
         if clip_vision_output is not None:
             values["clip_vision_output"] = clip_vision_output
@@ -106,8 +97,8 @@ class Wan22FunControlToVideo(Node):
         frames, h, w = (length - 1) // 4 + 1, height // scale, width // scale
         concat = _format(channels).process_out(torch.zeros([1, channels, frames, h, w])).repeat(1, 2, 1, 1, 1)
         if control_video is not None:
-            _place(concat, slice(None, channels), self.ctx, vae, control_video, width, height, length, where)
-        mask = torch.ones((1, 1, frames * 4, h, w)).view(1, frames, 4, h, w).transpose(1, 2)
+            encode_into(concat, slice(None, channels), self.ctx, vae, control_video, width, height, length, where)
+        mask = pixel_frame_mask(frames, h, w)
         values = {"concat_latent_image": concat, "concat_mask": mask, "concat_mask_index": channels}
         positive, negative = set_values(positive, values), set_values(negative, values)
         if ref_image is not None:

@@ -59,15 +59,10 @@ class WanImageToVideo(Node):
 
     def execute(self, positive, negative, vae, width: int, height: int, length: int, batch_size: int,
                 clip_vision_output=None, start_image: torch.Tensor | None = None) -> tuple:
-        frames = (length - 1) // 4 + 1
-        latent = torch.zeros([batch_size, 16, frames, height // 8, width // 8])
+        latent = torch.zeros([batch_size, 16, (length - 1) // 4 + 1, height // 8, width // 8])
         if start_image is not None:
-            start = _resized(start_image[:length], width, height)
-            video = torch.full((length, height, width, 3), 0.5)
-            video[:start.shape[0]] = start
-            image_latent = encode_video(self.ctx, vae, video, "WanImageToVideo")
-            mask = torch.ones((1, 1, frames, image_latent.shape[-2], image_latent.shape[-1]))
-            mask[:, :, :(start.shape[0] - 1) // 4 + 1] = 0.0
+            image_latent, mask = start_frames_latent(self.ctx, vae, start_image, width, height, length,
+                                                     "WanImageToVideo")
             values = {"concat_latent_image": image_latent, "concat_mask": mask}
             positive, negative = set_values(positive, values), set_values(negative, values)
         if clip_vision_output is not None:
@@ -81,6 +76,40 @@ def _resized(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
     return common_upscale(images[..., :3].permute(0, 3, 1, 2).float(), width, height, "bilinear",
                           "center").permute(0, 2, 3, 1)
+
+
+def start_frames_latent(ctx, vae, start_image: torch.Tensor, width: int, height: int, length: int,
+                        where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image-to-video ``concat_latent_image`` and ``concat_mask``: the start images (the first ``length``,
+    resized) first in ``length`` gray frames, encoded as one video; the mask ``[1, 1, frames, h, w]`` 0 on the
+    latent frames they cover, 1 elsewhere."""
+    start = _resized(start_image[:length], width, height)
+    video = torch.full((length, height, width, 3), 0.5)
+    video[:start.shape[0]] = start
+    image_latent = encode_video(ctx, vae, video, where)
+    mask = torch.ones((1, 1, (length - 1) // 4 + 1, image_latent.shape[-2], image_latent.shape[-1]))
+    mask[:, :, :(start.shape[0] - 1) // 4 + 1] = 0.0
+    return image_latent, mask
+
+
+def encode_into(concat: torch.Tensor, channels: slice, ctx, vae, images: torch.Tensor, width: int, height: int,
+                length: int, where: str) -> None:
+    """``images`` (the first ``length``, resized) encoded as one video into ``concat``'s ``channels`` from the
+    first latent frame."""
+    encoded = encode_video(ctx, vae, _resized(images[:length], width, height), where)
+    n = min(encoded.shape[2], concat.shape[2])
+    concat[:, channels, :n] = encoded[:, :, :n]
+
+
+def pixel_frame_mask(frames: int, h: int, w: int, start: int = 0, end: int = 0) -> torch.Tensor:
+    """The 4-channel ``concat_mask`` ``[1, 4, frames, h, w]`` over the pixel frames (four per latent frame): 0 on
+    ``start`` start images and the 3 frames after them and on the last ``end`` frames, 1 elsewhere."""
+    mask = torch.ones((1, 1, frames * 4, h, w))
+    if start:
+        mask[:, :, :start + 3] = 0.0
+    if end:
+        mask[:, :, -end:] = 0.0
+    return mask.view(1, frames, 4, h, w).transpose(1, 2)
 
 
 class WanFirstLastFrameToVideo(Node):
@@ -110,17 +139,17 @@ class WanFirstLastFrameToVideo(Node):
         h, w = height // scale, width // scale
         latent = torch.zeros([batch_size, int(getattr(vae, "latent_channels", 16)), frames, h, w])
         video = torch.full((length, height, width, 3), 0.5)
-        mask = torch.ones((1, 1, frames * 4, h, w))
+        starts = ends = 0
         if start_image is not None:
             start = _resized(start_image[:length], width, height)
             video[:start.shape[0]] = start
-            mask[:, :, :start.shape[0] + 3] = 0.0
+            starts = start.shape[0]
         if end_image is not None:
             end = _resized(end_image[-length:], width, height)
             video[-end.shape[0]:] = end
-            mask[:, :, -end.shape[0]:] = 0.0
+            ends = end.shape[0]
         image_latent = encode_video(self.ctx, vae, video, "WanFirstLastFrameToVideo")
-        mask = mask.view(1, frames, 4, h, w).transpose(1, 2)
+        mask = pixel_frame_mask(frames, h, w, starts, ends)
         values = {"concat_latent_image": image_latent, "concat_mask": mask}
         vision = clip_vision_start_image
         if clip_vision_end_image is not None:

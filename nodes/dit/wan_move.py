@@ -28,7 +28,7 @@ from nodegraph.node import FLOAT, INT, Input, Node, Output
 from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
 
 from nodegraph_nodes.diffusion.conditioning import set_values
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_video
+from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, start_frames_latent
 from nodegraph_nodes.dit.wan_tracks import TRACKS, Tracks
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 
@@ -89,16 +89,11 @@ class WanMoveTrackToVideo(Node):
     def execute(self, positive, negative, vae, strength: float, width: int, height: int, length: int,
                 batch_size: int, start_image: torch.Tensor | None = None, tracks: Tracks | None = None,
                 clip_vision_output=None) -> tuple:
-        frames = (length - 1) // 4 + 1
-        latent = torch.zeros([batch_size, 16, frames, height // 8, width // 8])
+        latent = torch.zeros([batch_size, 16, (length - 1) // 4 + 1, height // 8, width // 8])
         values: dict = {}
         if start_image is not None:
-            start = _resized(start_image[:length], width, height)
-            video = torch.full((length, height, width, 3), 0.5)
-            video[:start.shape[0]] = start
-            image_latent = encode_video(self.ctx, vae, video, "WanMoveTrackToVideo")
-            mask = torch.ones((1, 1, frames, image_latent.shape[-2], image_latent.shape[-1]))
-            mask[:, :, :(start.shape[0] - 1) // 4 + 1] = 0.0
+            image_latent, mask = start_frames_latent(self.ctx, vae, start_image, width, height, length,
+                                                     "WanMoveTrackToVideo")
             if tracks is not None and strength > 0.0:
                 image_latent = move_features(image_latent, track_cells(tracks, length, width, height), strength)
             values.update(concat_latent_image=image_latent, concat_mask=mask)
