@@ -129,3 +129,46 @@ def test_plain_files_read_as_before(tmp_path):
     save_file(sd, str(tmp_path / "p.safetensors"))
     got = read_state_dict(tmp_path / "p.safetensors")
     assert list(got) == list(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+
+
+def test_checkpoint_and_vae_loaders_read_int8_convrot_files(tmp_path, diffusion_registry):
+    """CheckpointLoaderSimple (UNet, CLIP, VAE) on a ConvRot INT8 checkpoint and VAELoader on a VAE whose
+    convolutions are int8 (one scale each; the VAE has no linear layers, which is all ComfyUI quantises) give the
+    image of the same graph on float files holding the dequantised weights, bit for bit: every part went through
+    the reader."""
+    from nodegraph.builder import Graph
+
+    from tests.helpers.comfy_quant import int8_convrot_file, quantize_file
+    from tests.helpers.engines import make_engine
+    from tests.helpers.tiny_sd import build_sd1
+
+    root = tmp_path / "root"
+    tiny = build_sd1(root)
+    models = root / "models"
+    quantised = {"checkpoints": models / "checkpoints" / "q_int8_convrot.safetensors",
+                 "vae": models / "vae" / "q_int8_convrot.safetensors"}
+    assert int8_convrot_file(tiny.checkpoint, quantised["checkpoints"]) >= 20
+    assert len(quantize_file(models / "vae" / "tiny_vae.safetensors", quantised["vae"], "int8_tensorwise",
+                             lambda k, v: {} if v.ndim == 4 else None)) >= 10
+    for kind, path in quantised.items():
+        save_file(read_state_dict(path), str(models / kind / "q_dequantised.safetensors"))
+
+    def image(name: str) -> torch.Tensor:
+        g = Graph()
+        ck = g.node("CheckpointLoaderSimple", ckpt_name=name)
+        vae = g.node("VAELoader", vae_name=name)
+        ks = g.node("KSampler", model=ck.out(0), seed=3, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal",
+                    positive=g.node("CLIPTextEncode", text="a red fox", clip=ck.out(1)),
+                    negative=g.node("CLIPTextEncode", text="", clip=ck.out(1)),
+                    latent_image=g.node("EmptyLatentImage", width=64, height=64, batch_size=1), denoise=1.0)
+        dec = g.node("VAEDecode", "out", samples=ks, vae=vae)
+        g.node("PreviewAny", source=dec)
+        eng = make_engine(root, tmp_path / name, diffusion_registry)
+        try:
+            return eng.run(g).raise_for_status().value("out")
+        finally:
+            eng.close()
+
+    quantised = image("q_int8_convrot.safetensors")
+    assert torch.equal(quantised, image("q_dequantised.safetensors"))
+    assert quantised.std() > 0.01
