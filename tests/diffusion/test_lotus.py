@@ -20,6 +20,7 @@ from nodegraph.context import Paths
 from nodegraph.models import ModelManager
 from nodegraph.registry import default_registry
 
+from tests.helpers.block_images import blocks
 from tests.helpers.ldm_export import unet_to_ldm, vae_to_ldm
 from tests.helpers.tiny_sd import build_sd2, lotus_unet
 
@@ -133,7 +134,7 @@ def test_lotus_depth_template_runs_and_is_the_unets_prediction(engine, sd2_root,
     _, tiny, unet = sd2_root
     api = _lotus_template_api(engine.registry)
     engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
-    pixels = np.kron(np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    pixels = blocks(3, 3)
     load = next(n for n in api.values() if n["class_type"] == "LoadImage")
     Image.fromarray(pixels).save(engine.paths.input_dir / load["inputs"]["image"])
     result = engine.run(api).raise_for_status()

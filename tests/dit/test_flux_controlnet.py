@@ -25,6 +25,7 @@ from nodegraph.builder import Graph
 from nodegraph_nodes.dit.model import pack_latents
 from tests.dit.test_flux_parity import GUIDANCE, PROMPT, SEED, STEPS
 from tests.dit.tiny_flow import _vae_file
+from tests.helpers.block_images import save_control_inputs
 from tests.helpers.noise import engine_noise
 
 STRENGTH = 0.8
@@ -70,17 +71,8 @@ def files(flow_root, tiny_flux):
     return nets, vae
 
 
-def blocks(seed: int, channels: int) -> np.ndarray:
-    cells = np.random.default_rng(seed).integers(0, 256, (8, 8, channels), dtype=np.uint8)
-    return np.kron(cells, np.ones((8, 8, 1), np.uint8))
-
-
 def save_inputs(engine) -> None:
-    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
-    for name, seed in (("control.png", 3), ("control_b.png", 4)):
-        Image.fromarray(blocks(seed, 3)).save(engine.paths.input_dir / name)
-    for name, seed in (("mask.png", 5), ("mask_b.png", 6)):
-        Image.fromarray(((blocks(seed, 1)[..., 0] > 128) * 255).astype(np.uint8)).save(engine.paths.input_dir / name)
+    save_control_inputs(engine.paths.input_dir)
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(engine.paths.input_dir / "mask_none.png")
 
 

@@ -25,6 +25,7 @@ from nodegraph.builder import Graph
 from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, tiny_z_image  # noqa: F401
 from tests.dit.test_qwen_image import PROMPT, SEED, SHIFT, STEPS
 from tests.dit.tiny_qwen import wan_vae_layout
+from tests.helpers.block_images import blocks, save_control_inputs
 from tests.helpers.noise import engine_noise
 
 STRENGTH = 0.8
@@ -67,20 +68,6 @@ def files(qwen_root, tiny_qwen_image):
     vae = sharp_vae(tiny_qwen_image.vae)
     save_file(wan_vae_layout(vae.state_dict()), str(models / "vae" / SHARP_VAE))
     return nets, vae
-
-
-def blocks(seed: int, channels: int) -> np.ndarray:
-    """A 64×64 image of 8×8 blocks (a mask or an image the same after nearest and nearest-exact resizes)."""
-    cells = np.random.default_rng(seed).integers(0, 256, (8, 8, channels), dtype=np.uint8)
-    return np.kron(cells, np.ones((8, 8, 1), np.uint8))
-
-
-def save_inputs(engine) -> None:
-    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
-    for name, seed in (("control.png", 3), ("control_b.png", 4)):
-        Image.fromarray(blocks(seed, 3)).save(engine.paths.input_dir / name)
-    for name, seed in (("mask.png", 5), ("mask_b.png", 6)):
-        Image.fromarray(((blocks(seed, 1)[..., 0] > 128) * 255).astype(np.uint8)).save(engine.paths.input_dir / name)
 
 
 def graph(controlnet: str | None, image: str = "control.png", mask: str = "mask.png", node: str = "inpaint") -> Graph:
@@ -128,7 +115,7 @@ def reference(tiny, vae, controlnet, image: str, mask: str, input_dir) -> torch.
 
 def test_inpainting_controlnet_matches_diffusers_pipeline(qwen_engine, tiny_qwen_image, files):
     nets, vae = files
-    save_inputs(qwen_engine)
+    save_control_inputs(qwen_engine.paths.input_dir)
     ours = qwen_engine.run(graph("tiny_qwen_instantx_inpaint.safetensors")).raise_for_status().value("out")
     ref = reference(tiny_qwen_image, vae, nets["inpaint"], "control.png", "mask.png", qwen_engine.paths.input_dir)
     assert ours.shape == ref.shape == (1, 64, 64, 3)
@@ -138,7 +125,7 @@ def test_inpainting_controlnet_matches_diffusers_pipeline(qwen_engine, tiny_qwen
 
 
 def test_mask_and_image_reach_the_inpainting_controlnet(qwen_engine, tiny_qwen_image, files):
-    save_inputs(qwen_engine)
+    save_control_inputs(qwen_engine.paths.input_dir)
     base = qwen_engine.run(graph("tiny_qwen_instantx_inpaint.safetensors")).raise_for_status().value("out")
     other_mask = qwen_engine.run(graph("tiny_qwen_instantx_inpaint.safetensors", mask="mask_b.png")
                                  ).raise_for_status().value("out")
@@ -153,7 +140,7 @@ def test_mask_and_image_reach_the_inpainting_controlnet(qwen_engine, tiny_qwen_i
 
 
 def test_union_controlnet_ignores_the_mask(qwen_engine, tiny_qwen_image, files):
-    save_inputs(qwen_engine)
+    save_control_inputs(qwen_engine.paths.input_dir)
     a = qwen_engine.run(graph("tiny_qwen_instantx_union.safetensors")).raise_for_status().value("out")
     b = qwen_engine.run(graph("tiny_qwen_instantx_union.safetensors", mask="mask_b.png")).raise_for_status().value("out")
     advanced = qwen_engine.run(graph("tiny_qwen_instantx_union.safetensors", node="advanced")
