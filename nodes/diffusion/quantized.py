@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -128,19 +129,22 @@ def find_layers(keys, metadata: Mapping[str, str] | None, read: Callable[[str], 
             except (ValueError, UnicodeDecodeError) as exc:
                 raise ModelFileError(f"{name}: layer {layer}'s {MARKER} marker is not JSON ({exc})") from None
             layers[layer] = LayerQuant(layer, str(conf.get("format")), conf)
-    if any(k == LEGACY_MARKER or k.endswith("." + LEGACY_MARKER) for k in keys) or any(
-            k.endswith(".scale_weight") for k in keys):
-        for key in keys:
-            if key.endswith(".scale_weight"):
-                layer = key[: -len(".scale_weight")]
-                layers.setdefault(layer, LayerQuant(layer, LEGACY_FORMAT))
+    for key in keys:  # the fp8_scaled files: a layer per scale_weight (their scaled_fp8 marker names no layer)
+        if key.endswith(".scale_weight"):
+            layer = key[: -len(".scale_weight")]
+            layers.setdefault(layer, LayerQuant(layer, LEGACY_FORMAT))
     return layers
+
+
+def is_legacy_marker(key: str) -> bool:
+    """The ``fp8_scaled`` files' ``scaled_fp8`` marker (an empty tensor, never a model tensor)."""
+    return key == LEGACY_MARKER or key.endswith("." + LEGACY_MARKER)
 
 
 def is_aux_key(key: str, layers: Mapping[str, LayerQuant], legacy: bool) -> bool:
     """Whether ``key`` is a marker or a scale of a quantised layer (or, in an ``fp8_scaled`` file, any
     ``scaled_fp8`` / ``scale_weight`` / ``scale_input`` key): consumed, not a model tensor."""
-    if legacy and (key == LEGACY_MARKER or key.endswith(("." + LEGACY_MARKER, ".scale_weight", ".scale_input"))):
+    if is_legacy_marker(key) or legacy and key.endswith((".scale_weight", ".scale_input")):
         return True
     layer, _, suffix = key.rpartition(".")
     return suffix in AUX_SUFFIXES and layer in layers
@@ -148,8 +152,10 @@ def is_aux_key(key: str, layers: Mapping[str, LayerQuant], legacy: bool) -> bool
 
 # -- the formats ------------------------------------------------------------------------------------
 
+@lru_cache(maxsize=8)
 def hadamard(size: int) -> torch.Tensor:
-    """The normalised regular Hadamard matrix of ``size`` (a power of 4), float32 (symmetric, orthogonal)."""
+    """The normalised regular Hadamard matrix of ``size`` (a power of 4), float32 (symmetric, orthogonal; shared,
+    never written)."""
     if size < 4 or size & (size - 1) or (size.bit_length() - 1) % 2:
         raise _LayerError(f"convrot_groupsize {size} is not a power of 4")
     h4 = torch.tensor([[1, 1, 1, -1], [1, 1, -1, 1], [1, -1, 1, 1], [-1, 1, 1, 1]], dtype=torch.float32)
@@ -390,6 +396,8 @@ def dequantize_state_dict(sd: Mapping[str, Any], metadata: Mapping[str, str] | N
     :func:`output_dtype`) and their markers and scales dropped; ``sd`` itself when nothing is quantised."""
     layers = find_layers(sd.keys(), metadata, sd.__getitem__, name)
     if not layers:
+        if any(is_legacy_marker(k) for k in sd):
+            return {k: v for k, v in sd.items() if not is_legacy_marker(k)}
         return dict(sd) if not isinstance(sd, dict) else sd
     legacy = any(q.format == LEGACY_FORMAT for q in layers.values())
     weights = {q.weight_key: q for q in layers.values()}
@@ -426,7 +434,7 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None,
         keys = list(fh.keys())
         layers = find_layers(keys, fh.metadata(), fh.get_tensor, path.name)
         if not layers:
-            return {k: fh.get_tensor(k) for k in keys if want is None or want(k)}
+            return {k: fh.get_tensor(k) for k in keys if (want is None or want(k)) and not is_legacy_marker(k)}
         keyset = set(keys)
         legacy = any(q.format == LEGACY_FORMAT for q in layers.values())
         weights = {q.weight_key: q for q in layers.values()}

@@ -124,6 +124,17 @@ def test_unknown_format_and_broken_layers_name_file_and_layer(tmp_path):
         read_state_dict(tmp_path / "group.safetensors")
 
 
+def test_reading_part_of_a_file_dequantises_it_too(tmp_path):
+    """read_safetensors(want=...) (TextGenerate's lm_head, LTX-2's parts of an all-in-one file)."""
+    from nodegraph_nodes.diffusion.quantized import read_safetensors
+
+    head = quantize_layer("lm_head", _weight(4, 64, 256), "int8_tensorwise", convrot=True)
+    save_file({**head.tensors, "model.norm.weight": torch.ones(256)}, str(tmp_path / "lm.safetensors"))
+    got = read_safetensors(tmp_path / "lm.safetensors", want=lambda k: k.startswith("lm_head."))
+    assert list(got) == ["lm_head.weight"]
+    torch.testing.assert_close(got["lm_head.weight"], head.reference, rtol=0, atol=1e-6)
+
+
 def test_plain_files_read_as_before(tmp_path):
     sd = {"a.weight": torch.randn(3, 4, dtype=torch.bfloat16), "ids": torch.arange(5)}
     save_file(sd, str(tmp_path / "p.safetensors"))
