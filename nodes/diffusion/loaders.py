@@ -348,7 +348,8 @@ class CLIPLoader(Node):
     (OpenCLIP-H), ``sd3`` (one of CLIP-L, CLIP-G, T5-XXL; the others' parts of the conditioning are zeros),
     ``qwen_image`` (Qwen2.5-VL, Qwen-Image's), ``lumina2`` with a Gemma 2 file (Lumina 2's) or a Qwen3 file (Z-Image's), ``wan`` (UMT5-XXL), ``chroma`` (T5-XXL), ``stable_audio`` (T5-base),
     ``flux2`` (Mistral Small 3, Flux.2 dev's; a Qwen3 file: Flux.2 Klein's), ``hidream`` (one of HiDream's four
-    encoders; the others' parts are zeros as in ComfyUI), ``flux3`` (Qwen3-VL, FLUX.3's). The other types of ComfyUI's list are refused with a clear error until their families load."""
+    encoders; the others' parts are zeros as in ComfyUI), ``flux3`` (Qwen3-VL, FLUX.3's). A Qwen 3.5 file
+    loads under any type, for TextGenerate (ComfyUI tells it by its keys). The other types of ComfyUI's list are refused with a clear error until their families load."""
 
     category = "advanced/loaders"
     display_name = "Load CLIP"
@@ -363,6 +364,14 @@ class CLIPLoader(Node):
 
     def execute(self, clip_name: str, type: str, device: str = "default") -> tuple:
         path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
+        if path.is_file():  # Qwen 3.5 (TextGenerate's prompt upsamplers): told by its keys under any type
+            from nodegraph_nodes.dit import qwen35_text
+            from nodegraph_nodes.dit.loading import file_keys
+
+            if qwen35_text.is_qwen35(file_keys(path, self.ctx.service("models").allow_pickle)):
+                target = "cpu" if device == "cpu" else self.ctx.device
+                return (qwen35_text.load_text_encoder(path, self.ctx.service("models"), target,
+                                                      Path(self.ctx.paths.models_dir)),)
         if type == "qwen_image" and path.is_file():  # Qwen3-VL: Qwen-Image 2.1's encoder
             from nodegraph_nodes.dit import qwen_image21_text
             from nodegraph_nodes.dit.loading import file_keys
