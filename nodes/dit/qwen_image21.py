@@ -21,7 +21,7 @@ Facts used (diffusers' pipeline, ComfyUI's node specs):
 * Default sampling: ComfyUI's Flux-type flow with shift 1.15 as for Qwen-Image (ComfyUI's own default for 2.1
   could not be established; the templates sample with KSampler euler/simple at cfg 1).
 
-Key layouts (detected from the names):
+LoRAs: :mod:`.qwen_image21_lora`. Key layouts (detected from the names):
 
 * transformer: diffusers' names (``txt_in.text_norm.weight``, ``modulation.1.weight``,
   ``transformer_blocks.N.attn.to_q.weight`` …), bare or under ``model.diffusion_model.``; ComfyUI's files fuse
@@ -228,7 +228,9 @@ class QwenImage21Model(FlowModel):
         return open_runner(self, ctx, latent_shape, QwenImage21Runner, self.format.process_in, self.cache)
 
     def lora_patch(self, sd: dict, strength: float, name: str):
-        raise ValueError("LoRAs for Qwen-Image 2.1 are not supported yet")
+        from nodegraph_nodes.dit.qwen_image21_lora import qwen21_lora_patch
+
+        return qwen21_lora_patch(self.handle.get(), sd, strength, name)
 
 
 def quantize(t: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
