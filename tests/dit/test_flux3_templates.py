@@ -5,11 +5,13 @@ as those releases do (every 2-D weight quantised by comfy-kitchen, :mod:`tests.h
 dequantises them when it reads the file). To keep the runs cheap on CPU the converted
 prompts' EmptyFlux2LatentImage is 64×64 (the templates: 1024² from ResolutionSelector), KSampler takes 4 steps
 (50 / 16) and the edits' ReferenceMultiLatent resizes to 0.01 MP (the templates: 1 MP; 64² px → 102² → 96² on
-the 16-px grid). The prompt-upsampler switch is turned so that TextGenerate and its Qwen 3.5 loader do not run
-(the templates save it on: the t2i ones take the upsampled prompt, the edit ones the upsampler's answer to the
-layout prompt; nodegraph's TextGenerate has no Qwen 3.5 yet): the t2i runs encode the prompt as typed, the edit
-runs the layout prompt. Everything else (CreateBoundingBoxes and Flux3LayoutPrompt, KSampler's sampler, scheduler
-and cfg) runs as the templates set it."""
+the 16-px grid). The t2i runs keep the prompt upsampler on as saved: TextGenerate writes the prompt with a tiny
+random Qwen 3.5 (:mod:`tests.dit.tiny_qwen35`, saved as the template's ``*_w4a8`` file with comfy-kitchen's
+``asym_w4a8_int8`` weights; its max_length 16 instead of 3584) under the template's system prompt and sampling
+(top-k 1, presence penalty 1.5), and that text is what CLIPTextEncode gets. The edit runs turn the switch to
+the layout prompt itself (the templates: the upsampler's answer to it, which needs the reference image shown to
+Qwen 3.5; nodegraph's Qwen 3.5 reads text only). Everything else (CreateBoundingBoxes and Flux3LayoutPrompt,
+KSampler's sampler, scheduler and cfg) runs as the templates set it."""
 
 from __future__ import annotations
 
@@ -22,19 +24,20 @@ from nodegraph.registry import default_registry
 
 from tests.dit.template_runs import last_saved_image, set_inputs, template_api_of
 from tests.dit.tiny_flux3 import NAMES, build_flux3
+from tests.dit.tiny_qwen35 import build_qwen35, w4a8_file
 from tests.helpers.comfy_quant import int8_convrot_file
 from tests.helpers.engines import make_engine
 from tests.helpers.package_templates import check_templates, package_templates
 
 FILES = {f"diffusion_models/{NAMES['unet']}": ["diffusion_models/flux3-image-klein-base-int8-convrot.safetensors"],
          f"diffusion_models/{NAMES['distilled']}": ["diffusion_models/flux3-image-klein-int8-convrot.safetensors"],
-         f"text_encoders/{NAMES['clip']}": ["text_encoders/qwen3vl_4b_int8_convrot.safetensors",
-                                            # the prompt upsampler's file: named, not loaded while it is off
-                                            "text_encoders/qwen3.5_9b_flux3_prompt_upsampler_w4a8.safetensors"],
+         f"text_encoders/{NAMES['clip']}": ["text_encoders/qwen3vl_4b_int8_convrot.safetensors"],
          f"vae/{NAMES['vae']}": ["vae/flux2-vae.safetensors"]}
 TEMPLATES = ("image_flux3_klein_t2i.json", "image_flux3_klein_distilled_t2i.json", "image_flux3_klein_image_edit.json",
              "image_flux3_klein_distilled_image_edit.json")
-SMALL = {"EmptyFlux2LatentImage": dict(width=64, height=64), "KSampler": dict(steps=4)}
+UPSAMPLER = "qwen3.5_9b_flux3_prompt_upsampler_w4a8.safetensors"
+SMALL = {"EmptyFlux2LatentImage": dict(width=64, height=64), "KSampler": dict(steps=4),
+         "TextGenerate": dict(max_length=16)}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +69,8 @@ def template_root(tmp_path_factory):
                 assert int8_convrot_file(models / src, models / name) > 10
             else:
                 shutil.copyfile(models / src, models / name)
+    build_qwen35(models / "text_encoders", ["tiny_qwen35.safetensors"])  # the prompt upsampler, w4a8 as released
+    assert w4a8_file(models / "text_encoders" / "tiny_qwen35.safetensors", models / "text_encoders" / UPSAMPLER) > 10
     return root
 
 
@@ -73,9 +78,9 @@ def _api(name: str, registry) -> dict:
     return template_api_of(next(p for p in templates() if p.name == name), registry)
 
 
-def _run(root, tmp_path, registry, api: dict, texts: list | None = None) -> set[str]:
+def _run(root, tmp_path, registry, api: dict, texts: list | None = None, values: dict | None = None) -> set[str]:
     """Runs ``api`` on a fresh engine over ``root``'s models; the node types that ran (``texts`` gets the
-    PreviewAny texts)."""
+    PreviewAny texts, ``values`` each executed node's first output by id)."""
     eng = make_engine(root, tmp_path, registry)
     try:
         result = eng.run(api).raise_for_status()
@@ -83,6 +88,8 @@ def _run(root, tmp_path, registry, api: dict, texts: list | None = None) -> set[
         eng.close()
     if texts is not None:
         texts.extend(t for out in result.outputs.values() for t in out.get("text", []))
+    if values is not None:
+        values.update({n: result.value(n, 0) for n in result.executed})
     return {api[n]["class_type"] for n in result.executed}
 
 
@@ -93,11 +100,21 @@ def test_t2i_templates_run(template_root, tmp_path, registry, name, steps, cfg):
     (sampler,) = [n["inputs"] for n in api.values() if n["class_type"] == "KSampler"]
     assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (steps, cfg, "euler",
                                                                                                 "simple")
-    set_inputs(api, {**SMALL, "ComfySwitchNode": dict(switch=False)})  # on_false: the prompt as typed
-    ran = _run(template_root, tmp_path, registry, api)
+    (switch_id, switch), = [(k, n) for k, n in api.items() if n["class_type"] == "ComfySwitchNode"]
+    (generate_id, generate), = [(k, n) for k, n in api.items() if n["class_type"] == "TextGenerate"]
+    assert switch["inputs"]["switch"] is True and switch["inputs"]["on_true"] == [generate_id, 0]  # upsampler on
+    loader = api[generate["inputs"]["clip"][0]]["inputs"]
+    assert (loader["clip_name"], loader["type"]) == (UPSAMPLER, "flux3")
+    assert isinstance(generate["inputs"]["system_prompt"], list) and generate["inputs"]["thinking"] is False
+    set_inputs(api, SMALL)
+    values: dict = {}
+    ran = _run(template_root, tmp_path, registry, api, values=values)
     assert {"UNETLoader", "CLIPLoader", "VAELoader", "CLIPTextEncode", "EmptyFlux2LatentImage", "KSampler",
-            "VAEDecode", "SaveImage", "CreateBoundingBoxes", "Flux3LayoutPrompt"} <= ran
-    assert "TextGenerate" not in ran  # the prompt upsampler is switched off as saved
+            "VAEDecode", "SaveImage", "CreateBoundingBoxes", "Flux3LayoutPrompt", "TextGenerate"} <= ran
+    prompt = api[next(k for k, n in api.items() if n["class_type"] == "PrimitiveStringMultiline"
+                      and [k, 0] == generate["inputs"]["prompt"])]["inputs"]["value"]
+    assert values[switch_id] == values[generate_id] and len(values[generate_id]) > 10  # the upsampled prompt
+    assert values[generate_id] not in prompt and prompt not in values[generate_id]
     image = last_saved_image(tmp_path / "output")
     assert image.shape[:2] == (64, 64) and float(image.std()) > 0.01
 

@@ -64,3 +64,19 @@ def build_qwen35(text_encoders: Path, names: list[str], tied: bool = False, seed
     for name in names:
         save_file(layout, str(text_encoders / name))
     return model, tokenizer
+
+
+def w4a8_file(src: Path, dst: Path) -> int:
+    """``src`` saved as ``dst`` with its 2-D linear weights quantised by comfy-kitchen to ComfyUI's
+    ``asym_w4a8_int8`` (4-bit groups of 16 with a codebook, ConvRot), as the ``*_w4a8`` upsampler release holds
+    them (which of its layers are quantised is not known here; the embeddings are left as they are). Returns
+    the layers quantised."""
+    from tests.helpers.comfy_quant import convrot_group, quantize_file
+
+    def pick(key: str, value: torch.Tensor) -> dict | None:
+        if value.ndim != 2 or "embed_tokens" in key or value.shape[-1] % 16:
+            return None
+        group = convrot_group(value.shape[-1])
+        return None if group is None else dict(group_size=16, convrot_groupsize=group)
+
+    return len(quantize_file(src, dst, "asym_w4a8_int8", pick))
