@@ -3,13 +3,13 @@ the transformer (:mod:`.ace_step1_net`) under ``model.diffusion_model.``, the UM
 ``text_encoders.umt5base.transformer.`` (with its sentencepiece model at ``text_encoders.spiece_model``), the
 music DCAE and vocoder under ``vae.dcae.`` / ``vae.vocoder.`` (:mod:`.ace_step1_vae`).
 
-Text (TextEncodeAceStepAudio): the tags through UMT5 (sentencepiece tokens + end token, no padding; the last
-hidden states; prompt weights as ComfyUI's, :func:`encode_tags`), the lyrics as token ids
-(:mod:`.ace_step1_lyrics`), ``lyrics_strength`` scaling the lyric encoder's output. The UMT5 tokenizer is read from the Wan UMT5 tokenizer folder
-(``models/text_encoders/umt5_tokenizer``, the same vocabulary; the file's sentencepiece model would need the
-``sentencepiece`` package). Sampling: flow matching, network time ``1000 · sigma``, ComfyUI's default shift 3
-(the templates set ModelSamplingSD3 5); the network predicts the velocity. Latents ``[B, 8, 16, T]``
-(EmptyAceStepLatentAudio).
+Text (TextEncodeAceStepAudio): the tags through UMT5 (sentencepiece tokens + end token, no padding; the last hidden
+states; prompt weights as ComfyUI's, :func:`encode_tags`), the lyrics as token ids (:mod:`.ace_step1_lyrics`),
+``lyrics_strength`` scaling the lyric encoder's output. The UMT5 tokenizer is the file's sentencepiece model
+(:mod:`.spiece_tokenizer`; it needs ``protobuf``), else the Wan UMT5 tokenizer folder
+(``models/text_encoders/umt5_tokenizer``, the same vocabulary). Sampling: flow matching, network time ``1000 ·
+sigma``, ComfyUI's default shift 3 (the templates set ModelSamplingSD3 5); the network predicts the velocity.
+Latents ``[B, 8, 16, T]`` (EmptyAceStepLatentAudio).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ DEFAULT_SHIFT = 3.0
 DIT_PREFIX = "model.diffusion_model."
 TEXT_PREFIX = "text_encoders.umt5base.transformer."
 VAE_PREFIX = "vae."
+SPIECE_KEY = "text_encoders.spiece_model"
 FAMILY = "ace_step_1.0"
 
 
@@ -175,15 +176,29 @@ def build_transformer(sd: dict, dtype: torch.dtype):
     return net.to(dtype).eval().requires_grad_(False)
 
 
+def umt5_tokenizer(path: Path, keys, models_dir: Path):
+    """The file's own sentencepiece model (``text_encoders.spiece_model``, as ComfyUI reads it) when it has one and
+    ``protobuf`` is installed, else the UMT5 tokenizer folder Wan uses (the same vocabulary)."""
+    from nodegraph_nodes.dit import spiece_tokenizer
+    from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
+    from nodegraph_nodes.dit.wan import find_tokenizer
+
+    if SPIECE_KEY in set(keys) and spiece_tokenizer.available():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as fh:
+            return spiece_tokenizer.fast_tokenizer(fh.get_tensor(SPIECE_KEY), f"{path.name} {SPIECE_KEY}")
+    return load_llm_tokenizer(find_tokenizer(models_dir, path))
+
+
 def load_checkpoint(path: Path, keys, manager, device: str, models_dir: Path):
     """``(MODEL, CLIP, VAE)`` of ComfyUI's ACE-Step 1.0 all-in-one file."""
     from nodegraph_nodes.dit.ace_step1_lyrics import LyricTokenizer, find_vocab
     from nodegraph_nodes.dit.ace_step1_vae import AceStep1Vae, build_music_dcae
     from nodegraph_nodes.dit.convert import strip_prefix
     from nodegraph_nodes.dit.file_loading import CheckpointWeights
-    from nodegraph_nodes.dit.llm_loading import load_llm_tokenizer
     from nodegraph_nodes.dit.loading import _stored, flow_dtype
-    from nodegraph_nodes.dit.wan import build_umt5, find_tokenizer
+    from nodegraph_nodes.dit.wan import build_umt5
 
     dtype = flow_dtype(device)
     weights = CheckpointWeights(path, manager)
@@ -201,8 +216,8 @@ def load_checkpoint(path: Path, keys, manager, device: str, models_dir: Path):
         return build_umt5(sd, _stored(manager, sd, dtype))
 
     text = manager.load(_manager_key(path, "umt5base_ace", dtype), text_loader, compute_dtype=dtype)
-    clip = AceStep1Clip(text, load_llm_tokenizer(find_tokenizer(models_dir, path)),
-                        LyricTokenizer(find_vocab(models_dir, path)), source=str(path))
+    clip = AceStep1Clip(text, umt5_tokenizer(path, keys, models_dir), LyricTokenizer(find_vocab(models_dir, path)),
+                        source=str(path))
     vae_dtype = torch.float32
 
     def vae_loader():

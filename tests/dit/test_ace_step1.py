@@ -121,6 +121,36 @@ def test_vae_encode_equals_official(engine, official):
     assert torch.allclose(lat, ref, atol=1e-3, rtol=1e-5), float((lat - ref).abs().max())
 
 
+def test_umt5_tokenizer_from_the_file_or_the_folder(engine, tiny):
+    """The file's sentencepiece model tokenizes the tags (the hand-made model's ``▁word`` pieces); a file without
+    one takes the UMT5 tokenizer folder (tiny_wan's word-level stand-in)."""
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer
+
+    from tests.dit.tiny_ace_step1 import spiece_model
+    from nodegraph_nodes.dit.spiece_tokenizer import fast_tokenizer
+
+    tok = fast_tokenizer(spiece_model(), "tiny")
+    assert tok("a red fox in snow")["input_ids"] == [32, 33, 34, 35, 36, 1]
+    assert tok("  a  redx")["input_ids"] == [32, 33, 27, 1]  # whitespace collapsed, a letter for what is left
+    sd = load_file(str(tiny.root / "models" / "checkpoints" / CHECKPOINT))
+    del sd["text_encoders.spiece_model"]
+    save_file(sd, str(tiny.root / "models" / "checkpoints" / "tiny_ace_step_v1_no_spiece.safetensors"))
+    states = {}
+    for name in (CHECKPOINT, "tiny_ace_step_v1_no_spiece.safetensors"):
+        g = Graph()
+        ckpt = g.node("CheckpointLoaderSimple", ckpt_name=name)
+        g.node("PreviewAny", source=g.node("TextEncodeAceStepAudio", "cond", clip=ckpt.out(1), tags="red fox",
+                                            lyrics="", lyrics_strength=1.0))
+        states[name] = engine.run(g).raise_for_status().value("cond")[0][0]
+    folder = AutoTokenizer.from_pretrained(str(tiny.root / "models" / "text_encoders" / "umt5_tokenizer"))
+    with torch.no_grad():
+        for name, ids in ((CHECKPOINT, [[33, 34, 1]]), ("tiny_ace_step_v1_no_spiece.safetensors",
+                                                       [folder("red fox")["input_ids"]])):
+            assert torch.allclose(states[name], tiny.text_encoder(input_ids=torch.tensor(ids))[0], atol=1e-6)
+    assert folder("red fox")["input_ids"] != [33, 34, 1]
+
+
 def test_lyric_tokens_follow_comfyui_lines(tiny):
     from nodegraph_nodes.dit.ace_step1_lyrics import LyricTokenizer, clean, number_words
 

@@ -1,9 +1,9 @@
 """A tiny random ACE-Step 1.0 saved as ComfyUI's all-in-one file (``checkpoints/tiny_ace_step_v1.safetensors``):
 the transformer (nodegraph's module, :mod:`nodegraph_nodes.dit.ace_step1_net`, in the release's names) under
-``model.diffusion_model.``, a tiny UMT5 (transformers) under ``text_encoders.umt5base.transformer.`` with a zero
-``text_encoders.spiece_model`` stand-in, diffusers' ``AutoencoderDC`` and nodegraph's vocoder under
+``model.diffusion_model.``, a tiny UMT5 (transformers) under ``text_encoders.umt5base.transformer.`` with a
+hand-made sentencepiece model as ``text_encoders.spiece_model``, diffusers' ``AutoencoderDC`` and nodegraph's vocoder under
 ``vae.dcae.`` / ``vae.vocoder.`` (weight norm as ``weight_g`` / ``weight_v``, the release's names). Beside it:
-``text_encoders/umt5_tokenizer`` (tiny_wan's word-level stand-in) and ``text_encoders/ace_lyrics_tokenizer``
+``text_encoders/umt5_tokenizer`` (tiny_wan's word-level stand-in, for files without a sentencepiece model) and ``text_encoders/ace_lyrics_tokenizer``
 (a character-level stand-in for ACE-Step's ``vocab.json`` with its ``[en]`` / ``[SPACE]`` tokens). Weights are
 seeded: the official code's outputs on them are recorded in ``tests/data/ace_step1_official``.
 """
@@ -65,6 +65,31 @@ def release_names(sd: dict) -> dict:
         "parametrizations.weight.original1", "weight_v"): v for k, v in sd.items()}
 
 
+SPIECE_WORDS = "a red fox in snow blue sky cat on the beach piano pop happy".split()
+
+
+def spiece_model() -> bytes:
+    """A hand-made sentencepiece Unigram model (the ``text_encoders.spiece_model`` stand-in): ``<pad>`` 0,
+    ``</s>`` 1, ``<unk>`` 2, ``▁``, the letters and some ``▁word`` pieces; identity normaliser (ComfyUI's file holds
+    UMT5's own model)."""
+    from transformers.convert_slow_tokenizer import import_protobuf
+
+    proto = import_protobuf().ModelProto()
+    for piece, kind in (("<pad>", 3), ("</s>", 3), ("<unk>", 2)):
+        proto.pieces.add(piece=piece, score=0.0, type=kind)
+    pieces = ["\u2581"] + list(string.ascii_lowercase) + [",", "-"] + ["\u2581" + w for w in SPIECE_WORDS]
+    for i, piece in enumerate(pieces):
+        proto.pieces.add(piece=piece, score=-2.0 - 0.01 * i if len(piece) > 1 else -5.0 - 0.01 * i, type=1)
+    proto.trainer_spec.model_type = 1  # unigram
+    proto.trainer_spec.unk_id, proto.trainer_spec.pad_id, proto.trainer_spec.eos_id, proto.trainer_spec.bos_id = (
+        2, 0, 1, -1)
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = True
+    proto.normalizer_spec.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
 def write_lyrics_vocab(folder: Path) -> Path:
     """A character-level BPE (no merges) with ACE-Step's special tokens at its ids' low end; the ids stay below
     the tiny model's 300 lyric embeddings."""
@@ -99,7 +124,7 @@ def build_ace_step1(root: Path) -> TinyAceStep1:
     net, te, ae, voc = transformer(), umt5(), dcae(), vocoder()
     sd = {f"model.diffusion_model.{k}": v for k, v in net.state_dict().items()}
     sd.update({f"text_encoders.umt5base.transformer.{k}": v for k, v in te.state_dict().items()})
-    sd["text_encoders.spiece_model"] = torch.zeros(16, dtype=torch.uint8)
+    sd["text_encoders.spiece_model"] = torch.frombuffer(bytearray(spiece_model()), dtype=torch.uint8)
     sd.update({f"vae.dcae.{k}": v for k, v in ae.state_dict().items()})
     sd.update({f"vae.vocoder.{k}": v for k, v in release_names(voc.state_dict()).items()})
     save_file({k: v.clone().contiguous() for k, v in sd.items()}, str(models / "checkpoints" / CHECKPOINT))
