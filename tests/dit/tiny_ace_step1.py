@@ -1,11 +1,12 @@
-"""A tiny random ACE-Step 1.0 saved as ComfyUI's all-in-one file (``checkpoints/tiny_ace_step_v1.safetensors``):
-the transformer (nodegraph's module, :mod:`nodegraph_nodes.dit.ace_step1_net`, in the release's names) under
-``model.diffusion_model.``, a tiny UMT5 (transformers) under ``text_encoders.umt5base.transformer.`` with a
-hand-made sentencepiece model as ``text_encoders.spiece_model``, diffusers' ``AutoencoderDC`` and nodegraph's vocoder under
-``vae.dcae.`` / ``vae.vocoder.`` (weight norm as ``weight_g`` / ``weight_v``, the release's names). Beside it:
-``text_encoders/umt5_tokenizer`` (tiny_wan's word-level stand-in, for files without a sentencepiece model) and ``text_encoders/ace_lyrics_tokenizer``
-(a character-level stand-in for ACE-Step's ``vocab.json`` with its ``[en]`` / ``[SPACE]`` tokens). Weights are
-seeded: the official code's outputs on them are recorded in ``tests/data/ace_step1_official``.
+"""A tiny random ACE-Step 1.0 saved as ComfyUI's all-in-one file (``checkpoints/tiny_ace_step_v1.safetensors``): the
+transformer (nodegraph's module, :mod:`nodegraph_nodes.dit.ace_step1_net`, in the release's names) under
+``model.diffusion_model.``, a tiny UMT5 (transformers) under ``text_encoders.umt5base.transformer.`` with a hand-
+made sentencepiece model as ``text_encoders.spiece_model``, diffusers' ``AutoencoderDC`` and nodegraph's vocoder
+under ``vae.dcae.`` / ``vae.vocoder.`` (weight norm as ``weight_g`` / ``weight_v``, the release's names). Beside it:
+``text_encoders/umt5_tokenizer`` (tiny_wan's word-level stand-in, for files without a sentencepiece model) and
+``text_encoders/ace_lyrics_tokenizer`` (a character-level stand-in for ACE-Step's ``vocab.json`` with its ``[en]`` /
+``[SPACE]`` tokens). Weights are seeded: the official code's outputs on them are recorded in
+``tests/data/ace_step1_official``.
 """
 
 from __future__ import annotations
