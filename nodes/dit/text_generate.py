@@ -3,7 +3,9 @@
 The CLIP is one that CLIPLoader loads from a language-model text encoder: Qwen3 (Z-Image's
 ``qwen_3_4b``, type ``lumina2``), Qwen2.5-VL (Qwen-Image's, type ``qwen_image``; with an ``image``),
 Gemma 2 (Lumina 2's, type ``lumina2``) or LTX-2's Gemma 3 (a CLIP of family ``ltx2`` whose model holds
-the language model as ``.gemma``). Other CLIPs are refused with an error naming the input.
+the language model as ``.gemma``), or a Qwen 3.5 file under any type (FLUX.3's and Qwen-Image 2.1's prompt
+upsamplers, :mod:`nodegraph_nodes.dit.qwen35_text`; text only). Other CLIPs are refused with an error naming
+the input.
 ``TextGenerateLTX2Prompt`` ("Generate LTX2 Prompt") is the same with LTX-2's prompt-enhancer turn.
 
 What it does (ComfyUI's facts, ``comfy_extras/nodes_textgen.py`` and ``comfy/text_encoders/llama.py``):
@@ -12,7 +14,8 @@ What it does (ComfyUI's facts, ``comfy_extras/nodes_textgen.py`` and ``comfy/tex
   ``<|im_start|>user\\n…<|im_end|>\\n<|im_start|>assistant\\n``, a ``system_prompt`` as a system turn
   before it, an image as ``<|vision_start|><|image_pad|><|vision_end|>`` before the text; Qwen3 without
   ``thinking`` gets the empty ``<think>\\n\\n</think>\\n\\n`` block its chat template writes for
-  ``enable_thinking=False``; Gemma: ``<start_of_turn>user\\n…<end_of_turn>\\n<start_of_turn>model\\n``,
+  ``enable_thinking=False``, Qwen 3.5 ComfyUI's ``<think>\\n</think>\\n`` (a Qwen 3.5 prompt that starts with
+  ``<|im_start|>`` is taken as written); Gemma: ``<start_of_turn>user\\n…<end_of_turn>\\n<start_of_turn>model\\n``,
   a system prompt first in the user turn); without it the prompt is tokenized as written. Gemma's
   ``<bos>`` always comes first.
 * **Decoding**: up to ``max_length`` new tokens; it stops after a stop token (Qwen ``<|im_end|>`` /
