@@ -103,9 +103,11 @@ def file_identity(path: Path) -> tuple[str, int, int]:
     return str(path.resolve()), st.st_size, st.st_mtime_ns
 
 
-def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]:
+def read_state_dict(path: Path, *, allow_pickle: bool = False, dtype: Any = None) -> dict[str, Any]:
     """All tensors of a model file, on the CPU; ComfyUI's quantised layers (``comfy_quant`` markers,
-    ``fp8_scaled`` files: :mod:`nodegraph_nodes.diffusion.quantized`) dequantised as they are read."""
+    ``fp8_scaled`` files: :mod:`nodegraph_nodes.diffusion.quantized`) dequantised as they are read, to ``dtype``
+    (a dtype or a rule from the file's float dtype, :data:`~nodegraph_nodes.diffusion.quantized.DtypeRule`;
+    default the file's float dtype)."""
     from nodegraph_nodes.diffusion.quantized import dequantize_state_dict, read_safetensors
 
     path = Path(path)
@@ -114,7 +116,7 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]
     suffix = path.suffix.lower()
     if suffix in SAFE_EXTENSIONS:
         try:
-            return read_safetensors(path)
+            return read_safetensors(path, dtype)
         except ModelFileError:
             raise
         except Exception as exc:  # safetensors raises its own error types, or OSError / ValueError
@@ -136,7 +138,8 @@ def read_state_dict(path: Path, *, allow_pickle: bool = False) -> dict[str, Any]
             data = data["state_dict"]
         if not isinstance(data, dict):
             raise ModelFileError(f"{path.name} does not hold a state dict")
-        return dequantize_state_dict({k: v for k, v in data.items() if hasattr(v, "shape")}, name=path.name)
+        return dequantize_state_dict({k: v for k, v in data.items() if hasattr(v, "shape")}, dtype=dtype,
+                                     name=path.name)
     raise ModelFileError(f"{path.name}: unknown model file type {suffix!r}; use .safetensors")
 
 

@@ -35,7 +35,8 @@ activations' quantisation) is dropped: the models compute in floating point. Exp
 dequantised expert by expert (their marker names ``num_experts``). A format not listed, or a layer whose tensors do not fit its format, is a
 :class:`ModelFileError` naming the file, the layer and the format. The dequantised weights take the dtype of
 the file's unquantised floating tensors (bf16 in the released files; bf16 when there are none) unless the
-caller names one.
+caller names one or a rule (the DiT loaders: the model manager's storage dtype, so a CPU computing in float32
+gets the float32 dequantisation, as ComfyUI's).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import json
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 
@@ -58,6 +59,9 @@ AUX_SUFFIXES = ("comfy_quant", "weight_scale", "weight_scale_2", "input_scale", 
                 "weight_s_channel", "weight_codebook", "weight_correction", "weight_zeros", "scale_weight",
                 "scale_input")
 LEGACY_FORMAT = "scaled_fp8"
+#: the dtype dequantised weights take: a dtype, or a rule from the file's unquantised floating dtype (``None``:
+#: none) to one, e.g. the model manager's storage dtype; ``None``: :func:`output_dtype`
+DtypeRule = Union[torch.dtype, Callable[[Optional[torch.dtype]], torch.dtype], None]
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 
@@ -391,9 +395,9 @@ def _aux_of(layer: str, has: Callable[[str], bool], read: Callable[[str], torch.
 
 
 def dequantize_state_dict(sd: Mapping[str, Any], metadata: Mapping[str, str] | None = None,
-                          dtype: torch.dtype | None = None, name: str = "this file") -> dict[str, Any]:
-    """``sd`` (already in memory) with its quantised layers dequantised to ``dtype`` (default: see
-    :func:`output_dtype`) and their markers and scales dropped; ``sd`` itself when nothing is quantised."""
+                          dtype: DtypeRule = None, name: str = "this file") -> dict[str, Any]:
+    """``sd`` (already in memory) with its quantised layers dequantised to ``dtype`` (see :data:`DtypeRule`) and
+    their markers and scales dropped; ``sd`` itself when nothing is quantised."""
     layers = find_layers(sd.keys(), metadata, sd.__getitem__, name)
     if not layers:
         if any(is_legacy_marker(k) for k in sd):
@@ -401,12 +405,11 @@ def dequantize_state_dict(sd: Mapping[str, Any], metadata: Mapping[str, str] | N
         return dict(sd) if not isinstance(sd, dict) else sd
     legacy = any(q.format == LEGACY_FORMAT for q in layers.values())
     weights = {q.weight_key: q for q in layers.values()}
-    if dtype is None:
-        sizes: dict[torch.dtype, int] = {}
-        for key, value in sd.items():
-            if isinstance(value, torch.Tensor) and key not in weights and not is_aux_key(key, layers, legacy):
-                sizes[value.dtype] = sizes.get(value.dtype, 0) + value.numel() * value.element_size()
-        dtype = output_dtype(sizes)
+    sizes: dict[torch.dtype, int] = {}
+    for key, value in sd.items():
+        if isinstance(value, torch.Tensor) and key not in weights and not is_aux_key(key, layers, legacy):
+            sizes[value.dtype] = sizes.get(value.dtype, 0) + value.numel() * value.element_size()
+    dtype = _pick_dtype(dtype, sizes)
     out = {}
     for key, value in sd.items():
         if is_aux_key(key, layers, legacy):
@@ -422,11 +425,20 @@ def dequantize_state_dict(sd: Mapping[str, Any], metadata: Mapping[str, str] | N
 _SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
-def read_safetensors(path: Path, dtype: torch.dtype | None = None,
+def _pick_dtype(dtype, sizes: Mapping[torch.dtype, int]) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    floats = {d: n for d, n in sizes.items() if _floating(d)}
+    if dtype is None:
+        return output_dtype(floats)
+    return dtype(max(floats, key=floats.get) if floats else None)
+
+
+def read_safetensors(path: Path, dtype: DtypeRule = None,
                      want: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a ``.safetensors`` file on the CPU (those whose name ``want`` accepts, default all), its
     quantised layers dequantised one at a time as they are read (the file stays memory-mapped; no second copy of
-    the quantised weights is held); markers and scales are not returned."""
+    the quantised weights is held) to ``dtype`` (see :data:`DtypeRule`); markers and scales are not returned."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -442,8 +454,8 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None,
         if missing:
             raise ModelFileError(f"{path.name}: the quantised layer {missing[0]} has no weight in the file")
         plain = [k for k in keys if k not in weights and not is_aux_key(k, layers, legacy)]
-        if dtype is None:
-            sizes: dict[torch.dtype, int] = {}
+        sizes: dict[torch.dtype, int] = {}
+        if not isinstance(dtype, torch.dtype):
             for key in plain:
                 part = fh.get_slice(key)
                 d = _SAFETENSORS_DTYPES.get(part.get_dtype())
@@ -452,7 +464,7 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None,
                     for s in part.get_shape():
                         numel *= int(s)
                     sizes[d] = sizes.get(d, 0) + numel * d.itemsize
-            dtype = output_dtype(sizes)
+        dtype = _pick_dtype(dtype, sizes)
         plainset = set(plain)
         out: dict[str, torch.Tensor] = {}
         for key in keys:

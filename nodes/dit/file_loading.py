@@ -24,7 +24,8 @@ def load_transformer_handle(path: Path, prefix: str, manager, device: str, weigh
     from nodegraph_nodes.dit.loading import _apply_weight_dtype, _fp8, _stored
 
     def loader():
-        sd = dequantize_scaled_fp8(strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle), prefix))
+        sd = dequantize_scaled_fp8(strip_prefix(read_state_dict(path, allow_pickle=manager.allow_pickle,
+                                                                dtype=_dequantised(manager, dtype)), prefix))
         return _apply_weight_dtype(build(sd, _stored(manager, sd, dtype)), weight_dtype, device, dtype)
 
     compute = None if _fp8(weight_dtype) and device.startswith("cuda") else dtype
@@ -40,10 +41,17 @@ def load_encoder_handle(path: Path, kind: str, manager, dtype: torch.dtype,
     from nodegraph_nodes.dit.loading import _stored
 
     def loader():
-        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle))
+        sd = dequantize_scaled_fp8(read_state_dict(path, allow_pickle=manager.allow_pickle,
+                                                   dtype=_dequantised(manager, dtype)))
         return build(sd, _stored(manager, sd, dtype))
 
     return manager.load(_manager_key(path, kind, dtype), loader, compute_dtype=dtype)
+
+
+def _dequantised(manager, dtype: torch.dtype):
+    """The dtype rule for a quantised file's weights: what :func:`~nodegraph_nodes.dit.loading._stored` would
+    keep a file of the unquantised tensors' dtype in (that dtype when streaming or on a GPU, else ``dtype``)."""
+    return lambda file_dtype: manager.storage_dtype(file_dtype, dtype)
 
 
 def require_subfolders(folder: Path, parts: tuple[str, ...]) -> None:

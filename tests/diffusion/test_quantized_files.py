@@ -135,6 +135,21 @@ def test_reading_part_of_a_file_dequantises_it_too(tmp_path):
     torch.testing.assert_close(got["lm_head.weight"], head.reference, rtol=0, atol=1e-6)
 
 
+def test_the_caller_chooses_the_dtype(tmp_path):
+    """Default: the dtype of the file's unquantised tensors (bf16 here); a dtype, or a rule given that dtype (the
+    DiT loaders pass the model manager's storage rule: float32 on a CPU without a budget)."""
+    layer = quantize_layer("a.proj", _weight(5), "int8_tensorwise", convrot=True)
+    path = tmp_path / "m.safetensors"
+    save_file({**layer.tensors, "a.norm.weight": torch.ones(K, dtype=torch.bfloat16)}, str(path))
+    assert read_state_dict(path)["a.proj.weight"].dtype == torch.bfloat16
+    torch.testing.assert_close(read_state_dict(path, dtype=torch.float32)["a.proj.weight"], layer.reference,
+                               rtol=0, atol=1e-6)
+    seen = []
+    got = read_state_dict(path, dtype=lambda file: seen.append(file) or torch.float16)["a.proj.weight"]
+    assert seen == [torch.bfloat16] and got.dtype == torch.float16
+    assert read_state_dict(path, dtype=torch.float32)["a.norm.weight"].dtype == torch.bfloat16  # only dequantised
+
+
 def test_plain_files_read_as_before(tmp_path):
     sd = {"a.weight": torch.randn(3, 4, dtype=torch.bfloat16), "ids": torch.arange(5)}
     save_file(sd, str(tmp_path / "p.safetensors"))
