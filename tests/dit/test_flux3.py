@@ -146,8 +146,9 @@ def test_flux3_edit_with_two_references_matches_pipeline(engine, tiny, tmp_path)
 
 
 def test_flux3_loader_errors(engine, tiny):
-    """CLIPLoader type flux3 with a file that is not Qwen3-VL, and an int8-quantized transformer (the templates'
-    ``*_int8_convrot`` kind), fail with errors naming the file or the weights."""
+    """CLIPLoader type flux3 with a file that is not Qwen3-VL, and a transformer with int8 weights but none of
+    ComfyUI's quantisation markers (marked ``*_int8_convrot`` files are read: test_flux3_templates), fail with
+    errors naming the file or the weights."""
     from safetensors.torch import save_file
 
     root = tiny[0] / "models"
@@ -162,7 +163,7 @@ def test_flux3_loader_errors(engine, tiny):
     sd["single_blocks.0.q_proj.weight"] = torch.zeros_like(sd["single_blocks.0.q_proj.weight"], dtype=torch.int8)
     save_file({"model.diffusion_model." + k: v.contiguous() for k, v in sd.items()},
               str(root / "diffusion_models" / "tiny_flux3_int8.safetensors"))
-    with pytest.raises(Exception, match="integer-quantized"):
+    with pytest.raises(Exception, match="integer-quantized weights .* without ComfyUI's quantisation markers"):
         engine.run(flux3_graph(unet="tiny_flux3_int8.safetensors")).raise_for_status()
 
 
