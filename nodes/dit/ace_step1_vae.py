@@ -1,7 +1,8 @@
-"""ACE-Step 1.0's VAE (the release's "music DCAE"): diffusers' ``AutoencoderDC`` on stereo log-mel images
-``[2, 128, frames]`` (latents ``[8, 16, frames / 8]``) and the ADaMoS HiFi-GAN vocoder (a ConvNeXt backbone and
-a HiFi-GAN head) from mel frames to 44.1 kHz samples (512 a frame), written here after the release's
-description with its parameter names (ComfyUI's all-in-one file: ``vae.dcae.*`` and ``vae.vocoder.*``).
+"""ACE-Step 1.0's VAE (the release's "music DCAE"): diffusers' ``AutoencoderDC`` on stereo log-mel images ``[2, 128,
+frames]`` (latents ``[8, 16, frames / 8]``) and the ADaMoS HiFi-GAN vocoder (a ConvNeXt backbone and a HiFi-GAN
+head) from mel frames to 44.1 kHz samples (512 a frame; the ConvNeXt widths and MLP sizes, the head's kernels
+from the weights), written here after the release's description with its parameter names (ComfyUI's all-in-one
+file: ``vae.dcae.*`` and ``vae.vocoder.*``).
 
 Facts: latent = ``(dcae_latent + 1.9091) · 0.1786`` (decoding inverts it); the DCAE's mel image is the log-mel
 mapped from ``[-11, 3]`` to ``[-1, 1]``; the vocoder decodes each stereo channel as a batch item; encoding pads
@@ -46,11 +47,11 @@ class ChannelsFirstNorm(nn.Module):
 
 
 class ConvNeXtBlock(nn.Module):
-    def __init__(self, dim: int, kernel: int = 7, mlp: float = 4.0):
+    def __init__(self, dim: int, hidden: int, kernel: int = 7):
         super().__init__()
         self.dwconv = nn.Conv1d(dim, dim, kernel, padding=(kernel - 1) // 2, groups=dim)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1, self.pwconv2 = nn.Linear(dim, int(mlp * dim)), nn.Linear(int(mlp * dim), dim)
+        self.pwconv1, self.pwconv2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
         self.gamma = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
@@ -59,13 +60,15 @@ class ConvNeXtBlock(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, cin: int, depths: list[int], dims: list[int]):
+    def __init__(self, cin: int, depths: list[int], dims: list[int], hidden: list[int] | None = None):
         super().__init__()
         self.channel_layers = nn.ModuleList([nn.Sequential(
             nn.Conv1d(cin, dims[0], 7, padding=3, padding_mode="replicate"), ChannelsFirstNorm(dims[0]))])
         for a, b in zip(dims, dims[1:]):
             self.channel_layers.append(nn.Sequential(ChannelsFirstNorm(a), nn.Conv1d(a, b, 1)))
-        self.stages = nn.ModuleList(nn.Sequential(*(ConvNeXtBlock(d) for _ in range(n))) for n, d in zip(depths, dims))
+        hidden = hidden or [4 * d for d in dims]  # the release's ratio 4; files say theirs
+        self.stages = nn.ModuleList(nn.Sequential(*(ConvNeXtBlock(d, h) for _ in range(n)))
+                                    for n, d, h in zip(depths, dims, hidden))
         self.norm = ChannelsFirstNorm(dims[-1])
 
     def forward(self, x):
@@ -124,9 +127,9 @@ class Head(nn.Module):
 
 
 class Vocoder(nn.Module):
-    def __init__(self, cin: int, depths, dims, head: HeadConfig):
+    def __init__(self, cin: int, depths, dims, head: HeadConfig, hidden=None):
         super().__init__()
-        self.backbone = Backbone(cin, list(depths), list(dims))
+        self.backbone = Backbone(cin, list(depths), list(dims), None if hidden is None else list(hidden))
         self.head = Head(head)
 
     def forward(self, mel):
@@ -145,6 +148,7 @@ def vocoder_from_weights(sd: dict, dtype: torch.dtype) -> Vocoder:
     stages = _count(sd, r"backbone\.stages\.(\d+)\.")
     depths = [_count(sd, rf"backbone\.stages\.{i}\.(\d+)\.") for i in range(stages)]
     dims = [int(sd[f"backbone.stages.{i}.0.dwconv.weight"].shape[0]) for i in range(stages)]
+    hidden = [int(sd[f"backbone.stages.{i}.0.pwconv1.weight"].shape[0]) for i in range(stages)]
     ups = _count(sd, r"head\.ups\.(\d+)\.")
     up_w = [sd[f"head.ups.{i}.parametrizations.weight.original1"] for i in range(ups)]
     kernels = tuple(int(w.shape[-1]) for w in up_w)
@@ -159,7 +163,7 @@ def vocoder_from_weights(sd: dict, dtype: torch.dtype) -> Vocoder:
     if math.prod(head.rates) != HOP:
         raise ModelFileError(f"this ACE-Step vocoder upsamples {math.prod(head.rates)}× (kernels {kernels}); the "
                              f"release's upsamples {HOP}×")
-    voc = Vocoder(int(sd["backbone.channel_layers.0.0.weight"].shape[1]), depths, dims, head)
+    voc = Vocoder(int(sd["backbone.channel_layers.0.0.weight"].shape[1]), depths, dims, head, hidden)
     missing, unexpected = voc.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ModelFileError(f"the ACE-Step vocoder weights do not fit: missing {missing[:4]}, unexpected "
