@@ -40,6 +40,12 @@ def is_diffusers_folder(path: Path) -> bool:
     return path.is_dir() and (path / "model_index.json").is_file()
 
 
+def is_modular_folder(path: Path) -> bool:
+    """A folder a diffusers modular pipeline saved (``modular_model_index.json``, e.g. FLUX.3's; often without a
+    ``model_index.json``): listed as one model, loaded by the family that knows its class."""
+    return path.is_dir() and (path / "modular_model_index.json").is_file()
+
+
 def list_model_files(paths: Paths, kind: str, *, diffusers_folders: bool = False,
                      extensions: frozenset[str] = MODEL_EXTENSIONS) -> list[str]:
     """Model files of ``kind`` in every folder of ``paths.model_dirs(kind)`` (recursive, relative to
@@ -56,7 +62,8 @@ def _files_under(base: Path, diffusers_folders: bool, extensions: frozenset[str]
         return found
     for root, dirs, files in os.walk(base, followlinks=True):
         root_path = Path(root)
-        if diffusers_folders and is_diffusers_folder(root_path) and root_path != base:
+        if diffusers_folders and (is_diffusers_folder(root_path) or is_modular_folder(root_path)) \
+                and root_path != base:
             found.append(root_path.relative_to(base).as_posix())
             dirs[:] = []
             continue

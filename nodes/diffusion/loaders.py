@@ -152,6 +152,10 @@ class CheckpointLoaderSimple(Node):
 
         if qwen_image21_folder.is_folder(path):  # QwenImage21Pipeline folders
             return qwen_image21_folder.load_diffusers_folder(path, manager, self.ctx.device)
+        from nodegraph_nodes.dit import flux3_folder
+
+        if flux3_folder.is_folder(path):  # FLUX.3 (modular) pipeline folders
+            return flux3_folder.load_diffusers_folder(path, manager, self.ctx.device)
         if path.is_dir() and llm_loading.diffusers_family(path) is not None:  # Qwen-Image, Z-Image folders
             return llm_loading.load_diffusers_folder(path, self.ctx.service("models"), self.ctx.device,
                                                      Path(paths.models_dir))
