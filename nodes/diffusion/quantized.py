@@ -1,8 +1,9 @@
 """ComfyUI's quantised model files, read on any device: each quantised weight is dequantised to a floating
-dtype when it is read (one layer at a time from the memory-mapped safetensors file), so the models are built
-from ordinary float weights. :func:`read_state_dict <nodegraph_nodes.diffusion.files.read_state_dict>` calls
-this for every file, so every loader (UNETLoader, CLIPLoader / DualCLIPLoader, VAELoader,
-CheckpointLoaderSimple and the families' own) reads these files.
+dtype when it is read (one layer at a time from the memory-mapped safetensors file, big layers a few rows at a
+time), so the models are built from ordinary float weights.
+:func:`read_state_dict <nodegraph_nodes.diffusion.files.read_state_dict>` calls this for every file, so every
+loader (UNETLoader, CLIPLoader / DualCLIPLoader, VAELoader, CheckpointLoaderSimple and the families' own) reads
+these files.
 
 Markers (which layers are quantised, and how), as ComfyUI reads them:
 
@@ -32,8 +33,8 @@ dequantised weight computed in float32 and rounded once to the output dtype):
 
 ``pre_quant_scale`` (activation smoothing) is folded into the weight's columns; ``input_scale`` (the
 activations' quantisation) is dropped: the models compute in floating point. Expert banks (3-D weights) are
-dequantised expert by expert (their marker names ``num_experts``). A format not listed, or a layer whose tensors do not fit its format, is a
-:class:`ModelFileError` naming the file, the layer and the format. The dequantised weights take the dtype of
+dequantised expert by expert (their marker names ``num_experts``). A format not listed, or a layer whose tensors
+do not fit its format, is a :class:`ModelFileError` naming the file, the layer and the format. The dequantised weights take the dtype of
 the file's unquantised floating tensors (bf16 in the released files; bf16 when there are none) unless the
 caller names one or a rule (the DiT loaders: the model manager's storage dtype, so a CPU computing in float32
 gets the float32 dequantisation, as ComfyUI's).
@@ -339,7 +340,56 @@ FORMATS: dict[str, Callable[[torch.Tensor, Mapping[str, torch.Tensor], LayerQuan
 }
 
 
-def _per_expert(q: torch.Tensor, aux: Mapping[str, torch.Tensor], quant: LayerQuant, run) -> torch.Tensor:
+#: rows are dequantised at most this many stored elements at a time, so that no float32 copy of a whole big
+#: weight (a 150k-token embedding, a wide MLP) is ever held
+CHUNK_ELEMENTS = 1 << 24
+#: per format, the scales that run along the weight's rows (suffix → their axis of rows); the formats not listed
+#: (mxfp8, nvfp4: scales in 128-row tiles) are dequantised whole
+ROW_SCALES: dict[str, dict[str, int]] = {
+    "float8_e4m3fn": {}, "float8_e5m2": {}, LEGACY_FORMAT: {}, "int8_tensorwise": {"weight_scale": 0},
+    "convrot_w4a4": {"weight_scale": 0},
+    "asym_w4a8_int8": {"weight_s_rel": 0, "weight_s_channel": 0, "weight_correction": 1},
+    "awq_w4a16": {"weight_scale": 1, "weight_zeros": 1},
+}
+
+
+def _finish(w: torch.Tensor, aux: Mapping[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    pre = aux.get("pre_quant_scale")  # AWQ-style smoothing of the inputs, folded into the columns
+    if pre is not None:
+        w = w * pre.float().reshape(*([1] * (w.ndim - 1)), -1)
+    return w.to(dtype)
+
+
+def _row_slice(aux: Mapping[str, torch.Tensor], axes: Mapping[str, int], rows: int, start: int,
+               stop: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, t in aux.items():
+        axis = axes.get(name)
+        if axis is not None and t.ndim > axis and t.shape[axis] == rows:
+            t = t.narrow(axis, start, stop - start)
+        out[name] = t
+    return out
+
+
+def _by_rows(run, q: torch.Tensor, aux: Mapping[str, torch.Tensor], quant: LayerQuant,
+             dtype: torch.dtype) -> torch.Tensor:
+    """``run`` on ``q``, in ``dtype``: row chunk by row chunk into one output where the format allows."""
+    axes = ROW_SCALES.get(quant.format)
+    if q.ndim != 2 or axes is None or q.numel() <= CHUNK_ELEMENTS:
+        return _finish(run(q, aux, quant), aux, dtype)
+    rows, step = q.shape[0], max(1, CHUNK_ELEMENTS // q.shape[1])
+    out = None
+    for start in range(0, rows, step):
+        stop = min(rows, start + step)
+        part = _finish(run(q[start:stop], _row_slice(aux, axes, rows, start, stop), quant), aux, dtype)
+        if out is None:
+            out = torch.empty((rows, *part.shape[1:]), dtype=dtype)
+        out[start:stop] = part
+    return out
+
+
+def _per_expert(run, q: torch.Tensor, aux: Mapping[str, torch.Tensor], quant: LayerQuant,
+                dtype: torch.dtype) -> torch.Tensor:
     """A 3-D bank ``[E, N, K]`` (ComfyUI's MoE experts): each expert dequantised with its slice of every
     scale whose first dimension is E (a shared scale or codebook as it is)."""
     experts = q.shape[0]
@@ -348,13 +398,14 @@ def _per_expert(q: torch.Tensor, aux: Mapping[str, torch.Tensor], quant: LayerQu
         per_expert = t.ndim >= 1 and t.shape[0] == experts and (name != "weight_codebook" or t.ndim == 2)
         return t[i] if per_expert else t
 
-    return torch.stack([run(q[i], {n: part(n, t, i) for n, t in aux.items()}, quant) for i in range(experts)])
+    return torch.stack([_by_rows(run, q[i], {n: part(n, t, i) for n, t in aux.items()}, quant, dtype)
+                        for i in range(experts)])
 
 
-def dequantize_weight(quant: LayerQuant, weight: torch.Tensor, aux: Mapping[str, torch.Tensor],
-                      name: str) -> torch.Tensor:
-    """The float32 weight of the quantised layer ``quant`` of file ``name`` from its stored ``weight`` and
-    its ``aux`` tensors (by suffix: ``weight_scale`` …)."""
+def dequantize_weight(quant: LayerQuant, weight: torch.Tensor, aux: Mapping[str, torch.Tensor], name: str,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weight of the quantised layer ``quant`` of file ``name`` in ``dtype`` (computed in float32, rounded
+    once) from its stored ``weight`` and its ``aux`` tensors (by suffix: ``weight_scale`` …)."""
     run = FORMATS.get(quant.format)
     if run is None:
         raise ModelFileError(
@@ -363,18 +414,13 @@ def dequantize_weight(quant: LayerQuant, weight: torch.Tensor, aux: Mapping[str,
             "files); use the bf16 or fp8 release")
     try:
         if weight.ndim == 3 and quant.option("num_experts", None) is not None:
-            w = _per_expert(weight, aux, quant, run)
-        else:
-            w = run(weight, aux, quant)
-        pre = aux.get("pre_quant_scale")
-        if pre is not None:
-            w = w * pre.float().reshape(*([1] * (w.ndim - 1)), -1)
+            return _per_expert(run, weight, aux, quant, dtype)
+        return _by_rows(run, weight, aux, quant, dtype)
     except _LayerError as exc:
         raise ModelFileError(f"{name}: layer {quant.layer} ({quant.format}) cannot be dequantised: {exc}") from None
     except (RuntimeError, IndexError, ValueError) as exc:
         raise ModelFileError(f"{name}: layer {quant.layer}'s {quant.format} tensors do not fit the format "
                              f"(weight {tuple(weight.shape)} {weight.dtype}: {exc})") from None
-    return w
 
 
 # -- whole files ------------------------------------------------------------------------------------
@@ -417,7 +463,7 @@ def dequantize_state_dict(sd: Mapping[str, Any], metadata: Mapping[str, str] | N
         quant = weights.get(key)
         if quant is not None:
             value = dequantize_weight(quant, value, _aux_of(quant.layer, sd.__contains__, sd.__getitem__),
-                                      name).to(dtype)
+                                      name, dtype)
         out[key] = value
     return out
 
@@ -473,7 +519,7 @@ def read_safetensors(path: Path, dtype: DtypeRule = None,
             quant = weights.get(key)
             if quant is not None:
                 aux = _aux_of(quant.layer, keyset.__contains__, fh.get_tensor)
-                out[key] = dequantize_weight(quant, fh.get_tensor(key), aux, path.name).to(dtype)
+                out[key] = dequantize_weight(quant, fh.get_tensor(key), aux, path.name, dtype)
             elif key in plainset:
                 out[key] = fh.get_tensor(key)
         return out

@@ -15,7 +15,8 @@ from nodegraph_nodes.diffusion.files import ModelFileError, read_state_dict
 from nodegraph_nodes.dit.convert import dequantize_scaled_fp8
 from tests.helpers.comfy_quant import awq_layer, marker, quantize_layer
 
-N, K = 160, 512  # rows over two 128-row tiles, not a multiple of 128 (the swizzled block scales' padding), K of two 256-column groups
+#: rows over two 128-row tiles, not a multiple of 128 (the swizzled block scales' padding); two 256-column groups
+N, K = 160, 512
 
 CASES = [
     ("int8_tensorwise", dict(convrot=True)),  # the *_int8_convrot files
@@ -56,7 +57,26 @@ def test_dequantised_weights_equal_comfy_kitchens(tmp_path, fmt, opts):
     assert (got - weight).abs().max() < 0.5 * weight.abs().max()  # and it is the weight, quantised
 
 
-def test_awq_w4a16_equals_comfy_kitchens(tmp_path):
+@pytest.mark.parametrize("fmt, opts", [("int8_tensorwise", dict(convrot=True)), ("float8_e4m3fn", dict()),
+                                       ("convrot_w4a4", dict()), ("asym_w4a8_int8", dict())])
+def test_big_weights_are_dequantised_in_row_chunks(tmp_path, monkeypatch, fmt, opts):
+    """Weights over CHUNK_ELEMENTS are dequantised a few rows at a time into the output (here 7 rows a chunk):
+    the same weights."""
+    from nodegraph_nodes.diffusion import quantized
+
+    monkeypatch.setattr(quantized, "CHUNK_ELEMENTS", 7 * K)
+    layer = quantize_layer("big", _weight(6), fmt, **opts)
+    save_file(layer.tensors, str(tmp_path / "big.safetensors"))
+    got = read_state_dict(tmp_path / "big.safetensors", dtype=torch.float32)["big.weight"]
+    torch.testing.assert_close(got, layer.reference, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [None, 4 * 128], ids=["whole", "row-chunks"])
+def test_awq_w4a16_equals_comfy_kitchens(tmp_path, monkeypatch, chunk):
+    from nodegraph_nodes.diffusion import quantized
+
+    if chunk:
+        monkeypatch.setattr(quantized, "CHUNK_ELEMENTS", chunk)
     layer = awq_layer("mlp.up", 64, 256)
     save_file({**layer.tensors, "mlp.up.bias": torch.zeros(64, dtype=torch.bfloat16)}, str(tmp_path / "a.safetensors"))
     sd = read_state_dict(tmp_path / "a.safetensors")
