@@ -18,11 +18,13 @@ from nodegraph_nodes.diffusion.files import ModelFileError
 
 
 def available() -> bool:
+    """Whether ``protobuf`` (which reads the model proto) is installed."""
+    import importlib.util
+
     try:
-        import google.protobuf  # noqa: F401
-    except ImportError:
+        return importlib.util.find_spec("google.protobuf") is not None
+    except ModuleNotFoundError:  # no ``google`` package at all
         return False
-    return True
 
 
 def fast_tokenizer(model: bytes | torch.Tensor, where: str):
