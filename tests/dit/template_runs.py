@@ -58,6 +58,17 @@ def run_template(engine, api: dict, inputs: dict[str, dict]):
     return result
 
 
+def fewer_sampler_steps(api: dict, steps: int, switch: tuple[int, int] = (10, 2)) -> None:
+    """Sets the steps of each KSampler / KSamplerAdvanced of ``api`` to ``steps`` and moves the two-expert switch
+    (a KSamplerAdvanced's ``start_at_step`` / ``end_at_step`` at ``switch[0]``) to ``switch[1]``."""
+    for n in api.values():
+        if n["class_type"] in ("KSampler", "KSamplerAdvanced"):
+            n["inputs"]["steps"] = steps
+            for key in ("start_at_step", "end_at_step"):
+                if n["inputs"].get(key) == switch[0]:
+                    n["inputs"][key] = switch[1]
+
+
 def small_template(name: str, registry, steps_node: str, steps: int = 4) -> dict:
     """Template ``name``'s API prompt with its EmptySD3LatentImage made 64×64 and ``steps_node``'s steps
     set to ``steps``."""

@@ -11,8 +11,8 @@ import torch
 from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
-from tests.dit.template_runs import saved_video_frames
-from tests.dit.tiny_wan import build_wan
+from tests.dit.template_runs import fewer_sampler_steps, saved_video_frames, set_inputs, template_api
+from tests.dit.tiny_wan import build_wan, template_files
 from tests.helpers.engines import make_engine
 from tests.helpers.noise import engine_noise
 
@@ -112,20 +112,10 @@ def test_comfy_text_to_video_wan_template_runs(wan_engine, tiny_wan):
     """ComfyUI's official ``text_to_video_wan`` template (tests/data/comfy_templates_dit, MIT) on the tiny
     model saved under its file names; only the latent (32×32, 5 frames instead of 832×480, 33) and the steps
     (4 instead of 30) are made smaller."""
-    import json
-    from pathlib import Path
-
     import av
 
-    from nodegraph.workflow.loader import load_workflow_data
-
-    from tests.dit.tiny_qwen import copy_as
-
-    copy_as(tiny_wan.root, {"diffusion_models/tiny_wan2.1_t2v.safetensors": "diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors",
-                            "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                            "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
-    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "text_to_video_wan.json"
-    api = load_workflow_data(json.loads(path.read_text()), wan_engine.registry).api
+    template_files(tiny_wan.root, {"wan2.1_t2v_1.3B_fp16.safetensors": "tiny_wan2.1_t2v.safetensors"})
+    api = template_api("text_to_video_wan", wan_engine.registry)
     kinds = {n["class_type"] for n in api.values()}
     assert {"UNETLoader", "CLIPLoader", "EmptyHunyuanLatentVideo", "ModelSamplingSD3", "CreateVideo", "SaveVideo"} <= kinds
     for n in api.values():
@@ -204,25 +194,15 @@ def test_comfy_wan22_14b_templates_run(wan_engine, tiny_wan, kind):
     low-noise steps 2–4 through KSamplerAdvanced; tests/data/comfy_templates_dit, MIT) on the tiny models saved
     under their file names. Their lightx2v LoRA path is switched off, so the LoRA files are placeholders that
     only satisfy validation. Made smaller: the latent (32×32, 5 frames) and the 20 steps (4)."""
-    import json
     import shutil
-    from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
-    from nodegraph.workflow.loader import load_workflow_data
-
-    from tests.dit.tiny_qwen import copy_as
-
     net = "tiny_wan2.1_t2v" if kind == "t2v" else "tiny_wan_i2v"
     lora = "lora_v1.1" if kind == "t2v" else "lora_v1"
-    copy_as(tiny_wan.root, {
-        f"diffusion_models/{net}.safetensors": f"diffusion_models/wan2.2_{kind}_high_noise_14B_fp8_scaled.safetensors",
-        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
-    copy_as(tiny_wan.root, {f"diffusion_models/{net}.safetensors":
-                            f"diffusion_models/wan2.2_{kind}_low_noise_14B_fp8_scaled.safetensors"})
+    template_files(tiny_wan.root, {f"wan2.2_{kind}_{noise}_noise_14B_fp8_scaled.safetensors": f"{net}.safetensors"
+                                   for noise in ("high", "low")})
     models = tiny_wan.root / "models"
     (models / "loras").mkdir(exist_ok=True)
     for noise in ("high", "low"):
@@ -231,8 +211,7 @@ def test_comfy_wan22_14b_templates_run(wan_engine, tiny_wan, kind):
     wan_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(5).integers(0, 256, (48, 40, 3), dtype=np.uint8), "RGB").save(
         wan_engine.paths.input_dir / "video_wan2_2_14B_i2v_input_image.jpg")
-    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / f"video_wan2_2_14B_{kind}.json"
-    api = load_workflow_data(json.loads(path.read_text()), wan_engine.registry).api
+    api = template_api(f"video_wan2_2_14B_{kind}", wan_engine.registry)
     for n in api.values():
         if n["class_type"] in ("EmptyHunyuanLatentVideo", "WanImageToVideo"):
             n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
@@ -327,29 +306,15 @@ def test_comfy_image_to_video_wan_template_runs(wan_engine, tiny_wan):
     """ComfyUI's official ``image_to_video_wan`` template (Wan 2.1 I2V with CLIP vision H;
     tests/data/comfy_templates_dit, MIT) on the tiny models under its file names (the tiny CLIP vision tower
     as one ComfyUI-style file). Made smaller: WanImageToVideo 32×32, 5 frames; 4 steps instead of 20."""
-    import json
-    import shutil
-    from pathlib import Path
-
     import numpy as np
     from PIL import Image
 
-    from nodegraph.workflow.loader import load_workflow_data
-
-    from tests.dit.tiny_qwen import copy_as
-
-    copy_as(tiny_wan.root, {
-        "diffusion_models/tiny_wan21_i2v.safetensors": "diffusion_models/wan2.1_i2v_480p_14B_fp16.safetensors",
-        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
-    models = tiny_wan.root / "models"
-    shutil.copyfile(models / "clip_vision" / "tiny_clip_vision" / "model.safetensors",
-                    models / "clip_vision" / "clip_vision_h.safetensors")
+    template_files(tiny_wan.root, {"wan2.1_i2v_480p_14B_fp16.safetensors": "tiny_wan21_i2v.safetensors"},
+                   clip_vision=True)
     wan_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(6).integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB").save(
         wan_engine.paths.input_dir / "image_to_video_wan_start_image.png")
-    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / "image_to_video_wan.json"
-    api = load_workflow_data(json.loads(path.read_text()), wan_engine.registry).api
+    api = template_api("image_to_video_wan", wan_engine.registry)
     for n in api.values():
         if n["class_type"] == "WanImageToVideo":
             n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
@@ -374,42 +339,19 @@ def test_comfy_wan_first_last_frame_templates_run(wan_engine, tiny_wan, name):
     ``video_wan2_2_14B_flf2v`` (two experts through KSamplerAdvanced) templates (tests/data/comfy_templates_dit,
     MIT) on the tiny models under their file names. Made smaller: WanFirstLastFrameToVideo 32×32, 5 frames;
     4 steps (the 2.2 template's expert switch moved from step 10 to 2)."""
-    import json
-    import shutil
-    from pathlib import Path
-
     import numpy as np
     from PIL import Image
 
-    from nodegraph.workflow.loader import load_workflow_data
-
-    from tests.dit.tiny_qwen import copy_as
-
-    pairs = {"text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-             "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"}
-    for src, names in FLF_TEMPLATES[name].items():
-        for dst in names:
-            copy_as(tiny_wan.root, {f"diffusion_models/{src}.safetensors": f"diffusion_models/{dst}.safetensors"})
-    copy_as(tiny_wan.root, pairs)
-    models = tiny_wan.root / "models"
-    shutil.copyfile(models / "clip_vision" / "tiny_clip_vision" / "model.safetensors",
-                    models / "clip_vision" / "clip_vision_h.safetensors")
+    template_files(tiny_wan.root, {f"{dst}.safetensors": f"{src}.safetensors"
+                                   for src, names in FLF_TEMPLATES[name].items() for dst in names}, clip_vision=True)
     wan_engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     for which in ("start", "end"):
         Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB").save(
             wan_engine.paths.input_dir / f"{name}_{which}_image.png")
-    path = Path(__file__).resolve().parents[1] / "data" / "comfy_templates_dit" / f"{name}.json"
-    api = load_workflow_data(json.loads(path.read_text()), wan_engine.registry).api
-    for n in api.values():
-        if n["class_type"] == "WanFirstLastFrameToVideo":
-            n["inputs"].update(width=WIDTH, height=HEIGHT, length=LENGTH)
-        if n["class_type"] in ("KSampler", "KSamplerAdvanced"):
-            n["inputs"]["steps"] = 4
-            if n["inputs"].get("end_at_step") == 10:
-                n["inputs"]["end_at_step"] = 2
-            if n["inputs"].get("start_at_step") == 10:
-                n["inputs"]["start_at_step"] = 2
+    api = template_api(f"{name}", wan_engine.registry)
+    set_inputs(api, {"WanFirstLastFrameToVideo": dict(width=WIDTH, height=HEIGHT, length=LENGTH)})
+    fewer_sampler_steps(api, 4)
     result = wan_engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
     assert "WanFirstLastFrameToVideo" in executed and "SaveVideo" in executed

@@ -14,7 +14,7 @@ from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
 from tests.dit.template_runs import package_template_api, saved_video_frames, set_inputs
-from tests.dit.tiny_wan import build_wan, flf_reference, wan_inputs
+from tests.dit.tiny_wan import build_wan, flf_reference, template_files, wan_inputs
 from tests.helpers.engines import make_engine
 
 PROMPT = "a red fox running in snow"
@@ -69,17 +69,14 @@ def test_comfy_wan22_fun_inpaint_template_runs(engine, tiny):
     MIT) on the tiny 36-channel model under both experts' names, with tiny lightx2v LoRAs in Wan's original names.
     Made smaller: WanFunInpaintToVideo 32×32, 5 frames; the template's 4 steps are kept."""
     from tests.dit.test_wan_vace import write_original_lora
-    from tests.dit.tiny_qwen import copy_as
 
     name = "video_wan2_2_14B_fun_inpaint"
+    template_files(tiny.root, {f"wan2.2_fun_inpaint_{noise}_noise_14B_fp8_scaled.safetensors":
+                               "tiny_wan_i2v.safetensors" for noise in ("high", "low")})
+    loras = tiny.root / "models" / "loras"
+    loras.mkdir(exist_ok=True)
     for noise in ("high", "low"):
-        copy_as(tiny.root, {"diffusion_models/tiny_wan_i2v.safetensors":
-                            f"diffusion_models/wan2.2_fun_inpaint_{noise}_noise_14B_fp8_scaled.safetensors"})
-        loras = tiny.root / "models" / "loras"
-        loras.mkdir(exist_ok=True)
         write_original_lora(tiny.i2v_transformer, loras / f"wan2.2_i2v_lightx2v_4steps_lora_v1_{noise}_noise.safetensors")
-    copy_as(tiny.root, {"text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
     images(engine.paths.input_dir, name)
     api = package_template_api(name, engine.registry)
     set_inputs(api, {"WanFunInpaintToVideo": dict(width=WIDTH, height=HEIGHT, length=LENGTH)})

@@ -7,7 +7,6 @@ templates on tiny files."""
 from __future__ import annotations
 
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -19,8 +18,8 @@ from nodegraph.registry import default_registry
 
 from nodegraph_nodes.dit.wan_camera import camera_embedding
 
-from tests.dit.template_runs import package_template_api, saved_video_frames, set_inputs
-from tests.dit.tiny_wan import build_wan, wan_inputs
+from tests.dit.template_runs import fewer_sampler_steps, package_template_api, saved_video_frames, set_inputs
+from tests.dit.tiny_wan import build_wan, template_files, wan_inputs
 from tests.dit.tiny_wan_fun import fun_transformer, write_fun
 from tests.helpers.engines import make_engine
 
@@ -142,15 +141,7 @@ def test_fun_camera_models_follow_the_camera(engine, unet, clip_vision):
 
 
 def _template_files(tiny, engine, name: str, unets: dict[str, str]) -> None:
-    from tests.dit.tiny_qwen import copy_as
-
-    for dst, src in unets.items():
-        copy_as(tiny.root, {f"diffusion_models/{src}": f"diffusion_models/{dst}"})
-    copy_as(tiny.root, {"text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
-    models = tiny.root / "models"
-    shutil.copyfile(models / "clip_vision" / "tiny_clip_vision" / "model.safetensors",
-                    models / "clip_vision" / "clip_vision_h.safetensors")
+    template_files(tiny.root, unets, clip_vision=True)
     engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(9).integers(0, 256, (40, 48, 3), dtype=np.uint8), "RGB").save(
         engine.paths.input_dir / f"{name}_start_image.jpg")
@@ -180,12 +171,7 @@ def test_comfy_wan22_fun_camera_template_runs(engine, tiny):
                                          "tiny_wan22_fun_camera.safetensors" for noise in ("high", "low")})
     api = package_template_api(name, engine.registry)
     set_inputs(api, {"WanCameraEmbedding": dict(width=WIDTH, height=HEIGHT, length=LENGTH)})
-    for n in api.values():
-        if n["class_type"] == "KSamplerAdvanced":
-            n["inputs"]["steps"] = 4
-            for key in ("start_at_step", "end_at_step"):
-                if n["inputs"][key] == 10:
-                    n["inputs"][key] = 2
+    fewer_sampler_steps(api, 4)
     result = engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
     assert executed.count("KSamplerAdvanced") == 2 and "WanCameraImageToVideo" in executed

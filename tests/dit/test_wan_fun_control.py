@@ -17,9 +17,9 @@ from nodegraph.registry import default_registry
 
 from nodegraph_nodes.dit.qwen_image import WAN21
 
-from tests.dit.template_runs import package_template_api, saved_video_frames, set_inputs
+from tests.dit.template_runs import fewer_sampler_steps, package_template_api, saved_video_frames, set_inputs
 from tests.dit.test_wan_vace import write_mp4
-from tests.dit.tiny_wan import build_wan, wan_inputs
+from tests.dit.tiny_wan import build_wan, template_files, wan_inputs
 from tests.dit.tiny_wan_fun import fun_transformer, write_fun
 from tests.helpers.engines import make_engine
 
@@ -195,24 +195,14 @@ def test_comfy_wan22_14b_fun_control_template_runs(engine, tiny):
     MIT; two experts through KSamplerAdvanced, LoadVideo → GetVideoComponents as the control video, the start
     image as ``ref_image``) on the tiny Wan 2.2 Fun Control model under both experts' names. Made smaller:
     32×32, 5 frames; 4 steps, the expert switch at step 2 instead of 10."""
-    from tests.dit.tiny_qwen import copy_as
-
     name = "video_wan2_2_14B_fun_control"
-    for noise in ("high", "low"):
-        copy_as(tiny.root, {"diffusion_models/tiny_wan22_fun_control.safetensors":
-                            f"diffusion_models/wan2.2_fun_control_{noise}_noise_14B_fp8_scaled.safetensors"})
-    copy_as(tiny.root, {"text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
+    template_files(tiny.root, {f"wan2.2_fun_control_{noise}_noise_14B_fp8_scaled.safetensors":
+                               "tiny_wan22_fun_control.safetensors" for noise in ("high", "low")})
     _start_image(engine, f"{name}_start_image.jpg")
     write_mp4(engine.paths.input_dir / f"{name}_start_image_control_video.mp4", LENGTH)
     api = package_template_api(name, engine.registry)
     set_inputs(api, {"Wan22FunControlToVideo": dict(width=WIDTH, height=HEIGHT, length=LENGTH)})
-    for n in api.values():
-        if n["class_type"] == "KSamplerAdvanced":
-            n["inputs"]["steps"] = 4
-            for key in ("start_at_step", "end_at_step"):
-                if n["inputs"][key] == 10:
-                    n["inputs"][key] = 2
+    fewer_sampler_steps(api, 4)
     result = engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
     assert executed.count("KSamplerAdvanced") == 2 and "Wan22FunControlToVideo" in executed
@@ -223,10 +213,8 @@ def test_comfy_wan22_5b_fun_control_template_runs(engine, tiny):
     """ComfyUI's ``video_wan2_2_5B_fun_control`` template on a tiny Wan 2.2 Fun Control 5B model (48-channel
     latents: 148 input channels, a 48-channel reference convolution) and the tiny Wan 2.2 VAE under their file
     names. Made smaller: 32×32, 5 frames; 2 steps."""
-    from tests.dit.tiny_qwen import copy_as
-
     name = "video_wan2_2_5B_fun_control"
-    copy_as(tiny.root, {"text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"})
+    template_files(tiny.root, {}, vae=False)
     _start_image(engine, f"{name}_start_image.png")
     write_mp4(engine.paths.input_dir / f"{name}_control_video.mp4", LENGTH)
     api = package_template_api(name, engine.registry)
@@ -236,14 +224,6 @@ def test_comfy_wan22_5b_fun_control_template_runs(engine, tiny):
     executed = [api[n]["class_type"] for n in result.executed]
     assert "Wan22FunControlToVideo" in executed and "SaveVideo" in executed
     assert saved_video_frames(engine.paths.output_dir) == LENGTH
-
-
-def _clip_vision_h(tiny) -> None:
-    import shutil
-
-    models = tiny.root / "models"
-    shutil.copyfile(models / "clip_vision" / "tiny_clip_vision" / "model.safetensors",
-                    models / "clip_vision" / "clip_vision_h.safetensors")
 
 
 WAN21_FUN_TEMPLATES = {
@@ -262,13 +242,8 @@ def test_comfy_wan21_fun_templates_run(engine, tiny, name):
     model's 2 (the template's 9, 10 of 30)."""
     from nodegraph.events import EventRecorder, NodeWarning
 
-    from tests.dit.tiny_qwen import copy_as
-
     source, unet, node = WAN21_FUN_TEMPLATES[name]
-    copy_as(tiny.root, {f"diffusion_models/{source}": f"diffusion_models/{unet}",
-                        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
-    _clip_vision_h(tiny)
+    template_files(tiny.root, {unet: source}, clip_vision=True)
     if name == "wan2.1_fun_control":
         _start_image(engine, "wan2.1_fun_control_start_frame.png")
         write_mp4(engine.paths.input_dir / "wan2.1_fun_control_control_video.mp4", LENGTH)

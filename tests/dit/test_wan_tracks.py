@@ -6,7 +6,6 @@ start latent's features where the tracks go and leave the rest as WanImageToVide
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from nodegraph_nodes.dit.wan_ati import ati_tracks
 from nodegraph_nodes.dit.wan_tracks import generate_path, parse_json_tracks, visibility_of
 
 from tests.dit.template_runs import package_template_api, saved_video_frames, set_inputs, set_primitive_ints
-from tests.dit.tiny_wan import build_wan
+from tests.dit.tiny_wan import build_wan, template_files
 from tests.helpers.engines import make_engine
 
 WIDTH, HEIGHT = 32, 32
@@ -200,18 +199,6 @@ def test_wan_track_to_video_draws_the_track_into_the_latent(engine):
 # -- the templates -----------------------------------------------------------------------------------
 
 
-def template_files(tiny, unet: str) -> None:
-    """The tiny Wan 2.1 I2V (with CLIP vision) files under the Wan 2.1 templates' names."""
-    from tests.dit.tiny_qwen import copy_as
-
-    copy_as(tiny.root, {"diffusion_models/tiny_wan21_i2v.safetensors": f"diffusion_models/{unet}",
-                        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
-                        "vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
-    models = tiny.root / "models"
-    shutil.copyfile(models / "clip_vision" / "tiny_clip_vision" / "model.safetensors",
-                    models / "clip_vision" / "clip_vision_h.safetensors")
-
-
 def test_comfy_wanmove_template_runs(engine, tiny):
     """ComfyUI's ``video_wanmove_480p`` template (the installed comfyui_workflow_templates_json package, MIT): three
     GenerateTracks joined by WanMoveConcatTrack into WanMoveTrackToVideo, on the tiny model under its file names
@@ -220,7 +207,8 @@ def test_comfy_wanmove_template_runs(engine, tiny):
     from tests.dit.test_wan_vace import write_original_lora
 
     name = "video_wanmove_480p"
-    template_files(tiny, "Wan21-WanMove_fp8_scaled_e4m3fn_KJ.safetensors")
+    template_files(tiny.root, {"Wan21-WanMove_fp8_scaled_e4m3fn_KJ.safetensors": "tiny_wan21_i2v.safetensors"},
+                   clip_vision=True)
     loras = tiny.root / "models" / "loras"
     loras.mkdir(exist_ok=True)
     write_original_lora(tiny.i2v21_transformer, loras / "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors")
@@ -241,7 +229,8 @@ def test_comfy_wan_ati_template_runs(engine, tiny):
     track into WanTrackToVideo, on the tiny model under its file name (loaded as fp8_e4m3fn as the template asks).
     Made smaller: 32×32, 5 frames (the track's points scaled to the size), 3 steps."""
     name = "video_wan_ati"
-    template_files(tiny, "Wan2_1-I2V-ATI-14B_fp8_e4m3fn.safetensors")
+    template_files(tiny.root, {"Wan2_1-I2V-ATI-14B_fp8_e4m3fn.safetensors": "tiny_wan21_i2v.safetensors"},
+                   clip_vision=True)
     start_image(engine.paths.input_dir, "video_wan_ati_input_image.jpg", (40, 48))
     api = package_template_api(name, engine.registry)
     (node,) = [n for n in api.values() if n["class_type"] == "WanTrackToVideo"]

@@ -170,6 +170,25 @@ def write_clip_vision(folder: Path) -> None:
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(str(folder))
 
 
+def template_files(root: Path, unets: dict[str, str], *, vae: bool = True, clip_vision: bool = False) -> None:
+    """The tiny files of ``root/models`` under the names ComfyUI's Wan templates load: ``unets[template file] =
+    tiny file`` in ``diffusion_models/``, the UMT5 text encoder, the Wan 2.1 VAE (``vae``) and the tiny CLIP vision
+    tower as CLIP vision H (``clip_vision``)."""
+    import shutil
+
+    from tests.dit.tiny_qwen import copy_as
+
+    for name, tiny in unets.items():  # one tiny file may stand under several names
+        copy_as(root, {f"diffusion_models/{tiny}": f"diffusion_models/{name}"})
+    copy_as(root, {"text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors"})
+    if vae:
+        copy_as(root, {"vae/tiny_wan_2.1_vae.safetensors": "vae/wan_2.1_vae.safetensors"})
+    if clip_vision:
+        models = root / "models"
+        shutil.copyfile(models / "clip_vision" / "tiny_clip_vision" / "model.safetensors",
+                        models / "clip_vision" / "clip_vision_h.safetensors")
+
+
 def flf_reference(tiny, transformer, start, end, latent_shape: tuple, *, prompt: str, height: int, width: int,
                   length: int, steps: int, cfg: float, shift: float, seed: int) -> torch.Tensor:
     """diffusers' first-last-frame reference: WanImageToVideoPipeline with ``last_image`` on ``transformer`` and
