@@ -106,3 +106,19 @@ def test_diffusers_folder_equals_the_single_files(engine, tiny, distilled):
     _close(from_folder.value("lat")["samples"], files.value("lat")["samples"], atol=1e-5)
     _close(from_folder.value("out"), files.value("out"), atol=1e-5)
     _close(from_folder.value("out"), reference(t, distilled=distilled)["image"])
+
+
+def test_kohya_lora_through_lora_loader_on_the_folder_equals_the_single_file(engine, tiny):
+    from tests.dit.test_qwen_image21_lora import with_lora_loader
+
+    root, t = tiny
+    folder = root / "models" / "checkpoints" / "tiny_flux3_diffusers_lora"
+    _save_folder(t, folder, distilled=False)
+    kohya, _ = _kohya_and_peft(t.transformer)
+    (root / "models" / "loras").mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in kohya.items()},
+              str(root / "models" / "loras" / "flux3_kohya2.safetensors"))
+    prompt = with_lora_loader(_folder_graph(folder.name, CFG).to_api(), "flux3_kohya2.safetensors", 1.0)
+    image = engine.run(prompt).raise_for_status().value("out")
+    files = engine.run(flux3_graph(lora="flux3_kohya2.safetensors")).raise_for_status().value("out")
+    _close(image, files, atol=1e-5)

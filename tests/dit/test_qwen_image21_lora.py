@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from nodegraph.events import EventRecorder, NodeWarning
 
-from tests.dit.test_lora_vs_diffusers import ALPHA, RANK, _pair, _with_adapter, _with_model_lora
+from tests.dit.test_lora_vs_diffusers import ALPHA, RANK, STRENGTH, _pair, _with_adapter, _with_model_lora
 from tests.dit.test_qwen_image21 import TextProcessor, engine21, graph, q21_root, reference, tiny21  # noqa: F401
 from tests.dit.tiny_flow import _contig
 
@@ -129,3 +129,26 @@ def test_unmatched_keys_are_a_warning(engine21, tiny21, q21_root):
     _image(engine21, _save(q21_root, "q21_stray.safetensors", sd), listeners=[recorder])
     (warning,) = recorder.of(NodeWarning)
     assert "LoRA q21_stray.safetensors: 1 key not loaded" in warning.message and STRAY in warning.message
+
+
+def with_lora_loader(prompt: dict, lora: str, strength: float) -> dict:
+    """The API prompt with a LoraLoader (model and CLIP) after its CheckpointLoaderSimple."""
+    prompt = copy.deepcopy(prompt)
+    loader = next(k for k, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple")
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if value in ([loader, 0], [loader, 1]):
+                node["inputs"][name] = ["lora", value[1]]
+    prompt["lora"] = {"class_type": "LoraLoader", "inputs": {"model": [loader, 0], "clip": [loader, 1],
+                                                             "lora_name": lora, "strength_model": strength,
+                                                             "strength_clip": 1.0}}
+    return prompt
+
+
+def test_lora_loader_on_the_diffusers_folder_equals_the_single_files(engine21, tiny21, q21_root):
+    name = _save(q21_root, "q21_folder_comfy.safetensors", _layers(tiny21.transformer, COMMON, "comfy", 600))
+    folder = engine21.run(with_lora_loader(graph(folder=True).to_api(), name, STRENGTH)).raise_for_status()
+    image = folder.value("out")
+    files = _image(engine21, name)
+    assert torch.allclose(image, files, atol=1e-5), (image - files).abs().max()
+    assert not torch.allclose(image, _image(engine21, None), atol=1e-3)
