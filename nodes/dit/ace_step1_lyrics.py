@@ -10,7 +10,7 @@ each tokenized on its own by the recipe above without its leading 261; the weigh
 
 The vocabulary is ACE-Step's ``vocab.json`` (a ``tokenizers`` file; the model files hold none): it is looked for
 in ``<checkpoint stem>.lyrics_tokenizer/`` beside the file, ``ace_lyrics_tokenizer/`` beside it or in
-``models/text_encoders/``.
+``models/text_encoders/``, else this package's copy of it (``ace_lyrics_vocab.json``, Apache-2.0).
 
 Cleaning (the release's ``multilingual_cleaners``): double quotes dropped, lower case, English integers
 written out (``12`` → ``twelve``, thousands separators removed), English abbreviations (``mr.`` → ``mister``…)
@@ -166,11 +166,19 @@ def weight_segments(text: str) -> list[str]:
     return [s.replace("\0\1", "(").replace("\0\2", ")") for s in _segments(escaped) if s]
 
 
-def find_vocab(models_dir: Path, near: Path) -> Path:
+#: ACE-Step's own vocabulary (Apache-2.0, see ace_lyrics_vocab.NOTICE.md), used when the user has none
+PACKAGED_VOCAB = Path(__file__).with_name("ace_lyrics_vocab.json")
+
+
+def find_vocab(models_dir: Path, near: Path, packaged: Path | None = PACKAGED_VOCAB) -> Path:
+    """The lyric vocabulary: the user's (beside the checkpoint, or ``models/text_encoders/``) first, else
+    the one this package ships (``packaged``)."""
     for folder in (near.with_name(near.stem + ".lyrics_tokenizer"), near.parent / FOLDER,
                    Path(models_dir) / "text_encoders" / FOLDER):
         if (folder / "vocab.json").is_file():
             return folder / "vocab.json"
+    if packaged is not None and packaged.is_file():
+        return packaged
     raise ModelFileError(f"no ACE-Step lyric tokenizer found for {near.name}: the model files hold none and this "
                          f"engine never downloads. Copy ACE-Step's acestep/models/lyrics_utils/vocab.json into "
                          f"models/text_encoders/{FOLDER}/")

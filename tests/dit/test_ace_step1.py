@@ -17,7 +17,7 @@ from nodegraph.builder import Graph
 from nodegraph.registry import default_registry
 
 from tests.dit.template_runs import package_template_api, run_template, saved_audio
-from tests.dit.tiny_ace_step1 import CHECKPOINT, build_ace_step1
+from tests.dit.tiny_ace_step1 import CHECKPOINT, build_ace_step1, write_lyrics_vocab
 from tests.helpers.engines import make_engine
 
 OFFICIAL = Path(__file__).resolve().parents[1] / "data" / "ace_step1_official" / "official_outputs.safetensors"
@@ -234,3 +234,20 @@ def test_comfy_ace_step_1_m2m_editing_template_runs(engine, tiny):
     rate, channels, samples = saved_audio(engine.paths.output_dir, "flac")
     assert rate == 44100 and channels == 2
     assert samples % 4096 == 0 and samples >= 44100
+
+
+def test_packaged_lyric_vocabulary_is_the_fallback(tmp_path):
+    """Without a vocabulary of the user's, the copy of ACE-Step's vocab.json this package ships is used (the
+    model files hold none); a user's file beside the checkpoint wins; with neither, the error names the folder."""
+    from nodegraph_nodes.diffusion.files import ModelFileError
+    from nodegraph_nodes.dit.ace_step1_lyrics import PACKAGED_VOCAB, LyricTokenizer, find_vocab
+
+    ckpt = tmp_path / "models" / "checkpoints" / "ace_step_v1_3.5b.safetensors"
+    ckpt.parent.mkdir(parents=True)
+    assert find_vocab(tmp_path / "models", ckpt) == PACKAGED_VOCAB
+    ids = LyricTokenizer(PACKAGED_VOCAB).tokens("[verse]\nhello world")
+    assert ids[0] == 261 and 1 not in ids  # the release's start token; no unknown tokens for plain English
+    own = write_lyrics_vocab(ckpt.parent / "ace_lyrics_tokenizer")
+    assert find_vocab(tmp_path / "models", ckpt) == own
+    with pytest.raises(ModelFileError, match="ace_lyrics_tokenizer"):
+        find_vocab(tmp_path / "other", tmp_path / "other" / "x.safetensors", packaged=None)
