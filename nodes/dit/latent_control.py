@@ -17,8 +17,9 @@ from typing import Any, Callable
 import torch
 
 
-class _EncodeContext:
-    """What ``vae_encode`` needs of a node context: the model manager and the run's device."""
+class EncodeContext:
+    """What :func:`~nodegraph_nodes.diffusion.latent.vae_encode` needs of a node context during a run: the model
+    manager and the run's device."""
 
     def __init__(self, manager, device: str):
         self._manager = manager
@@ -76,7 +77,7 @@ class LatentControl:
                 raise ValueError(f"ControlNet {hint.net.name} works on latents: connect a VAE to the apply node")
             scale = int(getattr(hint.vae, "scale_factor", 8))
             image = common_upscale(hint.image.float(), w * scale, h * scale, "nearest-exact", "center")
-            latent = self.process_in(vae_encode(_EncodeContext(self.manager, self.device), hint.vae,
+            latent = self.process_in(vae_encode(EncodeContext(self.manager, self.device), hint.vae,
                                                 image.movedim(1, -1)).float())
             if latent.ndim == 5:
                 latent = latent[:, :, 0]

@@ -26,22 +26,9 @@ import torch
 from nodegraph.node import FLOAT, Input, Node, Output
 from nodegraph.types import IMAGE, MASK, MODEL, VAE
 
+from nodegraph_nodes.dit.latent_control import EncodeContext
 from nodegraph_nodes.dit.model_patch import MODEL_PATCH, ModelPatchValue
 from nodegraph_nodes.sampling.run_patches import ModelPatch, PatchRun, RunnerProxy
-
-
-class _EncodeContext:
-    """What :func:`~nodegraph_nodes.diffusion.latent.vae_encode` needs of a node context: the model manager
-    and the run's device."""
-
-    def __init__(self, manager, device: str):
-        self._manager = manager
-        self.device = device
-
-    def service(self, name: str):
-        if name != "models":
-            raise KeyError(name)
-        return self._manager
 
 
 class _SizeRecorder(RunnerProxy):
@@ -86,7 +73,7 @@ class ControlPatchBase(ModelPatch):
     def encode(self, pixels: torch.Tensor, device: str) -> torch.Tensor:
         from nodegraph_nodes.diffusion.latent import vae_encode
 
-        return vae_encode(_EncodeContext(self.manager, device), self.vae, pixels)
+        return vae_encode(EncodeContext(self.manager, device), self.vae, pixels)
 
     def scale(self) -> int:
         return int(getattr(self.vae, "scale_factor", 8))
