@@ -106,7 +106,7 @@ class CausalAudioEncoder(nn.Module):
     def forward(self, features: torch.Tensor):
         weights = F.silu(self.weights.float())
         feat = (features.float() * weights / weights.sum(dim=1, keepdim=True)).sum(dim=1)  # b dim t
-        return self.encoder(feat.transpose(1, 2))
+        return self.encoder(feat.transpose(1, 2).to(self.weights.dtype))
 
 
 class AudioInjector(nn.Module):

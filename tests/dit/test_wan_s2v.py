@@ -105,7 +105,7 @@ def test_audio_buckets_take_the_nearest_30fps_frame():
     assert out.shape == (1, 2, 3, 40)  # 60 frames at 30 fps → 32 at 16 fps → 5 chunks of 8
     resampled = torch.linspace(0, 99, 60)  # align_corners linear interpolation of 0..99 to 60 frames
     for i in range(40):
-        j = round(i * 30 / 16 + 1e-9) if (i * 30 / 16) % 1 != 0.5 else int(2 * round(i * 30 / 32))
+        j = round(i * 30 / 16)  # half to even, as numpy's
         expected = resampled[j] if j < 60 else 0.0
         assert torch.allclose(out[0, 1, :, i], torch.full((3,), float(expected) * 2), atol=1e-4), i
 
@@ -191,3 +191,52 @@ def test_s2v_template_runs(engine, tiny_env):
     assert {"LoraLoaderModelOnly", "AudioEncoderEncode", "SaveVideo"} <= set(executed)
     # 3 chunks of 2 latent frames, the first latent frame doubled (7 → 25 frames), ImageFromBatch from index 3
     assert saved_video_frames(engine.paths.output_dir) == 1 + 3 * 2 * 4 - 3
+
+
+def test_one_sampler_step_is_the_transformer_on_the_conditions(engine, tiny_env):
+    """UNETLoader → WanSoundImageToVideo (and Extend) → KSampler (one euler step, cfg 1): the result is
+    ``noise - velocity`` of the tiny transformer called on the nodes' conditions (text states, audio, the
+    reference, control and motion latents in the model's space) at time 1000, so the runner passes them all."""
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.builder import Graph
+    from nodegraph_nodes.dit.qwen_image import WAN21
+    from tests.helpers.noise import engine_noise
+
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    write_mp3(engine.paths.input_dir / "voice.mp3", 2.0)
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+        engine.paths.input_dir / "ref.png")
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="tiny_wan2.2_s2v.safetensors", weight_dtype="default").out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    enc = g.node("AudioEncoderEncode", audio_encoder=g.node("AudioEncoderLoader",
+                 audio_encoder_name="tiny_wav2vec2_large.safetensors").out(0),
+                 audio=g.node("LoadAudio", audio="voice.mp3").out(0)).out(0)
+    pos, neg = g.node("CLIPTextEncode", text="a red fox", clip=clip), g.node("CLIPTextEncode", text="", clip=clip)
+    s2v = g.node("WanSoundImageToVideo", "s2v", positive=pos, negative=neg, vae=vae, width=64, height=64, length=5,
+                 batch_size=1, audio_encoder_output=enc, ref_image=g.node("LoadImage", image="ref.png").out(0))
+    first = g.node("KSampler", "first", model=model, seed=5, steps=1, cfg=1.0, sampler_name="euler",
+                   scheduler="simple", positive=s2v.out(0), negative=s2v.out(1), latent_image=s2v.out(2), denoise=1.0)
+    ext = g.node("WanSoundImageToVideoExtend", "ext", positive=pos, negative=neg, vae=vae, length=5,
+                 video_latent=first, audio_encoder_output=enc, ref_image=g.node("LoadImage", image="ref.png").out(0))
+    second = g.node("KSampler", "second", model=model, seed=6, steps=1, cfg=1.0, sampler_name="euler",
+                    scheduler="simple", positive=ext.out(0), negative=ext.out(1), latent_image=ext.out(2), denoise=1.0)
+    g.node("PreviewAny", source=second)
+    result = engine.run(g.to_api()).raise_for_status()
+    net = s2v_transformer()
+    for cond_node, sampler, seed in (("s2v", "first", 5), ("ext", "second", 6)):
+        extras = result.value(cond_node, 0)[0][1]
+        text = result.value(cond_node, 0)[0][0]
+        noise, _ = engine_noise((1, 16, 2, 8, 8), seed)
+        motion = extras.get("reference_motion")
+        with torch.no_grad():
+            velocity = net(noise, torch.tensor([1000.0]), text, extras["audio_embed"],
+                           reference=WAN21.process_in(extras["reference_latents"][-1]),
+                           control=WAN21.process_in(extras["control_video"]),
+                           motion=WAN21.process_in(motion) if motion is not None else None)
+        assert (motion is not None) == (cond_node == "ext")
+        got = result.value(sampler)["samples"]
+        assert (got - WAN21.process_out(noise - velocity)).abs().max() < 1e-4, cond_node
