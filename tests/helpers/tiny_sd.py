@@ -118,6 +118,27 @@ def _scheduler_config(path: Path, cls: str) -> None:
     return sched
 
 
+def _tokenizer(models: Path):
+    """The shared tiny tokenizer of ``models/text_encoders/tokenizer`` (written the first time)."""
+    tok_dir = models / "text_encoders" / "tokenizer"
+    if not tok_dir.exists():
+        write_tokenizer(tok_dir)
+    return tok_dir
+
+
+def _save_checkpoint(models: Path, name: str, unet, vae, text: dict[str, torch.Tensor]) -> Path:
+    """``models/checkpoints/<name>.safetensors`` in the original single-file layout: the UNet, the VAE (under
+    ``first_stage_model.``) and ``text`` (the text encoders' keys, already prefixed); its path."""
+    ckpt = models / "checkpoints" / f"{name}.safetensors"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    sd = {}
+    sd.update(unet_to_ldm(unet.state_dict(), unet.config))
+    sd.update(vae_to_ldm(vae.state_dict(), vae.config))
+    sd.update(text)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(ckpt))
+    return ckpt
+
+
 def build_sd1(root: Path, name: str = "tiny_sd15", size: int = 32, layers_per_block: int = 1) -> TinySD:
     from diffusers import UNet2DConditionModel
 
@@ -134,16 +155,11 @@ def build_sd1(root: Path, name: str = "tiny_sd15", size: int = 32, layers_per_bl
     _randomize(vae, 0.03)
     text = _clip(32, len(tokenizer), tokenizer.eos_token_id, projection=False)
     _randomize(text, 0.1)
-    ckpt = models / "checkpoints" / f"{name}.safetensors"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    sd = {}
-    sd.update(unet_to_ldm(unet.state_dict(), unet.config))
-    sd.update(vae_to_ldm(vae.state_dict(), vae.config))
-    sd.update(clip_to_ldm(text.state_dict(), "cond_stage_model.transformer."))
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(ckpt))
+    ckpt = _save_checkpoint(models, name, unet, vae, clip_to_ldm(text.state_dict(), "cond_stage_model.transformer."))
     (models / "vae").mkdir(parents=True, exist_ok=True)
-    save_file({k[len("first_stage_model."):]: v.contiguous() for k, v in sd.items()
-               if k.startswith("first_stage_model.")}, str(models / "vae" / "tiny_vae.safetensors"))
+    vae_sd = vae_to_ldm(vae.state_dict(), vae.config)
+    save_file({k[len("first_stage_model."):]: v.contiguous() for k, v in vae_sd.items()},
+              str(models / "vae" / "tiny_vae.safetensors"))
     folder = models / "diffusers" / name
     unet.save_pretrained(str(folder / "unet"))
     vae.save_pretrained(str(folder / "vae"))
@@ -162,9 +178,7 @@ def build_sdxl(root: Path, name: str = "tiny_sdxl") -> TinySD:
     from diffusers import UNet2DConditionModel
 
     models = root / "models"
-    tok_dir = models / "text_encoders" / "tokenizer"
-    if not tok_dir.exists():
-        write_tokenizer(tok_dir)
+    tok_dir = _tokenizer(models)
     tokenizer = load_tokenizer(tok_dir)
     tokenizer_2 = load_tokenizer(tok_dir, pad="!")
     torch.manual_seed(0)
@@ -181,14 +195,9 @@ def build_sdxl(root: Path, name: str = "tiny_sdxl") -> TinySD:
     _randomize(text, 0.1)
     text_2 = _clip(32, len(tokenizer), tokenizer.eos_token_id, projection=True, act="gelu")
     _randomize(text_2, 0.1)
-    ckpt = models / "checkpoints" / f"{name}.safetensors"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    sd = {}
-    sd.update(unet_to_ldm(unet.state_dict(), unet.config))
-    sd.update(vae_to_ldm(vae.state_dict(), vae.config))
-    sd.update(clip_to_ldm(text.state_dict(), "conditioner.embedders.0.transformer."))
-    sd.update(clip_to_open_clip(text_2.state_dict(), "conditioner.embedders.1.model."))
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(ckpt))
+    ckpt = _save_checkpoint(models, name, unet, vae,
+                            {**clip_to_ldm(text.state_dict(), "conditioner.embedders.0.transformer."),
+                             **clip_to_open_clip(text_2.state_dict(), "conditioner.embedders.1.model.")})
     return TinySD(unet, vae, text, tokenizer, None, ckpt, None, text_2, tokenizer_2)
 
 
@@ -206,22 +215,13 @@ def _sd2_unet(**extra):
 
 def build_sd2(root: Path, name: str = "tiny_sd21") -> TinySD:
     models = root / "models"
-    tok_dir = models / "text_encoders" / "tokenizer"
-    if not tok_dir.exists():
-        write_tokenizer(tok_dir)
-    tokenizer = load_tokenizer(tok_dir)
+    tokenizer = load_tokenizer(_tokenizer(models))
     unet = _sd2_unet()
     vae = _vae(3)
     _randomize(vae, 0.03)
     text = _clip(32, len(tokenizer), tokenizer.eos_token_id, projection=True, layers=3, act="gelu")
     _randomize(text, 0.1)
-    ckpt = models / "checkpoints" / f"{name}.safetensors"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    sd = {}
-    sd.update(unet_to_ldm(unet.state_dict(), unet.config))
-    sd.update(vae_to_ldm(vae.state_dict(), vae.config))
-    sd.update(clip_to_open_clip(text.state_dict(), "cond_stage_model.model."))
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(ckpt))
+    ckpt = _save_checkpoint(models, name, unet, vae, clip_to_open_clip(text.state_dict(), "cond_stage_model.model."))
     return TinySD(unet, vae, text, tokenizer, None, ckpt, None)
 
 
