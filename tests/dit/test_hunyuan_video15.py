@@ -53,25 +53,36 @@ def hv15_graph(prompt: str = PROMPT, shift: float | None = SHIFT, unet: str = "t
 def reference(tiny, prompt: str = PROMPT, shift: float = SHIFT) -> torch.Tensor:
     """HunyuanVideo15Pipeline's frames ``[F, H, W, 3]`` from the engine's starting noise, with ComfyUI's spelling of
     the system message (diffusers' differs in whitespace only) and the crop after it."""
-    from diffusers import (ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline)
+    from diffusers import HunyuanVideo15Pipeline
+
+    pipe = HunyuanVideo15Pipeline(transformer=tiny.transformer, **_pipeline_parts(tiny, shift))
+    return _pipeline_frames(tiny, pipe, prompt, height=HEIGHT, width=WIDTH)
+
+
+def _pipeline_parts(tiny, shift: float) -> dict:
+    """The HunyuanVideo 1.5 pipelines' text encoders, tokenizers, VAE, scheduler and guider on the tiny files."""
+    from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler
     from transformers import ByT5Tokenizer
 
+    return dict(text_encoder=tiny.text_encoder.model.language_model, tokenizer=tiny.tokenizer, vae=tiny.vae,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=shift), text_encoder_2=tiny.byt5,
+                tokenizer_2=ByT5Tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=CFG))
+
+
+def _pipeline_frames(tiny, pipe, prompt: str, **inputs) -> torch.Tensor:
+    """``pipe``'s frames ``[F, H, W, 3]`` for ``prompt`` (and ``inputs``) from the engine's starting noise, with
+    ComfyUI's spelling of the system message and the crop after it."""
     from nodegraph_nodes.dit.hunyuan_video15_text import TEMPLATE, system_message
     from nodegraph_nodes.dit.llm_text import template_end
 
-    pipe = HunyuanVideo15Pipeline(text_encoder=tiny.text_encoder.model.language_model, tokenizer=tiny.tokenizer,
-                                  transformer=tiny.transformer, vae=tiny.vae,
-                                  scheduler=FlowMatchEulerDiscreteScheduler(shift=shift),
-                                  text_encoder_2=tiny.byt5, tokenizer_2=ByT5Tokenizer(),
-                                  guider=ClassifierFreeGuidance(guidance_scale=CFG))
     pipe.set_progress_bar_config(disable=True)
     pipe.system_message = system_message()
     ids = tiny.tokenizer(TEMPLATE.format(prompt), add_special_tokens=False)["input_ids"]
     pipe.prompt_template_encode_start_idx = template_end(tiny.tokenizer, ids)
     noise, _ = engine_noise((1, 32, (LENGTH - 1) // 4 + 1, HEIGHT // 16, WIDTH // 16), SEED)
     with torch.no_grad():
-        video = pipe(prompt, negative_prompt=NEGATIVE, height=HEIGHT, width=WIDTH, num_frames=LENGTH,
-                     num_inference_steps=STEPS, latents=noise, output_type="pt").frames
+        video = pipe(prompt=prompt, negative_prompt=NEGATIVE, num_frames=LENGTH, num_inference_steps=STEPS,
+                     latents=noise, output_type="pt", **inputs).frames
     return video[0].permute(0, 2, 3, 1).float()
 
 
@@ -156,26 +167,13 @@ def _start_image(folder):
 def i2v_reference(tiny, start) -> torch.Tensor:
     """HunyuanVideo15ImageToVideoPipeline's frames (its SigLIP states of the start image, the image's latent on the
     first latent frame with mask 1 there), as :func:`reference`."""
-    from diffusers import ClassifierFreeGuidance, FlowMatchEulerDiscreteScheduler, HunyuanVideo15ImageToVideoPipeline
-    from transformers import ByT5Tokenizer, SiglipImageProcessor
-
-    from nodegraph_nodes.dit.hunyuan_video15_text import TEMPLATE, system_message
-    from nodegraph_nodes.dit.llm_text import template_end
+    from diffusers import HunyuanVideo15ImageToVideoPipeline
+    from transformers import SiglipImageProcessor
 
     pipe = HunyuanVideo15ImageToVideoPipeline(
-        text_encoder=tiny.text_encoder.model.language_model, tokenizer=tiny.tokenizer,
-        transformer=tiny.i2v_transformer, vae=tiny.vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
-        text_encoder_2=tiny.byt5, tokenizer_2=ByT5Tokenizer(), guider=ClassifierFreeGuidance(guidance_scale=CFG),
-        image_encoder=tiny.siglip, feature_extractor=SiglipImageProcessor(size={"height": HEIGHT, "width": WIDTH}))
-    pipe.set_progress_bar_config(disable=True)
-    pipe.system_message = system_message()
-    ids = tiny.tokenizer(TEMPLATE.format(PROMPT), add_special_tokens=False)["input_ids"]
-    pipe.prompt_template_encode_start_idx = template_end(tiny.tokenizer, ids)
-    noise, _ = engine_noise((1, 32, (LENGTH - 1) // 4 + 1, HEIGHT // 16, WIDTH // 16), SEED)
-    with torch.no_grad():
-        video = pipe(image=start, prompt=PROMPT, negative_prompt=NEGATIVE, num_frames=LENGTH,
-                     num_inference_steps=STEPS, latents=noise, output_type="pt").frames
-    return video[0].permute(0, 2, 3, 1).float()
+        transformer=tiny.i2v_transformer, image_encoder=tiny.siglip,
+        feature_extractor=SiglipImageProcessor(size={"height": HEIGHT, "width": WIDTH}), **_pipeline_parts(tiny, SHIFT))
+    return _pipeline_frames(tiny, pipe, PROMPT, image=start)
 
 
 def test_hv15_i2v_matches_pipeline(hv15_engine, tiny_hv15):
