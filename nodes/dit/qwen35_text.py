@@ -6,11 +6,17 @@ CLIPLoader type ``flux3``) and Qwen-Image 2.1 (``qwen3.5_9b_qwen_image_2.1_pe_{t
 ``detect_te_model``: ``model.language_model.layers.0.linear_attn.A_log``), and so does CLIPLoader here.
 
 Key layout: transformers' ``Qwen3_5ForConditionalGeneration`` names as the release has them
-(``model.language_model.…``, ``model.visual.…``, ``lm_head.weight``; also ``model.layers.…`` / ``visual.…``);
-``model.language_model.`` becomes ``model.`` of transformers' text-only ``Qwen3_5ForCausalLM``, the vision
-tower (``visual``) and a multi-token-prediction head (``mtp.``) are not loaded: nodegraph's Qwen 3.5 reads text
-only (TextGenerate refuses an image with it). Quantised files (``*_int8_convrot``, ``*_w4a8``) are read
-dequantised (:mod:`nodegraph_nodes.diffusion.quantized`).
+(``model.language_model.…``, ``model.visual.…``, ``lm_head.weight``; also ``model.layers.…`` / ``visual.…``).
+A file with its vision tower loads as that class (TextGenerate can show it an image); one without as the
+text-only ``Qwen3_5ForCausalLM`` (``model.language_model.`` → ``model.``). A multi-token-prediction head
+(``mtp.``) is not loaded. Quantised files (``*_int8_convrot``, ``*_w4a8``) are read dequantised
+(:mod:`nodegraph_nodes.diffusion.quantized`).
+
+Vision tower config from the shapes as well: depth, width, MLP width, patch (16) and temporal patch (2) from
+``patch_embed.proj``, 2×2 merges (the releases'), output width from ``merger.linear_fc2``, position grid from
+``pos_embed``; heads: width / 72 for the 1152-wide tower (9B, 27B), width / 64 otherwise (0.8B: 768 → 12,
+2B / 4B: 1024 → 16). Images: transformers' Qwen2-VL image processor with Qwen3-VL's released settings (patch 16,
+merge 2, mean / std 0.5, 65536 … 16777216 pixels); ComfyUI resizes with its own code, so pixels may differ.
 
 Config from the shapes: vocabulary and width from ``embed_tokens``, the hybrid layer list from which layers
 hold ``linear_attn`` (Gated DeltaNet) or ``self_attn`` (gated attention), head width from ``q_norm``, heads from
@@ -49,6 +55,41 @@ def is_qwen35(keys) -> bool:
     """Whether a file's tensor names are a Qwen 3.5 language model's (ComfyUI's detection key, in any of the
     layouts read here)."""
     return any(k in ("model.language_model." + DETECT_KEY, "model." + DETECT_KEY) for k in keys)
+
+
+def has_vision(sd_or_keys) -> bool:
+    return any(k.startswith(("model.visual.", "visual.")) for k in sd_or_keys)
+
+
+def full_weights(sd: dict) -> dict:
+    """``sd`` in ``Qwen3_5ForConditionalGeneration``'s names (the release's); the MTP head left out."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith(("mtp.", "model.mtp.")):
+            continue
+        if k.startswith("visual."):
+            k = "model." + k
+        elif k.startswith("model.lm_head."):
+            k = k[len("model."):]
+        elif k.startswith("model.") and not k.startswith(("model.language_model.", "model.visual.")):
+            k = "model.language_model." + k[len("model."):]
+        out[k] = v
+    return out
+
+
+def vision_config_of(sd: dict) -> dict:
+    """The vision tower's config from ``sd`` (``Qwen3_5ForConditionalGeneration`` names; module docstring)."""
+    v = "model.visual."
+    patch = sd[v + "patch_embed.proj.weight"]
+    hidden = int(patch.shape[0])
+    depth = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith(v + "blocks."))
+    heads = hidden // 72 if hidden == 1152 else max(1, hidden // 64)
+    return dict(depth=depth, hidden_size=hidden, num_heads=heads,
+                intermediate_size=int(sd[v + "blocks.0.mlp.linear_fc1.weight"].shape[0]),
+                in_channels=int(patch.shape[1]), patch_size=int(patch.shape[-1]),
+                temporal_patch_size=int(patch.shape[2]), spatial_merge_size=2,
+                out_hidden_size=int(sd[v + "merger.linear_fc2.weight"].shape[0]),
+                num_position_embeddings=int(sd[v + "pos_embed.weight"].shape[0]))
 
 
 def text_weights(sd: dict) -> dict:
@@ -129,26 +170,62 @@ def config_of(shape: Qwen35Shape, tokenizer=None):
 
 
 def build_model(sd: dict, tokenizer, dtype: torch.dtype, name: str = "the file"):
-    """``Qwen3_5ForCausalLM`` from a Qwen 3.5 file's state dict (any layout of the module docstring)."""
-    from transformers import Qwen3_5ForCausalLM
+    """``Qwen3_5ForConditionalGeneration`` (a file with its vision tower) or ``Qwen3_5ForCausalLM`` from a
+    Qwen 3.5 file's state dict (any layout of the module docstring)."""
+    from transformers import Qwen3_5Config, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration
 
     from nodegraph_nodes.diffusion.checkpoint import _instantiate
+    from nodegraph_nodes.dit.llm_loading import vision_token_ids
     from nodegraph_nodes.dit.qwen_image import refuse_integer_weights
 
     refuse_integer_weights(sd, "Qwen 3.5")
+    vision = has_vision(sd)
+    full = full_weights(sd) if vision else None
     sd = text_weights(sd)
     shape = shape_of(sd)
     if not shape.has_head and shape.hidden > TIED_UP_TO:
         raise ModelFileError(
             f"{name} holds no LM head (lm_head.weight) and this Qwen 3.5 model (width {shape.hidden}) does not tie "
             "it to the token embeddings, so it cannot generate text; use a file that includes lm_head")
+    text_config = config_of(shape, tokenizer)
+    if vision:
+        embed = full["model.language_model.embed_tokens.weight"]
+        if not shape.has_head:
+            full["lm_head.weight"] = embed
+        config = Qwen3_5Config(text_config=text_config.to_dict(), vision_config=vision_config_of(full),
+                               tie_word_embeddings=not shape.has_head, **vision_token_ids(tokenizer))
+        model = _instantiate(Qwen3_5ForConditionalGeneration, config, full, dtype, "Qwen 3.5", is_transformers=True)
+    else:
+        if not shape.has_head:
+            sd = {**sd, "lm_head.weight": sd["model.embed_tokens.weight"]}
+        model = _instantiate(Qwen3_5ForCausalLM, text_config, sd, dtype, "Qwen 3.5", is_transformers=True)
     if not shape.has_head:
-        sd = {**sd, "lm_head.weight": sd["model.embed_tokens.weight"]}
-    model = _instantiate(Qwen3_5ForCausalLM, config_of(shape, tokenizer), sd, dtype, "Qwen 3.5",
-                         is_transformers=True)
-    if not shape.has_head:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        model.lm_head.weight = model.get_input_embeddings().weight
     return model
+
+
+def vision_inputs(tokenizer, vision_config, text: str, images: list) -> dict:
+    """Token ids and pixel inputs for ``text`` (one ``<|image_pad|>`` per image) and PIL ``images`` (module
+    docstring: transformers' image processor with Qwen3-VL's released settings), each ``<|image_pad|>``
+    repeated once per merged patch."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from nodegraph_nodes.dit.llm_text import IMAGE_PAD
+
+    processor = Qwen2VLImageProcessorPil(patch_size=vision_config.patch_size,
+                                         temporal_patch_size=vision_config.temporal_patch_size,
+                                         merge_size=vision_config.spatial_merge_size, image_mean=[0.5] * 3,
+                                         image_std=[0.5] * 3, size={"shortest_edge": 65536, "longest_edge": 16777216})
+    feats = processor(images=images, return_tensors="pt")
+    grid = feats["image_grid_thw"]
+    pieces = text.split(IMAGE_PAD)
+    if len(pieces) != len(images) + 1:
+        raise ValueError(f"the prompt holds {len(pieces) - 1} image places for {len(images)} images")
+    merge = int(vision_config.spatial_merge_size) ** 2
+    expanded = pieces[0] + "".join(IMAGE_PAD * (int(grid[i].prod()) // merge) + pieces[i + 1]
+                                   for i in range(len(images)))
+    ids = tokenizer(expanded, add_special_tokens=False)["input_ids"]
+    return {"input_ids": torch.tensor([ids]), "pixel_values": feats["pixel_values"], "image_grid_thw": grid}
 
 
 def find_tokenizer(models_dir: Path, near: Path) -> Path:
@@ -164,8 +241,8 @@ def find_tokenizer(models_dir: Path, near: Path) -> Path:
 
 @dataclass(frozen=True, eq=False)
 class Qwen35Clip(ManagerOwned):
-    """CLIP holding a Qwen 3.5 language model (``handle``: ``Qwen3_5ForCausalLM``) for TextGenerate; it
-    conditions no image model (ComfyUI's templates use it for prompt upsampling only)."""
+    """CLIP holding a Qwen 3.5 model (``handle``: ``Qwen3_5ForConditionalGeneration`` or ``Qwen3_5ForCausalLM``)
+    for TextGenerate; it conditions no image model (ComfyUI's templates use it for prompt upsampling only)."""
 
     handle: Any
     tokenizer: Any

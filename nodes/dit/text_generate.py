@@ -4,8 +4,8 @@ The CLIP is one that CLIPLoader loads from a language-model text encoder: Qwen3 
 ``qwen_3_4b``, type ``lumina2``), Qwen2.5-VL (Qwen-Image's, type ``qwen_image``; with an ``image``),
 Gemma 2 (Lumina 2's, type ``lumina2``) or LTX-2's Gemma 3 (a CLIP of family ``ltx2`` whose model holds
 the language model as ``.gemma``), or a Qwen 3.5 file under any type (FLUX.3's and Qwen-Image 2.1's prompt
-upsamplers, :mod:`nodegraph_nodes.dit.qwen35_text`; text only). Other CLIPs are refused with an error naming
-the input.
+upsamplers, :mod:`nodegraph_nodes.dit.qwen35_text`; with an ``image`` when the file has its vision tower).
+Other CLIPs are refused with an error naming the input.
 ``TextGenerateLTX2Prompt`` ("Generate LTX2 Prompt") is the same with LTX-2's prompt-enhancer turn.
 
 What it does (ComfyUI's facts, ``comfy_extras/nodes_textgen.py`` and ``comfy/text_encoders/llama.py``):
@@ -234,9 +234,9 @@ def generate_text(ctx, clip, prompt: str, *, max_length: int, settings: dict, im
     from nodegraph_nodes.dit.llm_text import to_pil, vision_inputs
 
     kind = clip_kind(clip, node)
-    if image is not None and kind != "qwen25vl":
+    if image is not None and kind not in ("qwen25vl", "qwen35"):
         raise GenerationError(f"{node}.image: {clip.describe()} reads text only here; images need a Qwen2.5-VL "
-                              "encoder (CLIPLoader type qwen_image)")
+                              "encoder (CLIPLoader type qwen_image) or a Qwen 3.5 file with its vision tower")
     tokenizer = clip.tokenizer
     text = chat_text(kind, prompt, system_prompt=system_prompt, thinking=thinking, image=image is not None,
                      use_default_template=use_default_template)
@@ -256,7 +256,12 @@ def generate_text(ctx, clip, prompt: str, *, max_length: int, settings: dict, im
             if len(pictures) > 1:  # a batch: one place per picture, in order
                 text = text.replace("<|vision_start|><|image_pad|><|vision_end|>",
                                     "<|vision_start|><|image_pad|><|vision_end|>" * len(pictures), 1)
-            inputs = vision_inputs(tokenizer, vision, text, pictures)
+            if kind == "qwen35":  # Qwen3-VL's image settings (nodegraph_nodes.dit.qwen35_text)
+                from nodegraph_nodes.dit.qwen35_text import vision_inputs as qwen35_vision_inputs
+
+                inputs = qwen35_vision_inputs(tokenizer, vision, text, pictures)
+            else:
+                inputs = vision_inputs(tokenizer, vision, text, pictures)
             dtype = next(module.parameters()).dtype
             ids = inputs["input_ids"].to(ctx.device)
             extra = {"pixel_values": inputs["pixel_values"].to(ctx.device, dtype),

@@ -30,9 +30,12 @@ def qwen35(tokenizer, tied: bool = False, seed: int = 0):
                 linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
                 linear_conv_kernel_dim=4, rms_norm_eps=1e-6, rope_parameters=dict(ROPE),
                 tie_word_embeddings=tied, pad_token_id=tokenizer.pad_token_id)
-    vision = dict(depth=1, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+    vision = dict(depth=1, hidden_size=128, intermediate_size=48, num_heads=2, out_hidden_size=64,  # heads of 64
                   num_position_embeddings=16)
-    config = Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=tied)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    config = Qwen3_5Config(text_config=text, vision_config=vision, tie_word_embeddings=tied, **ids)
     torch.manual_seed(seed)
     model = Qwen3_5ForConditionalGeneration(config).eval()
     with torch.no_grad():  # norms and DeltaNet gates away from their constant init, so every weight matters
