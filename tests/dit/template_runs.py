@@ -1,6 +1,6 @@
 """Graph pieces the DiT suites share: ComfyUI's copied model templates (tests/data/comfy_templates_dit, MIT)
 made small enough for a test and run, the image or audio file a template saved, VAEDecodeAudio's loudness
-scaling for the audio references, and the text-to-image tail of the parity graphs."""
+scaling for the audio references, the text-to-image tail of the parity graphs and their ControlNet step."""
 
 from __future__ import annotations
 
@@ -125,3 +125,20 @@ def sample_and_preview(g, model, positive, negative, vae, seed: int, steps: int,
     samples = g.node("KSampler", model=model, seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
                      scheduler="simple", positive=positive, negative=negative, latent_image=lat, denoise=1.0).out(0)
     g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=samples, vae=vae))
+
+
+def apply_controlnet(g, positive, negative, vae, controlnet: str, node: str, image: str, mask: str,
+                     strength: float) -> tuple:
+    """ControlNetLoader ``controlnet`` on LoadImage ``image`` through ControlNetInpaintingAliMamaApply (``node``
+    ``"inpaint"``, LoadImageMask ``mask``'s red channel as the mask) or ControlNetApplyAdvanced, over the whole
+    schedule; the positive and negative outputs."""
+    net = g.node("ControlNetLoader", control_net_name=controlnet).out(0)
+    img = g.node("LoadImage", image=image).out(0)
+    if node == "inpaint":
+        m = g.node("LoadImageMask", image=mask, channel="red").out(0)
+        apply = g.node("ControlNetInpaintingAliMamaApply", positive=positive, negative=negative, control_net=net,
+                       vae=vae, image=img, mask=m, strength=strength, start_percent=0.0, end_percent=1.0)
+    else:
+        apply = g.node("ControlNetApplyAdvanced", positive=positive, negative=negative, control_net=net, vae=vae,
+                       image=img, strength=strength, start_percent=0.0, end_percent=1.0)
+    return apply.out(0), apply.out(1)

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from nodegraph.builder import Graph
 
 from tests.dit.qwen_fixtures import qwen_engine, qwen_registry, qwen_root, tiny_qwen_image, tiny_z_image  # noqa: F401
+from tests.dit.template_runs import apply_controlnet, sample_and_preview
 from tests.dit.test_qwen_image import PROMPT, SEED, SHIFT, STEPS
 from tests.dit.tiny_qwen import wan_vae_layout
 from tests.helpers.block_images import blocks, save_control_inputs
@@ -79,20 +80,8 @@ def graph(controlnet: str | None, image: str = "control.png", mask: str = "mask.
     pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip).out(0)
     neg = g.node("CLIPTextEncode", text="", clip=clip).out(0)
     if controlnet is not None:
-        net = g.node("ControlNetLoader", control_net_name=controlnet).out(0)
-        img = g.node("LoadImage", image=image).out(0)
-        if node == "inpaint":
-            m = g.node("LoadImageMask", image=mask, channel="red").out(0)
-            apply = g.node("ControlNetInpaintingAliMamaApply", positive=pos, negative=neg, control_net=net, vae=vae,
-                           image=img, mask=m, strength=STRENGTH, start_percent=0.0, end_percent=1.0)
-        else:
-            apply = g.node("ControlNetApplyAdvanced", positive=pos, negative=neg, control_net=net, vae=vae,
-                           image=img, strength=STRENGTH, start_percent=0.0, end_percent=1.0)
-        pos, neg = apply.out(0), apply.out(1)
-    lat = g.node("EmptySD3LatentImage", width=64, height=64, batch_size=1)
-    ks = g.node("KSampler", model=model, seed=SEED, steps=STEPS, cfg=1.0, sampler_name="euler", scheduler="simple",
-                positive=pos, negative=neg, latent_image=lat, denoise=1.0)
-    g.node("PreviewAny", source=g.node("VAEDecode", "out", samples=ks, vae=vae))
+        pos, neg = apply_controlnet(g, pos, neg, vae, controlnet, node, image, mask, STRENGTH)
+    sample_and_preview(g, model, pos, neg, vae, SEED, STEPS, 1.0)
     return g
 
 
