@@ -63,16 +63,24 @@ def _video_latent(tiny, frames: torch.Tensor) -> torch.Tensor:
         return tiny.vae.encode(x).latent_dist.mode()
 
 
-def test_wan_fun_control_to_video_values(engine, tiny):
+def _conditioning_run(engine, unet: str, node: str, image_input: str):
+    """``node`` (``"fun"``) on the tiny ``unet``'s conditionings with start.png (LoadImage ``"start"``) as
+    ``image_input`` and control.mp4's frames (``"frames"``) as the control video: the run's result and its
+    positive conditioning."""
     g = Graph()
-    _, vae, pos, neg = wan_inputs(g, "tiny_wan21_fun_control.safetensors", "tiny_wan_2.1_vae.safetensors", PROMPT,
-                                  SHIFT)
-    start, control = g.node("LoadImage", "start", image="start.png").out(0), _control(g)
-    node = g.node("WanFunControlToVideo", "fun", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
-                  length=LENGTH, batch_size=1, start_image=start, control_video=control)
-    g.node("PreviewAny", source=node.out(2))
+    _, vae, pos, neg = wan_inputs(g, unet, "tiny_wan_2.1_vae.safetensors", PROMPT, SHIFT)
+    image, control = g.node("LoadImage", "start", image="start.png").out(0), _control(g)
+    fun = g.node(node, "fun", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT, length=LENGTH,
+                 batch_size=1, control_video=control, **{image_input: image})
+    g.node("PreviewAny", source=fun.out(2))
     result = engine.run(g).raise_for_status()
     (positive,) = result.value("fun")
+    return result, positive
+
+
+def test_wan_fun_control_to_video_values(engine, tiny):
+    result, positive = _conditioning_run(engine, "tiny_wan21_fun_control.safetensors", "WanFunControlToVideo",
+                                         "start_image")
     concat = positive[1]["concat_latent_image"]
     assert concat.shape == (1, 32, 2, 4, 4) and "concat_mask" not in positive[1]
     assert torch.allclose(concat[:, :16], _video_latent(tiny, result.value("frames")), atol=1e-4)
@@ -82,15 +90,8 @@ def test_wan_fun_control_to_video_values(engine, tiny):
 
 
 def test_wan22_fun_control_to_video_values(engine, tiny):
-    g = Graph()
-    _, vae, pos, neg = wan_inputs(g, "tiny_wan22_fun_control.safetensors", "tiny_wan_2.1_vae.safetensors", PROMPT,
-                                  SHIFT)
-    ref, control = g.node("LoadImage", "start", image="start.png").out(0), _control(g)
-    node = g.node("Wan22FunControlToVideo", "fun", positive=pos, negative=neg, vae=vae, width=WIDTH, height=HEIGHT,
-                  length=LENGTH, batch_size=1, ref_image=ref, control_video=control)
-    g.node("PreviewAny", source=node.out(2))
-    result = engine.run(g).raise_for_status()
-    (positive,) = result.value("fun")
+    result, positive = _conditioning_run(engine, "tiny_wan22_fun_control.safetensors", "Wan22FunControlToVideo",
+                                         "ref_image")
     extras = positive[1]
     concat, mask = extras["concat_latent_image"], extras["concat_mask"]
     assert concat.shape == (1, 32, 2, 4, 4) and mask.shape == (1, 4, 2, 4, 4) and mask.min() == 1
