@@ -18,7 +18,8 @@ The result is cached as ``<cache>/lotus/sd2_empty_prompt-<key>.safetensors``; th
 text encoder's tensors (names, dtypes, shapes, bytes), of the tokenizer's BOS/EOS/pad ids and of how the
 layers are taken, so the same weights under another name, or in another file, hit the same entry. The
 tensors' digest is remembered per file identity (path, size, mtime, inode) in ``<cache>/lotus/digests.json``
-so an unchanged file is not read again. Cache dir: ``Paths.cache_dir``, ``$NODEGRAPH_CACHE_DIR``, else
+so an unchanged file is not read again. Cache dir: the default LLM's
+(:func:`nodegraph_nodes.langvision.default_llm.cache_root`): ``Paths.cache_dir``, ``$NODEGRAPH_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/nodegraph`` (``~/.cache/nodegraph``).
 """
 
@@ -39,6 +40,7 @@ from nodegraph.context import Paths
 
 from nodegraph_nodes.diffusion import checkpoint as ck
 from nodegraph_nodes.diffusion.files import ModelFileError, file_identity, is_diffusers_folder, read_json
+from nodegraph_nodes.langvision.default_llm import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -235,15 +237,6 @@ def build_encoder(source: EncoderSource, dtype: torch.dtype, tokenizer, pad: int
 
 
 # -- the cache ---------------------------------------------------------------------------------------------
-
-def cache_root(paths: Paths | None) -> Path:
-    if paths is not None and paths.cache_dir is not None:
-        return Path(paths.cache_dir)
-    if os.environ.get("NODEGRAPH_CACHE_DIR"):
-        return Path(os.environ["NODEGRAPH_CACHE_DIR"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "nodegraph"
-
 
 def _identity(path: Path) -> list:
     st = path.stat()
