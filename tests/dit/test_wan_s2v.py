@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from nodegraph_nodes.dit import wan_s2v
-from tests.dit.tiny_wan_s2v import CONFIG, s2v_original_layout, s2v_transformer
+from tests.dit.tiny_wan_s2v import CONFIG, official_inputs, s2v_original_layout, s2v_transformer
 
 DATA = Path(__file__).parent.parent / "data" / "wan_s2v_official" / "official_outputs.safetensors"
 CASES = {"first_chunk": (None, (0, 0)), "extend": ("motion", (0, 0)), "extend_long": ("motion_long", (0, 0)),
@@ -20,7 +20,7 @@ CASES = {"first_chunk": (None, (0, 0)), "extend": ("motion", (0, 0)), "extend_lo
 
 @pytest.fixture(scope="module")
 def recorded():
-    data = load_file(str(DATA))
+    data = {**load_file(str(DATA)), **official_inputs()}
     sd = s2v_original_layout(s2v_transformer(), "model.diffusion_model.")
     weights = {k[len("model.diffusion_model."):]: v for k, v in sd.items()}
     assert abs(sum(float(v.double().sum()) for v in weights.values()) - float(data["weights_sum"])) < 1e-6
@@ -34,6 +34,18 @@ def test_detection_and_config(recorded):
     for key, value in CONFIG.items():
         assert getattr(net.config, key) == value, key
     assert net.injected == {0: 0, 4: 1}
+
+
+def test_equals_the_official_transformer_on_a_wide_latent(recorded):
+    """16 × 24 latent, 3 frames, 19 motion frames: FramePack's coarser rope positions are truncated (the
+    official ``linspace(...).astype(int)``), height and width apart."""
+    data, net, _ = recorded
+    context = torch.cat([data["context"], torch.zeros(512 - data["context"].shape[0], data["context"].shape[1])])
+    with torch.no_grad():
+        out = net(data["x_wide"], data["timestep"], context[None], data["audio_wide"],
+                  reference=data["reference_wide"], control=data["control_wide"], motion=data["motion_wide"])
+    assert out.shape == data["extend_wide"].shape == (1, 16, 3, 16, 24)
+    assert (out - data["extend_wide"]).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -68,3 +68,26 @@ def write_audio_encoder(models: Path, name: str = "tiny_wav2vec2_large.safetenso
     (models / "audio_encoders").mkdir(parents=True, exist_ok=True)
     write(model, models / "audio_encoders" / name)
     return model
+
+
+def official_inputs() -> dict[str, torch.Tensor]:
+    """The inputs of the recorded official outputs (tests/data/wan_s2v_official), drawn from a seeded generator."""
+    g = torch.Generator().manual_seed(7)
+    frames, h, w = 2, 8, 8
+    inputs = {
+        "x": torch.randn(1, 16, frames, h, w, generator=g),
+        "context": torch.randn(7, TEXT_WIDTH, generator=g),
+        "audio": torch.randn(1, 25, 128, 4 * frames, generator=g),
+        "reference": torch.randn(1, 16, 1, h, w, generator=g),
+        "control": torch.randn(1, 16, frames, h, w, generator=g),
+        "motion": torch.randn(1, 16, 5, h, w, generator=g),
+        "motion_long": torch.randn(1, 16, 23, h, w, generator=g),
+        "timestep": torch.tensor([637.5]),
+    }
+    # a larger, non-square latent (16 × 24: FramePack's 2× / 4× rope positions truncated, h and w apart)
+    inputs.update({"x_wide": torch.randn(1, 16, 3, 16, 24, generator=g),
+                   "audio_wide": torch.randn(1, 25, 128, 12, generator=g),
+                   "reference_wide": torch.randn(1, 16, 1, 16, 24, generator=g),
+                   "control_wide": torch.randn(1, 16, 3, 16, 24, generator=g),
+                   "motion_wide": torch.randn(1, 16, 19, 16, 24, generator=g)})
+    return inputs
