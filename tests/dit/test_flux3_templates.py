@@ -8,9 +8,9 @@ prompts' EmptyFlux2LatentImage is 64×64 (the templates: 1024² from ResolutionS
 the 16-px grid). The t2i runs keep the prompt upsampler on as saved: TextGenerate writes the prompt with a tiny
 random Qwen 3.5 (:mod:`tests.dit.tiny_qwen35`, saved as the template's ``*_w4a8`` file with comfy-kitchen's
 ``asym_w4a8_int8`` weights; its max_length 16 instead of 3584) under the template's system prompt and sampling
-(top-k 1, presence penalty 1.5), and that text is what CLIPTextEncode gets. The edit runs turn the switch to
-the layout prompt itself (the templates: the upsampler's answer to it, which needs the reference image shown to
-Qwen 3.5; nodegraph's Qwen 3.5 reads text only). Everything else (CreateBoundingBoxes and Flux3LayoutPrompt,
+(top-k 1, presence penalty 1.5), and that text is what CLIPTextEncode gets; the edit runs too, as saved: the
+upsampler is shown the reference image (BatchImagesNode) and the layout prompt, and its answer is what
+CLIPTextEncode gets. Everything else (CreateBoundingBoxes and Flux3LayoutPrompt,
 KSampler's sampler, scheduler and cfg) runs as the templates set it."""
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def _run(root, tmp_path, registry, api: dict, texts: list | None = None, values:
     if texts is not None:
         texts.extend(t for out in result.outputs.values() for t in out.get("text", []))
     if values is not None:
-        values.update({n: result.value(n, 0) for n in result.executed})
+        values.update({n: result.value(n, 0) for n in result.executed if result.values.get(n)})
     return {api[n]["class_type"] for n in result.executed}
 
 
@@ -123,22 +123,26 @@ def test_t2i_templates_run(template_root, tmp_path, registry, name, steps, cfg):
     ("image_flux3_klein_image_edit.json", "fashion_portrait_blue_silk_gown_vis.png"),
     ("image_flux3_klein_distilled_image_edit.json", "woman_gold_earring_teal_top_portrait.png")])
 def test_image_edit_templates_run(template_root, tmp_path, registry, name, picture):
-    """The edit templates: a 64×64 picture instead of the template's photo, its boxes (as saved)
-    cited in the layout prompt that reaches the text encoder, ReferenceMultiLatent's empty latent as KSampler's."""
+    """The edit templates: a 64×64 picture instead of the template's photo, its boxes (as saved) cited in the
+    layout prompt that the upsampler rewrites with the picture in view, its answer to the text encoder,
+    ReferenceMultiLatent's empty latent as KSampler's."""
     from PIL import Image
 
     api = _api(name, registry)
     (tmp_path / "input").mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(6).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "input" / picture)
-    switch = next(n for n in api.values() if n["class_type"] == "ComfySwitchNode")
-    assert switch["inputs"]["switch"] is False  # as saved: on_false, the upsampler's answer
+    (switch_id, switch), = [(k, n) for k, n in api.items() if n["class_type"] == "ComfySwitchNode"]
+    (generate_id, generate), = [(k, n) for k, n in api.items() if n["class_type"] == "TextGenerate"]
+    assert switch["inputs"]["switch"] is False and switch["inputs"]["on_false"] == [generate_id, 0]  # upsampler on
+    assert api[generate["inputs"]["image"][0]]["class_type"] == "BatchImagesNode"
     set_inputs(api, {"KSampler": dict(steps=4), "ReferenceMultiLatent": {"resolution.megapixels": 0.01},
-                     "ComfySwitchNode": dict(switch=True)})  # on_true: the layout prompt itself
+                     "TextGenerate": dict(max_length=16)})
     texts: list = []
-    ran = _run(template_root, tmp_path, registry, api, texts)
-    assert any('<obj_1>' in t and '"id": "obj_1"' in t for t in texts), texts  # the layout prompt went in
+    values: dict = {}
+    ran = _run(template_root, tmp_path, registry, api, texts, values)
+    assert any('<obj_1>' in t and '"id": "obj_1"' in t for t in texts), texts  # the layout prompt, the upsampler's
+    assert values[switch_id] == values[generate_id] and len(values[generate_id]) > 10  # its answer to the encoder
     assert {"CreateBoundingBoxes", "Flux3LayoutPrompt", "ReferenceMultiLatent", "CLIPTextEncode", "KSampler",
-            "VAEDecode", "SaveImage"} <= ran
-    assert "TextGenerate" not in ran
+            "VAEDecode", "SaveImage", "TextGenerate", "BatchImagesNode"} <= ran
     assert last_saved_image(tmp_path / "output").shape[:2] == (96, 96)  # the reference's size

@@ -8,8 +8,8 @@ it. The t2i run turns the prompt-enhancer switch on (saved off): TextGenerate re
 random Qwen 3.5 (:mod:`tests.dit.tiny_qwen35`) saved as the template's ``qwen3.5_9b_qwen_image_2.1_pe_t2i
 .int8_convrot`` file (ConvRot INT8, CLIPLoader type ``stable_diffusion`` as saved) under the template's system
 prompt and sampling (temperature 1, top-k 20, top-p 0.95, presence penalty 1.5, its seed; max_length 16 instead
-of 4096), and TextEncodeQwenImage21 gets that text. The edit run keeps it off as saved (the enhancer there is
-shown the reference images; nodegraph's Qwen 3.5 reads text only)."""
+of 4096), and TextEncodeQwenImage21 gets that text. The edit run turns its enhancer on too: the i2i file
+(type ``qwen_image`` as saved) is shown both reference images (BatchImagesNode) with the instruction."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from tests.helpers.package_templates import check_templates, package_templates
 FILES = {"diffusion_models/tiny_qwen_image21.safetensors": ["diffusion_models/qwen_image_2.1_int8_convrot.safetensors",
                                                             "diffusion_models/qwen_image_2.1_turbo_int8_convrot.safetensors"],
          "text_encoders/tiny_qwen3vl.safetensors": ["text_encoders/qwen3vl_8b_int8_convrot.safetensors"],
-         # the prompt enhancers (Qwen 3.5; the i2i one is not loaded: the edit run keeps it off)
+         # the prompt enhancers (Qwen 3.5)
          "text_encoders/tiny_qwen35.safetensors": ["text_encoders/qwen3.5_9b_qwen_image_2.1_pe_t2i.int8_convrot.safetensors",
                                                    "text_encoders/qwen3.5_9b_qwen_image_2.1_pe_i2i.int8_convrot.safetensors"],
          "vae/tiny_qwen_image21_vae.safetensors": ["vae/qwen_image_2.1_vae_bf16.safetensors"]}
@@ -86,7 +86,7 @@ def _run(root, tmp_path, registry, api: dict, values: dict | None = None) -> set
     finally:
         eng.close()
     if values is not None:
-        values.update({n: result.value(n, 0) for n in result.executed})
+        values.update({n: result.value(n, 0) for n in result.executed if result.values.get(n)})
     return {api[n]["class_type"] for n in result.executed}
 
 
@@ -116,7 +116,8 @@ def test_t2i_template_runs(template_root, tmp_path, registry):
 
 def test_image_edit_template_runs(template_root, tmp_path, registry):
     """The edit template: two reference images (resolution 0: each at its own size rounded to 32 px; here 64×64
-    and 96×64 instead of the template's photos), the encoder's latent on the first image's size, 4 steps."""
+    and 96×64 instead of the template's photos), the encoder's latent on the first image's size, 4 steps; the
+    prompt enhancer switched on (saved off), shown both images, its answer to the encoder."""
     import numpy as np
     from PIL import Image
 
@@ -126,8 +127,18 @@ def test_image_edit_template_runs(template_root, tmp_path, registry):
     Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "input" / "portrait_model_denim.png")
     Image.fromarray(rng.integers(0, 256, (96, 64, 3), dtype=np.uint8)).save(
         tmp_path / "input" / "clothing_light_blue_denim_shirt.png")
-    set_inputs(api, {"KSampler": dict(steps=4)})
-    ran = _run(template_root, tmp_path, registry, api)
-    assert {"TextEncodeQwenImage21", "QwenImage21Cache", "KSampler", "VAEDecode", "SaveImageAdvanced"} <= ran
-    assert "TextGenerate" not in ran
+    (generate_id, generate), = [(k, n) for k, n in api.items() if n["class_type"] == "TextGenerate"]
+    (switch_id, switch), = [(k, n) for k, n in api.items()
+                            if n["class_type"] == "ComfySwitchNode" and n["inputs"]["on_true"] == [generate_id, 0]]
+    assert switch["inputs"]["switch"] is False  # saved off
+    loader = api[generate["inputs"]["clip"][0]]["inputs"]
+    assert (loader["clip_name"], loader["type"]) == ("qwen3.5_9b_qwen_image_2.1_pe_i2i.int8_convrot.safetensors",
+                                                     "qwen_image")
+    switch["inputs"]["switch"] = True
+    set_inputs(api, {"KSampler": dict(steps=4), "TextGenerate": dict(max_length=16)})
+    values: dict = {}
+    ran = _run(template_root, tmp_path, registry, api, values)
+    assert {"TextEncodeQwenImage21", "QwenImage21Cache", "KSampler", "VAEDecode", "SaveImageAdvanced", "TextGenerate",
+            "BatchImagesNode"} <= ran
+    assert values[switch_id] == values[generate_id] and len(values[generate_id]) > 10
     assert last_saved_image(tmp_path / "output").shape[:2] == (64, 64)
