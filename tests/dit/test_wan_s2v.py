@@ -124,8 +124,9 @@ def test_audio_buckets_take_the_nearest_30fps_frame():
 
 def test_sound_image_to_video_conditions(engine, tiny_env):
     """WanSoundImageToVideo: the positive gets the chunk's audio, the negative zeros; the reference latent; a
-    zero control latent (in the model's space); Extend continues the audio where the video latent ends and
-    takes its last 19 latent frames as motion."""
+    zero control latent (in the model's space), or the control video's latent in front; ``ref_motion`` padded to
+    73 frames gives 19 motion latent frames; Extend continues the audio where the video latent ends and takes
+    its last 19 latent frames as motion."""
     import numpy as np
     from PIL import Image
 
@@ -147,9 +148,19 @@ def test_sound_image_to_video_conditions(engine, tiny_env):
                  batch_size=1, audio_encoder_output=enc, ref_image=g.node("LoadImage", image="ref.png").out(0))
     ext = g.node("WanSoundImageToVideoExtend", "ext", positive=pos, negative=neg, vae=vae, length=5,
                  video_latent=s2v.out(2), audio_encoder_output=enc)
+    image = g.node("LoadImage", image="ref.png").out(0)
+    moved = g.node("WanSoundImageToVideo", "moved", positive=pos, negative=neg, vae=vae, width=64, height=64,
+                   length=5, batch_size=1, ref_image=image, ref_motion=image, control_video=image)
     g.node("PreviewAny", source=s2v.out(0))
     g.node("PreviewAny", source=ext.out(0))
+    g.node("PreviewAny", source=moved.out(0))
     result = engine.run(g.to_api()).raise_for_status()
+    moved_pos = result.value("moved", 0)[0][1]
+    assert "audio_embed" not in moved_pos
+    assert moved_pos["reference_motion"].shape == (1, 16, 19, 8, 8)  # 73 frames (gray before the image) encoded
+    control = moved_pos["control_video"]  # the one-frame control video's latent first, zeros (model space) after
+    assert torch.allclose(control[:, :, :1], moved_pos["reference_latents"][0])
+    assert torch.allclose(WAN21.process_in(control[:, :, 1:]), torch.zeros(1, 16, 1, 8, 8), atol=1e-6)
     positive, negative, latent = (result.value("s2v", i) for i in range(3))
     ext_pos, ext_latent = result.value("ext", 0), result.value("ext", 2)
     assert latent["samples"].shape == (1, 16, 2, 8, 8) and ext_latent["samples"].shape == (1, 16, 2, 8, 8)
