@@ -178,3 +178,39 @@ def test_image_equals_transformers_generate(engine, te_root, clip_name, key):
     expected = tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True).strip()
     assert text == expected and len(expected) > 10
     assert text != _reference(model, tok, _turn(PROMPT), 16)[0]  # the image matters
+
+
+def test_llm_qwen3_5_text_gen_template_runs(engine, te_root):
+    """The package's llm_qwen3_5_text_gen template (CLIPLoader ``qwen3.5_4b_bf16.safetensors``, type
+    ``stable_diffusion``; TextGenerate describing a LoadImage picture, sampling on; PreviewAny) runs end to end on
+    the tiny tied file (the 4B release ties its head) under its name, a 64×64 picture as its image; only
+    max_length is made 16."""
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+
+    from tests.helpers.package_templates import package_templates
+
+    paths = package_templates(lambda name: name == "llm_qwen3_5_text_gen.json")
+    if not paths:
+        pytest.skip("the template package has no llm_qwen3_5_text_gen")
+    te = te_root["root"] / "models" / "text_encoders"
+    shutil.copyfile(te / "qwen3.5_tiny_tied.safetensors", te / "qwen3.5_4b_bf16.safetensors")
+    api = load_workflow_data(json.loads(paths[0].read_text()), default_registry(packs=False)).api
+    (nid, node), = [(k, n) for k, n in api.items() if n["class_type"] == "TextGenerate"]
+    assert (node["inputs"]["sampling_mode"], node["inputs"]["sampling_mode.top_k"]) == ("on", 64)
+    loader = api[node["inputs"]["clip"][0]]["inputs"]
+    assert (loader["clip_name"], loader["type"]) == ("qwen3.5_4b_bf16.safetensors", "stable_diffusion")
+    picture = api[node["inputs"]["image"][0]]["inputs"]["image"]
+    folder = te_root["root"] / "run" / "input"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / picture)
+    node["inputs"]["max_length"] = 16
+    result = engine.run(api).raise_for_status()
+    text = result.value(nid, 0)
+    assert isinstance(text, str) and len(text) > 10
+    (preview,) = [k for k, n in api.items() if n["class_type"] == "PreviewAny"]
+    assert result.outputs[preview]["text"] == [text]  # what the template shows
