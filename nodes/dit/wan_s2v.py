@@ -11,7 +11,7 @@ from the shapes (heads of 128 as other Wan files); the injection layers are Comf
 for every file, as ComfyUI builds them.
 
 Runner (ComfyUI's ``WAN22_S2V`` conditions): ``audio_embed`` ``[1, layers, width, frames]`` (WanSoundImageToVideo;
-zeros on the negative), ``reference_latents`` (the last one, in the model's space), ``reference_motion`` (the
+zeros on the negative; without it no audio is injected, as in ComfyUI), ``reference_latents`` (the last one, in the model's space), ``reference_motion`` (the
 previous chunk's latents, WanSoundImageToVideoExtend), ``control_video`` (a latent, in the model's space). ComfyUI
 puts no audio in front of the chunk (the official pipeline's ``motion_frames`` padding is not applied).
 """
@@ -124,11 +124,8 @@ class WanS2VRunner(NetRunner):
         for part in parts:
             n = part.rows
             xs = x[row:row + n]
-            audio = part.extras.get("audio_embed")
-            if audio is None:
-                raise ValueError("this Wan S2V model needs the audio: connect AudioEncoderEncode to "
-                                 "WanSoundImageToVideo.audio_encoder_output")
-            if audio.shape[-1] < xs.shape[2] * 4:
+            audio = part.extras.get("audio_embed")  # None: no audio injected (ComfyUI's forward skips it)
+            if audio is not None and audio.shape[-1] < xs.shape[2] * 4:
                 raise ValueError(f"WanSoundImageToVideo's audio covers {audio.shape[-1]} frames; the sampled latent "
                                  f"needs {xs.shape[2] * 4}: sample the latent that node gives")
             refs = part.extras.get("reference_latents")
@@ -138,7 +135,8 @@ class WanS2VRunner(NetRunner):
             control = part.extras.get("control_video")
             control = _latent_in(control, n, self.device, self.dtype) if control is not None else None
             outs.append(self.net(xs, t[row:row + n], _rows(part.cond.to(self.device, self.dtype), n),
-                                 _rows(audio.to(self.device, self.dtype), n), reference=reference, control=control,
+                                 _rows(audio.to(self.device, self.dtype), n) if audio is not None else None,
+                                 reference=reference, control=control,
                                  motion=motion))
             row += n
         return torch.cat(outs)

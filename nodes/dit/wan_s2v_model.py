@@ -266,11 +266,11 @@ class WanS2VTransformer(ModelMixin, ConfigMixin):
         norm = modulate(block.norm3(x.float()), mod[4], mod[3]).type_as(x)
         return (x.float() + gated(block.ffn(norm).float(), mod[5])).type_as(x)
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, audio: torch.Tensor,
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor, audio: torch.Tensor | None,
                 reference: torch.Tensor | None = None, control: torch.Tensor | None = None,
                 motion: torch.Tensor | None = None, audio_pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """``x`` ``[B, 16, T, h, w]`` in the model's latent space, ``timestep`` ``[B]`` (sigma · 1000),
-        ``context`` ``[B, L, text_dim]``, ``audio`` ``[B, layers, width, ≥ 4T]``, ``reference`` ``[B, 16, 1, h,
+        ``context`` ``[B, L, text_dim]``, ``audio`` ``[B, layers, width, ≥ 4T]`` (``None``: no audio injection), ``reference`` ``[B, 16, 1, h,
         w]``, ``control`` ``[B, cond_dim, T, h, w]``, ``motion`` ``[B, 16, Tm, h, w]`` (the earlier video's
         latents). ``audio_pad`` = (audio frames of the first one put in front, latent frames dropped after
         the audio encoder): the official pipeline's ``motion_frames`` (73, 19); ComfyUI's node: (0, 0)."""
@@ -280,12 +280,14 @@ class WanS2VTransformer(ModelMixin, ConfigMixin):
         nf, nh, nw = frames // pt, h // ph, w // pw
         dim = cfg.num_attention_heads * cfg.attention_head_dim
 
-        audio = audio[..., :frames * 4]
-        if audio_pad[0]:
-            audio = torch.cat([audio[..., :1].repeat(1, 1, 1, audio_pad[0]), audio], dim=-1)
-        audio_global, audio_local = self.casual_audio_encoder(audio)
-        audio_local = audio_local[:, audio_pad[1]:]
-        audio_global = audio_global[:, audio_pad[1]:] if audio_global is not None else None
+        audio_local = audio_global = None
+        if audio is not None:  # without audio (ComfyUI allows it) nothing is injected
+            audio = audio[..., :frames * 4]
+            if audio_pad[0]:
+                audio = torch.cat([audio[..., :1].repeat(1, 1, 1, audio_pad[0]), audio], dim=-1)
+            audio_global, audio_local = self.casual_audio_encoder(audio)
+            audio_local = audio_local[:, audio_pad[1]:]
+            audio_global = audio_global[:, audio_pad[1]:] if audio_global is not None else None
 
         tokens = self.patch_embedding(x)
         if control is not None and hasattr(self, "cond_encoder"):
@@ -320,7 +322,7 @@ class WanS2VTransformer(ModelMixin, ConfigMixin):
 
         for i, block in enumerate(self.blocks):
             hidden = self._block(block, hidden, context, e, rope, seq)
-            if i in self.injected:
+            if i in self.injected and audio_local is not None:
                 residual = self.audio_injector(hidden[:, :seq], self.injected[i], audio_local, audio_global, nf)
                 hidden = torch.cat([hidden[:, :seq] + residual, hidden[:, seq:]], dim=1)
 

@@ -48,6 +48,26 @@ def test_equals_the_official_transformer_on_a_wide_latent(recorded):
     assert (out - data["extend_wide"]).abs().max() < 1e-4
 
 
+def test_without_audio_nothing_is_injected(recorded):
+    """No ``audio_embed`` (WanSoundImageToVideo without audio_encoder_output): the blocks run without the audio
+    residual, as a copy whose injector outputs are zeroed gives with any audio."""
+    import copy
+
+    data, net, _ = recorded
+    silent = copy.deepcopy(net)
+    with torch.no_grad():
+        for attn in silent.audio_injector.injector:
+            attn.to_out[0].weight.zero_()
+            attn.to_out[0].bias.zero_()
+        context = torch.zeros(1, 512, data["context"].shape[1])
+        args = dict(reference=data["reference"], control=data["control"], motion=data["motion"])
+        out = net(data["x"], data["timestep"], context, None, **args)
+        expected = silent(data["x"], data["timestep"], context, data["audio"], **args)
+        with_audio = net(data["x"], data["timestep"], context, data["audio"], **args)
+    assert (out - expected).abs().max() < 1e-5
+    assert (out - with_audio).abs().max() > 1e-2
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_equals_the_official_transformer(recorded, case):
     data, net, _ = recorded
