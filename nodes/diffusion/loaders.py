@@ -368,7 +368,7 @@ class CLIPLoader(Node):
 
     def execute(self, clip_name: str, type: str, device: str = "default") -> tuple:
         path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
-        if path.is_file():  # Qwen 3.5 (TextGenerate's prompt upsamplers): told by its keys under any type
+        if path.is_file() and path.suffix.lower() in (".safetensors", ".sft"):  # Qwen 3.5, by its keys, any type
             from nodegraph_nodes.dit import qwen35_text
             from nodegraph_nodes.dit.loading import file_keys
 
