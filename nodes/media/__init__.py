@@ -12,6 +12,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import animated, audio_latent, audio_nodes, record_audio, video_nodes
+    from . import animated, audio_concat, audio_latent, audio_nodes, record_audio, video_nodes
 
-    return [video_nodes, audio_nodes, animated, audio_latent, record_audio]
+    return [video_nodes, audio_nodes, audio_concat, animated, audio_latent, record_audio]
