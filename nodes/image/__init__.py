@@ -11,6 +11,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import augment, batch, bounding_boxes, color, layout, operations, painter, resize
+    from . import augment, batch, bounding_boxes, color, layout, moge, operations, painter, resize
 
-    return [operations, augment, resize, batch, layout, color, bounding_boxes, painter]
+    return [operations, augment, resize, batch, layout, color, bounding_boxes, painter, moge]
