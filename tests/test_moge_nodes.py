@@ -124,3 +124,16 @@ def test_graph_loads_infers_and_renders(tmp_path, net):
     assert torch.allclose(gl[..., 1], 1 - dx[..., 1], atol=1e-6) and torch.equal(gl[..., ::2], dx[..., ::2])
     n = geometry.normal[0]
     assert torch.allclose(dx, (n * torch.tensor([1.0, 1.0, -1.0]) * 0.5 + 0.5).clamp(0, 1))
+
+
+MOGE_TEMPLATES = ("utility_moge_depth_estimation", "utility_moge3_geometry_estimation", "video_ltx2_3_ic_lora")
+
+
+def test_moge_templates_validate_with_file_errors_only():
+    from tests.helpers.package_templates import check_templates, package_templates
+
+    paths = package_templates(lambda n: n[:-len(".json")] in MOGE_TEMPLATES)
+    assert len(paths) == len(MOGE_TEMPLATES)
+    check = check_templates(paths, default_registry(packs=False))
+    check.assert_missing(set())
+    assert sorted(check.clean) == sorted(n + ".json" for n in MOGE_TEMPLATES)

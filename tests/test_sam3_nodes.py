@@ -268,7 +268,7 @@ def test_wan_vace_inpainting_template_runs(tmp_path_factory, tmp_path):
 SAM3_TEMPLATES = ("utility_image_segment_sam3", "utility_video_segment_sam3", "utility_void_video_inpainting",
                   "utility_sam3d_body")
 MISSING_NODE_TYPES = {
-    "BuildPoseFile", "LoadMoGeModel", "MoGeGeometryToFOV", "MoGeInference", "OpticalFlowLoader", "RTDETR_detect",
+    "BuildPoseFile", "MoGeGeometryToFOV", "OpticalFlowLoader", "RTDETR_detect",
     "SAM3DBody_FaceExpression", "SAM3DBody_Loader", "SAM3DBody_Predict", "SAM3DBody_Render", "SAM3DBody_Smooth",
     "Save3DAdvanced", "VOIDInpaintConditioning", "VOIDSampler", "VOIDWarpedNoise", "VOIDWarpedNoiseSource",
 }

@@ -67,16 +67,6 @@ class LoadMoGeModel(Node):
     model_name = Input(COMBO, choices=model_choices)
     outputs = (Output(MOGE_MODEL, "MOGE_MODEL"),)
 
-    @classmethod
-    def validate_inputs(cls, model_name=None, paths: Paths | None = None, **_: Any) -> bool | str:
-        if model_name is None:
-            return True
-        try:
-            resolve(paths or Paths(), model_name)
-        except MoGeFileError as exc:
-            return str(exc)
-        return True
-
     def execute(self, model_name: str) -> tuple:
         path = resolve(self.ctx.paths, model_name)
         st = path.stat()

@@ -215,10 +215,10 @@ def test_comfy_ltx2_3_ic_lora_ingredients_template_runs_on_ltx2(ltx2_engine, tin
     assert result.value(guide, 2)["samples"].shape == (1, 128, 4, 4, 4)  # 2 video + 2 dilated guide frames
 
 
-#: node types of the package's LTX templates that nodegraph does not have yet (MoGe: a separate depth model)
-MISSING_NODE_TYPES = {"LoadMoGeModel", "MoGeInference", "MoGeRender"}
+#: node types of the package's LTX templates that nodegraph does not have yet
+MISSING_NODE_TYPES: set[str] = set()
 #: how many of them (BROKEN apart) validate with file errors only
-MIN_CLEAN = 18
+MIN_CLEAN = 19
 #: a template shipped broken: its subgraph's VIDEO output names link 265, which the subgraph's links lack, so
 #: SaveVideo gets no video (ComfyUI's frontend drops the input the same way; see tests/test_ui_format.py)
 BROKEN = "video_ltx2_i2v_lora.json"
