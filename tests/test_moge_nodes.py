@@ -137,3 +137,39 @@ def test_moge_templates_validate_with_file_errors_only():
     check = check_templates(paths, default_registry(packs=False))
     check.assert_missing(set())
     assert sorted(check.clean) == sorted(n + ".json" for n in MOGE_TEMPLATES)
+
+
+def test_depth_estimation_template_runs_end_to_end(tmp_path):
+    """utility_moge_depth_estimation as saved (resolution level 2 → 0 to keep the tiny run short)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.workflow.loader import load_workflow_data
+    from tests.helpers.package_templates import package_templates
+
+    registry = default_registry(packs=False)
+    (path,) = package_templates(lambda n: n == "utility_moge_depth_estimation.json")
+    api = load_workflow_data(json.loads(path.read_text()), registry).api
+    save_tiny_moge(tmp_path / "models" / "geometry_estimation", CKPT)
+    (tmp_path / "input").mkdir()
+    image = tiny_moge_image(seed=3, height=30, width=40)
+    Image.fromarray((image[0].numpy() * 255).round().astype(np.uint8)).save(tmp_path / "input" / "alien_world.png")
+    inference = next(i for i, n in api.items() if n["class_type"] == "MoGeInference")
+    api[inference]["inputs"]["resolution_level"] = 0
+    engine = make_engine(tmp_path, tmp_path, registry)
+    try:
+        result = engine.run(api).raise_for_status()
+    finally:
+        engine.close()
+    kinds = {api[n]["class_type"] for n in result.executed}
+    assert {"LoadMoGeModel", "MoGeInference", "MoGeRender", "ImageToMask", "PreviewImage", "MaskPreview"} <= kinds
+    geometry = result.values[inference][0][0]
+    renders = {api[i]["inputs"]["output"]: result.values[i][0][0] for i in api if api[i]["class_type"] == "MoGeRender"}
+    assert set(renders) == {"depth", "depth_colored", "mask"}
+    assert all(r.shape == (1, 30, 40, 3) for r in renders.values())
+    to_mask = next(i for i in api if api[i]["class_type"] == "ImageToMask")
+    assert torch.equal(result.values[to_mask][0][0], geometry.mask.float())
+    finite = geometry.mask[0]
+    assert finite.any() and torch.isfinite(geometry.depth[0][finite]).all()
