@@ -80,3 +80,69 @@ def test_speaker_map_and_block_outputs_match_the_official_code(recorded):
         # a batch of two (cond and uncond together) gives each item the single-item result
         both = adapter.blocks[0](torch.cat([ref["x"], ref["x"]]), single, GRID_FRAMES)
         torch.testing.assert_close(both, ref["block0_single"].expand(2, -1, -1), atol=1e-5, rtol=0)
+
+
+#: the official block's module names → a diffusers ``WanTransformerBlock``'s
+OFFICIAL_TO_DIFFUSERS = {
+    "self_attn.q": "attn1.to_q", "self_attn.k": "attn1.to_k", "self_attn.v": "attn1.to_v",
+    "self_attn.o": "attn1.to_out.0", "self_attn.norm_q": "attn1.norm_q", "self_attn.norm_k": "attn1.norm_k",
+    "cross_attn.q": "attn2.to_q", "cross_attn.k": "attn2.to_k", "cross_attn.v": "attn2.to_v",
+    "cross_attn.o": "attn2.to_out.0", "cross_attn.norm_q": "attn2.norm_q", "cross_attn.norm_k": "attn2.norm_k",
+    "cross_attn.k_img": "attn2.add_k_proj", "cross_attn.v_img": "attn2.add_v_proj",
+    "cross_attn.norm_k_img": "attn2.norm_added_k", "norm3": "norm2", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2",
+}
+
+
+def diffusers_blocks(full: dict) -> torch.nn.ModuleList:
+    """The recorded official blocks' Wan weights in diffusers ``WanTransformerBlock``s (dim 32, ffn 64, 4 heads)."""
+    from diffusers.models.transformers.transformer_wan import WanTransformerBlock
+
+    blocks = torch.nn.ModuleList()
+    for i in range(2):
+        block = WanTransformerBlock(32, 64, 4, cross_attn_norm=True, eps=1e-6, added_kv_proj_dim=32)
+        sd = {}
+        for key, value in full.items():
+            key = key[len(f"blocks.{i}."):] if key.startswith(f"blocks.{i}.") else None
+            if key is None or key.startswith(("audio_cross_attn", "norm_x")):
+                continue
+            if key == "modulation":
+                sd["scale_shift_table"] = value
+                continue
+            module, leaf = key.rsplit(".", 1)
+            sd[f"{OFFICIAL_TO_DIFFUSERS[module]}.{leaf}"] = value
+        block.load_state_dict(sd, strict=True)
+        blocks.append(block)
+    return blocks
+
+
+@pytest.mark.parametrize("speakers", [1, 2])
+def test_hooked_diffusers_blocks_match_the_official_block(recorded, speakers):
+    """Two diffusers Wan blocks with the audio hooks equal the official ``WanAttentionBlock`` (self-attention,
+    image/text cross-attention, audio cross-attention, FFN) on the same weights; the hooks go when the
+    context closes."""
+    from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+    from nodegraph_nodes.dit.wan_infinitetalk_patch import AudioCall, attach_audio
+
+    sd, ref = recorded
+    blocks_ref = load_file(DATA / "blocks_reference.safetensors")
+    blocks = diffusers_blocks(load_file(DATA / "blocks.safetensors"))
+    adapter = InfiniteTalkAdapter.from_state_dict(sd, num_heads=4)
+    rotary = WanRotaryPosEmbed(8, (1, 2, 2), 1024)(torch.zeros(1, 16, 3, 4, 6))  # grid 3 × 2 × 3
+    feats = [ref["features_1"], ref["features_2"]][:speakers]
+    masks = ref["masks"] if speakers == 2 else None
+    expected = blocks_ref["blocks_single" if speakers == 1 else "blocks_two"]
+
+    def run():
+        h = ref["x"]
+        for block in blocks:
+            h = block(h, blocks_ref["context"], blocks_ref["e"], rotary)
+        return h
+
+    with torch.no_grad():
+        tokens = adapter.audio_tokens(feats, 0, FRAMES)
+        with attach_audio(blocks, AudioCall(adapter, tokens, 1.0, masks)):
+            hooked = run()
+        plain = run()
+    torch.testing.assert_close(hooked, expected, atol=1e-4, rtol=0)
+    assert (plain - expected).abs().max() > 1.0
