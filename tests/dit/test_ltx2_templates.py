@@ -215,6 +215,46 @@ def test_comfy_ltx2_3_ic_lora_ingredients_template_runs_on_ltx2(ltx2_engine, tin
     assert result.value(guide, 2)["samples"].shape == (1, 128, 4, 4, 4)  # 2 video + 2 dilated guide frames
 
 
+def test_comfy_ltx2_3_ic_lora_template_runs_on_ltx2(ltx2_engine, tiny_ltx2):
+    """``video_ltx2_3_ic_lora`` (the union-control IC-LoRA; MoGe depth of the control video's frames as the guide
+    video through LTXVAddGuide, the first image in place, KSampler, LTXVCropGuides) on the tiny LTX-2.0 files under
+    the 2.3 template's names and the tiny MoGe-2 file (tests/helpers/tiny_moge.py). Made smaller: 128×128, a
+    9-frame 32×48 control video, MoGe at resolution level 0 (9 → 0), 2 steps."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from tests.dit.tiny_ltx2 import save_lora
+    from tests.helpers.tiny_moge import save_tiny_moge
+
+    _files(tiny_ltx2, "ltx-2.3-22b-distilled-fp8.safetensors", "gemma_3_12B_it_fp4_mixed.safetensors")
+    save_lora(tiny_ltx2.root, "ltx-2.3-22b-ic-lora-union-control-ref0.5.safetensors")
+    save_lora(tiny_ltx2.root, "gemma-3-12b-it-abliterated_lora_rank64_bf16.safetensors")  # validated, not run
+    save_tiny_moge(tiny_ltx2.root / "models" / "geometry_estimation", "moge_2_vitl_normal_fp16.safetensors")
+    inputs = ltx2_engine.paths.input_dir
+    inputs.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(9)
+    Image.fromarray(rng.integers(0, 256, (80, 100, 3), dtype=np.uint8), "RGB").save(inputs / "the_forgotten_gate.png")
+    with av.open(str(inputs / "stone_ruins.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        base = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+        for i in range(9):
+            frame = av.VideoFrame.from_ndarray(np.roll(base, i, axis=1), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    api = _template_api("video_ltx2_3_ic_lora", ltx2_engine.registry)
+    set_primitive_ints(api, {1280: 128, 704: 128})
+    set_inputs(api, {"MoGeInference": {"resolution_level": 0}, "KSampler": {"steps": 2}})
+    result, executed = _run(ltx2_engine, api, ("LoadMoGeModel", "MoGeInference", "MoGeRender", "GetICLoRAParameters",
+                                               "LTXVAddGuide", "LTXVCropGuides", "KSampler"))
+    assert "TextGenerateLTX2Prompt" not in executed
+    depth = next(n for n in result.executed if api[n]["class_type"] == "MoGeRender"
+                 and api[n]["inputs"]["output"] == "depth")
+    frames = result.value(depth, 0)
+    assert frames.shape == (9, 32, 48, 3) and torch.equal(frames[..., 0], frames[..., 2])
+
+
 #: node types of the package's LTX templates that nodegraph does not have yet
 MISSING_NODE_TYPES: set[str] = set()
 #: how many of them (BROKEN apart) validate with file errors only
