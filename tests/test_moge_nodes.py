@@ -75,6 +75,50 @@ def test_postprocess_matches_official_infer(official, case):
         assert torch.isinf(out["depth"][~out["mask"]]).all() and (~out["mask"]).any()
 
 
+def _transformers_style(sd: dict) -> dict:
+    """The tiny file with its backbone in the names ComfyUI's DINOv2 port loads (embeddings.*, encoder.layer.N.…,
+    query / key / value apart), written here independently of the loader's tables."""
+    import re
+
+    top = {"cls_token": "embeddings.cls_token", "pos_embed": "embeddings.position_embeddings",
+           "mask_token": "embeddings.mask_token", "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+           "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias", "norm.weight": "layernorm.weight",
+           "norm.bias": "layernorm.bias"}
+    out = {}
+    for key, value in sd.items():
+        rel = key[len("encoder.backbone."):] if key.startswith("encoder.backbone.") else None
+        if rel is None:
+            out[key] = value
+        elif rel in top:
+            out["encoder.backbone." + top[rel]] = value
+        else:
+            i, sub = re.match(r"blocks\.(\d+)\.(.*)", rel).groups()
+            base = f"encoder.backbone.encoder.layer.{i}."
+            if sub.startswith("attn.qkv."):
+                for part, t in zip(("query", "key", "value"), value.chunk(3)):
+                    out[f"{base}attention.attention.{part}.{sub.rsplit('.', 1)[1]}"] = t
+            else:
+                sub = (sub.replace("attn.proj.", "attention.output.dense.").replace("ls1.gamma", "layer_scale1.lambda1")
+                       .replace("ls2.gamma", "layer_scale2.lambda1"))
+                out[base + sub] = value
+    return out
+
+
+def test_transformers_style_backbone_names_load_the_same_model(net):
+    other = load_moge(_transformers_style(tiny_moge_state_dict(0)))
+    image = tiny_moge_image().movedim(-1, 1)
+    with torch.no_grad():
+        a, b = net(image, 48), other(image, 48)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_swiglu_backbone_is_refused_naming_the_file():
+    sd = tiny_moge_state_dict(0)
+    sd = {k.replace("mlp.fc1.", "mlp.w12.").replace("mlp.fc2.", "mlp.w3."): v for k, v in sd.items()}
+    with pytest.raises(MoGeFileError, match="moge_3_vitg_fp16.safetensors.*SwiGLU"):
+        load_moge(sd, "moge_3_vitg_fp16.safetensors")
+
+
 def test_moge1_and_foreign_files_are_refused():
     with pytest.raises(MoGeFileError, match="MoGe-1"):
         detect_config({"backbone.cls_token": torch.zeros(1, 1, 8)}, "old.safetensors")

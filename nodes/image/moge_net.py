@@ -268,11 +268,59 @@ def _conv_stack_config(sd: dict, prefix: str, name: str) -> ConvStackConfig:
     return ConvStackConfig(dim_in, dims, dim_out, resamplers, counts, hidden)
 
 
+_TRANSFORMERS_TOP = {v: k for k, v in _TOP_RENAMES.items()}
+_TRANSFORMERS_BLOCK = (("attention.output.dense.", "attn.proj."), ("layer_scale1.lambda1", "ls1.gamma"),
+                       ("layer_scale2.lambda1", "ls2.gamma"), ("norm1.", "norm1."), ("norm2.", "norm2."),
+                       ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."))
+
+
+def meta_names(sd: dict) -> dict:
+    """A state dict whose backbone is in transformers-style names (``encoder.backbone.embeddings.cls_token``,
+    ``encoder.layer.N.attention.attention.query`` …, the names ComfyUI's own DINOv2 port uses) back in Meta's
+    (``cls_token``, ``blocks.N.attn.qkv``); other state dicts are returned as they are."""
+    if f"{_BACKBONE}embeddings.cls_token" not in sd:
+        return sd
+    out: dict = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        if not key.startswith(_BACKBONE):
+            out[key] = value
+            continue
+        rel = key[len(_BACKBONE):]
+        if rel in _TRANSFORMERS_TOP:
+            out[_BACKBONE + _TRANSFORMERS_TOP[rel]] = value
+            continue
+        m = re.match(r"encoder\.layer\.(\d+)\.(.*)", rel)
+        if m is None:
+            out[key] = value
+            continue
+        block, sub = f"{_BACKBONE}blocks.{m[1]}.", m[2]
+        a = re.match(r"attention\.attention\.(query|key|value)\.(weight|bias)$", sub)
+        if a:
+            qkv.setdefault((block, a[2]), {})[a[1]] = value
+            continue
+        for old, new in _TRANSFORMERS_BLOCK:
+            if sub.startswith(old):
+                sub = new + sub[len(old):]
+                break
+        out[block + sub] = value
+    for (block, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            raise MoGeFileError(f"{block}attention: query, key and value are not all there")
+        out[f"{block}attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return out
+
+
 def detect_config(sd: dict, name: str = "MoGe file") -> MoGeConfig:
     """The sizes of a MoGe-2 checkpoint, read from its weights (``name`` names the file in errors)."""
     if f"{_BACKBONE}cls_token" not in sd:
         hint = " (a MoGe-1 file: not supported)" if "backbone.cls_token" in sd else ""
         raise MoGeFileError(f"{name}: not a MoGe-2 checkpoint, it has no '{_BACKBONE}cls_token'{hint}")
+    if f"{_BACKBONE}blocks.0.mlp.fc1.weight" not in sd:
+        raise MoGeFileError(f"{name}: its DINOv2 has no plain MLP ('{_BACKBONE}blocks.0.mlp.fc1.weight'; a SwiGLU "
+                            "ViT-g backbone, as MoGe-3's): not supported")
+    if not any(k.startswith("encoder.output_projections.") for k in sd) or not any(k.startswith("neck.") for k in sd):
+        raise MoGeFileError(f"{name}: not a MoGe-2 checkpoint (no encoder.output_projections / neck weights)")
     hidden = int(sd[f"{_BACKBONE}cls_token"].shape[-1])
     layers = _indices(sd, f"{_BACKBONE}blocks.")[-1] + 1
     fc1 = sd[f"{_BACKBONE}blocks.0.mlp.fc1.weight"]
@@ -332,6 +380,7 @@ def load_moge(sd: dict, name: str = "MoGe file", dtype: torch.dtype = torch.floa
     """A :class:`MoGeNet` with the weights of an official MoGe-2 state dict (``model`` wrapper allowed)."""
     if isinstance(sd.get("model"), dict):
         sd = sd["model"]
+    sd = meta_names(sd)
     cfg = detect_config(sd, name)
     net = MoGeNet(cfg)
     missing, unexpected = net.load_state_dict(convert_state_dict(sd), strict=False)
