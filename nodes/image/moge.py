@@ -67,6 +67,15 @@ class LoadMoGeModel(Node):
     model_name = Input(COMBO, choices=model_choices)
     outputs = (Output(MOGE_MODEL, "MOGE_MODEL"),)
 
+    @classmethod
+    def fingerprint(cls, model_name=None, paths: Paths | None = None, **_: Any) -> Any:
+        try:
+            path = resolve(paths or Paths(), model_name)
+            st = path.stat()
+        except (MoGeFileError, OSError):
+            return None
+        return (str(path), st.st_size, st.st_mtime_ns)
+
     def execute(self, model_name: str) -> tuple:
         path = resolve(self.ctx.paths, model_name)
         st = path.stat()
