@@ -16,8 +16,10 @@ Layouts (detected from the keys, as ComfyUI):
 * **USO's SigLIP projector** (``uso-flux1-projector-v1``: ``feature_embedder.{high,mid,low}_…``) for
   USOStyleReference (:mod:`.uso`).
 
-Other model patches ComfyUI loads (InfiniteTalk's audio blocks, Anima's LLLite) are refused with an error naming
-the file.
+* **InfiniteTalk's audio adapter** for Wan 2.1 (``audio_proj.*``, ``blocks.N.{norm_x,audio_cross_attn}``) for
+  WanInfiniteTalkToVideo (:mod:`.wan_infinitetalk`).
+
+Other model patches ComfyUI loads (Anima's LLLite) are refused with an error naming the file.
 """
 
 from __future__ import annotations
@@ -101,8 +103,8 @@ def patch_kind(keys) -> str:
         return "z_image_fun_controlnet"
     if "feature_embedder.high_projection.weight" in keys:
         return "uso_siglip_projector"
-    if "audio_proj.proj1.weight" in keys:
-        raise ModelFileError("this is an InfiniteTalk/MultiTalk audio patch, which nodegraph does not support yet")
+    if "audio_proj.proj1_vf.weight" in keys and "blocks.0.audio_cross_attn.kv_linear.weight" in keys:
+        return "wan_infinitetalk"
     raise ModelFileError("not a model patch nodegraph knows (DiffSynth Qwen-Image ControlNet: "
                          f"'{QWEN_MARKER}'; Z-Image Fun ControlNet: '{ZIMAGE_MARKER}')")
 
@@ -110,6 +112,13 @@ def patch_kind(keys) -> str:
 def build_patch(kind: str, sd: dict, dtype: torch.dtype) -> torch.nn.Module:
     if kind == "qwen_blockwise_controlnet":
         net = QwenBlockwiseControlNet(**qwen_config(sd))
+    elif kind == "wan_infinitetalk":
+        from nodegraph_nodes.dit.wan_infinitetalk import InfiniteTalkAdapter
+
+        try:  # the head count is the patched model's, set when a run attaches it
+            return InfiniteTalkAdapter.from_state_dict(sd, 1, dtype=dtype).eval().requires_grad_(False)
+        except ValueError as exc:
+            raise ModelFileError(str(exc)) from None
     elif kind == "uso_siglip_projector":
         from nodegraph_nodes.dit.uso import build_uso_projector
 
@@ -126,7 +135,8 @@ def build_patch(kind: str, sd: dict, dtype: torch.dtype) -> torch.nn.Module:
 
 @dataclass(frozen=True, eq=False)
 class ModelPatchValue:
-    """MODEL_PATCH: ``kind`` (``qwen_blockwise_controlnet`` / ``z_image_fun_controlnet`` / ``uso_siglip_projector``), the manager's
+    """MODEL_PATCH: ``kind`` (``qwen_blockwise_controlnet`` / ``z_image_fun_controlnet`` / ``uso_siglip_projector`` /
+    ``wan_infinitetalk``), the manager's
     handle of the network and the file name."""
 
     kind: str
@@ -166,9 +176,9 @@ def model_patch_choices(paths: Paths) -> list[str]:
 class ModelPatchLoader(Node):
     """Load a model patch from models/model_patches: the DiffSynth blockwise ControlNets of Qwen-Image and
     the Z-Image Fun ControlNets (apply with QwenImageDiffsynthControlnet / ZImageFunControlnet), USO's style
-    projector (USOStyleReference).
+    projector (USOStyleReference), InfiniteTalk's audio adapter (WanInfiniteTalkToVideo).
 
-    Stricter than ComfyUI: other patch kinds (InfiniteTalk, Anima LLLite) are refused with an error."""
+    Stricter than ComfyUI: other patch kinds (Anima LLLite) are refused with an error."""
 
     category = "advanced/loaders"
     display_name = "ModelPatchLoader"

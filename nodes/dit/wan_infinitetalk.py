@@ -144,7 +144,7 @@ def speaker_attention_map(q: torch.Tensor, k: torch.Tensor, frame_tokens: int, m
     """``[speakers, tokens]``: for each visual token, its softmax attention (self-attention ``q, k``
     ``[B, tokens, heads, head_dim]``) onto the first latent frame's tokens inside each speaker's mask
     (``[speakers, frame_tokens]`` of 0/1), summed and divided by the mask's size, averaged over the heads in
-    ``split_num`` groups then over the groups (the official order)."""
+    ``split_num`` groups then over the groups (the official order; ComfyUI's 1e-8 keeps an empty mask at 0)."""
     ref_k = k[:, :frame_tokens]
     heads = q.shape[2]
     chunk = heads // split_num
@@ -154,7 +154,7 @@ def speaker_attention_map(q: torch.Tensor, k: torch.Tensor, frame_tokens: int, m
         qs = (q[:, :, i * chunk:(i + 1) * chunk] * (1.0 / math.sqrt(q.shape[-1]))).transpose(1, 2)
         ks = ref_k[:, :, i * chunk:(i + 1) * chunk].transpose(1, 2)
         probs = (qs @ ks.transpose(-2, -1)).softmax(-1)
-        maps = [(probs * m[None, None, None]).sum(-1) / m.sum() for m in masks]
+        maps = [(probs * m[None, None, None]).sum(-1) / (m.sum() + 1e-8) for m in masks]  # ComfyUI's eps: empty masks
         total = total + torch.cat([m.permute(0, 2, 1).mean(-1) for m in maps], dim=0)
     return total / split_num
 
@@ -245,6 +245,15 @@ class InfiniteTalkAdapter(nn.Module):
             raise ValueError(f"{name}: InfiniteTalk weights do not fit (missing {missing[:4]}, "
                              f"unexpected {unexpected[:4]})")
         return adapter.to(dtype)
+
+    def set_heads(self, num_heads: int) -> None:
+        """Use the patched model's head count (the weights do not record it)."""
+        for block in self.blocks:
+            attn = block.audio_cross_attn
+            if attn.q_linear.out_features % num_heads:
+                raise ValueError(f"InfiniteTalk: dim {attn.q_linear.out_features} does not split into "
+                                 f"{num_heads} heads")
+            attn.num_heads, attn.head_dim = num_heads, attn.q_linear.out_features // num_heads
 
     def audio_tokens(self, features: list[torch.Tensor], start: int, end: int) -> torch.Tensor:
         """``[latent_frames, speakers·tokens, token_dim]`` for video frames ``start … end-1``."""

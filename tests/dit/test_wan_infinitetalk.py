@@ -146,3 +146,103 @@ def test_hooked_diffusers_blocks_match_the_official_block(recorded, speakers):
         plain = run()
     torch.testing.assert_close(hooked, expected, atol=1e-4, rtol=0)
     assert (plain - expected).abs().max() > 1.0
+
+
+# -- the node on tiny files ---------------------------------------------------------------------------------
+
+TEMPLATE = "video_wan2_1_infinitetalk"
+
+
+@pytest.fixture(scope="module")
+def tiny_env(tmp_path_factory):
+    """The tiny Wan files (tests/dit/tiny_wan.py), a tiny wav2vec2 large file and a tiny adapter for them."""
+    from tests.dit.tiny_wan import build_wan
+    from tests.dit.tiny_wan_infinitetalk import write_adapter
+    from tests.dit.tiny_wan_s2v import write_audio_encoder
+
+    root = tmp_path_factory.mktemp("wan_infinitetalk_models")
+    tiny = build_wan(root)
+    write_audio_encoder(root / "models")
+    write_adapter(root / "models")
+    return tiny
+
+
+@pytest.fixture
+def engine(tiny_env, tmp_path):
+    from nodegraph.registry import default_registry
+    from tests.helpers.engines import make_engine
+
+    eng = make_engine(tiny_env.root, tmp_path, default_registry(packs=False))
+    yield eng
+    eng.close()
+
+
+def _inputs(engine):
+    import numpy as np
+    from PIL import Image
+
+    from tests.dit.test_wan_s2v import write_mp3
+
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    write_mp3(engine.paths.input_dir / "voice.mp3", 1.0)
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(
+        engine.paths.input_dir / "face.png")
+
+
+def test_node_samples_with_the_audio(engine, tiny_env):
+    """UNETLoader → WanInfiniteTalkToVideo → KSampler (2 euler steps, cfg 1): the audio (``audio_scale`` 1 against
+    0) changes the result, the conditioning is WanImageToVideo's; the extend chunk trims ``motion_frame_count``
+    frames and its first latent frame is the VAE latent of the last previous frame."""
+    from nodegraph.builder import Graph
+
+    _inputs(engine)
+    g = Graph()
+    model = g.node("UNETLoader", unet_name="tiny_wan_i2v.safetensors", weight_dtype="default").out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    patch = g.node("ModelPatchLoader", name="tiny_infinitetalk_single.safetensors").out(0)
+    enc = g.node("AudioEncoderEncode", audio_encoder=g.node("AudioEncoderLoader",
+                 audio_encoder_name="tiny_wav2vec2_large.safetensors").out(0),
+                 audio=g.node("LoadAudio", audio="voice.mp3").out(0)).out(0)
+    pos, neg = g.node("CLIPTextEncode", text="a face talking", clip=clip), g.node("CLIPTextEncode", text="", clip=clip)
+    image = g.node("LoadImage", image="face.png").out(0)
+    size = dict(width=32, height=32, length=5)
+
+    def sample(name, m, p, n, latent):
+        node = g.node("KSampler", name, model=m, seed=3, steps=2, cfg=1.0, sampler_name="euler", scheduler="simple",
+                      positive=p, negative=n, latent_image=latent, denoise=1.0)
+        g.node("PreviewAny", source=node.out(0))
+        return node
+
+    for scale in (0.0, 1.0):
+        it = g.node("WanInfiniteTalkToVideo", f"it{scale}", mode="single_speaker", model=model, model_patch=patch,
+                    positive=pos, negative=neg, vae=vae, audio_encoder_output_1=enc, start_image=image,
+                    motion_frame_count=2, audio_scale=scale, **size)
+        sample(f"s{scale}", it.out(0), it.out(1), it.out(2), it.out(3))
+    i2v = g.node("WanImageToVideo", "i2v", positive=pos, negative=neg, vae=vae, start_image=image, batch_size=1,
+                 **size)
+    sample("plain", model, i2v.out(0), i2v.out(1), i2v.out(2))
+    frames = g.node("VAEDecode", samples=g.node("KSampler", "s_ext_src", model=model, seed=3, steps=1, cfg=1.0,
+                                                sampler_name="euler", scheduler="simple", positive=i2v.out(0),
+                                                negative=i2v.out(1), latent_image=i2v.out(2), denoise=1.0).out(0),
+                    vae=vae).out(0)
+    ext = g.node("WanInfiniteTalkToVideo", "ext", mode="single_speaker", model=model, model_patch=patch,
+                 positive=pos, negative=neg, vae=vae, audio_encoder_output_1=enc, start_image=image,
+                 previous_frames=frames, motion_frame_count=1, audio_scale=1.0, **size)
+    sample("s_ext", ext.out(0), ext.out(1), ext.out(2), ext.out(3))
+    g.node("PreviewAny", source=ext.out(4))
+    last = g.node("VAEEncode", "last", vae=vae, pixels=g.node("ImageFromBatch", image=frames, batch_index=4,
+                                                                length=1).out(0))
+    g.node("PreviewAny", source=last.out(0))
+    result = engine.run(g.to_api()).raise_for_status()
+    silent, talking = result.value("s0.0", 0)["samples"], result.value("s1.0", 0)["samples"]
+    assert silent.shape == (1, 16, 2, 4, 4) and torch.isfinite(talking).all()
+    assert (talking - silent).abs().max() > 1e-3
+    it_pos, i2v_pos = result.value("it1.0", 1)[0][1], result.value("i2v", 0)[0][1]
+    assert torch.equal(it_pos["concat_latent_image"], i2v_pos["concat_latent_image"])
+    assert torch.equal(it_pos["concat_mask"], i2v_pos["concat_mask"])
+    assert torch.equal(result.value("it1.0", 3)["samples"], result.value("i2v", 2)["samples"])
+    assert result.value("it1.0", 4) == 0 and result.value("ext", 4) == 1
+    extended = result.value("s_ext", 0)["samples"]
+    torch.testing.assert_close(extended[:, :, 0], result.value("last", 0)["samples"].reshape(1, 16, 4, 4), atol=1e-4,
+                               rtol=0)
