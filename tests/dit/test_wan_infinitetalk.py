@@ -246,3 +246,49 @@ def test_node_samples_with_the_audio(engine, tiny_env):
     extended = result.value("s_ext", 0)["samples"]
     torch.testing.assert_close(extended[:, :, 0], result.value("last", 0)["samples"].reshape(1, 16, 4, 4), atol=1e-4,
                                rtol=0)
+
+
+def test_infinitetalk_template_runs(engine, tiny_env):
+    """ComfyUI's official InfiniteTalk template (the installed comfyui_workflow_templates_json package, MIT) on the
+    tiny files under its names (the lightx2v LoRA: a tiny LoRA in Wan's original names), two speakers (their
+    clips joined by AudioConcat, Painter masks left blank as saved), made smaller (32×32, 5 frames a chunk, 2
+    steps, 1 motion frame): the first chunk and the extend chunk run and both videos are saved with the audio."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.dit.template_runs import package_template_api, set_inputs, set_primitive_ints
+    from tests.dit.test_wan_s2v import write_mp3
+    from tests.dit.test_wan_vace import write_original_lora
+    from tests.dit.tiny_qwen import copy_as
+
+    copy_as(tiny_env.root, {
+        "diffusion_models/tiny_wan_i2v.safetensors": "diffusion_models/Wan2_1-I2V-14B-480p_fp8_e4m3fn_scaled_KJ.safetensors",
+        "text_encoders/tiny_umt5_xxl.safetensors": "text_encoders/umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+        "vae/tiny_wan_2.1_vae.safetensors": "vae/Wan2_1_VAE_bf16.safetensors",
+        "model_patches/tiny_infinitetalk_single.safetensors": "model_patches/wan2.1_infiniteTalk_multi_fp16.safetensors",
+        "audio_encoders/tiny_wav2vec2_large.safetensors": "audio_encoders/wav2vec2-chinese-base_fp16.safetensors"})
+    loras = tiny_env.root / "models" / "loras"
+    loras.mkdir(exist_ok=True)
+    write_original_lora(tiny_env.i2v_transformer, loras / "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors")
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    write_mp3(engine.paths.input_dir / "audio_speaker1_woman.mp3", 0.5)
+    write_mp3(engine.paths.input_dir / "audio_speaker2_man.mp3", 0.5)
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+        engine.paths.input_dir / "two_character_talking.png")
+    api = package_template_api(TEMPLATE, engine.registry)
+    set_primitive_ints(api, {832: 32, 480: 32})
+    set_inputs(api, {"WanInfiniteTalkToVideo": {"length": 5, "motion_frame_count": 1},
+                     "BasicScheduler": {"steps": 2}})
+    result = engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    assert executed.count("WanInfiniteTalkToVideo") == 2 and executed.count("SamplerCustomAdvanced") == 2
+    assert {"AudioConcat", "Painter", "ModelPatchLoader", "LoraLoaderModelOnly", "SaveVideo"} <= set(executed)
+    import av
+
+    counts = []
+    for path in sorted(engine.paths.output_dir.rglob("*.mp4")):
+        with av.open(str(path)) as container:
+            counts.append(sum(1 for _ in container.decode(video=0)))
+            assert container.streams.audio  # the joined speakers' audio
+    # the first chunk alone, and both chunks batched (the extend chunk keeps its motion frame, as the template does)
+    assert sorted(counts) == [5, 10]
