@@ -292,3 +292,48 @@ def test_infinitetalk_template_runs(engine, tiny_env):
             assert container.streams.audio  # the joined speakers' audio
     # the first chunk alone, and both chunks batched (the extend chunk keeps its motion frame, as the template does)
     assert sorted(counts) == [5, 10]
+
+
+def test_node_two_speakers(engine, tiny_env):
+    """two_speakers with a left and a right mask: the speakers' map is taken inside the real model (attn1 hook) and
+    the result differs from one speaker's; without the second clip or the masks the node says what is missing."""
+    from nodegraph.builder import Graph
+    from nodegraph.errors import ExecutionFailed
+
+    _inputs(engine)
+
+    def graph(two: bool, masks: bool = True):
+        g = Graph()
+        model = g.node("UNETLoader", unet_name="tiny_wan_i2v.safetensors", weight_dtype="default").out(0)
+        clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+        vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+        patch = g.node("ModelPatchLoader", name="tiny_infinitetalk_single.safetensors").out(0)
+        enc = g.node("AudioEncoderEncode", audio_encoder=g.node("AudioEncoderLoader",
+                     audio_encoder_name="tiny_wav2vec2_large.safetensors").out(0),
+                     audio=g.node("LoadAudio", audio="voice.mp3").out(0)).out(0)
+        pos = g.node("CLIPTextEncode", text="two faces talking", clip=clip)
+        neg = g.node("CLIPTextEncode", text="", clip=clip)
+        extra = {}
+        if two:
+            extra["mode.audio_encoder_output_2"] = enc
+            if masks:
+                left = g.node("SolidMask", value=1.0, width=16, height=32).out(0)
+                canvas = g.node("SolidMask", value=0.0, width=32, height=32).out(0)
+                extra["mode.mask_1"] = g.node("MaskComposite", destination=canvas, source=left, x=0, y=0,
+                                              operation="add").out(0)
+                extra["mode.mask_2"] = g.node("MaskComposite", destination=canvas, source=left, x=16, y=0,
+                                              operation="add").out(0)
+        it = g.node("WanInfiniteTalkToVideo", "it", mode="two_speakers" if two else "single_speaker", model=model,
+                    model_patch=patch, positive=pos, negative=neg, vae=vae, audio_encoder_output_1=enc,
+                    start_image=g.node("LoadImage", image="face.png").out(0), width=32, height=32, length=5,
+                    motion_frame_count=1, audio_scale=1.0, **extra)
+        s = g.node("KSampler", "s", model=it.out(0), seed=3, steps=1, cfg=1.0, sampler_name="euler",
+                   scheduler="simple", positive=it.out(1), negative=it.out(2), latent_image=it.out(3), denoise=1.0)
+        g.node("PreviewAny", source=s.out(0))
+        return g.to_api()
+
+    one = engine.run(graph(False)).raise_for_status().value("s", 0)["samples"]
+    two = engine.run(graph(True)).raise_for_status().value("s", 0)["samples"]
+    assert torch.isfinite(two).all() and (two - one).abs().max() > 1e-3
+    with pytest.raises(ExecutionFailed, match="two_speakers needs"):
+        engine.run(graph(True, masks=False)).raise_for_status()
