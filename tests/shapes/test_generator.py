@@ -2,7 +2,7 @@
 whose text encoder is the packaged MiniLM; it loads through CheckpointLoaderSimple and a txt2img graph
 (CLIPTextEncode → KSampler → VAEDecode) samples a 128×128 image from 16×16 latents (8×, as ComfyUI
 assumes). Also: the node's prompt encoding equals the training encoding; the 8× VAE starts as the
-64-px one it is distilled from.
+64-px one it is distilled from; a decoder-only fine-tune of a saved 8× VAE keeps its encoder.
 """
 
 from __future__ import annotations
@@ -134,6 +134,43 @@ def test_8x_vae_starts_from_the_64px_vae(trained):
         up = student.decoder.up_blocks[2].upsamplers[0](a)
         torch.testing.assert_close(up, torch.nn.functional.interpolate(a, scale_factor=2.0, mode="nearest"))
     assert student.decode(z).sample.shape == (2, 3, 128, 128)
+
+
+def test_8x_decoder_fine_tune_keeps_the_encoder(trained, tmp_path):
+    """--vae8x-init with --vae8x-decoder-only starts from a saved 8× VAE and trains its decoder only: the
+    encoder (hence the latents the UNet and VAEEncode see) is the saved one exactly, the decoder moves."""
+    from diffusers import AutoencoderKL
+
+    model = trained / "models" / "diffusers" / "shapes"
+    work = tmp_path / "work"
+    train_main(["--stage", "vae8x", "--seed", "3", "--teacher", str(trained / "work"), "--vae8x-init", str(model),
+                "--vae8x-decoder-only", "--vae8x-steps", "2", "--vae-batch-size", "2", "--vae8x-lr", "1e-2",
+                "--vae8x-smooth-noise", "0.5", "--vae8x-outline-weight", "1", "--work", str(work),
+                "--out", str(tmp_path / "out")])
+    before = AutoencoderKL.from_pretrained(str(model / "vae"), torch_dtype=torch.float32).state_dict()
+    after = AutoencoderKL.from_pretrained(str(work / "vae8x"), torch_dtype=torch.float32).state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    report = json.loads((work / "vae8x_report.json").read_text())
+    assert report["steps"] == 2 and report["holdout_latent_mse"] >= 0
+
+
+def test_outline_loss_is_zero_on_the_render_and_penalises_soft_edges():
+    from nodegraph_nodes.shapes.world import scene_for_seed
+    from training.shapes.train_generator import images_tensor, jitter_latents, outline_loss
+
+    x = images_tensor([scene_for_seed(i) for i in range(3)], 128)
+    assert float(outline_loss(x, x)) == 0.0
+    soft = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False).requires_grad_(True)
+    loss = outline_loss(soft, x)
+    loss.backward()
+    assert float(loss.detach()) > 0 and soft.grad.abs().sum() > 0
+    z, gen_ = torch.zeros(2, 4, 16, 16), torch.Generator().manual_seed(0)
+    jittered = jitter_latents(z, 0.1, 0.5, gen_)
+    assert abs(float(jittered.std()) - 0.1) < 0.02  # the std asked for, half of its variance smooth
+    plain = jitter_latents(z, 0.1, 0.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(plain, 0.1 * torch.randn(z.shape, generator=torch.Generator().manual_seed(0)))
 
 
 def test_clip_text_encode_equals_training_encoding(engine):

@@ -303,7 +303,8 @@ def reconstruction_check_rate(vae, encoder=None, count: int = 100) -> float:
 
 def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path | None = None,
                 batch_size: int = 8, lr: float = 5e-4, edge_weight: float = 4.0, palette_weight: float = 0.05,
-                latent_noise: float = 0.05, checkpoint_minutes: float = 5.0) -> Path:
+                latent_noise: float = 0.05, checkpoint_minutes: float = 5.0, init: Path | None = None,
+                decoder_only: bool = False, outline_weight: float = 0.0, smooth_noise: float = 0.0) -> Path:
     """The shipped VAE: 128×128×3 ↔ 16×16×4 (8×, ComfyUI's convention, :data:`.generator.VAE_CONFIG`),
     trained so that its latents *are* the 64-px VAE's: the UNet, trained on those, runs unchanged.
 
@@ -315,6 +316,14 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
     together but independently (the decoder never sees the student encoder's output). The teacher is
     ``work/vae`` (stage ``vae``) or the ``vae/`` of ``teacher`` (a 64-px model folder). Writes
     ``work/vae8x`` and, when ``work/unet_final`` or ``out`` holds a UNet, the finished model to ``out``.
+
+    Fine-tuning (``init``: a model folder or its ``vae/``, e.g. the shipped 8× model): the VAE starts
+    from those weights instead of the teacher's inner levels; with ``decoder_only`` the encoder (and
+    quant conv) stay frozen, so the latent match, and hence the UNet and ``VAEEncode``, are untouched.
+    ``outline_weight`` adds :func:`outline_loss` (the geometric check's colour tolerance on the 64-px
+    area average, as a hinge) and ``smooth_noise`` makes that share of the latent jitter spatially
+    smooth (:func:`jitter_latents`): the sampler's latents differ from the teacher's mostly at low
+    spatial frequencies. Targets stay the renders of the scenes whose teacher latents are jittered.
     """
     from diffusers import AutoencoderKL
 
@@ -328,10 +337,20 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
     scale = float(t_vae.config.scaling_factor)
     state_path = work / "vae8x_state.pt"
     torch.manual_seed(seed + 5)
-    vae = gen.build_vae(gen.VAE_CONFIG, scaling_factor=scale)
-    copied = init_from_teacher(vae, t_vae)
-    log(f"vae8x: {copied} of {sum(1 for _ in vae.state_dict())} tensors initialised from the 64-px VAE")
-    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    if init is not None:
+        init_dir = init / "vae" if (init / "vae" / "config.json").is_file() else init
+        vae = AutoencoderKL.from_pretrained(str(init_dir), torch_dtype=torch.float32, local_files_only=True)
+        if int(vae.config.sample_size) != IMAGE_SIZE or abs(float(vae.config.scaling_factor) - scale) > 1e-6:
+            raise SystemExit(f"{init_dir} is not an 8x VAE on {teacher_dir}'s latents (scaling factor {scale})")
+        log(f"vae8x: fine-tuning from {init_dir}" + (" (decoder only)" if decoder_only else ""))
+    else:
+        vae = gen.build_vae(gen.VAE_CONFIG, scaling_factor=scale)
+        copied = init_from_teacher(vae, t_vae)
+        log(f"vae8x: {copied} of {sum(1 for _ in vae.state_dict())} tensors initialised from the 64-px VAE")
+    if decoder_only:
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     rng, noise_gen = random.Random(seed + VAE8X_DATA_OFFSET), torch.Generator().manual_seed(seed + 31)
     step, elapsed = 0, 0.0
     if state_path.is_file():
@@ -343,7 +362,9 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
         log(f"vae8x: resumed at step {step} ({elapsed / 60:.1f} min)")
     ckpt = Checkpointer(state_path, checkpoint_minutes)
     vae.train()
-    start, rec_losses, enc_losses = time.time() - elapsed, [], []
+    if decoder_only:
+        vae.encoder.eval()
+    start, rec_losses, enc_losses, outline_losses = time.time() - elapsed, [], [], []
 
     def snapshot() -> dict:
         return {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
@@ -356,29 +377,36 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
         x, x64 = images_tensor(scenes, IMAGE_SIZE), images_tensor(scenes)
         with torch.no_grad():
             target = t_vae.encode(x64).latent_dist.mean
-            z = target + (latent_noise / scale) * torch.randn(target.shape, generator=noise_gen)
-        enc = torch.nn.functional.mse_loss(vae.encode(x).latent_dist.mean * scale, target * scale)
+            z = jitter_latents(target, latent_noise / scale, smooth_noise, noise_gen)
+        enc = (torch.zeros(()) if decoder_only
+               else torch.nn.functional.mse_loss(vae.encode(x).latent_dist.mean * scale, target * scale))
         recon = vae.decode(z).sample
         weights = edge_weights(x, edge_weight)
         err = recon - x
         rec = (weights * (err.pow(2) + err.abs())).mean() / weights.mean()
-        loss = rec + palette_weight * palette_distance(recon).mean() + enc
+        outline = outline_loss(recon, x) if outline_weight else torch.zeros(())
+        loss = rec + palette_weight * palette_distance(recon).mean() + enc + outline_weight * outline
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         step += 1
         rec_losses.append(rec.item())
         enc_losses.append(enc.item())
+        outline_losses.append(outline.item())
         if step % 50 == 0:
             log(f"vae8x step {step} weighted rec {np.mean(rec_losses):.5f} latent mse {np.mean(enc_losses):.5f} "
+                f"outline {np.mean(outline_losses):.5f} "
                 f"({(time.time() - start) / max(1, step):.2f} s/step, {(time.time() - start) / 60:.1f} min)")
-            rec_losses, enc_losses = [], []
+            rec_losses, enc_losses, outline_losses = [], [], []
         if ckpt.due():
             ckpt.save(snapshot())
     ckpt.save(snapshot())
     vae.eval()
     vae.save_pretrained(str(work / "vae8x"), safe_serialization=True)
     report = {"steps": step, "minutes": (time.time() - start) / 60, "scaling_factor": scale,
+              **({"init": str(init), "decoder_only": decoder_only} if init is not None else {}),
+              **({"latent_noise": latent_noise, "smooth_noise": smooth_noise, "outline_weight": outline_weight,
+                  "lr": lr} if init is not None or outline_weight or smooth_noise else {}),
               "holdout_latent_mse": latent_match_mse(vae, t_vae),
               "holdout_mse": reconstruction_mse(vae, seed),
               "holdout_reconstructions_passing_geometric_check": reconstruction_check_rate(vae),
@@ -388,6 +416,43 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
     log(f"vae8x done: {report}")
     finish_folder(work, out, vae, teacher)
     return work / "vae8x"
+
+
+def jitter_latents(z: torch.Tensor, std: float, smooth_share: float, generator: torch.Generator) -> torch.Tensor:
+    """``z`` plus noise of ``std`` per element: ``1 - smooth_share`` of its variance white, the rest
+    spatially smooth (white noise at half the latent's resolution, bilinearly upsampled, rescaled to
+    unit std)."""
+    white = torch.randn(z.shape, generator=generator)
+    if smooth_share <= 0:
+        return z + std * white
+    b, c, h, w = z.shape
+    coarse = torch.randn((b, c, max(1, h // 2), max(1, w // 2)), generator=generator)
+    smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    smooth = smooth / smooth.std().clamp_min(1e-6)
+    return z + std * (math.sqrt(1 - smooth_share) * white + math.sqrt(smooth_share) * smooth)
+
+
+#: The geometric check's colour tolerance (L1, 0..255) and the margin the outline loss asks for where
+#: the render itself is clearly inside or outside a colour.
+OUTLINE_TOLERANCE, OUTLINE_MARGIN = 90.0, 20.0
+
+
+def outline_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The geometric check's outline test as a hinge, on both images area-averaged to the world's
+    64-px grid (as the check reads them): for every palette colour, a pixel within the check's
+    tolerance of it in the render must be at least as close to it in ``recon`` (and within
+    tolerance − margin where the render is), and a pixel outside must stay at least as far (beyond
+    tolerance + margin where the render is). Mean over pixels, summed over colours, in 0..1 units."""
+    y = torch.nn.functional.avg_pool2d(recon, 2) * 127.5 + 127.5
+    t = torch.nn.functional.avg_pool2d(x, 2) * 127.5 + 127.5
+    colours = PALETTE_UNIT.to(recon.dtype) * 127.5 + 127.5  # [8, 3]
+    d_y = (y[:, None] - colours[None, :, :, None, None]).abs().sum(2)  # [B, 8, 64, 64]
+    d_t = (t[:, None] - colours[None, :, :, None, None]).abs().sum(2)
+    inside = d_t < OUTLINE_TOLERANCE
+    upper = torch.clamp(d_t, min=OUTLINE_TOLERANCE - OUTLINE_MARGIN)  # inside: be at most this far
+    lower = torch.clamp(d_t, max=OUTLINE_TOLERANCE + OUTLINE_MARGIN)  # outside: be at least this far
+    hinge = torch.where(inside, torch.relu(d_y - upper), torch.relu(lower - d_y))
+    return hinge.sum(1).mean() / 255.0
 
 
 @torch.no_grad()
@@ -621,6 +686,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decoder-steps", type=int, default=None)
     parser.add_argument("--unet-steps", type=int, default=None)
     parser.add_argument("--vae8x-steps", type=int, default=None)
+    parser.add_argument("--vae8x-init", type=Path, default=None,
+                        help="vae8x: fine-tune the 8x VAE of this model folder (or vae folder) instead of "
+                             "starting from the 64-px VAE")
+    parser.add_argument("--vae8x-decoder-only", action="store_true",
+                        help="vae8x: freeze the encoder (the latent match stays as it is)")
+    parser.add_argument("--vae8x-lr", type=float, default=5e-4)
+    parser.add_argument("--vae8x-latent-noise", type=float, default=0.05,
+                        help="vae8x: std of the decoder's latent jitter (scaled units)")
+    parser.add_argument("--vae8x-smooth-noise", type=float, default=0.0,
+                        help="vae8x: share of the jitter's variance that is spatially smooth")
+    parser.add_argument("--vae8x-outline-weight", type=float, default=0.0,
+                        help="vae8x: weight of the outline hinge loss (see outline_loss)")
     parser.add_argument("--pool", type=int, default=12288, help="scenes (with one paraphrase each) for the UNet")
     parser.add_argument("--pair-share", type=float, default=PAIR_SHARE, help="two-object scenes in the pool")
     parser.add_argument("--canonical-share", type=float, default=CANONICAL_SHARE,
@@ -655,7 +732,9 @@ def main(argv: list[str] | None = None) -> None:
                       checkpoint_minutes=args.checkpoint_minutes)
         elif stage == "vae8x":
             train_vae8x(work, args.out, args.seed, budget, teacher=args.teacher, batch_size=args.vae_batch_size,
-                        checkpoint_minutes=args.checkpoint_minutes)
+                        lr=args.vae8x_lr, latent_noise=args.vae8x_latent_noise, checkpoint_minutes=args.checkpoint_minutes,
+                        init=args.vae8x_init, decoder_only=args.vae8x_decoder_only,
+                        outline_weight=args.vae8x_outline_weight, smooth_noise=args.vae8x_smooth_noise)
         elif stage == "decoder":
             train_decoder(work, args.seed, budget, batch_size=args.vae_batch_size,
                           checkpoint_minutes=args.checkpoint_minutes, out=args.out)
