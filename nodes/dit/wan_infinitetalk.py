@@ -75,11 +75,15 @@ def is_infinitetalk(sd: dict) -> bool:
 
 def audio_windows(features: list[torch.Tensor], start: int, end: int, window: int = AUDIO_WINDOW) -> torch.Tensor:
     """``[speakers, end-start, window, layers, channels]``: per video frame ``t`` the feature rows
-    ``t - window//2 … t + window//2`` of each speaker's ``[frames, layers, channels]``, clamped to its length."""
+    ``t - window//2 … t + window//2`` of each speaker's ``[frames, layers, channels]``, clamped to its length.
+    Where ``end`` passes the audio, the track is first padded to ``end`` with its first row (most likely
+    silence; ComfyUI's rule, the official pipeline pads otherwise)."""
     half = window // 2
     offsets = torch.arange(window) - half
     out = []
     for feats in features:
+        if end > feats.shape[0]:
+            feats = torch.cat([feats, feats[:1].expand(end - feats.shape[0], *feats.shape[1:])])
         rows = (torch.arange(start, end)[:, None] + offsets[None]).clamp(0, feats.shape[0] - 1)
         out.append(feats[rows])
     return torch.stack(out)

@@ -56,6 +56,8 @@ def test_audio_windows_clamp_and_group():
     assert first.shape == (1, 1, 5, 1, 1) and latter.shape == (1, 2, 8, 1, 1)
     # latent frame 1 = video frames 1..4: frame 1's window up to its centre, frames 2 and 3's centres, frame 4's rest
     assert latter[0, 0, :, 0, 0].tolist() == [0, 0, 1, 2, 3, 4, 5, 6]
+    short = audio_windows([feats[:6]], 0, FRAMES)  # past the audio: padded with its first row, then clamped
+    assert short[0, 8, :, 0, 0].tolist() == [0, 0, 0, 0, 0] and short[0, 4, :, 0, 0].tolist() == [2, 3, 4, 5, 0]
     with pytest.raises(ValueError, match="1 \\+ 4·k"):
         frame_groups(win[:, :8])
 
