@@ -168,19 +168,26 @@ def build_qwen3(sd: dict, dtype: torch.dtype):
     return _instantiate(Qwen3Model, cfg, sd, dtype, "Qwen3 text encoder", is_transformers=True)
 
 
-def find_llm_tokenizer(models_dir: Path, near: Path, kind: str) -> Path:
-    """Where the tokenizer of a ``qwen25vl`` / ``qwen3`` encoder file is (see the module docstring)."""
-    folder = TOKENIZER_FOLDERS[kind]
+def find_tokenizer_folder(models_dir: Path, near: Path, folder: str, release: str) -> Path:
+    """Where the tokenizer of the LLM encoder file ``near`` is: ``<file stem>.tokenizer/``, or ``folder`` beside the
+    file or in ``models/text_encoders/`` (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``); the error names
+    ``release`` (whose tokenizer files to copy there)."""
     candidates = [near.with_name(near.stem + ".tokenizer"), near.parent / folder,
                   Path(models_dir) / "text_encoders" / folder]
     for c in candidates:
         if (c / "tokenizer.json").is_file() or ((c / "vocab.json").is_file() and (c / "merges.txt").is_file()):
             return c
-    release = "Qwen/Qwen-Image" if kind == "qwen25vl" else "Tongyi-MAI/Z-Image-Turbo"
     raise ModelFileError(
         f"no tokenizer found for {near.name} (tokenizer.json or vocab.json + merges.txt, with "
-        f"tokenizer_config.json). Model files hold no tokenizer and this engine never downloads: copy the "
-        f"'tokenizer' folder of {release}'s diffusers release into models/text_encoders/{folder}")
+        f"tokenizer_config.json). Model files hold no tokenizer and this engine never downloads: copy {release} "
+        f"into models/text_encoders/{folder}/ (or {near.stem}.tokenizer/ beside the file)")
+
+
+def find_llm_tokenizer(models_dir: Path, near: Path, kind: str) -> Path:
+    """Where the tokenizer of a ``qwen25vl`` / ``qwen3`` encoder file is (see the module docstring)."""
+    release = "Qwen/Qwen-Image" if kind == "qwen25vl" else "Tongyi-MAI/Z-Image-Turbo"
+    return find_tokenizer_folder(models_dir, near, TOKENIZER_FOLDERS[kind],
+                                 f"the 'tokenizer' folder of {release}'s diffusers release")
 
 
 def load_llm_tokenizer(folder: Path):

@@ -229,14 +229,9 @@ def vision_inputs(tokenizer, vision_config, text: str, images: list) -> dict:
 
 
 def find_tokenizer(models_dir: Path, near: Path) -> Path:
-    for c in (near.with_name(near.stem + ".tokenizer"), near.parent / TOKENIZER_FOLDER,
-              Path(models_dir) / "text_encoders" / TOKENIZER_FOLDER):
-        if (c / "tokenizer.json").is_file() or ((c / "vocab.json").is_file() and (c / "merges.txt").is_file()):
-            return c
-    raise ModelFileError(
-        f"no tokenizer found for {near.name} (tokenizer.json or vocab.json + merges.txt, with tokenizer_config.json). "
-        f"Model files hold no tokenizer and this engine never downloads: copy the tokenizer files of a Qwen/Qwen3.5 "
-        f"release into models/text_encoders/{TOKENIZER_FOLDER}/ (or {near.stem}.tokenizer/ beside the file)")
+    from nodegraph_nodes.dit.llm_loading import find_tokenizer_folder
+
+    return find_tokenizer_folder(models_dir, near, TOKENIZER_FOLDER, "the tokenizer files of a Qwen/Qwen3.5 release")
 
 
 @dataclass(frozen=True, eq=False)

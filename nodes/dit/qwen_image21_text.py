@@ -27,7 +27,6 @@ from typing import Any
 import torch
 
 from nodegraph.models import ManagerOwned
-from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.convert import count_indices
 
 SYSTEM = "Comprehend and analyze the provided prompt."
@@ -128,14 +127,10 @@ def build_encoder(sd: dict, tokenizer, dtype: torch.dtype):
 
 
 def find_tokenizer(models_dir: Path, near: Path) -> Path:
-    for c in (near.with_name(near.stem + ".tokenizer"), near.parent / TOKENIZER_FOLDER,
-              Path(models_dir) / "text_encoders" / TOKENIZER_FOLDER):
-        if (c / "tokenizer.json").is_file() or ((c / "vocab.json").is_file() and (c / "merges.txt").is_file()):
-            return c
-    raise ModelFileError(
-        f"no tokenizer found for {near.name} (tokenizer.json or vocab.json + merges.txt, with tokenizer_config.json). "
-        f"Model files hold no tokenizer and this engine never downloads: copy the tokenizer files of "
-        f"Qwen/Qwen-Image-2.1's diffusers release (processor/) into models/text_encoders/{TOKENIZER_FOLDER}")
+    from nodegraph_nodes.dit.llm_loading import find_tokenizer_folder
+
+    return find_tokenizer_folder(models_dir, near, TOKENIZER_FOLDER,
+                                 "the tokenizer files of Qwen/Qwen-Image-2.1's diffusers release (processor/)")
 
 
 def load_text_encoder(path: Path, manager, device: str, models_dir: Path) -> "Qwen21Clip":
