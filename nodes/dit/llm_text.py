@@ -101,27 +101,35 @@ class LlmClip(ManagerOwned):
 IMAGE_PAD = "<|image_pad|>"
 
 
-def vision_inputs(tokenizer, vision_config, text: str, images: list) -> dict:
+QWEN2VL_SIZE = {"shortest_edge": 3136, "longest_edge": 12845056}  # the released processor's pixel range
+
+
+def vision_inputs(tokenizer, vision_config, text: str, images: list, **settings) -> dict:
     """Token ids and pixel inputs for ``text`` (one ``<|image_pad|>`` per image) and PIL ``images``, as
     transformers' Qwen2-VL processor makes them: the image processor's patches (the released settings:
-    3136 … 12845056 pixels, sides in multiples of patch × merge) and each ``<|image_pad|>`` repeated once
-    per merged patch."""
+    3136 … 12845056 pixels, sides in multiples of patch × merge; ``settings`` override them, e.g. ``size``,
+    ``image_mean``) and each ``<|image_pad|>`` repeated once per merged patch."""
     from transformers import Qwen2VLImageProcessorPil
 
     processor = Qwen2VLImageProcessorPil(patch_size=vision_config.patch_size,
                                          temporal_patch_size=vision_config.temporal_patch_size,
                                          merge_size=vision_config.spatial_merge_size,
-                                         size={"shortest_edge": 3136, "longest_edge": 12845056})
+                                         **{"size": QWEN2VL_SIZE, **settings})
     feats = processor(images=images, return_tensors="pt")
     grid = feats["image_grid_thw"]
-    pieces = text.split(IMAGE_PAD)
-    if len(pieces) != len(images) + 1:
-        raise ValueError(f"the prompt holds {len(pieces) - 1} image places for {len(images)} images")
     merge = int(vision_config.spatial_merge_size) ** 2
-    expanded = pieces[0] + "".join(IMAGE_PAD * (int(grid[i].prod()) // merge) + pieces[i + 1]
-                                   for i in range(len(images)))
-    ids = tokenizer(expanded, add_special_tokens=False)["input_ids"]
-    return {"input_ids": torch.tensor([ids]), "pixel_values": feats["pixel_values"], "image_grid_thw": grid}
+    ids = image_pad_ids(tokenizer, text, [int(g.prod()) // merge for g in grid])
+    return {"input_ids": ids, "pixel_values": feats["pixel_values"], "image_grid_thw": grid}
+
+
+def image_pad_ids(tokenizer, text: str, counts: list[int]) -> torch.Tensor:
+    """Token ids ``[1, L]`` of ``text`` with its i-th ``<|image_pad|>`` repeated ``counts[i]`` times (the image's
+    merged patches); an error when the prompt's image places and the images differ in number."""
+    pieces = text.split(IMAGE_PAD)
+    if len(pieces) != len(counts) + 1:
+        raise ValueError(f"the prompt holds {len(pieces) - 1} image places for {len(counts)} images")
+    expanded = pieces[0] + "".join(IMAGE_PAD * n + piece for n, piece in zip(counts, pieces[1:]))
+    return torch.tensor([tokenizer(expanded, add_special_tokens=False)["input_ids"]])
 
 
 def to_pil(image: torch.Tensor):

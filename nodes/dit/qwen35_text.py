@@ -208,24 +208,10 @@ def vision_inputs(tokenizer, vision_config, text: str, images: list) -> dict:
     """Token ids and pixel inputs for ``text`` (one ``<|image_pad|>`` per image) and PIL ``images`` (module
     docstring: transformers' image processor with Qwen3-VL's released settings), each ``<|image_pad|>``
     repeated once per merged patch."""
-    from transformers import Qwen2VLImageProcessorPil
+    from nodegraph_nodes.dit import llm_text
 
-    from nodegraph_nodes.dit.llm_text import IMAGE_PAD
-
-    processor = Qwen2VLImageProcessorPil(patch_size=vision_config.patch_size,
-                                         temporal_patch_size=vision_config.temporal_patch_size,
-                                         merge_size=vision_config.spatial_merge_size, image_mean=[0.5] * 3,
-                                         image_std=[0.5] * 3, size={"shortest_edge": 65536, "longest_edge": 16777216})
-    feats = processor(images=images, return_tensors="pt")
-    grid = feats["image_grid_thw"]
-    pieces = text.split(IMAGE_PAD)
-    if len(pieces) != len(images) + 1:
-        raise ValueError(f"the prompt holds {len(pieces) - 1} image places for {len(images)} images")
-    merge = int(vision_config.spatial_merge_size) ** 2
-    expanded = pieces[0] + "".join(IMAGE_PAD * (int(grid[i].prod()) // merge) + pieces[i + 1]
-                                   for i in range(len(images)))
-    ids = tokenizer(expanded, add_special_tokens=False)["input_ids"]
-    return {"input_ids": torch.tensor([ids]), "pixel_values": feats["pixel_values"], "image_grid_thw": grid}
+    return llm_text.vision_inputs(tokenizer, vision_config, text, images, image_mean=[0.5] * 3, image_std=[0.5] * 3,
+                                  size={"shortest_edge": 65536, "longest_edge": 16777216})
 
 
 def find_tokenizer(models_dir: Path, near: Path) -> Path:

@@ -28,6 +28,7 @@ import torch
 
 from nodegraph.models import ManagerOwned
 from nodegraph_nodes.dit.convert import count_indices
+from nodegraph_nodes.dit.llm_text import image_pad_ids
 
 SYSTEM = "Comprehend and analyze the provided prompt."
 SYSTEM_TURN = f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
@@ -215,11 +216,5 @@ def vision_inputs(tokenizer, vision_config, text: str, images: list[torch.Tensor
         x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
         pixels.append(x.reshape(gh * gw, 3 * temporal * patch * patch))
         grids.append([1, gh, gw])
-    pieces = text.split(IMAGE_PAD)
-    if len(pieces) != len(images) + 1:
-        raise ValueError(f"the prompt holds {len(pieces) - 1} image places for {len(images)} images")
-    expanded = pieces[0] + "".join(IMAGE_PAD * (g[1] * g[2] // merge ** 2) + pieces[i + 1]
-                                   for i, g in enumerate(grids))
-    ids = tokenizer(expanded, add_special_tokens=False)["input_ids"]
-    return {"input_ids": torch.tensor([ids]), "pixel_values": torch.cat(pixels),
-            "image_grid_thw": torch.tensor(grids)}
+    ids = image_pad_ids(tokenizer, text, [g[1] * g[2] // merge ** 2 for g in grids])
+    return {"input_ids": ids, "pixel_values": torch.cat(pixels), "image_grid_thw": torch.tensor(grids)}
