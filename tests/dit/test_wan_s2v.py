@@ -4,7 +4,9 @@ audio padding)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -127,6 +129,42 @@ def write_mp3(path: Path, seconds: float, rate: int = 24000) -> None:
             container.mux(packet)
 
 
+@dataclass
+class S2vGraph:
+    """A graph with the tiny text encoder, VAE and audio encoder and WanSoundImageToVideo ``s2v`` on them."""
+
+    g: Any
+    pos: Any
+    neg: Any
+    vae: Any
+    enc: Any
+    s2v: Any
+
+
+def s2v_graph(engine, seed: int, size: tuple[int, int]) -> S2vGraph:
+    """``voice.mp3`` (2 s) and a random ``ref.png`` of ``size`` (h, w) in the engine's input folder; a graph whose
+    WanSoundImageToVideo ``s2v`` (64×64, 5 frames) takes them and "a red fox" / "" on the tiny encoders."""
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.builder import Graph
+
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    write_mp3(engine.paths.input_dir / "voice.mp3", 2.0)
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+        engine.paths.input_dir / "ref.png")
+    g = Graph()
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    enc = g.node("AudioEncoderEncode", audio_encoder=g.node("AudioEncoderLoader",
+                 audio_encoder_name="tiny_wav2vec2_large.safetensors").out(0),
+                 audio=g.node("LoadAudio", audio="voice.mp3").out(0)).out(0)
+    pos, neg = g.node("CLIPTextEncode", text="a red fox", clip=clip), g.node("CLIPTextEncode", text="", clip=clip)
+    s2v = g.node("WanSoundImageToVideo", "s2v", positive=pos, negative=neg, vae=vae, width=64, height=64, length=5,
+                 batch_size=1, audio_encoder_output=enc, ref_image=g.node("LoadImage", image="ref.png").out(0))
+    return S2vGraph(g, pos, neg, vae, enc, s2v)
+
+
 def test_audio_buckets_take_the_nearest_30fps_frame():
     """16-fps frame i takes the 30-fps frame round(i · 30 / 16) of the states resampled from 50 fps; past the
     audio, zeros; whole chunks."""
@@ -147,25 +185,10 @@ def test_sound_image_to_video_conditions(engine, tiny_env):
     zero control latent (in the model's space), or the control video's latent in front; ``ref_motion`` padded to
     73 frames gives 19 motion latent frames; Extend continues the audio where the video latent ends and takes
     its last 19 latent frames as motion."""
-    import numpy as np
-    from PIL import Image
-
-    from nodegraph.builder import Graph
     from nodegraph_nodes.dit.qwen_image import WAN21
 
-    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
-    write_mp3(engine.paths.input_dir / "voice.mp3", 2.0)
-    Image.fromarray(np.random.default_rng(4).integers(0, 256, (48, 40, 3), dtype=np.uint8)).save(
-        engine.paths.input_dir / "ref.png")
-    g = Graph()
-    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
-    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
-    enc = g.node("AudioEncoderEncode", audio_encoder=g.node("AudioEncoderLoader",
-                 audio_encoder_name="tiny_wav2vec2_large.safetensors").out(0),
-                 audio=g.node("LoadAudio", audio="voice.mp3").out(0)).out(0)
-    pos, neg = g.node("CLIPTextEncode", text="a red fox", clip=clip), g.node("CLIPTextEncode", text="", clip=clip)
-    s2v = g.node("WanSoundImageToVideo", "s2v", positive=pos, negative=neg, vae=vae, width=64, height=64, length=5,
-                 batch_size=1, audio_encoder_output=enc, ref_image=g.node("LoadImage", image="ref.png").out(0))
+    sg = s2v_graph(engine, 4, (48, 40))
+    g, pos, neg, vae, enc, s2v = sg.g, sg.pos, sg.neg, sg.vae, sg.enc, sg.s2v
     ext = g.node("WanSoundImageToVideoExtend", "ext", positive=pos, negative=neg, vae=vae, length=5,
                  video_latent=s2v.out(2), audio_encoder_output=enc)
     image = g.node("LoadImage", image="ref.png").out(0)
@@ -240,27 +263,12 @@ def test_one_sampler_step_is_the_transformer_on_the_conditions(engine, tiny_env)
     """UNETLoader → WanSoundImageToVideo (and Extend) → KSampler (one euler step, cfg 1): the result is
     ``noise - velocity`` of the tiny transformer called on the nodes' conditions (text states, audio, the
     reference, control and motion latents in the model's space) at time 1000, so the runner passes them all."""
-    import numpy as np
-    from PIL import Image
-
-    from nodegraph.builder import Graph
     from nodegraph_nodes.dit.qwen_image import WAN21
     from tests.helpers.noise import engine_noise
 
-    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
-    write_mp3(engine.paths.input_dir / "voice.mp3", 2.0)
-    Image.fromarray(np.random.default_rng(6).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
-        engine.paths.input_dir / "ref.png")
-    g = Graph()
+    sg = s2v_graph(engine, 6, (64, 64))
+    g, pos, neg, vae, enc, s2v = sg.g, sg.pos, sg.neg, sg.vae, sg.enc, sg.s2v
     model = g.node("UNETLoader", unet_name="tiny_wan2.2_s2v.safetensors", weight_dtype="default").out(0)
-    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
-    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
-    enc = g.node("AudioEncoderEncode", audio_encoder=g.node("AudioEncoderLoader",
-                 audio_encoder_name="tiny_wav2vec2_large.safetensors").out(0),
-                 audio=g.node("LoadAudio", audio="voice.mp3").out(0)).out(0)
-    pos, neg = g.node("CLIPTextEncode", text="a red fox", clip=clip), g.node("CLIPTextEncode", text="", clip=clip)
-    s2v = g.node("WanSoundImageToVideo", "s2v", positive=pos, negative=neg, vae=vae, width=64, height=64, length=5,
-                 batch_size=1, audio_encoder_output=enc, ref_image=g.node("LoadImage", image="ref.png").out(0))
     first = g.node("KSampler", "first", model=model, seed=5, steps=1, cfg=1.0, sampler_name="euler",
                    scheduler="simple", positive=s2v.out(0), negative=s2v.out(1), latent_image=s2v.out(2), denoise=1.0)
     ext = g.node("WanSoundImageToVideoExtend", "ext", positive=pos, negative=neg, vae=vae, length=5,
