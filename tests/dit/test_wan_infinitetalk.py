@@ -4,7 +4,9 @@ and two speakers, the speaker attention map, and each block's audio cross-attent
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -191,6 +193,28 @@ def _inputs(engine):
         engine.paths.input_dir / "face.png")
 
 
+@dataclass
+class Loaders:
+    """The tiny Wan I2V model, text encoder, VAE, InfiniteTalk patch and the encoded ``voice.mp3`` in a graph."""
+
+    model: Any
+    clip: Any
+    vae: Any
+    patch: Any
+    enc: Any
+
+
+def _loaders(g) -> Loaders:
+    model = g.node("UNETLoader", unet_name="tiny_wan_i2v.safetensors", weight_dtype="default").out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    patch = g.node("ModelPatchLoader", name="tiny_infinitetalk_single.safetensors").out(0)
+    enc = g.node("AudioEncoderEncode", audio_encoder=g.node("AudioEncoderLoader",
+                 audio_encoder_name="tiny_wav2vec2_large.safetensors").out(0),
+                 audio=g.node("LoadAudio", audio="voice.mp3").out(0)).out(0)
+    return Loaders(model, clip, vae, patch, enc)
+
+
 def test_node_samples_with_the_audio(engine, tiny_env):
     """UNETLoader → WanInfiniteTalkToVideo → KSampler (2 euler steps, cfg 1): the audio (``audio_scale`` 1 against
     0) changes the result, the conditioning is WanImageToVideo's; the extend chunk trims ``motion_frame_count``
@@ -199,13 +223,8 @@ def test_node_samples_with_the_audio(engine, tiny_env):
 
     _inputs(engine)
     g = Graph()
-    model = g.node("UNETLoader", unet_name="tiny_wan_i2v.safetensors", weight_dtype="default").out(0)
-    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
-    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
-    patch = g.node("ModelPatchLoader", name="tiny_infinitetalk_single.safetensors").out(0)
-    enc = g.node("AudioEncoderEncode", audio_encoder=g.node("AudioEncoderLoader",
-                 audio_encoder_name="tiny_wav2vec2_large.safetensors").out(0),
-                 audio=g.node("LoadAudio", audio="voice.mp3").out(0)).out(0)
+    ld = _loaders(g)
+    model, clip, vae, patch, enc = ld.model, ld.clip, ld.vae, ld.patch, ld.enc
     pos, neg = g.node("CLIPTextEncode", text="a face talking", clip=clip), g.node("CLIPTextEncode", text="", clip=clip)
     image = g.node("LoadImage", image="face.png").out(0)
     size = dict(width=32, height=32, length=5)
@@ -306,13 +325,8 @@ def test_node_two_speakers(engine, tiny_env):
 
     def graph(two: bool, masks: bool = True):
         g = Graph()
-        model = g.node("UNETLoader", unet_name="tiny_wan_i2v.safetensors", weight_dtype="default").out(0)
-        clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
-        vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
-        patch = g.node("ModelPatchLoader", name="tiny_infinitetalk_single.safetensors").out(0)
-        enc = g.node("AudioEncoderEncode", audio_encoder=g.node("AudioEncoderLoader",
-                     audio_encoder_name="tiny_wav2vec2_large.safetensors").out(0),
-                     audio=g.node("LoadAudio", audio="voice.mp3").out(0)).out(0)
+        ld = _loaders(g)
+        model, clip, vae, patch, enc = ld.model, ld.clip, ld.vae, ld.patch, ld.enc
         pos = g.node("CLIPTextEncode", text="two faces talking", clip=clip)
         neg = g.node("CLIPTextEncode", text="", clip=clip)
         extra = {}
