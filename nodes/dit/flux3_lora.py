@@ -22,9 +22,8 @@ import torch
 
 from nodegraph_nodes.diffusion.components import LoraPatch
 from nodegraph_nodes.diffusion.lora import _module_names
-from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, finish, lora_layers
+from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, diffusers_weight, finish, lora_layers
 
-DIFFUSERS_PREFIXES = ("transformer.", "lora_transformer_")
 ORIGINAL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 KOHYA_PREFIX = "lora_unet_"
 
@@ -81,9 +80,9 @@ def flux3_lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str)
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     unread = []
     for key, up, down, scale in lora_layers(sd):
-        prefix = next((p for p in DIFFUSERS_PREFIXES if key.startswith(p)), None)
-        if prefix is not None and key[len(prefix):] in modules:
-            deltas[modules[key[len(prefix):]] + ".weight"] = (up, down, scale)
+        target = diffusers_weight(key, modules)
+        if target is not None:
+            deltas[target] = (up, down, scale)
             continue
         prefix = next((p for p in ORIGINAL_PREFIXES if key.startswith(p)), None)
         layer = key[len(prefix):] if prefix is not None else kohya.get(key[len(KOHYA_PREFIX):])

@@ -24,9 +24,8 @@ from nodegraph_nodes.diffusion.components import LoraPatch
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.diffusion.lora import _module_names
 from nodegraph_nodes.dit import convert
-from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, finish, lora_layers
+from nodegraph_nodes.dit.lora_common import TEXT_PREFIXES, diffusers_weight, finish, lora_layers
 
-_DIFFUSERS_PREFIXES = ("transformer.", "lora_transformer_")
 _ORIGINAL_PREFIXES = ("lora_unet_", "diffusion_model.", "model.diffusion_model.")
 
 
@@ -43,9 +42,9 @@ def flow_lora_patch(family: str, net: torch.nn.Module, sd: dict, strength: float
     deltas: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
     unread = []
     for key, up, down, scale in lora_layers(sd):
-        prefix = next((p for p in _DIFFUSERS_PREFIXES if key.startswith(p)), None)
-        if prefix is not None and key[len(prefix):] in modules:
-            deltas[modules[key[len(prefix):]] + ".weight"] = (up, down, scale)
+        target = diffusers_weight(key, modules)
+        if target is not None:
+            deltas[target] = (up, down, scale)
             continue
         prefix = next((p for p in _ORIGINAL_PREFIXES if key.startswith(p)), None)
         if prefix is not None and key[len(prefix):] in original:

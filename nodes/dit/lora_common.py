@@ -17,6 +17,19 @@ from nodegraph_nodes.diffusion.lora import TEXT_KEY_STARTS, _group
 TEXT_PREFIXES = TEXT_KEY_STARTS
 
 
+#: key starts of transformer layers in diffusers' names (``transformer.…``, kohya-style ``lora_transformer_…``)
+DIFFUSERS_PREFIXES = ("transformer.", "lora_transformer_")
+
+
+def diffusers_weight(key: str, modules: dict[str, str]) -> str | None:
+    """The weight that LoRA layer ``key`` patches when it is a transformer layer in diffusers' names (``modules``:
+    :func:`nodegraph_nodes.diffusion.lora._module_names` of the net), else None."""
+    prefix = next((p for p in DIFFUSERS_PREFIXES if key.startswith(p)), None)
+    if prefix is not None and key[len(prefix):] in modules:
+        return modules[key[len(prefix):]] + ".weight"
+    return None
+
+
 class LoraLayer(NamedTuple):
     """One low-rank layer of a LoRA file: its key without the suffix, ``up``, ``down`` and ``alpha/rank``
     (1 without an alpha)."""
