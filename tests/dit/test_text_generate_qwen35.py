@@ -185,22 +185,12 @@ def test_llm_qwen3_5_text_gen_template_runs(engine, te_root):
     ``stable_diffusion``; TextGenerate describing a LoadImage picture, sampling on; PreviewAny) runs end to end on
     the tiny tied file (the 4B release ties its head) under its name, a 64×64 picture as its image; only
     max_length is made 16."""
-    import json
-    import shutil
-
     from PIL import Image
 
-    from nodegraph.workflow.loader import load_workflow_data
+    from tests.dit.test_text_generate import run_text_gen_template, text_gen_template
 
-    from tests.helpers.package_templates import package_templates
-
-    paths = package_templates(lambda name: name == "llm_qwen3_5_text_gen.json")
-    if not paths:
-        pytest.skip("the template package has no llm_qwen3_5_text_gen")
-    te = te_root["root"] / "models" / "text_encoders"
-    shutil.copyfile(te / "qwen3.5_tiny_tied.safetensors", te / "qwen3.5_4b_bf16.safetensors")
-    api = load_workflow_data(json.loads(paths[0].read_text()), default_registry(packs=False)).api
-    (nid, node), = [(k, n) for k, n in api.items() if n["class_type"] == "TextGenerate"]
+    api, nid, node = text_gen_template(te_root["root"], "llm_qwen3_5_text_gen", "qwen3.5_tiny_tied.safetensors",
+                                       "qwen3.5_4b_bf16.safetensors")
     assert (node["inputs"]["sampling_mode"], node["inputs"]["sampling_mode.top_k"]) == ("on", 64)
     loader = api[node["inputs"]["clip"][0]]["inputs"]
     assert (loader["clip_name"], loader["type"]) == ("qwen3.5_4b_bf16.safetensors", "stable_diffusion")
@@ -208,9 +198,4 @@ def test_llm_qwen3_5_text_gen_template_runs(engine, te_root):
     folder = te_root["root"] / "run" / "input"
     folder.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / picture)
-    node["inputs"]["max_length"] = 16
-    result = engine.run(api).raise_for_status()
-    text = result.value(nid, 0)
-    assert isinstance(text, str) and len(text) > 10
-    (preview,) = [k for k, n in api.items() if n["class_type"] == "PreviewAny"]
-    assert result.outputs[preview]["text"] == [text]  # what the template shows
+    assert len(run_text_gen_template(engine, api, nid)) > 10
