@@ -114,6 +114,21 @@ def _set_rng_state(state: dict, rng: random.Random, gen_: torch.Generator) -> No
     torch.set_rng_state(state["global"])
 
 
+def _resume(state_path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: random.Random,
+            gen_: torch.Generator, stage: str) -> tuple[int, float]:
+    """Load a stage's checkpoint (model, optimiser, random states) when there is one: ``(step, elapsed)``,
+    ``(0, 0.0)`` for a fresh start."""
+    if not state_path.is_file():
+        return 0, 0.0
+    state = torch.load(state_path, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    _set_rng_state(state["rng"], rng, gen_)
+    step, elapsed = state["step"], state["elapsed"]
+    log(f"{stage}: resumed at step {step} ({elapsed / 60:.1f} min)")
+    return step, elapsed
+
+
 # -- VAE -----------------------------------------------------------------------------------------
 
 def train_vae(work: Path, seed: int, budget: Budget, batch_size: int = 16, lr: float = 1e-3,
@@ -125,14 +140,7 @@ def train_vae(work: Path, seed: int, budget: Budget, batch_size: int = 16, lr: f
     vae = gen.build_vae(gen.VAE64_CONFIG)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     rng, noise_gen = random.Random(seed + VAE_DATA_OFFSET), torch.Generator().manual_seed(seed)
-    step, elapsed = 0, 0.0
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        _set_rng_state(state["rng"], rng, noise_gen)
-        step, elapsed = state["step"], state["elapsed"]
-        log(f"vae: resumed at step {step} ({elapsed / 60:.1f} min)")
+    step, elapsed = _resume(state_path, vae, opt, rng, noise_gen, "vae")
     ckpt = Checkpointer(state_path, checkpoint_minutes)
     vae.train()
     start, losses = time.time() - elapsed, []
@@ -230,14 +238,7 @@ def train_decoder(work: Path, seed: int, budget: Budget, batch_size: int = 16, l
     state_path = work / "decoder_state.pt"
     opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     rng, noise_gen = random.Random(seed + DECODER_DATA_OFFSET), torch.Generator().manual_seed(seed + 29)
-    step, elapsed = 0, 0.0
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        _set_rng_state(state["rng"], rng, noise_gen)
-        step, elapsed = state["step"], state["elapsed"]
-        log(f"decoder: resumed at step {step} ({elapsed / 60:.1f} min)")
+    step, elapsed = _resume(state_path, vae, opt, rng, noise_gen, "decoder")
     ckpt = Checkpointer(state_path, checkpoint_minutes)
     vae.encoder.eval()
     vae.decoder.train()
@@ -352,14 +353,7 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
         vae.quant_conv.requires_grad_(False)
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     rng, noise_gen = random.Random(seed + VAE8X_DATA_OFFSET), torch.Generator().manual_seed(seed + 31)
-    step, elapsed = 0, 0.0
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        vae.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        _set_rng_state(state["rng"], rng, noise_gen)
-        step, elapsed = state["step"], state["elapsed"]
-        log(f"vae8x: resumed at step {step} ({elapsed / 60:.1f} min)")
+    step, elapsed = _resume(state_path, vae, opt, rng, noise_gen, "vae8x")
     ckpt = Checkpointer(state_path, checkpoint_minutes)
     vae.train()
     if decoder_only:
