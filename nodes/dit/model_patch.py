@@ -103,7 +103,9 @@ def patch_kind(keys) -> str:
         return "z_image_fun_controlnet"
     if "feature_embedder.high_projection.weight" in keys:
         return "uso_siglip_projector"
-    if "audio_proj.proj1_vf.weight" in keys and "blocks.0.audio_cross_attn.kv_linear.weight" in keys:
+    from nodegraph_nodes.dit.wan_infinitetalk import is_infinitetalk
+
+    if is_infinitetalk(keys):
         return "wan_infinitetalk"
     raise ModelFileError("not a model patch nodegraph knows (DiffSynth Qwen-Image ControlNet: "
                          f"'{QWEN_MARKER}'; Z-Image Fun ControlNet: '{ZIMAGE_MARKER}')")

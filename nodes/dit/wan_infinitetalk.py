@@ -68,8 +68,8 @@ class InfiniteTalkConfig:
                    context_tokens=tokens, token_dim=token_dim)
 
 
-def is_infinitetalk(sd: dict) -> bool:
-    """Whether a model-patch file is an InfiniteTalk adapter."""
+def is_infinitetalk(sd) -> bool:
+    """Whether a model-patch file (its state dict or its key set) is an InfiniteTalk adapter."""
     return "audio_proj.proj1_vf.weight" in sd and "blocks.0.audio_cross_attn.kv_linear.weight" in sd
 
 
