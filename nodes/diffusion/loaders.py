@@ -123,17 +123,18 @@ class CheckpointLoaderSimple(Node):
             from nodegraph_nodes.dit.loading import file_keys
             from nodegraph_nodes.mask import sam3_loading
 
-            if sam3_loading.is_checkpoint(file_keys(path, manager.allow_pickle)):  # SAM 3 / 3.1 (detector, its CLIP)
+            keys = file_keys(path, manager.allow_pickle)  # the header, read once for the checks below
+            if sam3_loading.is_checkpoint(keys):  # SAM 3 / 3.1 (detector, its CLIP)
                 return sam3_loading.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
-            if lumina2.is_checkpoint(file_keys(path, manager.allow_pickle)):  # Lumina 2 all-in-one
+            if lumina2.is_checkpoint(keys):  # Lumina 2 all-in-one
                 return lumina2.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
             from nodegraph_nodes.dit import hidream_o1_loading
 
-            if hidream_o1_loading.is_checkpoint(file_keys(path, manager.allow_pickle)):  # HiDream-O1 all-in-one
+            if hidream_o1_loading.is_checkpoint(keys):  # HiDream-O1 all-in-one
                 return hidream_o1_loading.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
             from nodegraph_nodes.dit import ltx2
 
-            if ltx2.is_checkpoint(file_keys(path, manager.allow_pickle)):  # LTX-2 all-in-one (CLIP: None)
+            if ltx2.is_checkpoint(keys):  # LTX-2 all-in-one (CLIP: None)
                 return ltx2.load_checkpoint(path, manager, self.ctx.device, Path(paths.models_dir))
             from nodegraph_nodes.dit import audio_loading
 
