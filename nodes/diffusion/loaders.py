@@ -13,6 +13,8 @@ choice when a workflow names none.
 
 from __future__ import annotations
 
+import functools
+
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -369,27 +371,28 @@ class CLIPLoader(Node):
 
     def execute(self, clip_name: str, type: str, device: str = "default") -> tuple:
         path = resolve_model(self.ctx.paths, "text_encoders", clip_name)
+        from nodegraph_nodes.dit.loading import file_keys
+
+        # the file's tensor names, read at most once for the checks below
+        keys = functools.cache(lambda: file_keys(path, self.ctx.service("models").allow_pickle))
         if path.is_file() and path.suffix.lower() in (".safetensors", ".sft"):  # Qwen 3.5, by its keys, any type
             from nodegraph_nodes.dit import qwen35_text
-            from nodegraph_nodes.dit.loading import file_keys
 
-            if qwen35_text.is_qwen35(file_keys(path, self.ctx.service("models").allow_pickle)):
+            if qwen35_text.is_qwen35(keys()):
                 target = "cpu" if device == "cpu" else self.ctx.device
                 return (qwen35_text.load_text_encoder(path, self.ctx.service("models"), target,
                                                       Path(self.ctx.paths.models_dir)),)
         if type == "qwen_image" and path.is_file():  # Qwen3-VL: Qwen-Image 2.1's encoder
             from nodegraph_nodes.dit import qwen_image21_text
-            from nodegraph_nodes.dit.loading import file_keys
 
-            if qwen_image21_text.is_qwen3vl(file_keys(path, self.ctx.service("models").allow_pickle)):
+            if qwen_image21_text.is_qwen3vl(keys()):
                 target = "cpu" if device == "cpu" else self.ctx.device
                 return (qwen_image21_text.load_text_encoder(path, self.ctx.service("models"), target,
                                                             Path(self.ctx.paths.models_dir)),)
         if type in QWEN3_FALLBACK_TYPES and path.is_file():
             from nodegraph_nodes.dit.llm_loading import encoder_kind
-            from nodegraph_nodes.dit.loading import file_keys
 
-            if encoder_kind(file_keys(path, self.ctx.service("models").allow_pickle)) == "qwen3":
+            if encoder_kind(keys()) == "qwen3":
                 type = "lumina2"  # ComfyUI: a Qwen3 file under a type without a Qwen3 recipe is Z-Image's encoder
         if type not in LOADED_CLIP_TYPES:
             raise ValueError(f"CLIPLoader.type: {type!r} is not supported yet; nodegraph loads "
@@ -424,9 +427,8 @@ class CLIPLoader(Node):
                                                     Path(self.ctx.paths.models_dir), "CLIPLoader"),)
         if type == "lumina2" and path.is_file():  # Gemma 2 (Lumina 2); a Qwen3 file goes on to Z-Image's
             from nodegraph_nodes.dit import lumina2
-            from nodegraph_nodes.dit.loading import file_keys
 
-            if lumina2.is_gemma2(file_keys(path, self.ctx.service("models").allow_pickle)):
+            if lumina2.is_gemma2(keys()):
                 return (lumina2.load_text_encoder(path, self.ctx.service("models"), target,
                                                   Path(self.ctx.paths.models_dir)),)
         if type in ("qwen_image", "lumina2"):  # Qwen2.5-VL (Qwen-Image), Qwen3 (Z-Image)
