@@ -10,7 +10,7 @@ nodes), :mod:`.model_patches` (``ModelSampling*``, RescaleCFG, CFGNorm, CFGZeroS
 network (:mod:`.run_patches`): :mod:`.step_cache` (EasyCache, LazyCache), :mod:`.freeu` (FreeU, FreeU_V2),
 :mod:`.attention_guidance` (PerturbedAttentionGuidance, SelfAttentionGuidance), :mod:`.speed_patches`
 (TorchCompileModel, ModelAttentionBackend), :mod:`.differential_diffusion`, :mod:`.attention_multiply`
-(UNetTemporalAttentionMultiply).
+(UNetTemporalAttentionMultiply), :mod:`.context_windows` (ContextWindowsManual).
 
 Registered through the ``nodegraph.nodes`` entry point ``sampling`` (``pyproject.toml``), like any pack.
 """
@@ -22,8 +22,8 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import (attention_guidance, attention_multiply, custom_sampling, differential_diffusion, freeu,
-                   model_patches, sampler_nodes, scheduler_nodes, speed_patches, step_cache)
+    from . import (attention_guidance, attention_multiply, context_windows, custom_sampling, differential_diffusion,
+                   freeu, model_patches, sampler_nodes, scheduler_nodes, speed_patches, step_cache)
 
     return [custom_sampling, scheduler_nodes, sampler_nodes, model_patches, step_cache, freeu, attention_guidance,
-            speed_patches, differential_diffusion, attention_multiply]
+            speed_patches, differential_diffusion, attention_multiply, context_windows]

@@ -163,6 +163,8 @@ def sample(ctx, guider: Guider, sampler: Sampler, sigmas: torch.Tensor, latent: 
         if bool(latent_image.any()):
             latent_image = model.process_latent_in(latent_image)
         noise_t = noise_t.to(device, torch.float32)
+        for hook in patch_run.noise_hooks:  # FreeNoise (context windows)
+            noise_t = hook(noise_t, int(seed if seed is not None else 0))
         mask = None
         inpaint_noise = None
         if latent.get("noise_mask") is not None:

@@ -39,7 +39,8 @@ class PatchRun:
     ``sigmas``: the run's schedule; ``options``: what the evaluation in progress asks of the patched
     network (PAG's ``{"perturbed_attention": True}``), set by :meth:`using`; ``parts``: the
     conditioning parts of the network call in progress (which batch rows are negative);
-    ``predict_wrappers``: wrappers around the guider's prediction, outermost last.
+    ``predict_wrappers``: wrappers around the guider's prediction, outermost last; ``noise_hooks``:
+    ``(noise, seed) -> noise`` applied in order to the initial noise before sampling (FreeNoise).
     """
 
     runner: Any
@@ -48,6 +49,7 @@ class PatchRun:
     options: dict = field(default_factory=dict)
     parts: list = field(default_factory=list)
     predict_wrappers: list[PredictWrapper] = field(default_factory=list)
+    noise_hooks: list[Callable[[torch.Tensor, int], torch.Tensor]] = field(default_factory=list)
 
     @property
     def network(self) -> torch.nn.Module:
