@@ -12,6 +12,6 @@ from types import ModuleType
 
 def node_modules() -> list[ModuleType]:
     """The modules of this family that hold node classes."""
-    from . import compositing, files, operations, sam3_detect, sam3_track
+    from . import compositing, files, operations, sam3_detect, sam3_track, scail2_mask
 
-    return [operations, compositing, files, sam3_detect, sam3_track]
+    return [operations, compositing, files, sam3_detect, sam3_track, scail2_mask]

@@ -10,7 +10,6 @@ from tests.helpers.package_templates import check_templates, package_templates
 
 #: node types of the package's Wan templates that nodegraph does not have yet
 MISSING_NODE_TYPES = {
-    "SCAIL2ColoredMask",
     "WanAnimate2Cache", "WanAnimate2ToVideo", "WanDancerEncodeAudio", "WanDancerPadKeyframesList", "WanDancerVideo",
     "WanSCAILToVideo",
 }
