@@ -168,6 +168,9 @@ class Node:
     hidden: ClassVar[tuple[str, ...]] = ()
     deprecated: ClassVar[bool] = False
     experimental: ClassVar[bool] = False
+    #: ComfyUI's API nodes (``api_node`` in ``/object_info``): the node calls a paid API through Comfy.org
+    #: with the credentials the prompt's ``extra_data`` carries; the frontend marks them.
+    api_node: ClassVar[bool] = False
     #: Input names the class accepts beyond its declared inputs, as regular expressions matched
     #: whole (``(r"option\d+",)``): values a canvas posts that the node does not use (CustomCombo's
     #: ``option1``…). Validation lets them through; ``execute`` does not receive them. Any other

@@ -204,6 +204,8 @@ def describe_node(name: str, cls: type[Node], python_module: str = "",
         info["deprecated"] = True
     if cls.experimental:
         info["experimental"] = True
+    if cls.api_node:
+        info["api_node"] = True
     return info
 
 

@@ -99,19 +99,21 @@ def test_empty_ace_step_1_0_latent_shape():
     assert EmptyAceStepLatentAudio.execute(None, seconds=1.0)[0]["samples"].shape == (1, 8, 16, 10)
 
 
-#: node types of the package's ACE-Step templates nodegraph does not have: an API node (ACE-Step 1.0's
-#: TextEncodeAceStepAudio is built: tests/dit/test_ace_step1.py)
-MISSING_NODE_TYPES = {"GeminiNodeV2"}
+#: node types of the package's ACE-Step templates nodegraph does not have: none (ACE-Step 1.0's
+#: TextEncodeAceStepAudio: tests/dit/test_ace_step1.py; the split_llm template's API node GeminiNodeV2:
+#: tests/test_gemini_node.py)
+MISSING_NODE_TYPES: set[str] = set()
 
 
 def test_ace_step_templates_validate_with_file_errors_only():
     from tests.helpers.package_templates import check_templates, package_templates
 
     paths = package_templates(lambda name: "ace_step" in name)
-    assert len(paths) >= 9
+    assert len(paths) >= 10
     check = check_templates(paths, default_registry(packs=False))
     check.assert_missing(MISSING_NODE_TYPES)
-    assert len(check.clean) >= 9, check.clean
+    assert len(check.clean) >= 10, check.clean
+    assert "audio_ace_step_1_5_split_llm.json" in check.clean
 
 
 def test_ace_step_matches_pipeline(engine, tiny):
