@@ -137,6 +137,10 @@ def load_transformer(path: Path, keys, manager, device: str, weight_dtype: str =
 
     from nodegraph_nodes.dit import wan22_5b
 
+    from nodegraph_nodes.dit import wan_scail
+
+    if (scail := wan_scail.detect_prefix(keys)) is not None:  # SCAIL-2 (Wan 2.1 I2V names + pose / mask convolutions)
+        return wan_scail.load_transformer(path, scail, manager, device, weight_dtype)
     layout, prefix = detect_transformer(keys)
     handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device),
                                      lambda sd, stored: build_transformer(sd, layout, stored))
