@@ -223,12 +223,13 @@ class Engine:
         except Exception:  # a broken CUDA set-up must not fail the request
             pass
 
-    def release_memory(self, slack: int | None = None) -> bool:
-        """Give the C heap's freed memory back to the OS (:mod:`nodegraph.heap`); a runner calls it
-        between jobs, so that RSS follows what the cache and the models hold. ``True`` if it trimmed."""
+    def release_memory(self, slack: int | None = None, keep: int = 0) -> bool:
+        """Give the C heap's freed memory back to the OS (:mod:`nodegraph.heap`), all but ``keep``
+        bytes at its top; a runner calls it between jobs, so that RSS follows what the cache and the
+        models hold. ``True`` if it trimmed."""
         from .heap import TRIM_SLACK, release_free_memory
 
-        return release_free_memory(TRIM_SLACK if slack is None else slack)
+        return release_free_memory(TRIM_SLACK if slack is None else slack, keep)
 
     def device_stats(self) -> SystemStats:
         """This machine's RAM, torch's version and each device's memory (``GET /system_stats``)."""

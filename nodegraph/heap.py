@@ -78,14 +78,15 @@ def free_heap_bytes() -> int | None:
     return None if libc is None else int(libc.mallinfo2().fordblks)
 
 
-def release_free_memory(slack: int = TRIM_SLACK) -> bool:
-    """Return the heap's free pages to the OS if more than ``slack`` bytes sit free; ``True`` if it did."""
+def release_free_memory(slack: int = TRIM_SLACK, keep: int = 0) -> bool:
+    """Return the heap's free pages to the OS if more than ``slack`` bytes sit free, keeping ``keep``
+    bytes free at the heap's top (ready for the next results); ``True`` if it did."""
     libc = _glibc()
     if libc is None:
         return False
-    if libc.mallinfo2().fordblks < slack:
+    if libc.mallinfo2().fordblks < slack + keep:
         return False
-    libc.malloc_trim(0)
+    libc.malloc_trim(keep)
     return True
 
 
@@ -176,7 +177,7 @@ def prefault_heap(nbytes: int, stop: threading.Event | None = None) -> int:
 
 #: glibc tunables :func:`exec_with_heap_tunables` starts the server with (module docstring)
 HEAP_TUNABLES = ("glibc.malloc.hugetlb=1", "glibc.malloc.arena_max=1",
-                 f"glibc.malloc.trim_threshold={TRIM_SLACK}")
+                 f"glibc.malloc.trim_threshold={TRIM_SLACK}", f"glibc.malloc.top_pad={RESERVE_LIMIT}")
 #: ``0`` turns the re-execution off
 TUNABLES_SWITCH = "NODEGRAPH_HEAP_TUNABLES"
 #: the user's ``GLIBC_TUNABLES`` (maybe empty) before the re-execution, restored for child processes

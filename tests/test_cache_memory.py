@@ -298,7 +298,7 @@ def test_the_local_runner_releases_memory_after_each_job(tmp_path):
     engine = Engine(default_registry(packs=False), paths=Paths.under(tmp_path), device="cpu")
     released = []
     original = engine.release_memory
-    engine.release_memory = lambda slack=None: released.append(slack) or original(slack)
+    engine.release_memory = lambda slack=None, keep=0: released.append(slack) or original(slack, keep)
     store = JobStore(tmp_path / "q.sqlite3")
     runner = LocalRunner(engine, store, Sink())
     runner._trim_gate.MAX_INTERVAL = 0.0  # the gate asks after every job (see the test above for when not)

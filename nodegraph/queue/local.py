@@ -18,7 +18,8 @@ from collections import OrderedDict
 
 from ..errors import ValidationFailed
 from ..executor import Engine
-from ..heap import TrimGate, prefault_heap, started_with_trim_threshold
+from ..heap import RESERVE_LIMIT, TrimGate, prefault_heap, started_with_trim_threshold
+from ..heap_populate import HeapPopulator
 from ..plan import Plan
 from .base import RunnerBase, output_meta
 from .protocol import EventSink
@@ -51,6 +52,8 @@ class LocalRunner(RunnerBase):
         self._grown = 0
         #: the reserve stays only where glibc keeps a freed heap top (``nodegraph serve``'s tunables)
         self._prefault = started_with_trim_threshold()
+        #: populates the heap's fresh top on another core while jobs run (:mod:`nodegraph.heap_populate`)
+        self._populator = HeapPopulator() if self._prefault else None
 
     # -- control (any thread) ---------------------------------------------------------------------
 
@@ -87,6 +90,8 @@ class LocalRunner(RunnerBase):
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._populator is not None:
+            self._populator.close()
 
     def interrupt(self, prompt_id: str | None = None) -> bool:
         current = self.current
@@ -122,7 +127,8 @@ class LocalRunner(RunnerBase):
                 job = None
             if job is None:
                 self.idle.set()
-                if self._grown:  # nothing queued: have fresh heap ready for the next job's results
+                if self._grown and not self._populating():
+                    # nothing queued: have fresh heap ready for the next job's results
                     prefault_heap(self._grown, self._wake)
                     self._grown = 0
                 self._wake.wait(1.0)
@@ -133,6 +139,8 @@ class LocalRunner(RunnerBase):
             self._interrupt_requested = None
             self.broadcast_status()
             held_before = self._cache_bytes() if self._prefault else 0
+            if self._populator is not None:
+                self._populator.job_started()
             try:
                 self._run(job)
             except Exception:  # an engine bug must not kill the queue or leave the job hanging
@@ -141,6 +149,8 @@ class LocalRunner(RunnerBase):
             finally:
                 self.current = None
                 self.current_reporter = None
+                if self._populator is not None:
+                    self._populator.job_finished()
             held = self._release_memory()  # after the job's end was reported: off its latency
             if self._prefault:
                 self._grown = max(0, held - held_before)
@@ -150,9 +160,13 @@ class LocalRunner(RunnerBase):
         returns the bytes the cache holds."""
         held = self._cache_bytes()
         if self._trim_gate.due(held):
-            self.engine.release_memory()
+            self.engine.release_memory(keep=RESERVE_LIMIT if self._prefault else 0)
             self._trim_gate.checked(held)
         return held
+
+    def _populating(self) -> bool:
+        """Whether the heap populator does the prefault's work (it runs alongside the jobs)."""
+        return self._populator is not None and self._populator.supported is not False
 
     def _cache_bytes(self) -> int:
         stats = getattr(self.engine.cache, "stats", None)
