@@ -408,3 +408,21 @@ def test_canvas_widget_values_map_per_model_option():
     full = map_widget_values(GeminiNodeV2, ["hi", "Gemini 3.1 Pro", "LOW", 0.5, 0.8, 100, 7, "fixed", "sys"])
     assert (full["model.temperature"], full["model.top_p"], full["model.max_output_tokens"], full["seed"]) == \
         (0.5, 0.8, 100, 7)
+
+
+def test_unreachable_proxy_and_timeouts_fail_naming_the_node_after_retries(proxy, tmp_path):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = ComfyOrgClient("GeminiNodeV2 (node 4)", Credentials(api_key=KEY),
+                            ComfyOrgSettings(base_url=closed, retry_delay=0.0))
+    with pytest.raises(ApiNodeError, match=r"GeminiNodeV2 \(node 4\): cannot reach .* tried 3 time"):
+        client.post_json("/proxy/x", {})
+    proxy.replies = [Reply(200, answer("slow"), delay=5)] * 2
+    slow = ComfyOrgClient("GeminiNodeV2 (node 4)", Credentials(api_key=KEY),
+                          ComfyOrgSettings(base_url=proxy.url, timeout=0.3, max_retries=1, retry_delay=0.0))
+    with pytest.raises(ApiNodeError, match=r"no answer .* within 0.3 s \(tried 2 time"):
+        slow.post_json("/proxy/x", {})
+    assert len(proxy.received) == 2

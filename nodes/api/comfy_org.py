@@ -203,10 +203,13 @@ class ComfyOrgClient:
                         await asyncio.sleep(self._delay(attempt, None))
                         attempt += 1
                         continue
+                    tries = f"tried {attempt + 1} time(s)"
+                    if isinstance(exc, asyncio.TimeoutError):
+                        raise ApiNodeError(f"{self.node}: no answer from the Comfy.org API at {self.base_url} "
+                                           f"within {self.settings.timeout:g} s ({tries})") from None
                     reason = type(exc).__name__ + (f": {exc}" if str(exc) else "")
-                    raise ApiNodeError(self._masked(
-                        f"{self.node}: cannot reach the Comfy.org API at {self.base_url} "
-                        f"({reason}; tried {attempt + 1} time(s))")) from None
+                    raise ApiNodeError(self._masked(f"{self.node}: cannot reach the Comfy.org API at "
+                                                    f"{self.base_url} ({reason}; {tries})")) from None
                 LOG.debug("%s: POST %s -> HTTP %s (%d bytes)", self.node, url, status, len(raw))
                 if status in RETRY_STATUSES and attempt < self.settings.max_retries:
                     await asyncio.sleep(self._delay(attempt, retry_after))
