@@ -467,7 +467,10 @@ class UNETLoader(Node):
         from nodegraph_nodes.dit.loading import file_keys, is_flow_transformer, load_transformer_file
 
         keys = file_keys(path, manager.allow_pickle) if path.is_file() else []
-        from nodegraph_nodes.dit import wan
+        from nodegraph_nodes.dit import wan, wan_dancer
+
+        if (prefix := wan_dancer.detect_prefix(keys)) is not None:  # Wan-Dancer (before Wan 2.1: the same names)
+            return (wan_dancer.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
 
         from nodegraph_nodes.dit import hidream
 
