@@ -426,3 +426,20 @@ def test_unreachable_proxy_and_timeouts_fail_naming_the_node_after_retries(proxy
     with pytest.raises(ApiNodeError, match=r"no answer .* within 0.3 s \(tried 2 time"):
         slow.post_json("/proxy/x", {})
     assert len(proxy.received) == 2
+
+
+def test_linked_media_sockets_validate_and_run_in_a_workflow(engine, proxy):
+    Image.fromarray(np.full((4, 6, 3), 200, np.uint8)).save(engine.paths.input_dir / "grey.png")
+    (engine.paths.input_dir / "notes.txt").write_bytes(b"E minor")
+    g = gemini_graph()
+    g.node("LoadImage", "img", image="grey.png")
+    g.node("GeminiInputFiles", "files", file="notes.txt")
+    api = g.to_api()
+    api["gem"]["inputs"].update({"model.images.image_2": ["img", 0], "model.files": ["files", 0]})
+    assert engine.run(api, extra_data={"auth_token_comfy_org": TOKEN}).raise_for_status().value("gem")
+    parts = proxy.received[0].json()["contents"][0]["parts"]
+    assert [p.get("text") or p["inlineData"]["mimeType"] for p in parts] == ["A blues song", "image/png",
+                                                                           "text/plain"]
+    with pytest.raises(ValidationFailed, match="model.files"):
+        api["gem"]["inputs"]["model.files"] = ["img", 0]  # an IMAGE where GEMINI_INPUT_FILES belongs
+        engine.run(api, extra_data={"auth_token_comfy_org": TOKEN})
