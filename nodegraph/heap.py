@@ -22,8 +22,11 @@ that one fault maps 2 MiB, where the kernel's THP mode is ``madvise`` or ``alway
 arena). glibc reads tunables when the process starts, so :func:`exec_with_heap_tunables` re-executes
 the process once with them in ``GLIBC_TUNABLES``; nothing happens where they are set already, where
 ``NODEGRAPH_HEAP_TUNABLES=0``, or without glibc and THP. Even 2 MiB at a time, the kernel zeroes every
-fresh page at its first touch; :func:`prefault_heap` lets the job runner do that touching while it
-waits for the next job, for as many bytes as the last job's results took (:data:`RESERVE_LIMIT` at most).
+fresh page at its first touch; :mod:`nodegraph.heap_populate` has a thread of its own populate the
+heap's new top while the job runs (``glibc.malloc.top_pad`` makes the heap grow :data:`RESERVE_LIMIT`
+ahead of need), and where the kernel cannot, :func:`prefault_heap` lets the job runner do that touching
+while it waits for the next job, for as many bytes as the last job's results took (:data:`RESERVE_LIMIT`
+at most).
 """
 
 from __future__ import annotations
