@@ -1,0 +1,149 @@
+"""Wan Animate 2 through ComfyUI's nodes (UNETLoader → WanAnimate2ToVideo → KSampler → TrimVideoLatent → VAEDecode)
+equals diffusers' modular ``WanAnimate2Blocks`` pipeline (flex-attention block mask, reference-extraction pass,
+block 9 skipped on the unconditional branch) on the same tiny weights saved in the official single-file layout,
+seed, steps, guidance and shift, to 1e-4; WanAnimate2Cache (default storage) does not change the result, int8
+storage only slightly; ContextWindowsManual over the animate latent runs; the distilled template runs end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nodegraph.builder import Graph
+from nodegraph.registry import default_registry
+
+from tests.dit.tiny_wan import build_wan
+from tests.dit.tiny_wan_animate2 import DISTILLED_FILE, FILE, write_animate2
+from tests.helpers.engines import make_engine
+from tests.helpers.noise import engine_noise
+
+PROMPT, POSE_PROMPT = "a red fox in snow", "cat running on the beach"
+SEED, STEPS, CFG, SHIFT = 4, 2, 3.0, 5.0
+SIZE, LENGTH = 32, 5  # latent [1, 16, 1 + 2, 4, 4]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wan_animate2_models")
+    wan = build_wan(root, shift=SHIFT)
+    base, distilled = write_animate2(root / "models")
+    return wan, base, distilled
+
+
+@pytest.fixture
+def engine(tiny, tmp_path):
+    eng = make_engine(tiny[0].root, tmp_path, default_registry(packs=False))
+    rng = np.random.default_rng(3)
+    eng.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    reference = Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+    pose = [Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(LENGTH)]
+    reference.save(eng.paths.input_dir / "ref.png")
+    pose[0].save(eng.paths.input_dir / "pose.tiff", save_all=True, append_images=pose[1:])  # one multi-frame file
+    eng.images = (reference, pose)
+    yield eng
+    eng.close()
+
+
+def animate_graph(unet: str = FILE, cfg: float = CFG, cache: str | None = None, context: int | None = None,
+                  **node_inputs) -> Graph:
+    g = Graph()
+    model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
+    model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
+    if context is not None:
+        model = g.node("ContextWindowsManual", model=model, context_length=context, context_overlap=1,
+                       context_schedule="standard_static", context_stride=1, closed_loop=False, fuse_method="pyramid",
+                       dim=2, freenoise=True, cond_retain_index_list="0", split_conds_to_windows=False,
+                       latent_retain_index_list="", causal_window_fix=True).out(0)
+    if cache is not None:
+        model = g.node("WanAnimate2Cache", model=model, device="cpu", dtype=cache).out(0)
+    clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
+    vision = g.node("CLIPVisionLoader", clip_name="tiny_clip_vision").out(0)
+    reference = g.node("LoadImage", image="ref.png").out(0)
+    pose = g.node("LoadImage", image="pose.tiff").out(0)
+    first = g.node("ImageFromBatch", image=pose, batch_index=0, length=1).out(0)
+    cv_ref = g.node("CLIPVisionEncode", "cv_ref", clip_vision=vision, image=reference, crop="none").out(0)
+    cv_pose = g.node("CLIPVisionEncode", "cv_pose", clip_vision=vision, image=first, crop="none").out(0)
+    pos = g.node("CLIPTextEncode", text=PROMPT, clip=clip)
+    neg = g.node("CLIPTextEncode", text="", clip=clip)
+    pose_text = g.node("CLIPTextEncode", text=POSE_PROMPT, clip=clip)
+    anim = g.node("WanAnimate2ToVideo", "anim", positive=pos, negative=neg, vae=vae, width=SIZE, height=SIZE,
+                  length=LENGTH, batch_size=1, reference_image=reference, pose_video=pose, clip_vision_output=cv_ref,
+                  positive_pose=pose_text, clip_vision_output_pose=cv_pose, **{
+                      "video_frame_offset": 0, "pose_strength": 1.0, "pose_start_percent": 0.0,
+                      "pose_end_percent": 1.0, "reference_image_strength": 1.0, **node_inputs})
+    ks = g.node("KSampler", "ks", model=model, seed=SEED, steps=STEPS, cfg=cfg, sampler_name="euler",
+                scheduler="normal", positive=anim.out(0), negative=anim.out(1), latent_image=anim.out(2), denoise=1.0)
+    trim = g.node("TrimVideoLatent", samples=ks, trim_amount=anim.out(3))
+    dec = g.node("VAEDecode", "out", samples=trim, vae=vae)
+    for node in (dec, cv_ref, cv_pose, anim):
+        g.node("PreviewAny", source=node)
+    return g
+
+
+def pipeline_frames(tiny, transformer, images, vision: tuple, cfg: float, distilled: bool) -> torch.Tensor:
+    """diffusers' modular Wan Animate 2 pipeline's frames ``[F, H, W, 3]`` (its CLIP preprocessing — bicubic to
+    224 — replaced by the CLIP vision states the graph computed for the same images)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.guiders import ClassifierFreeGuidance
+    from diffusers.modular_pipelines.wan_animate_2 import WanAnimate2Blocks, WanAnimate2DistilledBlocks
+    from diffusers.modular_pipelines.wan_animate_2 import encoders
+    from transformers import CLIPVisionModel
+
+    wan = tiny[0]
+    pipe = (WanAnimate2DistilledBlocks if distilled else WanAnimate2Blocks)().init_pipeline()
+    encoder = CLIPVisionModel.from_pretrained(str(wan.root / "models" / "clip_vision" / "tiny_clip_vision"))
+    pipe.update_components(transformer=transformer, vae=wan.vae, text_encoder=wan.text_encoder,
+                           tokenizer=wan.tokenizer, image_encoder=encoder,
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
+                           guider=ClassifierFreeGuidance(guidance_scale=cfg))
+    states = list(vision)  # the reference image's first, then the driving video's first frame
+    original = encoders.clip_visual_encode
+    encoders.clip_visual_encode = lambda encoder, pixels, device, dtype: states.pop(0)
+    try:
+        reference, pose = images
+        generator = torch.Generator().manual_seed(SEED)
+        with torch.no_grad():
+            video = pipe(prompt=PROMPT, negative_prompt="", prompt_ref=POSE_PROMPT, image=reference, driving_video=pose,
+                         height=SIZE, width=SIZE, segment_frame_length=LENGTH, num_inference_steps=STEPS,
+                         generator=generator, output_type="pt").get("videos")
+    finally:
+        encoders.clip_visual_encode = original
+    assert not states
+    return video[0].permute(0, 2, 3, 1).float()
+
+
+@pytest.mark.parametrize("distilled", [False, True])
+def test_wan_animate2_matches_the_diffusers_pipeline(engine, tiny, distilled):
+    cfg = 1.0 if distilled else CFG
+    result = engine.run(animate_graph(DISTILLED_FILE if distilled else FILE, cfg=cfg)).raise_for_status()
+    frames = result.value("out")
+    anim = result.value("anim", 2)["samples"]
+    assert anim.shape == (1, 16, 3, SIZE // 8, SIZE // 8) and result.value("anim", 3) == 1
+    assert result.value("anim", 4) == 0 and result.value("anim", 5) == LENGTH
+    noise, _ = engine_noise(anim.shape, SEED)  # the pipeline draws the same noise from its seeded generator
+    assert torch.equal(noise[0], torch.randn(anim.shape[1:], generator=torch.Generator().manual_seed(SEED)))
+    vision = (result.value("cv_ref").penultimate_hidden_states, result.value("cv_pose").penultimate_hidden_states)
+    ref = pipeline_frames(tiny, tiny[2] if distilled else tiny[1], engine.images, vision, cfg, distilled)
+    assert frames.shape == ref.shape == (LENGTH, SIZE, SIZE, 3)
+    assert (frames - ref).abs().max() < 1e-4, float((frames - ref).abs().max())
+
+
+def test_cache_context_windows_and_strengths(engine):
+    def run(**kw):
+        return engine.run(animate_graph(**kw)).raise_for_status().value("out")
+
+    plain = run()
+    assert torch.equal(run(cache="default"), plain)  # the cache only saves the per-step extract pass
+    int8 = run(cache="int8")
+    assert not torch.equal(int8, plain) and (int8 - plain).abs().max() < 2e-2
+    windowed = run(context=2)  # 3 latent frames in windows of 2 (the causal anchor frame, retained frame 0)
+    assert windowed.shape == plain.shape and torch.isfinite(windowed).all()
+    assert not torch.allclose(windowed, plain, atol=1e-4)
+    for inputs in ({"pose_strength": 0.0}, {"pose_start_percent": 0.6}, {"reference_image_strength": 0.5}):
+        changed = run(**inputs)
+        assert not torch.allclose(changed, plain, atol=1e-4), inputs
+    failed = engine.run(animate_graph(pose_start_percent=0.8, pose_end_percent=0.2))
+    assert failed.status == "error" and "pose_start_percent" in str(failed.failure)

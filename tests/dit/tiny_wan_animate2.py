@@ -1,0 +1,61 @@
+"""A tiny random-weight Wan Animate 2 transformer (diffusers' ``WanAnimate2Transformer3DModel``, ten blocks so the
+unconditional branch's skipped block 9 exists, its image projection sized to the tiny CLIP vision tower of
+:mod:`tests.dit.tiny_wan`) saved in the official single-file layout ComfyUI's repackaged file keeps
+(``blocks.N.block.self_attn.q.weight`` …, under ``model.diffusion_model.``) — the layout diffusers'
+``convert_wan_animate_2_transformer_to_diffusers`` reads. The text encoder, tokenizer, VAE and CLIP vision tower
+are :func:`tests.dit.tiny_wan.build_wan`'s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tests.dit.tiny_flow import _random_transformer
+from tests.dit.tiny_wan import CLIP_VISION_WIDTH, TEXT_WIDTH
+
+FILE = "tiny_wan_animate2.safetensors"
+DISTILLED_FILE = "tiny_wan_animate2_distill.safetensors"
+_RENAMES = ((".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), (".to_out.0.", ".o."),
+            (".add_k_proj.", ".k_img."), (".add_v_proj.", ".v_img."), (".norm_added_k.", ".norm_k_img."))
+
+
+def animate2_transformer(seed: int = 61):
+    from nodegraph_nodes.dit.wan_animate2 import _Factory
+
+    torch.manual_seed(0)
+    net = _Factory.from_config({"patch_size": (1, 2, 2), "in_dim": 36, "dim": 256, "ffn_dim": 96, "freq_dim": 32,
+                                "text_dim": TEXT_WIDTH, "out_dim": 16, "num_heads": 2, "num_layers": 10,
+                                "cross_attn_norm": True, "use_img_emb": True, "image_dim": CLIP_VISION_WIDTH})
+    net = _random_transformer(net, seed)
+    with torch.no_grad():  # smaller modulation and gate scale keep ten random blocks in a sane range
+        for block in net.blocks:
+            block.modulation.mul_(0.5)
+    return net
+
+
+def official_layout(sd: dict[str, torch.Tensor], prefix: str = "model.diffusion_model.") -> dict:
+    """The official names (diffusers' converter inverted) for a diffusers-layout state dict."""
+    out = {}
+    for key, value in sd.items():
+        new = key
+        if new.startswith("blocks."):
+            head, index, rest = new.split(".", 2)
+            new = f"{head}.{index}.block.{rest}"
+            if ".self_attn." in new or ".cross_attn." in new:
+                for a, b in _RENAMES:
+                    if a in new:
+                        new = new.replace(a, b)
+                        break
+        out[prefix + new] = value.detach().clone().contiguous()
+    return out
+
+
+def write_animate2(models: Path) -> tuple:
+    """The base and distilled tiny transformers into ``models/diffusion_models``; the two networks."""
+    (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
+    base, distilled = animate2_transformer(61), animate2_transformer(67)
+    save_file(official_layout(base.state_dict()), str(models / "diffusion_models" / FILE))
+    save_file(official_layout(distilled.state_dict()), str(models / "diffusion_models" / DISTILLED_FILE))
+    return base, distilled
