@@ -263,3 +263,97 @@ def test_one_sampler_step_is_the_transformer_on_the_conditions(engine, tiny_env,
     expected = (x - velocity) * (1 - keep) + clean * keep
     got = result.value("out")["samples"]
     assert (got - WAN21.process_out(expected)).abs().max() < 1e-4
+
+
+# -- ComfyUI's SCAIL-2 templates ----------------------------------------------------------------------
+
+#: template → (its diffusion model file, its driving video, its reference image)
+TEMPLATES = {
+    "video_wan21_scail2_character_replacement": ("wan2.1_14B_SCAIL_2_fp16.safetensors", "driving_outdoor_dance.mp4",
+                                                 "reference_streetwear_character.png"),
+    "video_wan21_scail2_character_replacement_int8": ("wan2.1_14B_SCAIL_2_int8_convrot.safetensors",
+                                                      "girl_eats_apple.mp4", "asian_model_in_white_clothes.png"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATES))
+def test_scail2_templates_run(tmp_path_factory, tmp_path, name):
+    """ComfyUI's SCAIL-2 character replacement templates (the installed comfyui_workflow_templates_json package,
+    MIT): SAM 3 tracks "human" in the driving video and the reference, SCAIL2ColoredMask colours them,
+    WanSCAILToVideo conditions the tiny SCAIL-2 file (the int8 template: the same file quantised as Comfy-Org's
+    ``*_int8_convrot`` ones, dequantised as UNETLoader reads it), the lightx2v and DPO LoRAs (tiny LoRAs in Wan's
+    original names) on it; the Base chunk, then the Extend chunk anchored on the Base chunk's last 5 frames.
+    Made smaller: 64×64, chunks of 9 frames (the Extend chunk's pose video from frame 4), 2 steps, SAM 3's
+    detection threshold 0 (the tiny detector's scores are low)."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from nodegraph.registry import default_registry
+    from tests.dit.template_runs import package_template_api, set_inputs
+    from tests.dit.test_wan_vace import write_mp4, write_original_lora
+    from tests.dit.tiny_qwen import copy_as
+    from tests.dit.tiny_wan import build_wan, template_files
+    from tests.dit.tiny_wan_scail import FILE, write_scail
+    from tests.helpers.engines import make_engine
+    from tests.helpers.tiny_sam3 import build_sam3
+
+    unet, video, image = TEMPLATES[name]
+    root = tmp_path_factory.mktemp("scail2_template")
+    build_wan(root)
+    net = write_scail(root / "models")
+    build_sam3(root)
+    models = root / "models"
+    if "int8" in name:
+        from tests.helpers.comfy_quant import int8_convrot_file
+
+        assert int8_convrot_file(models / "diffusion_models" / FILE, models / "diffusion_models" / unet) > 0
+    else:
+        copy_as(root, {f"diffusion_models/{FILE}": f"diffusion_models/{unet}"})
+    template_files(root, {}, vae=False, clip_vision=True)
+    copy_as(root, {"vae/tiny_wan_2.1_vae.safetensors": "vae/Wan2_1_VAE_bf16.safetensors"})
+    (models / "loras").mkdir(exist_ok=True)
+    write_original_lora(net, models / "loras" / "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors")
+    write_original_lora(net, models / "loras" / "wan2.1_SCAIL_2_DPO_lora_bf16.safetensors", seed=4)
+    engine = make_engine(root, tmp_path, default_registry(packs=False))
+    try:
+        engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+        write_mp4(engine.paths.input_dir / video, 16, size=64)
+        Image.fromarray(np.random.default_rng(9).integers(0, 256, (72, 56, 3), dtype=np.uint8)).save(
+            engine.paths.input_dir / image)
+        api = package_template_api(name, engine.registry)
+        for n in api.values():
+            inputs = n["inputs"]
+            if n["class_type"] == "PrimitiveInt" and inputs["value"] in (896, 512):
+                inputs["value"] = 64
+            if n["class_type"] == "PrimitiveInt" and inputs["value"] == 6:  # the turbo preset's steps
+                inputs["value"] = 2
+            if n["class_type"] == "ImageFromBatch" and inputs.get("length") == 81:
+                inputs["length"] = 9
+            if n["class_type"] == "ComfyMathExpression" and inputs.get("values.b") == 81:
+                inputs["values.b"] = 9
+        set_inputs(api, {"SAM3_VideoTrack": {"detection_threshold": 0.0}})
+        result = engine.run(api).raise_for_status()
+        executed = [api[n]["class_type"] for n in result.executed]
+        # the reference's SAM 3 track and the model chain (two LoRAs) are the same in both chunks: each runs once
+        # (the cache's content signature)
+        for node, count in (("WanSCAILToVideo", 2), ("SCAIL2ColoredMask", 2), ("SAM3_VideoTrack", 3),
+                            ("SamplerCustom", 2), ("LoraLoaderModelOnly", 2), ("ColorTransfer", 1)):
+            assert executed.count(node) == count, node
+        scail = [n for n in result.executed if api[n]["class_type"] == "WanSCAILToVideo"]
+        extends = [n for n in scail if api[n]["inputs"].get("previous_frames") is not None]
+        assert len(extends) == 1
+        extend = result.value(extends[0], 2)
+        assert extend["samples"].shape == (1, 16, 3, 8, 8)
+        assert torch.equal(extend["noise_mask"][0, 0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))
+        masks = [n for n in result.executed if api[n]["class_type"] == "SCAIL2ColoredMask"]
+        pose_mask = result.value(masks[0], 0)
+        assert pose_mask.shape == (9, 64, 64, 3) and (pose_mask < 1).any()  # something tracked on white
+        saved = sorted(engine.paths.output_dir.rglob("*.mp4"))
+        frames = []
+        for path in saved:
+            with av.open(str(path)) as container:
+                frames.append(sum(1 for _ in container.decode(video=0)))
+        assert sorted(frames) == [9, 9 + 4]  # the Base chunk; Base + Extend past its 5 anchored frames
+    finally:
+        engine.close()
