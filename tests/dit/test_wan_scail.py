@@ -265,6 +265,42 @@ def test_one_sampler_step_is_the_transformer_on_the_conditions(engine, tiny_env,
     assert (got - WAN21.process_out(expected)).abs().max() < 1e-4
 
 
+def test_int8_convrot_file_loads_dequantised(tmp_path):
+    """UNETLoader on a SCAIL-2 file quantised as Comfy-Org's ``*_int8_convrot`` releases: the layers come out as
+    comfy-kitchen dequantises them (nodegraph_nodes.diffusion.quantized, on the file read) and the others as
+    stored."""
+    from nodegraph.registry import default_registry
+    from tests.dit.tiny_wan_scail import FILE, write_scail
+    from tests.helpers.comfy_quant import convrot_group, quantize_file
+    from tests.helpers.engines import make_engine
+
+    models = tmp_path / "root" / "models"
+    net = write_scail(models)
+    src = models / "diffusion_models" / FILE
+
+    def pick(key, value):
+        group = convrot_group(value.shape[-1]) if value.ndim == 2 else None
+        return None if group is None else dict(convrot=True, convrot_groupsize=group)
+
+    references = quantize_file(src, models / "diffusion_models" / "scail2_int8_convrot.safetensors",
+                               "int8_tensorwise", pick)
+    key = "model.diffusion_model.blocks.1.cross_attn.k_img.weight"
+    assert key in references and len(references) > 20
+    engine = make_engine(tmp_path / "root", tmp_path, default_registry(packs=False))
+    try:
+        api = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "scail2_int8_convrot.safetensors",
+                                                            "weight_dtype": "default"}},
+               "2": {"class_type": "PreviewAny", "inputs": {"source": ["1", 0]}}}
+        model = engine.run(api).raise_for_status().value("1", 0)
+        assert isinstance(model, wan_scail.WanScailModel)
+        loaded = model.handle.get()
+        assert torch.allclose(loaded.blocks[1].attn2.add_k_proj.weight.float(), references[key], atol=1e-6)
+        assert not torch.equal(loaded.blocks[1].attn2.add_k_proj.weight, net.blocks[1].attn2.add_k_proj.weight)
+        assert torch.equal(loaded.patch_embedding_mask.weight, net.patch_embedding_mask.weight)  # 5-D: not quantised
+    finally:
+        engine.close()
+
+
 # -- ComfyUI's SCAIL-2 templates ----------------------------------------------------------------------
 
 #: template → (its diffusion model file, its driving video, its reference image)
