@@ -46,6 +46,7 @@ def node_modules() -> list[ModuleType]:
     from . import hunyuan_video15_nodes
     from . import wan_s2v_nodes
     from . import wan_infinitetalk_nodes
+    from . import wan_dancer_keyframes, wan_dancer_nodes
     from . import wan_animate2_nodes
     from . import wan_scail_nodes
 
@@ -54,4 +55,4 @@ def node_modules() -> list[ModuleType]:
     return [wan_tracks, wan_tracks_preview, wan_ati, wan_move, model_patch, model_patch_apply, layered_radiance, uso, nodes_flow, kontext, skip_layers, qwen_edit, video_latent, wan_i2v, flux2_nodes, lumina2_nodes,
             t5_options, hidream_nodes, hidream_o1_nodes, redux, wan_vace, wan22_5b, wan_fun, text_generate, ltx2_nodes, ltx2_guides,
             ace_step_nodes, flux2_kv, qwen_image21_nodes, audio_encoder, flux3_nodes,
-            wan_camera, wan_fun_control, hunyuan_video15_nodes, wan_s2v_nodes, wan_infinitetalk_nodes, wan_scail_nodes, wan_animate2_nodes]
+            wan_camera, wan_fun_control, hunyuan_video15_nodes, wan_s2v_nodes, wan_infinitetalk_nodes, wan_dancer_keyframes, wan_dancer_nodes, wan_scail_nodes, wan_animate2_nodes]

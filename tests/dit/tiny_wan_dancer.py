@@ -32,11 +32,12 @@ OFFICIAL_CONFIG = {"dim": 256, "in_dim": 36, "ffn_dim": 64, "out_dim": 16, "text
                    "enable_global": True, "enable_dynamicfps": True, "enable_unimodel": True}
 
 
-def dancer_transformer(seed: int = 71):
+def dancer_transformer(seed: int = 71, image_dim: int = 1280):
+    """The tiny transformer; ``image_dim`` the CLIP vision width (1280: CLIP vision H, the official recording's)."""
     from nodegraph_nodes.dit.wan_dancer_model import WanDancerTransformer
 
     torch.manual_seed(0)
-    net = WanDancerTransformer(**CONFIG)
+    net = WanDancerTransformer(**{**CONFIG, "image_dim": image_dim})
     return _random_transformer(net, seed).float()
 
 
@@ -62,9 +63,9 @@ def dancer_original_layout(net, prefix: str = "model.diffusion_model.", seed: in
     return out
 
 
-def write_dancer(models: Path, seed: int = 71, name: str = "tiny_wan2.2_dancer.safetensors"):
+def write_dancer(models: Path, seed: int = 71, name: str = "tiny_wan2.2_dancer.safetensors", image_dim: int = 1280):
     """``models/diffusion_models/<name>``; the transformer."""
-    net = dancer_transformer(seed)
+    net = dancer_transformer(seed, image_dim)
     (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
     save_file(dancer_original_layout(net), str(models / "diffusion_models" / name))
     return net
@@ -81,3 +82,25 @@ def official_inputs() -> dict[str, torch.Tensor]:
             "context": context, "clip": torch.randn(1, 257, 1280, generator=g),
             "clip_ref": torch.randn(1, 257, 1280, generator=g), "music": torch.randn(40, 35, generator=g),
             "timestep": torch.tensor([637.5])}
+
+
+def synthetic_song(rate: int, seconds: float = 6.0, seed: int = 3):
+    """A float32 mono test track (numpy): a kick at 112 BPM, a noise snare, four sine chords 1.5 s each slightly
+    off A440 tuning; the input of the recorded librosa features (tests/data/wan_dancer_official/README.md)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    y = np.zeros_like(t)
+    for k, beat in enumerate(np.arange(0.1, seconds, 60 / 112)):
+        m = (t >= beat) & (t < beat + 0.15)
+        y[m] += np.sin(2 * np.pi * 60 * (t[m] - beat)) * np.exp(-(t[m] - beat) * 30) * (1.0 if k % 2 == 0 else 0.7)
+    for beat in np.arange(0.37, seconds, 60 / 112 * 2):
+        m = (t >= beat) & (t < beat + 0.08)
+        y[m] += rng.standard_normal(m.sum()) * 0.3 * np.exp(-(t[m] - beat) * 50)
+    chords = [(261.63, 329.63, 392.0), (220.0, 261.63, 329.63), (174.61, 220.0, 261.63), (196.0, 246.94, 293.66)]
+    for c, start in enumerate(np.arange(0, seconds, 1.5)):
+        m = (t >= start) & (t < start + 1.5)
+        for f in chords[c % 4]:
+            y[m] += 0.12 * np.sin(2 * np.pi * f * 1.003 * t[m])
+    return (y / np.abs(y).max() * 0.8).astype(np.float32)
