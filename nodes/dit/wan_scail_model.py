@@ -21,6 +21,9 @@ channels):
 * one timestep for every token; the output is the video tokens' prediction.
 
 Numerics follow the official code: sinusoidal timestep and rope angles in float64, modulation in float32.
+ComfyUI's port (``SCAILWanModel.rope_encode``) gives each pose token one rotation at the midpoint of its 2 × 2
+video positions instead of the mean of their rotations (a factor ``cos(θ / 2)`` per frequency apart); this module
+follows the official code.
 """
 
 from __future__ import annotations
