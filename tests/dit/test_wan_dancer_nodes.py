@@ -166,3 +166,62 @@ def test_wan_dancer_template_runs(engine, tiny_env, monkeypatch):
     saved = sorted(engine.paths.output_dir.rglob("*.mp4"))
     assert len(saved) == 2
     assert sorted(_frames(p) for p in saved) == [38, 149]
+
+
+def test_one_sampler_step_is_the_transformer_on_the_conditions(engine, tiny_env):
+    """CLIPVisionEncode (start frame, reference) + WanDancerEncodeAudio (2 s for 9 frames: 4.2857 fps, the global
+    path) + WanDancerVideo (a start image) → KSampler (one euler step, cfg 1): the result is ``noise - velocity`` of
+    the tiny transformer called on the nodes' conditions (text states, the start image's and the reference's CLIP
+    states in that order, the music features, the frame rate, the first latent frame kept), so the runner passes
+    them all as the official code orders them."""
+    from PIL import Image
+
+    from nodegraph.builder import Graph
+    from nodegraph_nodes.dit.qwen_image import WAN21
+    from tests.dit.test_wan_s2v import write_mp3
+    from tests.dit.tiny_wan import CLIP_VISION_WIDTH
+    from tests.dit.tiny_wan_dancer import dancer_transformer
+    from tests.helpers.noise import engine_noise
+
+    engine.paths.input_dir.mkdir(parents=True, exist_ok=True)
+    write_mp3(engine.paths.input_dir / "music.mp3", 2.0)
+    for name, seed in (("start.png", 6), ("ref.png", 7)):
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (64, 32, 3), dtype=np.uint8)).save(
+            engine.paths.input_dir / name)
+    g = Graph()
+    clip = g.node("CLIPLoader", clip_name="umt5_xxl_fp16.safetensors", type="wan").out(0)
+    vae = g.node("VAELoader", vae_name="Wan2_1_VAE_bf16.safetensors").out(0)
+    vision = g.node("CLIPVisionLoader", clip_name="clip_vision_h.safetensors").out(0)
+    start = g.node("LoadImage", image="start.png").out(0)
+    start_cv = g.node("CLIPVisionEncode", clip_vision=vision, image=start, crop="none").out(0)
+    ref_cv = g.node("CLIPVisionEncode", clip_vision=vision, image=g.node("LoadImage", image="ref.png").out(0),
+                    crop="none").out(0)
+    music = g.node("WanDancerEncodeAudio", "music", audio=g.node("LoadAudio", audio="music.mp3").out(0),
+                   video_frames=9, audio_inject_scale=0.8)
+    pos, neg = g.node("CLIPTextEncode", text="a dancer", clip=clip), g.node("CLIPTextEncode", text="", clip=clip)
+    video = g.node("WanDancerVideo", "video", positive=pos, negative=neg, vae=vae, width=32, height=64, length=9,
+                   clip_vision_output=start_cv, clip_vision_output_ref=ref_cv, start_image=start,
+                   audio_encoder_output=music.out(0))
+    model = g.node("UNETLoader", unet_name="wan2.2_dancer_14b_global_fp8_scaled.safetensors",
+                   weight_dtype="default").out(0)
+    g.node("PreviewAny", source=g.node("KSampler", "step", model=model, seed=5, steps=1, cfg=1.0,
+                                       sampler_name="euler", scheduler="simple", positive=video.out(0),
+                                       negative=video.out(1), latent_image=video.out(2), denoise=1.0))
+    result = engine.run(g.to_api()).raise_for_status()
+    text, extras = result.value("video", 0)[0]
+    assert result.value("music", 1) == "帧率是4.2857" and extras["fps"] == 4.2857
+    noise, _ = engine_noise((1, 16, 3, 8, 4), 5)
+    keep = torch.zeros(1, 4, 3, 8, 4)
+    keep[:, :, 0] = 1.0  # the start frame's latent frame is kept
+    x = torch.cat([noise, keep, WAN21.process_in(extras["concat_latent_image"])], dim=1)
+    net = dancer_transformer(71, CLIP_VISION_WIDTH)
+    with torch.no_grad():
+        velocity = net(x, torch.tensor([1000.0]), text, extras["clip_vision_output"].penultimate_hidden_states,
+                       extras["clip_vision_output_ref"].penultimate_hidden_states, extras["audio_embed"],
+                       fps=4.2857, music_scale=0.8)
+        swapped = net(x, torch.tensor([1000.0]), text, extras["clip_vision_output_ref"].penultimate_hidden_states,
+                      extras["clip_vision_output"].penultimate_hidden_states, extras["audio_embed"],
+                      fps=4.2857, music_scale=0.8)
+    got = result.value("step")["samples"]
+    assert (got - WAN21.process_out(noise - velocity)).abs().max() < 1e-4
+    assert (got - WAN21.process_out(noise - swapped)).abs().max() > 1e-3
