@@ -341,7 +341,10 @@ class WanAnimate2Model(WanModel):
         return open_runner(self, ctx, latent_shape, WanAnimate2Runner, self.pose_cache)
 
     def lora_patch(self, sd: dict, strength: float, name: str):
-        raise ValueError(f"LoraLoader: LoRAs on Wan Animate 2 models are not supported by nodegraph yet ({name})")
+        """LoraLoader: Wan LoRAs in original or diffusers names (:mod:`.wan_animate2_lora`)."""
+        from nodegraph_nodes.dit.wan_animate2_lora import animate2_lora_patch
+
+        return animate2_lora_patch(self.handle.get(), sd, strength, name)
 
 
 def _latent_in(value: torch.Tensor, rows: int, device, dtype) -> torch.Tensor:

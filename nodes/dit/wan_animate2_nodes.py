@@ -10,6 +10,8 @@ first latent frame), gray after it. The pose video is read from ``video_frame_of
 continuing: the continuation repeats the previous segment's last frame, ``trim_image`` = 1), ``length`` frames,
 its last frame repeated where it is short, resized to width × height ("area", centre crop; the reference image
 and the continuation frame likewise); the ``video_frame_offset`` output is where the next segment reads on.
+Width and height are taken down to multiples of 8 (the latent's pixels; the templates pass GetImageSize's
+482 × 854).
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class WanAnimate2ToVideo(Node):
                              f"({pose_end_percent})")
         frames = (length - 1) // 4 + 1
         h, w = height // 8, width // 8
+        height, width = h * 8, w * 8  # sizes from GetImageSize (the templates' 482 × 854): the latent's pixels
         if reference_image is None:
             reference = torch.zeros(1, height, width, 3)
         else:

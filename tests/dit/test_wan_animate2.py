@@ -80,6 +80,7 @@ def animate_graph(unet: str = FILE, cfg: float = CFG, cache: str | None = None, 
     dec = g.node("VAEDecode", "out", samples=trim, vae=vae)
     for node in (dec, cv_ref, cv_pose, anim):
         g.node("PreviewAny", source=node)
+    g.handles = {"anim": anim, "out": dec, "vae": vae, "reference": reference, "pose": pose}
     return g
 
 
@@ -147,3 +148,78 @@ def test_cache_context_windows_and_strengths(engine):
         assert not torch.allclose(changed, plain, atol=1e-4), inputs
     failed = engine.run(animate_graph(pose_start_percent=0.8, pose_end_percent=0.2))
     assert failed.status == "error" and "pose_start_percent" in str(failed.failure)
+
+
+def test_comfy_wan_animate2_distilled_template_runs(engine, tiny):
+    """ComfyUI's official distilled Wan Animate 2 template (the installed comfyui_workflow_templates_json package,
+    MIT) on the tiny files under its names: made smaller (32×32, 5 frames, 2 steps); the active Motion Transfer
+    subgraph (WanAnimate2Cache int8, lcm) and the side-by-side Video Stitch run, both videos are saved."""
+    from tests.dit.template_runs import package_template_api, set_inputs
+    from tests.dit.test_wan_vace import write_mp4
+    from tests.dit.tiny_qwen import copy_as
+    from tests.dit.tiny_wan import template_files
+
+    root = tiny[0].root
+    template_files(root, {"wan_animate_2_distill_int8_convrot.safetensors": DISTILLED_FILE}, vae=False,
+                   clip_vision=True)
+    copy_as(root, {"vae/tiny_wan_2.1_vae.safetensors": "vae/Wan2_1_VAE_bf16.safetensors"})
+    engine.images[0].save(engine.paths.input_dir / "ref_doll_realistic.png")
+    write_mp4(engine.paths.input_dir / "drive_doll_street_dance.mp4", 7)
+    api = package_template_api("video_wan_animate2_distilled", engine.registry)
+    set_inputs(api, {"WanAnimate2ToVideo": {"length": LENGTH}, "BasicScheduler": {"steps": 2}})
+    for node in api.values():
+        if node["class_type"] == "ResizeImageMaskNode" and node["inputs"].get("resize_type.width") == 482:
+            node["inputs"].update({"resize_type.width": SIZE, "resize_type.height": SIZE})
+    result = engine.run(api).raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed]
+    assert {"WanAnimate2ToVideo", "WanAnimate2Cache", "SamplerCustom", "TrimVideoLatent", "ImageStitch"} <= set(executed)
+    saved = sorted(engine.paths.output_dir.rglob("*.mp4"))
+    assert len(saved) == 2
+    import av
+
+    for path in saved:
+        with av.open(str(path)) as container:
+            assert sum(1 for _ in container.decode(video=0)) == LENGTH
+
+
+def test_original_named_lora_reaches_every_layer(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    from nodegraph_nodes.dit.wan_animate2_lora import animate2_lora_patch
+    from tests.dit.tiny_wan_animate2 import write_original_lora
+
+    net = tiny[1]
+    layers = write_original_lora(net, tmp_path / "lora.safetensors")
+    patch = animate2_lora_patch(net, load_file(str(tmp_path / "lora.safetensors")), 1.0, "lora.safetensors")
+    assert len(patch.deltas) == layers == 10 * (4 + 6 + 2) and not patch.unmatched
+    assert "blocks.3.cross_attn.add_k_proj.weight" in patch.deltas
+
+
+def test_continuation_reads_the_pose_video_on(engine):
+    """A second segment (continue_motion: the first segment's frames, video_frame_offset: its output) starts one
+    pose frame early (the repeated last frame: trim_image 1), marks that frame known in the mask, puts it first in
+    the condition frames and reads the (7-frame) pose video on from frame 4, its last frame repeated past the
+    end."""
+    from nodegraph_nodes.dit.wan_animate2_nodes import pose_frames
+
+    reference, pose = engine.images
+    pose[0].save(engine.paths.input_dir / "pose7.tiff", save_all=True, append_images=pose[1:] + pose[:2])
+    g = animate_graph()
+    h = g.handles
+    ext = g.node("WanAnimate2ToVideo", "ext", positive=h["anim"].out(0), negative=h["anim"].out(1), vae=h["vae"],
+                 width=SIZE, height=SIZE, length=LENGTH, batch_size=1, reference_image=h["reference"],
+                 pose_video=g.node("LoadImage", image="pose7.tiff").out(0), continue_motion=h["out"].out(0), video_frame_offset=h["anim"].out(5),
+                 pose_strength=1.0, pose_start_percent=0.0,
+                 pose_end_percent=1.0, reference_image_strength=1.0)
+    g.node("PreviewAny", source=ext)
+    result = engine.run(g).raise_for_status()
+    first, second = result.value("anim", 0)[0][1], result.value("ext", 0)[0][1]
+    assert result.value("ext", 3) == 1 and result.value("ext", 4) == 1 and result.value("ext", 5) == 2 * LENGTH - 1
+    assert torch.equal(first["concat_mask"][:, :, 1], torch.ones(1, 4, 4, 4))
+    assert torch.equal(second["concat_mask"][:, :, 1], torch.zeros(1, 4, 4, 4))
+    assert not torch.allclose(first["concat_latent_image"][:, :, 1], second["concat_latent_image"][:, :, 1])
+    assert torch.equal(first["concat_latent_image"][:, :, 0], second["concat_latent_image"][:, :, 0])  # reference
+    frames = torch.arange(LENGTH).float().view(LENGTH, 1, 1, 1)
+    assert pose_frames(frames, LENGTH - 1, LENGTH).flatten().tolist() == [4, 4, 4, 4, 4]
+    assert pose_frames(frames, 1, 3).flatten().tolist() == [1, 2, 3]
+    assert not torch.equal(first["wan_animate2_pose"].latent, second["wan_animate2_pose"].latent)

@@ -59,3 +59,22 @@ def write_animate2(models: Path) -> tuple:
     save_file(official_layout(base.state_dict()), str(models / "diffusion_models" / FILE))
     save_file(official_layout(distilled.state_dict()), str(models / "diffusion_models" / DISTILLED_FILE))
     return base, distilled
+
+
+def write_original_lora(net, path: Path, rank: int = 4, seed: int = 3) -> int:
+    """A random LoRA in Wan's original names (``diffusion_model.blocks.N.self_attn.q.lora_down.weight``, as
+    lightx2v's files) on the attention and feed-forward layers of the Wan Animate 2 ``net``'s blocks; how many
+    layers it holds."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.startswith("blocks.") and (
+                ".self_attn." in name or ".cross_attn." in name or ".ffn." in name):
+            key = next(iter(official_layout({name + ".weight": module.weight}, prefix="diffusion_model.")))
+            base = key.replace(".block.", ".", 1)[:-len(".weight")]
+            out_f, in_f = module.weight.shape
+            sd[base + ".lora_down.weight"] = torch.randn(rank, in_f, generator=gen) * 0.3
+            sd[base + ".lora_up.weight"] = torch.randn(out_f, rank, generator=gen) * 0.3
+            sd[base + ".alpha"] = torch.tensor(float(rank))
+    save_file(sd, str(path))
+    return len(sd) // 3
