@@ -7,7 +7,9 @@ Dancer parts (marker: ``patch_embedding_global.weight`` with ``music_projection.
 ``img_emb_refimage.proj.N``, ``music_projection``, ``music_encoder.N`` (``self_attn.in_proj_weight`` as
 ``nn.MultiheadAttention`` saves it, or split into ``q_proj`` / ``k_proj`` / ``v_proj``; the rope's ``rotary.freqs``
 buffer is dropped), ``music_injector.injector.N`` (only ``v`` and ``o`` are kept: with one music token per query
-group the attention is the value). The Wan part goes through diffusers' Wan converter. The config comes from the
+group the attention is the value). Parts the official inference does not use are dropped when present
+(``ref_conv``, ``patch_embedding_refimagevae``, ``img_emb_refface``: ComfyUI notes the released file holds a
+``ref_conv`` the original pipeline never calls). The Wan part goes through diffusers' Wan converter. The config comes from the
 shapes (heads of 128 as other Wan files, 4 music heads as the official model); injector ``i`` follows block
 ``(0, 4, 8, 12, 16, 20, 24, 27)[i]``.
 
@@ -33,6 +35,8 @@ from nodegraph_nodes.sampling.model import CondPart
 MARKERS = ("patch_embedding_global.weight", "music_projection.weight")
 DANCER_PREFIXES = ("patch_embedding_global.", "head_global.", "img_emb_refimage.", "music_projection.",
                    "music_encoder.", "music_injector.")
+#: official modules the Dancer inference never calls (reference-latent and face branches of the training code)
+UNUSED_PREFIXES = ("ref_conv.", "patch_embedding_refimagevae.", "img_emb_refface.")
 MUSIC_HEADS = 4
 
 
@@ -49,6 +53,7 @@ def convert(sd: dict) -> dict:
     """Original-layout Dancer weights → :class:`WanDancerTransformer`'s names."""
     from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
 
+    sd = {k: v for k, v in sd.items() if not k.startswith(UNUSED_PREFIXES)}
     out = convert_wan_transformer_to_diffusers({k: v for k, v in sd.items() if not k.startswith(DANCER_PREFIXES)})
     split: dict[str, dict[str, torch.Tensor]] = {}
     for k, v in sd.items():

@@ -22,7 +22,10 @@ What Wan-Dancer adds to Wan 2.1 I2V (36 input channels, CLIP image embedder):
   so the residual is ``o(v(music token))`` (``music_injector.injector.N``; its q / k / norms drop out),
   times ComfyUI's ``audio_inject_scale`` (1 in the official code).
 
-Numerics follow the official code: sinusoidal timestep and rope tables in float64.
+Numerics follow the official code: sinusoidal timestep and rope tables in float64. ComfyUI's own Wan-Dancer model
+differs from the official code in three places, where nodegraph follows the official one: it resizes the music
+tokens once (straight to ``8 · frames × dim``), rotates the music queries and keys per head after their projection,
+and takes both CLIP embeddings through the image keys.
 """
 
 from __future__ import annotations

@@ -81,6 +81,9 @@ def test_split_music_projections_load_the_same(recorded):
     converted = convert(sd)
     for k, v in net.state_dict().items():
         assert torch.equal(converted[k], v), k
+    # the official file's unused reference-latent convolution (ComfyUI: "never called") is dropped
+    extra = convert({**sd, "ref_conv.weight": torch.zeros(256, 16, 2, 2), "ref_conv.bias": torch.zeros(256)})
+    assert extra.keys() == converted.keys()
     del sd["music_encoder.1.self_attn.k_proj.bias"]
     with pytest.raises(Exception, match="music_encoder.1.self_attn.in_proj_bias"):
         convert(sd)
