@@ -1,4 +1,4 @@
-"""Context windows (ComfyUI's ``ContextWindowsManual`` / ``WanContextWindowsManual``): a model patch that
+"""Context windows (ComfyUI's ``ContextWindowsManual`` and ``WanContextWindowsManual``): a model patch that
 splits the sampled latent's frame axis into overlapping windows, runs the network on each window and
 blends the windows' outputs per frame with the fuse method's weights.
 
@@ -355,3 +355,45 @@ class ContextWindowsManual(Node):
             parse_indices(latent_retain_index_list, "ContextWindowsManual.latent_retain_index_list"),
             causal_window_fix)
         return (apply_context_windows(model, settings, "ContextWindowsManual.model"),)
+
+
+class WanContextWindowsManual(Node):
+    """Context windows for Wan-like models along the latent's frame axis (dim 2), lengths in video frames:
+    ``context_length`` → ``(length - 1) // 4 + 1`` latent frames, ``context_overlap`` → ``(overlap - 1) // 4 + 1``
+    (ComfyUI's conversion). ``retain_first_frame`` keeps the start image's condition frame at position 0 of every
+    window (cond_retain_index_list '0'); the causal anchor frame is used as in ContextWindowsManual's default."""
+
+    display_name = "WAN Context Windows (Manual)"
+    category = "context"
+    experimental = True
+    model = Input(MODEL, tooltip="The model to apply context windows to during sampling.")
+    context_length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4,
+                           tooltip="The length of the context window in video frames (4n + 1).")
+    context_overlap = Input(INT, default=30, min=0, max=MAX_RESOLUTION,
+                            tooltip="The overlap of the context window in video frames.")
+    context_schedule = Input(COMBO, choices=SCHEDULES, default="standard_uniform",
+                             tooltip="Step-dependent scheduling algorithm for context windows.")
+    context_stride = Input(INT, default=1, min=1, max=MAX_RESOLUTION,
+                           tooltip="The stride of the context window; only applicable to uniform schedules.")
+    closed_loop = Input(BOOLEAN, default=False,
+                        tooltip="Whether to close the context window loop; only applicable to looped schedules.")
+    fuse_method = Input(COMBO, choices=FUSE_METHODS, default="pyramid",
+                        tooltip="The method to use to fuse the context windows.")
+    freenoise = Input(BOOLEAN, default=True, tooltip="Whether to apply FreeNoise noise shuffling.")
+    retain_first_frame = Input(BOOLEAN, default=False,
+                               tooltip="Retain the first I2V frame in every context window.")
+    split_conds_to_windows = Input(BOOLEAN, default=False,
+                                   tooltip="Split combined conditionings to the windows by region.")
+    outputs = (Output(MODEL),)
+
+    def execute(self, model, context_length: int, context_overlap: int, context_schedule: str, context_stride: int,
+                closed_loop: bool, fuse_method: str, freenoise: bool = True, retain_first_frame: bool = False,
+                split_conds_to_windows: bool = False) -> tuple:
+        if split_conds_to_windows:
+            raise ValueError("WanContextWindowsManual.split_conds_to_windows: splitting combined conditionings to "
+                             "windows is not supported by nodegraph yet; set it to false")
+        length = max((context_length - 1) // 4 + 1, 1)
+        overlap = max((context_overlap - 1) // 4 + 1, 0) if context_overlap > 0 else 0
+        settings = ContextSettings(length, min(overlap, length - 1), context_schedule, context_stride, closed_loop,
+                                   fuse_method, 2, freenoise, (0,) if retain_first_frame else (), (), True)
+        return (apply_context_windows(model, settings, "WanContextWindowsManual.model"),)

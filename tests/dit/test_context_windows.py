@@ -140,3 +140,23 @@ def test_context_windows_in_a_graph(tiny_wan, tmp_path):
         assert not torch.allclose(windowed, plain, atol=1e-4)
     finally:
         eng.close()
+
+
+def test_wan_context_windows_manual_counts_video_frames(tiny_wan, tmp_path):
+    """WanContextWindowsManual (lengths in video frames, dim 2) is ContextWindowsManual with the converted lengths."""
+    from nodegraph_nodes.sampling.context_windows import ContextWindowsPatch
+
+    eng = make_engine(tiny_wan.root, tmp_path, default_registry(packs=False))
+    try:
+        g = Graph()
+        model = g.node("UNETLoader", unet_name="tiny_wan2.1_t2v.safetensors", weight_dtype="default").out(0)
+        wan = g.node("WanContextWindowsManual", "wan", model=model, context_length=17, context_overlap=8,
+                     context_schedule="standard_static", context_stride=1, closed_loop=False, fuse_method="pyramid",
+                     freenoise=False, retain_first_frame=True, split_conds_to_windows=False)
+        g.node("PreviewAny", source=wan)
+        patched = eng.run(g).raise_for_status().value("wan")
+        patch = next(p for p in patched.sampling_patches.model_patches if isinstance(p, ContextWindowsPatch))
+        assert patch.settings == cw.ContextSettings(5, 2, "standard_static", 1, False, "pyramid", 2, False, (0,), (),
+                                                    True)
+    finally:
+        eng.close()
