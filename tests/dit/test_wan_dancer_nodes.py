@@ -126,9 +126,10 @@ def _frames(path: Path) -> int:
 
 def test_wan_dancer_template_runs(engine, tiny_env, monkeypatch):
     """ComfyUI's official Wan-Dancer template (the installed comfyui_workflow_templates_json package, MIT) on the tiny
-    files under its names, at 32 × 64 and 2 steps a stage: 10 s of music make the global stage run at 15 fps (global
-    patching, head and rope), its 149 frames (decoded latent frame by latent frame: 38) are padded into the first
-    149-frame local segment (30 fps), and both videos are saved."""
+    files under its names, at 32 × 64 and 2 steps a stage, the duration choice "10" (two local segments): 10 s of
+    music make the global stage run at 15 fps (global patching, head and rope), its 149 frames (decoded latent frame
+    by latent frame: 38) are padded into the two 149-frame local segments (30 fps: WanDancerPadKeyframesList's lists
+    run the local stage twice), and both videos are saved."""
     from PIL import Image
 
     from tests.dit.template_runs import package_template_api
@@ -147,6 +148,8 @@ def test_wan_dancer_template_runs(engine, tiny_env, monkeypatch):
             inputs["value"] = 2
         if n["class_type"] == "BasicScheduler" and inputs.get("steps") == 6:  # the local stage's
             inputs["steps"] = 2
+        if n["class_type"] == "CustomCombo" and inputs.get("choice") == "5":  # the duration: 10 s, two segments
+            inputs.update(choice="10", index=1)
     from nodegraph_nodes.dit.wan_dancer_model import WanDancerTransformer
 
     rates = []  # the frame rate of each transformer call (the forward itself runs unchanged)
@@ -158,14 +161,14 @@ def test_wan_dancer_template_runs(engine, tiny_env, monkeypatch):
 
     monkeypatch.setattr(WanDancerTransformer, "forward", spy)
     result = engine.run(api).raise_for_status()
-    assert rates == [15.0] * 2 + [30.0] * 2  # 2 global steps (cfg 1), 2 local ones
+    assert rates == [15.0] * 2 + [30.0] * 4  # 2 global steps (cfg 1), 2 local ones a segment
     executed = [api[n]["class_type"] for n in result.executed]
-    assert executed.count("WanDancerVideo") == 2 and executed.count("WanDancerEncodeAudio") == 2
+    assert executed.count("WanDancerVideo") == 2 and executed.count("WanDancerEncodeAudio") == 2  # nodes, not items
     assert {"WanDancerPadKeyframesList", "SamplerCustomAdvanced", "SamplerCustom", "LoraLoaderModelOnly",
             "SkipLayerGuidanceDiTSimple", "SaveVideo"} <= set(executed)
     saved = sorted(engine.paths.output_dir.rglob("*.mp4"))
     assert len(saved) == 2
-    assert sorted(_frames(p) for p in saved) == [38, 149]
+    assert sorted(_frames(p) for p in saved) == [38, 2 * 149]
 
 
 def test_one_sampler_step_is_the_transformer_on_the_conditions(engine, tiny_env):
