@@ -1,19 +1,18 @@
-"""SCAIL-2 behind UNETLoader: detection of the file, its weights converted for
+"""SCAIL-2 (and the first SCAIL) behind UNETLoader: detection of the file, its weights converted for
 :class:`~nodegraph_nodes.dit.wan_scail_model.WanSCAIL2Transformer`, the MODEL value and its runner.
 
 Files: Comfy-Org's ``wan2.1_14B_SCAIL_2_*.safetensors`` (fp16, fp8_scaled, ``int8_convrot``: every quantised
 format is dequantised as the file is read, :mod:`nodegraph_nodes.diffusion.quantized`) keep Wan's original names
 (bare or under ``model.diffusion_model.``) of a Wan 2.1 I2V transformer with 20 input channels, plus
-``patch_embedding_pose`` (20 channels) and ``patch_embedding_mask`` (28 channels, SCAIL-2's marker). The Wan
-part goes through diffusers' Wan converter; the two convolutions keep their names. The config comes from the
-shapes (heads of 128 as other Wan files). SCAIL (the first version: a pose convolution and no mask one) is
-refused with a clear error.
+``patch_embedding_pose`` (20 channels) and ``patch_embedding_mask`` (28 channels, SCAIL-2's marker; the first
+SCAIL's files have no mask convolution). The Wan part goes through diffusers' Wan converter; the two
+convolutions keep their names. The config comes from the shapes (heads of 128 as other Wan files).
 
 Runner (ComfyUI's ``WAN21_SCAIL2`` conditions, WanSCAILToVideo's): ``reference_latents`` (the first the primary
 reference, the others additional views, put in front of it), ``ref_mask_28ch`` ``[1, refs + T, 28, h, w]`` and
 ``driving_mask_28ch`` ``[1, T, 28, h/2, w/2]`` (frames second), ``pose_video_latent`` (on the steps of its
 timestep range), ``ref_mask_flag`` (false: Replacement Mode), ``clip_vision_output`` (required, as the official
-model). A noise mask (WanSCAILToVideo's ``previous_frames``): the kept frames go in as the clean latent at every
+model). A first-SCAIL model takes the references and the pose only, in Animation Mode (ComfyUI's ``WAN21_SCAIL``). A noise mask (WanSCAILToVideo's ``previous_frames``): the kept frames go in as the clean latent at every
 step (ComfyUI's ``scale_latent_inpaint``) and ``1 - mask`` is the 4-channel history mask.
 """
 
@@ -58,15 +57,13 @@ def transformer_config(sd: dict) -> dict:
     """The :class:`WanSCAIL2Transformer` config from converted weights' shapes."""
     from nodegraph_nodes.dit.wan import transformer_config as wan_config
 
-    if MASK_MARKER not in sd:
-        raise ModelFileError("this is a SCAIL (first version) transformer: a pose convolution without SCAIL-2's "
-                             "identity-mask one; nodegraph runs SCAIL-2 files (wan2.1_14B_SCAIL_2_*) only")
     base = wan_config(sd)
     if "image_dim" not in base:
-        raise ModelFileError("the SCAIL-2 weights lack the image embedder (img_emb.*) of a Wan 2.1 I2V model")
+        raise ModelFileError("the SCAIL weights lack the image embedder (img_emb.*) of a Wan 2.1 I2V model")
+    mask = sd.get(MASK_MARKER)
     return {k: base[k] for k in ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels",
                                  "out_channels", "text_dim", "freq_dim", "ffn_dim", "num_layers", "image_dim",
-                                 "eps")} | {"mask_channels": int(sd[MASK_MARKER].shape[1])}
+                                 "eps")} | {"mask_channels": int(mask.shape[1]) if mask is not None else 0}
 
 
 def build_transformer(sd: dict, dtype: torch.dtype):
@@ -105,8 +102,10 @@ def _frames_second(value: torch.Tensor | None, rows: int, device, dtype) -> torc
     return None if value is None else _rows(value.movedim(1, 2).float(), rows).to(device, dtype)
 
 
-def scail_inputs(extras: dict, rows: int, device, dtype, history: torch.Tensor | None = None) -> ScailInputs:
-    """A conditioning entry's SCAIL-2 inputs (see the module's docstring)."""
+def scail_inputs(extras: dict, rows: int, device, dtype, history: torch.Tensor | None = None,
+                 masks: bool = True) -> ScailInputs:
+    """A conditioning entry's SCAIL-2 inputs (see the module's docstring); ``masks`` false (a first-SCAIL model):
+    without the identity masks and in Animation Mode."""
     output = extras.get("clip_vision_output")
     if output is None:
         raise ValueError("SCAIL-2 needs the reference image's CLIP vision output: connect CLIPVisionEncode to "
@@ -116,9 +115,12 @@ def scail_inputs(extras: dict, rows: int, device, dtype, history: torch.Tensor |
     if refs:
         reference = torch.cat([_latent_in(r, rows, device, dtype) for r in refs[1:] + refs[:1]], dim=2)
     pose = extras.get("pose_video_latent")
-    return ScailInputs(image=_rows(output.penultimate_hidden_states.to(device, dtype), rows), reference=reference,
+    image = _rows(output.penultimate_hidden_states.to(device, dtype), rows)
+    pose = _latent_in(pose, rows, device, dtype) if pose is not None else None
+    if not masks:
+        return ScailInputs(image=image, reference=reference, pose=pose, history=history)
+    return ScailInputs(image=image, reference=reference, pose=pose,
                        reference_mask=_frames_second(extras.get("ref_mask_28ch"), rows, device, dtype),
-                       pose=_latent_in(pose, rows, device, dtype) if pose is not None else None,
                        pose_mask=_frames_second(extras.get("driving_mask_28ch"), rows, device, dtype),
                        history=history, replace=extras.get("ref_mask_flag") is False)
 
@@ -143,11 +145,12 @@ class WanScailRunner(NetRunner):
             mask = _rows(self.mask.to(self.device, self.dtype), x.shape[0])
             x = x * mask + _rows(self.latent_image.to(self.device, self.dtype), x.shape[0]) * (1 - mask)
             history = (1 - mask.mean(dim=1, keepdim=True)).expand(-1, 4, -1, -1, -1)
+        masks = hasattr(self.net, "patch_embedding_mask")
         outs, row = [], 0
         for part in parts:
             n = part.rows
             inputs = scail_inputs(part.extras, n, self.device, self.dtype,
-                                  history[row:row + n] if history is not None else None)
+                                  history[row:row + n] if history is not None else None, masks)
             outs.append(self.net(x[row:row + n], t[row:row + n], _rows(part.cond.to(self.device, self.dtype), n),
                                  inputs))
             row += n

@@ -1,7 +1,9 @@
 """The SCAIL-2 transformer (zai-org/SCAIL-2, a Wan 2.1 14B I2V fine-tune for character animation and
 replacement): diffusers' Wan blocks (``WanTransformerBlock`` with the image cross-attention,
 ``WanTimeTextImageEmbedding``) with the SCAIL-2 parts written here after the official code's math
-(Apache-2.0, ``wan/modules/model_scail2.py`` ``SCAIL2Model``; none of it is imported).
+(Apache-2.0, ``wan/modules/model_scail2.py`` ``SCAIL2Model``; none of it is imported). Without
+``patch_embedding_mask`` (``mask_channels`` 0) it is the first SCAIL (zai-org/SCAIL ``SCAILModel``): one
+reference, no masks, Animation Mode's positions.
 
 What SCAIL-2 adds to a Wan 2.1 I2V transformer (``patch_embedding`` of 20 channels: the latent and 4 mask
 channels):
@@ -135,7 +137,8 @@ class WanSCAIL2Transformer(ModelMixin, ConfigMixin):
         dim = num_attention_heads * attention_head_dim
         self.patch_embedding = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.patch_embedding_pose = nn.Conv3d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
-        self.patch_embedding_mask = nn.Conv3d(mask_channels, dim, kernel_size=patch_size, stride=patch_size)
+        if mask_channels:  # SCAIL-2 (SCAIL has none)
+            self.patch_embedding_mask = nn.Conv3d(mask_channels, dim, kernel_size=patch_size, stride=patch_size)
         self.condition_embedder = WanTimeTextImageEmbedding(dim=dim, time_freq_dim=freq_dim, time_proj_dim=dim * 6,
                                                             text_embed_dim=text_dim, image_embed_dim=image_dim)
         self.blocks = nn.ModuleList([WanTransformerBlock(dim, ffn_dim, num_attention_heads, "rms_norm_across_heads",

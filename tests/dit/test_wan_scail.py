@@ -1,6 +1,6 @@
 """SCAIL-2: the transformer built by UNETLoader's conversion from a tiny original-layout file equals the official
 code's outputs recorded in tests/data/scail2_official (Animation / Replacement Mode, additional references, the
-history mask); the loader's detection; WanSCAILToVideo's conditions; one sampler step is the transformer on them;
+history mask), the first SCAIL's those in tests/data/scail_official; the loader's detection; WanSCAILToVideo's conditions; one sampler step is the transformer on them;
 ComfyUI's SCAIL-2 templates (fp16 and int8_convrot files) run end to end on tiny models."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from nodegraph_nodes.dit.wan_scail_model import ScailInputs
 from tests.dit.tiny_wan_scail import CONFIG, official_inputs, scail_original_layout, scail_transformer
 
 DATA = Path(__file__).parent.parent / "data" / "scail2_official" / "official_outputs.safetensors"
+FIRST_DATA = Path(__file__).parent.parent / "data" / "scail_official" / "official_outputs.safetensors"
 #: case → (replacement mode, additional references, history mask)
 CASES = {"animation": (False, False, False), "replacement": (True, False, False),
          "replacement_additional": (True, True, False), "animation_additional": (False, True, False),
@@ -38,9 +39,33 @@ def test_detection_and_config(recorded):
     assert wan_scail.detect_prefix([k for k in sd if "patch_embedding_pose" not in k]) is None
     for key, value in CONFIG.items():
         assert getattr(net.config, key) == value, key
-    first = {k[len("model.diffusion_model."):]: v for k, v in sd.items() if "patch_embedding_mask" not in k}
-    with pytest.raises(ModelFileError, match="SCAIL \\(first version\\)"):
-        wan_scail.build_transformer(first, torch.float32)
+    no_image = {k[len("model.diffusion_model."):]: v for k, v in sd.items() if "img_emb" not in k}
+    with pytest.raises(ModelFileError, match="image embedder"):
+        wan_scail.build_transformer(no_image, torch.float32)
+
+
+def test_first_scail_equals_the_official_transformer():
+    """A file without ``patch_embedding_mask`` is the first SCAIL: one reference, the pose, Animation Mode's
+    positions (recorded official outputs in tests/data/scail_official); the runner gives it no masks and no
+    Replacement Mode."""
+    from tests.dit.tiny_wan_scail import scail1_transformer
+
+    data = {**load_file(str(FIRST_DATA)), **official_inputs()}
+    weights = scail_original_layout(scail1_transformer(), "")
+    assert abs(sum(float(v.double().sum()) for v in weights.values()) - float(data["weights_sum"])) < 1e-6
+    net = wan_scail.build_transformer(weights, torch.float32)
+    assert net.config.mask_channels == 0 and not hasattr(net, "patch_embedding_mask")
+    context = torch.cat([data["context"], torch.zeros(512 - data["context"].shape[0], data["context"].shape[1])])
+    with torch.no_grad():
+        out = net(data["x"], data["timestep"], context[None],
+                  ScailInputs(image=data["clip"], reference=data["reference"], pose=data["pose"]))
+    assert (out - data["scail1"]).abs().max() < 1e-4
+    clip = type("Clip", (), {"penultimate_hidden_states": data["clip"]})()
+    extras = {"clip_vision_output": clip, "reference_latents": [data["reference"]], "ref_mask_flag": False,
+              "ref_mask_28ch": torch.zeros(1, 4, 28, 16, 24), "driving_mask_28ch": torch.zeros(1, 3, 28, 8, 12)}
+    inputs = wan_scail.scail_inputs(extras, 1, "cpu", torch.float32, masks=False)
+    assert inputs.reference_mask is None and inputs.pose_mask is None and inputs.replace is False
+    assert wan_scail.scail_inputs(extras, 1, "cpu", torch.float32).replace is True
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -1,6 +1,7 @@
 """A tiny random-weight SCAIL-2 transformer (nodegraph's :class:`WanSCAIL2Transformer`, whose blocks are diffusers'
-Wan I2V blocks) saved in ComfyUI's / the official single-file layout (Wan's original names under
-``model.diffusion_model.``, plus ``patch_embedding_pose`` / ``patch_embedding_mask``).
+Wan I2V blocks; and a first-SCAIL one, without the mask convolution) saved in ComfyUI's / the official
+single-file layout (Wan's original names under ``model.diffusion_model.``, plus ``patch_embedding_pose`` /
+``patch_embedding_mask``).
 
 Width 256 (two heads of 128, the width rule of Wan files), two blocks, the tiny UMT5's 32-wide text states; the
 image embedder takes 1280-wide CLIP states (the official ``MLPProj(1280, dim)`` is fixed at that width: the model
@@ -24,6 +25,8 @@ CONFIG = {"patch_size": (1, 2, 2), "num_attention_heads": 2, "attention_head_dim
 OFFICIAL_CONFIG = {"model_type": "i2v", "patch_size": (1, 2, 2), "text_len": 512, "in_dim": 20, "mask_dim": 28,
                    "dim": 256, "ffn_dim": 96, "freq_dim": 32, "text_dim": TEXT_WIDTH, "out_dim": 16, "num_heads": 2,
                    "num_layers": 2, "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6}
+#: the official first-SCAIL ``SCAILModel`` arguments of :func:`scail1_transformer`
+OFFICIAL_CONFIG_SCAIL1 = {k: v for k, v in OFFICIAL_CONFIG.items() if k != "mask_dim"}
 FILE = "tiny_wan2.1_scail2.safetensors"
 
 
@@ -32,6 +35,15 @@ def scail_transformer(seed: int = 71, image_dim: int = 1280):
 
     torch.manual_seed(0)
     net = WanSCAIL2Transformer(**{**CONFIG, "image_dim": image_dim})
+    return _random_transformer(net, seed).float()
+
+
+def scail1_transformer(seed: int = 79):
+    """The first SCAIL's tiny transformer: no identity-mask convolution."""
+    from nodegraph_nodes.dit.wan_scail_model import WanSCAIL2Transformer
+
+    torch.manual_seed(0)
+    net = WanSCAIL2Transformer(**{**CONFIG, "mask_channels": 0})
     return _random_transformer(net, seed).float()
 
 
