@@ -106,7 +106,8 @@ def build_transformer(sd: dict, dtype: torch.dtype):
     return _instantiate(_Factory, transformer_config(sd), sd, dtype, "Wan Animate 2 transformer")
 
 
-def load_transformer(path: Path, prefix: str, manager, device: str, weight_dtype: str = "default") -> "WanAnimate2Model":
+def load_transformer(path: Path, prefix: str, manager, device: str,
+                     weight_dtype: str = "default") -> "WanAnimate2Model":
     """UNETLoader for a Wan Animate 2 file."""
     from nodegraph_nodes.dit.file_loading import load_transformer_handle
     from nodegraph_nodes.dit.loading import flow_dtype

@@ -172,7 +172,8 @@ def test_comfy_wan_animate2_distilled_template_runs(engine, tiny):
             node["inputs"].update({"resize_type.width": SIZE, "resize_type.height": SIZE})
     result = engine.run(api).raise_for_status()
     executed = [api[n]["class_type"] for n in result.executed]
-    assert {"WanAnimate2ToVideo", "WanAnimate2Cache", "SamplerCustom", "TrimVideoLatent", "ImageStitch"} <= set(executed)
+    assert {"WanAnimate2ToVideo", "WanAnimate2Cache", "SamplerCustom", "TrimVideoLatent",
+            "ImageStitch"} <= set(executed)
     saved = sorted(engine.paths.output_dir.rglob("*.mp4"))
     assert len(saved) == 2
     import av
@@ -202,13 +203,14 @@ def test_continuation_reads_the_pose_video_on(engine):
     end."""
     from nodegraph_nodes.dit.wan_animate2_nodes import pose_frames
 
-    reference, pose = engine.images
+    pose = engine.images[1]
     pose[0].save(engine.paths.input_dir / "pose7.tiff", save_all=True, append_images=pose[1:] + pose[:2])
     g = animate_graph()
     h = g.handles
     ext = g.node("WanAnimate2ToVideo", "ext", positive=h["anim"].out(0), negative=h["anim"].out(1), vae=h["vae"],
                  width=SIZE, height=SIZE, length=LENGTH, batch_size=1, reference_image=h["reference"],
-                 pose_video=g.node("LoadImage", image="pose7.tiff").out(0), continue_motion=h["out"].out(0), video_frame_offset=h["anim"].out(5),
+                 pose_video=g.node("LoadImage", image="pose7.tiff").out(0), continue_motion=h["out"].out(0),
+                 video_frame_offset=h["anim"].out(5),
                  pose_strength=1.0, pose_start_percent=0.0,
                  pose_end_percent=1.0, reference_image_strength=1.0)
     g.node("PreviewAny", source=ext)
