@@ -160,3 +160,61 @@ def test_wan_context_windows_manual_counts_video_frames(tiny_wan, tmp_path):
                                                     True)
     finally:
         eng.close()
+
+
+@torch.no_grad()
+def test_windowed_sampling_equals_a_hand_written_loop(tiny_wan, tmp_path):
+    """SamplerCustom (euler, cfg 3) on the patched model equals a hand-written loop: FreeNoise on the seeded noise,
+    then at each sigma the tiny Wan transformer run window by window (pyramid weights, causal anchor frame) for the
+    prompt and the empty prompt, guidance, an euler step."""
+    from nodegraph_nodes.dit.qwen_image import WAN21
+    from tests.helpers.noise import engine_noise
+
+    eng = make_engine(tiny_wan.root, tmp_path, default_registry(packs=False))
+    try:
+        g = Graph()
+        model = g.node("UNETLoader", unet_name="tiny_wan2.1_t2v.safetensors", weight_dtype="default").out(0)
+        model = g.node("ModelSamplingSD3", model=model, shift=5.0).out(0)
+        model = g.node("ContextWindowsManual", model=model, context_length=4, context_overlap=1,
+                       context_schedule="standard_static", context_stride=1, closed_loop=False, fuse_method="pyramid",
+                       dim=2, freenoise=True, cond_retain_index_list="", split_conds_to_windows=False,
+                       latent_retain_index_list="", causal_window_fix=True).out(0)
+        clip = g.node("CLIPLoader", clip_name="tiny_umt5_xxl.safetensors", type="wan").out(0)
+        pos = g.node("CLIPTextEncode", "pos", text="a red fox", clip=clip)
+        neg = g.node("CLIPTextEncode", "neg", text="", clip=clip)
+        lat = g.node("EmptyHunyuanLatentVideo", width=32, height=32, length=21, batch_size=1)
+        sigmas = g.node("BasicScheduler", "sigmas", model=model, scheduler="simple", steps=3, denoise=1.0)
+        sampler = g.node("KSamplerSelect", sampler_name="euler")
+        out = g.node("SamplerCustom", "out", model=model, add_noise=True, noise_seed=9, cfg=3.0, positive=pos,
+                     negative=neg, sampler=sampler, sigmas=sigmas, latent_image=lat)
+        for node in (out, pos, neg, sigmas):
+            g.node("PreviewAny", source=node)
+        result = eng.run(g).raise_for_status()
+        got = result.value("out", 0)["samples"]
+        states = [result.value(name)[0][0] for name in ("pos", "neg")]
+        schedule = result.value("sigmas")
+    finally:
+        eng.close()
+
+    net = tiny_wan.transformer
+    noise, _ = engine_noise((1, 16, 6, 4, 4), 9)
+    noise[:, :, 4:6] = noise[:, :, torch.randperm(2, generator=torch.Generator().manual_seed(9))]  # FreeNoise
+    x = noise * schedule[0]
+    windows = ([0, 1, 2, 3], [2, 3, 4, 5])
+    for sigma, following in zip(schedule[:-1], schedule[1:]):
+        t = (sigma * 1000).reshape(1)
+        velocities = []
+        for text in states:
+            total, count = torch.zeros_like(x), torch.zeros(6)
+            for window in windows:
+                frames = window if window[0] == 0 else [window[0] - 1] + window
+                v = net(hidden_states=x[:, :, frames], timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+                v = v[:, :, -len(window):]
+                w = torch.tensor([1.0, 2.0, 2.0, 1.0])
+                total[:, :, window] += v * w.view(1, 1, -1, 1, 1)
+                count[window] += w
+            velocities.append(total / count.view(1, 1, -1, 1, 1))
+        cond, uncond = velocities
+        x = x + (following - sigma) * (uncond + 3.0 * (cond - uncond))
+    want = WAN21.process_out(x)
+    assert (got - want).abs().max() < 1e-4 * want.abs().max(), float((got - want).abs().max())
