@@ -482,7 +482,7 @@ class UNETLoader(Node):
             return (hunyuan_video15.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
         from nodegraph_nodes.dit import wan_animate2, wan_s2v
 
-        if (prefix := wan_animate2.detect_prefix(keys)) is not None:  # Wan Animate 2 (blocks.N.block.…)
+        if (prefix := wan_animate2.detect_prefix(keys, path)) is not None:  # Wan Animate 2 (metadata / wrapped)
             return (wan_animate2.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)
         if (prefix := wan_s2v.detect_prefix(keys)) is not None:  # Wan 2.2 S2V (before Wan 2.1: the same names)
             return (wan_s2v.load_transformer(path, prefix, manager, self.ctx.device, weight_dtype),)

@@ -15,8 +15,15 @@ classifier-free guidance skips block 9.
 diffusers runs that attention as flex attention over a block mask; the runner here computes the same sets
 of keys with dense scaled-dot-product attention, one generated frame at a time (no flex, no compile).
 
-Key layout (diffusers' ``convert_wan_animate_2_transformer_to_diffusers`` reads it): Wan's original names with
-every block wrapped, ``blocks.N.block.self_attn.q.weight`` …, bare or under ``model.diffusion_model.``.
+Key layouts (both read by diffusers' ``convert_wan_animate_2_transformer_to_diffusers``):
+
+* Comfy-Org's repackaged files (``wan_animate_2_{bf16,int8_convrot}.safetensors``, ``wan_animate_2_distill_*``):
+  a Wan 2.1 I2V 14B file's names (``blocks.N.self_attn.q.weight``, ``img_emb.proj.…``, ``cross_attn.k_img`` …,
+  bare or under ``model.diffusion_model.``) — the weights alone cannot tell it from Wan 2.1 I2V — recognised by
+  the safetensors ``__metadata__`` entry ``config`` = JSON with ``transformer.model_type == "animate2"`` (as
+  ComfyUI's detection; the int8 files' ``comfy_quant`` layers are dequantised as read);
+* Wan-AI's release: the same names with every block wrapped, ``blocks.N.block.self_attn.q.weight`` (ComfyUI does
+  not load these; nodegraph does).
 
 nodegraph's choices where ComfyUI's behaviour is not documented in detail (all neutral at their defaults,
 which the templates use): ``pose_strength`` scales the pose tokens' values; ``reference_image_strength`` adds
@@ -28,6 +35,7 @@ their own extract pass, positions counted from the window's start.
 
 from __future__ import annotations
 
+import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,13 +58,33 @@ CLIP_WIDTH = 1280  # diffusers' image projection input (CLIP vision H)
 UNCOND_SKIP_BLOCK = 9
 
 
-def detect_prefix(keys) -> str | None:
-    """The key prefix of a Wan Animate 2 file, else ``None``."""
+def is_animate2_metadata(metadata: dict) -> bool:
+    """Whether a safetensors ``__metadata__`` declares Wan Animate 2 (``config``: ``{"transformer": {"model_type":
+    "animate2"}}``)."""
+    try:
+        config = json.loads(metadata.get("config") or "{}")
+    except (TypeError, ValueError):
+        return False
+    transformer = config.get("transformer") if isinstance(config, dict) else None
+    return isinstance(transformer, dict) and transformer.get("model_type") == "animate2"
+
+
+def detect_prefix(keys, path: Path | None = None) -> str | None:
+    """The key prefix of a Wan Animate 2 file (Wan-AI's wrapped blocks, or Wan 2.1 names with Comfy-Org's
+    metadata in the file at ``path``), else ``None``."""
     keyset = set(keys)
     for prefix in PREFIXES:
         if prefix + MARKER in keyset and prefix + "patch_embedding.weight" in keyset:
             return prefix
-    return None
+    if path is None:
+        return None
+    from nodegraph_nodes.dit.ltx2_iclora import safetensors_metadata
+    from nodegraph_nodes.dit.wan import detect_transformer
+
+    found = detect_transformer(keyset)
+    if found is None or found[0] != "original" or not is_animate2_metadata(safetensors_metadata(path)):
+        return None
+    return found[1]
 
 
 def transformer_config(sd: dict) -> dict:

@@ -225,3 +225,27 @@ def test_continuation_reads_the_pose_video_on(engine):
     assert pose_frames(frames, LENGTH - 1, LENGTH).flatten().tolist() == [4, 4, 4, 4, 4]
     assert pose_frames(frames, 1, 3).flatten().tolist() == [1, 2, 3]
     assert not torch.equal(first["wan_animate2_pose"].latent, second["wan_animate2_pose"].latent)
+
+
+def test_both_file_layouts_load_as_wan_animate2(engine, tiny):
+    """Comfy-Org's layout (Wan 2.1 I2V names + the ``animate2`` metadata) and Wan-AI's (wrapped blocks) load the same
+    network; without the metadata the Comfy-Org file is an ordinary Wan 2.1 I2V file."""
+    from safetensors.torch import load_file, save_file
+
+    from nodegraph_nodes.dit.wan import WanModel
+    from nodegraph_nodes.dit.wan_animate2 import WanAnimate2Model
+    from tests.dit.tiny_wan_animate2 import OFFICIAL_FILE
+
+    folder = tiny[0].root / "models" / "diffusion_models"
+    save_file(load_file(str(folder / FILE)), str(folder / "tiny_wan_animate2_no_metadata.safetensors"))
+    g = Graph()
+    for name in (FILE, OFFICIAL_FILE, "tiny_wan_animate2_no_metadata.safetensors"):
+        g.node("PreviewAny", source=g.node("UNETLoader", name, unet_name=name, weight_dtype="default"))
+    result = engine.run(g).raise_for_status()
+    comfy, official, plain = (result.value(n) for n in (FILE, OFFICIAL_FILE,
+                                                          "tiny_wan_animate2_no_metadata.safetensors"))
+    assert isinstance(comfy, WanAnimate2Model) and isinstance(official, WanAnimate2Model)
+    assert isinstance(plain, WanModel) and not isinstance(plain, WanAnimate2Model)
+    a, b = comfy.handle.get().state_dict(), official.handle.get().state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], v) for k, v in tiny[1].state_dict().items())

@@ -1,12 +1,14 @@
 """A tiny random-weight Wan Animate 2 transformer (diffusers' ``WanAnimate2Transformer3DModel``, ten blocks so the
 unconditional branch's skipped block 9 exists, its image projection sized to the tiny CLIP vision tower of
-:mod:`tests.dit.tiny_wan`) saved in the official single-file layout ComfyUI's repackaged file keeps
-(``blocks.N.block.self_attn.q.weight`` …, under ``model.diffusion_model.``) — the layout diffusers'
-``convert_wan_animate_2_transformer_to_diffusers`` reads. The text encoder, tokenizer, VAE and CLIP vision tower
-are :func:`tests.dit.tiny_wan.build_wan`'s."""
+:mod:`tests.dit.tiny_wan`) saved in the layout of Comfy-Org's repackaged files (Wan 2.1 I2V names
+``blocks.N.self_attn.q.weight`` … under ``model.diffusion_model.``, the ``__metadata__`` entry ``config`` =
+``{"transformer": {"model_type": "animate2"}}``) and, for the base model, also in Wan-AI's release layout (every
+block wrapped: ``blocks.N.block.self_attn.q.weight``). diffusers' ``convert_wan_animate_2_transformer_to_diffusers``
+reads both. The text encoder, tokenizer, VAE and CLIP vision tower are :func:`tests.dit.tiny_wan.build_wan`'s."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -17,6 +19,8 @@ from tests.dit.tiny_wan import CLIP_VISION_WIDTH, TEXT_WIDTH
 
 FILE = "tiny_wan_animate2.safetensors"
 DISTILLED_FILE = "tiny_wan_animate2_distill.safetensors"
+OFFICIAL_FILE = "tiny_wan_animate2_official.safetensors"
+COMFY_METADATA = {"config": json.dumps({"transformer": {"model_type": "animate2"}})}
 _RENAMES = ((".to_q.", ".q."), (".to_k.", ".k."), (".to_v.", ".v."), (".to_out.0.", ".o."),
             (".add_k_proj.", ".k_img."), (".add_v_proj.", ".v_img."), (".norm_added_k.", ".norm_k_img."))
 
@@ -35,14 +39,16 @@ def animate2_transformer(seed: int = 61):
     return net
 
 
-def official_layout(sd: dict[str, torch.Tensor], prefix: str = "model.diffusion_model.") -> dict:
-    """The official names (diffusers' converter inverted) for a diffusers-layout state dict."""
+def official_layout(sd: dict[str, torch.Tensor], prefix: str = "model.diffusion_model.",
+                    wrapped: bool = True) -> dict:
+    """The original names (diffusers' converter inverted) for a diffusers-layout state dict, the blocks wrapped
+    (``blocks.N.block.``, Wan-AI's release) or not (Comfy-Org's repackaged files)."""
     out = {}
     for key, value in sd.items():
         new = key
         if new.startswith("blocks."):
             head, index, rest = new.split(".", 2)
-            new = f"{head}.{index}.block.{rest}"
+            new = f"{head}.{index}.block.{rest}" if wrapped else new
             if ".self_attn." in new or ".cross_attn." in new:
                 for a, b in _RENAMES:
                     if a in new:
@@ -53,11 +59,15 @@ def official_layout(sd: dict[str, torch.Tensor], prefix: str = "model.diffusion_
 
 
 def write_animate2(models: Path) -> tuple:
-    """The base and distilled tiny transformers into ``models/diffusion_models``; the two networks."""
+    """The base and distilled tiny transformers into ``models/diffusion_models`` (Comfy-Org's layout; the base also
+    in Wan-AI's); the two networks."""
     (models / "diffusion_models").mkdir(parents=True, exist_ok=True)
     base, distilled = animate2_transformer(61), animate2_transformer(67)
-    save_file(official_layout(base.state_dict()), str(models / "diffusion_models" / FILE))
-    save_file(official_layout(distilled.state_dict()), str(models / "diffusion_models" / DISTILLED_FILE))
+    folder = models / "diffusion_models"
+    save_file(official_layout(base.state_dict(), wrapped=False), str(folder / FILE), metadata=COMFY_METADATA)
+    save_file(official_layout(distilled.state_dict(), wrapped=False), str(folder / DISTILLED_FILE),
+              metadata=COMFY_METADATA)
+    save_file(official_layout(base.state_dict()), str(folder / OFFICIAL_FILE))
     return base, distilled
 
 
@@ -70,8 +80,9 @@ def write_original_lora(net, path: Path, rank: int = 4, seed: int = 3) -> int:
     for name, module in net.named_modules():
         if isinstance(module, torch.nn.Linear) and name.startswith("blocks.") and (
                 ".self_attn." in name or ".cross_attn." in name or ".ffn." in name):
-            key = next(iter(official_layout({name + ".weight": module.weight}, prefix="diffusion_model.")))
-            base = key.replace(".block.", ".", 1)[:-len(".weight")]
+            key = next(iter(official_layout({name + ".weight": module.weight}, prefix="diffusion_model.",
+                                            wrapped=False)))
+            base = key[:-len(".weight")]
             out_f, in_f = module.weight.shape
             sd[base + ".lora_down.weight"] = torch.randn(rank, in_f, generator=gen) * 0.3
             sd[base + ".lora_up.weight"] = torch.randn(out_f, rank, generator=gen) * 0.3
