@@ -56,6 +56,7 @@ MARKER = "blocks.0.block.self_attn.q.weight"
 PREFIXES = ("model.diffusion_model.", "")
 CLIP_WIDTH = 1280  # diffusers' image projection input (CLIP vision H)
 UNCOND_SKIP_BLOCK = 9
+DEFAULT_SHIFT = 5.0  # ComfyUI's WAN_Animate2 sampling settings
 
 
 def is_animate2_metadata(metadata: dict) -> bool:
@@ -365,6 +366,13 @@ class WanAnimate2Model(WanModel):
     ``pose_cache``: WanAnimate2Cache's settings (the pose branch runs once per run and window, else every step)."""
 
     pose_cache: CacheSettings | None = field(default=None)
+
+    @property
+    def model_sampling(self):
+        """ComfyUI's WAN_Animate2 default: SD3 flow with shift 5 (Wan's is 8)."""
+        from nodegraph_nodes.sampling import model_sampling as msl
+
+        return self.sampling_or(msl.sd3_flow, DEFAULT_SHIFT)
 
     def open_runner(self, ctx, latent_shape: tuple):
         return open_runner(self, ctx, latent_shape, WanAnimate2Runner, self.pose_cache)

@@ -246,6 +246,7 @@ def test_both_file_layouts_load_as_wan_animate2(engine, tiny):
                                                           "tiny_wan_animate2_no_metadata.safetensors"))
     assert isinstance(comfy, WanAnimate2Model) and isinstance(official, WanAnimate2Model)
     assert isinstance(plain, WanModel) and not isinstance(plain, WanAnimate2Model)
+    assert comfy.model_sampling.schedule.shift == 5.0 and plain.model_sampling.schedule.shift == 8.0  # ComfyUI's
     a, b = comfy.handle.get().state_dict(), official.handle.get().state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(a[k], v) for k, v in tiny[1].state_dict().items())
