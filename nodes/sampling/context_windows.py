@@ -330,7 +330,7 @@ class ContextWindowsManual(Node):
     fuse_method = Input(COMBO, choices=FUSE_METHODS, default="pyramid",
                         tooltip="The method to use to fuse the context windows.")
     dim = Input(INT, default=0, min=0, max=5, tooltip="The dimension to apply the context windows to.")
-    freenoise = Input(BOOLEAN, default=False, optional=True,
+    freenoise = Input(BOOLEAN, default=False,
                       tooltip="Whether to apply FreeNoise noise shuffling, improves window blending.")
     cond_retain_index_list = Input(STRING, default="", optional=True,
                                    tooltip="Window positions whose conditioning keeps the full tensor's frames.")
