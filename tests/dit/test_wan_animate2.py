@@ -140,6 +140,8 @@ def test_cache_context_windows_and_strengths(engine):
     assert torch.equal(run(cache="default"), plain)  # the cache only saves the per-step extract pass
     int8 = run(cache="int8")
     assert not torch.equal(int8, plain) and (int8 - plain).abs().max() < 2e-2
+    int4 = run(cache="int4")
+    assert (int8 - plain).abs().max() < (int4 - plain).abs().max() < 0.2
     windowed = run(context=2)  # 3 latent frames in windows of 2 (the causal anchor frame, retained frame 0)
     assert windowed.shape == plain.shape and torch.isfinite(windowed).all()
     assert not torch.allclose(windowed, plain, atol=1e-4)
