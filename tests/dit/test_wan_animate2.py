@@ -47,7 +47,7 @@ def engine(tiny, tmp_path):
 
 
 def animate_graph(unet: str = FILE, cfg: float = CFG, cache: str | None = None, context: int | None = None,
-                  **node_inputs) -> Graph:
+                  pose_file: str = "pose.tiff", **node_inputs) -> Graph:
     g = Graph()
     model = g.node("UNETLoader", unet_name=unet, weight_dtype="default").out(0)
     model = g.node("ModelSamplingSD3", model=model, shift=SHIFT).out(0)
@@ -62,7 +62,7 @@ def animate_graph(unet: str = FILE, cfg: float = CFG, cache: str | None = None, 
     vae = g.node("VAELoader", vae_name="tiny_wan_2.1_vae.safetensors").out(0)
     vision = g.node("CLIPVisionLoader", clip_name="tiny_clip_vision").out(0)
     reference = g.node("LoadImage", image="ref.png").out(0)
-    pose = g.node("LoadImage", image="pose.tiff").out(0)
+    pose = g.node("LoadImage", image=pose_file).out(0)
     first = g.node("ImageFromBatch", image=pose, batch_index=0, length=1).out(0)
     cv_ref = g.node("CLIPVisionEncode", "cv_ref", clip_vision=vision, image=reference, crop="none").out(0)
     cv_pose = g.node("CLIPVisionEncode", "cv_pose", clip_vision=vision, image=first, crop="none").out(0)
@@ -80,13 +80,18 @@ def animate_graph(unet: str = FILE, cfg: float = CFG, cache: str | None = None, 
     dec = g.node("VAEDecode", "out", samples=trim, vae=vae)
     for node in (dec, cv_ref, cv_pose, anim):
         g.node("PreviewAny", source=node)
-    g.handles = {"anim": anim, "out": dec, "vae": vae, "reference": reference, "pose": pose}
+    g.handles = {"anim": anim, "out": dec, "vae": vae, "reference": reference, "pose": pose, "model": model,
+                 "cv_ref": cv_ref, "cv_pose": cv_pose, "pos": pos, "neg": neg, "pose_text": pose_text}
     return g
 
 
-def pipeline_frames(tiny, transformer, images, vision: tuple, cfg: float, distilled: bool) -> torch.Tensor:
+def pipeline_frames(tiny, transformer, images, vision: tuple, cfg: float, distilled: bool,
+                    segment_seeds: list[int] | None = None) -> torch.Tensor:
     """diffusers' modular Wan Animate 2 pipeline's frames ``[F, H, W, 3]`` (its CLIP preprocessing — bicubic to
-    224 — replaced by the CLIP vision states the graph computed for the same images)."""
+    224 — replaced by the CLIP vision states the graph computed for the same images). ``segment_seeds``: each
+    segment's noise drawn from a generator seeded with its own seed (the graph's samplers' seeds) instead of one
+    generator running on across segments."""
+    from diffusers.modular_pipelines.wan_animate_2 import denoise
     from diffusers import FlowMatchEulerDiscreteScheduler
     from diffusers.guiders import ClassifierFreeGuidance
     from diffusers.modular_pipelines.wan_animate_2 import WanAnimate2Blocks, WanAnimate2DistilledBlocks
@@ -101,8 +106,12 @@ def pipeline_frames(tiny, transformer, images, vision: tuple, cfg: float, distil
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=SHIFT),
                            guider=ClassifierFreeGuidance(guidance_scale=cfg))
     states = list(vision)  # the reference image's first, then the driving video's first frame
-    original = encoders.clip_visual_encode
+    original, original_noise = encoders.clip_visual_encode, denoise.randn_tensor
     encoders.clip_visual_encode = lambda encoder, pixels, device, dtype: states.pop(0)
+    if segment_seeds is not None:
+        seeds = list(segment_seeds)
+        denoise.randn_tensor = lambda shape, generator=None, device=None, dtype=None: torch.randn(
+            shape, generator=torch.Generator().manual_seed(seeds.pop(0)), dtype=dtype)
     try:
         reference, pose = images
         generator = torch.Generator().manual_seed(SEED)
@@ -111,8 +120,8 @@ def pipeline_frames(tiny, transformer, images, vision: tuple, cfg: float, distil
                          height=SIZE, width=SIZE, segment_frame_length=LENGTH, num_inference_steps=STEPS,
                          generator=generator, output_type="pt").get("videos")
     finally:
-        encoders.clip_visual_encode = original
-    assert not states
+        encoders.clip_visual_encode, denoise.randn_tensor = original, original_noise
+    assert not states and (segment_seeds is None or not seeds)
     return video[0].permute(0, 2, 3, 1).float()
 
 
@@ -252,3 +261,32 @@ def test_both_file_layouts_load_as_wan_animate2(engine, tiny):
     a, b = comfy.handle.get().state_dict(), official.handle.get().state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(a[k], v) for k, v in tiny[1].state_dict().items())
+
+
+def test_two_segments_match_the_diffusers_pipeline(engine, tiny):
+    """A 9-frame driving video in 5-frame segments: the graph's second WanAnimate2ToVideo (continue_motion: the first
+    segment's frames, video_frame_offset: its output) and its frames after the repeated one equal the pipeline's
+    second segment (it conditions on the first's decoded last frame and reads the driving video from frame 4);
+    each segment's noise from its sampler's seed on both sides."""
+    rng = np.random.default_rng(8)
+    pose = engine.images[1] + [Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+                               for _ in range(4)]
+    pose[0].save(engine.paths.input_dir / "pose9.tiff", save_all=True, append_images=pose[1:])
+    g = animate_graph(pose_file="pose9.tiff")
+    h = g.handles
+    ext = g.node("WanAnimate2ToVideo", "ext", positive=h["pos"], negative=h["neg"], vae=h["vae"], width=SIZE,
+                 height=SIZE, length=LENGTH, batch_size=1, reference_image=h["reference"], pose_video=h["pose"],
+                 clip_vision_output=h["cv_ref"], positive_pose=h["pose_text"], clip_vision_output_pose=h["cv_pose"],
+                 continue_motion=h["out"].out(0), video_frame_offset=h["anim"].out(5), pose_strength=1.0,
+                 pose_start_percent=0.0, pose_end_percent=1.0, reference_image_strength=1.0)
+    ks = g.node("KSampler", model=h["model"], seed=SEED + 1, steps=STEPS, cfg=CFG, sampler_name="euler",
+                scheduler="normal", positive=ext.out(0), negative=ext.out(1), latent_image=ext.out(2), denoise=1.0)
+    dec = g.node("VAEDecode", samples=g.node("TrimVideoLatent", samples=ks, trim_amount=ext.out(3)), vae=h["vae"])
+    tail = g.node("ImageFromBatch", "tail", image=dec, batch_index=ext.out(4), length=4096)
+    g.node("PreviewAny", source=tail)
+    result = engine.run(g).raise_for_status()
+    frames = torch.cat([result.value("out"), result.value("tail")])
+    vision = (result.value("cv_ref").penultimate_hidden_states, result.value("cv_pose").penultimate_hidden_states)
+    ref = pipeline_frames(tiny, tiny[1], (engine.images[0], pose), vision, CFG, False, [SEED, SEED + 1])
+    assert frames.shape == ref.shape == (9, SIZE, SIZE, 3)
+    assert (frames - ref).abs().max() < 1e-4, float((frames - ref).abs().max())
