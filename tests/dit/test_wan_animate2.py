@@ -1,8 +1,10 @@
 """Wan Animate 2 through ComfyUI's nodes (UNETLoader → WanAnimate2ToVideo → KSampler → TrimVideoLatent → VAEDecode)
-equals diffusers' modular ``WanAnimate2Blocks`` pipeline (flex-attention block mask, reference-extraction pass,
-block 9 skipped on the unconditional branch) on the same tiny weights saved in the official single-file layout,
-seed, steps, guidance and shift, to 1e-4; WanAnimate2Cache (default storage) does not change the result, int8
-storage only slightly; ContextWindowsManual over the animate latent runs; the distilled template runs end to end."""
+equals diffusers' modular ``WanAnimate2Blocks`` / ``WanAnimate2DistilledBlocks`` pipelines (flex-attention block
+mask, reference-extraction pass, block 9 skipped on the unconditional branch) on the same tiny weights saved in
+Comfy-Org's single-file layout, seed, steps, guidance and shift, to 1e-4 — one segment, and two chained segments;
+both file layouts load; WanAnimate2Cache (default storage) does not change the result, int8 / int4 storage only
+slightly; ContextWindowsManual over the animate latent and the strength inputs change it; original-named LoRAs
+reach every layer; the distilled template runs end to end."""
 
 from __future__ import annotations
 
