@@ -23,7 +23,10 @@ CREATE_LIST_SLOTS = tuple(f"inputs.input{i}" for i in range(10))
 
 class ComfySwitchNode(Node):
     """Passes on_true when switch is true, else on_false. Both inputs are lazy: only the chosen branch is
-    computed. Unlike ComfyUI, a chosen branch that is not connected is an error naming the input."""
+    computed. A chosen branch that is not connected passes nothing (``None``), as in ComfyUI — official
+    templates rely on it (Wan Animate 2's loop gives no ``continue_motion`` on its first pass) —, and the
+    node says so in a warning naming the input, so that a node failing on the missing value downstream
+    is traced back here."""
 
     category = "utilities/logic"
     display_name = "If/Else Switch"
@@ -44,8 +47,9 @@ class ComfySwitchNode(Node):
     def execute(self, switch: bool, on_false: Any = _MISSING, on_true: Any = _MISSING) -> tuple:
         name, value = ("on_true", on_true) if switch else ("on_false", on_false)
         if value is _MISSING:
-            raise ValueError(f"switch is {str(bool(switch)).lower()} but input '{name}' is not "
-                             f"connected; connect it or change switch")
+            self.ctx.warn(f"switch is {str(bool(switch)).lower()} but input '{name}' is not connected: "
+                          "passing nothing (None) on")
+            return (None,)
         return (value,)
 
 
@@ -75,19 +79,11 @@ class CustomCombo(Node):
         return (choice, index)
 
 
-def _kind(value: Any) -> str:
-    """What sort of item a list holds, for the same-kind check (ints and floats are both numbers)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    return type(value).__name__
-
-
 class CreateList(Node):
     """Joins the items of its inputs (input0, input1, … in that order) into one list; each downstream
-    node then runs once per item. Inputs take lists too. All items must be of one kind (images with
-    images, texts with texts): mixing them is an error naming the input."""
+    node then runs once per item. Inputs take lists too. Items of different kinds may be mixed, as in
+    ComfyUI: official templates carry a loop's state as one list (Wan Animate 2: the frames so far and a
+    frame count) and take its items back with GetItemFromList."""
 
     category = "utilities"
     display_name = "Create List"
@@ -97,16 +93,8 @@ class CreateList(Node):
 
     def execute(self, **inputs: list) -> tuple:
         items: list = []
-        first_kind: tuple[str, str] | None = None
         for name in CREATE_LIST_SLOTS:
-            for value in inputs.get(name) or []:
-                kind = _kind(value)
-                if first_kind is None:
-                    first_kind = (kind, name)
-                elif kind != first_kind[0]:
-                    raise ValueError(f"input '{name}' gives a {kind} but '{first_kind[1]}' gave a "
-                                     f"{first_kind[0]}; a list holds items of one kind")
-                items.append(value)
+            items.extend(inputs.get(name) or [])
         return (items,)
 
 

@@ -196,6 +196,52 @@ def test_comfy_wan_animate2_distilled_template_runs(engine, tiny):
             assert sum(1 for _ in container.decode(video=0)) == LENGTH
 
 
+def test_comfy_wan_animate2_template_runs_its_loop(engine, tiny):
+    """ComfyUI's official (base) Wan Animate 2 template on the tiny files under its names, made smaller (32×32,
+    2 steps, 5-frame segments): its loop runs two segments, the first with nothing on continue_motion (a
+    ComfySwitchNode whose chosen branch is unconnected passes None on, with a warning) and the loop state
+    carried as one mixed list (frames and a frame count: CreateList → GetItemFromList), with the lightx2v LoRA
+    and the int8 pose cache; the saved videos hold both segments' frames."""
+    import av
+
+    from nodegraph.events import NodeWarning
+    from tests.dit.template_runs import package_template_api, set_inputs
+    from tests.dit.test_wan_vace import write_mp4
+    from tests.dit.tiny_qwen import copy_as
+    from tests.dit.tiny_wan import template_files
+    from tests.dit.tiny_wan_animate2 import write_original_lora
+
+    root = tiny[0].root
+    template_files(root, {"wan_animate_2_int8_convrot.safetensors": FILE}, vae=False, clip_vision=True)
+    copy_as(root, {"vae/tiny_wan_2.1_vae.safetensors": "vae/Wan2_1_VAE_bf16.safetensors"})
+    (root / "models" / "loras").mkdir(exist_ok=True)
+    write_original_lora(tiny[1], root / "models" / "loras" /
+                        "lightx2v_I2V_14B_480p_cfg_step_distill_rank64_bf16.safetensors")
+    engine.images[0].save(engine.paths.input_dir / "pink_hair_mech_arms_ref.png")
+    write_mp4(engine.paths.input_dir / "street_dance_drive.mp4", 7)
+    api = package_template_api("video_wan_animate2", engine.registry)
+    set_inputs(api, {"BasicScheduler": {"steps": 2}})
+    for node in api.values():
+        if node["class_type"] == "ResizeImageMaskNode" and node["inputs"].get("resize_type.width") == 482:
+            node["inputs"].update({"resize_type.width": SIZE, "resize_type.height": SIZE})
+        if node["class_type"] == "PrimitiveInt" and node["inputs"].get("value") == 81:
+            node["inputs"]["value"] = LENGTH
+    warnings: list = []
+    result = engine.run(api, listeners=[lambda e: warnings.append(e) if isinstance(e, NodeWarning) else None])
+    result.raise_for_status()
+    executed = [api[n]["class_type"] for n in result.executed if n in api]
+    assert {"WanAnimate2Cache", "LoraLoaderModelOnly", "EndLoop", "SaveVideo"} <= set(executed), executed
+    assert any("is not connected" in w.message and w.class_type == "ComfySwitchNode" for w in warnings)
+    saved = sorted(engine.paths.output_dir.rglob("*.mp4"))
+    frames = []
+    for path in saved:
+        with av.open(str(path)) as container:
+            frames.append(sum(1 for _ in container.decode(video=0)))
+    # two 5-frame segments, the second continuing the first's last frame: 9 frames, which the template's
+    # RebatchImages (7 per batch) turns into a list of 7 and 2 — each of its two SaveVideo writes both
+    assert frames == [7, 2, 7, 2], frames
+
+
 def test_original_named_lora_reaches_every_layer(tiny, tmp_path):
     from safetensors.torch import load_file
 
