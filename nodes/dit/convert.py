@@ -91,7 +91,7 @@ def marker_prefix(keys, prefixes, markers) -> str | None:
 
 
 def count_indices(sd: dict, pattern: str) -> int:
-    """How many distinct indices ``pattern``'s first group matches at the start of ``sd``'s keys (the
+    r"""How many distinct indices ``pattern``'s first group matches at the start of ``sd``'s keys (the
     blocks or layers of a stack, e.g. ``r"transformer_blocks\.(\d+)\."``)."""
     return len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
 
