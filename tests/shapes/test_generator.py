@@ -138,15 +138,19 @@ def test_8x_vae_starts_from_the_64px_vae(trained):
 
 def test_8x_decoder_fine_tune_keeps_the_encoder(trained, tmp_path):
     """--vae8x-init with --vae8x-decoder-only starts from a saved 8× VAE and trains its decoder only: the
-    encoder (hence the latents the UNet and VAEEncode see) is the saved one exactly, the decoder moves."""
+    encoder (hence the latents the UNet and VAEEncode see) is the saved one exactly, the decoder moves.
+    As in the shipped recipe the model folder is both the start and the output (``--vae8x-init M --out M``);
+    its record keeps the start's vae8x report and the total step count."""
     from diffusers import AutoencoderKL
 
     model = trained / "models" / "diffusers" / "shapes"
+    out = tmp_path / "M"
+    shutil.copytree(model, out)
     work = tmp_path / "work"
-    train_main(["--stage", "vae8x", "--seed", "3", "--teacher", str(trained / "work"), "--vae8x-init", str(model),
+    train_main(["--stage", "vae8x", "--seed", "3", "--teacher", str(trained / "work"), "--vae8x-init", str(out),
                 "--vae8x-decoder-only", "--vae8x-steps", "2", "--vae-batch-size", "2", "--vae8x-lr", "1e-2",
                 "--vae8x-smooth-noise", "0.5", "--vae8x-outline-weight", "1", "--work", str(work),
-                "--out", str(tmp_path / "out")])
+                "--out", str(out)])
     before = AutoencoderKL.from_pretrained(str(model / "vae"), torch_dtype=torch.float32).state_dict()
     after = AutoencoderKL.from_pretrained(str(work / "vae8x"), torch_dtype=torch.float32).state_dict()
     frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
@@ -154,6 +158,13 @@ def test_8x_decoder_fine_tune_keeps_the_encoder(trained, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     report = json.loads((work / "vae8x_report.json").read_text())
     assert report["steps"] == 2 and report["holdout_latent_mse"] >= 0
+    # the fine-tune's record carries its start's (the fixture's 2 distillation steps) and the total
+    start = json.loads((model / "model_index.json").read_text())["_shapes_world"]["vae8x"]
+    assert report["init_report"] == start and report["total_steps"] == start["steps"] + 2 == 4
+    written = json.loads((out / "model_index.json").read_text())["_shapes_world"]["vae8x"]
+    assert written["init_report"] == start and written["total_steps"] == 4 and written["decoder_only"] is True
+    saved = AutoencoderKL.from_pretrained(str(out / "vae"), torch_dtype=torch.float32).state_dict()
+    assert all(torch.equal(before[k], saved[k]) for k in frozen)  # fp16 weights: the encoder round-trips
 
 
 def test_outline_loss_is_zero_on_the_render_and_penalises_soft_edges():

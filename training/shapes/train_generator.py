@@ -325,6 +325,8 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
     area average, as a hinge) and ``smooth_noise`` makes that share of the latent jitter spatially
     smooth (:func:`jitter_latents`): the sampler's latents differ from the teacher's mostly at low
     spatial frequencies. Targets stay the renders of the scenes whose teacher latents are jittered.
+    The report keeps ``init``'s own stage-vae8x report (``init_report``) and the steps of both
+    (``total_steps``), so a fine-tuned model folder says how its VAE was made.
     """
     from diffusers import AutoencoderKL
 
@@ -338,12 +340,14 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
     scale = float(t_vae.config.scaling_factor)
     state_path = work / "vae8x_state.pt"
     torch.manual_seed(seed + 5)
+    init_report: dict = {}
     if init is not None:
         init_dir = init / "vae" if (init / "vae" / "config.json").is_file() else init
         vae = AutoencoderKL.from_pretrained(str(init_dir), torch_dtype=torch.float32, local_files_only=True)
         if int(vae.config.sample_size) != IMAGE_SIZE or abs(float(vae.config.scaling_factor) - scale) > 1e-6:
             raise SystemExit(f"{init_dir} is not an 8x VAE on {teacher_dir}'s latents (scaling factor {scale})")
         log(f"vae8x: fine-tuning from {init_dir}" + (" (decoder only)" if decoder_only else ""))
+        init_report = _init_vae8x_report(init)  # read now: ``out`` may be ``init`` and is rewritten at the end
     else:
         vae = gen.build_vae(gen.VAE_CONFIG, scaling_factor=scale)
         copied = init_from_teacher(vae, t_vae)
@@ -399,6 +403,9 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
     vae.save_pretrained(str(work / "vae8x"), safe_serialization=True)
     report = {"steps": step, "minutes": (time.time() - start) / 60, "scaling_factor": scale,
               **({"init": str(init), "decoder_only": decoder_only} if init is not None else {}),
+              **({"init_report": init_report,
+                  "total_steps": int(init_report.get("total_steps", init_report["steps"])) + step}
+                 if init_report else {}),
               **({"latent_noise": latent_noise, "smooth_noise": smooth_noise, "outline_weight": outline_weight,
                   "lr": lr} if init is not None or outline_weight or smooth_noise else {}),
               "holdout_latent_mse": latent_match_mse(vae, t_vae),
@@ -410,6 +417,17 @@ def train_vae8x(work: Path, out: Path, seed: int, budget: Budget, teacher: Path 
     log(f"vae8x done: {report}")
     finish_folder(work, out, vae, teacher)
     return work / "vae8x"
+
+
+def _init_vae8x_report(init: Path) -> dict:
+    """The stage-vae8x report recorded in ``init``'s ``model_index.json`` (a model folder that
+    :func:`finish_folder` wrote), or ``{}``: a fine-tune's report carries its start's history and the
+    total step count (e.g. 1600 distillation steps + 600 decoder-only steps)."""
+    index = init / "model_index.json"
+    if not index.is_file():
+        return {}
+    report = json.loads(index.read_text(encoding="utf-8")).get("_shapes_world", {}).get("vae8x", {})
+    return report if "steps" in report else {}
 
 
 def jitter_latents(z: torch.Tensor, std: float, smooth_share: float, generator: torch.Generator) -> torch.Tensor:
