@@ -46,9 +46,10 @@ import torch
 
 from nodegraph_nodes.dit.convert import count_indices
 from nodegraph_nodes.dit.model import _rows
-from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
+from nodegraph_nodes.dit.qwen_image import WAN21, open_runner
 from nodegraph_nodes.dit.runner_common import NetRunner
 from nodegraph_nodes.dit.wan import WanModel
+from nodegraph_nodes.dit.wan_variant import build_variant, load_variant
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -128,22 +129,15 @@ class _Factory:
 def build_transformer(sd: dict, dtype: torch.dtype):
     from diffusers.loaders.single_file_utils import convert_wan_animate_2_transformer_to_diffusers
 
-    from nodegraph_nodes.diffusion.checkpoint import _instantiate
-
-    refuse_integer_weights(sd, "Wan Animate 2 transformer")
-    sd = convert_wan_animate_2_transformer_to_diffusers(dict(sd))
-    return _instantiate(_Factory, transformer_config(sd), sd, dtype, "Wan Animate 2 transformer")
+    return build_variant(sd, dtype, "Wan Animate 2 transformer",
+                         lambda sd: convert_wan_animate_2_transformer_to_diffusers(dict(sd)), transformer_config,
+                         _Factory)
 
 
 def load_transformer(path: Path, prefix: str, manager, device: str,
                      weight_dtype: str = "default") -> "WanAnimate2Model":
     """UNETLoader for a Wan Animate 2 file."""
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
-    from nodegraph_nodes.dit.loading import flow_dtype
-
-    handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device),
-                                     lambda sd, stored: build_transformer(sd, stored))
-    return WanAnimate2Model(handle, "wan", source=str(path))
+    return load_variant(path, prefix, manager, device, weight_dtype, build_transformer, WanAnimate2Model)
 
 
 # -- conditioning -----------------------------------------------------------------------------------------

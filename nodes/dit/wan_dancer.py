@@ -28,8 +28,9 @@ import torch
 
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.model import _rows
-from nodegraph_nodes.dit.qwen_image import open_runner, refuse_integer_weights
-from nodegraph_nodes.dit.wan import WanModel, WanRunner, detect_transformer
+from nodegraph_nodes.dit.qwen_image import open_runner
+from nodegraph_nodes.dit.wan import WanModel, WanRunner
+from nodegraph_nodes.dit.wan_variant import build_variant, load_variant, original_prefix, wan_base_config
 from nodegraph_nodes.sampling.model import CondPart
 
 MARKERS = ("patch_embedding_global.weight", "music_projection.weight")
@@ -42,11 +43,7 @@ MUSIC_HEADS = 4
 
 def detect_prefix(keys) -> str | None:
     """The key prefix of a Wan-Dancer file (original layout), else ``None``."""
-    found = detect_transformer(keys)
-    if found is None or found[0] != "original":
-        return None
-    keyset = set(keys)
-    return found[1] if all(found[1] + m in keyset for m in MARKERS) else None
+    return original_prefix(keys, MARKERS)
 
 
 def convert(sd: dict) -> dict:
@@ -87,31 +84,21 @@ def transformer_config(sd: dict) -> dict:
     if "image_dim" not in base:
         raise ModelFileError("the Wan-Dancer weights lack the CLIP image embedder (img_emb.…)")
     count = lambda pattern: len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})  # noqa: E731
-    return {k: base[k] for k in ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels",
-                                 "out_channels", "text_dim", "freq_dim", "ffn_dim", "num_layers", "eps",
-                                 "image_dim")} | {
+    return wan_base_config(base, ("image_dim",)) | {
         "music_features": int(music.shape[1]), "music_dim": int(music.shape[0]), "music_heads": MUSIC_HEADS,
         "music_ffn": int(ffn.shape[0]), "music_layers": count(r"music_encoder\.(\d+)\."),
         "injectors": count(r"music_injector\.injector\.(\d+)\.")}
 
 
 def build_transformer(sd: dict, dtype: torch.dtype):
-    from nodegraph_nodes.diffusion.checkpoint import _instantiate
     from nodegraph_nodes.dit.wan_dancer_model import WanDancerTransformer
 
-    refuse_integer_weights(sd, "Wan-Dancer transformer")
-    sd = convert(sd)
-    return _instantiate(WanDancerTransformer, transformer_config(sd), sd, dtype, "Wan-Dancer transformer")
+    return build_variant(sd, dtype, "Wan-Dancer transformer", convert, transformer_config, WanDancerTransformer)
 
 
 def load_transformer(path: Path, prefix: str, manager, device: str, weight_dtype: str = "default") -> "WanDancerModel":
     """UNETLoader for a Wan-Dancer file."""
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
-    from nodegraph_nodes.dit.loading import flow_dtype
-
-    handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device),
-                                     lambda sd, stored: build_transformer(sd, stored))
-    return WanDancerModel(handle, "wan", source=str(path))
+    return load_variant(path, prefix, manager, device, weight_dtype, build_transformer, WanDancerModel)
 
 
 @dataclass(frozen=True, eq=False)

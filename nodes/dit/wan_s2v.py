@@ -26,9 +26,10 @@ import torch
 
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.model import _rows
-from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
+from nodegraph_nodes.dit.qwen_image import WAN21, open_runner
 from nodegraph_nodes.dit.runner_common import NetRunner
-from nodegraph_nodes.dit.wan import WanModel, detect_transformer
+from nodegraph_nodes.dit.wan import WanModel
+from nodegraph_nodes.dit.wan_variant import build_variant, load_variant, original_prefix, wan_base_config
 from nodegraph_nodes.sampling.model import CondPart
 
 MARKER = "casual_audio_encoder.encoder.final_linear.weight"
@@ -38,10 +39,7 @@ INJECTOR_NAMES = {"q": "to_q", "k": "to_k", "v": "to_v", "o": "to_out.0", "norm_
 
 def detect_prefix(keys) -> str | None:
     """The key prefix of a Wan S2V file (original layout), else ``None``."""
-    found = detect_transformer(keys)
-    if found is None or found[0] != "original":
-        return None
-    return found[1] if found[1] + MARKER in set(keys) else None
+    return original_prefix(keys, (MARKER,))
 
 
 def convert(sd: dict) -> dict:
@@ -73,30 +71,21 @@ def transformer_config(sd: dict) -> dict:
     dim = base["num_attention_heads"] * base["attention_head_dim"]
     injectors = len({int(m.group(1)) for k in sd if (m := re.match(r"audio_injector\.injector\.(\d+)\.", k))})
     cond = sd.get("cond_encoder.weight")
-    return {k: base[k] for k in ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels",
-                                 "out_channels", "text_dim", "freq_dim", "ffn_dim", "num_layers", "eps")} | {
+    return wan_base_config(base) | {
         "cond_dim": int(cond.shape[1]) if cond is not None else 0, "audio_dim": int(local.shape[1]),
         "audio_layers": int(weights.shape[1]), "num_audio_token": int(local.shape[0]) // (dim // 4),
         "enable_adain": "casual_audio_encoder.encoder.final_linear.weight" in sd, "injectors": injectors}
 
 
 def build_transformer(sd: dict, dtype: torch.dtype):
-    from nodegraph_nodes.diffusion.checkpoint import _instantiate
     from nodegraph_nodes.dit.wan_s2v_model import WanS2VTransformer
 
-    refuse_integer_weights(sd, "Wan S2V transformer")
-    sd = convert(sd)
-    return _instantiate(WanS2VTransformer, transformer_config(sd), sd, dtype, "Wan S2V transformer")
+    return build_variant(sd, dtype, "Wan S2V transformer", convert, transformer_config, WanS2VTransformer)
 
 
 def load_transformer(path: Path, prefix: str, manager, device: str, weight_dtype: str = "default") -> "WanS2VModel":
     """UNETLoader for a Wan 2.2 S2V file."""
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
-    from nodegraph_nodes.dit.loading import flow_dtype
-
-    handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device),
-                                     lambda sd, stored: build_transformer(sd, stored))
-    return WanS2VModel(handle, "wan", source=str(path))
+    return load_variant(path, prefix, manager, device, weight_dtype, build_transformer, WanS2VModel)
 
 
 @dataclass(frozen=True, eq=False)

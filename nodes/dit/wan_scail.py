@@ -25,9 +25,10 @@ import torch
 
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.model import _rows
-from nodegraph_nodes.dit.qwen_image import WAN21, open_runner, refuse_integer_weights
+from nodegraph_nodes.dit.qwen_image import WAN21, open_runner
 from nodegraph_nodes.dit.runner_common import NetRunner
-from nodegraph_nodes.dit.wan import WanModel, detect_transformer
+from nodegraph_nodes.dit.wan import WanModel
+from nodegraph_nodes.dit.wan_variant import build_variant, load_variant, original_prefix, wan_base_config
 from nodegraph_nodes.dit.wan_scail_model import ScailInputs
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -38,10 +39,7 @@ OWN = ("patch_embedding_pose.", "patch_embedding_mask.")
 
 def detect_prefix(keys) -> str | None:
     """The key prefix of a SCAIL / SCAIL-2 file (Wan's original layout with a pose convolution), else ``None``."""
-    found = detect_transformer(keys)
-    if found is None or found[0] != "original":
-        return None
-    return found[1] if found[1] + POSE_MARKER in set(keys) else None
+    return original_prefix(keys, (POSE_MARKER,))
 
 
 def convert(sd: dict) -> dict:
@@ -61,28 +59,18 @@ def transformer_config(sd: dict) -> dict:
     if "image_dim" not in base:
         raise ModelFileError("the SCAIL weights lack the image embedder (img_emb.*) of a Wan 2.1 I2V model")
     mask = sd.get(MASK_MARKER)
-    return {k: base[k] for k in ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels",
-                                 "out_channels", "text_dim", "freq_dim", "ffn_dim", "num_layers", "image_dim",
-                                 "eps")} | {"mask_channels": int(mask.shape[1]) if mask is not None else 0}
+    return wan_base_config(base, ("image_dim",)) | {"mask_channels": int(mask.shape[1]) if mask is not None else 0}
 
 
 def build_transformer(sd: dict, dtype: torch.dtype):
-    from nodegraph_nodes.diffusion.checkpoint import _instantiate
     from nodegraph_nodes.dit.wan_scail_model import WanSCAIL2Transformer
 
-    refuse_integer_weights(sd, "SCAIL-2 transformer")
-    sd = convert(sd)
-    return _instantiate(WanSCAIL2Transformer, transformer_config(sd), sd, dtype, "SCAIL-2 transformer")
+    return build_variant(sd, dtype, "SCAIL-2 transformer", convert, transformer_config, WanSCAIL2Transformer)
 
 
 def load_transformer(path: Path, prefix: str, manager, device: str, weight_dtype: str = "default") -> "WanScailModel":
     """UNETLoader for a SCAIL-2 file."""
-    from nodegraph_nodes.dit.file_loading import load_transformer_handle
-    from nodegraph_nodes.dit.loading import flow_dtype
-
-    handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device),
-                                     lambda sd, stored: build_transformer(sd, stored))
-    return WanScailModel(handle, "wan", source=str(path))
+    return load_variant(path, prefix, manager, device, weight_dtype, build_transformer, WanScailModel)
 
 
 @dataclass(frozen=True, eq=False)
