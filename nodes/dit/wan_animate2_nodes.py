@@ -21,11 +21,11 @@ import dataclasses
 import torch
 
 from nodegraph.node import COMBO, FLOAT, INT, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, LATENT, MODEL, VAE
+from nodegraph.types import CONDITIONING, IMAGE, LATENT, MODEL
 
 from nodegraph_nodes.diffusion.conditioning import set_values
 from nodegraph_nodes.dit.wan_animate2 import CacheSettings, PoseStream, WanAnimate2Model
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, encode_video
+from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, encode_video, video_inputs
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 
 WHERE = "WanAnimate2ToVideo"
@@ -57,13 +57,7 @@ class WanAnimate2ToVideo(Node):
     (raw driving video frames); the sampler's empty latent and the frames to trim after it."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs())
     reference_image = Input(IMAGE, optional=True, tooltip="The character to animate (black without one).")
     pose_video = Input(IMAGE, optional=True, tooltip="The video whose motion is transferred.")
     clip_vision_output = Input(CLIP_VISION_OUTPUT, optional=True, tooltip="CLIP vision of the reference image.")

@@ -31,10 +31,10 @@ import math
 import torch
 
 from nodegraph.node import COMBO, FLOAT, INT, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
+from nodegraph.types import CONDITIONING, IMAGE, LATENT
 
 from nodegraph_nodes.diffusion.conditioning import set_values
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, encode_into, pixel_frame_mask
+from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, encode_into, pixel_frame_mask, video_inputs
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 
 WAN_CAMERA_EMBEDDING = "WAN_CAMERA_EMBEDDING"
@@ -142,13 +142,7 @@ class WanCameraImageToVideo(Node):
     conditionings."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs())
     clip_vision_output = Input(CLIP_VISION_OUTPUT, optional=True)
     start_image = Input(IMAGE, optional=True)
     camera_conditions = Input(WAN_CAMERA_EMBEDDING, optional=True)

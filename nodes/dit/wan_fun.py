@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 
-from nodegraph.node import INT, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
+from nodegraph.node import Input, Node, Output
+from nodegraph.types import CONDITIONING, IMAGE, LATENT
 
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, WanFirstLastFrameToVideo
+from nodegraph_nodes.dit.wan_i2v import WanFirstLastFrameToVideo, video_inputs
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 
 
@@ -23,13 +23,7 @@ class WanFunInpaintToVideo(Node):
     as the start image's CLIP vision output."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs())
     clip_vision_output = Input(CLIP_VISION_OUTPUT, optional=True)
     start_image = Input(IMAGE, optional=True)
     end_image = Input(IMAGE, optional=True)

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import torch
 
-from nodegraph.node import INT, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
+from nodegraph.node import Input, Node, Output
+from nodegraph.types import CONDITIONING, IMAGE, LATENT
 
 from nodegraph_nodes.diffusion.conditioning import set_values
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_into, encode_video, pixel_frame_mask
+from nodegraph_nodes.dit.wan_i2v import _resized, encode_into, encode_video, pixel_frame_mask, video_inputs
 from nodegraph_nodes.dit.wan_vace import _append
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 
@@ -43,13 +43,7 @@ class WanFunControlToVideo(Node):
     the start image's latents side by side (32 channels) and the CLIP vision output on both conditionings."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs())
     clip_vision_output = Input(CLIP_VISION_OUTPUT, optional=True)
     start_image = Input(IMAGE, optional=True)
     control_video = Input(IMAGE, optional=True)
@@ -78,13 +72,7 @@ class Wan22FunControlToVideo(Node):
     latent on both conditionings."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs())
     ref_image = Input(IMAGE, optional=True)
     control_video = Input(IMAGE, optional=True)
     outputs = (Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"), Output(LATENT, "latent"))

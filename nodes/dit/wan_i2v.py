@@ -24,6 +24,19 @@ from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 MAX_RESOLUTION = 16384
 
 
+def video_inputs(length: int = 81, batch_size: bool = True) -> dict[str, Input]:
+    """The inputs Wan's ``*ToVideo`` conditioning nodes open with, as ComfyUI's: ``positive``, ``negative``,
+    ``vae``, ``width`` / ``height`` (832 × 480, step 16), ``length`` (default ``length``, step 4) and, unless
+    ``batch_size`` is false, ``batch_size``. A node's class body takes them with ``vars().update(video_inputs())``."""
+    inputs = {"positive": Input(CONDITIONING), "negative": Input(CONDITIONING), "vae": Input(VAE),
+              "width": Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16),
+              "height": Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16),
+              "length": Input(INT, default=length, min=1, max=MAX_RESOLUTION, step=4)}
+    if batch_size:
+        inputs["batch_size"] = Input(INT, default=1, min=1, max=4096)
+    return inputs
+
+
 def encode_video(ctx, vae, frames: torch.Tensor, where: str) -> torch.Tensor:
     """``frames`` ``[F, H, W, 3]`` (0..1) encoded as one video: the latent ``[1, C, 1 + (F - 1) / 4, h, w]``
     (the distribution's mean)."""
@@ -46,13 +59,7 @@ class WanImageToVideo(Node):
     ignore it)."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs())
     clip_vision_output = Input(CLIP_VISION_OUTPUT, optional=True)
     start_image = Input(IMAGE, optional=True)
     outputs = (Output(CONDITIONING, "positive"), Output(CONDITIONING, "negative"), Output(LATENT, "latent"))
@@ -118,13 +125,7 @@ class WanFirstLastFrameToVideo(Node):
     by side for Wan 2.1 FLF2V transformers (ignored by models without an image embedder)."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs())
     clip_vision_start_image = Input(CLIP_VISION_OUTPUT, optional=True)
     clip_vision_end_image = Input(CLIP_VISION_OUTPUT, optional=True)
     start_image = Input(IMAGE, optional=True)

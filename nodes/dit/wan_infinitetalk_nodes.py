@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from nodegraph.node import COMBO, FLOAT, INT, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, LATENT, MASK, MODEL, VAE
+from nodegraph.types import CONDITIONING, IMAGE, LATENT, MASK, MODEL
 
 from nodegraph_nodes.diffusion.conditioning import set_values
 from nodegraph_nodes.dit.audio_encoder import AUDIO_ENCODER_OUTPUT
 from nodegraph_nodes.dit.model_patch import MODEL_PATCH, ModelPatchValue
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_video, start_frames_latent
+from nodegraph_nodes.dit.wan_i2v import _resized, encode_video, start_frames_latent, video_inputs
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 from nodegraph_nodes.sampling.run_patches import ModelPatch, PatchRun
 
@@ -149,12 +149,7 @@ class WanInfiniteTalkToVideo(Node):
                    "mode.mask_1": Input(MASK, optional=True), "mode.mask_2": Input(MASK, optional=True)})
     model = Input(MODEL)
     model_patch = Input(MODEL_PATCH)
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
+    vars().update(video_inputs(batch_size=False))
     clip_vision_output = Input(CLIP_VISION_OUTPUT, optional=True)
     start_image = Input(IMAGE, optional=True)
     audio_encoder_output_1 = Input(AUDIO_ENCODER_OUTPUT)

@@ -24,7 +24,7 @@ from nodegraph.node import INT, Input, Node, Output
 from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
 
 from nodegraph_nodes.dit.audio_encoder import AUDIO_ENCODER_OUTPUT
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_video
+from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_video, video_inputs
 
 AUDIO_RATE = 50
 VIDEO_RATE = 30
@@ -106,13 +106,7 @@ class WanSoundImageToVideo(Node):
     image's latent, optional motion frames and control video; an empty video latent to sample."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=77, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs(length=77))
     audio_encoder_output = Input(AUDIO_ENCODER_OUTPUT, optional=True)
     ref_image = Input(IMAGE, optional=True)
     control_video = Input(IMAGE, optional=True)

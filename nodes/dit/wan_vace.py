@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 
 from nodegraph.node import FLOAT, INT, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, LATENT, MASK, VAE
+from nodegraph.types import CONDITIONING, IMAGE, LATENT, MASK
 
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_video
+from nodegraph_nodes.dit.wan_i2v import _resized, encode_video, video_inputs
 
 VACE_MARKER = "vace_patch_embedding.weight"
 VAE_STRIDE = 8
@@ -111,13 +111,7 @@ class WanVaceToVideo(Node):
     image). Stricter than ComfyUI: chaining two of these on one conditioning is an error when sampling."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs())
     strength = Input(FLOAT, default=1.0, min=0.0, max=1000.0, step=0.01)
     control_video = Input(IMAGE, optional=True)
     control_masks = Input(MASK, optional=True)
