@@ -16,22 +16,14 @@ import torch
 
 from nodegraph_nodes.diffusion.lora import _module_names
 from nodegraph_nodes.dit.lora_common import diffusers_weight, finish, lora_layers
-from nodegraph_nodes.dit.wan_lora import ORIGINAL_PREFIXES
+from nodegraph_nodes.dit.wan_lora import renamed_original
 
 
 def renamed(sd: dict) -> dict:
     """LoRA ``sd`` with original-named keys renamed to the network's names under ``transformer.``."""
     from diffusers.loaders.single_file_utils import convert_wan_animate_2_transformer_to_diffusers
 
-    original, kept = {}, {}
-    for key, value in sd.items():
-        prefix = next((p for p in ORIGINAL_PREFIXES if key.startswith(p)), None)
-        if prefix is None:
-            kept[key] = value
-        else:
-            original[key[len(prefix):]] = value
-    converted = convert_wan_animate_2_transformer_to_diffusers(original) if original else {}
-    return {**kept, **{"transformer." + k: v for k, v in converted.items()}}
+    return renamed_original(sd, convert_wan_animate_2_transformer_to_diffusers)
 
 
 def animate2_lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str):

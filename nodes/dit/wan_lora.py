@@ -13,16 +13,17 @@ file).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 ORIGINAL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
 
-def diffusers_names(sd: dict) -> dict:
-    """LoRA ``sd`` with its keys in Wan's original names (under ``diffusion_model.``) renamed to diffusers'
-    names under ``transformer.``; other keys are kept."""
-    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
-
+def renamed_original(sd: dict, convert: Callable[[dict], dict]) -> dict:
+    """LoRA ``sd`` with its keys in Wan's original names (under one of :data:`ORIGINAL_PREFIXES`) renamed by
+    ``convert`` (a diffusers converter of original transformer weights, given them without the prefix) and put
+    under ``transformer.``; other keys are kept (``sd`` itself when it has no original names)."""
     original, kept = {}, {}
     for key, value in sd.items():
         prefix = next((p for p in ORIGINAL_PREFIXES if key.startswith(p)), None)
@@ -32,8 +33,16 @@ def diffusers_names(sd: dict) -> dict:
             original[key[len(prefix):]] = value
     if not original:
         return sd
-    converted = convert_wan_transformer_to_diffusers(original)
+    converted = convert(original)
     return {**kept, **{"transformer." + k: v for k, v in converted.items()}}
+
+
+def diffusers_names(sd: dict) -> dict:
+    """LoRA ``sd`` with its keys in Wan's original names (under ``diffusion_model.``) renamed to diffusers'
+    names under ``transformer.``; other keys are kept."""
+    from diffusers.loaders.single_file_utils import convert_wan_transformer_to_diffusers
+
+    return renamed_original(sd, convert_wan_transformer_to_diffusers)
 
 
 def wan_lora_patch(net: torch.nn.Module, sd: dict, strength: float, name: str):
