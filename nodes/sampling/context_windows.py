@@ -303,6 +303,25 @@ def parse_indices(text: str, where: str) -> tuple[int, ...]:
         raise ValueError(f"{where}: {text!r} is not a comma-separated list of integers (e.g. '0' or '0,1')") from None
 
 
+def stride_loop_fuse_inputs() -> dict[str, Input]:
+    """The ``context_stride``, ``closed_loop`` and ``fuse_method`` inputs both manual context-window nodes take
+    (ComfyUI's); a node's class body takes them with ``vars().update(stride_loop_fuse_inputs())``."""
+    return {"context_stride": Input(INT, default=1, min=1, max=MAX_RESOLUTION,
+                                    tooltip="The stride of the context window; only applicable to uniform schedules."),
+            "closed_loop": Input(BOOLEAN, default=False,
+                                 tooltip="Whether to close the context window loop; only applicable to looped "
+                                         "schedules."),
+            "fuse_method": Input(COMBO, choices=FUSE_METHODS, default="pyramid",
+                                 tooltip="The method to use to fuse the context windows.")}
+
+
+def refuse_split_conds(split_conds_to_windows: bool, node: str) -> None:
+    """The error for ``split_conds_to_windows`` (not supported yet) on the manual node ``node``."""
+    if split_conds_to_windows:
+        raise ValueError(f"{node}.split_conds_to_windows: splitting combined conditionings to "
+                         "windows is not supported by nodegraph yet; set it to false")
+
+
 def apply_context_windows(model, settings: ContextSettings, where: str):
     model = require_sampling_model(model, where)
     if settings.overlap >= settings.length and settings.schedule != "batched":
@@ -323,12 +342,7 @@ class ContextWindowsManual(Node):
     context_length = Input(INT, default=16, min=1, max=MAX_RESOLUTION, tooltip="The length of the context window.")
     context_overlap = Input(INT, default=4, min=0, max=MAX_RESOLUTION, tooltip="The overlap of the context window.")
     context_schedule = Input(COMBO, choices=SCHEDULES, tooltip="The stride of the context window.")
-    context_stride = Input(INT, default=1, min=1, max=MAX_RESOLUTION,
-                           tooltip="The stride of the context window; only applicable to uniform schedules.")
-    closed_loop = Input(BOOLEAN, default=False,
-                        tooltip="Whether to close the context window loop; only applicable to looped schedules.")
-    fuse_method = Input(COMBO, choices=FUSE_METHODS, default="pyramid",
-                        tooltip="The method to use to fuse the context windows.")
+    vars().update(stride_loop_fuse_inputs())
     dim = Input(INT, default=0, min=0, max=5, tooltip="The dimension to apply the context windows to.")
     freenoise = Input(BOOLEAN, default=False,
                       tooltip="Whether to apply FreeNoise noise shuffling, improves window blending.")
@@ -346,9 +360,7 @@ class ContextWindowsManual(Node):
                 closed_loop: bool, fuse_method: str, dim: int, freenoise: bool = False,
                 cond_retain_index_list: str = "", split_conds_to_windows: bool = False,
                 latent_retain_index_list: str = "", causal_window_fix: bool = True) -> tuple:
-        if split_conds_to_windows:
-            raise ValueError("ContextWindowsManual.split_conds_to_windows: splitting combined conditionings to "
-                             "windows is not supported by nodegraph yet; set it to false")
+        refuse_split_conds(split_conds_to_windows, "ContextWindowsManual")
         settings = ContextSettings(
             context_length, context_overlap, context_schedule, context_stride, closed_loop, fuse_method, dim,
             freenoise, parse_indices(cond_retain_index_list, "ContextWindowsManual.cond_retain_index_list"),
@@ -373,12 +385,7 @@ class WanContextWindowsManual(Node):
                             tooltip="The overlap of the context window in video frames.")
     context_schedule = Input(COMBO, choices=SCHEDULES, default="standard_uniform",
                              tooltip="Step-dependent scheduling algorithm for context windows.")
-    context_stride = Input(INT, default=1, min=1, max=MAX_RESOLUTION,
-                           tooltip="The stride of the context window; only applicable to uniform schedules.")
-    closed_loop = Input(BOOLEAN, default=False,
-                        tooltip="Whether to close the context window loop; only applicable to looped schedules.")
-    fuse_method = Input(COMBO, choices=FUSE_METHODS, default="pyramid",
-                        tooltip="The method to use to fuse the context windows.")
+    vars().update(stride_loop_fuse_inputs())
     freenoise = Input(BOOLEAN, default=True, tooltip="Whether to apply FreeNoise noise shuffling.")
     retain_first_frame = Input(BOOLEAN, default=False,
                                tooltip="Retain the first I2V frame in every context window.")
@@ -389,9 +396,7 @@ class WanContextWindowsManual(Node):
     def execute(self, model, context_length: int, context_overlap: int, context_schedule: str, context_stride: int,
                 closed_loop: bool, fuse_method: str, freenoise: bool = True, retain_first_frame: bool = False,
                 split_conds_to_windows: bool = False) -> tuple:
-        if split_conds_to_windows:
-            raise ValueError("WanContextWindowsManual.split_conds_to_windows: splitting combined conditionings to "
-                             "windows is not supported by nodegraph yet; set it to false")
+        refuse_split_conds(split_conds_to_windows, "WanContextWindowsManual")
         length = max((context_length - 1) // 4 + 1, 1)
         overlap = max((context_overlap - 1) // 4 + 1, 0) if context_overlap > 0 else 0
         settings = ContextSettings(length, min(overlap, length - 1), context_schedule, context_stride, closed_loop,
