@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from nodegraph.node import FLOAT, INT, STRING, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, LATENT, MASK, VAE
+from nodegraph.types import CONDITIONING, IMAGE, LATENT, MASK
 
 from nodegraph_nodes.diffusion.conditioning import set_values
 from nodegraph_nodes.dit.audio_encoder import AUDIO_ENCODER_OUTPUT
-from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_video
+from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, _resized, encode_video, video_inputs
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 from nodegraph_nodes.media.audio import AUDIO, check_audio
 
@@ -98,12 +98,7 @@ class WanDancerVideo(Node):
     channels, the start and reference images' CLIP vision outputs and the music features; an empty latent."""
 
     category = "conditioning/video_models"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16)
-    height = Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16)
-    length = Input(INT, default=149, min=1, max=MAX_RESOLUTION, step=4)
+    vars().update(video_inputs(length=149, batch_size=False, width=480, height=832))
     clip_vision_output = Input(CLIP_VISION_OUTPUT, optional=True)
     clip_vision_output_ref = Input(CLIP_VISION_OUTPUT, optional=True)
     start_image = Input(IMAGE, optional=True)

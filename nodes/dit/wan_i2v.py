@@ -24,13 +24,15 @@ from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 MAX_RESOLUTION = 16384
 
 
-def video_inputs(length: int = 81, batch_size: bool = True) -> dict[str, Input]:
+def video_inputs(length: int = 81, batch_size: bool = True, width: int = 832, height: int = 480,
+                 size_step: int = 16) -> dict[str, Input]:
     """The inputs Wan's ``*ToVideo`` conditioning nodes open with, as ComfyUI's: ``positive``, ``negative``,
-    ``vae``, ``width`` / ``height`` (832 × 480, step 16), ``length`` (default ``length``, step 4) and, unless
-    ``batch_size`` is false, ``batch_size``. A node's class body takes them with ``vars().update(video_inputs())``."""
+    ``vae``, ``width`` / ``height`` (defaults ``width`` × ``height``, minimum and step ``size_step``), ``length``
+    (default ``length``, step 4) and, unless ``batch_size`` is false, ``batch_size``. A node's class body takes
+    them with ``vars().update(video_inputs())``."""
     inputs = {"positive": Input(CONDITIONING), "negative": Input(CONDITIONING), "vae": Input(VAE),
-              "width": Input(INT, default=832, min=16, max=MAX_RESOLUTION, step=16),
-              "height": Input(INT, default=480, min=16, max=MAX_RESOLUTION, step=16),
+              "width": Input(INT, default=width, min=size_step, max=MAX_RESOLUTION, step=size_step),
+              "height": Input(INT, default=height, min=size_step, max=MAX_RESOLUTION, step=size_step),
               "length": Input(INT, default=length, min=1, max=MAX_RESOLUTION, step=4)}
     if batch_size:
         inputs["batch_size"] = Input(INT, default=1, min=1, max=4096)

@@ -32,13 +32,12 @@ from __future__ import annotations
 import torch
 
 from nodegraph.node import BOOLEAN, FLOAT, INT, Input, Node, Output
-from nodegraph.types import CONDITIONING, IMAGE, LATENT, VAE
+from nodegraph.types import CONDITIONING, IMAGE, LATENT
 
 from nodegraph_nodes.diffusion.conditioning import set_values
-from nodegraph_nodes.dit.wan_i2v import encode_video
+from nodegraph_nodes.dit.wan_i2v import MAX_RESOLUTION, encode_video, video_inputs
 from nodegraph_nodes.langvision.vision import CLIP_VISION_OUTPUT
 
-MAX_RESOLUTION = 16384
 ON_THRESHOLD = 225.0 / 255.0
 #: ComfyUI's margin between a timestep range's entries (the sampler's range tests are inclusive)
 RANGE_EPS = 1e-5
@@ -99,13 +98,7 @@ class WanSCAILToVideo(Node):
     CLIP vision output, coloured identity masks and the previous chunk's frames."""
 
     category = "model/conditioning/wan/scail"
-    positive = Input(CONDITIONING)
-    negative = Input(CONDITIONING)
-    vae = Input(VAE)
-    width = Input(INT, default=512, min=32, max=MAX_RESOLUTION, step=32)
-    height = Input(INT, default=896, min=32, max=MAX_RESOLUTION, step=32)
-    length = Input(INT, default=81, min=1, max=MAX_RESOLUTION, step=4)
-    batch_size = Input(INT, default=1, min=1, max=4096)
+    vars().update(video_inputs(width=512, height=896, size_step=32))
     pose_video = Input(IMAGE, optional=True, tooltip="Video used for pose conditioning. Will be downscaled to half "
                                                      "the resolution of the main video.")
     pose_video_mask = Input(IMAGE, optional=True, tooltip="SCAIL-2 only. Colored per-identity SAM3 mask video at the "
