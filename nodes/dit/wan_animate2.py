@@ -46,10 +46,10 @@ import torch
 
 from nodegraph_nodes.dit.convert import count_indices
 from nodegraph_nodes.dit.model import _rows
-from nodegraph_nodes.dit.qwen_image import WAN21, open_runner
+from nodegraph_nodes.dit.qwen_image import open_runner
 from nodegraph_nodes.dit.runner_common import NetRunner
 from nodegraph_nodes.dit.wan import WanModel
-from nodegraph_nodes.dit.wan_variant import build_variant, load_variant
+from nodegraph_nodes.dit.wan_variant import build_variant, latent_in, load_variant
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -378,10 +378,6 @@ class WanAnimate2Model(WanModel):
         return animate2_lora_patch(self.handle.get(), sd, strength, name)
 
 
-def _latent_in(value: torch.Tensor, rows: int, device, dtype) -> torch.Tensor:
-    return _rows(WAN21.process_in(value.float()), rows).to(device, dtype)
-
-
 class WanAnimate2Runner(NetRunner):
     """One run's calls of a Wan Animate 2 transformer: one generation call per conditioning part, the pose
     branch's extract pass before it (once per step and window, or once per run and window with
@@ -405,7 +401,7 @@ class WanAnimate2Runner(NetRunner):
         mapping = [local.get(g - 1, -1) for g in frames]
         key = (id(stream), tuple(pose_frames))
         if key not in self.kept:
-            latent = _latent_in(stream.latent[:, :, pose_frames], 1, self.device, self.dtype)
+            latent = latent_in(stream.latent[:, :, pose_frames], 1, self.device, self.dtype)
             text = stream.text.to(self.device, self.dtype)[:1]
             clip = self._clip(stream.clip_vision, 1)
             self.kept[key] = extract_pose(self.net, latent, text, clip, self.cache, self.device)
@@ -425,7 +421,7 @@ class WanAnimate2Runner(NetRunner):
         if image is None or mask is None or tuple(image.shape[2:]) != tuple(xs.shape[2:]):
             raise ValueError(f"Wan Animate 2 samples the latent WanAnimate2ToVideo gives, with its conditioning; "
                              f"this latent is {list(xs.shape)}")
-        cond = _latent_in(image, xs.shape[0], self.device, self.dtype)
+        cond = latent_in(image, xs.shape[0], self.device, self.dtype)
         known = _rows(1.0 - mask.float(), xs.shape[0]).to(self.device, self.dtype)
         return torch.cat([known, cond], dim=1)
 

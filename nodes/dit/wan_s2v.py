@@ -26,10 +26,10 @@ import torch
 
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.model import _rows
-from nodegraph_nodes.dit.qwen_image import WAN21, open_runner
+from nodegraph_nodes.dit.qwen_image import open_runner
 from nodegraph_nodes.dit.runner_common import NetRunner
 from nodegraph_nodes.dit.wan import WanModel
-from nodegraph_nodes.dit.wan_variant import build_variant, load_variant, original_prefix, wan_base_config
+from nodegraph_nodes.dit.wan_variant import build_variant, latent_in, load_variant, original_prefix, wan_base_config
 from nodegraph_nodes.sampling.model import CondPart
 
 MARKER = "casual_audio_encoder.encoder.final_linear.weight"
@@ -96,10 +96,6 @@ class WanS2VModel(WanModel):
         return open_runner(self, ctx, latent_shape, WanS2VRunner)
 
 
-def _latent_in(value, rows: int, device, dtype) -> torch.Tensor:
-    return _rows(WAN21.process_in(value.float()), rows).to(device, dtype)
-
-
 class WanS2VRunner(NetRunner):
     """One run's calls of a :class:`WanS2VTransformer`: one call per conditioning part."""
 
@@ -118,11 +114,11 @@ class WanS2VRunner(NetRunner):
                 raise ValueError(f"WanSoundImageToVideo's audio covers {audio.shape[-1]} frames; the sampled latent "
                                  f"needs {xs.shape[2] * 4}: sample the latent that node gives")
             refs = part.extras.get("reference_latents")
-            reference = _latent_in(refs[-1], n, self.device, self.dtype) if refs else None
+            reference = latent_in(refs[-1], n, self.device, self.dtype) if refs else None
             motion = part.extras.get("reference_motion")
-            motion = _latent_in(motion, n, self.device, self.dtype) if motion is not None else None
+            motion = latent_in(motion, n, self.device, self.dtype) if motion is not None else None
             control = part.extras.get("control_video")
-            control = _latent_in(control, n, self.device, self.dtype) if control is not None else None
+            control = latent_in(control, n, self.device, self.dtype) if control is not None else None
             outs.append(self.net(xs, t[row:row + n], _rows(part.cond.to(self.device, self.dtype), n),
                                  _rows(audio.to(self.device, self.dtype), n) if audio is not None else None,
                                  reference=reference, control=control,

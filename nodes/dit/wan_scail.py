@@ -25,10 +25,10 @@ import torch
 
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit.model import _rows
-from nodegraph_nodes.dit.qwen_image import WAN21, open_runner
+from nodegraph_nodes.dit.qwen_image import open_runner
 from nodegraph_nodes.dit.runner_common import NetRunner
 from nodegraph_nodes.dit.wan import WanModel
-from nodegraph_nodes.dit.wan_variant import build_variant, load_variant, original_prefix, wan_base_config
+from nodegraph_nodes.dit.wan_variant import build_variant, latent_in, load_variant, original_prefix, wan_base_config
 from nodegraph_nodes.dit.wan_scail_model import ScailInputs
 from nodegraph_nodes.sampling.model import CondPart
 
@@ -81,10 +81,6 @@ class WanScailModel(WanModel):
         return open_runner(self, ctx, latent_shape, WanScailRunner)
 
 
-def _latent_in(value: torch.Tensor, rows: int, device, dtype) -> torch.Tensor:
-    return _rows(WAN21.process_in(value.float()), rows).to(device, dtype)
-
-
 def _frames_second(value: torch.Tensor | None, rows: int, device, dtype) -> torch.Tensor | None:
     """WanSCAILToVideo's 28-channel masks ``[B, frames, 28, h, w]`` → ``[rows, 28, frames, h, w]``."""
     return None if value is None else _rows(value.movedim(1, 2).float(), rows).to(device, dtype)
@@ -101,10 +97,10 @@ def scail_inputs(extras: dict, rows: int, device, dtype, history: torch.Tensor |
     refs = list(extras.get("reference_latents") or ())
     reference = None
     if refs:
-        reference = torch.cat([_latent_in(r, rows, device, dtype) for r in refs[1:] + refs[:1]], dim=2)
+        reference = torch.cat([latent_in(r, rows, device, dtype) for r in refs[1:] + refs[:1]], dim=2)
     pose = extras.get("pose_video_latent")
     image = _rows(output.penultimate_hidden_states.to(device, dtype), rows)
-    pose = _latent_in(pose, rows, device, dtype) if pose is not None else None
+    pose = latent_in(pose, rows, device, dtype) if pose is not None else None
     if not masks:
         return ScailInputs(image=image, reference=reference, pose=pose, history=history)
     return ScailInputs(image=image, reference=reference, pose=pose,

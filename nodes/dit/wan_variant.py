@@ -1,7 +1,7 @@
 """Loading steps the Wan 2.1-based variants behind UNETLoader share (S2V, Wan-Dancer, SCAIL, Animate 2): their
 detection by marker keys in Wan's original layout, the Wan config entries they keep, the transformer built from
-converted weights and the MODEL value around the manager's handle. Each variant keeps its own markers,
-conversion, config extras, model class and runner.
+converted weights, the MODEL value around the manager's handle, and a condition latent as their runners take it.
+Each variant keeps its own markers, conversion, config extras, model class and runner.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import Callable
 
 import torch
 
-from nodegraph_nodes.dit.qwen_image import refuse_integer_weights
+from nodegraph_nodes.dit.model import _rows
+from nodegraph_nodes.dit.qwen_image import WAN21, refuse_integer_weights
 from nodegraph_nodes.dit.wan import detect_transformer
 
 #: the entries of :func:`nodegraph_nodes.dit.wan.transformer_config` a variant's config keeps
@@ -54,3 +55,8 @@ def load_variant(path: Path, prefix: str, manager, device: str, weight_dtype: st
 
     handle = load_transformer_handle(path, prefix, manager, device, weight_dtype, flow_dtype(device), build)
     return model_class(handle, "wan", source=str(path))
+
+
+def latent_in(value: torch.Tensor, rows: int, device, dtype) -> torch.Tensor:
+    """A Wan 2.1 condition latent (VAE space) in the model's space, repeated to ``rows`` rows, on ``device``."""
+    return _rows(WAN21.process_in(value.float()), rows).to(device, dtype)
