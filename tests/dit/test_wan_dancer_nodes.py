@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from nodegraph_nodes.dit import wan_dancer_music as music
 from nodegraph_nodes.dit.wan_dancer_nodes import WanDancerEncodeAudio, fps_prompt, keyframe_mask, music_fps
 from tests.dit.tiny_wan_dancer import synthetic_song
+from tests.helpers.engines import engine_fixture
 
 DATA = Path(__file__).parents[1] / "data" / "wan_dancer_official"
 TEMPLATE = "video_wan_dancer"
@@ -107,14 +108,7 @@ def tiny_env(tmp_path_factory):
     return tiny
 
 
-@pytest.fixture
-def engine(tiny_env, tmp_path):
-    from nodegraph.registry import default_registry
-    from tests.helpers.engines import make_engine
-
-    eng = make_engine(tiny_env.root, tmp_path, default_registry(packs=False))
-    yield eng
-    eng.close()
+engine = engine_fixture()
 
 
 def _frames(path: Path) -> int:

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from nodegraph_nodes.dit.wan_infinitetalk import (InfiniteTalkAdapter, InfiniteTalkConfig, audio_windows,
                                                    frame_groups, is_infinitetalk, speaker_attention_map,
                                                    speaker_positions)
+from tests.helpers.engines import engine_fixture
 
 DATA = Path(__file__).parents[1] / "data" / "wan_infinitetalk_official"
 FRAMES, GRID_FRAMES, FRAME_TOKENS = 9, 3, 6
@@ -171,14 +172,7 @@ def tiny_env(tmp_path_factory):
     return tiny
 
 
-@pytest.fixture
-def engine(tiny_env, tmp_path):
-    from nodegraph.registry import default_registry
-    from tests.helpers.engines import make_engine
-
-    eng = make_engine(tiny_env.root, tmp_path, default_registry(packs=False))
-    yield eng
-    eng.close()
+engine = engine_fixture()
 
 
 def _inputs(engine):

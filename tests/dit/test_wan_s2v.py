@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from nodegraph_nodes.dit import wan_s2v
+from tests.dit.tiny_wan import official_recording
 from tests.dit.tiny_wan_s2v import CONFIG, official_inputs, s2v_original_layout, s2v_transformer
+from tests.helpers.engines import engine_fixture
 
 DATA = Path(__file__).parent.parent / "data" / "wan_s2v_official" / "official_outputs.safetensors"
 CASES = {"first_chunk": (None, (0, 0)), "extend": ("motion", (0, 0)), "extend_long": ("motion_long", (0, 0)),
@@ -22,11 +23,9 @@ CASES = {"first_chunk": (None, (0, 0)), "extend": ("motion", (0, 0)), "extend_lo
 
 @pytest.fixture(scope="module")
 def recorded():
-    data = {**load_file(str(DATA)), **official_inputs()}
     sd = s2v_original_layout(s2v_transformer(), "model.diffusion_model.")
     weights = {k[len("model.diffusion_model."):]: v for k, v in sd.items()}
-    assert abs(sum(float(v.double().sum()) for v in weights.values()) - float(data["weights_sum"])) < 1e-6
-    return data, wan_s2v.build_transformer(weights, torch.float32), sd
+    return official_recording(DATA, official_inputs(), weights), wan_s2v.build_transformer(weights, torch.float32), sd
 
 
 def test_detection_and_config(recorded):
@@ -101,14 +100,7 @@ def tiny_env(tmp_path_factory):
     return tiny
 
 
-@pytest.fixture
-def engine(tiny_env, tmp_path):
-    from nodegraph.registry import default_registry
-    from tests.helpers.engines import make_engine
-
-    eng = make_engine(tiny_env.root, tmp_path, default_registry(packs=False))
-    yield eng
-    eng.close()
+engine = engine_fixture()
 
 
 def write_mp3(path: Path, seconds: float, rate: int = 24000) -> None:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from nodegraph_nodes.diffusion.files import ModelFileError
 from nodegraph_nodes.dit import wan_scail
 from nodegraph_nodes.dit.wan_scail_model import ScailInputs
+from tests.dit.tiny_wan import official_recording
 from tests.dit.tiny_wan_scail import CONFIG, official_inputs, scail_original_layout, scail_transformer
+from tests.helpers.engines import engine_fixture
 
 DATA = Path(__file__).parent.parent / "data" / "scail2_official" / "official_outputs.safetensors"
 FIRST_DATA = Path(__file__).parent.parent / "data" / "scail_official" / "official_outputs.safetensors"
@@ -26,11 +27,9 @@ CASES = {"animation": (False, False, False), "replacement": (True, False, False)
 
 @pytest.fixture(scope="module")
 def recorded():
-    data = {**load_file(str(DATA)), **official_inputs()}
     sd = scail_original_layout(scail_transformer(), "model.diffusion_model.")
     weights = {k[len("model.diffusion_model."):]: v for k, v in sd.items()}
-    assert abs(sum(float(v.double().sum()) for v in weights.values()) - float(data["weights_sum"])) < 1e-6
-    return data, wan_scail.build_transformer(weights, torch.float32), sd
+    return official_recording(DATA, official_inputs(), weights), wan_scail.build_transformer(weights, torch.float32), sd
 
 
 def test_detection_and_config(recorded):
@@ -50,9 +49,8 @@ def test_first_scail_equals_the_official_transformer():
     Replacement Mode."""
     from tests.dit.tiny_wan_scail import scail1_transformer
 
-    data = {**load_file(str(FIRST_DATA)), **official_inputs()}
     weights = scail_original_layout(scail1_transformer(), "")
-    assert abs(sum(float(v.double().sum()) for v in weights.values()) - float(data["weights_sum"])) < 1e-6
+    data = official_recording(FIRST_DATA, official_inputs(), weights)
     net = wan_scail.build_transformer(weights, torch.float32)
     assert net.config.mask_channels == 0 and not hasattr(net, "patch_embedding_mask")
     context = torch.cat([data["context"], torch.zeros(512 - data["context"].shape[0], data["context"].shape[1])])
@@ -139,14 +137,7 @@ def tiny_env(tmp_path_factory):
     return tiny
 
 
-@pytest.fixture
-def engine(tiny_env, tmp_path):
-    from nodegraph.registry import default_registry
-    from tests.helpers.engines import make_engine
-
-    eng = make_engine(tiny_env.root, tmp_path, default_registry(packs=False))
-    yield eng
-    eng.close()
+engine = engine_fixture()
 
 
 def _images(seed: int, frames: int, h: int, w: int) -> torch.Tensor:

@@ -8,6 +8,9 @@ original VAE layout) and ``diffusers/tiny_wan/`` (``WanPipeline``).
 
 Tokenizer: a word-level tokenizer built here (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, the end token appended),
 standing in for UMT5's sentencepiece model — the recipe (end token, padding to 512, mask) is the same.
+
+``official_recording`` reads the official code's outputs (tests/data/*_official) that the Wan variants' tests
+compare with.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from tests.dit.tiny_flow import _random_transformer
 from tests.dit.tiny_qwen import wan_vae_layout
@@ -25,6 +28,14 @@ from tests.helpers.tiny_sd import _randomize
 
 WORDS = "a red fox in snow blue sky cat running on the beach dog under tree".split()
 TEXT_WIDTH = 32
+
+
+def official_recording(path: Path, inputs: dict, weights: dict) -> dict:
+    """The official code's outputs recorded in ``path`` (tests/data/*_official) with ``inputs`` (the tensors they
+    were recorded on) added, after checking they were recorded with ``weights`` (the file's ``weights_sum``)."""
+    data = {**load_file(str(path)), **inputs}
+    assert abs(sum(float(v.double().sum()) for v in weights.values()) - float(data["weights_sum"])) < 1e-6
+    return data
 
 
 def write_umt5_tokenizer(folder: Path):

@@ -17,6 +17,21 @@ def registry_with(test_nodes) -> NodeRegistry:
     return registry
 
 
+def engine_fixture(env: str = "tiny_env"):
+    """A test module's ``engine = engine_fixture()``: the pytest fixture of an engine over the built-in families
+    (no packs) whose models folder is that of the module's fixture ``env`` (a tiny tree with ``root``), closed
+    after each test."""
+    import pytest
+
+    @pytest.fixture
+    def engine(request, tmp_path):
+        eng = make_engine(request.getfixturevalue(env).root, tmp_path, default_registry(packs=False))
+        yield eng
+        eng.close()
+
+    return engine
+
+
 def make_engine(model_root, tmp_path, registry, **manager_kwargs) -> Engine:
     """An engine whose models folder is the session's tiny-model tree."""
     paths = Paths(output_dir=tmp_path / "output", input_dir=tmp_path / "input", temp_dir=tmp_path / "temp",
