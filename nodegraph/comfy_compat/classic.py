@@ -38,7 +38,6 @@ constant is a validation error (``unknown_input``; ComfyUI drops it silently).
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import threading
 import time
@@ -48,6 +47,7 @@ from typing import Any, Callable, ClassVar
 
 from ..blocking import ExecutionBlocker
 from ..node import Input, Node, NodeResult, Output
+from ..run_sync import run_sync
 from ..types import ANY, COMBO
 from .current import running
 from .dynprompt import DynamicPrompt
@@ -178,28 +178,7 @@ def run_awaitable(value: Any) -> Any:
     """The result of an ``async def`` node function (run to completion on this thread)."""
     if not inspect.isawaitable(value):
         return value
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_await(value))
-    box: dict[str, Any] = {}
-
-    def other_thread() -> None:
-        try:
-            box["value"] = asyncio.run(_await(value))
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=other_thread, name="nodegraph-comfy-async")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-async def _await(value: Any) -> Any:
-    return await value
+    return run_sync(value, "nodegraph-comfy-async")
 
 
 def hashable(value: Any) -> Any:

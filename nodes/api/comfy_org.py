@@ -33,6 +33,7 @@ from typing import Any, Awaitable, TypeVar
 from urllib.parse import urlsplit
 
 from nodegraph.errors import Interrupted
+from nodegraph.run_sync import run_sync as run_to_completion
 
 LOG = logging.getLogger("nodegraph.nodes.api")
 
@@ -296,29 +297,8 @@ def _excerpt(raw: bytes, limit: int = 300) -> str:
 
 def run_sync(work: Awaitable[T]) -> T:
     """Run a coroutine to completion from a node's (synchronous) ``execute``: on this thread when it has
-    no running event loop, else on a helper thread."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(_awaited(work))
-    box: dict[str, Any] = {}
-
-    def other_thread() -> None:
-        try:
-            box["value"] = asyncio.run(_awaited(work))
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=other_thread, name="nodegraph-api-node")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-async def _awaited(work: Awaitable[T]) -> T:
-    return await work
+    no running event loop, else on a helper thread (:func:`nodegraph.run_sync.run_sync`)."""
+    return run_to_completion(work, "nodegraph-api-node")
 
 
 __all__ = ["ApiNodeError", "ApiResponse", "ComfyOrgClient", "ComfyOrgSettings", "Credentials", "DEFAULT_BASE_URL",
