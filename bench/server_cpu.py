@@ -330,6 +330,10 @@ def main() -> None:
         spec.loader.exec_module(heap)
         heap.exec_with_heap_tunables()
     sys.path.insert(0, str(args.tree or ROOT))
+    if not args.plain_heap and heap._reexecuted:  # tell the tree's own heap module, as `serve`'s does
+        import nodegraph.heap  # (the job runner then prefaults / populates the heap as under `serve`)
+
+        nodegraph.heap._reexecuted = True
     if args.mode == "engine":
         run_engine(args)
     else:
