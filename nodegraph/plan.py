@@ -29,6 +29,9 @@ class PlannedNode:
     eager_links: tuple[tuple[str, Link], ...] = ()
     #: links of lazy inputs (``None`` when the node has none)
     lazy_links: dict[str, Link] | None = None
+    #: what :func:`nodegraph.signature.node_signature` hashes besides the producers' signatures, kept
+    #: once computed for a node whose signature has no fingerprint (a plan memo reuses its nodes)
+    signature_parts: tuple | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         lazy = self.cls._LAZY

@@ -45,20 +45,32 @@ def fingerprint_of(node: PlannedNode, paths: Paths | None = None) -> Any:
     return value
 
 
-def node_signature(node: PlannedNode, signatures: dict[str, bytes], paths: Paths | None = None) -> bytes:
+def _parts(node: PlannedNode, paths: Paths | None) -> tuple[bytes, tuple[tuple[bytes, str], ...]]:
+    """The node's own part of its signature (class, version, constants, fingerprint, maybe its id) and,
+    per link in name order, the bytes put before the producer's signature with the producer's id."""
     cls = node.cls
     constants = node.constants
     head = (node.class_type, cls.version,
             tuple(sorted(constants.items())) if len(constants) > 1 else tuple(constants.items()))
-    if cls.fingerprint.__func__ is not _BASE_FINGERPRINT or not cls.cacheable or node.is_changed is not None:  # type: ignore[attr-defined]
+    dynamic = cls.fingerprint.__func__ is not _BASE_FINGERPRINT or not cls.cacheable or node.is_changed is not None  # type: ignore[attr-defined]
+    if dynamic:
         head += ("fp", fingerprint_of(node, paths))
     if "unique_id" in cls.hidden:
         head += ("id", node.id)
-    material = [repr(head).encode("utf-8", "surrogatepass")]
     links = node.links
-    for name in (sorted(links) if len(links) > 1 else links):
-        link = links[name]
-        material.append(f"{name}:{link.output}".encode() + signatures[link.node_id])
+    parts = (repr(head).encode("utf-8", "surrogatepass"),
+             tuple((f"{name}:{links[name].output}".encode(), links[name].node_id)
+                   for name in (sorted(links) if len(links) > 1 else links)))
+    if not dynamic:  # the same every time: kept on the node (constants and links do not change)
+        node.signature_parts = parts
+    return parts
+
+
+def node_signature(node: PlannedNode, signatures: dict[str, bytes], paths: Paths | None = None) -> bytes:
+    head, links = node.signature_parts or _parts(node, paths)
+    material = [head]
+    for prefix, producer in links:
+        material.append(prefix + signatures[producer])
     return hashlib.blake2b(b"\x1f".join(material), digest_size=16).digest()
 
 
