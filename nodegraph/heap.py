@@ -69,6 +69,10 @@ def _glibc():
                 libc.malloc.restype = ctypes.c_void_p
                 libc.free.argtypes = [ctypes.c_void_p]
                 libc.free.restype = None
+                libc.sbrk.argtypes = [ctypes.c_ssize_t]  # the heap populator's (nodegraph.heap_populate)
+                libc.sbrk.restype = ctypes.c_void_p
+                libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                libc.madvise.restype = ctypes.c_int
                 _libc = libc
             except (OSError, AttributeError):  # not glibc, or older than 2.33 (no mallinfo2)
                 _libc = None

@@ -23,7 +23,6 @@ prefault.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 
 from . import heap
@@ -31,18 +30,6 @@ from . import heap
 MADV_POPULATE_WRITE = 23
 #: populated ranges start on this boundary (a huge page: the kernel maps 2 MiB per fault there)
 _ALIGN = 2 << 20
-
-
-def _libc():
-    """glibc through ctypes with ``sbrk`` and ``madvise`` declared; ``None`` without glibc."""
-    if heap._glibc() is None:
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    libc.sbrk.argtypes = [ctypes.c_ssize_t]
-    libc.sbrk.restype = ctypes.c_void_p
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    libc.madvise.restype = ctypes.c_int
-    return libc
 
 
 def heap_start() -> int | None:
@@ -70,7 +57,7 @@ class HeapPopulator:
     LIMIT = 64 << 20
 
     def __init__(self) -> None:
-        self._libc = _libc()
+        self._libc = heap._glibc()
         self._base = heap_start() if self._libc is not None else None
         #: ``None`` until the first ``madvise`` said whether the kernel can; then ``True`` / ``False``
         self.supported: bool | None = None if self._libc is not None and self._base is not None else False
@@ -118,8 +105,7 @@ class HeapPopulator:
         if end <= self._high:
             self._high = end  # the heap was trimmed: what it grows into next is new again
             return 0
-        start = max(self._high, end - self.LIMIT, self._base) & ~(_ALIGN - 1)
-        start = max(start, self._base)
+        start = max(max(self._high, end - self.LIMIT) & ~(_ALIGN - 1), self._base)
         if self._libc.madvise(ctypes.c_void_p(start), end - start, MADV_POPULATE_WRITE) != 0:
             if self.supported is None:  # the kernel cannot (EINVAL before 5.14): never ask again
                 self.supported = False
