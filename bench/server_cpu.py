@@ -12,7 +12,8 @@ Over the timed repetitions it prints, per prompt: the wall time (POST → ``exec
 each server thread (``/proc/self/task/*/schedstat``, nanoseconds; user/system from ``stat`` ticks)
 with its minor page faults, the CPU spent inside the main functions of the path (``time.thread_time``
 around each call: POST handling, validation or the plan memo, the job store, the engine, the
-reporter, the WebSocket hub; the wrapper adds about a microsecond per call) and the garbage
+reporter, the WebSocket hub; the wrapper adds about a microsecond per call; ``--wall``: the wall time
+inside them instead, waits included) and the garbage
 collector's collections and time (``gc.callbacks``). Functions the tree lacks are left out.
 
 ``pair``: two ``nodegraph serve`` processes, ``--base DIR``'s tree and this one; every prompt goes to
@@ -47,7 +48,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_CASES = ["one-node", "chain-400", "cachehit-chain-400", "tail-change-400"]
 
 #: ``module:qualified name`` of the functions timed in ``threads`` mode
-TIMED = ("nodegraph.server.app:parse_json", "nodegraph.server.app:Api.accept_prompt",
+TIMED = ("nodegraph.server.app:parse_json", "nodegraph.queue.base:RunnerBase._record",
+         "nodegraph.queue.store:JobStore.finish", "nodegraph.queue.local:LocalRunner._run", "nodegraph.server.app:Api.accept_prompt",
          "nodegraph.executor:Engine.validate", "nodegraph.plan_memo:PlanMemo.plan",
          "nodegraph.queue.store:JobStore.enqueue", "nodegraph.queue.store:JobStore.claim_next",
          "nodegraph.executor:compute_signatures", "nodegraph.executor:Engine.execute",
@@ -92,10 +94,12 @@ def thread_cpu() -> dict[int, tuple[int, int, int, int]]:
 
 
 class Timers:
-    """CPU time (``thread_time``) inside the :data:`TIMED` functions, wrapped in place."""
+    """CPU time (``thread_time``) inside the :data:`TIMED` functions, wrapped in place; with
+    ``clock=time.perf_counter`` the wall time instead (waits for locks, other threads and the GIL)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.thread_time) -> None:
         self.spent: dict[str, list] = {}
+        self.clock = clock
 
     def install(self, names=TIMED) -> None:
         import importlib
@@ -112,13 +116,13 @@ class Timers:
                 continue
             record = self.spent[item] = [0, 0.0]
 
-            def timed(*args, __original=original, __record=record, **kwargs):
-                start = time.thread_time()
+            def timed(*args, __original=original, __record=record, __clock=self.clock, **kwargs):
+                start = __clock()
                 try:
                     return __original(*args, **kwargs)
                 finally:
                     __record[0] += 1
-                    __record[1] += time.thread_time() - start
+                    __record[1] += __clock() - start
 
             setattr(owner, parts[-1], timed)
 
@@ -153,7 +157,7 @@ async def run_threads(args) -> None:
     from nodegraph.server.config import ServerConfig
 
     sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))  # as serve_forever
-    timers, gc_stats = Timers(), GcStats()
+    timers, gc_stats = Timers(time.perf_counter if args.wall else time.thread_time), GcStats()
     timers.install()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="server_cpu_"))
     config = ServerConfig(port=0, paths=Paths(output_dir=tmp / "out", input_dir=tmp / "in",
@@ -311,6 +315,8 @@ def main() -> None:
     parser.add_argument("--warmups", type=int, default=3)
     parser.add_argument("--tree", type=pathlib.Path, help="threads/engine: the source tree whose nodegraph to run")
     parser.add_argument("--base", type=pathlib.Path, help="pair: the source tree to compare with")
+    parser.add_argument("--wall", action="store_true",
+                        help="threads: the wall time inside the timed functions, not their thread's CPU")
     parser.add_argument("--plain-heap", action="store_true",
                         help="threads/engine: glibc's default heap, not the huge-page tunables that "
                              "`nodegraph serve` starts with (nodegraph/heap.py)")

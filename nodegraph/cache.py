@@ -35,6 +35,8 @@ MAX_OBJECTS = 200_000
 #: a tensor storage: (device index, -1 for the CPU; address) → bytes; shared by every tensor viewing it
 StorageKey = tuple[int, int]
 
+_getsizeof = sys.getsizeof
+
 def machine_ram() -> int:
     """This machine's RAM in bytes, or the memory limit of the cgroup (container) if lower."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -287,18 +289,36 @@ class OutputCache:
 
     def put(self, key: bytes, outputs: tuple[list, ...], ui: dict | None = None) -> bool:
         """Store a result; ``False`` when it alone is larger than the budgets allow."""
+        if ui is None and len(outputs) == 1:  # the usual result first: one output, one CPU tensor
+            items = outputs[0]
+            if len(items) == 1 and type(items[0]) is torch.Tensor and items[0].is_cpu:
+                try:
+                    storage = items[0].untyped_storage()
+                except Exception:  # a storage-less layout: the general walk below
+                    pass
+                else:
+                    nbytes = storage.nbytes()
+                    return self._store(key, outputs, None, nbytes + _getsizeof(outputs) + _getsizeof(items),
+                                       0, _getsizeof(outputs) + _getsizeof(items), 0,
+                                       {(-1, storage.data_ptr()): (nbytes, False)})
         fp = result_footprint(outputs, ui)
         ram, vram = fp.totals()
+        return self._store(key, outputs, ui, ram, vram, fp.ram, fp.vram, fp.storages)
+
+    def _store(self, key: bytes, outputs: tuple[list, ...], ui: dict | None, ram: int, vram: int,
+               object_ram: int, object_vram: int, storages: dict[StorageKey, tuple[int, bool]]) -> bool:
+        """:meth:`put` once the result's footprint is known (``ram``/``vram``: its bytes, storages in
+        full; ``object_*``: outside its tensor storages)."""
         if ram > self.ram_budget or (vram > self.vram_budget and ram + vram > self.ram_budget):
             with self._lock:
                 self._rejected += 1
             return False
-        entry = CachedResult(outputs, ui, ram, vram, fp.ram, fp.vram, tuple(fp.storages))
+        entry = CachedResult(outputs, ui, ram, vram, object_ram, object_vram, tuple(storages))
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
                 self._release(old)
-            self._hold(entry, fp.storages)
+            self._hold(entry, storages)
             self._entries[key] = entry
             self._enforce_budgets()
         return True

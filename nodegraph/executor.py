@@ -54,6 +54,9 @@ from .workflow.api_format import Link, Workflow, WorkflowNode, parse_input_value
 
 NodeOutputs = tuple  # one list per declared output
 
+#: what a link to a node without a result reads (``gather`` gives the input ``None``)
+_MISSING = [None]
+
 
 @dataclass
 class RunResult:
@@ -275,6 +278,8 @@ class _Run:
         self.stop = False
         self._prompt_json: dict | None = None
         self._evicted_mark = getattr(self.cache, "evicted_bytes", 0)
+        #: node class → whether none of its outputs is a list output (its plain tuple is its outputs)
+        self.plain_returns: dict[type, bool] = {}
 
     # -- main loop --------------------------------------------------------------------------------
 
@@ -303,6 +308,9 @@ class _Run:
                 node_id = self.ready.pop()
                 if node_id in self.expansions:
                     self.finish_expansion(node_id)
+                    continue
+                if self.in_flight == 0 and not self.ready:  # a lone ready node: run it here
+                    self.run_inline(node_id)
                     continue
                 task = self.prepare(node_id)
                 if task is None:
@@ -499,6 +507,57 @@ class _Run:
         except BaseException as exc:  # noqa: BLE001 - every failure is reported, none kills the engine
             return _Outcome(node.id, error=exc, trace=traceback.format_exception(exc), inputs=kwargs,
                             seconds=time.perf_counter() - start)
+
+    def run_inline(self, node_id: str) -> None:
+        """Run ``node_id`` on this thread: :meth:`prepare`, :meth:`call` and :meth:`complete` in one,
+        without their lists of one item and outcome record for the usual node (no lazy or hidden
+        inputs, not fed lists or blockers, returns a plain tuple): on a chain this is the per-node
+        cost of the engine."""
+        node = self.plan.nodes[node_id]
+        cls = node.cls
+        simple = node.lazy_links is None and not cls.takes_lists and not cls.hidden
+        if simple:
+            kwargs = dict(node.constants)
+            results = self.results
+            for name, link in node.links.items():
+                produced = results.get(link.node_id)
+                items = produced[link.output] if produced is not None else _MISSING
+                if len(items) != 1 or isinstance(items[0], ExecutionBlocker):
+                    simple = False
+                    break
+                kwargs[name] = items[0]
+        if not simple:
+            task = self.prepare(node_id)
+            if task is not None:
+                self.complete(self.call(*task))
+            return
+        instance = self.instance(node)
+        if self.bus.active:
+            self.bus.emit(NodeStarted(self.run.prompt_id, node_id, node.class_type, node.display_node))
+        start = time.perf_counter()
+        try:
+            if self.run.interrupt.is_set():
+                instance.ctx.check_interrupted()
+            value = instance.execute(**kwargs)
+            plain = self.plain_returns.get(cls)
+            if plain is None:
+                plain = self.plain_returns[cls] = not any(out.is_list for out in cls.outputs)
+            if type(value) is tuple and plain and len(value) == len(cls.outputs):
+                outputs, ui, expansions = tuple([item] for item in value), None, None
+            else:
+                outputs, ui, expansions = _merge_returns(node, [value])
+        except BaseException as exc:  # noqa: BLE001 - as call(): reported, never fatal to the engine
+            self.complete(_Outcome(node_id, error=exc, trace=traceback.format_exception(exc),
+                                   inputs={name: [value] for name, value in kwargs.items()},
+                                   seconds=time.perf_counter() - start))
+            return
+        seconds = time.perf_counter() - start
+        if expansions:
+            self.complete(_Outcome(node_id, outputs, ui, expansions, seconds=seconds))
+            return
+        self.result.timings[node_id] = seconds
+        self.result.executed.append(node_id)
+        self.finish(node_id, outputs, ui, seconds)
 
     def blocked(self, node: PlannedNode, block: ExecutionBlocker) -> ExecutionBlocker:
         """A call of ``node`` met ``block``: report its message (once) and pass on a silent blocker."""

@@ -96,8 +96,19 @@ def encode(type_: str, data: dict) -> str:
 def executing(node: str | None, display_node: str | None, prompt_id: str) -> str:
     """``encode("executing", {"node": …, "display_node": …, "prompt_id": …})``, built directly: it is
     sent once per node, so its cost is a per-node cost of the server."""
-    return (f'{{"type":"executing","data":{{"node":{_string(node)},"display_node":{_string(display_node)},'
-            f'"prompt_id":{_string(prompt_id)}}}}}')
+    return executing_with(node, display_node, executing_tail(prompt_id))
+
+
+def executing_tail(prompt_id: str) -> str:
+    """The end of every ``executing`` message of one prompt (its id, encoded once per prompt)."""
+    return f',"prompt_id":{_string(prompt_id)}}}}}'
+
+
+def executing_with(node: str | None, display_node: str | None, tail: str) -> str:
+    """:func:`executing` with the prompt's :func:`executing_tail`."""
+    encoded = _string(node)
+    shown = encoded if display_node == node else _string(display_node)
+    return f'{{"type":"executing","data":{{"node":{encoded},"display_node":{shown}{tail}'
 
 
 def _string(value: str | None) -> str:

@@ -29,7 +29,8 @@ from typing import Callable
 from ..events import (Event, ExecutionBlocked, ExecutionDone, ExecutionInterrupted, ExecutionStarted, NodeFailed,
                       NodeFinished, NodeImage, NodeMessage, NodePreview, NodeProgress, NodesCached, NodeStarted,
                       NodeWarning)
-from .messages import ClientFeatures, encode, encode_preview, executing, image_frame, now_ms, wants_previews
+from .messages import (ClientFeatures, encode, encode_preview, executing_tail, executing_with, image_frame, now_ms,
+                       wants_previews)
 from .protocol import EventSink
 from .store import Job
 
@@ -58,6 +59,8 @@ class RunReporter:
         self.messages: list[list] = []
         self.cached_sent = False
         self.last_node: str | None = None
+        #: the prompt id and the end of its ``executing`` messages (encoded once)
+        self._tail: tuple[str | None, str] = (None, "")
         #: node → its latest preview, waiting for the node's next ``progress``
         self.held: dict[str, NodePreview] = {}
         #: held while a progress message and its preview are posted (nodes run on several threads)
@@ -107,7 +110,10 @@ class RunReporter:
         node_id = event.node_id
         self.last_node = node_id
         self.display[node_id] = event.display_node or node_id
-        self.events.post(self.client, executing(node_id, event.display_node, event.prompt_id))
+        prompt_id, tail = self._tail
+        if event.prompt_id != prompt_id:
+            prompt_id, tail = self._tail = event.prompt_id, executing_tail(event.prompt_id)
+        self.events.post(self.client, executing_with(node_id, event.display_node, tail))
 
     def _finished(self, event: NodeFinished) -> None:
         if self.held:
