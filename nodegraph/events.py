@@ -143,20 +143,33 @@ class ExecutionDone(Event):
 
 
 class EventBus:
-    """Fan-out of events to listeners. Thread-safe subscribe/unsubscribe; emit is lock-free."""
+    """Fan-out of events to listeners. Thread-safe subscribe/unsubscribe; emit is lock-free.
+
+    The two events of every node have their own entry points, :meth:`node_started` and
+    :meth:`node_finished`: a listener with an ``on_node_started`` / ``on_node_finished`` method gets
+    the fields as arguments (no event object, no dispatch on its type: on a 400-node prompt this is
+    the server's per-node cost); any other listener gets the event as usual."""
 
     def __init__(self) -> None:
         self._listeners: tuple[EventListener, ...] = ()
+        #: per listener, its ``on_node_started`` / ``on_node_finished`` (``None``: it takes events)
+        self._started: tuple[tuple[EventListener, Callable | None], ...] = ()
+        self._finished: tuple[tuple[EventListener, Callable | None], ...] = ()
         self._lock = threading.Lock()
 
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
         with self._lock:
-            self._listeners = self._listeners + (listener,)
+            self._set(self._listeners + (listener,))
 
         def unsubscribe() -> None:
             with self._lock:
-                self._listeners = tuple(l for l in self._listeners if l is not listener)
+                self._set(tuple(l for l in self._listeners if l is not listener))
         return unsubscribe
+
+    def _set(self, listeners: tuple[EventListener, ...]) -> None:
+        self._started = tuple((l, getattr(l, "on_node_started", None)) for l in listeners)
+        self._finished = tuple((l, getattr(l, "on_node_finished", None)) for l in listeners)
+        self._listeners = listeners
 
     @property
     def active(self) -> bool:
@@ -165,6 +178,31 @@ class EventBus:
     def emit(self, event: Event) -> None:
         for listener in self._listeners:
             listener(event)
+
+    def node_started(self, prompt_id: str, node_id: str, class_type: str, display_node: str) -> None:
+        """Emit ``NodeStarted(prompt_id, node_id, class_type, display_node)``."""
+        event = None
+        for listener, direct in self._started:
+            if direct is not None:
+                direct(prompt_id, node_id, class_type, display_node)
+            else:
+                if event is None:
+                    event = NodeStarted(prompt_id, node_id, class_type, display_node)
+                listener(event)
+
+    def node_finished(self, prompt_id: str, node_id: str, class_type: str, display_node: str, seconds: float,
+                      cached: bool, ui: dict | None, output_node: bool) -> None:
+        """Emit ``NodeFinished(prompt_id, node_id, class_type, display_node, seconds, cached, ui,
+        output_node)``."""
+        event = None
+        for listener, direct in self._finished:
+            if direct is not None:
+                direct(prompt_id, node_id, class_type, display_node, seconds, cached, ui, output_node)
+            else:
+                if event is None:
+                    event = NodeFinished(prompt_id, node_id, class_type, display_node, seconds, cached, ui,
+                                         output_node)
+                listener(event)
 
 
 class EventRecorder:

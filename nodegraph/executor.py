@@ -42,7 +42,7 @@ from .context import NodeContext, Paths, RunContext, pick_device
 from .device_stats import SystemStats, read_system_stats
 from .errors import ExecutionFailed, Interrupted, NodeFailure, ValidationFailed
 from .events import (EventBus, EventListener, ExecutionBlocked, ExecutionDone, ExecutionInterrupted,
-                     ExecutionStarted, NodeFailed, NodeFinished, NodesCached, NodesQueued, NodeStarted)
+                     ExecutionStarted, NodeFailed, NodesCached, NodesQueued)
 from .heap import TRIM_SLACK, release_free_memory
 from .node import Node, NodeResult
 from .plan import Plan, PlannedNode
@@ -360,9 +360,22 @@ class _Run:
             fresh.append(node_id)
             for _, link in nodes[node_id].eager_links:
                 stack.append(link.node_id)
-        for node_id in fresh:
-            pending = {l.node_id for _, l in nodes[node_id].eager_links if l.node_id not in self.results}
-            self.wait_for(node_id, pending)
+        results, waiting, dependents, ready = self.results, self.waiting, self.dependents, self.ready
+        for node_id in fresh:  # wait_for, inlined: on a big prompt this runs once per node
+            pending = set()
+            for _, link in nodes[node_id].eager_links:
+                if link.node_id not in results:
+                    pending.add(link.node_id)
+            if not pending:
+                ready.append(node_id)
+                continue
+            waiting[node_id] = pending
+            for producer in pending:
+                consumers = dependents.get(producer)
+                if consumers is None:
+                    dependents[producer] = [node_id]
+                else:
+                    consumers.append(node_id)
         if fresh and self.bus.active:
             self.bus.emit(NodesQueued(self.run.prompt_id, tuple(fresh)))
         if cached and self.bus.active:
@@ -493,7 +506,7 @@ class _Run:
                     return None
                 kwargs = self.gather(node)
         if self.bus.active:
-            self.bus.emit(NodeStarted(self.run.prompt_id, node_id, node.class_type, node.display_node))
+            self.bus.node_started(self.run.prompt_id, node_id, node.class_type, node.display_node)
         return node, instance, kwargs
 
     def call(self, node: PlannedNode, instance: Node, kwargs: dict[str, list]) -> _Outcome:
@@ -533,7 +546,7 @@ class _Run:
             return
         instance = self.instance(node)
         if self.bus.active:
-            self.bus.emit(NodeStarted(self.run.prompt_id, node_id, node.class_type, node.display_node))
+            self.bus.node_started(self.run.prompt_id, node_id, node.class_type, node.display_node)
         start = time.perf_counter()
         try:
             if self.run.interrupt.is_set():
@@ -602,7 +615,7 @@ class _Run:
             self._evicted_mark = cache.evicted_bytes
             release_free_memory()
         if self.bus.active:
-            self.emit_finished(node_id, seconds, cached=False)
+            self.emit_finished(node_id, seconds, cached=False, node=node)
         self.release(node_id)
         if self.twins:
             self.finish_twins(node_id)
@@ -616,10 +629,10 @@ class _Run:
                 del self.waiting[consumer]
                 self.ready.append(consumer)
 
-    def emit_finished(self, node_id: str, seconds: float, cached: bool) -> None:
-        node = self.plan.nodes[node_id]
-        self.bus.emit(NodeFinished(self.run.prompt_id, node_id, node.class_type, node.display_node,
-                                   seconds, cached, self.ui.get(node_id), node.cls.output_node))
+    def emit_finished(self, node_id: str, seconds: float, cached: bool, node: PlannedNode | None = None) -> None:
+        node = node if node is not None else self.plan.nodes[node_id]
+        self.bus.node_finished(self.run.prompt_id, node_id, node.class_type, node.display_node, seconds, cached,
+                               self.ui.get(node_id), node.cls.output_node)
 
     def mark_interrupted(self, node_id: str | None) -> None:
         if self.result.status == "interrupted":

@@ -228,13 +228,18 @@ class PlanMemo:
         nodes = plan.nodes
         for nid in plan.order:
             node = nodes[nid]
-            if nid in dirty or any(link.node_id in dirty for link in node.links.values()):
-                signature = node_signature(node, signatures, self.paths)
-                if signature == before[nid]:
-                    dirty.discard(nid)
+            if nid not in dirty:
+                for link in node.links.values():
+                    if link.node_id in dirty:
+                        break
                 else:
-                    dirty.add(nid)
-                    signatures[nid] = signature
+                    continue
+            signature = node_signature(node, signatures, self.paths)
+            if signature == before[nid]:
+                dirty.discard(nid)
+            else:
+                dirty.add(nid)
+                signatures[nid] = signature
         return signatures
 
 

@@ -105,26 +105,36 @@ class RunReporter:
             return None
 
     def _started(self, event: NodeStarted) -> None:
+        self.on_node_started(event.prompt_id, event.node_id, event.class_type, event.display_node)
+
+    def on_node_started(self, prompt_id: str, node_id: str, class_type: str, display_node: str) -> None:
+        """``NodeStarted`` without the event object (:meth:`EventBus.node_started`): ``executing``."""
         if not self.cached_sent:
             self.ensure_cached_sent()
-        node_id = event.node_id
         self.last_node = node_id
-        self.display[node_id] = event.display_node or node_id
-        prompt_id, tail = self._tail
-        if event.prompt_id != prompt_id:
-            prompt_id, tail = self._tail = event.prompt_id, executing_tail(event.prompt_id)
-        self.events.post(self.client, executing_with(node_id, event.display_node, tail))
+        self.display[node_id] = display_node or node_id
+        known, tail = self._tail
+        if prompt_id != known:
+            self._tail = prompt_id, tail = prompt_id, executing_tail(prompt_id)
+        self.events.post(self.client, executing_with(node_id, display_node, tail))
 
     def _finished(self, event: NodeFinished) -> None:
+        self.on_node_finished(event.prompt_id, event.node_id, event.class_type, event.display_node,
+                              event.seconds, event.cached, event.ui, event.output_node)
+
+    def on_node_finished(self, prompt_id: str, node_id: str, class_type: str, display_node: str, seconds: float,
+                         cached: bool, ui: dict | None, output_node: bool) -> None:
+        """``NodeFinished`` without the event object (:meth:`EventBus.node_finished`): ``executed`` for
+        a node with UI data, ``node_finished`` for a client that announced our events."""
         if self.held:
-            self.held.pop(event.node_id, None)
-        if event.ui is not None:
-            self.send("executed", {"node": event.node_id, "display_node": event.display_node,
-                                   "output": event.ui, "prompt_id": event.prompt_id})
-        features = self.features()
+            self.held.pop(node_id, None)
+        if ui is not None:
+            self.send("executed", {"node": node_id, "display_node": display_node, "output": ui,
+                                   "prompt_id": prompt_id})
+        features = self.events.client_features(self.client) if self.client is not None else None
         if features is not None and features.extra_events:
-            self.send("node_finished", {"node": event.node_id, "prompt_id": event.prompt_id,
-                                        "seconds": round(event.seconds, 6), "cached": event.cached})
+            self.send("node_finished", {"node": node_id, "prompt_id": prompt_id, "seconds": round(seconds, 6),
+                                        "cached": cached})
 
     def ensure_cached_sent(self) -> None:
         if not self.cached_sent:
