@@ -12,7 +12,7 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from nodegraph.queue.store import Job, JobStore
+from nodegraph.queue.store import DuplicatePrompt, Job, JobStore
 
 
 def chain(length: int, color: int) -> dict:
@@ -223,5 +223,51 @@ def test_a_claimed_job_takes_the_prompt_its_caller_parsed(tmp_path):
         assert job.prompt_id == "a" and job.prompt is parsed
         job = store.claim_next(known=lambda pid: None)
         assert job.prompt_id == "b" and job.prompt == chain(3, 1) and job.prompt is not parsed
+    finally:
+        store.close()
+
+
+def test_writes_from_many_threads_each_commit_once_in_a_consistent_order(tmp_path):
+    """Writes on the caller's thread (nothing queued) and writes batched by the writer thread (while
+    another commits) mix: every job is queued once with its own number, claimed exactly once, and a
+    refused write (a duplicate id) loses nothing else."""
+    store = JobStore(tmp_path / "q.sqlite3")
+    errors: list[BaseException] = []
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def queue_jobs(worker: int) -> None:
+        try:
+            for i in range(40):
+                store.enqueue(Job(f"{worker}-{i}", 0, {"1": {"class_type": "X", "inputs": {}}}, {}, ["1"], None))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def claim_jobs() -> None:
+        while True:
+            job = store.claim_next()
+            if job is None:
+                return
+            with lock:
+                claimed.append(job.prompt_id)
+
+    try:
+        threads = [threading.Thread(target=queue_jobs, args=(w,)) for w in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors
+        with pytest.raises(DuplicatePrompt):  # the same id again: refused, the rest stays
+            store.enqueue(Job("0-0", 0, {}, {}, [], None))
+        numbers = [job.number for job in store.jobs("pending")]
+        assert len(numbers) == 240 and len(set(numbers)) == 240
+        threads = [threading.Thread(target=claim_jobs) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(claimed) == sorted(f"{w}-{i}" for w in range(6) for i in range(40))
+        assert store.counts() == (240, 0)
     finally:
         store.close()
