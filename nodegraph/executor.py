@@ -544,7 +544,9 @@ class _Run:
             if task is not None:
                 self.complete(self.call(*task))
             return
-        instance = self.instance(node)
+        instance = self.instances.get(node_id)
+        if instance is None:
+            instance = self.instance(node)
         if self.bus.active:
             self.bus.node_started(self.run.prompt_id, node_id, node.class_type, node.display_node)
         start = time.perf_counter()

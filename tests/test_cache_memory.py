@@ -96,6 +96,22 @@ def test_entries_sharing_a_storage_count_it_once_until_the_last_goes():
     assert cache.stats().ram_bytes == 0 and cache._storages == {}
 
 
+def test_a_one_tensor_result_is_counted_as_the_general_walk_counts_it():
+    from nodegraph.cache import result_footprint
+
+    big = image()
+    for outputs in (([big],), ([big[0, :4]],), ([torch.zeros(3, dtype=torch.float16)],)):
+        cache = OutputCache(ram_budget=1 << 30, vram_budget=0)
+        assert cache.put(b"k", outputs)  # the one-CPU-tensor path
+        fp = result_footprint(outputs, None)
+        entry = cache._entries[b"k"]
+        assert (entry.ram_bytes, entry.vram_bytes) == fp.totals()
+        assert (entry.object_ram, entry.storages) == (fp.ram, tuple(fp.storages))
+        assert cache.stats().ram_bytes == fp.totals()[0]
+    small = OutputCache(ram_budget=IMAGE_BYTES // 2, vram_budget=0)
+    assert not small.put(b"k", ([big],)) and small.stats().rejected == 1 and len(small) == 0
+
+
 def test_eviction_keeps_the_cache_under_its_budget():
     budget = 10 * IMAGE_BYTES
     cache = OutputCache(ram_budget=budget)
