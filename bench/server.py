@@ -27,7 +27,10 @@ nodes), ``cachehit-chain-400`` (the last chain-400 again: all cached), ``tail-ch
 place changed: 3 nodes run), ``wide-100`` (EmptyImage → 100 × ImageCrop(placeᵢ) → ImageInvert →
 PreviewImage: 301 nodes) and ``wide-100-identical`` (the same with one place: 103 distinct
 computations). The crop is the varied node because it is cheap and runs no torch kernel, whose
-threads would measure the machine's load rather than the server.
+threads would measure the machine's load rather than the server. Before and after the cases it times
+a fixed pure-Python loop (:func:`python_loop_ms`, median of 5) in the client with the server idle: on a
+virtual machine whose speed moves from minute to minute, it says how fast the machine was then (this
+project's 2-core machine: ~37 ms in its fast minutes, 50–60 in its slow ones).
 
 ``soak``: ``--soak-prompts`` varied prompts (chains and fans of 64–768 px images, identical branches,
 1-node prompts, repeats of earlier prompts; seeded), four in flight, with the server's RSS and the temp
@@ -313,6 +316,18 @@ def load_average() -> str:
         return "?"
 
 
+def python_loop_ms(steps: int = 1_000_000, repeats: int = 5) -> float:
+    """Median ms of a fixed pure-Python loop: how fast this machine runs Python right now."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        total = 0
+        for i in range(steps):
+            total += i
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def crop(image: str, offset: int) -> dict:
     """ImageCrop 48×48 at a position given by ``offset`` (one of 17×17 places): a cheap node with a
     constant to change (no torch kernel whose threads would time the machine's load instead)."""
@@ -446,6 +461,7 @@ def run_cases(args, port: int, pid: int) -> int:
     client = CaseClient(port)
     figures: list[CaseFigure] = []
     load_before = load_average()
+    speed_before = python_loop_ms()
     failures = []
     try:
         for case in wanted:
@@ -468,8 +484,10 @@ def run_cases(args, port: int, pid: int) -> int:
     finally:
         client.close()
     load_after = load_average()
+    speed_after = python_loop_ms()
     print(f"server cases (POST → executing null, ms; medians of {args.repeats} after {args.warmups} warm-ups; "
-          f"load average before {load_before}, after {load_after})")
+          f"load average before {load_before}, after {load_after}; machine speed, a 10⁶-step Python loop: "
+          f"{speed_before:.1f} ms before, {speed_after:.1f} ms after)")
     print(f"{'case':22} {'nodes':>6} {'executed':>9} {'cached':>7} {'median':>8} {'p90':>8} {'min':>8} "
           f"{'server CPU':>11}")
     for f in figures:
@@ -477,6 +495,7 @@ def run_cases(args, port: int, pid: int) -> int:
               f"{f.min_ms:8.2f} {f.server_cpu_ms:11.2f}")
     if args.json:
         args.json.write_text(json.dumps({"load_before": load_before, "load_after": load_after,
+                                         "python_loop_ms_before": speed_before, "python_loop_ms_after": speed_after,
                                          "figures": [asdict(f) for f in figures]}, indent=1))
     for failure in failures:
         print(f"FAIL: {failure}")
