@@ -74,6 +74,8 @@ class _Kept:
     #: never handed out (copies are)
     plan: Plan
     signatures: dict[str, bytes] | None
+    #: the registry's generation ``classes`` were last checked against (``None``: check every time)
+    generation: int | None = None
 
 
 def _links(inputs: dict[str, Any]) -> list:
@@ -111,7 +113,7 @@ class PlanMemo:
             if same is not None:
                 self._kept.move_to_end(key)
             bases = [k for k in reversed(self._kept.values()) if k.targets == wanted]
-        if same is not None and self._classes_unchanged(prompt, same.classes):
+        if same is not None and self._still_registered(prompt, same):
             self.counts["same"] += 1
             return _copy(same.plan, same.signatures)
         for base in bases[:2]:
@@ -150,6 +152,17 @@ class PlanMemo:
             while len(self._kept) > self.size or self._nodes > self.max_nodes:
                 self._nodes -= len(self._kept.popitem(last=False)[1].prompt)
 
+    def _still_registered(self, prompt: dict[str, Any], kept: _Kept) -> bool:
+        """Whether every node class of ``prompt`` is still the one ``kept`` has: at once when nothing
+        was registered since it was last checked (the registry's generation), else class by class."""
+        generation = getattr(self.registry, "generation", None)
+        if generation is not None and generation == kept.generation:
+            return True
+        if not self._classes_unchanged(prompt, kept.classes):
+            return False
+        kept.generation = generation
+        return True
+
     def _classes_unchanged(self, prompt: dict[str, Any], classes: dict[str, type[Node]]) -> bool:
         get = self.registry.get
         try:
@@ -162,6 +175,7 @@ class PlanMemo:
         if plan.node_errors:
             return None
         get = self.registry.get
+        generation = getattr(self.registry, "generation", None)  # read before the classes are
         try:
             classes = {nid: get(node["class_type"]) for nid, node in prompt.items()}
         except (KeyError, TypeError):
@@ -172,7 +186,7 @@ class PlanMemo:
         signatures = None
         if all(signature_is_stable(node) for node in plan.nodes.values()):
             signatures = compute_signatures(template.nodes, template.order, paths=self.paths)
-        return _Kept(prompt, targets, classes, template, signatures)
+        return _Kept(prompt, targets, classes, template, signatures, generation)
 
     def _changed_constants(self, prompt: dict[str, Any], targets: tuple[str, ...] | None,
                            base: _Kept) -> _Kept | None:
@@ -192,7 +206,7 @@ class PlanMemo:
             if type(inputs) is not dict or type(old_inputs) is not dict or _links(inputs) != _links(old_inputs):
                 return None
             changed.append(nid)
-        if len(changed) * 2 > len(prompt) or not self._classes_unchanged(prompt, base.classes):
+        if len(changed) * 2 > len(prompt) or not self._still_registered(prompt, base):
             return None  # most of it changed: a full validation costs no more
         nodes = dict(base.plan.nodes)
         redone: list[str] = []
@@ -208,7 +222,7 @@ class PlanMemo:
         signatures = None
         if base.signatures is not None and all(signature_is_stable(nodes[nid]) for nid in redone):
             signatures = self._update_signatures(plan, base.signatures, redone)
-        return _Kept(prompt, targets, base.classes, plan, signatures)
+        return _Kept(prompt, targets, base.classes, plan, signatures, base.generation)
 
     def _validate_one(self, prompt: dict[str, Any], nid: str) -> PlannedNode | None:
         node = Workflow.from_api({nid: prompt[nid]}).nodes[nid]

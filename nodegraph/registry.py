@@ -49,6 +49,8 @@ class NodeRegistry:
         self.load_errors: list[PackLoadError] = []
         #: ComfyUI custom node packs loaded from folders (``nodegraph.comfy_compat.loader.LoadedPack``)
         self.custom_packs: list[Any] = []
+        #: counts registrations: what was looked up under an unchanged generation still stands
+        self.generation = 0
         for cls in classes:
             self.register(cls)
 
@@ -58,6 +60,7 @@ class NodeRegistry:
         name = name or cls.class_type()
         self._classes[name] = cls
         self._source[name] = source or cls.__module__
+        self.generation += 1
 
     def get(self, class_type: str) -> type[Node] | None:
         return self._classes.get(class_type)

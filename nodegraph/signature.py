@@ -66,12 +66,18 @@ def _parts(node: PlannedNode, paths: Paths | None) -> tuple[bytes, tuple[tuple[b
     return parts
 
 
+_blake2b = hashlib.blake2b
+
+
 def node_signature(node: PlannedNode, signatures: dict[str, bytes], paths: Paths | None = None) -> bytes:
     head, links = node.signature_parts or _parts(node, paths)
+    if len(links) == 1:  # the usual node (a chain's): the same bytes as the join below, built at once
+        prefix, producer = links[0]
+        return _blake2b(head + b"\x1f" + prefix + signatures[producer], digest_size=16).digest()
     material = [head]
     for prefix, producer in links:
         material.append(prefix + signatures[producer])
-    return hashlib.blake2b(b"\x1f".join(material), digest_size=16).digest()
+    return _blake2b(b"\x1f".join(material), digest_size=16).digest()
 
 
 def compute_signatures(nodes: dict[str, PlannedNode], order: Iterable[str],

@@ -158,6 +158,17 @@ def test_a_class_replaced_in_the_registry_is_not_served_from_memory(registry):
     plan = plan_of(memo, registry, chain(5))
     assert memo.counts["full"] == 2 and plan.nodes["a0"].cls is Add
 
+    class Unrelated(Node):
+        category = "test"
+        outputs = (Output(INT),)
+
+        def execute(self):
+            return (0,)
+
+    registry.register(Unrelated)  # a registration that changes none of the prompt's classes
+    assert plan_of(memo, registry, chain(5)).nodes["a0"].cls is Add
+    assert memo.counts["same"] == 1 and memo.counts["full"] == 2
+
 
 def test_computed_choices_are_asked_every_time(registry):
     memo = PlanMemo(registry, min_nodes=1)
