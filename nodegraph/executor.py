@@ -558,7 +558,8 @@ class _Run:
             if plain is None:
                 plain = self.plain_returns[cls] = not any(out.is_list for out in cls.outputs)
             if type(value) is tuple and plain and len(value) == len(cls.outputs):
-                outputs, ui, expansions = tuple([item] for item in value), None, None
+                outputs = ([value[0]],) if len(value) == 1 else tuple([item] for item in value)
+                ui = expansions = None
             else:
                 outputs, ui, expansions = _merge_returns(node, [value])
         except BaseException as exc:  # noqa: BLE001 - as call(): reported, never fatal to the engine
