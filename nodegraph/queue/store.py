@@ -5,10 +5,12 @@ transaction, so a job completes exactly once. After a crash, :meth:`JobStore.rec
 that was running back in the queue (its ``attempts`` count says it was interrupted); a job that keeps
 killing the server is given up after ``max_attempts`` and recorded as an error.
 
-Writes go through one writer thread that commits whatever is waiting in a single transaction (group
-commit): twenty clients queueing at once cost one commit, not twenty, and each caller returns only
-after its write is committed. Each write runs in its own savepoint, so one refused write (queue full,
-duplicate id) does not undo the others. Readers use their own connections (WAL).
+Writes share one connection. A write that finds the connection free and nothing waiting commits on
+the caller's own thread (a job's claim and end: no hand-off to another thread and back); writes that
+arrive while another commits wait for the writer thread, which commits whatever is waiting in a single
+transaction (group commit): twenty clients queueing at once cost one commit, not twenty. Each caller
+returns only after its write is committed. Each write runs in its own savepoint, so one refused write
+(queue full, duplicate id) does not undo the others. Readers use their own connections (WAL).
 
 When a commit reaches the disk: by default (``sync_commits=False``) a commit is in the WAL file when
 the call returns — a crash or kill of the server loses nothing — and a syncer thread flushes the WAL
