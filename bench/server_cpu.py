@@ -48,7 +48,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEFAULT_CASES = ["one-node", "chain-400", "cachehit-chain-400", "tail-change-400"]
 
 #: ``module:qualified name`` of the functions timed in ``threads`` mode
-TIMED = ("nodegraph.server.app:parse_json", "nodegraph.queue.base:RunnerBase._record",
+TIMED = ("nodegraph.server.app:parse_json", "nodegraph_nodes.image.operations:ImageInvert.execute", "nodegraph.queue.base:RunnerBase._record",
          "nodegraph.queue.store:JobStore.finish", "nodegraph.queue.local:LocalRunner._run", "nodegraph.server.app:Api.accept_prompt",
          "nodegraph.executor:Engine.validate", "nodegraph.plan_memo:PlanMemo.plan",
          "nodegraph.queue.store:JobStore.enqueue", "nodegraph.queue.store:JobStore.claim_next",
