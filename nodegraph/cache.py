@@ -297,37 +297,12 @@ class OutputCache:
                 except Exception:  # a storage-less layout: the general walk below
                     pass
                 else:
-                    return self._store_one(key, outputs, _getsizeof(outputs) + _getsizeof(items),
-                                           (-1, storage.data_ptr()), storage.nbytes())
+                    nbytes, object_ram = storage.nbytes(), _getsizeof(outputs) + _getsizeof(items)
+                    return self._store(key, outputs, None, object_ram + nbytes, 0, object_ram, 0,
+                                       {(-1, storage.data_ptr()): (nbytes, False)})
         fp = result_footprint(outputs, ui)
         ram, vram = fp.totals()
         return self._store(key, outputs, ui, ram, vram, fp.ram, fp.vram, fp.storages)
-
-    def _store_one(self, key: bytes, outputs: tuple[list, ...], object_ram: int, storage: StorageKey,
-                   nbytes: int) -> bool:
-        """:meth:`_store` of a result holding one CPU storage (``nbytes``), in one step: the per-node
-        cost of a chain of image nodes."""
-        ram = object_ram + nbytes
-        if ram > self.ram_budget:
-            with self._lock:
-                self._rejected += 1
-            return False
-        entry = CachedResult(outputs, None, ram, 0, object_ram, 0, (storage,))
-        with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._release(old)
-            self._ram += object_ram
-            record = self._storages.get(storage)
-            if record is None:
-                self._storages[storage] = [nbytes, False, 1]
-                self._ram += nbytes
-            else:
-                record[2] += 1
-            self._entries[key] = entry
-            if self._ram > self.ram_budget or self._vram > self.vram_budget:
-                self._enforce_budgets()
-        return True
 
     def _store(self, key: bytes, outputs: tuple[list, ...], ui: dict | None, ram: int, vram: int,
                object_ram: int, object_vram: int, storages: dict[StorageKey, tuple[int, bool]]) -> bool:
