@@ -360,22 +360,13 @@ class _Run:
             fresh.append(node_id)
             for _, link in nodes[node_id].eager_links:
                 stack.append(link.node_id)
-        results, waiting, dependents, ready = self.results, self.waiting, self.dependents, self.ready
-        for node_id in fresh:  # wait_for, inlined: on a big prompt this runs once per node
+        results = self.results
+        for node_id in fresh:
             pending = set()
             for _, link in nodes[node_id].eager_links:
                 if link.node_id not in results:
                     pending.add(link.node_id)
-            if not pending:
-                ready.append(node_id)
-                continue
-            waiting[node_id] = pending
-            for producer in pending:
-                consumers = dependents.get(producer)
-                if consumers is None:
-                    dependents[producer] = [node_id]
-                else:
-                    consumers.append(node_id)
+            self.wait_for(node_id, pending)
         if fresh and self.bus.active:
             self.bus.emit(NodesQueued(self.run.prompt_id, tuple(fresh)))
         if cached and self.bus.active:
@@ -544,9 +535,7 @@ class _Run:
             if task is not None:
                 self.complete(self.call(*task))
             return
-        instance = self.instances.get(node_id)
-        if instance is None:
-            instance = self.instance(node)
+        instance = self.instance(node)
         if self.bus.active:
             self.bus.node_started(self.run.prompt_id, node_id, node.class_type, node.display_node)
         start = time.perf_counter()

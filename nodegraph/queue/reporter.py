@@ -131,7 +131,7 @@ class RunReporter:
         if ui is not None:
             self.send("executed", {"node": node_id, "display_node": display_node, "output": ui,
                                    "prompt_id": prompt_id})
-        features = self.events.client_features(self.client) if self.client is not None else None
+        features = self.features()
         if features is not None and features.extra_events:
             self.send("node_finished", {"node": node_id, "prompt_id": prompt_id, "seconds": round(seconds, 6),
                                         "cached": cached})
