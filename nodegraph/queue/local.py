@@ -192,9 +192,14 @@ class LocalRunner(RunnerBase):
             self.finish_invalid(job, reporter, node_id=first.node_id if first else None,
                                 class_type=first.class_type if first else None, message=str(exc))
             return
+        # the results go into the cache after the client has been told the prompt ended (on this
+        # thread, before the next job is taken: that job finds them)
         result = self.engine.execute(plan, prompt_id=job.prompt_id, extra_data=job.extra_data,
-                                     listeners=[reporter])
-        if result.status == "interrupted" and self.stopping:
-            self.store.requeue(job.prompt_id)
-            return
-        self.finish(job, reporter, result.status, result.outputs, output_meta(plan, result.outputs))
+                                     listeners=[reporter], defer_cache=True)
+        try:
+            if result.status == "interrupted" and self.stopping:
+                self.store.requeue(job.prompt_id)
+                return
+            self.finish(job, reporter, result.status, result.outputs, output_meta(plan, result.outputs))
+        finally:
+            self.engine.store_results(result)
