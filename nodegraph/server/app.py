@@ -142,7 +142,6 @@ class Api:
             raise BadRequest("invalid_prompt", "the body must be a JSON object with a 'prompt'")
         status, payload = await self.in_thread(self.accept_prompt, body)
         if status == 200:
-            self.s.runner.notify()
             self.s.runner.broadcast_status()
         headers = {"Retry-After": "5"} if status == 503 else None
         return web.json_response(payload, status=status, headers=headers)
@@ -182,6 +181,7 @@ class Api:
         except DuplicatePrompt as exc:
             return 400, bad_request("duplicate_prompt_id", str(exc))
         self.s.runner.prepared(prompt_id, plan, prompt=prompt)
+        self.s.runner.notify()  # from this thread: the job starts without waiting for the event loop's turn
         return 200, {"prompt_id": prompt_id, "number": job.number, "node_errors": node_errors}
 
     def parse_prompt_body(self, body: dict) -> tuple[dict, dict, list[str] | None, str | None, str]:
