@@ -156,6 +156,7 @@ class EventBus:
         self._started: tuple[tuple[EventListener, Callable | None], ...] = ()
         self._finished: tuple[tuple[EventListener, Callable | None], ...] = ()
         self._lock = threading.Lock()
+        self.active = False
 
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
         with self._lock:
@@ -170,10 +171,8 @@ class EventBus:
         self._started = tuple((l, getattr(l, "on_node_started", None)) for l in listeners)
         self._finished = tuple((l, getattr(l, "on_node_finished", None)) for l in listeners)
         self._listeners = listeners
-
-    @property
-    def active(self) -> bool:
-        return bool(self._listeners)
+        #: whether anyone listens (an attribute, read twice per node: no property call)
+        self.active = bool(listeners)
 
     def emit(self, event: Event) -> None:
         for listener in self._listeners:

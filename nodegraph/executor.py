@@ -310,8 +310,6 @@ class _Run:
         self.stop = False
         self._prompt_json: dict | None = None
         self._evicted_mark = getattr(self.cache, "evicted_bytes", 0)
-        #: node class → whether none of its outputs is a list output (its plain tuple is its outputs)
-        self.plain_returns: dict[type, bool] = {}
 
     # -- main loop --------------------------------------------------------------------------------
 
@@ -550,8 +548,7 @@ class _Run:
         inputs, not fed lists or blockers, returns a plain tuple): on a chain this is the per-node
         cost of the engine."""
         node = self.plan.nodes[node_id]
-        cls = node.cls
-        simple = node.lazy_links is None and not cls.takes_lists and not cls.hidden
+        simple = node.plain_call
         if simple:
             kwargs = dict(node.constants)
             results = self.results
@@ -568,17 +565,15 @@ class _Run:
                 self.complete(self.call(*task))
             return
         instance = self.instance(node)
-        if self.bus.active:
-            self.bus.node_started(self.run.prompt_id, node_id, node.class_type, node.display_node)
+        bus = self.bus
+        if bus.active:
+            bus.node_started(self.run.prompt_id, node_id, node.class_type, node.display_node)
         start = time.perf_counter()
         try:
             if self.run.interrupt.is_set():
                 instance.ctx.check_interrupted()
             value = instance.execute(**kwargs)
-            plain = self.plain_returns.get(cls)
-            if plain is None:
-                plain = self.plain_returns[cls] = not any(out.is_list for out in cls.outputs)
-            if type(value) is tuple and plain and len(value) == len(cls.outputs):
+            if type(value) is tuple and node.plain_outputs and len(value) == len(node.cls.outputs):
                 outputs = ([value[0]],) if len(value) == 1 else tuple([item] for item in value)
                 ui = expansions = None
             else:
@@ -592,9 +587,10 @@ class _Run:
         if expansions:
             self.complete(_Outcome(node_id, outputs, ui, expansions, seconds=seconds))
             return
-        self.result.timings[node_id] = seconds
-        self.result.executed.append(node_id)
-        self.finish(node_id, outputs, ui, seconds)
+        result = self.result
+        result.timings[node_id] = seconds
+        result.executed.append(node_id)
+        self.finish(node_id, outputs, ui, seconds, node)
 
     def blocked(self, node: PlannedNode, block: ExecutionBlocker) -> ExecutionBlocker:
         """A call of ``node`` met ``block``: report its message (once) and pass on a silent blocker."""
@@ -624,9 +620,11 @@ class _Run:
             return
         self.finish(node_id, outcome.outputs, outcome.ui, outcome.seconds)
 
-    def finish(self, node_id: str, outputs: NodeOutputs, ui: dict | None, seconds: float) -> None:
+    def finish(self, node_id: str, outputs: NodeOutputs, ui: dict | None, seconds: float,
+               node: PlannedNode | None = None) -> None:
         self.results[node_id] = outputs
-        node = self.plan.nodes[node_id]
+        if node is None:
+            node = self.plan.nodes[node_id]
         if ui is not None:
             self.ui[node_id] = ui
             if node.cls.output_node:
@@ -636,7 +634,8 @@ class _Run:
         else:
             self.store(node_id, outputs, ui)
         if self.bus.active:
-            self.emit_finished(node_id, seconds, cached=False, node=node)
+            self.bus.node_finished(self.run.prompt_id, node_id, node.class_type, node.display_node, seconds, False,
+                                   ui, node.cls.output_node)
         self.release(node_id)
         if self.twins:
             self.finish_twins(node_id)
@@ -659,8 +658,8 @@ class _Run:
                 del self.waiting[consumer]
                 self.ready.append(consumer)
 
-    def emit_finished(self, node_id: str, seconds: float, cached: bool, node: PlannedNode | None = None) -> None:
-        node = node if node is not None else self.plan.nodes[node_id]
+    def emit_finished(self, node_id: str, seconds: float, cached: bool) -> None:
+        node = self.plan.nodes[node_id]
         self.bus.node_finished(self.run.prompt_id, node_id, node.class_type, node.display_node, seconds, cached,
                                self.ui.get(node_id), node.cls.output_node)
 

@@ -32,9 +32,14 @@ class PlannedNode:
     #: what :func:`nodegraph.signature.node_signature` hashes besides the producers' signatures, kept
     #: once computed for a node whose signature has no fingerprint (a plan memo reuses its nodes)
     signature_parts: tuple | None = field(default=None, compare=False, repr=False)
+    #: the executor may call it with its inputs as they are: no lazy or hidden inputs, not ``takes_lists``
+    plain_call: bool = field(default=False, compare=False, repr=False)
+    #: none of its outputs is a list output: a plain tuple it returns is its outputs
+    plain_outputs: bool = field(default=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        lazy = self.cls._LAZY
+        cls = self.cls
+        lazy = cls._LAZY
         if lazy:
             self.eager_links = tuple((n, l) for n, l in self.links.items() if n not in lazy)
             self.lazy_links = {n: l for n, l in self.links.items() if n in lazy}
@@ -42,6 +47,8 @@ class PlannedNode:
             self.eager_links = tuple(self.links.items())
         if not self.display_node:
             self.display_node = self.id
+        self.plain_call = self.lazy_links is None and not cls.takes_lists and not cls.hidden
+        self.plain_outputs = not any(out.is_list for out in cls.outputs)
 
     def to_api(self) -> dict[str, Any]:
         inputs = {k: dump_input_value(v) for k, v in self.constants.items()}
