@@ -257,9 +257,10 @@ def run_pair(args) -> None:
                         cpu[name].append((proc_cpu_ns(proc.pid) - start) / 1e6)
                         wall[name].append(ms)
             ratio = statistics.median(this / base for base, this in zip(cpu["base"], cpu["this"]))
+            wall_ratio = statistics.median(this / base for base, this in zip(wall["base"], wall["this"]))
             print(f"{case:20} " + "   ".join(f"{name}: CPU {statistics.median(cpu[name]):7.2f} wall "
                                               f"{statistics.median(wall[name]):7.2f}" for name in servers)
-                  + f"   CPU this/base, median of the pairs: {ratio:.2f}")
+                  + f"   this/base, median of the pairs: CPU {ratio:.2f}, wall {wall_ratio:.2f}")
         print(f"load average after {bench.load_average()}")
     finally:
         for proc, client in servers.values():
