@@ -260,3 +260,36 @@ def test_cache_byte_budget_respected_under_pressure(registry, tmp_path, log):
     assert engine.run(g).ok
     assert cache.stats().rejected >= 1 and cache.stats().ram_bytes <= budget
     engine.close()
+
+
+def test_deferred_cache_writes_wait_for_store_results(engine, log):
+    """``defer_cache=True`` (the server runner): the run's results reach the cache only through
+    ``store_results``, in the order they were made, and then serve the next run as usual."""
+    g = chain(3, start=7)
+    plan = engine.validate(g.to_api())
+    before = len(engine.cache)
+    result = engine.execute(plan, defer_cache=True)
+    assert result.ok and result.outputs == {"5": {"value": [10]}}
+    assert len(engine.cache) == before  # nothing stored yet
+    assert len(result.unstored) == len(result.executed) == 5
+    assert [write.outputs for write in result.unstored] == [result.values[nid] for nid in result.executed]
+    engine.store_results(result)
+    assert result.unstored == [] and len(engine.cache) == before + 5
+    log.calls.clear()
+    again = engine.run(g)
+    assert again.executed == [] and log.calls == [] and again.outputs == {"5": {"value": [10]}}
+
+
+def test_a_failed_deferred_run_stores_what_it_computed(engine, log):
+    g = Graph()
+    good = g.node("Add", a=g.node("Number", value=1), b=1)
+    g.node("Sink", value=g.node("Fail", value=good))
+    result = engine.execute(engine.validate(g.to_api()), defer_cache=True)
+    assert result.status == "error" and result.unstored
+    engine.store_results(result)
+    log.calls.clear()
+    g2 = Graph()
+    g2.node("Sink", value=g2.node("Add", a=g2.node("Add", a=g2.node("Number", value=1), b=1), b=5))
+    again = engine.run(g2)
+    assert again.outputs == {"4": {"value": [7]}}
+    assert sorted(again.executed) == ["3", "4"]  # the first Add and its Number came from the cache

@@ -271,3 +271,27 @@ def test_writes_from_many_threads_each_commit_once_in_a_consistent_order(tmp_pat
         assert store.counts() == (240, 0)
     finally:
         store.close()
+
+
+def test_bulk_framing_writes_the_same_bytes_as_one_frame_per_message():
+    from nodegraph.server.ws import frame, frame_parts
+
+    messages = ["", "x" * 125, "é" * 63, "y" * 126, "z" * 70000, b"\x00\x01", b"\x02" * 200, '{"type":"executing"}']
+    assert b"".join(frame_parts(messages)) == b"".join(frame(m) for m in messages)
+
+
+def test_the_hub_hands_each_client_its_messages_in_order():
+    """Messages posted for several clients, interleaved, reach each client in the order posted (runs of
+    one client's messages are handed over at once); a client that is gone gets nothing."""
+    from collections import deque
+
+    from nodegraph.server.ws import WebSocketHub, WsClient
+
+    hub = WebSocketHub()
+    hub.clients = {"a": WsClient("a", None), "b": WsClient("b", None)}
+    posted = [("a", "1"), ("a", "2"), ("b", "3"), ("gone", "4"), ("a", "5"), ("b", "6"), ("b", "7")]
+    hub._pending = deque(posted)
+    hub._deliver_pending()
+    assert list(hub.clients["a"].outbox) == ["1", "2", "5"]
+    assert list(hub.clients["b"].outbox) == ["3", "6", "7"]
+    assert not hub._pending
