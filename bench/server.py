@@ -1,7 +1,7 @@
 """Server benchmarks, through ``nodegraph serve`` over HTTP + WebSocket, as a client sees it.
 
     python bench/server.py [queue] [--clients 20] [--prompts 200] [--long-blurs 12]
-    python bench/server.py cases [--repeats 15] [--case chain-400 ...] [--json out.json]
+    python bench/server.py cases [--repeats 15] [--case chain-400 ...] [--client aiohttp] [--json out.json]
     python bench/server.py soak [--soak-prompts 2000] [--cache-ram 1.0]
 
 Each mode starts ``nodegraph serve`` as a subprocess on a free port with a temporary data/output
@@ -30,7 +30,9 @@ computations). The crop is the varied node because it is cheap and runs no torch
 threads would measure the machine's load rather than the server. Before and after the cases it times
 a fixed pure-Python loop (:func:`python_loop_ms`, median of 5) in the client with the server idle: on a
 virtual machine whose speed moves from minute to minute, it says how fast the machine was then (this
-project's 2-core machine: ~37 ms in its fast minutes, 50–60 in its slow ones).
+project's 2-core machine: ~37 ms in its fast minutes, 50–60 in its slow ones). ``--client aiohttp``
+reads the events with aiohttp's client instead of ``websockets``' (:class:`AiohttpCaseClient`): a
+third of the client's CPU, which on a 2-core machine is CPU left to the server.
 
 ``soak``: ``--soak-prompts`` varied prompts (chains and fans of 64–768 px images, identical branches,
 1-node prompts, repeats of earlier prompts; seeded), four in flight, with the server's RSS and the temp
@@ -212,6 +214,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=15, help="cases: timed runs per case")
     parser.add_argument("--warmups", type=int, default=3, help="cases: untimed runs per case first")
     parser.add_argument("--case", action="append", default=[], help="cases: only these (repeatable)")
+    parser.add_argument("--client", choices=("websockets", "aiohttp"), default="websockets",
+                        help="cases: the client library (default: websockets, as in every earlier figure)")
     parser.add_argument("--json", type=Path, help="cases/soak: also write the figures here")
     parser.add_argument("--soak-prompts", type=int, default=2000, help="soak: prompts")
     parser.add_argument("--cache-ram", type=float, default=1.0, help="soak: the server's --cache-ram (GiB)")
@@ -401,6 +405,67 @@ class CaseClient:
                 ok = True
 
 
+class AiohttpCaseClient:
+    """:class:`CaseClient` on aiohttp's client (ComfyUI's own HTTP library; its WebSocket frame reader is
+    compiled): the same requests and the same reading of every message, at about a third of the
+    client's CPU. On a 2-core machine the client shares the cores with the server, and the
+    ``websockets`` client's reader thread (one hand-off per message) takes a quarter of them on a
+    400-node prompt: this client measures more of the server and less of itself."""
+
+    def __init__(self, port: int) -> None:
+        import asyncio
+
+        import aiohttp
+
+        self.port = port
+        self.client_id = uuid.uuid4().hex
+        self._loop = asyncio.new_event_loop()
+        self._session = self._loop.run_until_complete(self._open(aiohttp))
+
+    async def _open(self, aiohttp):
+        session = aiohttp.ClientSession()
+        self.ws = await session.ws_connect(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}",
+                                           max_msg_size=0)
+        return session
+
+    def close(self) -> None:
+        async def close():
+            await self.ws.close()
+            await self._session.close()
+        self._loop.run_until_complete(close())
+        self._loop.close()
+
+    def run(self, prompt: dict) -> tuple[float, int, int, bool]:
+        return self._loop.run_until_complete(self._run(prompt))
+
+    async def _run(self, prompt: dict) -> tuple[float, int, int, bool]:
+        body = json.dumps({"prompt": prompt, "client_id": self.client_id}).encode()
+        start = time.perf_counter()
+        async with self._session.post(f"http://127.0.0.1:{self.port}/prompt", data=body,
+                                      headers={"Content-Type": "application/json"}) as response:
+            data = await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"POST /prompt: {response.status} {data[:300]!r}")
+        prompt_id = json.loads(data)["prompt_id"]
+        executed, cached, ok = 0, set(), False
+        while True:
+            message = (await self.ws.receive(timeout=300)).data
+            if not isinstance(message, str) or prompt_id not in message:
+                continue
+            if message.startswith('{"type":"executing"'):
+                if '"node":null' in message:
+                    return (time.perf_counter() - start) * 1000, executed, len(cached), ok
+                executed += 1
+            elif message.startswith('{"type":"execution_cached"'):
+                cached.update(json.loads(message)["data"]["nodes"])
+            elif message.startswith('{"type":"execution_success"'):
+                ok = True
+
+
+#: ``cases --client``: which client library sends the prompts and reads the events
+CASE_CLIENTS = {"websockets": CaseClient, "aiohttp": AiohttpCaseClient}
+
+
 @dataclass
 class CaseFigure:
     case: str
@@ -458,7 +523,7 @@ def run_cases(args, port: int, pid: int) -> int:
     unknown = [c for c in wanted if c not in makers]
     if unknown:
         raise SystemExit(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(makers)}")
-    client = CaseClient(port)
+    client = CASE_CLIENTS[args.client](port)
     figures: list[CaseFigure] = []
     load_before = load_average()
     speed_before = python_loop_ms()
@@ -485,7 +550,8 @@ def run_cases(args, port: int, pid: int) -> int:
         client.close()
     load_after = load_average()
     speed_after = python_loop_ms()
-    print(f"server cases (POST → executing null, ms; medians of {args.repeats} after {args.warmups} warm-ups; "
+    print(f"server cases ({args.client} client; POST → executing null, ms; medians of {args.repeats} after "
+          f"{args.warmups} warm-ups; "
           f"load average before {load_before}, after {load_after}; machine speed, a 10⁶-step Python loop: "
           f"{speed_before:.1f} ms before, {speed_after:.1f} ms after)")
     print(f"{'case':22} {'nodes':>6} {'executed':>9} {'cached':>7} {'median':>8} {'p90':>8} {'min':>8} "
@@ -494,7 +560,7 @@ def run_cases(args, port: int, pid: int) -> int:
         print(f"{f.case:22} {f.nodes:6} {f.executed:9} {f.cached:7} {f.median_ms:8.2f} {f.p90_ms:8.2f} "
               f"{f.min_ms:8.2f} {f.server_cpu_ms:11.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"load_before": load_before, "load_after": load_after,
+        args.json.write_text(json.dumps({"client": args.client, "load_before": load_before, "load_after": load_after,
                                          "python_loop_ms_before": speed_before, "python_loop_ms_after": speed_after,
                                          "figures": [asdict(f) for f in figures]}, indent=1))
     for failure in failures:

@@ -190,9 +190,12 @@ class Engine:
                 listeners: Iterable[EventListener] = (), defer_cache: bool = False) -> RunResult:
         """Run a validated plan. ``defer_cache``: the results go into the output cache only when the
         caller passes the returned result to :meth:`store_results` (a server runner does so after it has
-        told the client the prompt ended: ~5 µs a node off the prompt's latency); nothing else changes,
-        since the run holds every result until it ends anyway."""
+        told the client the prompt ended: ~5 µs a node off the prompt's latency) — if the cache holds
+        at most half its RAM budget when the run starts; a fuller cache stores as the run goes, so that
+        its evictions make room while the run holds its results (a deferred run adds at most what it
+        makes to a half-full cache: within the budget plus the job's working set)."""
         prompt_id = prompt_id or uuid.uuid4().hex
+        defer_cache = defer_cache and self._cache_has_room()
         unsubscribe = [self.bus.subscribe(listener) for listener in listeners]
         try:
             with self._run_lock:
@@ -207,6 +210,14 @@ class Engine:
         finally:
             for undo in unsubscribe:
                 undo()
+
+    def _cache_has_room(self) -> bool:
+        """Whether the output cache holds at most half its RAM budget (a cache without stats: no)."""
+        stats = getattr(self.cache, "stats", None)
+        if stats is None:
+            return False
+        held = stats()
+        return held.ram_bytes * 2 <= held.ram_budget
 
     def store_results(self, result: RunResult) -> None:
         """Put the results a ``defer_cache`` run left out into the output cache (oldest first, as the run

@@ -293,3 +293,14 @@ def test_a_failed_deferred_run_stores_what_it_computed(engine, log):
     again = engine.run(g2)
     assert again.outputs == {"4": {"value": [7]}}
     assert sorted(again.executed) == ["3", "4"]  # the first Add and its Number came from the cache
+
+
+def test_a_cache_past_half_its_budget_is_not_deferred(registry, tmp_path, log):
+    """A fuller cache stores as the run goes (its evictions make room while the run holds its
+    results): ``defer_cache`` then leaves nothing for ``store_results``."""
+    import torch
+
+    engine = Engine(registry, cache=OutputCache(ram_budget=1 << 20), paths=Paths(output_dir=tmp_path))
+    assert engine.cache.put(b"an earlier result", ([torch.zeros(150_000)],))  # ~600 KiB of the 1 MiB
+    result = engine.execute(engine.validate(chain(2, start=50).to_api()), defer_cache=True)
+    assert result.ok and result.unstored == []
