@@ -55,7 +55,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from websockets.sync.client import connect
@@ -389,20 +389,34 @@ class CaseClient:
         """``(ms from POST to executing null, nodes executed, nodes reported cached, success)``."""
         body = json.dumps({"prompt": prompt, "client_id": self.client_id}).encode()
         start = time.perf_counter()
-        prompt_id = self.post(body)["prompt_id"]
-        executed, cached, ok = 0, set(), False
-        while True:
-            message = self.ws.recv(timeout=300)
-            if isinstance(message, bytes) or prompt_id not in message:
-                continue
-            if message.startswith('{"type":"executing"'):
-                if '"node":null' in message:
-                    return (time.perf_counter() - start) * 1000, executed, len(cached), ok
-                executed += 1
-            elif message.startswith('{"type":"execution_cached"'):
-                cached.update(json.loads(message)["data"]["nodes"])
-            elif message.startswith('{"type":"execution_success"'):
-                ok = True
+        tally = EventTally(self.post(body)["prompt_id"])
+        while not tally.ends_with(self.ws.recv(timeout=300)):
+            pass
+        return (time.perf_counter() - start) * 1000, tally.executed, len(tally.cached), tally.ok
+
+
+@dataclass
+class EventTally:
+    """What a case client counts of one prompt's messages, up to its ``executing`` with node null."""
+
+    prompt_id: str
+    executed: int = 0
+    cached: set = field(default_factory=set)
+    ok: bool = False
+
+    def ends_with(self, message: str | bytes) -> bool:
+        """Count ``message``; ``True`` when it ends the prompt."""
+        if not isinstance(message, str) or self.prompt_id not in message:
+            return False
+        if message.startswith('{"type":"executing"'):
+            if '"node":null' in message:
+                return True
+            self.executed += 1
+        elif message.startswith('{"type":"execution_cached"'):
+            self.cached.update(json.loads(message)["data"]["nodes"])
+        elif message.startswith('{"type":"execution_success"'):
+            self.ok = True
+        return False
 
 
 class AiohttpCaseClient:
@@ -446,20 +460,10 @@ class AiohttpCaseClient:
             data = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"POST /prompt: {response.status} {data[:300]!r}")
-        prompt_id = json.loads(data)["prompt_id"]
-        executed, cached, ok = 0, set(), False
-        while True:
-            message = (await self.ws.receive(timeout=300)).data
-            if not isinstance(message, str) or prompt_id not in message:
-                continue
-            if message.startswith('{"type":"executing"'):
-                if '"node":null' in message:
-                    return (time.perf_counter() - start) * 1000, executed, len(cached), ok
-                executed += 1
-            elif message.startswith('{"type":"execution_cached"'):
-                cached.update(json.loads(message)["data"]["nodes"])
-            elif message.startswith('{"type":"execution_success"'):
-                ok = True
+        tally = EventTally(json.loads(data)["prompt_id"])
+        while not tally.ends_with((await self.ws.receive(timeout=300)).data):
+            pass
+        return (time.perf_counter() - start) * 1000, tally.executed, len(tally.cached), tally.ok
 
 
 #: ``cases --client``: which client library sends the prompts and reads the events
