@@ -435,8 +435,12 @@ def test_loop_body_is_edited_as_a_graph_not_as_json(server, open_page):
     assert body["grow"]["inputs"] == {**ROUND_BODY["grow"]["inputs"], "b": "y"}
     assert body["canvas"]["inputs"]["color"] == ["index", 0] and body["next"] == ROUND_BODY["next"]
     # a node added from the palette lands in the body, linked by dragging: a new body entry
+    steps = page.js("() => window.app.undo.stack.index")
     page.page.fill("#palette-filter", "ShowText")
     page.page.click('#palette .pal-node[data-type="ShowText"]')
+    # the addition is its own undo step (recorded after the click's handlers): moving the node before
+    # it was recorded would fold the two into one step
+    page.page.wait_for_function("(n) => window.app.undo.stack.index > n", arg=steps)
     page.page.fill("#palette-filter", "")
     added = page.js("() => window.app.canvas.graph._nodes.filter(n => n.type === 'ShowText').map(n => n.id).sort((a, b) => b - a)[0]")
     page.js("(id) => { const g = window.app.canvas.graph, grow = g._nodes.find(n => n.type === 'StringConcat');"
