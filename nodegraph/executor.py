@@ -652,6 +652,7 @@ class _Run:
             self.finish_twins(node_id)
 
     def store(self, node_id: str, outputs: NodeOutputs, ui: dict | None) -> None:
+        """Put ``node_id``'s result into the cache now (a run that does not defer its cache writes)."""
         cache = self.cache
         cache.put(self.signatures[node_id], outputs, ui)
         if getattr(cache, "evicted_bytes", 0) - self._evicted_mark > TRIM_SLACK:
