@@ -62,20 +62,12 @@ def _header(opcode: int, size: int) -> bytes:
     return struct.pack("!BBQ", 0x80 | opcode, 127, size)
 
 
-def frame(message: Message) -> bytes:
-    """One unmasked, uncompressed WebSocket frame (RFC 6455 §5.2) holding ``message``: text for
-    ``str``, binary for ``bytes`` — what ``send_str``/``send_bytes`` write for a server without
-    compression (the hub's connections never negotiate it)."""
-    if isinstance(message, str):
-        payload = message.encode()
-        return _header(_TEXT, len(payload)) + payload
-    return _header(_BINARY, len(message)) + message
-
-
 def frame_parts(messages: list[Message]) -> list[bytes]:
-    """The frames of ``messages``, header and payload as separate pieces for one ``writelines``: the
-    same bytes as :func:`frame` for each, at a fraction of its cost for the short text messages that
-    make most of a prompt's traffic (one ``executing`` per node)."""
+    """The unmasked, uncompressed WebSocket frames (RFC 6455 §5.2) of ``messages`` — text for ``str``,
+    binary for ``bytes``, what ``send_str``/``send_bytes`` write for a server without compression (the
+    hub's connections never negotiate it) — header and payload as separate pieces for one
+    ``writelines``; the headers of short text frames (most of a prompt's traffic: one ``executing`` per
+    node) are precomputed."""
     parts: list[bytes] = []
     add = parts.append
     short = _SHORT_TEXT_HEADERS
@@ -89,6 +81,11 @@ def frame_parts(messages: list[Message]) -> list[bytes]:
             add(_header(_BINARY, len(payload)))
         add(payload)
     return parts
+
+
+def frame(message: Message) -> bytes:
+    """One message's frame (:func:`frame_parts`), as one piece."""
+    return b"".join(frame_parts([message]))
 
 
 @dataclass(eq=False)
