@@ -353,14 +353,11 @@ class _Run:
                 if self.in_flight == 0 and not self.ready:  # a lone ready node: run it here
                     self.run_inline(node_id)
                     continue
-                task = self.prepare(node_id)
+                task = self.prepare(node_id)  # others are ready or running: to the pool
                 if task is None:
                     continue
-                if self.in_flight == 0 and not self.ready:
-                    self.complete(self.call(*task))
-                else:
-                    self.in_flight += 1
-                    self.engine.pool().submit(self._call_async, task)
+                self.in_flight += 1
+                self.engine.pool().submit(self._call_async, task)
             if self.in_flight == 0:
                 if not self.ready or self.stop:
                     break
